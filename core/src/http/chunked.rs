@@ -1,0 +1,339 @@
+//! The chunked transfer coding (RFC 9112 §7.1): a streaming decoder and the encoder's framing.
+//!
+//! The decoder is a byte-driven state machine, one variant per grammar position, so a chunk
+//! boundary can fall anywhere between reads. It hands back ranges of the caller's input that are
+//! body data; the caller writes those on and discards what was consumed. Extensions and trailer
+//! fields are validated and dropped: the proxy re-frames every chunked body it forwards, so the
+//! bytes the next hop parses are bytes this decoder produced, never raw input.
+
+use std::fmt;
+use std::ops::Range;
+
+use super::chars::FIELD_VALUE;
+
+/// Longest chunk-size line (size plus extensions) accepted.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Most trailer bytes accepted after the last chunk.
+pub const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The size is missing or not hexadecimal.
+    BadSize,
+    /// The size does not fit in 64 bits.
+    SizeOverflow,
+    /// A control byte in a chunk extension.
+    BadExtension,
+    /// A line that does not end in CRLF where one is required.
+    BadLineEnding,
+    /// A malformed trailer field line.
+    BadTrailer,
+    /// A chunk line or the trailer section is too long.
+    TooLong,
+}
+
+impl fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BadSize => "invalid chunk size",
+            Self::SizeOverflow => "chunk size overflows",
+            Self::BadExtension => "invalid chunk extension",
+            Self::BadLineEnding => "chunk not terminated by CRLF",
+            Self::BadTrailer => "invalid trailer field",
+            Self::TooLong => "chunk line or trailers too long",
+        })
+    }
+}
+
+impl std::error::Error for ChunkError {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Reading hex digits of the size.
+    Size,
+    /// Whitespace after the size; only `;` or more whitespace may follow.
+    SizeWs,
+    /// Inside chunk extensions, up to CR.
+    Extension,
+    /// Saw CR after the size line.
+    SizeLf,
+    /// Inside chunk data.
+    Data,
+    /// Expecting CR after chunk data.
+    DataCr,
+    /// Expecting LF after chunk data.
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// Saw CR ending a trailer field line.
+    TrailerLf,
+    /// Saw CR of the final empty line.
+    EndLf,
+    /// The whole body has been read.
+    Done,
+}
+
+/// What one call to [`ChunkedDecoder::decode`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Step {
+    /// Input bytes used up; discard them before the next call.
+    pub consumed: usize,
+    /// Body data inside the consumed range (empty when the call found only framing).
+    pub data: Range<usize>,
+    /// The terminating empty line has been read; bytes past `consumed` belong to the next message.
+    pub done: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChunkedDecoder {
+    state: State,
+    remaining: u64,
+    digits: u8,
+    line_len: usize,
+    trailer_len: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> Self {
+        Self {
+            state: State::Size,
+            remaining: 0,
+            digits: 0,
+            line_len: 0,
+            trailer_len: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Consumes framing bytes from `input` until it reaches body data, the end of the body, or
+    /// the end of `input`.
+    pub fn decode(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::Data {
+                let n = (self.remaining.min((input.len() - i) as u64)) as usize;
+                self.remaining -= n as u64;
+                if self.remaining == 0 {
+                    self.state = State::DataCr;
+                }
+                return Ok(Step {
+                    consumed: i + n,
+                    data: i..i + n,
+                    done: false,
+                });
+            }
+            let b = input[i];
+            i += 1;
+            self.state = self.step(b)?;
+            if self.state == State::Done {
+                return Ok(Step {
+                    consumed: i,
+                    data: i..i,
+                    done: true,
+                });
+            }
+        }
+        Ok(Step {
+            consumed: i,
+            data: i..i,
+            done: self.state == State::Done,
+        })
+    }
+
+    fn step(&mut self, b: u8) -> Result<State, ChunkError> {
+        use State::*;
+        if matches!(self.state, Size | SizeWs | Extension) {
+            self.line_len += 1;
+            if self.line_len > MAX_CHUNK_LINE {
+                return Err(ChunkError::TooLong);
+            }
+        }
+        if matches!(self.state, TrailerStart | Trailer | TrailerLf) {
+            self.trailer_len += 1;
+            if self.trailer_len > MAX_TRAILERS {
+                return Err(ChunkError::TooLong);
+            }
+        }
+        Ok(match (self.state, b) {
+            (Size, _) if b.is_ascii_hexdigit() => {
+                if self.digits == 16 || self.remaining >> 60 != 0 {
+                    return Err(ChunkError::SizeOverflow);
+                }
+                let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                self.remaining = self.remaining << 4 | d;
+                self.digits += 1;
+                Size
+            }
+            (Size | SizeWs | Extension, b'\n') => return Err(ChunkError::BadLineEnding),
+            (Size, _) if self.digits == 0 => return Err(ChunkError::BadSize),
+            (Size | SizeWs, b' ' | b'\t') => SizeWs,
+            (Size | SizeWs, b';') => Extension,
+            (Size | Extension, b'\r') => SizeLf,
+            (Size | SizeWs, _) => return Err(ChunkError::BadSize),
+            (Extension, _) if FIELD_VALUE[b as usize] => Extension,
+            (Extension, _) => return Err(ChunkError::BadExtension),
+            (SizeLf, b'\n') => {
+                self.line_len = 0;
+                self.digits = 0;
+                if self.remaining == 0 {
+                    TrailerStart
+                } else {
+                    Data
+                }
+            }
+            (DataCr, b'\r') => DataLf,
+            (DataLf, b'\n') => Size,
+            (TrailerLf, b'\n') => TrailerStart,
+            (EndLf, b'\n') => Done,
+            (SizeLf | DataCr | DataLf | TrailerLf | EndLf, _) => {
+                return Err(ChunkError::BadLineEnding)
+            }
+            (TrailerStart, b'\r') => EndLf,
+            (TrailerStart, b' ' | b'\t' | b':') => return Err(ChunkError::BadTrailer),
+            (Trailer, b'\r') => TrailerLf,
+            (TrailerStart | Trailer, _) if FIELD_VALUE[b as usize] => Trailer,
+            (TrailerStart | Trailer, _) => return Err(ChunkError::BadTrailer),
+            (Data | Done, _) => unreachable!("handled by decode"),
+        })
+    }
+}
+
+/// Appends the framing that goes before `len` bytes of chunk data: `HEX CRLF`.
+pub fn write_chunk_header(len: usize, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut tmp = [0u8; 16];
+    let mut i = tmp.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        tmp[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and an empty trailer section.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `input` fed in pieces of `step` bytes; returns body and bytes left over.
+    fn decode_split(input: &[u8], step: usize) -> Result<(Vec<u8>, usize), ChunkError> {
+        let mut d = ChunkedDecoder::new();
+        let mut body = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        loop {
+            if pending.is_empty() || fed < input.len() && pending.len() < step {
+                let end = (fed + step).min(input.len());
+                pending.extend_from_slice(&input[fed..end]);
+                fed = end;
+            }
+            let s = d.decode(&pending)?;
+            body.extend_from_slice(&pending[s.data.clone()]);
+            pending.drain(..s.consumed);
+            if s.done {
+                return Ok((body, pending.len() + input.len() - fed));
+            }
+            if fed == input.len() && pending.is_empty() {
+                panic!("ran out of input");
+            }
+        }
+    }
+
+    fn all_splits(input: &[u8]) -> Result<(Vec<u8>, usize), ChunkError> {
+        let first = decode_split(input, input.len());
+        for step in 1..input.len() {
+            assert_eq!(decode_split(input, step), first, "step {step}");
+        }
+        first
+    }
+
+    #[test]
+    fn valid_bodies() {
+        let cases: &[(&[u8], &[u8], usize)] = &[
+            (b"5\r\nhello\r\n0\r\n\r\n", b"hello", 0),
+            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET", b"hello world", 3),
+            (b"A;name=val;x=\"q\"\r\n0123456789\r\n0\r\n\r\n", b"0123456789", 0),
+            (b"3 ;ext\r\nabc\r\n0\r\n\r\n", b"abc", 0),
+            (b"3\r\nabc\r\n0\r\nTrailer: x\r\nOther: y\r\n\r\n", b"abc", 0),
+            (b"0\r\n\r\n", b"", 0),
+            (b"000\r\n\r\n", b"", 0),
+            (b"ffFF\r\n", b"", 0),
+        ];
+        for (input, body, left) in &cases[..cases.len() - 1] {
+            assert_eq!(all_splits(input), Ok((body.to_vec(), *left)));
+        }
+    }
+
+    #[test]
+    fn invalid_bodies() {
+        use ChunkError::*;
+        let cases: &[(&[u8], ChunkError)] = &[
+            (b"\r\nabc", BadSize),
+            (b"g\r\n", BadSize),
+            (b"-1\r\n", BadSize),
+            (b"3 4\r\n", BadSize),
+            (b"0x3\r\n", BadSize),
+            (b"3\nabc", BadLineEnding),
+            (b"3\rabc", BadLineEnding),
+            (b"3\r\nabcX\r\n", BadLineEnding),
+            (b"3\r\nabc\r\r", BadLineEnding),
+            (b"3;a\x00b\r\n", BadExtension),
+            (b"3;a\nb\r\n", BadLineEnding),
+            (b"10000000000000000\r\n", SizeOverflow),
+            (b"fffffffffffffffff\r\n", SizeOverflow),
+            (b"0\r\n bad\r\n\r\n", BadTrailer),
+            (b"0\r\nX: a\x00\r\n\r\n", BadTrailer),
+            (b"0\r\n\r\r", BadLineEnding),
+        ];
+        for (input, want) in cases {
+            let mut d = ChunkedDecoder::new();
+            let mut buf = input.to_vec();
+            let got = loop {
+                match d.decode(&buf) {
+                    Err(e) => break Some(e),
+                    Ok(s) if s.consumed == 0 => break None,
+                    Ok(s) => {
+                        buf.drain(..s.consumed);
+                    }
+                }
+            };
+            assert_eq!(got, Some(*want), "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn long_lines_rejected() {
+        let mut line = b"1;".to_vec();
+        line.resize(MAX_CHUNK_LINE + 10, b'a');
+        assert_eq!(ChunkedDecoder::new().decode(&line), Err(ChunkError::TooLong));
+    }
+
+    #[test]
+    fn header_encoding() {
+        for (n, s) in [(0usize, "0\r\n"), (10, "a\r\n"), (65536, "10000\r\n")] {
+            let mut v = Vec::new();
+            write_chunk_header(n, &mut v);
+            assert_eq!(v, s.as_bytes());
+        }
+    }
+}

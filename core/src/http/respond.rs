@@ -1,0 +1,133 @@
+//! Responses the proxy makes itself: errors and configured fixed responses.
+
+use std::io::Write as _;
+
+/// The reason phrase for the status codes the proxy produces (others get an empty phrase).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// A complete response with a plain-text body naming the problem, e.g.
+/// `502 Bad Gateway: upstream refused the connection`.
+pub fn error(status: u16, detail: &str, close: bool, out: &mut Vec<u8>) {
+    let r = reason(status);
+    let body_len = 3 + 1 + r.len() + if detail.is_empty() { 0 } else { 2 + detail.len() } + 1;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {r}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {body_len}\r\n"
+    );
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    let _ = write!(out, "\r\n{status} {r}");
+    if !detail.is_empty() {
+        let _ = write!(out, ": {detail}");
+    }
+    out.push(b'\n');
+}
+
+/// A configured fixed response, rendered once at config time except for the connection field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fixed {
+    /// Status line and headers, without the final CRLF and without Connection.
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl Fixed {
+    pub fn new(status: u16, headers: &[(String, String)], body: &[u8]) -> Self {
+        let mut head = Vec::new();
+        let _ = write!(head, "HTTP/1.1 {status} {}\r\n", reason(status));
+        for (k, v) in headers {
+            let _ = write!(head, "{k}: {v}\r\n");
+        }
+        let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
+        if !bodiless {
+            let _ = write!(head, "Content-Length: {}\r\n", body.len());
+        }
+        Self {
+            head,
+            body: if bodiless { Vec::new() } else { body.to_vec() },
+        }
+    }
+
+    /// Appends the full response; `head_only` for HEAD requests.
+    pub fn write(&self, close: bool, keep_alive_header: bool, head_only: bool, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if keep_alive_header {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_length_is_exact() {
+        let mut out = Vec::new();
+        error(502, "upstream refused the connection", true, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        let (head, body) = s.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(head.contains("Connection: close"));
+        assert_eq!(body, "502 Bad Gateway: upstream refused the connection\n");
+        let mut out = Vec::new();
+        error(400, "", false, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        let (head, body) = s.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    #[test]
+    fn fixed() {
+        let f = Fixed::new(200, &[("Content-Type".into(), "text/plain".into())], b"hi\n");
+        let mut out = Vec::new();
+        f.write(false, false, false, &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nhi\n"
+        );
+        let mut out = Vec::new();
+        f.write(true, false, true, &mut out);
+        assert!(out.ends_with(b"Connection: close\r\n\r\n"));
+    }
+}

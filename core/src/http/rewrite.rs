@@ -1,0 +1,295 @@
+//! Writing the heads the proxy sends: the request to the upstream, the response to the client.
+//!
+//! The proxy never forwards a head byte-for-byte. It writes a fresh head from the parsed spans:
+//! hop-by-hop fields (RFC 9110 §7.6.1) are dropped, the framing fields are written from the
+//! framing the proxy itself chose, and forwarding fields are added. Since only what the parser
+//! understood is written, whatever ambiguity a client crafts cannot reach the upstream.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use super::framing::BodyKind;
+use super::{list_items, Header, RequestHead, ResponseHead, TargetForm, Version};
+
+/// Fields that describe one connection, never forwarded. `Connection`-listed names are added
+/// per message.
+const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+];
+
+/// Fields the proxy writes itself on requests, so the client's copies are replaced.
+const SET_ON_REQUEST: &[&[u8]] = &[
+    b"host",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+];
+
+/// Most names a `Connection` field may list before the rest are ignored for removal purposes
+/// (the message is still forwarded; unlisted extras stay hop-by-hop-unaware like nginx).
+const MAX_CONNECTION_OPTIONS: usize = 16;
+
+/// Facts about the client connection that go into forwarding fields.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'a str,
+    /// Host to send when the route overrides it, or when the client sent none (HTTP/1.0).
+    pub host_override: Option<&'a [u8]>,
+    pub fallback_host: &'a [u8],
+}
+
+/// The names listed in `Connection` fields.
+struct ConnectionOptions<'b> {
+    names: [&'b [u8]; MAX_CONNECTION_OPTIONS],
+    len: usize,
+}
+
+impl<'b> ConnectionOptions<'b> {
+    fn collect(buf: &'b [u8], headers: &[Header]) -> Self {
+        let mut s = Self {
+            names: [&[]; MAX_CONNECTION_OPTIONS],
+            len: 0,
+        };
+        for h in headers {
+            if h.name.get(buf).eq_ignore_ascii_case(b"connection") {
+                for item in list_items(h.value.get(buf)) {
+                    if s.len < MAX_CONNECTION_OPTIONS {
+                        s.names[s.len] = item;
+                        s.len += 1;
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    fn lists(&self, name: &[u8]) -> bool {
+        self.names[..self.len]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+fn in_set(set: &[&[u8]], name: &[u8]) -> bool {
+    set.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "{n}");
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_framing(out: &mut Vec<u8>, body: BodyKind) {
+    match body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::None | BodyKind::Close => {}
+    }
+}
+
+/// Writes the request head for the upstream into `out` (appending). `body` is the framing the
+/// proxy will use for the body it forwards.
+pub fn upstream_request(
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[Header],
+    body: BodyKind,
+    fwd: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+) {
+    let conn = ConnectionOptions::collect(buf, headers);
+    let (target, authority): (&[u8], Option<&[u8]>) = match head.form {
+        TargetForm::Absolute { authority, path } => {
+            let p = path.get(buf);
+            (if p.is_empty() { b"/" } else { p }, Some(authority.get(buf)))
+        }
+        _ => (head.target.get(buf), None),
+    };
+    out.extend_from_slice(head.method_span.get(buf));
+    out.push(b' ');
+    if target.first() == Some(&b'?') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let client_host = authority.or_else(|| super::find_header(buf, headers, b"host"));
+    let host = fwd
+        .host_override
+        .or(client_host)
+        .unwrap_or(fwd.fallback_host);
+    push_field(out, b"Host", host);
+
+    for h in headers {
+        let name = h.name.get(buf);
+        if in_set(HOP_BY_HOP, name) || in_set(SET_ON_REQUEST, name) || conn.lists(name) {
+            continue;
+        }
+        push_field(out, name, h.value.get(buf));
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for h in headers {
+        if h.name.get(buf).eq_ignore_ascii_case(b"x-forwarded-for") {
+            out.extend_from_slice(h.value.get(buf));
+            out.extend_from_slice(b", ");
+        }
+    }
+    let _ = write!(out, "{}\r\n", fwd.client_ip);
+    let _ = write!(out, "X-Real-IP: {}\r\n", fwd.client_ip);
+    out.extend_from_slice(b"X-Forwarded-Proto: ");
+    out.extend_from_slice(fwd.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(h) = client_host {
+        push_field(out, b"X-Forwarded-Host", h);
+    }
+    out.extend_from_slice(match head.version {
+        Version::Http10 => b"Via: 1.0 ringway\r\n",
+        Version::Http11 => b"Via: 1.1 ringway\r\n",
+    });
+    push_framing(out, body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the proxy says about the client connection in a response head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// Nothing (interim responses; HTTP/1.1 keep-alive).
+    Omit,
+    /// `Connection: keep-alive` (HTTP/1.0 clients that asked for it).
+    KeepAlive,
+    /// `Connection: close`.
+    Close,
+}
+
+/// Writes the response head for the client into `out` (appending). `body` is the framing the
+/// proxy will use toward the client; with [`BodyKind::None`] an upstream Content-Length is kept
+/// (it describes the representation, e.g. for HEAD).
+pub fn client_response(
+    buf: &[u8],
+    head: &ResponseHead,
+    headers: &[Header],
+    body: BodyKind,
+    connection: ConnectionHeader,
+    out: &mut Vec<u8>,
+) {
+    let conn = ConnectionOptions::collect(buf, headers);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(head.status));
+    out.push(b' ');
+    out.extend_from_slice(head.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        let name = h.name.get(buf);
+        let keep_length = body == BodyKind::None && name.eq_ignore_ascii_case(b"content-length");
+        if !keep_length && (in_set(HOP_BY_HOP, name) || conn.lists(name)) {
+            continue;
+        }
+        push_field(out, name, h.value.get(buf));
+    }
+    out.extend_from_slice(match head.version {
+        Version::Http10 => b"Via: 1.0 ringway\r\n",
+        Version::Http11 => b"Via: 1.1 ringway\r\n",
+    });
+    push_framing(out, body);
+    match connection {
+        ConnectionHeader::Omit => {}
+        ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, parse_response, Limits};
+
+    fn fwd() -> Forwarding<'static> {
+        Forwarding {
+            client_ip: "10.1.2.3".parse().unwrap(),
+            proto: "http",
+            host_override: None,
+            fallback_host: b"127.0.0.1:9000",
+        }
+    }
+
+    fn rewrite(req: &[u8], body: BodyKind, f: &Forwarding<'_>) -> String {
+        let mut hs = Vec::new();
+        let head = parse_request(req, &mut hs, &Limits::default()).unwrap();
+        let mut out = Vec::new();
+        upstream_request(req, &head, &hs, body, f, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_hop_by_hop_removed_and_forwarding_added() {
+        let req = b"POST /a?b HTTP/1.1\r\nHost: Example.com\r\nConnection: keep-alive, X-Secret\r\n\
+X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X\r\nUpgrade: h2c\r\n\
+Proxy-Connection: keep-alive\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\
+X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\
+Accept: */*\r\n\r\n";
+        let out = rewrite(req, BodyKind::Chunked, &fwd());
+        assert_eq!(
+            out,
+            "POST /a?b HTTP/1.1\r\nHost: Example.com\r\nAccept: */*\r\n\
+X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\nX-Real-IP: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\
+X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn absolute_form_and_overrides() {
+        let req = b"GET http://Origin.example:81?q HTTP/1.0\r\nHost: ignored\r\n\r\n";
+        let out = rewrite(req, BodyKind::None, &fwd());
+        assert!(out.starts_with("GET /?q HTTP/1.1\r\nHost: Origin.example:81\r\n"), "{out}");
+        assert!(out.contains("Via: 1.0 ringway\r\n"));
+        let f = Forwarding {
+            host_override: Some(b"backend.internal"),
+            ..fwd()
+        };
+        let out = rewrite(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", BodyKind::Length(3), &f);
+        assert!(out.contains("Host: backend.internal\r\n"));
+        assert!(out.contains("X-Forwarded-Host: a\r\n"));
+        assert!(out.contains("Content-Length: 3\r\n"));
+        let out = rewrite(b"GET / HTTP/1.0\r\n\r\n", BodyKind::None, &fwd());
+        assert!(out.contains("Host: 127.0.0.1:9000\r\n"));
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let resp = b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\nSet-Cookie: a=b\r\n\r\n";
+        let mut hs = Vec::new();
+        let head = parse_response(resp, &mut hs, &Limits::default()).unwrap();
+        let mut out = Vec::new();
+        client_response(resp, &head, &hs, BodyKind::Chunked, ConnectionHeader::Close, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        client_response(resp, &head, &hs, BodyKind::None, ConnectionHeader::KeepAlive, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("Content-Length: 5\r\n") && s.ends_with("Connection: keep-alive\r\n\r\n"));
+    }
+}

@@ -1,0 +1,12 @@
+//! ringway-core: everything the proxy decides, nothing it does.
+//!
+//! This crate holds the HTTP/1.1 parser and message framing, header rewriting, routing, upstream
+//! selection and the configuration model. It contains no networking code, spawns no threads and
+//! never reads a clock: bytes and timestamps come in as arguments, decisions go out as values.
+//! The data plane (`ringway-io`) owns sockets and buffers and asks this crate what to do with
+//! them. Keeping the two apart is what lets every rule here be unit-tested byte by byte.
+
+pub mod balance;
+pub mod config;
+pub mod http;
+pub mod route;
