@@ -140,7 +140,10 @@ mod tests {
     fn most_specific_wins() {
         let t = router();
         assert_eq!(t.lookup(b"example.com", b"/x"), Some(&"ex-root"));
-        assert_eq!(t.lookup(b"EXAMPLE.com:8080", b"/static/a.css"), Some(&"ex-static"));
+        assert_eq!(
+            t.lookup(b"EXAMPLE.com:8080", b"/static/a.css"),
+            Some(&"ex-static")
+        );
         assert_eq!(t.lookup(b"a.example.com", b"/"), Some(&"wild"));
         assert_eq!(t.lookup(b"a.eu.example.com", b"/"), Some(&"wild-eu"));
         assert_eq!(t.lookup(b"other.org", b"/api/v1"), Some(&"any-api"));
@@ -160,7 +163,10 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        assert_eq!(HostMatch::parse("*.A.com"), Some(HostMatch::Suffix(".a.com".into())));
+        assert_eq!(
+            HostMatch::parse("*.A.com"),
+            Some(HostMatch::Suffix(".a.com".into()))
+        );
         assert_eq!(HostMatch::parse("bad host"), None);
         assert_eq!(HostMatch::parse("*."), None);
     }

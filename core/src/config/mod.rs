@@ -1,1 +1,642 @@
-//! tmp
+//! The configuration model: one TOML file parsed once into a typed, immutable [`Config`].
+//!
+//! "Parse, don't validate": everything the data plane reads has already been checked and
+//! converted (addresses, durations, routes compiled into a [`Router`]). An error names the file,
+//! the line, the key and what was expected, e.g.
+//! `ringway.toml:12: routes[1].upstream: no upstream named "ap" (defined: app)`.
+//! Reading the file is the caller's job; this module only sees its text.
+
+mod raw;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::http::respond::Fixed;
+use crate::http::Limits as HeadLimits;
+use crate::route::{HostMatch, Router};
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: Server,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+    /// (host, path) → index into `routes`.
+    pub router: Router<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    /// `None`: one worker per CPU the process may run on.
+    pub workers: Option<usize>,
+    /// CPUs to pin workers to, in order; `None`: all allowed CPUs.
+    pub cpus: Option<Vec<usize>>,
+    pub pin: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// Timeouts, with nginx-like defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the first byte of a request head to its end (nginx `client_header_timeout`).
+    pub client_header: Duration,
+    /// Between two reads of a request body (nginx `client_body_timeout`).
+    pub client_body: Duration,
+    /// Idle time allowed between requests on a client connection (nginx `keepalive_timeout`).
+    pub keepalive: Duration,
+    /// Between two writes to the client (nginx `send_timeout`).
+    pub send: Duration,
+    pub upstream_connect: Duration,
+    /// Between two reads from the upstream (nginx `proxy_read_timeout`).
+    pub upstream_read: Duration,
+    /// Between two writes to the upstream (nginx `proxy_send_timeout`).
+    pub upstream_write: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub upstream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_header: Duration::from_secs(60),
+            client_body: Duration::from_secs(60),
+            keepalive: Duration::from_secs(75),
+            send: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(10),
+            upstream_read: Duration::from_secs(60),
+            upstream_write: Duration::from_secs(60),
+            upstream_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub request: HeadLimits,
+    pub max_response_head: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request: HeadLimits::default(),
+            max_response_head: 32 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub servers: Vec<SocketAddr>,
+    /// Idle keep-alive connections kept per server, per worker.
+    pub keepalive: usize,
+}
+
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub host: HostMatch,
+    pub path: String,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Forward to the upstream group with this index, optionally replacing Host.
+    Proxy {
+        upstream: usize,
+        set_host: Option<Vec<u8>>,
+    },
+    /// Answer with a fixed response (like nginx `return`).
+    Respond(Fixed),
+}
+
+/// A configuration error, located in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line, when the error has a position.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `routes[2].upstream`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Builds errors that point into one file.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn at(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: Some(self.line_of(span)),
+            key: key.into(),
+            message: msg.into(),
+        }
+    }
+
+    fn nowhere(&self, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: None,
+            key: key.into(),
+            message: msg.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates `text`, the contents of the file named `file`.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let loc = Locator { file, text };
+        let de = toml::Deserializer::new(text);
+        let raw: raw::File = serde_path_to_error::deserialize(de).map_err(|e| {
+            // `Spanned` fields add a private segment to the path; users never wrote it.
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
+            let inner = e.into_inner();
+            ConfigError {
+                file: file.to_string(),
+                line: inner.span().map(|s| loc.line_of(s)),
+                key: if key == "." { String::new() } else { key },
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        build(&loc, raw)
+    }
+
+    /// A configuration for quick mode: listen on `listen`, send everything to `upstreams`.
+    pub fn quick(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>) -> Self {
+        let routes = vec![Route {
+            host: HostMatch::Any,
+            path: "/".into(),
+            action: Action::Proxy {
+                upstream: 0,
+                set_host: None,
+            },
+        }];
+        Self {
+            server: Server {
+                listen,
+                workers: None,
+                cpus: None,
+                pin: true,
+                shutdown_timeout: Duration::from_secs(30),
+            },
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            upstreams: vec![Upstream {
+                name: "default".into(),
+                servers: upstreams,
+                keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
+            }],
+            router: Router::new([(HostMatch::Any, "/".to_string(), 0)]),
+            routes,
+        }
+    }
+}
+
+fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
+    let server = build_server(loc, raw.server)?;
+    let timeouts = build_timeouts(loc, raw.timeouts)?;
+    let limits = build_limits(loc, raw.limits)?;
+
+    let mut upstreams = Vec::new();
+    for (name, u) in &raw.upstreams {
+        let key = format!("upstreams.{name}");
+        let u_span = u.span();
+        let u = u.get_ref();
+        if u.servers.get_ref().is_empty() {
+            return Err(loc.at(
+                u.servers.span(),
+                format!("{key}.servers"),
+                "expected at least one server address",
+            ));
+        }
+        let mut servers = Vec::new();
+        for (i, s) in u.servers.get_ref().iter().enumerate() {
+            let addr = parse_server_addr(s.get_ref()).ok_or_else(|| {
+                loc.at(
+                    s.span(),
+                    format!("{key}.servers[{i}]"),
+                    format!("expected IP:port or localhost:port, got {:?}", s.get_ref()),
+                )
+            })?;
+            servers.push(addr);
+        }
+        let keepalive = u.keepalive.unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE);
+        let _ = u_span;
+        upstreams.push(Upstream {
+            name: name.clone(),
+            servers,
+            keepalive,
+        });
+    }
+
+    if raw.routes.is_empty() {
+        return Err(loc.nowhere("routes", "expected at least one [[routes]] entry"));
+    }
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let span = r.span();
+        let r = r.get_ref();
+        let host = match &r.host {
+            None => HostMatch::Any,
+            Some(h) => HostMatch::parse(h.get_ref()).ok_or_else(|| {
+                loc.at(
+                    h.span(),
+                    format!("{key}.host"),
+                    "expected a host name, `*.suffix` or `*`",
+                )
+            })?,
+        };
+        let path = match &r.path {
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                return Err(loc.at(
+                    p.span(),
+                    format!("{key}.path"),
+                    "expected a path prefix starting with `/`",
+                ))
+            }
+        };
+        let action = match (&r.upstream, &r.respond) {
+            (Some(u), None) => {
+                let idx = upstreams
+                    .iter()
+                    .position(|x| x.name == *u.get_ref())
+                    .ok_or_else(|| {
+                        let names: Vec<_> = upstreams.iter().map(|x| x.name.as_str()).collect();
+                        loc.at(
+                            u.span(),
+                            format!("{key}.upstream"),
+                            format!(
+                                "no upstream named {:?} (defined: {})",
+                                u.get_ref(),
+                                if names.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    names.join(", ")
+                                }
+                            ),
+                        )
+                    })?;
+                let set_host = match &r.set_host {
+                    None => None,
+                    Some(h) if valid_host_value(h.get_ref()) => {
+                        Some(h.get_ref().as_bytes().to_vec())
+                    }
+                    Some(h) => {
+                        return Err(loc.at(
+                            h.span(),
+                            format!("{key}.set_host"),
+                            "expected a host[:port] value",
+                        ))
+                    }
+                };
+                Action::Proxy {
+                    upstream: idx,
+                    set_host,
+                }
+            }
+            (None, Some(resp)) => {
+                let rs = resp.get_ref();
+                let status = *rs.status.get_ref();
+                if !(200..=599).contains(&status) {
+                    return Err(loc.at(
+                        rs.status.span(),
+                        format!("{key}.respond.status"),
+                        "expected a status code from 200 to 599",
+                    ));
+                }
+                let mut headers = Vec::new();
+                for (name, v) in &rs.headers {
+                    let framing = ["content-length", "transfer-encoding", "connection"];
+                    if !crate::http::chars::is_token(name.as_bytes())
+                        || framing.iter().any(|f| name.eq_ignore_ascii_case(f))
+                    {
+                        return Err(loc.at(v.span(), format!("{key}.respond.headers.{name}"), "expected a header name other than Content-Length, Transfer-Encoding or Connection"));
+                    }
+                    if !v
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                    {
+                        return Err(loc.at(
+                            v.span(),
+                            format!("{key}.respond.headers.{name}"),
+                            "header value holds a control character",
+                        ));
+                    }
+                    headers.push((name.clone(), v.get_ref().clone()));
+                }
+                Action::Respond(Fixed::new(status, &headers, rs.body.as_bytes()))
+            }
+            (Some(_), Some(_)) => {
+                return Err(loc.at(
+                    span,
+                    key,
+                    "expected either `upstream` or `respond`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(loc.at(
+                    span,
+                    key,
+                    "expected `upstream = \"name\"` or `respond = { status = … }`",
+                ))
+            }
+        };
+        routes.push(Route { host, path, action });
+    }
+    let router = Router::new(
+        routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.host.clone(), r.path.clone(), i)),
+    );
+    Ok(Config {
+        server,
+        timeouts,
+        limits,
+        upstreams,
+        routes,
+        router,
+    })
+}
+
+fn valid_host_value(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+}
+
+fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError> {
+    let listen = match s.listen {
+        None => vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))],
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(loc.at(l.span(), "server.listen", "expected at least one address"));
+            }
+            let mut v = Vec::new();
+            for (i, a) in l.get_ref().iter().enumerate() {
+                v.push(parse_listen_addr(a.get_ref()).ok_or_else(|| {
+                    loc.at(
+                        a.span(),
+                        format!("server.listen[{i}]"),
+                        format!("expected IP:port, :port or port, got {:?}", a.get_ref()),
+                    )
+                })?);
+            }
+            v
+        }
+    };
+    let workers = match s.workers {
+        Some(w) if *w.get_ref() == 0 || *w.get_ref() > 1024 => {
+            return Err(loc.at(
+                w.span(),
+                "server.workers",
+                "expected a worker count from 1 to 1024 (omit it for one per CPU)",
+            ))
+        }
+        w => w.map(|w| *w.get_ref()),
+    };
+    let cpus = match s.cpus {
+        None => None,
+        Some(c) => {
+            Some(parse_cpu_list(c.get_ref()).map_err(|m| loc.at(c.span(), "server.cpus", m))?)
+        }
+    };
+    let shutdown_timeout = opt_duration(
+        loc,
+        "server.shutdown_timeout",
+        s.shutdown_timeout,
+        Duration::from_secs(30),
+    )?;
+    Ok(Server {
+        listen,
+        workers,
+        cpus,
+        pin: s.pin.unwrap_or(true),
+        shutdown_timeout,
+    })
+}
+
+fn build_timeouts(loc: &Locator<'_>, t: raw::Timeouts) -> Result<Timeouts, ConfigError> {
+    let d = Timeouts::default();
+    Ok(Timeouts {
+        client_header: opt_duration(
+            loc,
+            "timeouts.client_header",
+            t.client_header,
+            d.client_header,
+        )?,
+        client_body: opt_duration(loc, "timeouts.client_body", t.client_body, d.client_body)?,
+        keepalive: opt_duration(loc, "timeouts.keepalive", t.keepalive, d.keepalive)?,
+        send: opt_duration(loc, "timeouts.send", t.send, d.send)?,
+        upstream_connect: opt_duration(
+            loc,
+            "timeouts.upstream_connect",
+            t.upstream_connect,
+            d.upstream_connect,
+        )?,
+        upstream_read: opt_duration(
+            loc,
+            "timeouts.upstream_read",
+            t.upstream_read,
+            d.upstream_read,
+        )?,
+        upstream_write: opt_duration(
+            loc,
+            "timeouts.upstream_write",
+            t.upstream_write,
+            d.upstream_write,
+        )?,
+        upstream_idle: opt_duration(
+            loc,
+            "timeouts.upstream_idle",
+            t.upstream_idle,
+            d.upstream_idle,
+        )?,
+    })
+}
+
+fn build_limits(loc: &Locator<'_>, l: raw::Limits) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let size = |key: &str, v: Option<Spanned<usize>>, def: usize, min: usize, max: usize| match v {
+        None => Ok(def),
+        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(loc.at(
+            v.span(),
+            key,
+            format!("expected a value from {min} to {max}"),
+        )),
+    };
+    let max_head = size(
+        "limits.max_request_head",
+        l.max_request_head,
+        d.request.max_head,
+        1024,
+        1 << 20,
+    )?;
+    Ok(Limits {
+        request: HeadLimits {
+            max_head,
+            max_target: size(
+                "limits.max_request_target",
+                l.max_request_target,
+                d.request.max_target.min(max_head),
+                16,
+                max_head,
+            )?,
+            max_headers: size(
+                "limits.max_headers",
+                l.max_headers,
+                d.request.max_headers,
+                1,
+                10_000,
+            )?,
+        },
+        max_response_head: size(
+            "limits.max_response_head",
+            l.max_response_head,
+            d.max_response_head,
+            1024,
+            1 << 20,
+        )?,
+    })
+}
+
+fn opt_duration(
+    loc: &Locator<'_>,
+    key: &str,
+    v: Option<Spanned<raw::Duration>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => parse_duration(v.get_ref()).ok_or_else(|| {
+            loc.at(
+                v.span(),
+                key,
+                "expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\"",
+            )
+        }),
+    }
+}
+
+fn parse_duration(d: &raw::Duration) -> Option<Duration> {
+    match d {
+        raw::Duration::Seconds(s) => Some(Duration::from_secs(*s)),
+        raw::Duration::Text(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit())?;
+            let n: u64 = t[..split].parse().ok()?;
+            match &t[split..] {
+                "ms" => Some(Duration::from_millis(n)),
+                "s" => Some(Duration::from_secs(n)),
+                "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+                "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all IPv4 addresses) or `8080`.
+pub fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let port = s.strip_prefix(':').unwrap_or(s).parse::<u16>().ok()?;
+    Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+}
+
+/// `IP:port`, or `localhost:port` (IPv4 loopback). Names are not resolved: the proxy never
+/// waits on DNS at request time.
+pub fn parse_server_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    host.eq_ignore_ascii_case("localhost")
+        .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+}
+
+/// `0-3,8,10-11` → [0, 1, 2, 3, 8, 10, 11].
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let bad = || format!("expected a CPU list like \"0-3,8\", got {s:?}");
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let a: usize = part.parse().map_err(|_| bad())?;
+                (a, a)
+            }
+        };
+        if a > b || b > 4095 {
+            return Err(bad());
+        }
+        for c in a..=b {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -271,10 +271,22 @@ mod tests {
     fn valid_bodies() {
         let cases: &[(&[u8], &[u8], usize)] = &[
             (b"5\r\nhello\r\n0\r\n\r\n", b"hello", 0),
-            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET", b"hello world", 3),
-            (b"A;name=val;x=\"q\"\r\n0123456789\r\n0\r\n\r\n", b"0123456789", 0),
+            (
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET",
+                b"hello world",
+                3,
+            ),
+            (
+                b"A;name=val;x=\"q\"\r\n0123456789\r\n0\r\n\r\n",
+                b"0123456789",
+                0,
+            ),
             (b"3 ;ext\r\nabc\r\n0\r\n\r\n", b"abc", 0),
-            (b"3\r\nabc\r\n0\r\nTrailer: x\r\nOther: y\r\n\r\n", b"abc", 0),
+            (
+                b"3\r\nabc\r\n0\r\nTrailer: x\r\nOther: y\r\n\r\n",
+                b"abc",
+                0,
+            ),
             (b"0\r\n\r\n", b"", 0),
             (b"000\r\n\r\n", b"", 0),
             (b"ffFF\r\n", b"", 0),
@@ -325,7 +337,10 @@ mod tests {
     fn long_lines_rejected() {
         let mut line = b"1;".to_vec();
         line.resize(MAX_CHUNK_LINE + 10, b'a');
-        assert_eq!(ChunkedDecoder::new().decode(&line), Err(ChunkError::TooLong));
+        assert_eq!(
+            ChunkedDecoder::new().decode(&line),
+            Err(ChunkError::TooLong)
+        );
     }
 
     #[test]

@@ -199,8 +199,24 @@ fn valid_host(v: &[u8]) -> bool {
         b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\''
-                    | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+                b'.' | b'-'
+                    | b'_'
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
             )
     })
 }
@@ -303,15 +319,35 @@ mod tests {
         use BodyKind::*;
         let ok: &[(&[u8], BodyKind)] = &[
             (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n", Length(10)),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7, 7\r\n\r\n", Length(7)),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\ncontent-length: 7\r\n\r\n", Length(7)),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Chunked),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n", Chunked),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n",
+                Length(10),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7, 7\r\n\r\n",
+                Length(7),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\ncontent-length: 7\r\n\r\n",
+                Length(7),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Chunked,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n",
+                Chunked,
+            ),
             (b"POST / HTTP/1.0\r\nContent-Length: 0\r\n\r\n", Length(0)),
         ];
         for (b, want) in ok {
-            assert_eq!(req(b).unwrap().body, *want, "{}", String::from_utf8_lossy(b));
+            assert_eq!(
+                req(b).unwrap().body,
+                *want,
+                "{}",
+                String::from_utf8_lossy(b)
+            );
         }
     }
 
@@ -358,22 +394,77 @@ mod tests {
         assert!(!r.connection.persistent(Version::Http10));
         let r = req(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
         assert!(r.connection.persistent(Version::Http10));
-        let r = req(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+        let r =
+            req(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
         assert!(r.unwrap().expect_continue);
     }
 
     #[test]
     fn response_bodies() {
         use BodyKind::*;
-        assert_eq!(resp(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::Get).unwrap().body, Length(3));
-        assert_eq!(resp(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::Head).unwrap().body, None);
-        assert_eq!(resp(b"HTTP/1.1 204 No Content\r\n\r\n", Method::Get).unwrap().body, None);
-        assert_eq!(resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", Method::Get).unwrap().body, None);
-        assert_eq!(resp(b"HTTP/1.1 100 Continue\r\n\r\n", Method::Post).unwrap().body, None);
-        assert_eq!(resp(b"HTTP/1.1 200 OK\r\n\r\n", Method::Get).unwrap().body, Close);
-        assert_eq!(resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get).unwrap().body, Chunked);
-        assert!(resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Method::Get).is_err());
-        assert!(resp(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", Method::Get).is_err());
-        assert!(resp(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Method::Get).is_err());
+        assert_eq!(
+            resp(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::Get)
+                .unwrap()
+                .body,
+            Length(3)
+        );
+        assert_eq!(
+            resp(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                Method::Head
+            )
+            .unwrap()
+            .body,
+            None
+        );
+        assert_eq!(
+            resp(b"HTTP/1.1 204 No Content\r\n\r\n", Method::Get)
+                .unwrap()
+                .body,
+            None
+        );
+        assert_eq!(
+            resp(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                Method::Get
+            )
+            .unwrap()
+            .body,
+            None
+        );
+        assert_eq!(
+            resp(b"HTTP/1.1 100 Continue\r\n\r\n", Method::Post)
+                .unwrap()
+                .body,
+            None
+        );
+        assert_eq!(
+            resp(b"HTTP/1.1 200 OK\r\n\r\n", Method::Get).unwrap().body,
+            Close
+        );
+        assert_eq!(
+            resp(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::Get
+            )
+            .unwrap()
+            .body,
+            Chunked
+        );
+        assert!(resp(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::Get
+        )
+        .is_err());
+        assert!(resp(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            Method::Get
+        )
+        .is_err());
+        assert!(resp(
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            Method::Get
+        )
+        .is_err());
     }
 }

@@ -242,9 +242,11 @@ impl Cursor<'_> {
 
     /// `HTTP/x.y`.
     fn version(&mut self) -> Result<Version, ParseError> {
-        let v = self.buf.get(self.pos..self.pos + 8).ok_or(ParseError::Version)?;
-        if &v[..5] != b"HTTP/" || !v[5].is_ascii_digit() || v[6] != b'.' || !v[7].is_ascii_digit()
-        {
+        let v = self
+            .buf
+            .get(self.pos..self.pos + 8)
+            .ok_or(ParseError::Version)?;
+        if &v[..5] != b"HTTP/" || !v[5].is_ascii_digit() || v[6] != b'.' || !v[7].is_ascii_digit() {
             return Err(ParseError::Version);
         }
         self.pos += 8;
@@ -277,7 +279,8 @@ impl Cursor<'_> {
             self.skip_ows();
             let mut value = self.take_while(&FIELD_VALUE);
             self.crlf(ParseError::HeaderValue)?;
-            while value.end > value.start && matches!(self.buf[value.end as usize - 1], b' ' | b'\t')
+            while value.end > value.start
+                && matches!(self.buf[value.end as usize - 1], b' ' | b'\t')
             {
                 value.end -= 1;
             }
@@ -335,7 +338,10 @@ fn target_form(method: Method, target: Span, buf: &[u8]) -> Result<TargetForm, P
     let t = target.get(buf);
     if method == Method::Connect {
         // authority-form: host ":" port, nothing else.
-        let colon = t.iter().rposition(|&b| b == b':').ok_or(ParseError::Target)?;
+        let colon = t
+            .iter()
+            .rposition(|&b| b == b':')
+            .ok_or(ParseError::Target)?;
         let port = &t[colon + 1..];
         if colon == 0 || port.is_empty() || !port.iter().all(u8::is_ascii_digit) {
             return Err(ParseError::Target);

@@ -41,7 +41,15 @@ pub fn reason(status: u16) -> &'static str {
 /// `502 Bad Gateway: upstream refused the connection`.
 pub fn error(status: u16, detail: &str, close: bool, out: &mut Vec<u8>) {
     let r = reason(status);
-    let body_len = 3 + 1 + r.len() + if detail.is_empty() { 0 } else { 2 + detail.len() } + 1;
+    let body_len = 3
+        + 1
+        + r.len()
+        + if detail.is_empty() {
+            0
+        } else {
+            2 + detail.len()
+        }
+        + 1;
     let _ = write!(
         out,
         "HTTP/1.1 {status} {r}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {body_len}\r\n"
@@ -119,7 +127,11 @@ mod tests {
 
     #[test]
     fn fixed() {
-        let f = Fixed::new(200, &[("Content-Type".into(), "text/plain".into())], b"hi\n");
+        let f = Fixed::new(
+            200,
+            &[("Content-Type".into(), "text/plain".into())],
+            b"hi\n",
+        );
         let mut out = Vec::new();
         f.write(false, false, false, &mut out);
         assert_eq!(

@@ -122,7 +122,10 @@ pub fn upstream_request(
     let (target, authority): (&[u8], Option<&[u8]>) = match head.form {
         TargetForm::Absolute { authority, path } => {
             let p = path.get(buf);
-            (if p.is_empty() { b"/" } else { p }, Some(authority.get(buf)))
+            (
+                if p.is_empty() { b"/" } else { p },
+                Some(authority.get(buf)),
+            )
         }
         _ => (head.target.get(buf), None),
     };
@@ -262,13 +265,20 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
     fn absolute_form_and_overrides() {
         let req = b"GET http://Origin.example:81?q HTTP/1.0\r\nHost: ignored\r\n\r\n";
         let out = rewrite(req, BodyKind::None, &fwd());
-        assert!(out.starts_with("GET /?q HTTP/1.1\r\nHost: Origin.example:81\r\n"), "{out}");
+        assert!(
+            out.starts_with("GET /?q HTTP/1.1\r\nHost: Origin.example:81\r\n"),
+            "{out}"
+        );
         assert!(out.contains("Via: 1.0 ringway\r\n"));
         let f = Forwarding {
             host_override: Some(b"backend.internal"),
             ..fwd()
         };
-        let out = rewrite(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", BodyKind::Length(3), &f);
+        let out = rewrite(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            BodyKind::Length(3),
+            &f,
+        );
         assert!(out.contains("Host: backend.internal\r\n"));
         assert!(out.contains("X-Forwarded-Host: a\r\n"));
         assert!(out.contains("Content-Length: 3\r\n"));
@@ -282,14 +292,30 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
         let mut hs = Vec::new();
         let head = parse_response(resp, &mut hs, &Limits::default()).unwrap();
         let mut out = Vec::new();
-        client_response(resp, &head, &hs, BodyKind::Chunked, ConnectionHeader::Close, &mut out);
+        client_response(
+            resp,
+            &head,
+            &hs,
+            BodyKind::Chunked,
+            ConnectionHeader::Close,
+            &mut out,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
         let mut out = Vec::new();
-        client_response(resp, &head, &hs, BodyKind::None, ConnectionHeader::KeepAlive, &mut out);
+        client_response(
+            resp,
+            &head,
+            &hs,
+            BodyKind::None,
+            ConnectionHeader::KeepAlive,
+            &mut out,
+        );
         let s = String::from_utf8(out).unwrap();
-        assert!(s.contains("Content-Length: 5\r\n") && s.ends_with("Connection: keep-alive\r\n\r\n"));
+        assert!(
+            s.contains("Content-Length: 5\r\n") && s.ends_with("Connection: keep-alive\r\n\r\n")
+        );
     }
 }

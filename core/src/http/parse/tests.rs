@@ -91,7 +91,10 @@ fn target_forms() {
     let b = b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n";
     assert_eq!(req(b).unwrap().0.form, TargetForm::Asterisk);
     let b = b"GET http://a HTTP/1.1\r\n\r\n";
-    assert!(matches!(req(b).unwrap().0.form, TargetForm::Absolute { .. }));
+    assert!(matches!(
+        req(b).unwrap().0.form,
+        TargetForm::Absolute { .. }
+    ));
 }
 
 #[test]
@@ -138,7 +141,10 @@ fn bare_lf_rejected_by_scanner() {
     let l = Limits::default();
     assert_eq!(sc.scan(b"GET / HTTP/1.1\n\n", &l), Err(ParseError::BareLf));
     let mut sc = HeadScanner::new();
-    assert_eq!(sc.scan(b"GET / HTTP/1.1\r\nA: b\n", &l), Err(ParseError::BareLf));
+    assert_eq!(
+        sc.scan(b"GET / HTTP/1.1\r\nA: b\n", &l),
+        Err(ParseError::BareLf)
+    );
 }
 
 #[test]
@@ -149,10 +155,12 @@ fn limits() {
         max_headers: 2,
     };
     let mut sc = HeadScanner::new();
-    let long_target = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let long_target =
+        b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     assert_eq!(sc.scan(long_target, &l), Err(ParseError::TargetTooLong));
     let mut sc = HeadScanner::new();
-    let big = b"GET / HTTP/1.1\r\nA: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let big =
+        b"GET / HTTP/1.1\r\nA: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
     assert_eq!(sc.scan(big, &l), Err(ParseError::HeadTooLarge));
     let mut hs = Vec::new();
     assert_eq!(
@@ -160,7 +168,11 @@ fn limits() {
         Err(ParseError::TargetTooLong)
     );
     assert_eq!(
-        parse_request(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", &mut hs, &l),
+        parse_request(
+            b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+            &mut hs,
+            &l
+        ),
         Err(ParseError::TooManyHeaders)
     );
     assert_eq!(ParseError::TooManyHeaders.status(), 431);
@@ -192,7 +204,10 @@ fn responses() {
     let mut hs = Vec::new();
     let b = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
     let r = parse_response(b, &mut hs, &l).unwrap();
-    assert_eq!((r.status, r.version, r.len), (200, Version::Http11, b.len()));
+    assert_eq!(
+        (r.status, r.version, r.len),
+        (200, Version::Http11, b.len())
+    );
     assert_eq!(r.reason.get(b), b"OK");
     assert_eq!(find_header(b, &hs, b"content-length"), Some(&b"5"[..]));
     let b = b"HTTP/1.0 404\r\n\r\n";

@@ -1,0 +1,90 @@
+//! The TOML file as written, before validation. Every struct rejects unknown keys, and fields
+//! that need checks beyond their type carry their position (`Spanned`) so an error can name the
+//! line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<Upstream>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<Route>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Server {
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub workers: Option<Spanned<usize>>,
+    pub cpus: Option<Spanned<String>>,
+    pub pin: Option<bool>,
+    pub shutdown_timeout: Option<Spanned<Duration>>,
+}
+
+/// A duration as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Duration {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Timeouts {
+    pub client_header: Option<Spanned<Duration>>,
+    pub client_body: Option<Spanned<Duration>>,
+    pub keepalive: Option<Spanned<Duration>>,
+    pub send: Option<Spanned<Duration>>,
+    pub upstream_connect: Option<Spanned<Duration>>,
+    pub upstream_read: Option<Spanned<Duration>>,
+    pub upstream_write: Option<Spanned<Duration>>,
+    pub upstream_idle: Option<Spanned<Duration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Limits {
+    pub max_request_head: Option<Spanned<usize>>,
+    pub max_request_target: Option<Spanned<usize>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_response_head: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upstream {
+    pub servers: Spanned<Vec<Spanned<String>>>,
+    pub keepalive: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Route {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    pub set_host: Option<Spanned<String>>,
+    pub respond: Option<Spanned<Respond>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Respond {
+    pub status: Spanned<u16>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+}

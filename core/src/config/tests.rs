@@ -1,0 +1,126 @@
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:8080", ":9090"]
+workers = 2
+cpus = "0-1"
+shutdown_timeout = "5s"
+
+[timeouts]
+client_header = "10s"
+upstream_connect = "250ms"
+keepalive = 30
+
+[limits]
+max_request_head = 8192
+
+[upstreams.app]
+servers = ["127.0.0.1:3000", "localhost:3001"]
+keepalive = 8
+
+[[routes]]
+host = "*.example.com"
+path = "/api/"
+upstream = "app"
+set_host = "backend"
+
+[[routes]]
+path = "/"
+respond = { status = 200, body = "hello\n", headers = { "Content-Type" = "text/plain" } }
+"#;
+
+#[test]
+fn parses_everything() {
+    let c = Config::parse("t.toml", GOOD).unwrap();
+    assert_eq!(c.server.listen.len(), 2);
+    assert_eq!(c.server.listen[1].port(), 9090);
+    assert_eq!(c.server.workers, Some(2));
+    assert_eq!(c.server.cpus, Some(vec![0, 1]));
+    assert_eq!(c.server.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.timeouts.client_header, Duration::from_secs(10));
+    assert_eq!(c.timeouts.upstream_connect, Duration::from_millis(250));
+    assert_eq!(c.timeouts.keepalive, Duration::from_secs(30));
+    assert_eq!(c.timeouts.upstream_read, Timeouts::default().upstream_read);
+    assert_eq!(c.limits.request.max_head, 8192);
+    assert_eq!(c.upstreams[0].servers[1], "127.0.0.1:3001".parse().unwrap());
+    assert_eq!(c.upstreams[0].keepalive, 8);
+    assert_eq!(c.router.lookup(b"a.example.com", b"/api/x"), Some(&0));
+    assert_eq!(c.router.lookup(b"other", b"/api/x"), Some(&1));
+    assert!(
+        matches!(&c.routes[0].action, Action::Proxy { upstream: 0, set_host: Some(h) } if h == b"backend")
+    );
+}
+
+fn err(text: &str) -> ConfigError {
+    Config::parse("bad.toml", text).unwrap_err()
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let e = err("[server]\nlisten = [\"127.0.0.1:8080\"]\nworkrs = 2\n");
+    assert_eq!(e.file, "bad.toml");
+    assert_eq!(e.line, Some(3));
+    assert!(e.message.contains("unknown field `workrs`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("bad.toml:3: server.workrs: unknown field `workrs`"),
+        "{e}"
+    );
+
+    let e = err("[[routes]]\npath = \"/\"\nupstream = \"ap\"\n[upstreams.app]\nservers = [\"127.0.0.1:1\"]\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "routes[0].upstream"));
+    assert!(
+        e.message
+            .contains("no upstream named \"ap\" (defined: app)"),
+        "{e}"
+    );
+
+    let e =
+        err("[timeouts]\n\nkeepalive = \"10 parsecs\"\n[[routes]]\nrespond = { status = 200 }\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "timeouts.keepalive"));
+
+    let e = err("[server]\nworkers = \"two\"\n");
+    assert_eq!(e.line, Some(2));
+    assert_eq!(e.key, "server.workers");
+
+    let e = err("[[routes]]\nrespond = { status = 42 }\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(2), "routes[0].respond.status")
+    );
+
+    let e =
+        err("[upstreams.app]\nservers = [\"db.internal:80\"]\n[[routes]]\nupstream = \"app\"\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(2), "upstreams.app.servers[0]")
+    );
+
+    let e = err("[[routes]]\npath = \"/\"\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(1), "routes[0]"));
+
+    let e = err("");
+    assert_eq!(e.key, "routes");
+
+    let e = err("[server]\nlisten = [\"nope\"]\n[[routes]]\nrespond = { status = 200 }\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "server.listen[0]"));
+
+    let e = err("[server\n");
+    assert_eq!(e.line, Some(1));
+
+    let e =
+        err("[[routes]]\nrespond = { status = 200, headers = { \"Content-Length\" = \"5\" } }\n");
+    assert_eq!(e.key, "routes[0].respond.headers.Content-Length");
+}
+
+#[test]
+fn helpers() {
+    assert_eq!(parse_cpu_list("0-2, 5,1").unwrap(), vec![0, 1, 2, 5]);
+    assert!(parse_cpu_list("3-1").is_err());
+    assert!(parse_cpu_list("x").is_err());
+    assert_eq!(parse_listen_addr("8080").unwrap().port(), 8080);
+    assert_eq!(parse_listen_addr("[::1]:1").unwrap().port(), 1);
+    assert!(parse_listen_addr("host:1").is_none());
+    assert!(parse_server_addr("example.com:80").is_none());
+}
