@@ -1,1 +1,183 @@
-fn main() {}
+//! The `ringway` command: flags, config loading, signals. Everything else lives in the
+//! `ringway-core` and `ringway-io` crates.
+
+mod cli;
+mod logger;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringway_core::config::{Config, ConfigError};
+use ringway_io::Server;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logger::init(cli.log_level);
+    match cli.command {
+        Some(Command::Check) => check(&cli),
+        None => run(&cli),
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let mut cfg = match (&cli.config, cli.upstream.is_empty()) {
+        (Some(path), _) => {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{name}: cannot read config: {e}"))?;
+            Config::parse(&name, &text).map_err(|e: ConfigError| e.to_string())?
+        }
+        (None, false) => {
+            let mut ups = Vec::new();
+            for u in &cli.upstream {
+                ups.push(ringway_core::config::parse_server_addr(u).ok_or_else(|| {
+                    format!("--upstream {u:?}: expected IP:port or localhost:port")
+                })?);
+            }
+            let listen = if cli.listen.is_empty() {
+                vec!["127.0.0.1:8080".to_string()]
+            } else {
+                cli.listen.clone()
+            };
+            Config::quick(parse_listen(&listen)?, ups)
+        }
+        (None, true) => return Err(
+            "nothing to serve: give --config FILE, or --upstream ADDR for quick mode (see --help)"
+                .into(),
+        ),
+    };
+    if cli.config.is_some() && !cli.upstream.is_empty() {
+        return Err("--upstream is for quick mode and cannot be combined with --config".into());
+    }
+    if !cli.listen.is_empty() {
+        cfg.server.listen = parse_listen(&cli.listen)?;
+    }
+    if let Some(w) = cli.workers {
+        if w == 0 {
+            return Err("--workers: expected at least 1".into());
+        }
+        cfg.server.workers = Some(w);
+    }
+    if let Some(c) = &cli.cpus {
+        cfg.server.cpus =
+            Some(ringway_core::config::parse_cpu_list(c).map_err(|e| format!("--cpus: {e}"))?);
+    }
+    if cli.no_pin {
+        cfg.server.pin = false;
+    }
+    Ok(cfg)
+}
+
+fn parse_listen(list: &[String]) -> Result<Vec<std::net::SocketAddr>, String> {
+    list.iter()
+        .map(|l| {
+            ringway_core::config::parse_listen_addr(l)
+                .ok_or_else(|| format!("--listen {l:?}: expected IP:port, :port or port"))
+        })
+        .collect()
+}
+
+fn check(cli: &Cli) -> ExitCode {
+    if cli.config.is_none() {
+        eprintln!("ringway: check needs --config FILE");
+        return ExitCode::from(2);
+    }
+    match load(cli) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} route(s), {} upstream group(s), listening on {})",
+                cli.config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                cfg.routes.len(),
+                cfg.upstreams.len(),
+                cfg.server
+                    .listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match Server::bind(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let pinned = server.pinned_cpus();
+    log::info!(
+        "listening on {} with {} worker(s){}",
+        addrs.join(", "),
+        server.workers(),
+        if pinned.is_empty() {
+            ", not pinned".to_string()
+        } else {
+            format!(
+                " pinned to CPU(s) {}",
+                pinned
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        }
+    );
+    let handle = server.shutdown_handle();
+    if let Err(e) = spawn_signal_thread(handle) {
+        eprintln!("ringway: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match server.run() {
+        Ok(()) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or SIGINT: drain gracefully. A second one: exit at once.
+fn spawn_signal_thread(handle: ringway_io::ShutdownHandle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("ringway-signals".into())
+        .spawn(move || {
+            let mut seen = false;
+            for sig in signals.forever() {
+                if seen {
+                    log::warn!("second signal {sig}: exiting now");
+                    std::process::exit(1);
+                }
+                seen = true;
+                log::info!("signal {sig}: stopping; finishing in-flight requests");
+                handle.shutdown();
+            }
+        })?;
+    Ok(())
+}

@@ -1,1 +1,23 @@
+//! ringway-io: the data plane.
+//!
+//! One worker thread per CPU, each pinned with `core_affinity` and running its own monoio
+//! runtime (io_uring, or epoll where io_uring is unavailable). Each worker owns its own
+//! SO_REUSEPORT listener sockets, its own upstream connection pools and its own balancer state:
+//! nothing on the request path is shared between threads, so nothing needs a lock. The kernel
+//! spreads new connections across the workers' listeners.
+//!
+//! This crate moves bytes and keeps time. Every decision about those bytes — where a head ends,
+//! how a body is framed, which route and server, what head to send on — is made by
+//! `ringway-core`.
 
+mod buf;
+mod drain;
+mod listener;
+mod proxy;
+mod relay;
+mod server;
+mod upstream;
+mod worker;
+
+pub use listener::BindError;
+pub use server::{Server, ShutdownHandle, StartError};

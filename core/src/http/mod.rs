@@ -112,7 +112,7 @@ pub enum TargetForm {
 }
 
 /// A parsed request head. Spans point into the buffer given to [`parse_request`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestHead {
     pub method: Method,
     pub method_span: Span,
@@ -124,7 +124,7 @@ pub struct RequestHead {
 }
 
 /// A parsed response head.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseHead {
     pub version: Version,
     pub status: u16,

@@ -1,0 +1,59 @@
+//! Command-line flags.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// ringway: a thread-per-core io_uring HTTP proxy.
+///
+/// Run with a config file (`--config ringway.toml`), or in quick mode with no file:
+/// `ringway --listen :8080 --upstream 127.0.0.1:3000`.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(short, long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on (IP:port, :port or port); repeatable. Overrides the config's
+    /// `server.listen`. Quick mode default: 127.0.0.1:8080.
+    #[arg(short, long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// Quick mode: proxy every request to this server (IP:port); repeatable for round-robin.
+    #[arg(short, long, value_name = "ADDR")]
+    pub upstream: Vec<String>,
+
+    /// Number of worker threads [default: one per CPU this process may use].
+    #[arg(short, long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// CPUs to pin workers to, e.g. `0-3,8` (worker i goes to the i-th CPU listed).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, global = true)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the file given with --config and exit: 0 if valid, 1 with the error if not.
+    Check,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}

@@ -1,0 +1,95 @@
+//! Owned-buffer IO helpers for monoio's ownership-passing reads and writes.
+//!
+//! monoio takes a buffer by value for the duration of an operation (the kernel may write into it
+//! until the completion arrives) and hands it back with the result. These helpers read into a
+//! `Vec`'s spare capacity and write a range of it, each bounded by a timeout. When a timeout
+//! fires, the operation is cancelled and the buffer goes with it: the caller gets an empty `Vec`
+//! back and closes the connection.
+
+use std::io;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+/// Why an IO operation with a timeout failed.
+#[derive(Debug)]
+pub(crate) enum IoFail {
+    Timeout,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for IoFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("timed out"),
+            Self::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads once into `buf[len..len + max]` (bounded by capacity), appending. Returns bytes read;
+/// 0 means the peer closed.
+pub(crate) async fn read_append(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    timeout: Duration,
+) -> Result<usize, IoFail> {
+    let len = buf.len();
+    if buf.capacity() == len {
+        buf.reserve(4096);
+    }
+    let end = buf.capacity().min(len.saturating_add(max));
+    let owned = std::mem::take(buf).slice_mut(len..end);
+    match monoio::time::timeout(timeout, s.read(owned)).await {
+        Ok((res, owned)) => {
+            *buf = owned.into_inner();
+            res.map_err(IoFail::Io)
+        }
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Writes `buf[range]` completely.
+pub(crate) async fn write_range(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    range: std::ops::Range<usize>,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    let owned = std::mem::take(buf).slice(range);
+    match monoio::time::timeout(timeout, s.write_all(owned)).await {
+        Ok((res, owned)) => {
+            *buf = owned.into_inner();
+            res.map(|_| ()).map_err(IoFail::Io)
+        }
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Writes all of `buf`.
+pub(crate) async fn write_all(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    let n = buf.len();
+    write_range(s, buf, 0..n, timeout).await
+}
+
+/// Keeps a buffer's capacity at least `cap` after a cancelled operation took it.
+pub(crate) fn ensure_capacity(buf: &mut Vec<u8>, cap: usize) {
+    if buf.capacity() < cap {
+        buf.reserve(cap - buf.len());
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_bufs(v: Vec<u8>) -> impl IoBuf + IoBufMut {
+    v
+}

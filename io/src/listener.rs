@@ -1,0 +1,96 @@
+//! Binding the listening sockets, before any worker starts.
+//!
+//! Every worker gets its own socket per listen address, all bound with SO_REUSEPORT so the
+//! kernel balances incoming connections across workers with no shared accept queue. Binding
+//! happens on the main thread so that a port already in use is one clear error and a non-zero
+//! exit, not a worker dying later.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A listen address that could not be bound.
+#[derive(Debug)]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.source)
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+const BACKLOG: i32 = 4096;
+
+fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s)
+}
+
+/// Binds `workers` sockets on each address. Returns, per worker, one listener per address.
+///
+/// A port that another process holds is detected first with a socket that does not set
+/// SO_REUSEPORT (which would otherwise let two processes of the same user share the port
+/// silently). Port 0 is resolved once and the same port used for every worker.
+pub(crate) fn bind_all(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> Result<Vec<Vec<TcpListener>>, BindError> {
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for &addr in addrs {
+        let fail = |source| BindError { addr, source };
+        let mut addr = addr;
+        {
+            let probe = socket(addr, false).map_err(fail)?;
+            if addr.port() == 0 {
+                let local = probe.local_addr().map_err(fail)?;
+                addr = local.as_socket().unwrap_or(addr);
+            }
+            // The probe is closed here, freeing the port for the SO_REUSEPORT group below.
+        }
+        for w in per_worker.iter_mut() {
+            let s = socket(addr, true).map_err(|source| BindError { addr, source })?;
+            w.push(s.into());
+        }
+    }
+    Ok(per_worker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_port_for_all_workers_and_conflicts_detected() {
+        let l = bind_all(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
+        let port = l[0][0].local_addr().unwrap().port();
+        assert!(l.iter().all(|w| w[0].local_addr().unwrap().port() == port));
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind_all(&[addr], 1).unwrap_err();
+        assert_eq!(e.addr, addr);
+        assert!(e
+            .to_string()
+            .starts_with(&format!("cannot listen on {addr}: ")));
+    }
+}

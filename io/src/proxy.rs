@@ -1,0 +1,723 @@
+//! One client connection: read a request head, decide, forward, answer, repeat.
+//!
+//! The loop per request is: read until core's [`HeadScanner`] finds the end of the head; parse
+//! it and its framing (a fault is answered with 4xx and the connection closed, the upstream sees
+//! nothing); route it; then either answer locally or forward: take a pooled upstream connection
+//! or connect, send the head core wrote, stream the body, read the response head, send core's
+//! rewritten head to the client and stream the response body. Requests on one connection are
+//! handled one after another, so pipelined requests are answered in order by construction.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+use ringway_core::config::{Action, Config};
+use ringway_core::http::framing::{request_info, response_info, BodyKind, RequestInfo};
+use ringway_core::http::respond::{self, Fixed};
+use ringway_core::http::rewrite::{
+    client_response, upstream_request, ConnectionHeader, Forwarding,
+};
+use ringway_core::http::{
+    parse_request, parse_response, HeadScanner, Header, Limits, Method, ParseError, RequestHead,
+    Scan, TargetForm, Version,
+};
+
+use crate::buf::{ensure_capacity, read_append, write_all, IoFail};
+use crate::relay::{relay, RelayFail, RelayTimeouts, Side};
+use crate::upstream::{connect, ConnectError};
+use crate::worker::Worker;
+
+/// Size of each connection's read buffers. Heads up to the configured limit grow past it.
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
+
+/// What happens to the client connection after a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Why reading an upstream response head failed.
+enum ResponseHeadError {
+    /// The upstream closed (or reset) before sending any byte.
+    ClosedEarly,
+    Timeout,
+    Io(std::io::Error),
+    /// Closed partway through the head.
+    Truncated,
+    Invalid(ParseError),
+}
+
+/// Per-connection state. Buffers are allocated once and reused for every request.
+struct Conn {
+    w: Rc<Worker>,
+    cfg: Rc<Config>,
+    client: TcpStream,
+    peer: SocketAddr,
+    /// Bytes from the client: the current head, then body bytes, then any pipelined requests.
+    inbuf: Vec<u8>,
+    /// Bytes from the upstream.
+    ubuf: Vec<u8>,
+    /// Heads this proxy writes.
+    out: Vec<u8>,
+    /// Re-framed chunked data.
+    scratch: Vec<u8>,
+    headers: Vec<Header>,
+    uheaders: Vec<Header>,
+    served: u64,
+}
+
+/// Serves one accepted client connection until it closes.
+pub(crate) async fn serve(w: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let _active = w.enter();
+    let cfg = w.cfg.clone();
+    let mut c = Conn {
+        w,
+        cfg,
+        client,
+        peer,
+        inbuf: Vec::with_capacity(BUF_SIZE),
+        ubuf: Vec::new(),
+        out: Vec::with_capacity(1024),
+        scratch: Vec::new(),
+        headers: Vec::with_capacity(32),
+        uheaders: Vec::with_capacity(32),
+        served: 0,
+    };
+    c.run().await;
+}
+
+impl Conn {
+    async fn run(&mut self) {
+        loop {
+            let Some(head_end) = self.read_head().await else {
+                return;
+            };
+            if self.handle(head_end).await == Next::Close {
+                return;
+            }
+            self.served += 1;
+            if self.w.drain.is_set() {
+                return;
+            }
+        }
+    }
+
+    /// Reads until a complete head is in `inbuf`; returns its length. `None`: the connection
+    /// is done (closed, timed out, draining, or answered with an error).
+    async fn read_head(&mut self) -> Option<usize> {
+        let limits = self.cfg.limits.request;
+        let t = self.cfg.timeouts;
+        let mut scanner = HeadScanner::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.inbuf.is_empty() {
+                match scanner.scan(&self.inbuf, &limits) {
+                    Ok(Scan::Complete(n)) => return Some(n),
+                    Ok(Scan::Partial) => {}
+                    Err(e) => {
+                        self.reject(e.status(), &e.to_string()).await;
+                        return None;
+                    }
+                }
+            }
+            let started = scanner.started(&self.inbuf);
+            let now = Instant::now();
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(now),
+                None if started => {
+                    deadline = Some(now + t.client_header);
+                    t.client_header
+                }
+                None if self.served == 0 => t.client_header,
+                None => t.keepalive,
+            };
+            let r = if started {
+                read_append(&mut self.client, &mut self.inbuf, usize::MAX, wait).await
+            } else {
+                let drain = self.w.drain.clone();
+                monoio::select! {
+                    r = read_append(&mut self.client, &mut self.inbuf, usize::MAX, wait) => r,
+                    _ = drain.wait() => return None,
+                }
+            };
+            match r {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(IoFail::Timeout) => {
+                    if started {
+                        self.reject(408, "timed out reading the request head").await;
+                    }
+                    return None;
+                }
+                Err(IoFail::Io(_)) => return None,
+            }
+        }
+    }
+
+    async fn handle(&mut self, head_end: usize) -> Next {
+        let limits = self.cfg.limits.request;
+        let buf = &self.inbuf[..head_end];
+        let head = match parse_request(buf, &mut self.headers, &limits) {
+            Ok(h) => h,
+            Err(e) => {
+                self.reject(e.status(), &e.to_string()).await;
+                return Next::Close;
+            }
+        };
+        let info = match request_info(buf, &head, &self.headers) {
+            Ok(i) => i,
+            Err(e) => {
+                self.reject(e.status(), &e.to_string()).await;
+                return Next::Close;
+            }
+        };
+        if head.method == Method::Connect {
+            self.reject(405, "CONNECT is not enabled on this listener")
+                .await;
+            return Next::Close;
+        }
+        let host: &[u8] = match head.form {
+            TargetForm::Absolute { authority, .. } => authority.get(buf),
+            _ => info.host.map_or(&b""[..], |h| h.get(buf)),
+        };
+        let target = match head.form {
+            TargetForm::Origin => head.target.get(buf),
+            TargetForm::Absolute { path, .. } => path.get(buf),
+            TargetForm::Authority | TargetForm::Asterisk => b"/",
+        };
+        let path = target.split(|&b| b == b'?').next().unwrap_or(b"/");
+        let cfg = self.cfg.clone();
+        match cfg
+            .router
+            .lookup(host, path)
+            .map(|&i| &cfg.routes[i].action)
+        {
+            None => {
+                self.local(
+                    Local::Error(404, "no route for this host and path"),
+                    head,
+                    info,
+                    head_end,
+                )
+                .await
+            }
+            Some(Action::Respond(fixed)) => {
+                self.local(Local::Fixed(fixed), head, info, head_end).await
+            }
+            Some(Action::Proxy { upstream, set_host }) => {
+                self.proxy(head, info, head_end, *upstream, set_host.as_deref())
+                    .await
+            }
+        }
+    }
+
+    /// Answers a request without an upstream. A request body is read and discarded first so
+    /// that the connection can carry on; with `Expect: 100-continue` it is never asked for, and
+    /// the connection is closed instead.
+    async fn local(
+        &mut self,
+        resp: Local<'_>,
+        head: RequestHead,
+        info: RequestInfo,
+        head_end: usize,
+    ) -> Next {
+        let t = self.cfg.timeouts;
+        self.inbuf.drain(..head_end);
+        let mut keep = info.connection.persistent(head.version) && !self.w.drain.is_set();
+        if !info.body.is_empty() {
+            if info.expect_continue {
+                keep = false;
+            } else {
+                let rt = RelayTimeouts {
+                    read: t.client_body,
+                    write: t.send,
+                };
+                if let Err(e) = relay(
+                    &mut self.client,
+                    &mut self.inbuf,
+                    info.body,
+                    None,
+                    BodyKind::None,
+                    &mut self.scratch,
+                    rt,
+                )
+                .await
+                {
+                    return self.client_body_failed(&e.fail).await;
+                }
+            }
+        }
+        self.out.clear();
+        match resp {
+            Local::Fixed(f) => f.write(
+                !keep,
+                keep && head.version == Version::Http10,
+                head.method == Method::Head,
+                &mut self.out,
+            ),
+            Local::Error(status, msg) => respond::error(status, msg, !keep, &mut self.out),
+        }
+        if write_all(&mut self.client, &mut self.out, t.send)
+            .await
+            .is_err()
+            || !keep
+        {
+            self.close_gracefully().await;
+            return Next::Close;
+        }
+        Next::KeepAlive
+    }
+
+    async fn proxy(
+        &mut self,
+        head: RequestHead,
+        info: RequestInfo,
+        head_end: usize,
+        group: usize,
+        set_host: Option<&[u8]>,
+    ) -> Next {
+        let cfg = self.cfg.clone();
+        let t = cfg.timeouts;
+        let Some(server) = self.w.pick(group) else {
+            self.inbuf.drain(..head_end);
+            return self
+                .fail(503, "no upstream server available", &info, &head, false)
+                .await;
+        };
+        let addr = cfg.upstreams[group].servers[server];
+
+        let body_out = match info.body {
+            BodyKind::Close => BodyKind::None,
+            b => b,
+        };
+        let fallback_host = if info.host.is_none() && set_host.is_none() {
+            addr.to_string()
+        } else {
+            String::new()
+        };
+        let fwd = Forwarding {
+            client_ip: self.peer.ip(),
+            proto: self.w.proto,
+            host_override: set_host,
+            fallback_host: fallback_host.as_bytes(),
+        };
+        self.out.clear();
+        upstream_request(
+            &self.inbuf[..head_end],
+            &head,
+            &self.headers,
+            body_out,
+            &fwd,
+            &mut self.out,
+        );
+        self.inbuf.drain(..head_end);
+
+        let body_empty = info.body.is_empty();
+        let retryable = head.method.is_idempotent() && body_empty;
+        let mut fresh_only = false;
+        let (up, resp_end) = loop {
+            let pooled = if fresh_only {
+                None
+            } else {
+                self.w.pool.borrow_mut().take(group, server, Instant::now())
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(s) => s,
+                None => match connect(addr, t.upstream_connect).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("upstream {addr}: {e}");
+                        let status = if matches!(e, ConnectError::Timeout) {
+                            504
+                        } else {
+                            502
+                        };
+                        let msg = match e {
+                            ConnectError::Timeout => "upstream connect timed out".to_string(),
+                            ConnectError::Io(e) => format!("upstream connect failed: {e}"),
+                        };
+                        return self.fail(status, &msg, &info, &head, body_empty).await;
+                    }
+                },
+            };
+            let stale_retry = reused && retryable;
+            if let Err(e) = write_all(&mut up, &mut self.out, t.upstream_write).await {
+                if stale_retry {
+                    fresh_only = true;
+                    continue;
+                }
+                ensure_capacity(&mut self.out, 1024);
+                log::warn!("upstream {addr}: sending request head: {e}");
+                let status = if matches!(e, IoFail::Timeout) {
+                    504
+                } else {
+                    502
+                };
+                return self
+                    .fail(
+                        status,
+                        "upstream failed while receiving the request",
+                        &info,
+                        &head,
+                        false,
+                    )
+                    .await;
+            }
+            if !body_empty {
+                if info.expect_continue {
+                    self.scratch.clear();
+                    self.scratch
+                        .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    if write_all(&mut self.client, &mut self.scratch, t.send)
+                        .await
+                        .is_err()
+                    {
+                        return Next::Close;
+                    }
+                }
+                let rt = RelayTimeouts {
+                    read: t.client_body,
+                    write: t.upstream_write,
+                };
+                if let Err(e) = relay(
+                    &mut self.client,
+                    &mut self.inbuf,
+                    info.body,
+                    Some(&mut up),
+                    body_out,
+                    &mut self.scratch,
+                    rt,
+                )
+                .await
+                {
+                    return match e.side {
+                        Side::Source => self.client_body_failed(&e.fail).await,
+                        Side::Destination => {
+                            log::warn!("upstream {addr}: {e}");
+                            self.fail(
+                                502,
+                                "upstream failed while receiving the request body",
+                                &info,
+                                &head,
+                                false,
+                            )
+                            .await
+                        }
+                    };
+                }
+            }
+            match self.read_response_head(&mut up).await {
+                Ok(end) => break (up, end),
+                Err(ResponseHeadError::ClosedEarly) if stale_retry => {
+                    fresh_only = true;
+                    continue;
+                }
+                Err(e) => {
+                    let (status, msg) = match e {
+                        ResponseHeadError::Timeout => (504, "upstream timed out".to_string()),
+                        ResponseHeadError::ClosedEarly | ResponseHeadError::Truncated => (
+                            502,
+                            "upstream closed the connection before responding".to_string(),
+                        ),
+                        ResponseHeadError::Io(e) => {
+                            (502, format!("upstream connection failed: {e}"))
+                        }
+                        ResponseHeadError::Invalid(e) => {
+                            (502, format!("upstream sent an invalid response: {e}"))
+                        }
+                    };
+                    log::warn!("upstream {addr}: {msg}");
+                    return self.fail(status, &msg, &info, &head, true).await;
+                }
+            }
+        };
+        self.respond_from_upstream(up, resp_end, head, info, group, server)
+            .await
+    }
+
+    /// Forwards the response whose head is `ubuf[..end]` and its body, then pools `up` when the
+    /// exchange ended cleanly.
+    async fn respond_from_upstream(
+        &mut self,
+        mut up: TcpStream,
+        mut end: usize,
+        head: RequestHead,
+        info: RequestInfo,
+        group: usize,
+        server: usize,
+    ) -> Next {
+        let t = self.cfg.timeouts;
+        let limits = self.response_limits();
+        let (rh, ri) = loop {
+            let ub = &self.ubuf[..end];
+            let parsed = parse_response(ub, &mut self.uheaders, &limits)
+                .map_err(|e| e.to_string())
+                .and_then(|rh| {
+                    response_info(ub, &rh, &self.uheaders, head.method)
+                        .map(|ri| (rh, ri))
+                        .map_err(|e| e.to_string())
+                });
+            let (rh, ri) = match parsed {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!(
+                        "upstream {}: invalid response: {e}",
+                        self.cfg.upstreams[group].servers[server]
+                    );
+                    return self
+                        .fail(
+                            502,
+                            &format!("upstream sent an invalid response: {e}"),
+                            &info,
+                            &head,
+                            true,
+                        )
+                        .await;
+                }
+            };
+            if !(100..200).contains(&rh.status) {
+                break (rh, ri);
+            }
+            if rh.status == 101 {
+                return self
+                    .fail(
+                        502,
+                        "upstream switched protocols, which this route does not allow",
+                        &info,
+                        &head,
+                        false,
+                    )
+                    .await;
+            }
+            // Interim response: pass it on to HTTP/1.1 clients, then read the final one.
+            if head.version == Version::Http11 {
+                self.out.clear();
+                client_response(
+                    ub,
+                    &rh,
+                    &self.uheaders,
+                    BodyKind::None,
+                    ConnectionHeader::Omit,
+                    &mut self.out,
+                );
+                if write_all(&mut self.client, &mut self.out, t.send)
+                    .await
+                    .is_err()
+                {
+                    return Next::Close;
+                }
+            }
+            self.ubuf.drain(..end);
+            end = match self.read_response_head(&mut up).await {
+                Ok(e) => e,
+                Err(_) => {
+                    return self
+                        .fail(
+                            502,
+                            "upstream failed after an interim response",
+                            &info,
+                            &head,
+                            false,
+                        )
+                        .await
+                }
+            };
+        };
+        let to_client = match ri.body {
+            BodyKind::Chunked | BodyKind::Close if head.version == Version::Http11 => {
+                BodyKind::Chunked
+            }
+            BodyKind::Chunked | BodyKind::Close => BodyKind::Close,
+            b => b,
+        };
+        let keep = info.connection.persistent(head.version)
+            && !self.w.drain.is_set()
+            && to_client != BodyKind::Close;
+        let conn_header = match (keep, head.version) {
+            (false, _) => ConnectionHeader::Close,
+            (true, Version::Http10) => ConnectionHeader::KeepAlive,
+            (true, Version::Http11) => ConnectionHeader::Omit,
+        };
+        self.out.clear();
+        client_response(
+            &self.ubuf[..end],
+            &rh,
+            &self.uheaders,
+            to_client,
+            conn_header,
+            &mut self.out,
+        );
+        self.ubuf.drain(..end);
+        if write_all(&mut self.client, &mut self.out, t.send)
+            .await
+            .is_err()
+        {
+            return Next::Close;
+        }
+        let rt = RelayTimeouts {
+            read: t.upstream_read,
+            write: t.send,
+        };
+        if let Err(e) = relay(
+            &mut up,
+            &mut self.ubuf,
+            ri.body,
+            Some(&mut self.client),
+            to_client,
+            &mut self.scratch,
+            rt,
+        )
+        .await
+        {
+            if e.side == Side::Source {
+                log::warn!(
+                    "upstream {}: {e}",
+                    self.cfg.upstreams[group].servers[server]
+                );
+            }
+            // Headers are out: the only way left to signal failure is to close.
+            return Next::Close;
+        }
+        let reusable = ri.body != BodyKind::Close
+            && ri.connection.persistent(rh.version)
+            && self.ubuf.is_empty();
+        if reusable {
+            self.w
+                .pool
+                .borrow_mut()
+                .put(group, server, up, Instant::now());
+        }
+        self.ubuf.clear();
+        if keep {
+            Next::KeepAlive
+        } else {
+            self.close_gracefully().await;
+            Next::Close
+        }
+    }
+
+    fn response_limits(&self) -> Limits {
+        Limits {
+            max_head: self.cfg.limits.max_response_head,
+            max_target: self.cfg.limits.max_response_head,
+            max_headers: self.cfg.limits.request.max_headers.max(100),
+        }
+    }
+
+    /// Reads a response head into `ubuf`; returns its length.
+    async fn read_response_head(&mut self, up: &mut TcpStream) -> Result<usize, ResponseHeadError> {
+        let limits = self.response_limits();
+        let t = self.cfg.timeouts;
+        ensure_capacity(&mut self.ubuf, BUF_SIZE);
+        let mut scanner = HeadScanner::new();
+        loop {
+            if !self.ubuf.is_empty() {
+                match scanner.scan(&self.ubuf, &limits) {
+                    Ok(Scan::Complete(n)) => return Ok(n),
+                    Ok(Scan::Partial) => {}
+                    Err(e) => return Err(ResponseHeadError::Invalid(e)),
+                }
+            }
+            match read_append(up, &mut self.ubuf, usize::MAX, t.upstream_read).await {
+                Ok(0) if self.ubuf.is_empty() => return Err(ResponseHeadError::ClosedEarly),
+                Ok(0) => return Err(ResponseHeadError::Truncated),
+                Ok(_) => {}
+                Err(IoFail::Timeout) => return Err(ResponseHeadError::Timeout),
+                Err(IoFail::Io(e)) if self.ubuf.is_empty() && is_reset(&e) => {
+                    return Err(ResponseHeadError::ClosedEarly)
+                }
+                Err(IoFail::Io(e)) => return Err(ResponseHeadError::Io(e)),
+            }
+        }
+    }
+
+    /// Answers with an error generated here. `body_done` says whether the request body has been
+    /// fully read, which is what allows the connection to be kept.
+    async fn fail(
+        &mut self,
+        status: u16,
+        msg: &str,
+        info: &RequestInfo,
+        head: &RequestHead,
+        body_done: bool,
+    ) -> Next {
+        let body_consumed = body_done || info.body.is_empty();
+        let keep =
+            body_consumed && info.connection.persistent(head.version) && !self.w.drain.is_set();
+        self.out.clear();
+        respond::error(status, msg, !keep, &mut self.out);
+        if write_all(&mut self.client, &mut self.out, self.cfg.timeouts.send)
+            .await
+            .is_err()
+            || !keep
+        {
+            self.close_gracefully().await;
+            return Next::Close;
+        }
+        self.ubuf.clear();
+        Next::KeepAlive
+    }
+
+    async fn client_body_failed(&mut self, fail: &RelayFail) -> Next {
+        match fail {
+            RelayFail::Framing(e) => self.reject(400, &e.to_string()).await,
+            RelayFail::Io(IoFail::Timeout) => {
+                self.reject(408, "timed out reading the request body").await
+            }
+            _ => {}
+        }
+        Next::Close
+    }
+
+    /// Answers a request that cannot be processed and closes the connection.
+    async fn reject(&mut self, status: u16, msg: &str) {
+        log::debug!("client {}: {status} {msg}", self.peer);
+        self.out.clear();
+        respond::error(status, msg, true, &mut self.out);
+        if write_all(&mut self.client, &mut self.out, self.cfg.timeouts.send)
+            .await
+            .is_ok()
+        {
+            self.close_gracefully().await;
+        }
+    }
+
+    /// Half-closes and drains what the client still sends for a moment, so that closing with
+    /// unread input does not reset the connection before the client has read the response.
+    async fn close_gracefully(&mut self) {
+        if self.client.shutdown().await.is_err() {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for _ in 0..16 {
+            scratch.clear();
+            ensure_capacity(&mut scratch, BUF_SIZE);
+            match read_append(&mut self.client, &mut scratch, BUF_SIZE, LINGER).await {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// How long a closing connection waits for the client to stop sending.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+enum Local<'a> {
+    Fixed(&'a Fixed),
+    Error(u16, &'a str),
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
+}

@@ -1,0 +1,143 @@
+//! Starting the workers and stopping them.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ringway_core::config::Config;
+
+use crate::listener::{bind_all, BindError};
+
+/// A proxy whose sockets are bound and whose workers are ready to start.
+pub struct Server {
+    cfg: Config,
+    listeners: Vec<Vec<TcpListener>>,
+    cpus: Vec<Option<core_affinity::CoreId>>,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// Asks a running [`Server`] to stop: stop accepting, finish in-flight requests, exit.
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<AtomicBool>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Bind(BindError),
+    /// A CPU asked for with `--cpus` that this process may not run on.
+    Cpu(usize),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bind(e) => e.fmt(f),
+            Self::Cpu(c) => write!(f, "CPU {c} is not available to this process"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Server {
+    /// Resolves the worker count and CPU placement and binds every listener, so that every
+    /// startup error surfaces here, before any worker thread exists.
+    pub fn bind(cfg: Config) -> Result<Self, StartError> {
+        let allowed: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let cpu_list: Vec<usize> = match &cfg.server.cpus {
+            Some(list) => {
+                if let Some(&bad) = list
+                    .iter()
+                    .find(|c| !allowed.is_empty() && !allowed.contains(c))
+                {
+                    return Err(StartError::Cpu(bad));
+                }
+                list.clone()
+            }
+            None => allowed,
+        };
+        let workers = cfg.server.workers.unwrap_or_else(|| {
+            if cpu_list.is_empty() {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                cpu_list.len()
+            }
+        });
+        let cpus = (0..workers)
+            .map(|i| {
+                (cfg.server.pin && !cpu_list.is_empty()).then(|| core_affinity::CoreId {
+                    id: cpu_list[i % cpu_list.len()],
+                })
+            })
+            .collect();
+        let listeners = bind_all(&cfg.server.listen, workers).map_err(StartError::Bind)?;
+        Ok(Self {
+            cfg,
+            listeners,
+            cpus,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .first()
+            .map(|w| w.iter().filter_map(|l| l.local_addr().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// The CPUs workers are pinned to (empty when not pinning).
+    pub fn pinned_cpus(&self) -> Vec<usize> {
+        self.cpus.iter().flatten().map(|c| c.id).collect()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Runs the workers until shutdown has completed in all of them.
+    pub fn run(self) -> io::Result<()> {
+        let mut handles = Vec::new();
+        for (id, (listeners, cpu)) in self.listeners.into_iter().zip(self.cpus).enumerate() {
+            let cfg = self.cfg.clone();
+            let shutdown = self.shutdown.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("ringway-w{id}"))
+                .spawn(move || crate::worker::run(id, cfg, listeners, cpu, shutdown))?;
+            handles.push(h);
+        }
+        let mut result = Ok(());
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    // One worker failing stops the rest: a half-running proxy is worse than none.
+                    self.shutdown.store(true, Ordering::Relaxed);
+                    result = Err(e);
+                }
+                Err(_) => {
+                    self.shutdown.store(true, Ordering::Relaxed);
+                    result = Err(io::Error::other("a worker thread panicked"));
+                }
+            }
+        }
+        result
+    }
+}

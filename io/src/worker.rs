@@ -1,0 +1,148 @@
+//! A worker: one thread, one CPU, one monoio runtime, its own listeners, pools and balancers.
+//!
+//! Everything a worker touches on the request path is owned by it (`Rc`, `RefCell`, `Cell`), so
+//! nothing is locked and no cache line moves between cores. The only cross-thread state is the
+//! shutdown flag, which a watcher task polls off the request path.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpListener;
+use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+use ringway_core::balance::{Balancer, RoundRobin};
+use ringway_core::config::Config;
+
+use crate::drain::Drain;
+use crate::proxy::serve;
+use crate::upstream::Pool;
+
+/// How often the shutdown flag is checked.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+pub(crate) struct Worker {
+    pub(crate) cfg: Rc<Config>,
+    pub(crate) pool: RefCell<Pool>,
+    balancers: RefCell<Vec<RoundRobin>>,
+    pub(crate) drain: Drain,
+    active: Cell<usize>,
+    /// Scheme of this worker's listeners, for X-Forwarded-Proto.
+    pub(crate) proto: &'static str,
+}
+
+/// Counts a connection as active for as long as it lives.
+pub(crate) struct Active(Rc<Worker>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+impl Worker {
+    fn new(id: usize, cfg: Config) -> Self {
+        let pool = Pool::new(
+            cfg.upstreams.iter().map(|u| (u.servers.len(), u.keepalive)),
+            cfg.timeouts.upstream_idle,
+        );
+        let balancers = cfg
+            .upstreams
+            .iter()
+            .map(|u| RoundRobin::new(u.servers.len(), id))
+            .collect();
+        Self {
+            cfg: Rc::new(cfg),
+            pool: RefCell::new(pool),
+            balancers: RefCell::new(balancers),
+            drain: Drain::default(),
+            active: Cell::new(0),
+            proto: "http",
+        }
+    }
+
+    pub(crate) fn enter(self: &Rc<Self>) -> Active {
+        self.active.set(self.active.get() + 1);
+        Active(self.clone())
+    }
+
+    /// Chooses a server of `group`.
+    pub(crate) fn pick(&self, group: usize) -> Option<usize> {
+        self.balancers.borrow_mut()[group].pick(&|_| true)
+    }
+}
+
+/// Runs worker `id` on the calling thread until shutdown completes.
+pub(crate) fn run(
+    id: usize,
+    cfg: Config,
+    listeners: Vec<StdListener>,
+    cpu: Option<core_affinity::CoreId>,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<()> {
+    if let Some(core) = cpu {
+        if !core_affinity::set_for_current(core) {
+            log::warn!("worker {id}: could not pin to CPU {}", core.id);
+        }
+    }
+    let mut rt = RuntimeBuilder::<FusionDriver>::new()
+        .with_entries(4096)
+        .enable_timer()
+        .build()?;
+    if id == 0 {
+        if let FusionRuntime::Legacy(_) = rt {
+            log::warn!("io_uring is not available here (kernel, seccomp or io_uring_disabled); running on the epoll driver");
+        } else {
+            log::info!("workers run on io_uring");
+        }
+    }
+    let shutdown_timeout = cfg.server.shutdown_timeout;
+    let w = Rc::new(Worker::new(id, cfg));
+    rt.block_on(async move {
+        let mut accepting = Vec::new();
+        for l in listeners {
+            let l = TcpListener::from_std(l)?;
+            accepting.push(monoio::spawn(accept_loop(w.clone(), l)));
+        }
+        while !shutdown.load(Ordering::Relaxed) {
+            monoio::time::sleep(SHUTDOWN_POLL).await;
+        }
+        w.drain.trigger();
+        for a in accepting {
+            a.await;
+        }
+        let deadline = Instant::now() + shutdown_timeout;
+        while w.active.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if w.active.get() > 0 {
+            log::warn!(
+                "worker {id}: {} connection(s) still busy after the shutdown timeout; closing them",
+                w.active.get()
+            );
+        }
+        Ok(())
+    })
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+    let drain = w.drain.clone();
+    loop {
+        monoio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    monoio::spawn(serve(w.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    log::warn!("accept: {e}");
+                    monoio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = drain.wait() => break,
+        }
+    }
+}
