@@ -1,0 +1,428 @@
+//! End-to-end tests: the real `ringway` binary between real clients and a real origin, all on
+//! loopback with ephemeral ports.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn keep_alive_reuses_one_upstream_connection() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..20 {
+        c.send(&get(&format!("/n/{i}")));
+        let r = c.response("GET").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("ok /n/{i}"));
+    }
+    // Sequential requests, even from separate client connections, share one upstream connection.
+    for _ in 0..5 {
+        assert_eq!(request(proxy.addr, &get("/x")).unwrap().status, 200);
+    }
+    assert_eq!(origin.connections(), 1);
+}
+
+#[test]
+fn forwarding_headers_added_and_hop_by_hop_removed() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let r = request(
+        proxy.addr,
+        b"GET /h HTTP/1.1\r\nHost: Example.COM:8080\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\n\
+Keep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers\r\nUpgrade: websocket\r\nX-Forwarded-For: 203.0.113.9\r\n\
+X-Real-IP: 1.2.3.4\r\nX-Keep: yes\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("via"), Some("1.1 ringway"));
+    let s = &origin.seen()[0];
+    assert_eq!(s.header("host"), Some("Example.COM:8080"));
+    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(s.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(s.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(s.header("x-forwarded-host"), Some("Example.COM:8080"));
+    assert_eq!(s.header("via"), Some("1.1 ringway"));
+    assert_eq!(s.header("x-keep"), Some("yes"));
+    for h in ["connection", "x-drop", "keep-alive", "proxy-connection", "te", "upgrade"] {
+        assert_eq!(s.header(h), None, "{h} must not be forwarded");
+    }
+}
+
+#[test]
+fn chunked_bodies_are_reframed_both_ways() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n");
+    let r = c.response("POST").unwrap();
+    assert_eq!(r.text(), "hello world");
+    let seen = origin.seen();
+    assert_eq!(seen[0].header("transfer-encoding"), Some("chunked"));
+    // A chunked response reaches an HTTP/1.1 client chunked, with its framing rewritten.
+    c.send(&get("/chunked/5000"));
+    let r = c.response("GET").unwrap();
+    assert_eq!((r.status, r.body_len), (200, 5000));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("x-origin"), Some("1"));
+    // ... and an HTTP/1.0 client gets it close-delimited.
+    let mut c10 = Client::connect(proxy.addr);
+    c10.send(b"GET /chunked/3000 HTTP/1.0\r\n\r\n");
+    let r = c10.response("GET").unwrap();
+    assert_eq!((r.status, r.body_len), (200, 3000));
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn close_delimited_response_becomes_chunked_for_http11() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/close/70000"));
+    let r = c.response("GET").unwrap();
+    assert_eq!((r.status, r.body_len), (200, 70000));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    // The client connection stays usable.
+    c.send(&get("/after"));
+    assert_eq!(c.response("GET").unwrap().text(), "ok /after");
+}
+
+#[test]
+fn head_204_and_interim_responses() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"HEAD /len/1234 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.response("HEAD").unwrap();
+    assert_eq!(r.header("content-length"), Some("1234"));
+    c.send(&get("/204"));
+    assert_eq!(c.response("GET").unwrap().status, 204);
+    c.send(&get("/continue"));
+    let early = c.response("GET").unwrap();
+    assert_eq!(early.status, 103);
+    assert_eq!(early.header("link"), Some("</a.css>"));
+    let r = c.response("GET").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    c.send(&get("/ok"));
+    assert_eq!(c.response("GET").unwrap().text(), "ok /ok");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        if i == 4 {
+            batch.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nbody4");
+        } else {
+            batch.extend_from_slice(&get(&format!("/p/{i}")));
+        }
+    }
+    c.send(&batch);
+    for i in 0..10 {
+        let r = c.response(if i == 4 { "POST" } else { "GET" }).unwrap();
+        if i == 4 {
+            assert_eq!(r.text(), "body4");
+        } else {
+            assert_eq!(r.text(), format!("ok /p/{i}"));
+        }
+    }
+}
+
+#[test]
+fn upstream_down_is_502() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let proxy = Proxy::start(&config_for(addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/"));
+    let r = c.response("GET").unwrap();
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("upstream connect failed"), "{}", r.text());
+    // The client connection survives an upstream failure.
+    c.send(&get("/"));
+    assert_eq!(c.response("GET").unwrap().status, 502);
+}
+
+#[test]
+fn slow_upstream_is_504() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, "[timeouts]\nupstream_read = \"300ms\"\n"));
+    let start = Instant::now();
+    let r = request(proxy.addr, &get("/slow/3000")).unwrap();
+    assert_eq!(r.status, 504);
+    assert!(r.text().contains("upstream timed out"));
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn invalid_upstream_response_is_502_and_not_reused() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/bad-response"));
+    let r = c.response("GET").unwrap();
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("invalid response"), "{}", r.text());
+    c.send(&get("/fine"));
+    assert_eq!(c.response("GET").unwrap().text(), "ok /fine");
+    assert_eq!(origin.connections(), 2, "the bad connection must not be reused");
+}
+
+#[test]
+fn upstream_closing_idle_connection_is_retried_not_502() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..5 {
+        c.send(&get("/close-after"));
+        let r = c.response("GET").unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+        // Let the origin close the pooled connection while it is idle.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(origin.connections() >= 5);
+}
+
+/// Every vector is answered 400 (or 501) with the connection closed, and the origin sees
+/// nothing of it.
+#[test]
+fn smuggling_vectors_are_rejected_before_the_upstream() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let vectors: &[(&[u8], u16)] = &[
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 5\r\n\r\nabcde", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4 \x0b\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n folded\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHo[st: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nx\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET / HTTP/1.1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n", 400),
+    ];
+    for (bytes, status) in vectors {
+        let mut c = Client::connect(proxy.addr);
+        c.send(bytes);
+        let r = c.response("POST").unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(bytes)));
+        assert_eq!(r.status, *status, "{:?}", String::from_utf8_lossy(bytes));
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.closed_within(Duration::from_secs(5)), "connection must close");
+    }
+    // The chunked-body vectors got their head forwarded before the bad framing was seen; the
+    // head-level ones must never reach the origin at all.
+    let seen = origin.seen();
+    assert!(
+        seen.iter().all(|s| s.method == "POST" && s.header("transfer-encoding") == Some("chunked")),
+        "origin saw a rejected head: {seen:?}"
+    );
+    assert!(seen.iter().all(|s| s.body_len <= 3), "no smuggled request reached the origin");
+}
+
+#[test]
+fn oversized_heads_are_431_and_414() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[limits]\nmax_request_head = 4096\nmax_request_target = 1024\nmax_headers = 20\n",
+    ));
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(2000));
+    assert_eq!(request(proxy.addr, long_target.as_bytes()).unwrap().status, 414);
+    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(5000));
+    assert_eq!(request(proxy.addr, big.as_bytes()).unwrap().status, 431);
+    let many: String = (0..30).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+    assert_eq!(request(proxy.addr, many.as_bytes()).unwrap().status, 431);
+    assert!(origin.seen().is_empty());
+}
+
+#[test]
+fn slow_client_head_times_out_and_closes() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, "[timeouts]\nclient_header = \"300ms\"\n"));
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
+    let start = Instant::now();
+    let r = c.response("GET").unwrap();
+    assert_eq!(r.status, 408);
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // A client that sends nothing at all is closed silently.
+    let mut idle = Client::connect(proxy.addr);
+    assert!(idle.closed_within(Duration::from_secs(5)));
+    assert!(origin.seen().is_empty());
+}
+
+#[test]
+fn keepalive_idle_timeout_closes() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, "[timeouts]\nkeepalive = \"200ms\"\n"));
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/"));
+    assert_eq!(c.response("GET").unwrap().status, 200);
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn expect_100_continue() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    let interim = c.response("POST").unwrap();
+    assert_eq!(interim.status, 100);
+    c.send(b"abc");
+    assert_eq!(c.response("POST").unwrap().text(), "abc");
+    assert_eq!(origin.seen()[0].header("expect"), None);
+}
+
+#[test]
+fn large_bodies_stream_with_bounded_memory() {
+    const SIZE: u64 = 256 << 20;
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    // Download.
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get(&format!("/len/{SIZE}")));
+    let r = c.response("GET").unwrap();
+    assert_eq!((r.status, r.body_len), (200, SIZE));
+    // Upload, Content-Length framed.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    write!(s, "POST /sum HTTP/1.1\r\nHost: a\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n").unwrap();
+    let chunk = vec![7u8; 1 << 16];
+    for _ in 0..SIZE / chunk.len() as u64 {
+        s.write_all(&chunk).unwrap();
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.ends_with(&format!("\r\n\r\n{SIZE} {}", SIZE * 7)), "{resp}");
+    let rss = proxy.peak_rss_kib();
+    eprintln!("peak RSS {rss} KiB");
+    assert!(rss < 48 * 1024, "peak RSS {rss} KiB while moving {} MiB each way", SIZE >> 20);
+}
+
+#[test]
+fn fixed_responses_and_404() {
+    let origin = Origin::start();
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\nhost = \"api.test\"\npath = \"/v1/\"\nupstream = \"app\"\n\
+         [[routes]]\nhost = \"*.static.test\"\npath = \"/\"\nrespond = {{ status = 200, body = \"static\\n\", headers = {{ \"Content-Type\" = \"text/plain\" }} }}\n",
+        origin.addr
+    );
+    let proxy = Proxy::start(&cfg);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /v1/users HTTP/1.1\r\nHost: API.test\r\n\r\n");
+    assert_eq!(c.response("GET").unwrap().text(), "ok /v1/users");
+    c.send(b"GET /x HTTP/1.1\r\nHost: cdn.static.test\r\n\r\n");
+    let r = c.response("GET").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "static\n"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    // A body sent to a local responder is read and discarded; the connection carries on.
+    c.send(b"POST /x HTTP/1.1\r\nHost: cdn.static.test\r\nContent-Length: 4\r\n\r\nbody");
+    assert_eq!(c.response("POST").unwrap().status, 200);
+    c.send(b"GET /v2/ HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!(c.response("GET").unwrap().status, 404);
+    c.send(b"GET /v1/again HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!(c.response("GET").unwrap().status, 200);
+}
+
+#[test]
+fn curl_through_the_proxy() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let url = format!("http://{}", proxy.addr);
+    let (ok, out) = curl(&[&format!("{url}/hello")]);
+    assert!(ok);
+    assert_eq!(out, b"ok /hello");
+    // Several URLs on one connection (curl reuses it).
+    let (ok, out) = curl(&[&format!("{url}/a"), &format!("{url}/b")]);
+    assert!(ok);
+    assert_eq!(out, b"ok /aok /b");
+    // A 2 MiB upload: curl sends Expect: 100-continue for bodies this large.
+    let file = TempFile::new(&"z".repeat(2 << 20));
+    let (ok, out) = curl(&["--data-binary", &format!("@{}", file.0.display()), &format!("{url}/sum")]);
+    assert!(ok);
+    assert_eq!(String::from_utf8(out).unwrap(), format!("{} {}", 2 << 20, (2u64 << 20) * u64::from(b'z')));
+    // Chunked upload.
+    let (ok, out) = curl(&["-H", "Transfer-Encoding: chunked", "--data-binary", "streamed", &format!("{url}/echo")]);
+    assert!(ok);
+    assert_eq!(out, b"streamed");
+    // Chunked download.
+    let (ok, out) = curl(&[&format!("{url}/chunked/10000")]);
+    assert!(ok);
+    assert_eq!(out.len(), 10000);
+}
+
+#[test]
+fn graceful_drain_finishes_in_flight_requests() {
+    let origin = Origin::start();
+    let mut proxy = Proxy::start(&config_for(origin.addr, ""));
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || request(addr, &get("/slow/1000")));
+    // An idle keep-alive connection is closed on drain.
+    let mut idle = Client::connect(addr);
+    idle.send(&get("/"));
+    assert_eq!(idle.response("GET").unwrap().status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.seen().iter().all(|s| s.path != "/slow/1000") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.signal(libc::SIGTERM);
+    let r = slow.join().unwrap().expect("in-flight request completes");
+    assert_eq!((r.status, r.text().as_str()), (200, "slow"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(idle.closed_within(Duration::from_secs(5)));
+    let status = proxy.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+}
+
+#[test]
+fn several_workers_serve_concurrently() {
+    let origin = Origin::start();
+    let cfg = config_for(origin.addr, "").replace("workers = 1", "workers = 2");
+    let proxy = Proxy::start(&cfg);
+    let addr = proxy.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..25 {
+                    c.send(&get(&format!("/t{t}/{i}")));
+                    assert_eq!(c.response("GET").unwrap().text(), format!("ok /t{t}/{i}"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(origin.seen().len(), 200);
+}

@@ -1,0 +1,468 @@
+//! Test harness: a real origin server on loopback, the real `ringway` binary, raw clients.
+//!
+//! The origin is deliberately independent of ringway's own code (httparse for heads, its own
+//! chunked decoder) so that the tests check ringway against a second implementation.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What the origin saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub body_sum: u64,
+    /// The body itself when small (≤ 64 KiB).
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A loopback HTTP/1.1 origin whose behaviour is chosen by the request path:
+/// `/len/N` (N bytes, Content-Length), `/chunked/N`, `/close/N` (close-delimited),
+/// `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
+/// `/close-after`, `/204`, `/continue` (sends 103 first); anything else: `ok <path>`.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Origin {
+    pub fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (connections.clone(), seen.clone());
+        thread::spawn(move || {
+            for stream in l.incoming() {
+                let Ok(stream) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                thread::spawn(move || {
+                    let _ = serve_origin(stream, &s);
+                });
+            }
+        });
+        Self { addr, connections, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    loop {
+        let n = r.read_until(b'\n', &mut head)?;
+        if n == 0 {
+            return Ok(if head.is_empty() { None } else { Some(head) });
+        }
+        if head.ends_with(b"\r\n\r\n") {
+            return Ok(Some(head));
+        }
+    }
+}
+
+/// Reads a chunked body with an independent decoder; calls `f` with each data piece.
+fn read_chunked(r: &mut BufReader<TcpStream>, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap().trim(), 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk line {line:?}")))?;
+        if size == 0 {
+            loop {
+                let mut t = String::new();
+                r.read_line(&mut t)?;
+                if t == "\r\n" || t.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        let mut buf = vec![0; size];
+        r.read_exact(&mut buf)?;
+        f(&buf);
+        let mut crlf = [0; 2];
+        r.read_exact(&mut crlf)?;
+        assert_eq!(&crlf, b"\r\n");
+    }
+}
+
+fn read_exact_stream(r: &mut BufReader<TcpStream>, mut n: u64, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut buf = vec![0; 64 * 1024];
+    while n > 0 {
+        let k = r.read(&mut buf[..(n.min(65536) as usize)])?;
+        if k == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        f(&buf[..k]);
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+fn write_pattern(w: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
+    let chunk = vec![b'x'; 64 * 1024];
+    while n > 0 {
+        let k = n.min(chunk.len() as u64) as usize;
+        w.write_all(&chunk[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    while let Some(head) = read_head(&mut r)? {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut hs);
+        req.parse(&head).map_err(std::io::Error::other)?;
+        let method = req.method.unwrap().to_string();
+        let path = req.path.unwrap().to_string();
+        let headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let mut body_len = 0u64;
+        let mut body_sum = 0u64;
+        let mut body = Vec::new();
+        let mut take = |d: &[u8]| {
+            body_len += d.len() as u64;
+            body_sum = d.iter().fold(body_sum, |a, &b| a.wrapping_add(u64::from(b)));
+            if body.len() + d.len() <= 65536 {
+                body.extend_from_slice(d);
+            }
+        };
+        if get("transfer-encoding").is_some() {
+            read_chunked(&mut r, &mut take)?;
+        } else if let Some(cl) = get("content-length") {
+            read_exact_stream(&mut r, cl.parse().unwrap(), &mut take)?;
+        }
+        seen.lock().unwrap().push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+            body_len,
+            body_sum,
+            body: body.clone(),
+        });
+        let parts: Vec<&str> = path.split('/').collect();
+        let arg = |i: usize| parts.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        match parts.get(1).copied().unwrap_or("") {
+            "len" => {
+                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", arg(2))?;
+                if method != "HEAD" {
+                    write_pattern(&mut w, arg(2))?;
+                }
+            }
+            "chunked" => {
+                w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: 1\r\n\r\n")?;
+                let mut left = arg(2);
+                while left > 0 {
+                    let k = left.min(1000);
+                    write!(w, "{k:x};ext=1\r\n")?;
+                    write_pattern(&mut w, k)?;
+                    w.write_all(b"\r\n")?;
+                    left -= k;
+                }
+                w.write_all(b"0\r\nX-Trailer: t\r\n\r\n")?;
+            }
+            "close" => {
+                w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+                write_pattern(&mut w, arg(2))?;
+                return Ok(());
+            }
+            "slow" => {
+                thread::sleep(Duration::from_millis(arg(2)));
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")?;
+            }
+            "echo" => {
+                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
+                w.write_all(&body)?;
+            }
+            "sum" => {
+                let s = format!("{body_len} {body_sum}");
+                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{s}", s.len())?;
+            }
+            "bad-response" => {
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")?;
+            }
+            "close-after" => {
+                // A keep-alive response, then the origin closes the idle connection.
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+                w.flush()?;
+                thread::sleep(Duration::from_millis(50));
+                return Ok(());
+            }
+            "204" => w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?,
+            "continue" => {
+                w.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+            }
+            _ => {
+                let b = format!("ok {path}");
+                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The real ringway binary, started on an ephemeral port with a config written for the test.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    _config: TempFile,
+}
+
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(contents: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ringway-test-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&p, contents).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ringway")
+}
+
+/// A config with one upstream group `app` → `origin`, all paths routed there, and `extra`
+/// appended (timeouts, more routes…).
+pub fn config_for(origin: SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\nshutdown_timeout = \"5s\"\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n{extra}"
+    )
+}
+
+impl Proxy {
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &str, args: &[&str]) -> Self {
+        let file = TempFile::new(config);
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(&file.0)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringway");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(i) = line.find("listening on ") {
+                    let addr = line[i + 13..].split([',', ' ']).next().unwrap().to_string();
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(addr);
+                    }
+                }
+                log2.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("ringway did not start: {}", log.lock().unwrap()));
+        Self {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+            _config: file,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident set size of the proxy (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A parsed response as a client sees it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub body_len: u64,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw HTTP/1.1 client over one TCP connection.
+pub struct Client {
+    pub r: BufReader<TcpStream>,
+    pub w: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    /// Reads one response to a request with `method`. `None` if the connection closed first.
+    pub fn response(&mut self, method: &str) -> Option<Response> {
+        let head = read_head(&mut self.r).ok()??;
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut hs);
+        resp.parse(&head).expect("valid response head");
+        let status = resp.code.unwrap();
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        let mut body_len = 0u64;
+        let mut take = |d: &[u8]| {
+            body_len += d.len() as u64;
+            if body.len() < 1 << 20 {
+                body.extend_from_slice(d);
+            }
+        };
+        let bodiless = method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
+        if !bodiless {
+            if get("transfer-encoding").is_some() {
+                read_chunked(&mut self.r, &mut take).ok()?;
+            } else if let Some(cl) = get("content-length") {
+                read_exact_stream(&mut self.r, cl.parse().unwrap(), &mut take).ok()?;
+            } else {
+                let mut rest = Vec::new();
+                self.r.read_to_end(&mut rest).ok()?;
+                take(&rest);
+            }
+        }
+        Some(Response { status, headers, body, body_len })
+    }
+
+    /// True when the server closes the connection (EOF or reset) within `limit`.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        self.r.get_ref().set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 1];
+        match self.r.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+}
+
+/// Sends `req` on a fresh connection and reads one response.
+pub fn request(addr: SocketAddr, req: &[u8]) -> Option<Response> {
+    let mut c = Client::connect(addr);
+    c.send(req);
+    let method = std::str::from_utf8(req).ok().and_then(|s| s.split(' ').next()).unwrap_or("GET").to_string();
+    c.response(&method)
+}
+
+/// Runs curl with `args` (which must include the URL); returns (exit ok, stdout).
+pub fn curl(args: &[&str]) -> (bool, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--noproxy", "*"])
+        .args(args)
+        .output()
+        .expect("curl is installed (apt-get install curl)");
+    if !out.status.success() {
+        eprintln!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.success(), out.stdout)
+}
