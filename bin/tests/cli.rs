@@ -12,8 +12,18 @@ fn check_accepts_the_shipped_examples() {
     for entry in std::fs::read_dir(root).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(bin()).arg("check").arg("--config").arg(&path).output().unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(bin())
+                .arg("check")
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
         }
     }
@@ -21,35 +31,63 @@ fn check_accepts_the_shipped_examples() {
 
 #[test]
 fn check_names_file_line_and_key() {
-    let f = TempFile::new("[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"nope\"\n");
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&f.0).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let want = format!("{}:6: routes[0].upstream: no upstream named \"nope\"", f.0.display());
-    assert!(err.contains(&want), "{err}");
-
-    let f = TempFile::new("[server]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n");
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&f.0).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(":3: server.bogus: unknown field `bogus`"), "{err}");
-}
-
-#[test]
-fn missing_config_and_port_in_use_fail_before_starting() {
-    let out = Command::new(bin()).args(["--config", "/nonexistent/ringway.toml"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ringway.toml: cannot read config"));
-
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    let f = TempFile::new(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"nope\"\n",
+    );
     let out = Command::new(bin())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", "127.0.0.1:9"])
+        .args(["check", "--config"])
+        .arg(&f.0)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+    let want = format!(
+        "{}:6: routes[0].upstream: no upstream named \"nope\"",
+        f.0.display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    let f = TempFile::new("[server]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&f.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":3: server.bogus: unknown field `bogus`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_and_port_in_use_fail_before_starting() {
+    let out = Command::new(bin())
+        .args(["--config", "/nonexistent/ringway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/nonexistent/ringway.toml: cannot read config"));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(bin())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
 
     let out = Command::new(bin()).output().unwrap();
@@ -61,7 +99,16 @@ fn missing_config_and_port_in_use_fail_before_starting() {
 fn help_documents_every_flag() {
     let out = Command::new(bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--config", "--listen", "--upstream", "--workers", "--cpus", "--no-pin", "--log-level", "check"] {
+    for flag in [
+        "--config",
+        "--listen",
+        "--upstream",
+        "--workers",
+        "--cpus",
+        "--no-pin",
+        "--log-level",
+        "check",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
@@ -74,7 +121,15 @@ fn quick_mode_needs_no_file() {
         l.local_addr().unwrap().port()
     };
     let mut child = Command::new(bin())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &origin.addr.to_string(), "--workers", "1", "--no-pin"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &origin.addr.to_string(),
+            "--workers",
+            "1",
+            "--no-pin",
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -83,12 +138,16 @@ fn quick_mode_needs_no_file() {
     let r = loop {
         if let Ok(mut s) = std::net::TcpStream::connect(addr) {
             use std::io::{Read, Write};
-            s.write_all(b"GET /q HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+            s.write_all(b"GET /q HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
             break out;
         }
-        assert!(std::time::Instant::now() < deadline, "quick mode did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "quick mode did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let _ = child.kill();

@@ -52,7 +52,14 @@ X-Real-IP: 1.2.3.4\r\nX-Keep: yes\r\n\r\n",
     assert_eq!(s.header("x-forwarded-host"), Some("Example.COM:8080"));
     assert_eq!(s.header("via"), Some("1.1 ringway"));
     assert_eq!(s.header("x-keep"), Some("yes"));
-    for h in ["connection", "x-drop", "keep-alive", "proxy-connection", "te", "upgrade"] {
+    for h in [
+        "connection",
+        "x-drop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
         assert_eq!(s.header(h), None, "{h} must not be forwarded");
     }
 }
@@ -124,7 +131,9 @@ fn pipelined_requests_are_answered_in_order() {
     let mut batch = Vec::new();
     for i in 0..10 {
         if i == 4 {
-            batch.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nbody4");
+            batch.extend_from_slice(
+                b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nbody4",
+            );
         } else {
             batch.extend_from_slice(&get(&format!("/p/{i}")));
         }
@@ -159,7 +168,10 @@ fn upstream_down_is_502() {
 #[test]
 fn slow_upstream_is_504() {
     let origin = Origin::start();
-    let proxy = Proxy::start(&config_for(origin.addr, "[timeouts]\nupstream_read = \"300ms\"\n"));
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\nupstream_read = \"300ms\"\n",
+    ));
     let start = Instant::now();
     let r = request(proxy.addr, &get("/slow/3000")).unwrap();
     assert_eq!(r.status, 504);
@@ -178,7 +190,11 @@ fn invalid_upstream_response_is_502_and_not_reused() {
     assert!(r.text().contains("invalid response"), "{}", r.text());
     c.send(&get("/fine"));
     assert_eq!(c.response("GET").unwrap().text(), "ok /fine");
-    assert_eq!(origin.connections(), 2, "the bad connection must not be reused");
+    assert_eq!(
+        origin.connections(),
+        2,
+        "the bad connection must not be reused"
+    );
 }
 
 #[test]
@@ -230,19 +246,28 @@ fn smuggling_vectors_are_rejected_before_the_upstream() {
     for (bytes, status) in vectors {
         let mut c = Client::connect(proxy.addr);
         c.send(bytes);
-        let r = c.response("POST").unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(bytes)));
+        let r = c
+            .response("POST")
+            .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(bytes)));
         assert_eq!(r.status, *status, "{:?}", String::from_utf8_lossy(bytes));
         assert_eq!(r.header("connection"), Some("close"));
-        assert!(c.closed_within(Duration::from_secs(5)), "connection must close");
+        assert!(
+            c.closed_within(Duration::from_secs(5)),
+            "connection must close"
+        );
     }
     // The chunked-body vectors got their head forwarded before the bad framing was seen; the
     // head-level ones must never reach the origin at all.
     let seen = origin.seen();
     assert!(
-        seen.iter().all(|s| s.method == "POST" && s.header("transfer-encoding") == Some("chunked")),
+        seen.iter()
+            .all(|s| s.method == "POST" && s.header("transfer-encoding") == Some("chunked")),
         "origin saw a rejected head: {seen:?}"
     );
-    assert!(seen.iter().all(|s| s.body_len <= 3), "no smuggled request reached the origin");
+    assert!(
+        seen.iter().all(|s| s.body_len <= 3),
+        "no smuggled request reached the origin"
+    );
 }
 
 #[test]
@@ -253,8 +278,14 @@ fn oversized_heads_are_431_and_414() {
         "[limits]\nmax_request_head = 4096\nmax_request_target = 1024\nmax_headers = 20\n",
     ));
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(2000));
-    assert_eq!(request(proxy.addr, long_target.as_bytes()).unwrap().status, 414);
-    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(5000));
+    assert_eq!(
+        request(proxy.addr, long_target.as_bytes()).unwrap().status,
+        414
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
     assert_eq!(request(proxy.addr, big.as_bytes()).unwrap().status, 431);
     let many: String = (0..30).map(|i| format!("X-{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
@@ -265,7 +296,10 @@ fn oversized_heads_are_431_and_414() {
 #[test]
 fn slow_client_head_times_out_and_closes() {
     let origin = Origin::start();
-    let proxy = Proxy::start(&config_for(origin.addr, "[timeouts]\nclient_header = \"300ms\"\n"));
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\nclient_header = \"300ms\"\n",
+    ));
     let mut c = Client::connect(proxy.addr);
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
     let start = Instant::now();
@@ -282,7 +316,10 @@ fn slow_client_head_times_out_and_closes() {
 #[test]
 fn keepalive_idle_timeout_closes() {
     let origin = Origin::start();
-    let proxy = Proxy::start(&config_for(origin.addr, "[timeouts]\nkeepalive = \"200ms\"\n"));
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\nkeepalive = \"200ms\"\n",
+    ));
     let mut c = Client::connect(proxy.addr);
     c.send(&get("/"));
     assert_eq!(c.response("GET").unwrap().status, 200);
@@ -314,17 +351,28 @@ fn large_bodies_stream_with_bounded_memory() {
     assert_eq!((r.status, r.body_len), (200, SIZE));
     // Upload, Content-Length framed.
     let mut s = TcpStream::connect(proxy.addr).unwrap();
-    write!(s, "POST /sum HTTP/1.1\r\nHost: a\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "POST /sum HTTP/1.1\r\nHost: a\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let chunk = vec![7u8; 1 << 16];
     for _ in 0..SIZE / chunk.len() as u64 {
         s.write_all(&chunk).unwrap();
     }
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    assert!(resp.ends_with(&format!("\r\n\r\n{SIZE} {}", SIZE * 7)), "{resp}");
+    assert!(
+        resp.ends_with(&format!("\r\n\r\n{SIZE} {}", SIZE * 7)),
+        "{resp}"
+    );
     let rss = proxy.peak_rss_kib();
     eprintln!("peak RSS {rss} KiB");
-    assert!(rss < 48 * 1024, "peak RSS {rss} KiB while moving {} MiB each way", SIZE >> 20);
+    assert!(
+        rss < 48 * 1024,
+        "peak RSS {rss} KiB while moving {} MiB each way",
+        SIZE >> 20
+    );
 }
 
 #[test]
@@ -367,11 +415,24 @@ fn curl_through_the_proxy() {
     assert_eq!(out, b"ok /aok /b");
     // A 2 MiB upload: curl sends Expect: 100-continue for bodies this large.
     let file = TempFile::new(&"z".repeat(2 << 20));
-    let (ok, out) = curl(&["--data-binary", &format!("@{}", file.0.display()), &format!("{url}/sum")]);
+    let (ok, out) = curl(&[
+        "--data-binary",
+        &format!("@{}", file.0.display()),
+        &format!("{url}/sum"),
+    ]);
     assert!(ok);
-    assert_eq!(String::from_utf8(out).unwrap(), format!("{} {}", 2 << 20, (2u64 << 20) * u64::from(b'z')));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("{} {}", 2 << 20, (2u64 << 20) * u64::from(b'z'))
+    );
     // Chunked upload.
-    let (ok, out) = curl(&["-H", "Transfer-Encoding: chunked", "--data-binary", "streamed", &format!("{url}/echo")]);
+    let (ok, out) = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "streamed",
+        &format!("{url}/echo"),
+    ]);
     assert!(ok);
     assert_eq!(out, b"streamed");
     // Chunked download.

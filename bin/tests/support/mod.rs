@@ -26,7 +26,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -57,7 +60,11 @@ impl Origin {
                 });
             }
         });
-        Self { addr, connections, seen }
+        Self {
+            addr,
+            connections,
+            seen,
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -107,7 +114,11 @@ fn read_chunked(r: &mut BufReader<TcpStream>, mut f: impl FnMut(&[u8])) -> std::
     }
 }
 
-fn read_exact_stream(r: &mut BufReader<TcpStream>, mut n: u64, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
+fn read_exact_stream(
+    r: &mut BufReader<TcpStream>,
+    mut n: u64,
+    mut f: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
     let mut buf = vec![0; 64 * 1024];
     while n > 0 {
         let k = r.read(&mut buf[..(n.min(65536) as usize)])?;
@@ -142,15 +153,27 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
         let headers: Vec<(String, String)> = req
             .headers
             .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
-        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         let mut body_len = 0u64;
         let mut body_sum = 0u64;
         let mut body = Vec::new();
         let mut take = |d: &[u8]| {
             body_len += d.len() as u64;
-            body_sum = d.iter().fold(body_sum, |a, &b| a.wrapping_add(u64::from(b)));
+            body_sum = d
+                .iter()
+                .fold(body_sum, |a, &b| a.wrapping_add(u64::from(b)));
             if body.len() + d.len() <= 65536 {
                 body.extend_from_slice(d);
             }
@@ -169,7 +192,12 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
             body: body.clone(),
         });
         let parts: Vec<&str> = path.split('/').collect();
-        let arg = |i: usize| parts.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let arg = |i: usize| {
+            parts
+                .get(i)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         match parts.get(1).copied().unwrap_or("") {
             "len" => {
                 write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", arg(2))?;
@@ -178,7 +206,9 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 }
             }
             "chunked" => {
-                w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: 1\r\n\r\n")?;
+                w.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: 1\r\n\r\n",
+                )?;
                 let mut left = arg(2);
                 while left > 0 {
                     let k = left.min(1000);
@@ -199,15 +229,25 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")?;
             }
             "echo" => {
-                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )?;
                 w.write_all(&body)?;
             }
             "sum" => {
                 let s = format!("{body_len} {body_sum}");
-                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{s}", s.len())?;
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{s}",
+                    s.len()
+                )?;
             }
             "bad-response" => {
-                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")?;
+                w.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                )?;
             }
             "close-after" => {
                 // A keep-alive response, then the origin closes the idle connection.
@@ -222,7 +262,11 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
             }
             _ => {
                 let b = format!("ok {path}");
-                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len())?;
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                )?;
             }
         }
     }
@@ -370,7 +414,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -408,9 +455,19 @@ impl Client {
         let headers: Vec<(String, String)> = resp
             .headers
             .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
-        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         let mut body = Vec::new();
         let mut body_len = 0u64;
         let mut take = |d: &[u8]| {
@@ -419,7 +476,8 @@ impl Client {
                 body.extend_from_slice(d);
             }
         };
-        let bodiless = method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
+        let bodiless =
+            method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
         if !bodiless {
             if get("transfer-encoding").is_some() {
                 read_chunked(&mut self.r, &mut take).ok()?;
@@ -431,7 +489,12 @@ impl Client {
                 take(&rest);
             }
         }
-        Some(Response { status, headers, body, body_len })
+        Some(Response {
+            status,
+            headers,
+            body,
+            body_len,
+        })
     }
 
     /// True when the server closes the connection (EOF or reset) within `limit`.
@@ -441,7 +504,10 @@ impl Client {
         match self.r.read(&mut b) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
         }
     }
 }
@@ -450,7 +516,11 @@ impl Client {
 pub fn request(addr: SocketAddr, req: &[u8]) -> Option<Response> {
     let mut c = Client::connect(addr);
     c.send(req);
-    let method = std::str::from_utf8(req).ok().and_then(|s| s.split(' ').next()).unwrap_or("GET").to_string();
+    let method = std::str::from_utf8(req)
+        .ok()
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or("GET")
+        .to_string();
     c.response(&method)
 }
 
