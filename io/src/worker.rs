@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
-use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+use monoio::time::TimeDriver;
+use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringway_core::balance::{Balancer, RoundRobin};
 use ringway_core::config::Config;
 
@@ -88,10 +89,7 @@ pub(crate) fn run(
             log::warn!("worker {id}: could not pin to CPU {}", core.id);
         }
     }
-    let mut rt = RuntimeBuilder::<FusionDriver>::new()
-        .with_entries(4096)
-        .enable_timer()
-        .build()?;
+    let mut rt = build_runtime(id)?;
     if id == 0 {
         if let FusionRuntime::Legacy(_) = rt {
             log::warn!("io_uring is not available here (kernel, seccomp or io_uring_disabled); running on the epoll driver");
@@ -125,6 +123,38 @@ pub(crate) fn run(
             );
         }
         Ok(())
+    })
+}
+
+/// io_uring set-up flags: this ring is used by one thread only (SINGLE_ISSUER), and completion
+/// work runs when the worker asks for events (DEFER_TASKRUN, COOP_TASKRUN) instead of
+/// interrupting it. On loopback the default mode made the kernel's task work contend for the
+/// socket lock with the sender's softirq (13% of CPU in a spinlock, see docs/benchmarks.md).
+fn uring_setup(tuned: bool) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if tuned {
+        b.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+    }
+    b
+}
+
+fn build_runtime(
+    id: usize,
+) -> io::Result<FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>> {
+    let build = |tuned| {
+        RuntimeBuilder::<FusionDriver>::new()
+            .with_entries(4096)
+            .uring_builder(uring_setup(tuned))
+            .enable_timer()
+            .build()
+    };
+    build(true).or_else(|e| {
+        if id == 0 {
+            log::info!("io_uring refused DEFER_TASKRUN/SINGLE_ISSUER ({e}); using default flags");
+        }
+        build(false)
     })
 }
 

@@ -1,1 +1,75 @@
-fn main() {}
+//! ringway-loadtest: the side-by-side comparison with nginx, and a load generator.
+//!
+//! `compare` runs wrk against nginx and ringway in alternation on the same origin and prints
+//! ratios (see docs/benchmarks.md). `gen` is a monoio load generator with an open-loop
+//! constant-rate mode that measures latency from each request's scheduled send time, correcting
+//! for coordinated omission the way wrk2 does.
+
+mod compare;
+mod gen;
+mod procfs;
+mod wrk;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  ringway-loadtest compare [--rounds N] [--duration SECS] [--workers N] [--quick]
+                           [--ringway PATH] [--cases LIST] [--open-loop]
+      Alternates nginx and ringway (same origin, same CPUs) under wrk and prints, per case,
+      req/s, p50/p99 latency and proxy CPU time per request as ringway/nginx ratios with the
+      spread over rounds, plus a 'direct' row (wrk straight to the origin). Needs nginx, wrk and
+      taskset on PATH and a release build of ringway (cargo build --release).
+      --cases: comma list of ka|close, 16|256, 100b|64k|1m filters, e.g. ka,16,100b
+      --open-loop: also compare p99 at a fixed rate (70% of nginx's max) with `gen`.
+  ringway-loadtest gen --url http://127.0.0.1:8080/path [-c CONNS] [-d SECS] [--rate REQ/S]
+                       [--close]
+      Closed loop by default; with --rate, open loop at that total rate.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("compare") => compare::main(&args[1..]),
+        Some("gen") => gen::main(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringway-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Tiny flag parser: `--name value` and bare `--flag`.
+pub(crate) struct Flags<'a>(&'a [String]);
+
+impl<'a> Flags<'a> {
+    pub(crate) fn value(&self, names: &[&str]) -> Option<&'a str> {
+        self.0
+            .windows(2)
+            .find(|w| names.contains(&w[0].as_str()))
+            .map(|w| w[1].as_str())
+    }
+
+    pub(crate) fn parsed<T: std::str::FromStr>(
+        &self,
+        names: &[&str],
+        default: T,
+    ) -> Result<T, String> {
+        match self.value(names) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{}: invalid value {v:?}", names[0])),
+        }
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+    }
+}

@@ -1,0 +1,395 @@
+//! `compare`: nginx and ringway side by side under wrk, on the same origin and CPUs.
+//!
+//! Layout on an N-CPU machine with `--workers W`: both proxies get CPUs 0..W (one at a time:
+//! they alternate, never run together), wrk and the origin get CPUs W..N. Each case runs
+//! `--rounds` times per proxy, alternating which proxy goes first, and the report gives medians
+//! and the spread of the per-round ratios.
+
+use std::fmt::Write as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::procfs::{peak_rss_kib, total_ticks, with_children, TICKS_PER_SEC};
+use crate::wrk::{self, WrkResult};
+use crate::Flags;
+
+const BODIES: [(&str, usize); 3] = [("100b", 100), ("64k", 64 << 10), ("1m", 1 << 20)];
+
+#[derive(Clone, Copy)]
+struct Case {
+    close: bool,
+    conns: usize,
+    body: &'static str,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        format!(
+            "{} c={} {}",
+            if self.close { "close" } else { "keep-alive" },
+            self.conns,
+            self.body
+        )
+    }
+}
+
+struct Sample {
+    wrk: WrkResult,
+    cpu_us_per_req: f64,
+}
+
+/// Processes started here; stopped when dropped.
+struct Procs {
+    dir: PathBuf,
+    ringway: Option<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        if let Some(c) = self.ringway.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for conf in ["proxy-nginx.conf", "origin-nginx.conf"] {
+            let _ = Command::new("nginx")
+                .args(["-s", "stop", "-p"])
+                .arg(&self.dir)
+                .arg("-c")
+                .arg(self.dir.join(conf))
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/sbin").join(tool).is_file()
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn wait_http(port: u16, what: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /100b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "{what} on port {port} did not answer GET /100b with 200"
+    ))
+}
+
+fn cpu_range(from: usize, to: usize) -> String {
+    if to - from == 1 {
+        from.to_string()
+    } else {
+        format!("{from}-{}", to - 1)
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> String {
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}–{max:.2}")
+}
+
+pub(crate) fn main(args: &[String]) -> Result<(), String> {
+    let f = Flags(args);
+    let quick = f.has("--quick");
+    let rounds: usize = f.parsed(&["--rounds"], if quick { 1 } else { 3 })?;
+    let secs: u64 = f.parsed(&["--duration", "-d"], if quick { 2 } else { 5 })?;
+    let workers: usize = f.parsed(&["--workers", "-w"], 1)?;
+    let filter: Vec<String> = f
+        .value(&["--cases"])
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ringway_bin = f
+        .value(&["--ringway"])
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/ringway"));
+
+    let missing: Vec<&str> = ["nginx", "wrk", "taskset"]
+        .into_iter()
+        .filter(|t| !on_path(t))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing: {} (install with: apt-get install {})",
+            missing.join(", "),
+            missing
+                .iter()
+                .map(|t| if *t == "taskset" { "util-linux" } else { t })
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    if !ringway_bin.is_file() {
+        return Err(format!(
+            "{} not found: build it with cargo build --release",
+            ringway_bin.display()
+        ));
+    }
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if ncpu < workers + 1 {
+        return Err(format!("--workers {workers} needs at least {} CPUs (one more for wrk and the origin); this machine has {ncpu}", workers + 1));
+    }
+    let proxy_cpus = cpu_range(0, workers);
+    let load_cpus = cpu_range(workers, ncpu);
+
+    let dir = std::env::temp_dir().join(format!("ringway-compare-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("www")).map_err(|e| e.to_string())?;
+    for (name, size) in BODIES {
+        std::fs::write(dir.join("www").join(name), vec![b'x'; size]).map_err(|e| e.to_string())?;
+    }
+    let (origin_port, nginx_port, ringway_port) = (free_port()?, free_port()?, free_port()?);
+    let fill = |tpl: &str, listen: u16, w: usize| {
+        tpl.replace("{{DIR}}", &dir.display().to_string())
+            .replace("{{LISTEN}}", &format!("127.0.0.1:{listen}"))
+            .replace("{{ORIGIN}}", &format!("127.0.0.1:{origin_port}"))
+            .replace("{{WORKERS}}", &w.to_string())
+            .replace("{{AFFINITY}}", "auto")
+    };
+    let origin_conf = fill(
+        include_str!("../nginx-origin.conf"),
+        origin_port,
+        (ncpu - workers).max(1),
+    );
+    let proxy_conf = fill(include_str!("../nginx-proxy.conf"), nginx_port, workers);
+    let ringway_conf = format!(
+        "[server]\nlisten = [\"127.0.0.1:{ringway_port}\"]\nworkers = {workers}\ncpus = \"{proxy_cpus}\"\n\n\
+         [upstreams.origin]\nservers = [\"127.0.0.1:{origin_port}\"]\nkeepalive = 1024\n\n\
+         [[routes]]\npath = \"/\"\nupstream = \"origin\"\n"
+    );
+    std::fs::write(dir.join("origin-nginx.conf"), &origin_conf).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("proxy-nginx.conf"), &proxy_conf).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("ringway.toml"), &ringway_conf).map_err(|e| e.to_string())?;
+
+    println!("# ringway vs nginx\n");
+    println!("{ncpu} CPUs; proxies on CPU {proxy_cpus}, wrk and origin on CPU {load_cpus}; {rounds} round(s) of {secs}s per case and proxy.\n");
+    println!("nginx proxy config:\n```nginx\n{proxy_conf}```\nringway config:\n```toml\n{ringway_conf}```\n");
+
+    let mut procs = Procs {
+        dir: dir.clone(),
+        ringway: None,
+    };
+    let start_nginx = |conf: &str, cpus: &str| -> Result<(), String> {
+        let st = Command::new("taskset")
+            .args(["-c", cpus, "nginx", "-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join(conf))
+            .status()
+            .map_err(|e| e.to_string())?;
+        st.success()
+            .then_some(())
+            .ok_or_else(|| format!("nginx -c {conf} failed to start"))
+    };
+    start_nginx("origin-nginx.conf", &load_cpus)?;
+    start_nginx("proxy-nginx.conf", &proxy_cpus)?;
+    procs.ringway = Some(
+        Command::new(&ringway_bin)
+            .arg("--config")
+            .arg(dir.join("ringway.toml"))
+            .args(["--log-level", "warn"])
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", ringway_bin.display()))?,
+    );
+    wait_http(origin_port, "origin nginx")?;
+    wait_http(nginx_port, "proxy nginx")?;
+    wait_http(ringway_port, "ringway")?;
+    let nginx_master: u32 = std::fs::read_to_string(dir.join("proxy-nginx.pid"))
+        .map_err(|e| e.to_string())?
+        .trim()
+        .parse()
+        .map_err(|_| "bad nginx pid file".to_string())?;
+    let nginx_pids = with_children(nginx_master);
+    let ringway_pids = vec![procs.ringway.as_ref().map_or(0, Child::id)];
+
+    let mut cases = Vec::new();
+    for close in [false, true] {
+        for conns in [16, 256] {
+            for (body, _) in BODIES {
+                let c = Case { close, conns, body };
+                let tags = [
+                    if close { "close" } else { "ka" }.to_string(),
+                    conns.to_string(),
+                    body.to_string(),
+                ];
+                if filter.iter().all(|f| tags.contains(f)) {
+                    cases.push(c);
+                }
+            }
+        }
+    }
+
+    let measure = |port: u16, pids: &[u32], c: &Case| -> Result<Sample, String> {
+        let before = total_ticks(pids);
+        let w = wrk::run(
+            &load_cpus,
+            &format!("http://127.0.0.1:{port}/{}", c.body),
+            c.conns,
+            secs,
+            c.close,
+        )?;
+        let ticks = total_ticks(pids) - before;
+        Ok(Sample {
+            cpu_us_per_req: ticks as f64 * 1e6 / TICKS_PER_SEC / w.requests.max(1) as f64,
+            wrk: w,
+        })
+    };
+
+    let mut table = String::new();
+    table.push_str("| case | direct req/s | nginx req/s | ringway req/s | req/s ratio | p50 ratio | p99 ratio | nginx CPU µs/req | ringway CPU µs/req | CPU ratio | errors n/r |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut nginx_ka16_rps = 0.0;
+    for c in &cases {
+        let direct = wrk::run(
+            &load_cpus,
+            &format!("http://127.0.0.1:{origin_port}/{}", c.body),
+            c.conns,
+            secs,
+            c.close,
+        )?;
+        let mut ng: Vec<Sample> = Vec::new();
+        let mut rw: Vec<Sample> = Vec::new();
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                ng.push(measure(nginx_port, &nginx_pids, c)?);
+                rw.push(measure(ringway_port, &ringway_pids, c)?);
+            } else {
+                rw.push(measure(ringway_port, &ringway_pids, c)?);
+                ng.push(measure(nginx_port, &nginx_pids, c)?);
+            }
+        }
+        let ratio = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
+            ng.iter().zip(&rw).map(|(n, r)| f(r) / f(n)).collect()
+        };
+        let med = |v: &[Sample], f: &dyn Fn(&Sample) -> f64| {
+            median(&mut v.iter().map(f).collect::<Vec<_>>())
+        };
+        let rps = ratio(&|s| s.wrk.rps);
+        let p50 = ratio(&|s| s.wrk.p50_us);
+        let p99 = ratio(&|s| s.wrk.p99_us);
+        let cpu = ratio(&|s| s.cpu_us_per_req);
+        if !c.close && c.conns == 16 && c.body == "100b" {
+            nginx_ka16_rps = med(&ng, &|s| s.wrk.rps);
+        }
+        let row = format!(
+            "| {} | {:.0} | {:.0} | {:.0} | **{:.2}** ({}) | {:.2} | {:.2} ({}) | {:.1} | {:.1} | **{:.2}** ({}) | {}/{} |\n",
+            c.name(),
+            direct.rps,
+            med(&ng, &|s| s.wrk.rps),
+            med(&rw, &|s| s.wrk.rps),
+            median(&mut rps.clone()),
+            spread(&rps),
+            median(&mut p50.clone()),
+            median(&mut p99.clone()),
+            spread(&p99),
+            med(&ng, &|s| s.cpu_us_per_req),
+            med(&rw, &|s| s.cpu_us_per_req),
+            median(&mut cpu.clone()),
+            spread(&cpu),
+            ng.iter().map(|s| s.wrk.errors).sum::<u64>(),
+            rw.iter().map(|s| s.wrk.errors).sum::<u64>(),
+        );
+        print!("{row}");
+        table.push_str(&row);
+    }
+
+    let mut extra = String::new();
+    if f.has("--open-loop") && nginx_ka16_rps > 0.0 {
+        let rate = (nginx_ka16_rps * 0.7) as u64;
+        let mut ng = Vec::new();
+        let mut rw = Vec::new();
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [nginx_port, ringway_port]
+            } else {
+                [ringway_port, nginx_port]
+            };
+            for port in order {
+                let r = open_loop(&load_cpus, port, rate, secs)?;
+                if port == nginx_port {
+                    ng.push(r)
+                } else {
+                    rw.push(r)
+                }
+            }
+        }
+        let ratios: Vec<f64> = ng.iter().zip(&rw).map(|(n, r)| r / n).collect();
+        let _ = writeln!(
+            extra,
+            "\nOpen loop, keep-alive c=16 100b at {rate} req/s (70% of nginx's max), p99 from scheduled send time: nginx {:.0} µs, ringway {:.0} µs, ratio **{:.2}** ({}).",
+            median(&mut ng.clone()),
+            median(&mut rw.clone()),
+            median(&mut ratios.clone()),
+            spread(&ratios)
+        );
+    }
+    let _ = writeln!(
+        extra,
+        "\nPeak RSS over the run: nginx (master + workers) {} KiB, ringway {} KiB.",
+        peak_rss_kib(&nginx_pids),
+        peak_rss_kib(&ringway_pids)
+    );
+    print!("{extra}");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// p99 (µs) of `gen` at a fixed rate against `port`.
+fn open_loop(cpus: &str, port: u16, rate: u64, secs: u64) -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new("taskset")
+        .args(["-c", cpus])
+        .arg(exe)
+        .args([
+            "gen",
+            "--url",
+            &format!("http://127.0.0.1:{port}/100b"),
+            "-c",
+            "16",
+            "-d",
+            &secs.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("p99_us "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("gen failed: {text}{}", String::from_utf8_lossy(&out.stderr)))
+}

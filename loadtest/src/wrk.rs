@@ -1,0 +1,95 @@
+//! Running wrk and reading its report.
+
+use std::process::Command;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WrkResult {
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Socket errors plus non-2xx/3xx responses.
+    pub errors: u64,
+}
+
+pub(crate) fn run(
+    cpus: &str,
+    url: &str,
+    conns: usize,
+    secs: u64,
+    close: bool,
+) -> Result<WrkResult, String> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpus, "wrk", "-t1", "--latency"])
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{secs}s"));
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(url);
+    let out = cmd.output().map_err(|e| format!("running wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "wrk failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse(&text).ok_or_else(|| format!("cannot read wrk output:\n{text}"))
+}
+
+fn duration_us(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        "m" => n * 60e6,
+        _ => return None,
+    })
+}
+
+pub(crate) fn parse(text: &str) -> Option<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in text.lines() {
+        let t = line.trim();
+        let words: Vec<&str> = t.split_whitespace().collect();
+        if t.starts_with("50%") {
+            r.p50_us = duration_us(words.get(1)?)?;
+        } else if t.starts_with("99%") {
+            r.p99_us = duration_us(words.get(1)?)?;
+        } else if t.contains("requests in") {
+            r.requests = words.first()?.parse().ok()?;
+        } else if t.starts_with("Requests/sec:") {
+            r.rps = words.get(1)?.parse().ok()?;
+        } else if t.starts_with("Non-2xx or 3xx responses:") {
+            r.errors += words.last()?.parse::<u64>().ok()?;
+        } else if t.starts_with("Socket errors:") {
+            // Socket errors: connect 0, read 0, write 0, timeout 0
+            r.errors += t
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    (r.requests > 0).then_some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_a_report() {
+        let text = "Running 5s test @ http://127.0.0.1:9/\n  1 threads and 16 connections\n\
+  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   610.77us  120.21us   3.01ms   80.00%\n\
+  Latency Distribution\n     50%  590.00us\n     75%  650.00us\n     90%  700.00us\n     99%    1.20ms\n\
+  130000 requests in 5.00s, 30.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n\
+  Non-2xx or 3xx responses: 4\nRequests/sec:  26000.50\nTransfer/sec:      6.00MB\n";
+        let r = super::parse(text).unwrap();
+        assert_eq!(r.requests, 130000);
+        assert_eq!(r.p50_us, 590.0);
+        assert_eq!(r.p99_us, 1200.0);
+        assert_eq!(r.rps, 26000.5);
+        assert_eq!(r.errors, 7);
+    }
+}
