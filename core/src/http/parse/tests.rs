@@ -142,7 +142,20 @@ fn bare_lf_rejected_by_scanner() {
     assert_eq!(sc.scan(b"GET / HTTP/1.1\n\n", &l), Err(ParseError::BareLf));
     let mut sc = HeadScanner::new();
     assert_eq!(
-        sc.scan(b"GET / HTTP/1.1\r\nA: b\n", &l),
+        sc.scan(b"GET / HTTP/1.1\r\nA: b\n\n", &l),
+        Err(ParseError::BareLf)
+    );
+    // Split between the two LFs.
+    let mut sc = HeadScanner::new();
+    assert_eq!(sc.scan(b"GET / HTTP/1.1\nA: b\n", &l), Ok(Scan::Partial));
+    assert_eq!(
+        sc.scan(b"GET / HTTP/1.1\nA: b\n\n", &l),
+        Err(ParseError::BareLf)
+    );
+    // A bare LF inside a head that does end in CRLF CRLF is caught by the parser.
+    let mut hs = Vec::new();
+    assert_eq!(
+        parse_request(b"GET / HTTP/1.1\r\nA: b\nC: d\r\n\r\n", &mut hs, &l),
         Err(ParseError::BareLf)
     );
 }
