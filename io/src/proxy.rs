@@ -25,7 +25,9 @@ use ringway_core::http::{
 };
 
 use crate::buf::{ensure_capacity, read_append, write_all, IoFail};
-use crate::relay::{relay, RelayFail, RelayTimeouts, Side};
+use crate::relay::{
+    relay, relay_spliced, RelayFail, RelayTimeouts, Side, SplicePipe, SPLICE_THRESHOLD,
+};
 use crate::upstream::{connect, ConnectError};
 use crate::worker::Worker;
 
@@ -66,6 +68,8 @@ struct Conn {
     scratch: Vec<u8>,
     headers: Vec<Header>,
     uheaders: Vec<Header>,
+    /// For bodies passed through with splice.
+    pipe: SplicePipe,
     served: u64,
 }
 
@@ -85,6 +89,7 @@ pub(crate) async fn serve(w: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         scratch: Vec::new(),
         headers: Vec::with_capacity(32),
         uheaders: Vec::with_capacity(32),
+        pipe: SplicePipe::default(),
         served: 0,
     };
     c.run().await;
@@ -384,17 +389,31 @@ impl Conn {
                     read: t.client_body,
                     write: t.upstream_write,
                 };
-                if let Err(e) = relay(
-                    &mut self.client,
-                    &mut self.inbuf,
-                    info.body,
-                    Some(&mut up),
-                    body_out,
-                    &mut self.scratch,
-                    rt,
-                )
-                .await
-                {
+                let sent = match info.body {
+                    BodyKind::Length(n) if n >= SPLICE_THRESHOLD => {
+                        relay_spliced(
+                            &mut self.client,
+                            &mut self.inbuf,
+                            n,
+                            &mut up,
+                            &mut self.pipe,
+                            rt,
+                        )
+                        .await
+                    }
+                    _ => relay(
+                        &mut self.client,
+                        &mut self.inbuf,
+                        info.body,
+                        Some(&mut up),
+                        body_out,
+                        &mut self.scratch,
+                        rt,
+                    )
+                    .await
+                    .map(|_| ()),
+                };
+                if let Err(e) = sent {
                     return match e.side {
                         Side::Source => self.client_body_failed(&e.fail).await,
                         Side::Destination => {
@@ -563,17 +582,31 @@ impl Conn {
             read: t.upstream_read,
             write: t.send,
         };
-        if let Err(e) = relay(
-            &mut up,
-            &mut self.ubuf,
-            ri.body,
-            Some(&mut self.client),
-            to_client,
-            &mut self.scratch,
-            rt,
-        )
-        .await
-        {
+        let relayed = match ri.body {
+            BodyKind::Length(n) if n >= SPLICE_THRESHOLD => {
+                relay_spliced(
+                    &mut up,
+                    &mut self.ubuf,
+                    n,
+                    &mut self.client,
+                    &mut self.pipe,
+                    rt,
+                )
+                .await
+            }
+            _ => relay(
+                &mut up,
+                &mut self.ubuf,
+                ri.body,
+                Some(&mut self.client),
+                to_client,
+                &mut self.scratch,
+                rt,
+            )
+            .await
+            .map(|_| ()),
+        };
+        if let Err(e) = relayed {
             if e.side == Side::Source {
                 log::warn!(
                     "upstream {}: {e}",

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use monoio::net::TcpStream;
+use monoio::io::splice::{SpliceDestination, SpliceSource};
+use monoio::net::unix::new_pipe;
+use monoio::net::{Pipe, TcpStream};
 use ringway_core::http::chunked::{write_chunk_header, ChunkError, ChunkedDecoder, LAST_CHUNK};
 use ringway_core::http::framing::BodyKind;
 
@@ -70,6 +72,85 @@ fn dst(e: IoFail) -> RelayError {
 pub(crate) struct RelayTimeouts {
     pub read: Duration,
     pub write: Duration,
+}
+
+/// Bodies at least this long, passed through with the same length framing, move
+/// socket → pipe → socket with splice(2): the bytes never enter user space.
+pub(crate) const SPLICE_THRESHOLD: u64 = 64 * 1024;
+
+/// Most bytes moved per splice round (the default pipe capacity).
+const PIPE_CHUNK: u32 = 64 * 1024;
+
+/// A pipe used for splicing, created on first use and kept for the connection.
+#[derive(Default)]
+pub(crate) struct SplicePipe(Option<(Pipe, Pipe)>);
+
+impl SplicePipe {
+    fn get(&mut self) -> std::io::Result<&mut (Pipe, Pipe)> {
+        if self.0.is_none() {
+            self.0 = Some(new_pipe()?);
+        }
+        Ok(self.0.as_mut().expect("created above"))
+    }
+
+    /// Forget the pipe (it may hold bytes of a failed transfer).
+    fn discard(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// Moves exactly `len` bytes from `from` to `to` through `pipe`.
+pub(crate) async fn splice_exact(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    mut len: u64,
+    pipe: &mut SplicePipe,
+    t: RelayTimeouts,
+) -> Result<(), RelayError> {
+    let result = async {
+        let (rd, wr) = pipe.get().map_err(|e| src(RelayFail::Io(IoFail::Io(e))))?;
+        while len > 0 {
+            let want = len.min(u64::from(PIPE_CHUNK)) as u32;
+            let n = match monoio::time::timeout(t.read, from.splice_to_pipe(wr, want)).await {
+                Ok(Ok(0)) => return Err(src(RelayFail::Truncated)),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(src(RelayFail::Io(IoFail::Io(e)))),
+                Err(_) => return Err(src(RelayFail::Io(IoFail::Timeout))),
+            };
+            let mut left = n;
+            while left > 0 {
+                match monoio::time::timeout(t.write, to.splice_from_pipe(rd, left)).await {
+                    Ok(Ok(0)) => return Err(dst(IoFail::Io(std::io::ErrorKind::WriteZero.into()))),
+                    Ok(Ok(m)) => left -= m,
+                    Ok(Err(e)) => return Err(dst(IoFail::Io(e))),
+                    Err(_) => return Err(dst(IoFail::Timeout)),
+                }
+            }
+            len -= u64::from(n);
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        pipe.discard();
+    }
+    result
+}
+
+/// Relays a `len`-byte body whose first bytes may already be in `buf`: those are written from
+/// the buffer, the rest spliced. Bytes in `buf` past the body stay there.
+pub(crate) async fn relay_spliced(
+    from: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    len: u64,
+    to: &mut TcpStream,
+    pipe: &mut SplicePipe,
+    t: RelayTimeouts,
+) -> Result<(), RelayError> {
+    let k = len.min(buf.len() as u64) as usize;
+    write_range(to, buf, 0..k, t.write).await.map_err(dst)?;
+    buf.drain(..k);
+    splice_exact(from, to, len - k as u64, pipe, t).await
 }
 
 enum Decode {
