@@ -487,3 +487,60 @@ fn several_workers_serve_concurrently() {
     }
     assert_eq!(origin.seen().len(), 200);
 }
+
+/// Where io_uring is unavailable the proxy says so once and serves on epoll, splice included.
+#[test]
+fn epoll_fallback_is_announced_and_works() {
+    let origin = Origin::start();
+    let file = TempFile::new(&config_for(origin.addr, ""));
+    let mut child = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(&file.0)
+        .env("MONOIO_FORCE_LEGACY_DRIVER", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut addr = None;
+    while addr.is_none() || !log.contains("epoll") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(i) = line.find("listening on ") {
+            addr = line[i + 13..].split([',', ' ']).next().map(str::to_string);
+        }
+        log.push_str(&line);
+    }
+    let addr: std::net::SocketAddr = addr.expect("started").parse().unwrap();
+    assert_eq!(log.matches("io_uring is not available").count(), 1, "{log}");
+    let mut c = Client::connect(addr);
+    c.send(&get("/len/1048576"));
+    let r = c.response("GET").unwrap();
+    assert_eq!((r.status, r.body_len), (200, 1 << 20));
+    c.send(b"POST /sum HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+    c.send(&vec![1u8; 100_000]);
+    assert_eq!(c.response("POST").unwrap().text(), "100000 100000");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A spliced (large, length-framed) body followed at once by a pipelined request: the splice
+/// must stop exactly at the end of the body.
+#[test]
+fn spliced_body_then_pipelined_request() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    let mut batch = b"POST /sum HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n".to_vec();
+    batch.extend(std::iter::repeat_n(2u8, 300_000));
+    batch.extend_from_slice(&get("/next"));
+    batch.extend_from_slice(&get("/len/200000"));
+    batch.extend_from_slice(&get("/last"));
+    c.send(&batch);
+    assert_eq!(c.response("POST").unwrap().text(), "300000 600000");
+    assert_eq!(c.response("GET").unwrap().text(), "ok /next");
+    assert_eq!(c.response("GET").unwrap().body_len, 200_000);
+    assert_eq!(c.response("GET").unwrap().text(), "ok /last");
+}

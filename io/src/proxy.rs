@@ -58,6 +58,8 @@ struct Conn {
     cfg: Rc<Config>,
     client: TcpStream,
     peer: SocketAddr,
+    /// `peer`'s IP as text, for forwarding headers.
+    peer_ip: Vec<u8>,
     /// Bytes from the client: the current head, then body bytes, then any pipelined requests.
     inbuf: Vec<u8>,
     /// Bytes from the upstream.
@@ -83,6 +85,7 @@ pub(crate) async fn serve(w: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         cfg,
         client,
         peer,
+        peer_ip: peer.ip().to_string().into_bytes(),
         inbuf: Vec::with_capacity(BUF_SIZE),
         ubuf: Vec::new(),
         out: Vec::with_capacity(1024),
@@ -271,7 +274,9 @@ impl Conn {
             .is_err()
             || !keep
         {
-            self.close_gracefully().await;
+            let body_read = info.body.is_empty() || !info.expect_continue;
+            self.close(body_read && !info.connection.persistent(head.version))
+                .await;
             return Next::Close;
         }
         Next::KeepAlive
@@ -305,7 +310,7 @@ impl Conn {
             String::new()
         };
         let fwd = Forwarding {
-            client_ip: self.peer.ip(),
+            client_ip: &self.peer_ip,
             proto: self.w.proto,
             host_override: set_host,
             fallback_host: fallback_host.as_bytes(),
@@ -629,7 +634,7 @@ impl Conn {
         if keep {
             Next::KeepAlive
         } else {
-            self.close_gracefully().await;
+            self.close(!info.connection.persistent(head.version)).await;
             Next::Close
         }
     }
@@ -689,7 +694,8 @@ impl Conn {
             .is_err()
             || !keep
         {
-            self.close_gracefully().await;
+            self.close(body_consumed && !info.connection.persistent(head.version))
+                .await;
             return Next::Close;
         }
         self.ubuf.clear();
@@ -716,6 +722,15 @@ impl Conn {
             .await
             .is_ok()
         {
+            self.close_gracefully().await;
+        }
+    }
+
+    /// Ends the connection after a response. A client that asked to close and whose request
+    /// was read whole sends nothing more (RFC 9112 §9.6), so the socket is simply closed;
+    /// otherwise the close is graceful.
+    async fn close(&mut self, client_asked: bool) {
+        if !(client_asked && self.inbuf.is_empty()) {
             self.close_gracefully().await;
         }
     }

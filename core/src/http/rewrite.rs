@@ -6,7 +6,6 @@
 //! understood is written, whatever ambiguity a client crafts cannot reach the upstream.
 
 use std::io::Write as _;
-use std::net::IpAddr;
 
 use super::framing::BodyKind;
 use super::{list_items, Header, RequestHead, ResponseHead, TargetForm, Version};
@@ -41,7 +40,9 @@ const MAX_CONNECTION_OPTIONS: usize = 16;
 /// Facts about the client connection that go into forwarding fields.
 #[derive(Clone, Copy, Debug)]
 pub struct Forwarding<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address as text (`203.0.113.9`, `2001:db8::1`), formatted once per
+    /// connection by the caller.
+    pub client_ip: &'a [u8],
     /// `http` or `https`.
     pub proto: &'a str,
     /// Host to send when the route overrides it, or when the client sent none (HTTP/1.0).
@@ -158,8 +159,10 @@ pub fn upstream_request(
             out.extend_from_slice(b", ");
         }
     }
-    let _ = write!(out, "{}\r\n", fwd.client_ip);
-    let _ = write!(out, "X-Real-IP: {}\r\n", fwd.client_ip);
+    out.extend_from_slice(fwd.client_ip);
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    out.extend_from_slice(fwd.client_ip);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"X-Forwarded-Proto: ");
     out.extend_from_slice(fwd.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -230,7 +233,7 @@ mod tests {
 
     fn fwd() -> Forwarding<'static> {
         Forwarding {
-            client_ip: "10.1.2.3".parse().unwrap(),
+            client_ip: b"10.1.2.3",
             proto: "http",
             host_override: None,
             fallback_host: b"127.0.0.1:9000",
