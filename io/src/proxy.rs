@@ -14,6 +14,7 @@ use std::time::Instant;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use ringway_core::config::{Action, Config};
+use ringway_core::http::chunked::{ChunkError, ChunkedDecoder};
 use ringway_core::http::framing::{request_info, response_info, BodyKind, RequestInfo};
 use ringway_core::http::respond::{self, Fixed};
 use ringway_core::http::rewrite::{
@@ -292,6 +293,14 @@ impl Conn {
     ) -> Next {
         let cfg = self.cfg.clone();
         let t = cfg.timeouts;
+        // Chunk framing that arrived with the head is checked before anything is sent upstream,
+        // so a request whose first chunk line is bad never reaches it.
+        if info.body == BodyKind::Chunked {
+            if let Err(e) = check_chunked_prefix(&self.inbuf[head_end..]) {
+                self.reject(400, &e.to_string()).await;
+                return Next::Close;
+            }
+        }
         let Some(server) = self.w.pick(group) else {
             self.inbuf.drain(..head_end);
             return self
@@ -759,6 +768,20 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 enum Local<'a> {
     Fixed(&'a Fixed),
     Error(u16, &'a str),
+}
+
+/// Runs a throwaway chunked decoder over body bytes already received.
+fn check_chunked_prefix(bytes: &[u8]) -> Result<(), ChunkError> {
+    let mut d = ChunkedDecoder::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let step = d.decode(&bytes[pos..])?;
+        pos += step.consumed;
+        if step.done {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn is_reset(e: &std::io::Error) -> bool {
