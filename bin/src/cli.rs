@@ -27,6 +27,11 @@ pub struct Cli {
     #[arg(short, long, value_name = "ADDR")]
     pub upstream: Vec<String>,
 
+    /// Quick mode: how to spread requests over the --upstream servers: round-robin, least-conn,
+    /// ip-hash, or hash:KEY (KEY: ip, path, header:NAME, cookie:NAME).
+    #[arg(long, value_name = "ALGORITHM", default_value = "round-robin")]
+    pub balance: String,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

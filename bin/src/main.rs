@@ -41,7 +41,12 @@ fn load(cli: &Cli) -> Result<Config, String> {
             } else {
                 cli.listen.clone()
             };
-            Config::quick(parse_listen(&listen)?, ups)
+            let balance = ringway_core::config::Balance::parse(
+                &cli.balance,
+                ringway_core::config::DEFAULT_HASH_BALANCE_FACTOR,
+            )
+            .map_err(|e| format!("--balance: {e}"))?;
+            Config::quick(parse_listen(&listen)?, ups, balance)
         }
         (None, true) => return Err(
             "nothing to serve: give --config FILE, or --upstream ADDR for quick mode (see --help)"

@@ -301,13 +301,25 @@ impl Conn {
                 return Next::Close;
             }
         }
-        let Some(server) = self.w.pick(group) else {
-            self.inbuf.drain(..head_end);
-            return self
-                .fail(503, "no upstream server available", &info, &head, false)
-                .await;
+        let up_cfg = &cfg.upstreams[group];
+        let path = match head.form {
+            TargetForm::Absolute { path, .. } => path.get(&self.inbuf),
+            _ => head.target.get(&self.inbuf),
         };
-        let addr = cfg.upstreams[group].servers[server];
+        let path = path.split(|&b| b == b'?').next().unwrap_or(b"/");
+        let key = ringway_core::balance::request_key(
+            &up_cfg.balance,
+            &self.inbuf,
+            path,
+            &self.headers,
+            &self.peer_ip,
+        );
+        let Some(in_flight) = self.w.pick(group, key) else {
+            self.inbuf.drain(..head_end);
+            return self.unavailable(&info, &head).await;
+        };
+        let server = in_flight.server;
+        let addr = up_cfg.servers[server].addr;
 
         let body_out = match info.body {
             BodyKind::Close => BodyKind::None,
@@ -500,7 +512,7 @@ impl Conn {
                 Err(e) => {
                     log::warn!(
                         "upstream {}: invalid response: {e}",
-                        self.cfg.upstreams[group].servers[server]
+                        self.cfg.upstreams[group].servers[server].addr
                     );
                     return self
                         .fail(
@@ -624,7 +636,7 @@ impl Conn {
             if e.side == Side::Source {
                 log::warn!(
                     "upstream {}: {e}",
-                    self.cfg.upstreams[group].servers[server]
+                    self.cfg.upstreams[group].servers[server].addr
                 );
             }
             // Headers are out: the only way left to signal failure is to close.
@@ -681,6 +693,31 @@ impl Conn {
                 Err(IoFail::Io(e)) => return Err(ResponseHeadError::Io(e)),
             }
         }
+    }
+
+    /// 503 with Retry-After: every server of the group is down, marked down or at its limit.
+    async fn unavailable(&mut self, info: &RequestInfo, head: &RequestHead) -> Next {
+        let keep = info.body.is_empty()
+            && info.connection.persistent(head.version)
+            && !self.w.drain.is_set();
+        self.out.clear();
+        respond::error_with(
+            503,
+            "no upstream server available",
+            !keep,
+            b"Retry-After: 5\r\n",
+            &mut self.out,
+        );
+        if write_all(&mut self.client, &mut self.out, self.cfg.timeouts.send)
+            .await
+            .is_err()
+            || !keep
+        {
+            self.close(info.body.is_empty() && !info.connection.persistent(head.version))
+                .await;
+            return Next::Close;
+        }
+        Next::KeepAlive
     }
 
     /// Answers with an error generated here. `body_done` says whether the request body has been

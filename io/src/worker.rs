@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringway_core::balance::{Balancer, RoundRobin};
+use ringway_core::balance::{self, Balancer, Pick};
 use ringway_core::config::Config;
 
 use crate::drain::Drain;
@@ -28,7 +28,7 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Worker {
     pub(crate) cfg: Rc<Config>,
     pub(crate) pool: RefCell<Pool>,
-    balancers: RefCell<Vec<RoundRobin>>,
+    groups: RefCell<Vec<GroupState>>,
     pub(crate) drain: Drain,
     active: Cell<usize>,
     /// Scheme of this worker's listeners, for X-Forwarded-Proto.
@@ -50,15 +50,18 @@ impl Worker {
             cfg.upstreams.iter().map(|u| (u.servers.len(), u.keepalive)),
             cfg.timeouts.upstream_idle,
         );
-        let balancers = cfg
+        let groups = cfg
             .upstreams
             .iter()
-            .map(|u| RoundRobin::new(u.servers.len(), id))
+            .map(|u| GroupState {
+                balancer: balance::for_group(u, id),
+                in_flight: vec![0; u.servers.len()],
+            })
             .collect();
         Self {
             cfg: Rc::new(cfg),
             pool: RefCell::new(pool),
-            balancers: RefCell::new(balancers),
+            groups: RefCell::new(groups),
             drain: Drain::default(),
             active: Cell::new(0),
             proto: "http",
@@ -70,9 +73,58 @@ impl Worker {
         Active(self.clone())
     }
 
-    /// Chooses a server of `group`.
-    pub(crate) fn pick(&self, group: usize) -> Option<usize> {
-        self.balancers.borrow_mut()[group].pick(&|_| true)
+    /// Chooses a server of `group` for a request whose balancing key hashes to `key`: a
+    /// primary server if any is available, else a backup. Available: not marked down and under
+    /// its `max_conns`. The returned guard counts the request as in flight until dropped.
+    pub(crate) fn pick(self: &Rc<Self>, group: usize, key: u64) -> Option<InFlight> {
+        let servers = &self.cfg.upstreams[group].servers;
+        let mut groups = self.groups.borrow_mut();
+        let g = &mut groups[group];
+        let in_flight = &g.in_flight;
+        let load = |i: usize| in_flight[i];
+        let mut chosen = None;
+        for backup in [false, true] {
+            let eligible = |i: usize| {
+                let s = &servers[i];
+                s.backup == backup && !s.down && s.max_conns.is_none_or(|m| in_flight[i] < m)
+            };
+            chosen = g.balancer.pick(&Pick {
+                key,
+                eligible: &eligible,
+                load: &load,
+            });
+            if chosen.is_some() {
+                break;
+            }
+        }
+        let server = chosen?;
+        g.in_flight[server] += 1;
+        Some(InFlight {
+            w: self.clone(),
+            group,
+            server,
+        })
+    }
+}
+
+/// Per-worker state of one upstream group.
+struct GroupState {
+    balancer: Box<dyn Balancer>,
+    /// Requests in flight per server, on this worker. Kept per worker (not shared) so that
+    /// counting costs no atomic and no cross-core traffic; each worker balances its own share.
+    in_flight: Vec<u32>,
+}
+
+/// A request in flight to one server; decrements the count when dropped.
+pub(crate) struct InFlight {
+    w: Rc<Worker>,
+    pub(crate) group: usize,
+    pub(crate) server: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.w.groups.borrow_mut()[self.group].in_flight[self.server] -= 1;
     }
 }
 

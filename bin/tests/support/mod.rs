@@ -278,7 +278,7 @@ pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
-    _config: TempFile,
+    _config: Option<TempFile>,
 }
 
 pub struct TempFile(pub std::path::PathBuf);
@@ -320,11 +320,28 @@ impl Proxy {
         Self::start_with(config, &[])
     }
 
+    /// Quick mode (no file) on an ephemeral port with one unpinned worker.
+    pub fn start_quick(args: &[&str]) -> Self {
+        Self::spawn(
+            None,
+            &[
+                &["--listen", "127.0.0.1:0", "--workers", "1", "--no-pin"],
+                args,
+            ]
+            .concat(),
+        )
+    }
+
     pub fn start_with(config: &str, args: &[&str]) -> Self {
-        let file = TempFile::new(config);
-        let mut child = Command::new(bin())
-            .arg("--config")
-            .arg(&file.0)
+        Self::spawn(Some(TempFile::new(config)), args)
+    }
+
+    fn spawn(file: Option<TempFile>, args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin());
+        if let Some(f) = &file {
+            cmd.arg("--config").arg(&f.0);
+        }
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -93,12 +93,96 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Upstream {
     pub name: String,
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<UpstreamServer>,
     /// Idle keep-alive connections kept per server, per worker.
     pub keepalive: usize,
+    pub balance: Balance,
+}
+
+/// One server of an upstream group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamServer {
+    pub addr: SocketAddr,
+    /// Relative share of requests (round-robin, least-conn, hash), 1–1000.
+    pub weight: u32,
+    /// Used only when every primary server is unavailable.
+    pub backup: bool,
+    /// Most requests in flight to this server per worker; `None`: no limit.
+    pub max_conns: Option<u32>,
+    /// Marked down by configuration: never chosen.
+    pub down: bool,
+}
+
+impl UpstreamServer {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            weight: 1,
+            backup: false,
+            max_conns: None,
+            down: false,
+        }
+    }
+}
+
+/// How a group spreads requests over its servers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Balance {
+    /// Smooth weighted round-robin (nginx's default).
+    RoundRobin,
+    /// Fewest in-flight requests per unit of weight.
+    LeastConn,
+    /// The client's IP address picks the server.
+    IpHash,
+    /// Consistent hashing on `key`, no server above `factor` × the mean load.
+    Hash { key: HashKey, factor: f64 },
+}
+
+/// What a `hash` balancer hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// A request header's value (lowercase name).
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The request path (without the query).
+    Path,
+}
+
+pub const DEFAULT_HASH_BALANCE_FACTOR: f64 = 1.25;
+
+impl Balance {
+    /// `round-robin`, `least-conn`, `ip-hash`, or `hash:KEY` with KEY one of `ip`, `path`,
+    /// `header:NAME`, `cookie:NAME`.
+    pub fn parse(s: &str, factor: f64) -> Result<Self, String> {
+        let bad = || {
+            format!("expected round-robin, least-conn, ip-hash or hash:ip|path|header:NAME|cookie:NAME, got {s:?}")
+        };
+        Ok(match s {
+            "round-robin" => Self::RoundRobin,
+            "least-conn" => Self::LeastConn,
+            "ip-hash" => Self::IpHash,
+            _ => {
+                let key = s.strip_prefix("hash:").ok_or_else(bad)?;
+                let key = match key.split_once(':') {
+                    None if key == "ip" => HashKey::ClientIp,
+                    None if key == "path" => HashKey::Path,
+                    Some(("header", n)) if crate::http::chars::is_token(n.as_bytes()) => {
+                        HashKey::Header(n.to_ascii_lowercase())
+                    }
+                    Some(("cookie", n)) if crate::http::chars::is_token(n.as_bytes()) => {
+                        HashKey::Cookie(n.to_string())
+                    }
+                    _ => return Err(bad()),
+                };
+                Self::Hash { key, factor }
+            }
+        })
+    }
 }
 
 pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 64;
@@ -210,7 +294,7 @@ impl Config {
     }
 
     /// A configuration for quick mode: listen on `listen`, send everything to `upstreams`.
-    pub fn quick(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>) -> Self {
+    pub fn quick(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>, balance: Balance) -> Self {
         let routes = vec![Route {
             host: HostMatch::Any,
             path: "/".into(),
@@ -231,8 +315,9 @@ impl Config {
             limits: Limits::default(),
             upstreams: vec![Upstream {
                 name: "default".into(),
-                servers: upstreams,
+                servers: upstreams.into_iter().map(UpstreamServer::new).collect(),
                 keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
+                balance,
             }],
             router: Router::new([(HostMatch::Any, "/".to_string(), 0)]),
             routes,
@@ -259,14 +344,65 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         }
         let mut servers = Vec::new();
         for (i, s) in u.servers.get_ref().iter().enumerate() {
-            let addr = parse_server_addr(s.get_ref()).ok_or_else(|| {
+            let skey = format!("{key}.servers[{i}]");
+            let (addr, t) = match s.get_ref() {
+                raw::ServerEntry::Addr(a) => (a, None),
+                raw::ServerEntry::Full(t) => (&t.addr, Some(t)),
+            };
+            let addr = parse_server_addr(addr).ok_or_else(|| {
                 loc.at(
                     s.span(),
-                    format!("{key}.servers[{i}]"),
-                    format!("expected IP:port or localhost:port, got {:?}", s.get_ref()),
+                    skey.clone(),
+                    format!("expected IP:port or localhost:port, got {addr:?}"),
                 )
             })?;
-            servers.push(addr);
+            let mut server = UpstreamServer::new(addr);
+            if let Some(t) = t {
+                server.weight = t.weight.unwrap_or(1);
+                if !(1..=1000).contains(&server.weight) {
+                    return Err(loc.at(
+                        s.span(),
+                        format!("{skey}.weight"),
+                        "expected a weight from 1 to 1000",
+                    ));
+                }
+                server.backup = t.backup.unwrap_or(false);
+                server.down = t.down.unwrap_or(false);
+                server.max_conns = match t.max_conns {
+                    Some(0) => {
+                        return Err(loc.at(
+                            s.span(),
+                            format!("{skey}.max_conns"),
+                            "expected at least 1 (omit it for no limit)",
+                        ))
+                    }
+                    m => m,
+                };
+            }
+            servers.push(server);
+        }
+        let factor = match &u.hash_balance_factor {
+            None => DEFAULT_HASH_BALANCE_FACTOR,
+            Some(f) if (1.0..=100.0).contains(f.get_ref()) => *f.get_ref(),
+            Some(f) => {
+                return Err(loc.at(
+                    f.span(),
+                    format!("{key}.hash_balance_factor"),
+                    "expected a factor from 1.0 to 100.0",
+                ))
+            }
+        };
+        let balance = match &u.balance {
+            None => Balance::RoundRobin,
+            Some(b) => Balance::parse(b.get_ref(), factor)
+                .map_err(|m| loc.at(b.span(), format!("{key}.balance"), m))?,
+        };
+        if servers.iter().all(|s| s.backup) {
+            return Err(loc.at(
+                u.servers.span(),
+                format!("{key}.servers"),
+                "expected at least one server that is not a backup",
+            ));
         }
         let keepalive = u.keepalive.unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE);
         let _ = u_span;
@@ -274,6 +410,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             name: name.clone(),
             servers,
             keepalive,
+            balance,
         });
     }
 

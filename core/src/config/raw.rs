@@ -65,8 +65,28 @@ pub(crate) struct Limits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upstream {
-    pub servers: Spanned<Vec<Spanned<String>>>,
+    pub servers: Spanned<Vec<Spanned<ServerEntry>>>,
     pub keepalive: Option<usize>,
+    pub balance: Option<Spanned<String>>,
+    pub hash_balance_factor: Option<Spanned<f64>>,
+}
+
+/// `"IP:port"` or `{ addr = "IP:port", weight = 2, backup = true, max_conns = 100, down = false }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ServerEntry {
+    Addr(String),
+    Full(ServerTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerTable {
+    pub addr: String,
+    pub weight: Option<u32>,
+    pub backup: Option<bool>,
+    pub max_conns: Option<u32>,
+    pub down: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,7 +43,10 @@ fn parses_everything() {
     assert_eq!(c.timeouts.keepalive, Duration::from_secs(30));
     assert_eq!(c.timeouts.upstream_read, Timeouts::default().upstream_read);
     assert_eq!(c.limits.request.max_head, 8192);
-    assert_eq!(c.upstreams[0].servers[1], "127.0.0.1:3001".parse().unwrap());
+    assert_eq!(
+        c.upstreams[0].servers[1].addr,
+        "127.0.0.1:3001".parse().unwrap()
+    );
     assert_eq!(c.upstreams[0].keepalive, 8);
     assert_eq!(c.router.lookup(b"a.example.com", b"/api/x"), Some(&0));
     assert_eq!(c.router.lookup(b"other", b"/api/x"), Some(&1));
@@ -123,4 +126,75 @@ fn helpers() {
     assert_eq!(parse_listen_addr("[::1]:1").unwrap().port(), 1);
     assert!(parse_listen_addr("host:1").is_none());
     assert!(parse_server_addr("example.com:80").is_none());
+}
+
+#[test]
+fn servers_and_balancing() {
+    let text = r#"
+[upstreams.app]
+balance = "hash:cookie:session"
+hash_balance_factor = 1.5
+servers = [
+  "127.0.0.1:3000",
+  { addr = "127.0.0.1:3001", weight = 5, max_conns = 100 },
+  { addr = "127.0.0.1:3002", backup = true },
+  { addr = "127.0.0.1:3003", down = true },
+]
+[[routes]]
+upstream = "app"
+"#;
+    let c = Config::parse("t.toml", text).unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(
+        u.balance,
+        Balance::Hash {
+            key: HashKey::Cookie("session".into()),
+            factor: 1.5
+        }
+    );
+    assert_eq!(
+        (u.servers[1].weight, u.servers[1].max_conns),
+        (5, Some(100))
+    );
+    assert!(u.servers[2].backup && u.servers[3].down && !u.servers[0].backup);
+    for (b, want) in [
+        ("round-robin", Balance::RoundRobin),
+        ("least-conn", Balance::LeastConn),
+        ("ip-hash", Balance::IpHash),
+        (
+            "hash:ip",
+            Balance::Hash {
+                key: HashKey::ClientIp,
+                factor: 1.25,
+            },
+        ),
+        (
+            "hash:path",
+            Balance::Hash {
+                key: HashKey::Path,
+                factor: 1.25,
+            },
+        ),
+        (
+            "hash:header:X-User",
+            Balance::Hash {
+                key: HashKey::Header("x-user".into()),
+                factor: 1.25,
+            },
+        ),
+    ] {
+        assert_eq!(Balance::parse(b, 1.25), Ok(want));
+    }
+    assert!(Balance::parse("random", 1.25).is_err());
+    assert!(Balance::parse("hash:header:", 1.25).is_err());
+
+    let e = err("[upstreams.app]\nbalance = \"fastest\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"app\"\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "upstreams.app.balance"));
+    let e = err("[upstreams.app]\nservers = [\n  { addr = \"127.0.0.1:1\", weight = 0 },\n]\n[[routes]]\nupstream = \"app\"\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(3), "upstreams.app.servers[0].weight")
+    );
+    let e = err("[upstreams.app]\nservers = [{ addr = \"127.0.0.1:1\", backup = true }]\n[[routes]]\nupstream = \"app\"\n");
+    assert_eq!(e.key, "upstreams.app.servers");
 }

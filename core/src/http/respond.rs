@@ -40,6 +40,11 @@ pub fn reason(status: u16) -> &'static str {
 /// A complete response with a plain-text body naming the problem, e.g.
 /// `502 Bad Gateway: upstream refused the connection`.
 pub fn error(status: u16, detail: &str, close: bool, out: &mut Vec<u8>) {
+    error_with(status, detail, close, b"", out);
+}
+
+/// Like [`error`], with `extra` header lines (each ending in CRLF) added to the head.
+pub fn error_with(status: u16, detail: &str, close: bool, extra: &[u8], out: &mut Vec<u8>) {
     let r = reason(status);
     let body_len = 3
         + 1
@@ -54,6 +59,7 @@ pub fn error(status: u16, detail: &str, close: bool, out: &mut Vec<u8>) {
         out,
         "HTTP/1.1 {status} {r}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {body_len}\r\n"
     );
+    out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }

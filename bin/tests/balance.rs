@@ -1,0 +1,142 @@
+//! Upstream groups over real sockets: weights, hashing, backups, limits.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn group_config(servers: &str, balance: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         [upstreams.app]\nbalance = \"{balance}\"\nservers = [{servers}]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+    )
+}
+
+fn get(c: &mut Client, path: &str, extra: &str) -> Response {
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
+    c.response("GET").unwrap()
+}
+
+#[test]
+fn weighted_round_robin_spreads_by_weight() {
+    let o: Vec<Origin> = (0..3).map(|_| Origin::start()).collect();
+    let servers = format!(
+        "{{ addr = \"{}\", weight = 5 }}, \"{}\", \"{}\"",
+        o[0].addr, o[1].addr, o[2].addr
+    );
+    let proxy = Proxy::start(&group_config(&servers, "round-robin"));
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..70 {
+        assert_eq!(get(&mut c, "/", "").status, 200);
+    }
+    let counts: Vec<usize> = o.iter().map(|x| x.seen().len()).collect();
+    assert_eq!(counts, [50, 10, 10]);
+}
+
+#[test]
+fn hash_on_a_header_is_sticky() {
+    let o: Vec<Origin> = (0..3).map(|_| Origin::start()).collect();
+    let servers = o
+        .iter()
+        .map(|x| format!("\"{}\"", x.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let proxy = Proxy::start(&group_config(&servers, "hash:header:X-User"));
+    let mut c = Client::connect(proxy.addr);
+    for user in 0..30 {
+        for _ in 0..3 {
+            get(&mut c, &format!("/u{user}"), &format!("X-User: {user}\r\n"));
+        }
+    }
+    // Every user's three requests landed on one origin, and users are spread over all three.
+    for x in &o {
+        let seen = x.seen();
+        for s in &seen {
+            assert_eq!(
+                seen.iter().filter(|t| t.path == s.path).count(),
+                3,
+                "{} split",
+                s.path
+            );
+        }
+        assert!(!seen.is_empty());
+    }
+}
+
+#[test]
+fn backup_serves_only_when_primaries_are_down() {
+    let primary = Origin::start();
+    let backup = Origin::start();
+    let servers = format!(
+        "{{ addr = \"{}\", down = true }}, {{ addr = \"{}\", backup = true }}",
+        primary.addr, backup.addr
+    );
+    let proxy = Proxy::start(&group_config(&servers, "round-robin"));
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(get(&mut c, "/", "").status, 200);
+    assert_eq!((primary.seen().len(), backup.seen().len()), (0, 1));
+
+    let servers = format!(
+        "\"{}\", {{ addr = \"{}\", backup = true }}",
+        primary.addr, backup.addr
+    );
+    let proxy = Proxy::start(&group_config(&servers, "least-conn"));
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..5 {
+        assert_eq!(get(&mut c, "/", "").status, 200);
+    }
+    assert_eq!((primary.seen().len(), backup.seen().len()), (5, 1));
+}
+
+#[test]
+fn max_conns_reached_is_503_with_retry_after() {
+    let o = Origin::start();
+    let servers = format!("{{ addr = \"{}\", max_conns = 1 }}", o.addr);
+    let proxy = Proxy::start(&group_config(&servers, "least-conn"));
+    let addr = proxy.addr;
+    let slow =
+        std::thread::spawn(move || request(addr, b"GET /slow/800 HTTP/1.1\r\nHost: t\r\n\r\n"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while o.seen().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = request(addr, b"GET /other HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert_eq!(slow.join().unwrap().unwrap().status, 200);
+    // The slot is free again.
+    assert_eq!(
+        request(addr, b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn quick_mode_balance_flag() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let out = std::process::Command::new(bin())
+        .args(["--upstream", &a.addr.to_string(), "--balance", "fastest"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--balance: expected round-robin"));
+
+    let proxy = Proxy::start_quick(&[
+        "--upstream",
+        &a.addr.to_string(),
+        "--upstream",
+        &b.addr.to_string(),
+        "--balance",
+        "least-conn",
+    ]);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..10 {
+        assert_eq!(get(&mut c, "/", "").status, 200);
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (5, 5));
+}
