@@ -140,3 +140,75 @@ fn quick_mode_balance_flag() {
     }
     assert_eq!((a.seen().len(), b.seen().len()), (5, 5));
 }
+
+#[test]
+fn connect_failure_retries_the_next_server_and_ejects_the_dead_one() {
+    let live = Origin::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let servers = format!("\"{dead_addr}\", \"{}\"", live.addr);
+    let proxy = Proxy::start(&group_config(&servers, "round-robin"));
+    let mut c = Client::connect(proxy.addr);
+    // Non-idempotent with a body: a connect failure sent nothing, so it may go elsewhere.
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
+    let r = c.response("POST").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "hi"));
+    for _ in 0..10 {
+        assert_eq!(get(&mut c, "/", "").status, 200);
+    }
+    assert_eq!(
+        live.seen().len(),
+        11,
+        "every request reached the live server"
+    );
+    assert!(
+        proxy.log.lock().unwrap().contains("ejected"),
+        "{}",
+        proxy.log.lock().unwrap()
+    );
+}
+
+#[test]
+fn retry_on_status_for_idempotent_requests() {
+    let failing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failing_addr = failing.local_addr().unwrap();
+    // A server that answers 503 to everything.
+    std::thread::spawn(move || {
+        for s in failing.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        let _ = s.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy");
+                    }
+                }
+            });
+        }
+    });
+    let live = Origin::start();
+    let cfg = group_config(
+        &format!("\"{failing_addr}\", \"{}\"", live.addr),
+        "round-robin",
+    )
+    .replace("balance = ", "retry_on = [503]\nbalance = ");
+    let proxy = Proxy::start(&cfg);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..6 {
+        assert_eq!(get(&mut c, "/", "").status, 200);
+    }
+    // POST is not idempotent: its 503 is passed on rather than retried.
+    let posted = (0..2)
+        .map(|_| {
+            c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+            c.response("POST").unwrap().status
+        })
+        .collect::<Vec<_>>();
+    assert!(posted.contains(&503), "{posted:?}");
+}

@@ -160,9 +160,12 @@ fn upstream_down_is_502() {
     let r = c.response("GET").unwrap();
     assert_eq!(r.status, 502);
     assert!(r.text().contains("upstream connect failed"), "{}", r.text());
-    // The client connection survives an upstream failure.
+    // The client connection survives an upstream failure; the failed server is now ejected
+    // (passive health), so with no server left the answer is 503 with Retry-After.
     c.send(&get("/"));
-    assert_eq!(c.response("GET").unwrap().status, 502);
+    let r = c.response("GET").unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
 }
 
 #[test]

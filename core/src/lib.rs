@@ -8,5 +8,6 @@
 
 pub mod balance;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod route;

@@ -31,6 +31,7 @@ use crate::relay::{
 };
 use crate::upstream::{connect, ConnectError};
 use crate::worker::Worker;
+use ringway_core::health::Outcome;
 
 /// Size of each connection's read buffers. Heads up to the configured limit grow past it.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -292,7 +293,6 @@ impl Conn {
         set_host: Option<&[u8]>,
     ) -> Next {
         let cfg = self.cfg.clone();
-        let t = cfg.timeouts;
         // Chunk framing that arrived with the head is checked before anything is sent upstream,
         // so a request whose first chunk line is bad never reaches it.
         if info.body == BodyKind::Chunked {
@@ -314,19 +314,12 @@ impl Conn {
             &self.headers,
             &self.peer_ip,
         );
-        let Some(in_flight) = self.w.pick(group, key) else {
-            self.inbuf.drain(..head_end);
-            return self.unavailable(&info, &head).await;
-        };
-        let server = in_flight.server;
-        let addr = up_cfg.servers[server].addr;
-
         let body_out = match info.body {
             BodyKind::Close => BodyKind::None,
             b => b,
         };
         let fallback_host = if info.host.is_none() && set_host.is_none() {
-            addr.to_string()
+            up_cfg.servers[0].addr.to_string()
         } else {
             String::new()
         };
@@ -349,8 +342,83 @@ impl Conn {
 
         let body_empty = info.body.is_empty();
         let retryable = head.method.is_idempotent() && body_empty;
+        let started = Instant::now();
+        let mut tried: u64 = 0;
+        let mut attempts: u32 = 0;
+        let mut last: Option<(u16, String, bool)> = None;
+        loop {
+            let Some(in_flight) = self.w.pick(group, key, tried, Instant::now()) else {
+                return match last {
+                    None => self.unavailable(&info, &head).await,
+                    Some((status, msg, body_done)) => {
+                        self.fail(status, &msg, &info, &head, body_done).await
+                    }
+                };
+            };
+            let server = in_flight.server;
+            tried |= 1u64 << (server % 64);
+            attempts += 1;
+            let may_retry = attempts <= up_cfg.retries
+                && started.elapsed() < up_cfg.retry_timeout
+                && (attempts as usize) < up_cfg.servers.len();
+            match self
+                .attempt(&info, group, server, body_out, retryable)
+                .await
+            {
+                Attempt::Response(up, end) => {
+                    if retryable && may_retry && !up_cfg.retry_on.is_empty() {
+                        if let Some(status) = status_of(&self.ubuf[..end]) {
+                            if up_cfg.retry_on.contains(&status) {
+                                log::warn!(
+                                    "upstream {}: answered {status}; trying another server",
+                                    up_cfg.servers[server].addr
+                                );
+                                self.w.record(group, server, Outcome::ServerError(status));
+                                self.ubuf.clear();
+                                last = Some((502, format!("upstream answered {status}"), true));
+                                continue;
+                            }
+                        }
+                    }
+                    return self
+                        .respond_from_upstream(up, end, head, info, group, server)
+                        .await;
+                }
+                Attempt::Failed {
+                    status,
+                    msg,
+                    resend_ok,
+                    body_done,
+                } => {
+                    log::warn!("upstream {}: {msg}", up_cfg.servers[server].addr);
+                    self.w.record(group, server, Outcome::Failure);
+                    if resend_ok && may_retry {
+                        last = Some((status, msg, body_done));
+                        continue;
+                    }
+                    return self.fail(status, &msg, &info, &head, body_done).await;
+                }
+                Attempt::Finished(next) => return next,
+            }
+        }
+    }
+
+    /// Sends the request (head in `out`, body from the client) to one server and reads the
+    /// response head. A pooled connection found closed is replaced by a fresh one once, for
+    /// requests that can be sent again.
+    async fn attempt(
+        &mut self,
+        info: &RequestInfo,
+        group: usize,
+        server: usize,
+        body_out: BodyKind,
+        retryable: bool,
+    ) -> Attempt {
+        let t = self.cfg.timeouts;
+        let addr = self.cfg.upstreams[group].servers[server].addr;
+        let body_empty = info.body.is_empty();
         let mut fresh_only = false;
-        let (up, resp_end) = loop {
+        loop {
             let pooled = if fresh_only {
                 None
             } else {
@@ -362,17 +430,18 @@ impl Conn {
                 None => match connect(addr, t.upstream_connect).await {
                     Ok(s) => s,
                     Err(e) => {
-                        log::warn!("upstream {addr}: {e}");
-                        let status = if matches!(e, ConnectError::Timeout) {
-                            504
-                        } else {
-                            502
+                        let (status, msg) = match e {
+                            ConnectError::Timeout => {
+                                (504, "upstream connect timed out".to_string())
+                            }
+                            ConnectError::Io(e) => (502, format!("upstream connect failed: {e}")),
                         };
-                        let msg = match e {
-                            ConnectError::Timeout => "upstream connect timed out".to_string(),
-                            ConnectError::Io(e) => format!("upstream connect failed: {e}"),
+                        return Attempt::Failed {
+                            status,
+                            msg,
+                            resend_ok: true,
+                            body_done: body_empty,
                         };
-                        return self.fail(status, &msg, &info, &head, body_empty).await;
                     }
                 },
             };
@@ -382,25 +451,18 @@ impl Conn {
                     fresh_only = true;
                     continue;
                 }
+                // A timed-out write took the head buffer with it: nothing left to resend.
+                let timed_out = matches!(e, IoFail::Timeout);
                 ensure_capacity(&mut self.out, 1024);
-                log::warn!("upstream {addr}: sending request head: {e}");
-                let status = if matches!(e, IoFail::Timeout) {
-                    504
-                } else {
-                    502
+                return Attempt::Failed {
+                    status: if timed_out { 504 } else { 502 },
+                    msg: format!("sending the request head: {e}"),
+                    resend_ok: !timed_out,
+                    body_done: body_empty,
                 };
-                return self
-                    .fail(
-                        status,
-                        "upstream failed while receiving the request",
-                        &info,
-                        &head,
-                        false,
-                    )
-                    .await;
             }
             if !body_empty {
-                if info.expect_continue {
+                if info.expect_continue && !fresh_only {
                     self.scratch.clear();
                     self.scratch
                         .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -408,7 +470,7 @@ impl Conn {
                         .await
                         .is_err()
                     {
-                        return Next::Close;
+                        return Attempt::Finished(Next::Close);
                     }
                 }
                 let rt = RelayTimeouts {
@@ -441,48 +503,48 @@ impl Conn {
                 };
                 if let Err(e) = sent {
                     return match e.side {
-                        Side::Source => self.client_body_failed(&e.fail).await,
-                        Side::Destination => {
-                            log::warn!("upstream {addr}: {e}");
-                            self.fail(
-                                502,
-                                "upstream failed while receiving the request body",
-                                &info,
-                                &head,
-                                false,
-                            )
-                            .await
-                        }
+                        Side::Source => Attempt::Finished(self.client_body_failed(&e.fail).await),
+                        Side::Destination => Attempt::Failed {
+                            status: 502,
+                            msg: format!("upstream failed while receiving the request body: {e}"),
+                            resend_ok: false,
+                            body_done: false,
+                        },
                     };
                 }
             }
             match self.read_response_head(&mut up).await {
-                Ok(end) => break (up, end),
+                Ok(end) => return Attempt::Response(up, end),
                 Err(ResponseHeadError::ClosedEarly) if stale_retry => {
                     fresh_only = true;
                     continue;
                 }
                 Err(e) => {
-                    let (status, msg) = match e {
-                        ResponseHeadError::Timeout => (504, "upstream timed out".to_string()),
+                    let (status, msg, transient) = match e {
+                        ResponseHeadError::Timeout => (504, "upstream timed out".to_string(), true),
                         ResponseHeadError::ClosedEarly | ResponseHeadError::Truncated => (
                             502,
                             "upstream closed the connection before responding".to_string(),
+                            true,
                         ),
                         ResponseHeadError::Io(e) => {
-                            (502, format!("upstream connection failed: {e}"))
+                            (502, format!("upstream connection failed: {e}"), true)
                         }
-                        ResponseHeadError::Invalid(e) => {
-                            (502, format!("upstream sent an invalid response: {e}"))
-                        }
+                        ResponseHeadError::Invalid(e) => (
+                            502,
+                            format!("upstream sent an invalid response: {e}"),
+                            false,
+                        ),
                     };
-                    log::warn!("upstream {addr}: {msg}");
-                    return self.fail(status, &msg, &info, &head, true).await;
+                    return Attempt::Failed {
+                        status,
+                        msg,
+                        resend_ok: transient && retryable,
+                        body_done: true,
+                    };
                 }
             }
-        };
-        self.respond_from_upstream(up, resp_end, head, info, group, server)
-            .await
+        }
     }
 
     /// Forwards the response whose head is `ubuf[..end]` and its body, then pools `up` when the
@@ -526,6 +588,12 @@ impl Conn {
                 }
             };
             if !(100..200).contains(&rh.status) {
+                let outcome = if rh.status >= 500 {
+                    Outcome::ServerError(rh.status)
+                } else {
+                    Outcome::Success
+                };
+                self.w.record(group, server, outcome);
                 break (rh, ri);
             }
             if rh.status == 101 {
@@ -801,6 +869,31 @@ impl Conn {
 
 /// How long a closing connection waits for the client to stop sending.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How one attempt at one upstream server ended.
+enum Attempt {
+    /// A response head is in `ubuf[..end]`, read from this connection.
+    Response(TcpStream, usize),
+    /// The server failed before any response reached the client.
+    Failed {
+        status: u16,
+        msg: String,
+        /// The request can go to another server (nothing was consumed that cannot be resent).
+        resend_ok: bool,
+        /// The request body has been read from the client in full.
+        body_done: bool,
+    },
+    /// The client connection is finished with (client-side failure, already answered).
+    Finished(Next),
+}
+
+/// The status code of a complete response head, without parsing the rest.
+fn status_of(head: &[u8]) -> Option<u16> {
+    let code = head.get(9..12)?;
+    code.iter()
+        .all(u8::is_ascii_digit)
+        .then(|| code.iter().fold(0u16, |a, d| a * 10 + u16::from(d - b'0')))
+}
 
 enum Local<'a> {
     Fixed(&'a Fixed),

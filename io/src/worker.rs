@@ -17,6 +17,7 @@ use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringway_core::balance::{self, Balancer, Pick};
 use ringway_core::config::Config;
+use ringway_core::health::{Outcome, ServerHealth};
 
 use crate::drain::Drain;
 use crate::proxy::serve;
@@ -55,6 +56,7 @@ impl Worker {
             .iter()
             .map(|u| GroupState {
                 balancer: balance::for_group(u, id),
+                health: vec![ServerHealth::default(); u.servers.len()],
                 in_flight: vec![0; u.servers.len()],
             })
             .collect();
@@ -76,17 +78,37 @@ impl Worker {
     /// Chooses a server of `group` for a request whose balancing key hashes to `key`: a
     /// primary server if any is available, else a backup. Available: not marked down and under
     /// its `max_conns`. The returned guard counts the request as in flight until dropped.
-    pub(crate) fn pick(self: &Rc<Self>, group: usize, key: u64) -> Option<InFlight> {
+    /// Servers whose bit is set in `exclude` (index mod 64) were tried already for this request.
+    pub(crate) fn pick(
+        self: &Rc<Self>,
+        group: usize,
+        key: u64,
+        exclude: u64,
+        now: Instant,
+    ) -> Option<InFlight> {
         let servers = &self.cfg.upstreams[group].servers;
         let mut groups = self.groups.borrow_mut();
         let g = &mut groups[group];
+        // Passive health, refreshed once per pick (an ejected server whose cool-down is over
+        // comes back on probation here).
+        let mut healthy = !0u64;
+        for (i, h) in g.health.iter_mut().enumerate() {
+            if !h.available(now) {
+                healthy &= !(1u64 << (i % 64));
+            }
+        }
         let in_flight = &g.in_flight;
         let load = |i: usize| in_flight[i];
         let mut chosen = None;
         for backup in [false, true] {
             let eligible = |i: usize| {
                 let s = &servers[i];
-                s.backup == backup && !s.down && s.max_conns.is_none_or(|m| in_flight[i] < m)
+                let bit = 1u64 << (i % 64);
+                s.backup == backup
+                    && !s.down
+                    && healthy & bit != 0
+                    && exclude & bit == 0
+                    && s.max_conns.is_none_or(|m| in_flight[i] < m)
             };
             chosen = g.balancer.pick(&Pick {
                 key,
@@ -107,9 +129,25 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Records how a request to a server went, for passive health.
+    pub(crate) fn record(&self, group: usize, server: usize, outcome: Outcome) {
+        let policy = self.cfg.upstreams[group].passive;
+        let mut groups = self.groups.borrow_mut();
+        if let Some(d) = groups[group].health[server].record(outcome, &policy, Instant::now()) {
+            log::warn!(
+                "upstream {}: ejected for {}s after failing",
+                self.cfg.upstreams[group].servers[server].addr,
+                d.as_secs()
+            );
+        }
+    }
+}
+
 /// Per-worker state of one upstream group.
 struct GroupState {
     balancer: Box<dyn Balancer>,
+    health: Vec<ServerHealth>,
     /// Requests in flight per server, on this worker. Kept per worker (not shared) so that
     /// counting costs no atomic and no cross-core traffic; each worker balances its own share.
     in_flight: Vec<u32>,

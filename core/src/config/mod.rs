@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::health::PassivePolicy;
 use crate::http::respond::Fixed;
 use crate::http::Limits as HeadLimits;
 use crate::route::{HostMatch, Router};
@@ -100,6 +101,14 @@ pub struct Upstream {
     /// Idle keep-alive connections kept per server, per worker.
     pub keepalive: usize,
     pub balance: Balance,
+    /// Passive health: when failures eject a server, and for how long.
+    pub passive: PassivePolicy,
+    /// More servers to try after a failed attempt.
+    pub retries: u32,
+    /// No new attempt starts this long after the first.
+    pub retry_timeout: Duration,
+    /// Response statuses that make an idempotent, body-less request try the next server.
+    pub retry_on: Vec<u16>,
 }
 
 /// One server of an upstream group.
@@ -154,6 +163,7 @@ pub enum HashKey {
 }
 
 pub const DEFAULT_HASH_BALANCE_FACTOR: f64 = 1.25;
+pub const DEFAULT_RETRIES: u32 = 2;
 
 impl Balance {
     /// `round-robin`, `least-conn`, `ip-hash`, or `hash:KEY` with KEY one of `ip`, `path`,
@@ -318,6 +328,10 @@ impl Config {
                 servers: upstreams.into_iter().map(UpstreamServer::new).collect(),
                 keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
                 balance,
+                passive: PassivePolicy::default(),
+                retries: DEFAULT_RETRIES,
+                retry_timeout: Duration::from_secs(10),
+                retry_on: Vec::new(),
             }],
             router: Router::new([(HostMatch::Any, "/".to_string(), 0)]),
             routes,
@@ -397,6 +411,40 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             Some(b) => Balance::parse(b.get_ref(), factor)
                 .map_err(|m| loc.at(b.span(), format!("{key}.balance"), m))?,
         };
+        let dp = PassivePolicy::default();
+        let passive = PassivePolicy {
+            max_fails: u.max_fails.unwrap_or(dp.max_fails),
+            cooldown: opt_duration(
+                loc,
+                &format!("{key}.fail_timeout"),
+                u.fail_timeout.clone(),
+                dp.cooldown,
+            )?,
+            max_cooldown: dp.max_cooldown,
+            fail_on_5xx: u.fail_on_5xx.unwrap_or(dp.fail_on_5xx),
+        };
+        let retries = match &u.retries {
+            None => DEFAULT_RETRIES,
+            Some(r) if *r.get_ref() <= 100 => *r.get_ref(),
+            Some(r) => return Err(loc.at(r.span(), format!("{key}.retries"), "expected 0 to 100")),
+        };
+        let retry_timeout = opt_duration(
+            loc,
+            &format!("{key}.retry_timeout"),
+            u.retry_timeout.clone(),
+            Duration::from_secs(10),
+        )?;
+        let retry_on = match &u.retry_on {
+            None => Vec::new(),
+            Some(v) if v.get_ref().iter().all(|s| (500..=599).contains(s)) => v.get_ref().clone(),
+            Some(v) => {
+                return Err(loc.at(
+                    v.span(),
+                    format!("{key}.retry_on"),
+                    "expected a list of 5xx status codes",
+                ))
+            }
+        };
         if servers.iter().all(|s| s.backup) {
             return Err(loc.at(
                 u.servers.span(),
@@ -411,6 +459,10 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             servers,
             keepalive,
             balance,
+            passive,
+            retries,
+            retry_timeout,
+            retry_on,
         });
     }
 

@@ -69,6 +69,12 @@ pub(crate) struct Upstream {
     pub keepalive: Option<usize>,
     pub balance: Option<Spanned<String>>,
     pub hash_balance_factor: Option<Spanned<f64>>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<Spanned<Duration>>,
+    pub fail_on_5xx: Option<bool>,
+    pub retries: Option<Spanned<u32>>,
+    pub retry_timeout: Option<Spanned<Duration>>,
+    pub retry_on: Option<Spanned<Vec<u16>>>,
 }
 
 /// `"IP:port"` or `{ addr = "IP:port", weight = 2, backup = true, max_conns = 100, down = false }`.
