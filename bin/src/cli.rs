@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// Run with a config file (`--config ringway.toml`), or in quick mode with no file:
 /// `ringway --listen :8080 --upstream 127.0.0.1:3000`.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,15 +44,23 @@ pub struct Cli {
     #[arg(long)]
     pub no_pin: bool,
 
+    /// Write the process ID here while running (overrides `server.pid_file`); `ringway reload`
+    /// reads it.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub pid_file: Option<std::path::PathBuf>,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info, global = true)]
     pub log_level: LogLevel,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Validate the file given with --config and exit: 0 if valid, 1 with the error if not.
     Check,
+    /// Validate --config, then tell the running ringway (found through its pid file) to reload
+    /// it. The same as sending SIGHUP.
+    Reload,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

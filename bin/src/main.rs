@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     logger::init(cli.log_level);
     match cli.command {
         Some(Command::Check) => check(&cli),
+        Some(Command::Reload) => reload(&cli),
         None => run(&cli),
     }
 }
@@ -115,6 +116,46 @@ fn check(cli: &Cli) -> ExitCode {
     }
 }
 
+fn pid_file(cli: &Cli, cfg: &Config) -> Option<std::path::PathBuf> {
+    cli.pid_file
+        .clone()
+        .or_else(|| cfg.server.pid_file.as_ref().map(Into::into))
+}
+
+fn reload(cli: &Cli) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringway: not reloading: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(path) = pid_file(cli, &cfg) else {
+        eprintln!("ringway: reload needs --pid-file FILE or server.pid_file in the config");
+        return ExitCode::from(2);
+    };
+    let pid = match std::fs::read_to_string(&path).map(|s| s.trim().parse::<i32>()) {
+        Ok(Ok(pid)) if pid > 0 => pid,
+        _ => {
+            eprintln!(
+                "ringway: {}: no running ringway (cannot read a PID)",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: kill(2) with a PID read from our pid file and a fixed signal; no memory involved.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        eprintln!(
+            "ringway: signalling PID {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("reload signalled to PID {pid}");
+    ExitCode::SUCCESS
+}
+
 fn run(cli: &Cli) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
@@ -123,6 +164,7 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server_cfg = cfg.clone();
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -149,12 +191,23 @@ fn run(cli: &Cli) -> ExitCode {
             )
         }
     );
+    let pid_path = pid_file(cli, &server_cfg);
+    if let Some(p) = &pid_path {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            eprintln!("ringway: {}: cannot write pid file: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let handle = server.shutdown_handle();
-    if let Err(e) = spawn_signal_thread(handle) {
+    if let Err(e) = spawn_signal_thread(handle, server.reload_handle(), cli.clone(), server_cfg) {
         eprintln!("ringway: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match server.run() {
+    let result = server.run();
+    if let Some(p) = &pid_path {
+        let _ = std::fs::remove_file(p);
+    }
+    match result {
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS
@@ -166,23 +219,59 @@ fn run(cli: &Cli) -> ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT: drain gracefully. A second one: exit at once.
-fn spawn_signal_thread(handle: ringway_io::ShutdownHandle) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+/// SIGHUP: re-read the config; a valid one goes to every worker, an invalid one is logged and
+/// the running one kept. SIGTERM or SIGINT: drain gracefully; a second one exits at once.
+fn spawn_signal_thread(
+    handle: ringway_io::ShutdownHandle,
+    reloader: ringway_io::ReloadHandle,
+    cli: Cli,
+    mut running: Config,
+) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("ringway-signals".into())
         .spawn(move || {
-            let mut seen = false;
+            let mut stopping = false;
             for sig in signals.forever() {
-                if seen {
+                if sig == SIGHUP {
+                    reload_now(&cli, &reloader, &mut running);
+                    continue;
+                }
+                if stopping {
                     log::warn!("second signal {sig}: exiting now");
                     std::process::exit(1);
                 }
-                seen = true;
+                stopping = true;
                 log::info!("signal {sig}: stopping; finishing in-flight requests");
                 handle.shutdown();
             }
         })?;
     Ok(())
+}
+
+fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Config) {
+    if cli.config.is_none() {
+        log::warn!("SIGHUP: quick mode has no config file to reload");
+        return;
+    }
+    match load(cli) {
+        Err(e) => log::error!("reload rejected, keeping the running config: {e}"),
+        Ok(cfg) => {
+            let (s, r) = (&cfg.server, &running.server);
+            if s.listen != r.listen || s.workers != r.workers || s.cpus != r.cpus || s.pin != r.pin
+            {
+                log::warn!(
+                    "reload: listen, workers, cpus and pin take effect only after a restart"
+                );
+            }
+            reloader.reload(&cfg);
+            log::info!(
+                "reloaded: {} route(s), {} upstream group(s)",
+                cfg.routes.len(),
+                cfg.upstreams.len()
+            );
+            *running = cfg;
+        }
+    }
 }

@@ -20,4 +20,4 @@ mod upstream;
 mod worker;
 
 pub use listener::BindError;
-pub use server::{Server, ShutdownHandle, StartError};
+pub use server::{ReloadHandle, Server, ShutdownHandle, StartError};

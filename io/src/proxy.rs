@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
-use ringway_core::config::{Action, Config};
+use ringway_core::config::Action;
 use ringway_core::http::chunked::{ChunkError, ChunkedDecoder};
 use ringway_core::http::framing::{request_info, response_info, BodyKind, RequestInfo};
 use ringway_core::http::respond::{self, Fixed};
@@ -30,7 +30,7 @@ use crate::relay::{
     relay, relay_spliced, RelayFail, RelayTimeouts, Side, SplicePipe, SPLICE_THRESHOLD,
 };
 use crate::upstream::{connect, ConnectError};
-use crate::worker::Worker;
+use crate::worker::{Generation, Worker};
 use ringway_core::health::Outcome;
 
 /// Size of each connection's read buffers. Heads up to the configured limit grow past it.
@@ -57,7 +57,8 @@ enum ResponseHeadError {
 /// Per-connection state. Buffers are allocated once and reused for every request.
 struct Conn {
     w: Rc<Worker>,
-    cfg: Rc<Config>,
+    /// The configuration generation of the current request (taken anew for each request).
+    cfg: Rc<Generation>,
     client: TcpStream,
     peer: SocketAddr,
     /// `peer`'s IP as text, for forwarding headers.
@@ -81,7 +82,7 @@ struct Conn {
 pub(crate) async fn serve(w: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let _active = w.enter();
-    let cfg = w.cfg.clone();
+    let cfg = w.current();
     let mut c = Conn {
         w,
         cfg,
@@ -103,6 +104,7 @@ pub(crate) async fn serve(w: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
 impl Conn {
     async fn run(&mut self) {
         loop {
+            self.cfg = self.w.current();
             let Some(head_end) = self.read_head().await else {
                 return;
             };
@@ -347,7 +349,7 @@ impl Conn {
         let mut attempts: u32 = 0;
         let mut last: Option<(u16, String, bool)> = None;
         loop {
-            let Some(in_flight) = self.w.pick(group, key, tried, Instant::now()) else {
+            let Some(in_flight) = self.cfg.pick(group, key, tried, Instant::now()) else {
                 return match last {
                     None => self.unavailable(&info, &head).await,
                     Some((status, msg, body_done)) => {
@@ -373,7 +375,7 @@ impl Conn {
                                     "upstream {}: answered {status}; trying another server",
                                     up_cfg.servers[server].addr
                                 );
-                                self.w.record(group, server, Outcome::ServerError(status));
+                                self.cfg.record(group, server, Outcome::ServerError(status));
                                 self.ubuf.clear();
                                 last = Some((502, format!("upstream answered {status}"), true));
                                 continue;
@@ -391,7 +393,7 @@ impl Conn {
                     body_done,
                 } => {
                     log::warn!("upstream {}: {msg}", up_cfg.servers[server].addr);
-                    self.w.record(group, server, Outcome::Failure);
+                    self.cfg.record(group, server, Outcome::Failure);
                     if resend_ok && may_retry {
                         last = Some((status, msg, body_done));
                         continue;
@@ -422,7 +424,10 @@ impl Conn {
             let pooled = if fresh_only {
                 None
             } else {
-                self.w.pool.borrow_mut().take(group, server, Instant::now())
+                self.cfg
+                    .pool
+                    .borrow_mut()
+                    .take(group, server, Instant::now())
             };
             let reused = pooled.is_some();
             let mut up = match pooled {
@@ -593,7 +598,7 @@ impl Conn {
                 } else {
                     Outcome::Success
                 };
-                self.w.record(group, server, outcome);
+                self.cfg.record(group, server, outcome);
                 break (rh, ri);
             }
             if rh.status == 101 {
@@ -714,7 +719,7 @@ impl Conn {
             && ri.connection.persistent(rh.version)
             && self.ubuf.is_empty();
         if reusable {
-            self.w
+            self.cfg
                 .pool
                 .borrow_mut()
                 .put(group, server, up, Instant::now());

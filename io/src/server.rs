@@ -16,6 +16,22 @@ pub struct Server {
     listeners: Vec<Vec<TcpListener>>,
     cpus: Vec<Option<core_affinity::CoreId>>,
     shutdown: Arc<AtomicBool>,
+    reload_tx: Vec<crossbeam_channel::Sender<Config>>,
+    reload_rx: Vec<crossbeam_channel::Receiver<Config>>,
+}
+
+/// Hands a new configuration to every worker of a running [`Server`]. Workers pick it up within
+/// 50 ms: new requests use it, requests in flight finish on the old one. Listen addresses,
+/// worker count and CPU placement are fixed at start; changing them needs a restart.
+#[derive(Clone)]
+pub struct ReloadHandle(Vec<crossbeam_channel::Sender<Config>>);
+
+impl ReloadHandle {
+    pub fn reload(&self, cfg: &Config) {
+        for tx in &self.0 {
+            let _ = tx.send(cfg.clone());
+        }
+    }
 }
 
 /// Asks a running [`Server`] to stop: stop accepting, finish in-flight requests, exit.
@@ -83,11 +99,14 @@ impl Server {
             })
             .collect();
         let listeners = bind_all(&cfg.server.listen, workers).map_err(StartError::Bind)?;
+        let (reload_tx, reload_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         Ok(Self {
             cfg,
             listeners,
             cpus,
             shutdown: Arc::new(AtomicBool::new(false)),
+            reload_tx,
+            reload_rx,
         })
     }
 
@@ -112,15 +131,24 @@ impl Server {
         ShutdownHandle(self.shutdown.clone())
     }
 
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.reload_tx.clone())
+    }
+
     /// Runs the workers until shutdown has completed in all of them.
     pub fn run(self) -> io::Result<()> {
         let mut handles = Vec::new();
-        for (id, (listeners, cpu)) in self.listeners.into_iter().zip(self.cpus).enumerate() {
+        let workers = self
+            .listeners
+            .into_iter()
+            .zip(self.cpus)
+            .zip(self.reload_rx);
+        for (id, ((listeners, cpu), reloads)) in workers.enumerate() {
             let cfg = self.cfg.clone();
             let shutdown = self.shutdown.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
-                .spawn(move || crate::worker::run(id, cfg, listeners, cpu, shutdown))?;
+                .spawn(move || crate::worker::run(id, cfg, listeners, cpu, shutdown, reloads))?;
             handles.push(h);
         }
         let mut result = Ok(());

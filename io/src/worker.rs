@@ -27,13 +27,31 @@ use crate::upstream::Pool;
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
 pub(crate) struct Worker {
-    pub(crate) cfg: Rc<Config>,
-    pub(crate) pool: RefCell<Pool>,
-    groups: RefCell<Vec<GroupState>>,
+    id: usize,
+    /// The configuration new requests use, with its pools and balancer state.
+    current: RefCell<Rc<Generation>>,
     pub(crate) drain: Drain,
     active: Cell<usize>,
     /// Scheme of this worker's listeners, for X-Forwarded-Proto.
     pub(crate) proto: &'static str,
+}
+
+/// One configuration as a worker runs it: the config, the upstream pools and the balancing and
+/// health state that go with its upstream groups. A reload installs a new generation; requests
+/// already running keep theirs (an `Rc`), so they finish untouched, and the old generation with
+/// its pooled connections (to removed servers too) is freed when the last of them ends.
+pub(crate) struct Generation {
+    cfg: Config,
+    pub(crate) pool: RefCell<Pool>,
+    groups: RefCell<Vec<GroupState>>,
+}
+
+impl std::ops::Deref for Generation {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.cfg
+    }
 }
 
 /// Counts a connection as active for as long as it lives.
@@ -45,7 +63,7 @@ impl Drop for Active {
     }
 }
 
-impl Worker {
+impl Generation {
     fn new(id: usize, cfg: Config) -> Self {
         let pool = Pool::new(
             cfg.upstreams.iter().map(|u| (u.servers.len(), u.keepalive)),
@@ -61,20 +79,40 @@ impl Worker {
             })
             .collect();
         Self {
-            cfg: Rc::new(cfg),
+            cfg,
             pool: RefCell::new(pool),
             groups: RefCell::new(groups),
+        }
+    }
+}
+
+impl Worker {
+    fn new(id: usize, cfg: Config) -> Self {
+        Self {
+            id,
+            current: RefCell::new(Rc::new(Generation::new(id, cfg))),
             drain: Drain::default(),
             active: Cell::new(0),
             proto: "http",
         }
     }
 
+    /// The generation new requests use.
+    pub(crate) fn current(&self) -> Rc<Generation> {
+        self.current.borrow().clone()
+    }
+
+    fn install(&self, cfg: Config) {
+        *self.current.borrow_mut() = Rc::new(Generation::new(self.id, cfg));
+    }
+
     pub(crate) fn enter(self: &Rc<Self>) -> Active {
         self.active.set(self.active.get() + 1);
         Active(self.clone())
     }
+}
 
+impl Generation {
     /// Chooses a server of `group` for a request whose balancing key hashes to `key`: a
     /// primary server if any is available, else a backup. Available: not marked down and under
     /// its `max_conns`. The returned guard counts the request as in flight until dropped.
@@ -122,14 +160,14 @@ impl Worker {
         let server = chosen?;
         g.in_flight[server] += 1;
         Some(InFlight {
-            w: self.clone(),
+            g: self.clone(),
             group,
             server,
         })
     }
 }
 
-impl Worker {
+impl Generation {
     /// Records how a request to a server went, for passive health.
     pub(crate) fn record(&self, group: usize, server: usize, outcome: Outcome) {
         let policy = self.cfg.upstreams[group].passive;
@@ -155,14 +193,14 @@ struct GroupState {
 
 /// A request in flight to one server; decrements the count when dropped.
 pub(crate) struct InFlight {
-    w: Rc<Worker>,
+    g: Rc<Generation>,
     pub(crate) group: usize,
     pub(crate) server: usize,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.w.groups.borrow_mut()[self.group].in_flight[self.server] -= 1;
+        self.g.groups.borrow_mut()[self.group].in_flight[self.server] -= 1;
     }
 }
 
@@ -173,6 +211,7 @@ pub(crate) fn run(
     listeners: Vec<StdListener>,
     cpu: Option<core_affinity::CoreId>,
     shutdown: Arc<AtomicBool>,
+    reloads: crossbeam_channel::Receiver<Config>,
 ) -> io::Result<()> {
     if let Some(core) = cpu {
         if !core_affinity::set_for_current(core) {
@@ -197,6 +236,9 @@ pub(crate) fn run(
         }
         while !shutdown.load(Ordering::Relaxed) {
             monoio::time::sleep(SHUTDOWN_POLL).await;
+            while let Ok(cfg) = reloads.try_recv() {
+                w.install(cfg);
+            }
         }
         w.drain.trigger();
         for a in accepting {

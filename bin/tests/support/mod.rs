@@ -278,7 +278,7 @@ pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
-    _config: Option<TempFile>,
+    pub config: Option<TempFile>,
 }
 
 pub struct TempFile(pub std::path::PathBuf);
@@ -373,7 +373,7 @@ impl Proxy {
             child,
             addr: addr.parse().unwrap(),
             log,
-            _config: file,
+            config: file,
         }
     }
 

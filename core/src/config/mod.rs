@@ -42,6 +42,8 @@ pub struct Server {
     pub pin: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Where the running process writes its PID (for `ringway reload`).
+    pub pid_file: Option<String>,
 }
 
 /// Timeouts, with nginx-like defaults.
@@ -320,6 +322,7 @@ impl Config {
                 cpus: None,
                 pin: true,
                 shutdown_timeout: Duration::from_secs(30),
+                pid_file: None,
             },
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -655,6 +658,7 @@ fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError
         cpus,
         pin: s.pin.unwrap_or(true),
         shutdown_timeout,
+        pid_file: s.pid_file,
     })
 }
 

@@ -30,6 +30,7 @@ pub(crate) struct Server {
     pub cpus: Option<Spanned<String>>,
     pub pin: Option<bool>,
     pub shutdown_timeout: Option<Spanned<Duration>>,
+    pub pid_file: Option<String>,
 }
 
 /// A duration as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.

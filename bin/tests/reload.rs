@@ -1,0 +1,138 @@
+//! Hot reload: new routes and upstreams for new requests, nothing dropped.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn config(upstream: std::net::SocketAddr, pid: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\npid_file = \"{}\"\n\
+         [upstreams.app]\nservers = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n{extra}",
+        pid.display()
+    )
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reload_switches_upstreams_under_load_without_failures() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let pid = std::env::temp_dir().join(format!("ringway-reload-{}.pid", std::process::id()));
+    let proxy = Proxy::start(&config(a.addr, &pid, ""));
+    let addr = proxy.addr;
+    let cfg_path = proxy.config.as_ref().unwrap().0.clone();
+
+    // Steady load: 4 keep-alive clients, bounded in time and count.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let end = Instant::now() + Duration::from_secs(20);
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                        break;
+                    }
+                    c.send(b"GET /load HTTP/1.1\r\nHost: t\r\n\r\n");
+                    match c.response("GET") {
+                        Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            c = Client::connect(addr);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    wait_for("load on A", || a.seen().len() > 50);
+
+    // A slow request in flight on A while the config changes.
+    let slow =
+        std::thread::spawn(move || request(addr, b"GET /slow/1000 HTTP/1.1\r\nHost: t\r\n\r\n"));
+    wait_for("slow request at A", || {
+        a.seen().iter().any(|s| s.path == "/slow/1000")
+    });
+
+    std::fs::write(
+        &cfg_path,
+        config(
+            b.addr,
+            &pid,
+            "[[routes]]\npath = \"/new\"\nrespond = { status = 200, body = \"v2\" }\n",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("load on B", || b.seen().len() > 50);
+    assert_eq!(
+        request(addr, b"GET /new HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .text(),
+        "v2"
+    );
+    let r = slow
+        .join()
+        .unwrap()
+        .expect("in-flight request survives the reload");
+    assert_eq!((r.status, r.text().as_str()), (200, "slow"));
+
+    // An invalid config is rejected; the running one stays.
+    std::fs::write(
+        &cfg_path,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(&cfg_path)
+        .arg("--pid-file")
+        .arg(&pid)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not reloading"));
+    proxy.signal(libc::SIGHUP);
+    wait_for("rejection logged", || {
+        proxy.log.lock().unwrap().contains("reload rejected")
+    });
+    let before = b.seen().len();
+    wait_for("still serving from B", || b.seen().len() > before + 20);
+
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(pid.exists());
+    drop(proxy);
+    let _ = std::fs::remove_file(&pid);
+}
