@@ -32,6 +32,11 @@ pub struct Cli {
     #[arg(long, value_name = "ALGORITHM", default_value = "round-robin")]
     pub balance: String,
 
+    /// Quick mode: check every --upstream with `GET PATH` every 5 s (2 failures mark it down, 2
+    /// passes up again; 2xx and 3xx pass).
+    #[arg(long, value_name = "PATH")]
+    pub health_uri: Option<String>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

@@ -47,15 +47,27 @@ fn load(cli: &Cli) -> Result<Config, String> {
                 ringway_core::config::DEFAULT_HASH_BALANCE_FACTOR,
             )
             .map_err(|e| format!("--balance: {e}"))?;
-            Config::quick(parse_listen(&listen)?, ups, balance)
+            let mut cfg = Config::quick(parse_listen(&listen)?, ups, balance);
+            if let Some(uri) = &cli.health_uri {
+                if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(format!(
+                        "--health-uri {uri:?}: expected a path starting with /"
+                    ));
+                }
+                cfg.upstreams[0].health_check = Some(ringway_core::health::ActivePolicy::new(uri));
+            }
+            cfg
         }
         (None, true) => return Err(
             "nothing to serve: give --config FILE, or --upstream ADDR for quick mode (see --help)"
                 .into(),
         ),
     };
-    if cli.config.is_some() && !cli.upstream.is_empty() {
-        return Err("--upstream is for quick mode and cannot be combined with --config".into());
+    if cli.config.is_some() && (!cli.upstream.is_empty() || cli.health_uri.is_some()) {
+        return Err(
+            "--upstream and --health-uri are for quick mode and cannot be combined with --config"
+                .into(),
+        );
     }
     if !cli.listen.is_empty() {
         cfg.server.listen = parse_listen(&cli.listen)?;

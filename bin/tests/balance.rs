@@ -212,3 +212,92 @@ fn retry_on_status_for_idempotent_requests() {
         .collect::<Vec<_>>();
     assert!(posted.contains(&503), "{posted:?}");
 }
+
+/// A server answering 200 to everything, except that `/health` answers with `health`'s value.
+fn health_origin(
+    health: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    name: &'static str,
+) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let health = health.clone();
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut path = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if path.is_empty() {
+                        path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    }
+                    if line == "\r\n" {
+                        let code = if path == "/health" {
+                            health.load(std::sync::atomic::Ordering::SeqCst)
+                        } else {
+                            200
+                        };
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 {code} X\r\nContent-Length: {}\r\n\r\n{name}",
+                            name.len()
+                        );
+                        path.clear();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn active_health_checks_take_servers_out_and_back() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let (ha, hb) = (Arc::new(AtomicU16::new(200)), Arc::new(AtomicU16::new(200)));
+    let a = health_origin(ha.clone(), "a");
+    let b = health_origin(hb.clone(), "b");
+    let cfg = group_config(&format!("\"{a}\", \"{b}\""), "round-robin").replace(
+        "balance = ",
+        "health_check = { uri = \"/health\", interval = \"200ms\", timeout = \"1s\" }\nbalance = ",
+    );
+    let proxy = Proxy::start(&cfg);
+    let served_by = |n: usize| -> Vec<String> {
+        let mut c = Client::connect(proxy.addr);
+        (0..n).map(|_| get(&mut c, "/x", "").text()).collect()
+    };
+    let both = served_by(10);
+    assert!(both.contains(&"a".to_string()) && both.contains(&"b".to_string()));
+    ha.store(503, Ordering::SeqCst);
+    // Two failed probes 5 s apart at most: wait until a is out (bounded).
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while served_by(6).contains(&"a".to_string()) {
+        assert!(std::time::Instant::now() < end, "a never marked down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(proxy.log.lock().unwrap().contains("marked down"));
+    ha.store(200, Ordering::SeqCst);
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !served_by(6).contains(&"a".to_string()) {
+        assert!(std::time::Instant::now() < end, "a never marked up again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = hb;
+
+    // Quick mode turns the same checks on with --health-uri, and validates it.
+    let out = std::process::Command::new(bin())
+        .args(["--upstream", &a.to_string(), "--health-uri", "health"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--health-uri"));
+    let quick = Proxy::start_quick(&["--upstream", &a.to_string(), "--health-uri", "/health"]);
+    let mut c = Client::connect(quick.addr);
+    assert_eq!(get(&mut c, "/", "").text(), "a");
+}

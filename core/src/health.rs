@@ -131,6 +131,91 @@ impl ServerHealth {
     }
 }
 
+/// Active health checks of one upstream group (nginx `health_check interval=5 fails=2 passes=2
+/// uri=/health`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivePolicy {
+    pub method: String,
+    pub uri: String,
+    /// Host header of the probe; `None`: the server's address.
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes that mark a server down.
+    pub fails: u32,
+    /// Consecutive passed probes that mark it up again.
+    pub passes: u32,
+    /// Statuses that pass, inclusive.
+    pub status: (u16, u16),
+}
+
+impl ActivePolicy {
+    pub fn new(uri: &str) -> Self {
+        Self {
+            method: "GET".into(),
+            uri: uri.into(),
+            host: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fails: 2,
+            passes: 2,
+            status: (200, 399),
+        }
+    }
+
+    /// The probe request for a server whose address is `addr`.
+    pub fn request(&self, addr: &str) -> Vec<u8> {
+        format!(
+            "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringway-health\r\nConnection: close\r\n\r\n",
+            self.method,
+            self.uri,
+            self.host.as_deref().unwrap_or(addr)
+        )
+        .into_bytes()
+    }
+
+    /// Whether a probe's response head passes. `head` is what was read before the blank line.
+    pub fn passes(&self, head: &[u8]) -> bool {
+        let mut hs = Vec::new();
+        let limits = crate::http::Limits::default();
+        match crate::http::parse_response(head, &mut hs, &limits) {
+            Ok(r) => (self.status.0..=self.status.1).contains(&r.status),
+            Err(_) => false,
+        }
+    }
+}
+
+/// One server's state under active checks. Servers start up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveHealth {
+    down: bool,
+    streak: u32,
+}
+
+impl ActiveHealth {
+    pub fn is_up(&self) -> bool {
+        !self.down
+    }
+
+    /// Records a probe result; returns the new state when it changed (`true`: up).
+    #[must_use]
+    pub fn record(&mut self, passed: bool, p: &ActivePolicy) -> Option<bool> {
+        if passed != self.down {
+            // A result in line with the current state.
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.down { p.passes } else { p.fails };
+        if self.streak >= needed.max(1) {
+            self.down = !self.down;
+            self.streak = 0;
+            return Some(!self.down);
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 // A base instant for the tests; everything after it is computed, never read from the clock.
 #[allow(clippy::disallowed_methods)]
@@ -175,6 +260,26 @@ mod tests {
             h.record(Outcome::Failure, &p, t2),
             Some(Duration::from_secs(10))
         );
+    }
+
+    #[test]
+    fn active_checks_need_fails_then_passes_in_a_row() {
+        let p = ActivePolicy::new("/health");
+        let mut h = ActiveHealth::default();
+        assert!(h.is_up());
+        assert_eq!(h.record(false, &p), None);
+        assert_eq!(h.record(true, &p), None, "a pass breaks the streak");
+        assert_eq!(h.record(false, &p), None);
+        assert_eq!(h.record(false, &p), Some(false));
+        assert!(!h.is_up());
+        assert_eq!(h.record(true, &p), None);
+        assert_eq!(h.record(true, &p), Some(true));
+        assert!(h.is_up());
+        assert!(p.passes(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert!(!p.passes(b"HTTP/1.1 503 Busy\r\n\r\n"));
+        assert!(!p.passes(b"garbage\r\n\r\n"));
+        let req = String::from_utf8(p.request("10.0.0.1:80")).unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\nHost: 10.0.0.1:80\r\n"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod buf;
 mod drain;
+mod health;
 mod listener;
 mod proxy;
 mod relay;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ringway_core::config::Config;
 
+use crate::health::Board;
 use crate::listener::{bind_all, BindError};
 
 /// A proxy whose sockets are bound and whose workers are ready to start.
@@ -16,20 +17,21 @@ pub struct Server {
     listeners: Vec<Vec<TcpListener>>,
     cpus: Vec<Option<core_affinity::CoreId>>,
     shutdown: Arc<AtomicBool>,
-    reload_tx: Vec<crossbeam_channel::Sender<Config>>,
-    reload_rx: Vec<crossbeam_channel::Receiver<Config>>,
+    reload_tx: Vec<crossbeam_channel::Sender<(Config, Arc<Board>)>>,
+    reload_rx: Vec<crossbeam_channel::Receiver<(Config, Arc<Board>)>>,
 }
 
 /// Hands a new configuration to every worker of a running [`Server`]. Workers pick it up within
 /// 50 ms: new requests use it, requests in flight finish on the old one. Listen addresses,
 /// worker count and CPU placement are fixed at start; changing them needs a restart.
 #[derive(Clone)]
-pub struct ReloadHandle(Vec<crossbeam_channel::Sender<Config>>);
+pub struct ReloadHandle(Vec<crossbeam_channel::Sender<(Config, Arc<Board>)>>);
 
 impl ReloadHandle {
     pub fn reload(&self, cfg: &Config) {
+        let board = Arc::new(Board::new(cfg));
         for tx in &self.0 {
-            let _ = tx.send(cfg.clone());
+            let _ = tx.send((cfg.clone(), board.clone()));
         }
     }
 }
@@ -99,7 +101,10 @@ impl Server {
             })
             .collect();
         let listeners = bind_all(&cfg.server.listen, workers).map_err(StartError::Bind)?;
-        let (reload_tx, reload_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        // One channel per worker, and one more for the health checker.
+        let (reload_tx, reload_rx) = (0..=workers)
+            .map(|_| crossbeam_channel::unbounded())
+            .unzip();
         Ok(Self {
             cfg,
             listeners,
@@ -138,17 +143,24 @@ impl Server {
     /// Runs the workers until shutdown has completed in all of them.
     pub fn run(self) -> io::Result<()> {
         let mut handles = Vec::new();
-        let workers = self
-            .listeners
-            .into_iter()
-            .zip(self.cpus)
-            .zip(self.reload_rx);
+        let board = Arc::new(Board::new(&self.cfg));
+        let mut reload_rx = self.reload_rx;
+        let checker_rx = reload_rx.pop().expect("one channel for the checker");
+        let checker = {
+            let (cfg, board, shutdown) = (self.cfg.clone(), board.clone(), self.shutdown.clone());
+            std::thread::Builder::new()
+                .name("ringway-health".into())
+                .spawn(move || crate::health::run(cfg, board, checker_rx, shutdown))?
+        };
+        let workers = self.listeners.into_iter().zip(self.cpus).zip(reload_rx);
         for (id, ((listeners, cpu), reloads)) in workers.enumerate() {
-            let cfg = self.cfg.clone();
+            let (cfg, board) = (self.cfg.clone(), board.clone());
             let shutdown = self.shutdown.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
-                .spawn(move || crate::worker::run(id, cfg, listeners, cpu, shutdown, reloads))?;
+                .spawn(move || {
+                    crate::worker::run(id, cfg, listeners, cpu, shutdown, board, reloads)
+                })?;
             handles.push(h);
         }
         let mut result = Ok(());
@@ -166,6 +178,8 @@ impl Server {
                 }
             }
         }
+        self.shutdown.store(true, Ordering::Relaxed);
+        let _ = checker.join();
         result
     }
 }

@@ -20,6 +20,7 @@ use ringway_core::config::Config;
 use ringway_core::health::{Outcome, ServerHealth};
 
 use crate::drain::Drain;
+use crate::health::Board;
 use crate::proxy::serve;
 use crate::upstream::Pool;
 
@@ -42,6 +43,8 @@ pub(crate) struct Worker {
 /// its pooled connections (to removed servers too) is freed when the last of them ends.
 pub(crate) struct Generation {
     cfg: Config,
+    /// Active health-check results for this configuration's servers.
+    board: Arc<Board>,
     pub(crate) pool: RefCell<Pool>,
     groups: RefCell<Vec<GroupState>>,
 }
@@ -64,7 +67,7 @@ impl Drop for Active {
 }
 
 impl Generation {
-    fn new(id: usize, cfg: Config) -> Self {
+    fn new(id: usize, cfg: Config, board: Arc<Board>) -> Self {
         let pool = Pool::new(
             cfg.upstreams.iter().map(|u| (u.servers.len(), u.keepalive)),
             cfg.timeouts.upstream_idle,
@@ -80,6 +83,7 @@ impl Generation {
             .collect();
         Self {
             cfg,
+            board,
             pool: RefCell::new(pool),
             groups: RefCell::new(groups),
         }
@@ -87,10 +91,10 @@ impl Generation {
 }
 
 impl Worker {
-    fn new(id: usize, cfg: Config) -> Self {
+    fn new(id: usize, cfg: Config, board: Arc<Board>) -> Self {
         Self {
             id,
-            current: RefCell::new(Rc::new(Generation::new(id, cfg))),
+            current: RefCell::new(Rc::new(Generation::new(id, cfg, board))),
             drain: Drain::default(),
             active: Cell::new(0),
             proto: "http",
@@ -102,8 +106,8 @@ impl Worker {
         self.current.borrow().clone()
     }
 
-    fn install(&self, cfg: Config) {
-        *self.current.borrow_mut() = Rc::new(Generation::new(self.id, cfg));
+    fn install(&self, cfg: Config, board: Arc<Board>) {
+        *self.current.borrow_mut() = Rc::new(Generation::new(self.id, cfg, board));
     }
 
     pub(crate) fn enter(self: &Rc<Self>) -> Active {
@@ -145,6 +149,7 @@ impl Generation {
                 s.backup == backup
                     && !s.down
                     && healthy & bit != 0
+                    && self.board.is_up(group, i)
                     && exclude & bit == 0
                     && s.max_conns.is_none_or(|m| in_flight[i] < m)
             };
@@ -211,7 +216,8 @@ pub(crate) fn run(
     listeners: Vec<StdListener>,
     cpu: Option<core_affinity::CoreId>,
     shutdown: Arc<AtomicBool>,
-    reloads: crossbeam_channel::Receiver<Config>,
+    board: Arc<Board>,
+    reloads: crossbeam_channel::Receiver<(Config, Arc<Board>)>,
 ) -> io::Result<()> {
     if let Some(core) = cpu {
         if !core_affinity::set_for_current(core) {
@@ -227,7 +233,7 @@ pub(crate) fn run(
         }
     }
     let shutdown_timeout = cfg.server.shutdown_timeout;
-    let w = Rc::new(Worker::new(id, cfg));
+    let w = Rc::new(Worker::new(id, cfg, board));
     rt.block_on(async move {
         let mut accepting = Vec::new();
         for l in listeners {
@@ -236,8 +242,8 @@ pub(crate) fn run(
         }
         while !shutdown.load(Ordering::Relaxed) {
             monoio::time::sleep(SHUTDOWN_POLL).await;
-            while let Ok(cfg) = reloads.try_recv() {
-                w.install(cfg);
+            while let Ok((cfg, board)) = reloads.try_recv() {
+                w.install(cfg, board);
             }
         }
         w.drain.trigger();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::health::PassivePolicy;
+use crate::health::{ActivePolicy, PassivePolicy};
 use crate::http::respond::Fixed;
 use crate::http::Limits as HeadLimits;
 use crate::route::{HostMatch, Router};
@@ -111,6 +111,8 @@ pub struct Upstream {
     pub retry_timeout: Duration,
     /// Response statuses that make an idempotent, body-less request try the next server.
     pub retry_on: Vec<u16>,
+    /// Active health checks, if configured.
+    pub health_check: Option<ActivePolicy>,
 }
 
 /// One server of an upstream group.
@@ -335,6 +337,7 @@ impl Config {
                 retries: DEFAULT_RETRIES,
                 retry_timeout: Duration::from_secs(10),
                 retry_on: Vec::new(),
+                health_check: None,
             }],
             router: Router::new([(HostMatch::Any, "/".to_string(), 0)]),
             routes,
@@ -448,6 +451,10 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                 ))
             }
         };
+        let health_check = match &u.health_check {
+            None => None,
+            Some(h) => Some(build_health_check(loc, &format!("{key}.health_check"), h)?),
+        };
         if servers.iter().all(|s| s.backup) {
             return Err(loc.at(
                 u.servers.span(),
@@ -466,6 +473,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             retries,
             retry_timeout,
             retry_on,
+            health_check,
         });
     }
 
@@ -601,6 +609,75 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         routes,
         router,
     })
+}
+
+fn build_health_check(
+    loc: &Locator<'_>,
+    key: &str,
+    h: &Spanned<raw::HealthCheck>,
+) -> Result<ActivePolicy, ConfigError> {
+    let r = h.get_ref();
+    if !r.uri.get_ref().starts_with('/') || r.uri.get_ref().bytes().any(|b| b <= b' ' || b == 0x7f)
+    {
+        return Err(loc.at(
+            r.uri.span(),
+            format!("{key}.uri"),
+            "expected a path starting with `/`, without spaces",
+        ));
+    }
+    let mut p = ActivePolicy::new(r.uri.get_ref());
+    if let Some(m) = &r.method {
+        if !crate::http::chars::is_token(m.get_ref().as_bytes()) {
+            return Err(loc.at(
+                m.span(),
+                format!("{key}.method"),
+                "expected a method such as GET or HEAD",
+            ));
+        }
+        p.method = m.get_ref().clone();
+    }
+    if let Some(host) = &r.host {
+        if !valid_host_value(host) {
+            return Err(loc.at(
+                h.span(),
+                format!("{key}.host"),
+                "expected a host[:port] value",
+            ));
+        }
+        p.host = Some(host.clone());
+    }
+    p.interval = opt_duration(
+        loc,
+        &format!("{key}.interval"),
+        r.interval.clone(),
+        p.interval,
+    )?;
+    p.timeout = opt_duration(loc, &format!("{key}.timeout"), r.timeout.clone(), p.timeout)?;
+    if p.interval.is_zero() || p.timeout.is_zero() {
+        return Err(loc.at(h.span(), key, "expected interval and timeout above zero"));
+    }
+    p.fails = r.fails.unwrap_or(p.fails).max(1);
+    p.passes = r.passes.unwrap_or(p.passes).max(1);
+    if let Some(st) = &r.status {
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+        };
+        let range = match st.get_ref().split_once('-') {
+            Some((a, b)) => parse(a).zip(parse(b)).filter(|(a, b)| a <= b),
+            None => parse(st.get_ref()).map(|c| (c, c)),
+        };
+        p.status = range.ok_or_else(|| {
+            loc.at(
+                st.span(),
+                format!("{key}.status"),
+                "expected a status or range like \"200-399\"",
+            )
+        })?;
+    }
+    Ok(p)
 }
 
 fn valid_host_value(s: &str) -> bool {

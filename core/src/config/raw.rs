@@ -76,6 +76,21 @@ pub(crate) struct Upstream {
     pub retries: Option<Spanned<u32>>,
     pub retry_timeout: Option<Spanned<Duration>>,
     pub retry_on: Option<Spanned<Vec<u16>>>,
+    pub health_check: Option<Spanned<HealthCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheck {
+    pub uri: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub host: Option<String>,
+    pub interval: Option<Spanned<Duration>>,
+    pub timeout: Option<Spanned<Duration>>,
+    pub fails: Option<u32>,
+    pub passes: Option<u32>,
+    /// "200-399" or "200".
+    pub status: Option<Spanned<String>>,
 }
 
 /// `"IP:port"` or `{ addr = "IP:port", weight = 2, backup = true, max_conns = 100, down = false }`.

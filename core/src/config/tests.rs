@@ -198,3 +198,24 @@ upstream = "app"
     let e = err("[upstreams.app]\nservers = [{ addr = \"127.0.0.1:1\", backup = true }]\n[[routes]]\nupstream = \"app\"\n");
     assert_eq!(e.key, "upstreams.app.servers");
 }
+
+#[test]
+fn health_checks() {
+    let c = Config::parse(
+        "t.toml",
+        "[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nhealth_check = { uri = \"/health\", interval = \"1s\", fails = 3, status = \"200-204\" }\n[[routes]]\nupstream = \"app\"\n",
+    )
+    .unwrap();
+    let h = c.upstreams[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (h.uri.as_str(), h.interval, h.fails, h.passes, h.status),
+        ("/health", Duration::from_secs(1), 3, 2, (200, 204))
+    );
+    let e = err("[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nhealth_check = { uri = \"health\" }\n[[routes]]\nupstream = \"app\"\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(3), "upstreams.app.health_check.uri")
+    );
+    let e = err("[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nhealth_check = { uri = \"/h\", status = \"300-200\" }\n[[routes]]\nupstream = \"app\"\n");
+    assert_eq!(e.key, "upstreams.app.health_check.status");
+}

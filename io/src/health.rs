@@ -1,0 +1,144 @@
+//! Active health checks: one thread per process probes every server of every group that has a
+//! `health_check`, and publishes up/down in a [`Board`] of atomic flags that workers read when
+//! they pick a server. Workers never wait on a probe and take no lock: a relaxed atomic load of
+//! a flag that changes only when a server changes state.
+//!
+//! Probes use blocking sockets with timeouts on this thread, one server after another; a server
+//! that times out delays the next probes by at most its timeout.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringway_core::config::Config;
+use ringway_core::health::ActiveHealth;
+
+/// Up/down per (group, server), written by the checker, read by workers.
+pub(crate) struct Board {
+    up: Vec<Vec<AtomicBool>>,
+}
+
+impl Board {
+    pub(crate) fn new(cfg: &Config) -> Self {
+        Self {
+            up: cfg
+                .upstreams
+                .iter()
+                .map(|u| u.servers.iter().map(|_| AtomicBool::new(true)).collect())
+                .collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_up(&self, group: usize, server: usize) -> bool {
+        self.up[group][server].load(Ordering::Relaxed)
+    }
+}
+
+struct Checked {
+    cfg: Config,
+    board: Arc<Board>,
+    /// Per (group, server): state and when the next probe is due.
+    state: Vec<Vec<(ActiveHealth, Instant)>>,
+}
+
+impl Checked {
+    fn new(cfg: Config, board: Arc<Board>, previous: Option<&Checked>, now: Instant) -> Self {
+        let state = cfg
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(g, u)| {
+                u.servers
+                    .iter()
+                    .enumerate()
+                    .map(|(s, server)| {
+                        // Keep what was learned about a server that is still in the same group.
+                        let old = previous.and_then(|p| {
+                            let pg = p.cfg.upstreams.iter().position(|x| x.name == u.name)?;
+                            let ps = p.cfg.upstreams[pg]
+                                .servers
+                                .iter()
+                                .position(|x| x.addr == server.addr)?;
+                            Some(p.state[pg][ps].0)
+                        });
+                        let h = old.unwrap_or_default();
+                        board.up[g][s].store(h.is_up(), Ordering::Relaxed);
+                        (h, now)
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { cfg, board, state }
+    }
+}
+
+/// Runs the checker until `shutdown`; new configurations (with their boards) arrive on `rx`.
+pub(crate) fn run(
+    cfg: Config,
+    board: Arc<Board>,
+    rx: crossbeam_channel::Receiver<(Config, Arc<Board>)>,
+    shutdown: Arc<AtomicBool>,
+) {
+    let mut checked = Checked::new(cfg, board, None, Instant::now());
+    while !shutdown.load(Ordering::Relaxed) {
+        while let Ok((cfg, board)) = rx.try_recv() {
+            checked = Checked::new(cfg, board, Some(&checked), Instant::now());
+        }
+        for g in 0..checked.cfg.upstreams.len() {
+            let Some(policy) = checked.cfg.upstreams[g].health_check.clone() else {
+                continue;
+            };
+            for s in 0..checked.cfg.upstreams[g].servers.len() {
+                let now = Instant::now();
+                if now < checked.state[g][s].1 || shutdown.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let addr = checked.cfg.upstreams[g].servers[s].addr;
+                let passed = probe(addr, &policy);
+                let (h, due) = &mut checked.state[g][s];
+                *due = Instant::now() + policy.interval;
+                if let Some(up) = h.record(passed, &policy) {
+                    checked.board.up[g][s].store(up, Ordering::Relaxed);
+                    if up {
+                        log::info!("upstream {addr}: health check passing again; marked up");
+                    } else {
+                        log::warn!("upstream {addr}: health check failing; marked down");
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One probe: connect, send, read the response head; all within the policy's timeout.
+fn probe(addr: std::net::SocketAddr, p: &ringway_core::health::ActivePolicy) -> bool {
+    let deadline = Instant::now() + p.timeout;
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, p.timeout) else {
+        return false;
+    };
+    let _ = s.set_write_timeout(Some(p.timeout));
+    if s.write_all(&p.request(&addr.to_string())).is_err() {
+        return false;
+    }
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |i| i + 4);
+    p.passes(&head[..end])
+}
