@@ -177,6 +177,7 @@ fn run(cli: &Cli) -> ExitCode {
         }
     };
     let server_cfg = cfg.clone();
+    let admin_configured = cfg.admin.is_some();
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -209,6 +210,9 @@ fn run(cli: &Cli) -> ExitCode {
             eprintln!("ringway: {}: cannot write pid file: {e}", p.display());
             return ExitCode::FAILURE;
         }
+    }
+    if let (true, Some(a)) = (admin_configured, server.admin_addr()) {
+        log::info!("admin status on http://{a}/status");
     }
     let handle = server.shutdown_handle();
     if let Err(e) = spawn_signal_thread(handle, server.reload_handle(), cli.clone(), server_cfg) {

@@ -301,3 +301,66 @@ fn active_health_checks_take_servers_out_and_back() {
     let mut c = Client::connect(quick.addr);
     assert_eq!(get(&mut c, "/", "").text(), "a");
 }
+
+#[test]
+fn admin_listener_reports_server_states() {
+    let live = Origin::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let servers = format!(
+        "\"{}\", \"{dead_addr}\", {{ addr = \"{}\", down = true }}",
+        live.addr, live.addr
+    );
+    let cfg = group_config(&servers, "least-conn") + "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let proxy = Proxy::start(&cfg);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..4 {
+        assert_eq!(get(&mut c, "/", "").status, 200);
+    }
+    let admin: std::net::SocketAddr = {
+        let log = proxy.log.lock().unwrap().clone();
+        let i = log
+            .find("admin status on http://")
+            .expect("admin address logged");
+        log[i + 23..].split('/').next().unwrap().parse().unwrap()
+    };
+    // Workers publish every 50 ms.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let json = loop {
+        let r = request(admin, b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let j = r.text();
+        if j.contains("\"state\":\"ejected\"") || std::time::Instant::now() > end {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        json.starts_with("{\"upstreams\":[{\"name\":\"app\",\"balance\":\"least-conn\""),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("{{\"addr\":\"{}\",\"state\":\"up\"", live.addr)),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("{{\"addr\":\"{dead_addr}\",\"state\":\"ejected\"")),
+        "{json}"
+    );
+    assert!(json.contains("\"state\":\"down\""), "{json}");
+    assert!(json.contains("\"failures\":1"), "{json}");
+    assert_eq!(
+        request(admin, b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        request(admin, b"POST /status HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .status,
+        405
+    );
+}

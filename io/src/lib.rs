@@ -10,6 +10,7 @@
 //! how a body is framed, which route and server, what head to send on — is made by
 //! `ringway-core`.
 
+mod admin;
 mod buf;
 mod drain;
 mod health;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ringway_core::config::Config;
 
+use crate::admin::Status;
 use crate::health::Board;
 use crate::listener::{bind_all, BindError};
 
@@ -19,17 +20,24 @@ pub struct Server {
     shutdown: Arc<AtomicBool>,
     reload_tx: Vec<crossbeam_channel::Sender<(Config, Arc<Board>)>>,
     reload_rx: Vec<crossbeam_channel::Receiver<(Config, Arc<Board>)>>,
+    admin: Option<TcpListener>,
+    status: Arc<Status>,
+    board: Arc<Board>,
 }
 
 /// Hands a new configuration to every worker of a running [`Server`]. Workers pick it up within
 /// 50 ms: new requests use it, requests in flight finish on the old one. Listen addresses,
 /// worker count and CPU placement are fixed at start; changing them needs a restart.
 #[derive(Clone)]
-pub struct ReloadHandle(Vec<crossbeam_channel::Sender<(Config, Arc<Board>)>>);
+pub struct ReloadHandle(
+    Vec<crossbeam_channel::Sender<(Config, Arc<Board>)>>,
+    Arc<Status>,
+);
 
 impl ReloadHandle {
     pub fn reload(&self, cfg: &Config) {
         let board = Arc::new(Board::new(cfg));
+        self.1.set_current(cfg.clone(), board.clone());
         for tx in &self.0 {
             let _ = tx.send((cfg.clone(), board.clone()));
         }
@@ -105,7 +113,19 @@ impl Server {
         let (reload_tx, reload_rx) = (0..=workers)
             .map(|_| crossbeam_channel::unbounded())
             .unzip();
+        let admin = match cfg.admin {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .map_err(|source| StartError::Bind(BindError { addr, source }))?,
+            ),
+        };
+        let board = Arc::new(Board::new(&cfg));
+        let status = Arc::new(Status::new(workers, cfg.clone(), board.clone()));
         Ok(Self {
+            admin,
+            status,
+            board,
             cfg,
             listeners,
             cpus,
@@ -113,6 +133,11 @@ impl Server {
             reload_tx,
             reload_rx,
         })
+    }
+
+    /// The admin listener's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -137,13 +162,19 @@ impl Server {
     }
 
     pub fn reload_handle(&self) -> ReloadHandle {
-        ReloadHandle(self.reload_tx.clone())
+        ReloadHandle(self.reload_tx.clone(), self.status.clone())
     }
 
     /// Runs the workers until shutdown has completed in all of them.
     pub fn run(self) -> io::Result<()> {
         let mut handles = Vec::new();
-        let board = Arc::new(Board::new(&self.cfg));
+        let board = self.board.clone();
+        if let Some(l) = self.admin {
+            let (status, shutdown) = (self.status.clone(), self.shutdown.clone());
+            std::thread::Builder::new()
+                .name("ringway-admin".into())
+                .spawn(move || crate::admin::run(l, status, shutdown))?;
+        }
         let mut reload_rx = self.reload_rx;
         let checker_rx = reload_rx.pop().expect("one channel for the checker");
         let checker = {
@@ -154,12 +185,17 @@ impl Server {
         };
         let workers = self.listeners.into_iter().zip(self.cpus).zip(reload_rx);
         for (id, ((listeners, cpu), reloads)) in workers.enumerate() {
-            let (cfg, board) = (self.cfg.clone(), board.clone());
+            let (cfg, board, status) = (self.cfg.clone(), board.clone(), self.status.clone());
             let shutdown = self.shutdown.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
                 .spawn(move || {
-                    crate::worker::run(id, cfg, listeners, cpu, shutdown, board, reloads)
+                    let links = crate::worker::Links {
+                        shutdown,
+                        reloads,
+                        status,
+                    };
+                    crate::worker::run(id, cfg, listeners, cpu, board, links)
                 })?;
             handles.push(h);
         }

@@ -19,6 +19,7 @@ use ringway_core::balance::{self, Balancer, Pick};
 use ringway_core::config::Config;
 use ringway_core::health::{Outcome, ServerHealth};
 
+use crate::admin::{ServerSnap, Status};
 use crate::drain::Drain;
 use crate::health::Board;
 use crate::proxy::serve;
@@ -78,6 +79,7 @@ impl Generation {
             .map(|u| GroupState {
                 balancer: balance::for_group(u, id),
                 health: vec![ServerHealth::default(); u.servers.len()],
+                failures: vec![0; u.servers.len()],
                 in_flight: vec![0; u.servers.len()],
             })
             .collect();
@@ -173,10 +175,30 @@ impl Generation {
 }
 
 impl Generation {
+    /// This worker's counters for the admin status.
+    fn snapshot(&self, now: Instant) -> Vec<Vec<ServerSnap>> {
+        self.groups
+            .borrow()
+            .iter()
+            .map(|g| {
+                (0..g.in_flight.len())
+                    .map(|i| ServerSnap {
+                        in_flight: g.in_flight[i],
+                        ejected: g.health[i].is_ejected(now),
+                        failures: g.failures[i],
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Records how a request to a server went, for passive health.
     pub(crate) fn record(&self, group: usize, server: usize, outcome: Outcome) {
         let policy = self.cfg.upstreams[group].passive;
         let mut groups = self.groups.borrow_mut();
+        if !matches!(outcome, Outcome::Success) {
+            groups[group].failures[server] += 1;
+        }
         if let Some(d) = groups[group].health[server].record(outcome, &policy, Instant::now()) {
             log::warn!(
                 "upstream {}: ejected for {}s after failing",
@@ -191,6 +213,8 @@ impl Generation {
 struct GroupState {
     balancer: Box<dyn Balancer>,
     health: Vec<ServerHealth>,
+    /// Failed attempts per server since this generation started (for the admin status).
+    failures: Vec<u64>,
     /// Requests in flight per server, on this worker. Kept per worker (not shared) so that
     /// counting costs no atomic and no cross-core traffic; each worker balances its own share.
     in_flight: Vec<u32>,
@@ -209,16 +233,27 @@ impl Drop for InFlight {
     }
 }
 
+/// How a worker hears from and reports to the rest of the process (never on the request path).
+pub(crate) struct Links {
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) reloads: crossbeam_channel::Receiver<(Config, Arc<Board>)>,
+    pub(crate) status: Arc<Status>,
+}
+
 /// Runs worker `id` on the calling thread until shutdown completes.
 pub(crate) fn run(
     id: usize,
     cfg: Config,
     listeners: Vec<StdListener>,
     cpu: Option<core_affinity::CoreId>,
-    shutdown: Arc<AtomicBool>,
     board: Arc<Board>,
-    reloads: crossbeam_channel::Receiver<(Config, Arc<Board>)>,
+    links: Links,
 ) -> io::Result<()> {
+    let Links {
+        shutdown,
+        reloads,
+        status,
+    } = links;
     if let Some(core) = cpu {
         if !core_affinity::set_for_current(core) {
             log::warn!("worker {id}: could not pin to CPU {}", core.id);
@@ -245,6 +280,7 @@ pub(crate) fn run(
             while let Ok((cfg, board)) = reloads.try_recv() {
                 w.install(cfg, board);
             }
+            status.publish(id, w.current().snapshot(Instant::now()));
         }
         w.drain.trigger();
         for a in accepting {

@@ -24,6 +24,8 @@ use crate::route::{HostMatch, Router};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server: Server,
+    /// The admin listener (status JSON), off unless configured; always a loopback address.
+    pub admin: Option<SocketAddr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
@@ -318,6 +320,7 @@ impl Config {
             },
         }];
         Self {
+            admin: None,
             server: Server {
                 listen,
                 workers: None,
@@ -601,8 +604,22 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             .enumerate()
             .map(|(i, r)| (r.host.clone(), r.path.clone(), i)),
     );
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => match parse_listen_addr(a.listen.get_ref()) {
+            Some(addr) if addr.ip().is_loopback() => Some(addr),
+            _ => {
+                return Err(loc.at(
+                    a.listen.span(),
+                    "admin.listen",
+                    "expected a loopback address such as \"127.0.0.1:9901\" (the admin listener is never exposed)",
+                ))
+            }
+        },
+    };
     Ok(Config {
         server,
+        admin,
         timeouts,
         limits,
         upstreams,

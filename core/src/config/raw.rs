@@ -20,6 +20,13 @@ pub(crate) struct File {
     pub upstreams: BTreeMap<String, Spanned<Upstream>>,
     #[serde(default)]
     pub routes: Vec<Spanned<Route>>,
+    pub admin: Option<Admin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Admin {
+    pub listen: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -219,3 +219,15 @@ fn health_checks() {
     let e = err("[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nhealth_check = { uri = \"/h\", status = \"300-200\" }\n[[routes]]\nupstream = \"app\"\n");
     assert_eq!(e.key, "upstreams.app.health_check.status");
 }
+
+#[test]
+fn admin_listener_is_loopback_only() {
+    let c = Config::parse(
+        "t.toml",
+        "[admin]\nlisten = \"127.0.0.1:9901\"\n[[routes]]\nrespond = { status = 200 }\n",
+    )
+    .unwrap();
+    assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
+    let e = err("[admin]\nlisten = \"0.0.0.0:9901\"\n[[routes]]\nrespond = { status = 200 }\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "admin.listen"));
+}

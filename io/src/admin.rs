@@ -1,0 +1,188 @@
+//! The admin listener: `GET /status` (or `/`) returns each upstream group's servers with their
+//! state, in-flight requests and recent failures, as JSON. Off unless `[admin] listen` is set,
+//! and only ever on a loopback address.
+//!
+//! It runs on its own thread with blocking sockets, away from the data plane. Workers publish a
+//! snapshot of their per-server counters from their watcher task every 50 ms (a short mutex hold
+//! off the request path); this thread sums them.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringway_core::config::{Balance, Config, HashKey};
+
+use crate::health::Board;
+
+/// One worker's counters for one server.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ServerSnap {
+    pub in_flight: u32,
+    pub ejected: bool,
+    pub failures: u64,
+}
+
+/// What workers publish and the admin thread reads.
+pub(crate) struct Status {
+    /// Per worker: `[group][server]` of its current generation.
+    workers: Mutex<Vec<Vec<Vec<ServerSnap>>>>,
+    current: Mutex<(Config, Arc<Board>)>,
+}
+
+impl Status {
+    pub(crate) fn new(workers: usize, cfg: Config, board: Arc<Board>) -> Self {
+        Self {
+            workers: Mutex::new(vec![Vec::new(); workers]),
+            current: Mutex::new((cfg, board)),
+        }
+    }
+
+    pub(crate) fn publish(&self, worker: usize, snap: Vec<Vec<ServerSnap>>) {
+        if let Ok(mut w) = self.workers.lock() {
+            w[worker] = snap;
+        }
+    }
+
+    pub(crate) fn set_current(&self, cfg: Config, board: Arc<Board>) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = (cfg, board);
+        }
+    }
+
+    /// The status document.
+    pub(crate) fn json(&self) -> String {
+        let (cfg, board) = match self.current.lock() {
+            Ok(c) => (c.0.clone(), c.1.clone()),
+            Err(_) => return "{}".into(),
+        };
+        let workers = self.workers.lock().map(|w| w.clone()).unwrap_or_default();
+        let mut out = String::from("{\"upstreams\":[");
+        for (g, u) in cfg.upstreams.iter().enumerate() {
+            if g > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{{\"name\":{},\"balance\":{},\"servers\":[",
+                quote(&u.name),
+                quote(&balance_name(&u.balance))
+            ));
+            for (s, server) in u.servers.iter().enumerate() {
+                let mut sum = ServerSnap::default();
+                for w in &workers {
+                    if let Some(x) = w.get(g).and_then(|gs| gs.get(s)) {
+                        sum.in_flight += x.in_flight;
+                        sum.ejected |= x.ejected;
+                        sum.failures += x.failures;
+                    }
+                }
+                let state = if server.down && sum.in_flight > 0 {
+                    "draining"
+                } else if server.down || !board.is_up(g, s) {
+                    "down"
+                } else if sum.ejected {
+                    "ejected"
+                } else {
+                    "up"
+                };
+                if s > 0 {
+                    out.push(',');
+                }
+                out.push_str(&format!(
+                    "{{\"addr\":\"{}\",\"state\":\"{state}\",\"weight\":{},\"backup\":{},\"in_flight\":{},\"failures\":{}}}",
+                    server.addr, server.weight, server.backup, sum.in_flight, sum.failures
+                ));
+            }
+            out.push_str("]}");
+        }
+        out.push_str("]}\n");
+        out
+    }
+}
+
+fn balance_name(b: &Balance) -> String {
+    match b {
+        Balance::RoundRobin => "round-robin".into(),
+        Balance::LeastConn => "least-conn".into(),
+        Balance::IpHash => "ip-hash".into(),
+        Balance::Hash { key, .. } => match key {
+            HashKey::ClientIp => "hash:ip".into(),
+            HashKey::Path => "hash:path".into(),
+            HashKey::Header(h) => format!("hash:header:{h}"),
+            HashKey::Cookie(c) => format!("hash:cookie:{c}"),
+        },
+    }
+}
+
+/// A JSON string literal.
+fn quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            c if (c as u32) < 0x20 => q.push_str(&format!("\\u{:04x}", c as u32)),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+/// Serves the admin listener until `shutdown`.
+pub(crate) fn run(listener: TcpListener, status: Arc<Status>, shutdown: Arc<AtomicBool>) {
+    let _ = listener.set_nonblocking(true);
+    while !shutdown.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                answer(s, &status);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn answer(mut s: TcpStream, status: &Status) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(b"");
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
+    let (code, body, ctype) = match (method, path) {
+        (b"GET" | b"HEAD", b"/" | b"/status") => (200, status.json(), "application/json"),
+        (b"GET" | b"HEAD", _) => (
+            404,
+            "not found: try GET /status\n".to_string(),
+            "text/plain",
+        ),
+        _ => (405, "only GET\n".to_string(), "text/plain"),
+    };
+    let reason = ringway_core::http::respond::reason(code);
+    let mut resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != b"HEAD" {
+        resp.push_str(&body);
+    }
+    let _ = s.write_all(resp.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoting() {
+        assert_eq!(super::quote("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
