@@ -136,3 +136,92 @@ fn reload_switches_upstreams_under_load_without_failures() {
     drop(proxy);
     let _ = std::fs::remove_file(&pid);
 }
+
+/// Servers added, removed, drained and one killed, all under steady load: no client request
+/// fails (the killed server's in-flight and pooled requests are idempotent GETs without a body,
+/// so they are retried on another server).
+#[test]
+fn fleet_changes_under_load_lose_nothing() {
+    let o: Vec<Origin> = (0..4).map(|_| Origin::start()).collect();
+    let pid = std::env::temp_dir().join(format!("ringway-fleet-{}.pid", std::process::id()));
+    let servers = |list: &[String]| list.join(", ");
+    let a = |i: usize| format!("\"{}\"", o[i].addr);
+    let cfg = |list: &[String]| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\npid_file = \"{}\"\n\
+             [upstreams.app]\nservers = [{}]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+            pid.display(),
+            servers(list)
+        )
+    };
+    let proxy = Proxy::start(&cfg(&[a(0), a(1), a(2)]));
+    let addr = proxy.addr;
+    let path = proxy.config.as_ref().unwrap().0.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let end = Instant::now() + Duration::from_secs(30);
+                for _ in 0..500_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                        break;
+                    }
+                    c.send(b"GET /fleet HTTP/1.1\r\nHost: t\r\n\r\n");
+                    match c.response("GET") {
+                        Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            c = Client::connect(addr);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    let reload = |list: &[String]| {
+        std::fs::write(&path, cfg(list)).unwrap();
+        proxy.signal(libc::SIGHUP);
+    };
+    let grows = |i: usize| {
+        let n = o[i].seen().len();
+        wait_for("traffic", || o[i].seen().len() > n + 30);
+    };
+    grows(0);
+    // Add D.
+    reload(&[a(0), a(1), a(2), a(3)]);
+    grows(3);
+    // Remove A.
+    reload(&[a(1), a(2), a(3)]);
+    std::thread::sleep(Duration::from_millis(200));
+    let a_after = o[0].seen().len();
+    grows(1);
+    assert!(
+        o[0].seen().len() <= a_after + 8,
+        "A still gets new requests after removal"
+    );
+    // Drain B (down = true).
+    reload(&[format!("{{ addr = {}, down = true }}", a(1)), a(2), a(3)]);
+    std::thread::sleep(Duration::from_millis(200));
+    let b_after = o[1].seen().len();
+    grows(2);
+    assert!(
+        o[1].seen().len() <= b_after + 8,
+        "B still gets new requests while drained"
+    );
+    // Kill C outright.
+    o[2].kill();
+    grows(3);
+    grows(3);
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(ok.load(Ordering::Relaxed) > 200);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "client requests failed");
+    drop(proxy);
+    let _ = std::fs::remove_file(&pid);
+}

@@ -41,6 +41,8 @@ pub struct Origin {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    killed: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Origin {
@@ -49,14 +51,35 @@ impl Origin {
         let addr = l.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (c, s) = (connections.clone(), seen.clone());
+        let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (c, s, k, o) = (
+            connections.clone(),
+            seen.clone(),
+            killed.clone(),
+            open.clone(),
+        );
+        l.set_nonblocking(true).unwrap();
         thread::spawn(move || {
-            for stream in l.incoming() {
-                let Ok(stream) = stream else { continue };
+            while !k.load(Ordering::SeqCst) {
+                let stream = match l.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                o.lock().unwrap().push(stream.try_clone().unwrap());
                 c.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 thread::spawn(move || {
+                    let closer = stream.try_clone();
                     let _ = serve_origin(stream, &s);
+                    // `open` holds another descriptor of this socket: close it for the peer.
+                    if let Ok(c) = closer {
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                    }
                 });
             }
         });
@@ -64,6 +87,16 @@ impl Origin {
             addr,
             connections,
             seen,
+            killed,
+            open,
+        }
+    }
+
+    /// Stops listening and resets every open connection, like a crashed server.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 
