@@ -163,8 +163,19 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     if ncpu < workers + 1 {
         return Err(format!("--workers {workers} needs at least {} CPUs (one more for wrk and the origin); this machine has {ncpu}", workers + 1));
     }
+    // With --sweep the load stays on the CPUs above the largest worker count for every step.
+    let load_from: usize = f.parsed(&["--load-from"], workers)?;
+    if load_from < workers || load_from >= ncpu {
+        return Err(format!(
+            "--load-from {load_from}: expected {workers}..{}",
+            ncpu - 1
+        ));
+    }
+    if f.has("--sweep") {
+        return sweep(args, workers);
+    }
     let proxy_cpus = cpu_range(0, workers);
-    let load_cpus = cpu_range(workers, ncpu);
+    let load_cpus = cpu_range(load_from, ncpu);
 
     let dir = std::env::temp_dir().join(format!("ringway-compare-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("www")).map_err(|e| e.to_string())?;
@@ -365,6 +376,38 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     print!("{extra}");
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs the comparison with 1, 2, … `max` workers for both proxies (proxies on CPUs 0..w, load
+/// always on CPUs max..), one after another, each printing its own table.
+fn sweep(args: &[String], max: usize) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut rest: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in args {
+        if skip {
+            skip = false;
+            continue;
+        }
+        match a.as_str() {
+            "--sweep" => {}
+            "--workers" | "-w" | "--load-from" => skip = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    for w in 1..=max {
+        println!("\n## {w} worker(s)\n");
+        let st = Command::new(&exe)
+            .arg("compare")
+            .args(&rest)
+            .args(["--workers", &w.to_string(), "--load-from", &max.to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err(format!("the {w}-worker step failed"));
+        }
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage:
-  ringway-loadtest compare [--rounds N] [--duration SECS] [--workers N] [--quick]
+  ringway-loadtest compare [--rounds N] [--duration SECS] [--workers N [--sweep]] [--quick]
                            [--ringway PATH] [--cases LIST] [--open-loop]
       Alternates nginx and ringway (same origin, same CPUs) under wrk and prints, per case,
       req/s, p50/p99 latency and proxy CPU time per request as ringway/nginx ratios with the
@@ -22,6 +22,9 @@ usage:
       taskset on PATH and a release build of ringway (cargo build --release).
       --cases: comma list of ka|close, 16|256, 100b|64k|1m filters, e.g. ka,16,100b
       --open-loop: also compare p99 at a fixed rate (70% of nginx's max) with `gen`.
+      --workers N: both proxies get N workers on CPUs 0..N, the load the CPUs above.
+      --sweep: with --workers N, run the comparison for 1, 2, ... N workers (load kept on the
+      CPUs above N), for bare-metal machines with many cores.
   ringway-loadtest gen --url http://127.0.0.1:8080/path [-c CONNS] [-d SECS] [--rate REQ/S]
                        [--close]
       Closed loop by default; with --rate, open loop at that total rate.";
