@@ -10,6 +10,7 @@ pub mod framing;
 pub mod parse;
 pub mod respond;
 pub mod rewrite;
+mod simd;
 
 pub use parse::{parse_request, parse_response, HeadScanner, Limits, ParseError, Scan};
 
