@@ -2,9 +2,10 @@
 //!
 //! Closed loop (default): each connection sends its next request when the previous response
 //! has arrived, like wrk. Open loop (`--rate R`): requests are due at fixed times (R per second
-//! over all connections) and latency is measured from when a request was *due*, not when it was
-//! sent, so a stalled server is charged for the requests it delayed (coordinated omission
-//! correction, as in wrk2).
+//! over all connections). A request that could not be sent on time because the previous
+//! response on its connection arrived late is measured from when it was *due*, so a stalled
+//! server is charged for the requests it delayed (coordinated omission correction, as in wrk2);
+//! one sent late only because the generator's own timer woke late is measured from its send.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -116,6 +117,7 @@ async fn connection(run: Rc<Run>, index: usize) {
     // Stagger open-loop connections evenly over one interval.
     let offset = interval.map_or(Duration::ZERO, |iv| iv * index as u32 / conns as u32);
     let mut k: u32 = 0;
+    let mut prev_done = start;
     loop {
         let due = match interval {
             Some(iv) => start + offset + iv * k,
@@ -127,6 +129,10 @@ async fn connection(run: Rc<Run>, index: usize) {
         if due > Instant::now() {
             monoio::time::sleep_until(due).await;
         }
+        // Coordinated omission: a request held back because the previous response was late is
+        // charged from when it was due. A request sent late only because this generator's timer
+        // (1 ms resolution) woke late is charged from when it was actually sent.
+        let charged_from = if prev_done > due { due } else { Instant::now() };
         k += 1;
         if stream.is_none() {
             match TcpStream::connect_addr(t.addr).await {
@@ -149,7 +155,9 @@ async fn connection(run: Rc<Run>, index: usize) {
             stream = None;
             continue;
         }
-        let us = Instant::now().saturating_duration_since(due).as_micros() as u64;
+        let done = Instant::now();
+        prev_done = done;
+        let us = done.saturating_duration_since(charged_from).as_micros() as u64;
         let _ = hist.borrow_mut().record(us.max(1));
         totals.borrow_mut().done += 1;
         if close {
