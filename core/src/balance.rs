@@ -171,21 +171,21 @@ impl Balancer for ConsistentHash {
         if self.ring.is_empty() {
             return None;
         }
-        let eligible: Vec<bool> = (0..self.n).map(|i| (p.eligible)(i)).collect();
-        let live = eligible.iter().filter(|&&e| e).count();
+        // No allocation per pick: eligibility is asked again while walking the ring.
+        let (mut live, mut total) = (0usize, 0u64);
+        for i in (0..self.n).filter(|&i| (p.eligible)(i)) {
+            live += 1;
+            total += u64::from((p.load)(i));
+        }
         if live == 0 {
             return None;
         }
-        let total: u64 = (0..self.n)
-            .filter(|&i| eligible[i])
-            .map(|i| u64::from((p.load)(i)))
-            .sum();
         let cap = ((total + 1) as f64 * self.factor / live as f64).ceil() as u64;
         let start = self.ring.partition_point(|&(point, _)| point < p.key);
         let mut fallback = None;
         for k in 0..self.ring.len() {
             let (_, i) = self.ring[(start + k) % self.ring.len()];
-            if !eligible[i] {
+            if !(p.eligible)(i) {
                 continue;
             }
             if u64::from((p.load)(i)) < cap {
