@@ -41,6 +41,9 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: set once here rather than
+    // with one setsockopt per connection.
+    s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
@@ -85,6 +88,21 @@ mod tests {
         let l = bind_all(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
         let port = l[0][0].local_addr().unwrap().port();
         assert!(l.iter().all(|w| w[0].local_addr().unwrap().port() == port));
+        // Accepted connections come out with TCP_NODELAY already set.
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let accepted = loop {
+            let found = l.iter().find_map(|w| w[0].accept().ok());
+            if let Some((s, _)) = found {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no connection accepted"
+            );
+        };
+        assert!(accepted.nodelay().unwrap());
+        drop(c);
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let e = bind_all(&[addr], 1).unwrap_err();

@@ -80,7 +80,7 @@ struct Conn {
 
 /// Serves one accepted client connection until it closes.
 pub(crate) async fn serve(w: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listening socket (see listener.rs).
     let _active = w.enter();
     let cfg = w.current();
     let mut c = Conn {
