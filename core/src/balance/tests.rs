@@ -1,3 +1,6 @@
+//! Balancer tests: exact sequences for the simple algorithms, and the ring's two properties
+//! (keys moved when a server is added, bounded loads) on 100k keys.
+
 use super::*;
 
 fn all(_: usize) -> bool {

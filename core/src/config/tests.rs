@@ -1,3 +1,6 @@
+//! Config tests: a file using every key, and one test per error shape checking that the
+//! message names the right line and key.
+
 use super::*;
 
 const GOOD: &str = r#"
