@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -52,31 +50,7 @@ fn reload_switches_upstreams_under_load_without_failures() {
     let cfg_path = proxy.config.as_ref().unwrap().0.clone();
 
     // Steady load: 4 keep-alive clients, bounded in time and count.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                let end = Instant::now() + Duration::from_secs(20);
-                for _ in 0..200_000 {
-                    if stop.load(Ordering::Relaxed) || Instant::now() > end {
-                        break;
-                    }
-                    c.send(b"GET /load HTTP/1.1\r\nHost: t\r\n\r\n");
-                    match c.response("GET") {
-                        Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            c = Client::connect(addr);
-                            0
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = SteadyLoad::start(addr, 4, "/load");
     wait_for("load on A", || a.seen().len() > 50);
 
     // A slow request in flight on A while the config changes.
@@ -140,16 +114,9 @@ fn reload_switches_upstreams_under_load_without_failures() {
     let before = b.seen().len();
     wait_for("still serving from B", || b.seen().len() > before + 20);
 
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.join().unwrap();
-    }
-    assert!(ok.load(Ordering::Relaxed) > 100);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during reloads"
-    );
+    let (ok, failed) = load.finish();
+    assert!(ok > 100);
+    assert_eq!(failed, 0, "requests failed during reloads");
     assert!(pid.exists());
     drop(proxy);
     let _ = std::fs::remove_file(&pid);
@@ -175,31 +142,7 @@ fn fleet_changes_under_load_lose_nothing() {
     let proxy = Proxy::start(&cfg(&[a(0), a(1), a(2)]));
     let addr = proxy.addr;
     let path = proxy.config.as_ref().unwrap().0.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                let end = Instant::now() + Duration::from_secs(30);
-                for _ in 0..500_000 {
-                    if stop.load(Ordering::Relaxed) || Instant::now() > end {
-                        break;
-                    }
-                    c.send(b"GET /fleet HTTP/1.1\r\nHost: t\r\n\r\n");
-                    match c.response("GET") {
-                        Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            c = Client::connect(addr);
-                            0
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = SteadyLoad::start(addr, 4, "/fleet");
     let reload = |list: &[String]| {
         std::fs::write(&path, cfg(list)).unwrap();
         proxy.signal(libc::SIGHUP);
@@ -234,12 +177,9 @@ fn fleet_changes_under_load_lose_nothing() {
     o[2].kill();
     grows(3);
     grows(3);
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.join().unwrap();
-    }
-    assert!(ok.load(Ordering::Relaxed) > 200);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "client requests failed");
+    let (ok, failed) = load.finish();
+    assert!(ok > 200);
+    assert_eq!(failed, 0, "client requests failed");
     drop(proxy);
     let _ = std::fs::remove_file(&pid);
 }

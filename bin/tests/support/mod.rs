@@ -586,3 +586,63 @@ pub fn curl(args: &[&str]) -> (bool, Vec<u8>) {
     }
     (out.status.success(), out.stdout)
 }
+
+/// Keep-alive clients sending `GET path` in a loop until stopped (bounded in time and count),
+/// counting 200s and everything else.
+pub struct SteadyLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub ok: Arc<AtomicUsize>,
+    pub failed: Arc<AtomicUsize>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    pub fn start(addr: SocketAddr, clients: usize, path: &str) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes();
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, req) =
+                    (stop.clone(), ok.clone(), failed.clone(), req.clone());
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let end = Instant::now() + Duration::from_secs(30);
+                    for _ in 0..500_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                            break;
+                        }
+                        c.send(&req);
+                        match c.response("GET") {
+                            Some(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                c = Client::connect(addr);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops the clients; returns (succeeded, failed).
+    pub fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
