@@ -209,10 +209,11 @@ fn upstream_closing_idle_connection_is_retried_not_502() {
         c.send(&get("/close-after"));
         let r = c.response("GET").unwrap();
         assert_eq!(r.status, 200, "request {i}");
-        // Let the origin close the pooled connection while it is idle.
-        std::thread::sleep(Duration::from_millis(150));
+        // The origin closes the connection the proxy pooled; wait until it has, so the next
+        // request really meets a closed pooled connection.
+        origin.wait_closed(i + 1);
     }
-    assert!(origin.connections() >= 5);
+    assert_eq!(origin.connections(), 5);
 }
 
 /// Every vector is answered 400 (or 501) with the connection closed, and the origin sees

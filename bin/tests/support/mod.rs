@@ -40,6 +40,8 @@ impl Seen {
 pub struct Origin {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
+    /// Connections the origin has finished with and closed.
+    pub closed: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     killed: Arc<std::sync::atomic::AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
@@ -53,6 +55,8 @@ impl Origin {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let done = closed.clone();
         let (c, s, k, o) = (
             connections.clone(),
             seen.clone(),
@@ -73,6 +77,7 @@ impl Origin {
                 o.lock().unwrap().push(stream.try_clone().unwrap());
                 c.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
+                let done = done.clone();
                 thread::spawn(move || {
                     let closer = stream.try_clone();
                     let _ = serve_origin(stream, &s);
@@ -80,12 +85,14 @@ impl Origin {
                     if let Ok(c) = closer {
                         let _ = c.shutdown(std::net::Shutdown::Both);
                     }
+                    done.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
         Self {
             addr,
             connections,
+            closed,
             seen,
             killed,
             open,
@@ -102,6 +109,19 @@ impl Origin {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the origin has closed `n` connections.
+    pub fn wait_closed(&self, n: usize) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.closed.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < end,
+                "origin closed only {} of {n} connections",
+                self.closed.load(Ordering::SeqCst)
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn connections(&self) -> usize {
