@@ -29,7 +29,7 @@ use crate::buf::{ensure_capacity, read_append, write_all, IoFail};
 use crate::relay::{
     relay, relay_spliced, RelayFail, RelayTimeouts, Side, SplicePipe, SPLICE_THRESHOLD,
 };
-use crate::upstream::{connect, ConnectError};
+use crate::upstream::connect;
 use crate::worker::{Generation, Worker};
 
 use ringway_core::health::Outcome;

@@ -6,39 +6,21 @@
 //! per server. A pooled connection the upstream closed while idle is only discovered when used;
 //! the proxy then retries an idempotent request once on a fresh connection (see `proxy.rs`).
 
-use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-/// Why connecting failed.
-#[derive(Debug)]
-pub(crate) enum ConnectError {
-    Timeout,
-    Io(io::Error),
-}
+use crate::buf::IoFail;
 
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Timeout => f.write_str("connect timed out"),
-            Self::Io(e) => write!(f, "connect failed: {e}"),
-        }
-    }
-}
-
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TcpStream, ConnectError> {
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, IoFail> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(e)) => Err(ConnectError::Io(e)),
-        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(e)) => Err(IoFail::Io(e)),
+        Err(_) => Err(IoFail::Timeout),
     }
 }
 

@@ -174,10 +174,8 @@ impl Conn {
                     Ok(s) => s,
                     Err(e) => {
                         let (status, msg) = match e {
-                            ConnectError::Timeout => {
-                                (504, "upstream connect timed out".to_string())
-                            }
-                            ConnectError::Io(e) => (502, format!("upstream connect failed: {e}")),
+                            IoFail::Timeout => (504, "upstream connect timed out".to_string()),
+                            IoFail::Io(e) => (502, format!("upstream connect failed: {e}")),
                         };
                         return Attempt::Failed {
                             status,
