@@ -12,12 +12,7 @@ fn check_accepts_the_shipped_examples() {
     for entry in std::fs::read_dir(root).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(bin())
-                .arg("check")
-                .arg("--config")
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = check(&path);
             assert!(
                 out.status.success(),
                 "{}: {}",
@@ -29,16 +24,20 @@ fn check_accepts_the_shipped_examples() {
     }
 }
 
+fn check(config: &std::path::Path) -> std::process::Output {
+    Command::new(bin())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_names_file_line_and_key() {
     let f = TempFile::new(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"nope\"\n",
     );
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&f.0)
-        .output()
-        .unwrap();
+    let out = check(&f.0);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let want = format!(
@@ -48,11 +47,7 @@ fn check_names_file_line_and_key() {
     assert!(err.contains(&want), "{err}");
 
     let f = TempFile::new("[server]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n");
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&f.0)
-        .output()
-        .unwrap();
+    let out = check(&f.0);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

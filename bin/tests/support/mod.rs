@@ -26,10 +26,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 }
 
@@ -184,6 +181,26 @@ fn read_exact_stream(
     Ok(())
 }
 
+/// Header fields as owned (name, value) pairs.
+fn owned_headers(hs: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    hs.iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The first value of header `name` (case-insensitive).
+fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 fn write_pattern(w: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
     let chunk = vec![b'x'; 64 * 1024];
     while n > 0 {
@@ -203,22 +220,8 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
         req.parse(&head).map_err(std::io::Error::other)?;
         let method = req.method.unwrap().to_string();
         let path = req.path.unwrap().to_string();
-        let headers: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
-        };
+        let headers = owned_headers(req.headers);
+        let get = |n: &str| header_value(&headers, n).map(str::to_string);
         let mut body_len = 0u64;
         let mut body_sum = 0u64;
         let mut body = Vec::new();
@@ -484,10 +487,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     pub fn text(&self) -> String {
@@ -522,22 +522,8 @@ impl Client {
         let mut resp = httparse::Response::new(&mut hs);
         resp.parse(&head).expect("valid response head");
         let status = resp.code.unwrap();
-        let headers: Vec<(String, String)> = resp
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
-        };
+        let headers = owned_headers(resp.headers);
+        let get = |n: &str| header_value(&headers, n).map(str::to_string);
         let mut body = Vec::new();
         let mut body_len = 0u64;
         let mut take = |d: &[u8]| {
