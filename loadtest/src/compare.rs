@@ -263,15 +263,18 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         }
     }
 
-    let measure = |port: u16, pids: &[u32], c: &Case| -> Result<Sample, String> {
-        let before = total_ticks(pids);
-        let w = wrk::run(
+    let wrk_at = |port: u16, c: &Case| {
+        wrk::run(
             &load_cpus,
             &format!("http://127.0.0.1:{port}/{}", c.body),
             c.conns,
             secs,
             c.close,
-        )?;
+        )
+    };
+    let measure = |port: u16, pids: &[u32], c: &Case| -> Result<Sample, String> {
+        let before = total_ticks(pids);
+        let w = wrk_at(port, c)?;
         let ticks = total_ticks(pids) - before;
         Ok(Sample {
             cpu_us_per_req: ticks as f64 * 1e6 / TICKS_PER_SEC / w.requests.max(1) as f64,
@@ -279,18 +282,12 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         })
     };
 
-    let mut table = String::new();
-    table.push_str("| case | direct req/s | nginx req/s | ringway req/s | req/s ratio | p50 ratio | p99 ratio | nginx CPU µs/req | ringway CPU µs/req | CPU ratio | errors n/r |\n");
-    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    // Rows are printed as each case finishes, under this header.
+    println!("| case | direct req/s | nginx req/s | ringway req/s | req/s ratio | p50 ratio | p99 ratio | nginx CPU µs/req | ringway CPU µs/req | CPU ratio | errors n/r |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut nginx_ka16_rps = 0.0;
     for c in &cases {
-        let direct = wrk::run(
-            &load_cpus,
-            &format!("http://127.0.0.1:{origin_port}/{}", c.body),
-            c.conns,
-            secs,
-            c.close,
-        )?;
+        let direct = wrk_at(origin_port, c)?;
         let mut ng: Vec<Sample> = Vec::new();
         let mut rw: Vec<Sample> = Vec::new();
         for round in 0..rounds {
@@ -334,7 +331,6 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             rw.iter().map(|s| s.wrk.errors).sum::<u64>(),
         );
         print!("{row}");
-        table.push_str(&row);
     }
 
     let mut extra = String::new();
