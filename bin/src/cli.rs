@@ -37,6 +37,14 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub health_uri: Option<String>,
 
+    /// Serve TLS on the --listen addresses with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

@@ -47,7 +47,8 @@ fn load(cli: &Cli) -> Result<Config, String> {
                 ringway_core::config::DEFAULT_HASH_BALANCE_FACTOR,
             )
             .map_err(|e| format!("--balance: {e}"))?;
-            let mut cfg = Config::quick(parse_listen(&listen)?, ups, balance);
+            let addrs = parse_listen(&listen)?.into_iter().map(|l| l.addr).collect();
+            let mut cfg = Config::quick(addrs, ups, balance);
             if let Some(uri) = &cli.health_uri {
                 if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
                     return Err(format!(
@@ -72,6 +73,21 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if !cli.listen.is_empty() {
         cfg.server.listen = parse_listen(&cli.listen)?;
     }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        if cli.config.is_some() && cli.listen.is_empty() {
+            return Err(
+                "--tls-cert/--tls-key apply to the --listen addresses: give --listen".into(),
+            );
+        }
+        for l in &mut cfg.server.listen {
+            l.tls = true;
+            l.redirect_https = false;
+        }
+        cfg.tls = Some(ringway_core::config::Tls::with_certificate(
+            cert.clone(),
+            key.clone(),
+        ));
+    }
     if let Some(w) = cli.workers {
         if w == 0 {
             return Err("--workers: expected at least 1".into());
@@ -88,10 +104,11 @@ fn load(cli: &Cli) -> Result<Config, String> {
     Ok(cfg)
 }
 
-fn parse_listen(list: &[String]) -> Result<Vec<std::net::SocketAddr>, String> {
+fn parse_listen(list: &[String]) -> Result<Vec<ringway_core::config::Listen>, String> {
     list.iter()
         .map(|l| {
             ringway_core::config::parse_listen_addr(l)
+                .map(ringway_core::config::Listen::plain)
                 .ok_or_else(|| format!("--listen {l:?}: expected IP:port, :port or port"))
         })
         .collect()
@@ -102,7 +119,10 @@ fn check(cli: &Cli) -> ExitCode {
         eprintln!("ringway: check needs --config FILE");
         return ExitCode::from(2);
     }
-    match load(cli) {
+    match load(cli).and_then(|cfg| {
+        ringway_io::check_files(&cfg).map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }) {
         Ok(cfg) => {
             println!(
                 "{}: ok ({} route(s), {} upstream group(s), listening on {})",
@@ -115,7 +135,11 @@ fn check(cli: &Cli) -> ExitCode {
                 cfg.server
                     .listen
                     .iter()
-                    .map(|a| a.to_string())
+                    .map(|l| match (l.tls, l.redirect_https) {
+                        (true, _) => format!("{} (tls)", l.addr),
+                        (_, true) => format!("{} (redirect to https)", l.addr),
+                        _ => l.addr.to_string(),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -185,7 +209,16 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .zip(&server_cfg.server.listen)
+        .map(|(a, l)| match (l.tls, l.redirect_https) {
+            (true, _) => format!("{a} (tls)"),
+            (_, true) => format!("{a} (redirect to https)"),
+            _ => a.to_string(),
+        })
+        .collect();
     let pinned = server.pinned_cpus();
     log::info!(
         "listening on {} with {} worker(s){}",
@@ -281,7 +314,10 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
                     "reload: listen, workers, cpus and pin take effect only after a restart"
                 );
             }
-            reloader.reload(&cfg);
+            if let Err(e) = reloader.reload(&cfg) {
+                log::error!("reload rejected, keeping the running config: {e}");
+                return;
+            }
             log::info!(
                 "reloaded: {} route(s), {} upstream group(s)",
                 cfg.routes.len(),

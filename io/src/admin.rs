@@ -1,5 +1,5 @@
 //! The admin listener: `GET /status` (or `/`) returns each upstream group's servers with their
-//! state, in-flight requests and recent failures, as JSON. Off unless `[admin] listen` is set,
+//! state, in-flight requests and recent failures, and the TLS handshake counters, as JSON. Off unless `[admin] listen` is set,
 //! and only ever on a loopback address.
 //!
 //! It runs on its own thread with blocking sockets, away from the data plane. Workers publish a
@@ -24,10 +24,25 @@ pub(crate) struct ServerSnap {
     pub failures: u64,
 }
 
+/// One worker's TLS handshake counters, since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TlsCounts {
+    /// Completed handshakes on TLS listeners.
+    pub handshakes: u64,
+    /// Of those, resumed sessions (ticket or session ID).
+    pub resumed: u64,
+    /// Handshakes that failed: bad or truncated ClientHello, no certificate for the SNI, no
+    /// common version or cipher, timeout, peer gone.
+    pub failed: u64,
+    /// Of the failures, clients that spoke plain HTTP to a TLS port (answered 400).
+    pub plain_http: u64,
+}
+
 /// What workers publish and the admin thread reads.
 pub(crate) struct Status {
     /// Per worker: `[group][server]` of its current generation.
     workers: Mutex<Vec<Vec<Vec<ServerSnap>>>>,
+    tls: Mutex<Vec<TlsCounts>>,
     current: Mutex<(Config, Arc<Board>)>,
 }
 
@@ -35,13 +50,17 @@ impl Status {
     pub(crate) fn new(workers: usize, cfg: Config, board: Arc<Board>) -> Self {
         Self {
             workers: Mutex::new(vec![Vec::new(); workers]),
+            tls: Mutex::new(vec![TlsCounts::default(); workers]),
             current: Mutex::new((cfg, board)),
         }
     }
 
-    pub(crate) fn publish(&self, worker: usize, snap: Vec<Vec<ServerSnap>>) {
+    pub(crate) fn publish(&self, worker: usize, snap: Vec<Vec<ServerSnap>>, tls: TlsCounts) {
         if let Ok(mut w) = self.workers.lock() {
             w[worker] = snap;
+        }
+        if let Ok(mut t) = self.tls.lock() {
+            t[worker] = tls;
         }
     }
 
@@ -96,7 +115,17 @@ impl Status {
             }
             out.push_str("]}");
         }
-        out.push_str("]}\n");
+        let tls = self.tls.lock().map(|t| t.clone()).unwrap_or_default();
+        let sum = tls.iter().fold(TlsCounts::default(), |a, t| TlsCounts {
+            handshakes: a.handshakes + t.handshakes,
+            resumed: a.resumed + t.resumed,
+            failed: a.failed + t.failed,
+            plain_http: a.plain_http + t.plain_http,
+        });
+        out.push_str(&format!(
+            "],\"tls\":{{\"handshakes\":{},\"resumed\":{},\"failed\":{},\"plain_http\":{}}}}}\n",
+            sum.handshakes, sum.resumed, sum.failed, sum.plain_http
+        ));
         out
     }
 }

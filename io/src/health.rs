@@ -8,6 +8,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+
+use crate::tls::{Origination, TlsMaterial};
+use crate::worker::Update;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,12 +43,14 @@ impl Board {
 struct Checked {
     cfg: Config,
     board: Arc<Board>,
+    tls: Arc<TlsMaterial>,
     /// Per (group, server): state and when the next probe is due.
     state: Vec<Vec<(ActiveHealth, Instant)>>,
 }
 
 impl Checked {
-    fn new(cfg: Config, board: Arc<Board>, previous: Option<&Checked>, now: Instant) -> Self {
+    fn new(update: Update, previous: Option<&Checked>, now: Instant) -> Self {
+        let Update { cfg, board, tls } = update;
         let state = cfg
             .upstreams
             .iter()
@@ -71,21 +76,25 @@ impl Checked {
                     .collect()
             })
             .collect();
-        Self { cfg, board, state }
+        Self {
+            cfg,
+            board,
+            tls,
+            state,
+        }
     }
 }
 
 /// Runs the checker until `shutdown`; new configurations (with their boards) arrive on `rx`.
 pub(crate) fn run(
-    cfg: Config,
-    board: Arc<Board>,
-    rx: crossbeam_channel::Receiver<(Config, Arc<Board>)>,
+    first: Update,
+    rx: crossbeam_channel::Receiver<Update>,
     shutdown: Arc<AtomicBool>,
 ) {
-    let mut checked = Checked::new(cfg, board, None, Instant::now());
+    let mut checked = Checked::new(first, None, Instant::now());
     while !shutdown.load(Ordering::Relaxed) {
-        while let Ok((cfg, board)) = rx.try_recv() {
-            checked = Checked::new(cfg, board, Some(&checked), Instant::now());
+        while let Ok(update) = rx.try_recv() {
+            checked = Checked::new(update, Some(&checked), Instant::now());
         }
         for g in 0..checked.cfg.upstreams.len() {
             let Some(policy) = checked.cfg.upstreams[g].health_check.clone() else {
@@ -97,7 +106,8 @@ pub(crate) fn run(
                     continue;
                 }
                 let addr = checked.cfg.upstreams[g].servers[s].addr;
-                let passed = probe(addr, &policy);
+                let tls = checked.tls.upstreams[g].as_ref();
+                let passed = probe(addr, &policy, tls);
                 let (h, due) = &mut checked.state[g][s];
                 *due = Instant::now() + policy.interval;
                 if let Some(up) = h.record(passed, &policy) {
@@ -114,13 +124,54 @@ pub(crate) fn run(
     }
 }
 
-/// One probe: connect, send, read the response head; all within the policy's timeout.
-fn probe(addr: std::net::SocketAddr, p: &ringway_core::health::ActivePolicy) -> bool {
+/// One probe: connect (and, for TLS groups, handshake with the same verification as requests),
+/// send, read the response head; all within the policy's timeout.
+fn probe(
+    addr: std::net::SocketAddr,
+    p: &ringway_core::health::ActivePolicy,
+    tls: Option<&Origination>,
+) -> bool {
     let deadline = Instant::now() + p.timeout;
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, p.timeout) else {
+    let Ok(s) = TcpStream::connect_timeout(&addr, p.timeout) else {
         return false;
     };
     let _ = s.set_write_timeout(Some(p.timeout));
+    let _ = s.set_read_timeout(Some(p.timeout));
+    match tls {
+        None => exchange(s, addr, p, deadline),
+        Some(o) => match o.connection(addr) {
+            Ok(conn) => exchange(rustls::StreamOwned::new(conn, s), addr, p, deadline),
+            Err(e) => {
+                log::warn!("upstream {addr}: health check: {e}");
+                false
+            }
+        },
+    }
+}
+
+/// A socket whose read timeout can be set (plain, or under TLS).
+trait Timed: Read + Write {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Timed for TcpStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+}
+
+impl Timed for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        self.sock.set_read_timeout(t)
+    }
+}
+
+fn exchange(
+    mut s: impl Timed,
+    addr: std::net::SocketAddr,
+    p: &ringway_core::health::ActivePolicy,
+    deadline: Instant,
+) -> bool {
     if s.write_all(&p.request(&addr.to_string())).is_err() {
         return false;
     }

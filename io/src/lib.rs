@@ -18,8 +18,18 @@ mod listener;
 mod proxy;
 mod relay;
 mod server;
+mod stream;
+mod tls;
 mod upstream;
 mod worker;
 
 pub use listener::BindError;
 pub use server::{ReloadHandle, Server, ShutdownHandle, StartError};
+
+/// Reads and checks every certificate, key and CA file `cfg` names (what `ringway check` does
+/// beyond parsing).
+pub fn check_files(
+    cfg: &ringway_core::config::Config,
+) -> Result<(), ringway_core::config::ConfigError> {
+    tls::TlsMaterial::load(cfg, &mut tls::Keep::new()).map(drop)
+}

@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
-use ringway_core::config::Action;
+use ringway_core::config::{Action, Listen};
 use ringway_core::http::chunked::{ChunkError, ChunkedDecoder};
 use ringway_core::http::framing::{request_info, response_info, BodyKind, RequestInfo};
 use ringway_core::http::respond::{self, Fixed};
@@ -25,11 +24,12 @@ use ringway_core::http::{
     Scan, TargetForm, Version,
 };
 
-use crate::buf::{ensure_capacity, read_append, write_all, IoFail};
+use crate::buf::{ensure_capacity, IoFail};
 use crate::relay::{
     relay, relay_spliced, RelayFail, RelayTimeouts, Side, SplicePipe, SPLICE_THRESHOLD,
 };
-use crate::upstream::connect;
+use crate::stream::{HandshakeError, Stream, TlsStream};
+use crate::upstream::{open, ConnectError};
 use crate::worker::{Generation, Worker};
 
 use ringway_core::health::Outcome;
@@ -51,7 +51,11 @@ struct Conn {
     w: Rc<Worker>,
     /// The configuration generation of the current request (taken anew for each request).
     cfg: Rc<Generation>,
-    client: TcpStream,
+    client: Stream,
+    /// The listener's scheme, for X-Forwarded-Proto.
+    proto: &'static str,
+    /// Answer every request with a redirect to https.
+    redirect_https: bool,
     peer: SocketAddr,
     /// `peer`'s IP as text, for forwarding headers.
     peer_ip: Vec<u8>,
@@ -70,30 +74,96 @@ struct Conn {
     served: u64,
 }
 
-/// Serves one accepted client connection until it closes.
-pub(crate) async fn serve(w: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
+/// Serves one accepted client connection until it closes: the TLS handshake first on a TLS
+/// listener, then requests, the same code for both.
+pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, kind: Listen) {
     // TCP_NODELAY is inherited from the listening socket (see listener.rs).
     let _active = w.enter();
     let cfg = w.current();
-    let mut c = Conn {
-        w,
-        cfg,
-        client,
-        peer,
-        peer_ip: peer.ip().to_string().into_bytes(),
-        inbuf: Vec::with_capacity(BUF_SIZE),
-        ubuf: Vec::new(),
-        out: Vec::with_capacity(1024),
-        scratch: Vec::new(),
-        headers: Vec::with_capacity(32),
-        uheaders: Vec::with_capacity(32),
-        pipe: SplicePipe::default(),
-        served: 0,
+    let client = if kind.tls {
+        match accept_tls(&w, &cfg, tcp, peer).await {
+            Ok(s) => s,
+            Err(Some(tcp)) => {
+                // Plain HTTP on a TLS port: say so in plain HTTP, as nginx does.
+                let mut c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &kind);
+                c.reject(400, "The plain HTTP request was sent to an HTTPS port")
+                    .await;
+                return;
+            }
+            Err(None) => return,
+        }
+    } else {
+        Stream::Plain(tcp)
     };
-    c.run().await;
+    Conn::new(w, cfg, client, peer, &kind).run().await;
+}
+
+/// Runs the server handshake. `Err(Some(tcp))`: the client spoke plain HTTP; `Err(None)`: the
+/// handshake failed and the connection is closed (a TLS alert was sent where rustls had one).
+async fn accept_tls(
+    w: &Worker,
+    cfg: &Generation,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Stream, Option<TcpStream>> {
+    let Some(sc) = cfg.tls.server.clone() else {
+        // Not reachable: a configuration with a TLS listener always loads a server config.
+        log::error!("TLS listener without certificates; closing {peer}");
+        return Err(None);
+    };
+    let conn = rustls::ServerConnection::new(sc).map_err(|e| {
+        log::error!("TLS: {e}");
+        None
+    })?;
+    match TlsStream::handshake(tcp, conn, cfg.tls.handshake_timeout).await {
+        Ok(t) => {
+            let s = Stream::Tls(Box::new(t));
+            let resumed = s.resumed();
+            w.count_tls(|c| {
+                c.handshakes += 1;
+                c.resumed += u64::from(resumed);
+            });
+            Ok(s)
+        }
+        Err((e, tcp)) => {
+            log::debug!("client {peer}: {e}");
+            let plain = matches!(e, HandshakeError::PlainHttp);
+            w.count_tls(|c| {
+                c.failed += 1;
+                c.plain_http += u64::from(plain);
+            });
+            Err(plain.then_some(tcp))
+        }
+    }
 }
 
 impl Conn {
+    fn new(
+        w: Rc<Worker>,
+        cfg: Rc<Generation>,
+        client: Stream,
+        peer: SocketAddr,
+        kind: &Listen,
+    ) -> Self {
+        Conn {
+            w,
+            cfg,
+            client,
+            proto: if kind.tls { "https" } else { "http" },
+            redirect_https: kind.redirect_https,
+            peer,
+            peer_ip: peer.ip().to_string().into_bytes(),
+            inbuf: Vec::with_capacity(BUF_SIZE),
+            ubuf: Vec::new(),
+            out: Vec::with_capacity(1024),
+            scratch: Vec::new(),
+            headers: Vec::with_capacity(32),
+            uheaders: Vec::with_capacity(32),
+            pipe: SplicePipe::default(),
+            served: 0,
+        }
+    }
+
     async fn run(&mut self) {
         loop {
             self.cfg = self.w.current();
@@ -140,11 +210,13 @@ impl Conn {
                 None => t.keepalive,
             };
             let r = if started {
-                read_append(&mut self.client, &mut self.inbuf, usize::MAX, wait).await
+                self.client
+                    .read_append(&mut self.inbuf, usize::MAX, wait)
+                    .await
             } else {
                 let drain = self.w.drain.clone();
                 monoio::select! {
-                    r = read_append(&mut self.client, &mut self.inbuf, usize::MAX, wait) => r,
+                    r = self.client.read_append(&mut self.inbuf, usize::MAX, wait) => r,
                     _ = drain.wait() => return None,
                 }
             };
@@ -193,6 +265,16 @@ impl Conn {
             TargetForm::Absolute { path, .. } => path.get(buf),
             TargetForm::Authority | TargetForm::Asterisk => b"/",
         };
+        if self.redirect_https {
+            if host.is_empty() {
+                let e = Local::Error(400, "a Host header is needed to redirect to https");
+                return self.local(e, head, info, head_end).await;
+            }
+            let location = https_location(host, self.cfg.https_port(), target);
+            return self
+                .local(Local::Redirect(&location), head, info, head_end)
+                .await;
+        }
         let path = target.split(|&b| b == b'?').next().unwrap_or(b"/");
         let cfg = self.cfg.clone();
         match cfg
@@ -264,12 +346,15 @@ impl Conn {
                 &mut self.out,
             ),
             Local::Error(status, msg) => respond::error(status, msg, !keep, &mut self.out),
+            Local::Redirect(location) => {
+                let mut extra = Vec::with_capacity(location.len() + 12);
+                extra.extend_from_slice(b"Location: ");
+                extra.extend_from_slice(location);
+                extra.extend_from_slice(b"\r\n");
+                respond::error_with(301, "moved to https", !keep, &extra, &mut self.out)
+            }
         }
-        if write_all(&mut self.client, &mut self.out, t.send)
-            .await
-            .is_err()
-            || !keep
-        {
+        if self.client.write_all(&mut self.out, t.send).await.is_err() || !keep {
             let body_read = info.body.is_empty() || !info.expect_continue;
             self.close(body_read && !info.connection.persistent(head.version))
                 .await;
@@ -293,7 +378,9 @@ impl Conn {
             body_consumed && info.connection.persistent(head.version) && !self.w.drain.is_set();
         self.out.clear();
         respond::error(status, msg, !keep, &mut self.out);
-        if write_all(&mut self.client, &mut self.out, self.cfg.timeouts.send)
+        if self
+            .client
+            .write_all(&mut self.out, self.cfg.timeouts.send)
             .await
             .is_err()
             || !keep
@@ -322,7 +409,9 @@ impl Conn {
         log::debug!("client {}: {status} {msg}", self.peer);
         self.out.clear();
         respond::error(status, msg, true, &mut self.out);
-        if write_all(&mut self.client, &mut self.out, self.cfg.timeouts.send)
+        if self
+            .client
+            .write_all(&mut self.out, self.cfg.timeouts.send)
             .await
             .is_ok()
         {
@@ -349,7 +438,11 @@ impl Conn {
         for _ in 0..16 {
             scratch.clear();
             ensure_capacity(&mut scratch, BUF_SIZE);
-            match read_append(&mut self.client, &mut scratch, BUF_SIZE, LINGER).await {
+            match self
+                .client
+                .read_append(&mut scratch, BUF_SIZE, LINGER)
+                .await
+            {
                 Ok(n) if n > 0 => continue,
                 _ => break,
             }
@@ -363,4 +456,48 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 enum Local<'a> {
     Fixed(&'a Fixed),
     Error(u16, &'a str),
+    /// 301 to this location.
+    Redirect(&'a [u8]),
+}
+
+/// `https://HOST[:PORT]TARGET` for a request to `host` (its port, if any, replaced) and
+/// `target` (path and query).
+fn https_location(host: &[u8], port: u16, target: &[u8]) -> Vec<u8> {
+    let name = if host.first() == Some(&b'[') {
+        host.iter()
+            .position(|&b| b == b']')
+            .map_or(host, |i| &host[..=i])
+    } else {
+        host.iter()
+            .rposition(|&b| b == b':')
+            .map_or(host, |i| &host[..i])
+    };
+    let mut out = Vec::with_capacity(name.len() + target.len() + 16);
+    out.extend_from_slice(b"https://");
+    out.extend_from_slice(name);
+    if port != 443 {
+        out.extend_from_slice(format!(":{port}").as_bytes());
+    }
+    out.extend_from_slice(target);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::https_location;
+
+    #[test]
+    fn redirect_locations() {
+        let l = |h: &str, p, t: &str| {
+            String::from_utf8(https_location(h.as_bytes(), p, t.as_bytes())).unwrap()
+        };
+        assert_eq!(l("example.com", 443, "/a?b=1"), "https://example.com/a?b=1");
+        assert_eq!(l("example.com:8080", 443, "/"), "https://example.com/");
+        assert_eq!(
+            l("example.com:80", 8443, "/x"),
+            "https://example.com:8443/x"
+        );
+        assert_eq!(l("[::1]:80", 443, "/"), "https://[::1]/");
+        assert_eq!(l("[::1]", 8443, "/"), "https://[::1]:8443/");
+    }
 }

@@ -15,7 +15,8 @@ use monoio::net::{Pipe, TcpStream};
 use ringway_core::http::chunked::{write_chunk_header, ChunkError, ChunkedDecoder, LAST_CHUNK};
 use ringway_core::http::framing::BodyKind;
 
-use crate::buf::{read_append, write_all, write_range, IoFail};
+use crate::buf::{write_range, IoFail};
+use crate::stream::Stream;
 
 /// Which end of a relay failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,10 +164,10 @@ enum Decode {
 /// it when `to` is `None`. `input` is the body's framing as received; `output` the framing
 /// announced to the destination (`Length` only with `Length` input).
 pub(crate) async fn relay(
-    from: &mut TcpStream,
+    from: &mut Stream,
     buf: &mut Vec<u8>,
     input: BodyKind,
-    mut to: Option<&mut TcpStream>,
+    mut to: Option<&mut Stream>,
     output: BodyKind,
     scratch: &mut Vec<u8>,
     t: RelayTimeouts,
@@ -191,7 +192,7 @@ pub(crate) async fn relay(
                 if chunked_out && k > 0 {
                     frame_chunk(&buf[..k], scratch);
                 } else if let Some(to) = to.as_deref_mut() {
-                    write_range(to, buf, 0..k, t.write).await.map_err(dst)?;
+                    to.write_range(buf, 0..k, t.write).await.map_err(dst)?;
                 }
                 buf.drain(..k);
             }
@@ -201,7 +202,7 @@ pub(crate) async fn relay(
                     frame_chunk(buf, scratch);
                 } else if let Some(to) = to.as_deref_mut() {
                     let n = buf.len();
-                    write_range(to, buf, 0..n, t.write).await.map_err(dst)?;
+                    to.write_range(buf, 0..n, t.write).await.map_err(dst)?;
                 }
                 buf.clear();
             }
@@ -237,7 +238,7 @@ pub(crate) async fn relay(
         }
         if let Some(to) = to.as_deref_mut() {
             if !scratch.is_empty() {
-                write_all(to, scratch, t.write).await.map_err(dst)?;
+                to.write_all(scratch, t.write).await.map_err(dst)?;
             }
         }
         if done {
@@ -247,7 +248,8 @@ pub(crate) async fn relay(
             Decode::Length(rem) => rem.min(usize::MAX as u64) as usize,
             _ => usize::MAX,
         };
-        let n = read_append(from, buf, max, t.read)
+        let n = from
+            .read_append(buf, max, t.read)
             .await
             .map_err(|e| src(RelayFail::Io(e)))?;
         if n == 0 {
@@ -256,7 +258,7 @@ pub(crate) async fn relay(
                     if let Some(to) = to.as_deref_mut() {
                         scratch.clear();
                         scratch.extend_from_slice(LAST_CHUNK);
-                        write_all(to, scratch, t.write).await.map_err(dst)?;
+                        to.write_all(scratch, t.write).await.map_err(dst)?;
                     }
                 }
                 return Ok(total);

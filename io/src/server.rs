@@ -4,13 +4,15 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use ringway_core::config::Config;
+use ringway_core::config::{Config, ConfigError};
 
 use crate::admin::Status;
 use crate::health::Board;
 use crate::listener::{bind_all, BindError};
+use crate::tls::{Keep, TlsMaterial};
+use crate::worker::Update;
 
 /// A proxy whose sockets are bound and whose workers are ready to start.
 pub struct Server {
@@ -18,29 +20,44 @@ pub struct Server {
     listeners: Vec<Vec<TcpListener>>,
     cpus: Vec<Option<core_affinity::CoreId>>,
     shutdown: Arc<AtomicBool>,
-    reload_tx: Vec<crossbeam_channel::Sender<(Config, Arc<Board>)>>,
-    reload_rx: Vec<crossbeam_channel::Receiver<(Config, Arc<Board>)>>,
+    reload_tx: Vec<crossbeam_channel::Sender<Update>>,
+    reload_rx: Vec<crossbeam_channel::Receiver<Update>>,
     admin: Option<TcpListener>,
     status: Arc<Status>,
     board: Arc<Board>,
+    tls: Arc<TlsMaterial>,
+    keep: Arc<Mutex<Keep>>,
 }
 
 /// Hands a new configuration to every worker of a running [`Server`]. Workers pick it up within
 /// 50 ms: new requests use it, requests in flight finish on the old one. Listen addresses,
 /// worker count and CPU placement are fixed at start; changing them needs a restart.
+/// Certificates, keys and CA files are read again: TLS handshakes that start after the reload
+/// use the new ones, established connections keep theirs.
 #[derive(Clone)]
-pub struct ReloadHandle(
-    Vec<crossbeam_channel::Sender<(Config, Arc<Board>)>>,
-    Arc<Status>,
-);
+pub struct ReloadHandle {
+    workers: Vec<crossbeam_channel::Sender<Update>>,
+    status: Arc<Status>,
+    keep: Arc<Mutex<Keep>>,
+}
 
 impl ReloadHandle {
-    pub fn reload(&self, cfg: &Config) {
+    /// Installs `cfg`, or, when a file it names cannot be used, changes nothing and says why.
+    pub fn reload(&self, cfg: &Config) -> Result<(), ConfigError> {
+        let tls = {
+            let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::new(TlsMaterial::load(cfg, &mut keep)?)
+        };
         let board = Arc::new(Board::new(cfg));
-        self.1.set_current(cfg.clone(), board.clone());
-        for tx in &self.0 {
-            let _ = tx.send((cfg.clone(), board.clone()));
+        self.status.set_current(cfg.clone(), board.clone());
+        for tx in &self.workers {
+            let _ = tx.send(Update {
+                cfg: cfg.clone(),
+                board: board.clone(),
+                tls: tls.clone(),
+            });
         }
+        Ok(())
     }
 }
 
@@ -60,6 +77,8 @@ pub enum StartError {
     Bind(BindError),
     /// A CPU asked for with `--cpus` that this process may not run on.
     Cpu(usize),
+    /// A certificate, key or CA file that cannot be used.
+    Tls(ConfigError),
 }
 
 impl fmt::Display for StartError {
@@ -67,6 +86,7 @@ impl fmt::Display for StartError {
         match self {
             Self::Bind(e) => e.fmt(f),
             Self::Cpu(c) => write!(f, "CPU {c} is not available to this process"),
+            Self::Tls(e) => e.fmt(f),
         }
     }
 }
@@ -108,7 +128,10 @@ impl Server {
                 })
             })
             .collect();
-        let listeners = bind_all(&cfg.server.listen, workers).map_err(StartError::Bind)?;
+        let mut keep = Keep::new();
+        let tls = Arc::new(TlsMaterial::load(&cfg, &mut keep).map_err(StartError::Tls)?);
+        let addrs: Vec<SocketAddr> = cfg.server.listen.iter().map(|l| l.addr).collect();
+        let listeners = bind_all(&addrs, workers).map_err(StartError::Bind)?;
         // One channel per worker, and one more for the health checker.
         let (reload_tx, reload_rx) = (0..=workers)
             .map(|_| crossbeam_channel::unbounded())
@@ -123,6 +146,8 @@ impl Server {
         let board = Arc::new(Board::new(&cfg));
         let status = Arc::new(Status::new(workers, cfg.clone(), board.clone()));
         Ok(Self {
+            tls,
+            keep: Arc::new(Mutex::new(keep)),
             admin,
             status,
             board,
@@ -162,7 +187,11 @@ impl Server {
     }
 
     pub fn reload_handle(&self) -> ReloadHandle {
-        ReloadHandle(self.reload_tx.clone(), self.status.clone())
+        ReloadHandle {
+            workers: self.reload_tx.clone(),
+            status: self.status.clone(),
+            keep: self.keep.clone(),
+        }
     }
 
     /// Runs the workers until shutdown has completed in all of them.
@@ -178,14 +207,24 @@ impl Server {
         let mut reload_rx = self.reload_rx;
         let checker_rx = reload_rx.pop().expect("one channel for the checker");
         let checker = {
-            let (cfg, board, shutdown) = (self.cfg.clone(), board.clone(), self.shutdown.clone());
+            let first = Update {
+                cfg: self.cfg.clone(),
+                board: board.clone(),
+                tls: self.tls.clone(),
+            };
+            let shutdown = self.shutdown.clone();
             std::thread::Builder::new()
                 .name("ringway-health".into())
-                .spawn(move || crate::health::run(cfg, board, checker_rx, shutdown))?
+                .spawn(move || crate::health::run(first, checker_rx, shutdown))?
         };
         let workers = self.listeners.into_iter().zip(self.cpus).zip(reload_rx);
         for (id, ((listeners, cpu), reloads)) in workers.enumerate() {
-            let (cfg, board, status) = (self.cfg.clone(), board.clone(), self.status.clone());
+            let first = Update {
+                cfg: self.cfg.clone(),
+                board: board.clone(),
+                tls: self.tls.clone(),
+            };
+            let status = self.status.clone();
             let shutdown = self.shutdown.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
@@ -195,7 +234,7 @@ impl Server {
                         reloads,
                         status,
                     };
-                    crate::worker::run(id, cfg, listeners, cpu, board, links)
+                    crate::worker::run(id, first, listeners, cpu, links)
                 })?;
             handles.push(h);
         }

@@ -12,20 +12,51 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::buf::IoFail;
+use crate::stream::{HandshakeError, Stream, TlsStream};
+use crate::tls::Origination;
 
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, IoFail> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
+/// Why a new upstream connection could not be opened.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    Connect(IoFail),
+    Tls(HandshakeError),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Tls(e) => e.fmt(f),
         }
-        Ok(Err(e)) => Err(IoFail::Io(e)),
-        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Connects to `addr`, then, for a TLS group, runs the handshake; each step within `timeout`.
+pub(crate) async fn open(
+    addr: SocketAddr,
+    tls: Option<&Origination>,
+    timeout: Duration,
+) -> Result<Stream, ConnectError> {
+    let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ConnectError::Connect(IoFail::Io(e))),
+        Err(_) => return Err(ConnectError::Connect(IoFail::Timeout)),
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(o) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let conn = o
+        .connection(addr)
+        .map_err(|e| ConnectError::Tls(HandshakeError::Tls(e)))?;
+    match TlsStream::handshake(tcp, conn, timeout).await {
+        Ok(t) => Ok(Stream::Tls(Box::new(t))),
+        Err((e, _)) => Err(ConnectError::Tls(e)),
     }
 }
 
 struct Idle {
-    stream: TcpStream,
+    stream: Stream,
     since: Instant,
 }
 
@@ -55,7 +86,7 @@ impl Pool {
     }
 
     /// An idle connection to (group, server) that is not too old, if any.
-    pub(crate) fn take(&mut self, group: usize, server: usize, now: Instant) -> Option<TcpStream> {
+    pub(crate) fn take(&mut self, group: usize, server: usize, now: Instant) -> Option<Stream> {
         let list = &mut self.idle[group][server];
         while let Some(c) = list.pop() {
             if now.duration_since(c.since) < self.max_age {
@@ -66,7 +97,7 @@ impl Pool {
     }
 
     /// Returns a connection whose last exchange ended cleanly.
-    pub(crate) fn put(&mut self, group: usize, server: usize, stream: TcpStream, now: Instant) {
+    pub(crate) fn put(&mut self, group: usize, server: usize, stream: Stream, now: Instant) {
         let list = &mut self.idle[group][server];
         if list.len() >= self.max_idle[group] {
             // Evict the oldest: the newest is the one most likely still open upstream.

@@ -16,13 +16,14 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringway_core::balance::{self, Balancer, Pick};
-use ringway_core::config::Config;
+use ringway_core::config::{Config, Listen};
 use ringway_core::health::{Outcome, ServerHealth};
 
-use crate::admin::{ServerSnap, Status};
+use crate::admin::{ServerSnap, Status, TlsCounts};
 use crate::drain::Drain;
 use crate::health::Board;
 use crate::proxy::serve;
+use crate::tls::TlsMaterial;
 use crate::upstream::Pool;
 
 /// How often the shutdown flag is checked.
@@ -34,8 +35,18 @@ pub(crate) struct Worker {
     current: RefCell<Rc<Generation>>,
     pub(crate) drain: Drain,
     active: Cell<usize>,
-    /// Scheme of this worker's listeners, for X-Forwarded-Proto.
-    pub(crate) proto: &'static str,
+    /// TLS handshakes on this worker's listeners (published with the status).
+    pub(crate) tls_counts: Cell<TlsCounts>,
+}
+
+/// A configuration with what was derived from it on the main thread, as handed to a worker
+/// (and to the health checker) at start and on every reload.
+pub(crate) struct Update {
+    pub(crate) cfg: Config,
+    /// Active health-check results for this configuration's servers.
+    pub(crate) board: Arc<Board>,
+    /// Certificates and trust anchors read from the files the configuration names.
+    pub(crate) tls: Arc<TlsMaterial>,
 }
 
 /// One configuration as a worker runs it: the config, the upstream pools and the balancing and
@@ -46,6 +57,7 @@ pub(crate) struct Generation {
     cfg: Config,
     /// Active health-check results for this configuration's servers.
     board: Arc<Board>,
+    pub(crate) tls: Arc<TlsMaterial>,
     pub(crate) pool: RefCell<Pool>,
     groups: RefCell<Vec<GroupState>>,
 }
@@ -68,7 +80,8 @@ impl Drop for Active {
 }
 
 impl Generation {
-    fn new(id: usize, cfg: Config, board: Arc<Board>) -> Self {
+    fn new(id: usize, update: Update) -> Self {
+        let Update { cfg, board, tls } = update;
         let pool = Pool::new(
             cfg.upstreams.iter().map(|u| (u.servers.len(), u.keepalive)),
             cfg.timeouts.upstream_idle,
@@ -86,6 +99,7 @@ impl Generation {
         Self {
             cfg,
             board,
+            tls,
             pool: RefCell::new(pool),
             groups: RefCell::new(groups),
         }
@@ -93,14 +107,21 @@ impl Generation {
 }
 
 impl Worker {
-    fn new(id: usize, cfg: Config, board: Arc<Board>) -> Self {
+    fn new(id: usize, update: Update) -> Self {
         Self {
             id,
-            current: RefCell::new(Rc::new(Generation::new(id, cfg, board))),
+            current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),
             active: Cell::new(0),
-            proto: "http",
+            tls_counts: Cell::new(TlsCounts::default()),
         }
+    }
+
+    /// Updates this worker's TLS counters.
+    pub(crate) fn count_tls(&self, f: impl FnOnce(&mut TlsCounts)) {
+        let mut c = self.tls_counts.get();
+        f(&mut c);
+        self.tls_counts.set(c);
     }
 
     /// The generation new requests use.
@@ -108,8 +129,8 @@ impl Worker {
         self.current.borrow().clone()
     }
 
-    fn install(&self, cfg: Config, board: Arc<Board>) {
-        *self.current.borrow_mut() = Rc::new(Generation::new(self.id, cfg, board));
+    fn install(&self, update: Update) {
+        *self.current.borrow_mut() = Rc::new(Generation::new(self.id, update));
     }
 
     pub(crate) fn enter(self: &Rc<Self>) -> Active {
@@ -236,17 +257,16 @@ impl Drop for InFlight {
 /// How a worker hears from and reports to the rest of the process (never on the request path).
 pub(crate) struct Links {
     pub(crate) shutdown: Arc<AtomicBool>,
-    pub(crate) reloads: crossbeam_channel::Receiver<(Config, Arc<Board>)>,
+    pub(crate) reloads: crossbeam_channel::Receiver<Update>,
     pub(crate) status: Arc<Status>,
 }
 
 /// Runs worker `id` on the calling thread until shutdown completes.
 pub(crate) fn run(
     id: usize,
-    cfg: Config,
+    first: Update,
     listeners: Vec<StdListener>,
     cpu: Option<core_affinity::CoreId>,
-    board: Arc<Board>,
     links: Links,
 ) -> io::Result<()> {
     let Links {
@@ -267,20 +287,23 @@ pub(crate) fn run(
             log::info!("workers run on io_uring");
         }
     }
-    let shutdown_timeout = cfg.server.shutdown_timeout;
-    let w = Rc::new(Worker::new(id, cfg, board));
+    let shutdown_timeout = first.cfg.server.shutdown_timeout;
+    // Listeners come in the order of `server.listen`, which a reload cannot change.
+    let kinds = first.cfg.server.listen.clone();
+    let w = Rc::new(Worker::new(id, first));
     rt.block_on(async move {
         let mut accepting = Vec::new();
-        for l in listeners {
+        for (l, kind) in listeners.into_iter().zip(kinds) {
             let l = TcpListener::from_std(l)?;
-            accepting.push(monoio::spawn(accept_loop(w.clone(), l)));
+            accepting.push(monoio::spawn(accept_loop(w.clone(), l, kind)));
         }
         while !shutdown.load(Ordering::Relaxed) {
             monoio::time::sleep(SHUTDOWN_POLL).await;
-            while let Ok((cfg, board)) = reloads.try_recv() {
-                w.install(cfg, board);
+            while let Ok(update) = reloads.try_recv() {
+                w.install(update);
             }
-            status.publish(id, w.current().snapshot(Instant::now()));
+            let snap = w.current().snapshot(Instant::now());
+            status.publish(id, snap, w.tls_counts.get());
         }
         w.drain.trigger();
         for a in accepting {
@@ -332,13 +355,13 @@ fn build_runtime(
     })
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, kind: Listen) {
     let drain = w.drain.clone();
     loop {
         monoio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    monoio::spawn(serve(w.clone(), stream, peer));
+                    monoio::spawn(serve(w.clone(), stream, peer, kind.clone()));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

@@ -7,6 +7,9 @@
 //! Reading the file is the caller's job; this module only sees its text.
 
 mod raw;
+mod tls;
+
+pub use tls::{CertKeyFiles, Origin, Tls, TlsVersion, UpstreamTls, DEFAULT_HANDSHAKE_TIMEOUT};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,11 +35,44 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// (host, path) → index into `routes`.
     pub router: Router<usize>,
+    /// Certificates and settings of the listeners marked `tls`.
+    pub tls: Option<Tls>,
+}
+
+/// One listen address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// Terminates TLS with the certificates of `[tls]`.
+    pub tls: bool,
+    /// Answers every request with a 301 to the same host and path over https.
+    pub redirect_https: bool,
+}
+
+impl Listen {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tls: false,
+            redirect_https: false,
+        }
+    }
+}
+
+impl Config {
+    /// The port `redirect_https` listeners send clients to: the first TLS listener's, else 443.
+    pub fn https_port(&self) -> u16 {
+        self.server
+            .listen
+            .iter()
+            .find(|l| l.tls)
+            .map_or(443, |l| l.addr.port())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     /// `None`: one worker per CPU the process may run on.
     pub workers: Option<usize>,
     /// CPUs to pin workers to, in order; `None`: all allowed CPUs.
@@ -115,6 +151,8 @@ pub struct Upstream {
     pub retry_on: Vec<u16>,
     /// Active health checks, if configured.
     pub health_check: Option<ActivePolicy>,
+    /// Connect to the servers over TLS.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One server of an upstream group.
@@ -321,8 +359,9 @@ impl Config {
         }];
         Self {
             admin: None,
+            tls: None,
             server: Server {
-                listen,
+                listen: listen.into_iter().map(Listen::plain).collect(),
                 workers: None,
                 cpus: None,
                 pin: true,
@@ -341,6 +380,7 @@ impl Config {
                 retry_timeout: Duration::from_secs(10),
                 retry_on: Vec::new(),
                 health_check: None,
+                tls: None,
             }],
             router: Router::new([(HostMatch::Any, "/".to_string(), 0)]),
             routes,
@@ -467,6 +507,10 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         }
         let keepalive = u.keepalive.unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE);
         let _ = u_span;
+        let tls = match &u.tls {
+            None => None,
+            Some(t) => tls::build_upstream_tls(loc, &key, t)?,
+        };
         upstreams.push(Upstream {
             name: name.clone(),
             servers,
@@ -477,6 +521,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             retry_timeout,
             retry_on,
             health_check,
+            tls,
         });
     }
 
@@ -617,7 +662,20 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             }
         },
     };
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) => Some(tls::build_tls(loc, t)?),
+    };
+    if tls.is_none() {
+        if let Some(i) = server.listen.iter().position(|l| l.tls) {
+            return Err(loc.nowhere(
+                format!("server.listen[{i}]"),
+                "a TLS listener needs certificates: add a [tls] section with `certificates`",
+            ));
+        }
+    }
     Ok(Config {
+        tls,
         server,
         admin,
         timeouts,
@@ -706,20 +764,44 @@ fn valid_host_value(s: &str) -> bool {
 
 fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError> {
     let listen = match s.listen {
-        None => vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))],
+        None => vec![Listen::plain(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)))],
         Some(l) => {
             if l.get_ref().is_empty() {
                 return Err(loc.at(l.span(), "server.listen", "expected at least one address"));
             }
             let mut v = Vec::new();
             for (i, a) in l.get_ref().iter().enumerate() {
-                v.push(parse_listen_addr(a.get_ref()).ok_or_else(|| {
+                let key = format!("server.listen[{i}]");
+                let (addr, tls, redirect_https) = match a.get_ref() {
+                    raw::ListenEntry::Addr(s) => (s, false, false),
+                    raw::ListenEntry::Full(t) => (
+                        &t.addr,
+                        t.tls.unwrap_or(false),
+                        t.redirect_https.unwrap_or(false),
+                    ),
+                };
+                let addr = parse_listen_addr(addr).ok_or_else(|| {
                     loc.at(
                         a.span(),
-                        format!("server.listen[{i}]"),
-                        format!("expected IP:port, :port or port, got {:?}", a.get_ref()),
+                        key.clone(),
+                        format!("expected IP:port, :port or port, got {addr:?}"),
                     )
-                })?);
+                })?;
+                if tls && redirect_https {
+                    return Err(loc.at(
+                        a.span(),
+                        key,
+                        "a listener is either `tls` or `redirect_https`, not both",
+                    ));
+                }
+                if v.iter().any(|l: &Listen| l.addr == addr) {
+                    return Err(loc.at(a.span(), key, format!("{addr} is listed twice")));
+                }
+                v.push(Listen {
+                    addr,
+                    tls,
+                    redirect_https,
+                });
             }
             v
         }

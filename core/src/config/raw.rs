@@ -21,6 +21,58 @@ pub(crate) struct File {
     #[serde(default)]
     pub routes: Vec<Spanned<Route>>,
     pub admin: Option<Admin>,
+    pub tls: Option<Spanned<Tls>>,
+}
+
+/// `"IP:port"` or `{ addr = "IP:port", tls = true }` / `{ addr = …, redirect_https = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ListenEntry {
+    Addr(String),
+    Full(ListenTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenTable {
+    pub addr: String,
+    pub tls: Option<bool>,
+    pub redirect_https: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tls {
+    pub certificates: Spanned<Vec<Spanned<CertKey>>>,
+    pub min_version: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<Duration>>,
+    pub strict_sni: Option<bool>,
+    pub session_tickets: Option<bool>,
+    pub session_cache: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertKey {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `tls = true` or `tls = { server_name = "…", ca = "…", cert = "…", key = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum UpstreamTls {
+    On(bool),
+    Full(UpstreamTlsTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsTable {
+    pub server_name: Option<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,7 +84,7 @@ pub(crate) struct Admin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Server {
-    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub listen: Option<Spanned<Vec<Spanned<ListenEntry>>>>,
     pub workers: Option<Spanned<usize>>,
     pub cpus: Option<Spanned<String>>,
     pub pin: Option<bool>,
@@ -84,6 +136,7 @@ pub(crate) struct Upstream {
     pub retry_timeout: Option<Spanned<Duration>>,
     pub retry_on: Option<Spanned<Vec<u16>>>,
     pub health_check: Option<Spanned<HealthCheck>>,
+    pub tls: Option<Spanned<UpstreamTls>>,
 }
 
 #[derive(Debug, Deserialize)]

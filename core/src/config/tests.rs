@@ -37,7 +37,7 @@ respond = { status = 200, body = "hello\n", headers = { "Content-Type" = "text/p
 fn parses_everything() {
     let c = Config::parse("t.toml", GOOD).unwrap();
     assert_eq!(c.server.listen.len(), 2);
-    assert_eq!(c.server.listen[1].port(), 9090);
+    assert_eq!(c.server.listen[1].addr.port(), 9090);
     assert_eq!(c.server.workers, Some(2));
     assert_eq!(c.server.cpus, Some(vec![0, 1]));
     assert_eq!(c.server.shutdown_timeout, Duration::from_secs(5));

@@ -49,7 +49,7 @@ impl Conn {
         };
         let fwd = Forwarding {
             client_ip: &self.peer_ip,
-            proto: self.w.proto,
+            proto: self.proto,
             host_override: set_host,
             fallback_host: fallback_host.as_bytes(),
         };
@@ -170,12 +170,26 @@ impl Conn {
             let reused = pooled.is_some();
             let mut up = match pooled {
                 Some(s) => s,
-                None => match connect(addr, t.upstream_connect).await {
+                None => match open(
+                    addr,
+                    self.cfg.tls.upstreams[group].as_ref(),
+                    t.upstream_connect,
+                )
+                .await
+                {
                     Ok(s) => s,
                     Err(e) => {
                         let (status, msg) = match e {
-                            IoFail::Timeout => (504, "upstream connect timed out".to_string()),
-                            IoFail::Io(e) => (502, format!("upstream connect failed: {e}")),
+                            ConnectError::Connect(IoFail::Timeout) => {
+                                (504, "upstream connect timed out".to_string())
+                            }
+                            ConnectError::Tls(HandshakeError::Io(IoFail::Timeout)) => {
+                                (504, "upstream TLS handshake timed out".to_string())
+                            }
+                            ConnectError::Connect(IoFail::Io(e)) => {
+                                (502, format!("upstream connect failed: {e}"))
+                            }
+                            ConnectError::Tls(e) => (502, format!("upstream {e}")),
                         };
                         return Attempt::Failed {
                             status,
@@ -187,7 +201,7 @@ impl Conn {
                 },
             };
             let stale_retry = reused && retryable;
-            if let Err(e) = write_all(&mut up, &mut self.out, t.upstream_write).await {
+            if let Err(e) = up.write_all(&mut self.out, t.upstream_write).await {
                 if stale_retry {
                     fresh_only = true;
                     continue;
@@ -207,7 +221,9 @@ impl Conn {
                     self.scratch.clear();
                     self.scratch
                         .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    if write_all(&mut self.client, &mut self.scratch, t.send)
+                    if self
+                        .client
+                        .write_all(&mut self.scratch, t.send)
                         .await
                         .is_err()
                     {
@@ -218,17 +234,10 @@ impl Conn {
                     read: t.client_body,
                     write: t.upstream_write,
                 };
-                let sent = match info.body {
-                    BodyKind::Length(n) if n >= SPLICE_THRESHOLD => {
-                        relay_spliced(
-                            &mut self.client,
-                            &mut self.inbuf,
-                            n,
-                            &mut up,
-                            &mut self.pipe,
-                            rt,
-                        )
-                        .await
+                let plain = (self.client.tcp(), up.tcp());
+                let sent = match (info.body, plain) {
+                    (BodyKind::Length(n), (Some(client), Some(up))) if n >= SPLICE_THRESHOLD => {
+                        relay_spliced(client, &mut self.inbuf, n, up, &mut self.pipe, rt).await
                     }
                     _ => relay(
                         &mut self.client,
@@ -292,7 +301,7 @@ impl Conn {
     /// exchange ended cleanly.
     async fn respond_from_upstream(
         &mut self,
-        mut up: TcpStream,
+        mut up: Stream,
         mut end: usize,
         head: RequestHead,
         info: RequestInfo,
@@ -359,10 +368,7 @@ impl Conn {
                     ConnectionHeader::Omit,
                     &mut self.out,
                 );
-                if write_all(&mut self.client, &mut self.out, t.send)
-                    .await
-                    .is_err()
-                {
+                if self.client.write_all(&mut self.out, t.send).await.is_err() {
                     return Next::Close;
                 }
             }
@@ -418,27 +424,16 @@ impl Conn {
                 body = BodyKind::None;
             }
         }
-        if write_all(&mut self.client, &mut self.out, t.send)
-            .await
-            .is_err()
-        {
+        if self.client.write_all(&mut self.out, t.send).await.is_err() {
             return Next::Close;
         }
         let rt = RelayTimeouts {
             read: t.upstream_read,
             write: t.send,
         };
-        let relayed = match body {
-            BodyKind::Length(n) if n >= SPLICE_THRESHOLD => {
-                relay_spliced(
-                    &mut up,
-                    &mut self.ubuf,
-                    n,
-                    &mut self.client,
-                    &mut self.pipe,
-                    rt,
-                )
-                .await
+        let relayed = match (body, (up.tcp(), self.client.tcp())) {
+            (BodyKind::Length(n), (Some(up), Some(client))) if n >= SPLICE_THRESHOLD => {
+                relay_spliced(up, &mut self.ubuf, n, client, &mut self.pipe, rt).await
             }
             _ => relay(
                 &mut up,
@@ -489,7 +484,7 @@ impl Conn {
     }
 
     /// Reads a response head into `ubuf`; returns its length.
-    async fn read_response_head(&mut self, up: &mut TcpStream) -> Result<usize, ResponseHeadError> {
+    async fn read_response_head(&mut self, up: &mut Stream) -> Result<usize, ResponseHeadError> {
         let limits = self.response_limits();
         let t = self.cfg.timeouts;
         ensure_capacity(&mut self.ubuf, BUF_SIZE);
@@ -502,7 +497,10 @@ impl Conn {
                     Err(e) => return Err(ResponseHeadError::Invalid(e)),
                 }
             }
-            match read_append(up, &mut self.ubuf, usize::MAX, t.upstream_read).await {
+            match up
+                .read_append(&mut self.ubuf, usize::MAX, t.upstream_read)
+                .await
+            {
                 Ok(0) if self.ubuf.is_empty() => return Err(ResponseHeadError::ClosedEarly),
                 Ok(0) => return Err(ResponseHeadError::Truncated),
                 Ok(_) => {}
@@ -528,7 +526,9 @@ impl Conn {
             b"Retry-After: 5\r\n",
             &mut self.out,
         );
-        if write_all(&mut self.client, &mut self.out, self.cfg.timeouts.send)
+        if self
+            .client
+            .write_all(&mut self.out, self.cfg.timeouts.send)
             .await
             .is_err()
             || !keep
@@ -559,7 +559,7 @@ const INLINE_BODY: u64 = 8 * 1024;
 /// How one attempt at one upstream server ended.
 enum Attempt {
     /// A response head is in `ubuf[..end]`, read from this connection.
-    Response(TcpStream, usize),
+    Response(Stream, usize),
     /// The server failed before any response reached the client.
     Failed {
         status: u16,

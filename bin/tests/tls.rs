@@ -1,0 +1,603 @@
+//! TLS termination and origination, with certificates made at test time (rcgen) and real
+//! clients: curl, `openssl s_client`, and a rustls client for a connection held across a reload.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use support::*;
+
+/// A directory of PEM files, removed afterwards.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ringway-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A test CA that signs leaf certificates.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        Self {
+            cert: p.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// Writes `<stem>.crt` and `<stem>.key` for `names` (DNS names or IPs); `rsa` picks the key.
+    fn issue(&self, dir: &Dir, stem: &str, names: &[&str], rsa: bool) {
+        let key = if rsa {
+            // rcgen cannot generate RSA keys; openssl can.
+            let out = Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                ])
+                .output()
+                .expect("openssl is installed");
+            KeyPair::from_pem(&String::from_utf8(out.stdout).unwrap()).unwrap()
+        } else {
+            KeyPair::generate().unwrap()
+        };
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        dir.write(&format!("{stem}.crt"), &cert.pem());
+        dir.write(&format!("{stem}.key"), &key.serialize_pem());
+    }
+
+    fn write(&self, dir: &Dir, name: &str) -> PathBuf {
+        dir.write(name, &self.cert.pem())
+    }
+}
+
+fn tls_config(origin: SocketAddr, dir: &Dir, extra_tls: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [\n  {{ cert = \"{a}.crt\", key = \"{a}.key\" }},\n  \
+         {{ cert = \"{w}.crt\", key = \"{w}.key\" }},\n]\n{extra_tls}\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n{extra}",
+        a = dir.path("a"),
+        w = dir.path("wild"),
+    )
+}
+
+/// curl to `https://NAME:PORT/PATH` resolved to the proxy, trusting `ca`.
+fn curl_name(p: &Proxy, ca: &Path, name: &str, path: &str, more: &[&str]) -> (bool, Vec<u8>) {
+    let resolve = format!("{name}:{}:127.0.0.1", p.addr.port());
+    let url = format!("https://{name}:{}{path}", p.addr.port());
+    let ca = ca.display().to_string();
+    let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+    args.extend_from_slice(more);
+    args.push(&url);
+    curl(&args)
+}
+
+/// Runs `openssl s_client` with `args` and stdin closed; returns stdout and stderr.
+fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed (apt-get install openssl)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn setup() -> (Dir, Ca, Origin) {
+    let dir = Dir::new();
+    let ca = Ca::new("ringway test CA");
+    ca.write(&dir, "ca.pem");
+    ca.issue(&dir, "a", &["a.test"], false);
+    ca.issue(&dir, "wild", &["*.wild.test"], true);
+    (dir, ca, Origin::start())
+}
+
+#[test]
+fn curl_over_tls_with_sni_choosing_the_certificate() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
+    let ca = dir.0.join("ca.pem");
+    // Each certificate holds only its own names, so verification passing proves which one
+    // was served: the ECDSA one for a.test, the RSA wildcard for any *.wild.test.
+    let (ok, body) = curl_name(&p, &ca, "a.test", "/len/100", &[]);
+    assert!(ok && body.len() == 100, "{}", p.log.lock().unwrap());
+    let (ok, body) = curl_name(&p, &ca, "x.wild.test", "/len/5000", &[]);
+    assert!(ok && body.len() == 5000);
+    // The wildcard covers one label only: a.b.wild.test gets the default (a.test), which fails
+    // verification for that name.
+    let (ok, _) = curl_name(&p, &ca, "a.b.wild.test", "/", &[]);
+    assert!(!ok, "a.b.wild.test must not verify");
+    // No SNI: the default (first) certificate.
+    let out = s_client(p.addr, &["-noservername"]);
+    assert!(
+        out.contains("CN = a.test") || out.contains("CN=a.test"),
+        "{out}"
+    );
+    // Same HTTP code path: forwarding headers say https; a large body arrives whole.
+    let seen = origin.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.header("x-forwarded-proto"), Some("https"));
+    let (ok, body) = curl_name(&p, &ca, "a.test", "/len/3000000", &["--http1.1"]);
+    assert!(ok && body.len() == 3_000_000);
+    // A POST body over TLS, streamed to the origin, which answers with its length and byte sum.
+    let payload = "x".repeat(200_000);
+    let file = format!("@{}", dir.write("payload", &payload).display());
+    let (ok, body) = curl_name(
+        &p,
+        &ca,
+        "a.test",
+        "/sum",
+        &["--data-binary", &file, "-H", "Content-Type: text/plain"],
+    );
+    assert!(ok);
+    assert_eq!(
+        body,
+        format!("200000 {}", 200_000 * u64::from(b'x')).as_bytes()
+    );
+}
+
+#[test]
+fn sessions_resume_by_ticket_and_by_session_id() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
+    let ca = dir.path("ca.pem");
+    let base = ["-servername", "a.test", "-CAfile", &ca, "-reconnect"];
+    // TLS 1.2 with tickets, then with session IDs only (-no_ticket): the five reconnects resume.
+    for extra in [&[][..], &["-no_ticket"][..]] {
+        let out = s_client(p.addr, &[&base[..], &["-tls1_2"], extra].concat());
+        let reused = out.matches("Reused, TLSv1.2").count();
+        assert!(reused >= 4, "expected resumption {extra:?}:\n{out}");
+    }
+    // TLS 1.3: a ticket saved from one connection resumes the next.
+    let sess = dir.path("sess.pem");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'GET /len/10 HTTP/1.1\\r\\nHost: a.test\\r\\nConnection: close\\r\\n\\r\\n' | \
+             openssl s_client -quiet -connect {} -servername a.test -tls1_3 -sess_out {sess}",
+            p.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 200"));
+    let out = s_client(
+        p.addr,
+        &["-servername", "a.test", "-tls1_3", "-sess_in", &sess],
+    );
+    assert!(out.contains("Reused, TLSv1.3"), "{out}");
+}
+
+#[test]
+fn tls13_only_refuses_tls12_and_bad_input_closes_cleanly() {
+    let (dir, _ca, origin) = setup();
+    let admin = free_port();
+    let p = Proxy::start(&tls_config(
+        origin.addr,
+        &dir,
+        "min_version = \"1.3\"\nstrict_sni = true\nhandshake_timeout = \"1s\"",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+    ));
+    let ca = dir.0.join("ca.pem");
+    let out = s_client(p.addr, &["-servername", "a.test", "-tls1_2"]);
+    assert!(!out.contains("Cipher is ECDHE"), "TLS 1.2 accepted:\n{out}");
+    // Plain HTTP to the TLS port: a plain 400 that says so.
+    let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").expect("an answer");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("HTTPS port"));
+    // Garbage, a truncated ClientHello, silence: each is closed by the proxy.
+    for bytes in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        &b"\x00\xff\x13\x37garbage that is not TLS at all\r\n\r\n"[..],
+        &b""[..],
+    ] {
+        let mut s = TcpStream::connect(p.addr).unwrap();
+        s.write_all(bytes).unwrap();
+        if !bytes.is_empty() {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = Vec::new();
+        let r = s.read_to_end(&mut sink);
+        assert!(r.is_ok(), "connection not closed for {bytes:?}: {r:?}");
+        // Whatever came back is at most a TLS alert record (type 21), never HTTP.
+        assert!(sink.is_empty() || sink[0] == 21, "{bytes:?} → {sink:?}");
+    }
+    // Strict SNI: an unknown name, and no name at all, are refused.
+    let (ok, _) = curl_name(&p, &ca, "unknown.test", "/", &["-k"]);
+    assert!(!ok);
+    let out = s_client(p.addr, &["-noservername"]);
+    assert!(!out.contains("Cipher is TLS_"), "{out}");
+    // Still serving, and the failures are counted.
+    let (ok, _) = curl_name(&p, &ca, "a.test", "/", &[]);
+    assert!(ok, "{}", p.log.lock().unwrap());
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = request(
+            format!("127.0.0.1:{admin}").parse().unwrap(),
+            b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .unwrap()
+        .text();
+        let failed = json_number(&status, "\"failed\":");
+        let handshakes = json_number(&status, "\"handshakes\":");
+        if failed >= 7 && handshakes >= 1 {
+            assert!(json_number(&status, "\"plain_http\":") >= 1, "{status}");
+            break;
+        }
+        assert!(Instant::now() < end, "counters not seen: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!p.log.lock().unwrap().contains("panic"));
+}
+
+fn json_number(doc: &str, key: &str) -> u64 {
+    doc.find(key)
+        .map(|i| {
+            doc[i + key.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn plain_listener_redirects_to_https() {
+    let (dir, _ca, origin) = setup();
+    let (http, https) = (free_port(), free_port());
+    let cfg = tls_config(origin.addr, &dir, "", "").replace(
+        "listen = [{ addr = \"127.0.0.1:0\", tls = true }]",
+        &format!(
+            "listen = [{{ addr = \"127.0.0.1:{http}\", redirect_https = true }}, \
+             {{ addr = \"127.0.0.1:{https}\", tls = true }}]"
+        ),
+    );
+    let _p = Proxy::start(&cfg);
+    let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let req = format!("GET /a/b?c=d HTTP/1.1\r\nHost: a.test:{http}\r\n\r\n");
+    let r = request(addr, req.as_bytes()).unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://a.test:{https}/a/b?c=d").as_str())
+    );
+    // curl follows it to the TLS listener.
+    let ca = dir.path("ca.pem");
+    let resolve = format!("a.test:{https}:127.0.0.1");
+    let resolve_http = format!("a.test:{http}:127.0.0.1");
+    let url = format!("http://a.test:{http}/len/42");
+    let (ok, body) = curl(&[
+        "-L",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--resolve",
+        &resolve_http,
+        &url,
+    ]);
+    assert!(ok && body.len() == 42);
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|s| s.header("x-forwarded-proto") == Some("https")));
+}
+
+#[test]
+fn quick_mode_serves_tls_from_flags() {
+    let (dir, _ca, origin) = setup();
+    let up = origin.addr.to_string();
+    let (cert, key) = (dir.path("a.crt"), dir.path("a.key"));
+    let p = Proxy::start_quick(&["--tls-cert", &cert, "--tls-key", &key, "--upstream", &up]);
+    assert!(p.log.lock().unwrap().contains("(tls)"));
+    let (ok, body) = curl_name(&p, &dir.0.join("ca.pem"), "a.test", "/len/7", &[]);
+    assert!(ok && body.len() == 7);
+}
+
+#[test]
+fn bad_files_are_config_errors_naming_file_line_and_key() {
+    let (dir, ca, origin) = setup();
+    ca.issue(&dir, "other", &["other.test"], false);
+    let check = |cfg: &str| {
+        let f = TempFile::new(cfg);
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&f.0)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let base = tls_config(origin.addr, &dir, "", "");
+    let missing = base.replace(&dir.path("wild.crt"), &dir.path("nope.crt"));
+    let err = check(&missing);
+    assert!(
+        err.contains(":8: tls.certificates[1]: cannot read certificate file")
+            && err.contains("nope.crt"),
+        "{err}"
+    );
+    let mismatched = base.replace(&dir.path("a.key"), &dir.path("other.key"));
+    let err = check(&mismatched);
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+    let no_tls = "[server]\nlisten = [{ addr = \"127.0.0.1:0\", tls = true }]\n[[routes]]\nrespond = { status = 200 }\n";
+    assert!(check(no_tls).contains("server.listen[0]: a TLS listener needs certificates"));
+}
+
+#[test]
+fn reload_swaps_certificates_keeps_connections_and_rejects_bad_files() {
+    let (dir, ca, origin) = setup();
+    let pid = dir.path("pid");
+    let cfg = tls_config(origin.addr, &dir, "", "").replace(
+        "pin = false\n",
+        &format!("pin = false\npid_file = \"{pid}\"\n"),
+    );
+    let p = Proxy::start(&cfg);
+    let ca_pem = dir.0.join("ca.pem");
+    // A keep-alive TLS connection opened before the reload.
+    let mut held = RustlsClient::connect(p.addr, &ca_pem, "a.test");
+    assert!(held.get("/len/3").starts_with("HTTP/1.1 200"));
+    // Reissue the first certificate for b.test and reload.
+    ca.issue(&dir, "a", &["b.test"], false);
+    let reloads = |p: &Proxy| p.log.lock().unwrap().matches("reloaded:").count();
+    p.signal(libc::SIGHUP);
+    wait_until(|| reloads(&p) == 1);
+    let (ok, _) = curl_name(&p, &ca_pem, "b.test", "/", &[]);
+    assert!(ok, "new certificate not served");
+    assert!(held.get("/len/4").starts_with("HTTP/1.1 200"));
+    // A broken key file: the reload is rejected, naming it, and b.test still works.
+    dir.write("a.key", "-----BEGIN PRIVATE KEY-----\nnot base64\n");
+    p.signal(libc::SIGHUP);
+    wait_until(|| p.log.lock().unwrap().contains("reload rejected"));
+    let log = p.log.lock().unwrap().clone();
+    assert!(log.contains("a.key"), "{log}");
+    let (ok, _) = curl_name(&p, &ca_pem, "b.test", "/", &[]);
+    assert!(ok);
+    assert!(held.get("/len/5").starts_with("HTTP/1.1 200"));
+}
+
+fn wait_until(f: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < end, "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking rustls client on one keep-alive connection.
+struct RustlsClient(BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>);
+
+impl RustlsClient {
+    fn connect(addr: SocketAddr, ca: &Path, name: &str) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(ca).unwrap();
+        for c in rustls_pemfile_certs(&pem) {
+            roots.add(c).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conn =
+            rustls::ClientConnection::new(Arc::new(cfg), name.to_string().try_into().unwrap())
+                .unwrap();
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self(BufReader::new(rustls::StreamOwned::new(conn, tcp)))
+    }
+
+    /// Sends a GET and returns the status line and headers, having read the body.
+    fn get(&mut self, path: &str) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        self.0.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut head = String::new();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            self.0.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        self.0.read_exact(&mut body).unwrap();
+        head
+    }
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A TLS origin (rustls, blocking, one thread per connection) that answers every request with
+/// what it saw: the SNI, whether a client certificate was presented, and the path.
+struct TlsOrigin {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl TlsOrigin {
+    fn start(dir: &Dir, stem: &str, client_ca: Option<&Path>) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<_> = CertificateDer::pem_file_iter(dir.0.join(format!("{stem}.crt")))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.0.join(format!("{stem}.key"))).unwrap();
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls_pemfile_certs(&std::fs::read(ca).unwrap()) {
+                    roots.add(c).unwrap();
+                }
+                let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(v)
+            }
+        };
+        let cfg = Arc::new(builder.with_single_cert(chain, key).unwrap());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let cfg = cfg.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let conn = rustls::ServerConnection::new(cfg).unwrap();
+                    let mut r = BufReader::new(rustls::StreamOwned::new(conn, s));
+                    loop {
+                        let mut first = String::new();
+                        if r.read_line(&mut first).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut line = String::new();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let conn = &r.get_ref().conn;
+                        let body = format!(
+                            "sni={} client_cert={} target={}",
+                            conn.server_name().unwrap_or("-"),
+                            conn.peer_certificates().is_some(),
+                            first.split(' ').nth(1).unwrap_or("")
+                        );
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if r.get_mut().write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, connections }
+    }
+}
+
+#[test]
+fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
+    let dir = Dir::new();
+    let ca = Ca::new("origin CA");
+    let ca_pem = ca.write(&dir, "ca.pem");
+    ca.issue(&dir, "origin", &["origin.test"], false);
+    ca.issue(&dir, "client", &["proxy.test"], false);
+    let origin = TlsOrigin::start(&dir, "origin", Some(&ca_pem));
+    let tls = format!(
+        "tls = {{ server_name = \"origin.test\", ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        ca_pem.display(),
+        dir.path("client.crt"),
+        dir.path("client.key")
+    );
+    let cfg = config_for(origin.addr, "")
+        .replace("[upstreams.app]\n", &format!("[upstreams.app]\n{tls}\n"));
+    let p = Proxy::start(&cfg);
+    for i in 0..3 {
+        let r = request(
+            p.addr,
+            format!("GET /x{i}?q HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", p.log.lock().unwrap());
+        assert_eq!(
+            r.text(),
+            format!("sni=origin.test client_cert=true target=/x{i}?q")
+        );
+    }
+    // The TLS connection to the origin is pooled and reused.
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+
+    // An origin whose certificate another CA signed: 502, and the log says why.
+    let other = Ca::new("someone else");
+    let other_pem = other.write(&dir, "other-ca.pem");
+    let cfg = config_for(origin.addr, "").replace(
+        "[upstreams.app]\n",
+        &format!(
+            "[upstreams.app]\ntls = {{ server_name = \"origin.test\", ca = \"{}\" }}\n",
+            other_pem.display()
+        ),
+    );
+    let p = Proxy::start(&cfg);
+    let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(r.status, 502);
+    wait_until(|| p.log.lock().unwrap().contains("invalid peer certificate"));
+}

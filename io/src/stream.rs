@@ -1,0 +1,299 @@
+//! A connection as the HTTP code sees it: plain TCP or TLS over TCP, with the same three
+//! operations (read appending to a buffer, write a range, shut down), each bounded by a timeout.
+//!
+//! The TLS side drives a rustls connection by hand rather than through a generic async wrapper:
+//! ciphertext is read into one buffer per connection and handed to rustls, plaintext is copied
+//! straight into the caller's buffer, and the records rustls produces for one write leave in one
+//! send. Splice (zero-copy) needs the bytes to pass through untouched, so it is used only when
+//! both ends are plain ([`Stream::tcp`]).
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+
+use crate::buf::{self, IoFail};
+
+/// Ciphertext read from the socket per read: one full TLS record plus its header.
+const TLS_READ: usize = 16 * 1024 + 512;
+
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+pub(crate) struct TlsStream {
+    tcp: TcpStream,
+    conn: rustls::Connection,
+    /// Ciphertext from the socket; `rx[rx_pos..]` is not yet given to rustls.
+    rx: Vec<u8>,
+    rx_pos: usize,
+    /// Ciphertext rustls produced, being sent.
+    tx: Vec<u8>,
+    /// Decrypted bytes rustls holds for us.
+    plain: usize,
+    /// The peer sent close_notify, or the socket reached end of file.
+    closed: bool,
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug)]
+pub(crate) enum HandshakeError {
+    Io(IoFail),
+    /// The peer closed the connection during the handshake.
+    Closed,
+    /// The bytes received are a plain HTTP request, not a TLS record.
+    PlainHttp,
+    Tls(rustls::Error),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "TLS handshake: {e}"),
+            Self::Closed => f.write_str("TLS handshake: connection closed by the peer"),
+            Self::PlainHttp => f.write_str("TLS handshake: the client sent plain HTTP"),
+            Self::Tls(e) => write!(f, "TLS handshake: {e}"),
+        }
+    }
+}
+
+impl Stream {
+    /// The TCP socket, when no TLS layer sits on it.
+    pub(crate) fn tcp(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Self::Plain(s) => Some(s),
+            Self::Tls(_) => None,
+        }
+    }
+
+    /// Reads once, appending at most `max` bytes to `buf`. 0: the peer closed.
+    pub(crate) async fn read_append(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, IoFail> {
+        match self {
+            Self::Plain(s) => buf::read_append(s, buf, max, timeout).await,
+            Self::Tls(t) => t.read_append(buf, max, timeout).await,
+        }
+    }
+
+    /// Writes `buf[range]` completely.
+    pub(crate) async fn write_range(
+        &mut self,
+        buf: &mut Vec<u8>,
+        range: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        match self {
+            Self::Plain(s) => buf::write_range(s, buf, range, timeout).await,
+            Self::Tls(t) => t.write(&buf[range], timeout).await,
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub(crate) async fn write_all(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        let n = buf.len();
+        self.write_range(buf, 0..n, timeout).await
+    }
+
+    /// Ends the sending direction: close_notify first over TLS, then a TCP half-close.
+    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.shutdown().await,
+            Self::Tls(t) => {
+                t.conn.send_close_notify();
+                t.flush(CLOSE_NOTIFY_TIMEOUT).await.map_err(io_error)?;
+                t.tcp.shutdown().await
+            }
+        }
+    }
+
+    /// Whether the peer resumed an earlier TLS session (false for plain TCP).
+    pub(crate) fn resumed(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            Self::Tls(t) => matches!(
+                t.conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed)
+            ),
+        }
+    }
+}
+
+const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn io_error(e: IoFail) -> io::Error {
+    match e {
+        IoFail::Io(e) => e,
+        IoFail::Timeout => io::ErrorKind::TimedOut.into(),
+    }
+}
+
+fn tls_error(e: rustls::Error) -> IoFail {
+    IoFail::Io(io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+impl TlsStream {
+    /// Runs the handshake of `conn` over `tcp` within `timeout`.
+    pub(crate) async fn handshake(
+        tcp: TcpStream,
+        conn: impl Into<rustls::Connection>,
+        timeout: Duration,
+    ) -> Result<Self, (HandshakeError, TcpStream)> {
+        let mut t = Self {
+            tcp,
+            conn: conn.into(),
+            rx: Vec::with_capacity(TLS_READ),
+            rx_pos: 0,
+            tx: Vec::new(),
+            plain: 0,
+            closed: false,
+        };
+        let deadline = Instant::now() + timeout;
+        match t.drive_handshake(deadline).await {
+            Ok(()) => Ok(t),
+            Err(e) => Err((e, t.tcp)),
+        }
+    }
+
+    async fn drive_handshake(&mut self, deadline: Instant) -> Result<(), HandshakeError> {
+        let server = matches!(self.conn, rustls::Connection::Server(_));
+        let mut first = true;
+        while self.conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HandshakeError::Io(IoFail::Timeout));
+            }
+            if self.conn.wants_write() {
+                self.flush(left).await.map_err(HandshakeError::Io)?;
+                continue;
+            }
+            if self.rx_pos == self.rx.len() {
+                self.rx.clear();
+                self.rx_pos = 0;
+                let n = buf::read_append(&mut self.tcp, &mut self.rx, TLS_READ, left)
+                    .await
+                    .map_err(HandshakeError::Io)?;
+                if n == 0 {
+                    return Err(HandshakeError::Closed);
+                }
+                // A TLS connection starts with a handshake record (type 22); an HTTP method
+                // starts with a letter.
+                if server && first && self.rx[0].is_ascii_uppercase() {
+                    return Err(HandshakeError::PlainHttp);
+                }
+                first = false;
+            }
+            if let Err(e) = self.feed() {
+                // rustls queued an alert for the peer: send it before giving up.
+                let _ = self.flush(left.min(CLOSE_NOTIFY_TIMEOUT)).await;
+                return Err(match e {
+                    FeedError::Tls(e) => HandshakeError::Tls(e),
+                    FeedError::Io(e) => HandshakeError::Io(IoFail::Io(e)),
+                });
+            }
+        }
+        // Session tickets and the like, queued at the end of the handshake.
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.flush(left.max(Duration::from_millis(1)))
+            .await
+            .map_err(HandshakeError::Io)
+    }
+
+    /// Gives rustls the next part of `rx` and processes it.
+    fn feed(&mut self) -> Result<(), FeedError> {
+        let mut src = &self.rx[self.rx_pos..];
+        let n = self.conn.read_tls(&mut src).map_err(FeedError::Io)?;
+        self.rx_pos += n;
+        let state = self.conn.process_new_packets().map_err(FeedError::Tls)?;
+        self.plain = state.plaintext_bytes_to_read();
+        self.closed |= state.peer_has_closed();
+        Ok(())
+    }
+
+    async fn read_append(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, IoFail> {
+        loop {
+            if self.plain > 0 {
+                if buf.capacity() == buf.len() {
+                    buf.reserve(4096);
+                }
+                let len = buf.len();
+                let k = self.plain.min(max).min(buf.capacity() - len);
+                buf.resize(len + k, 0);
+                let n = self
+                    .conn
+                    .reader()
+                    .read(&mut buf[len..])
+                    .map_err(IoFail::Io)?;
+                buf.truncate(len + n);
+                self.plain -= n;
+                return Ok(n);
+            }
+            if self.rx_pos < self.rx.len() {
+                if let Err(e) = self.feed() {
+                    let _ = self.flush(CLOSE_NOTIFY_TIMEOUT).await;
+                    return Err(match e {
+                        FeedError::Tls(e) => tls_error(e),
+                        FeedError::Io(e) => IoFail::Io(e),
+                    });
+                }
+                continue;
+            }
+            if self.closed {
+                return Ok(0);
+            }
+            // Anything rustls wants to say first (a key update, an alert).
+            if self.conn.wants_write() {
+                self.flush(timeout).await?;
+            }
+            self.rx.clear();
+            self.rx_pos = 0;
+            let n = buf::read_append(&mut self.tcp, &mut self.rx, TLS_READ, timeout).await?;
+            if n == 0 {
+                // End of file without close_notify: the peer is gone either way.
+                self.closed = true;
+                return Ok(0);
+            }
+        }
+    }
+
+    async fn write(&mut self, mut data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+        while !data.is_empty() {
+            let n = self.conn.writer().write(data).map_err(IoFail::Io)?;
+            data = &data[n..];
+            self.flush(timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every record rustls has queued.
+    async fn flush(&mut self, timeout: Duration) -> Result<(), IoFail> {
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut self.tx).map_err(IoFail::Io)?;
+        }
+        if self.tx.is_empty() {
+            return Ok(());
+        }
+        let r = buf::write_all(&mut self.tcp, &mut self.tx, timeout).await;
+        self.tx.clear();
+        r
+    }
+}
+
+enum FeedError {
+    Io(io::Error),
+    Tls(rustls::Error),
+}

@@ -1,0 +1,355 @@
+//! TLS material: certificates, keys and trust anchors read from the files the configuration
+//! names, turned into rustls configurations.
+//!
+//! This is loaded on the main thread, at start and on every reload, before anything is handed
+//! to the workers: a missing, unreadable or mismatched file is a [`ConfigError`] naming the file
+//! and the key it was configured at, and on reload the previous material stays in use. The
+//! rustls configurations are immutable and shared by all workers (`Arc`); the only state they
+//! share is the session-ticket key set and the session-ID cache, both touched once per
+//! handshake, never per request.
+//!
+//! Crypto provider: aws-lc-rs, rustls's default. It builds with the C compiler alone (no cmake,
+//! no assembler on x86_64/aarch64 Linux), and its P-256, X25519 and AES-GCM code is the same
+//! assembly BoringSSL uses, which is what keeps handshakes and bulk encryption near OpenSSL's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringway_core::config::{
+    CertKeyFiles, Config, ConfigError, Origin, Tls, TlsVersion, UpstreamTls,
+};
+use rustls::client::ClientConfig;
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerConfig};
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+/// The TLS side of one configuration generation.
+pub(crate) struct TlsMaterial {
+    /// For listeners marked `tls`.
+    pub(crate) server: Option<Arc<ServerConfig>>,
+    pub(crate) handshake_timeout: Duration,
+    /// Per upstream group, when it connects over TLS.
+    pub(crate) upstreams: Vec<Option<Origination>>,
+}
+
+/// How to open TLS connections to one upstream group.
+pub(crate) struct Origination {
+    config: Arc<ClientConfig>,
+    name: Option<ServerName<'static>>,
+}
+
+impl Origination {
+    /// The client side of a new connection to `addr`.
+    pub(crate) fn connection(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<rustls::ClientConnection, rustls::Error> {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        rustls::ClientConnection::new(self.config.clone(), name)
+    }
+}
+
+/// What outlives a reload: the ticket keys (so tickets issued before a reload still resume
+/// after it) and the session cache.
+pub(crate) struct Keep {
+    ticketer: Option<Arc<dyn ProducesTickets>>,
+    cache: Option<(usize, Arc<ServerSessionMemoryCache>)>,
+}
+
+impl Keep {
+    pub(crate) fn new() -> Self {
+        Self {
+            ticketer: None,
+            cache: None,
+        }
+    }
+}
+
+impl TlsMaterial {
+    /// Reads every certificate, key and CA file `cfg` names.
+    pub(crate) fn load(cfg: &Config, keep: &mut Keep) -> Result<Self, ConfigError> {
+        let server = match &cfg.tls {
+            Some(t) if cfg.server.listen.iter().any(|l| l.tls) => Some(server_config(t, keep)?),
+            _ => None,
+        };
+        let upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|u| u.tls.as_ref().map(origination).transpose())
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            server,
+            handshake_timeout: cfg
+                .tls
+                .as_ref()
+                .map_or(ringway_core::config::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+                    t.handshake_timeout
+                }),
+            upstreams,
+        })
+    }
+}
+
+fn server_config(t: &Tls, keep: &mut Keep) -> Result<Arc<ServerConfig>, ConfigError> {
+    let mut resolver = SniResolver {
+        certs: Vec::new(),
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
+        default: (!t.strict_sni).then_some(0),
+    };
+    for files in &t.certificates {
+        let (ck, names) = certified_key(files)?;
+        let i = resolver.certs.len();
+        resolver.certs.push(Arc::new(ck));
+        for name in names {
+            let name = name.to_ascii_lowercase();
+            // The first certificate listed for a name serves it.
+            match name.strip_prefix("*.") {
+                Some(suffix) => resolver.wildcard.entry(suffix.to_string()).or_insert(i),
+                None => resolver.exact.entry(name).or_insert(i),
+            };
+        }
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut sc = ServerConfig::builder_with_protocol_versions(versions)
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    sc.session_storage = if t.session_cache == 0 {
+        Arc::new(NoServerSessionStorage {})
+    } else {
+        match &keep.cache {
+            Some((size, cache)) if *size == t.session_cache => cache.clone(),
+            _ => {
+                let cache = ServerSessionMemoryCache::new(t.session_cache);
+                keep.cache = Some((t.session_cache, cache.clone()));
+                cache
+            }
+        }
+    };
+    if t.session_tickets {
+        let ticketer = match &keep.ticketer {
+            Some(tk) => tk.clone(),
+            None => {
+                let tk = aws_lc_rs::Ticketer::new().map_err(|e| {
+                    t.certificates[0]
+                        .origin
+                        .error(format!("cannot create session ticket keys: {e}"))
+                })?;
+                keep.ticketer = Some(tk.clone());
+                tk
+            }
+        };
+        sc.ticketer = ticketer;
+    }
+    Ok(Arc::new(sc))
+}
+
+fn origination(u: &UpstreamTls) -> Result<Origination, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    match &u.ca {
+        Some(ca) => {
+            for cert in read_certs(ca, &u.origin, "CA certificate")? {
+                roots.add(cert).map_err(|e| {
+                    u.origin
+                        .error(format!("invalid CA certificate in {}: {e}", ca.display()))
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(u.origin.error(
+                    "no system CA certificates found (install ca-certificates, or set `ca`)",
+                ));
+            }
+        }
+    }
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match &u.client_cert {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let (ck, _) = certified_key(files)?;
+            builder
+                .with_client_auth_cert(ck.cert, read_key(&files.key, &files.origin)?)
+                .map_err(|e| files.origin.error(format!("client certificate: {e}")))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = match &u.server_name {
+        None => None,
+        Some(n) => Some(
+            ServerName::try_from(n.clone())
+                .map_err(|e| u.origin.error(format!("server_name {n:?}: {e}")))?,
+        ),
+    };
+    Ok(Origination {
+        config: Arc::new(config),
+        name,
+    })
+}
+
+fn read_certs(
+    path: &Path,
+    origin: &Origin,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| origin.error(format!("cannot read {what} file {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(origin.error(format!(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in {}",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path, origin: &Origin) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        origin.error(format!(
+            "cannot read a PEM private key from {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Loads a chain and its key, checks that they belong together, and returns the DNS names the
+/// leaf certificate holds.
+fn certified_key(files: &CertKeyFiles) -> Result<(CertifiedKey, Vec<String>), ConfigError> {
+    let o = &files.origin;
+    let chain = read_certs(&files.cert, o, "certificate")?;
+    let key = read_key(&files.key, o)?;
+    let provider = aws_lc_rs::default_provider();
+    let signing = provider.key_provider.load_private_key(key).map_err(|e| {
+        o.error(format!(
+            "unsupported private key in {}: {e}",
+            files.key.display()
+        ))
+    })?;
+    let names = leaf_names(&chain[0]).map_err(|e| {
+        o.error(format!(
+            "cannot parse the certificate in {}: {e}",
+            files.cert.display()
+        ))
+    })?;
+    let ck = CertifiedKey::new(chain, signing);
+    if ck.keys_match().is_err() {
+        return Err(o.error(format!(
+            "the private key in {} does not belong to the certificate in {}",
+            files.key.display(),
+            files.cert.display()
+        )));
+    }
+    Ok((ck, names))
+}
+
+/// The subjectAltName DNS names of a certificate, or its subject CN when it has none.
+fn leaf_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        if let Some(cn) = cert.subject().iter_common_name().next() {
+            if let Ok(cn) = cn.as_str() {
+                names.push(cn.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Chooses the certificate by SNI: an exact name first, then a wildcard `*.parent` (one label,
+/// as RFC 6125 §6.4.3 allows), then the default (the first certificate) unless strict.
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<Arc<CertifiedKey>>,
+    exact: HashMap<String, usize>,
+    /// Keyed by the part after `*.`.
+    wildcard: HashMap<String, usize>,
+    default: Option<usize>,
+}
+
+impl SniResolver {
+    fn choose(&self, sni: Option<&str>) -> Option<usize> {
+        let Some(name) = sni else {
+            return self.default;
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.exact
+            .get(&name)
+            .or_else(|| {
+                name.split_once('.')
+                    .and_then(|(_, parent)| self.wildcard.get(parent))
+            })
+            .copied()
+            .or(self.default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.choose(hello.server_name())
+            .map(|i| self.certs[i].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver(strict: bool) -> SniResolver {
+        let mut exact = HashMap::new();
+        exact.insert("example.com".to_string(), 0);
+        exact.insert("api.example.com".to_string(), 2);
+        let mut wildcard = HashMap::new();
+        wildcard.insert("example.com".to_string(), 1);
+        SniResolver {
+            certs: Vec::new(),
+            exact,
+            wildcard,
+            default: (!strict).then_some(0),
+        }
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_wildcard_covers_one_label() {
+        let r = resolver(true);
+        assert_eq!(r.choose(Some("api.example.com")), Some(2));
+        assert_eq!(r.choose(Some("API.Example.com.")), Some(2));
+        assert_eq!(r.choose(Some("www.example.com")), Some(1));
+        assert_eq!(r.choose(Some("example.com")), Some(0));
+        assert_eq!(r.choose(Some("a.b.example.com")), None);
+        assert_eq!(r.choose(Some("other.org")), None);
+        assert_eq!(r.choose(None), None);
+    }
+
+    #[test]
+    fn the_default_serves_unknown_names_unless_strict() {
+        let r = resolver(false);
+        assert_eq!(r.choose(Some("other.org")), Some(0));
+        assert_eq!(r.choose(None), Some(0));
+    }
+}
