@@ -423,7 +423,9 @@ impl Conn {
     /// was read whole sends nothing more (RFC 9112 §9.6), so the socket is simply closed;
     /// otherwise the close is graceful.
     async fn close(&mut self, client_asked: bool) {
-        if !(client_asked && self.inbuf.is_empty()) {
+        if client_asked && self.inbuf.is_empty() {
+            self.client.notify_close().await;
+        } else {
             self.close_gracefully().await;
         }
     }

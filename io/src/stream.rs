@@ -116,6 +116,15 @@ impl Stream {
         }
     }
 
+    /// Over TLS, sends close_notify so that the peer can tell the end of the data from a
+    /// truncation; nothing for plain TCP. The connection is then simply closed.
+    pub(crate) async fn notify_close(&mut self) {
+        if let Self::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.flush(CLOSE_NOTIFY_TIMEOUT).await;
+        }
+    }
+
     /// Whether the peer resumed an earlier TLS session (false for plain TCP).
     pub(crate) fn resumed(&self) -> bool {
         match self {
@@ -201,7 +210,15 @@ impl TlsStream {
                 });
             }
         }
-        // Session tickets and the like, queued at the end of the handshake.
+        // What is still queued: in TLS 1.2 the server's (or client's) last flight, which the
+        // peer waits for, so it goes now. A TLS 1.3 server's session tickets are left queued:
+        // the client speaks first in HTTP, and they leave with the first response, in the same
+        // packet, instead of costing a send (and a wake-up of the client) of their own.
+        let tls13_server =
+            server && self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        if tls13_server {
+            return Ok(());
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         self.flush(left.max(Duration::from_millis(1)))
             .await
@@ -255,10 +272,9 @@ impl TlsStream {
             if self.closed {
                 return Ok(0);
             }
-            // Anything rustls wants to say first (a key update, an alert).
-            if self.conn.wants_write() {
-                self.flush(timeout).await?;
-            }
+            // Records rustls has queued (session tickets, a KeyUpdate answer) wait for the next
+            // write: HTTP always answers what it reads, and RFC 8446 §4.6.3 asks only that a
+            // KeyUpdate precede the next application data.
             self.rx.clear();
             self.rx_pos = 0;
             let n = buf::read_append(&mut self.tcp, &mut self.rx, TLS_READ, timeout).await?;

@@ -19,6 +19,9 @@ const BODIES: [(&str, usize); 3] = [("100b", 100), ("64k", 64 << 10), ("1m", 1 <
 
 #[derive(Clone, Copy)]
 struct Case {
+    /// Over TLS (to the proxies' TLS listeners; the origin stays plain).
+    tls: bool,
+    /// One request per connection: over TLS, one full handshake per request.
     close: bool,
     conns: usize,
     body: &'static str,
@@ -27,7 +30,8 @@ struct Case {
 impl Case {
     fn name(&self) -> String {
         format!(
-            "{} c={} {}",
+            "{}{} c={} {}",
+            if self.tls { "tls " } else { "" },
             if self.close { "close" } else { "keep-alive" },
             self.conns,
             self.body
@@ -183,9 +187,18 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         std::fs::write(dir.join("www").join(name), vec![b'x'; size]).map_err(|e| e.to_string())?;
     }
     let (origin_port, nginx_port, ringway_port) = (free_port()?, free_port()?, free_port()?);
+    let (nginx_tls_port, ringway_tls_port) = (free_port()?, free_port()?);
+    // One ECDSA P-256 certificate for both proxies.
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("cert.pem"), cert.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).map_err(|e| e.to_string())?;
     let fill = |tpl: &str, listen: u16, w: usize| {
         tpl.replace("{{DIR}}", &dir.display().to_string())
             .replace("{{LISTEN}}", &format!("127.0.0.1:{listen}"))
+            .replace("{{TLS_LISTEN}}", &format!("127.0.0.1:{nginx_tls_port}"))
             .replace("{{ORIGIN}}", &format!("127.0.0.1:{origin_port}"))
             .replace("{{WORKERS}}", &w.to_string())
             .replace("{{AFFINITY}}", "auto")
@@ -197,9 +210,12 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     );
     let proxy_conf = fill(include_str!("../nginx-proxy.conf"), nginx_port, workers);
     let ringway_conf = format!(
-        "[server]\nlisten = [\"127.0.0.1:{ringway_port}\"]\nworkers = {workers}\ncpus = \"{proxy_cpus}\"\n\n\
+        "[server]\nlisten = [\"127.0.0.1:{ringway_port}\", {{ addr = \"127.0.0.1:{ringway_tls_port}\", tls = true }}]\n\
+         workers = {workers}\ncpus = \"{proxy_cpus}\"\n\n\
+         [tls]\ncertificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}]\n\n\
          [upstreams.origin]\nservers = [\"127.0.0.1:{origin_port}\"]\nkeepalive = 1024\n\n\
-         [[routes]]\npath = \"/\"\nupstream = \"origin\"\n"
+         [[routes]]\npath = \"/\"\nupstream = \"origin\"\n",
+        dir = dir.display()
     );
     std::fs::write(dir.join("origin-nginx.conf"), &origin_conf).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("proxy-nginx.conf"), &proxy_conf).map_err(|e| e.to_string())?;
@@ -246,31 +262,60 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let nginx_pids = with_children(nginx_master);
     let ringway_pids = vec![procs.ringway.as_ref().map_or(0, Child::id)];
 
-    let mut cases = Vec::new();
+    // Plain: every combination. TLS: keep-alive small and 64 KiB bodies (bulk encryption), and
+    // connection-close with small bodies (one full handshake per request).
+    let mut all = Vec::new();
     for close in [false, true] {
         for conns in [16, 256] {
             for (body, _) in BODIES {
-                let c = Case { close, conns, body };
-                let tags = [
-                    if close { "close" } else { "ka" }.to_string(),
-                    conns.to_string(),
-                    body.to_string(),
-                ];
-                if filter.iter().all(|f| tags.contains(f)) {
-                    cases.push(c);
-                }
+                all.push(Case {
+                    tls: false,
+                    close,
+                    conns,
+                    body,
+                });
             }
         }
     }
+    for (close, body) in [(false, "100b"), (false, "64k"), (true, "100b")] {
+        for conns in [16, 256] {
+            all.push(Case {
+                tls: true,
+                close,
+                conns,
+                body,
+            });
+        }
+    }
+    let cases: Vec<Case> = all
+        .into_iter()
+        .filter(|c| {
+            let tags = [
+                if c.close { "close" } else { "ka" }.to_string(),
+                c.conns.to_string(),
+                c.body.to_string(),
+                if c.tls { "tls" } else { "plain" }.to_string(),
+            ];
+            filter.iter().all(|f| tags.contains(f))
+        })
+        .collect();
 
     let wrk_at = |port: u16, c: &Case| {
+        let scheme = if c.tls { "https" } else { "http" };
         wrk::run(
             &load_cpus,
-            &format!("http://127.0.0.1:{port}/{}", c.body),
+            &format!("{scheme}://127.0.0.1:{port}/{}", c.body),
             c.conns,
             secs,
             c.close,
         )
+    };
+    let ports = |c: &Case| {
+        if c.tls {
+            (nginx_tls_port, ringway_tls_port)
+        } else {
+            (nginx_port, ringway_port)
+        }
     };
     let measure = |port: u16, pids: &[u32], c: &Case| -> Result<Sample, String> {
         let before = total_ticks(pids);
@@ -287,7 +332,13 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut nginx_ka16_rps = 0.0;
     for c in &cases {
-        let direct = wrk_at(origin_port, c)?;
+        // The origin speaks plain HTTP only: no direct row for TLS cases.
+        let direct = if c.tls {
+            None
+        } else {
+            Some(wrk_at(origin_port, c)?)
+        };
+        let (nginx_port, ringway_port) = ports(c);
         let mut ng: Vec<Sample> = Vec::new();
         let mut rw: Vec<Sample> = Vec::new();
         for round in 0..rounds {
@@ -309,13 +360,13 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         let p50 = ratio(&|s| s.wrk.p50_us);
         let p99 = ratio(&|s| s.wrk.p99_us);
         let cpu = ratio(&|s| s.cpu_us_per_req);
-        if !c.close && c.conns == 16 && c.body == "100b" {
+        if !c.tls && !c.close && c.conns == 16 && c.body == "100b" {
             nginx_ka16_rps = med(&ng, &|s| s.wrk.rps);
         }
         let row = format!(
-            "| {} | {:.0} | {:.0} | {:.0} | **{:.2}** ({}) | {:.2} | {:.2} ({}) | {:.1} | {:.1} | **{:.2}** ({}) | {}/{} |\n",
+            "| {} | {} | {:.0} | {:.0} | **{:.2}** ({}) | {:.2} | {:.2} ({}) | {:.1} | {:.1} | **{:.2}** ({}) | {}/{} |\n",
             c.name(),
-            direct.rps,
+            direct.map_or("-".to_string(), |d| format!("{:.0}", d.rps)),
             med(&ng, &|s| s.wrk.rps),
             med(&rw, &|s| s.wrk.rps),
             median(&mut rps.clone()),
