@@ -234,3 +234,97 @@ fn admin_listener_is_loopback_only() {
     let e = err("[admin]\nlisten = \"0.0.0.0:9901\"\n[[routes]]\nrespond = { status = 200 }\n");
     assert_eq!((e.line, e.key.as_str()), (Some(2), "admin.listen"));
 }
+
+#[test]
+fn tls_listeners_certificates_and_upstream_tls() {
+    let text = r#"
+[server]
+listen = ["127.0.0.1:80", { addr = "127.0.0.1:443", tls = true }, { addr = ":8080", redirect_https = true }]
+
+[tls]
+certificates = [
+  { cert = "certs/a.pem", key = "certs/a.key" },
+  { cert = "/etc/ssl/b.pem", key = "/etc/ssl/b.key" },
+]
+min_version = "1.3"
+handshake_timeout = "5s"
+strict_sni = true
+session_cache = 0
+
+[upstreams.app]
+servers = ["127.0.0.1:8443"]
+tls = { server_name = "app.internal", ca = "ca.pem", cert = "client.pem", key = "client.key" }
+
+[upstreams.plain]
+servers = ["127.0.0.1:9000"]
+tls = false
+
+[[routes]]
+upstream = "app"
+"#;
+    let c = Config::parse("conf/ringway.toml", text).unwrap();
+    let l = &c.server.listen;
+    assert_eq!(
+        (l[0].tls, l[1].tls, l[2].redirect_https),
+        (false, true, true)
+    );
+    assert_eq!(c.https_port(), 443);
+    let t = c.tls.as_ref().unwrap();
+    // Relative paths are relative to the configuration file.
+    assert_eq!(
+        t.certificates[0].cert,
+        std::path::Path::new("conf/certs/a.pem")
+    );
+    assert_eq!(
+        t.certificates[1].key,
+        std::path::Path::new("/etc/ssl/b.key")
+    );
+    assert_eq!(t.certificates[1].origin.line, Some(8));
+    assert_eq!(t.certificates[1].origin.key, "tls.certificates[1]");
+    assert_eq!(t.min_version, TlsVersion::Tls13);
+    assert_eq!(t.handshake_timeout, Duration::from_secs(5));
+    assert!(t.strict_sni && t.session_tickets);
+    assert_eq!(t.session_cache, 0);
+    let u = c.upstreams[0].tls.as_ref().unwrap();
+    assert_eq!(u.server_name.as_deref(), Some("app.internal"));
+    assert_eq!(u.ca.as_deref(), Some(std::path::Path::new("conf/ca.pem")));
+    assert!(u.client_cert.is_some());
+    assert!(c.upstreams[1].tls.is_none());
+}
+
+#[test]
+fn tls_errors_name_line_and_key() {
+    let route = "[[routes]]\nrespond = { status = 200 }\n";
+    let cases = [
+        (
+            "[server]\nlisten = [{ addr = \"127.0.0.1:443\", tls = true }]\n",
+            None,
+            "server.listen[0]",
+        ),
+        (
+            "[server]\nlisten = [{ addr = \"127.0.0.1:443\", tls = true, redirect_https = true }]\n",
+            Some(2),
+            "server.listen[0]",
+        ),
+        ("[tls]\ncertificates = []\n", Some(2), "tls.certificates"),
+        (
+            "[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\nmin_version = \"1.1\"\n",
+            Some(3),
+            "tls.min_version",
+        ),
+        (
+            "[upstreams.u]\nservers = [\"127.0.0.1:1\"]\ntls = { cert = \"c.pem\" }\n",
+            Some(3),
+            "upstreams.u.tls",
+        ),
+        (
+            "[upstreams.u]\nservers = [\"127.0.0.1:1\"]\ntls = { server_name = \"bad name\" }\n",
+            Some(3),
+            "upstreams.u.tls.server_name",
+        ),
+    ];
+    for (text, line, key) in cases {
+        let e = err(&format!("{text}{route}"));
+        assert_eq!((e.line, e.key.as_str()), (line, key), "{text}: {e}");
+    }
+}
