@@ -401,8 +401,8 @@ fn reload_swaps_certificates_keeps_connections_and_rejects_bad_files() {
     let reloads = |p: &Proxy| p.log.lock().unwrap().matches("reloaded:").count();
     p.signal(libc::SIGHUP);
     wait_until(|| reloads(&p) == 1);
-    let (ok, _) = curl_name(&p, &ca_pem, "b.test", "/", &[]);
-    assert!(ok, "new certificate not served");
+    // Workers pick a reload up within one 50 ms tick of their watcher.
+    wait_until(|| curl_name(&p, &ca_pem, "b.test", "/", &[]).0);
     assert!(held.get("/len/4").starts_with("HTTP/1.1 200"));
     // A broken key file: the reload is rejected, naming it, and b.test still works.
     dir.write("a.key", "-----BEGIN PRIVATE KEY-----\nnot base64\n");
@@ -600,4 +600,59 @@ fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
     let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(r.status, 502);
     wait_until(|| p.log.lock().unwrap().contains("invalid peer certificate"));
+}
+
+#[test]
+fn a_request_trickled_in_partial_records_times_out() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(
+        origin.addr,
+        &dir,
+        "",
+        "[timeouts]\nclient_header = \"1s\"\n",
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&std::fs::read(dir.0.join("ca.pem")).unwrap()) {
+        roots.add(c).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(cfg), "a.test".try_into().unwrap()).unwrap();
+    let mut tcp = TcpStream::connect(p.addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    conn.writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let mut records = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut records).unwrap();
+    }
+    // One byte every 150 ms: the record is never complete within the 1 s header timeout, but
+    // bytes keep arriving.
+    tcp.set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
+    let start = Instant::now();
+    let mut closed = None;
+    for b in &records[..records.len() - 1] {
+        let _ = tcp.write_all(&[*b]);
+        let mut sink = [0u8; 512];
+        match tcp.read(&mut sink) {
+            Ok(0) => {
+                closed = Some(start.elapsed());
+                break;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                closed = Some(start.elapsed());
+                break;
+            }
+            _ => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(6), "never closed");
+    }
+    let closed = closed.expect("the proxy closed the connection");
+    assert!(closed < Duration::from_secs(4), "closed after {closed:?}");
 }

@@ -229,7 +229,10 @@ impl Conn {
                     }
                     return None;
                 }
-                Err(IoFail::Io(_)) => return None,
+                Err(IoFail::Io(e)) => {
+                    log::debug!("client {}: {e}", self.peer);
+                    return None;
+                }
             }
         }
     }

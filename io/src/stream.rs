@@ -242,6 +242,9 @@ impl TlsStream {
         max: usize,
         timeout: Duration,
     ) -> Result<usize, IoFail> {
+        // One deadline for the whole call: a peer that trickles partial records must not get a
+        // fresh timeout per socket read.
+        let deadline = Instant::now() + timeout;
         loop {
             if self.plain > 0 {
                 if buf.capacity() == buf.len() {
@@ -277,7 +280,11 @@ impl TlsStream {
             // KeyUpdate precede the next application data.
             self.rx.clear();
             self.rx_pos = 0;
-            let n = buf::read_append(&mut self.tcp, &mut self.rx, TLS_READ, timeout).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(IoFail::Timeout);
+            }
+            let n = buf::read_append(&mut self.tcp, &mut self.rx, TLS_READ, left).await?;
             if n == 0 {
                 // End of file without close_notify: the peer is gone either way.
                 self.closed = true;
