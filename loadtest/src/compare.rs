@@ -21,14 +21,19 @@ const BODIES: [(&str, usize); 3] = [("100b", 100), ("64k", 64 << 10), ("1m", 1 <
 struct Case {
     /// Over TLS (to the proxies' TLS listeners; the origin stays plain).
     tls: bool,
-    /// One request per connection: over TLS, one full handshake per request.
+    /// One request per connection (over TLS wrk resumes the previous session each time).
     close: bool,
+    /// Over TLS, a full handshake per connection (`openssl s_time -new`, `conns` clients).
+    new_sessions: bool,
     conns: usize,
     body: &'static str,
 }
 
 impl Case {
     fn name(&self) -> String {
+        if self.new_sessions {
+            return format!("tls full handshakes, {} clients", self.conns);
+        }
         format!(
             "{}{} c={} {}",
             if self.tls { "tls " } else { "" },
@@ -271,6 +276,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 all.push(Case {
                     tls: false,
                     close,
+                    new_sessions: false,
                     conns,
                     body,
                 });
@@ -282,11 +288,19 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             all.push(Case {
                 tls: true,
                 close,
+                new_sessions: false,
                 conns,
                 body,
             });
         }
     }
+    all.push(Case {
+        tls: true,
+        close: true,
+        new_sessions: true,
+        conns: 3,
+        body: "100b",
+    });
     let cases: Vec<Case> = all
         .into_iter()
         .filter(|c| {
@@ -295,12 +309,16 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 c.conns.to_string(),
                 c.body.to_string(),
                 if c.tls { "tls" } else { "plain" }.to_string(),
+                if c.new_sessions { "new" } else { "" }.to_string(),
             ];
             filter.iter().all(|f| tags.contains(f))
         })
         .collect();
 
     let wrk_at = |port: u16, c: &Case| {
+        if c.new_sessions {
+            return wrk::s_time(&load_cpus, port, &format!("/{}", c.body), c.conns, secs);
+        }
         let scheme = if c.tls { "https" } else { "http" };
         wrk::run(
             &load_cpus,
@@ -363,17 +381,25 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         if !c.tls && !c.close && c.conns == 16 && c.body == "100b" {
             nginx_ka16_rps = med(&ng, &|s| s.wrk.rps);
         }
+        // s_time reports no latencies.
+        let (p50, p99) = if c.new_sessions {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.2}", median(&mut p50.clone())),
+                format!("{:.2} ({})", median(&mut p99.clone()), spread(&p99)),
+            )
+        };
         let row = format!(
-            "| {} | {} | {:.0} | {:.0} | **{:.2}** ({}) | {:.2} | {:.2} ({}) | {:.1} | {:.1} | **{:.2}** ({}) | {}/{} |\n",
+            "| {} | {} | {:.0} | {:.0} | **{:.2}** ({}) | {} | {} | {:.1} | {:.1} | **{:.2}** ({}) | {}/{} |\n",
             c.name(),
             direct.map_or("-".to_string(), |d| format!("{:.0}", d.rps)),
             med(&ng, &|s| s.wrk.rps),
             med(&rw, &|s| s.wrk.rps),
             median(&mut rps.clone()),
             spread(&rps),
-            median(&mut p50.clone()),
-            median(&mut p99.clone()),
-            spread(&p99),
+            p50,
+            p99,
             med(&ng, &|s| s.cpu_us_per_req),
             med(&rw, &|s| s.cpu_us_per_req),
             median(&mut cpu.clone()),

@@ -20,7 +20,8 @@ usage:
       req/s, p50/p99 latency and proxy CPU time per request as ringway/nginx ratios with the
       spread over rounds, plus a 'direct' row (wrk straight to the origin). Needs nginx, wrk and
       taskset on PATH and a release build of ringway (cargo build --release).
-      --cases: comma list of ka|close, 16|256, 100b|64k|1m filters, e.g. ka,16,100b
+      --cases: comma list of filters, every one must match: ka|close, 16|256, 100b|64k|1m,
+        plain|tls, new (TLS full handshakes with openssl s_time); e.g. plain,ka,16,100b
       --open-loop: also compare p99 at a fixed rate (70% of nginx's max) with `gen`.
       --workers N: both proxies get N workers on CPUs 0..N, the load the CPUs above.
       --sweep: with --workers N, run the comparison for 1, 2, ... N workers (load kept on the

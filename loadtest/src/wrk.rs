@@ -38,6 +38,49 @@ pub(crate) fn run(
     parse(&text).ok_or_else(|| format!("cannot read wrk output:\n{text}"))
 }
 
+/// Full TLS handshakes: `clients` copies of `openssl s_time -new` (a new session on every
+/// connection, one `GET path` each), run together on `cpus` for `secs`. wrk cannot do this: it
+/// resumes the previous session on every reconnect. No latency figures.
+pub(crate) fn s_time(
+    cpus: &str,
+    port: u16,
+    path: &str,
+    clients: usize,
+    secs: u64,
+) -> Result<WrkResult, String> {
+    let children = (0..clients)
+        .map(|_| {
+            Command::new("taskset")
+                .args(["-c", cpus, "openssl", "s_time", "-new", "-connect"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-time", &secs.to_string(), "-www", path])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("running openssl s_time: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut r = WrkResult::default();
+    for c in children {
+        let out = c.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        r.requests += parse_s_time(&text)
+            .ok_or_else(|| format!("cannot read openssl s_time output:\n{text}"))?;
+    }
+    r.rps = r.requests as f64 / secs as f64;
+    Ok(r)
+}
+
+/// The connection count of `N connections in T real seconds, …`.
+fn parse_s_time(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.contains("connections in") && l.contains("real seconds"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn duration_us(s: &str) -> Option<f64> {
     let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
     let n: f64 = num.parse().ok()?;
@@ -91,5 +134,13 @@ mod tests {
         assert_eq!(r.p99_us, 1200.0);
         assert_eq!(r.rps, 26000.5);
         assert_eq!(r.errors, 7);
+    }
+
+    #[test]
+    fn parses_s_time() {
+        let text = "Collecting connection statistics for 3 seconds\n****\n\n\
+3140 connections in 1.57s; 2000.00 connections/user sec, bytes read 194680\n\
+3140 connections in 4 real seconds, 62 bytes read per connection\n";
+        assert_eq!(super::parse_s_time(text), Some(3140));
     }
 }
