@@ -396,6 +396,15 @@ fn reload_swaps_certificates_keeps_connections_and_rejects_bad_files() {
     // A keep-alive TLS connection opened before the reload.
     let mut held = RustlsClient::connect(p.addr, &ca_pem, "a.test");
     assert!(held.get("/len/3").starts_with("HTTP/1.1 200"));
+    // Pipelined requests in one TLS record are answered in order.
+    held.0
+        .get_mut()
+        .write_all(
+            b"GET /len/20000 HTTP/1.1\r\nHost: a\r\n\r\nGET /len/7 HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(held.response().1.len(), 20000);
+    assert_eq!(held.response().1.len(), 7);
     // Reissue the first certificate for b.test and reload.
     ca.issue(&dir, "a", &["b.test"], false);
     let reloads = |p: &Proxy| p.log.lock().unwrap().matches("reloaded:").count();
@@ -448,6 +457,11 @@ impl RustlsClient {
     fn get(&mut self, path: &str) -> String {
         let req = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n");
         self.0.get_mut().write_all(req.as_bytes()).unwrap();
+        self.response().0
+    }
+
+    /// Reads one response with a Content-Length body: (head, body).
+    fn response(&mut self) -> (String, Vec<u8>) {
         let mut head = String::new();
         let mut len = 0usize;
         loop {
@@ -463,7 +477,7 @@ impl RustlsClient {
         }
         let mut body = vec![0; len];
         self.0.read_exact(&mut body).unwrap();
-        head
+        (head, body)
     }
 }
 
@@ -532,6 +546,18 @@ impl TlsOrigin {
                                 break;
                             }
                         }
+                        let target = first.split(' ').nth(1).unwrap_or("");
+                        if let Some(n) = target.strip_prefix("/big/") {
+                            let n: usize = n.trim().parse().unwrap_or(0);
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                            let body: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                            if r.get_mut().write_all(head.as_bytes()).is_err()
+                                || r.get_mut().write_all(&body).is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
                         let conn = &r.get_ref().conn;
                         let body = format!(
                             "sni={} client_cert={} target={}",
@@ -583,6 +609,10 @@ fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
             format!("sni=origin.test client_cert=true target=/x{i}?q")
         );
     }
+    // A body much larger than a TLS record and the proxy's buffers arrives intact.
+    let (ok, body) = curl(&[&format!("http://{}/big/3000001", p.addr)]);
+    assert!(ok && body.len() == 3_000_001);
+    assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     // The TLS connection to the origin is pooled and reused.
     assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
 
