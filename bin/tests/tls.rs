@@ -185,6 +185,24 @@ fn curl_over_tls_with_sni_choosing_the_certificate() {
         body,
         format!("200000 {}", 200_000 * u64::from(b'x')).as_bytes()
     );
+    // Chunked both ways, and Expect: 100-continue, over TLS.
+    let (ok, body) = curl_name(&p, &ca, "a.test", "/chunked/70000", &[]);
+    assert!(ok && body.len() == 70000);
+    let (ok, body) = curl_name(
+        &p,
+        &ca,
+        "a.test",
+        "/echo",
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "streamed",
+        ],
+    );
+    assert!(ok && body == b"streamed");
 }
 
 #[test]
