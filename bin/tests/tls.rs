@@ -208,14 +208,17 @@ fn curl_over_tls_with_sni_choosing_the_certificate() {
 #[test]
 fn sessions_resume_by_ticket_and_by_session_id() {
     let (dir, _ca, origin) = setup();
-    let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
+    // Two workers: the kernel spreads the reconnections over both, and every one resumes,
+    // because ticket keys and the session cache are shared by the workers.
+    let p =
+        Proxy::start(&tls_config(origin.addr, &dir, "", "").replace("workers = 1", "workers = 2"));
     let ca = dir.path("ca.pem");
     let base = ["-servername", "a.test", "-CAfile", &ca, "-reconnect"];
     // TLS 1.2 with tickets, then with session IDs only (-no_ticket): the five reconnects resume.
     for extra in [&[][..], &["-no_ticket"][..]] {
         let out = s_client(p.addr, &[&base[..], &["-tls1_2"], extra].concat());
         let reused = out.matches("Reused, TLSv1.2").count();
-        assert!(reused >= 4, "expected resumption {extra:?}:\n{out}");
+        assert_eq!(reused, 5, "expected resumption {extra:?}:\n{out}");
     }
     // TLS 1.3: a ticket saved from one connection resumes the next.
     let sess = dir.path("sess.pem");
@@ -648,6 +651,30 @@ fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
     let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(r.status, 502);
     wait_until(|| p.log.lock().unwrap().contains("invalid peer certificate"));
+
+    // Active health checks speak TLS with the same verification: against the wrong CA the
+    // server is marked down (503 without trying it), with the right CA it stays up.
+    let hc = "health_check = { uri = \"/h\", interval = \"100ms\", timeout = \"1s\", fails = 1 }";
+    for (ca, expect) in [(&other_pem, 503), (&ca_pem, 200)] {
+        let cfg = config_for(origin.addr, "").replace(
+            "[upstreams.app]\n",
+            &format!(
+                "[upstreams.app]\n{hc}\ntls = {{ server_name = \"origin.test\", ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n",
+                ca.display(),
+                dir.path("client.crt"),
+                dir.path("client.key")
+            ),
+        );
+        let p = Proxy::start(&cfg);
+        if expect == 503 {
+            wait_until(|| p.log.lock().unwrap().contains("health check failing"));
+        } else {
+            // Several probe intervals: a probe that failed would have marked it down.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(r.status, expect, "{}", p.log.lock().unwrap());
+    }
 }
 
 #[test]
