@@ -82,15 +82,15 @@ pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, kind:
     let cfg = w.current();
     let client = if kind.tls {
         match accept_tls(&w, &cfg, tcp, peer).await {
-            Ok(s) => s,
-            Err(Some(tcp)) => {
+            Accepted::Tls(s) => s,
+            Accepted::PlainHttp(tcp) => {
                 // Plain HTTP on a TLS port: say so in plain HTTP, as nginx does.
                 let mut c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &kind);
                 c.reject(400, "The plain HTTP request was sent to an HTTPS port")
                     .await;
                 return;
             }
-            Err(None) => return,
+            Accepted::Failed => return,
         }
     } else {
         Stream::Plain(tcp)
@@ -98,23 +98,29 @@ pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, kind:
     Conn::new(w, cfg, client, peer, &kind).run().await;
 }
 
-/// Runs the server handshake. `Err(Some(tcp))`: the client spoke plain HTTP; `Err(None)`: the
-/// handshake failed and the connection is closed (a TLS alert was sent where rustls had one).
-async fn accept_tls(
-    w: &Worker,
-    cfg: &Generation,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Result<Stream, Option<TcpStream>> {
+/// How the TLS handshake on an accepted connection ended.
+enum Accepted {
+    Tls(Stream),
+    /// The client sent a plain HTTP request: the socket, to answer it.
+    PlainHttp(TcpStream),
+    /// The handshake failed; a TLS alert went out where rustls had one. Close.
+    Failed,
+}
+
+/// Runs the server handshake and counts how it went.
+async fn accept_tls(w: &Worker, cfg: &Generation, tcp: TcpStream, peer: SocketAddr) -> Accepted {
     let Some(sc) = cfg.tls.server.clone() else {
         // Not reachable: a configuration with a TLS listener always loads a server config.
         log::error!("TLS listener without certificates; closing {peer}");
-        return Err(None);
+        return Accepted::Failed;
     };
-    let conn = rustls::ServerConnection::new(sc).map_err(|e| {
-        log::error!("TLS: {e}");
-        None
-    })?;
+    let conn = match rustls::ServerConnection::new(sc) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("TLS: {e}");
+            return Accepted::Failed;
+        }
+    };
     match TlsStream::handshake(tcp, conn, cfg.tls.handshake_timeout).await {
         Ok(t) => {
             let s = Stream::Tls(Box::new(t));
@@ -123,7 +129,7 @@ async fn accept_tls(
                 c.handshakes += 1;
                 c.resumed += u64::from(resumed);
             });
-            Ok(s)
+            Accepted::Tls(s)
         }
         Err((e, tcp)) => {
             log::debug!("client {peer}: {e}");
@@ -132,7 +138,11 @@ async fn accept_tls(
                 c.failed += 1;
                 c.plain_http += u64::from(plain);
             });
-            Err(plain.then_some(tcp))
+            if plain {
+                Accepted::PlainHttp(tcp)
+            } else {
+                Accepted::Failed
+            }
         }
     }
 }
