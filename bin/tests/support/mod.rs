@@ -412,13 +412,15 @@ impl Proxy {
             let mut line = String::new();
             let mut tx = Some(tx);
             while r.read_line(&mut line).unwrap_or(0) > 0 {
+                // Logged before the address is handed over, so that a test that has the
+                // address also sees the line.
+                log2.lock().unwrap().push_str(&line);
                 if let Some(i) = line.find("listening on ") {
                     let addr = line[i + 13..].split([',', ' ']).next().unwrap().to_string();
                     if let Some(t) = tx.take() {
                         let _ = t.send(addr);
                     }
                 }
-                log2.lock().unwrap().push_str(&line);
                 line.clear();
             }
         });
