@@ -731,3 +731,47 @@ fn a_request_trickled_in_partial_records_times_out() {
     let closed = closed.expect("the proxy closed the connection");
     assert!(closed < Duration::from_secs(4), "closed after {closed:?}");
 }
+
+#[test]
+fn rsa_and_ecdsa_certificates_for_one_name_serve_each_client_what_it_supports() {
+    let dir = Dir::new();
+    let ca = Ca::new("dual CA");
+    ca.write(&dir, "ca.pem");
+    ca.issue(&dir, "d-rsa", &["d.test"], true);
+    ca.issue(&dir, "d-ec", &["d.test"], false);
+    let origin = Origin::start();
+    let cfg = format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [\n  {{ cert = \"{r}.crt\", key = \"{r}.key\" }},\n  \
+         {{ cert = \"{e}.crt\", key = \"{e}.key\" }},\n]\n\
+         [upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        origin.addr,
+        r = dir.path("d-rsa"),
+        e = dir.path("d-ec"),
+    );
+    let p = Proxy::start(&cfg);
+    let ca_pem = dir.path("ca.pem");
+    let peer_sig = |sigalgs: &str| {
+        let out = s_client(
+            p.addr,
+            &[
+                "-servername",
+                "d.test",
+                "-CAfile",
+                &ca_pem,
+                "-tls1_3",
+                "-sigalgs",
+                sigalgs,
+            ],
+        );
+        assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+        out.lines()
+            .find(|l| l.starts_with("Peer signature type:"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no signature type in:\n{out}"))
+    };
+    assert!(peer_sig("ECDSA+SHA256").contains("ECDSA"));
+    assert!(peer_sig("RSA-PSS+SHA256").contains("RSA-PSS"));
+    // Both allowed: the first listed.
+    assert!(peer_sig("RSA-PSS+SHA256:ECDSA+SHA256").contains("RSA-PSS"));
+}

@@ -105,19 +105,24 @@ fn server_config(t: &Tls, keep: &mut Keep) -> Result<Arc<ServerConfig>, ConfigEr
         certs: Vec::new(),
         exact: HashMap::new(),
         wildcard: HashMap::new(),
-        default: (!t.strict_sni).then_some(0),
+        fallback: Vec::new(),
     };
     for files in &t.certificates {
         let (ck, names) = certified_key(files)?;
         let i = resolver.certs.len();
         resolver.certs.push(Arc::new(ck));
+        if !t.strict_sni {
+            resolver.fallback.push(i);
+        }
         for name in names {
             let name = name.to_ascii_lowercase();
-            // The first certificate listed for a name serves it.
-            match name.strip_prefix("*.") {
-                Some(suffix) => resolver.wildcard.entry(suffix.to_string()).or_insert(i),
-                None => resolver.exact.entry(name).or_insert(i),
+            let list = match name.strip_prefix("*.") {
+                Some(suffix) => resolver.wildcard.entry(suffix.to_string()).or_default(),
+                None => resolver.exact.entry(name).or_default(),
             };
+            if !list.contains(&i) {
+                list.push(i);
+            }
         }
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
@@ -282,21 +287,26 @@ fn leaf_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// Chooses the certificate by SNI: an exact name first, then a wildcard `*.parent` (one label,
-/// as RFC 6125 §6.4.3 allows), then the default (the first certificate) unless strict.
+/// Chooses the certificate by SNI: the certificates holding the exact name first, then those
+/// holding the wildcard `*.parent` (one label, as RFC 6125 §6.4.3 allows), then, unless strict,
+/// all of them in order (the first is the default). Among the candidates, the first whose key
+/// can sign with a scheme the client offers wins, so an ECDSA and an RSA certificate for the
+/// same name serve each client the best it supports, as nginx does with two
+/// `ssl_certificate`s.
 #[derive(Debug)]
 struct SniResolver {
     certs: Vec<Arc<CertifiedKey>>,
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, Vec<usize>>,
     /// Keyed by the part after `*.`.
-    wildcard: HashMap<String, usize>,
-    default: Option<usize>,
+    wildcard: HashMap<String, Vec<usize>>,
+    /// Every certificate in order, for names no certificate holds; empty when strict.
+    fallback: Vec<usize>,
 }
 
 impl SniResolver {
-    fn choose(&self, sni: Option<&str>) -> Option<usize> {
+    fn candidates(&self, sni: Option<&str>) -> &[usize] {
         let Some(name) = sni else {
-            return self.default;
+            return &self.fallback;
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         self.exact
@@ -305,15 +315,27 @@ impl SniResolver {
                 name.split_once('.')
                     .and_then(|(_, parent)| self.wildcard.get(parent))
             })
+            .map_or(&self.fallback, Vec::as_slice)
+    }
+
+    /// The first candidate `usable` accepts, else the first candidate (whose handshake will
+    /// then fail on the client's side of the negotiation, saying why).
+    fn choose(&self, sni: Option<&str>, usable: impl Fn(&CertifiedKey) -> bool) -> Option<usize> {
+        let c = self.candidates(sni);
+        c.iter()
             .copied()
-            .or(self.default)
+            .find(|&i| usable(&self.certs[i]))
+            .or_else(|| c.first().copied())
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.choose(hello.server_name())
-            .map(|i| self.certs[i].clone())
+        let schemes = hello.signature_schemes();
+        self.choose(hello.server_name(), |ck| {
+            ck.key.choose_scheme(schemes).is_some()
+        })
+        .map(|i| self.certs[i].clone())
     }
 }
 
@@ -323,34 +345,38 @@ mod tests {
 
     fn resolver(strict: bool) -> SniResolver {
         let mut exact = HashMap::new();
-        exact.insert("example.com".to_string(), 0);
-        exact.insert("api.example.com".to_string(), 2);
+        exact.insert("example.com".to_string(), vec![0]);
+        exact.insert("api.example.com".to_string(), vec![2, 3]);
         let mut wildcard = HashMap::new();
-        wildcard.insert("example.com".to_string(), 1);
+        wildcard.insert("example.com".to_string(), vec![1]);
         SniResolver {
             certs: Vec::new(),
             exact,
             wildcard,
-            default: (!strict).then_some(0),
+            fallback: if strict { vec![] } else { vec![0, 1, 2, 3] },
         }
+    }
+
+    fn first(r: &SniResolver, sni: Option<&str>) -> Option<usize> {
+        r.candidates(sni).first().copied()
     }
 
     #[test]
     fn exact_beats_wildcard_and_wildcard_covers_one_label() {
         let r = resolver(true);
-        assert_eq!(r.choose(Some("api.example.com")), Some(2));
-        assert_eq!(r.choose(Some("API.Example.com.")), Some(2));
-        assert_eq!(r.choose(Some("www.example.com")), Some(1));
-        assert_eq!(r.choose(Some("example.com")), Some(0));
-        assert_eq!(r.choose(Some("a.b.example.com")), None);
-        assert_eq!(r.choose(Some("other.org")), None);
-        assert_eq!(r.choose(None), None);
+        assert_eq!(r.candidates(Some("api.example.com")), &[2, 3]);
+        assert_eq!(first(&r, Some("API.Example.com.")), Some(2));
+        assert_eq!(first(&r, Some("www.example.com")), Some(1));
+        assert_eq!(first(&r, Some("example.com")), Some(0));
+        assert_eq!(first(&r, Some("a.b.example.com")), None);
+        assert_eq!(first(&r, Some("other.org")), None);
+        assert_eq!(first(&r, None), None);
     }
 
     #[test]
     fn the_default_serves_unknown_names_unless_strict() {
         let r = resolver(false);
-        assert_eq!(r.choose(Some("other.org")), Some(0));
-        assert_eq!(r.choose(None), Some(0));
+        assert_eq!(first(&r, Some("other.org")), Some(0));
+        assert_eq!(first(&r, None), Some(0));
     }
 }
