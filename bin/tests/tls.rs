@@ -775,3 +775,76 @@ fn rsa_and_ecdsa_certificates_for_one_name_serve_each_client_what_it_supports() 
     // Both allowed: the first listed.
     assert!(peer_sig("RSA-PSS+SHA256:ECDSA+SHA256").contains("RSA-PSS"));
 }
+
+#[test]
+fn random_bytes_and_mangled_client_hellos_never_stop_the_listener() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(
+        origin.addr,
+        &dir,
+        "handshake_timeout = \"1s\"",
+        "",
+    ));
+    // A real ClientHello to mangle: what openssl sends first.
+    let hello = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let _ = Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &addr.to_string(),
+                    "-servername",
+                    "a.test",
+                ])
+                .stdin(std::process::Stdio::null())
+                .output();
+        });
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        buf.truncate(n);
+        drop(s);
+        client.join().unwrap();
+        buf
+    };
+    assert_eq!(hello[0], 22, "not a handshake record");
+    // xorshift: reproducible, no dependency.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..120 {
+        let mut bytes = if round % 2 == 0 {
+            let mut h = hello.clone();
+            for _ in 0..1 + next() % 8 {
+                let i = (next() as usize) % h.len();
+                h[i] = next() as u8;
+            }
+            h.truncate(1 + (next() as usize) % h.len());
+            h
+        } else {
+            (0..1 + next() % 600).map(|_| next() as u8).collect()
+        };
+        if round % 3 == 0 {
+            bytes[0] = 22;
+        }
+        let mut s = TcpStream::connect(p.addr).unwrap();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = Vec::new();
+        assert!(
+            s.read_to_end(&mut sink).is_ok(),
+            "round {round}: not closed within the handshake timeout"
+        );
+    }
+    let (ok, _) = curl_name(&p, &dir.0.join("ca.pem"), "a.test", "/len/10", &[]);
+    assert!(ok);
+    assert!(!p.log.lock().unwrap().contains("panic"));
+}

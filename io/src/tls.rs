@@ -78,9 +78,10 @@ impl Keep {
 impl TlsMaterial {
     /// Reads every certificate, key and CA file `cfg` names.
     pub(crate) fn load(cfg: &Config, keep: &mut Keep) -> Result<Self, ConfigError> {
+        // Read even when no listener uses it yet, so that a bad file is reported now.
         let server = match &cfg.tls {
-            Some(t) if cfg.server.listen.iter().any(|l| l.tls) => Some(server_config(t, keep)?),
-            _ => None,
+            Some(t) => Some(server_config(t, keep)?),
+            None => None,
         };
         let upstreams = cfg
             .upstreams
