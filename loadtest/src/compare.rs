@@ -147,7 +147,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/release/ringway"));
 
-    let missing: Vec<&str> = ["nginx", "wrk", "taskset"]
+    let missing: Vec<&str> = ["nginx", "wrk", "taskset", "openssl"]
         .into_iter()
         .filter(|t| !on_path(t))
         .collect();
