@@ -848,3 +848,44 @@ fn random_bytes_and_mangled_client_hellos_never_stop_the_listener() {
     assert!(ok);
     assert!(!p.log.lock().unwrap().contains("panic"));
 }
+
+#[test]
+fn bytes_after_close_notify_do_not_stall_the_worker() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&std::fs::read(dir.0.join("ca.pem")).unwrap()) {
+        roots.add(c).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(cfg), "a.test".try_into().unwrap()).unwrap();
+    let mut tcp = TcpStream::connect(p.addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    // close_notify, then more records in the same segment.
+    conn.send_close_notify();
+    let mut bytes = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut bytes).unwrap();
+    }
+    // More than rustls takes in one read_tls call, so that some stays unread after it.
+    for _ in 0..3 {
+        bytes.extend_from_slice(b"\x17\x03\x03\x40\x00");
+        bytes.extend(std::iter::repeat_n(0x5a, 0x4000));
+    }
+    tcp.write_all(&bytes).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    // Closed at once: end of file, or a reset for the bytes it did not read; not a timeout.
+    match tcp.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    // The (single) worker still serves.
+    let (ok, _) = curl_name(&p, &dir.0.join("ca.pem"), "a.test", "/len/10", &[]);
+    assert!(ok);
+}

@@ -209,6 +209,9 @@ impl TlsStream {
                     FeedError::Io(e) => HandshakeError::Io(IoFail::Io(e)),
                 });
             }
+            if self.closed && self.conn.is_handshaking() {
+                return Err(HandshakeError::Closed);
+            }
         }
         // What is still queued: in TLS 1.2 the server's (or client's) last flight, which the
         // peer waits for, so it goes now. A TLS 1.3 server's session tickets are left queued:
@@ -229,6 +232,13 @@ impl TlsStream {
     fn feed(&mut self) -> Result<(), FeedError> {
         let mut src = &self.rx[self.rx_pos..];
         let n = self.conn.read_tls(&mut src).map_err(FeedError::Io)?;
+        if n == 0 {
+            // rustls takes nothing more after close_notify: whatever follows is dropped, and
+            // the connection is over (without this, the caller would offer it again forever).
+            self.rx_pos = self.rx.len();
+            self.closed = true;
+            return Ok(());
+        }
         self.rx_pos += n;
         let state = self.conn.process_new_packets().map_err(FeedError::Tls)?;
         self.plain = state.plaintext_bytes_to_read();
@@ -262,6 +272,9 @@ impl TlsStream {
                 self.plain -= n;
                 return Ok(n);
             }
+            if self.closed {
+                return Ok(0);
+            }
             if self.rx_pos < self.rx.len() {
                 if let Err(e) = self.feed() {
                     let _ = self.flush(CLOSE_NOTIFY_TIMEOUT).await;
@@ -271,9 +284,6 @@ impl TlsStream {
                     });
                 }
                 continue;
-            }
-            if self.closed {
-                return Ok(0);
             }
             // Records rustls has queued (session tickets, a KeyUpdate answer) wait for the next
             // write: HTTP always answers what it reads, and RFC 8446 §4.6.3 asks only that a
