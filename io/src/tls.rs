@@ -160,7 +160,6 @@ fn server_config(t: &Tls, keep: &mut Keep) -> Result<Arc<ServerConfig>, ConfigEr
             }
         };
         sc.ticketer = ticketer;
-        sc.send_tls13_tickets = 1;
     }
     Ok(Arc::new(sc))
 }
