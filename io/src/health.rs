@@ -8,15 +8,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-
-use crate::tls::{Origination, TlsMaterial};
-use crate::worker::Update;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringway_core::config::Config;
 use ringway_core::health::ActiveHealth;
+
+use crate::tls::{Origination, TlsMaterial};
+use crate::worker::Update;
 
 /// Up/down per (group, server), written by the checker, read by workers.
 pub(crate) struct Board {

@@ -1,4 +1,5 @@
-//! Upstream connections: connecting with a timeout and a per-worker keep-alive pool.
+//! Upstream connections: connecting (and, for TLS groups, the handshake) with a timeout, and a
+//! per-worker keep-alive pool that holds plain and TLS connections alike.
 //!
 //! The pool is plain worker-local data indexed by (group, server): no lock, no sharing. It hands
 //! out the most recently returned connection first (warm in the kernel and the upstream), drops
