@@ -119,10 +119,7 @@ fn check(cli: &Cli) -> ExitCode {
         eprintln!("ringway: check needs --config FILE");
         return ExitCode::from(2);
     }
-    match load(cli).and_then(|cfg| {
-        ringway_io::check_files(&cfg).map_err(|e| e.to_string())?;
-        Ok(cfg)
-    }) {
+    match load_with_files(cli) {
         Ok(cfg) => {
             println!(
                 "{}: ok ({} route(s), {} upstream group(s), listening on {})",
@@ -158,8 +155,15 @@ fn pid_file(cli: &Cli, cfg: &Config) -> Option<std::path::PathBuf> {
         .or_else(|| cfg.server.pid_file.as_ref().map(Into::into))
 }
 
+/// `load`, then reading every certificate, key and CA file the configuration names.
+fn load_with_files(cli: &Cli) -> Result<Config, String> {
+    let cfg = load(cli)?;
+    ringway_io::check_files(&cfg).map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
 fn reload(cli: &Cli) -> ExitCode {
-    let cfg = match load(cli) {
+    let cfg = match load_with_files(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringway: not reloading: {e}");

@@ -436,6 +436,20 @@ fn reload_swaps_certificates_keeps_connections_and_rejects_bad_files() {
     assert!(held.get("/len/4").starts_with("HTTP/1.1 200"));
     // A broken key file: the reload is rejected, naming it, and b.test still works.
     dir.write("a.key", "-----BEGIN PRIVATE KEY-----\nnot base64\n");
+    // `ringway reload` reads the files first and refuses, naming the key file.
+    let out = Command::new(bin())
+        .arg("reload")
+        .arg("--config")
+        .arg(&p.config.as_ref().unwrap().0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not reloading") && err.contains("a.key"),
+        "{err}"
+    );
+    // SIGHUP straight to the process: rejected there too, and logged.
     p.signal(libc::SIGHUP);
     wait_until(|| p.log.lock().unwrap().contains("reload rejected"));
     let log = p.log.lock().unwrap().clone();
