@@ -342,6 +342,23 @@ fn plain_listener_redirects_to_https() {
         r.header("location"),
         Some(format!("https://a.test:{https}/a/b?c=d").as_str())
     );
+    // A request body is read and dropped; the connection goes on.
+    let mut c = Client::connect(addr);
+    c.send(b"POST /form HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(c.response("POST").unwrap().status, 301);
+    c.send(b"GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    let r = c.response("GET").unwrap();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://a.test:{https}/next").as_str())
+    );
+    // Nothing to redirect to without a host.
+    let r = request(addr, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    // A malformed request is refused as on any listener.
+    let r = request(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    assert!(origin.seen().is_empty(), "the origin must see none of these");
     // curl follows it to the TLS listener.
     let ca = dir.path("ca.pem");
     let resolve = format!("a.test:{https}:127.0.0.1");

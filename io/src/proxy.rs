@@ -283,10 +283,13 @@ impl Conn {
                 let e = Local::Error(400, "a Host header is needed to redirect to https");
                 return self.local(e, head, info, head_end).await;
             }
-            let location = https_location(host, self.cfg.https_port(), target);
-            return self
-                .local(Local::Redirect(&location), head, info, head_end)
-                .await;
+            // Copied out of the input buffer, which `local` drains before answering.
+            let (host, target) = (host.to_vec(), target.to_vec());
+            let to = Local::Redirect {
+                host: &host,
+                target: &target,
+            };
+            return self.local(to, head, info, head_end).await;
         }
         let path = target.split(|&b| b == b'?').next().unwrap_or(b"/");
         let cfg = self.cfg.clone();
@@ -359,12 +362,9 @@ impl Conn {
                 &mut self.out,
             ),
             Local::Error(status, msg) => respond::error(status, msg, !keep, &mut self.out),
-            Local::Redirect(location) => {
-                let mut extra = Vec::with_capacity(location.len() + 12);
-                extra.extend_from_slice(b"Location: ");
-                extra.extend_from_slice(location);
-                extra.extend_from_slice(b"\r\n");
-                respond::error_with(301, "moved to https", !keep, &extra, &mut self.out)
+            Local::Redirect { host, target } => {
+                let port = self.cfg.https_port();
+                respond::redirect_https(host, port, target, !keep, &mut self.out)
             }
         }
         if self.client.write_all(&mut self.out, t.send).await.is_err() || !keep {
@@ -471,48 +471,9 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 enum Local<'a> {
     Fixed(&'a Fixed),
     Error(u16, &'a str),
-    /// 301 to this location.
-    Redirect(&'a [u8]),
-}
-
-/// `https://HOST[:PORT]TARGET` for a request to `host` (its port, if any, replaced) and
-/// `target` (path and query).
-fn https_location(host: &[u8], port: u16, target: &[u8]) -> Vec<u8> {
-    let name = if host.first() == Some(&b'[') {
-        host.iter()
-            .position(|&b| b == b']')
-            .map_or(host, |i| &host[..=i])
-    } else {
-        host.iter()
-            .rposition(|&b| b == b':')
-            .map_or(host, |i| &host[..i])
-    };
-    let mut out = Vec::with_capacity(name.len() + target.len() + 16);
-    out.extend_from_slice(b"https://");
-    out.extend_from_slice(name);
-    if port != 443 {
-        out.extend_from_slice(format!(":{port}").as_bytes());
-    }
-    out.extend_from_slice(target);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::https_location;
-
-    #[test]
-    fn redirect_locations() {
-        let l = |h: &str, p, t: &str| {
-            String::from_utf8(https_location(h.as_bytes(), p, t.as_bytes())).unwrap()
-        };
-        assert_eq!(l("example.com", 443, "/a?b=1"), "https://example.com/a?b=1");
-        assert_eq!(l("example.com:8080", 443, "/"), "https://example.com/");
-        assert_eq!(
-            l("example.com:80", 8443, "/x"),
-            "https://example.com:8443/x"
-        );
-        assert_eq!(l("[::1]:80", 443, "/"), "https://[::1]/");
-        assert_eq!(l("[::1]", 8443, "/"), "https://[::1]:8443/");
-    }
+    /// 301 to https, same host (port replaced) and target.
+    Redirect {
+        host: &'a [u8],
+        target: &'a [u8],
+    },
 }

@@ -110,9 +110,53 @@ impl Fixed {
     }
 }
 
+/// The `301` a `redirect_https` listener answers with: `Location: https://HOST[:PORT]TARGET`,
+/// where HOST is the request's host without its port, PORT is omitted when it is 443, and
+/// TARGET is the request's path and query as received.
+pub fn redirect_https(host: &[u8], port: u16, target: &[u8], close: bool, out: &mut Vec<u8>) {
+    let name = if host.first() == Some(&b'[') {
+        host.iter()
+            .position(|&b| b == b']')
+            .map_or(host, |i| &host[..=i])
+    } else {
+        host.iter()
+            .rposition(|&b| b == b':')
+            .map_or(host, |i| &host[..i])
+    };
+    let mut location = Vec::with_capacity(name.len() + target.len() + 40);
+    location.extend_from_slice(b"Location: https://");
+    location.extend_from_slice(name);
+    if port != 443 {
+        let _ = write!(location, ":{port}");
+    }
+    location.extend_from_slice(target);
+    location.extend_from_slice(b"\r\n");
+    error_with(301, "moved to https", close, &location, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_locations() {
+        let l = |h: &str, p, t: &str| {
+            let mut out = Vec::new();
+            redirect_https(h.as_bytes(), p, t.as_bytes(), false, &mut out);
+            let s = String::from_utf8(out).unwrap();
+            assert!(s.starts_with("HTTP/1.1 301 Moved Permanently\r\n"), "{s}");
+            let loc = s.split("\r\n").find_map(|l| l.strip_prefix("Location: "));
+            loc.unwrap().to_string()
+        };
+        assert_eq!(l("example.com", 443, "/a?b=1"), "https://example.com/a?b=1");
+        assert_eq!(l("example.com:8080", 443, "/"), "https://example.com/");
+        assert_eq!(
+            l("example.com:80", 8443, "/x"),
+            "https://example.com:8443/x"
+        );
+        assert_eq!(l("[::1]:80", 443, "/"), "https://[::1]/");
+        assert_eq!(l("[::1]", 8443, "/"), "https://[::1]:8443/");
+    }
 
     #[test]
     fn error_body_length_is_exact() {
