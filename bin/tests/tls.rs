@@ -358,7 +358,10 @@ fn plain_listener_redirects_to_https() {
     // A malformed request is refused as on any listener.
     let r = request(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap();
     assert_eq!(r.status, 400);
-    assert!(origin.seen().is_empty(), "the origin must see none of these");
+    assert!(
+        origin.seen().is_empty(),
+        "the origin must see none of these"
+    );
     // curl follows it to the TLS listener.
     let ca = dir.path("ca.pem");
     let resolve = format!("a.test:{https}:127.0.0.1");

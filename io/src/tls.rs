@@ -12,7 +12,6 @@
 //! no assembler on x86_64/aarch64 Linux), and its P-256, X25519 and AES-GCM code is the same
 //! assembly BoringSSL uses, which is what keeps handshakes and bulk encryption near OpenSSL's.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use std::time::Duration;
 use ringway_core::config::{
     CertKeyFiles, Config, ConfigError, Origin, Tls, TlsVersion, UpstreamTls,
 };
+use ringway_core::sni::NameIndex;
 use rustls::client::ClientConfig;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
@@ -104,27 +104,15 @@ impl TlsMaterial {
 fn server_config(t: &Tls, keep: &mut Keep) -> Result<Arc<ServerConfig>, ConfigError> {
     let mut resolver = SniResolver {
         certs: Vec::new(),
-        exact: HashMap::new(),
-        wildcard: HashMap::new(),
-        fallback: Vec::new(),
+        names: NameIndex::new(),
     };
     for files in &t.certificates {
         let (ck, names) = certified_key(files)?;
         let i = resolver.certs.len();
         resolver.certs.push(Arc::new(ck));
-        if !t.strict_sni {
-            resolver.fallback.push(i);
-        }
-        for name in names {
-            let name = name.to_ascii_lowercase();
-            let list = match name.strip_prefix("*.") {
-                Some(suffix) => resolver.wildcard.entry(suffix.to_string()).or_default(),
-                None => resolver.exact.entry(name).or_default(),
-            };
-            if !list.contains(&i) {
-                list.push(i);
-            }
-        }
+        resolver
+            .names
+            .add(i, names.iter().map(String::as_str), !t.strict_sni);
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -287,96 +275,27 @@ fn leaf_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// Chooses the certificate by SNI: the certificates holding the exact name first, then those
-/// holding the wildcard `*.parent` (one label, as RFC 6125 §6.4.3 allows), then, unless strict,
-/// all of them in order (the first is the default). Among the candidates, the first whose key
-/// can sign with a scheme the client offers wins, so an ECDSA and an RSA certificate for the
-/// same name serve each client the best it supports, as nginx does with two
-/// `ssl_certificate`s.
+/// Answers each handshake with a certificate: the candidates for its SNI come from core's
+/// [`NameIndex`]; among them the first whose key can sign with a scheme the client offers wins,
+/// so an ECDSA and an RSA certificate for one name serve each client the best it supports, as
+/// nginx does with two `ssl_certificate`s.
 #[derive(Debug)]
 struct SniResolver {
     certs: Vec<Arc<CertifiedKey>>,
-    exact: HashMap<String, Vec<usize>>,
-    /// Keyed by the part after `*.`.
-    wildcard: HashMap<String, Vec<usize>>,
-    /// Every certificate in order, for names no certificate holds; empty when strict.
-    fallback: Vec<usize>,
-}
-
-impl SniResolver {
-    fn candidates(&self, sni: Option<&str>) -> &[usize] {
-        let Some(name) = sni else {
-            return &self.fallback;
-        };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        self.exact
-            .get(&name)
-            .or_else(|| {
-                name.split_once('.')
-                    .and_then(|(_, parent)| self.wildcard.get(parent))
-            })
-            .map_or(&self.fallback, Vec::as_slice)
-    }
-
-    /// The first candidate `usable` accepts, else the first candidate (whose handshake will
-    /// then fail on the client's side of the negotiation, saying why).
-    fn choose(&self, sni: Option<&str>, usable: impl Fn(&CertifiedKey) -> bool) -> Option<usize> {
-        let c = self.candidates(sni);
-        c.iter()
-            .copied()
-            .find(|&i| usable(&self.certs[i]))
-            .or_else(|| c.first().copied())
-    }
+    names: NameIndex,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let schemes = hello.signature_schemes();
-        self.choose(hello.server_name(), |ck| {
-            ck.key.choose_scheme(schemes).is_some()
-        })
-        .map(|i| self.certs[i].clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resolver(strict: bool) -> SniResolver {
-        let mut exact = HashMap::new();
-        exact.insert("example.com".to_string(), vec![0]);
-        exact.insert("api.example.com".to_string(), vec![2, 3]);
-        let mut wildcard = HashMap::new();
-        wildcard.insert("example.com".to_string(), vec![1]);
-        SniResolver {
-            certs: Vec::new(),
-            exact,
-            wildcard,
-            fallback: if strict { vec![] } else { vec![0, 1, 2, 3] },
-        }
-    }
-
-    fn first(r: &SniResolver, sni: Option<&str>) -> Option<usize> {
-        r.candidates(sni).first().copied()
-    }
-
-    #[test]
-    fn exact_beats_wildcard_and_wildcard_covers_one_label() {
-        let r = resolver(true);
-        assert_eq!(r.candidates(Some("api.example.com")), &[2, 3]);
-        assert_eq!(first(&r, Some("API.Example.com.")), Some(2));
-        assert_eq!(first(&r, Some("www.example.com")), Some(1));
-        assert_eq!(first(&r, Some("example.com")), Some(0));
-        assert_eq!(first(&r, Some("a.b.example.com")), None);
-        assert_eq!(first(&r, Some("other.org")), None);
-        assert_eq!(first(&r, None), None);
-    }
-
-    #[test]
-    fn the_default_serves_unknown_names_unless_strict() {
-        let r = resolver(false);
-        assert_eq!(first(&r, Some("other.org")), Some(0));
-        assert_eq!(first(&r, None), Some(0));
+        let candidates = self.names.candidates(hello.server_name());
+        // When none can sign for this client, the first is offered and the handshake fails
+        // on the client's side, saying why.
+        let chosen = candidates
+            .iter()
+            .copied()
+            .find(|&i| self.certs[i].key.choose_scheme(schemes).is_some())
+            .or_else(|| candidates.first().copied())?;
+        Some(self.certs[chosen].clone())
     }
 }
