@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
@@ -296,8 +296,9 @@ fn tls13_only_refuses_tls12_and_bad_input_closes_cleanly() {
             assert!(json_number(&status, "\"plain_http\":") >= 1, "{status}");
             break;
         }
+        // No pause needed: workers publish every 50 ms and the admin listener answers at
+        // that pace too.
         assert!(Instant::now() < end, "counters not seen: {status}");
-        std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!p.log.lock().unwrap().contains("panic"));
 }
@@ -448,11 +449,13 @@ fn reload_swaps_certificates_keeps_connections_and_rejects_bad_files() {
     assert_eq!(held.response().1.len(), 7);
     // Reissue the first certificate for b.test and reload.
     ca.issue(&dir, "a", &["b.test"], false);
-    let reloads = |p: &Proxy| p.log.lock().unwrap().matches("reloaded:").count();
     p.signal(libc::SIGHUP);
-    wait_until(|| reloads(&p) == 1);
+    p.wait_log(|log| log.matches("reloaded:").count() == 1);
     // Workers pick a reload up within one 50 ms tick of their watcher.
-    wait_until(|| curl_name(&p, &ca_pem, "b.test", "/", &[]).0);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !curl_name(&p, &ca_pem, "b.test", "/", &[]).0 {
+        assert!(Instant::now() < end, "new certificate never served");
+    }
     assert!(held.get("/len/4").starts_with("HTTP/1.1 200"));
     // A broken key file: the reload is rejected, naming it, and b.test still works.
     dir.write("a.key", "-----BEGIN PRIVATE KEY-----\nnot base64\n");
@@ -471,7 +474,7 @@ fn reload_swaps_certificates_keeps_connections_and_rejects_bad_files() {
     );
     // SIGHUP straight to the process: rejected there too, and logged.
     p.signal(libc::SIGHUP);
-    wait_until(|| p.log.lock().unwrap().contains("reload rejected"));
+    p.wait_log(|log| log.contains("reload rejected"));
     let log = p.log.lock().unwrap().clone();
     assert!(log.contains("a.key"), "{log}");
     let (ok, _) = curl_name(&p, &ca_pem, "b.test", "/", &[]);
@@ -479,12 +482,35 @@ fn reload_swaps_certificates_keeps_connections_and_rejects_bad_files() {
     assert!(held.get("/len/5").starts_with("HTTP/1.1 200"));
 }
 
-fn wait_until(f: impl Fn() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < end, "timed out");
-        std::thread::sleep(Duration::from_millis(20));
+/// The certificates of a PEM file, as trust anchors.
+fn roots(ca: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&std::fs::read(ca).unwrap()) {
+        roots.add(c).unwrap();
     }
+    roots
+}
+
+/// A client configuration trusting the CA in `ca`.
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots(ca))
+            .with_no_client_auth(),
+    )
+}
+
+/// A TCP connection to `addr` with a completed TLS handshake for `name`, driven by hand so that
+/// a test can then send bytes the way a well-behaved client would not.
+fn handshaken(addr: SocketAddr, ca: &Path, name: &str) -> (rustls::ClientConnection, TcpStream) {
+    let mut conn =
+        rustls::ClientConnection::new(client_config(ca), name.to_string().try_into().unwrap())
+            .unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    (conn, tcp)
 }
 
 /// A blocking rustls client on one keep-alive connection.
@@ -492,16 +518,8 @@ struct RustlsClient(BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpS
 
 impl RustlsClient {
     fn connect(addr: SocketAddr, ca: &Path, name: &str) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(ca).unwrap();
-        for c in rustls_pemfile_certs(&pem) {
-            roots.add(c).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let conn =
-            rustls::ClientConnection::new(Arc::new(cfg), name.to_string().try_into().unwrap())
+            rustls::ClientConnection::new(client_config(ca), name.to_string().try_into().unwrap())
                 .unwrap();
         let tcp = TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -547,7 +565,8 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 /// what it saw: the SNI, whether a client certificate was presented, and the path.
 struct TlsOrigin {
     addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
+    /// Connections accepted, and a signal for each.
+    connections: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl TlsOrigin {
@@ -563,11 +582,7 @@ impl TlsOrigin {
         let builder = match client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in rustls_pemfile_certs(&std::fs::read(ca).unwrap()) {
-                    roots.add(c).unwrap();
-                }
-                let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(ca)))
                     .build()
                     .unwrap();
                 builder.with_client_cert_verifier(v)
@@ -576,12 +591,13 @@ impl TlsOrigin {
         let cfg = Arc::new(builder.with_single_cert(chain, key).unwrap());
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new((Mutex::new(0), Condvar::new()));
         let count = connections.clone();
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { continue };
-                count.fetch_add(1, Ordering::SeqCst);
+                *count.0.lock().unwrap() += 1;
+                count.1.notify_all();
                 let cfg = cfg.clone();
                 std::thread::spawn(move || {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
@@ -633,6 +649,22 @@ impl TlsOrigin {
         });
         Self { addr, connections }
     }
+
+    fn connections(&self) -> usize {
+        *self.connections.0.lock().unwrap()
+    }
+
+    /// Waits (10 s at most) until `n` connections have been accepted.
+    fn wait_connections(&self, n: usize) {
+        let (count, arrived) = &*self.connections;
+        let (_count, timeout) = arrived
+            .wait_timeout_while(count.lock().unwrap(), Duration::from_secs(10), |c| *c < n)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "the origin saw fewer than {n} connections"
+        );
+    }
 }
 
 #[test]
@@ -669,7 +701,7 @@ fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
     assert!(ok && body.len() == 3_000_001);
     assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     // The TLS connection to the origin is pooled and reused.
-    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.connections(), 1);
 
     // An origin whose certificate another CA signed: 502, and the log says why.
     let other = Ca::new("someone else");
@@ -684,7 +716,7 @@ fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
     let p = Proxy::start(&cfg);
     let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(r.status, 502);
-    wait_until(|| p.log.lock().unwrap().contains("invalid peer certificate"));
+    p.wait_log(|log| log.contains("invalid peer certificate"));
 
     // Active health checks speak TLS with the same verification: against the wrong CA the
     // server is marked down (503 without trying it), with the right CA it stays up.
@@ -699,12 +731,14 @@ fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
                 dir.path("client.key")
             ),
         );
+        let before = origin.connections();
         let p = Proxy::start(&cfg);
         if expect == 503 {
-            wait_until(|| p.log.lock().unwrap().contains("health check failing"));
+            p.wait_log(|log| log.contains("health check failing"));
         } else {
-            // Several probe intervals: a probe that failed would have marked it down.
-            std::thread::sleep(Duration::from_millis(500));
+            // Three probes (each a new TLS connection to the origin) have passed; one failure
+            // would have marked the server down.
+            origin.wait_connections(before + 3);
         }
         let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
         assert_eq!(r.status, expect, "{}", p.log.lock().unwrap());
@@ -720,19 +754,7 @@ fn a_request_trickled_in_partial_records_times_out() {
         "",
         "[timeouts]\nclient_header = \"1s\"\n",
     ));
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile_certs(&std::fs::read(dir.0.join("ca.pem")).unwrap()) {
-        roots.add(c).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(cfg), "a.test".try_into().unwrap()).unwrap();
-    let mut tcp = TcpStream::connect(p.addr).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).unwrap();
-    }
+    let (mut conn, mut tcp) = handshaken(p.addr, &dir.0.join("ca.pem"), "a.test");
     conn.writer()
         .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .unwrap();
@@ -887,19 +909,7 @@ fn random_bytes_and_mangled_client_hellos_never_stop_the_listener() {
 fn bytes_after_close_notify_do_not_stall_the_worker() {
     let (dir, _ca, origin) = setup();
     let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile_certs(&std::fs::read(dir.0.join("ca.pem")).unwrap()) {
-        roots.add(c).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(cfg), "a.test".try_into().unwrap()).unwrap();
-    let mut tcp = TcpStream::connect(p.addr).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).unwrap();
-    }
+    let (mut conn, mut tcp) = handshaken(p.addr, &dir.0.join("ca.pem"), "a.test");
     // close_notify, then more records in the same segment.
     conn.send_close_notify();
     let mut bytes = Vec::new();

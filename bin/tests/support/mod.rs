@@ -334,6 +334,8 @@ pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// Signalled with `log`'s lock held whenever a line is added.
+    log_grew: Arc<std::sync::Condvar>,
     pub config: Option<TempFile>,
 }
 
@@ -407,6 +409,8 @@ impl Proxy {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
+        let log_grew = Arc::new(std::sync::Condvar::new());
+        let grew = log_grew.clone();
         thread::spawn(move || {
             let mut r = BufReader::new(stderr);
             let mut line = String::new();
@@ -415,6 +419,7 @@ impl Proxy {
                 // Logged before the address is handed over, so that a test that has the
                 // address also sees the line.
                 log2.lock().unwrap().push_str(&line);
+                grew.notify_all();
                 if let Some(i) = line.find("listening on ") {
                     let addr = line[i + 13..].split([',', ' ']).next().unwrap().to_string();
                     if let Some(t) = tx.take() {
@@ -431,8 +436,19 @@ impl Proxy {
             child,
             addr: addr.parse().unwrap(),
             log,
+            log_grew,
             config: file,
         }
+    }
+
+    /// Waits until the log satisfies `done` (woken by each new line, 10 s at most).
+    pub fn wait_log(&self, done: impl Fn(&str) -> bool) {
+        let guard = self.log.lock().unwrap();
+        let (guard, timeout) = self
+            .log_grew
+            .wait_timeout_while(guard, Duration::from_secs(10), |log| !done(log))
+            .unwrap();
+        assert!(!timeout.timed_out(), "not seen in the log:\n{}", *guard);
     }
 
     pub fn pid(&self) -> i32 {
