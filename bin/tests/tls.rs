@@ -718,6 +718,29 @@ fn upstream_tls_verifies_the_origin_and_presents_a_client_certificate() {
     assert_eq!(r.status, 502);
     p.wait_log(|log| log.contains("invalid peer certificate"));
 
+    // A server that answers in plain HTTP (as any HTTP server does to a ClientHello): 502, and
+    // the log says why.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = plain.accept() {
+            let mut hello = [0u8; 512];
+            let _ = s.read(&mut hello);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let cfg = config_for(plain_addr, "").replace(
+        "[upstreams.app]\n",
+        &format!(
+            "[upstreams.app]\ntls = {{ server_name = \"origin.test\", ca = \"{}\" }}\n",
+            ca_pem.display()
+        ),
+    );
+    let p = Proxy::start(&cfg);
+    let r = request(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(r.status, 502);
+    p.wait_log(|log| log.contains("upstream TLS handshake"));
+
     // Active health checks speak TLS with the same verification: against the wrong CA the
     // server is marked down (503 without trying it), with the right CA it stays up.
     let hc = "health_check = { uri = \"/h\", interval = \"100ms\", timeout = \"1s\", fails = 1 }";
