@@ -15,6 +15,7 @@ use monoio::net::TcpStream;
 use ringway_core::config::{Action, Listen};
 use ringway_core::http::chunked::{ChunkError, ChunkedDecoder};
 use ringway_core::http::framing::{request_info, response_info, BodyKind, RequestInfo};
+use ringway_core::http::path::normalise;
 use ringway_core::http::respond::{self, Fixed};
 use ringway_core::http::rewrite::{
     client_response, upstream_request, ConnectionHeader, Forwarding,
@@ -65,6 +66,11 @@ struct Conn {
     ubuf: Vec<u8>,
     /// Heads this proxy writes.
     out: Vec<u8>,
+    /// The current request's normalised target (path and query, or `*`): what routes match
+    /// and what is sent upstream.
+    target: Vec<u8>,
+    /// Length of the path part of `target`.
+    path_len: usize,
     /// Re-framed chunked data.
     scratch: Vec<u8>,
     headers: Vec<Header>,
@@ -166,6 +172,8 @@ impl Conn {
             inbuf: Vec::with_capacity(BUF_SIZE),
             ubuf: Vec::new(),
             out: Vec::with_capacity(1024),
+            target: Vec::new(),
+            path_len: 0,
             scratch: Vec::new(),
             headers: Vec::with_capacity(32),
             uheaders: Vec::with_capacity(32),
@@ -273,10 +281,28 @@ impl Conn {
             TargetForm::Absolute { authority, .. } => authority.get(buf),
             _ => info.host.map_or(&b""[..], |h| h.get(buf)),
         };
-        let target = match head.form {
+        // Routes match the normalised path, and that is what the upstream gets (path.rs).
+        let raw_target = match head.form {
             TargetForm::Origin => head.target.get(buf),
             TargetForm::Absolute { path, .. } => path.get(buf),
-            TargetForm::Authority | TargetForm::Asterisk => b"/",
+            TargetForm::Authority | TargetForm::Asterisk => b"*",
+        };
+        if raw_target == b"*" {
+            self.target.clear();
+            self.target.push(b'*');
+            self.path_len = 0;
+        } else {
+            match normalise(raw_target, &self.cfg.server.path, &mut self.target) {
+                Ok(n) => self.path_len = n,
+                Err(e) => {
+                    self.reject(e.status(), &e.to_string()).await;
+                    return Next::Close;
+                }
+            }
+        }
+        let path: &[u8] = match self.path_len {
+            0 => b"/",
+            n => &self.target[..n],
         };
         if self.redirect_https {
             if host.is_empty() {
@@ -284,14 +310,13 @@ impl Conn {
                 return self.local(e, head, info, head_end).await;
             }
             // Copied out of the input buffer, which `local` drains before answering.
-            let (host, target) = (host.to_vec(), target.to_vec());
+            let (host, target) = (host.to_vec(), self.target.clone());
             let to = Local::Redirect {
                 host: &host,
                 target: &target,
             };
             return self.local(to, head, info, head_end).await;
         }
-        let path = target.split(|&b| b == b'?').next().unwrap_or(b"/");
         let cfg = self.cfg.clone();
         match cfg
             .router

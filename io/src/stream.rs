@@ -37,6 +37,17 @@ pub(crate) struct TlsStream {
     closed: bool,
 }
 
+/// What is waiting on an idle connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Idle {
+    /// Nothing: it may carry the next request.
+    Quiet,
+    /// End of file or an error: the peer closed it.
+    Closed,
+    /// Bytes no request asked for (over TLS: any record, e.g. a late session ticket).
+    Unrequested,
+}
+
 /// Why a TLS handshake did not complete.
 #[derive(Debug)]
 pub(crate) enum HandshakeError {
@@ -122,6 +133,34 @@ impl Stream {
         if let Self::Tls(t) = self {
             t.conn.send_close_notify();
             let _ = t.flush(CLOSE_NOTIFY_TIMEOUT).await;
+        }
+    }
+
+    /// What is waiting on an idle connection. A pooled upstream connection is reused only when
+    /// it is [`Idle::Quiet`] (see `upstream::Pool`). One non-blocking `recv(MSG_PEEK)`, which
+    /// never consumes anything.
+    pub(crate) fn idle_state(&self) -> Idle {
+        let tcp = match self {
+            Self::Plain(s) => s,
+            Self::Tls(t) if t.closed => return Idle::Closed,
+            Self::Tls(t) if t.plain > 0 || t.rx_pos < t.rx.len() => return Idle::Unrequested,
+            Self::Tls(t) => &t.tcp,
+        };
+        let mut b = 0u8;
+        // SAFETY: the descriptor is open (owned by `tcp`) and `b` is a valid one-byte buffer.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(tcp),
+                (&mut b as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => Idle::Closed,
+            n if n > 0 => Idle::Unrequested,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Idle::Quiet,
+            _ => Idle::Closed,
         }
     }
 
@@ -283,11 +322,17 @@ impl TlsStream {
                         FeedError::Io(e) => IoFail::Io(e),
                     });
                 }
+                // Records that carried no data but want an answer (a TLS 1.2 renegotiation
+                // request gets a no_renegotiation alert) go now: the peer waits for them, and
+                // no response of ours would carry them. Session tickets queued at the end of the
+                // handshake still leave with the first response, which the request's data
+                // (plaintext) asks for.
+                if self.plain == 0 && self.conn.wants_write() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.flush(left.max(Duration::from_millis(1))).await?;
+                }
                 continue;
             }
-            // Records rustls has queued (session tickets, a KeyUpdate answer) wait for the next
-            // write: HTTP always answers what it reads, and RFC 8446 §4.6.3 asks only that a
-            // KeyUpdate precede the next application data.
             self.rx.clear();
             self.rx_pos = 0;
             let left = deadline.saturating_duration_since(Instant::now());

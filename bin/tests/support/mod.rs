@@ -33,7 +33,9 @@ impl Seen {
 /// A loopback HTTP/1.1 origin whose behaviour is chosen by the request path:
 /// `/len/N` (N bytes, Content-Length), `/chunked/N`, `/close/N` (close-delimited),
 /// `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
-/// `/close-after`, `/204`, `/continue` (sends 103 first); anything else: `ok <path>`.
+/// `/close-after`, `/204`, `/continue` (sends 103 first), `/stray/MS/ID` (`own ID`, then MS ms
+/// later an unrequested `stray ID` response), `/interim-flood` (1xx without end); anything
+/// else: `ok <path>`.
 pub struct Origin {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
@@ -310,6 +312,44 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
                 w.flush()?;
                 thread::sleep(Duration::from_millis(50));
+                return Ok(());
+            }
+            "stray" => {
+                // A keep-alive response, then, `arg(2)` ms later, a second complete response on
+                // the same connection that no request asked for (a buggy or hostile origin).
+                let b = format!("own {}", parts.get(3).copied().unwrap_or(""));
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                )?;
+                w.flush()?;
+                thread::sleep(Duration::from_millis(arg(2)));
+                let b = format!("stray {}", parts.get(3).copied().unwrap_or(""));
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                // Recorded so that a test can wait for it (method "STRAY").
+                seen.lock().unwrap().push(Seen {
+                    method: "STRAY".into(),
+                    path: path.clone(),
+                    headers: Vec::new(),
+                    body_len: 0,
+                    body_sum: 0,
+                    body: Vec::new(),
+                });
+            }
+            "interim-flood" => {
+                // 1xx responses without end (bounded so the test origin stops by itself).
+                for _ in 0..200_000 {
+                    if w.write_all(b"HTTP/1.1 102 Processing\r\nX-Pad: 0123456789\r\n\r\n")
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
                 return Ok(());
             }
             "204" => w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?,

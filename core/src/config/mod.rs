@@ -19,6 +19,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::health::{ActivePolicy, PassivePolicy};
+use crate::http::path::{EncodedSlashes, PathPolicy};
 use crate::http::respond::Fixed;
 use crate::http::Limits as HeadLimits;
 use crate::route::{HostMatch, Router};
@@ -82,6 +83,8 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// Where the running process writes its PID (for `ringway reload`).
     pub pid_file: Option<String>,
+    /// How request paths are normalised before routing (and sent upstream).
+    pub path: PathPolicy,
 }
 
 /// Timeouts, with nginx-like defaults.
@@ -367,6 +370,7 @@ impl Config {
                 pin: true,
                 shutdown_timeout: Duration::from_secs(30),
                 pid_file: None,
+                path: PathPolicy::default(),
             },
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -529,6 +533,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         return Err(loc.nowhere("routes", "expected at least one [[routes]] entry"));
     }
     let mut routes = Vec::new();
+    let mut seen_routes = std::collections::HashMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
         let span = r.span();
@@ -545,15 +550,16 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         };
         let path = match &r.path {
             None => "/".to_string(),
-            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
-            Some(p) => {
-                return Err(loc.at(
-                    p.span(),
-                    format!("{key}.path"),
-                    "expected a path prefix starting with `/`",
-                ))
-            }
+            Some(p) => route_path(p.get_ref(), &server.path)
+                .map_err(|m| loc.at(p.span(), format!("{key}.path"), m))?,
         };
+        if let Some(j) = seen_routes.insert((host.clone(), path.clone()), i) {
+            return Err(loc.at(
+                span,
+                key,
+                format!("routes[{j}] has the same host and path, so this route could never match"),
+            ));
+        }
         let action = match (&r.upstream, &r.respond) {
             (Some(u), None) => {
                 let idx = upstreams
@@ -684,6 +690,35 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         routes,
         router,
     })
+}
+
+/// A route's path prefix, checked to be one that requests can match: requests are matched on
+/// their normalised path (see [`crate::http::path`]), so a prefix must be in that form too.
+fn route_path(p: &str, policy: &PathPolicy) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err("expected a path prefix starting with `/`".into());
+    }
+    if !p
+        .bytes()
+        .all(|b| crate::http::chars::TARGET[usize::from(b)])
+        || p.contains('?')
+    {
+        return Err(
+            "a path prefix holds only visible ASCII and no `?` (percent-encode other bytes); \
+             this one could never match"
+                .into(),
+        );
+    }
+    let mut out = Vec::new();
+    match crate::http::path::normalise(p.as_bytes(), policy, &mut out) {
+        Ok(_) if out == p.as_bytes() => Ok(p.to_string()),
+        Ok(_) => Err(format!(
+            "requests are matched on their normalised path, so this prefix could never match; \
+             write {:?}",
+            String::from_utf8_lossy(&out)
+        )),
+        Err(e) => Err(format!("{e}, so this prefix could never match")),
+    }
 }
 
 fn build_health_check(
@@ -828,6 +863,20 @@ fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError
         s.shutdown_timeout,
         Duration::from_secs(30),
     )?;
+    let encoded_slashes = match &s.encoded_slashes {
+        None => EncodedSlashes::Reject,
+        Some(v) => match v.get_ref().as_str() {
+            "reject" => EncodedSlashes::Reject,
+            "keep" => EncodedSlashes::Keep,
+            _ => {
+                return Err(loc.at(
+                    v.span(),
+                    "server.encoded_slashes",
+                    "expected \"reject\" or \"keep\"",
+                ))
+            }
+        },
+    };
     Ok(Server {
         listen,
         workers,
@@ -835,6 +884,10 @@ fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError
         pin: s.pin.unwrap_or(true),
         shutdown_timeout,
         pid_file: s.pid_file,
+        path: PathPolicy {
+            merge_slashes: s.merge_slashes.unwrap_or(true),
+            encoded_slashes,
+        },
     })
 }
 

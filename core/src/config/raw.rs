@@ -90,6 +90,8 @@ pub(crate) struct Server {
     pub pin: Option<bool>,
     pub shutdown_timeout: Option<Spanned<Duration>>,
     pub pid_file: Option<String>,
+    pub merge_slashes: Option<bool>,
+    pub encoded_slashes: Option<Spanned<String>>,
 }
 
 /// A duration as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.

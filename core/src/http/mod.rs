@@ -8,6 +8,7 @@ pub mod chars;
 pub mod chunked;
 pub mod framing;
 pub mod parse;
+pub mod path;
 pub mod respond;
 pub mod rewrite;
 mod simd;

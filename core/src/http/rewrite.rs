@@ -109,32 +109,25 @@ fn push_framing(out: &mut Vec<u8>, body: BodyKind) {
     }
 }
 
-/// Writes the request head for the upstream into `out` (appending). `body` is the framing the
-/// proxy will use for the body it forwards.
+/// Writes the request head for the upstream into `out` (appending). `target` is the
+/// request-target to send (the normalised path and query, see [`super::path`], or `*`); `body`
+/// is the framing the proxy will use for the body it forwards.
 pub fn upstream_request(
     buf: &[u8],
     head: &RequestHead,
     headers: &[Header],
+    target: &[u8],
     body: BodyKind,
     fwd: &Forwarding<'_>,
     out: &mut Vec<u8>,
 ) {
     let conn = ConnectionOptions::collect(buf, headers);
-    let (target, authority): (&[u8], Option<&[u8]>) = match head.form {
-        TargetForm::Absolute { authority, path } => {
-            let p = path.get(buf);
-            (
-                if p.is_empty() { b"/" } else { p },
-                Some(authority.get(buf)),
-            )
-        }
-        _ => (head.target.get(buf), None),
+    let authority = match head.form {
+        TargetForm::Absolute { authority, .. } => Some(authority.get(buf)),
+        _ => None,
     };
     out.extend_from_slice(head.method_span.get(buf));
     out.push(b' ');
-    if target.first() == Some(&b'?') {
-        out.push(b'/');
-    }
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
@@ -244,7 +237,13 @@ mod tests {
         let mut hs = Vec::new();
         let head = parse_request(req, &mut hs, &Limits::default()).unwrap();
         let mut out = Vec::new();
-        upstream_request(req, &head, &hs, body, f, &mut out);
+        let target = match head.form {
+            TargetForm::Absolute { path, .. } => path.get(req),
+            _ => head.target.get(req),
+        };
+        let mut t = Vec::new();
+        crate::http::path::normalise(target, &Default::default(), &mut t).unwrap();
+        upstream_request(req, &head, &hs, &t, body, f, &mut out);
         String::from_utf8(out).unwrap()
     }
 

@@ -26,11 +26,10 @@ impl Conn {
             }
         }
         let up_cfg = &cfg.upstreams[group];
-        let path = match head.form {
-            TargetForm::Absolute { path, .. } => path.get(&self.inbuf),
-            _ => head.target.get(&self.inbuf),
+        let path: &[u8] = match self.path_len {
+            0 => b"/",
+            n => &self.target[..n],
         };
-        let path = path.split(|&b| b == b'?').next().unwrap_or(b"/");
         let key = ringway_core::balance::request_key(
             &up_cfg.balance,
             &self.inbuf,
@@ -58,6 +57,7 @@ impl Conn {
             &self.inbuf[..head_end],
             &head,
             &self.headers,
+            &self.target,
             body_out,
             &fwd,
             &mut self.out,
@@ -457,9 +457,22 @@ impl Conn {
             // Headers are out: the only way left to signal failure is to close.
             return Next::Close;
         }
-        let reusable = ri.body != BodyKind::Close
-            && ri.connection.persistent(rh.version)
-            && self.ubuf.is_empty();
+        // Pool invariant (upstream.rs): nothing unread. Bytes past the response's framing were
+        // not asked for: the connection is closed, and the server's connections distrusted.
+        let overrun = !self.ubuf.is_empty();
+        if overrun {
+            log::warn!(
+                "upstream {}: sent {} byte(s) beyond its response; connection closed, keep-alive to it paused",
+                self.cfg.upstreams[group].servers[server].addr,
+                self.ubuf.len()
+            );
+            self.cfg
+                .pool
+                .borrow_mut()
+                .distrust(group, server, Instant::now());
+        }
+        let reusable =
+            ri.body != BodyKind::Close && ri.connection.persistent(rh.version) && !overrun;
         if reusable {
             self.cfg
                 .pool

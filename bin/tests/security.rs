@@ -1,0 +1,228 @@
+//! Hostile peers: an origin that writes responses no request asked for, and clients that spell
+//! a path so that it slips past a route.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").into_bytes()
+}
+
+fn get_close(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+/// Waits (bounded) until the origin has written `n` unrequested responses.
+fn wait_strays(origin: &Origin, n: usize) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let k = origin.seen().iter().filter(|s| s.method == "STRAY").count();
+        if k >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "origin wrote {k} of {n} stray responses"
+        );
+        thread::yield_now();
+    }
+}
+
+/// Concurrent keep-alive clients, each checking that every response is its own.
+fn clients_get_their_own(proxy: &Proxy, delay: u64, clients: usize, each: usize) {
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (addr, wrong) = (proxy.addr, wrong.clone());
+            thread::spawn(move || {
+                let mut cl = Client::connect(addr);
+                for i in 0..each {
+                    let id = format!("c{c}-{i}");
+                    // Every third request on a new connection with `Connection: close`.
+                    let r = if i % 3 == 2 {
+                        request(addr, &get_close(&format!("/stray/{delay}/{id}")))
+                    } else {
+                        cl.send(&get(&format!("/stray/{delay}/{id}")));
+                        cl.response("GET")
+                    };
+                    match r {
+                        Some(r) if r.text() == format!("own {id}") => {}
+                        other => {
+                            eprintln!("{id}: {:?}", other.map(|r| (r.status, r.text())));
+                            wrong.fetch_add(1, Ordering::SeqCst);
+                            cl = Client::connect(addr);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(wrong.load(Ordering::SeqCst), 0, "delay {delay} ms");
+}
+
+/// Issue: an upstream that writes a second response after the first is complete poisoned the
+/// pool, and every later client got the response meant for the one before.
+#[test]
+fn unrequested_upstream_bytes_never_reach_another_client() {
+    for delay in [0u64, 1, 50, 150] {
+        let origin = Origin::start();
+        let proxy = Proxy::start(&config_for(origin.addr, ""));
+        let r = request(proxy.addr, &get(&format!("/stray/{delay}/first"))).unwrap();
+        assert_eq!(r.text(), "own first");
+        // The stray response arrives while the connection is idle in the pool (or, at 0 ms,
+        // possibly with the first response): either way the next request must not see it.
+        wait_strays(&origin, 1);
+        let r = request(proxy.addr, &get("/after")).unwrap();
+        assert_eq!(r.text(), "ok /after", "delay {delay} ms");
+        assert_eq!(origin.connections(), 2, "delay {delay} ms");
+        proxy.wait_log(|l| l.contains("keep-alive to it paused"));
+        // Under load from concurrent clients, keep-alive and not, every client gets exactly
+        // its own response: the server's connections are no longer reused.
+        clients_get_their_own(&proxy, delay, 4, 6);
+    }
+}
+
+/// A response whose framing ends before the bytes that came with it: the rest is never taken
+/// for the next response.
+#[test]
+fn bytes_past_the_framing_make_the_connection_unusable() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let r = request(proxy.addr, &get("/stray/0/x")).unwrap();
+    assert_eq!(r.text(), "own x");
+    for i in 0..5 {
+        let r = request(proxy.addr, &get_close(&format!("/n/{i}"))).unwrap();
+        assert_eq!(r.text(), format!("ok /n/{i}"));
+    }
+}
+
+fn admin_config(origin: std::net::SocketAddr, extra_server: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n{extra_server}\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n\
+         [[routes]]\npath = \"/admin\"\nrespond = {{ status = 403, body = \"denied\" }}\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+    )
+}
+
+/// The path tricks of the issue, and their encoded cousins, all land on the `/admin` route.
+pub const TO_ADMIN: &[&str] = &[
+    "/admin/",
+    "/static/../admin/",
+    "//admin/",
+    "/%61dmin/",
+    "/./admin/",
+    "/static/%2e%2e/admin/",
+    "/static/.%2e/admin/",
+    "/static/%2E%2E/admin/secret",
+    "/a/b/../../admin",
+    "/ADMIN/../admin/",
+    "///admin",
+    "/admin?x=1",
+];
+
+/// Spellings that no server should be left to interpret.
+pub const REFUSED: &[&str] = &[
+    "/..",
+    "/../admin/",
+    "/static/../../admin/",
+    "/%2e%2e/admin",
+    "/static%2f..%2fadmin/",
+    "/static%2F..%2Fadmin/",
+    "/static\\..\\admin/",
+    "/static%5c..%5cadmin/",
+    "/static/..;/admin/",
+    "/a%00b",
+    "/a%0d%0ab",
+    "/a%",
+    "/a%zz",
+    "/a%4",
+    "/%c0%ae%c0%ae/admin",
+    "/%c0%afadmin",
+    "/%e0%80%af",
+    "/%ff",
+];
+
+#[test]
+fn path_tricks_cannot_reach_a_denied_route() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&admin_config(origin.addr, ""));
+    for path in TO_ADMIN {
+        let r = request(proxy.addr, &get(path)).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (403, "denied"), "{path}");
+    }
+    for path in REFUSED {
+        let r = request(proxy.addr, &get(path)).unwrap();
+        assert_eq!(r.status, 400, "{path}");
+    }
+    // Absolute form too.
+    let r = request(
+        proxy.addr,
+        b"GET http://test.local/x/..//admin HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    assert!(
+        origin.seen().iter().all(|s| !s.path.contains("admin")),
+        "the origin saw {:?}",
+        origin.seen()
+    );
+}
+
+#[test]
+fn the_upstream_gets_the_path_that_was_matched() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&admin_config(origin.addr, ""));
+    for (sent, seen) in [
+        ("/a/./b//c/../d?x=/../y&z=%2F", "/a/b/d?x=/../y&z=%2F"),
+        ("/%7Euser/%41%2d%5f/caf%c3%a9", "/~user/A-_/caf%C3%A9"),
+        ("/a%20b/%3f", "/a%20b/%3F"),
+        ("/x/..", "/"),
+    ] {
+        let r = request(proxy.addr, &get(sent)).unwrap();
+        assert_eq!(r.status, 200, "{sent}");
+        assert_eq!(origin.seen().last().unwrap().path, seen, "{sent}");
+    }
+    // An absolute-form target without a path is `/` (RFC 9112 §3.2.2).
+    let r = request(
+        proxy.addr,
+        b"GET http://x.example HTTP/1.1\r\nHost: x.example\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.seen().last().unwrap().path, "/");
+    let r = request(
+        proxy.addr,
+        b"GET http://x.example?q=1 HTTP/1.1\r\nHost: x.example\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.seen().last().unwrap().path, "/?q=1");
+}
+
+#[test]
+fn slash_policy_is_configurable() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&admin_config(
+        origin.addr,
+        "merge_slashes = false\nencoded_slashes = \"keep\"",
+    ));
+    let r = request(proxy.addr, &get("/files/a%2fb//c")).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.seen().last().unwrap().path, "/files/a%2Fb//c");
+    // Kept encoded, `%2F` never separates segments, so it cannot climb either.
+    let r = request(proxy.addr, &get("/static%2F..%2Fadmin/")).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.seen().last().unwrap().path, "/static%2F..%2Fadmin/");
+    let r = request(proxy.addr, &get("/x/../admin")).unwrap();
+    assert_eq!(r.status, 403);
+}
