@@ -364,3 +364,132 @@ fn admin_listener_reports_server_states() {
         405
     );
 }
+
+/// Waits (bounded) until `counter` reaches `n`.
+fn wait_count(counter: &std::sync::atomic::AtomicUsize, n: usize, what: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while counter.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(std::time::Instant::now() < end, "waiting for {n} {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// Binds `addr` again once the killed origin's listener is gone (bounded).
+fn restart_origin(addr: std::net::SocketAddr) -> Origin {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Origin::start_on(addr);
+        }
+        assert!(std::time::Instant::now() < end, "{addr} stays in use");
+        std::thread::yield_now();
+    }
+}
+
+/// Issue: with the README's quick start (one server), a one-request outage answered 503 for
+/// ten seconds after the origin was back. A group with one server never ejects it: non-2xx
+/// only while the origin is down, plus the requests in flight when it comes back.
+#[test]
+fn an_outage_of_the_only_server_ends_when_the_server_is_back() {
+    use std::sync::atomic::Ordering;
+    let origin = Origin::start();
+    let addr = origin.addr;
+    let proxy = Proxy::start_quick(&["--upstream", &addr.to_string()]);
+    let clients = 4;
+    let load = SteadyLoad::start(proxy.addr, clients, "/x");
+    wait_count(&load.ok, 200, "successes before the outage");
+    origin.kill();
+    let failed_before = load.failed.load(Ordering::Relaxed);
+    wait_count(
+        &load.failed,
+        failed_before + 100,
+        "failures during the outage",
+    );
+    let origin = restart_origin(addr);
+    let failed_at_restart = load.failed.load(Ordering::Relaxed);
+    let ok_at_restart = load.ok.load(Ordering::Relaxed);
+    wait_count(&load.ok, ok_at_restart + 500, "successes after the outage");
+    let (_, failed) = load.finish();
+    let tail = failed - failed_at_restart;
+    assert!(
+        tail <= clients,
+        "{tail} failures after the origin was back (at most one in flight per client)"
+    );
+    assert!(origin.seen().len() >= 500);
+    let log = proxy.log.lock().unwrap().clone();
+    assert!(!log.contains("ejected"), "{log}");
+}
+
+/// Every server of a group ejected: the proxy fails open to the one that failed least recently
+/// instead of answering 503 for the whole cool-down.
+#[test]
+fn a_group_whose_servers_are_all_ejected_fails_open() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let servers = format!("\"{a_addr}\", \"{b_addr}\"");
+    let proxy = Proxy::start(
+        &group_config(&servers, "round-robin")
+            .replace("[[routes]]", "fail_timeout = \"60s\"\n[[routes]]"),
+    );
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(get(&mut c, "/", "").status, 200);
+    a.kill();
+    b.kill();
+    // Both fail (connect refused) and are ejected for 60 s.
+    for _ in 0..3 {
+        let r = request(proxy.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(r.status, 502, "{}", r.text());
+    }
+    proxy.wait_log(|l| l.matches("ejected").count() >= 2);
+    let b = restart_origin(b_addr);
+    for _ in 0..5 {
+        let r = request(proxy.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(b.seen().len(), 5);
+}
+
+/// `fail_open = false` keeps the strict behaviour: 503 with Retry-After while all are ejected.
+#[test]
+fn fail_open_can_be_turned_off() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let servers = format!("\"{}\", \"{}\"", a.addr, b.addr);
+    let proxy = Proxy::start(&group_config(&servers, "round-robin").replace(
+        "[[routes]]",
+        "fail_open = false\nfail_timeout = \"60s\"\n[[routes]]",
+    ));
+    a.kill();
+    b.kill();
+    for _ in 0..2 {
+        let _ = request(proxy.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    }
+    proxy.wait_log(|l| l.matches("ejected").count() >= 2);
+    let r = request(proxy.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+}
+
+/// A response ringway refuses to relay is 502, but does not eject the server by default.
+#[test]
+fn an_invalid_response_does_not_eject_by_default() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let servers = format!("\"{}\", \"{}\"", a.addr, b.addr);
+    let proxy = Proxy::start(&group_config(&servers, "round-robin"));
+    for _ in 0..4 {
+        let r = request(proxy.addr, b"GET /bad-response HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(r.status, 502);
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            request(proxy.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert!(!proxy.log.lock().unwrap().contains("ejected"));
+    assert_eq!((a.seen().len(), b.seen().len()), (4, 4));
+}

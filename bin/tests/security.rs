@@ -226,3 +226,66 @@ fn slash_policy_is_configurable() {
     let r = request(proxy.addr, &get("/x/../admin")).unwrap();
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn endless_interim_responses_are_cut_off() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let started = Instant::now();
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/interim-flood"));
+    let mut interim = 0;
+    let last = loop {
+        let r = c.response("GET").expect("a final response");
+        if (100..200).contains(&r.status) {
+            interim += 1;
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(last.status, 502);
+    assert!(interim <= 16, "{interim} interim responses relayed");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The worker is free again.
+    assert_eq!(request(proxy.addr, &get("/ok")).unwrap().status, 200);
+}
+
+#[test]
+fn a_request_line_without_version_is_answered_at_once() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let started = Instant::now();
+    let r = request(proxy.addr, b"GET /\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(origin.seen().is_empty());
+}
+
+#[test]
+fn a_chunk_larger_than_any_body_is_refused_before_forwarding() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let r = request(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFF\r\nabc",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(origin.connections(), 0, "nothing was sent upstream");
+}
+
+#[test]
+fn error_pages_do_not_show_internal_reasons() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let proxy = Proxy::start(&config_for(addr, ""));
+    let r = request(proxy.addr, &get("/")).unwrap();
+    assert_eq!(r.status, 502);
+    let body = r.text();
+    assert!(
+        !body.contains("os error") && !body.contains("refused"),
+        "{body}"
+    );
+    proxy.wait_log(|l| l.contains("Connection refused"));
+}

@@ -19,6 +19,13 @@ pub struct PassivePolicy {
     pub max_cooldown: Duration,
     /// Whether a 5xx answer counts as a failure.
     pub fail_on_5xx: bool,
+    /// Whether a response the proxy refuses to relay (malformed, or a head over the limit)
+    /// counts as a failure (nginx `proxy_next_upstream invalid_header`).
+    pub fail_on_invalid: bool,
+    /// When every server of the group is ejected, send to the one whose cool-down ends first
+    /// instead of answering 503 (a passive verdict is a guess; refusing all traffic on it turns a
+    /// blip into an outage).
+    pub fail_open: bool,
 }
 
 impl Default for PassivePolicy {
@@ -28,6 +35,8 @@ impl Default for PassivePolicy {
             cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(300),
             fail_on_5xx: false,
+            fail_on_invalid: false,
+            fail_open: true,
         }
     }
 }
@@ -40,6 +49,8 @@ pub enum Outcome {
     Failure,
     /// A response with this 5xx status.
     ServerError(u16),
+    /// A response the proxy refused to relay (malformed, or too large a head).
+    Invalid,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +100,14 @@ impl ServerHealth {
         matches!(self.state, State::Ejected { until, .. } if now < until)
     }
 
+    /// When the current ejection ends (`None`: not ejected).
+    pub fn ejected_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Ejected { until, .. } => Some(until),
+            _ => None,
+        }
+    }
+
     /// Records the outcome of a request; returns the cool-down if this ejected the server.
     #[must_use]
     pub fn record(
@@ -101,9 +120,10 @@ impl ServerHealth {
             Outcome::Success => false,
             Outcome::Failure => true,
             Outcome::ServerError(_) => policy.fail_on_5xx,
+            Outcome::Invalid => policy.fail_on_invalid,
         };
         if !failed {
-            if !matches!(outcome, Outcome::ServerError(_)) {
+            if outcome == Outcome::Success {
                 self.state = State::Healthy { failures: 0 };
             }
             return None;
@@ -124,11 +144,25 @@ impl ServerHealth {
             State::Ejected { .. } => return None,
         };
         self.state = State::Ejected {
-            until: now + cooldown,
+            until: now.checked_add(cooldown).unwrap_or(now),
             cooldown,
         };
         Some(cooldown)
     }
+}
+
+/// Fail-open choice for a group whose every usable server is ejected: among the servers for
+/// which `candidate` holds (usable but for passive health), the one whose cool-down ends first,
+/// i.e. the one that failed least recently.
+pub fn least_recently_failed(
+    health: &[ServerHealth],
+    candidate: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    (0..health.len())
+        .filter(|&i| candidate(i))
+        .filter_map(|i| health[i].ejected_until().map(|u| (u, i)))
+        .min()
+        .map(|(_, i)| i)
 }
 
 /// Active health checks of one upstream group (nginx `health_check interval=5 fails=2 passes=2
@@ -228,7 +262,7 @@ mod tests {
             max_fails: 2,
             cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(35),
-            fail_on_5xx: false,
+            ..PassivePolicy::default()
         };
         let t0 = Instant::now();
         let mut h = ServerHealth::default();
@@ -302,5 +336,38 @@ mod tests {
         let mut h = ServerHealth::default();
         assert_eq!(h.record(Outcome::Failure, &off, t), None);
         assert!(h.available(t));
+    }
+
+    #[test]
+    fn refused_responses_count_only_when_configured() {
+        let t = Instant::now();
+        let mut h = ServerHealth::default();
+        let p = PassivePolicy::default();
+        assert_eq!(h.record(Outcome::Invalid, &p, t), None);
+        assert!(h.available(t));
+        let p = PassivePolicy {
+            fail_on_invalid: true,
+            ..p
+        };
+        assert!(h.record(Outcome::Invalid, &p, t).is_some());
+        assert!(h.is_ejected(t));
+    }
+
+    #[test]
+    fn fail_open_picks_the_server_that_comes_back_first() {
+        let t = Instant::now();
+        let p = PassivePolicy::default();
+        let mut hs = [ServerHealth::default(); 3];
+        let _ = hs[0].record(Outcome::Failure, &p, t + Duration::from_secs(2));
+        let _ = hs[1].record(Outcome::Failure, &p, t);
+        let _ = hs[2].record(Outcome::Failure, &p, t + Duration::from_secs(1));
+        assert_eq!(least_recently_failed(&hs, |_| true), Some(1));
+        assert_eq!(least_recently_failed(&hs, |i| i != 1), Some(2));
+        assert_eq!(least_recently_failed(&hs, |_| false), None);
+        // Only ejected servers are fall-backs: a healthy one would have been picked already.
+        assert_eq!(
+            least_recently_failed(&[ServerHealth::default()], |_| true),
+            None
+        );
     }
 }

@@ -414,8 +414,16 @@ impl Conn {
         let body_consumed = body_done || info.body.is_empty();
         let keep =
             body_consumed && info.connection.persistent(head.version) && !self.w.drain.is_set();
+        // The reason stays in the log; the client gets a plain status page (no socket errors,
+        // addresses or parser details of ours or the upstream's).
+        log::debug!("client {}: {status} {msg}", self.peer);
         self.out.clear();
-        respond::error(status, msg, !keep, &mut self.out);
+        respond::error(
+            status,
+            respond::upstream_failure(status),
+            !keep,
+            &mut self.out,
+        );
         if self
             .client
             .write_all(&mut self.out, self.cfg.timeouts.send)

@@ -17,7 +17,7 @@ use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringway_core::balance::{self, Balancer, Pick};
 use ringway_core::config::{Config, Listen};
-use ringway_core::health::{Outcome, ServerHealth};
+use ringway_core::health::{least_recently_failed, Outcome, ServerHealth};
 
 use crate::admin::{ServerSnap, Status, TlsCounts};
 use crate::drain::Drain;
@@ -185,6 +185,18 @@ impl Generation {
                 break;
             }
         }
+        // Every usable server ejected by passive health: fail open to the one that failed
+        // least recently (a passive verdict is a guess, and 503 for all is an outage).
+        let policy = &self.cfg.upstreams[group].passive;
+        if chosen.is_none() && policy.fail_open {
+            chosen = least_recently_failed(&g.health, |i| {
+                let s = &servers[i];
+                !s.down
+                    && self.board.is_up(group, i)
+                    && exclude & (1u64 << (i % 64)) == 0
+                    && s.max_conns.is_none_or(|m| g.in_flight[i] < m)
+            });
+        }
         let server = chosen?;
         g.in_flight[server] += 1;
         Some(InFlight {
@@ -219,6 +231,11 @@ impl Generation {
         let mut groups = self.groups.borrow_mut();
         if !matches!(outcome, Outcome::Success) {
             groups[group].failures[server] += 1;
+        }
+        // A group with one server never ejects it (as nginx ignores max_fails there): there is
+        // nowhere else to send its requests.
+        if self.cfg.upstreams[group].servers.len() == 1 {
+            return;
         }
         if let Some(d) = groups[group].health[server].record(outcome, &policy, Instant::now()) {
             log::warn!(

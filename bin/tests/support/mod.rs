@@ -48,7 +48,12 @@ pub struct Origin {
 
 impl Origin {
     pub fn start() -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// An origin on `addr` (e.g. the address of one that was killed, to bring it back).
+    pub fn start_on(addr: SocketAddr) -> Self {
+        let l = TcpListener::bind(addr).unwrap();
         let addr = l.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -110,7 +110,9 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            client_header: Duration::from_secs(60),
+            // Not nginx's 60 s, which slowloris tools are tuned to: a real client sends its head
+            // in one go, and HAProxy's recommended `timeout http-request` is 10 s.
+            client_header: Duration::from_secs(10),
             client_body: Duration::from_secs(60),
             keepalive: Duration::from_secs(75),
             send: Duration::from_secs(60),
@@ -344,7 +346,7 @@ impl Config {
                 file: file.to_string(),
                 line: inner.span().map(|s| loc.line_of(s)),
                 key: if key == "." { String::new() } else { key },
-                message: inner.message().trim().to_string(),
+                message: plain_message(inner.message().trim()),
             }
         })?;
         build(&loc, raw)
@@ -423,6 +425,13 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                     format!("expected IP:port or localhost:port, got {addr:?}"),
                 )
             })?;
+            if addr.port() == 0 {
+                return Err(loc.at(
+                    s.span(),
+                    skey.clone(),
+                    "port 0 cannot be connected to; expected a port from 1 to 65535",
+                ));
+            }
             let mut server = UpstreamServer::new(addr);
             if let Some(t) = t {
                 server.weight = t.weight.unwrap_or(1);
@@ -475,6 +484,8 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             )?,
             max_cooldown: dp.max_cooldown,
             fail_on_5xx: u.fail_on_5xx.unwrap_or(dp.fail_on_5xx),
+            fail_on_invalid: u.fail_on_invalid.unwrap_or(dp.fail_on_invalid),
+            fail_open: u.fail_open.unwrap_or(dp.fail_open),
         };
         let retries = match &u.retries {
             None => DEFAULT_RETRIES,
@@ -607,6 +618,13 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                         rs.status.span(),
                         format!("{key}.respond.status"),
                         "expected a status code from 200 to 599",
+                    ));
+                }
+                if matches!(status, 204 | 205 | 304) && !rs.body.is_empty() {
+                    return Err(loc.at(
+                        rs.status.span(),
+                        format!("{key}.respond.body"),
+                        format!("a {status} response has no body (RFC 9110 §15); remove `body`"),
                     ));
                 }
                 let mut headers = Vec::new();
@@ -976,6 +994,44 @@ fn build_limits(loc: &Locator<'_>, l: raw::Limits) -> Result<Limits, ConfigError
     })
 }
 
+/// serde's wording, said the way the configuration page says it: no Rust type names, no
+/// internals.
+fn plain_message(m: &str) -> String {
+    if m.starts_with("data did not match any variant of untagged enum") {
+        let what = match m.rsplit(' ').next().unwrap_or("") {
+            "Duration" => "a duration like \"250ms\", \"30s\", \"5m\" or \"1h\"",
+            "ListenEntry" => "\"IP:port\" or { addr = \"IP:port\", … }",
+            "ServerEntry" => "\"IP:port\" or { addr = \"IP:port\", weight = … }",
+            "UpstreamTls" => "true, false or { server_name = …, ca = …, cert = …, key = … }",
+            _ => "a value of another form",
+        };
+        return format!("expected {what}");
+    }
+    let mut out = m.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("invalid value: integer", "out of range:"),
+        ("expected struct ", "expected a table "),
+        ("expected a sequence", "expected a list"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
+}
+
+/// Longest duration any setting takes: long enough for any timeout, short enough that no
+/// `Instant` arithmetic on it can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration setting: from 1 ms to [`MAX_DURATION`] (a zero timeout would make the proxy
+/// answer nothing; an enormous one made it panic).
 fn opt_duration(
     loc: &Locator<'_>,
     key: &str,
@@ -984,13 +1040,15 @@ fn opt_duration(
 ) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
-        Some(v) => parse_duration(v.get_ref()).ok_or_else(|| {
-            loc.at(
-                v.span(),
-                key,
-                "expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\"",
-            )
-        }),
+        Some(v) => parse_duration(v.get_ref())
+            .filter(|d| (Duration::from_millis(1)..=MAX_DURATION).contains(d))
+            .ok_or_else(|| {
+                loc.at(
+                    v.span(),
+                    key,
+                    "expected a duration from 1ms to 24h, like \"250ms\", \"30s\", \"5m\" or \"1h\"",
+                )
+            }),
     }
 }
 

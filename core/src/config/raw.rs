@@ -134,6 +134,8 @@ pub(crate) struct Upstream {
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Spanned<Duration>>,
     pub fail_on_5xx: Option<bool>,
+    pub fail_on_invalid: Option<bool>,
+    pub fail_open: Option<bool>,
     pub retries: Option<Spanned<u32>>,
     pub retry_timeout: Option<Spanned<Duration>>,
     pub retry_on: Option<Spanned<Vec<u16>>>,

@@ -328,3 +328,103 @@ fn tls_errors_name_line_and_key() {
         assert_eq!((e.line, e.key.as_str()), (line, key), "{text}: {e}");
     }
 }
+
+const MIN: &str =
+    "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\n[[routes]]\nupstream = \"app\"\n";
+
+#[test]
+fn durations_are_range_checked() {
+    for v in [
+        "\"0s\"",
+        "0",
+        "\"9999999999999h\"",
+        "\"18446744073709551615s\"",
+        "\"25h\"",
+    ] {
+        let e = err(&format!("[timeouts]\nkeepalive = {v}\n{MIN}"));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(2), "timeouts.keepalive"),
+            "{v}"
+        );
+        assert!(e.message.contains("from 1ms to 24h"), "{}", e.message);
+    }
+    let e = err(&format!("[timeouts]\nupstream_read = \"0ms\"\n{MIN}"));
+    assert_eq!(e.key, "timeouts.upstream_read");
+    let e = err(&format!("[timeouts]\nclient_header = \"0s\"\n{MIN}"));
+    assert_eq!(e.key, "timeouts.client_header");
+    let e = err(&format!(
+        "{MIN}[upstreams.app.health_check]\nuri = \"/\"\ninterval = \"18446744073709551615s\"\n"
+    ));
+    assert_eq!(e.key, "upstreams.app.health_check.interval");
+    assert_eq!(Timeouts::default().client_header, Duration::from_secs(10));
+}
+
+#[test]
+fn messages_name_no_rust_types() {
+    let e = err(&format!("[server]\nworkers = \"two\"\n{MIN}"));
+    assert_eq!(e.line, Some(2));
+    assert!(
+        e.message.contains("expected a whole number"),
+        "{}",
+        e.message
+    );
+    let e = err(&format!("[server]\nworkers = -1\n{MIN}"));
+    assert!(!e.message.contains("usize"), "{}", e.message);
+    let e = err(&format!("[timeouts]\nsend = true\n{MIN}"));
+    assert!(e.message.contains("expected a duration"), "{}", e.message);
+    assert!(!e.message.contains("untagged"), "{}", e.message);
+}
+
+#[test]
+fn routes_that_could_never_match_are_errors() {
+    let dup = format!("{MIN}[[routes]]\nupstream = \"app\"\n");
+    let e = err(&dup);
+    assert_eq!((e.line, e.key.as_str()), (Some(5), "routes[1]"));
+    assert!(e.message.contains("routes[0]"), "{}", e.message);
+    for (p, why) in [
+        ("/a b", "visible ASCII"),
+        ("/caf\u{e9}", "visible ASCII"),
+        ("/a?b", "visible ASCII"),
+        ("/a/../b", "write \"/b\""),
+        ("//api", "write \"/api\""),
+        ("/%61pi", "write \"/api\""),
+        ("/..", "climbs above the root"),
+    ] {
+        let e = err(&format!(
+            "{MIN}[[routes]]\npath = \"{p}\"\nupstream = \"app\"\n"
+        ));
+        assert_eq!((e.line, e.key.as_str()), (Some(6), "routes[1].path"), "{p}");
+        assert!(e.message.contains(why), "{p}: {}", e.message);
+    }
+}
+
+#[test]
+fn bodies_on_bodiless_statuses_and_port_zero_are_errors() {
+    for st in [204, 205, 304] {
+        let e = err(&format!(
+            "[[routes]]\nrespond = {{ status = {st}, body = \"x\" }}\n"
+        ));
+        assert_eq!(e.key, "routes[0].respond.body", "{st}");
+    }
+    assert!(Config::parse("t.toml", "[[routes]]\nrespond = { status = 204 }\n").is_ok());
+    let e = err("[upstreams.app]\nservers = [\"127.0.0.1:0\"]\n[[routes]]\nupstream = \"app\"\n");
+    assert_eq!(e.key, "upstreams.app.servers[0]");
+}
+
+#[test]
+fn path_and_passive_health_switches() {
+    let c = Config::parse(
+        "t.toml",
+        "[server]\nmerge_slashes = false\nencoded_slashes = \"keep\"\n[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nfail_open = false\nfail_on_invalid = true\n[[routes]]\nupstream = \"app\"\n",
+    )
+    .unwrap();
+    assert!(!c.upstreams[0].passive.fail_open);
+    assert!(c.upstreams[0].passive.fail_on_invalid);
+    assert!(!c.server.path.merge_slashes);
+    let e = err("[server]\nencoded_slashes = \"decode\"\n[[routes]]\nrespond = { status = 200 }\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(2), "server.encoded_slashes")
+    );
+}

@@ -11,6 +11,11 @@ use std::ops::Range;
 
 use super::chars::FIELD_VALUE;
 
+/// Largest chunk accepted (1 TiB). A size beyond any body the proxy would forward is refused
+/// like an overflow as soon as its digits arrive, before anything is sent upstream, instead of
+/// forwarding the start of a request that can never end (`FFFFFFFFFFFFFFFF` fits in 64 bits).
+pub const MAX_CHUNK_SIZE: u64 = 1 << 40;
+
 /// Longest chunk-size line (size plus extensions) accepted.
 pub const MAX_CHUNK_LINE: usize = 4096;
 /// Most trailer bytes accepted after the last chunk.
@@ -173,6 +178,9 @@ impl ChunkedDecoder {
                 }
                 let d = (b as char).to_digit(16).unwrap_or(0) as u64;
                 self.remaining = self.remaining << 4 | d;
+                if self.remaining > MAX_CHUNK_SIZE {
+                    return Err(ChunkError::SizeOverflow);
+                }
                 self.digits += 1;
                 Size
             }
@@ -312,6 +320,8 @@ mod tests {
             (b"3;a\x00b\r\n", BadExtension),
             (b"3;a\nb\r\n", BadLineEnding),
             (b"10000000000000000\r\n", SizeOverflow),
+            (b"FFFFFFFFFFFFFFFF\r\n", SizeOverflow),
+            (b"10000000001\r\n", SizeOverflow),
             (b"fffffffffffffffff\r\n", SizeOverflow),
             (b"0\r\n bad\r\n\r\n", BadTrailer),
             (b"0\r\nX: a\x00\r\n\r\n", BadTrailer),

@@ -121,6 +121,8 @@ pub struct HeadScanner {
     scanned: usize,
     /// Leading empty lines skipped (RFC 9112 §2.2 allows a server to ignore them).
     start: usize,
+    /// The first line has been seen whole and looks like a start line.
+    line_checked: bool,
 }
 
 impl HeadScanner {
@@ -149,6 +151,9 @@ impl HeadScanner {
             }
             self.scanned = self.start;
         }
+        if !self.line_checked {
+            self.check_start_line(buf)?;
+        }
         let from = self.scanned.saturating_sub(3).max(self.start);
         if let Some(i) = end_of_head().find(&buf[from..]) {
             let end = from + i + 4;
@@ -174,6 +179,24 @@ impl HeadScanner {
             return Err(self.overflow(buf, limits));
         }
         Ok(Scan::Partial)
+    }
+
+    /// Once the first line is whole: a request line must end in ` HTTP/x.y` and a status line
+    /// start with `HTTP/`. Anything else (`GET /` alone, an HTTP/0.9 request) is refused at
+    /// once rather than waiting for header lines that will never come.
+    fn check_start_line(&mut self, buf: &[u8]) -> Result<(), ParseError> {
+        let Some(lf) = memchr::memchr(b'\n', &buf[self.start..]) else {
+            return Ok(());
+        };
+        self.line_checked = true;
+        let line = &buf[self.start..self.start + lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let request = line.len() >= 9 && line[line.len() - 9..].starts_with(b" HTTP/");
+        if request || line.starts_with(b"HTTP/") {
+            Ok(())
+        } else {
+            Err(ParseError::Version)
+        }
     }
 
     /// 414 when the request line alone is over the target limit, else 431.

@@ -37,6 +37,16 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// What a client is told when the upstream failed: the status, in words, and nothing of the
+/// cause (which goes to the log).
+pub fn upstream_failure(status: u16) -> &'static str {
+    match status {
+        504 => "the upstream server did not answer in time",
+        503 => "no upstream server is available",
+        _ => "the upstream server did not send a valid response",
+    }
+}
+
 /// A complete response with a plain-text body naming the problem, e.g.
 /// `502 Bad Gateway: upstream refused the connection`.
 pub fn error(status: u16, detail: &str, close: bool, out: &mut Vec<u8>) {

@@ -129,9 +129,10 @@ impl Conn {
                     msg,
                     resend_ok,
                     body_done,
+                    outcome,
                 } => {
                     log::warn!("upstream {}: {msg}", up_cfg.servers[server].addr);
-                    self.cfg.record(group, server, Outcome::Failure);
+                    self.cfg.record(group, server, outcome);
                     if resend_ok && may_retry {
                         last = Some((status, msg, body_done));
                         continue;
@@ -196,6 +197,7 @@ impl Conn {
                             msg,
                             resend_ok: true,
                             body_done: body_empty,
+                            outcome: Outcome::Failure,
                         };
                     }
                 },
@@ -214,6 +216,7 @@ impl Conn {
                     msg: format!("sending the request head: {e}"),
                     resend_ok: !timed_out,
                     body_done: body_empty,
+                    outcome: Outcome::Failure,
                 };
             }
             if !body_empty {
@@ -259,17 +262,22 @@ impl Conn {
                             msg: format!("upstream failed while receiving the request body: {e}"),
                             resend_ok: false,
                             body_done: false,
+                            outcome: Outcome::Failure,
                         },
                     };
                 }
             }
-            match self.read_response_head(&mut up).await {
+            match self.read_response_head(&mut up, t.upstream_read).await {
                 Ok(end) => return Attempt::Response(up, end),
                 Err(ResponseHeadError::ClosedEarly) if stale_retry => {
                     fresh_only = true;
                     continue;
                 }
                 Err(e) => {
+                    let outcome = match e {
+                        ResponseHeadError::Invalid(_) => Outcome::Invalid,
+                        _ => Outcome::Failure,
+                    };
                     let (status, msg, transient) = match e {
                         ResponseHeadError::Timeout => (504, "upstream timed out".to_string(), true),
                         ResponseHeadError::ClosedEarly | ResponseHeadError::Truncated => (
@@ -291,6 +299,7 @@ impl Conn {
                         msg,
                         resend_ok: transient && retryable,
                         body_done: true,
+                        outcome,
                     };
                 }
             }
@@ -310,6 +319,11 @@ impl Conn {
     ) -> Next {
         let t = self.cfg.timeouts;
         let limits = self.response_limits();
+        // Interim responses are bounded in number and bytes, and `upstream_read` runs across
+        // all of them: an upstream sending 1xx forever is cut off, not relayed forever.
+        let mut interim = 0usize;
+        let mut interim_bytes = 0usize;
+        let deadline = Instant::now() + t.upstream_read;
         let (rh, ri) = loop {
             let ub = &self.ubuf[..end];
             let parsed = parse_response(ub, &mut self.uheaders, &limits)
@@ -326,6 +340,7 @@ impl Conn {
                         "upstream {}: invalid response: {e}",
                         self.cfg.upstreams[group].servers[server].addr
                     );
+                    self.cfg.record(group, server, Outcome::Invalid);
                     return self
                         .fail(
                             502,
@@ -357,6 +372,18 @@ impl Conn {
                     )
                     .await;
             }
+            interim += 1;
+            interim_bytes += end;
+            if interim > MAX_INTERIM || interim_bytes > limits.max_head {
+                log::warn!(
+                    "upstream {}: more than {MAX_INTERIM} interim responses or {} bytes of them",
+                    self.cfg.upstreams[group].servers[server].addr,
+                    limits.max_head
+                );
+                return self
+                    .fail(502, "too many interim responses", &info, &head, false)
+                    .await;
+            }
             // Interim response: pass it on to HTTP/1.1 clients, then read the final one.
             if head.version == Version::Http11 {
                 self.out.clear();
@@ -373,8 +400,20 @@ impl Conn {
                 }
             }
             self.ubuf.drain(..end);
-            end = match self.read_response_head(&mut up).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            end = match self.read_response_head(&mut up, left).await {
                 Ok(e) => e,
+                Err(ResponseHeadError::Timeout) => {
+                    return self
+                        .fail(
+                            504,
+                            "upstream timed out after an interim response",
+                            &info,
+                            &head,
+                            false,
+                        )
+                        .await
+                }
                 Err(_) => {
                     return self
                         .fail(
@@ -496,12 +535,16 @@ impl Conn {
         }
     }
 
-    /// Reads a response head into `ubuf`; returns its length.
-    async fn read_response_head(&mut self, up: &mut Stream) -> Result<usize, ResponseHeadError> {
+    /// Reads a response head into `ubuf` within `timeout`; returns its length.
+    async fn read_response_head(
+        &mut self,
+        up: &mut Stream,
+        timeout: std::time::Duration,
+    ) -> Result<usize, ResponseHeadError> {
         let limits = self.response_limits();
-        let t = self.cfg.timeouts;
         ensure_capacity(&mut self.ubuf, BUF_SIZE);
         let mut scanner = HeadScanner::new();
+        let deadline = Instant::now() + timeout;
         loop {
             if !self.ubuf.is_empty() {
                 match scanner.scan(&self.ubuf, &limits) {
@@ -510,10 +553,11 @@ impl Conn {
                     Err(e) => return Err(ResponseHeadError::Invalid(e)),
                 }
             }
-            match up
-                .read_append(&mut self.ubuf, usize::MAX, t.upstream_read)
-                .await
-            {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ResponseHeadError::Timeout);
+            }
+            match up.read_append(&mut self.ubuf, usize::MAX, left).await {
                 Ok(0) if self.ubuf.is_empty() => return Err(ResponseHeadError::ClosedEarly),
                 Ok(0) => return Err(ResponseHeadError::Truncated),
                 Ok(_) => {}
@@ -565,6 +609,9 @@ enum ResponseHeadError {
     Invalid(ParseError),
 }
 
+/// Most interim (1xx) responses relayed before a final one.
+const MAX_INTERIM: usize = 16;
+
 /// Bodies up to this size that arrived in the same read as their head are sent in one write
 /// with the head.
 const INLINE_BODY: u64 = 8 * 1024;
@@ -581,6 +628,8 @@ enum Attempt {
         resend_ok: bool,
         /// The request body has been read from the client in full.
         body_done: bool,
+        /// What passive health learns from it.
+        outcome: Outcome,
     },
     /// The client connection is finished with (client-side failure, already answered).
     Finished(Next),

@@ -332,3 +332,23 @@ mod differential {
         }
     }
 }
+
+#[test]
+fn a_start_line_without_version_is_refused_when_it_ends() {
+    let l = Limits::default();
+    let mut sc = HeadScanner::new();
+    assert_eq!(sc.scan(b"GET /", &l), Ok(Scan::Partial));
+    assert_eq!(sc.scan(b"GET /\r\n", &l), Err(ParseError::Version));
+    let mut sc = HeadScanner::new();
+    assert_eq!(
+        sc.scan(b"\r\nGET /index.html\n", &l),
+        Err(ParseError::Version)
+    );
+    let mut sc = HeadScanner::new();
+    assert_eq!(
+        sc.scan(b"GET / HTTP/1.1\r\nHost: a\r\n", &l),
+        Ok(Scan::Partial)
+    );
+    let mut sc = HeadScanner::new();
+    assert_eq!(sc.scan(b"HTTP/1.1 200 OK\r\n", &l), Ok(Scan::Partial));
+}
