@@ -184,6 +184,14 @@ fn reload(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A stale pid file can name a process that is not ringway at all: never signal that.
+    if let Err(why) = is_ringway(pid) {
+        eprintln!(
+            "ringway: {}: PID {pid} is not a running ringway ({why}); not signalling it",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
     // SAFETY: kill(2) with a PID read from our pid file and a fixed signal; no memory involved.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         eprintln!(
@@ -194,6 +202,28 @@ fn reload(cli: &Cli) -> ExitCode {
     }
     println!("reload signalled to PID {pid}");
     ExitCode::SUCCESS
+}
+
+/// Checks that `pid` runs the same program as this one (by executable name, so that a
+/// `ringway` started from another build directory still counts).
+fn is_ringway(pid: i32) -> Result<(), String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("cannot read /proc/{pid}/exe: {e}"))?;
+    let name = |p: &std::path::Path| {
+        p.file_name().map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
+    };
+    let ours = std::env::current_exe()
+        .ok()
+        .and_then(|p| name(&p))
+        .unwrap_or_else(|| "ringway".into());
+    match name(&exe) {
+        Some(n) if n == ours || n == "ringway" => Ok(()),
+        _ => Err(format!("it runs {}", exe.display())),
+    }
 }
 
 fn run(cli: &Cli) -> ExitCode {
@@ -311,12 +341,24 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
     match load(cli) {
         Err(e) => log::error!("reload rejected, keeping the running config: {e}"),
         Ok(cfg) => {
+            // `running` keeps the restart-only settings in effect, so a file that differs from
+            // them is reported on every reload, not just the first.
             let (s, r) = (&cfg.server, &running.server);
-            if s.listen != r.listen || s.workers != r.workers || s.cpus != r.cpus || s.pin != r.pin
-            {
+            let addrs = |l: &[ringway_core::config::Listen]| {
+                l.iter()
+                    .map(|l| l.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if s.listen != r.listen {
                 log::warn!(
-                    "reload: listen, workers, cpus and pin take effect only after a restart"
+                    "reload: server.listen changed ({}); it takes effect only after a restart, still serving {}",
+                    addrs(&s.listen),
+                    addrs(&r.listen)
                 );
+            }
+            if s.workers != r.workers || s.cpus != r.cpus || s.pin != r.pin {
+                log::warn!("reload: server.workers, cpus and pin take effect only after a restart");
             }
             if let Err(e) = reloader.reload(&cfg) {
                 log::error!("reload rejected, keeping the running config: {e}");
@@ -327,7 +369,12 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
                 cfg.routes.len(),
                 cfg.upstreams.len()
             );
+            let in_effect = running.server.clone();
             *running = cfg;
+            running.server.listen = in_effect.listen;
+            running.server.workers = in_effect.workers;
+            running.server.cpus = in_effect.cpus;
+            running.server.pin = in_effect.pin;
         }
     }
 }

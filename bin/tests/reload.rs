@@ -183,3 +183,52 @@ fn fleet_changes_under_load_lose_nothing() {
     drop(proxy);
     let _ = std::fs::remove_file(&pid);
 }
+
+/// A stale pid file that names another program: `ringway reload` refuses to signal it.
+#[test]
+fn reload_never_signals_a_process_that_is_not_ringway() {
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let pid = TempFile::new(&other.id().to_string());
+    let cfg = TempFile::new(&format!(
+        "[server]\npid_file = \"{}\"\n[[routes]]\nrespond = {{ status = 200 }}\n",
+        pid.0.display()
+    ));
+    let out = std::process::Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a running ringway"), "{err}");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process was signalled"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
+/// A reload whose file changes `listen` says, every time, that the old address is still served.
+#[test]
+fn a_listen_change_is_reported_on_every_reload() {
+    let origin = Origin::start();
+    let pid = std::env::temp_dir().join(format!("ringway-listen-{}.pid", std::process::id()));
+    let proxy = Proxy::start(&config(origin.addr, &pid, ""));
+    let changed = config(origin.addr, &pid, "").replace("127.0.0.1:0", "127.0.0.1:1");
+    std::fs::write(&proxy.config.as_ref().unwrap().0, changed).unwrap();
+    for n in 1..=2 {
+        proxy.signal(libc::SIGHUP);
+        proxy.wait_log(|l| l.matches("server.listen changed").count() >= n);
+    }
+    assert_eq!(
+        request(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .status,
+        200
+    );
+    let _ = std::fs::remove_file(&pid);
+}

@@ -956,3 +956,57 @@ fn bytes_after_close_notify_do_not_stall_the_worker() {
     let (ok, _) = curl_name(&p, &dir.0.join("ca.pem"), "a.test", "/len/10", &[]);
     assert!(ok);
 }
+
+/// The path tricks of the security issue, over TLS: the same normalisation, the same answers.
+#[test]
+fn path_tricks_over_tls_cannot_reach_a_denied_route() {
+    let (dir, _ca, origin) = setup();
+    let extra = "[[routes]]\npath = \"/admin\"\nrespond = { status = 403, body = \"denied\" }\n";
+    let p = Proxy::start(&tls_config(origin.addr, &dir, "", extra));
+    let ca = dir.0.join("ca.pem");
+    let status = |path: &str| {
+        let (ok, out) = curl_name(
+            &p,
+            &ca,
+            "a.test",
+            path,
+            &["--path-as-is", "-o", "/dev/null", "-w", "%{http_code}"],
+        );
+        assert!(ok, "{path}");
+        String::from_utf8(out).unwrap()
+    };
+    for path in [
+        "/static/../admin/",
+        "//admin/",
+        "/%61dmin/",
+        "/./admin/",
+        "/static/%2e%2e/admin/",
+        "/static/.%2e/admin/",
+    ] {
+        assert_eq!(status(path), "403", "{path}");
+    }
+    for path in [
+        "/../admin/",
+        "/static%2f..%2fadmin/",
+        "/static/..;/admin/",
+        "/a%00",
+        "/%c0%ae%c0%ae/admin",
+        "/a%zz",
+    ] {
+        assert_eq!(status(path), "400", "{path}");
+    }
+    assert_eq!(status("/ok/./x"), "200");
+    assert_eq!(origin.seen().last().unwrap().path, "/ok/x");
+    assert!(origin.seen().iter().all(|s| !s.path.contains("admin")));
+}
+
+/// A client that offers only `http/1.0` in ALPN (`curl --http1.0`) gets HTTP/1.x, not a failed
+/// handshake.
+#[test]
+fn curl_http10_over_tls() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
+    let ca = dir.0.join("ca.pem");
+    let (ok, body) = curl_name(&p, &ca, "a.test", "/len/100", &["--http1.0"]);
+    assert!(ok && body.len() == 100, "{}", p.log.lock().unwrap());
+}

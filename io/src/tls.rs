@@ -121,7 +121,9 @@ fn server_config(t: &Tls, keep: &mut Keep) -> Result<Arc<ServerConfig>, ConfigEr
     let mut sc = ServerConfig::builder_with_protocol_versions(versions)
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // http/1.0 too: a client that offers only it (`curl --http1.0`) must get HTTP/1.x, not a
+    // failed handshake (rustls refuses a client whose ALPN list shares nothing with ours).
+    sc.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     sc.session_storage = if t.session_cache == 0 {
         Arc::new(NoServerSessionStorage {})
     } else {
