@@ -243,6 +243,20 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let pid_path = pid_file(cli, &server_cfg);
+    let admin_addr = server.admin_addr();
+    // Signals are handled before the address is announced and the pid file written: a SIGHUP
+    // sent as soon as either is seen (`ringway reload`) must reload, never kill the process.
+    let handle = server.shutdown_handle();
+    if let Err(e) = spawn_signal_thread(
+        handle,
+        server.reload_handle(),
+        cli.clone(),
+        server_cfg.clone(),
+    ) {
+        eprintln!("ringway: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
@@ -271,20 +285,14 @@ fn run(cli: &Cli) -> ExitCode {
             )
         }
     );
-    let pid_path = pid_file(cli, &server_cfg);
     if let Some(p) = &pid_path {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             eprintln!("ringway: {}: cannot write pid file: {e}", p.display());
             return ExitCode::FAILURE;
         }
     }
-    if let (true, Some(a)) = (admin_configured, server.admin_addr()) {
+    if let (true, Some(a)) = (admin_configured, admin_addr) {
         log::info!("admin status on http://{a}/status");
-    }
-    let handle = server.shutdown_handle();
-    if let Err(e) = spawn_signal_thread(handle, server.reload_handle(), cli.clone(), server_cfg) {
-        eprintln!("ringway: cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
     }
     let result = server.run();
     if let Some(p) = &pid_path {

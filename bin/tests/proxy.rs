@@ -542,3 +542,28 @@ fn spliced_body_then_pipelined_request() {
     assert_eq!(c.response("GET").unwrap().body_len, 200_000);
     assert_eq!(c.response("GET").unwrap().text(), "ok /last");
 }
+
+/// RFC 9110 §6.6.1: responses forwarded without a Date get one; ringway's own responses too.
+#[test]
+fn date_is_added_where_missing() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[[routes]]\npath = \"/fixed\"\nrespond = { status = 200, body = \"x\" }\n",
+    ));
+    let is_date = |v: Option<&str>| v.is_some_and(|d| d.ends_with(" GMT") && d.len() == 29);
+    let r = request(proxy.addr, &get("/plain")).unwrap();
+    assert!(is_date(r.header("date")), "{:?}", r.headers);
+    assert_eq!(
+        r.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("date"))
+            .count(),
+        1
+    );
+    let r = request(proxy.addr, &get("/fixed")).unwrap();
+    assert!(is_date(r.header("date")), "{:?}", r.headers);
+    let r = request(proxy.addr, b"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    assert!(is_date(r.header("date")), "{:?}", r.headers);
+}

@@ -384,12 +384,15 @@ impl Conn {
                 !keep,
                 keep && head.version == Version::Http10,
                 head.method == Method::Head,
+                &self.w.date(),
                 &mut self.out,
             ),
-            Local::Error(status, msg) => respond::error(status, msg, !keep, &mut self.out),
+            Local::Error(status, msg) => {
+                respond::error(status, msg, !keep, &self.w.date(), &mut self.out)
+            }
             Local::Redirect { host, target } => {
                 let port = self.cfg.https_port();
-                respond::redirect_https(host, port, target, !keep, &mut self.out)
+                respond::redirect_https(host, port, target, !keep, &self.w.date(), &mut self.out)
             }
         }
         if self.client.write_all(&mut self.out, t.send).await.is_err() || !keep {
@@ -422,6 +425,7 @@ impl Conn {
             status,
             respond::upstream_failure(status),
             !keep,
+            &self.w.date(),
             &mut self.out,
         );
         if self
@@ -454,7 +458,7 @@ impl Conn {
     async fn reject(&mut self, status: u16, msg: &str) {
         log::debug!("client {}: {status} {msg}", self.peer);
         self.out.clear();
-        respond::error(status, msg, true, &mut self.out);
+        respond::error(status, msg, true, &self.w.date(), &mut self.out);
         if self
             .client
             .write_all(&mut self.out, self.cfg.timeouts.send)

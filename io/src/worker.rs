@@ -18,6 +18,7 @@ use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBu
 use ringway_core::balance::{self, Balancer, Pick};
 use ringway_core::config::{Config, Listen};
 use ringway_core::health::{least_recently_failed, Outcome, ServerHealth};
+use ringway_core::http::date::DateLine;
 
 use crate::admin::{ServerSnap, Status, TlsCounts};
 use crate::drain::Drain;
@@ -37,6 +38,8 @@ pub(crate) struct Worker {
     active: Cell<usize>,
     /// TLS handshakes on this worker's listeners (published with the status).
     pub(crate) tls_counts: Cell<TlsCounts>,
+    /// The `Date` line, formatted at most once per second.
+    date: Cell<DateLine>,
 }
 
 /// A configuration with what was derived from it on the main thread, as handed to a worker
@@ -114,7 +117,21 @@ impl Worker {
             drain: Drain::default(),
             active: Cell::new(0),
             tls_counts: Cell::new(TlsCounts::default()),
+            date: Cell::new(DateLine::at(unix_now())),
         }
+    }
+
+    /// The current `Date` header line (RFC 9110 §6.6.1). One vDSO clock read per call; the
+    /// line is formatted again only when the second changes.
+    pub(crate) fn date(&self) -> DateLine {
+        let now = unix_now();
+        let d = self.date.get();
+        if d.secs() == now {
+            return d;
+        }
+        let d = DateLine::at(now);
+        self.date.set(d);
+        d
     }
 
     /// Updates this worker's TLS counters.
@@ -269,6 +286,12 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.g.groups.borrow_mut()[self.group].in_flight[self.server] -= 1;
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How a worker hears from and reports to the rest of the process (never on the request path).

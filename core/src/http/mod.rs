@@ -6,6 +6,7 @@
 
 pub mod chars;
 pub mod chunked;
+pub mod date;
 pub mod framing;
 pub mod parse;
 pub mod path;

@@ -2,6 +2,8 @@
 
 use std::io::Write as _;
 
+use super::date::DateLine;
+
 /// The reason phrase for the status codes the proxy produces (others get an empty phrase).
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -49,12 +51,19 @@ pub fn upstream_failure(status: u16) -> &'static str {
 
 /// A complete response with a plain-text body naming the problem, e.g.
 /// `502 Bad Gateway: upstream refused the connection`.
-pub fn error(status: u16, detail: &str, close: bool, out: &mut Vec<u8>) {
-    error_with(status, detail, close, b"", out);
+pub fn error(status: u16, detail: &str, close: bool, date: &DateLine, out: &mut Vec<u8>) {
+    error_with(status, detail, close, b"", date, out);
 }
 
 /// Like [`error`], with `extra` header lines (each ending in CRLF) added to the head.
-pub fn error_with(status: u16, detail: &str, close: bool, extra: &[u8], out: &mut Vec<u8>) {
+pub fn error_with(
+    status: u16,
+    detail: &str,
+    close: bool,
+    extra: &[u8],
+    date: &DateLine,
+    out: &mut Vec<u8>,
+) {
     let r = reason(status);
     let body_len = 3
         + 1
@@ -69,6 +78,7 @@ pub fn error_with(status: u16, detail: &str, close: bool, extra: &[u8], out: &mu
         out,
         "HTTP/1.1 {status} {r}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {body_len}\r\n"
     );
+    out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -106,8 +116,16 @@ impl Fixed {
     }
 
     /// Appends the full response; `head_only` for HEAD requests.
-    pub fn write(&self, close: bool, keep_alive_header: bool, head_only: bool, out: &mut Vec<u8>) {
+    pub fn write(
+        &self,
+        close: bool,
+        keep_alive_header: bool,
+        head_only: bool,
+        date: &DateLine,
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(&self.head);
+        out.extend_from_slice(date.as_bytes());
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
         } else if keep_alive_header {
@@ -123,7 +141,14 @@ impl Fixed {
 /// The `301` a `redirect_https` listener answers with: `Location: https://HOST[:PORT]TARGET`,
 /// where HOST is the request's host without its port, PORT is omitted when it is 443, and
 /// TARGET is the request's path and query as received.
-pub fn redirect_https(host: &[u8], port: u16, target: &[u8], close: bool, out: &mut Vec<u8>) {
+pub fn redirect_https(
+    host: &[u8],
+    port: u16,
+    target: &[u8],
+    close: bool,
+    date: &DateLine,
+    out: &mut Vec<u8>,
+) {
     let name = if host.first() == Some(&b'[') {
         host.iter()
             .position(|&b| b == b']')
@@ -141,18 +166,21 @@ pub fn redirect_https(host: &[u8], port: u16, target: &[u8], close: bool, out: &
     }
     location.extend_from_slice(target);
     location.extend_from_slice(b"\r\n");
-    error_with(301, "moved to https", close, &location, out);
+    error_with(301, "moved to https", close, &location, date, out);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    static D: std::sync::LazyLock<DateLine> =
+        std::sync::LazyLock::new(|| DateLine::at(784_111_777));
+
     #[test]
     fn redirect_locations() {
         let l = |h: &str, p, t: &str| {
             let mut out = Vec::new();
-            redirect_https(h.as_bytes(), p, t.as_bytes(), false, &mut out);
+            redirect_https(h.as_bytes(), p, t.as_bytes(), false, &D, &mut out);
             let s = String::from_utf8(out).unwrap();
             assert!(s.starts_with("HTTP/1.1 301 Moved Permanently\r\n"), "{s}");
             let loc = s.split("\r\n").find_map(|l| l.strip_prefix("Location: "));
@@ -171,7 +199,7 @@ mod tests {
     #[test]
     fn error_body_length_is_exact() {
         let mut out = Vec::new();
-        error(502, "upstream refused the connection", true, &mut out);
+        error(502, "upstream refused the connection", true, &D, &mut out);
         let s = String::from_utf8(out).unwrap();
         let (head, body) = s.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
@@ -179,7 +207,7 @@ mod tests {
         assert!(head.contains("Connection: close"));
         assert_eq!(body, "502 Bad Gateway: upstream refused the connection\n");
         let mut out = Vec::new();
-        error(400, "", false, &mut out);
+        error(400, "", false, &D, &mut out);
         let s = String::from_utf8(out).unwrap();
         let (head, body) = s.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
@@ -193,13 +221,13 @@ mod tests {
             b"hi\n",
         );
         let mut out = Vec::new();
-        f.write(false, false, false, &mut out);
+        f.write(false, false, false, &D, &mut out);
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nhi\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\nhi\n"
         );
         let mut out = Vec::new();
-        f.write(true, false, true, &mut out);
+        f.write(true, false, true, &D, &mut out);
         assert!(out.ends_with(b"Connection: close\r\n\r\n"));
     }
 }

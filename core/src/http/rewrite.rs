@@ -7,6 +7,7 @@
 
 use std::io::Write as _;
 
+use super::date::DateLine;
 use super::framing::BodyKind;
 use super::{list_items, Header, RequestHead, ResponseHead, TargetForm, Version};
 
@@ -190,9 +191,11 @@ pub fn client_response(
     headers: &[Header],
     body: BodyKind,
     connection: ConnectionHeader,
+    date: Option<&DateLine>,
     out: &mut Vec<u8>,
 ) {
     let conn = ConnectionOptions::collect(buf, headers);
+    let mut has_date = false;
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(head.status));
     out.push(b' ');
@@ -204,7 +207,12 @@ pub fn client_response(
         if !keep_length && (in_set(HOP_BY_HOP, name) || conn.lists(name)) {
             continue;
         }
+        has_date |= name.eq_ignore_ascii_case(b"date");
         push_field(out, name, h.value.get(buf));
+    }
+    // RFC 9110 §6.6.1: a recipient with a clock appends Date to a response it forwards without.
+    if let (false, Some(d)) = (has_date, date) {
+        out.extend_from_slice(d.as_bytes());
     }
     out.extend_from_slice(match head.version {
         Version::Http10 => b"Via: 1.0 ringway\r\n",
@@ -300,12 +308,32 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::Chunked,
             ConnectionHeader::Close,
+            Some(&DateLine::at(0)),
             &mut out,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
+        // The upstream's own Date is kept, and not doubled.
+        let dated =
+            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_response(dated, &mut hs, &Limits::default()).unwrap();
+        let mut out = Vec::new();
+        let d = DateLine::at(0);
+        client_response(
+            dated,
+            &head,
+            &hs,
+            BodyKind::Length(0),
+            ConnectionHeader::Omit,
+            Some(&d),
+            &mut out,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(s.matches("Date:").count(), 1, "{s}");
+        assert!(s.contains("1994"));
+        let head = parse_response(resp, &mut hs, &Limits::default()).unwrap();
         let mut out = Vec::new();
         client_response(
             resp,
@@ -313,6 +341,7 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::None,
             ConnectionHeader::KeepAlive,
+            None,
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();

@@ -393,6 +393,7 @@ impl Conn {
                     &self.uheaders,
                     BodyKind::None,
                     ConnectionHeader::Omit,
+                    None,
                     &mut self.out,
                 );
                 if self.client.write_all(&mut self.out, t.send).await.is_err() {
@@ -449,6 +450,7 @@ impl Conn {
             &self.uheaders,
             to_client,
             conn_header,
+            Some(&self.w.date()),
             &mut self.out,
         );
         self.ubuf.drain(..end);
@@ -581,6 +583,7 @@ impl Conn {
             "no upstream server available",
             !keep,
             b"Retry-After: 5\r\n",
+            &self.w.date(),
             &mut self.out,
         );
         if self
