@@ -108,6 +108,16 @@ fn routes(c: &mut Criterion) {
             })
         });
     }
+    // The case: every route on one host, the request for the last one.
+    for n in [10usize, 10_000] {
+        let table = Router::new((0..n).map(|i| (HostMatch::Any, format!("/service-{i}/"), i)));
+        let path = format!("/service-{}/items/42", n - 1);
+        g.bench_function(BenchmarkId::new("one-host-last-route", n), |b| {
+            b.iter(|| {
+                black_box(table.lookup(black_box(b"example.com"), black_box(path.as_bytes())))
+            })
+        });
+    }
     g.finish();
 }
 
