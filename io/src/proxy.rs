@@ -37,8 +37,12 @@ use ringway_core::health::Outcome;
 
 mod upstream_exchange;
 
-/// Size of each connection's read buffers. Heads up to the configured limit grow past it.
+/// Size of the read buffers an exchange uses. Heads up to the configured limit grow past it.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
+
+/// The input buffer an idle connection keeps: enough for most request heads in one read
+/// (a larger head grows it), small enough that idle connections cost little.
+const IDLE_BUF: usize = 1024;
 
 /// What happens to the client connection after a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +91,7 @@ pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, kind:
     let _active = w.enter();
     let cfg = w.current();
     let client = if kind.tls {
-        match accept_tls(&w, &cfg, tcp, peer).await {
+        match Box::pin(accept_tls(&w, &cfg, tcp, peer)).await {
             Accepted::Tls(s) => s,
             Accepted::PlainHttp(tcp) => {
                 // Plain HTTP on a TLS port: say so in plain HTTP, as nginx does.
@@ -169,7 +173,7 @@ impl Conn {
             redirect_https: kind.redirect_https,
             peer,
             peer_ip: peer.ip().to_string().into_bytes(),
-            inbuf: Vec::with_capacity(BUF_SIZE),
+            inbuf: Vec::with_capacity(IDLE_BUF),
             ubuf: Vec::new(),
             out: Vec::with_capacity(1024),
             target: Vec::new(),
@@ -188,13 +192,37 @@ impl Conn {
             let Some(head_end) = self.read_head().await else {
                 return;
             };
-            if self.handle(head_end).await == Next::Close {
+            // Boxed: the exchange's state (its nested futures, several KiB) is allocated only
+            // while a request is being handled, so an idle connection's task stays small.
+            if Box::pin(self.handle(head_end)).await == Next::Close {
                 return;
             }
             self.served += 1;
             if self.w.drain.is_set() {
                 return;
             }
+            self.idle();
+        }
+    }
+
+    /// Between requests a connection keeps only small buffers: the read buffers of the last
+    /// exchange go back to the worker (or are freed), so that thousands of idle keep-alive
+    /// connections cost little memory. Bytes already received (a pipelined request) keep theirs.
+    fn idle(&mut self) {
+        if self.ubuf.is_empty() && self.ubuf.capacity() > 0 {
+            self.w.give_buf(std::mem::take(&mut self.ubuf));
+        }
+        if self.inbuf.is_empty() && self.inbuf.capacity() > IDLE_BUF {
+            self.w.give_buf(std::mem::replace(
+                &mut self.inbuf,
+                Vec::with_capacity(IDLE_BUF),
+            ));
+        }
+        if self.out.capacity() > 2 * IDLE_BUF {
+            self.out = Vec::with_capacity(IDLE_BUF);
+        }
+        if self.scratch.capacity() > 0 && self.scratch.is_empty() {
+            self.w.give_buf(std::mem::take(&mut self.scratch));
         }
     }
 

@@ -23,7 +23,7 @@ use ringway_core::http::date::DateLine;
 use crate::admin::{ServerSnap, Status, TlsCounts};
 use crate::drain::Drain;
 use crate::health::Board;
-use crate::proxy::serve;
+use crate::proxy::{serve, BUF_SIZE};
 use crate::tls::TlsMaterial;
 use crate::upstream::Pool;
 
@@ -40,7 +40,15 @@ pub(crate) struct Worker {
     pub(crate) tls_counts: Cell<TlsCounts>,
     /// The `Date` line, formatted at most once per second.
     date: Cell<DateLine>,
+    /// Spare read buffers ([`BUF_SIZE`]), lent to connections for the length of an exchange,
+    /// so that an idle connection holds none.
+    bufs: RefCell<Vec<Vec<u8>>>,
+    /// Connections were served since the heap was last trimmed.
+    busy_since_trim: Cell<bool>,
 }
+
+/// Most spare buffers a worker keeps (1 MiB); more are freed.
+const SPARE_BUFS: usize = 64;
 
 /// A configuration with what was derived from it on the main thread, as handed to a worker
 /// (and to the health checker) at start and on every reload.
@@ -118,6 +126,42 @@ impl Worker {
             active: Cell::new(0),
             tls_counts: Cell::new(TlsCounts::default()),
             date: Cell::new(DateLine::at(unix_now())),
+            bufs: RefCell::new(Vec::new()),
+            busy_since_trim: Cell::new(false),
+        }
+    }
+
+    /// An empty buffer of [`BUF_SIZE`] bytes' capacity, from the spares when there is one.
+    pub(crate) fn take_buf(&self) -> Vec<u8> {
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    }
+
+    /// Takes back a buffer a connection no longer needs (emptied), or frees it.
+    pub(crate) fn give_buf(&self, mut buf: Vec<u8>) {
+        let mut spares = self.bufs.borrow_mut();
+        if spares.len() < SPARE_BUFS && (BUF_SIZE..=4 * BUF_SIZE).contains(&buf.capacity()) {
+            buf.clear();
+            spares.push(buf);
+        }
+    }
+
+    /// After a burst of connections, once none is left: gives the heap's free memory back to
+    /// the system (glibc keeps freed small blocks otherwise, so RSS never came down).
+    fn trim_when_idle(&self) {
+        if self.active.get() > 0 {
+            self.busy_since_trim.set(true);
+            return;
+        }
+        if self.busy_since_trim.replace(false) {
+            self.bufs.borrow_mut().clear();
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 
@@ -342,6 +386,7 @@ pub(crate) fn run(
             while let Ok(update) = reloads.try_recv() {
                 w.install(update);
             }
+            w.trim_when_idle();
             let snap = w.current().snapshot(Instant::now());
             status.publish(id, snap, w.tls_counts.get());
         }

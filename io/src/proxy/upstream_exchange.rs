@@ -544,6 +544,9 @@ impl Conn {
         timeout: std::time::Duration,
     ) -> Result<usize, ResponseHeadError> {
         let limits = self.response_limits();
+        if self.ubuf.capacity() < BUF_SIZE && self.ubuf.is_empty() {
+            self.ubuf = self.w.take_buf();
+        }
         ensure_capacity(&mut self.ubuf, BUF_SIZE);
         let mut scanner = HeadScanner::new();
         let deadline = Instant::now() + timeout;

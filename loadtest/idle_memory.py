@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Memory per idle keep-alive connection, and RSS after repeated rounds, for ringway and nginx.
+
+Usage: python3 loadtest/idle_memory.py [--conns N] [--rounds R] [--ringway PATH ...]
+
+For each proxy (one worker, pinned to CPU 0): a loopback origin answers `ok`; N clients each
+send one proxied GET on a keep-alive connection, read the answer and stay connected. Memory
+per idle connection is the proxy's RSS with the N connections open minus its RSS before, over
+N. Then R rounds of N connections are opened, used once and closed, and the RSS after each
+round (once the proxy has gone idle) shows whether memory comes back. Loopback only; every
+loop is bounded.
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Origin(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        # One write: a head and body in two small writes meet Nagle and delayed ACK (40 ms).
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def wait_port(port, limit=10.0):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def one_request(s):
+    s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while not data.endswith(b"ok"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    if not data.startswith(b"HTTP/1.1 200"):
+        raise OSError(data[:40])
+
+
+def open_clients(port, n):
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        one_request(s)
+        socks.append(s)
+    return socks
+
+
+def settle(pids, limit=5.0):
+    """RSS once it stops moving (the proxy has finished with closed connections)."""
+    last, end = rss_kib(pids), time.time() + limit
+    while time.time() < end:
+        time.sleep(0.3)
+        now = rss_kib(pids)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def measure(name, start, conns, rounds):
+    port = free_port()
+    proc, pids_of = start(port)
+    try:
+        wait_port(port)
+        warm = open_clients(port, 16)
+        for s in warm:
+            s.close()
+        pids = pids_of()
+        base = settle(pids)
+        socks = open_clients(port, conns)
+        held = settle(pids)
+        per_conn = (held - base) * 1024 / conns
+        for s in socks:
+            s.close()
+        after = [settle(pids)]
+        for _ in range(rounds):
+            socks = open_clients(port, conns)
+            for s in socks:
+                s.close()
+            after.append(settle(pids))
+        print(
+            f"{name}: RSS idle {base} KiB, with {conns} idle keep-alive connections {held} KiB "
+            f"= {per_conn:.0f} B/connection; RSS after each round of {conns}: "
+            + ", ".join(f"{a} KiB" for a in after)
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--conns", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ringway", nargs="+", default=["target/release/ringway"])
+    ap.add_argument("--no-nginx", action="store_true")
+    a = ap.parse_args()
+
+    origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+    origin.daemon_threads = True
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    up = f"127.0.0.1:{origin.server_address[1]}"
+    tmp = tempfile.mkdtemp(prefix="ringway-idle-")
+
+    for path in a.ringway:
+        def start(port, path=path):
+            p = subprocess.Popen(
+                ["taskset", "-c", "0", path, "--listen", f"127.0.0.1:{port}",
+                 "--workers", "1", "--no-pin", "--upstream", up, "--log-level", "error"],
+                stderr=subprocess.DEVNULL,
+            )
+            return p, lambda: [p.pid]
+        measure(f"ringway {path}", start, a.conns, a.rounds)
+
+    if not a.no_nginx:
+        def start(port):
+            conf = os.path.join(tmp, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    f"worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/err warn;\n"
+                    f"daemon off; events {{ worker_connections {a.conns * 3}; }}\n"
+                    f"http {{ access_log off; keepalive_timeout 75s; keepalive_requests 1000000;\n"
+                    f"  upstream o {{ server {up}; keepalive 1024; }}\n"
+                    f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://o;\n"
+                    f"    proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
+                )
+            p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf, "-p", tmp],
+                                 stderr=subprocess.DEVNULL)
+            return p, lambda: [p.pid] + children(p.pid)
+        measure("nginx", start, a.conns, a.rounds)
+
+
+if __name__ == "__main__":
+    main()
