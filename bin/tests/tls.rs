@@ -1010,3 +1010,48 @@ fn curl_http10_over_tls() {
     let (ok, body) = curl_name(&p, &ca, "a.test", "/len/100", &["--http1.0"]);
     assert!(ok && body.len() == 100, "{}", p.log.lock().unwrap());
 }
+
+/// A TLS 1.2 client asking to renegotiate gets rustls's no_renegotiation alert at once; it used
+/// to stay queued until the next response, and the client hung until a timeout.
+#[test]
+fn a_renegotiation_request_is_answered_at_once() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec openssl s_client -tls1_2 -msg -connect {} 2>&1",
+            p.addr
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let wait_for = |what: &str| {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    };
+    assert!(wait_for("Verify return code"), "handshake");
+    stdin.write_all(b"R\n").unwrap();
+    let answered = wait_for("no_renegotiation");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered, "no alert within 5 s");
+}

@@ -361,6 +361,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Any bytes at all: no panic, and what comes out is a normal form of its own.
+        #[test]
+        fn arbitrary_bytes_never_panic(t in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut out = Vec::new();
+            if let Ok(n) = normalise(&t, &PathPolicy::default(), &mut out) {
+                let mut again = Vec::new();
+                let m = normalise(&out, &PathPolicy::default(), &mut again).unwrap();
+                proptest::prop_assert_eq!(&out, &again);
+                proptest::prop_assert_eq!(n, m);
+            }
+        }
+
         /// The normal form is a fixed point, never climbs, and never holds a dot segment.
         #[test]
         fn normal_form_is_stable(t in "[/a.%2eE5fF;?]{0,24}") {
