@@ -471,16 +471,21 @@ fn fail_open_can_be_turned_off() {
     assert!(r.header("retry-after").is_some());
 }
 
-/// A response ringway refuses to relay is 502, but does not eject the server by default.
+/// A response ringway refuses to relay (conflicting framing, a 40 KB head) is 502, but does
+/// not eject the server by default; with `fail_on_invalid` it does.
 #[test]
 fn an_invalid_response_does_not_eject_by_default() {
     let a = Origin::start();
     let b = Origin::start();
     let servers = format!("\"{}\", \"{}\"", a.addr, b.addr);
     let proxy = Proxy::start(&group_config(&servers, "round-robin"));
-    for _ in 0..4 {
-        let r = request(proxy.addr, b"GET /bad-response HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        assert_eq!(r.status, 502);
+    for path in ["/bad-response", "/big-head", "/bad-response", "/big-head"] {
+        let r = request(
+            proxy.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 502, "{path}");
     }
     for _ in 0..4 {
         assert_eq!(
@@ -492,4 +497,18 @@ fn an_invalid_response_does_not_eject_by_default() {
     }
     assert!(!proxy.log.lock().unwrap().contains("ejected"));
     assert_eq!((a.seen().len(), b.seen().len()), (4, 4));
+}
+
+#[test]
+fn fail_on_invalid_ejects() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let servers = format!("\"{}\", \"{}\"", a.addr, b.addr);
+    let proxy = Proxy::start(
+        &group_config(&servers, "round-robin")
+            .replace("[[routes]]", "fail_on_invalid = true\n[[routes]]"),
+    );
+    let r = request(proxy.addr, b"GET /big-head HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(r.status, 502);
+    proxy.wait_log(|l| l.contains("ejected"));
 }

@@ -357,6 +357,14 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 }
                 return Ok(());
             }
+            "big-head" => {
+                // 40 KB of Set-Cookie: over the default max_response_head.
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n")?;
+                for i in 0..400 {
+                    write!(w, "Set-Cookie: c{i}={}\r\n", "x".repeat(90))?;
+                }
+                w.write_all(b"\r\nok")?;
+            }
             "204" => w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?,
             "continue" => {
                 w.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
