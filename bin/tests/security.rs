@@ -114,53 +114,15 @@ fn admin_config(origin: std::net::SocketAddr, extra_server: &str) -> String {
     )
 }
 
-/// The path tricks of the issue, and their encoded cousins, all land on the `/admin` route.
-pub const TO_ADMIN: &[&str] = &[
-    "/admin/",
-    "/static/../admin/",
-    "//admin/",
-    "/%61dmin/",
-    "/./admin/",
-    "/static/%2e%2e/admin/",
-    "/static/.%2e/admin/",
-    "/static/%2E%2E/admin/secret",
-    "/a/b/../../admin",
-    "/ADMIN/../admin/",
-    "///admin",
-    "/admin?x=1",
-];
-
-/// Spellings that no server should be left to interpret.
-pub const REFUSED: &[&str] = &[
-    "/..",
-    "/../admin/",
-    "/static/../../admin/",
-    "/%2e%2e/admin",
-    "/static%2f..%2fadmin/",
-    "/static%2F..%2Fadmin/",
-    "/static\\..\\admin/",
-    "/static%5c..%5cadmin/",
-    "/static/..;/admin/",
-    "/a%00b",
-    "/a%0d%0ab",
-    "/a%",
-    "/a%zz",
-    "/a%4",
-    "/%c0%ae%c0%ae/admin",
-    "/%c0%afadmin",
-    "/%e0%80%af",
-    "/%ff",
-];
-
 #[test]
 fn path_tricks_cannot_reach_a_denied_route() {
     let origin = Origin::start();
     let proxy = Proxy::start(&admin_config(origin.addr, ""));
-    for path in TO_ADMIN {
+    for path in PATHS_TO_ADMIN {
         let r = request(proxy.addr, &get(path)).unwrap();
         assert_eq!((r.status, r.text().as_str()), (403, "denied"), "{path}");
     }
-    for path in REFUSED {
+    for path in PATHS_REFUSED {
         let r = request(proxy.addr, &get(path)).unwrap();
         assert_eq!(r.status, 400, "{path}");
     }

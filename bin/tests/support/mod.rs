@@ -723,3 +723,41 @@ impl SteadyLoad {
         )
     }
 }
+
+/// The path tricks of the issue, and their encoded cousins, all land on the `/admin` route.
+pub const PATHS_TO_ADMIN: &[&str] = &[
+    "/admin/",
+    "/static/../admin/",
+    "//admin/",
+    "/%61dmin/",
+    "/./admin/",
+    "/static/%2e%2e/admin/",
+    "/static/.%2e/admin/",
+    "/static/%2E%2E/admin/secret",
+    "/a/b/../../admin",
+    "/ADMIN/../admin/",
+    "///admin",
+    "/admin?x=1",
+];
+
+/// Spellings that no server should be left to interpret.
+pub const PATHS_REFUSED: &[&str] = &[
+    "/..",
+    "/../admin/",
+    "/static/../../admin/",
+    "/%2e%2e/admin",
+    "/static%2f..%2fadmin/",
+    "/static%2F..%2Fadmin/",
+    "/static\\..\\admin/",
+    "/static%5c..%5cadmin/",
+    "/static/..;/admin/",
+    "/a%00b",
+    "/a%0d%0ab",
+    "/a%",
+    "/a%zz",
+    "/a%4",
+    "/%c0%ae%c0%ae/admin",
+    "/%c0%afadmin",
+    "/%e0%80%af",
+    "/%ff",
+];
