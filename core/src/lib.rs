@@ -12,3 +12,4 @@ pub mod health;
 pub mod http;
 pub mod route;
 pub mod sni;
+pub mod upstream;

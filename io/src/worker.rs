@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringway_core::balance::{self, Balancer, Pick};
 use ringway_core::config::{Config, Listen};
-use ringway_core::health::{least_recently_failed, Outcome, ServerHealth};
+use ringway_core::health::Outcome;
 use ringway_core::http::date::DateLine;
+use ringway_core::upstream::{GroupState, Tried};
 
 use crate::admin::{ServerSnap, Status, TlsCounts};
 use crate::drain::Drain;
@@ -97,15 +97,12 @@ impl Generation {
             cfg.upstreams.iter().map(|u| (u.servers.len(), u.keepalive)),
             cfg.timeouts.upstream_idle,
         );
+        // Per worker, not shared: counting in-flight requests costs no atomic and no cross-core
+        // traffic; each worker balances its own share.
         let groups = cfg
             .upstreams
             .iter()
-            .map(|u| GroupState {
-                balancer: balance::for_group(u, id),
-                health: vec![ServerHealth::default(); u.servers.len()],
-                failures: vec![0; u.servers.len()],
-                in_flight: vec![0; u.servers.len()],
-            })
+            .map(|u| GroupState::new(u, id))
             .collect();
         Self {
             cfg,
@@ -201,65 +198,24 @@ impl Worker {
 }
 
 impl Generation {
-    /// Chooses a server of `group` for a request whose balancing key hashes to `key`: a
-    /// primary server if any is available, else a backup. Available: not marked down and under
-    /// its `max_conns`. The returned guard counts the request as in flight until dropped.
-    /// Servers whose bit is set in `exclude` (index mod 64) were tried already for this request.
+    /// Chooses a server of `group` for a request whose balancing key hashes to `key`, skipping
+    /// the servers in `tried` (core's `GroupState::pick` decides; this adds the active-check
+    /// verdicts and the guard). The returned guard counts the request in flight until dropped.
     pub(crate) fn pick(
         self: &Rc<Self>,
         group: usize,
         key: u64,
-        exclude: u64,
+        tried: &Tried,
         now: Instant,
     ) -> Option<InFlight> {
-        let servers = &self.cfg.upstreams[group].servers;
-        let mut groups = self.groups.borrow_mut();
-        let g = &mut groups[group];
-        // Passive health, refreshed once per pick (an ejected server whose cool-down is over
-        // comes back on probation here).
-        let mut healthy = !0u64;
-        for (i, h) in g.health.iter_mut().enumerate() {
-            if !h.available(now) {
-                healthy &= !(1u64 << (i % 64));
-            }
-        }
-        let in_flight = &g.in_flight;
-        let load = |i: usize| in_flight[i];
-        let mut chosen = None;
-        for backup in [false, true] {
-            let eligible = |i: usize| {
-                let s = &servers[i];
-                let bit = 1u64 << (i % 64);
-                s.backup == backup
-                    && !s.down
-                    && healthy & bit != 0
-                    && self.board.is_up(group, i)
-                    && exclude & bit == 0
-                    && s.max_conns.is_none_or(|m| in_flight[i] < m)
-            };
-            chosen = g.balancer.pick(&Pick {
-                key,
-                eligible: &eligible,
-                load: &load,
-            });
-            if chosen.is_some() {
-                break;
-            }
-        }
-        // Every usable server ejected by passive health: fail open to the one that failed
-        // least recently (a passive verdict is a guess, and 503 for all is an outage).
-        let policy = &self.cfg.upstreams[group].passive;
-        if chosen.is_none() && policy.fail_open {
-            chosen = least_recently_failed(&g.health, |i| {
-                let s = &servers[i];
-                !s.down
-                    && self.board.is_up(group, i)
-                    && exclude & (1u64 << (i % 64)) == 0
-                    && s.max_conns.is_none_or(|m| g.in_flight[i] < m)
-            });
-        }
-        let server = chosen?;
-        g.in_flight[server] += 1;
+        let u = &self.cfg.upstreams[group];
+        let server = self.groups.borrow_mut()[group].pick(
+            u,
+            key,
+            tried,
+            |i| self.board.is_up(group, i),
+            now,
+        )?;
         Some(InFlight {
             g: self.clone(),
             group,
@@ -275,11 +231,11 @@ impl Generation {
             .borrow()
             .iter()
             .map(|g| {
-                (0..g.in_flight.len())
+                (0..g.len())
                     .map(|i| ServerSnap {
-                        in_flight: g.in_flight[i],
-                        ejected: g.health[i].is_ejected(now),
-                        failures: g.failures[i],
+                        in_flight: g.in_flight(i),
+                        ejected: g.is_ejected(i, now),
+                        failures: g.failures(i),
                     })
                     .collect()
             })
@@ -288,35 +244,16 @@ impl Generation {
 
     /// Records how a request to a server went, for passive health.
     pub(crate) fn record(&self, group: usize, server: usize, outcome: Outcome) {
-        let policy = self.cfg.upstreams[group].passive;
-        let mut groups = self.groups.borrow_mut();
-        if !matches!(outcome, Outcome::Success) {
-            groups[group].failures[server] += 1;
-        }
-        // A group with one server never ejects it (as nginx ignores max_fails there): there is
-        // nowhere else to send its requests.
-        if self.cfg.upstreams[group].servers.len() == 1 {
-            return;
-        }
-        if let Some(d) = groups[group].health[server].record(outcome, &policy, Instant::now()) {
+        let u = &self.cfg.upstreams[group];
+        let ejected = self.groups.borrow_mut()[group].record(u, server, outcome, Instant::now());
+        if let Some(d) = ejected {
             log::warn!(
                 "upstream {}: ejected for {}s after failing",
-                self.cfg.upstreams[group].servers[server].addr,
+                u.servers[server].addr,
                 d.as_secs()
             );
         }
     }
-}
-
-/// Per-worker state of one upstream group.
-struct GroupState {
-    balancer: Box<dyn Balancer>,
-    health: Vec<ServerHealth>,
-    /// Failed attempts per server since this generation started (for the admin status).
-    failures: Vec<u64>,
-    /// Requests in flight per server, on this worker. Kept per worker (not shared) so that
-    /// counting costs no atomic and no cross-core traffic; each worker balances its own share.
-    in_flight: Vec<u32>,
 }
 
 /// A request in flight to one server; decrements the count when dropped.
@@ -328,7 +265,7 @@ pub(crate) struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.g.groups.borrow_mut()[self.group].in_flight[self.server] -= 1;
+        self.g.groups.borrow_mut()[self.group].done(self.server);
     }
 }
 

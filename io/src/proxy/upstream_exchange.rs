@@ -83,11 +83,11 @@ impl Conn {
         let body_empty = info.body.is_empty();
         let retryable = head.method.is_idempotent() && body_empty;
         let started = Instant::now();
-        let mut tried: u64 = 0;
+        let mut tried = ringway_core::upstream::Tried::new();
         let mut attempts: u32 = 0;
         let mut last: Option<(u16, String, bool)> = None;
         loop {
-            let Some(in_flight) = self.cfg.pick(group, key, tried, Instant::now()) else {
+            let Some(in_flight) = self.cfg.pick(group, key, &tried, Instant::now()) else {
                 return match last {
                     None => self.unavailable(&info, &head).await,
                     Some((status, msg, body_done)) => {
@@ -96,7 +96,7 @@ impl Conn {
                 };
             };
             let server = in_flight.server;
-            tried |= 1u64 << (server % 64);
+            tried.add(server);
             attempts += 1;
             let may_retry = attempts <= up_cfg.retries
                 && started.elapsed() < up_cfg.retry_timeout
