@@ -7,7 +7,7 @@ mod logger;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringway_core::config::{Config, ConfigError};
+use ringway_core::config::{Config, ConfigError, ListenKind};
 use ringway_io::Server;
 
 use cli::{Cli, Command};
@@ -80,8 +80,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
             );
         }
         for l in &mut cfg.server.listen {
-            l.tls = true;
-            l.redirect_https = false;
+            l.kind = ListenKind::Https;
         }
         cfg.tls = Some(ringway_core::config::Tls::with_certificate(
             cert.clone(),
@@ -132,11 +131,7 @@ fn check(cli: &Cli) -> ExitCode {
                 cfg.server
                     .listen
                     .iter()
-                    .map(|l| match (l.tls, l.redirect_https) {
-                        (true, _) => format!("{} (tls)", l.addr),
-                        (_, true) => format!("{} (redirect to https)", l.addr),
-                        _ => l.addr.to_string(),
-                    })
+                    .map(|l| describe_listener(l.addr, l.kind))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -226,6 +221,15 @@ fn is_ringway(pid: i32) -> Result<(), String> {
     }
 }
 
+/// `127.0.0.1:8443 (tls)`, as `check` and the start-up line say it.
+fn describe_listener(addr: std::net::SocketAddr, kind: ListenKind) -> String {
+    match kind {
+        ListenKind::Http => addr.to_string(),
+        ListenKind::Https => format!("{addr} (tls)"),
+        ListenKind::RedirectHttps => format!("{addr} (redirect to https)"),
+    }
+}
+
 fn run(cli: &Cli) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
@@ -261,11 +265,7 @@ fn run(cli: &Cli) -> ExitCode {
         .local_addrs()
         .iter()
         .zip(&server_cfg.server.listen)
-        .map(|(a, l)| match (l.tls, l.redirect_https) {
-            (true, _) => format!("{a} (tls)"),
-            (_, true) => format!("{a} (redirect to https)"),
-            _ => a.to_string(),
-        })
+        .map(|(a, l)| describe_listener(*a, l.kind))
         .collect();
     let pinned = server.pinned_cpus();
     log::info!(

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
-use ringway_core::config::{Action, Listen};
+use ringway_core::config::{Action, Listen, ListenKind};
 use ringway_core::http::chunked::{ChunkError, ChunkedDecoder};
 use ringway_core::http::framing::{request_info, response_info, BodyKind, RequestInfo};
 use ringway_core::http::path::normalise;
@@ -59,8 +59,8 @@ struct Conn {
     client: Stream,
     /// The listener's scheme, for X-Forwarded-Proto.
     proto: &'static str,
-    /// Answer every request with a redirect to https.
-    redirect_https: bool,
+    /// What the listener that accepted this connection serves.
+    kind: ListenKind,
     peer: SocketAddr,
     /// `peer`'s IP as text, for forwarding headers.
     peer_ip: Vec<u8>,
@@ -90,7 +90,7 @@ pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, kind:
     // TCP_NODELAY is inherited from the listening socket (see listener.rs).
     let _active = w.enter();
     let cfg = w.current();
-    let client = if kind.tls {
+    let client = if kind.kind.is_tls() {
         match Box::pin(accept_tls(&w, &cfg, tcp, peer)).await {
             Accepted::Tls(s) => s,
             Accepted::PlainHttp(tcp) => {
@@ -169,8 +169,8 @@ impl Conn {
             w,
             cfg,
             client,
-            proto: if kind.tls { "https" } else { "http" },
-            redirect_https: kind.redirect_https,
+            proto: kind.kind.scheme(),
+            kind: kind.kind,
             peer,
             peer_ip: peer.ip().to_string().into_bytes(),
             inbuf: Vec::with_capacity(IDLE_BUF),
@@ -332,7 +332,7 @@ impl Conn {
             0 => b"/",
             n => &self.target[..n],
         };
-        if self.redirect_https {
+        if self.kind == ListenKind::RedirectHttps {
             if host.is_empty() {
                 let e = Local::Error(400, "a Host header is needed to redirect to https");
                 return self.local(e, head, info, head_end).await;

@@ -40,22 +40,44 @@ pub struct Config {
     pub tls: Option<Tls>,
 }
 
-/// One listen address.
+/// One listen address and what it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
     pub addr: SocketAddr,
-    /// Terminates TLS with the certificates of `[tls]`.
-    pub tls: bool,
-    /// Answers every request with a 301 to the same host and path over https.
-    pub redirect_https: bool,
+    pub kind: ListenKind,
+}
+
+/// What a listener serves. The accept loop and the connection dispatch on it; the forward
+/// proxy and SOCKS5 will be further kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenKind {
+    /// Plain HTTP/1.x.
+    Http,
+    /// HTTP/1.x over TLS with the certificates of `[tls]`.
+    Https,
+    /// Plain HTTP answering every request with a 301 to the same host and path over https.
+    RedirectHttps,
+}
+
+impl ListenKind {
+    pub fn is_tls(self) -> bool {
+        self == Self::Https
+    }
+
+    /// The scheme of the requests it receives, for X-Forwarded-Proto.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::Http | Self::RedirectHttps => "http",
+        }
+    }
 }
 
 impl Listen {
     pub fn plain(addr: SocketAddr) -> Self {
         Self {
             addr,
-            tls: false,
-            redirect_https: false,
+            kind: ListenKind::Http,
         }
     }
 }
@@ -66,7 +88,7 @@ impl Config {
         self.server
             .listen
             .iter()
-            .find(|l| l.tls)
+            .find(|l| l.kind.is_tls())
             .map_or(443, |l| l.addr.port())
     }
 }
@@ -691,7 +713,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         Some(t) => Some(tls::build_tls(loc, t)?),
     };
     if tls.is_none() {
-        if let Some(i) = server.listen.iter().position(|l| l.tls) {
+        if let Some(i) = server.listen.iter().position(|l| l.kind.is_tls()) {
             return Err(loc.nowhere(
                 format!("server.listen[{i}]"),
                 "a TLS listener needs certificates: add a [tls] section with `certificates`",
@@ -840,21 +862,22 @@ fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError
                         format!("expected IP:port, :port or port, got {addr:?}"),
                     )
                 })?;
-                if tls && redirect_https {
-                    return Err(loc.at(
-                        a.span(),
-                        key,
-                        "a listener is either `tls` or `redirect_https`, not both",
-                    ));
-                }
+                let kind = match (tls, redirect_https) {
+                    (false, false) => ListenKind::Http,
+                    (true, false) => ListenKind::Https,
+                    (false, true) => ListenKind::RedirectHttps,
+                    (true, true) => {
+                        return Err(loc.at(
+                            a.span(),
+                            key,
+                            "a listener is either `tls` or `redirect_https`, not both",
+                        ))
+                    }
+                };
                 if v.iter().any(|l: &Listen| l.addr == addr) {
                     return Err(loc.at(a.span(), key, format!("{addr} is listed twice")));
                 }
-                v.push(Listen {
-                    addr,
-                    tls,
-                    redirect_https,
-                });
+                v.push(Listen { addr, kind });
             }
             v
         }

@@ -265,8 +265,8 @@ upstream = "app"
     let c = Config::parse("conf/ringway.toml", text).unwrap();
     let l = &c.server.listen;
     assert_eq!(
-        (l[0].tls, l[1].tls, l[2].redirect_https),
-        (false, true, true)
+        (l[0].kind, l[1].kind, l[2].kind),
+        (ListenKind::Http, ListenKind::Https, ListenKind::RedirectHttps)
     );
     assert_eq!(c.https_port(), 443);
     let t = c.tls.as_ref().unwrap();
