@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use ringway_core::http::framing::request_info;
 use ringway_core::http::path::{normalise, PathPolicy};
-use ringway_core::http::rewrite::{upstream_request, Forwarding};
+use ringway_core::http::rewrite::{upstream_request, Forwarding, ForwardingPolicy};
 use ringway_core::http::{parse_request, HeadScanner, Limits, Scan, TargetForm};
 
 fuzz_target!(|data: &[u8]| {
@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(normalise(&target, &policy, &mut again), Ok(n));
     assert_eq!(target, again);
     let fwd = Forwarding {
+        policy: ForwardingPolicy::REVERSE,
         client_ip: b"127.0.0.1",
         proto: "http",
         host_override: None,

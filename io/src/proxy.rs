@@ -18,7 +18,7 @@ use ringway_core::http::framing::{request_info, response_info, BodyKind, Request
 use ringway_core::http::path::normalise;
 use ringway_core::http::respond::{self, Fixed};
 use ringway_core::http::rewrite::{
-    client_response, upstream_request, ConnectionHeader, Forwarding,
+    client_response, upstream_request, ConnectionHeader, Forwarding, ForwardingPolicy,
 };
 use ringway_core::http::{
     parse_request, parse_response, HeadScanner, Header, Limits, Method, ParseError, RequestHead,

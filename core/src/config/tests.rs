@@ -266,7 +266,11 @@ upstream = "app"
     let l = &c.server.listen;
     assert_eq!(
         (l[0].kind, l[1].kind, l[2].kind),
-        (ListenKind::Http, ListenKind::Https, ListenKind::RedirectHttps)
+        (
+            ListenKind::Http,
+            ListenKind::Https,
+            ListenKind::RedirectHttps
+        )
     );
     assert_eq!(c.https_port(), 443);
     let t = c.tls.as_ref().unwrap();

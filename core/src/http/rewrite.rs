@@ -38,9 +38,60 @@ const SET_ON_REQUEST: &[&[u8]] = &[
 /// (the message is still forwarded; unlisted extras stay hop-by-hop-unaware like nginx).
 const MAX_CONNECTION_OPTIONS: usize = 16;
 
+/// Fields that earlier proxies wrote about the client: passed on (after our own additions to
+/// them) only when the policy keeps the chain.
+const CLIENT_CHAIN: &[&[u8]] = &[b"via", b"forwarded"];
+
+/// Which forwarding fields the proxy writes upstream: a value per listener or route, so that a
+/// reverse proxy tells its servers who the client is and a forward proxy can hide it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardingPolicy {
+    /// `X-Forwarded-For` (the client's address appended) and `X-Real-IP`.
+    pub client_address: bool,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+    pub proto_and_host: bool,
+    /// Our own `Via`.
+    pub via: bool,
+    /// What earlier proxies said (`X-Forwarded-For` values, `Via`, `Forwarded`) is passed on;
+    /// otherwise dropped.
+    pub client_chain: bool,
+}
+
+impl ForwardingPolicy {
+    /// A reverse proxy in front of its servers: everything (nginx's usual `proxy_set_header`s).
+    pub const REVERSE: Self = Self {
+        client_address: true,
+        proto_and_host: true,
+        via: true,
+        client_chain: true,
+    };
+    /// A forward proxy that says it is one and who the client is (Squid's default).
+    pub const TRANSPARENT: Self = Self {
+        client_address: true,
+        proto_and_host: false,
+        via: true,
+        client_chain: true,
+    };
+    /// A forward proxy that says it is one, but not who the client is.
+    pub const ANONYMOUS: Self = Self {
+        client_address: false,
+        proto_and_host: false,
+        via: true,
+        client_chain: false,
+    };
+    /// Nothing that shows a proxy or a client address.
+    pub const ELITE: Self = Self {
+        client_address: false,
+        proto_and_host: false,
+        via: false,
+        client_chain: false,
+    };
+}
+
 /// Facts about the client connection that go into forwarding fields.
 #[derive(Clone, Copy, Debug)]
 pub struct Forwarding<'a> {
+    pub policy: ForwardingPolicy,
     /// The client's address as text (`203.0.113.9`, `2001:db8::1`), formatted once per
     /// connection by the caller.
     pub client_ip: &'a [u8],
@@ -139,34 +190,47 @@ pub fn upstream_request(
         .unwrap_or(fwd.fallback_host);
     push_field(out, b"Host", host);
 
+    let p = fwd.policy;
     for h in headers {
         let name = h.name.get(buf);
-        if in_set(HOP_BY_HOP, name) || in_set(SET_ON_REQUEST, name) || conn.lists(name) {
+        if in_set(HOP_BY_HOP, name)
+            || in_set(SET_ON_REQUEST, name)
+            || conn.lists(name)
+            || (!p.client_chain && in_set(CLIENT_CHAIN, name))
+        {
             continue;
         }
         push_field(out, name, h.value.get(buf));
     }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for h in headers {
-        if h.name.get(buf).eq_ignore_ascii_case(b"x-forwarded-for") {
-            out.extend_from_slice(h.value.get(buf));
-            out.extend_from_slice(b", ");
+    if p.client_address {
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if p.client_chain {
+            for h in headers {
+                if h.name.get(buf).eq_ignore_ascii_case(b"x-forwarded-for") {
+                    out.extend_from_slice(h.value.get(buf));
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+        out.extend_from_slice(fwd.client_ip);
+        out.extend_from_slice(b"\r\nX-Real-IP: ");
+        out.extend_from_slice(fwd.client_ip);
+        out.extend_from_slice(b"\r\n");
+    }
+    if p.proto_and_host {
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(fwd.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(h) = client_host {
+            push_field(out, b"X-Forwarded-Host", h);
         }
     }
-    out.extend_from_slice(fwd.client_ip);
-    out.extend_from_slice(b"\r\nX-Real-IP: ");
-    out.extend_from_slice(fwd.client_ip);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(b"X-Forwarded-Proto: ");
-    out.extend_from_slice(fwd.proto.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(h) = client_host {
-        push_field(out, b"X-Forwarded-Host", h);
+    if p.via {
+        out.extend_from_slice(match head.version {
+            Version::Http10 => b"Via: 1.0 ringway\r\n",
+            Version::Http11 => b"Via: 1.1 ringway\r\n",
+        });
     }
-    out.extend_from_slice(match head.version {
-        Version::Http10 => b"Via: 1.0 ringway\r\n",
-        Version::Http11 => b"Via: 1.1 ringway\r\n",
-    });
     push_framing(out, body);
     out.extend_from_slice(b"\r\n");
 }
@@ -234,6 +298,7 @@ mod tests {
 
     fn fwd() -> Forwarding<'static> {
         Forwarding {
+            policy: ForwardingPolicy::REVERSE,
             client_ip: b"10.1.2.3",
             proto: "http",
             host_override: None,
@@ -348,5 +413,36 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
         assert!(
             s.contains("Content-Length: 5\r\n") && s.ends_with("Connection: keep-alive\r\n\r\n")
         );
+    }
+
+    #[test]
+    fn anonymity_levels() {
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.7\r\nVia: 1.1 inner\r\n\
+Forwarded: for=192.0.2.7\r\nX-Real-IP: 192.0.2.7\r\nX-Keep: 1\r\n\r\n";
+        let with = |policy| rewrite(req, BodyKind::None, &Forwarding { policy, ..fwd() });
+        let t = with(ForwardingPolicy::TRANSPARENT);
+        assert!(
+            t.contains("X-Forwarded-For: 192.0.2.7, 10.1.2.3\r\n"),
+            "{t}"
+        );
+        assert!(t.contains("Via: 1.1 inner\r\n") && t.contains("Via: 1.1 ringway\r\n"));
+        assert!(!t.contains("X-Forwarded-Proto"));
+        let a = with(ForwardingPolicy::ANONYMOUS);
+        assert!(a.contains("Via: 1.1 ringway\r\n"), "{a}");
+        for gone in ["192.0.2.7", "10.1.2.3", "inner", "Forwarded", "X-Real-IP"] {
+            assert!(!a.contains(gone), "anonymous shows {gone}: {a}");
+        }
+        let e = with(ForwardingPolicy::ELITE);
+        for gone in [
+            "192.0.2.7",
+            "10.1.2.3",
+            "Via",
+            "Forwarded",
+            "X-Real-IP",
+            "ringway",
+        ] {
+            assert!(!e.contains(gone), "elite shows {gone}: {e}");
+        }
+        assert!(e.contains("X-Keep: 1\r\n") && e.contains("Host: a\r\n"));
     }
 }

@@ -47,6 +47,8 @@ impl Conn {
             String::new()
         };
         let fwd = Forwarding {
+            // The reverse proxy's policy; forward-proxy listeners will choose theirs.
+            policy: ForwardingPolicy::REVERSE,
             client_ip: &self.peer_ip,
             proto: self.proto,
             host_override: set_host,
