@@ -9,67 +9,14 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ringway_core::config::{Balance, Config, HashKey};
+use ringway_core::config::{Balance, HashKey};
 
-use crate::health::Board;
-
-/// One worker's counters for one server.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ServerSnap {
-    pub in_flight: u32,
-    pub ejected: bool,
-    pub failures: u64,
-}
-
-/// One worker's TLS handshake counters, since start.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct TlsCounts {
-    /// Completed handshakes on TLS listeners.
-    pub handshakes: u64,
-    /// Of those, resumed sessions (ticket or session ID).
-    pub resumed: u64,
-    /// Handshakes that failed: bad or truncated ClientHello, no certificate for the SNI, no
-    /// common version or cipher, timeout, peer gone.
-    pub failed: u64,
-    /// Of the failures, clients that spoke plain HTTP to a TLS port (answered 400).
-    pub plain_http: u64,
-}
-
-/// What workers publish and the admin thread reads.
-pub(crate) struct Status {
-    /// Per worker: `[group][server]` of its current generation.
-    workers: Mutex<Vec<Vec<Vec<ServerSnap>>>>,
-    tls: Mutex<Vec<TlsCounts>>,
-    current: Mutex<(Config, Arc<Board>)>,
-}
+use crate::counters::{ServerSnap, Status, TlsCounts};
 
 impl Status {
-    pub(crate) fn new(workers: usize, cfg: Config, board: Arc<Board>) -> Self {
-        Self {
-            workers: Mutex::new(vec![Vec::new(); workers]),
-            tls: Mutex::new(vec![TlsCounts::default(); workers]),
-            current: Mutex::new((cfg, board)),
-        }
-    }
-
-    pub(crate) fn publish(&self, worker: usize, snap: Vec<Vec<ServerSnap>>, tls: TlsCounts) {
-        if let Ok(mut w) = self.workers.lock() {
-            w[worker] = snap;
-        }
-        if let Ok(mut t) = self.tls.lock() {
-            t[worker] = tls;
-        }
-    }
-
-    pub(crate) fn set_current(&self, cfg: Config, board: Arc<Board>) {
-        if let Ok(mut c) = self.current.lock() {
-            *c = (cfg, board);
-        }
-    }
-
     /// The status document.
     pub(crate) fn json(&self) -> String {
         let (cfg, board) = match self.current.lock() {

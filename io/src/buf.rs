@@ -13,6 +13,9 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+/// Size of the read buffers an exchange uses. Heads up to the configured limit grow past it.
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
+
 /// Why an IO operation with a timeout failed.
 #[derive(Debug)]
 pub(crate) enum IoFail {

@@ -15,30 +15,9 @@ use std::time::{Duration, Instant};
 use ringway_core::config::Config;
 use ringway_core::health::ActiveHealth;
 
+use crate::board::Board;
+use crate::generation::Update;
 use crate::tls::{Origination, TlsMaterial};
-use crate::worker::Update;
-
-/// Up/down per (group, server), written by the checker, read by workers.
-pub(crate) struct Board {
-    up: Vec<Vec<AtomicBool>>,
-}
-
-impl Board {
-    pub(crate) fn new(cfg: &Config) -> Self {
-        Self {
-            up: cfg
-                .upstreams
-                .iter()
-                .map(|u| u.servers.iter().map(|_| AtomicBool::new(true)).collect())
-                .collect(),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn is_up(&self, group: usize, server: usize) -> bool {
-        self.up[group][server].load(Ordering::Relaxed)
-    }
-}
 
 struct Checked {
     cfg: Config,
@@ -70,7 +49,7 @@ impl Checked {
                             Some(p.state[pg][ps].0)
                         });
                         let h = old.unwrap_or_default();
-                        board.up[g][s].store(h.is_up(), Ordering::Relaxed);
+                        board.set(g, s, h.is_up());
                         (h, now)
                     })
                     .collect()
@@ -111,7 +90,7 @@ pub(crate) fn run(
                 let (h, due) = &mut checked.state[g][s];
                 *due = Instant::now() + policy.interval;
                 if let Some(up) = h.record(passed, &policy) {
-                    checked.board.up[g][s].store(up, Ordering::Relaxed);
+                    checked.board.set(g, s, up);
                     if up {
                         log::info!("upstream {addr}: health check passing again; marked up");
                     } else {

@@ -11,8 +11,12 @@
 //! `ringway-core`.
 
 mod admin;
+mod board;
 mod buf;
+mod context;
+mod counters;
 mod drain;
+mod generation;
 mod health;
 mod listener;
 mod proxy;

@@ -25,20 +25,18 @@ use ringway_core::http::{
     Scan, TargetForm, Version,
 };
 
-use crate::buf::{ensure_capacity, IoFail};
+use crate::buf::{ensure_capacity, IoFail, BUF_SIZE};
+use crate::context::Worker;
+use crate::generation::Generation;
 use crate::relay::{
     relay, relay_spliced, RelayFail, RelayTimeouts, Side, SplicePipe, SPLICE_THRESHOLD,
 };
 use crate::stream::{HandshakeError, Stream, TlsStream};
 use crate::upstream::{open, ConnectError};
-use crate::worker::{Generation, Worker};
 
 use ringway_core::health::Outcome;
 
 mod upstream_exchange;
-
-/// Size of the read buffers an exchange uses. Heads up to the configured limit grow past it.
-pub(crate) const BUF_SIZE: usize = 16 * 1024;
 
 /// The input buffer an idle connection keeps: enough for most request heads in one read
 /// (a larger head grows it), small enough that idle connections cost little.

@@ -182,7 +182,7 @@ pub(crate) async fn relay(
     let mut total = 0u64;
     // Between requests a connection keeps only a small input buffer (proxy.rs, `idle`): a
     // body gets a full-size one, so that it moves in large reads.
-    crate::buf::ensure_capacity(buf, crate::proxy::BUF_SIZE);
+    crate::buf::ensure_capacity(buf, crate::buf::BUF_SIZE);
     loop {
         let mut done = false;
         scratch.clear();

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use ringway_core::config::{Config, ConfigError};
 
-use crate::admin::Status;
-use crate::health::Board;
+use crate::board::Board;
+use crate::counters::Status;
+use crate::generation::Update;
 use crate::listener::{bind_all, BindError};
 use crate::tls::{Keep, TlsMaterial};
-use crate::worker::Update;
 
 /// A proxy whose sockets are bound and whose workers are ready to start.
 pub struct Server {

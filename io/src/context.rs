@@ -1,0 +1,137 @@
+//! A worker's own state, which lives as long as its thread (across reloads): the current
+//! generation, the drain signal, connection count, counters, the `Date` line and spare buffers.
+//! Everything is `Rc`/`Cell`/`RefCell`: touched by one thread only, never locked.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use ringway_core::http::date::DateLine;
+
+use crate::buf::BUF_SIZE;
+use crate::counters::TlsCounts;
+use crate::drain::Drain;
+use crate::generation::{Generation, Update};
+
+/// One worker's state.
+pub(crate) struct Worker {
+    id: usize,
+    /// The configuration new requests use, with its pools and balancer state.
+    current: RefCell<Rc<Generation>>,
+    pub(crate) drain: Drain,
+    active: Cell<usize>,
+    /// TLS handshakes on this worker's listeners (published with the status).
+    pub(crate) tls_counts: Cell<TlsCounts>,
+    /// The `Date` line, formatted at most once per second.
+    date: Cell<DateLine>,
+    /// Spare read buffers ([`BUF_SIZE`]), lent to connections for the length of an exchange,
+    /// so that an idle connection holds none.
+    bufs: RefCell<Vec<Vec<u8>>>,
+    /// Connections were served since the heap was last trimmed.
+    busy_since_trim: Cell<bool>,
+}
+
+/// Most spare buffers a worker keeps (1 MiB); more are freed.
+const SPARE_BUFS: usize = 64;
+
+/// Counts a connection as active for as long as it lives.
+pub(crate) struct Active(Rc<Worker>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(id: usize, update: Update) -> Self {
+        Self {
+            id,
+            current: RefCell::new(Rc::new(Generation::new(id, update))),
+            drain: Drain::default(),
+            active: Cell::new(0),
+            tls_counts: Cell::new(TlsCounts::default()),
+            date: Cell::new(DateLine::at(unix_now())),
+            bufs: RefCell::new(Vec::new()),
+            busy_since_trim: Cell::new(false),
+        }
+    }
+
+    /// An empty buffer of [`BUF_SIZE`] bytes' capacity, from the spares when there is one.
+    pub(crate) fn take_buf(&self) -> Vec<u8> {
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    }
+
+    /// Takes back a buffer a connection no longer needs (emptied), or frees it.
+    pub(crate) fn give_buf(&self, mut buf: Vec<u8>) {
+        let mut spares = self.bufs.borrow_mut();
+        if spares.len() < SPARE_BUFS && (BUF_SIZE..=4 * BUF_SIZE).contains(&buf.capacity()) {
+            buf.clear();
+            spares.push(buf);
+        }
+    }
+
+    /// After a burst of connections, once none is left: gives the heap's free memory back to
+    /// the system (glibc keeps freed small blocks otherwise, so RSS never came down).
+    pub(crate) fn trim_when_idle(&self) {
+        if self.active.get() > 0 {
+            self.busy_since_trim.set(true);
+            return;
+        }
+        if self.busy_since_trim.replace(false) {
+            self.bufs.borrow_mut().clear();
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
+    /// The current `Date` header line (RFC 9110 §6.6.1). One vDSO clock read per call; the
+    /// line is formatted again only when the second changes.
+    pub(crate) fn date(&self) -> DateLine {
+        let now = unix_now();
+        let d = self.date.get();
+        if d.secs() == now {
+            return d;
+        }
+        let d = DateLine::at(now);
+        self.date.set(d);
+        d
+    }
+
+    /// Updates this worker's TLS counters.
+    pub(crate) fn count_tls(&self, f: impl FnOnce(&mut TlsCounts)) {
+        let mut c = self.tls_counts.get();
+        f(&mut c);
+        self.tls_counts.set(c);
+    }
+
+    /// The generation new requests use.
+    pub(crate) fn current(&self) -> Rc<Generation> {
+        self.current.borrow().clone()
+    }
+
+    pub(crate) fn install(&self, update: Update) {
+        *self.current.borrow_mut() = Rc::new(Generation::new(self.id, update));
+    }
+
+    /// Connections open on this worker.
+    pub(crate) fn active(&self) -> usize {
+        self.active.get()
+    }
+
+    pub(crate) fn enter(self: &Rc<Self>) -> Active {
+        self.active.set(self.active.get() + 1);
+        Active(self.clone())
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
