@@ -1,0 +1,67 @@
+//! `[limits]`: sizes of heads and targets.
+
+use toml::Spanned;
+
+use super::{raw, ConfigError, Locator};
+use crate::http::Limits as HeadLimits;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub request: HeadLimits,
+    pub max_response_head: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request: HeadLimits::default(),
+            max_response_head: 32 * 1024,
+        }
+    }
+}
+
+pub(crate) fn build_limits(loc: &Locator<'_>, l: raw::Limits) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let size = |key: &str, v: Option<Spanned<usize>>, def: usize, min: usize, max: usize| match v {
+        None => Ok(def),
+        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(loc.at(
+            v.span(),
+            key,
+            format!("expected a value from {min} to {max}"),
+        )),
+    };
+    let max_head = size(
+        "limits.max_request_head",
+        l.max_request_head,
+        d.request.max_head,
+        1024,
+        1 << 20,
+    )?;
+    Ok(Limits {
+        request: HeadLimits {
+            max_head,
+            max_target: size(
+                "limits.max_request_target",
+                l.max_request_target,
+                d.request.max_target.min(max_head),
+                16,
+                max_head,
+            )?,
+            max_headers: size(
+                "limits.max_headers",
+                l.max_headers,
+                d.request.max_headers,
+                1,
+                10_000,
+            )?,
+        },
+        max_response_head: size(
+            "limits.max_response_head",
+            l.max_response_head,
+            d.max_response_head,
+            1024,
+            1 << 20,
+        )?,
+    })
+}

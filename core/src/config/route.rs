@@ -1,0 +1,193 @@
+//! `[[routes]]`: host and path matches and their actions.
+
+use toml::Spanned;
+
+use super::upstream::valid_host_value;
+use super::{raw, ConfigError, Locator, Upstream};
+use crate::http::path::PathPolicy;
+use crate::http::respond::Fixed;
+use crate::route::HostMatch;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub host: HostMatch,
+    pub path: String,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Forward to the upstream group with this index, optionally replacing Host.
+    Proxy {
+        upstream: usize,
+        set_host: Option<Vec<u8>>,
+    },
+    /// Answer with a fixed response (like nginx `return`).
+    Respond(Fixed),
+}
+
+/// Validates the `[[routes]]` entries against the upstream groups.
+pub(crate) fn build_routes(
+    loc: &Locator<'_>,
+    raw: &[Spanned<raw::Route>],
+    upstreams: &[Upstream],
+    policy: &PathPolicy,
+) -> Result<Vec<Route>, ConfigError> {
+    if raw.is_empty() {
+        return Err(loc.nowhere("routes", "expected at least one [[routes]] entry"));
+    }
+    let mut routes = Vec::new();
+    let mut seen_routes = std::collections::HashMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let span = r.span();
+        let r = r.get_ref();
+        let host = match &r.host {
+            None => HostMatch::Any,
+            Some(h) => HostMatch::parse(h.get_ref()).ok_or_else(|| {
+                loc.at(
+                    h.span(),
+                    format!("{key}.host"),
+                    "expected a host name, `*.suffix` or `*`",
+                )
+            })?,
+        };
+        let path = match &r.path {
+            None => "/".to_string(),
+            Some(p) => route_path(p.get_ref(), policy)
+                .map_err(|m| loc.at(p.span(), format!("{key}.path"), m))?,
+        };
+        if let Some(j) = seen_routes.insert((host.clone(), path.clone()), i) {
+            return Err(loc.at(
+                span,
+                key,
+                format!("routes[{j}] has the same host and path, so this route could never match"),
+            ));
+        }
+        let action = match (&r.upstream, &r.respond) {
+            (Some(u), None) => {
+                let idx = upstreams
+                    .iter()
+                    .position(|x| x.name == *u.get_ref())
+                    .ok_or_else(|| {
+                        let names: Vec<_> = upstreams.iter().map(|x| x.name.as_str()).collect();
+                        loc.at(
+                            u.span(),
+                            format!("{key}.upstream"),
+                            format!(
+                                "no upstream named {:?} (defined: {})",
+                                u.get_ref(),
+                                if names.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    names.join(", ")
+                                }
+                            ),
+                        )
+                    })?;
+                let set_host = match &r.set_host {
+                    None => None,
+                    Some(h) if valid_host_value(h.get_ref()) => {
+                        Some(h.get_ref().as_bytes().to_vec())
+                    }
+                    Some(h) => {
+                        return Err(loc.at(
+                            h.span(),
+                            format!("{key}.set_host"),
+                            "expected a host[:port] value",
+                        ))
+                    }
+                };
+                Action::Proxy {
+                    upstream: idx,
+                    set_host,
+                }
+            }
+            (None, Some(resp)) => {
+                let rs = resp.get_ref();
+                let status = *rs.status.get_ref();
+                if !(200..=599).contains(&status) {
+                    return Err(loc.at(
+                        rs.status.span(),
+                        format!("{key}.respond.status"),
+                        "expected a status code from 200 to 599",
+                    ));
+                }
+                if matches!(status, 204 | 205 | 304) && !rs.body.is_empty() {
+                    return Err(loc.at(
+                        rs.status.span(),
+                        format!("{key}.respond.body"),
+                        format!("a {status} response has no body (RFC 9110 §15); remove `body`"),
+                    ));
+                }
+                let mut headers = Vec::new();
+                for (name, v) in &rs.headers {
+                    let framing = ["content-length", "transfer-encoding", "connection"];
+                    if !crate::http::chars::is_token(name.as_bytes())
+                        || framing.iter().any(|f| name.eq_ignore_ascii_case(f))
+                    {
+                        return Err(loc.at(v.span(), format!("{key}.respond.headers.{name}"), "expected a header name other than Content-Length, Transfer-Encoding or Connection"));
+                    }
+                    if !v
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                    {
+                        return Err(loc.at(
+                            v.span(),
+                            format!("{key}.respond.headers.{name}"),
+                            "header value holds a control character",
+                        ));
+                    }
+                    headers.push((name.clone(), v.get_ref().clone()));
+                }
+                Action::Respond(Fixed::new(status, &headers, rs.body.as_bytes()))
+            }
+            (Some(_), Some(_)) => {
+                return Err(loc.at(
+                    span,
+                    key,
+                    "expected either `upstream` or `respond`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(loc.at(
+                    span,
+                    key,
+                    "expected `upstream = \"name\"` or `respond = { status = … }`",
+                ))
+            }
+        };
+        routes.push(Route { host, path, action });
+    }
+    Ok(routes)
+}
+
+/// A route's path prefix, checked to be one that requests can match: requests are matched on
+/// their normalised path (see [`crate::http::path`]), so a prefix must be in that form too.
+fn route_path(p: &str, policy: &PathPolicy) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err("expected a path prefix starting with `/`".into());
+    }
+    if !p
+        .bytes()
+        .all(|b| crate::http::chars::TARGET[usize::from(b)])
+        || p.contains('?')
+    {
+        return Err(
+            "a path prefix holds only visible ASCII and no `?` (percent-encode other bytes); \
+             this one could never match"
+                .into(),
+        );
+    }
+    let mut out = Vec::new();
+    match crate::http::path::normalise(p.as_bytes(), policy, &mut out) {
+        Ok(_) if out == p.as_bytes() => Ok(p.to_string()),
+        Ok(_) => Err(format!(
+            "requests are matched on their normalised path, so this prefix could never match; \
+             write {:?}",
+            String::from_utf8_lossy(&out)
+        )),
+        Err(e) => Err(format!("{e}, so this prefix could never match")),
+    }
+}

@@ -1,0 +1,196 @@
+//! `[server]`: listeners, workers, CPUs, paths.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::{opt_duration, raw, ConfigError, Locator};
+use crate::http::path::{EncodedSlashes, PathPolicy};
+
+/// One listen address and what it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub kind: ListenKind,
+}
+
+/// What a listener serves. The accept loop and the connection dispatch on it; the forward
+/// proxy and SOCKS5 will be further kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenKind {
+    /// Plain HTTP/1.x.
+    Http,
+    /// HTTP/1.x over TLS with the certificates of `[tls]`.
+    Https,
+    /// Plain HTTP answering every request with a 301 to the same host and path over https.
+    RedirectHttps,
+}
+
+impl ListenKind {
+    pub fn is_tls(self) -> bool {
+        self == Self::Https
+    }
+
+    /// The scheme of the requests it receives, for X-Forwarded-Proto.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::Http | Self::RedirectHttps => "http",
+        }
+    }
+}
+
+impl Listen {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            kind: ListenKind::Http,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub listen: Vec<Listen>,
+    /// `None`: one worker per CPU the process may run on.
+    pub workers: Option<usize>,
+    /// CPUs to pin workers to, in order; `None`: all allowed CPUs.
+    pub cpus: Option<Vec<usize>>,
+    pub pin: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Where the running process writes its PID (for `ringway reload`).
+    pub pid_file: Option<String>,
+    /// How request paths are normalised before routing (and sent upstream).
+    pub path: PathPolicy,
+}
+
+pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError> {
+    let listen = match s.listen {
+        None => vec![Listen::plain(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)))],
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(loc.at(l.span(), "server.listen", "expected at least one address"));
+            }
+            let mut v = Vec::new();
+            for (i, a) in l.get_ref().iter().enumerate() {
+                let key = format!("server.listen[{i}]");
+                let (addr, tls, redirect_https) = match a.get_ref() {
+                    raw::ListenEntry::Addr(s) => (s, false, false),
+                    raw::ListenEntry::Full(t) => (
+                        &t.addr,
+                        t.tls.unwrap_or(false),
+                        t.redirect_https.unwrap_or(false),
+                    ),
+                };
+                let addr = parse_listen_addr(addr).ok_or_else(|| {
+                    loc.at(
+                        a.span(),
+                        key.clone(),
+                        format!("expected IP:port, :port or port, got {addr:?}"),
+                    )
+                })?;
+                let kind = match (tls, redirect_https) {
+                    (false, false) => ListenKind::Http,
+                    (true, false) => ListenKind::Https,
+                    (false, true) => ListenKind::RedirectHttps,
+                    (true, true) => {
+                        return Err(loc.at(
+                            a.span(),
+                            key,
+                            "a listener is either `tls` or `redirect_https`, not both",
+                        ))
+                    }
+                };
+                if v.iter().any(|l: &Listen| l.addr == addr) {
+                    return Err(loc.at(a.span(), key, format!("{addr} is listed twice")));
+                }
+                v.push(Listen { addr, kind });
+            }
+            v
+        }
+    };
+    let workers = match s.workers {
+        Some(w) if *w.get_ref() == 0 || *w.get_ref() > 1024 => {
+            return Err(loc.at(
+                w.span(),
+                "server.workers",
+                "expected a worker count from 1 to 1024 (omit it for one per CPU)",
+            ))
+        }
+        w => w.map(|w| *w.get_ref()),
+    };
+    let cpus = match s.cpus {
+        None => None,
+        Some(c) => {
+            Some(parse_cpu_list(c.get_ref()).map_err(|m| loc.at(c.span(), "server.cpus", m))?)
+        }
+    };
+    let shutdown_timeout = opt_duration(
+        loc,
+        "server.shutdown_timeout",
+        s.shutdown_timeout,
+        Duration::from_secs(30),
+    )?;
+    let encoded_slashes = match &s.encoded_slashes {
+        None => EncodedSlashes::Reject,
+        Some(v) => match v.get_ref().as_str() {
+            "reject" => EncodedSlashes::Reject,
+            "keep" => EncodedSlashes::Keep,
+            _ => {
+                return Err(loc.at(
+                    v.span(),
+                    "server.encoded_slashes",
+                    "expected \"reject\" or \"keep\"",
+                ))
+            }
+        },
+    };
+    Ok(Server {
+        listen,
+        workers,
+        cpus,
+        pin: s.pin.unwrap_or(true),
+        shutdown_timeout,
+        pid_file: s.pid_file,
+        path: PathPolicy {
+            merge_slashes: s.merge_slashes.unwrap_or(true),
+            encoded_slashes,
+        },
+    })
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all IPv4 addresses) or `8080`.
+pub fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let port = s.strip_prefix(':').unwrap_or(s).parse::<u16>().ok()?;
+    Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+}
+
+/// `0-3,8,10-11` → [0, 1, 2, 3, 8, 10, 11].
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let bad = || format!("expected a CPU list like \"0-3,8\", got {s:?}");
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let a: usize = part.parse().map_err(|_| bad())?;
+                (a, a)
+            }
+        };
+        if a > b || b > 4095 {
+            return Err(bad());
+        }
+        for c in a..=b {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
