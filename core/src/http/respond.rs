@@ -45,7 +45,7 @@ pub fn upstream_failure(status: u16) -> &'static str {
     match status {
         504 => "the upstream server did not answer in time",
         503 => "no upstream server is available",
-        _ => "the upstream server did not send a valid response",
+        _ => "the upstream server could not be reached or did not answer validly",
     }
 }
 
