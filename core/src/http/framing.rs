@@ -297,6 +297,37 @@ pub fn response_info(
     })
 }
 
+/// Most interim (1xx) responses relayed before a final one.
+pub const MAX_INTERIM: usize = 16;
+
+/// What an exchange may still accept of interim (1xx) responses: an upstream that sends them
+/// without end is cut off instead of being relayed forever.
+#[derive(Clone, Copy, Debug)]
+pub struct InterimBudget {
+    count: usize,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl InterimBudget {
+    /// At most [`MAX_INTERIM`] responses and `max_bytes` bytes of their heads in all.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            count: 0,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Counts one interim head of `len` bytes; false once the budget is spent (answer 502).
+    #[must_use]
+    pub fn admit(&mut self, len: usize) -> bool {
+        self.count += 1;
+        self.bytes = self.bytes.saturating_add(len);
+        self.count <= MAX_INTERIM && self.bytes <= self.max_bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +497,17 @@ mod tests {
             Method::Get
         )
         .is_err());
+    }
+
+    #[test]
+    fn interim_budget_counts_responses_and_bytes() {
+        let mut b = InterimBudget::new(1000);
+        for _ in 0..MAX_INTERIM {
+            assert!(b.admit(10));
+        }
+        assert!(!b.admit(10));
+        let mut b = InterimBudget::new(100);
+        assert!(b.admit(60));
+        assert!(!b.admit(60));
     }
 }

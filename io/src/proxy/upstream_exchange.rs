@@ -6,6 +6,7 @@
 //! with the upstream side.
 
 use super::*;
+use ringway_core::http::framing::{InterimBudget, MAX_INTERIM};
 
 impl Conn {
     pub(super) async fn proxy(
@@ -323,8 +324,7 @@ impl Conn {
         let limits = self.response_limits();
         // Interim responses are bounded in number and bytes, and `upstream_read` runs across
         // all of them: an upstream sending 1xx forever is cut off, not relayed forever.
-        let mut interim = 0usize;
-        let mut interim_bytes = 0usize;
+        let mut interim = InterimBudget::new(limits.max_head);
         let deadline = Instant::now() + t.upstream_read;
         let (rh, ri) = loop {
             let ub = &self.ubuf[..end];
@@ -374,9 +374,7 @@ impl Conn {
                     )
                     .await;
             }
-            interim += 1;
-            interim_bytes += end;
-            if interim > MAX_INTERIM || interim_bytes > limits.max_head {
+            if !interim.admit(end) {
                 log::warn!(
                     "upstream {}: more than {MAX_INTERIM} interim responses or {} bytes of them",
                     self.cfg.upstreams[group].servers[server].addr,
@@ -616,9 +614,6 @@ enum ResponseHeadError {
     Truncated,
     Invalid(ParseError),
 }
-
-/// Most interim (1xx) responses relayed before a final one.
-const MAX_INTERIM: usize = 16;
 
 /// Bodies up to this size that arrived in the same read as their head are sent in one write
 /// with the head.
