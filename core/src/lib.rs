@@ -10,6 +10,7 @@ pub mod balance;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod proxy;
 pub mod route;
 pub mod sni;
 pub mod upstream;

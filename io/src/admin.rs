@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ringway_core::config::{Balance, HashKey};
 
-use crate::counters::{ServerSnap, Status, TlsCounts};
+use crate::counters::{RequestCounts, ServerSnap, Status, TlsCounts};
 
 impl Status {
     /// The status document.
@@ -69,8 +69,17 @@ impl Status {
             failed: a.failed + t.failed,
             plain_http: a.plain_http + t.plain_http,
         });
+        let mut req = RequestCounts::default();
+        for r in self.requests.lock().map(|r| r.clone()).unwrap_or_default() {
+            req.add(&r);
+        }
+        let c = req.by_class;
         out.push_str(&format!(
-            "],\"tls\":{{\"handshakes\":{},\"resumed\":{},\"failed\":{},\"plain_http\":{}}}}}\n",
+            "],\"requests\":{{\"total\":{},\"2xx\":{},\"3xx\":{},\"4xx\":{},\"5xx\":{},\"no_response\":{},\"client_errors\":{},\"upstream_errors\":{},\"retries\":{}}}",
+            req.total, c[2], c[3], c[4], c[5], c[0], req.client_errors, req.upstream_errors, req.retries
+        ));
+        out.push_str(&format!(
+            ",\"tls\":{{\"handshakes\":{},\"resumed\":{},\"failed\":{},\"plain_http\":{}}}}}\n",
             sum.handshakes, sum.resumed, sum.failed, sum.plain_http
         ));
         out

@@ -8,9 +8,10 @@ use std::rc::Rc;
 use ringway_core::http::date::DateLine;
 
 use crate::buf::BUF_SIZE;
-use crate::counters::TlsCounts;
+use crate::counters::{RequestCounts, TlsCounts};
 use crate::drain::Drain;
 use crate::generation::{Generation, Update};
+use ringway_core::proxy::{EndRecord, Fault};
 
 /// One worker's state.
 pub(crate) struct Worker {
@@ -21,6 +22,8 @@ pub(crate) struct Worker {
     active: Cell<usize>,
     /// TLS handshakes on this worker's listeners (published with the status).
     pub(crate) tls_counts: Cell<TlsCounts>,
+    /// Requests by how they ended (published with the status).
+    pub(crate) requests: Cell<RequestCounts>,
     /// The `Date` line, formatted at most once per second.
     date: Cell<DateLine>,
     /// Spare read buffers ([`BUF_SIZE`]), lent to connections for the length of an exchange,
@@ -50,6 +53,7 @@ impl Worker {
             drain: Drain::default(),
             active: Cell::new(0),
             tls_counts: Cell::new(TlsCounts::default()),
+            requests: Cell::new(RequestCounts::default()),
             date: Cell::new(DateLine::at(unix_now())),
             bufs: RefCell::new(Vec::new()),
             busy_since_trim: Cell::new(false),
@@ -108,6 +112,20 @@ impl Worker {
         let mut c = self.tls_counts.get();
         f(&mut c);
         self.tls_counts.set(c);
+    }
+
+    /// Counts an exchange that ended, from its record.
+    pub(crate) fn count_request(&self, r: &EndRecord) {
+        let mut c = self.requests.get();
+        c.total += 1;
+        c.by_class[usize::from(r.status / 100).min(5)] += 1;
+        match r.error.as_ref().map(|e| e.fault()) {
+            Some(Fault::Downstream) => c.client_errors += 1,
+            Some(Fault::Upstream) => c.upstream_errors += 1,
+            _ => {}
+        }
+        c.retries += u64::from(r.attempts.saturating_sub(1));
+        self.requests.set(c);
     }
 
     /// The generation new requests use.

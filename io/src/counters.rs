@@ -1,5 +1,5 @@
 //! What workers count and publish, off the request path: per-server in-flight requests,
-//! ejections and failures, and TLS handshake counters. Each worker publishes a snapshot from its
+//! ejections and failures, requests by status class, and TLS handshake counters. Each worker publishes a snapshot from its
 //! watcher task every 50 ms (a short mutex hold); readers (the admin status page today, metrics
 //! later) sum them.
 
@@ -31,11 +31,38 @@ pub(crate) struct TlsCounts {
     pub plain_http: u64,
 }
 
+/// One worker's request counters, since start, fed by each exchange's end record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RequestCounts {
+    /// Requests answered (or ended without an answer).
+    pub total: u64,
+    /// By status class: 1xx (never final, so unused) .. 5xx; `[0]` counts ends with no status.
+    pub by_class: [u64; 6],
+    /// Ends with an error the client or the upstream caused.
+    pub client_errors: u64,
+    pub upstream_errors: u64,
+    /// Upstream attempts beyond the first (retries).
+    pub retries: u64,
+}
+
+impl RequestCounts {
+    pub(crate) fn add(&mut self, o: &Self) {
+        self.total += o.total;
+        for (a, b) in self.by_class.iter_mut().zip(o.by_class) {
+            *a += b;
+        }
+        self.client_errors += o.client_errors;
+        self.upstream_errors += o.upstream_errors;
+        self.retries += o.retries;
+    }
+}
+
 /// What workers publish and the admin thread reads.
 pub(crate) struct Status {
     /// Per worker: `[group][server]` of its current generation.
     pub(crate) workers: Mutex<Vec<Vec<Vec<ServerSnap>>>>,
     pub(crate) tls: Mutex<Vec<TlsCounts>>,
+    pub(crate) requests: Mutex<Vec<RequestCounts>>,
     pub(crate) current: Mutex<(Config, Arc<Board>)>,
 }
 
@@ -44,11 +71,21 @@ impl Status {
         Self {
             workers: Mutex::new(vec![Vec::new(); workers]),
             tls: Mutex::new(vec![TlsCounts::default(); workers]),
+            requests: Mutex::new(vec![RequestCounts::default(); workers]),
             current: Mutex::new((cfg, board)),
         }
     }
 
-    pub(crate) fn publish(&self, worker: usize, snap: Vec<Vec<ServerSnap>>, tls: TlsCounts) {
+    pub(crate) fn publish(
+        &self,
+        worker: usize,
+        snap: Vec<Vec<ServerSnap>>,
+        tls: TlsCounts,
+        requests: RequestCounts,
+    ) {
+        if let Ok(mut r) = self.requests.lock() {
+            r[worker] = requests;
+        }
         if let Ok(mut w) = self.workers.lock() {
             w[worker] = snap;
         }

@@ -1,53 +1,32 @@
-//! One client connection: read a request head, decide, forward, answer, repeat.
+//! One client connection: the executor of core's exchange.
 //!
-//! The loop per request is: read until core's [`HeadScanner`] finds the end of the head; parse
-//! it and its framing (a fault is answered with 4xx and the connection closed, the upstream sees
-//! nothing); route it; then either answer locally or forward: take a pooled upstream connection
-//! or connect, send the head core wrote, stream the body, read the response head, send core's
-//! rewritten head to the client and stream the response body. Requests on one connection are
-//! handled one after another, so pipelined requests are answered in order by construction.
+//! Core's [`Exchange`] decides everything about a request and its response; this module carries
+//! out the actions it asks for (read, write, pick a server, connect, relay a body, pool a
+//! connection) and reports back what happened, with the time. Requests on one connection are
+//! handled one after another, so pipelined requests are answered in order by construction. Each
+//! exchange ends in one place ([`Conn::end`]), with core's [`EndRecord`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
-use ringway_core::config::{Action, Listen, ListenKind};
-use ringway_core::http::chunked::{ChunkError, ChunkedDecoder};
-use ringway_core::http::framing::{request_info, response_info, BodyKind, RequestInfo};
-use ringway_core::http::path::normalise;
-use ringway_core::http::respond::{self, Fixed};
-use ringway_core::http::rewrite::{
-    client_response, upstream_request, ConnectionHeader, Forwarding, ForwardingPolicy,
-};
-use ringway_core::http::{
-    parse_request, parse_response, HeadScanner, Header, Limits, Method, ParseError, RequestHead,
-    Scan, TargetForm, Version,
+use ringway_core::config::Listen;
+use ringway_core::http::body::Stage;
+use ringway_core::proxy::{
+    Action, BodyFail, BodyPlan, Close, EndRecord, Env, Exchange, Finish, UpstreamError, CONTINUE,
 };
 
 use crate::buf::{ensure_capacity, IoFail, BUF_SIZE};
 use crate::context::Worker;
-use crate::generation::Generation;
-use crate::relay::{
-    relay, relay_spliced, RelayFail, RelayTimeouts, Side, SplicePipe, SPLICE_THRESHOLD,
-};
+use crate::generation::{Generation, InFlight};
+use crate::relay::{relay, relay_spliced, RelayTimeouts, SplicePipe};
 use crate::stream::{HandshakeError, Stream, TlsStream};
 use crate::upstream::{open, ConnectError};
-
-use ringway_core::health::Outcome;
-
-mod upstream_exchange;
 
 /// The input buffer an idle connection keeps: enough for most request heads in one read
 /// (a larger head grows it), small enough that idle connections cost little.
 const IDLE_BUF: usize = 1024;
-
-/// What happens to the client connection after a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Next {
-    KeepAlive,
-    Close,
-}
 
 /// Per-connection state. Buffers are allocated once and reused for every request.
 struct Conn {
@@ -55,31 +34,20 @@ struct Conn {
     /// The configuration generation of the current request (taken anew for each request).
     cfg: Rc<Generation>,
     client: Stream,
-    /// The listener's scheme, for X-Forwarded-Proto.
-    proto: &'static str,
-    /// What the listener that accepted this connection serves.
-    kind: ListenKind,
     peer: SocketAddr,
-    /// `peer`'s IP as text, for forwarding headers.
-    peer_ip: Vec<u8>,
+    /// Core's state machine for this connection's requests.
+    ex: Exchange,
     /// Bytes from the client: the current head, then body bytes, then any pipelined requests.
     inbuf: Vec<u8>,
     /// Bytes from the upstream.
     ubuf: Vec<u8>,
-    /// Heads this proxy writes.
-    out: Vec<u8>,
-    /// The current request's normalised target (path and query, or `*`): what routes match
-    /// and what is sent upstream.
-    target: Vec<u8>,
-    /// Length of the path part of `target`.
-    path_len: usize,
-    /// Re-framed chunked data.
+    /// Re-framed body bytes on their way out.
     scratch: Vec<u8>,
-    headers: Vec<Header>,
-    uheaders: Vec<Header>,
     /// For bodies passed through with splice.
     pipe: SplicePipe,
-    served: u64,
+    /// The upstream connection of the current attempt, and the in-flight count it holds.
+    up: Option<Stream>,
+    in_flight: Option<InFlight>,
 }
 
 /// Serves one accepted client connection until it closes: the TLS handshake first on a TLS
@@ -167,39 +135,326 @@ impl Conn {
             w,
             cfg,
             client,
-            proto: kind.kind.scheme(),
-            kind: kind.kind,
             peer,
-            peer_ip: peer.ip().to_string().into_bytes(),
+            ex: Exchange::new(kind.kind, peer.ip()),
             inbuf: Vec::with_capacity(IDLE_BUF),
             ubuf: Vec::new(),
-            out: Vec::with_capacity(1024),
-            target: Vec::new(),
-            path_len: 0,
             scratch: Vec::new(),
-            headers: Vec::with_capacity(32),
-            uheaders: Vec::with_capacity(32),
             pipe: SplicePipe::default(),
-            served: 0,
+            up: None,
+            in_flight: None,
         }
     }
 
     async fn run(&mut self) {
         loop {
             self.cfg = self.w.current();
-            let Some(head_end) = self.read_head().await else {
-                return;
-            };
-            // Boxed: the exchange's state (its nested futures, several KiB) is allocated only
-            // while a request is being handled, so an idle connection's task stays small.
-            if Box::pin(self.handle(head_end)).await == Next::Close {
+            self.ex.begin(&self.cfg, Instant::now());
+            // Boxed: the exchange's futures (several KiB) are allocated only while a request
+            // is being handled, so an idle connection's task stays small.
+            let finish = Box::pin(self.exchange()).await;
+            self.end();
+            match finish {
+                Finish::KeepAlive if !self.w.drain.is_set() => self.idle(),
+                Finish::KeepAlive => return,
+                Finish::Close(how) => {
+                    self.close(how).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers a plain HTTP request that arrived on a TLS port, then closes.
+    async fn reject(&mut self, status: u16, detail: &str) {
+        let now = Instant::now();
+        self.ex.begin(&self.cfg, now);
+        let cfg = self.cfg.clone();
+        self.ex.refuse(status, detail, &self.env(&cfg), now);
+        if let Finish::Close(how) = Box::pin(self.exchange()).await {
+            self.close(how).await;
+        }
+    }
+
+    fn env<'a>(&self, cfg: &'a Generation) -> Env<'a> {
+        Env {
+            cfg,
+            date: self.w.date(),
+            draining: self.w.drain.is_set(),
+        }
+    }
+
+    /// Carries out the exchange's actions until it finishes.
+    async fn exchange(&mut self) -> Finish {
+        let cfg = self.cfg.clone();
+        loop {
+            match self.ex.poll_action() {
+                Action::ReadHead { idle, read_first } => {
+                    if read_first && !self.read_client(idle, &cfg).await {
+                        continue;
+                    }
+                    let n = self
+                        .ex
+                        .handle_input(&self.inbuf, &self.env(&cfg), Instant::now());
+                    self.inbuf.drain(..n);
+                }
+                Action::WriteClient => {
+                    let wait = self.ex.timeout(Instant::now());
+                    let ok = self.client.write_all(self.ex.out(), wait).await.is_ok();
+                    ensure_capacity(self.ex.out(), 1024);
+                    self.ex.handle_client_written(ok, Instant::now());
+                }
+                Action::WriteContinue => {
+                    let wait = self.ex.timeout(Instant::now());
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(CONTINUE);
+                    let ok = self.client.write_all(&mut self.scratch, wait).await.is_ok();
+                    self.ex.handle_client_written(ok, Instant::now());
+                }
+                Action::DiscardBody(mut plan) => {
+                    let t = timeouts(&plan);
+                    let r = relay(
+                        &mut self.client,
+                        &mut self.inbuf,
+                        &mut plan.body,
+                        None,
+                        None,
+                        &mut self.scratch,
+                        t,
+                    )
+                    .await
+                    .map_err(|e| e.into_body_fail());
+                    self.ex
+                        .handle_request_body(r, &self.env(&cfg), Instant::now());
+                }
+                Action::Pick { group, key } => {
+                    self.in_flight = None;
+                    let now = Instant::now();
+                    self.in_flight = cfg.pick(group, key, self.ex.tried(), now);
+                    let server = self.in_flight.as_ref().map(|g| g.server);
+                    self.ex.handle_pick(server, &self.env(&cfg), now);
+                }
+                Action::Record {
+                    group,
+                    server,
+                    outcome,
+                    error,
+                } => {
+                    if let Some(e) = error {
+                        log::warn!(
+                            "upstream {}: {e}",
+                            cfg.upstreams[group].servers[server].addr
+                        );
+                    }
+                    if let Some(o) = outcome {
+                        cfg.record(group, server, o);
+                    }
+                }
+                Action::Connect {
+                    group,
+                    server,
+                    pooled,
+                } => self.connect(&cfg, group, server, pooled).await,
+                Action::SendRequest => {
+                    let wait = self.ex.timeout(Instant::now());
+                    let up = self.up.as_mut().expect("connected before sending");
+                    let r = up.write_all(self.ex.out(), wait).await;
+                    ensure_capacity(self.ex.out(), 1024);
+                    let now = Instant::now();
+                    match r {
+                        Ok(()) => self.ex.handle_request_sent(now),
+                        Err(IoFail::Timeout) => self.ex.handle_timeout(&self.env(&cfg), now),
+                        Err(IoFail::Io(e)) => self.ex.handle_upstream_error(
+                            UpstreamError::WriteFailed(e.to_string()),
+                            &self.env(&cfg),
+                            now,
+                        ),
+                    }
+                }
+                Action::SendBody(plan) => {
+                    let up = self.up.as_mut().expect("connected before the body");
+                    let r = move_body(
+                        &mut self.client,
+                        &mut self.inbuf,
+                        up,
+                        plan,
+                        None,
+                        &mut self.scratch,
+                        &mut self.pipe,
+                    )
+                    .await;
+                    self.ex
+                        .handle_request_body(r, &self.env(&cfg), Instant::now());
+                }
+                Action::ReadResponseHead { read_first } => {
+                    if read_first && !self.read_upstream(&cfg).await {
+                        continue;
+                    }
+                    let n =
+                        self.ex
+                            .handle_upstream_input(&self.ubuf, &self.env(&cfg), Instant::now());
+                    self.ubuf.drain(..n);
+                }
+                Action::RelayResponse(plan) => {
+                    let up = self
+                        .up
+                        .as_mut()
+                        .expect("a response comes from a connection");
+                    // The body seam: a cache tee or a compressor goes here (later issues);
+                    // with no stage the body may be spliced.
+                    let stage: Option<&mut dyn Stage> = None;
+                    let r = move_body(
+                        up,
+                        &mut self.ubuf,
+                        &mut self.client,
+                        plan,
+                        stage,
+                        &mut self.scratch,
+                        &mut self.pipe,
+                    )
+                    .await;
+                    let leftover = self.ubuf.len();
+                    self.ex.handle_response_body(r, leftover, Instant::now());
+                }
+                Action::Release {
+                    group,
+                    server,
+                    pool,
+                    distrust,
+                } => {
+                    let up = self.up.take();
+                    let now = Instant::now();
+                    if distrust {
+                        log::warn!(
+                            "upstream {}: sent {} byte(s) beyond its response; connection closed, keep-alive to it paused",
+                            cfg.upstreams[group].servers[server].addr,
+                            self.ubuf.len()
+                        );
+                        cfg.pool.borrow_mut().distrust(group, server, now);
+                    }
+                    if let (true, Some(up)) = (pool, up) {
+                        cfg.pool.borrow_mut().put(group, server, up, now);
+                    }
+                    self.ubuf.clear();
+                }
+                Action::Finish(f) => {
+                    self.up = None;
+                    self.in_flight = None;
+                    self.ubuf.clear();
+                    return f;
+                }
+            }
+        }
+    }
+
+    /// Reads from the client for `ReadHead`. False when the exchange was told of a failure
+    /// (closed, timed out, draining) instead.
+    async fn read_client(&mut self, idle: bool, cfg: &Generation) -> bool {
+        let wait = self.ex.timeout(Instant::now());
+        let r = if idle {
+            let drain = self.w.drain.clone();
+            monoio::select! {
+                r = self.client.read_append(&mut self.inbuf, usize::MAX, wait) => Some(r),
+                _ = drain.wait() => None,
+            }
+        } else {
+            Some(
+                self.client
+                    .read_append(&mut self.inbuf, usize::MAX, wait)
+                    .await,
+            )
+        };
+        let now = Instant::now();
+        match r {
+            Some(Ok(n)) if n > 0 => return true,
+            Some(Err(IoFail::Timeout)) => self.ex.handle_timeout(&self.env(cfg), now),
+            Some(Err(IoFail::Io(e))) => {
+                log::debug!("client {}: {e}", self.peer);
+                self.ex.handle_client_closed(now);
+            }
+            Some(Ok(_)) | None => self.ex.handle_client_closed(now),
+        }
+        false
+    }
+
+    /// Reads from the upstream for `ReadResponseHead`. False when the exchange was told of a
+    /// failure instead.
+    async fn read_upstream(&mut self, cfg: &Generation) -> bool {
+        if self.ubuf.capacity() < BUF_SIZE && self.ubuf.is_empty() {
+            self.ubuf = self.w.take_buf();
+        }
+        ensure_capacity(&mut self.ubuf, BUF_SIZE);
+        let wait = self.ex.timeout(Instant::now());
+        let up = self.up.as_mut().expect("connected before reading");
+        let r = up.read_append(&mut self.ubuf, usize::MAX, wait).await;
+        let now = Instant::now();
+        let empty = self.ubuf.is_empty();
+        let e = match r {
+            Ok(n) if n > 0 => return true,
+            Ok(_) if empty => UpstreamError::ClosedEarly,
+            Ok(_) => UpstreamError::Truncated,
+            Err(IoFail::Timeout) => {
+                self.ex.handle_timeout(&self.env(cfg), now);
+                return false;
+            }
+            Err(IoFail::Io(e)) if empty && is_reset(&e) => UpstreamError::ClosedEarly,
+            Err(IoFail::Io(e)) => UpstreamError::ReadFailed(e.to_string()),
+        };
+        self.ex.handle_upstream_error(e, &self.env(cfg), now);
+        false
+    }
+
+    /// `Connect`: a pooled connection when allowed and one is idle, else a new one.
+    async fn connect(&mut self, cfg: &Rc<Generation>, group: usize, server: usize, pooled: bool) {
+        self.up = None;
+        self.ubuf.clear();
+        let now = Instant::now();
+        if pooled {
+            if let Some(s) = cfg.pool.borrow_mut().take(group, server, now) {
+                self.up = Some(s);
+                self.ex.handle_connected(true, now);
                 return;
             }
-            self.served += 1;
-            if self.w.drain.is_set() {
-                return;
+        }
+        let addr = cfg.upstreams[group].servers[server].addr;
+        let wait = self.ex.timeout(now);
+        let r = open(addr, cfg.tls.upstreams[group].as_ref(), wait).await;
+        let now = Instant::now();
+        match r {
+            Ok(s) => {
+                self.up = Some(s);
+                self.ex.handle_connected(false, now);
             }
-            self.idle();
+            Err(e) => {
+                let e = match e {
+                    ConnectError::Connect(IoFail::Timeout)
+                    | ConnectError::Tls(HandshakeError::Io(IoFail::Timeout)) => {
+                        UpstreamError::ConnectTimeout
+                    }
+                    ConnectError::Connect(IoFail::Io(e)) => {
+                        UpstreamError::ConnectFailed(e.to_string())
+                    }
+                    ConnectError::Tls(e) => UpstreamError::Tls(e.to_string()),
+                };
+                self.ex.handle_upstream_error(e, &self.env(cfg), now);
+            }
+        }
+    }
+
+    /// The one place every exchange ends: its record goes to the worker's counters (and, at
+    /// debug level, to the log; the access log of a later issue reads it here).
+    fn end(&mut self) {
+        let r: &EndRecord = self.ex.end_record();
+        if !r.had_request() {
+            return;
+        }
+        self.w.count_request(r);
+        if log::log_enabled!(log::Level::Debug) {
+            let ms = r.duration().map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            match &r.error {
+                Some(e) => log::debug!("client {}: {} in {ms:.1} ms: {e}", self.peer, r.status),
+                None => log::debug!("client {}: {} in {ms:.1} ms", self.peer, r.status),
+            }
         }
     }
 
@@ -216,293 +471,17 @@ impl Conn {
                 Vec::with_capacity(IDLE_BUF),
             ));
         }
-        if self.out.capacity() > 2 * IDLE_BUF {
-            self.out = Vec::with_capacity(IDLE_BUF);
-        }
         if self.scratch.capacity() > 0 && self.scratch.is_empty() {
             self.w.give_buf(std::mem::take(&mut self.scratch));
         }
     }
 
-    /// Reads until a complete head is in `inbuf`; returns its length. `None`: the connection
-    /// is done (closed, timed out, draining, or answered with an error).
-    async fn read_head(&mut self) -> Option<usize> {
-        let limits = self.cfg.limits.request;
-        let t = self.cfg.timeouts;
-        let mut scanner = HeadScanner::new();
-        let mut deadline: Option<Instant> = None;
-        loop {
-            if !self.inbuf.is_empty() {
-                match scanner.scan(&self.inbuf, &limits) {
-                    Ok(Scan::Complete(n)) => return Some(n),
-                    Ok(Scan::Partial) => {}
-                    Err(e) => {
-                        self.reject(e.status(), &e.to_string()).await;
-                        return None;
-                    }
-                }
-            }
-            let started = scanner.started(&self.inbuf);
-            let now = Instant::now();
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(now),
-                None if started => {
-                    deadline = Some(now + t.client_header);
-                    t.client_header
-                }
-                None if self.served == 0 => t.client_header,
-                None => t.keepalive,
-            };
-            let r = if started {
-                self.client
-                    .read_append(&mut self.inbuf, usize::MAX, wait)
-                    .await
-            } else {
-                let drain = self.w.drain.clone();
-                monoio::select! {
-                    r = self.client.read_append(&mut self.inbuf, usize::MAX, wait) => r,
-                    _ = drain.wait() => return None,
-                }
-            };
-            match r {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(IoFail::Timeout) => {
-                    if started {
-                        self.reject(408, "timed out reading the request head").await;
-                    }
-                    return None;
-                }
-                Err(IoFail::Io(e)) => {
-                    log::debug!("client {}: {e}", self.peer);
-                    return None;
-                }
-            }
-        }
-    }
-
-    async fn handle(&mut self, head_end: usize) -> Next {
-        let limits = self.cfg.limits.request;
-        let buf = &self.inbuf[..head_end];
-        let head = match parse_request(buf, &mut self.headers, &limits) {
-            Ok(h) => h,
-            Err(e) => {
-                self.reject(e.status(), &e.to_string()).await;
-                return Next::Close;
-            }
-        };
-        let info = match request_info(buf, &head, &self.headers) {
-            Ok(i) => i,
-            Err(e) => {
-                self.reject(e.status(), &e.to_string()).await;
-                return Next::Close;
-            }
-        };
-        if head.method == Method::Connect {
-            self.reject(405, "CONNECT is not enabled on this listener")
-                .await;
-            return Next::Close;
-        }
-        let host: &[u8] = match head.form {
-            TargetForm::Absolute { authority, .. } => authority.get(buf),
-            _ => info.host.map_or(&b""[..], |h| h.get(buf)),
-        };
-        // Routes match the normalised path, and that is what the upstream gets (path.rs).
-        let raw_target = match head.form {
-            TargetForm::Origin => head.target.get(buf),
-            TargetForm::Absolute { path, .. } => path.get(buf),
-            TargetForm::Authority | TargetForm::Asterisk => b"*",
-        };
-        if raw_target == b"*" {
-            self.target.clear();
-            self.target.push(b'*');
-            self.path_len = 0;
-        } else {
-            match normalise(raw_target, &self.cfg.server.path, &mut self.target) {
-                Ok(n) => self.path_len = n,
-                Err(e) => {
-                    self.reject(e.status(), &e.to_string()).await;
-                    return Next::Close;
-                }
-            }
-        }
-        let path: &[u8] = match self.path_len {
-            0 => b"/",
-            n => &self.target[..n],
-        };
-        if self.kind == ListenKind::RedirectHttps {
-            if host.is_empty() {
-                let e = Local::Error(400, "a Host header is needed to redirect to https");
-                return self.local(e, head, info, head_end).await;
-            }
-            // Copied out of the input buffer, which `local` drains before answering.
-            let (host, target) = (host.to_vec(), self.target.clone());
-            let to = Local::Redirect {
-                host: &host,
-                target: &target,
-            };
-            return self.local(to, head, info, head_end).await;
-        }
-        let cfg = self.cfg.clone();
-        match cfg
-            .router
-            .lookup(host, path)
-            .map(|&i| &cfg.routes[i].action)
-        {
-            None => {
-                self.local(
-                    Local::Error(404, "no route for this host and path"),
-                    head,
-                    info,
-                    head_end,
-                )
-                .await
-            }
-            Some(Action::Respond(fixed)) => {
-                self.local(Local::Fixed(fixed), head, info, head_end).await
-            }
-            Some(Action::Proxy { upstream, set_host }) => {
-                self.proxy(head, info, head_end, *upstream, set_host.as_deref())
-                    .await
-            }
-        }
-    }
-
-    /// Answers a request without an upstream. A request body is read and discarded first so
-    /// that the connection can carry on; with `Expect: 100-continue` it is never asked for, and
-    /// the connection is closed instead.
-    async fn local(
-        &mut self,
-        resp: Local<'_>,
-        head: RequestHead,
-        info: RequestInfo,
-        head_end: usize,
-    ) -> Next {
-        let t = self.cfg.timeouts;
-        self.inbuf.drain(..head_end);
-        let mut keep = info.connection.persistent(head.version) && !self.w.drain.is_set();
-        if !info.body.is_empty() {
-            if info.expect_continue {
-                keep = false;
-            } else {
-                let rt = RelayTimeouts {
-                    read: t.client_body,
-                    write: t.send,
-                };
-                if let Err(e) = relay(
-                    &mut self.client,
-                    &mut self.inbuf,
-                    info.body,
-                    None,
-                    BodyKind::None,
-                    &mut self.scratch,
-                    rt,
-                )
-                .await
-                {
-                    return self.client_body_failed(&e.fail).await;
-                }
-            }
-        }
-        self.out.clear();
-        match resp {
-            Local::Fixed(f) => f.write(
-                !keep,
-                keep && head.version == Version::Http10,
-                head.method == Method::Head,
-                &self.w.date(),
-                &mut self.out,
-            ),
-            Local::Error(status, msg) => {
-                respond::error(status, msg, !keep, &self.w.date(), &mut self.out)
-            }
-            Local::Redirect { host, target } => {
-                let port = self.cfg.https_port();
-                respond::redirect_https(host, port, target, !keep, &self.w.date(), &mut self.out)
-            }
-        }
-        if self.client.write_all(&mut self.out, t.send).await.is_err() || !keep {
-            let body_read = info.body.is_empty() || !info.expect_continue;
-            self.close(body_read && !info.connection.persistent(head.version))
-                .await;
-            return Next::Close;
-        }
-        Next::KeepAlive
-    }
-
-    /// Answers with an error generated here. `body_done` says whether the request body has been
-    /// fully read, which is what allows the connection to be kept.
-    async fn fail(
-        &mut self,
-        status: u16,
-        msg: &str,
-        info: &RequestInfo,
-        head: &RequestHead,
-        body_done: bool,
-    ) -> Next {
-        let body_consumed = body_done || info.body.is_empty();
-        let keep =
-            body_consumed && info.connection.persistent(head.version) && !self.w.drain.is_set();
-        // The reason stays in the log; the client gets a plain status page (no socket errors,
-        // addresses or parser details of ours or the upstream's).
-        log::debug!("client {}: {status} {msg}", self.peer);
-        self.out.clear();
-        respond::error(
-            status,
-            respond::upstream_failure(status),
-            !keep,
-            &self.w.date(),
-            &mut self.out,
-        );
-        if self
-            .client
-            .write_all(&mut self.out, self.cfg.timeouts.send)
-            .await
-            .is_err()
-            || !keep
-        {
-            self.close(body_consumed && !info.connection.persistent(head.version))
-                .await;
-            return Next::Close;
-        }
-        self.ubuf.clear();
-        Next::KeepAlive
-    }
-
-    async fn client_body_failed(&mut self, fail: &RelayFail) -> Next {
-        match fail {
-            RelayFail::Framing(e) => self.reject(400, &e.to_string()).await,
-            RelayFail::Io(IoFail::Timeout) => {
-                self.reject(408, "timed out reading the request body").await
-            }
-            _ => {}
-        }
-        Next::Close
-    }
-
-    /// Answers a request that cannot be processed and closes the connection.
-    async fn reject(&mut self, status: u16, msg: &str) {
-        log::debug!("client {}: {status} {msg}", self.peer);
-        self.out.clear();
-        respond::error(status, msg, true, &self.w.date(), &mut self.out);
-        if self
-            .client
-            .write_all(&mut self.out, self.cfg.timeouts.send)
-            .await
-            .is_ok()
-        {
-            self.close_gracefully().await;
-        }
-    }
-
-    /// Ends the connection after a response. A client that asked to close and whose request
-    /// was read whole sends nothing more (RFC 9112 §9.6), so the socket is simply closed;
-    /// otherwise the close is graceful.
-    async fn close(&mut self, client_asked: bool) {
-        if client_asked && self.inbuf.is_empty() {
-            self.client.notify_close().await;
-        } else {
-            self.close_gracefully().await;
+    /// Ends the connection as the exchange said.
+    async fn close(&mut self, how: Close) {
+        match how {
+            Close::Now => {}
+            Close::Notify if self.inbuf.is_empty() => self.client.notify_close().await,
+            Close::Notify | Close::Linger => self.close_gracefully().await,
         }
     }
 
@@ -528,15 +507,43 @@ impl Conn {
     }
 }
 
+/// Moves one body from `from` to `to` as `plan` says: spliced when core allows it, no stage
+/// sits in between and both ends are plain sockets; else through the buffers.
+async fn move_body(
+    from: &mut Stream,
+    buf: &mut Vec<u8>,
+    to: &mut Stream,
+    mut plan: BodyPlan,
+    stage: Option<&mut dyn Stage>,
+    scratch: &mut Vec<u8>,
+    pipe: &mut SplicePipe,
+) -> Result<u64, BodyFail> {
+    let t = timeouts(&plan);
+    let r = match (plan.splice && stage.is_none(), from.tcp(), to.tcp()) {
+        (true, Some(f), Some(d)) => {
+            let n = plan.body.want() as u64;
+            relay_spliced(f, buf, n, d, pipe, t).await.map(|()| n)
+        }
+        _ => relay(from, buf, &mut plan.body, Some(to), stage, scratch, t).await,
+    };
+    r.map_err(|e| e.into_body_fail())
+}
+
+fn timeouts(plan: &BodyPlan) -> RelayTimeouts {
+    RelayTimeouts {
+        read: plan.read_idle,
+        write: plan.write_idle,
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
 /// How long a closing connection waits for the client to stop sending.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
-
-enum Local<'a> {
-    Fixed(&'a Fixed),
-    Error(u16, &'a str),
-    /// 301 to https, same host (port replaced) and target.
-    Redirect {
-        host: &'a [u8],
-        target: &'a [u8],
-    },
-}

@@ -12,8 +12,8 @@ use std::time::Duration;
 use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::net::unix::new_pipe;
 use monoio::net::{Pipe, TcpStream};
-use ringway_core::http::chunked::{write_chunk_header, ChunkError, ChunkedDecoder, LAST_CHUNK};
-use ringway_core::http::framing::BodyKind;
+use ringway_core::http::body::{BodyError, Stage, Transcoder};
+use ringway_core::proxy::BodyFail;
 
 use crate::buf::{write_range, IoFail};
 use crate::stream::Stream;
@@ -28,16 +28,29 @@ pub(crate) enum Side {
 #[derive(Debug)]
 pub(crate) enum RelayFail {
     Io(IoFail),
-    /// The source closed before the body was complete.
-    Truncated,
-    /// The source's chunked framing is invalid.
-    Framing(ChunkError),
+    /// Truncated or badly framed (the source only).
+    Body(BodyError),
 }
 
 #[derive(Debug)]
 pub(crate) struct RelayError {
     pub side: Side,
     pub fail: RelayFail,
+}
+
+impl RelayError {
+    /// What core is told.
+    pub(crate) fn into_body_fail(self) -> BodyFail {
+        match (self.side, self.fail) {
+            (Side::Destination, f) => BodyFail::Destination(match f {
+                RelayFail::Io(e) => e.to_string(),
+                RelayFail::Body(e) => e.to_string(),
+            }),
+            (Side::Source, RelayFail::Body(e)) => BodyFail::Source(e),
+            (Side::Source, RelayFail::Io(IoFail::Timeout)) => BodyFail::SourceTimeout,
+            (Side::Source, RelayFail::Io(IoFail::Io(e))) => BodyFail::SourceIo(e.to_string()),
+        }
+    }
 }
 
 impl std::fmt::Display for RelayError {
@@ -48,8 +61,7 @@ impl std::fmt::Display for RelayError {
         };
         match &self.fail {
             RelayFail::Io(e) => write!(f, "{side} body: {e}"),
-            RelayFail::Truncated => write!(f, "{side} body: connection closed before its end"),
-            RelayFail::Framing(e) => write!(f, "{side} body: {e}"),
+            RelayFail::Body(e) => write!(f, "{side} body: {e}"),
         }
     }
 }
@@ -74,10 +86,6 @@ pub(crate) struct RelayTimeouts {
     pub read: Duration,
     pub write: Duration,
 }
-
-/// Bodies at least this long, passed through with the same length framing, move
-/// socket → pipe → socket with splice(2): the bytes never enter user space.
-pub(crate) const SPLICE_THRESHOLD: u64 = 64 * 1024;
 
 /// Most bytes moved per splice round (the default pipe capacity).
 const PIPE_CHUNK: u32 = 64 * 1024;
@@ -113,7 +121,7 @@ pub(crate) async fn splice_exact(
         while len > 0 {
             let want = len.min(u64::from(PIPE_CHUNK)) as u32;
             let n = match monoio::time::timeout(t.read, from.splice_to_pipe(wr, want)).await {
-                Ok(Ok(0)) => return Err(src(RelayFail::Truncated)),
+                Ok(Ok(0)) => return Err(src(RelayFail::Body(BodyError::Truncated))),
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(src(RelayFail::Io(IoFail::Io(e)))),
                 Err(_) => return Err(src(RelayFail::Io(IoFail::Timeout))),
@@ -154,125 +162,70 @@ pub(crate) async fn relay_spliced(
     splice_exact(from, to, len - k as u64, pipe, t).await
 }
 
-enum Decode {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Close,
-}
-
-/// Relays one body from `from` (whose first bytes may already be in `buf`) to `to`, or discards
-/// it when `to` is `None`. `input` is the body's framing as received; `output` the framing
-/// announced to the destination (`Length` only with `Length` input).
+/// Relays one body from `from` (whose first bytes may already be in `buf`) to `to`, or
+/// discards it when `to` is `None`, framed as core's [`Transcoder`] says; through `stage` first
+/// when there is one (the body seam: a cache tee or a compressor). Returns the payload bytes
+/// moved. Bytes in `buf` past the body stay there.
 pub(crate) async fn relay(
     from: &mut Stream,
     buf: &mut Vec<u8>,
-    input: BodyKind,
+    body: &mut Transcoder,
     mut to: Option<&mut Stream>,
-    output: BodyKind,
+    mut stage: Option<&mut dyn Stage>,
     scratch: &mut Vec<u8>,
     t: RelayTimeouts,
 ) -> Result<u64, RelayError> {
-    let mut dec = match input {
-        BodyKind::None | BodyKind::Length(0) => return Ok(0),
-        BodyKind::Length(n) => Decode::Length(n),
-        BodyKind::Chunked => Decode::Chunked(ChunkedDecoder::new()),
-        BodyKind::Close => Decode::Close,
-    };
-    let chunked_out = output == BodyKind::Chunked;
-    let mut total = 0u64;
     // Between requests a connection keeps only a small input buffer (proxy.rs, `idle`): a
     // body gets a full-size one, so that it moves in large reads.
-    crate::buf::ensure_capacity(buf, crate::buf::BUF_SIZE);
+    if !body.is_done() {
+        crate::buf::ensure_capacity(buf, crate::buf::BUF_SIZE);
+    }
+    let mut tmp = Vec::new();
     loop {
-        let mut done = false;
         scratch.clear();
-        match &mut dec {
-            Decode::Length(rem) => {
-                let k = (*rem).min(buf.len() as u64) as usize;
-                *rem -= k as u64;
-                done = *rem == 0;
-                total += k as u64;
-                if chunked_out && k > 0 {
-                    frame_chunk(&buf[..k], scratch);
-                } else if let Some(to) = to.as_deref_mut() {
-                    to.write_range(buf, 0..k, t.write).await.map_err(dst)?;
-                }
-                buf.drain(..k);
+        let (consumed, pass) = match stage.as_deref_mut() {
+            None => {
+                let s = body
+                    .step(buf, scratch)
+                    .map_err(|e| src(RelayFail::Body(e)))?;
+                (s.consumed, s.pass)
             }
-            Decode::Close => {
-                total += buf.len() as u64;
-                if chunked_out && !buf.is_empty() {
-                    frame_chunk(buf, scratch);
-                } else if let Some(to) = to.as_deref_mut() {
-                    let n = buf.len();
-                    to.write_range(buf, 0..n, t.write).await.map_err(dst)?;
-                }
-                buf.clear();
+            Some(st) => {
+                let n = body
+                    .step_through(buf, st, &mut tmp, scratch)
+                    .map_err(|e| src(RelayFail::Body(e)))?;
+                (n, 0..0)
             }
-            Decode::Chunked(d) => {
-                let mut pos = 0;
-                loop {
-                    let step = d
-                        .decode(&buf[pos..])
-                        .map_err(|e| src(RelayFail::Framing(e)))?;
-                    let data = &buf[pos + step.data.start..pos + step.data.end];
-                    total += data.len() as u64;
-                    if !data.is_empty() {
-                        if chunked_out {
-                            frame_chunk(data, scratch);
-                        } else {
-                            scratch.extend_from_slice(data);
-                        }
-                    }
-                    pos += step.consumed;
-                    if step.done {
-                        done = true;
-                        break;
-                    }
-                    if pos == buf.len() {
-                        break;
-                    }
-                }
-                buf.drain(..pos);
-            }
-        }
-        if done && chunked_out {
-            scratch.extend_from_slice(LAST_CHUNK);
-        }
+        };
         if let Some(to) = to.as_deref_mut() {
+            if !pass.is_empty() {
+                to.write_range(buf, pass, t.write).await.map_err(dst)?;
+            }
             if !scratch.is_empty() {
                 to.write_all(scratch, t.write).await.map_err(dst)?;
             }
         }
-        if done {
-            return Ok(total);
+        buf.drain(..consumed);
+        if body.is_done() {
+            return Ok(body.total());
         }
-        let max = match dec {
-            Decode::Length(rem) => rem.min(usize::MAX as u64) as usize,
-            _ => usize::MAX,
-        };
         let n = from
-            .read_append(buf, max, t.read)
+            .read_append(buf, body.want(), t.read)
             .await
             .map_err(|e| src(RelayFail::Io(e)))?;
         if n == 0 {
-            if let Decode::Close = dec {
-                if chunked_out {
-                    if let Some(to) = to.as_deref_mut() {
-                        scratch.clear();
-                        scratch.extend_from_slice(LAST_CHUNK);
-                        to.write_all(scratch, t.write).await.map_err(dst)?;
-                    }
-                }
-                return Ok(total);
+            scratch.clear();
+            match stage.as_deref_mut() {
+                None => body.finish_at_eof(scratch),
+                Some(st) => body.finish_at_eof_through(st, &mut tmp, scratch),
             }
-            return Err(src(RelayFail::Truncated));
+            .map_err(|e| src(RelayFail::Body(e)))?;
+            if let Some(to) = to.as_deref_mut() {
+                if !scratch.is_empty() {
+                    to.write_all(scratch, t.write).await.map_err(dst)?;
+                }
+            }
+            return Ok(body.total());
         }
     }
-}
-
-fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
-    write_chunk_header(data.len(), out);
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
 }

@@ -74,7 +74,7 @@ pub(crate) fn run(
             }
             w.trim_when_idle();
             let snap = w.current().snapshot(Instant::now());
-            status.publish(id, snap, w.tls_counts.get());
+            status.publish(id, snap, w.tls_counts.get(), w.requests.get());
         }
         w.drain.trigger();
         for a in accepting {

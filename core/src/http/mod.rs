@@ -4,6 +4,7 @@
 //! the caller's read buffer. Header storage is a `Vec` the caller keeps and reuses, so after the
 //! first request of a connection parsing costs no allocation at all.
 
+pub mod body;
 pub mod chars;
 pub mod chunked;
 pub mod date;

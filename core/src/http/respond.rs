@@ -93,6 +93,7 @@ pub fn error_with(
 /// A configured fixed response, rendered once at config time except for the connection field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fixed {
+    pub status: u16,
     /// Status line and headers, without the final CRLF and without Connection.
     pub head: Vec<u8>,
     pub body: Vec<u8>,
@@ -110,6 +111,7 @@ impl Fixed {
             let _ = write!(head, "Content-Length: {}\r\n", body.len());
         }
         Self {
+            status,
             head,
             body: if bodiless { Vec::new() } else { body.to_vec() },
         }

@@ -1,0 +1,440 @@
+//! A message body moved from one framing to another, sans IO.
+//!
+//! [`Transcoder`] reads a body framed as it arrived (length, chunked, until close) and says what
+//! to send on, framed as this proxy announces it: identity bytes pass through untouched (the
+//! caller writes them straight from its read buffer, or splices them), chunked output is framed
+//! anew, so the next hop only ever parses framing this proxy wrote. Bytes past the end of the
+//! body (a pipelined request) are never consumed. io's relay loop is: `step`, write what it
+//! says, drain `consumed`, read more (at most [`Transcoder::want`]), and on end of input call
+//! [`Transcoder::finish_at_eof`].
+
+use std::ops::Range;
+
+use super::chunked::{write_chunk_header, ChunkError, ChunkedDecoder, LAST_CHUNK};
+use super::framing::BodyKind;
+
+/// A stage a body passes through between its decoding and its framing toward the next hop:
+/// a cache tee (keeps a copy, passes the bytes on) or a compressor (transforms them). A body
+/// with a stage is never spliced. A stage that changes the length needs chunked (or
+/// close-delimited) output framing, which the exchange chooses.
+pub trait Stage {
+    /// Takes payload bytes; appends what goes on to `out`.
+    fn data(&mut self, payload: &[u8], out: &mut Vec<u8>);
+    /// The body ended; appends whatever is left to send.
+    fn end(&mut self, out: &mut Vec<u8>);
+}
+
+/// Why a body could not be read whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// The sender closed before the body's end.
+    Truncated,
+    /// Invalid chunked framing.
+    Framing(ChunkError),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Truncated => f.write_str("connection closed before the body's end"),
+            Self::Framing(e) => e.fmt(f),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Decode {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+}
+
+/// One body in transit; see the module documentation.
+#[derive(Clone, Debug)]
+pub struct Transcoder {
+    dec: Decode,
+    chunked_out: bool,
+    done: bool,
+    /// Body bytes (payload, without framing) seen so far.
+    total: u64,
+}
+
+/// What one [`Transcoder::step`] found in the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Step {
+    /// Input bytes used up; drain them after writing.
+    pub consumed: usize,
+    /// Input bytes to write on as they are (identity in, identity out), before `out`.
+    pub pass: Range<usize>,
+}
+
+impl Transcoder {
+    /// A body framed as `input` arrives; `output` is how it is announced to the next hop
+    /// (`Length` only with `Length` input; `None` when it is discarded).
+    pub fn new(input: BodyKind, output: BodyKind) -> Self {
+        let (dec, done) = match input {
+            BodyKind::None | BodyKind::Length(0) => (Decode::Length(0), true),
+            BodyKind::Length(n) => (Decode::Length(n), false),
+            BodyKind::Chunked => (Decode::Chunked(ChunkedDecoder::new()), false),
+            BodyKind::Close => (Decode::Close, false),
+        };
+        let chunked_out = output == BodyKind::Chunked;
+        Self {
+            dec,
+            chunked_out,
+            // An empty body announced as chunked still needs its last chunk.
+            done: done && !chunked_out,
+            total: 0,
+        }
+    }
+
+    /// The whole body has been seen (and its last chunk written, for chunked output).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Payload bytes seen so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Most bytes worth reading next: the rest of a known length, else unbounded.
+    pub fn want(&self) -> usize {
+        match self.dec {
+            Decode::Length(rem) => rem.min(usize::MAX as u64) as usize,
+            _ => usize::MAX,
+        }
+    }
+
+    /// Consumes body bytes from `input` (everything received and not yet consumed). Bytes to
+    /// send on are `input[step.pass]`, then whatever was appended to `out`.
+    pub fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, BodyError> {
+        let identity = !self.chunked_out && !matches!(self.dec, Decode::Chunked(_));
+        if identity {
+            // Nothing to re-frame: the bytes go on from the caller's buffer (or by splice).
+            let consumed = self.decode(input, |_| {})?;
+            return Ok(Step {
+                consumed,
+                pass: 0..consumed,
+            });
+        }
+        let chunked_out = self.chunked_out;
+        let consumed = self.decode(input, |d| frame(chunked_out, d, out))?;
+        if self.done && chunked_out {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        Ok(Step {
+            consumed,
+            pass: 0..0,
+        })
+    }
+
+    /// Like [`step`](Self::step), with the payload passed through `stage` before it is framed
+    /// (nothing passes through untouched). `tmp` is scratch space.
+    pub fn step_through(
+        &mut self,
+        input: &[u8],
+        stage: &mut dyn Stage,
+        tmp: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, BodyError> {
+        let chunked_out = self.chunked_out;
+        let was_done = self.done;
+        let consumed = self.decode(input, |d| {
+            tmp.clear();
+            stage.data(d, tmp);
+            frame(chunked_out, tmp, out);
+        })?;
+        if self.done && !was_done {
+            self.end_through(stage, tmp, out);
+        }
+        Ok(consumed)
+    }
+
+    fn end_through(&mut self, stage: &mut dyn Stage, tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
+        tmp.clear();
+        stage.end(tmp);
+        frame(self.chunked_out, tmp, out);
+        if self.chunked_out {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+    }
+
+    /// Decodes what `input` holds of the body, handing each piece of payload to `emit`;
+    /// returns the bytes consumed.
+    fn decode(&mut self, input: &[u8], mut emit: impl FnMut(&[u8])) -> Result<usize, BodyError> {
+        if self.done {
+            return Ok(0);
+        }
+        match &mut self.dec {
+            Decode::Length(rem) => {
+                let k = (*rem).min(input.len() as u64) as usize;
+                *rem -= k as u64;
+                self.done = *rem == 0;
+                self.total += k as u64;
+                emit(&input[..k]);
+                Ok(k)
+            }
+            Decode::Close => {
+                self.total += input.len() as u64;
+                emit(input);
+                Ok(input.len())
+            }
+            Decode::Chunked(d) => {
+                let mut pos = 0;
+                while pos < input.len() {
+                    let s = d.decode(&input[pos..]).map_err(BodyError::Framing)?;
+                    let data = &input[pos + s.data.start..pos + s.data.end];
+                    self.total += data.len() as u64;
+                    emit(data);
+                    pos += s.consumed;
+                    if s.done {
+                        self.done = true;
+                        break;
+                    }
+                }
+                Ok(pos)
+            }
+        }
+    }
+
+    /// The sender closed its side. A close-delimited body ends here (its last chunk, if any,
+    /// is appended to `out`); any other unfinished body was truncated.
+    pub fn finish_at_eof(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        if self.done {
+            return Ok(());
+        }
+        match self.dec {
+            Decode::Close => {
+                self.done = true;
+                if self.chunked_out {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+                Ok(())
+            }
+            Decode::Length(0) => {
+                // An empty body announced as chunked: only its last chunk is left to write.
+                self.done = true;
+                out.extend_from_slice(LAST_CHUNK);
+                Ok(())
+            }
+            _ => Err(BodyError::Truncated),
+        }
+    }
+
+    /// [`finish_at_eof`](Self::finish_at_eof) for a body that goes through `stage`.
+    pub fn finish_at_eof_through(
+        &mut self,
+        stage: &mut dyn Stage,
+        tmp: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BodyError> {
+        if self.done {
+            return Ok(());
+        }
+        match self.dec {
+            Decode::Close | Decode::Length(0) => {
+                self.done = true;
+                self.end_through(stage, tmp, out);
+                Ok(())
+            }
+            _ => Err(BodyError::Truncated),
+        }
+    }
+}
+
+/// Appends `data` framed for the next hop: as a chunk, or as it is.
+fn frame(chunked: bool, data: &[u8], out: &mut Vec<u8>) {
+    if chunked {
+        frame_chunk(data, out);
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    write_chunk_header(data.len(), out);
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Checks the chunk framing of body bytes already received (a prefix of the body) without
+/// consuming them, so that a request whose first chunk line is bad never reaches an upstream.
+pub fn check_chunked_prefix(bytes: &[u8]) -> Result<(), ChunkError> {
+    let mut d = ChunkedDecoder::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let step = d.decode(&bytes[pos..])?;
+        pos += step.consumed;
+        if step.done {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `piece` bytes; returns what would be written and what is left.
+    fn run(
+        input: BodyKind,
+        output: BodyKind,
+        bytes: &[u8],
+        piece: usize,
+        eof: bool,
+    ) -> (Vec<u8>, Result<usize, BodyError>) {
+        let mut t = Transcoder::new(input, output);
+        let mut buf = Vec::new();
+        let mut sent = Vec::new();
+        let mut fed = 0;
+        loop {
+            let mut out = Vec::new();
+            match t.step(&buf, &mut out) {
+                Ok(s) => {
+                    sent.extend_from_slice(&buf[s.pass.clone()]);
+                    sent.extend_from_slice(&out);
+                    buf.drain(..s.consumed);
+                }
+                Err(e) => return (sent, Err(e)),
+            }
+            if t.is_done() {
+                return (sent, Ok(buf.len() + bytes.len() - fed));
+            }
+            if fed == bytes.len() {
+                if !eof {
+                    return (sent, Err(BodyError::Truncated));
+                }
+                let mut out = Vec::new();
+                let r = t.finish_at_eof(&mut out);
+                sent.extend_from_slice(&out);
+                return (sent, r.map(|()| 0));
+            }
+            let k = piece.min(bytes.len() - fed).min(t.want());
+            buf.extend_from_slice(&bytes[fed..fed + k]);
+            fed += k;
+        }
+    }
+
+    #[test]
+    fn length_passes_through_and_leaves_the_next_message() {
+        for piece in [1, 3, 100] {
+            let (sent, left) = run(
+                BodyKind::Length(5),
+                BodyKind::Length(5),
+                b"helloGET /",
+                piece,
+                false,
+            );
+            assert_eq!(sent, b"hello");
+            assert_eq!(left, Ok(5));
+        }
+    }
+
+    #[test]
+    fn chunked_is_reframed_and_close_becomes_chunked() {
+        let body = b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for piece in [1, 2, 7, 100] {
+            let (sent, left) = run(BodyKind::Chunked, BodyKind::Chunked, body, piece, false);
+            if piece == 100 {
+                assert_eq!(sent, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+            }
+            let (again, _) = run(BodyKind::Chunked, BodyKind::Close, &sent, 100, false);
+            assert_eq!(again, b"abcde");
+            assert_eq!(left, Ok(4));
+            let (sent, _) = run(BodyKind::Chunked, BodyKind::Close, body, piece, false);
+            assert_eq!(sent, b"abcde");
+            let (sent, left) = run(BodyKind::Close, BodyKind::Chunked, b"abcdef", piece, true);
+            assert_eq!(left, Ok(0));
+            // Framing follows the pieces; decoding it again gives the bytes back.
+            let mut again = Vec::new();
+            let mut d = Transcoder::new(BodyKind::Chunked, BodyKind::Close);
+            let s = d.step(&sent, &mut again).unwrap();
+            assert!(d.is_done());
+            assert_eq!(s.consumed, sent.len());
+            assert_eq!(again, b"abcdef");
+        }
+    }
+
+    #[test]
+    fn truncation_and_bad_framing_are_errors() {
+        let (_, r) = run(
+            BodyKind::Length(10),
+            BodyKind::Length(10),
+            b"short",
+            2,
+            true,
+        );
+        assert_eq!(r, Err(BodyError::Truncated));
+        let (_, r) = run(BodyKind::Chunked, BodyKind::Chunked, b"3\r\nab", 1, true);
+        assert_eq!(r, Err(BodyError::Truncated));
+        let (_, r) = run(BodyKind::Chunked, BodyKind::Chunked, b"zz\r\n", 1, true);
+        assert!(matches!(r, Err(BodyError::Framing(_))));
+    }
+
+    /// Uppercases the payload and adds a trailer line at the end: a transforming stage.
+    struct Upper;
+
+    impl Stage for Upper {
+        fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+            out.extend(payload.iter().map(u8::to_ascii_uppercase));
+        }
+        fn end(&mut self, out: &mut Vec<u8>) {
+            out.extend_from_slice(b"!");
+        }
+    }
+
+    #[test]
+    fn a_stage_sees_every_payload_byte_and_its_output_is_framed() {
+        for (input, bytes, eof) in [
+            (
+                BodyKind::Chunked,
+                &b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\nNEXT"[..],
+                false,
+            ),
+            (BodyKind::Length(5), &b"abcdeNEXT"[..], false),
+            (BodyKind::Close, &b"abcde"[..], true),
+        ] {
+            for piece in [1, 4, 100] {
+                let mut t = Transcoder::new(input, BodyKind::Chunked);
+                let (mut buf, mut sent, mut tmp, mut fed) = (Vec::new(), Vec::new(), Vec::new(), 0);
+                while !t.is_done() {
+                    let n = t
+                        .step_through(&buf, &mut Upper, &mut tmp, &mut sent)
+                        .unwrap();
+                    buf.drain(..n);
+                    if t.is_done() {
+                        break;
+                    }
+                    if fed == bytes.len() {
+                        assert!(eof);
+                        t.finish_at_eof_through(&mut Upper, &mut tmp, &mut sent)
+                            .unwrap();
+                        break;
+                    }
+                    let k = piece.min(bytes.len() - fed).min(t.want());
+                    buf.extend_from_slice(&bytes[fed..fed + k]);
+                    fed += k;
+                }
+                let (plain, _) = run(BodyKind::Chunked, BodyKind::Close, &sent, 100, false);
+                assert_eq!(plain, b"ABCDE!", "{input:?} piece {piece}");
+                assert!(sent.ends_with(b"0\r\n\r\n"));
+            }
+        }
+    }
+
+    #[test]
+    fn empty_bodies() {
+        let (sent, left) = run(BodyKind::Length(0), BodyKind::Chunked, b"", 1, true);
+        assert_eq!(sent, b"0\r\n\r\n");
+        assert_eq!(left, Ok(0));
+        let mut t = Transcoder::new(BodyKind::None, BodyKind::None);
+        assert!(t.is_done());
+        assert_eq!(t.step(b"GET", &mut Vec::new()).unwrap().consumed, 0);
+    }
+}

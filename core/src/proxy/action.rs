@@ -1,0 +1,104 @@
+//! What an [`Exchange`](super::Exchange) asks io to do next.
+
+use std::time::Duration;
+
+use crate::health::Outcome;
+use crate::http::body::Transcoder;
+
+use super::error::Error;
+
+/// One step for io to carry out; then it reports back with the matching `handle_*` call.
+#[must_use]
+#[derive(Debug)]
+pub enum Action {
+    /// Hand everything buffered from the client to `handle_input`; when `read_first`, read
+    /// more first (bounded by the deadline; `handle_client_closed` / `handle_timeout` when that
+    /// fails). `idle`: nothing of a request has arrived yet, so a draining worker may close.
+    ReadHead { idle: bool, read_first: bool },
+    /// Write the bytes in `out()` to the client (bounded by the deadline), then
+    /// `handle_client_written`.
+    WriteClient,
+    /// Write `100 Continue` to the client (bounded by the deadline), then
+    /// `handle_client_written`. `out()` keeps the request head for a possible resend.
+    WriteContinue,
+    /// Read the request body from the client and throw it away, then `handle_request_body`.
+    DiscardBody(BodyPlan),
+    /// Choose a server of upstream `group` for the balancing key `key`, skipping
+    /// `tried()`, then `handle_pick`. io adds the active-check verdicts and counts the
+    /// request in flight until the next `Pick` or the end.
+    Pick { group: usize, key: u64 },
+    /// Passive health: record how the attempt at (group, server) went (`outcome`), and what
+    /// went wrong (`error`, which io logs with the server's address). Then poll again.
+    Record {
+        group: usize,
+        server: usize,
+        outcome: Option<Outcome>,
+        error: Option<Error>,
+    },
+    /// Open a connection to (group, server): an idle pooled one when `pooled`, else a new one
+    /// (any connection io still holds from an earlier attempt is closed first); then
+    /// `handle_connected` or `handle_upstream_error`.
+    Connect {
+        group: usize,
+        server: usize,
+        pooled: bool,
+    },
+    /// Write `out()` (the request head, and a small body with it) to the upstream, then
+    /// `handle_request_sent` or `handle_upstream_error`.
+    SendRequest,
+    /// Relay the request body from the client to the upstream, then `handle_request_body`.
+    SendBody(BodyPlan),
+    /// Hand everything buffered from the upstream to `handle_upstream_input`; when
+    /// `read_first`, read more first (bounded by the deadline; `handle_upstream_error` /
+    /// `handle_timeout` when that fails).
+    ReadResponseHead { read_first: bool },
+    /// Relay the response body from the upstream through the body sinks to the client, then
+    /// `handle_response_body`.
+    RelayResponse(BodyPlan),
+    /// Return the upstream connection to the pool (`pool`) or close it; `distrust`: the server
+    /// sent bytes no request asked for, so its pooled connections are closed and keep-alive to
+    /// it paused. Then poll again.
+    Release {
+        group: usize,
+        server: usize,
+        pool: bool,
+        distrust: bool,
+    },
+    /// The exchange is over; `end_record()` describes it.
+    Finish(Finish),
+}
+
+/// How a body moves: its framing in and out, and the idle timeouts of the relay.
+#[derive(Clone, Debug)]
+pub struct BodyPlan {
+    pub body: Transcoder,
+    /// No stage transforms the bytes and the body is long enough for splice(2) to pay: io
+    /// splices when both ends are plain sockets.
+    pub splice: bool,
+    /// Longest wait for the next bytes from the sender.
+    pub read_idle: Duration,
+    /// Longest wait for the receiver to take bytes.
+    pub write_idle: Duration,
+}
+
+/// What happens to the client connection after an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Read the next request.
+    KeepAlive,
+    Close(Close),
+}
+
+/// How the client connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// At once: the client is gone, or the response could not be completed.
+    Now,
+    /// The client asked to close and its request was read whole, so it sends nothing more
+    /// (RFC 9112 §9.6): close (over TLS after close_notify) unless unread input is pending,
+    /// in which case linger as below.
+    Notify,
+    /// Half-close and drain what the client still sends for a moment, so that unread input
+    /// does not reset the connection before the client has read the response.
+    Linger,
+}

@@ -1,0 +1,1137 @@
+//! One exchange (a request and its response) as a state machine, sans IO.
+//!
+//! io owns the sockets and buffers and runs a loop: `poll_action`, carry the action out, report
+//! what happened with the matching `handle_*` call, repeat, until [`Action::Finish`]. Everything
+//! a client or a server can observe is decided here, with the time passed in: the status of every
+//! answer the proxy makes itself, routing, which server and whether to retry, what goes upstream,
+//! interim responses, re-framing, keep-alive and the `Connection` header, whether an upstream
+//! connection may be reused, and which timer bounds each wait. Each exchange ends in one
+//! [`EndRecord`].
+//!
+//! One `Exchange` value serves all the requests of a client connection in turn ([`Exchange::begin`]
+//! starts the next), so its buffers (the heads it writes, the header tables) are allocated once.
+
+mod action;
+mod error;
+mod record;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+mod timer;
+
+pub use action::{Action, BodyPlan, Close, Finish};
+pub use error::{BodyFail, Error, Fault, UpstreamError};
+pub use record::EndRecord;
+pub use timer::{Timer, Timers};
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::balance::request_key;
+use crate::config::{Action as RouteAction, Config, ListenKind, Timeouts};
+use crate::health::Outcome;
+use crate::http::body::{check_chunked_prefix, Transcoder};
+use crate::http::date::DateLine;
+use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget, RequestInfo};
+use crate::http::path::normalise;
+use crate::http::respond::{self, Fixed};
+use crate::http::rewrite::{
+    client_response, upstream_request, ConnectionHeader, Forwarding, ForwardingPolicy,
+};
+use crate::http::{
+    parse_request, parse_response, HeadScanner, Header, Limits, Method, RequestHead, Scan,
+    TargetForm, Version,
+};
+use crate::upstream::Tried;
+
+/// Bodies up to this size that arrived in the same read as their head go out in one write with
+/// the head: one send instead of two, as nginx does with writev.
+pub const INLINE_BODY: u64 = 8 * 1024;
+
+/// Identity bodies at least this long move socket → pipe → socket with splice(2) when both
+/// ends are plain sockets: below it a copy through the read buffer is cheaper.
+pub const SPLICE_MIN: u64 = 64 * 1024;
+
+/// The interim response io writes for `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What an exchange reads from its surroundings at the moment of a decision.
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    pub cfg: &'a Config,
+    /// The `Date` line for responses the proxy writes.
+    pub date: DateLine,
+    /// The worker is shutting down: no connection is kept alive.
+    pub draining: bool,
+}
+
+/// What was last written to the client, so `handle_client_written` knows what comes next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    /// An answer of the proxy's own; `notify`: the client asked to close and sent its request
+    /// whole, so the connection may simply be closed.
+    Local {
+        keep: bool,
+        notify: bool,
+    },
+    /// An error answer after which the connection closes with a linger.
+    Reject,
+    Continue,
+    Interim,
+    ResponseHead,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Discarding the body of a request answered locally, then writing the answer.
+    Discard,
+    WriteClient(Written),
+    Pick,
+    Connect {
+        pooled: bool,
+    },
+    SendRequest,
+    SendBody,
+    ReadResponse,
+    RelayResponse,
+    Done(Finish),
+}
+
+/// What the current request asked for.
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    method: Method,
+    version: Version,
+    /// The client wants the connection kept after this exchange.
+    persistent: bool,
+    /// The body still to come from the client (after what went inline with the head).
+    body: BodyKind,
+    /// How that body is framed upstream.
+    body_out: BodyKind,
+    expect_continue: bool,
+    continue_sent: bool,
+    /// May go to another server after a failure (idempotent, nothing unrepeatable sent).
+    retryable: bool,
+    group: usize,
+    key: u64,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            method: Method::Get,
+            version: Version::Http11,
+            persistent: false,
+            body: BodyKind::None,
+            body_out: BodyKind::None,
+            expect_continue: false,
+            continue_sent: false,
+            retryable: false,
+            group: 0,
+            key: 0,
+        }
+    }
+}
+
+/// The upstream side of the current request: attempts, retries, the response.
+#[derive(Clone, Debug)]
+struct Upstream {
+    tried: Tried,
+    server: usize,
+    attempts: u32,
+    started: Option<Instant>,
+    /// Another attempt is allowed after a failure of this one.
+    may_retry: bool,
+    /// The connection of this attempt came from the pool.
+    reused: bool,
+    /// What failed last and whether the request body had been read whole, for the answer
+    /// when no server is left.
+    last: Option<(Error, bool)>,
+    interim: Option<InterimBudget>,
+    /// The final response: its framing as received and toward the client.
+    body_in: BodyKind,
+    body_out: BodyKind,
+    /// Body still to relay (after what went inline with the head).
+    relay: BodyKind,
+    /// The upstream wants its connection kept.
+    persistent: bool,
+    /// The client connection is kept after the response.
+    keep: bool,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            tried: Tried::new(),
+            server: 0,
+            attempts: 0,
+            started: None,
+            may_retry: false,
+            reused: false,
+            last: None,
+            interim: None,
+            body_in: BodyKind::None,
+            body_out: BodyKind::None,
+            relay: BodyKind::None,
+            persistent: false,
+            keep: false,
+        }
+    }
+}
+
+/// One client connection's exchanges; see the module documentation.
+pub struct Exchange {
+    kind: ListenKind,
+    scheme: &'static str,
+    /// The client's address as text, for forwarding headers and balancing.
+    client_ip: Vec<u8>,
+    /// Exchanges that ended with the connection kept.
+    served: u64,
+    state: State,
+    /// Set once the exchange has handed everything it had: io must read before calling again.
+    read_first: bool,
+    /// A byte of the request head has arrived.
+    started: bool,
+    scanner: HeadScanner,
+    timers: Timers,
+    timeouts: Timeouts,
+    req: Request,
+    up: Upstream,
+    /// A side effect (`Record`, `Release`) to hand out before the state's own action.
+    pending: Option<Action>,
+    record: EndRecord,
+    /// Heads (and small bodies) this proxy writes, to the client or the upstream.
+    out: Vec<u8>,
+    /// The normalised request-target: what routes match and what the upstream gets.
+    target: Vec<u8>,
+    path_len: usize,
+    headers: Vec<Header>,
+    uheaders: Vec<Header>,
+}
+
+impl Exchange {
+    /// The exchanges of a connection accepted by a listener of `kind` from `client`.
+    pub fn new(kind: ListenKind, client: IpAddr) -> Self {
+        Self {
+            kind,
+            scheme: kind.scheme(),
+            client_ip: client.to_string().into_bytes(),
+            served: 0,
+            state: State::Head,
+            read_first: false,
+            started: false,
+            scanner: HeadScanner::new(),
+            timers: Timers::default(),
+            timeouts: Timeouts::default(),
+            req: Request::default(),
+            up: Upstream::default(),
+            pending: None,
+            record: EndRecord::default(),
+            out: Vec::with_capacity(1024),
+            target: Vec::new(),
+            path_len: 0,
+            headers: Vec::with_capacity(32),
+            uheaders: Vec::with_capacity(32),
+        }
+    }
+
+    /// Starts the connection's next exchange: wait for a request head. Bytes of it may already
+    /// be buffered (pipelined); io hands them over when it performs `ReadHead`.
+    pub fn begin(&mut self, cfg: &Config, now: Instant) {
+        self.state = State::Head;
+        self.read_first = false;
+        self.started = false;
+        self.scanner.reset();
+        self.timers.clear();
+        self.timeouts = cfg.timeouts;
+        self.req = Request::default();
+        self.up = Upstream::default();
+        self.pending = None;
+        self.record = EndRecord {
+            started: Some(now),
+            ..EndRecord::default()
+        };
+        let first = if self.served == 0 {
+            Timer::ClientHeader
+        } else {
+            Timer::KeepAlive
+        };
+        self.timers.arm(first, &self.timeouts, now);
+        if self.out.capacity() > 4 * 1024 {
+            self.out = Vec::with_capacity(1024);
+        }
+    }
+
+    /// What io must do next. Each action is handed out once; io performs it and reports back.
+    pub fn poll_action(&mut self) -> Action {
+        if let Some(a) = self.pending.take() {
+            return a;
+        }
+        match self.state {
+            State::Head => Action::ReadHead {
+                idle: !self.started,
+                read_first: self.read_first,
+            },
+            State::Discard => Action::DiscardBody(BodyPlan {
+                body: Transcoder::new(self.req.body, BodyKind::None),
+                splice: false,
+                read_idle: self.timeouts.client_body,
+                write_idle: self.timeouts.send,
+            }),
+            State::WriteClient(Written::Continue) => Action::WriteContinue,
+            State::WriteClient(_) => Action::WriteClient,
+            State::Pick => Action::Pick {
+                group: self.req.group,
+                key: self.req.key,
+            },
+            State::Connect { pooled } => Action::Connect {
+                group: self.req.group,
+                server: self.up.server,
+                pooled,
+            },
+            State::SendRequest => Action::SendRequest,
+            State::SendBody => Action::SendBody(BodyPlan {
+                body: Transcoder::new(self.req.body, self.req.body_out),
+                splice: spliceable(self.req.body, self.req.body_out),
+                read_idle: self.timeouts.client_body,
+                write_idle: self.timeouts.upstream_write,
+            }),
+            State::ReadResponse => Action::ReadResponseHead {
+                read_first: self.read_first,
+            },
+            State::RelayResponse => Action::RelayResponse(BodyPlan {
+                body: Transcoder::new(self.up.relay, self.up.body_out),
+                splice: spliceable(self.up.relay, self.up.body_out),
+                read_idle: self.timeouts.upstream_read,
+                write_idle: self.timeouts.send,
+            }),
+            State::Done(f) => Action::Finish(f),
+        }
+    }
+
+    /// The deadline of what io waits on now, if the wait is bounded by a table timer (body
+    /// relays bound each read and write by the plan's idle timeouts instead).
+    pub fn deadline(&self) -> Option<Instant> {
+        let timer = match self.state {
+            State::Head if self.started || self.served == 0 => Timer::ClientHeader,
+            State::Head => Timer::KeepAlive,
+            State::WriteClient(_) => Timer::Send,
+            State::Connect { .. } => Timer::UpstreamConnect,
+            State::SendRequest => Timer::UpstreamWrite,
+            State::ReadResponse => Timer::UpstreamRead,
+            _ => return None,
+        };
+        self.timers.deadline(timer)
+    }
+
+    /// How long io may wait now (zero when the deadline has passed).
+    pub fn timeout(&self, now: Instant) -> Duration {
+        self.deadline()
+            .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
+    }
+
+    /// Bytes to write for `WriteClient` and `SendRequest`.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Servers already tried for this request (for `Pick`).
+    pub fn tried(&self) -> &Tried {
+        &self.up.tried
+    }
+
+    /// The record of the exchange; complete once `Finish` was handed out.
+    pub fn end_record(&self) -> &EndRecord {
+        &self.record
+    }
+
+    /// The response limits io reads upstream heads with.
+    pub fn response_limits(cfg: &Config) -> Limits {
+        Limits {
+            max_head: cfg.limits.max_response_head,
+            max_target: cfg.limits.max_response_head,
+            max_headers: cfg.limits.request.max_headers.max(100),
+        }
+    }
+
+    // ---- the client side -------------------------------------------------------------------
+
+    /// Hands over everything buffered from the client (for `ReadHead`). Returns how many bytes
+    /// io must drop from the front of its buffer: the head, and a small body that went
+    /// upstream with it; body bytes after that stay for the body relay.
+    pub fn handle_input(&mut self, input: &[u8], env: &Env<'_>, now: Instant) -> usize {
+        if self.state != State::Head {
+            debug_assert!(false, "handle_input in {:?}", self.state);
+            return 0;
+        }
+        self.read_first = true;
+        if input.is_empty() {
+            return 0;
+        }
+        let limits = env.cfg.limits.request;
+        match self.scanner.scan(input, &limits) {
+            Ok(Scan::Complete(end)) => {
+                self.record.head_done = Some(now);
+                self.timers.clear();
+                self.request(input, end, env, now)
+            }
+            Ok(Scan::Partial) => {
+                if !self.started && self.scanner.started(input) {
+                    self.started = true;
+                    self.record.started = Some(now);
+                    self.timers.stop(Timer::KeepAlive);
+                    self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
+                }
+                0
+            }
+            Err(e) => {
+                self.started = true;
+                self.reject(e.status(), &e.to_string(), env, now);
+                0
+            }
+        }
+    }
+
+    /// The client closed the connection or reading from it failed.
+    pub fn handle_client_closed(&mut self, now: Instant) {
+        if self.started || !matches!(self.state, State::Head) {
+            self.record.error = Some(Error::ClientGone);
+        }
+        self.finish(Finish::Close(Close::Now), now);
+    }
+
+    /// A write to the client (`WriteClient`, `WriteContinue`) finished; `ok` is false when it
+    /// failed or timed out.
+    pub fn handle_client_written(&mut self, ok: bool, now: Instant) {
+        let State::WriteClient(what) = self.state else {
+            debug_assert!(false, "handle_client_written in {:?}", self.state);
+            return;
+        };
+        self.timers.stop(Timer::Send);
+        if !ok {
+            self.record.error.get_or_insert(Error::ClientGone);
+            self.finish(Finish::Close(Close::Now), now);
+            return;
+        }
+        match what {
+            Written::Local { keep: true, .. } => self.finish(Finish::KeepAlive, now),
+            Written::Local { notify, .. } => {
+                let how = if notify { Close::Notify } else { Close::Linger };
+                self.finish(Finish::Close(how), now)
+            }
+            Written::Reject => self.finish(Finish::Close(Close::Linger), now),
+            Written::Continue => {
+                self.req.continue_sent = true;
+                self.state = State::SendBody;
+            }
+            Written::Interim => {
+                self.read_first = false;
+                self.state = State::ReadResponse;
+            }
+            Written::ResponseHead => {
+                self.state = State::RelayResponse;
+            }
+        }
+    }
+
+    /// A request body relay (`DiscardBody`, `SendBody`) ended: `Ok` with the payload bytes moved.
+    pub fn handle_request_body(&mut self, r: Result<u64, BodyFail>, env: &Env<'_>, now: Instant) {
+        match r {
+            Ok(n) => {
+                self.record.request_body += n;
+                match self.state {
+                    State::Discard => self.write_client(
+                        Written::Local {
+                            keep: self.up.keep,
+                            notify: !self.req.persistent,
+                        },
+                        now,
+                    ),
+                    State::SendBody => self.read_response(now),
+                    s => debug_assert!(false, "handle_request_body in {s:?}"),
+                }
+            }
+            Err(BodyFail::Destination(e)) => {
+                let err = Error::RequestBody(BodyFail::Destination(e));
+                self.attempt_failed(err, false, false, Some(Outcome::Failure), env, now);
+            }
+            Err(BodyFail::SourceIo(_)) => {
+                self.record.error = Some(Error::ClientGone);
+                self.finish(Finish::Close(Close::Now), now);
+            }
+            Err(e) => {
+                let err = Error::RequestBody(e);
+                self.reject(err.status(), &err.to_string(), env, now);
+                self.record.error = Some(err);
+            }
+        }
+    }
+
+    /// The deadline of the current wait passed.
+    pub fn handle_timeout(&mut self, env: &Env<'_>, now: Instant) {
+        match self.state {
+            State::Head if self.started => {
+                self.reject(408, "timed out reading the request head", env, now);
+                self.record.error = Some(Error::HeadTimeout);
+            }
+            State::Head => self.finish(Finish::Close(Close::Now), now),
+            State::WriteClient(_) => self.handle_client_written(false, now),
+            State::Connect { .. } => {
+                self.handle_upstream_error(UpstreamError::ConnectTimeout, env, now)
+            }
+            State::SendRequest => self.handle_upstream_error(UpstreamError::WriteTimeout, env, now),
+            State::ReadResponse => self.handle_upstream_error(UpstreamError::ReadTimeout, env, now),
+            _ => self.finish(Finish::Close(Close::Now), now),
+        }
+    }
+
+    /// Answers with `status` and closes: for what io finds before a request can be parsed
+    /// (plain HTTP on a TLS port).
+    pub fn refuse(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
+        self.reject(status, detail, env, now);
+    }
+
+    // ---- the upstream side -----------------------------------------------------------------
+
+    /// The server chosen for `Pick`, or `None` when no server of the group can take it.
+    pub fn handle_pick(&mut self, server: Option<usize>, env: &Env<'_>, now: Instant) {
+        let Some(server) = server else {
+            match self.up.last.take() {
+                Some((err, body_done)) => self.fail(err, body_done, env, now),
+                None => self.unavailable(env, now),
+            }
+            return;
+        };
+        let u = &env.cfg.upstreams[self.req.group];
+        self.up.tried.add(server);
+        self.up.server = server;
+        self.up.attempts += 1;
+        let started = *self.up.started.get_or_insert(now);
+        self.up.may_retry = self.up.attempts <= u.retries
+            && now.saturating_duration_since(started) < u.retry_timeout
+            && (self.up.attempts as usize) < u.servers.len();
+        self.up.interim = None;
+        self.record.attempts = self.up.attempts;
+        self.record.upstream = Some((self.req.group, server));
+        self.state = State::Connect { pooled: true };
+        self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
+    }
+
+    /// A connection for `Connect` is ready; `reused`: it came from the pool.
+    pub fn handle_connected(&mut self, reused: bool, now: Instant) {
+        debug_assert!(matches!(self.state, State::Connect { .. }));
+        self.timers.stop(Timer::UpstreamConnect);
+        self.up.reused = reused;
+        self.state = State::SendRequest;
+        self.timers.arm(Timer::UpstreamWrite, &self.timeouts, now);
+    }
+
+    /// The request head (`SendRequest`) is written.
+    pub fn handle_request_sent(&mut self, now: Instant) {
+        debug_assert_eq!(self.state, State::SendRequest);
+        self.timers.stop(Timer::UpstreamWrite);
+        if self.req.body.is_empty() {
+            self.read_response(now);
+        } else if self.req.expect_continue && !self.req.continue_sent {
+            // The client waits for this before sending its body (RFC 9110 §10.1.1).
+            self.write_client(Written::Continue, now);
+        } else {
+            self.state = State::SendBody;
+        }
+    }
+
+    /// Something failed on the upstream side (connecting, sending the head, reading the
+    /// response head).
+    pub fn handle_upstream_error(&mut self, e: UpstreamError, env: &Env<'_>, now: Instant) {
+        let stale_retry = self.up.reused && self.req.retryable;
+        match self.state {
+            State::Connect { .. } => {
+                let body_done = self.req.body.is_empty();
+                self.attempt_failed(
+                    Error::Upstream(e),
+                    true,
+                    body_done,
+                    Some(Outcome::Failure),
+                    env,
+                    now,
+                );
+            }
+            State::SendRequest => {
+                if stale_retry {
+                    // A pooled connection the server had closed: once more on a fresh one.
+                    self.reconnect_fresh(now);
+                    return;
+                }
+                let resend_ok = e != UpstreamError::WriteTimeout;
+                let body_done = self.req.body.is_empty();
+                self.attempt_failed(
+                    Error::Upstream(e),
+                    resend_ok,
+                    body_done,
+                    Some(Outcome::Failure),
+                    env,
+                    now,
+                );
+            }
+            State::ReadResponse => {
+                if self.up.interim.is_some() {
+                    // Something was relayed already: no retry.
+                    let err = Error::Upstream(e);
+                    self.log_only(err.clone());
+                    self.fail(err, false, env, now);
+                    return;
+                }
+                if e == UpstreamError::ClosedEarly && stale_retry {
+                    self.reconnect_fresh(now);
+                    return;
+                }
+                let invalid = matches!(
+                    e,
+                    UpstreamError::Invalid(_) | UpstreamError::InvalidFraming(_)
+                );
+                let outcome = if invalid {
+                    Outcome::Invalid
+                } else {
+                    Outcome::Failure
+                };
+                let resend_ok = !invalid && self.req.retryable;
+                self.attempt_failed(Error::Upstream(e), resend_ok, true, Some(outcome), env, now);
+            }
+            s => {
+                debug_assert!(false, "handle_upstream_error in {s:?}");
+                self.finish(Finish::Close(Close::Now), now);
+            }
+        }
+    }
+
+    /// Hands over everything buffered from the upstream (for `ReadResponseHead`). Returns how
+    /// many bytes io must drop from the front of its buffer (a head, and a small body that
+    /// goes out with it).
+    pub fn handle_upstream_input(&mut self, input: &[u8], env: &Env<'_>, now: Instant) -> usize {
+        if self.state != State::ReadResponse {
+            debug_assert!(false, "handle_upstream_input in {:?}", self.state);
+            return 0;
+        }
+        self.read_first = true;
+        if input.is_empty() {
+            return 0;
+        }
+        let limits = Self::response_limits(env.cfg);
+        match self.scanner.scan(input, &limits) {
+            Ok(Scan::Complete(end)) => self.response(input, end, env, now),
+            Ok(Scan::Partial) => 0,
+            Err(e) => {
+                self.handle_upstream_error(UpstreamError::Invalid(e), env, now);
+                0
+            }
+        }
+    }
+
+    /// The response body relay ended: `Ok` with the payload bytes moved, and `leftover`, the
+    /// bytes read from the upstream past the body's end.
+    pub fn handle_response_body(
+        &mut self,
+        r: Result<u64, BodyFail>,
+        leftover: usize,
+        now: Instant,
+    ) {
+        debug_assert_eq!(self.state, State::RelayResponse);
+        let (group, server) = (self.req.group, self.up.server);
+        match r {
+            Ok(n) => {
+                self.record.response_body += n;
+                // Pool invariant: nothing unread. Bytes past the response's framing were not
+                // asked for: close, and stop trusting the server's keep-alive for a while.
+                let overrun = leftover > 0;
+                let pool = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
+                self.pending = Some(Action::Release {
+                    group,
+                    server,
+                    pool,
+                    distrust: overrun,
+                });
+                let f = if self.up.keep {
+                    Finish::KeepAlive
+                } else if self.req.persistent {
+                    Finish::Close(Close::Linger)
+                } else {
+                    Finish::Close(Close::Notify)
+                };
+                self.finish(f, now);
+            }
+            Err(e) => {
+                // The head is out: closing is the only way left to say it failed.
+                let upstream = !matches!(e, BodyFail::Destination(_));
+                let err = Error::ResponseBody(e);
+                if upstream {
+                    self.log_only(err.clone());
+                }
+                self.record.error = Some(err);
+                self.finish(Finish::Close(Close::Now), now);
+            }
+        }
+    }
+
+    // ---- decisions -------------------------------------------------------------------------
+
+    fn request(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
+        let cfg = env.cfg;
+        let buf = &input[..end];
+        let head = match parse_request(buf, &mut self.headers, &cfg.limits.request) {
+            Ok(h) => h,
+            Err(e) => {
+                self.reject(e.status(), &e.to_string(), env, now);
+                return 0;
+            }
+        };
+        self.record.method = Some(head.method);
+        self.req.method = head.method;
+        self.req.version = head.version;
+        let info = match request_info(buf, &head, &self.headers) {
+            Ok(i) => i,
+            Err(e) => {
+                self.reject(e.status(), &e.to_string(), env, now);
+                return 0;
+            }
+        };
+        self.req.persistent = info.connection.persistent(head.version);
+        self.req.body = info.body;
+        self.req.expect_continue = info.expect_continue;
+        if head.method == Method::Connect {
+            self.reject(405, "CONNECT is not enabled on this listener", env, now);
+            return 0;
+        }
+        let host: &[u8] = match head.form {
+            TargetForm::Absolute { authority, .. } => authority.get(buf),
+            _ => info.host.map_or(&b""[..], |h| h.get(buf)),
+        };
+        // Routes match the normalised path, and that is what the upstream gets (path.rs).
+        let raw_target = match head.form {
+            TargetForm::Origin => head.target.get(buf),
+            TargetForm::Absolute { path, .. } => path.get(buf),
+            TargetForm::Authority | TargetForm::Asterisk => b"*",
+        };
+        if raw_target == b"*" {
+            self.target.clear();
+            self.target.push(b'*');
+            self.path_len = 0;
+        } else {
+            match normalise(raw_target, &cfg.server.path, &mut self.target) {
+                Ok(n) => self.path_len = n,
+                Err(e) => {
+                    self.reject(e.status(), &e.to_string(), env, now);
+                    return 0;
+                }
+            }
+        }
+        if self.kind == ListenKind::RedirectHttps {
+            if host.is_empty() {
+                let l = Local::Error(400, "a Host header is needed to redirect to https");
+                return self.local(l, host, &head, &info, end, env, now);
+            }
+            return self.local(Local::Redirect, host, &head, &info, end, env, now);
+        }
+        let path: &[u8] = match self.path_len {
+            0 => b"/",
+            n => &self.target[..n],
+        };
+        let route = cfg.router.lookup(host, path).copied();
+        self.record.route = route;
+        match route.map(|i| &cfg.routes[i].action) {
+            None => {
+                let l = Local::Error(404, "no route for this host and path");
+                self.local(l, host, &head, &info, end, env, now)
+            }
+            Some(RouteAction::Respond(fixed)) => {
+                self.local(Local::Fixed(fixed), host, &head, &info, end, env, now)
+            }
+            Some(RouteAction::Proxy { upstream, set_host }) => self.proxy(
+                input,
+                end,
+                &head,
+                &info,
+                *upstream,
+                set_host.as_deref(),
+                env,
+                now,
+            ),
+        }
+    }
+
+    /// An answer without an upstream. A request body is read and discarded first so that the
+    /// connection can carry on; with `Expect: 100-continue` it is never asked for, and the
+    /// connection is closed instead.
+    #[allow(clippy::too_many_arguments)]
+    fn local(
+        &mut self,
+        what: Local<'_>,
+        host: &[u8],
+        head: &RequestHead,
+        info: &RequestInfo,
+        end: usize,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> usize {
+        let mut keep = self.req.persistent && !env.draining;
+        let mut discard = false;
+        if !info.body.is_empty() {
+            if info.expect_continue {
+                keep = false;
+            } else {
+                discard = true;
+            }
+        }
+        self.out.clear();
+        let status = match what {
+            Local::Fixed(f) => {
+                f.write(
+                    !keep,
+                    keep && head.version == Version::Http10,
+                    head.method == Method::Head,
+                    &env.date,
+                    &mut self.out,
+                );
+                f.status
+            }
+            Local::Error(status, msg) => {
+                respond::error(status, msg, !keep, &env.date, &mut self.out);
+                status
+            }
+            Local::Redirect => {
+                let port = env.cfg.https_port();
+                respond::redirect_https(host, port, &self.target, !keep, &env.date, &mut self.out);
+                301
+            }
+        };
+        self.record.status = status;
+        self.up.keep = keep;
+        if discard {
+            self.state = State::Discard;
+        } else {
+            let body_read = info.body.is_empty();
+            let notify = body_read && !self.req.persistent;
+            self.write_client(Written::Local { keep, notify }, now);
+        }
+        end
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn proxy(
+        &mut self,
+        input: &[u8],
+        end: usize,
+        head: &RequestHead,
+        info: &RequestInfo,
+        group: usize,
+        set_host: Option<&[u8]>,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> usize {
+        let cfg = env.cfg;
+        // Chunk framing that arrived with the head is checked before anything is sent
+        // upstream, so a request whose first chunk line is bad never reaches it.
+        if info.body == BodyKind::Chunked {
+            if let Err(e) = check_chunked_prefix(&input[end..]) {
+                self.reject(400, &e.to_string(), env, now);
+                return 0;
+            }
+        }
+        let u = &cfg.upstreams[group];
+        let path: &[u8] = match self.path_len {
+            0 => b"/",
+            n => &self.target[..n],
+        };
+        self.req.group = group;
+        self.req.key = request_key(&u.balance, input, path, &self.headers, &self.client_ip);
+        self.req.body_out = match info.body {
+            BodyKind::Close => BodyKind::None,
+            b => b,
+        };
+        let fallback = if info.host.is_none() && set_host.is_none() {
+            u.servers[0].addr.to_string()
+        } else {
+            String::new()
+        };
+        let fwd = Forwarding {
+            // The reverse proxy's policy; forward-proxy listeners will choose theirs.
+            policy: ForwardingPolicy::REVERSE,
+            client_ip: &self.client_ip,
+            proto: self.scheme,
+            host_override: set_host,
+            fallback_host: fallback.as_bytes(),
+        };
+        self.out.clear();
+        upstream_request(
+            &input[..end],
+            head,
+            &self.headers,
+            &self.target,
+            self.req.body_out,
+            &fwd,
+            &mut self.out,
+        );
+        let mut consumed = end;
+        // A small body that came with the head goes upstream with it (and is then part of
+        // what a retry sends again).
+        if let BodyKind::Length(n) = info.body {
+            if n <= INLINE_BODY && !info.expect_continue && (input.len() - end) as u64 >= n {
+                let n = n as usize;
+                self.out.extend_from_slice(&input[end..end + n]);
+                consumed += n;
+                self.record.request_body = n as u64;
+                self.req.body = BodyKind::None;
+            }
+        }
+        self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
+        self.state = State::Pick;
+        consumed
+    }
+
+    fn response(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
+        let cfg = env.cfg;
+        let limits = Self::response_limits(cfg);
+        let ub = &input[..end];
+        let parsed = parse_response(ub, &mut self.uheaders, &limits)
+            .map_err(UpstreamError::Invalid)
+            .and_then(|rh| {
+                response_info(ub, &rh, &self.uheaders, self.req.method)
+                    .map(|ri| (rh, ri))
+                    .map_err(UpstreamError::InvalidFraming)
+            });
+        let (rh, ri) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                let err = Error::Upstream(e);
+                self.pending = Some(self.record_action(Some(Outcome::Invalid), Some(err.clone())));
+                self.fail(err, true, env, now);
+                return 0;
+            }
+        };
+        if (100..200).contains(&rh.status) {
+            if rh.status == 101 {
+                self.fail(Error::SwitchedProtocols, false, env, now);
+                return 0;
+            }
+            // Interim responses are bounded in number and bytes, and `upstream_read` runs
+            // across all of them: an upstream sending 1xx forever is cut off.
+            let budget = self
+                .up
+                .interim
+                .get_or_insert(InterimBudget::new(limits.max_head));
+            if !budget.admit(end) {
+                let err = Error::TooManyInterim;
+                self.log_only(err.clone());
+                self.fail(err, false, env, now);
+                return 0;
+            }
+            self.scanner.reset();
+            if self.req.version == Version::Http11 {
+                self.out.clear();
+                client_response(
+                    ub,
+                    &rh,
+                    &self.uheaders,
+                    BodyKind::None,
+                    ConnectionHeader::Omit,
+                    None,
+                    &mut self.out,
+                );
+                self.write_client(Written::Interim, now);
+            } else {
+                // HTTP/1.0 clients do not get interim responses.
+                self.read_first = false;
+            }
+            return end;
+        }
+        let u = &cfg.upstreams[self.req.group];
+        if self.req.retryable && self.up.may_retry && u.retry_on.contains(&rh.status) {
+            let err = Error::RetryStatus(rh.status);
+            self.pending =
+                Some(self.record_action(Some(Outcome::ServerError(rh.status)), Some(err.clone())));
+            self.up.last = Some((err, true));
+            self.state = State::Pick;
+            // The rest of this response is not read: io closes the connection.
+            return input.len();
+        }
+        let outcome = if rh.status >= 500 {
+            Outcome::ServerError(rh.status)
+        } else {
+            Outcome::Success
+        };
+        self.pending = Some(self.record_action(Some(outcome), None));
+        self.timers.stop(Timer::UpstreamRead);
+        let to_client = match ri.body {
+            BodyKind::Chunked | BodyKind::Close if self.req.version == Version::Http11 => {
+                BodyKind::Chunked
+            }
+            BodyKind::Chunked | BodyKind::Close => BodyKind::Close,
+            b => b,
+        };
+        let keep = self.req.persistent && !env.draining && to_client != BodyKind::Close;
+        let conn_header = match (keep, self.req.version) {
+            (false, _) => ConnectionHeader::Close,
+            (true, Version::Http10) => ConnectionHeader::KeepAlive,
+            (true, Version::Http11) => ConnectionHeader::Omit,
+        };
+        self.out.clear();
+        client_response(
+            ub,
+            &rh,
+            &self.uheaders,
+            to_client,
+            conn_header,
+            Some(&env.date),
+            &mut self.out,
+        );
+        let mut consumed = end;
+        let mut relay = ri.body;
+        if let BodyKind::Length(n) = ri.body {
+            if n <= INLINE_BODY && (input.len() - end) as u64 >= n {
+                let n = n as usize;
+                self.out.extend_from_slice(&input[end..end + n]);
+                consumed += n;
+                self.record.response_body = n as u64;
+                relay = BodyKind::None;
+            }
+        }
+        self.up.body_in = ri.body;
+        self.up.body_out = to_client;
+        self.up.relay = relay;
+        self.up.persistent = ri.connection.persistent(rh.version);
+        self.up.keep = keep;
+        self.record.status = rh.status;
+        self.record.response_head = Some(now);
+        self.write_client(Written::ResponseHead, now);
+        consumed
+    }
+
+    /// An attempt at one server failed before anything reached the client: record it, then
+    /// try another server when allowed, else answer with the error.
+    fn attempt_failed(
+        &mut self,
+        err: Error,
+        resend_ok: bool,
+        body_done: bool,
+        outcome: Option<Outcome>,
+        env: &Env<'_>,
+        now: Instant,
+    ) {
+        self.pending = Some(self.record_action(outcome, Some(err.clone())));
+        if resend_ok && self.up.may_retry {
+            self.up.last = Some((err, body_done));
+            self.state = State::Pick;
+        } else {
+            self.fail(err, body_done, env, now);
+        }
+    }
+
+    fn record_action(&self, outcome: Option<Outcome>, error: Option<Error>) -> Action {
+        Action::Record {
+            group: self.req.group,
+            server: self.up.server,
+            outcome,
+            error,
+        }
+    }
+
+    /// Logs an upstream error without a health verdict.
+    fn log_only(&mut self, err: Error) {
+        self.pending = Some(self.record_action(None, Some(err)));
+    }
+
+    fn reconnect_fresh(&mut self, now: Instant) {
+        self.state = State::Connect { pooled: false };
+        self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
+    }
+
+    fn read_response(&mut self, now: Instant) {
+        self.scanner.reset();
+        self.read_first = true;
+        self.state = State::ReadResponse;
+        self.timers.arm(Timer::UpstreamRead, &self.timeouts, now);
+    }
+
+    /// Answers with the error of an upstream failure. `body_done`: the request body has been
+    /// read whole, which is what allows the connection to be kept.
+    fn fail(&mut self, err: Error, body_done: bool, env: &Env<'_>, now: Instant) {
+        let status = err.status();
+        let consumed = body_done || self.req.body.is_empty();
+        let keep = consumed && self.req.persistent && !env.draining;
+        // The reason goes to the log with the record; the client gets a plain status page (no
+        // socket errors, addresses or parser details of ours or the upstream's).
+        self.out.clear();
+        respond::error(
+            status,
+            respond::upstream_failure(status),
+            !keep,
+            &env.date,
+            &mut self.out,
+        );
+        self.record.status = status;
+        self.record.error = Some(err);
+        let notify = consumed && !self.req.persistent;
+        self.write_client(Written::Local { keep, notify }, now);
+    }
+
+    /// 503 with Retry-After: every server of the group is down, marked down or at its limit.
+    fn unavailable(&mut self, env: &Env<'_>, now: Instant) {
+        let body_read = self.req.body.is_empty();
+        let keep = body_read && self.req.persistent && !env.draining;
+        self.out.clear();
+        respond::error_with(
+            503,
+            "no upstream server available",
+            !keep,
+            b"Retry-After: 5\r\n",
+            &env.date,
+            &mut self.out,
+        );
+        self.record.status = 503;
+        self.record.error = Some(Error::NoServer);
+        let notify = body_read && !self.req.persistent;
+        self.write_client(Written::Local { keep, notify }, now);
+    }
+
+    /// Answers a request that cannot be processed; the connection closes after it.
+    fn reject(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
+        self.out.clear();
+        respond::error(status, detail, true, &env.date, &mut self.out);
+        self.record.status = status;
+        self.record.error = Some(Error::BadRequest {
+            status,
+            detail: detail.to_string(),
+        });
+        self.write_client(Written::Reject, now);
+    }
+
+    fn write_client(&mut self, what: Written, now: Instant) {
+        self.state = State::WriteClient(what);
+        self.timers.arm(Timer::Send, &self.timeouts, now);
+    }
+
+    fn finish(&mut self, f: Finish, now: Instant) {
+        self.timers.clear();
+        self.state = State::Done(f);
+        self.record.ended = Some(now);
+        self.record.finish = Some(f);
+        if f == Finish::KeepAlive {
+            self.served += 1;
+        }
+    }
+}
+
+/// What a local answer is.
+enum Local<'a> {
+    Fixed(&'a Fixed),
+    Error(u16, &'static str),
+    /// 301 to https, same host (port replaced) and target.
+    Redirect,
+}
+
+/// An identity body long enough for splice(2) to pay.
+fn spliceable(input: BodyKind, output: BodyKind) -> bool {
+    matches!((input, output), (BodyKind::Length(n), BodyKind::Length(_)) if n >= SPLICE_MIN)
+}
