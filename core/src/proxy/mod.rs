@@ -14,8 +14,9 @@
 mod action;
 mod error;
 mod record;
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+#[doc(hidden)]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 mod timer;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::balance::request_key;
 use crate::config::{Action as RouteAction, Config, ListenKind, Timeouts};
 use crate::health::Outcome;
-use crate::http::body::{check_chunked_prefix, Transcoder};
+use crate::http::body::{check_chunked_prefix, BodyError, Transcoder};
 use crate::http::date::DateLine;
 use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget, RequestInfo};
 use crate::http::path::normalise;
@@ -458,7 +459,8 @@ impl Exchange {
                 let err = Error::RequestBody(BodyFail::Destination(e));
                 self.attempt_failed(err, false, false, Some(Outcome::Failure), env, now);
             }
-            Err(BodyFail::SourceIo(_)) => {
+            Err(BodyFail::SourceIo(_) | BodyFail::Source(BodyError::Truncated)) => {
+                // The client went away partway through its body: nobody to answer.
                 self.record.error = Some(Error::ClientGone);
                 self.finish(Finish::Close(Close::Now), now);
             }
@@ -1108,6 +1110,15 @@ impl Exchange {
     }
 
     fn write_client(&mut self, what: Written, now: Instant) {
+        if self.req.method == Method::Head
+            && matches!(what, Written::Local { .. } | Written::Reject)
+        {
+            // A response to HEAD has no content (RFC 9110 §9.3.2), the proxy's own pages
+            // included: keep the head (with the Content-Length a GET would get).
+            if let Some(i) = memchr::memmem::find(&self.out, b"\r\n\r\n") {
+                self.out.truncate(i + 4);
+            }
+        }
         self.state = State::WriteClient(what);
         self.timers.arm(Timer::Send, &self.timeouts, now);
     }
