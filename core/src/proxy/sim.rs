@@ -181,6 +181,8 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
     let mut ex = Exchange::new(ListenKind::Http, "192.0.2.7".parse().unwrap());
     let mut closed = false;
     let mut exchanges = 0;
+    // The method of each exchange that answered, in order.
+    let mut answered = Vec::new();
 
     while !closed {
         exchanges += 1;
@@ -383,6 +385,9 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
         };
         let record = ex.end_record();
         assert_eq!(record.finish, Some(finish));
+        if record.status != 0 {
+            answered.push(record.method.unwrap_or(Method::Get));
+        }
         closed = finish != Finish::KeepAlive;
     }
     if std::env::var_os("SIM_TRACE").is_some() {
@@ -391,7 +396,7 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
     if raw_client.is_none() {
         check_answers(&specs, &to_client, &servers);
     } else {
-        check_well_formed(&to_client);
+        check_well_formed(&to_client, &answered);
     }
 }
 
@@ -671,6 +676,7 @@ fn answer_body(id: usize, n: usize) -> Vec<u8> {
 
 /// One response as the client reads it.
 struct Answer {
+    close_delimited: bool,
     status: u16,
     id: Option<usize>,
     body: Vec<u8>,
@@ -727,6 +733,7 @@ fn answers(bytes: &[u8], methods: &mut dyn Iterator<Item = Method>) -> (Vec<Answ
             pos += s.consumed;
             let whole = t.is_done();
             out.push(Answer {
+                close_delimited: false,
                 status: head.status,
                 id,
                 body: data,
@@ -744,6 +751,10 @@ fn answers(bytes: &[u8], methods: &mut dyn Iterator<Item = Method>) -> (Vec<Answ
 
 fn check_answers(specs: &[Spec], to_client: &[u8], servers: &Servers) {
     let (got, whole) = answers(to_client, &mut specs.iter().map(|s| s.method));
+    assert!(
+        got.iter().all(|a| !a.close_delimited),
+        "an HTTP/1.1 client never gets a close-delimited body"
+    );
     for (i, (spec, a)) in specs.iter().zip(&got).enumerate() {
         let last = i + 1 == got.len();
         match spec.kind {
@@ -806,9 +817,9 @@ fn check_answers(specs: &[Spec], to_client: &[u8], servers: &Servers) {
 
 /// With raw client bytes only the shape is checked: whatever the client sent, it gets
 /// well-formed responses.
-fn check_well_formed(to_client: &[u8]) {
-    let mut any = std::iter::repeat(Method::Get);
-    let _ = answers(to_client, &mut any);
+fn check_well_formed(to_client: &[u8], methods: &[Method]) {
+    let (got, _) = answers(to_client, &mut methods.iter().copied());
+    assert!(got.len() <= methods.len());
 }
 
 #[cfg(test)]
