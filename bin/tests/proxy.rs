@@ -169,6 +169,30 @@ fn upstream_down_is_502() {
 }
 
 #[test]
+fn error_answers_to_head_have_no_body() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let proxy = Proxy::start(&config_for(addr, ""));
+    let mut c = Client::connect(proxy.addr);
+    // A 502 to HEAD, then a 404 to HEAD: if either carried its page, the next response would
+    // be read out of it.
+    c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nHEAD /x HTTP/1.1\r\nHost: nothing.example\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.response("HEAD").unwrap();
+    assert_eq!(r.status, 502);
+    assert!(r.header("content-length").is_some());
+    assert_eq!(c.response("HEAD").unwrap().status, 502);
+    let r = c.response("GET").unwrap();
+    assert_eq!(r.status, 502);
+    assert!(r.text().starts_with("502 Bad Gateway"), "{}", r.text());
+    // curl agrees: no "excess data" and a clean exit.
+    let url = format!("http://{}/", proxy.addr);
+    let (ok, out) = curl(&["-I", &url]);
+    assert!(ok);
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 502"));
+}
+
+#[test]
 fn slow_upstream_is_504() {
     let origin = Origin::start();
     let proxy = Proxy::start(&config_for(

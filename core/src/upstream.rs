@@ -8,6 +8,15 @@ use crate::balance::{self, Balancer, Pick};
 use crate::config::Upstream;
 use crate::health::{least_recently_failed, Outcome, ServerHealth};
 
+/// Where an upstream connection goes, and what its idle connections are pooled under: a server
+/// of a configured group, or a destination chosen at request time (a forward proxy's target,
+/// as a resolver gives it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamKey {
+    Server { group: usize, server: usize },
+    Destination(std::net::SocketAddr),
+}
+
 /// Servers of a group already tried for one request, for any group size. The first few live
 /// inline, so a request that is not retried costs no allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

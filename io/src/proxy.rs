@@ -16,6 +16,7 @@ use ringway_core::http::body::Stage;
 use ringway_core::proxy::{
     Action, BodyFail, BodyPlan, Close, EndRecord, Env, Exchange, Finish, UpstreamError, CONTINUE,
 };
+use ringway_core::upstream::UpstreamKey;
 
 use crate::buf::{ensure_capacity, IoFail, BUF_SIZE};
 use crate::context::Worker;
@@ -250,11 +251,7 @@ impl Conn {
                         cfg.record(group, server, o);
                     }
                 }
-                Action::Connect {
-                    group,
-                    server,
-                    pooled,
-                } => self.connect(&cfg, group, server, pooled).await,
+                Action::Connect { to, pooled } => self.connect(&cfg, to, pooled).await,
                 Action::SendRequest => {
                     let wait = self.ex.timeout(Instant::now());
                     let up = self.up.as_mut().expect("connected before sending");
@@ -316,24 +313,19 @@ impl Conn {
                     let leftover = self.ubuf.len();
                     self.ex.handle_response_body(r, leftover, Instant::now());
                 }
-                Action::Release {
-                    group,
-                    server,
-                    pool,
-                    distrust,
-                } => {
+                Action::Release { to, pool, distrust } => {
                     let up = self.up.take();
                     let now = Instant::now();
                     if distrust {
                         log::warn!(
                             "upstream {}: sent {} byte(s) beyond its response; connection closed, keep-alive to it paused",
-                            cfg.upstreams[group].servers[server].addr,
+                            upstream_addr(&cfg, to),
                             self.ubuf.len()
                         );
-                        cfg.pool.borrow_mut().distrust(group, server, now);
+                        cfg.pool.borrow_mut().distrust(to, now);
                     }
                     if let (true, Some(up)) = (pool, up) {
-                        cfg.pool.borrow_mut().put(group, server, up, now);
+                        cfg.pool.borrow_mut().put(to, up, now);
                     }
                     self.ubuf.clear();
                 }
@@ -405,20 +397,24 @@ impl Conn {
     }
 
     /// `Connect`: a pooled connection when allowed and one is idle, else a new one.
-    async fn connect(&mut self, cfg: &Rc<Generation>, group: usize, server: usize, pooled: bool) {
+    async fn connect(&mut self, cfg: &Rc<Generation>, to: UpstreamKey, pooled: bool) {
         self.up = None;
         self.ubuf.clear();
         let now = Instant::now();
         if pooled {
-            if let Some(s) = cfg.pool.borrow_mut().take(group, server, now) {
+            if let Some(s) = cfg.pool.borrow_mut().take(to, now) {
                 self.up = Some(s);
                 self.ex.handle_connected(true, now);
                 return;
             }
         }
-        let addr = cfg.upstreams[group].servers[server].addr;
+        let addr = upstream_addr(cfg, to);
+        let tls = match to {
+            UpstreamKey::Server { group, .. } => cfg.tls.upstreams[group].as_ref(),
+            UpstreamKey::Destination(_) => None,
+        };
         let wait = self.ex.timeout(now);
-        let r = open(addr, cfg.tls.upstreams[group].as_ref(), wait).await;
+        let r = open(addr, tls, wait).await;
         let now = Instant::now();
         match r {
             Ok(s) => {
@@ -527,6 +523,14 @@ async fn move_body(
         _ => relay(from, buf, &mut plan.body, Some(to), stage, scratch, t).await,
     };
     r.map_err(|e| e.into_body_fail())
+}
+
+/// The socket address behind an upstream key.
+fn upstream_addr(cfg: &Generation, to: UpstreamKey) -> SocketAddr {
+    match to {
+        UpstreamKey::Server { group, server } => cfg.upstreams[group].servers[server].addr,
+        UpstreamKey::Destination(addr) => addr,
+    }
 }
 
 fn timeouts(plan: &BodyPlan) -> RelayTimeouts {

@@ -1,7 +1,8 @@
 //! Upstream connections: connecting (and, for TLS groups, the handshake) with a timeout, and a
 //! per-worker keep-alive pool that holds plain and TLS connections alike.
 //!
-//! The pool is plain worker-local data indexed by (group, server): no lock, no sharing. It hands
+//! The pool is plain worker-local data keyed by core's `UpstreamKey` (a configured server, or a
+//! destination chosen at request time): no lock, no sharing. It hands
 //! out the most recently returned connection first (warm in the kernel and the upstream), drops
 //! connections idle longer than `upstream_idle`, and keeps at most `keepalive` idle connections
 //! per server.
@@ -23,10 +24,13 @@
 //! check and the write shows up as EOF or reset before any response byte; the proxy then retries
 //! an idempotent request once on a fresh connection (see `proxy.rs`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+
+use ringway_core::upstream::UpstreamKey;
 
 use crate::buf::IoFail;
 use crate::stream::{HandshakeError, Idle, Stream, TlsStream};
@@ -80,84 +84,134 @@ struct Pooled {
 /// How long a server that sent unrequested bytes gets no pooled connections.
 const DISTRUST: Duration = Duration::from_secs(60);
 
-/// Idle upstream connections of one worker.
+/// Idle connections to one upstream.
+#[derive(Default)]
+struct Slot {
+    /// Most recent last.
+    idle: Vec<Pooled>,
+    /// Until when connections to it are not kept: it sent bytes no request asked for, so its
+    /// keep-alive connections cannot be trusted to stay in step.
+    distrusted: Option<Instant>,
+}
+
+/// Idle upstream connections of one worker, keyed by [`UpstreamKey`]: configured servers in a
+/// table indexed by (group, server), request-time destinations in a map (created on first use,
+/// removed when empty).
 pub(crate) struct Pool {
-    /// `[group][server]` → idle connections, most recent last.
-    idle: Vec<Vec<Vec<Pooled>>>,
-    /// `[group][server]` → until when connections to it are not kept: it sent bytes no request
-    /// asked for, so its keep-alive connections cannot be trusted to stay in step.
-    distrusted: Vec<Vec<Option<Instant>>>,
+    servers: Vec<Vec<Slot>>,
     /// `[group]` → most idle connections per server.
     max_idle: Vec<usize>,
+    destinations: HashMap<SocketAddr, Slot>,
+    /// Most idle connections per destination.
+    max_idle_destination: usize,
     max_age: Duration,
 }
 
 impl Pool {
     /// `groups[i]` is (number of servers, max idle per server) of upstream group `i`.
     pub(crate) fn new(groups: impl Iterator<Item = (usize, usize)>, max_age: Duration) -> Self {
-        let mut idle = Vec::new();
+        let mut servers = Vec::new();
         let mut max_idle = Vec::new();
-        let mut distrusted = Vec::new();
-        for (servers, keep) in groups {
-            idle.push((0..servers).map(|_| Vec::new()).collect());
-            distrusted.push(vec![None; servers]);
+        for (n, keep) in groups {
+            servers.push((0..n).map(|_| Slot::default()).collect());
             max_idle.push(keep);
         }
         Self {
-            idle,
-            distrusted,
+            servers,
             max_idle,
+            destinations: HashMap::new(),
+            max_idle_destination: ringway_core::config::DEFAULT_UPSTREAM_KEEPALIVE,
             max_age,
         }
     }
 
-    /// An idle connection to (group, server) that is not too old, if any.
-    pub(crate) fn take(&mut self, group: usize, server: usize, now: Instant) -> Option<Stream> {
-        let list = &mut self.idle[group][server];
-        while let Some(c) = list.pop() {
-            if now.saturating_duration_since(c.since) >= self.max_age {
+    fn slot(&mut self, key: UpstreamKey) -> (&mut Slot, usize) {
+        match key {
+            UpstreamKey::Server { group, server } => {
+                (&mut self.servers[group][server], self.max_idle[group])
+            }
+            UpstreamKey::Destination(addr) => (
+                self.destinations.entry(addr).or_default(),
+                self.max_idle_destination,
+            ),
+        }
+    }
+
+    /// An idle connection to `key` that is not too old and has nothing waiting, if any.
+    pub(crate) fn take(&mut self, key: UpstreamKey, now: Instant) -> Option<Stream> {
+        if let UpstreamKey::Destination(addr) = key {
+            if !self.destinations.contains_key(&addr) {
+                return None;
+            }
+        }
+        let max_age = self.max_age;
+        let (slot, _) = self.slot(key);
+        let mut found = None;
+        let mut unrequested = false;
+        while let Some(c) = slot.idle.pop() {
+            if now.saturating_duration_since(c.since) >= max_age {
                 continue;
             }
             match c.stream.idle_state() {
-                Idle::Quiet => return Some(c.stream),
+                Idle::Quiet => {
+                    found = Some(c.stream);
+                    break;
+                }
                 // The upstream's keep-alive timeout, or a restart: ordinary.
                 Idle::Closed => {}
                 Idle::Unrequested => {
                     if let Stream::Plain(_) = c.stream {
-                        log::warn!("upstream sent bytes on an idle connection; connection closed, keep-alive to it paused");
-                        self.distrust(group, server, now);
-                        return None;
+                        unrequested = true;
+                        break;
                     }
                     // Over TLS it may be a record of the TLS layer itself: just drop it.
                 }
             }
         }
-        None
+        if unrequested {
+            log::warn!("upstream sent bytes on an idle connection; connection closed, keep-alive to it paused");
+            self.distrust(key, now);
+        }
+        self.forget_if_empty(key);
+        found
     }
 
-    /// Stops keeping connections to (group, server) for a while: it sent bytes beyond a
-    /// response's framing. Its idle connections are closed.
-    pub(crate) fn distrust(&mut self, group: usize, server: usize, now: Instant) {
-        self.idle[group][server].clear();
-        self.distrusted[group][server] = now.checked_add(DISTRUST);
+    /// Stops keeping connections to `key` for a while: it sent bytes beyond a response's
+    /// framing. Its idle connections are closed.
+    pub(crate) fn distrust(&mut self, key: UpstreamKey, now: Instant) {
+        let (slot, _) = self.slot(key);
+        slot.idle.clear();
+        slot.distrusted = now.checked_add(DISTRUST);
     }
 
     /// Returns a connection whose last exchange ended cleanly.
-    pub(crate) fn put(&mut self, group: usize, server: usize, stream: Stream, now: Instant) {
-        if let Some(until) = self.distrusted[group][server] {
+    pub(crate) fn put(&mut self, key: UpstreamKey, stream: Stream, now: Instant) {
+        let (slot, max) = self.slot(key);
+        if let Some(until) = slot.distrusted {
             if now < until {
                 return;
             }
-            self.distrusted[group][server] = None;
+            slot.distrusted = None;
         }
-        let list = &mut self.idle[group][server];
-        if list.len() >= self.max_idle[group] {
+        if slot.idle.len() >= max {
             // Evict the oldest: the newest is the one most likely still open upstream.
-            if list.is_empty() {
+            if slot.idle.is_empty() {
                 return;
             }
-            list.remove(0);
+            slot.idle.remove(0);
         }
-        list.push(Pooled { stream, since: now });
+        slot.idle.push(Pooled { stream, since: now });
+    }
+
+    fn forget_if_empty(&mut self, key: UpstreamKey) {
+        if let UpstreamKey::Destination(addr) = key {
+            if self
+                .destinations
+                .get(&addr)
+                .is_some_and(|s| s.idle.is_empty() && s.distrusted.is_none())
+            {
+                self.destinations.remove(&addr);
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::health::Outcome;
 use crate::http::body::Transcoder;
+use crate::upstream::UpstreamKey;
 
 use super::error::Error;
 
@@ -35,14 +36,10 @@ pub enum Action {
         outcome: Option<Outcome>,
         error: Option<Error>,
     },
-    /// Open a connection to (group, server): an idle pooled one when `pooled`, else a new one
-    /// (any connection io still holds from an earlier attempt is closed first); then
+    /// Open a connection to `to`: an idle pooled one when `pooled`, else a new one (any
+    /// connection io still holds from an earlier attempt is closed first); then
     /// `handle_connected` or `handle_upstream_error`.
-    Connect {
-        group: usize,
-        server: usize,
-        pooled: bool,
-    },
+    Connect { to: UpstreamKey, pooled: bool },
     /// Write `out()` (the request head, and a small body with it) to the upstream, then
     /// `handle_request_sent` or `handle_upstream_error`.
     SendRequest,
@@ -59,8 +56,7 @@ pub enum Action {
     /// sent bytes no request asked for, so its pooled connections are closed and keep-alive to
     /// it paused. Then poll again.
     Release {
-        group: usize,
-        server: usize,
+        to: UpstreamKey,
         pool: bool,
         distrust: bool,
     },

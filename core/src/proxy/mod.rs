@@ -44,7 +44,7 @@ use crate::http::{
     parse_request, parse_response, HeadScanner, Header, Limits, Method, RequestHead, Scan,
     TargetForm, Version,
 };
-use crate::upstream::Tried;
+use crate::upstream::{Tried, UpstreamKey};
 
 /// Bodies up to this size that arrived in the same read as their head go out in one write with
 /// the head: one send instead of two, as nginx does with writev.
@@ -289,8 +289,7 @@ impl Exchange {
                 key: self.req.key,
             },
             State::Connect { pooled } => Action::Connect {
-                group: self.req.group,
-                server: self.up.server,
+                to: self.upstream_key(),
                 pooled,
             },
             State::SendRequest => Action::SendRequest,
@@ -641,7 +640,6 @@ impl Exchange {
         now: Instant,
     ) {
         debug_assert_eq!(self.state, State::RelayResponse);
-        let (group, server) = (self.req.group, self.up.server);
         match r {
             Ok(n) => {
                 self.record.response_body += n;
@@ -650,8 +648,7 @@ impl Exchange {
                 let overrun = leftover > 0;
                 let pool = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
                 self.pending = Some(Action::Release {
-                    group,
-                    server,
+                    to: self.upstream_key(),
                     pool,
                     distrust: overrun,
                 });
@@ -1027,6 +1024,14 @@ impl Exchange {
             self.state = State::Pick;
         } else {
             self.fail(err, body_done, env, now);
+        }
+    }
+
+    /// What the current attempt connects to.
+    fn upstream_key(&self) -> UpstreamKey {
+        UpstreamKey::Server {
+            group: self.req.group,
+            server: self.up.server,
         }
     }
 

@@ -249,7 +249,10 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                         let _ = group.record(&cfg.upstreams[0], server, o, now);
                     }
                 }
-                Action::Connect { server, pooled, .. } => {
+                Action::Connect { to, pooled } => {
+                    let UpstreamKey::Server { group: 0, server } = to else {
+                        panic!("a destination outside the group: {to:?}");
+                    };
                     up = None;
                     ubuf.clear();
                     let mut taken = None;
@@ -353,12 +356,10 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                     let leftover = ubuf.len();
                     ex.handle_response_body(r, leftover, now);
                 }
-                Action::Release {
-                    server,
-                    pool,
-                    distrust,
-                    ..
-                } => {
+                Action::Release { to, pool, distrust } => {
+                    let UpstreamKey::Server { server, .. } = to else {
+                        panic!("released a destination: {to:?}");
+                    };
                     let conn = up.take().expect("released connection");
                     assert_eq!(conn.server, server);
                     assert!(!pool || ubuf.is_empty(), "pooled with unread bytes");

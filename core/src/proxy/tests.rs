@@ -76,7 +76,9 @@ impl T {
         assert!(matches!(self.next(), Action::Pick { group: 0, .. }));
         let env = self.env();
         self.ex.handle_pick(Some(server), &env, self.now);
-        assert!(matches!(self.next(), Action::Connect { server: s, .. } if s == server));
+        assert!(
+            matches!(self.next(), Action::Connect { to: UpstreamKey::Server { server: s, .. }, .. } if s == server)
+        );
         self.ex.handle_connected(false, self.now);
         assert!(matches!(self.next(), Action::SendRequest));
         self.ex.handle_request_sent(self.now);
@@ -191,10 +193,9 @@ fn bytes_past_a_response_distrust_the_server() {
     assert!(matches!(
         t.ex.poll_action(),
         Action::Release {
-            server: 1,
+            to: UpstreamKey::Server { server: 1, .. },
             pool: false,
             distrust: true,
-            ..
         }
     ));
 }
@@ -256,9 +257,8 @@ fn a_stale_pooled_connection_is_replaced_once_for_idempotent_requests() {
     assert!(matches!(
         t.next(),
         Action::Connect {
-            server: 0,
+            to: UpstreamKey::Server { server: 0, .. },
             pooled: false,
-            ..
         }
     ));
 }
