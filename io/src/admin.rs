@@ -133,17 +133,27 @@ pub(crate) fn run(listener: TcpListener, status: Arc<Status>, shutdown: Arc<Atom
 fn answer(mut s: TcpStream, status: &Status) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    // Read and parsed with core's scanner and parser, like every other head.
+    let limits = ringway_core::http::Limits::default();
+    let mut scanner = ringway_core::http::HeadScanner::new();
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+    let end = loop {
+        match scanner.scan(&head, &limits) {
+            Ok(ringway_core::http::Scan::Complete(end)) => break end,
+            Ok(ringway_core::http::Scan::Partial) => {}
+            Err(_) => return,
+        }
         match s.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or(b"");
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
+    };
+    let mut headers = Vec::new();
+    let Ok(req) = ringway_core::http::parse_request(&head[..end], &mut headers, &limits) else {
+        return;
+    };
+    let (method, path) = (req.method_span.get(&head), req.target.get(&head));
     let (code, body, ctype) = match (method, path) {
         (b"GET" | b"HEAD", b"/" | b"/status") => (200, status.json(), "application/json"),
         (b"GET" | b"HEAD", _) => (

@@ -154,9 +154,17 @@ fn exchange(
     if s.write_all(&p.request(&addr.to_string())).is_err() {
         return false;
     }
+    // The head is found by core's scanner and judged by core's parser (`ActivePolicy::passes`).
+    let limits = ringway_core::http::Limits::default();
+    let mut scanner = ringway_core::http::HeadScanner::new();
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+    loop {
+        match scanner.scan(&head, &limits) {
+            Ok(ringway_core::http::Scan::Complete(end)) => return p.passes(&head[..end]),
+            Ok(ringway_core::http::Scan::Partial) => {}
+            Err(_) => return false,
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
             return false;
@@ -166,9 +174,4 @@ fn exchange(
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(head.len(), |i| i + 4);
-    p.passes(&head[..end])
 }
