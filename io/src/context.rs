@@ -106,7 +106,15 @@ impl Worker {
         self.date.set(d);
         d
     }
+}
 
+impl ringway_core::proxy::DateSource for Worker {
+    fn date_line(&self) -> DateLine {
+        self.date()
+    }
+}
+
+impl Worker {
     /// Updates this worker's TLS counters.
     pub(crate) fn count_tls(&self, f: impl FnOnce(&mut TlsCounts)) {
         let mut c = self.tls_counts.get();

@@ -171,17 +171,9 @@ impl Conn {
         let now = Instant::now();
         self.ex.begin(&self.cfg, now);
         let cfg = self.cfg.clone();
-        self.ex.refuse(status, detail, &self.env(&cfg), now);
+        self.ex.refuse(status, detail, &env(&self.w, &cfg), now);
         if let Finish::Close(how) = Box::pin(self.exchange()).await {
             self.close(how).await;
-        }
-    }
-
-    fn env<'a>(&self, cfg: &'a Generation) -> Env<'a> {
-        Env {
-            cfg,
-            date: self.w.date(),
-            draining: self.w.drain.is_set(),
         }
     }
 
@@ -196,7 +188,7 @@ impl Conn {
                     }
                     let n = self
                         .ex
-                        .handle_input(&self.inbuf, &self.env(&cfg), Instant::now());
+                        .handle_input(&self.inbuf, &env(&self.w, &cfg), Instant::now());
                     self.inbuf.drain(..n);
                 }
                 Action::WriteClient => {
@@ -226,14 +218,14 @@ impl Conn {
                     .await
                     .map_err(|e| e.into_body_fail());
                     self.ex
-                        .handle_request_body(r, &self.env(&cfg), Instant::now());
+                        .handle_request_body(r, &env(&self.w, &cfg), Instant::now());
                 }
                 Action::Pick { group, key } => {
                     self.in_flight = None;
                     let now = Instant::now();
                     self.in_flight = cfg.pick(group, key, self.ex.tried(), now);
                     let server = self.in_flight.as_ref().map(|g| g.server);
-                    self.ex.handle_pick(server, &self.env(&cfg), now);
+                    self.ex.handle_pick(server, &env(&self.w, &cfg), now);
                 }
                 Action::Record {
                     group,
@@ -260,10 +252,10 @@ impl Conn {
                     let now = Instant::now();
                     match r {
                         Ok(()) => self.ex.handle_request_sent(now),
-                        Err(IoFail::Timeout) => self.ex.handle_timeout(&self.env(&cfg), now),
+                        Err(IoFail::Timeout) => self.ex.handle_timeout(&env(&self.w, &cfg), now),
                         Err(IoFail::Io(e)) => self.ex.handle_upstream_error(
                             UpstreamError::WriteFailed(e.to_string()),
-                            &self.env(&cfg),
+                            &env(&self.w, &cfg),
                             now,
                         ),
                     }
@@ -281,15 +273,17 @@ impl Conn {
                     )
                     .await;
                     self.ex
-                        .handle_request_body(r, &self.env(&cfg), Instant::now());
+                        .handle_request_body(r, &env(&self.w, &cfg), Instant::now());
                 }
                 Action::ReadResponseHead { read_first } => {
                     if read_first && !self.read_upstream(&cfg).await {
                         continue;
                     }
-                    let n =
-                        self.ex
-                            .handle_upstream_input(&self.ubuf, &self.env(&cfg), Instant::now());
+                    let n = self.ex.handle_upstream_input(
+                        &self.ubuf,
+                        &env(&self.w, &cfg),
+                        Instant::now(),
+                    );
                     self.ubuf.drain(..n);
                 }
                 Action::RelayResponse(plan) => {
@@ -359,7 +353,7 @@ impl Conn {
         let now = Instant::now();
         match r {
             Some(Ok(n)) if n > 0 => return true,
-            Some(Err(IoFail::Timeout)) => self.ex.handle_timeout(&self.env(cfg), now),
+            Some(Err(IoFail::Timeout)) => self.ex.handle_timeout(&env(&self.w, cfg), now),
             Some(Err(IoFail::Io(e))) => {
                 log::debug!("client {}: {e}", self.peer);
                 self.ex.handle_client_closed(now);
@@ -386,13 +380,13 @@ impl Conn {
             Ok(_) if empty => UpstreamError::ClosedEarly,
             Ok(_) => UpstreamError::Truncated,
             Err(IoFail::Timeout) => {
-                self.ex.handle_timeout(&self.env(cfg), now);
+                self.ex.handle_timeout(&env(&self.w, cfg), now);
                 return false;
             }
             Err(IoFail::Io(e)) if empty && is_reset(&e) => UpstreamError::ClosedEarly,
             Err(IoFail::Io(e)) => UpstreamError::ReadFailed(e.to_string()),
         };
-        self.ex.handle_upstream_error(e, &self.env(cfg), now);
+        self.ex.handle_upstream_error(e, &env(&self.w, cfg), now);
         false
     }
 
@@ -432,7 +426,7 @@ impl Conn {
                     }
                     ConnectError::Tls(e) => UpstreamError::Tls(e.to_string()),
                 };
-                self.ex.handle_upstream_error(e, &self.env(cfg), now);
+                self.ex.handle_upstream_error(e, &env(&self.w, cfg), now);
             }
         }
     }
@@ -523,6 +517,15 @@ async fn move_body(
         _ => relay(from, buf, &mut plan.body, Some(to), stage, scratch, t).await,
     };
     r.map_err(|e| e.into_body_fail())
+}
+
+/// What core reads from the worker when it decides.
+fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
+    Env {
+        cfg,
+        date: w,
+        draining: w.drain.is_set(),
+    }
 }
 
 /// The socket address behind an upstream key.

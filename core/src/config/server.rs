@@ -30,6 +30,17 @@ impl ListenKind {
         self == Self::Https
     }
 
+    /// Which forwarding fields requests from this listener carry upstream. Reverse-proxy
+    /// listeners tell their servers who the client is; forward-proxy listeners will choose an
+    /// anonymity level.
+    pub fn forwarding(self) -> crate::http::rewrite::ForwardingPolicy {
+        match self {
+            Self::Http | Self::Https | Self::RedirectHttps => {
+                crate::http::rewrite::ForwardingPolicy::REVERSE
+            }
+        }
+    }
+
     /// The scheme of the requests it receives, for X-Forwarded-Proto.
     pub fn scheme(self) -> &'static str {
         match self {

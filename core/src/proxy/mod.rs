@@ -57,12 +57,24 @@ pub const SPLICE_MIN: u64 = 64 * 1024;
 /// The interim response io writes for `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// Where the `Date` line comes from: io's clock, or a fixed line in tests.
+pub trait DateSource {
+    fn date_line(&self) -> DateLine;
+}
+
+impl DateSource for DateLine {
+    fn date_line(&self) -> DateLine {
+        *self
+    }
+}
+
 /// What an exchange reads from its surroundings at the moment of a decision.
 #[derive(Clone, Copy)]
 pub struct Env<'a> {
     pub cfg: &'a Config,
-    /// The `Date` line for responses the proxy writes.
-    pub date: DateLine,
+    /// The `Date` line for the response heads the proxy writes, asked for only when one is
+    /// written (so io reads its clock then, not on every call).
+    pub date: &'a dyn DateSource,
     /// The worker is shutting down: no connection is kept alive.
     pub draining: bool,
 }
@@ -187,6 +199,8 @@ impl Default for Upstream {
 pub struct Exchange {
     kind: ListenKind,
     scheme: &'static str,
+    /// The forwarding fields written upstream (the listener's, until routes may choose).
+    forwarding: ForwardingPolicy,
     /// The client's address as text, for forwarding headers and balancing.
     client_ip: Vec<u8>,
     /// Exchanges that ended with the connection kept.
@@ -219,6 +233,7 @@ impl Exchange {
         Self {
             kind,
             scheme: kind.scheme(),
+            forwarding: kind.forwarding(),
             client_ip: client.to_string().into_bytes(),
             served: 0,
             state: State::Head,
@@ -790,18 +805,25 @@ impl Exchange {
                     !keep,
                     keep && head.version == Version::Http10,
                     head.method == Method::Head,
-                    &env.date,
+                    &env.date.date_line(),
                     &mut self.out,
                 );
                 f.status
             }
             Local::Error(status, msg) => {
-                respond::error(status, msg, !keep, &env.date, &mut self.out);
+                respond::error(status, msg, !keep, &env.date.date_line(), &mut self.out);
                 status
             }
             Local::Redirect => {
                 let port = env.cfg.https_port();
-                respond::redirect_https(host, port, &self.target, !keep, &env.date, &mut self.out);
+                respond::redirect_https(
+                    host,
+                    port,
+                    &self.target,
+                    !keep,
+                    &env.date.date_line(),
+                    &mut self.out,
+                );
                 301
             }
         };
@@ -855,8 +877,7 @@ impl Exchange {
             String::new()
         };
         let fwd = Forwarding {
-            // The reverse proxy's policy; forward-proxy listeners will choose theirs.
-            policy: ForwardingPolicy::REVERSE,
+            policy: self.forwarding,
             client_ip: &self.client_ip,
             proto: self.scheme,
             host_override: set_host,
@@ -982,7 +1003,7 @@ impl Exchange {
             &self.uheaders,
             to_client,
             conn_header,
-            Some(&env.date),
+            Some(&env.date.date_line()),
             &mut self.out,
         );
         let mut consumed = end;
@@ -1074,7 +1095,7 @@ impl Exchange {
             status,
             respond::upstream_failure(status),
             !keep,
-            &env.date,
+            &env.date.date_line(),
             &mut self.out,
         );
         self.record.status = status;
@@ -1093,7 +1114,7 @@ impl Exchange {
             "no upstream server available",
             !keep,
             b"Retry-After: 5\r\n",
-            &env.date,
+            &env.date.date_line(),
             &mut self.out,
         );
         self.record.status = 503;
@@ -1105,7 +1126,7 @@ impl Exchange {
     /// Answers a request that cannot be processed; the connection closes after it.
     fn reject(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
         self.out.clear();
-        respond::error(status, detail, true, &env.date, &mut self.out);
+        respond::error(status, detail, true, &env.date.date_line(), &mut self.out);
         self.record.status = status;
         self.record.error = Some(Error::BadRequest {
             status,

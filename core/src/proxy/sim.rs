@@ -194,7 +194,7 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
             assert!(steps < 10_000, "an exchange that does not end");
             let env = Env {
                 cfg: &cfg,
-                date,
+                date: &date,
                 draining: false,
             };
             let action = ex.poll_action();

@@ -27,6 +27,8 @@ path = "/hello"
 respond = { status = 200, body = "hi" }
 "#;
 
+static DATE: std::sync::LazyLock<DateLine> = std::sync::LazyLock::new(|| DateLine::at(0));
+
 struct T {
     cfg: &'static Config,
     ex: Exchange,
@@ -46,7 +48,7 @@ impl T {
     fn env(&self) -> Env<'static> {
         Env {
             cfg: self.cfg,
-            date: DateLine::at(0),
+            date: &*DATE,
             draining: false,
         }
     }
@@ -343,7 +345,7 @@ fn a_draining_worker_closes_after_the_response() {
     let mut t = T::new();
     let env = Env {
         cfg: t.cfg,
-        date: DateLine::at(0),
+        date: &*DATE,
         draining: true,
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
