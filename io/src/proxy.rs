@@ -49,6 +49,8 @@ struct Conn {
     /// The upstream connection of the current attempt, and the in-flight count it holds.
     up: Option<Stream>,
     in_flight: Option<InFlight>,
+    /// The clock, read once after each wait and used until the next one.
+    now: Instant,
 }
 
 /// Serves one accepted client connection until it closes: the TLS handshake first on a TLS
@@ -144,13 +146,15 @@ impl Conn {
             pipe: SplicePipe::default(),
             up: None,
             in_flight: None,
+            now: Instant::now(),
         }
     }
 
     async fn run(&mut self) {
         loop {
             self.cfg = self.w.current();
-            self.ex.begin(&self.cfg, Instant::now());
+            let now = self.tick();
+            self.ex.begin(&self.cfg, now);
             // Boxed: the exchange's futures (several KiB) are allocated only while a request
             // is being handled, so an idle connection's task stays small.
             let finish = Box::pin(self.exchange()).await;
@@ -168,13 +172,19 @@ impl Conn {
 
     /// Answers a plain HTTP request that arrived on a TLS port, then closes.
     async fn reject(&mut self, status: u16, detail: &str) {
-        let now = Instant::now();
+        let now = self.tick();
         self.ex.begin(&self.cfg, now);
         let cfg = self.cfg.clone();
         self.ex.refuse(status, detail, &env(&self.w, &cfg), now);
         if let Finish::Close(how) = Box::pin(self.exchange()).await {
             self.close(how).await;
         }
+    }
+
+    /// Reads the clock (after a wait).
+    fn tick(&mut self) -> Instant {
+        self.now = Instant::now();
+        self.now
     }
 
     /// Carries out the exchange's actions until it finishes.
@@ -188,21 +198,23 @@ impl Conn {
                     }
                     let n = self
                         .ex
-                        .handle_input(&self.inbuf, &env(&self.w, &cfg), Instant::now());
+                        .handle_input(&self.inbuf, &env(&self.w, &cfg), self.now);
                     self.inbuf.drain(..n);
                 }
                 Action::WriteClient => {
-                    let wait = self.ex.timeout(Instant::now());
+                    let wait = self.ex.timeout(self.now);
                     let ok = self.client.write_all(self.ex.out(), wait).await.is_ok();
                     ensure_capacity(self.ex.out(), 1024);
-                    self.ex.handle_client_written(ok, Instant::now());
+                    let now = self.tick();
+                    self.ex.handle_client_written(ok, now);
                 }
                 Action::WriteContinue => {
-                    let wait = self.ex.timeout(Instant::now());
+                    let wait = self.ex.timeout(self.now);
                     self.scratch.clear();
                     self.scratch.extend_from_slice(CONTINUE);
                     let ok = self.client.write_all(&mut self.scratch, wait).await.is_ok();
-                    self.ex.handle_client_written(ok, Instant::now());
+                    let now = self.tick();
+                    self.ex.handle_client_written(ok, now);
                 }
                 Action::DiscardBody(mut plan) => {
                     let t = timeouts(&plan);
@@ -217,12 +229,12 @@ impl Conn {
                     )
                     .await
                     .map_err(|e| e.into_body_fail());
-                    self.ex
-                        .handle_request_body(r, &env(&self.w, &cfg), Instant::now());
+                    let now = self.tick();
+                    self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
                 Action::Pick { group, key } => {
                     self.in_flight = None;
-                    let now = Instant::now();
+                    let now = self.now;
                     self.in_flight = cfg.pick(group, key, self.ex.tried(), now);
                     let server = self.in_flight.as_ref().map(|g| g.server);
                     self.ex.handle_pick(server, &env(&self.w, &cfg), now);
@@ -245,11 +257,11 @@ impl Conn {
                 }
                 Action::Connect { to, pooled } => self.connect(&cfg, to, pooled).await,
                 Action::SendRequest => {
-                    let wait = self.ex.timeout(Instant::now());
+                    let wait = self.ex.timeout(self.now);
                     let up = self.up.as_mut().expect("connected before sending");
                     let r = up.write_all(self.ex.out(), wait).await;
                     ensure_capacity(self.ex.out(), 1024);
-                    let now = Instant::now();
+                    let now = self.tick();
                     match r {
                         Ok(()) => self.ex.handle_request_sent(now),
                         Err(IoFail::Timeout) => self.ex.handle_timeout(&env(&self.w, &cfg), now),
@@ -272,18 +284,16 @@ impl Conn {
                         &mut self.pipe,
                     )
                     .await;
-                    self.ex
-                        .handle_request_body(r, &env(&self.w, &cfg), Instant::now());
+                    let now = self.tick();
+                    self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
                 Action::ReadResponseHead { read_first } => {
                     if read_first && !self.read_upstream(&cfg).await {
                         continue;
                     }
-                    let n = self.ex.handle_upstream_input(
-                        &self.ubuf,
-                        &env(&self.w, &cfg),
-                        Instant::now(),
-                    );
+                    let n =
+                        self.ex
+                            .handle_upstream_input(&self.ubuf, &env(&self.w, &cfg), self.now);
                     self.ubuf.drain(..n);
                 }
                 Action::RelayResponse(plan) => {
@@ -305,11 +315,12 @@ impl Conn {
                     )
                     .await;
                     let leftover = self.ubuf.len();
-                    self.ex.handle_response_body(r, leftover, Instant::now());
+                    let now = self.tick();
+                    self.ex.handle_response_body(r, leftover, now);
                 }
                 Action::Release { to, pool, distrust } => {
                     let up = self.up.take();
-                    let now = Instant::now();
+                    let now = self.now;
                     if distrust {
                         log::warn!(
                             "upstream {}: sent {} byte(s) beyond its response; connection closed, keep-alive to it paused",
@@ -336,7 +347,7 @@ impl Conn {
     /// Reads from the client for `ReadHead`. False when the exchange was told of a failure
     /// (closed, timed out, draining) instead.
     async fn read_client(&mut self, idle: bool, cfg: &Generation) -> bool {
-        let wait = self.ex.timeout(Instant::now());
+        let wait = self.ex.timeout(self.now);
         let r = if idle {
             let drain = self.w.drain.clone();
             monoio::select! {
@@ -350,7 +361,7 @@ impl Conn {
                     .await,
             )
         };
-        let now = Instant::now();
+        let now = self.tick();
         match r {
             Some(Ok(n)) if n > 0 => return true,
             Some(Err(IoFail::Timeout)) => self.ex.handle_timeout(&env(&self.w, cfg), now),
@@ -370,10 +381,10 @@ impl Conn {
             self.ubuf = self.w.take_buf();
         }
         ensure_capacity(&mut self.ubuf, BUF_SIZE);
-        let wait = self.ex.timeout(Instant::now());
+        let wait = self.ex.timeout(self.now);
         let up = self.up.as_mut().expect("connected before reading");
         let r = up.read_append(&mut self.ubuf, usize::MAX, wait).await;
-        let now = Instant::now();
+        let now = self.tick();
         let empty = self.ubuf.is_empty();
         let e = match r {
             Ok(n) if n > 0 => return true,
@@ -394,7 +405,7 @@ impl Conn {
     async fn connect(&mut self, cfg: &Rc<Generation>, to: UpstreamKey, pooled: bool) {
         self.up = None;
         self.ubuf.clear();
-        let now = Instant::now();
+        let now = self.now;
         if pooled {
             if let Some(s) = cfg.pool.borrow_mut().take(to, now) {
                 self.up = Some(s);
@@ -409,7 +420,7 @@ impl Conn {
         };
         let wait = self.ex.timeout(now);
         let r = open(addr, tls, wait).await;
-        let now = Instant::now();
+        let now = self.tick();
         match r {
             Ok(s) => {
                 self.up = Some(s);
