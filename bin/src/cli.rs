@@ -45,6 +45,25 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Serve a forward proxy on the --listen addresses (absolute-form requests and CONNECT
+    /// tunnels; quick mode needs no --upstream): `ringway --listen 127.0.0.1:3128 --forward`.
+    #[arg(long)]
+    pub forward: bool,
+
+    /// Forward proxy: what the destination learns: transparent (Via and X-Forwarded-For),
+    /// anonymous (Via only) or elite (neither).
+    #[arg(long, value_name = "LEVEL", requires = "forward")]
+    pub anonymity: Option<String>,
+
+    /// Forward proxy: ports CONNECT may reach, e.g. `443,8443,1024-65535` [default: 443].
+    #[arg(long, value_name = "LIST", requires = "forward")]
+    pub connect_ports: Option<String>,
+
+    /// Forward proxy: refuse this domain (`example.com`, or `.example.com` with its
+    /// subdomains); repeatable.
+    #[arg(long, value_name = "DOMAIN", requires = "forward")]
+    pub deny_domain: Vec<String>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

@@ -24,6 +24,15 @@ fn main() -> ExitCode {
 
 fn load(cli: &Cli) -> Result<Config, String> {
     let mut cfg = match (&cli.config, cli.upstream.is_empty()) {
+        (None, true) if cli.forward => {
+            let listen = if cli.listen.is_empty() {
+                vec!["127.0.0.1:3128".to_string()]
+            } else {
+                cli.listen.clone()
+            };
+            let addrs = parse_listen(&listen)?.into_iter().map(|l| l.addr).collect();
+            Config::forward_quick(addrs)
+        }
         (Some(path), _) => {
             let name = path.display().to_string();
             let text = std::fs::read_to_string(path)
@@ -86,6 +95,46 @@ fn load(cli: &Cli) -> Result<Config, String> {
             cert.clone(),
             key.clone(),
         ));
+    }
+    if cli.forward {
+        if cli.config.is_some() && cli.listen.is_empty() {
+            return Err("--forward applies to the --listen addresses: give --listen".into());
+        }
+        for l in &mut cfg.server.listen {
+            l.kind = ListenKind::Forward;
+        }
+        if let Some(a) = &cli.anonymity {
+            cfg.forward.anonymity =
+                ringway_core::forward::Anonymity::parse(a).ok_or_else(|| {
+                    format!("--anonymity {a:?}: expected transparent, anonymous or elite")
+                })?;
+        }
+        if let Some(list) = &cli.connect_ports {
+            let mut ports = Vec::new();
+            for item in list.split(',') {
+                ports.push(
+                    ringway_core::forward::PortSet::parse_item(item).ok_or_else(|| {
+                        format!(
+                            "--connect-ports: {item:?} is not a port or a range like 1024-65535"
+                        )
+                    })?,
+                );
+            }
+            cfg.forward.connect_ports = ringway_core::forward::PortSet(ports);
+        }
+        for d in &cli.deny_domain {
+            let name = d.trim_start_matches('.');
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+            {
+                return Err(format!(
+                    "--deny-domain {d:?}: expected a domain like example.com"
+                ));
+            }
+            cfg.forward.deny_domains.insert(d);
+        }
     }
     if let Some(w) = cli.workers {
         if w == 0 {
@@ -227,6 +276,7 @@ fn describe_listener(addr: std::net::SocketAddr, kind: ListenKind) -> String {
         ListenKind::Http => addr.to_string(),
         ListenKind::Https => format!("{addr} (tls)"),
         ListenKind::RedirectHttps => format!("{addr} (redirect to https)"),
+        ListenKind::Forward => format!("{addr} (forward proxy)"),
     }
 }
 

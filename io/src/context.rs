@@ -29,6 +29,8 @@ pub(crate) struct Worker {
     /// Spare read buffers ([`BUF_SIZE`]), lent to connections for the length of an exchange,
     /// so that an idle connection holds none.
     bufs: RefCell<Vec<Vec<u8>>>,
+    /// Resolved names for the forward proxy (kept across reloads).
+    pub(crate) dns: RefCell<crate::dns::Cache>,
     /// Connections were served since the heap was last trimmed.
     busy_since_trim: Cell<bool>,
 }
@@ -56,6 +58,7 @@ impl Worker {
             requests: Cell::new(RequestCounts::default()),
             date: Cell::new(DateLine::at(unix_now())),
             bufs: RefCell::new(Vec::new()),
+            dns: RefCell::new(crate::dns::Cache::default()),
             busy_since_trim: Cell::new(false),
         }
     }

@@ -15,6 +15,7 @@ mod board;
 mod buf;
 mod context;
 mod counters;
+mod dns;
 mod drain;
 mod generation;
 mod health;
@@ -24,6 +25,7 @@ mod relay;
 mod server;
 mod stream;
 mod tls;
+mod tunnel;
 mod upstream;
 mod worker;
 

@@ -239,21 +239,36 @@ impl Conn {
                     let server = self.in_flight.as_ref().map(|g| g.server);
                     self.ex.handle_pick(server, &env(&self.w, &cfg), now);
                 }
-                Action::Record {
-                    group,
-                    server,
-                    outcome,
-                    error,
-                } => {
+                Action::Record { to, outcome, error } => {
                     if let Some(e) = error {
-                        log::warn!(
-                            "upstream {}: {e}",
-                            cfg.upstreams[group].servers[server].addr
-                        );
+                        log::warn!("upstream {}: {e}", upstream_addr(&cfg, to));
                     }
-                    if let Some(o) = outcome {
+                    if let (Some(o), UpstreamKey::Server { group, server }) = (outcome, to) {
                         cfg.record(group, server, o);
                     }
+                }
+                Action::Resolve { port } => {
+                    let wait = cfg.timeouts.upstream_connect;
+                    let r = crate::dns::Cache::resolve(
+                        &self.w.dns,
+                        self.ex.resolve_host(),
+                        port,
+                        cfg.forward.dns_ttl,
+                        wait,
+                    )
+                    .await;
+                    if let Err(e) = &r {
+                        log::warn!("resolving {}: {e}", self.ex.resolve_host());
+                    }
+                    let now = self.tick();
+                    self.ex.handle_resolved(r, &env(&self.w, &cfg), now);
+                }
+                Action::Tunnel { idle } => {
+                    let up = self.up.as_ref().expect("a tunnel has a destination");
+                    let early = std::mem::take(&mut self.inbuf);
+                    let (sent, received) = crate::tunnel::run(&self.client, up, early, idle).await;
+                    let now = self.tick();
+                    self.ex.handle_tunnel_closed(sent, received, now);
                 }
                 Action::Connect { to, pooled } => self.connect(&cfg, to, pooled).await,
                 Action::SendRequest => {

@@ -7,6 +7,7 @@
 //! Reading the file is the caller's job; this module only sees its text.
 
 mod error;
+mod forward;
 mod limits;
 mod raw;
 mod route;
@@ -52,6 +53,8 @@ pub struct Config {
     pub router: Router<usize>,
     /// Certificates and settings of the listeners marked `tls`.
     pub tls: Option<Tls>,
+    /// The forward proxy's rules, for listeners marked `forward`.
+    pub forward: crate::forward::Forward,
 }
 
 impl Config {
@@ -125,7 +128,22 @@ impl Config {
             }],
             router: Router::new([(HostMatch::Any, "/".to_string(), 0)]),
             routes,
+            forward: crate::forward::Forward::default(),
         }
+    }
+}
+
+impl Config {
+    /// A configuration for quick mode's forward proxy: forward-proxy listeners, no routes.
+    pub fn forward_quick(listen: Vec<SocketAddr>) -> Self {
+        let mut c = Self::quick(listen, Vec::new(), Balance::RoundRobin);
+        for l in &mut c.server.listen {
+            l.kind = ListenKind::Forward;
+        }
+        c.upstreams.clear();
+        c.routes.clear();
+        c.router = Router::new(std::iter::empty());
+        c
     }
 }
 
@@ -135,6 +153,15 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let limits = build_limits(loc, raw.limits)?;
     let upstreams = upstream::build_upstreams(loc, &raw.upstreams)?;
     let routes = route::build_routes(loc, &raw.routes, &upstreams, &server.path)?;
+    // Only listeners that serve requests by route need routes (a forward proxy and a
+    // redirect-to-https listener do not).
+    let routed = server
+        .listen
+        .iter()
+        .any(|l| matches!(l.kind, ListenKind::Http | ListenKind::Https));
+    if routes.is_empty() && routed {
+        return Err(loc.nowhere("routes", "expected at least one [[routes]] entry"));
+    }
 
     let router = Router::new(
         routes
@@ -155,6 +182,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             }
         },
     };
+    let forward = forward::build_forward(loc, raw.forward)?;
     let tls = match &raw.tls {
         None => None,
         Some(t) => Some(tls::build_tls(loc, t)?),
@@ -169,6 +197,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         tls,
+        forward,
         server,
         admin,
         timeouts,

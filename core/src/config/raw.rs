@@ -22,6 +22,26 @@ pub(crate) struct File {
     pub routes: Vec<Spanned<Route>>,
     pub admin: Option<Admin>,
     pub tls: Option<Spanned<Tls>>,
+    pub forward: Option<Forward>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Forward {
+    pub anonymity: Option<Spanned<String>>,
+    pub connect_ports: Option<Spanned<Vec<Spanned<Port>>>>,
+    pub deny_domains: Option<Vec<Spanned<String>>>,
+    pub private_destinations: Option<Spanned<String>>,
+    pub tunnel_idle: Option<Spanned<Duration>>,
+    pub dns_ttl: Option<Spanned<Duration>>,
+}
+
+/// `443` or `"1024-65535"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Port {
+    Number(u64),
+    Text(String),
 }
 
 /// `"IP:port"` or `{ addr = "IP:port", tls = true }` / `{ addr = …, redirect_https = true }`.
@@ -38,6 +58,7 @@ pub(crate) struct ListenTable {
     pub addr: String,
     pub tls: Option<bool>,
     pub redirect_https: Option<bool>,
+    pub forward: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

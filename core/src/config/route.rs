@@ -33,9 +33,6 @@ pub(crate) fn build_routes(
     upstreams: &[Upstream],
     policy: &PathPolicy,
 ) -> Result<Vec<Route>, ConfigError> {
-    if raw.is_empty() {
-        return Err(loc.nowhere("routes", "expected at least one [[routes]] entry"));
-    }
     let mut routes = Vec::new();
     let mut seen_routes = std::collections::HashMap::new();
     for (i, r) in raw.iter().enumerate() {

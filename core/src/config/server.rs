@@ -23,6 +23,8 @@ pub enum ListenKind {
     Https,
     /// Plain HTTP answering every request with a 301 to the same host and path over https.
     RedirectHttps,
+    /// A forward proxy: absolute-form requests and CONNECT tunnels, under `[forward]`.
+    Forward,
 }
 
 impl ListenKind {
@@ -30,22 +32,11 @@ impl ListenKind {
         self == Self::Https
     }
 
-    /// Which forwarding fields requests from this listener carry upstream. Reverse-proxy
-    /// listeners tell their servers who the client is; forward-proxy listeners will choose an
-    /// anonymity level.
-    pub fn forwarding(self) -> crate::http::rewrite::ForwardingPolicy {
-        match self {
-            Self::Http | Self::Https | Self::RedirectHttps => {
-                crate::http::rewrite::ForwardingPolicy::REVERSE
-            }
-        }
-    }
-
     /// The scheme of the requests it receives, for X-Forwarded-Proto.
     pub fn scheme(self) -> &'static str {
         match self {
             Self::Https => "https",
-            Self::Http | Self::RedirectHttps => "http",
+            Self::Http | Self::RedirectHttps | Self::Forward => "http",
         }
     }
 }
@@ -85,12 +76,13 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
             let mut v = Vec::new();
             for (i, a) in l.get_ref().iter().enumerate() {
                 let key = format!("server.listen[{i}]");
-                let (addr, tls, redirect_https) = match a.get_ref() {
-                    raw::ListenEntry::Addr(s) => (s, false, false),
+                let (addr, tls, redirect_https, forward) = match a.get_ref() {
+                    raw::ListenEntry::Addr(s) => (s, false, false, false),
                     raw::ListenEntry::Full(t) => (
                         &t.addr,
                         t.tls.unwrap_or(false),
                         t.redirect_https.unwrap_or(false),
+                        t.forward.unwrap_or(false),
                     ),
                 };
                 let addr = parse_listen_addr(addr).ok_or_else(|| {
@@ -100,17 +92,16 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                         format!("expected IP:port, :port or port, got {addr:?}"),
                     )
                 })?;
-                let kind = match (tls, redirect_https) {
-                    (false, false) => ListenKind::Http,
-                    (true, false) => ListenKind::Https,
-                    (false, true) => ListenKind::RedirectHttps,
-                    (true, true) => {
-                        return Err(loc.at(
-                            a.span(),
-                            key,
-                            "a listener is either `tls` or `redirect_https`, not both",
-                        ))
-                    }
+                let kind = match (tls, redirect_https, forward) {
+                    (false, false, false) => ListenKind::Http,
+                    (true, false, false) => ListenKind::Https,
+                    (false, true, false) => ListenKind::RedirectHttps,
+                    (false, false, true) => ListenKind::Forward,
+                    _ => return Err(loc.at(
+                        a.span(),
+                        key,
+                        "a listener is one of `tls`, `redirect_https` or `forward`, not several",
+                    )),
                 };
                 if v.iter().any(|l: &Listen| l.addr == addr) {
                     return Err(loc.at(a.span(), key, format!("{addr} is listed twice")));

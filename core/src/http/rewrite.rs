@@ -55,6 +55,9 @@ pub struct ForwardingPolicy {
     /// What earlier proxies said (`X-Forwarded-For` values, `Via`, `Forwarded`) is passed on;
     /// otherwise dropped.
     pub client_chain: bool,
+    /// `Proxy-Authorization` is passed on. A forward proxy consumes the credentials meant for
+    /// it and never forwards them.
+    pub proxy_credentials: bool,
 }
 
 impl ForwardingPolicy {
@@ -64,6 +67,7 @@ impl ForwardingPolicy {
         proto_and_host: true,
         via: true,
         client_chain: true,
+        proxy_credentials: true,
     };
     /// A forward proxy that says it is one and who the client is (Squid's default).
     pub const TRANSPARENT: Self = Self {
@@ -71,6 +75,7 @@ impl ForwardingPolicy {
         proto_and_host: false,
         via: true,
         client_chain: true,
+        proxy_credentials: false,
     };
     /// A forward proxy that says it is one, but not who the client is.
     pub const ANONYMOUS: Self = Self {
@@ -78,6 +83,7 @@ impl ForwardingPolicy {
         proto_and_host: false,
         via: true,
         client_chain: false,
+        proxy_credentials: false,
     };
     /// Nothing that shows a proxy or a client address.
     pub const ELITE: Self = Self {
@@ -85,6 +91,7 @@ impl ForwardingPolicy {
         proto_and_host: false,
         via: false,
         client_chain: false,
+        proxy_credentials: false,
     };
 }
 
@@ -197,6 +204,7 @@ pub fn upstream_request(
             || in_set(SET_ON_REQUEST, name)
             || conn.lists(name)
             || (!p.client_chain && in_set(CLIENT_CHAIN, name))
+            || (!p.proxy_credentials && name.eq_ignore_ascii_case(b"proxy-authorization"))
         {
             continue;
         }

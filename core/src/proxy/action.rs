@@ -28,14 +28,20 @@ pub enum Action {
     /// `tried()`, then `handle_pick`. io adds the active-check verdicts and counts the
     /// request in flight until the next `Pick` or the end.
     Pick { group: usize, key: u64 },
-    /// Passive health: record how the attempt at (group, server) went (`outcome`), and what
-    /// went wrong (`error`, which io logs with the server's address). Then poll again.
+    /// Passive health: record how the attempt at `to` went (`outcome`, for configured servers),
+    /// and what went wrong (`error`, which io logs with the address). Then poll again.
     Record {
-        group: usize,
-        server: usize,
+        to: UpstreamKey,
         outcome: Option<Outcome>,
         error: Option<Error>,
     },
+    /// Resolve `resolve_host()` (io's resolver, `/etc/hosts` honoured, with its TTL cache),
+    /// then `handle_resolved`.
+    Resolve { port: u16 },
+    /// Move bytes both ways between the client and the upstream connection (a CONNECT tunnel)
+    /// until either side closes or nothing moves for `idle`; bytes already buffered from the
+    /// client go first. Then `handle_tunnel_closed`.
+    Tunnel { idle: Duration },
     /// Open a connection to `to`: an idle pooled one when `pooled`, else a new one (any
     /// connection io still holds from an earlier attempt is closed first); then
     /// `handle_connected` or `handle_upstream_error`.

@@ -26,7 +26,7 @@ pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use record::EndRecord;
 pub use timer::{Timer, Timers};
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::balance::request_key;
@@ -93,6 +93,8 @@ enum Written {
     Continue,
     Interim,
     ResponseHead,
+    /// `200 Connection established`: the tunnel follows.
+    TunnelOpen,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +112,9 @@ enum State {
     SendBody,
     ReadResponse,
     RelayResponse,
+    /// A forward proxy's destination name being resolved.
+    Resolve,
+    Tunnel,
     Done(Finish),
 }
 
@@ -130,6 +135,12 @@ struct Request {
     retryable: bool,
     group: usize,
     key: u64,
+    /// A forward proxy's destination (instead of a group's server), once resolved.
+    dest: Option<SocketAddr>,
+    /// The port to connect to once `dest_host` is resolved.
+    dest_port: u16,
+    /// A CONNECT tunnel.
+    connect: bool,
 }
 
 impl Default for Request {
@@ -145,6 +156,9 @@ impl Default for Request {
             retryable: false,
             group: 0,
             key: 0,
+            dest: None,
+            dest_port: 0,
+            connect: false,
         }
     }
 }
@@ -199,8 +213,8 @@ impl Default for Upstream {
 pub struct Exchange {
     kind: ListenKind,
     scheme: &'static str,
-    /// The forwarding fields written upstream (the listener's, until routes may choose).
-    forwarding: ForwardingPolicy,
+    /// The client's address.
+    client: IpAddr,
     /// The client's address as text, for forwarding headers and balancing.
     client_ip: Vec<u8>,
     /// Exchanges that ended with the connection kept.
@@ -215,6 +229,8 @@ pub struct Exchange {
     timeouts: Timeouts,
     req: Request,
     up: Upstream,
+    /// The tunnel idle timeout of the request's config.
+    tunnel_idle: Duration,
     /// A side effect (`Record`, `Release`) to hand out before the state's own action.
     pending: Option<Action>,
     record: EndRecord,
@@ -225,6 +241,8 @@ pub struct Exchange {
     path_len: usize,
     headers: Vec<Header>,
     uheaders: Vec<Header>,
+    /// A forward proxy's destination host, to resolve.
+    dest_host: String,
 }
 
 impl Exchange {
@@ -233,7 +251,7 @@ impl Exchange {
         Self {
             kind,
             scheme: kind.scheme(),
-            forwarding: kind.forwarding(),
+            client,
             client_ip: client.to_string().into_bytes(),
             served: 0,
             state: State::Head,
@@ -245,12 +263,14 @@ impl Exchange {
             req: Request::default(),
             up: Upstream::default(),
             pending: None,
+            tunnel_idle: Duration::ZERO,
             record: EndRecord::default(),
             out: Vec::with_capacity(1024),
             target: Vec::new(),
             path_len: 0,
             headers: Vec::with_capacity(32),
             uheaders: Vec::with_capacity(32),
+            dest_host: String::new(),
         }
     }
 
@@ -263,6 +283,7 @@ impl Exchange {
         self.scanner.reset();
         self.timers.clear();
         self.timeouts = cfg.timeouts;
+        self.tunnel_idle = cfg.forward.tunnel_idle;
         self.req = Request::default();
         self.up = Upstream::default();
         self.pending = None;
@@ -323,8 +344,19 @@ impl Exchange {
                 read_idle: self.timeouts.upstream_read,
                 write_idle: self.timeouts.send,
             }),
+            State::Resolve => Action::Resolve {
+                port: self.req.dest_port,
+            },
+            State::Tunnel => Action::Tunnel {
+                idle: self.tunnel_idle,
+            },
             State::Done(f) => Action::Finish(f),
         }
+    }
+
+    /// The name `Resolve` asks for.
+    pub fn resolve_host(&self) -> &str {
+        &self.dest_host
     }
 
     /// The deadline of what io waits on now, if the wait is bounded by a table timer (body
@@ -449,6 +481,9 @@ impl Exchange {
             Written::ResponseHead => {
                 self.state = State::RelayResponse;
             }
+            Written::TunnelOpen => {
+                self.state = State::Tunnel;
+            }
         }
     }
 
@@ -541,8 +576,64 @@ impl Exchange {
         debug_assert!(matches!(self.state, State::Connect { .. }));
         self.timers.stop(Timer::UpstreamConnect);
         self.up.reused = reused;
+        if self.req.connect {
+            // RFC 9110 §9.3.6: any 2xx means the tunnel is open; no fields.
+            self.out.clear();
+            self.out
+                .extend_from_slice(b"HTTP/1.1 200 Connection established\r\n\r\n");
+            self.record.status = 200;
+            self.write_client(Written::TunnelOpen, now);
+            return;
+        }
         self.state = State::SendRequest;
         self.timers.arm(Timer::UpstreamWrite, &self.timeouts, now);
+    }
+
+    /// The addresses `Resolve` found for `resolve_host()` (IPv4 and IPv6, in the resolver's
+    /// order), or why there are none.
+    pub fn handle_resolved(
+        &mut self,
+        r: Result<Vec<SocketAddr>, String>,
+        env: &Env<'_>,
+        now: Instant,
+    ) {
+        debug_assert_eq!(self.state, State::Resolve);
+        let addrs = match r {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) | Err(_) => {
+                let detail = format!("could not resolve {}", self.dest_host);
+                self.local_error(502, &detail, env, now);
+                self.record.error = Some(Error::Upstream(UpstreamError::ConnectFailed(detail)));
+                return;
+            }
+        };
+        let policy = env.cfg.forward.private_destinations;
+        // Every address must be allowed: a name that resolves to a private address among
+        // public ones is refused as a whole (DNS rebinding).
+        if let Some(bad) = addrs.iter().find(|a| !policy.allows(self.client, a.ip())) {
+            let detail = format!(
+                "{} ({}) is a private address, which this proxy does not reach for you",
+                self.dest_host,
+                bad.ip()
+            );
+            self.local_error(403, &detail, env, now);
+            return;
+        }
+        self.req.dest = Some(addrs[0]);
+        self.up.attempts = 1;
+        self.record.attempts = 1;
+        self.state = State::Connect {
+            pooled: !self.req.connect,
+        };
+        self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
+    }
+
+    /// A tunnel ended: bytes moved client → upstream and back.
+    pub fn handle_tunnel_closed(&mut self, up: u64, down: u64, now: Instant) {
+        debug_assert_eq!(self.state, State::Tunnel);
+        self.record.request_body += up;
+        self.record.response_body += down;
+        self.finish(Finish::Close(Close::Now), now);
     }
 
     /// The request head (`SendRequest`) is written.
@@ -714,6 +805,9 @@ impl Exchange {
         self.req.persistent = info.connection.persistent(head.version);
         self.req.body = info.body;
         self.req.expect_continue = info.expect_continue;
+        if self.kind == ListenKind::Forward {
+            return self.forward(input, end, &head, &info, env, now);
+        }
         if head.method == Method::Connect {
             self.reject(405, "CONNECT is not enabled on this listener", env, now);
             return 0;
@@ -814,6 +908,10 @@ impl Exchange {
                 respond::error(status, msg, !keep, &env.date.date_line(), &mut self.out);
                 status
             }
+            Local::Denied(detail) => {
+                respond::error(403, &detail, !keep, &env.date.date_line(), &mut self.out);
+                403
+            }
             Local::Redirect => {
                 let port = env.cfg.https_port();
                 respond::redirect_https(
@@ -877,7 +975,7 @@ impl Exchange {
             String::new()
         };
         let fwd = Forwarding {
-            policy: self.forwarding,
+            policy: ForwardingPolicy::REVERSE,
             client_ip: &self.client_ip,
             proto: self.scheme,
             host_override: set_host,
@@ -908,6 +1006,125 @@ impl Exchange {
         self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
         self.state = State::Pick;
         consumed
+    }
+
+    /// A request to a forward-proxy listener: CONNECT host:port, or an absolute URI.
+    fn forward(
+        &mut self,
+        input: &[u8],
+        end: usize,
+        head: &RequestHead,
+        info: &RequestInfo,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> usize {
+        let cfg = env.cfg;
+        let fwd = &cfg.forward;
+        let buf = &input[..end];
+        let (authority, default_port) = match head.form {
+            TargetForm::Authority if head.method == Method::Connect => (head.target.get(buf), None),
+            TargetForm::Absolute { authority, .. } => {
+                let target = head.target.get(buf);
+                if target.len() < 7 || !target[..7].eq_ignore_ascii_case(b"http://") {
+                    self.reject(
+                        400,
+                        "only http:// URIs are forwarded; use CONNECT for https",
+                        env,
+                        now,
+                    );
+                    return 0;
+                }
+                (authority.get(buf), Some(80))
+            }
+            _ => {
+                self.reject(400, "this is a forward proxy: a request needs an absolute URI (http://host/path) or CONNECT host:port", env, now);
+                return 0;
+            }
+        };
+        let Some(dest) = crate::forward::Authority::parse(authority, default_port) else {
+            self.reject(400, "invalid destination host or port", env, now);
+            return 0;
+        };
+        if head.method == Method::Connect && !fwd.connect_ports.contains(dest.port) {
+            let detail = format!("CONNECT to port {} is not allowed by this proxy", dest.port);
+            self.local(Local::Denied(detail), b"", head, info, end, env, now);
+            return end;
+        }
+        if let Some(rule) = fwd.deny_domains.matches(&dest.host) {
+            let detail = format!(
+                "{} is blocked by this proxy (deny_domains: {rule})",
+                dest.host
+            );
+            self.local(Local::Denied(detail), b"", head, info, end, env, now);
+            return end;
+        }
+        self.dest_host.clear();
+        self.dest_host.push_str(&dest.host);
+        self.req.dest_port = dest.port;
+        if head.method == Method::Connect {
+            // Bytes after the head (a TLS ClientHello sent early) stay for the tunnel.
+            self.req.connect = true;
+            self.state = State::Resolve;
+            return end;
+        }
+        // The path is normalised as for the reverse proxy; the Host sent is the URI's
+        // authority (RFC 9112 §3.2.2), whatever Host the client sent.
+        let TargetForm::Absolute { path, .. } = head.form else {
+            unreachable!("checked above")
+        };
+        match normalise(path.get(buf), &cfg.server.path, &mut self.target) {
+            Ok(n) => self.path_len = n,
+            Err(e) => {
+                self.reject(e.status(), &e.to_string(), env, now);
+                return 0;
+            }
+        }
+        self.req.body_out = match info.body {
+            BodyKind::Close => BodyKind::None,
+            b => b,
+        };
+        let fwd_fields = Forwarding {
+            policy: fwd.anonymity.policy(),
+            client_ip: &self.client_ip,
+            proto: self.scheme,
+            host_override: Some(authority),
+            fallback_host: b"",
+        };
+        self.out.clear();
+        upstream_request(
+            buf,
+            head,
+            &self.headers,
+            &self.target,
+            self.req.body_out,
+            &fwd_fields,
+            &mut self.out,
+        );
+        let mut consumed = end;
+        if let BodyKind::Length(n) = info.body {
+            if n <= INLINE_BODY && !info.expect_continue && (input.len() - end) as u64 >= n {
+                let n = n as usize;
+                self.out.extend_from_slice(&input[end..end + n]);
+                consumed += n;
+                self.record.request_body = n as u64;
+                self.req.body = BodyKind::None;
+            }
+        }
+        self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
+        self.state = State::Resolve;
+        consumed
+    }
+
+    /// An error page of the proxy's own with this detail; the connection is kept when the
+    /// request allows it (no request body left unread).
+    fn local_error(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
+        let body_read = self.req.body.is_empty();
+        let keep = body_read && self.req.persistent && !env.draining;
+        self.out.clear();
+        respond::error(status, detail, !keep, &env.date.date_line(), &mut self.out);
+        self.record.status = status;
+        let notify = body_read && !self.req.persistent;
+        self.write_client(Written::Local { keep, notify }, now);
     }
 
     fn response(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
@@ -966,8 +1183,14 @@ impl Exchange {
             }
             return end;
         }
-        let u = &cfg.upstreams[self.req.group];
-        if self.req.retryable && self.up.may_retry && u.retry_on.contains(&rh.status) {
+        let u = cfg
+            .upstreams
+            .get(self.req.group)
+            .filter(|_| self.req.dest.is_none());
+        if self.req.retryable
+            && self.up.may_retry
+            && u.is_some_and(|u| u.retry_on.contains(&rh.status))
+        {
             let err = Error::RetryStatus(rh.status);
             self.pending =
                 Some(self.record_action(Some(Outcome::ServerError(rh.status)), Some(err.clone())));
@@ -1050,16 +1273,18 @@ impl Exchange {
 
     /// What the current attempt connects to.
     fn upstream_key(&self) -> UpstreamKey {
-        UpstreamKey::Server {
-            group: self.req.group,
-            server: self.up.server,
+        match self.req.dest {
+            Some(addr) => UpstreamKey::Destination(addr),
+            None => UpstreamKey::Server {
+                group: self.req.group,
+                server: self.up.server,
+            },
         }
     }
 
     fn record_action(&self, outcome: Option<Outcome>, error: Option<Error>) -> Action {
         Action::Record {
-            group: self.req.group,
-            server: self.up.server,
+            to: self.upstream_key(),
             outcome,
             error,
         }
@@ -1164,6 +1389,8 @@ impl Exchange {
 enum Local<'a> {
     Fixed(&'a Fixed),
     Error(u16, &'static str),
+    /// 403 from a forward-proxy rule, naming it.
+    Denied(String),
     /// 301 to https, same host (port replaced) and target.
     Redirect,
 }

@@ -242,12 +242,16 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                     in_flight = s;
                     ex.handle_pick(s, &env, now);
                 }
-                Action::Record {
-                    server, outcome, ..
-                } => {
+                Action::Record { to, outcome, .. } => {
+                    let UpstreamKey::Server { server, .. } = to else {
+                        panic!("a record for a destination: {to:?}");
+                    };
                     if let Some(o) = outcome {
                         let _ = group.record(&cfg.upstreams[0], server, o, now);
                     }
+                }
+                Action::Resolve { .. } | Action::Tunnel { .. } => {
+                    panic!("no forward proxy in this simulation")
                 }
                 Action::Connect { to, pooled } => {
                     let UpstreamKey::Server { group: 0, server } = to else {

@@ -212,10 +212,9 @@ fn a_retry_status_goes_to_the_next_server_then_is_relayed() {
     assert!(matches!(
         t.ex.poll_action(),
         Action::Record {
-            server: 0,
+            to: UpstreamKey::Server { server: 0, .. },
             outcome: Some(crate::health::Outcome::ServerError(503)),
             error: Some(Error::RetryStatus(503)),
-            ..
         }
     ));
     t.pick(1);

@@ -1,0 +1,310 @@
+//! The forward proxy with real clients: curl through `-x` (absolute form) and `-p` (CONNECT
+//! tunnels), raw sockets for what curl will not send.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::*;
+
+fn forward_config(extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", forward = true }}]\nworkers = 1\npin = false\n\
+         shutdown_timeout = \"5s\"\n{extra}"
+    )
+}
+
+/// Sends raw bytes on a fresh connection and reads until the proxy closes or 5 s pass.
+fn raw(proxy: std::net::SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // One response is enough for these tests, unless it opened a tunnel.
+                if let Some(r) = complete(&out) {
+                    if !r.starts_with("HTTP/1.1 200 Connection established") {
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The response in `out` when its head and Content-Length body are all there.
+fn complete(out: &[u8]) -> Option<String> {
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (out.len() >= end + len).then(|| String::from_utf8_lossy(out).into_owned())
+}
+
+#[test]
+fn curl_gets_pages_through_the_forward_proxy_with_the_uri_authority_as_host() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&forward_config(""));
+    let px = format!("http://{}", proxy.addr);
+    let url = format!("http://{}/len/10", origin.addr);
+    let (ok, body) = curl(&["-x", &px, &url]);
+    assert!(ok);
+    assert_eq!(body.len(), 10);
+    // A client that sends another Host gets the URI's authority upstream (RFC 9112 §3.2.2).
+    let req = format!(
+        "GET http://{}/h HTTP/1.1\r\nHost: evil.example\r\nProxy-Connection: keep-alive\r\n\
+         Proxy-Authorization: Basic dTpw\r\nConnection: close\r\n\r\n",
+        origin.addr
+    );
+    let r = raw(proxy.addr, req.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.header("host"), Some(origin.addr.to_string().as_str()));
+    assert_eq!(seen.path, "/h");
+    assert!(seen.header("proxy-connection").is_none());
+    assert!(
+        seen.header("proxy-authorization").is_none(),
+        "credentials never go on"
+    );
+    // Transparent by default: Via and the client's address.
+    assert_eq!(seen.header("via"), Some("1.1 ringway"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+#[test]
+fn anonymity_levels_decide_what_the_destination_learns() {
+    let origin = Origin::start();
+    let sent = "GET http://{A}/anon HTTP/1.1\r\nHost: x\r\nVia: 1.1 earlier-proxy\r\n\
+                X-Forwarded-For: 10.9.8.7\r\nForwarded: for=10.9.8.7\r\nX-Real-IP: 10.9.8.7\r\n\
+                Connection: close\r\n\r\n"
+        .replace("{A}", &origin.addr.to_string());
+    for (level, via, xff) in [
+        (
+            "transparent",
+            Some("1.1 earlier-proxy, 1.1 ringway"),
+            Some("10.9.8.7, 127.0.0.1"),
+        ),
+        ("anonymous", Some("1.1 ringway"), None),
+        ("elite", None, None),
+    ] {
+        let proxy = Proxy::start(&forward_config(&format!(
+            "[forward]\nanonymity = \"{level}\"\n"
+        )));
+        let r = raw(proxy.addr, sent.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 200"), "{level}: {r}");
+        let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
+        let joined = |name: &str| {
+            let v: Vec<&str> = seen
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            (!v.is_empty()).then(|| v.join(", "))
+        };
+        assert_eq!(joined("via").as_deref(), via, "{level}");
+        assert_eq!(joined("x-forwarded-for").as_deref(), xff, "{level}");
+        if level != "transparent" {
+            assert!(seen.header("forwarded").is_none(), "{level}");
+            assert!(seen.header("x-real-ip").is_none(), "{level}");
+            // Nothing of the client's address, nor of what the client claimed.
+            for (n, v) in &seen.headers {
+                if !n.eq_ignore_ascii_case("host") {
+                    assert!(
+                        !v.contains("127.0.0.1") && !v.contains("10.9.8.7"),
+                        "{level}: {n}: {v}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn connect_tunnels_carry_any_protocol_and_respect_the_port_list() {
+    let origin = Origin::start();
+    let port = origin.addr.port();
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nconnect_ports = [443, {port}]\n"
+    )));
+    let px = format!("http://{}", proxy.addr);
+    // curl -p: CONNECT, then plain HTTP inside the tunnel, twice on one connection.
+    let url = format!("http://{}/len/5", origin.addr);
+    let (ok, body) = curl(&["-p", "-x", &px, &url, &url]);
+    assert!(ok);
+    assert_eq!(body.len(), 10);
+    // Bytes sent right after the CONNECT head (before the 200) reach the destination too.
+    let req = format!(
+        "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\nGET /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        a = origin.addr
+    );
+    let r = raw(proxy.addr, req.as_bytes());
+    assert!(
+        r.starts_with("HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK"),
+        "{r}"
+    );
+    assert!(r.ends_with("ok /early"), "{r}");
+    // A port not in the list: 403, naming the port.
+    let r = raw(
+        proxy.addr,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("port 22"), "{r}");
+    // Garbage authorities: 400.
+    for bad in [
+        "CONNECT :443 HTTP/1.1",
+        "CONNECT host:0 HTTP/1.1",
+        "CONNECT host HTTP/1.1",
+        "CONNECT a@b:443 HTTP/1.1",
+    ] {
+        let r = raw(proxy.addr, format!("{bad}\r\nHost: x\r\n\r\n").as_bytes());
+        assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
+    }
+    // A closed port: 502, and the proxy goes on serving.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy2 = Proxy::start(&forward_config(
+        "[forward]\nconnect_ports = [\"1-65535\"]\n",
+    ));
+    let r = raw(
+        proxy2.addr,
+        format!("CONNECT {closed} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    let (ok, _) = curl(&["-p", "-x", &format!("http://{}", proxy2.addr), &url]);
+    assert!(ok);
+}
+
+#[test]
+fn a_client_closing_mid_tunnel_ends_it() {
+    let origin = Origin::start();
+    let port = origin.addr.port();
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nconnect_ports = [{port}]\ntunnel_idle = \"1s\"\n"
+    )));
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(
+            format!(
+                "CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\nGET /slow/2000 HTTP/1.1\r\n",
+                origin.addr
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        drop(s);
+    }
+    // The idle tunnel to a destination that never answers is closed after tunnel_idle.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", origin.addr).as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = s.read_to_end(&mut got);
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed after the idle timeout"
+    );
+    // Still serving.
+    let url = format!("http://{}/len/3", origin.addr);
+    assert!(curl(&["-p", "-x", &format!("http://{}", proxy.addr), &url]).0);
+}
+
+#[test]
+fn denied_domains_private_destinations_and_wrong_forms_get_clear_answers() {
+    let origin = Origin::start();
+    let port = origin.addr.port();
+    let proxy = Proxy::start(&forward_config(
+        "[forward]\ndeny_domains = [\"localhost\", \".blocked.test\"]\n",
+    ));
+    let r = raw(
+        proxy.addr,
+        format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("deny_domains: localhost"), "{r}");
+    let r = raw(
+        proxy.addr,
+        b"GET http://a.b.blocked.test/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(r.contains("deny_domains: .blocked.test"), "{r}");
+    assert!(origin.seen.lock().unwrap().is_empty());
+    // Origin form and https URIs are not for a forward proxy.
+    let r = raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = raw(
+        proxy.addr,
+        format!("GET https://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // A name that does not resolve: 502 naming it.
+    let r = raw(
+        proxy.addr,
+        b"GET http://no-such-host.invalid/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert!(r.contains("no-such-host.invalid"), "{r}");
+
+    // With private destinations denied, loopback is out of reach by address and by name.
+    let strict = Proxy::start(&forward_config(
+        "[forward]\nprivate_destinations = \"deny\"\nconnect_ports = [\"1-65535\"]\n",
+    ));
+    for target in [
+        format!("http://127.0.0.1:{port}/x"),
+        format!("http://localhost:{port}/x"),
+    ] {
+        let r = raw(
+            strict.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        );
+        assert!(r.starts_with("HTTP/1.1 403"), "{target}: {r}");
+        assert!(r.contains("private address"), "{r}");
+    }
+    let r = raw(
+        strict.addr,
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(origin.seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn quick_mode_forward_proxy() {
+    let origin = Origin::start();
+    let proxy = Proxy::start_quick(&[
+        "--forward",
+        "--anonymity",
+        "elite",
+        "--deny-domain",
+        ".blocked.test",
+    ]);
+    let px = format!("http://{}", proxy.addr);
+    let (ok, body) = curl(&["-x", &px, &format!("http://{}/len/4", origin.addr)]);
+    assert!(ok);
+    assert_eq!(body.len(), 4);
+    let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
+    assert!(seen.header("via").is_none() && seen.header("x-forwarded-for").is_none());
+    let r = raw(
+        proxy.addr,
+        b"GET http://x.blocked.test/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    proxy.wait_log(|l| l.contains("(forward proxy)"));
+}

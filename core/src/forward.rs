@@ -1,0 +1,365 @@
+//! The forward proxy's rules: what a client may reach, how much of it the destination learns,
+//! and the authority a request names. Pure: the exchange asks, io resolves names.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use crate::http::rewrite::ForwardingPolicy;
+
+/// How much of the client the destination learns (Squid's `forwarded_for` and `via`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anonymity {
+    /// `Via` and `X-Forwarded-For` with the client's address (Squid's default).
+    Transparent,
+    /// `Via`, no client address.
+    Anonymous,
+    /// Nothing that shows a proxy or a client: no `Via`, `X-Forwarded-For`, `Forwarded` or
+    /// `X-Real-IP`, not even ones the client sent.
+    Elite,
+}
+
+impl Anonymity {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "transparent" => Some(Self::Transparent),
+            "anonymous" => Some(Self::Anonymous),
+            "elite" => Some(Self::Elite),
+            _ => None,
+        }
+    }
+
+    pub fn policy(self) -> ForwardingPolicy {
+        match self {
+            Self::Transparent => ForwardingPolicy::TRANSPARENT,
+            Self::Anonymous => ForwardingPolicy::ANONYMOUS,
+            Self::Elite => ForwardingPolicy::ELITE,
+        }
+    }
+}
+
+/// Whether destinations in private, loopback and link-local ranges may be reached (SSRF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivateDestinations {
+    /// Only for clients that are themselves on loopback (the default): a proxy open to a
+    /// network must not become a way into the machine's own or its neighbours' services.
+    LoopbackClientsOnly,
+    Deny,
+    Allow,
+}
+
+impl PrivateDestinations {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "loopback-clients" => Some(Self::LoopbackClientsOnly),
+            "deny" => Some(Self::Deny),
+            "allow" => Some(Self::Allow),
+            _ => None,
+        }
+    }
+
+    /// Whether `client` may reach `dest`.
+    pub fn allows(self, client: IpAddr, dest: IpAddr) -> bool {
+        if !is_private(dest) {
+            return true;
+        }
+        match self {
+            Self::Allow => true,
+            Self::Deny => false,
+            Self::LoopbackClientsOnly => canonical(client).is_loopback(),
+        }
+    }
+}
+
+/// Port ranges (inclusive).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet(pub Vec<(u16, u16)>);
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+
+    /// `443`, `8443`, `1024-65535`.
+    pub fn parse_item(s: &str) -> Option<(u16, u16)> {
+        let s = s.trim();
+        let (a, b) = match s.split_once('-') {
+            Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+            None => {
+                let p = s.parse().ok()?;
+                (p, p)
+            }
+        };
+        (a > 0 && a <= b).then_some((a, b))
+    }
+}
+
+/// Domains: exact names, and `.suffix` entries that match the name and everything under it.
+/// A lookup costs one hash probe per label of the name, whatever the list's size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DomainSet {
+    exact: HashSet<String>,
+    suffixes: HashSet<String>,
+}
+
+impl DomainSet {
+    /// Adds `example.com` (that name) or `.example.com` (it and its subdomains). Names are
+    /// compared without case and without a trailing dot.
+    pub fn insert(&mut self, entry: &str) {
+        let e = entry.trim().trim_end_matches('.').to_ascii_lowercase();
+        match e.strip_prefix('.') {
+            Some(s) if !s.is_empty() => {
+                self.suffixes.insert(s.to_string());
+            }
+            Some(_) => {}
+            None if !e.is_empty() => {
+                self.exact.insert(e);
+            }
+            None => {}
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.suffixes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry `host` matches, if any (for the denial page).
+    pub fn matches(&self, host: &str) -> Option<String> {
+        let h = host.trim_end_matches('.').to_ascii_lowercase();
+        if self.exact.contains(&h) {
+            return Some(h);
+        }
+        let mut rest = h.as_str();
+        loop {
+            if self.suffixes.contains(rest) {
+                return Some(format!(".{rest}"));
+            }
+            match rest.split_once('.') {
+                Some((_, r)) => rest = r,
+                None => return None,
+            }
+        }
+    }
+}
+
+/// The forward proxy's settings (`[forward]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub anonymity: Anonymity,
+    /// Ports CONNECT may reach (Squid's `SSL_ports`: 443 unless configured).
+    pub connect_ports: PortSet,
+    pub deny_domains: DomainSet,
+    pub private_destinations: PrivateDestinations,
+    /// A tunnel with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
+    /// How long a resolved name is reused.
+    pub dns_ttl: Duration,
+}
+
+impl Default for Forward {
+    fn default() -> Self {
+        Self {
+            anonymity: Anonymity::Transparent,
+            connect_ports: PortSet(vec![(443, 443)]),
+            deny_domains: DomainSet::default(),
+            private_destinations: PrivateDestinations::LoopbackClientsOnly,
+            tunnel_idle: Duration::from_secs(300),
+            dns_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A destination named by a request: host (a name, or an IP literal without brackets) and
+/// port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authority {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Authority {
+    /// `host:port`, `host` (with `default_port`), `[v6]:port`. The host must be a valid name
+    /// (letters, digits, `-`, `.`, `_`) or an IP literal; no userinfo, no empty port.
+    pub fn parse(b: &[u8], default_port: Option<u16>) -> Option<Self> {
+        let s = std::str::from_utf8(b).ok()?;
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest.split_once(']')?;
+            h.parse::<Ipv6Addr>().ok()?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return None,
+            };
+            (h, port)
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        let port = match port {
+            Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()) => {
+                p.parse::<u16>().ok().filter(|&p| p > 0)?
+            }
+            Some(_) => return None,
+            None => default_port?,
+        };
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+        if !name_ok && host.parse::<IpAddr>().is_err() {
+            return None;
+        }
+        Some(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The host as an IP address, when it is a literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Loopback, private (RFC 1918, RFC 4193), link-local, shared (RFC 6598), unspecified,
+/// multicast or otherwise not a public unicast destination.
+pub fn is_private(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || a >= 240
+                || v4 == Ipv4Addr::new(169, 254, 169, 254)
+        }
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] == 0x64 && seg[1] == 0xff9b)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        let a = Authority::parse(b"Example.com:8080", None).unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("example.com", 8080));
+        assert_eq!(Authority::parse(b"example.com", Some(80)).unwrap().port, 80);
+        assert_eq!(Authority::parse(b"example.com", None), None);
+        let v6 = Authority::parse(b"[::1]:443", None).unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 443));
+        assert_eq!(v6.ip(), Some("::1".parse().unwrap()));
+        for bad in [
+            &b"example.com:"[..],
+            b"example.com:0",
+            b"example.com:99999",
+            b"user@example.com:80",
+            b"exa mple.com:80",
+            b":80",
+            b"[::1",
+            b"[nothex]:80",
+            b"example.com:80x",
+        ] {
+            assert_eq!(
+                Authority::parse(bad, Some(80)),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn domain_sets_match_exact_names_and_suffixes() {
+        let mut d = DomainSet::default();
+        d.insert("Ads.Example.com");
+        d.insert(".tracker.net");
+        assert_eq!(
+            d.matches("ads.example.com."),
+            Some("ads.example.com".into())
+        );
+        assert_eq!(d.matches("www.ads.example.com"), None);
+        assert_eq!(d.matches("tracker.net"), Some(".tracker.net".into()));
+        assert_eq!(d.matches("a.b.TRACKER.net"), Some(".tracker.net".into()));
+        assert_eq!(d.matches("nottracker.net"), None);
+        let mut big = DomainSet::default();
+        for i in 0..100_000 {
+            big.insert(&format!("host{i}.example"));
+        }
+        assert_eq!(big.len(), 100_000);
+        assert!(big.matches("host99999.example").is_some());
+        assert!(big.matches("host100000.example").is_none());
+    }
+
+    #[test]
+    fn private_destinations() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "203.0.113.5".parse().unwrap();
+        let p = PrivateDestinations::LoopbackClientsOnly;
+        assert!(p.allows(local, local));
+        assert!(!p.allows(remote, local));
+        assert!(p.allows(remote, "8.8.8.8".parse().unwrap()));
+        assert!(!PrivateDestinations::Deny.allows(local, local));
+    }
+
+    #[test]
+    fn ports() {
+        let p = PortSet(vec![
+            PortSet::parse_item("443").unwrap(),
+            PortSet::parse_item("1024-65535").unwrap(),
+        ]);
+        assert!(p.contains(443) && p.contains(8080) && !p.contains(80) && !p.contains(25));
+        assert_eq!(PortSet::parse_item("0"), None);
+        assert_eq!(PortSet::parse_item("9-1"), None);
+        assert_eq!(PortSet::parse_item("x"), None);
+    }
+}
