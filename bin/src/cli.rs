@@ -64,6 +64,11 @@ pub struct Cli {
     #[arg(long, value_name = "DOMAIN", requires = "forward")]
     pub deny_domain: Vec<String>,
 
+    /// Forward proxy: only users of this htpasswd file may use it (Basic authentication;
+    /// apr1, bcrypt and SHA-256/512 crypt entries).
+    #[arg(long, value_name = "FILE", requires = "forward")]
+    pub proxy_auth: Option<PathBuf>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

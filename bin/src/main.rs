@@ -149,6 +149,23 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if cli.no_pin {
         cfg.server.pin = false;
     }
+    if let Some(file) = &cli.proxy_auth {
+        if !cli.forward {
+            return Err("--proxy-auth is for the forward proxy: add --forward".into());
+        }
+        cfg.forward.auth_file = Some(file.clone());
+    }
+    if let Some(path) = cfg.forward.auth_file.clone() {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("forward.auth_file: {name}: cannot read: {e}"))?;
+        let users = ringway_core::forward::auth::Htpasswd::parse(&text)
+            .map_err(|(line, msg)| format!("{name}:{line}: {msg}"))?;
+        if users.is_empty() {
+            return Err(format!("{name}: no users: nobody could use the proxy"));
+        }
+        cfg.forward.users = Some(std::sync::Arc::new(users));
+    }
     Ok(cfg)
 }
 

@@ -40,6 +40,22 @@ fn raw(proxy: std::net::SocketAddr, req: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// curl through the proxy at `px` (support's `curl` bypasses proxies with `--noproxy`).
+fn curl_via(px: &str, args: &[&str]) -> (bool, Vec<u8>) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-x", px])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .expect("curl is installed");
+    (out.status.success(), out.stdout)
+}
+
 /// The response in `out` when its head and Content-Length body are all there.
 fn complete(out: &[u8]) -> Option<String> {
     let end = out.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
@@ -59,9 +75,22 @@ fn curl_gets_pages_through_the_forward_proxy_with_the_uri_authority_as_host() {
     let proxy = Proxy::start(&forward_config(""));
     let px = format!("http://{}", proxy.addr);
     let url = format!("http://{}/len/10", origin.addr);
-    let (ok, body) = curl(&["-x", &px, &url]);
+    let (ok, body) = curl_via(&px, &[&url]);
     assert!(ok);
     assert_eq!(body.len(), 10);
+    let via = origin
+        .seen
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .header("via")
+        .map(str::to_string);
+    assert_eq!(
+        via.as_deref(),
+        Some("1.1 ringway"),
+        "curl went through the proxy"
+    );
     // A client that sends another Host gets the URI's authority upstream (RFC 9112 §3.2.2).
     let req = format!(
         "GET http://{}/h HTTP/1.1\r\nHost: evil.example\r\nProxy-Connection: keep-alive\r\n\
@@ -142,9 +171,13 @@ fn connect_tunnels_carry_any_protocol_and_respect_the_port_list() {
     let px = format!("http://{}", proxy.addr);
     // curl -p: CONNECT, then plain HTTP inside the tunnel, twice on one connection.
     let url = format!("http://{}/len/5", origin.addr);
-    let (ok, body) = curl(&["-p", "-x", &px, &url, &url]);
+    let (ok, body) = curl_via(&px, &["-p", &url, &url]);
     assert!(ok);
     assert_eq!(body.len(), 10);
+    // curl really tunnels through the proxy: a port off the list fails the same way.
+    let off_list = "http://127.0.0.1:9/".to_string();
+    let (ok, _) = curl_via(&px, &["-p", &off_list]);
+    assert!(!ok, "CONNECT to port 9 must be refused");
     // Bytes sent right after the CONNECT head (before the 200) reach the destination too.
     let req = format!(
         "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\nGET /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -186,7 +219,7 @@ fn connect_tunnels_carry_any_protocol_and_respect_the_port_list() {
         format!("CONNECT {closed} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
     );
     assert!(r.starts_with("HTTP/1.1 502"), "{r}");
-    let (ok, _) = curl(&["-p", "-x", &format!("http://{}", proxy2.addr), &url]);
+    let (ok, _) = curl_via(&format!("http://{}", proxy2.addr), &["-p", &url]);
     assert!(ok);
 }
 
@@ -224,7 +257,7 @@ fn a_client_closing_mid_tunnel_ends_it() {
     );
     // Still serving.
     let url = format!("http://{}/len/3", origin.addr);
-    assert!(curl(&["-p", "-x", &format!("http://{}", proxy.addr), &url]).0);
+    assert!(curl_via(&format!("http://{}", proxy.addr), &["-p", &url]).0);
 }
 
 #[test]
@@ -296,15 +329,141 @@ fn quick_mode_forward_proxy() {
         ".blocked.test",
     ]);
     let px = format!("http://{}", proxy.addr);
-    let (ok, body) = curl(&["-x", &px, &format!("http://{}/len/4", origin.addr)]);
+    let (ok, body) = curl_via(&px, &[&format!("http://{}/len/4", origin.addr)]);
     assert!(ok);
     assert_eq!(body.len(), 4);
     let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
     assert!(seen.header("via").is_none() && seen.header("x-forwarded-for").is_none());
+    let (_, code) = curl_via(
+        &px,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://x.blocked.test/",
+        ],
+    );
+    assert_eq!(code, b"403");
     let r = raw(
         proxy.addr,
         b"GET http://x.blocked.test/ HTTP/1.1\r\nHost: x\r\n\r\n",
     );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     proxy.wait_log(|l| l.contains("(forward proxy)"));
+}
+
+/// An htpasswd file written by Apache's own tool when it is installed (CI installs
+/// apache2-utils), else the same kinds from fixed vectors (openssl passwd, bcrypt's reference).
+fn htpasswd_file() -> TempFile {
+    let made = |flag: &str, user: &str, pass: &str| -> Option<String> {
+        let out = std::process::Command::new("htpasswd")
+            .args(["-nb", flag, user, pass])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let lines: Vec<String> = match (
+        made("-m", "alice", "wonder:land"),
+        made("-B", "bob", "bu1lder"),
+        made("-2", "carol", "s3cret"),
+        made("-5", "dave", "pässwort"),
+    ) {
+        (Some(a), Some(b), c, d) => [Some(a), Some(b), c, d].into_iter().flatten().collect(),
+        _ => vec![
+            // openssl passwd -apr1 -salt r31..... wonder:land
+            "alice:$apr1$r31.....$l8oAsdMNVfxmize/vVIc80".into(),
+        ],
+    };
+    TempFile::new(&(lines.join("\n") + "\n"))
+}
+
+#[test]
+fn proxy_authentication_with_an_htpasswd_file() {
+    let origin = Origin::start();
+    let port = origin.addr.port();
+    let file = htpasswd_file();
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nauth_file = \"{}\"\nconnect_ports = [{port}]\n",
+        file.0.display()
+    )));
+    let px = format!("http://{}", proxy.addr);
+    let url = format!("http://{}/len/7", origin.addr);
+    let code = |args: &[&str]| -> String {
+        let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend_from_slice(args);
+        String::from_utf8(curl_via(&px, &a).1).unwrap()
+    };
+    // Without credentials, or with wrong ones: 407 and a Basic challenge.
+    assert_eq!(code(&[&url]), "407");
+    assert_eq!(code(&["--proxy-user", "alice:wrong", &url]), "407");
+    assert_eq!(code(&["--proxy-user", "nobody:x", &url]), "407");
+    let r = raw(
+        proxy.addr,
+        format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        r.contains("Proxy-Authenticate: Basic realm=\"ringway\", charset=\"UTF-8\"\r\n"),
+        "{r}"
+    );
+    // The right ones pass (a colon in the password is fine); every kind in the file works.
+    assert_eq!(code(&["--proxy-user", "alice:wonder:land", &url]), "200");
+    let text = std::fs::read_to_string(&file.0).unwrap();
+    for (user, pass) in [
+        ("bob", "bu1lder"),
+        ("carol", "s3cret"),
+        ("dave", "pässwort"),
+    ] {
+        if text.contains(&format!("{user}:")) {
+            let creds = format!("{user}:{pass}");
+            assert_eq!(code(&["--proxy-user", &creds, &url]), "200", "{user}");
+        }
+    }
+    // Through a CONNECT tunnel too.
+    assert_eq!(
+        code(&["-p", "--proxy-user", "alice:wonder:land", &url]),
+        "200"
+    );
+    // The credentials never reach the destination.
+    assert!(origin
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.header("proxy-authorization").is_none()));
+    // Malformed credentials: 400.
+    let r = raw(
+        proxy.addr,
+        format!("GET {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic !!notbase64\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // Guessing is limited per client: after 10 wrong tries, 429 for a minute, even for
+    // a right password not seen before from it.
+    // (Two wrong tries were made above.)
+    for _ in 0..8 {
+        assert_eq!(code(&["--proxy-user", "bob:guess", &url]), "407");
+    }
+    assert_eq!(code(&["--proxy-user", "bob:guess", &url]), "429");
+    // Credentials that already passed keep working.
+    assert_eq!(code(&["--proxy-user", "alice:wonder:land", &url]), "200");
+}
+
+#[test]
+fn a_bad_htpasswd_file_is_a_clear_error() {
+    let file = TempFile::new("alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n");
+    let cfg = TempFile::new(&forward_config(&format!(
+        "[forward]\nauth_file = \"{}\"\n",
+        file.0.display()
+    )));
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":1: user \"alice\": unsalted SHA-1"), "{err}");
 }

@@ -37,6 +37,9 @@ pub(crate) struct Generation {
     pub(crate) tls: Arc<TlsMaterial>,
     pub(crate) pool: RefCell<Pool>,
     groups: RefCell<Vec<GroupState>>,
+    /// Proxy credentials that passed, and clients that failed; a reload (which may change the
+    /// htpasswd file) starts afresh.
+    pub(crate) auth: RefCell<ringway_core::forward::auth::AuthCache>,
 }
 
 impl std::ops::Deref for Generation {
@@ -67,6 +70,7 @@ impl Generation {
             tls,
             pool: RefCell::new(pool),
             groups: RefCell::new(groups),
+            auth: RefCell::new(Default::default()),
         }
     }
 }

@@ -551,6 +551,7 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
         cfg,
         date: w,
         draining: w.drain.is_set(),
+        auth: Some(&cfg.auth),
     }
 }
 

@@ -34,6 +34,7 @@ pub(crate) struct Forward {
     pub private_destinations: Option<Spanned<String>>,
     pub tunnel_idle: Option<Spanned<Duration>>,
     pub dns_ttl: Option<Spanned<Duration>>,
+    pub auth_file: Option<String>,
 }
 
 /// `443` or `"1024-65535"`.

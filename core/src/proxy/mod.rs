@@ -77,6 +77,8 @@ pub struct Env<'a> {
     pub date: &'a dyn DateSource,
     /// The worker is shutting down: no connection is kept alive.
     pub draining: bool,
+    /// The worker's memory of proxy credentials (for forward listeners with `auth_file`).
+    pub auth: Option<&'a std::cell::RefCell<crate::forward::auth::AuthCache>>,
 }
 
 /// What was last written to the client, so `handle_client_written` knows what comes next.
@@ -1041,6 +1043,12 @@ impl Exchange {
                 return 0;
             }
         };
+        if let Some(users) = &fwd.users {
+            match self.authenticate(users, buf, env, now) {
+                Some(user) => self.record.user = Some(user),
+                None => return end,
+            }
+        }
         let Some(dest) = crate::forward::Authority::parse(authority, default_port) else {
             self.reject(400, "invalid destination host or port", env, now);
             return 0;
@@ -1115,13 +1123,79 @@ impl Exchange {
         consumed
     }
 
+    /// Checks the request's `Proxy-Authorization` against `users`; the user, or `None` when
+    /// the request was answered (407, 400 or 429).
+    fn authenticate(
+        &mut self,
+        users: &crate::forward::auth::Htpasswd,
+        buf: &[u8],
+        env: &Env<'_>,
+        now: Instant,
+    ) -> Option<String> {
+        use crate::forward::auth::{parse_basic, AuthCache, AuthResult, BasicError};
+        const CHALLENGE: &[u8] =
+            b"Proxy-Authenticate: Basic realm=\"ringway\", charset=\"UTF-8\"\r\n";
+        let value = crate::http::find_header(buf, &self.headers, b"proxy-authorization");
+        let result = match value.map(parse_basic) {
+            None | Some(Err(BasicError::NotBasic)) => AuthResult::Wrong,
+            Some(Err(BasicError::Malformed)) => {
+                self.local_error(400, "malformed Proxy-Authorization credentials", env, now);
+                return None;
+            }
+            Some(Ok((user, password))) => {
+                let mut scratch = AuthCache::default();
+                let mut cache = env.auth.map(|c| c.borrow_mut());
+                let cache = cache.as_deref_mut().unwrap_or(&mut scratch);
+                let value = value.unwrap_or_default();
+                cache.check(users, value, &user, &password, self.client, now)
+            }
+        };
+        match result {
+            AuthResult::User(u) => return Some(u),
+            AuthResult::Wrong => self.local_error_with(
+                407,
+                "this proxy needs a user name and password",
+                CHALLENGE,
+                env,
+                now,
+            ),
+            AuthResult::Limited => self.local_error_with(
+                429,
+                "too many failed proxy authentication attempts; try again in a minute",
+                b"Retry-After: 60\r\n",
+                env,
+                now,
+            ),
+        }
+        None
+    }
+
     /// An error page of the proxy's own with this detail; the connection is kept when the
     /// request allows it (no request body left unread).
     fn local_error(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
+        self.local_error_with(status, detail, b"", env, now);
+    }
+
+    /// [`local_error`](Self::local_error) with `extra` header lines.
+    fn local_error_with(
+        &mut self,
+        status: u16,
+        detail: &str,
+        extra: &[u8],
+        env: &Env<'_>,
+        now: Instant,
+    ) {
         let body_read = self.req.body.is_empty();
         let keep = body_read && self.req.persistent && !env.draining;
         self.out.clear();
-        respond::error(status, detail, !keep, &env.date.date_line(), &mut self.out);
+        respond::error_with(
+            status,
+            detail,
+            !keep,
+            extra,
+            &env.date.date_line(),
+            &mut self.out,
+        );
         self.record.status = status;
         let notify = body_read && !self.req.persistent;
         self.write_client(Written::Local { keep, notify }, now);

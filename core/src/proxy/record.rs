@@ -19,6 +19,8 @@ pub struct EndRecord {
     pub response_head: Option<Instant>,
     pub ended: Option<Instant>,
     pub method: Option<Method>,
+    /// The user a forward proxy authenticated.
+    pub user: Option<String>,
     /// Index of the matched route.
     pub route: Option<usize>,
     /// (group, server) of the last upstream attempt.

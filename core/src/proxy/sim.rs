@@ -196,6 +196,7 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                 cfg: &cfg,
                 date: &date,
                 draining: false,
+                auth: None,
             };
             let action = ex.poll_action();
             if std::env::var_os("SIM_TRACE").is_some() {

@@ -50,6 +50,7 @@ impl T {
             cfg: self.cfg,
             date: &*DATE,
             draining: false,
+            auth: None,
         }
     }
 
@@ -346,6 +347,7 @@ fn a_draining_worker_closes_after_the_response() {
         cfg: t.cfg,
         date: &*DATE,
         draining: true,
+        auth: None,
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);

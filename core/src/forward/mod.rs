@@ -1,6 +1,8 @@
 //! The forward proxy's rules: what a client may reach, how much of it the destination learns,
 //! and the authority a request names. Pure: the exchange asks, io resolves names.
 
+pub mod auth;
+
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -158,6 +160,11 @@ pub struct Forward {
     pub tunnel_idle: Duration,
     /// How long a resolved name is reused.
     pub dns_ttl: Duration,
+    /// The htpasswd file whose users may use the proxy (`auth_file`); none: no
+    /// authentication.
+    pub auth_file: Option<std::path::PathBuf>,
+    /// Its users, read by the caller of `Config::parse` (at start and on every reload).
+    pub users: Option<std::sync::Arc<auth::Htpasswd>>,
 }
 
 impl Default for Forward {
@@ -169,6 +176,8 @@ impl Default for Forward {
             private_destinations: PrivateDestinations::LoopbackClientsOnly,
             tunnel_idle: Duration::from_secs(300),
             dns_ttl: Duration::from_secs(60),
+            auth_file: None,
+            users: None,
         }
     }
 }
