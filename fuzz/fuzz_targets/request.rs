@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         proto: "http",
         host_override: None,
         fallback_host: b"upstream",
+        upgrade_websocket: false,
     };
     let mut out = Vec::new();
     upstream_request(buf, &head, &headers, &target, info.body, &fwd, &mut out);

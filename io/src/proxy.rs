@@ -265,8 +265,10 @@ impl Conn {
                 }
                 Action::Tunnel { idle } => {
                     let up = self.up.as_ref().expect("a tunnel has a destination");
-                    let early = std::mem::take(&mut self.inbuf);
-                    let (sent, received) = crate::tunnel::run(&self.client, up, early, idle).await;
+                    let early_up = std::mem::take(&mut self.inbuf);
+                    let early_down = std::mem::take(&mut self.ubuf);
+                    let (sent, received) =
+                        crate::tunnel::run(&self.client, up, early_up, early_down, idle).await;
                     let now = self.tick();
                     self.ex.handle_tunnel_closed(sent, received, now);
                 }

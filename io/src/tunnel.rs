@@ -19,12 +19,14 @@ use crate::stream::Stream;
 /// Bytes each direction reads at once.
 const TUNNEL_BUF: usize = 16 * 1024;
 
-/// Runs the tunnel; returns the bytes moved client → destination and back. `early` holds
-/// bytes the client sent after its CONNECT head (they go first).
+/// Runs the tunnel; returns the bytes moved client → destination and back. `early_up` holds
+/// bytes the client sent after its request head, `early_down` bytes the destination sent after
+/// its 101 (each goes first).
 pub(crate) async fn run(
     client: &Stream,
     up: &Stream,
-    early: Vec<u8>,
+    early_up: Vec<u8>,
+    early_down: Vec<u8>,
     idle: Duration,
 ) -> (u64, u64) {
     // The tunnel works on duplicates of the two sockets, split into halves; the originals are
@@ -36,18 +38,21 @@ pub(crate) async fn run(
     let (mut ur, mut uw) = u.into_split();
     let last = Cell::new(Instant::now());
     let up_dir = async {
-        let mut n = early.len() as u64;
-        if !early.is_empty() {
-            let (r, _) = uw.write_all(early).await;
-            if r.is_err() {
-                let _ = uw.shutdown().await;
-                return n;
-            }
+        let n = early_up.len() as u64;
+        if !early_up.is_empty() && uw.write_all(early_up).await.0.is_err() {
+            let _ = uw.shutdown().await;
+            return n;
         }
-        n += copy(&mut cr, &mut uw, idle, &last).await;
-        n
+        n + copy(&mut cr, &mut uw, idle, &last).await
     };
-    let down_dir = copy(&mut ur, &mut cw, idle, &last);
+    let down_dir = async {
+        let n = early_down.len() as u64;
+        if !early_down.is_empty() && cw.write_all(early_down).await.0.is_err() {
+            let _ = cw.shutdown().await;
+            return n;
+        }
+        n + copy(&mut ur, &mut cw, idle, &last).await
+    };
     monoio::join!(up_dir, down_dir)
 }
 

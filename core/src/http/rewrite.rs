@@ -107,6 +107,9 @@ pub struct Forwarding<'a> {
     /// Host to send when the route overrides it, or when the client sent none (HTTP/1.0).
     pub host_override: Option<&'a [u8]>,
     pub fallback_host: &'a [u8],
+    /// The client asked to switch to WebSocket and the proxy will tunnel it: the `Upgrade`
+    /// and `Connection: upgrade` fields go on (otherwise hop-by-hop, dropped).
+    pub upgrade_websocket: bool,
 }
 
 /// The names listed in `Connection` fields.
@@ -239,6 +242,9 @@ pub fn upstream_request(
             Version::Http11 => b"Via: 1.1 ringway\r\n",
         });
     }
+    if fwd.upgrade_websocket {
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n");
+    }
     push_framing(out, body);
     out.extend_from_slice(b"\r\n");
 }
@@ -252,6 +258,8 @@ pub enum ConnectionHeader {
     KeepAlive,
     /// `Connection: close`.
     Close,
+    /// `Connection: upgrade` and `Upgrade: websocket`: a `101` that opens a tunnel.
+    UpgradeWebsocket,
 }
 
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
@@ -295,6 +303,9 @@ pub fn client_response(
         ConnectionHeader::Omit => {}
         ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        ConnectionHeader::UpgradeWebsocket => {
+            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -311,6 +322,7 @@ mod tests {
             proto: "http",
             host_override: None,
             fallback_host: b"127.0.0.1:9000",
+            upgrade_websocket: false,
         }
     }
 

@@ -38,9 +38,9 @@ pub enum Action {
     /// Resolve `resolve_host()` (io's resolver, `/etc/hosts` honoured, with its TTL cache),
     /// then `handle_resolved`.
     Resolve { port: u16 },
-    /// Move bytes both ways between the client and the upstream connection (a CONNECT tunnel)
-    /// until either side closes or nothing moves for `idle`; bytes already buffered from the
-    /// client go first. Then `handle_tunnel_closed`.
+    /// Move bytes both ways between the client and the upstream connection (a CONNECT tunnel,
+    /// or a WebSocket after its 101) until both sides close or nothing moves for `idle`; bytes
+    /// already buffered from either side go first. Then `handle_tunnel_closed`.
     Tunnel { idle: Duration },
     /// Open a connection to `to`: an idle pooled one when `pooled`, else a new one (any
     /// connection io still holds from an earlier attempt is closed first); then

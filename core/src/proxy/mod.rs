@@ -143,6 +143,8 @@ struct Request {
     dest_port: u16,
     /// A CONNECT tunnel.
     connect: bool,
+    /// A WebSocket upgrade the proxy will tunnel after a `101`.
+    upgrade: bool,
 }
 
 impl Default for Request {
@@ -161,6 +163,7 @@ impl Default for Request {
             dest: None,
             dest_port: 0,
             connect: false,
+            upgrade: false,
         }
     }
 }
@@ -805,6 +808,15 @@ impl Exchange {
             }
         };
         self.req.persistent = info.connection.persistent(head.version);
+        // WebSocket (RFC 6455 §4.1): GET, HTTP/1.1, `Connection: upgrade`, `Upgrade:
+        // websocket`, tunnelled after the 101 when both ends are plain sockets. Other upgrades
+        // are hop-by-hop fields, dropped.
+        self.req.upgrade = head.method == Method::Get
+            && head.version == Version::Http11
+            && info.connection.upgrade
+            && crate::http::find_header(buf, &self.headers, b"upgrade")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
+            && self.kind != ListenKind::Https;
         self.req.body = info.body;
         self.req.expect_continue = info.expect_continue;
         if self.kind == ListenKind::Forward {
@@ -965,6 +977,9 @@ impl Exchange {
             0 => b"/",
             n => &self.target[..n],
         };
+        if u.tls.is_some() {
+            self.req.upgrade = false;
+        }
         self.req.group = group;
         self.req.key = request_key(&u.balance, input, path, &self.headers, &self.client_ip);
         self.req.body_out = match info.body {
@@ -982,6 +997,7 @@ impl Exchange {
             proto: self.scheme,
             host_override: set_host,
             fallback_host: fallback.as_bytes(),
+            upgrade_websocket: self.req.upgrade,
         };
         self.out.clear();
         upstream_request(
@@ -1097,6 +1113,7 @@ impl Exchange {
             proto: self.scheme,
             host_override: Some(authority),
             fallback_host: b"",
+            upgrade_websocket: self.req.upgrade,
         };
         self.out.clear();
         upstream_request(
@@ -1223,8 +1240,29 @@ impl Exchange {
         };
         if (100..200).contains(&rh.status) {
             if rh.status == 101 {
-                self.fail(Error::SwitchedProtocols, false, env, now);
-                return 0;
+                let websocket = crate::http::find_header(ub, &self.uheaders, b"upgrade")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
+                if !(self.req.upgrade && websocket) {
+                    self.fail(Error::SwitchedProtocols, false, env, now);
+                    return 0;
+                }
+                // The switch: the 101 goes to the client, then bytes both ways.
+                self.pending = Some(self.record_action(Some(Outcome::Success), None));
+                self.timers.stop(Timer::UpstreamRead);
+                self.out.clear();
+                client_response(
+                    ub,
+                    &rh,
+                    &self.uheaders,
+                    BodyKind::None,
+                    ConnectionHeader::UpgradeWebsocket,
+                    Some(&env.date.date_line()),
+                    &mut self.out,
+                );
+                self.record.status = 101;
+                self.record.response_head = Some(now);
+                self.write_client(Written::TunnelOpen, now);
+                return end;
             }
             // Interim responses are bounded in number and bytes, and `upstream_read` runs
             // across all of them: an upstream sending 1xx forever is cut off.
