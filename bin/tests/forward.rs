@@ -467,3 +467,78 @@ fn a_bad_htpasswd_file_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":1: user \"alice\": unsalted SHA-1"), "{err}");
 }
+
+#[test]
+fn access_rules_are_evaluated_in_order() {
+    let origin = Origin::start();
+    let a = origin.addr;
+    let proxy = Proxy::start(&forward_config(
+        "[[forward.rules]]\naction = \"deny\"\ndomains = [\"~^secret\\\\.\"]\n\n\
+         [[forward.rules]]\naction = \"deny\"\nmethods = [\"post\"]\n\n\
+         [[forward.rules]]\naction = \"allow\"\nclients = [\"127.0.0.0/8\", \"::1\"]\n",
+    ));
+    let get = |target: &str, method: &str| {
+        raw(
+            proxy.addr,
+            format!("{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let r = get("http://secret.example/", "GET");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("denied by forward.rules[0]"), "{r}");
+    let r = get(&format!("http://{a}/p"), "POST");
+    assert!(r.contains("denied by forward.rules[1]"), "{r}");
+    let r = get(&format!("http://{a}/p"), "GET");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // Rules on the destination's address apply after resolution, to every address of a name.
+    let by_ip = Proxy::start(&forward_config(
+        "[[forward.rules]]\naction = \"deny\"\ndest_ips = [\"127.0.0.0/8\", \"::1\"]\n",
+    ));
+    for target in [
+        format!("http://localhost:{}/", a.port()),
+        format!("http://{a}/"),
+    ] {
+        let r = raw(
+            by_ip.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        );
+        assert!(r.contains("denied by forward.rules[0]"), "{target}: {r}");
+    }
+    assert_eq!(origin.seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn bad_rules_are_config_errors_naming_the_key() {
+    for (rules, key) in [
+        ("action = \"maybe\"", "forward.rules[0].action"),
+        (
+            "action = \"deny\"\ndomains = [\"~(unclosed\"]",
+            "forward.rules[0].domains[0]",
+        ),
+        (
+            "action = \"deny\"\nclients = [\"10.0.0.0/40\"]",
+            "forward.rules[0].clients[0]",
+        ),
+        (
+            "action = \"deny\"\nports = [0]",
+            "forward.rules[0].ports[0]",
+        ),
+        (
+            "action = \"deny\"\nmethods = [\"GE T\"]",
+            "forward.rules[0].methods[0]",
+        ),
+        ("action = \"deny\"\nwhat = 1", "forward.rules[0]"),
+    ] {
+        let cfg = TempFile::new(&forward_config(&format!("[[forward.rules]]\n{rules}\n")));
+        let out = std::process::Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&cfg.0)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{rules}: {err}");
+    }
+}

@@ -5,6 +5,7 @@ use toml::Spanned;
 use super::error::{ConfigError, Locator};
 use super::raw;
 use super::timeouts::opt_duration;
+use crate::forward::acl::{Cidr, Rule, Verdict};
 use crate::forward::{Anonymity, DomainSet, Forward, PortSet, PrivateDestinations};
 
 pub(crate) fn build_forward(
@@ -88,7 +89,12 @@ pub(crate) fn build_forward(
             )
         })?,
     };
+    let mut rules = Vec::new();
+    for (i, r) in f.rules.iter().enumerate() {
+        rules.push(build_rule(loc, i, r.get_ref())?);
+    }
     Ok(Forward {
+        rules,
         anonymity,
         connect_ports,
         deny_domains,
@@ -97,5 +103,113 @@ pub(crate) fn build_forward(
         dns_ttl: opt_duration(loc, "forward.dns_ttl", f.dns_ttl, d.dns_ttl)?,
         auth_file: f.auth_file.map(std::path::PathBuf::from),
         users: None,
+    })
+}
+
+fn build_rule(loc: &Locator<'_>, i: usize, r: &raw::ForwardRule) -> Result<Rule, ConfigError> {
+    let key = |k: &str| format!("forward.rules[{i}].{k}");
+    let verdict = match r.action.get_ref().as_str() {
+        "allow" => Verdict::Allow,
+        "deny" => Verdict::Deny,
+        other => {
+            return Err(loc.at(
+                r.action.span(),
+                key("action"),
+                format!("expected \"allow\" or \"deny\", got {other:?}"),
+            ))
+        }
+    };
+    let cidrs = |list: &Option<Vec<Spanned<String>>>, k: &str| -> Result<Vec<Cidr>, ConfigError> {
+        let mut v = Vec::new();
+        for (j, c) in list.iter().flatten().enumerate() {
+            v.push(Cidr::parse(c.get_ref().trim()).ok_or_else(|| {
+                loc.at(
+                    c.span(),
+                    format!("{}[{j}]", key(k)),
+                    format!(
+                        "expected an address or a block like \"10.0.0.0/8\", got {:?}",
+                        c.get_ref()
+                    ),
+                )
+            })?);
+        }
+        Ok(v)
+    };
+    let mut domains = DomainSet::default();
+    let mut domain_patterns = Vec::new();
+    for (j, d) in r.domains.iter().flatten().enumerate() {
+        let text = d.get_ref();
+        if let Some(pattern) = text.strip_prefix('~') {
+            let re = regex::RegexBuilder::new(pattern)
+                .case_insensitive(true)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| {
+                    loc.at(
+                        d.span(),
+                        format!("{}[{j}]", key("domains")),
+                        format!("invalid regular expression: {e}"),
+                    )
+                })?;
+            domain_patterns.push(re);
+        } else {
+            let name = text.trim_start_matches('.');
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+            {
+                return Err(loc.at(
+                    d.span(),
+                    format!("{}[{j}]", key("domains")),
+                    format!(
+                        "expected \"example.com\", \".example.com\" or \"~regex\", got {text:?}"
+                    ),
+                ));
+            }
+            domains.insert(text);
+        }
+    }
+    let ports = match &r.ports {
+        None => None,
+        Some(list) => {
+            let mut v = Vec::new();
+            for (j, p) in list.iter().enumerate() {
+                let text = match p.get_ref() {
+                    raw::Port::Number(n) => n.to_string(),
+                    raw::Port::Text(t) => t.clone(),
+                };
+                v.push(PortSet::parse_item(&text).ok_or_else(|| {
+                    loc.at(
+                        p.span(),
+                        format!("{}[{j}]", key("ports")),
+                        format!("expected a port or a range like \"1024-65535\", got {text:?}"),
+                    )
+                })?);
+            }
+            Some(PortSet(v))
+        }
+    };
+    let mut methods = Vec::new();
+    for (j, m) in r.methods.iter().flatten().enumerate() {
+        let t = m.get_ref();
+        if t.is_empty() || !t.bytes().all(|c| c.is_ascii_alphabetic() || c == b'-') {
+            return Err(loc.at(
+                m.span(),
+                format!("{}[{j}]", key("methods")),
+                format!("expected a method like \"CONNECT\", got {t:?}"),
+            ));
+        }
+        methods.push(t.to_ascii_uppercase());
+    }
+    Ok(Rule {
+        verdict,
+        clients: cidrs(&r.clients, "clients")?,
+        domains,
+        domain_patterns,
+        ports,
+        methods,
+        users: r.users.clone().unwrap_or_default(),
+        dest_ips: cidrs(&r.dest_ips, "dest_ips")?,
     })
 }

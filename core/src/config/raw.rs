@@ -35,6 +35,21 @@ pub(crate) struct Forward {
     pub tunnel_idle: Option<Spanned<Duration>>,
     pub dns_ttl: Option<Spanned<Duration>>,
     pub auth_file: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<ForwardRule>>,
+}
+
+/// `[[forward.rules]]`: `action = "allow" | "deny"` and conditions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForwardRule {
+    pub action: Spanned<String>,
+    pub clients: Option<Vec<Spanned<String>>>,
+    pub domains: Option<Vec<Spanned<String>>>,
+    pub ports: Option<Vec<Spanned<Port>>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub users: Option<Vec<String>>,
+    pub dest_ips: Option<Vec<Spanned<String>>>,
 }
 
 /// `443` or `"1024-65535"`.

@@ -1,6 +1,7 @@
 //! The forward proxy's rules: what a client may reach, how much of it the destination learns,
 //! and the authority a request names. Pure: the exchange asks, io resolves names.
 
+pub mod acl;
 pub mod auth;
 
 use std::collections::HashSet;
@@ -165,6 +166,8 @@ pub struct Forward {
     pub auth_file: Option<std::path::PathBuf>,
     /// Its users, read by the caller of `Config::parse` (at start and on every reload).
     pub users: Option<std::sync::Arc<auth::Htpasswd>>,
+    /// Access rules, in order (`[[forward.rules]]`).
+    pub rules: Vec<acl::Rule>,
 }
 
 impl Default for Forward {
@@ -178,6 +181,7 @@ impl Default for Forward {
             dns_ttl: Duration::from_secs(60),
             auth_file: None,
             users: None,
+            rules: Vec::new(),
         }
     }
 }

@@ -145,6 +145,8 @@ struct Request {
     connect: bool,
     /// A WebSocket upgrade the proxy will tunnel after a `101`.
     upgrade: bool,
+    /// The forward proxy's rules wait for the destination's addresses.
+    acl_pending: bool,
 }
 
 impl Default for Request {
@@ -164,6 +166,7 @@ impl Default for Request {
             dest_port: 0,
             connect: false,
             upgrade: false,
+            acl_pending: false,
         }
     }
 }
@@ -248,6 +251,8 @@ pub struct Exchange {
     uheaders: Vec<Header>,
     /// A forward proxy's destination host, to resolve.
     dest_host: String,
+    /// The request's method as sent (for the forward proxy's rules).
+    method_text: String,
 }
 
 impl Exchange {
@@ -276,6 +281,7 @@ impl Exchange {
             headers: Vec::with_capacity(32),
             uheaders: Vec::with_capacity(32),
             dest_host: String::new(),
+            method_text: String::new(),
         }
     }
 
@@ -623,6 +629,12 @@ impl Exchange {
             );
             self.local_error(403, &detail, env, now);
             return;
+        }
+        if self.req.acl_pending {
+            let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+            if !self.check_rules(Some(&ips), env, now) {
+                return;
+            }
         }
         self.req.dest = Some(addrs[0]);
         self.up.attempts = 1;
@@ -1085,6 +1097,12 @@ impl Exchange {
         self.dest_host.clear();
         self.dest_host.push_str(&dest.host);
         self.req.dest_port = dest.port;
+        self.method_text.clear();
+        self.method_text
+            .push_str(std::str::from_utf8(head.method_span.get(buf)).unwrap_or(""));
+        if !fwd.rules.is_empty() && !self.check_rules(None, env, now) {
+            return end;
+        }
         if head.method == Method::Connect {
             // Bytes after the head (a TLS ClientHello sent early) stay for the tunnel.
             self.req.connect = true;
@@ -1138,6 +1156,43 @@ impl Exchange {
         self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
         self.state = State::Resolve;
         consumed
+    }
+
+    /// Evaluates `[[forward.rules]]` for this request; false when it was denied (and answered
+    /// with 403 naming the rule). Rules that need the destination's addresses are left for
+    /// after resolution (`acl_pending`).
+    fn check_rules(&mut self, dest: Option<&[IpAddr]>, env: &Env<'_>, now: Instant) -> bool {
+        use crate::forward::acl::{evaluate, Decision, Request, Verdict};
+        let r = Request {
+            client: self.client,
+            host: &self.dest_host,
+            port: self.req.dest_port,
+            method: self.method_text.as_bytes(),
+            user: self.record.user.as_deref(),
+            dest,
+        };
+        match evaluate(&env.cfg.forward.rules, &r) {
+            Decision::NeedAddresses => {
+                self.req.acl_pending = true;
+                true
+            }
+            Decision::Decided(Verdict::Allow, _) => {
+                self.req.acl_pending = false;
+                true
+            }
+            Decision::Decided(Verdict::Deny, rule) => {
+                let why = match rule {
+                    Some(i) => format!("forward.rules[{i}]"),
+                    None => "forward.rules (no rule allows it)".to_string(),
+                };
+                let detail = format!(
+                    "{}:{} is denied by {why}",
+                    self.dest_host, self.req.dest_port
+                );
+                self.local_error(403, &detail, env, now);
+                false
+            }
+        }
     }
 
     /// Checks the request's `Proxy-Authorization` against `users`; the user, or `None` when
