@@ -155,6 +155,15 @@ fn load(cli: &Cli) -> Result<Config, String> {
         }
         cfg.forward.auth_file = Some(file.clone());
     }
+    if let Some(path) = cfg.forward.blocklist.clone() {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("forward.blocklist: {name}: cannot read: {e}"))?;
+        cfg.forward
+            .deny_domains
+            .add_list(&text)
+            .map_err(|(line, msg)| format!("{name}:{line}: {msg}"))?;
+    }
     if let Some(path) = cfg.forward.auth_file.clone() {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path)

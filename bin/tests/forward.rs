@@ -542,3 +542,39 @@ fn bad_rules_are_config_errors_naming_the_key() {
         assert!(err.contains(key), "{rules}: {err}");
     }
 }
+
+#[test]
+fn a_100k_domain_blocklist_is_read_at_start_and_again_on_reload() {
+    let origin = Origin::start();
+    let mut list = String::from("# generated\n");
+    for i in 0..100_000 {
+        list.push_str(&format!("host{i}.blocked.example\n"));
+    }
+    list.push_str("localhost\n");
+    let file = TempFile::new(&list);
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nblocklist = \"{}\"\n",
+        file.0.display()
+    )));
+    let target = format!("http://localhost:{}/", origin.addr.port());
+    let ask = |t: &str| {
+        raw(
+            proxy.addr,
+            format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+    };
+    let r = ask(&target);
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("deny_domains: localhost"),
+        "{r}"
+    );
+    let r = ask("http://host99999.blocked.example/");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // The list changes; a reload reads it again.
+    std::fs::write(&file.0, "host1.blocked.example\n").unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_log(|l| l.contains("reloaded:"));
+    std::thread::sleep(Duration::from_millis(200));
+    let r = ask(&target);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}

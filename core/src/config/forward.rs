@@ -102,6 +102,7 @@ pub(crate) fn build_forward(
         tunnel_idle: opt_duration(loc, "forward.tunnel_idle", f.tunnel_idle, d.tunnel_idle)?,
         dns_ttl: opt_duration(loc, "forward.dns_ttl", f.dns_ttl, d.dns_ttl)?,
         auth_file: f.auth_file.map(std::path::PathBuf::from),
+        blocklist: f.blocklist.map(std::path::PathBuf::from),
         users: None,
     })
 }

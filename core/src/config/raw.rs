@@ -35,6 +35,7 @@ pub(crate) struct Forward {
     pub tunnel_idle: Option<Spanned<Duration>>,
     pub dns_ttl: Option<Spanned<Duration>>,
     pub auth_file: Option<String>,
+    pub blocklist: Option<String>,
     #[serde(default)]
     pub rules: Vec<Spanned<ForwardRule>>,
 }

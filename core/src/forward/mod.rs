@@ -126,6 +126,31 @@ impl DomainSet {
         self.exact.len() + self.suffixes.len()
     }
 
+    /// Adds the domains of a list file: one per line (`example.com` or `.example.com`), `#`
+    /// comments and blank lines skipped; hosts-file lines (`0.0.0.0 example.com`) give their
+    /// name. An error names the 1-based line.
+    pub fn add_list(&mut self, text: &str) -> Result<usize, (usize, String)> {
+        let mut n = 0;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let name = line.split_whitespace().last().unwrap_or("");
+            let bare = name.trim_start_matches('.');
+            if bare.is_empty()
+                || !bare
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+            {
+                return Err((i + 1, format!("expected a domain, got {line:?}")));
+            }
+            self.insert(name);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -168,6 +193,9 @@ pub struct Forward {
     pub users: Option<std::sync::Arc<auth::Htpasswd>>,
     /// Access rules, in order (`[[forward.rules]]`).
     pub rules: Vec<acl::Rule>,
+    /// A file of domains to refuse, one per line, added to `deny_domains` by the caller of
+    /// `Config::parse` (at start and on every reload): see [`DomainSet::add_list`].
+    pub blocklist: Option<std::path::PathBuf>,
 }
 
 impl Default for Forward {
@@ -182,6 +210,7 @@ impl Default for Forward {
             auth_file: None,
             users: None,
             rules: Vec::new(),
+            blocklist: None,
         }
     }
 }
@@ -332,6 +361,24 @@ mod tests {
         assert_eq!(big.len(), 100_000);
         assert!(big.matches("host99999.example").is_some());
         assert!(big.matches("host100000.example").is_none());
+    }
+
+    #[test]
+    fn list_files() {
+        let mut d = DomainSet::default();
+        let n = d
+            .add_list(
+                "# ads\nads.example\n\n.tracker.test  # all of it\n0.0.0.0 hosts-style.example\n",
+            )
+            .unwrap();
+        assert_eq!(n, 3);
+        assert!(d.matches("ads.example").is_some());
+        assert!(d.matches("x.tracker.test").is_some());
+        assert!(d.matches("hosts-style.example").is_some());
+        assert_eq!(
+            d.add_list("ok.example\nbad domain!\n"),
+            Err((2, "expected a domain, got \"bad domain!\"".into()))
+        );
     }
 
     #[test]
