@@ -578,3 +578,45 @@ fn a_100k_domain_blocklist_is_read_at_start_and_again_on_reload() {
     let r = ask(&target);
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }
+
+#[test]
+fn max_forwards_on_trace_and_options() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&forward_config(""));
+    let a = origin.addr;
+    let r = raw(
+        proxy.addr,
+        format!("OPTIONS http://{a}/ HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST"),
+        "{r}"
+    );
+    let r = raw(
+        proxy.addr,
+        format!(
+            "TRACE http://{a}/t HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nCookie: s=1\r\n\
+             Proxy-Authorization: Basic dTpw\r\nX-Mine: yes\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(r.contains("Content-Type: message/http\r\n"), "{r}");
+    assert!(
+        r.contains(&format!("TRACE http://{a}/t HTTP/1.1\r\n")),
+        "{r}"
+    );
+    assert!(r.contains("X-Mine: yes\r\n"), "{r}");
+    assert!(
+        !r.contains("Cookie") && !r.contains("dTpw"),
+        "secrets are not echoed: {r}"
+    );
+    assert!(origin.seen.lock().unwrap().is_empty());
+    // A count above zero goes down by one on the way.
+    let r = raw(
+        proxy.addr,
+        format!("OPTIONS http://{a}/o HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\n\r\n").as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.header("max-forwards"), Some("4"));
+}

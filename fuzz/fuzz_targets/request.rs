@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         host_override: None,
         fallback_host: b"upstream",
         upgrade_websocket: false,
+        max_forwards: None,
     };
     let mut out = Vec::new();
     upstream_request(buf, &head, &headers, &target, info.body, &fwd, &mut out);

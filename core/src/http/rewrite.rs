@@ -110,6 +110,9 @@ pub struct Forwarding<'a> {
     /// The client asked to switch to WebSocket and the proxy will tunnel it: the `Upgrade`
     /// and `Connection: upgrade` fields go on (otherwise hop-by-hop, dropped).
     pub upgrade_websocket: bool,
+    /// `Max-Forwards` to send instead of the client's (RFC 9110 §7.6.2: a proxy decrements it
+    /// on TRACE and OPTIONS).
+    pub max_forwards: Option<u64>,
 }
 
 /// The names listed in `Connection` fields.
@@ -208,6 +211,7 @@ pub fn upstream_request(
             || conn.lists(name)
             || (!p.client_chain && in_set(CLIENT_CHAIN, name))
             || (!p.proxy_credentials && name.eq_ignore_ascii_case(b"proxy-authorization"))
+            || (fwd.max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards"))
         {
             continue;
         }
@@ -244,6 +248,11 @@ pub fn upstream_request(
     }
     if fwd.upgrade_websocket {
         out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n");
+    }
+    if let Some(n) = fwd.max_forwards {
+        out.extend_from_slice(b"Max-Forwards: ");
+        push_u64(out, n);
+        out.extend_from_slice(b"\r\n");
     }
     push_framing(out, body);
     out.extend_from_slice(b"\r\n");
@@ -323,6 +332,7 @@ mod tests {
             host_override: None,
             fallback_host: b"127.0.0.1:9000",
             upgrade_websocket: false,
+            max_forwards: None,
         }
     }
 

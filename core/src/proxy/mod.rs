@@ -934,6 +934,44 @@ impl Exchange {
                 respond::error(status, msg, !keep, &env.date.date_line(), &mut self.out);
                 status
             }
+            Local::Options => {
+                let close: &[u8] = if keep { b"" } else { b"Connection: close\r\n" };
+                self.out.extend_from_slice(
+                    b"HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT\r\nContent-Length: 0\r\n",
+                );
+                self.out.extend_from_slice(env.date.date_line().as_bytes());
+                self.out.extend_from_slice(close);
+                self.out.extend_from_slice(b"\r\n");
+                200
+            }
+            Local::Trace => {
+                // The request as received, less the fields that carry secrets (RFC 9110
+                // §9.3.8).
+                let mut echo = Vec::with_capacity(host.len());
+                for (i, line) in host.split(|&b| b == b'\n').enumerate() {
+                    let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+                    let secret = i > 0
+                        && [&b"authorization"[..], b"proxy-authorization", b"cookie"]
+                            .iter()
+                            .any(|s| name.eq_ignore_ascii_case(s));
+                    if !secret && !line.is_empty() {
+                        echo.extend_from_slice(line);
+                        echo.push(b'\n');
+                    }
+                }
+                let close: &[u8] = if keep { b"" } else { b"Connection: close\r\n" };
+                self.out.extend_from_slice(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: ",
+                );
+                self.out
+                    .extend_from_slice(echo.len().to_string().as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(env.date.date_line().as_bytes());
+                self.out.extend_from_slice(close);
+                self.out.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(&echo);
+                200
+            }
             Local::Denied(detail) => {
                 respond::error(403, &detail, !keep, &env.date.date_line(), &mut self.out);
                 403
@@ -1010,6 +1048,7 @@ impl Exchange {
             host_override: set_host,
             fallback_host: fallback.as_bytes(),
             upgrade_websocket: self.req.upgrade,
+            max_forwards: None,
         };
         self.out.clear();
         upstream_request(
@@ -1103,6 +1142,27 @@ impl Exchange {
         if !fwd.rules.is_empty() && !self.check_rules(None, env, now) {
             return end;
         }
+        // TRACE and OPTIONS with Max-Forwards: 0 are for this proxy to answer; otherwise the
+        // count goes down by one (RFC 9110 §7.6.2).
+        let mut max_forwards = None;
+        if matches!(head.method, Method::Options | Method::Trace) {
+            let n = crate::http::find_header(buf, &self.headers, b"max-forwards")
+                .filter(|v| !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
+                .map(|v| v.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')));
+            match n {
+                Some(0) => {
+                    let what = if head.method == Method::Trace {
+                        Local::Trace
+                    } else {
+                        Local::Options
+                    };
+                    self.local(what, buf, head, info, end, env, now);
+                    return end;
+                }
+                Some(n) => max_forwards = Some(n - 1),
+                None => {}
+            }
+        }
         if head.method == Method::Connect {
             // Bytes after the head (a TLS ClientHello sent early) stay for the tunnel.
             self.req.connect = true;
@@ -1132,6 +1192,7 @@ impl Exchange {
             host_override: Some(authority),
             fallback_host: b"",
             upgrade_websocket: self.req.upgrade,
+            max_forwards,
         };
         self.out.clear();
         upstream_request(
@@ -1558,6 +1619,10 @@ enum Local<'a> {
     Error(u16, &'static str),
     /// 403 from a forward-proxy rule, naming it.
     Denied(String),
+    /// `OPTIONS` with `Max-Forwards: 0`: what this proxy allows.
+    Options,
+    /// `TRACE` with `Max-Forwards: 0`: the request echoed (`host` holds its head).
+    Trace,
     /// 301 to https, same host (port replaced) and target.
     Redirect,
 }
