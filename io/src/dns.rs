@@ -4,8 +4,10 @@
 //! `/etc/hosts`, `nsswitch.conf`, IPv4 and IPv6 all apply, as for every other program on the
 //! machine) on a small pool of resolver threads shared by the process, and the answers kept per
 //! worker for `forward.dns_ttl` (getaddrinfo gives no TTL). A worker hands a lookup to the pool
-//! and checks for its answer every millisecond, so a slow DNS server delays only the requests
-//! waiting for that name; a hit in the worker's cache costs one hash lookup and no thread.
+//! and checks for its answer after 1 ms, then less and less often, so a slow DNS server delays
+//! only the requests waiting for it; a hit in the worker's cache costs one hash lookup. The
+//! lock on an answer slot is taken by one resolver thread and one waiting request, never on a
+//! request that needs no lookup.
 //! Why not an async DNS client crate: the ones that exist are built on tokio, and a DNS client
 //! of our own would have to re-implement what the system's resolver configuration says.
 
@@ -76,6 +78,9 @@ impl Cache {
             .try_send((host.to_string(), answer.clone()))
             .map_err(|_| "the resolver is overloaded".to_string())?;
         let deadline = now + timeout;
+        // Checked after 1 ms, then less and less often (up to every 32 ms), so that many slow
+        // lookups at once cost few wake-ups.
+        let mut pause = Duration::from_millis(1);
         let r = loop {
             if let Some(r) = answer.lock().ok().and_then(|mut a| a.take()) {
                 break r;
@@ -83,7 +88,8 @@ impl Cache {
             if Instant::now() >= deadline {
                 return Err("resolving timed out".to_string());
             }
-            monoio::time::sleep(Duration::from_millis(1)).await;
+            monoio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(32));
         };
         let ips = r?;
         let mut c = cache.borrow_mut();
