@@ -104,8 +104,15 @@ pub(crate) struct Pool {
     destinations: HashMap<SocketAddr, Slot>,
     /// Most idle connections per destination.
     max_idle_destination: usize,
+    /// Idle connections to destinations, all together, and the most kept: a forward proxy
+    /// visits many destinations, and idle connections to each must not add up without bound.
+    destination_idle: usize,
+    max_destination_idle: usize,
     max_age: Duration,
 }
+
+/// Most idle connections to request-time destinations per worker.
+const MAX_DESTINATION_IDLE: usize = 1024;
 
 impl Pool {
     /// `groups[i]` is (number of servers, max idle per server) of upstream group `i`.
@@ -120,7 +127,9 @@ impl Pool {
             servers,
             max_idle,
             destinations: HashMap::new(),
-            max_idle_destination: ringway_core::config::DEFAULT_UPSTREAM_KEEPALIVE,
+            max_idle_destination: 8,
+            destination_idle: 0,
+            max_destination_idle: MAX_DESTINATION_IDLE,
             max_age,
         }
     }
@@ -146,6 +155,7 @@ impl Pool {
         }
         let max_age = self.max_age;
         let (slot, _) = self.slot(key);
+        let before = slot.idle.len();
         let mut found = None;
         let mut unrequested = false;
         while let Some(c) = slot.idle.pop() {
@@ -168,9 +178,13 @@ impl Pool {
                 }
             }
         }
+        let taken = before - slot.idle.len();
         if unrequested {
             log::warn!("upstream sent bytes on an idle connection; connection closed, keep-alive to it paused");
             self.distrust(key, now);
+        }
+        if let UpstreamKey::Destination(_) = key {
+            self.destination_idle = self.destination_idle.saturating_sub(taken);
         }
         self.forget_if_empty(key);
         found
@@ -180,12 +194,24 @@ impl Pool {
     /// framing. Its idle connections are closed.
     pub(crate) fn distrust(&mut self, key: UpstreamKey, now: Instant) {
         let (slot, _) = self.slot(key);
+        let dropped = slot.idle.len();
         slot.idle.clear();
         slot.distrusted = now.checked_add(DISTRUST);
+        if let UpstreamKey::Destination(_) = key {
+            self.destination_idle = self.destination_idle.saturating_sub(dropped);
+        }
     }
 
     /// Returns a connection whose last exchange ended cleanly.
     pub(crate) fn put(&mut self, key: UpstreamKey, stream: Stream, now: Instant) {
+        let is_destination = matches!(key, UpstreamKey::Destination(_));
+        if is_destination && self.destination_idle >= self.max_destination_idle {
+            self.prune_destinations(now);
+            if self.destination_idle >= self.max_destination_idle {
+                return;
+            }
+        }
+        let max_age = self.max_age;
         let (slot, max) = self.slot(key);
         if let Some(until) = slot.distrusted {
             if now < until {
@@ -193,14 +219,36 @@ impl Pool {
             }
             slot.distrusted = None;
         }
+        // Connections idle too long are useless: drop them now rather than at the next take.
+        let before = slot.idle.len();
+        slot.idle
+            .retain(|c| now.saturating_duration_since(c.since) < max_age);
+        let mut removed = before - slot.idle.len();
         if slot.idle.len() >= max {
             // Evict the oldest: the newest is the one most likely still open upstream.
             if slot.idle.is_empty() {
                 return;
             }
             slot.idle.remove(0);
+            removed += 1;
         }
         slot.idle.push(Pooled { stream, since: now });
+        if is_destination {
+            self.destination_idle = (self.destination_idle + 1).saturating_sub(removed);
+        }
+    }
+
+    /// Drops every idle destination connection older than `max_age`, and empty entries.
+    fn prune_destinations(&mut self, now: Instant) {
+        let max_age = self.max_age;
+        let mut left = 0;
+        self.destinations.retain(|_, slot| {
+            slot.idle
+                .retain(|c| now.saturating_duration_since(c.since) < max_age);
+            left += slot.idle.len();
+            !slot.idle.is_empty() || slot.distrusted.is_some_and(|d| now < d)
+        });
+        self.destination_idle = left;
     }
 
     fn forget_if_empty(&mut self, key: UpstreamKey) {
