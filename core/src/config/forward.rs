@@ -101,8 +101,9 @@ pub(crate) fn build_forward(
         private_destinations,
         tunnel_idle: opt_duration(loc, "forward.tunnel_idle", f.tunnel_idle, d.tunnel_idle)?,
         dns_ttl: opt_duration(loc, "forward.dns_ttl", f.dns_ttl, d.dns_ttl)?,
-        auth_file: f.auth_file.map(std::path::PathBuf::from),
-        blocklist: f.blocklist.map(std::path::PathBuf::from),
+        // Relative paths are relative to the config file, as for certificates.
+        auth_file: f.auth_file.as_deref().map(|p| loc.path(p)),
+        blocklist: f.blocklist.as_deref().map(|p| loc.path(p)),
         users: None,
     })
 }

@@ -432,3 +432,42 @@ fn path_and_passive_health_switches() {
         (Some(2), "server.encoded_slashes")
     );
 }
+
+#[test]
+fn forward_section_and_its_file_paths() {
+    let text = r#"
+[server]
+listen = [{ addr = "127.0.0.1:3128", forward = true }]
+
+[forward]
+anonymity = "elite"
+connect_ports = [443, "8000-8999"]
+auth_file = "users.htpasswd"
+blocklist = "/etc/ringway/block.txt"
+
+[[forward.rules]]
+action = "allow"
+clients = ["10.0.0.0/8"]
+"#;
+    let c = Config::parse("conf/ringway.toml", text).unwrap();
+    assert!(c.routes.is_empty(), "a forward-only config needs no routes");
+    assert_eq!(c.server.listen[0].kind, ListenKind::Forward);
+    assert_eq!(c.forward.anonymity, crate::forward::Anonymity::Elite);
+    assert!(c.forward.connect_ports.contains(8443) && !c.forward.connect_ports.contains(80));
+    assert_eq!(
+        c.forward.auth_file.as_deref(),
+        Some(std::path::Path::new("conf/users.htpasswd"))
+    );
+    assert_eq!(
+        c.forward.blocklist.as_deref(),
+        Some(std::path::Path::new("/etc/ringway/block.txt"))
+    );
+    assert_eq!(c.forward.rules.len(), 1);
+    let e = Config::parse(
+        "t.toml",
+        "[server]\nlisten = [{ addr = \"127.0.0.1:1\", forward = true }]\n[forward]\nanonymity = \"invisible\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "forward.anonymity");
+    assert_eq!(e.line, Some(4));
+}

@@ -113,7 +113,7 @@ impl Locator<'_> {
     }
 
     /// A path as written, relative to the configuration file's directory.
-    fn path(&self, p: &str) -> PathBuf {
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             return p.to_path_buf();
