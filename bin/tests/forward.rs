@@ -620,3 +620,54 @@ fn max_forwards_on_trace_and_options() {
     let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(seen.header("max-forwards"), Some("4"));
 }
+
+/// A server that answers `ok` and records the address each connection came from.
+fn peer_recorder() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p2 = peers.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            p2.lock().unwrap().push(s.peer_addr().unwrap().ip());
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (addr, peers)
+}
+
+#[test]
+fn connections_leave_from_the_outgoing_address() {
+    let (origin, peers) = peer_recorder();
+    let users = TempFile::new(
+        "alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\nbob:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\n",
+    );
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nauth_file = \"{}\"\noutgoing_address = [\"::1\", \"127.0.0.2\"]\n\
+         [forward.outgoing_by_user]\nalice = \"127.0.0.3\"\n",
+        users.0.display()
+    )));
+    for (user, want) in [("bob", "127.0.0.2"), ("alice", "127.0.0.3")] {
+        let creds = format!("{user}:myPassword");
+        let (ok, body) = curl_via(
+            &format!("http://{}", proxy.addr),
+            &["--proxy-user", &creds, &format!("http://{origin}/")],
+        );
+        assert!(ok && body == b"ok", "{user}");
+        assert_eq!(
+            peers.lock().unwrap().last().unwrap().to_string(),
+            want,
+            "{user}"
+        );
+    }
+}

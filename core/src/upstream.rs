@@ -13,8 +13,16 @@ use crate::health::{least_recently_failed, Outcome, ServerHealth};
 /// as a resolver gives it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UpstreamKey {
-    Server { group: usize, server: usize },
-    Destination(std::net::SocketAddr),
+    Server {
+        group: usize,
+        server: usize,
+    },
+    /// `addr`, connected to from the local address `from` when one is chosen (Squid's
+    /// `tcp_outgoing_address`): connections from different local addresses are pooled apart.
+    Destination {
+        addr: std::net::SocketAddr,
+        from: Option<std::net::IpAddr>,
+    },
 }
 
 /// Servers of a group already tried for one request, for any group size. The first few live

@@ -433,10 +433,14 @@ impl Conn {
         let addr = upstream_addr(cfg, to);
         let tls = match to {
             UpstreamKey::Server { group, .. } => cfg.tls.upstreams[group].as_ref(),
-            UpstreamKey::Destination(_) => None,
+            UpstreamKey::Destination { .. } => None,
         };
         let wait = self.ex.timeout(now);
-        let r = open(addr, tls, wait).await;
+        let from = match to {
+            UpstreamKey::Destination { from, .. } => from,
+            UpstreamKey::Server { .. } => None,
+        };
+        let r = open(addr, from, tls, wait).await;
         let now = self.tick();
         match r {
             Ok(s) => {
@@ -561,7 +565,7 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
 fn upstream_addr(cfg: &Generation, to: UpstreamKey) -> SocketAddr {
     match to {
         UpstreamKey::Server { group, server } => cfg.upstreams[group].servers[server].addr,
-        UpstreamKey::Destination(addr) => addr,
+        UpstreamKey::Destination { addr, .. } => addr,
     }
 }
 

@@ -52,13 +52,21 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Connects to `addr`, then, for a TLS group, runs the handshake; each step within `timeout`.
+/// Connects to `addr` (from the local address `from` when given), then, for a TLS group, runs
+/// the handshake; each step within `timeout`.
 pub(crate) async fn open(
     addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
     tls: Option<&Origination>,
     timeout: Duration,
 ) -> Result<Stream, ConnectError> {
-    let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+    let connecting = async {
+        match from {
+            None => TcpStream::connect_addr(addr).await,
+            Some(local) => connect_from(addr, local).await,
+        }
+    };
+    let tcp = match monoio::time::timeout(timeout, connecting).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Connect(IoFail::Io(e))),
         Err(_) => return Err(ConnectError::Connect(IoFail::Timeout)),
@@ -74,6 +82,42 @@ pub(crate) async fn open(
         Ok(t) => Ok(Stream::Tls(Box::new(t))),
         Err((e, _)) => Err(ConnectError::Tls(e)),
     }
+}
+
+/// A connection that leaves from `local` (bound before connecting, any port).
+async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::new(local, 0).into())?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let tcp = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    tcp.writable(false).await?;
+    // The outcome of a non-blocking connect is in SO_ERROR.
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor is open (owned by `tcp`); `err` and `len` are valid for writes of
+    // the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&tcp),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if err != 0 {
+        return Err(std::io::Error::from_raw_os_error(err));
+    }
+    Ok(tcp)
 }
 
 struct Pooled {
@@ -101,7 +145,7 @@ pub(crate) struct Pool {
     servers: Vec<Vec<Slot>>,
     /// `[group]` → most idle connections per server.
     max_idle: Vec<usize>,
-    destinations: HashMap<SocketAddr, Slot>,
+    destinations: HashMap<(SocketAddr, Option<std::net::IpAddr>), Slot>,
     /// Most idle connections per destination.
     max_idle_destination: usize,
     /// Idle connections to destinations, all together, and the most kept: a forward proxy
@@ -139,8 +183,8 @@ impl Pool {
             UpstreamKey::Server { group, server } => {
                 (&mut self.servers[group][server], self.max_idle[group])
             }
-            UpstreamKey::Destination(addr) => (
-                self.destinations.entry(addr).or_default(),
+            UpstreamKey::Destination { addr, from } => (
+                self.destinations.entry((addr, from)).or_default(),
                 self.max_idle_destination,
             ),
         }
@@ -148,8 +192,8 @@ impl Pool {
 
     /// An idle connection to `key` that is not too old and has nothing waiting, if any.
     pub(crate) fn take(&mut self, key: UpstreamKey, now: Instant) -> Option<Stream> {
-        if let UpstreamKey::Destination(addr) = key {
-            if !self.destinations.contains_key(&addr) {
+        if let UpstreamKey::Destination { addr, from } = key {
+            if !self.destinations.contains_key(&(addr, from)) {
                 return None;
             }
         }
@@ -183,7 +227,7 @@ impl Pool {
             log::warn!("upstream sent bytes on an idle connection; connection closed, keep-alive to it paused");
             self.distrust(key, now);
         }
-        if let UpstreamKey::Destination(_) = key {
+        if let UpstreamKey::Destination { .. } = key {
             self.destination_idle = self.destination_idle.saturating_sub(taken);
         }
         self.forget_if_empty(key);
@@ -197,14 +241,14 @@ impl Pool {
         let dropped = slot.idle.len();
         slot.idle.clear();
         slot.distrusted = now.checked_add(DISTRUST);
-        if let UpstreamKey::Destination(_) = key {
+        if let UpstreamKey::Destination { .. } = key {
             self.destination_idle = self.destination_idle.saturating_sub(dropped);
         }
     }
 
     /// Returns a connection whose last exchange ended cleanly.
     pub(crate) fn put(&mut self, key: UpstreamKey, stream: Stream, now: Instant) {
-        let is_destination = matches!(key, UpstreamKey::Destination(_));
+        let is_destination = matches!(key, UpstreamKey::Destination { .. });
         if is_destination && self.destination_idle >= self.max_destination_idle {
             self.prune_destinations(now);
             if self.destination_idle >= self.max_destination_idle {
@@ -252,13 +296,13 @@ impl Pool {
     }
 
     fn forget_if_empty(&mut self, key: UpstreamKey) {
-        if let UpstreamKey::Destination(addr) = key {
+        if let UpstreamKey::Destination { addr, from } = key {
             if self
                 .destinations
-                .get(&addr)
+                .get(&(addr, from))
                 .is_some_and(|s| s.idle.is_empty() && s.distrusted.is_none())
             {
-                self.destinations.remove(&addr);
+                self.destinations.remove(&(addr, from));
             }
         }
     }

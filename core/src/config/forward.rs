@@ -89,11 +89,42 @@ pub(crate) fn build_forward(
             )
         })?,
     };
+    let addresses =
+        |v: &Spanned<raw::OneOrMany>, key: String| -> Result<Vec<std::net::IpAddr>, ConfigError> {
+            let list: Vec<&String> = match v.get_ref() {
+                raw::OneOrMany::One(s) => vec![s],
+                raw::OneOrMany::Many(l) => l.iter().collect(),
+            };
+            list.into_iter()
+                .map(|s| {
+                    s.trim().parse().map_err(|_| {
+                        loc.at(
+                            v.span(),
+                            key.clone(),
+                            format!("expected an IP address of this machine, got {s:?}"),
+                        )
+                    })
+                })
+                .collect()
+        };
+    let outgoing = match &f.outgoing_address {
+        None => Vec::new(),
+        Some(v) => addresses(v, "forward.outgoing_address".into())?,
+    };
+    let mut outgoing_by_user = std::collections::BTreeMap::new();
+    for (user, v) in &f.outgoing_by_user {
+        outgoing_by_user.insert(
+            user.clone(),
+            addresses(v, format!("forward.outgoing_by_user.{user}"))?,
+        );
+    }
     let mut rules = Vec::new();
     for (i, r) in f.rules.iter().enumerate() {
         rules.push(build_rule(loc, i, r.get_ref())?);
     }
     Ok(Forward {
+        outgoing,
+        outgoing_by_user,
         rules,
         anonymity,
         connect_ports,

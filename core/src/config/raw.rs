@@ -36,6 +36,9 @@ pub(crate) struct Forward {
     pub dns_ttl: Option<Spanned<Duration>>,
     pub auth_file: Option<String>,
     pub blocklist: Option<String>,
+    pub outgoing_address: Option<Spanned<OneOrMany>>,
+    #[serde(default)]
+    pub outgoing_by_user: BTreeMap<String, Spanned<OneOrMany>>,
     #[serde(default)]
     pub rules: Vec<Spanned<ForwardRule>>,
 }
@@ -51,6 +54,14 @@ pub(crate) struct ForwardRule {
     pub methods: Option<Vec<Spanned<String>>>,
     pub users: Option<Vec<String>>,
     pub dest_ips: Option<Vec<Spanned<String>>>,
+}
+
+/// `"IP"` or `["IP", "IP"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `443` or `"1024-65535"`.

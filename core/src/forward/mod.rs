@@ -193,6 +193,11 @@ pub struct Forward {
     pub users: Option<std::sync::Arc<auth::Htpasswd>>,
     /// Access rules, in order (`[[forward.rules]]`).
     pub rules: Vec<acl::Rule>,
+    /// Local addresses connections to destinations leave from (`outgoing_address`): the first
+    /// of the destination's family is used; none of it, the system chooses.
+    pub outgoing: Vec<IpAddr>,
+    /// Per user, instead of `outgoing` (`[forward.outgoing_by_user]`).
+    pub outgoing_by_user: std::collections::BTreeMap<String, Vec<IpAddr>>,
     /// A file of domains to refuse, one per line, added to `deny_domains` by the caller of
     /// `Config::parse` (at start and on every reload): see [`DomainSet::add_list`].
     pub blocklist: Option<std::path::PathBuf>,
@@ -211,7 +216,19 @@ impl Default for Forward {
             users: None,
             rules: Vec::new(),
             blocklist: None,
+            outgoing: Vec::new(),
+            outgoing_by_user: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+impl Forward {
+    /// The local address to connect to `dest` from, for `user`.
+    pub fn outgoing_for(&self, user: Option<&str>, dest: IpAddr) -> Option<IpAddr> {
+        let list = user
+            .and_then(|u| self.outgoing_by_user.get(u))
+            .unwrap_or(&self.outgoing);
+        list.iter().copied().find(|a| a.is_ipv4() == dest.is_ipv4())
     }
 }
 

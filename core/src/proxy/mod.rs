@@ -139,6 +139,8 @@ struct Request {
     key: u64,
     /// A forward proxy's destination (instead of a group's server), once resolved.
     dest: Option<SocketAddr>,
+    /// The local address to connect to it from.
+    dest_from: Option<IpAddr>,
     /// The port to connect to once `dest_host` is resolved.
     dest_port: u16,
     /// A CONNECT tunnel.
@@ -163,6 +165,7 @@ impl Default for Request {
             group: 0,
             key: 0,
             dest: None,
+            dest_from: None,
             dest_port: 0,
             connect: false,
             upgrade: false,
@@ -637,6 +640,10 @@ impl Exchange {
             }
         }
         self.req.dest = Some(addrs[0]);
+        self.req.dest_from = env
+            .cfg
+            .forward
+            .outgoing_for(self.record.user.as_deref(), addrs[0].ip());
         self.up.attempts = 1;
         self.record.attempts = 1;
         self.state = State::Connect {
@@ -1502,7 +1509,10 @@ impl Exchange {
     /// What the current attempt connects to.
     fn upstream_key(&self) -> UpstreamKey {
         match self.req.dest {
-            Some(addr) => UpstreamKey::Destination(addr),
+            Some(addr) => UpstreamKey::Destination {
+                addr,
+                from: self.req.dest_from,
+            },
             None => UpstreamKey::Server {
                 group: self.req.group,
                 server: self.up.server,
