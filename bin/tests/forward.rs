@@ -671,3 +671,67 @@ fn connections_leave_from_the_outgoing_address() {
         );
     }
 }
+
+/// The browser on this machine, if any (CI installs Debian's chromium).
+fn browser() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+#[test]
+fn a_headless_browser_loads_a_page_through_the_forward_proxy() {
+    let Some(chromium) = browser() else {
+        assert!(
+            std::env::var_os("RINGWAY_REQUIRE_BROWSER").is_none(),
+            "RINGWAY_REQUIRE_BROWSER is set but no chromium is installed"
+        );
+        eprintln!("skipped: no chromium here (apt-get install chromium; CI requires it)");
+        return;
+    };
+    let origin = Origin::start();
+    let proxy = Proxy::start_quick(&["--forward"]);
+    let profile = std::env::temp_dir().join(format!("ringway-chromium-{}", std::process::id()));
+    let shot = profile.join("shot.png");
+    let url = format!("http://{}/page-through-the-proxy", origin.addr);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                &format!("--user-data-dir={}", profile.display()),
+                &format!("--proxy-server=http://{}", proxy.addr),
+                // Chromium sends loopback addresses direct unless told otherwise.
+                "--proxy-bypass-list=<-loopback>",
+                "--window-size=640,400",
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("run chromium");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    assert!(dom.contains("ok /page-through-the-proxy"), "{dom}");
+    let _ = run(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 1000,
+        "a screenshot was taken"
+    );
+    let seen = origin.seen.lock().unwrap();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|s| s.header("via") == Some("1.1 ringway")),
+        "every request of the browser went through the proxy"
+    );
+    drop(seen);
+    let _ = std::fs::remove_dir_all(&profile);
+}

@@ -282,10 +282,13 @@ pub fn response_info(
     method: Method,
 ) -> Result<ResponseInfo, FramingError> {
     let s = scan(buf, headers)?;
+    // RFC 9112 §6.3: no content after HEAD, 1xx, 204, 304, or a 2xx to CONNECT (the
+    // connection is a tunnel from the empty line on).
     let no_body = method == Method::Head
         || (100..200).contains(&head.status)
         || head.status == 204
-        || head.status == 304;
+        || head.status == 304
+        || (method == Method::Connect && (200..300).contains(&head.status));
     let body = if no_body {
         BodyKind::None
     } else {
@@ -509,5 +512,14 @@ mod tests {
         let mut b = InterimBudget::new(100);
         assert!(b.admit(60));
         assert!(!b.admit(60));
+    }
+
+    #[test]
+    fn a_2xx_to_connect_has_no_body() {
+        let b = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        assert_eq!(resp(b, Method::Connect).unwrap().body, BodyKind::None);
+        assert_eq!(resp(b, Method::Get).unwrap().body, BodyKind::Close);
+        let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(resp(refused, Method::Connect).unwrap().body, BodyKind::Length(2));
     }
 }

@@ -18,6 +18,7 @@
 //! `SIM_TRACE=1 cargo test -p ringway-core sim` prints each action and the requests.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::*;
@@ -145,9 +146,38 @@ struct Servers {
 
 /// A connection's worth of simulation; panics when an invariant breaks.
 pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
+    run(c, raw_client, false);
+}
+
+/// The same through a forward-proxy listener: requests in absolute form to `hN.test`, which
+/// the simulated resolver maps to server N (or fails to resolve).
+pub fn run_forward_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
+    run(c, raw_client, true);
+}
+
+/// The server a simulated destination address stands for.
+fn server_of(to: UpstreamKey) -> usize {
+    match to {
+        UpstreamKey::Server { server, .. } => server,
+        UpstreamKey::Destination { addr, .. } => match addr.ip() {
+            IpAddr::V4(v4) => usize::from(v4.octets()[3]) - 1,
+            IpAddr::V6(_) => panic!("the simulated resolver gives IPv4 only"),
+        },
+    }
+}
+
+fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
     #[allow(clippy::disallowed_methods)]
     let start = Instant::now();
-    let cfg = Config::parse("sim.toml", CONFIG).expect("the simulation's config is valid");
+    let text = if forward {
+        CONFIG.replace(
+            "listen = [\"127.0.0.1:8080\"]",
+            "listen = [{ addr = \"127.0.0.1:8080\", forward = true }]",
+        )
+    } else {
+        CONFIG.to_string()
+    };
+    let cfg = Config::parse("sim.toml", &text).expect("the simulation's config is valid");
     let mut group = GroupState::new(&cfg.upstreams[0], 0);
     let date = DateLine::at(1_700_000_000);
     let mut now = start;
@@ -163,7 +193,7 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                 let last = id + 1 == n;
                 // Requests after a refused one stay in the stream: they must never be
                 // forwarded or answered.
-                specs.push(request(c, id, last, &mut bytes));
+                specs.push(request(c, id, last, forward, &mut bytes));
             }
             bytes
         }
@@ -178,7 +208,12 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
     };
     let mut up: Option<UpConn> = None;
     let mut in_flight: Option<usize> = None;
-    let mut ex = Exchange::new(ListenKind::Http, "192.0.2.7".parse().unwrap());
+    let kind = if forward {
+        ListenKind::Forward
+    } else {
+        ListenKind::Http
+    };
+    let mut ex = Exchange::new(kind, "192.0.2.7".parse().unwrap());
     let mut closed = false;
     let mut exchanges = 0;
     // The method of each exchange that answered, in order.
@@ -244,20 +279,38 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                     ex.handle_pick(s, &env, now);
                 }
                 Action::Record { to, outcome, .. } => {
-                    let UpstreamKey::Server { server, .. } = to else {
-                        panic!("a record for a destination: {to:?}");
-                    };
-                    if let Some(o) = outcome {
+                    if let (UpstreamKey::Server { server, .. }, Some(o)) = (to, outcome) {
                         let _ = group.record(&cfg.upstreams[0], server, o, now);
                     }
                 }
-                Action::Resolve { .. } | Action::Tunnel { .. } => {
-                    panic!("no forward proxy in this simulation")
+                Action::Resolve { port } => {
+                    assert!(forward, "a reverse proxy resolves nothing");
+                    let host = ex.resolve_host().to_string();
+                    let n = host
+                        .strip_prefix('h')
+                        .and_then(|h| h.strip_suffix(".test"))
+                        .and_then(|n| n.parse::<u8>().ok());
+                    let r = match n {
+                        Some(n) if n < 3 && !c.chance(5) => {
+                            Ok(vec![SocketAddr::from(([203, 0, 113, n + 1], port))])
+                        }
+                        _ => Err(format!("{host}: not found")),
+                    };
+                    ex.handle_resolved(r, &env, now);
+                }
+                Action::Tunnel { .. } => {
+                    // What the client sends from here on is the tunnel's, not HTTP: it goes
+                    // through untouched, and the tunnel ends when the client is done.
+                    let sent = (inbuf.len() + client.len() - cpos) as u64;
+                    inbuf.clear();
+                    cpos = client.len();
+                    ex.handle_tunnel_closed(sent, 0, now);
                 }
                 Action::Connect { to, pooled } => {
-                    let UpstreamKey::Server { group: 0, server } = to else {
-                        panic!("a destination outside the group: {to:?}");
-                    };
+                    let server = server_of(to);
+                    if forward {
+                        assert!(matches!(to, UpstreamKey::Destination { .. }), "{to:?}");
+                    }
                     up = None;
                     ubuf.clear();
                     let mut taken = None;
@@ -321,7 +374,12 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                     let conn = up.as_mut().expect("connected");
                     if read_first {
                         let strict = raw_client.is_none();
-                        respond(c, conn, strict, &mut servers.seen, &mut servers.sent);
+                        let host = if forward {
+                            format!("h{}.test", conn.server)
+                        } else {
+                            "sim".to_string()
+                        };
+                        respond(c, conn, strict, &host, &mut servers.seen, &mut servers.sent);
                         if !conn.pending.is_empty() {
                             let k = piece(c, conn.pending.len());
                             ubuf.extend(conn.pending.drain(..k));
@@ -362,9 +420,7 @@ pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
                     ex.handle_response_body(r, leftover, now);
                 }
                 Action::Release { to, pool, distrust } => {
-                    let UpstreamKey::Server { server, .. } = to else {
-                        panic!("released a destination: {to:?}");
-                    };
+                    let server = server_of(to);
                     let conn = up.take().expect("released connection");
                     assert_eq!(conn.server, server);
                     assert!(!pool || ubuf.is_empty(), "pooled with unread bytes");
@@ -464,7 +520,7 @@ fn body(
 }
 
 /// Appends a random request with id `id` to `out`.
-fn request(c: &mut dyn Choices, id: usize, last: bool, out: &mut Vec<u8>) -> Spec {
+fn request(c: &mut dyn Choices, id: usize, last: bool, forward: bool, out: &mut Vec<u8>) -> Spec {
     let close = if last && c.chance(50) {
         "Connection: close\r\n"
     } else {
@@ -479,7 +535,15 @@ fn request(c: &mut dyn Choices, id: usize, last: bool, out: &mut Vec<u8>) -> Spe
         83..=90 => (Kind::Nothing, Method::Get),
         _ => (Kind::Invalid, Method::Post),
     };
+    // A forward proxy has no routes: everything goes to a destination.
+    let kind = match kind {
+        Kind::Fixed | Kind::Nothing if forward => Kind::App,
+        k => k,
+    };
     let path = match kind {
+        Kind::App | Kind::Invalid if forward => {
+            format!("http://h{}.test/app/./x/../{id}", c.below(4))
+        }
         Kind::App | Kind::Invalid => format!("/app/./x/../{id}"),
         Kind::Fixed => "/fixed".to_string(),
         Kind::Nothing => format!("/nothing/{id}"),
@@ -534,6 +598,7 @@ fn respond(
     c: &mut dyn Choices,
     conn: &mut UpConn,
     strict: bool,
+    host: &str,
     seen: &mut HashMap<usize, u32>,
     sent: &mut HashMap<usize, usize>,
 ) {
@@ -573,8 +638,8 @@ fn respond(
         let id = id.expect("X-Id is forwarded");
         assert_eq!(
             crate::http::find_header(req, &hs, b"host"),
-            Some(&b"sim"[..]),
-            "the Host header is forwarded"
+            Some(host.as_bytes()),
+            "the Host header is forwarded (a forward proxy's: the URI's authority)"
         );
         assert_eq!(
             head.target.get(req),
@@ -722,11 +787,16 @@ fn answers(bytes: &[u8], methods: &mut dyn Iterator<Item = Method>) -> (Vec<Answ
                 assert!(info.body.is_empty());
                 continue;
             }
-            assert_ne!(
-                info.body,
-                BodyKind::Close,
-                "an HTTP/1.1 client never gets a close-delimited body"
-            );
+            if info.body == BodyKind::Close {
+                // Only for HTTP/1.0 clients, and the connection ends with it.
+                out.push(Answer {
+                    close_delimited: true,
+                    status: head.status,
+                    id: None,
+                    body: bytes[pos..].to_vec(),
+                });
+                return (out, true);
+            }
             let id = crate::http::find_header(b, &hs, b"x-id")
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
             let mut t = Transcoder::new(info.body, BodyKind::Close);
@@ -848,6 +918,19 @@ mod tests {
     }
 
     #[test]
+    fn the_forward_proxy_keeps_every_invariant_too() {
+        for seed in 0..2000u64 {
+            let mut rng = Rng(seed);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_forward_connection(&mut rng, None)
+            }));
+            if r.is_err() {
+                panic!("forward simulation seed {seed} failed (rerun: run_forward_connection(&mut Rng({seed}), None))");
+            }
+        }
+    }
+
+    #[test]
     fn raw_client_bytes_get_well_formed_answers() {
         let inputs: [&[u8]; 6] = [
             b"GET /app/1 HTTP/1.1\r\nHost: sim\r\nX-Id: 1\r\n\r\nGET /fixed HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -860,6 +943,17 @@ mod tests {
         for (i, input) in inputs.iter().enumerate() {
             for seed in 0..50 {
                 run_connection(&mut Rng(seed * 31 + i as u64), Some(input));
+            }
+        }
+        let forward: [&[u8]; 4] = [
+            b"CONNECT h1.test:443 HTTP/1.1\r\nHost: h1.test:443\r\n\r\n\x16\x03\x01garbage",
+            b"GET http://h2.test/app/1 HTTP/1.1\r\nHost: x\r\nX-Id: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"CONNECT h1.test:22 HTTP/1.1\r\n\r\n",
+            b"GET https://h0.test/ HTTP/1.1\r\n\r\n",
+        ];
+        for (i, input) in forward.iter().enumerate() {
+            for seed in 0..50 {
+                run_forward_connection(&mut Rng(seed * 37 + i as u64), Some(input));
             }
         }
     }
