@@ -16,8 +16,13 @@ use monoio::net::TcpStream;
 
 use crate::stream::Stream;
 
-/// Bytes each direction reads at once.
+/// Bytes each direction reads at once: small while little has moved (many idle tunnels must
+/// cost little), large once a direction carries a bulk transfer (4x fewer reads and writes;
+/// docs/benchmarks.md run 13).
 const TUNNEL_BUF: usize = 16 * 1024;
+const TUNNEL_BUF_BULK: usize = 64 * 1024;
+/// Bytes a direction moves before it gets the large buffer.
+const BULK_AFTER: u64 = 64 * 1024;
 
 /// Runs the tunnel; returns the bytes moved client → destination and back. `early_up` holds
 /// bytes the client sent after its request head, `early_down` bytes the destination sent after
@@ -75,7 +80,8 @@ async fn copy(
             Ok(x) => x,
             // Nothing this way for a while: go round again, unless nothing moved either way.
             Err(_) => {
-                buf = Vec::with_capacity(TUNNEL_BUF);
+                let cap = if total >= BULK_AFTER { TUNNEL_BUF_BULK } else { TUNNEL_BUF };
+                buf = Vec::with_capacity(cap);
                 continue;
             }
         };
@@ -89,6 +95,9 @@ async fn copy(
                 buf.clear();
                 if w.is_err() {
                     break;
+                }
+                if total >= BULK_AFTER && buf.capacity() < TUNNEL_BUF_BULK {
+                    buf = Vec::with_capacity(TUNNEL_BUF_BULK);
                 }
             }
             _ => break,

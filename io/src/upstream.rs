@@ -171,7 +171,7 @@ impl Pool {
             servers,
             max_idle,
             destinations: HashMap::new(),
-            max_idle_destination: 8,
+            max_idle_destination: ringway_core::config::DEFAULT_UPSTREAM_KEEPALIVE,
             destination_idle: 0,
             max_destination_idle: MAX_DESTINATION_IDLE,
             max_age,
