@@ -735,3 +735,27 @@ fn a_headless_browser_loads_a_page_through_the_forward_proxy() {
     drop(seen);
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+#[test]
+fn http10_clients_keep_the_connection_with_proxy_connection() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&forward_config(""));
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..3 {
+        c.send(
+            format!(
+                "GET http://{}/n/{i} HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n",
+                origin.addr
+            )
+            .as_bytes(),
+        );
+        let r = c.response("GET").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert_eq!(r.text(), format!("ok /n/{i}"));
+    }
+    // Without it, HTTP/1.0 closes after the response.
+    c.send(format!("GET http://{}/last HTTP/1.0\r\n\r\n", origin.addr).as_bytes());
+    assert_eq!(c.response("GET").unwrap().status, 200);
+    assert!(c.closed_within(Duration::from_secs(5)));
+}

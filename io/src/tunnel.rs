@@ -80,7 +80,11 @@ async fn copy(
             Ok(x) => x,
             // Nothing this way for a while: go round again, unless nothing moved either way.
             Err(_) => {
-                let cap = if total >= BULK_AFTER { TUNNEL_BUF_BULK } else { TUNNEL_BUF };
+                let cap = if total >= BULK_AFTER {
+                    TUNNEL_BUF_BULK
+                } else {
+                    TUNNEL_BUF
+                };
                 buf = Vec::with_capacity(cap);
                 continue;
             }

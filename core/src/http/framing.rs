@@ -520,6 +520,9 @@ mod tests {
         assert_eq!(resp(b, Method::Connect).unwrap().body, BodyKind::None);
         assert_eq!(resp(b, Method::Get).unwrap().body, BodyKind::Close);
         let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\n";
-        assert_eq!(resp(refused, Method::Connect).unwrap().body, BodyKind::Length(2));
+        assert_eq!(
+            resp(refused, Method::Connect).unwrap().body,
+            BodyKind::Length(2)
+        );
     }
 }

@@ -827,6 +827,16 @@ impl Exchange {
             }
         };
         self.req.persistent = info.connection.persistent(head.version);
+        // HTTP/1.0 clients of a forward proxy ask to keep the connection with the obsolete
+        // `Proxy-Connection: keep-alive` (what Squid honours, and browsers sent).
+        if self.kind == ListenKind::Forward
+            && head.version == Version::Http10
+            && !info.connection.close
+            && crate::http::find_header(buf, &self.headers, b"proxy-connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"keep-alive"))
+        {
+            self.req.persistent = true;
+        }
         // WebSocket (RFC 6455 §4.1): GET, HTTP/1.1, `Connection: upgrade`, `Upgrade:
         // websocket`, tunnelled after the 101 when both ends are plain sockets. Other upgrades
         // are hop-by-hop fields, dropped.
