@@ -102,6 +102,11 @@ fn help_documents_every_flag() {
         "--cpus",
         "--no-pin",
         "--log-level",
+        "--forward",
+        "--anonymity",
+        "--connect-ports",
+        "--deny-domain",
+        "--proxy-auth",
         "check",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
