@@ -123,12 +123,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
             cfg.forward.connect_ports = ringway_core::forward::PortSet(ports);
         }
         for d in &cli.deny_domain {
-            let name = d.trim_start_matches('.');
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-            {
+            if !ringway_core::forward::valid_domain_entry(d) {
                 return Err(format!(
                     "--deny-domain {d:?}: expected a domain like example.com"
                 ));

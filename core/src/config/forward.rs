@@ -6,7 +6,9 @@ use super::error::{ConfigError, Locator};
 use super::raw;
 use super::timeouts::opt_duration;
 use crate::forward::acl::{Cidr, Rule, Verdict};
-use crate::forward::{Anonymity, DomainSet, Forward, PortSet, PrivateDestinations};
+use crate::forward::{
+    valid_domain_entry, Anonymity, DomainSet, Forward, PortSet, PrivateDestinations,
+};
 
 pub(crate) fn build_forward(
     loc: &Locator<'_>,
@@ -29,42 +31,24 @@ pub(crate) fn build_forward(
             )
         })?,
     };
-    let connect_ports = match f.connect_ports {
+    let connect_ports = match &f.connect_ports {
         None => d.connect_ports,
         Some(list) => {
-            let mut v = Vec::new();
-            for (i, p) in list.get_ref().iter().enumerate() {
-                let text = match p.get_ref() {
-                    raw::Port::Number(n) => n.to_string(),
-                    raw::Port::Text(t) => t.clone(),
-                };
-                v.push(PortSet::parse_item(&text).ok_or_else(|| {
-                    loc.at(
-                        p.span(),
-                        format!("forward.connect_ports[{i}]"),
-                        format!("expected a port (1-65535) or a range like \"1024-65535\", got {text:?}"),
-                    )
-                })?);
-            }
-            if v.is_empty() {
+            let ports = port_list(loc, list.get_ref(), "forward.connect_ports")?;
+            if ports.0.is_empty() {
                 return Err(loc.at(
                     list.span(),
                     "forward.connect_ports",
                     "expected at least one port (CONNECT would be refused everywhere)",
                 ));
             }
-            PortSet(v)
+            ports
         }
     };
     let mut deny_domains = DomainSet::default();
     for (i, dom) in f.deny_domains.iter().flatten().enumerate() {
         let s: &Spanned<String> = dom;
-        let name = s.get_ref().trim().trim_start_matches('.');
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
-        if !ok {
+        if !valid_domain_entry(s.get_ref()) {
             return Err(loc.at(
                 s.span(),
                 format!("forward.deny_domains[{i}]"),
@@ -186,12 +170,7 @@ fn build_rule(loc: &Locator<'_>, i: usize, r: &raw::ForwardRule) -> Result<Rule,
                 })?;
             domain_patterns.push(re);
         } else {
-            let name = text.trim_start_matches('.');
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-            {
+            if !valid_domain_entry(text) {
                 return Err(loc.at(
                     d.span(),
                     format!("{}[{j}]", key("domains")),
@@ -205,23 +184,7 @@ fn build_rule(loc: &Locator<'_>, i: usize, r: &raw::ForwardRule) -> Result<Rule,
     }
     let ports = match &r.ports {
         None => None,
-        Some(list) => {
-            let mut v = Vec::new();
-            for (j, p) in list.iter().enumerate() {
-                let text = match p.get_ref() {
-                    raw::Port::Number(n) => n.to_string(),
-                    raw::Port::Text(t) => t.clone(),
-                };
-                v.push(PortSet::parse_item(&text).ok_or_else(|| {
-                    loc.at(
-                        p.span(),
-                        format!("{}[{j}]", key("ports")),
-                        format!("expected a port or a range like \"1024-65535\", got {text:?}"),
-                    )
-                })?);
-            }
-            Some(PortSet(v))
-        }
+        Some(list) => Some(port_list(loc, list, &key("ports"))?),
     };
     let mut methods = Vec::new();
     for (j, m) in r.methods.iter().flatten().enumerate() {
@@ -245,4 +208,27 @@ fn build_rule(loc: &Locator<'_>, i: usize, r: &raw::ForwardRule) -> Result<Rule,
         users: r.users.clone().unwrap_or_default(),
         dest_ips: cidrs(&r.dest_ips, "dest_ips")?,
     })
+}
+
+/// `[443, "8000-8999"]` as a [`PortSet`]; an error names `key[i]`.
+fn port_list(
+    loc: &Locator<'_>,
+    list: &[Spanned<raw::Port>],
+    key: &str,
+) -> Result<PortSet, ConfigError> {
+    let mut v = Vec::new();
+    for (j, p) in list.iter().enumerate() {
+        let text = match p.get_ref() {
+            raw::Port::Number(n) => n.to_string(),
+            raw::Port::Text(t) => t.clone(),
+        };
+        v.push(PortSet::parse_item(&text).ok_or_else(|| {
+            loc.at(
+                p.span(),
+                format!("{key}[{j}]"),
+                format!("expected a port (1-65535) or a range like \"1024-65535\", got {text:?}"),
+            )
+        })?);
+    }
+    Ok(PortSet(v))
 }

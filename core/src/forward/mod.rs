@@ -97,6 +97,16 @@ impl PortSet {
     }
 }
 
+/// Whether `entry` may go in a [`DomainSet`]: a name (`example.com`) or a suffix
+/// (`.example.com`) of letters, digits, `-`, `_` and dots.
+pub fn valid_domain_entry(entry: &str) -> bool {
+    let name = entry.trim().trim_start_matches('.');
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+}
+
 /// Domains: exact names, and `.suffix` entries that match the name and everything under it.
 /// A lookup costs one hash probe per label of the name, whatever the list's size.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -137,12 +147,7 @@ impl DomainSet {
                 continue;
             }
             let name = line.split_whitespace().last().unwrap_or("");
-            let bare = name.trim_start_matches('.');
-            if bare.is_empty()
-                || !bare
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-            {
+            if !valid_domain_entry(name) {
                 return Err((i + 1, format!("expected a domain, got {line:?}")));
             }
             self.insert(name);

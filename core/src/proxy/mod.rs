@@ -1077,19 +1077,7 @@ impl Exchange {
             &fwd,
             &mut self.out,
         );
-        let mut consumed = end;
-        // A small body that came with the head goes upstream with it (and is then part of
-        // what a retry sends again).
-        if let BodyKind::Length(n) = info.body {
-            if n <= INLINE_BODY && !info.expect_continue && (input.len() - end) as u64 >= n {
-                let n = n as usize;
-                self.out.extend_from_slice(&input[end..end + n]);
-                consumed += n;
-                self.record.request_body = n as u64;
-                self.req.body = BodyKind::None;
-            }
-        }
-        self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
+        let consumed = self.inline_body(input, end, head, info);
         self.state = State::Pick;
         consumed
     }
@@ -1221,17 +1209,7 @@ impl Exchange {
             &fwd_fields,
             &mut self.out,
         );
-        let mut consumed = end;
-        if let BodyKind::Length(n) = info.body {
-            if n <= INLINE_BODY && !info.expect_continue && (input.len() - end) as u64 >= n {
-                let n = n as usize;
-                self.out.extend_from_slice(&input[end..end + n]);
-                consumed += n;
-                self.record.request_body = n as u64;
-                self.req.body = BodyKind::None;
-            }
-        }
-        self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
+        let consumed = self.inline_body(input, end, head, info);
         self.state = State::Resolve;
         consumed
     }
@@ -1318,6 +1296,29 @@ impl Exchange {
             ),
         }
         None
+    }
+
+    /// A small body that came with the head goes upstream with it (and is then part of what a
+    /// retry sends again). Returns the input consumed; decides whether a retry is allowed.
+    fn inline_body(
+        &mut self,
+        input: &[u8],
+        end: usize,
+        head: &RequestHead,
+        info: &RequestInfo,
+    ) -> usize {
+        let mut consumed = end;
+        if let BodyKind::Length(n) = info.body {
+            if n <= INLINE_BODY && !info.expect_continue && (input.len() - end) as u64 >= n {
+                let n = n as usize;
+                self.out.extend_from_slice(&input[end..end + n]);
+                consumed += n;
+                self.record.request_body = n as u64;
+                self.req.body = BodyKind::None;
+            }
+        }
+        self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
+        consumed
     }
 
     /// An error page of the proxy's own with this detail; the connection is kept when the
