@@ -763,3 +763,32 @@ fn http10_clients_keep_the_connection_with_proxy_connection() {
     assert_eq!(c.response("GET").unwrap().status, 200);
     assert!(c.closed_within(Duration::from_secs(5)));
 }
+
+#[test]
+fn a_client_that_stops_reading_does_not_hold_a_tunnel() {
+    // A destination that sends without end to a client that never reads.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let chunk = vec![b'z'; 64 * 1024];
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < end && s.write_all(&chunk).is_ok() {}
+        let _ = tx.send(());
+    });
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nconnect_ports = [{}]\ntunnel_idle = \"1s\"\n",
+        dest.port()
+    )));
+    let mut c = TcpStream::connect(proxy.addr).unwrap();
+    c.write_all(format!("CONNECT {dest} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    // The proxy gives up on the tunnel after the idle time: the destination's writes fail
+    // (its connection is closed) long before its own 20 s.
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the tunnel was closed"
+    );
+    drop(c);
+}

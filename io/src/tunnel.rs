@@ -61,8 +61,9 @@ pub(crate) async fn run(
     monoio::join!(up_dir, down_dir)
 }
 
-/// One direction: read, write, until end of file, an error, or `idle` with no byte moving
-/// either way (`last` is shared by both directions). Half-closes `to` at the end.
+/// One direction: read, write, until end of file, an error, `idle` with no byte moving either
+/// way (`last` is shared by both directions), or a write that waits `idle` for the receiver.
+/// Half-closes `to` at the end.
 async fn copy(
     from: &mut OwnedReadHalf<TcpStream>,
     to: &mut OwnedWriteHalf<TcpStream>,
@@ -94,7 +95,10 @@ async fn copy(
             Ok(n) if n > 0 => {
                 last.set(Instant::now());
                 total += n as u64;
-                let (w, b) = to.write_all(buf).await;
+                // A receiver that stops reading must not hold the tunnel forever.
+                let Ok((w, b)) = monoio::time::timeout(idle, to.write_all(buf)).await else {
+                    break;
+                };
                 buf = b;
                 buf.clear();
                 if w.is_err() {
