@@ -113,7 +113,20 @@ pub struct Forwarding<'a> {
     /// `Max-Forwards` to send instead of the client's (RFC 9110 §7.6.2: a proxy decrements it
     /// on TRACE and OPTIONS).
     pub max_forwards: Option<u64>,
+    /// The cache revalidates a stored response: the client's own conditional fields (and any
+    /// `Range`) are dropped and these lines (`If-None-Match`, `If-Modified-Since`) sent instead.
+    pub revalidate: Option<&'a [u8]>,
 }
+
+/// Request fields a revalidation replaces with the cache's own validators.
+const CONDITIONAL: &[&[u8]] = &[
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-match",
+    b"if-unmodified-since",
+    b"if-range",
+    b"range",
+];
 
 /// The names listed in `Connection` fields.
 struct ConnectionOptions<'b> {
@@ -212,6 +225,7 @@ pub fn upstream_request(
             || (!p.client_chain && in_set(CLIENT_CHAIN, name))
             || (!p.proxy_credentials && name.eq_ignore_ascii_case(b"proxy-authorization"))
             || (fwd.max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards"))
+            || (fwd.revalidate.is_some() && in_set(CONDITIONAL, name))
         {
             continue;
         }
@@ -253,6 +267,9 @@ pub fn upstream_request(
         out.extend_from_slice(b"Max-Forwards: ");
         push_u64(out, n);
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(lines) = fwd.revalidate {
+        out.extend_from_slice(lines);
     }
     push_framing(out, body);
     out.extend_from_slice(b"\r\n");
@@ -319,6 +336,73 @@ pub fn client_response(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes the head a cache stores for a response (appending): the status line and every field
+/// except hop-by-hop ones, framing and `Age` (which a hit computes), each line ending in CRLF,
+/// without the blank line. `Date` is added when the upstream sent none.
+pub fn stored_response(
+    buf: &[u8],
+    head: &ResponseHead,
+    headers: &[Header],
+    date: &DateLine,
+    out: &mut Vec<u8>,
+) {
+    let conn = ConnectionOptions::collect(buf, headers);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(head.status));
+    out.push(b' ');
+    out.extend_from_slice(head.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for h in headers {
+        let name = h.name.get(buf);
+        if in_set(HOP_BY_HOP, name) || conn.lists(name) || name.eq_ignore_ascii_case(b"age") {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        push_field(out, name, h.value.get(buf));
+    }
+    if !has_date {
+        out.extend_from_slice(date.as_bytes());
+    }
+}
+
+/// Fields a `304` does not update in a stored response (RFC 9111 §3.2): besides hop-by-hop
+/// ones, those the stored content depends on.
+const NOT_UPDATED: &[&[u8]] = &[
+    b"age",
+    b"content-encoding",
+    b"content-range",
+    b"content-type",
+];
+
+/// Writes a stored head (as [`stored_response`] wrote it) updated with the fields of a `304`
+/// (RFC 9111 §3.2, §4.3.4): each field the 304 carries replaces the stored ones of that name.
+pub fn updated_response(stored: &[u8], buf: &[u8], headers: &[Header], out: &mut Vec<u8>) {
+    let conn = ConnectionOptions::collect(buf, headers);
+    let updates =
+        |name: &[u8]| !(in_set(HOP_BY_HOP, name) || conn.lists(name) || in_set(NOT_UPDATED, name));
+    let mut lines = stored.split_inclusive(|&b| b == b'\n');
+    if let Some(status) = lines.next() {
+        out.extend_from_slice(status);
+    }
+    for line in lines {
+        let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+        let replaced = updates(name)
+            && headers
+                .iter()
+                .any(|h| h.name.get(buf).eq_ignore_ascii_case(name));
+        if !replaced {
+            out.extend_from_slice(line);
+        }
+    }
+    for h in headers {
+        let name = h.name.get(buf);
+        if updates(name) {
+            push_field(out, name, h.value.get(buf));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,7 +417,49 @@ mod tests {
             fallback_host: b"127.0.0.1:9000",
             upgrade_websocket: false,
             max_forwards: None,
+            revalidate: None,
         }
+    }
+
+    #[test]
+    fn stored_and_updated_heads() {
+        let resp = b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\nAge: 9\r\nETag: \"a\"\r\nCache-Control: max-age=1\r\nContent-Type: text/plain\r\n\r\n";
+        let mut hs = Vec::new();
+        let head = parse_response(resp, &mut hs, &Limits::default()).unwrap();
+        let mut stored = Vec::new();
+        stored_response(resp, &head, &hs, &DateLine::at(0), &mut stored);
+        assert_eq!(
+            String::from_utf8_lossy(&stored),
+            "HTTP/1.1 200 OK\r\nETag: \"a\"\r\nCache-Control: max-age=1\r\nContent-Type: text/plain\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+        );
+        let r304 = b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=60\r\nDate: Thu, 01 Jan 1970 00:01:00 GMT\r\nContent-Type: text/html\r\nContent-Length: 0\r\nX-New: 1\r\n\r\n";
+        let h304 = parse_response(r304, &mut hs, &Limits::default()).unwrap();
+        let _ = h304;
+        let mut merged = Vec::new();
+        updated_response(&stored, r304, &hs, &mut merged);
+        assert_eq!(
+            String::from_utf8_lossy(&merged),
+            "HTTP/1.1 200 OK\r\nETag: \"a\"\r\nContent-Type: text/plain\r\nCache-Control: max-age=60\r\nDate: Thu, 01 Jan 1970 00:01:00 GMT\r\nX-New: 1\r\n"
+        );
+    }
+
+    #[test]
+    fn revalidation_replaces_conditionals() {
+        let lines = b"If-None-Match: \"a\"\r\n";
+        let f = Forwarding {
+            revalidate: Some(lines),
+            ..fwd()
+        };
+        let out = rewrite(
+            b"GET / HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"zz\"\r\nIf-Modified-Since: x\r\nRange: bytes=0-1\r\n\r\n",
+            BodyKind::None,
+            &f,
+        );
+        assert!(
+            !out.contains("zz") && !out.contains("Range") && !out.contains("Since"),
+            "{out}"
+        );
+        assert!(out.contains("If-None-Match: \"a\"\r\n"));
     }
 
     fn rewrite(req: &[u8], body: BodyKind, f: &Forwarding<'_>) -> String {

@@ -1066,6 +1066,7 @@ impl Exchange {
             fallback_host: fallback.as_bytes(),
             upgrade_websocket: self.req.upgrade,
             max_forwards: None,
+            revalidate: None,
         };
         self.out.clear();
         upstream_request(
@@ -1198,6 +1199,7 @@ impl Exchange {
             fallback_host: b"",
             upgrade_websocket: self.req.upgrade,
             max_forwards,
+            revalidate: None,
         };
         self.out.clear();
         upstream_request(

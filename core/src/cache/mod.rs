@@ -1,0 +1,137 @@
+//! The HTTP cache (RFC 9111), sans IO: what may be stored and for how long ([`policy`]),
+//! `Cache-Control` ([`control`]), and one worker's storage ([`store`]). The exchange
+//! (`proxy/`) asks these at each step; io owns one [`Shard`] per worker and writes hits.
+
+pub mod control;
+pub mod policy;
+pub mod store;
+
+pub use store::{Entry, Epochs, Shard, Stats};
+
+use crate::http::body::Stage;
+
+/// The caching rules of a route (`[cache]` and the route's own keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheRules {
+    /// Freshness for responses that carry no explicit lifetime, by status (nginx's
+    /// `proxy_cache_valid`): `(statuses, seconds)`, the first that lists the status wins; an
+    /// empty status list matches any.
+    pub valid: Vec<(Vec<u16>, u64)>,
+    /// `valid` applies even where the origin gave a lifetime (the operator asked by name).
+    pub override_origin: bool,
+    pub store_set_cookie: bool,
+    /// Heuristic freshness (10% of the time since `Last-Modified`) for the statuses RFC 9110
+    /// lists as heuristically cacheable.
+    pub heuristic: bool,
+    pub heuristic_max: u64,
+    /// When the origin fails, serve a stale stored response (nginx's `proxy_cache_use_stale`).
+    pub use_stale: UseStale,
+    /// Larger responses stream through without being stored.
+    pub max_object: u64,
+}
+
+impl Default for CacheRules {
+    fn default() -> Self {
+        Self {
+            valid: Vec::new(),
+            override_origin: false,
+            store_set_cookie: false,
+            heuristic: true,
+            heuristic_max: 86_400,
+            use_stale: UseStale::default(),
+            max_object: 8 << 20,
+        }
+    }
+}
+
+impl CacheRules {
+    /// The configured lifetime for `status`, if any.
+    pub fn valid_for(&self, status: u16) -> Option<u64> {
+        self.valid
+            .iter()
+            .find(|(s, _)| s.is_empty() || s.contains(&status))
+            .map(|&(_, v)| v)
+    }
+}
+
+/// Failures after which a stale response may be served (besides what `stale-if-error` allows).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UseStale {
+    /// Connecting, sending or reading failed.
+    pub error: bool,
+    pub timeout: bool,
+    /// These statuses from the origin.
+    pub statuses: Vec<u16>,
+}
+
+/// `[cache]`: the process's cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bytes for the whole process, split evenly between workers.
+    pub size: u64,
+    pub rules: CacheRules,
+    /// Forward-proxy listeners cache too (keyed by absolute URI).
+    pub forward: bool,
+}
+
+/// The cache tee: a body stage that keeps a copy of what passes, up to `cap` bytes; past that
+/// it lets go of the copy and only passes bytes on.
+#[derive(Clone, Debug, Default)]
+pub struct Tee {
+    buf: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl Tee {
+    pub fn new(cap: u64, expect: Option<u64>) -> Self {
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        let first = expect
+            .map_or(16 * 1024, |n| usize::try_from(n).unwrap_or(0))
+            .min(cap);
+        Self {
+            buf: Vec::with_capacity(first),
+            cap,
+            over: false,
+        }
+    }
+
+    /// The copy, unless the body outgrew the cap.
+    pub fn into_body(self) -> Option<Vec<u8>> {
+        (!self.over).then_some(self.buf)
+    }
+}
+
+impl Stage for Tee {
+    fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        if !self.over {
+            if self.buf.len() + payload.len() > self.cap {
+                self.over = true;
+                self.buf = Vec::new();
+            } else {
+                self.buf.extend_from_slice(payload);
+            }
+        }
+        out.extend_from_slice(payload);
+    }
+
+    fn end(&mut self, _out: &mut Vec<u8>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tee_keeps_a_copy_up_to_its_cap() {
+        let mut t = Tee::new(10, None);
+        let mut out = Vec::new();
+        t.data(b"hello", &mut out);
+        t.data(b"world", &mut out);
+        assert_eq!(out, b"helloworld");
+        assert_eq!(t.clone().into_body().unwrap(), b"helloworld");
+        t.data(b"!", &mut out);
+        assert_eq!(out, b"helloworld!");
+        assert_eq!(t.into_body(), None);
+    }
+}

@@ -1,0 +1,509 @@
+//! One worker's cache shard: stored responses under a byte budget, evicted with S3-FIFO.
+//!
+//! S3-FIFO (Yang et al., SOSP 2023) keeps two FIFO queues and a ghost list: new objects enter a
+//! small queue (10% of the bytes); one that is hit again before it reaches the small queue's head
+//! moves to the main queue, the others leave and their key hashes go to the ghost list; a miss
+//! whose hash is in the ghost list enters the main queue directly. The main queue is a CLOCK
+//! with a 2-bit frequency. One-hit wonders (most of a web trace's tail) are dropped after a short
+//! stay instead of pushing popular objects out, which is where it beats LRU; a hit costs a
+//! counter increment, no list surgery. `bench/benches/cache.rs` compares hit ratios with LRU on
+//! a Zipf trace.
+//!
+//! The shard is owned by one thread. Invalidations reach every shard at once through
+//! [`Epochs`], a table of counters shared by the process: an entry remembers the counter of its
+//! key's bucket when its fetch started, and is dropped at lookup when the counter has moved on.
+//! The hit path reads that counter (a plain load, no read-modify-write); only unsafe requests
+//! and purges write it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::control::Directives;
+
+/// Buckets of the invalidation table (a power of two).
+const EPOCH_BUCKETS: usize = 1 << 14;
+
+/// Invalidation counters shared by all shards of a process.
+pub struct Epochs {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for Epochs {
+    fn default() -> Self {
+        Self {
+            buckets: (0..EPOCH_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Epochs {
+    /// The counter for `key` now.
+    pub fn get(&self, key: &[u8]) -> u64 {
+        self.buckets[bucket(key)].load(Ordering::Acquire)
+    }
+
+    /// Invalidates whatever any shard holds under `key` (and, rarely, keys sharing its bucket).
+    pub fn bump(&self, key: &[u8]) {
+        self.buckets[bucket(key)].fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn bucket(key: &[u8]) -> usize {
+    (hash(key) as usize) & (EPOCH_BUCKETS - 1)
+}
+
+/// FNV-1a, 64 bits: keys are short and this runs once per lookup.
+pub fn hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A stored response. Immutable once stored: a refresh (a `304`) stores a new one.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: Box<[u8]>,
+    /// The request fields `Vary` named and their normalised values when this was stored.
+    pub vary: Box<[(Box<[u8]>, Box<[u8]>)]>,
+    /// Status line and header lines, each ending in CRLF, without framing, hop-by-hop fields
+    /// or `Age`; the head of a hit is this, then `Age`, `Content-Length` and the rest.
+    pub head: Box<[u8]>,
+    pub body: Box<[u8]>,
+    pub status: u16,
+    pub response_time: u64,
+    /// RFC 9111 §4.2.3 `corrected_initial_age`.
+    pub initial_age: u64,
+    /// Freshness lifetime, seconds.
+    pub lifetime: u64,
+    pub etag: Option<Box<[u8]>>,
+    pub last_modified: Option<u64>,
+    pub cc: Directives,
+    /// The invalidation counter of the key when its fetch started.
+    pub epoch: u64,
+}
+
+/// Bookkeeping counted per entry beyond its own bytes: the slot, the map's share and the
+/// queue position (an estimate of allocator and table overhead, on the safe side).
+const OVERHEAD: usize = 160;
+
+impl Entry {
+    /// Bytes this entry holds, as counted against the budget.
+    pub fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + OVERHEAD
+            + self.key.len()
+            + self.head.len()
+            + self.body.len()
+            + self.etag.as_ref().map_or(0, |e| e.len())
+            + self
+                .vary
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 32)
+                .sum::<usize>()
+    }
+
+    pub fn age(&self, now: u64) -> u64 {
+        super::policy::current_age(self.initial_age, self.response_time, now)
+    }
+}
+
+struct Slot {
+    entry: Option<Rc<Entry>>,
+    /// Bumped each time the slot is reused, so stale queue positions are recognised.
+    gen: u32,
+    freq: u8,
+    main: bool,
+    size: usize,
+}
+
+/// What a shard counts (published in the admin status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub stores: u64,
+    pub evictions: u64,
+    pub invalidations: u64,
+}
+
+/// Most variants kept per key (responses with `Vary`); the oldest goes first.
+const MAX_VARIANTS: usize = 16;
+
+/// One worker's stored responses; see the module documentation.
+pub struct Shard {
+    budget: usize,
+    used: usize,
+    small_bytes: usize,
+    map: HashMap<Box<[u8]>, Vec<u32>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    small: VecDeque<(u32, u32)>,
+    main: VecDeque<(u32, u32)>,
+    ghost: VecDeque<u64>,
+    ghost_set: HashSet<u64>,
+    stats: Stats,
+}
+
+impl Shard {
+    /// A shard that holds at most `budget` bytes.
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            used: 0,
+            small_bytes: 0,
+            map: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            small: VecDeque::new(),
+            main: VecDeque::new(),
+            ghost: VecDeque::new(),
+            ghost_set: HashSet::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Changes the budget (a reload), evicting down to it.
+    pub fn set_budget(&mut self, budget: usize) {
+        self.budget = budget;
+        self.evict_to(budget);
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            entries: self.map.values().map(|v| v.len() as u64).sum(),
+            bytes: self.used as u64,
+            ..self.stats
+        }
+    }
+
+    /// The stored responses under `key` that are still valid (`epochs`), for the caller to
+    /// select among by `Vary`. Counts a use of the one it takes with [`Shard::touch`].
+    pub fn variants(&mut self, key: &[u8], epochs: &Epochs) -> Vec<(u32, Rc<Entry>)> {
+        let Some(ids) = self.map.get(key) else {
+            self.stats.misses += 1;
+            return Vec::new();
+        };
+        let epoch = epochs.get(key);
+        let mut found = Vec::with_capacity(ids.len());
+        let mut invalid = false;
+        for &id in ids {
+            if let Some(e) = &self.slots[id as usize].entry {
+                if e.epoch == epoch {
+                    found.push((id, e.clone()));
+                } else {
+                    invalid = true;
+                }
+            }
+        }
+        if invalid {
+            self.remove(key);
+            found.clear();
+        }
+        found
+    }
+
+    /// Counts a hit on variant `id` (found with [`Shard::variants`]).
+    pub fn touch(&mut self, id: u32) {
+        self.stats.hits += 1;
+        let s = &mut self.slots[id as usize];
+        s.freq = (s.freq + 1).min(3);
+    }
+
+    /// Counts a lookup that found nothing usable.
+    pub fn count_miss(&mut self) {
+        self.stats.misses += 1;
+    }
+
+    /// Stores `entry`, replacing a variant with the same selecting values; false when it is
+    /// larger than an eighth of the budget (one object never flushes the shard).
+    pub fn insert(&mut self, entry: Entry) -> bool {
+        let size = entry.size();
+        if size > self.budget / 8 {
+            return false;
+        }
+        // The variant it replaces, and the oldest ones beyond the limit.
+        if let Some(ids) = self.map.get(&entry.key) {
+            let old: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|&id| {
+                    self.slots[id as usize]
+                        .entry
+                        .as_ref()
+                        .is_some_and(|e| e.vary == entry.vary || e.epoch != entry.epoch)
+                })
+                .collect();
+            for id in old {
+                self.drop_slot(id);
+            }
+            if let Some(ids) = self.map.get(&entry.key) {
+                if ids.len() >= MAX_VARIANTS {
+                    self.drop_slot(ids[0]);
+                }
+            }
+        }
+        self.evict_to(self.budget.saturating_sub(size));
+        let h = hash(&entry.key);
+        let main = self.ghost_set.remove(&h);
+        let key = entry.key.clone();
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(Slot {
+                    entry: None,
+                    gen: 0,
+                    freq: 0,
+                    main: false,
+                    size: 0,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[id as usize];
+        s.gen = s.gen.wrapping_add(1);
+        s.entry = Some(Rc::new(entry));
+        s.freq = 0;
+        s.main = main;
+        s.size = size;
+        let gen = s.gen;
+        if main {
+            self.main.push_back((id, gen));
+        } else {
+            self.small.push_back((id, gen));
+            self.small_bytes += size;
+        }
+        self.used += size;
+        self.map.entry(key).or_default().push(id);
+        self.stats.stores += 1;
+        true
+    }
+
+    /// Removes every variant stored under `key`; how many there were.
+    pub fn remove(&mut self, key: &[u8]) -> usize {
+        let Some(ids) = self.map.get(key).cloned() else {
+            return 0;
+        };
+        for &id in &ids {
+            self.drop_slot(id);
+        }
+        self.stats.invalidations += ids.len() as u64;
+        ids.len()
+    }
+
+    /// Removes every entry whose key starts with `prefix`; how many there were.
+    pub fn remove_prefix(&mut self, prefix: &[u8]) -> usize {
+        let keys: Vec<Box<[u8]>> = self
+            .map
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.iter().map(|k| self.remove(k)).sum()
+    }
+
+    /// Frees slot `id` (its queue position is skipped when reached).
+    fn drop_slot(&mut self, id: u32) {
+        let s = &mut self.slots[id as usize];
+        let Some(e) = s.entry.take() else { return };
+        self.used -= s.size;
+        if !s.main {
+            self.small_bytes -= s.size;
+        }
+        s.gen = s.gen.wrapping_add(1);
+        self.free.push(id);
+        if let Some(ids) = self.map.get_mut(&e.key) {
+            ids.retain(|&i| i != id);
+            if ids.is_empty() {
+                self.map.remove(&e.key);
+            }
+        }
+    }
+
+    /// Evicts until at most `target` bytes are used.
+    fn evict_to(&mut self, target: usize) {
+        while self.used > target {
+            let small_target = self.budget / 10;
+            let from_small = self.small_bytes > small_target || self.main.is_empty();
+            if from_small {
+                if !self.evict_small() && !self.evict_main() {
+                    break;
+                }
+            } else if !self.evict_main() && !self.evict_small() {
+                break;
+            }
+        }
+    }
+
+    /// The small queue's head: promoted to main when it was hit, else evicted (its hash to the
+    /// ghost list). False when the queue is empty.
+    fn evict_small(&mut self) -> bool {
+        while let Some((id, gen)) = self.small.pop_front() {
+            let s = &mut self.slots[id as usize];
+            if s.gen != gen || s.entry.is_none() {
+                continue;
+            }
+            if s.freq > 0 {
+                s.freq = 0;
+                s.main = true;
+                self.small_bytes -= s.size;
+                self.main.push_back((id, gen));
+                continue;
+            }
+            let h = s.entry.as_ref().map_or(0, |e| hash(&e.key));
+            self.drop_slot(id);
+            self.stats.evictions += 1;
+            self.remember(h);
+            return true;
+        }
+        false
+    }
+
+    /// The main queue's head: reinserted with one less use when it had any, else evicted.
+    fn evict_main(&mut self) -> bool {
+        while let Some((id, gen)) = self.main.pop_front() {
+            let s = &mut self.slots[id as usize];
+            if s.gen != gen || s.entry.is_none() {
+                continue;
+            }
+            if s.freq > 0 {
+                s.freq -= 1;
+                self.main.push_back((id, gen));
+                continue;
+            }
+            self.drop_slot(id);
+            self.stats.evictions += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Adds a hash to the ghost list, bounded to as many entries as the main queue holds.
+    fn remember(&mut self, h: u64) {
+        if self.ghost_set.insert(h) {
+            self.ghost.push_back(h);
+        }
+        let limit = self.main.len().max(64);
+        while self.ghost.len() > limit {
+            if let Some(old) = self.ghost.pop_front() {
+                self.ghost_set.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn entry(key: &str, body: usize, epoch: u64) -> Entry {
+        Entry {
+            key: key.as_bytes().into(),
+            vary: Box::new([]),
+            head: b"HTTP/1.1 200 OK\r\n"[..].into(),
+            body: vec![b'x'; body].into(),
+            status: 200,
+            response_time: 0,
+            initial_age: 0,
+            lifetime: 60,
+            etag: None,
+            last_modified: None,
+            cc: Directives::default(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn budget_holds_and_counts_are_exact() {
+        let mut s = Shard::new(100_000);
+        let epochs = Epochs::default();
+        for i in 0..1000 {
+            assert!(s.insert(entry(&format!("k{i}"), 1000, 0)));
+            assert!(s.used <= s.budget, "used {} at {i}", s.used);
+        }
+        let st = s.stats();
+        let counted: usize = s
+            .slots
+            .iter()
+            .filter_map(|x| x.entry.as_ref().map(|e| e.size()))
+            .sum();
+        assert_eq!(st.bytes as usize, counted);
+        assert_eq!(st.entries as usize, s.map.len());
+        assert!(st.evictions > 900);
+        assert!(!s.variants(b"k999", &epochs).is_empty());
+        assert!(
+            !s.insert(entry("huge", 20_000, 0)),
+            "over an eighth of the budget"
+        );
+    }
+
+    #[test]
+    fn a_hit_object_survives_a_scan() {
+        let mut s = Shard::new(50_000);
+        let epochs = Epochs::default();
+        s.insert(entry("hot", 1000, 0));
+        for i in 0..500 {
+            if let Some((id, _)) = s.variants(b"hot", &epochs).first().cloned() {
+                s.touch(id);
+            }
+            s.insert(entry(&format!("scan{i}"), 1000, 0));
+        }
+        assert!(
+            !s.variants(b"hot", &epochs).is_empty(),
+            "the hot object was evicted by a scan"
+        );
+    }
+
+    #[test]
+    fn epochs_invalidate_everywhere() {
+        let epochs = Epochs::default();
+        let mut a = Shard::new(100_000);
+        let mut b = Shard::new(100_000);
+        a.insert(entry("k", 10, epochs.get(b"k")));
+        b.insert(entry("k", 10, epochs.get(b"k")));
+        epochs.bump(b"k");
+        assert!(a.variants(b"k", &epochs).is_empty());
+        assert!(b.variants(b"k", &epochs).is_empty());
+        assert_eq!(a.stats().entries, 0);
+        // Stored after the bump with a fetch that started before it: invalid at once.
+        b.insert(entry("k", 10, 0));
+        assert!(b.variants(b"k", &epochs).is_empty());
+    }
+
+    #[test]
+    fn purge_and_prefix() {
+        let mut s = Shard::new(100_000);
+        let epochs = Epochs::default();
+        for k in ["http://a/x/1", "http://a/x/2", "http://a/y"] {
+            s.insert(entry(k, 10, 0));
+        }
+        assert_eq!(s.remove_prefix(b"http://a/x/"), 2);
+        assert_eq!(s.remove(b"http://a/y"), 1);
+        assert_eq!(s.stats().entries, 0);
+        assert_eq!(s.stats().bytes, 0);
+        assert!(s.variants(b"http://a/y", &epochs).is_empty());
+    }
+
+    #[test]
+    fn variants_replace_their_own_kind() {
+        let mut s = Shard::new(100_000);
+        let epochs = Epochs::default();
+        let with = |v: &str| Entry {
+            vary: vec![(b"accept-encoding"[..].into(), v.as_bytes().into())].into(),
+            ..entry("k", 10, 0)
+        };
+        s.insert(with("gzip"));
+        s.insert(with("br"));
+        s.insert(with("gzip"));
+        assert_eq!(s.variants(b"k", &epochs).len(), 2);
+    }
+}
