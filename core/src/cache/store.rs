@@ -63,12 +63,15 @@ pub fn hash(key: &[u8]) -> u64 {
     h
 }
 
+/// A request field `Vary` named, with its normalised value when the response was stored.
+pub type Selector = (Box<[u8]>, Box<[u8]>);
+
 /// A stored response. Immutable once stored: a refresh (a `304`) stores a new one.
 #[derive(Debug)]
 pub struct Entry {
     pub key: Box<[u8]>,
     /// The request fields `Vary` named and their normalised values when this was stored.
-    pub vary: Box<[(Box<[u8]>, Box<[u8]>)]>,
+    pub vary: Box<[Selector]>,
     /// Status line and header lines, each ending in CRLF, without framing, hop-by-hop fields
     /// or `Age`; the head of a hit is this, then `Age`, `Content-Length` and the rest.
     pub head: Box<[u8]>,

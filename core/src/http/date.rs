@@ -148,7 +148,7 @@ fn month(m: &[u8]) -> Option<u64> {
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm); `None` for a day past the
 /// month's end.
 fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let leap = y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
     let len = [
         31,
         if leap { 29 } else { 28 },
