@@ -64,6 +64,11 @@ pub struct Cli {
     #[arg(long, value_name = "DOMAIN", requires = "forward")]
     pub deny_domain: Vec<String>,
 
+    /// Cache responses in memory, up to SIZE for the whole process (`256m`, `1g`), with the
+    /// RFC 9111 defaults: only what the origin's headers allow is stored.
+    #[arg(long, value_name = "SIZE")]
+    pub cache: Option<String>,
+
     /// Forward proxy: only users of this htpasswd file may use it (Basic authentication;
     /// apr1, bcrypt and SHA-256/512 crypt entries).
     #[arg(long, value_name = "FILE", requires = "forward")]

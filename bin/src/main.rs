@@ -144,6 +144,14 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if cli.no_pin {
         cfg.server.pin = false;
     }
+    if let Some(size) = &cli.cache {
+        let bytes = ringway_core::config::parse_size_text(size)
+            .filter(|&b| b >= 1 << 20)
+            .ok_or_else(|| {
+                format!("--cache {size:?}: expected a size of at least 1m, like 256m or 1g")
+            })?;
+        cfg.enable_cache(bytes);
+    }
     if let Some(file) = &cli.proxy_auth {
         if !cli.forward {
             return Err("--proxy-auth is for the forward proxy: add --forward".into());

@@ -78,12 +78,84 @@ impl Status {
             "],\"requests\":{{\"total\":{},\"2xx\":{},\"3xx\":{},\"4xx\":{},\"5xx\":{},\"no_response\":{},\"client_errors\":{},\"upstream_errors\":{},\"retries\":{}}}",
             req.total, c[2], c[3], c[4], c[5], c[0], req.client_errors, req.upstream_errors, req.retries
         ));
+        let mut cache = ringway_core::cache::Stats::default();
+        for c in self.cache.lock().map(|c| c.clone()).unwrap_or_default() {
+            cache.entries += c.entries;
+            cache.bytes += c.bytes;
+            cache.hits += c.hits;
+            cache.misses += c.misses;
+            cache.stores += c.stores;
+            cache.evictions += c.evictions;
+            cache.invalidations += c.invalidations;
+        }
+        out.push_str(&format!(
+            ",\"cache\":{{\"entries\":{},\"bytes\":{},\"hits\":{},\"misses\":{},\"stores\":{},\"evictions\":{},\"invalidations\":{}}}",
+            cache.entries, cache.bytes, cache.hits, cache.misses, cache.stores, cache.evictions, cache.invalidations
+        ));
         out.push_str(&format!(
             ",\"tls\":{{\"handshakes\":{},\"resumed\":{},\"failed\":{},\"plain_http\":{}}}}}\n",
             sum.handshakes, sum.resumed, sum.failed, sum.plain_http
         ));
         out
     }
+}
+
+/// `POST /cache/purge?url=URL` removes the responses stored for URL from every worker's shard
+/// (at once: its invalidation counter moves; the memory is freed within the workers' next
+/// tick); `?prefix=URL` every key that starts with it. Answers with how many were removed.
+fn purge(status: &Status, target: &[u8]) -> (u16, String, &'static str) {
+    let query = &target[b"/cache/purge?".len()..];
+    let (prefix, raw) = if let Some(v) = query.strip_prefix(b"url=") {
+        (false, v)
+    } else if let Some(v) = query.strip_prefix(b"prefix=") {
+        (true, v)
+    } else {
+        return (
+            400,
+            "expected ?url=URL or ?prefix=URL\n".into(),
+            "text/plain",
+        );
+    };
+    let url = crate::cache::percent_decode(raw);
+    let Some(key) = crate::cache::purge_key(&url, prefix) else {
+        return (
+            400,
+            "expected an http:// or https:// URL with a host\n".into(),
+            "text/plain",
+        );
+    };
+    if !prefix {
+        status.epochs.bump(&key);
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut asked = 0;
+    for w in &status.purges {
+        let p = crate::cache::Purge {
+            target: key.clone(),
+            prefix,
+            reply: tx.clone(),
+        };
+        if w.send(p).is_ok() {
+            asked += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut purged = 0;
+    let mut answered = 0;
+    while answered < asked {
+        match rx.recv_deadline(deadline) {
+            Ok(n) => {
+                purged += n;
+                answered += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let body = format!(
+        "{{\"purged\":{purged},\"workers\":{answered},\"key\":{}}}\n",
+        quote(&String::from_utf8_lossy(&key))
+    );
+    (200, body, "application/json")
 }
 
 fn balance_name(b: &Balance) -> String {
@@ -156,12 +228,17 @@ fn answer(mut s: TcpStream, status: &Status) {
     let (method, path) = (req.method_span.get(&head), req.target.get(&head));
     let (code, body, ctype) = match (method, path) {
         (b"GET" | b"HEAD", b"/" | b"/status") => (200, status.json(), "application/json"),
+        (b"POST" | b"PURGE", p) if p.starts_with(b"/cache/purge?") => purge(status, p),
         (b"GET" | b"HEAD", _) => (
             404,
             "not found: try GET /status\n".to_string(),
             "text/plain",
         ),
-        _ => (405, "only GET\n".to_string(), "text/plain"),
+        _ => (
+            405,
+            "GET /status, or POST /cache/purge?url=URL (or ?prefix=URL)\n".to_string(),
+            "text/plain",
+        ),
     };
     let reason = ringway_core::http::respond::reason(code);
     let mut resp = format!(

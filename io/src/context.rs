@@ -33,6 +33,12 @@ pub(crate) struct Worker {
     pub(crate) dns: RefCell<crate::dns::Cache>,
     /// Connections were served since the heap was last trimmed.
     busy_since_trim: Cell<bool>,
+    /// This worker's cache shard (kept across reloads; its budget follows the config).
+    pub(crate) cache: RefCell<ringway_core::cache::Shard>,
+    /// The invalidation counters all shards share.
+    pub(crate) epochs: std::sync::Arc<ringway_core::cache::Epochs>,
+    /// Workers sharing the cache budget.
+    workers: usize,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -48,8 +54,17 @@ impl Drop for Active {
 }
 
 impl Worker {
-    pub(crate) fn new(id: usize, update: Update) -> Self {
+    pub(crate) fn new(
+        id: usize,
+        update: Update,
+        epochs: std::sync::Arc<ringway_core::cache::Epochs>,
+        workers: usize,
+    ) -> Self {
+        let budget = crate::cache::budget(&update.cfg, workers);
         Self {
+            cache: RefCell::new(ringway_core::cache::Shard::new(budget)),
+            epochs,
+            workers,
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),
@@ -145,6 +160,24 @@ impl Worker {
     }
 
     pub(crate) fn install(&self, update: Update) {
+        let budget = crate::cache::budget(&update.cfg, self.workers);
+        let mut shard = self.cache.borrow_mut();
+        let old = shard.budget();
+        if old != budget {
+            let before = shard.stats();
+            shard.set_budget(budget);
+            let after = shard.stats();
+            if self.id == 0 {
+                log::info!(
+                    "cache: budget per worker {} → {} bytes; kept {} of {} stored responses",
+                    old,
+                    budget,
+                    after.entries,
+                    before.entries
+                );
+            }
+        }
+        drop(shard);
         *self.current.borrow_mut() = Rc::new(Generation::new(self.id, update));
     }
 

@@ -64,11 +64,24 @@ pub(crate) struct Status {
     pub(crate) tls: Mutex<Vec<TlsCounts>>,
     pub(crate) requests: Mutex<Vec<RequestCounts>>,
     pub(crate) current: Mutex<(Config, Arc<Board>)>,
+    pub(crate) cache: Mutex<Vec<ringway_core::cache::Stats>>,
+    /// Invalidation counters every worker's cache shard reads.
+    pub(crate) epochs: Arc<ringway_core::cache::Epochs>,
+    /// One channel per worker for purges from the admin listener.
+    pub(crate) purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
 }
 
 impl Status {
-    pub(crate) fn new(workers: usize, cfg: Config, board: Arc<Board>) -> Self {
+    pub(crate) fn new(
+        workers: usize,
+        cfg: Config,
+        board: Arc<Board>,
+        purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+    ) -> Self {
         Self {
+            cache: Mutex::new(vec![Default::default(); workers]),
+            epochs: Arc::default(),
+            purges,
             workers: Mutex::new(vec![Vec::new(); workers]),
             tls: Mutex::new(vec![TlsCounts::default(); workers]),
             requests: Mutex::new(vec![RequestCounts::default(); workers]),
@@ -82,7 +95,11 @@ impl Status {
         snap: Vec<Vec<ServerSnap>>,
         tls: TlsCounts,
         requests: RequestCounts,
+        cache: ringway_core::cache::Stats,
     ) {
+        if let Ok(mut c) = self.cache.lock() {
+            c[worker] = cache;
+        }
         if let Ok(mut r) = self.requests.lock() {
             r[worker] = requests;
         }

@@ -13,6 +13,7 @@
 mod admin;
 mod board;
 mod buf;
+mod cache;
 mod context;
 mod counters;
 mod dns;

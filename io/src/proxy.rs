@@ -14,7 +14,8 @@ use monoio::net::TcpStream;
 use ringway_core::config::Listen;
 use ringway_core::http::body::Stage;
 use ringway_core::proxy::{
-    Action, BodyFail, BodyPlan, Close, EndRecord, Env, Exchange, Finish, UpstreamError, CONTINUE,
+    Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, UpstreamError,
+    CONTINUE,
 };
 use ringway_core::upstream::UpstreamKey;
 
@@ -208,6 +209,17 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
+                Action::WriteStored(entry) => {
+                    let wait = self.ex.timeout(self.now);
+                    let ok = self
+                        .client
+                        .write_stored(self.ex.out(), entry, wait)
+                        .await
+                        .is_ok();
+                    ensure_capacity(self.ex.out(), 1024);
+                    let now = self.tick();
+                    self.ex.handle_client_written(ok, now);
+                }
                 Action::WriteContinue => {
                     let wait = self.ex.timeout(self.now);
                     self.scratch.clear();
@@ -313,14 +325,15 @@ impl Conn {
                             .handle_upstream_input(&self.ubuf, &env(&self.w, &cfg), self.now);
                     self.ubuf.drain(..n);
                 }
-                Action::RelayResponse(plan) => {
+                Action::RelayResponse(mut plan) => {
                     let up = self
                         .up
                         .as_mut()
                         .expect("a response comes from a connection");
-                    // The body seam: a cache tee or a compressor goes here (later issues);
-                    // with no stage the body may be spliced.
-                    let stage: Option<&mut dyn Stage> = None;
+                    // The body seam: the cache's tee (a compressor later); with no stage the
+                    // body may be spliced.
+                    let mut tee = plan.tee.take();
+                    let stage = tee.as_mut().map(|t| t as &mut dyn Stage);
                     let r = move_body(
                         up,
                         &mut self.ubuf,
@@ -333,7 +346,8 @@ impl Conn {
                     .await;
                     let leftover = self.ubuf.len();
                     let now = self.tick();
-                    self.ex.handle_response_body(r, leftover, now);
+                    self.ex
+                        .handle_response_body(r, leftover, tee, &env(&self.w, &cfg), now);
                 }
                 Action::Release { to, pool, distrust } => {
                     let up = self.up.take();
@@ -558,6 +572,10 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
         date: w,
         draining: w.drain.is_set(),
         auth: Some(&cfg.auth),
+        cache: cfg.cache.as_ref().map(|_| CacheRef {
+            shard: &w.cache,
+            epochs: &w.epochs,
+        }),
     }
 }
 

@@ -22,6 +22,7 @@ pub struct Server {
     shutdown: Arc<AtomicBool>,
     reload_tx: Vec<crossbeam_channel::Sender<Update>>,
     reload_rx: Vec<crossbeam_channel::Receiver<Update>>,
+    purge_rx: Vec<crossbeam_channel::Receiver<crate::cache::Purge>>,
     admin: Option<TcpListener>,
     status: Arc<Status>,
     board: Arc<Board>,
@@ -144,7 +145,8 @@ impl Server {
             ),
         };
         let board = Arc::new(Board::new(&cfg));
-        let status = Arc::new(Status::new(workers, cfg.clone(), board.clone()));
+        let (purge_tx, purge_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        let status = Arc::new(Status::new(workers, cfg.clone(), board.clone(), purge_tx));
         Ok(Self {
             tls,
             keep: Arc::new(Mutex::new(keep)),
@@ -157,6 +159,7 @@ impl Server {
             shutdown: Arc::new(AtomicBool::new(false)),
             reload_tx,
             reload_rx,
+            purge_rx,
         })
     }
 
@@ -217,8 +220,14 @@ impl Server {
                 .name("ringway-health".into())
                 .spawn(move || crate::health::run(first, checker_rx, shutdown))?
         };
-        let workers = self.listeners.into_iter().zip(self.cpus).zip(reload_rx);
-        for (id, ((listeners, cpu), reloads)) in workers.enumerate() {
+        let count = self.listeners.len();
+        let workers = self
+            .listeners
+            .into_iter()
+            .zip(self.cpus)
+            .zip(reload_rx)
+            .zip(self.purge_rx);
+        for (id, (((listeners, cpu), reloads), purges)) in workers.enumerate() {
             let first = Update {
                 cfg: self.cfg.clone(),
                 board: board.clone(),
@@ -233,6 +242,8 @@ impl Server {
                         shutdown,
                         reloads,
                         status,
+                        purges,
+                        workers: count,
                     };
                     crate::worker::run(id, first, listeners, cpu, links)
                 })?;

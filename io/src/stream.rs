@@ -115,6 +115,22 @@ impl Stream {
         self.write_range(buf, 0..n, timeout).await
     }
 
+    /// Writes `head`, then the stored body of a cache hit.
+    pub(crate) async fn write_stored(
+        &mut self,
+        head: &mut Vec<u8>,
+        entry: std::rc::Rc<ringway_core::cache::Entry>,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        match self {
+            Self::Plain(s) => crate::cache::write_hit(s, head, entry, timeout).await,
+            Self::Tls(t) => {
+                t.write(head, timeout).await?;
+                t.write(&entry.body, timeout).await
+            }
+        }
+    }
+
     /// Ends the sending direction: close_notify first over TLS, then a TCP half-close.
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         match self {

@@ -29,6 +29,9 @@ pub(crate) struct Links {
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) reloads: crossbeam_channel::Receiver<Update>,
     pub(crate) status: Arc<Status>,
+    pub(crate) purges: crossbeam_channel::Receiver<crate::cache::Purge>,
+    /// How many workers share the cache budget.
+    pub(crate) workers: usize,
 }
 
 /// Runs worker `id` on the calling thread until shutdown completes.
@@ -43,6 +46,8 @@ pub(crate) fn run(
         shutdown,
         reloads,
         status,
+        purges,
+        workers,
     } = links;
     if let Some(core) = cpu {
         if !core_affinity::set_for_current(core) {
@@ -60,7 +65,7 @@ pub(crate) fn run(
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
     let kinds = first.cfg.server.listen.clone();
-    let w = Rc::new(Worker::new(id, first));
+    let w = Rc::new(Worker::new(id, first, status.epochs.clone(), workers));
     rt.block_on(async move {
         let mut accepting = Vec::new();
         for (l, kind) in listeners.into_iter().zip(kinds) {
@@ -72,9 +77,19 @@ pub(crate) fn run(
             while let Ok(update) = reloads.try_recv() {
                 w.install(update);
             }
+            while let Ok(p) = purges.try_recv() {
+                let mut shard = w.cache.borrow_mut();
+                let n = if p.prefix {
+                    shard.remove_prefix(&p.target)
+                } else {
+                    shard.remove(&p.target)
+                };
+                let _ = p.reply.send(n);
+            }
             w.trim_when_idle();
             let snap = w.current().snapshot(Instant::now());
-            status.publish(id, snap, w.tls_counts.get(), w.requests.get());
+            let cache = w.cache.borrow().stats();
+            status.publish(id, snap, w.tls_counts.get(), w.requests.get(), cache);
         }
         w.drain.trigger();
         for a in accepting {

@@ -87,6 +87,9 @@ pub struct Entry {
     pub cc: Directives,
     /// The invalidation counter of the key when its fetch started.
     pub epoch: u64,
+    /// Fetched by the forward proxy from a private address: served only to clients that may
+    /// reach such addresses themselves.
+    pub private_dest: bool,
 }
 
 /// Bookkeeping counted per entry beyond its own bytes: the slot, the map's share and the
@@ -230,6 +233,11 @@ impl Shard {
     /// Stores `entry`, replacing a variant with the same selecting values; false when it is
     /// larger than an eighth of the budget (one object never flushes the shard).
     pub fn insert(&mut self, entry: Entry) -> bool {
+        self.insert_rc(Rc::new(entry))
+    }
+
+    /// [`insert`](Self::insert) for an entry the caller keeps a handle to.
+    pub fn insert_rc(&mut self, entry: Rc<Entry>) -> bool {
         let size = entry.size();
         if size > self.budget / 8 {
             return false;
@@ -274,7 +282,7 @@ impl Shard {
         };
         let s = &mut self.slots[id as usize];
         s.gen = s.gen.wrapping_add(1);
-        s.entry = Some(Rc::new(entry));
+        s.entry = Some(entry);
         s.freq = 0;
         s.main = main;
         s.size = size;
@@ -422,6 +430,7 @@ mod tests {
             last_modified: None,
             cc: Directives::default(),
             epoch,
+            private_dest: false,
         }
     }
 

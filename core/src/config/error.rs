@@ -77,6 +77,7 @@ pub(crate) fn plain_message(m: &str) -> String {
             "Duration" => "a duration like \"250ms\", \"30s\", \"5m\" or \"1h\"",
             "ListenEntry" => "\"IP:port\" or { addr = \"IP:port\", … }",
             "ServerEntry" => "\"IP:port\" or { addr = \"IP:port\", weight = … }",
+            "Size" => "a size like 1048576, \"64k\", \"256m\" or \"2g\"",
             "UpstreamTls" => "true, false or { server_name = …, ca = …, cert = …, key = … }",
             _ => "a value of another form",
         };

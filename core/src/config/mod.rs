@@ -6,6 +6,7 @@
 //! `ringway.toml:12: routes[1].upstream: no upstream named "ap" (defined: app)`.
 //! Reading the file is the caller's job; this module only sees its text.
 
+mod cache;
 mod error;
 mod forward;
 mod limits;
@@ -16,6 +17,7 @@ mod timeouts;
 mod tls;
 mod upstream;
 
+pub use cache::{parse_size_text, DEFAULT_CACHE_SIZE};
 pub use error::ConfigError;
 use error::{plain_message, Locator};
 use limits::build_limits;
@@ -55,6 +57,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// The forward proxy's rules, for listeners marked `forward`.
     pub forward: crate::forward::Forward,
+    /// The HTTP cache, when `[cache]` is present.
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 impl Config {
@@ -99,6 +103,7 @@ impl Config {
                 upstream: 0,
                 set_host: None,
             },
+            cache: None,
         }];
         Self {
             admin: None,
@@ -129,11 +134,28 @@ impl Config {
             router: Router::new([(HostMatch::Any, "/".to_string(), 0)]),
             routes,
             forward: crate::forward::Forward::default(),
+            cache: None,
         }
     }
 }
 
 impl Config {
+    /// Turns the cache on with its defaults and `size` bytes (quick mode's `--cache`), for every
+    /// route that proxies.
+    pub fn enable_cache(&mut self, size: u64) {
+        let c = crate::cache::CacheConfig {
+            size,
+            rules: crate::cache::CacheRules::default(),
+            forward: true,
+        };
+        for r in &mut self.routes {
+            if matches!(r.action, Action::Proxy { .. }) {
+                r.cache = Some(c.rules.clone());
+            }
+        }
+        self.cache = Some(c);
+    }
+
     /// A configuration for quick mode's forward proxy: forward-proxy listeners, no routes.
     pub fn forward_quick(listen: Vec<SocketAddr>) -> Self {
         let mut c = Self::quick(listen, Vec::new(), Balance::RoundRobin);
@@ -152,7 +174,8 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let timeouts = build_timeouts(loc, raw.timeouts)?;
     let limits = build_limits(loc, raw.limits)?;
     let upstreams = upstream::build_upstreams(loc, &raw.upstreams)?;
-    let routes = route::build_routes(loc, &raw.routes, &upstreams, &server.path)?;
+    let cache = cache::build_cache(loc, raw.cache)?;
+    let routes = route::build_routes(loc, &raw.routes, &upstreams, &server.path, cache.as_ref())?;
     // Only listeners that serve requests by route need routes (a forward proxy and a
     // redirect-to-https listener do not).
     let routed = server
@@ -196,6 +219,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         }
     }
     Ok(Config {
+        cache,
         tls,
         forward,
         server,

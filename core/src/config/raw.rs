@@ -23,6 +23,30 @@ pub(crate) struct File {
     pub admin: Option<Admin>,
     pub tls: Option<Spanned<Tls>>,
     pub forward: Option<Forward>,
+    pub cache: Option<Cache>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cache {
+    pub size: Option<Spanned<Size>>,
+    pub max_object: Option<Spanned<Size>>,
+    pub valid: Option<BTreeMap<String, Spanned<Duration>>>,
+    pub valid_overrides_origin: Option<bool>,
+    pub store_set_cookie: Option<bool>,
+    pub heuristic: Option<bool>,
+    pub heuristic_max: Option<Spanned<Duration>>,
+    pub use_stale: Option<Vec<Spanned<String>>>,
+    pub forward: Option<bool>,
+}
+
+/// A byte size: a number of bytes, or `"256m"`, `"64k"`, `"2g"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Size {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +256,8 @@ pub(crate) struct Route {
     pub upstream: Option<Spanned<String>>,
     pub set_host: Option<Spanned<String>>,
     pub respond: Option<Spanned<Respond>>,
+    pub cache: Option<bool>,
+    pub cache_valid: Option<BTreeMap<String, Spanned<Duration>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,8 @@ pub struct Route {
     pub host: HostMatch,
     pub path: String,
     pub action: Action,
+    /// How the route caches; `None`: it does not.
+    pub cache: Option<crate::cache::CacheRules>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,7 @@ pub(crate) fn build_routes(
     raw: &[Spanned<raw::Route>],
     upstreams: &[Upstream],
     policy: &PathPolicy,
+    cache: Option<&crate::cache::CacheConfig>,
 ) -> Result<Vec<Route>, ConfigError> {
     let mut routes = Vec::new();
     let mut seen_routes = std::collections::HashMap::new();
@@ -155,7 +158,18 @@ pub(crate) fn build_routes(
                 ))
             }
         };
-        routes.push(Route { host, path, action });
+        let cache = match action {
+            Action::Proxy { .. } => {
+                super::cache::route_rules(loc, &key, cache, r.cache, r.cache_valid.as_ref())?
+            }
+            Action::Respond(_) => None,
+        };
+        routes.push(Route {
+            host,
+            path,
+            action,
+            cache,
+        });
     }
     Ok(routes)
 }

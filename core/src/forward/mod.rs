@@ -63,9 +63,11 @@ impl PrivateDestinations {
 
     /// Whether `client` may reach `dest`.
     pub fn allows(self, client: IpAddr, dest: IpAddr) -> bool {
-        if !is_private(dest) {
-            return true;
-        }
+        !is_private(dest) || self.private_allowed(client)
+    }
+
+    /// Whether `client` may reach private destinations.
+    pub fn private_allowed(self, client: IpAddr) -> bool {
         match self {
             Self::Allow => true,
             Self::Deny => false,

@@ -1,6 +1,9 @@
 //! What an [`Exchange`](super::Exchange) asks io to do next.
 
+use std::rc::Rc;
 use std::time::Duration;
+
+use crate::cache::{Entry, Tee};
 
 use crate::health::Outcome;
 use crate::http::body::Transcoder;
@@ -19,6 +22,9 @@ pub enum Action {
     /// Write the bytes in `out()` to the client (bounded by the deadline), then
     /// `handle_client_written`.
     WriteClient,
+    /// Write the bytes in `out()`, then the stored body of `entry` (a cache hit), to the client
+    /// (bounded by the deadline), then `handle_client_written`.
+    WriteStored(Rc<Entry>),
     /// Write `100 Continue` to the client (bounded by the deadline), then
     /// `handle_client_written`. `out()` keeps the request head for a possible resend.
     WriteContinue,
@@ -81,6 +87,9 @@ pub struct BodyPlan {
     pub read_idle: Duration,
     /// Longest wait for the receiver to take bytes.
     pub write_idle: Duration,
+    /// The cache keeps a copy of the body on its way (a stage: no splice). io hands it back
+    /// with `handle_response_body`.
+    pub tee: Option<Tee>,
 }
 
 /// What happens to the client connection after an exchange.

@@ -12,6 +12,7 @@
 //! starts the next), so its buffers (the heads it writes, the header tables) are allocated once.
 
 mod action;
+mod cached;
 mod error;
 mod record;
 #[cfg(any(test, feature = "sim"))]
@@ -22,14 +23,19 @@ mod tests;
 mod timer;
 
 pub use action::{Action, BodyPlan, Close, Finish};
+pub use cached::{CacheRef, INLINE_HIT};
 pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use record::EndRecord;
 pub use timer::{Timer, Timers};
 
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use cached::{CacheState, Mode};
+
 use crate::balance::request_key;
+use crate::cache::{Entry, Tee};
 use crate::config::{Action as RouteAction, Config, ListenKind, Timeouts};
 use crate::health::Outcome;
 use crate::http::body::{check_chunked_prefix, BodyError, Transcoder};
@@ -79,6 +85,8 @@ pub struct Env<'a> {
     pub draining: bool,
     /// The worker's memory of proxy credentials (for forward listeners with `auth_file`).
     pub auth: Option<&'a std::cell::RefCell<crate::forward::auth::AuthCache>>,
+    /// The worker's cache shard, when `[cache]` is configured.
+    pub cache: Option<CacheRef<'a>>,
 }
 
 /// What was last written to the client, so `handle_client_written` knows what comes next.
@@ -242,8 +250,15 @@ pub struct Exchange {
     up: Upstream,
     /// The tunnel idle timeout of the request's config.
     tunnel_idle: Duration,
-    /// A side effect (`Record`, `Release`) to hand out before the state's own action.
+    /// Side effects (`Record`, `Release`) to hand out before the state's own action.
     pending: Option<Action>,
+    pending_next: Option<Action>,
+    /// What the cache knows about the current request.
+    cache: CacheState,
+    /// A stored response being written (its body goes after `out`).
+    hit: Option<Rc<Entry>>,
+    /// A copy of the request head, kept while a response may be stored (for `Vary`).
+    req_head: Vec<u8>,
     record: EndRecord,
     /// Heads (and small bodies) this proxy writes, to the client or the upstream.
     out: Vec<u8>,
@@ -276,6 +291,10 @@ impl Exchange {
             req: Request::default(),
             up: Upstream::default(),
             pending: None,
+            pending_next: None,
+            cache: CacheState::default(),
+            hit: None,
+            req_head: Vec::new(),
             tunnel_idle: Duration::ZERO,
             record: EndRecord::default(),
             out: Vec::with_capacity(1024),
@@ -301,6 +320,9 @@ impl Exchange {
         self.req = Request::default();
         self.up = Upstream::default();
         self.pending = None;
+        self.pending_next = None;
+        self.cache.reset();
+        self.hit = None;
         self.record = EndRecord {
             started: Some(now),
             ..EndRecord::default()
@@ -319,6 +341,7 @@ impl Exchange {
     /// What io must do next. Each action is handed out once; io performs it and reports back.
     pub fn poll_action(&mut self) -> Action {
         if let Some(a) = self.pending.take() {
+            self.pending = self.pending_next.take();
             return a;
         }
         match self.state {
@@ -331,9 +354,13 @@ impl Exchange {
                 splice: false,
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.send,
+                tee: None,
             }),
             State::WriteClient(Written::Continue) => Action::WriteContinue,
-            State::WriteClient(_) => Action::WriteClient,
+            State::WriteClient(_) => match &self.hit {
+                Some(e) => Action::WriteStored(e.clone()),
+                None => Action::WriteClient,
+            },
             State::Pick => Action::Pick {
                 group: self.req.group,
                 key: self.req.key,
@@ -348,16 +375,25 @@ impl Exchange {
                 splice: spliceable(self.req.body, self.req.body_out),
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.upstream_write,
+                tee: None,
             }),
             State::ReadResponse => Action::ReadResponseHead {
                 read_first: self.read_first,
             },
-            State::RelayResponse => Action::RelayResponse(BodyPlan {
-                body: Transcoder::new(self.up.relay, self.up.body_out),
-                splice: spliceable(self.up.relay, self.up.body_out),
-                read_idle: self.timeouts.upstream_read,
-                write_idle: self.timeouts.send,
-            }),
+            State::RelayResponse => {
+                let expect = match self.up.relay {
+                    BodyKind::Length(n) => Some(n),
+                    _ => None,
+                };
+                let tee = self.cache.tee(expect);
+                Action::RelayResponse(BodyPlan {
+                    body: Transcoder::new(self.up.relay, self.up.body_out),
+                    splice: spliceable(self.up.relay, self.up.body_out) && tee.is_none(),
+                    read_idle: self.timeouts.upstream_read,
+                    write_idle: self.timeouts.send,
+                    tee,
+                })
+            }
             State::Resolve => Action::Resolve {
                 port: self.req.dest_port,
             },
@@ -472,6 +508,7 @@ impl Exchange {
             return;
         };
         self.timers.stop(Timer::Send);
+        self.hit = None;
         if !ok {
             self.record.error.get_or_insert(Error::ClientGone);
             self.finish(Finish::Close(Close::Now), now);
@@ -763,16 +800,24 @@ impl Exchange {
 
     /// The response body relay ended: `Ok` with the payload bytes moved, and `leftover`, the
     /// bytes read from the upstream past the body's end.
+    /// `tee`: the plan's tee, handed back.
     pub fn handle_response_body(
         &mut self,
         r: Result<u64, BodyFail>,
         leftover: usize,
+        tee: Option<Tee>,
+        env: &Env<'_>,
         now: Instant,
     ) {
         debug_assert_eq!(self.state, State::RelayResponse);
         match r {
             Ok(n) => {
                 self.record.response_body += n;
+                if let Some(body) = tee.and_then(Tee::into_body) {
+                    if leftover == 0 {
+                        self.cache_store(body, env);
+                    }
+                }
                 // Pool invariant: nothing unread. Bytes past the response's framing were not
                 // asked for: close, and stop trusting the server's keep-alive for a while.
                 let overrun = leftover > 0;
@@ -899,16 +944,38 @@ impl Exchange {
             Some(RouteAction::Respond(fixed)) => {
                 self.local(Local::Fixed(fixed), host, &head, &info, end, env, now)
             }
-            Some(RouteAction::Proxy { upstream, set_host }) => self.proxy(
-                input,
-                end,
-                &head,
-                &info,
-                *upstream,
-                set_host.as_deref(),
-                env,
-                now,
-            ),
+            Some(RouteAction::Proxy { upstream, set_host }) => {
+                if let (Some(_), Some(r)) = (env.cache, route) {
+                    if cfg.routes[r].cache.is_some() {
+                        crate::cache::policy::key(
+                            self.scheme,
+                            host,
+                            &self.target,
+                            &mut self.cache.key,
+                        );
+                        if self.cache_request(
+                            Mode::Route(r),
+                            &input[..end],
+                            !info.body.is_empty(),
+                            env,
+                            now,
+                        ) {
+                            return end;
+                        }
+                        self.keep_request_head(&input[..end]);
+                    }
+                }
+                self.proxy(
+                    input,
+                    end,
+                    &head,
+                    &info,
+                    *upstream,
+                    set_host.as_deref(),
+                    env,
+                    now,
+                )
+            }
         }
     }
 
@@ -1066,7 +1133,7 @@ impl Exchange {
             fallback_host: fallback.as_bytes(),
             upgrade_websocket: self.req.upgrade,
             max_forwards: None,
-            revalidate: None,
+            revalidate: (!self.cache.validators.is_empty()).then_some(&self.cache.validators[..]),
         };
         self.out.clear();
         upstream_request(
@@ -1191,6 +1258,15 @@ impl Exchange {
             BodyKind::Close => BodyKind::None,
             b => b,
         };
+        // Rules that need the destination's addresses are decided after resolution, which a
+        // hit would skip: such requests are not answered from the cache.
+        if env.cache.is_some() && !self.req.acl_pending {
+            crate::cache::policy::key("http", authority, &self.target, &mut self.cache.key);
+            if self.cache_request(Mode::Forward, buf, !info.body.is_empty(), env, now) {
+                return end;
+            }
+            self.keep_request_head(buf);
+        }
         let fwd_fields = Forwarding {
             policy: fwd.anonymity.policy(),
             client_ip: &self.client_ip,
@@ -1199,7 +1275,7 @@ impl Exchange {
             fallback_host: b"",
             upgrade_websocket: self.req.upgrade,
             max_forwards,
-            revalidate: None,
+            revalidate: (!self.cache.validators.is_empty()).then_some(&self.cache.validators[..]),
         };
         self.out.clear();
         upstream_request(
@@ -1454,6 +1530,24 @@ impl Exchange {
         };
         self.pending = Some(self.record_action(Some(outcome), None));
         self.timers.stop(Timer::UpstreamRead);
+        if self.cache.mode != Mode::Off {
+            let uh = std::mem::take(&mut self.uheaders);
+            let answered = self.cache_response(ub, &rh, &uh, env, now);
+            self.uheaders = uh;
+            if answered {
+                // The client was answered from the cache: the upstream connection is kept
+                // only when nothing of this response is left on it.
+                let pool = ri.body.is_empty()
+                    && ri.connection.persistent(rh.version)
+                    && input.len() == end;
+                self.pending_next = Some(Action::Release {
+                    to: self.upstream_key(),
+                    pool,
+                    distrust: false,
+                });
+                return input.len();
+            }
+        }
         let to_client = match ri.body {
             BodyKind::Chunked | BodyKind::Close if self.req.version == Version::Http11 => {
                 BodyKind::Chunked
@@ -1480,6 +1574,20 @@ impl Exchange {
         let mut consumed = end;
         let mut relay = ri.body;
         if let BodyKind::Length(n) = ri.body {
+            if self.cache_storing() && n > self.cache_max_object(env) {
+                self.cache.drop_store();
+            }
+        }
+        if self.cache.mode != Mode::Off || self.cache.has_status() {
+            // `Cache-Status` goes last in the head.
+            let mut line = Vec::new();
+            self.cache_status_line(&mut line);
+            self.out.truncate(self.out.len() - 2);
+            self.out.extend_from_slice(&line);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        let head_len = self.out.len();
+        if let BodyKind::Length(n) = ri.body {
             if n <= INLINE_BODY && (input.len() - end) as u64 >= n {
                 let n = n as usize;
                 self.out.extend_from_slice(&input[end..end + n]);
@@ -1487,6 +1595,10 @@ impl Exchange {
                 self.record.response_body = n as u64;
                 relay = BodyKind::None;
             }
+        }
+        if relay == BodyKind::None && self.cache_storing() {
+            let body = self.out[head_len..].to_vec();
+            self.cache_store(body, env);
         }
         self.up.body_in = ri.body;
         self.up.body_out = to_client;
@@ -1561,6 +1673,18 @@ impl Exchange {
     /// Answers with the error of an upstream failure. `body_done`: the request body has been
     /// read whole, which is what allows the connection to be kept.
     fn fail(&mut self, err: Error, body_done: bool, env: &Env<'_>, now: Instant) {
+        let timeout = matches!(
+            err,
+            Error::Upstream(
+                UpstreamError::ConnectTimeout
+                    | UpstreamError::ReadTimeout
+                    | UpstreamError::WriteTimeout
+            )
+        );
+        if self.cache_on_failure(timeout, env, now) {
+            self.record.error = Some(err);
+            return;
+        }
         let status = err.status();
         let consumed = body_done || self.req.body.is_empty();
         let keep = consumed && self.req.persistent && !env.draining;
@@ -1582,6 +1706,10 @@ impl Exchange {
 
     /// 503 with Retry-After: every server of the group is down, marked down or at its limit.
     fn unavailable(&mut self, env: &Env<'_>, now: Instant) {
+        if self.cache_on_failure(false, env, now) {
+            self.record.error = Some(Error::NoServer);
+            return;
+        }
         let body_read = self.req.body.is_empty();
         let keep = body_read && self.req.persistent && !env.draining;
         self.out.clear();

@@ -36,6 +36,8 @@ pub struct EndRecord {
     /// What went wrong, if anything did.
     pub error: Option<Error>,
     pub finish: Option<Finish>,
+    /// Answered from the cache without asking the origin.
+    pub cache_hit: bool,
 }
 
 impl EndRecord {

@@ -232,6 +232,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                 date: &date,
                 draining: false,
                 auth: None,
+                cache: None,
             };
             let action = ex.poll_action();
             if std::env::var_os("SIM_TRACE").is_some() {
@@ -259,6 +260,11 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                 Action::WriteClient => {
                     let _ = deadline(&ex);
                     to_client.extend_from_slice(ex.out());
+                    ex.handle_client_written(true, now);
+                }
+                Action::WriteStored(e) => {
+                    to_client.extend_from_slice(ex.out());
+                    to_client.extend_from_slice(&e.body);
                     ex.handle_client_written(true, now);
                 }
                 Action::WriteContinue => {
@@ -417,7 +423,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     src.drain(..spos);
                     up.as_mut().unwrap().pending = src;
                     let leftover = ubuf.len();
-                    ex.handle_response_body(r, leftover, now);
+                    ex.handle_response_body(r, leftover, plan.tee.take(), &env, now);
                 }
                 Action::Release { to, pool, distrust } => {
                     let server = server_of(to);

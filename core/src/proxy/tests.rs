@@ -51,6 +51,7 @@ impl T {
             date: &*DATE,
             draining: false,
             auth: None,
+            cache: None,
         }
     }
 
@@ -166,7 +167,7 @@ fn a_response_is_reframed_and_persistence_decided() {
         panic!()
     };
     assert!(!plan.splice);
-    t.ex.handle_response_body(Ok(16), 0, t.now);
+    t.ex.handle_response_body(Ok(16), 0, None, &t.env(), t.now);
     assert!(matches!(
         t.ex.poll_action(),
         Action::Release {
@@ -192,7 +193,7 @@ fn bytes_past_a_response_distrust_the_server() {
     let Action::RelayResponse(_) = t.next() else {
         panic!()
     };
-    t.ex.handle_response_body(Ok(0), 5, t.now);
+    t.ex.handle_response_body(Ok(0), 5, None, &t.env(), t.now);
     assert!(matches!(
         t.ex.poll_action(),
         Action::Release {
@@ -348,6 +349,7 @@ fn a_draining_worker_closes_after_the_response() {
         date: &*DATE,
         draining: true,
         auth: None,
+        cache: None,
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);

@@ -1,0 +1,664 @@
+//! The HTTP cache over real sockets: an origin whose answers each test scripts and which counts
+//! what reaches it, the real binary, curl and raw clients.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use support::{curl, request, Client, Proxy, Response};
+
+/// A scripted answer: status, fields and body. `{n}` in the body becomes the number of
+/// requests for that path so far (so a test can tell a stored answer from a fresh one).
+#[derive(Clone)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    chunked: bool,
+    delay: Duration,
+}
+
+fn answer(headers: &[(&str, &str)], body: &str) -> Answer {
+    Answer {
+        status: 200,
+        headers: headers
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        body: body.to_string(),
+        chunked: false,
+        delay: Duration::ZERO,
+    }
+}
+
+/// What the origin saw of a request: its target and fields.
+#[derive(Clone, Debug)]
+struct Got {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Got {
+    fn header(&self, n: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An origin answering each path as scripted (404 for others). A request whose
+/// `If-None-Match` holds the script's `ETag` gets a 304 with the script's fields.
+#[derive(Clone)]
+struct Scripted {
+    addr: SocketAddr,
+    script: Arc<Mutex<HashMap<String, Answer>>>,
+    got: Arc<Mutex<Vec<Got>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Scripted {
+    fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = Self {
+            addr: l.local_addr().unwrap(),
+            script: Arc::default(),
+            got: Arc::default(),
+            stop: Arc::default(),
+        };
+        let me = s.clone();
+        l.set_nonblocking(true).unwrap();
+        thread::spawn(move || {
+            while !me.stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        let me = me.clone();
+                        thread::spawn(move || me.serve(c));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        s
+    }
+
+    fn set(&self, path: &str, a: Answer) {
+        self.script.lock().unwrap().insert(path.to_string(), a);
+    }
+
+    /// Requests that reached the origin for `path`.
+    fn count(&self, path: &str) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.target == path)
+            .count()
+    }
+
+    fn last(&self, path: &str) -> Got {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|g| g.target == path)
+            .cloned()
+            .expect("a request for the path")
+    }
+
+    fn kill(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn serve(&self, mut c: TcpStream) {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut b = [0u8; 4096];
+                match c.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                }
+            };
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut hs);
+            req.parse(&buf[..end]).unwrap();
+            let got = Got {
+                method: req.method.unwrap().to_string(),
+                target: req.path.unwrap().to_string(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).to_string(),
+                        )
+                    })
+                    .collect(),
+            };
+            let len: usize = got
+                .header("content-length")
+                .map_or(0, |v| v.parse().unwrap());
+            while buf.len() < end + len {
+                let mut b = [0u8; 4096];
+                match c.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                }
+            }
+            buf.drain(..end + len);
+            let path = got.target.split('?').next().unwrap().to_string();
+            self.got.lock().unwrap().push(got.clone());
+            let n = self.count(&got.target);
+            let a = self.script.lock().unwrap().get(&path).cloned();
+            let a = a.unwrap_or_else(|| Answer {
+                status: 404,
+                ..answer(&[], "no script")
+            });
+            thread::sleep(a.delay);
+            let etag = a
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+                .map(|(_, v)| v.clone());
+            let matched = match (got.header("if-none-match"), &etag) {
+                (Some(inm), Some(e)) => inm.split(',').any(|t| t.trim() == e),
+                _ => false,
+            };
+            let mut out = Vec::new();
+            let body = a.body.replace("{n}", &n.to_string());
+            if matched {
+                write!(out, "HTTP/1.1 304 Not Modified\r\n").unwrap();
+            } else {
+                write!(out, "HTTP/1.1 {} X\r\n", a.status).unwrap();
+            }
+            for (k, v) in &a.headers {
+                write!(out, "{k}: {v}\r\n").unwrap();
+            }
+            if matched || got.method == "HEAD" {
+                out.extend_from_slice(b"\r\n");
+            } else if a.chunked {
+                write!(out, "Transfer-Encoding: chunked\r\n\r\n").unwrap();
+                for piece in body.as_bytes().chunks(7) {
+                    write!(out, "{:x}\r\n", piece.len()).unwrap();
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            } else {
+                write!(out, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+            }
+            if c.write_all(&out).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn cache_config(origin: SocketAddr, workers: usize, cache: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = {workers}\npin = false\nshutdown_timeout = \"5s\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [cache]\nsize = \"64m\"\n{cache}\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+    )
+}
+
+fn get(p: &Proxy, path: &str, extra: &str) -> Response {
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: cache.test\r\n{extra}Connection: close\r\n\r\n");
+    request(p.addr, req.as_bytes()).expect("a response")
+}
+
+fn status_of(r: &Response) -> String {
+    r.header("cache-status").unwrap_or("").to_string()
+}
+
+#[test]
+fn fresh_responses_are_served_without_the_origin() {
+    let o = Scripted::start();
+    o.set("/a", answer(&[("Cache-Control", "max-age=60")], "body {n}"));
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    let first = get(&p, "/a", "");
+    assert_eq!(first.text(), "body 1");
+    assert!(
+        status_of(&first).contains("fwd=uri-miss; stored"),
+        "{first:?}"
+    );
+    for _ in 0..5 {
+        let r = get(&p, "/a", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "body 1");
+        assert!(status_of(&r).starts_with("ringway; hit"), "{r:?}");
+        let age: u64 = r.header("age").expect("Age on a hit").parse().unwrap();
+        assert!(age < 5);
+    }
+    // curl sees the same.
+    let (ok, out) = curl(&[
+        "-si",
+        &format!("http://{}/a", p.addr),
+        "-H",
+        "Host: cache.test",
+    ]);
+    assert!(ok);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("Cache-Status: ringway; hit") && out.ends_with("body 1"),
+        "{out}"
+    );
+    assert_eq!(o.count("/a"), 1);
+    // HEAD is answered from the stored GET.
+    let mut c = Client::connect(p.addr);
+    c.send(b"HEAD /a HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+    let h = c.response("HEAD").unwrap();
+    assert_eq!(h.header("content-length"), Some("6"));
+    assert!(status_of(&h).contains("hit"));
+    assert_eq!(o.count("/a"), 1);
+    // Another host is another key.
+    let r = request(
+        p.addr,
+        b"GET /a HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.text(), "body 2");
+}
+
+#[test]
+fn what_may_not_be_stored_is_not() {
+    let o = Scripted::start();
+    for (path, cc) in [
+        ("/nostore", "max-age=60, no-store"),
+        ("/private", "private, max-age=60"),
+        ("/bad", "max-age=abc"),
+        ("/cookie", "max-age=60"),
+    ] {
+        let mut a = answer(&[("Cache-Control", cc)], "b {n}");
+        if path == "/cookie" {
+            a.headers.push(("Set-Cookie".into(), "s=1".into()));
+        }
+        o.set(path, a);
+    }
+    o.set(
+        "/two-expires",
+        answer(
+            &[
+                ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+            ],
+            "b {n}",
+        ),
+    );
+    o.set(
+        "/huge",
+        answer(&[("Cache-Control", "max-age=60")], &"x".repeat(300_000)),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, "max_object = \"100k\""));
+    for path in [
+        "/nostore",
+        "/private",
+        "/bad",
+        "/cookie",
+        "/two-expires",
+        "/huge",
+    ] {
+        let a = get(&p, path, "");
+        let b = get(&p, path, "");
+        assert_eq!(a.status, 200, "{path}");
+        assert!(!status_of(&b).contains("hit"), "{path}: {b:?}");
+        assert_eq!(o.count(path), 2, "{path} reached the origin once only");
+    }
+    // A request with no-store is not stored either; Authorization without public is not.
+    o.set("/auth", answer(&[("Cache-Control", "max-age=60")], "b {n}"));
+    get(&p, "/auth", "Authorization: Basic dTpw\r\n");
+    get(&p, "/auth", "");
+    assert_eq!(o.count("/auth"), 2);
+}
+
+#[test]
+fn stale_responses_are_revalidated_once() {
+    let o = Scripted::start();
+    o.set(
+        "/v",
+        answer(
+            &[("Cache-Control", "max-age=0"), ("ETag", "\"v1\"")],
+            "version {n}",
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    assert_eq!(get(&p, "/v", "").text(), "version 1");
+    let r = get(&p, "/v", "");
+    // The origin answered 304: the stored body, refreshed.
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "version 1");
+    assert!(status_of(&r).contains("fwd=stale; fwd-status=304"), "{r:?}");
+    assert_eq!(o.count("/v"), 2);
+    let reval = o.last("/v");
+    assert_eq!(reval.header("if-none-match"), Some("\"v1\""));
+    // A changed resource replaces the stored one.
+    o.set(
+        "/v",
+        answer(
+            &[("Cache-Control", "max-age=60"), ("ETag", "\"v2\"")],
+            "version {n}",
+        ),
+    );
+    assert_eq!(get(&p, "/v", "").text(), "version 3");
+    assert_eq!(get(&p, "/v", "").text(), "version 3");
+    assert_eq!(o.count("/v"), 3);
+    // The client's own conditional request gets a 304 from the cache.
+    let r = get(&p, "/v", "If-None-Match: \"v2\"\r\n");
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some("\"v2\""));
+    let r = get(&p, "/v", "If-None-Match: \"v1\"\r\n");
+    assert_eq!(r.status, 200);
+    // no-cache from the client: revalidated with the origin.
+    get(&p, "/v", "Cache-Control: no-cache\r\n");
+    assert_eq!(o.count("/v"), 4);
+    assert_eq!(o.last("/v").header("if-none-match"), Some("\"v2\""));
+}
+
+#[test]
+fn variants_follow_vary() {
+    let o = Scripted::start();
+    o.set(
+        "/vary",
+        answer(
+            &[("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")],
+            "enc {n}",
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    let gz = get(&p, "/vary", "Accept-Encoding: gzip, br\r\n");
+    let br = get(&p, "/vary", "Accept-Encoding: br\r\n");
+    assert_ne!(gz.text(), br.text());
+    // Same tokens in another order and case: the same variant.
+    assert_eq!(
+        get(&p, "/vary", "Accept-Encoding: BR,gzip\r\n").text(),
+        gz.text()
+    );
+    assert_eq!(
+        get(&p, "/vary", "Accept-Encoding: br\r\n").text(),
+        br.text()
+    );
+    assert_eq!(o.count("/vary"), 2);
+    let none = get(&p, "/vary", "");
+    assert!(status_of(&none).contains("vary-miss"), "{none:?}");
+    o.set(
+        "/star",
+        answer(
+            &[("Cache-Control", "max-age=60"), ("Vary", "*")],
+            "star {n}",
+        ),
+    );
+    get(&p, "/star", "");
+    get(&p, "/star", "");
+    assert_eq!(o.count("/star"), 2);
+}
+
+#[test]
+fn unsafe_requests_and_purges_invalidate_on_every_worker() {
+    let o = Scripted::start();
+    o.set(
+        "/doc",
+        answer(&[("Cache-Control", "max-age=600")], "doc {n}"),
+    );
+    o.set(
+        "/other",
+        answer(&[("Cache-Control", "max-age=600")], "other {n}"),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 2, ""));
+    // Fill both workers (fresh connections land on either).
+    for _ in 0..12 {
+        get(&p, "/doc", "");
+        get(&p, "/other", "");
+    }
+    let before = o.count("/doc");
+    assert!(before <= 2, "at most one fetch per worker, got {before}");
+    // A POST answered 2xx invalidates the URI on every worker at once.
+    let post = request(
+        p.addr,
+        b"POST /doc HTTP/1.1\r\nHost: cache.test\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    )
+    .unwrap();
+    assert_eq!(post.status, 200);
+    let fetched = o.count("/doc");
+    for _ in 0..12 {
+        let r = get(&p, "/doc", "");
+        let n: usize = r.text()[4..].parse().unwrap();
+        assert!(
+            n > fetched - 1,
+            "a response stored before the POST was served: {}",
+            r.text()
+        );
+    }
+    // The admin listener purges a URL, then a prefix.
+    let admin = admin_addr(&p);
+    let n_before = o.count("/other");
+    let (ok, out) = curl(&[
+        "-X",
+        "PURGE",
+        &format!("http://{admin}/cache/purge?url=http://cache.test/other"),
+    ]);
+    assert!(ok, "{}", String::from_utf8_lossy(&out));
+    assert!(String::from_utf8_lossy(&out).contains("\"workers\":2"));
+    for _ in 0..8 {
+        let r = get(&p, "/other", "");
+        let n: usize = r.text()[6..].parse().unwrap();
+        assert!(n > n_before, "purged response served: {}", r.text());
+    }
+    let (ok, out) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{admin}/cache/purge?prefix=http://cache.test/"),
+    ]);
+    assert!(ok);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("\"purged\":") && !out.contains("\"purged\":0"),
+        "{out}"
+    );
+    let (_, out) = curl(&[&format!("http://{admin}/status")]);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("\"cache\":{\"entries\":0"), "{out}");
+    let (_, out) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{admin}/cache/purge?url=ftp://x/"),
+        "-w",
+        "%{http_code}",
+    ]);
+    assert!(String::from_utf8_lossy(&out).ends_with("400"));
+}
+
+fn admin_addr(p: &Proxy) -> String {
+    p.wait_log(|l| l.contains("admin"));
+    let log = p.log.lock().unwrap().clone();
+    let line = log.lines().find(|l| l.contains("admin")).unwrap();
+    let i = line.find("127.0.0.1:").unwrap();
+    line[i..].split([' ', '/']).next().unwrap().to_string()
+}
+
+#[test]
+fn stale_is_served_when_the_origin_fails_if_allowed() {
+    let o = Scripted::start();
+    // Stale on arrival (Age past max-age), usable on error for a minute.
+    o.set(
+        "/sie",
+        answer(
+            &[
+                ("Cache-Control", "max-age=5, stale-if-error=600"),
+                ("Age", "10"),
+            ],
+            "kept {n}",
+        ),
+    );
+    o.set(
+        "/strict",
+        answer(
+            &[
+                ("Cache-Control", "max-age=5, must-revalidate"),
+                ("Age", "10"),
+                ("ETag", "\"s\""),
+            ],
+            "strict {n}",
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    assert_eq!(get(&p, "/sie", "").text(), "kept 1");
+    assert_eq!(get(&p, "/strict", "").text(), "strict 1");
+    o.set(
+        "/sie",
+        Answer {
+            status: 503,
+            ..answer(&[], "down")
+        },
+    );
+    o.set(
+        "/strict",
+        Answer {
+            status: 503,
+            ..answer(&[], "down")
+        },
+    );
+    let r = get(&p, "/sie", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "kept 1"));
+    assert!(status_of(&r).contains("stale-if-error"), "{r:?}");
+    let r = get(&p, "/strict", "");
+    assert_eq!(r.status, 503, "must-revalidate is never served stale");
+    // The origin gone altogether.
+    o.kill();
+    thread::sleep(Duration::from_millis(50));
+    let r = get(&p, "/sie", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "kept 1"));
+    // only-if-cached with nothing stored: 504.
+    let r = get(&p, "/never", "Cache-Control: only-if-cached\r\n");
+    assert_eq!(r.status, 504);
+}
+
+#[test]
+fn chunked_and_large_bodies_are_stored_whole_and_served_with_a_length() {
+    let o = Scripted::start();
+    let mut a = answer(
+        &[("Cache-Control", "max-age=60")],
+        "chunked body {n} and more",
+    );
+    a.chunked = true;
+    o.set("/c", a);
+    let big = "0123456789abcdef".repeat(16 * 1024);
+    o.set("/big", answer(&[("Cache-Control", "max-age=60")], &big));
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    let first = get(&p, "/c", "");
+    assert_eq!(first.text(), "chunked body 1 and more");
+    let r = get(&p, "/c", "");
+    assert_eq!(r.text(), "chunked body 1 and more");
+    assert_eq!(r.header("content-length"), Some("23"));
+    assert_eq!(o.count("/c"), 1);
+    for _ in 0..3 {
+        let r = get(&p, "/big", "");
+        assert_eq!(r.body.len(), big.len());
+        assert!(r.body == big.as_bytes());
+    }
+    assert_eq!(o.count("/big"), 1);
+    // Keep-alive: hits and misses in turn on one connection, pipelined.
+    let mut c = Client::connect(p.addr);
+    c.send(b"GET /big HTTP/1.1\r\nHost: cache.test\r\n\r\nGET /c HTTP/1.1\r\nHost: cache.test\r\n\r\nGET /nothing HTTP/1.1\r\nHost: cache.test\r\n\r\nGET /big HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+    assert_eq!(c.response("GET").unwrap().body_len, big.len() as u64);
+    assert_eq!(c.response("GET").unwrap().text(), "chunked body 1 and more");
+    assert_eq!(c.response("GET").unwrap().status, 404);
+    assert_eq!(c.response("GET").unwrap().body_len, big.len() as u64);
+}
+
+#[test]
+fn a_reload_keeps_the_cache() {
+    let o = Scripted::start();
+    o.set(
+        "/k",
+        answer(&[("Cache-Control", "max-age=600")], "kept {n}"),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    get(&p, "/k", "");
+    p.signal(libc::SIGHUP);
+    p.wait_log(|l| l.contains("reloaded"));
+    let r = get(&p, "/k", "");
+    assert_eq!(r.text(), "kept 1");
+    assert!(status_of(&r).contains("hit"));
+    assert_eq!(o.count("/k"), 1);
+}
+
+#[test]
+fn the_memory_budget_holds_under_unique_urls() {
+    let o = Scripted::start();
+    let body = "y".repeat(32 * 1024);
+    o.set("/u", answer(&[("Cache-Control", "max-age=600")], &body));
+    let p = Proxy::start_quick(&["--upstream", &o.addr.to_string(), "--cache", "4m"]);
+    let rss0 = p.peak_rss_kib();
+    let mut c = Client::connect(p.addr);
+    for i in 0..1500 {
+        c.send(format!("GET /u?{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(c.response("GET").unwrap().body_len, body.len() as u64);
+    }
+    // 48 MB went through a 4 MiB cache.
+    let grown = p.peak_rss_kib().saturating_sub(rss0);
+    assert!(grown < 24 * 1024, "RSS grew by {grown} KiB");
+    // The most recent ones are hits.
+    c.send(b"GET /u?1499 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.response("GET").unwrap();
+    assert!(status_of(&r).contains("hit"), "{:?}", r.headers);
+}
+
+#[test]
+fn quick_mode_stores_only_what_the_origin_allows() {
+    let o = Scripted::start();
+    o.set("/plain", answer(&[], "plain {n}"));
+    o.set(
+        "/ok",
+        answer(&[("Cache-Control", "public, max-age=30")], "ok {n}"),
+    );
+    let p = Proxy::start_quick(&["--upstream", &o.addr.to_string(), "--cache", "16m"]);
+    for _ in 0..3 {
+        get(&p, "/plain", "");
+        get(&p, "/ok", "");
+    }
+    assert_eq!(o.count("/plain"), 3);
+    assert_eq!(o.count("/ok"), 1);
+}
+
+#[test]
+fn the_forward_proxy_caches_by_absolute_uri() {
+    let o = Scripted::start();
+    o.set(
+        "/f",
+        answer(&[("Cache-Control", "max-age=60")], "forward {n}"),
+    );
+    let p = Proxy::start_quick(&["--forward", "--cache", "16m"]);
+    let url = format!("http://{}/f", o.addr);
+    for _ in 0..3 {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-x",
+                &format!("http://{}", p.addr),
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "forward 1");
+    }
+    assert_eq!(o.count("/f"), 1);
+}

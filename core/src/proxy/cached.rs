@@ -1,0 +1,552 @@
+//! The exchange's cache steps: look a request up, answer it from a stored response, revalidate,
+//! store what comes back, invalidate after unsafe requests, serve stale when the origin fails.
+//! The rules themselves are in [`crate::cache::policy`].
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::cache::policy::{
+    self, initial_age, not_modified, read_request, read_response, storable, usable, vary_value,
+    Freshness, RequestMeta, ResponseMeta, Usable, Vary,
+};
+use crate::cache::store::Selector;
+use crate::cache::{CacheRules, Entry, Epochs, Shard, Tee};
+use crate::config::Config;
+use crate::http::date::DateLine;
+use crate::http::rewrite::{stored_response, updated_response};
+use crate::http::{parse_response, Header, Limits, Method, ResponseHead, Version};
+
+use super::{Env, Exchange, Written};
+
+/// Stored bodies up to this size go out in one write with their head (copied); longer ones are
+/// written from the store after it.
+pub const INLINE_HIT: usize = 16 * 1024;
+
+/// The worker's cache as an exchange sees it.
+#[derive(Clone, Copy)]
+pub struct CacheRef<'a> {
+    pub shard: &'a RefCell<Shard>,
+    pub epochs: &'a Epochs,
+}
+
+/// Which rules apply to the current request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Mode {
+    #[default]
+    Off,
+    /// A reverse-proxy route's rules.
+    Route(usize),
+    /// The forward proxy's (the `[cache]` section's).
+    Forward,
+}
+
+/// What the cache knows about the current request.
+#[derive(Debug, Default)]
+pub(super) struct CacheState {
+    pub(super) mode: Mode,
+    /// The key (absolute URI) of the request's target.
+    pub(super) key: Vec<u8>,
+    /// The invalidation counter of the key when the request was looked up.
+    epoch: u64,
+    req: RequestMeta,
+    request_time: u64,
+    /// The stored response being revalidated, or kept to serve stale if the origin fails.
+    stale: Option<Rc<Entry>>,
+    revalidating: bool,
+    /// The response being stored once its body is in.
+    store: Option<Pending>,
+    /// `Cache-Status` for a forwarded response: `fwd=…`.
+    fwd: &'static str,
+    /// Revalidation fields for the upstream request.
+    pub(super) validators: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    head: Vec<u8>,
+    meta: ResponseMeta,
+    lifetime: u64,
+    initial_age: u64,
+    response_time: u64,
+    vary: Vec<Selector>,
+    max_object: u64,
+}
+
+impl CacheState {
+    pub(super) fn reset(&mut self) {
+        self.mode = Mode::Off;
+        self.stale = None;
+        self.revalidating = false;
+        self.store = None;
+        self.fwd = "";
+        self.validators.clear();
+    }
+
+    pub(super) fn drop_store(&mut self) {
+        self.store = None;
+    }
+
+    /// A `Cache-Status` line goes on the forwarded response.
+    pub(super) fn has_status(&self) -> bool {
+        !self.fwd.is_empty()
+    }
+
+    /// The tee for the response body relay, when the response is being stored.
+    pub(super) fn tee(&self, expect: Option<u64>) -> Option<Tee> {
+        self.store.as_ref().map(|p| Tee::new(p.max_object, expect))
+    }
+}
+
+/// The rules of `mode` in `cfg`.
+fn rules(mode: Mode, cfg: &Config) -> Option<&CacheRules> {
+    match mode {
+        Mode::Off => None,
+        Mode::Route(i) => cfg.routes.get(i)?.cache.as_ref(),
+        Mode::Forward => cfg.cache.as_ref().filter(|c| c.forward).map(|c| &c.rules),
+    }
+}
+
+/// Whole seconds since the epoch, from io's clock (the `Date` line's second).
+fn unix(env: &Env<'_>) -> u64 {
+    env.date.date_line().secs()
+}
+
+impl Exchange {
+    /// Sets the cache up for a request to `key`'s target under `mode`. Returns true when the
+    /// request was answered from the cache (or refused with `only-if-cached`).
+    pub(super) fn cache_request(
+        &mut self,
+        mode: Mode,
+        buf: &[u8],
+        body_follows: bool,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> bool {
+        let Some(c) = env.cache else { return false };
+        if rules(mode, env.cfg).is_none() {
+            return false;
+        }
+        self.cache.mode = mode;
+        if !matches!(self.req.method, Method::Get | Method::Head) {
+            // Unsafe requests invalidate on success (see `cache_response`).
+            self.cache.fwd = "method";
+            return false;
+        }
+        let secs = unix(env);
+        self.cache.req = read_request(buf, &self.headers);
+        self.cache.request_time = secs;
+        self.cache.epoch = c.epochs.get(&self.cache.key);
+        if body_follows || self.cache.req.other_conditional || self.cache.req.range {
+            // Left to the origin, and what comes back is not stored.
+            self.cache.fwd = "bypass";
+            self.cache.mode = Mode::Off;
+            return false;
+        }
+        let mut variants = c.shard.borrow_mut().variants(&self.cache.key, c.epochs);
+        let private_ok = env
+            .cfg
+            .forward
+            .private_destinations
+            .private_allowed(self.client);
+        variants.retain(|(_, e)| !e.private_dest || private_ok);
+        let mut tmp = Vec::new();
+        let chosen = variants.iter().find(|(_, e)| {
+            e.vary.iter().all(|(name, v)| {
+                vary_value(buf, &self.headers, name, &mut tmp);
+                tmp[..] == v[..]
+            })
+        });
+        let Some((id, e)) = chosen.cloned() else {
+            c.shard.borrow_mut().count_miss();
+            self.cache.fwd = if variants.is_empty() {
+                "uri-miss"
+            } else {
+                "vary-miss"
+            };
+            return self.only_if_cached(env, now);
+        };
+        let f = Freshness {
+            lifetime: e.lifetime,
+            age: e.age(secs),
+            no_cache: e.cc.no_cache,
+            must_revalidate: e.cc.must_revalidate
+                || e.cc.proxy_revalidate
+                || e.cc.s_maxage.is_some(),
+        };
+        match usable(&f, &self.cache.req) {
+            Usable::Fresh | Usable::Stale => {
+                c.shard.borrow_mut().touch(id);
+                self.serve_stored(e, None, env, now);
+                true
+            }
+            Usable::Revalidate => {
+                c.shard.borrow_mut().count_miss();
+                if self.cache.req.cc.only_if_cached {
+                    return self.only_if_cached(env, now);
+                }
+                self.cache.fwd = if self.cache.req.no_cache() {
+                    "request"
+                } else {
+                    "stale"
+                };
+                self.cache.validators.clear();
+                if let Some(etag) = &e.etag {
+                    self.cache.validators.extend_from_slice(b"If-None-Match: ");
+                    self.cache.validators.extend_from_slice(etag);
+                    self.cache.validators.extend_from_slice(b"\r\n");
+                }
+                if let Some(lm) = e.last_modified {
+                    let line = DateLine::at(lm);
+                    self.cache
+                        .validators
+                        .extend_from_slice(b"If-Modified-Since: ");
+                    self.cache
+                        .validators
+                        .extend_from_slice(&line.as_bytes()[6..DateLine::LEN - 2]);
+                    self.cache.validators.extend_from_slice(b"\r\n");
+                }
+                self.cache.revalidating = !self.cache.validators.is_empty();
+                self.cache.stale = Some(e);
+                false
+            }
+        }
+    }
+
+    /// `only-if-cached` with nothing usable stored: 504 (RFC 9111 §5.2.1.7).
+    fn only_if_cached(&mut self, env: &Env<'_>, now: Instant) -> bool {
+        if !self.cache.req.cc.only_if_cached {
+            return false;
+        }
+        self.local_error(504, "not in the cache (only-if-cached)", env, now);
+        true
+    }
+
+    /// Answers from stored response `e`: `304` when the client's conditions match it, else the
+    /// stored response with its `Age`. `detail` goes into `Cache-Status` (why a stale response
+    /// was served).
+    fn serve_stored(&mut self, e: Rc<Entry>, fwd: Option<&str>, env: &Env<'_>, now: Instant) {
+        let secs = unix(env);
+        let age = e.age(secs);
+        let keep = self.req.persistent && !env.draining;
+        let not_mod = not_modified(&self.cache.req, e.etag.as_deref(), e.last_modified);
+        let out = &mut self.out;
+        out.clear();
+        if not_mod {
+            out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
+            // RFC 9110 §15.4.5: the fields a 200 would have carried that describe it.
+            for line in e.head.split_inclusive(|&b| b == b'\n').skip(1) {
+                let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+                let keep_field = [
+                    &b"cache-control"[..],
+                    b"content-location",
+                    b"date",
+                    b"etag",
+                    b"expires",
+                    b"vary",
+                    b"last-modified",
+                ]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n));
+                if keep_field {
+                    out.extend_from_slice(line);
+                }
+            }
+        } else {
+            out.extend_from_slice(&e.head);
+        }
+        let _ = write!(out, "Age: {age}\r\nVia: 1.1 ringway\r\n");
+        if !not_mod {
+            let _ = write!(out, "Content-Length: {}\r\n", e.body.len());
+        }
+        let ttl = e.lifetime as i64 - age as i64;
+        match fwd {
+            None => {
+                let _ = write!(out, "Cache-Status: ringway; hit; ttl={ttl}\r\n");
+            }
+            Some(f) => {
+                let _ = write!(out, "Cache-Status: ringway; {f}; ttl={ttl}\r\n");
+            }
+        }
+        match (keep, self.req.version) {
+            (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
+            (true, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            (true, Version::Http11) => {}
+        }
+        out.extend_from_slice(b"\r\n");
+        let status = if not_mod { 304 } else { e.status };
+        if !not_mod && self.req.method != Method::Head {
+            if e.body.len() <= INLINE_HIT {
+                out.extend_from_slice(&e.body);
+            } else {
+                self.hit = Some(e.clone());
+            }
+            self.record.response_body = e.body.len() as u64;
+        }
+        self.record.status = status;
+        self.record.response_head = Some(now);
+        self.record.cache_hit = fwd.is_none();
+        let notify = !self.req.persistent;
+        self.write_client(Written::Local { keep, notify }, now);
+    }
+
+    /// A final response arrived (`buf` holds its head, `rh` and `headers` parsed): invalidate
+    /// after an unsafe request, refresh a revalidated entry with a `304`, serve stale on a
+    /// failure status, or decide whether to store it. Returns true when the client was answered
+    /// from the cache instead (io is then told to release or close the upstream connection).
+    pub(super) fn cache_response(
+        &mut self,
+        buf: &[u8],
+        rh: &ResponseHead,
+        headers: &[Header],
+        env: &Env<'_>,
+        now: Instant,
+    ) -> bool {
+        let Some(c) = env.cache else { return false };
+        let Some(rules) = rules(self.cache.mode, env.cfg) else {
+            return false;
+        };
+        if policy::invalidates(self.req.method, rh.status) {
+            c.epochs.bump(&self.cache.key);
+            let mut other = Vec::new();
+            for name in [&b"location"[..], b"content-location"] {
+                if let Some(v) = crate::http::find_header(buf, headers, name) {
+                    if policy::same_origin_key(&self.cache.key, v, &mut other) {
+                        c.epochs.bump(&other);
+                    }
+                }
+            }
+            return false;
+        }
+        if !matches!(self.req.method, Method::Get | Method::Head) {
+            return false;
+        }
+        let secs = unix(env);
+        let meta = read_response(rh.status, buf, headers);
+        if let Some(e) = self.cache.stale.clone() {
+            if self.cache.revalidating && rh.status == 304 {
+                // A 304 with a strong validator refreshes only a response with the same one.
+                let matches = match (&meta.etag, &e.etag) {
+                    (Some(new), Some(old)) if !new.starts_with(b"W/") => new[..] == old[..],
+                    _ => true,
+                };
+                let fresh = if matches {
+                    self.refreshed(&e, buf, headers, secs, rules)
+                } else {
+                    None
+                };
+                let served = match fresh {
+                    Some(f) => {
+                        let f = Rc::new(f);
+                        c.shard.borrow_mut().insert_rc(f.clone());
+                        f
+                    }
+                    None => e,
+                };
+                self.serve_stored(served, Some("fwd=stale; fwd-status=304"), env, now);
+                return true;
+            }
+            if self.stale_allowed(&e, Some(rh.status), rules, secs) {
+                self.serve_stored(e, Some("fwd=stale; detail=stale-if-error"), env, now);
+                return true;
+            }
+        }
+        match storable(self.req.method, &self.cache.req, &meta, secs, rules) {
+            Ok(lifetime) => {
+                let mut head = Vec::with_capacity(rh.len);
+                stored_response(buf, rh, headers, &env.date.date_line(), &mut head);
+                let mut vary = Vec::new();
+                if let Vary::Fields(names) = &meta.vary {
+                    let mut v = Vec::new();
+                    for n in names {
+                        vary_value(self.head_buf(), &self.headers, n, &mut v);
+                        vary.push((n.clone().into_boxed_slice(), v.clone().into_boxed_slice()));
+                    }
+                }
+                self.cache.store = Some(Pending {
+                    head,
+                    initial_age: initial_age(&meta, self.cache.request_time, secs),
+                    meta,
+                    lifetime,
+                    response_time: secs,
+                    vary,
+                    max_object: rules.max_object,
+                });
+            }
+            Err(_) => {
+                // A response that may not be stored replaces nothing, but what it says
+                // about the stored one (e.g. no-store) makes that one unusable too.
+                if self.cache.stale.is_some() && rh.status < 500 {
+                    c.shard.borrow_mut().remove(&self.cache.key);
+                }
+            }
+        }
+        false
+    }
+
+    /// The request head the response answers (for `Vary`).
+    fn head_buf(&self) -> &[u8] {
+        &self.req_head
+    }
+
+    /// Keeps a copy of the request head while its response may be stored.
+    pub(super) fn keep_request_head(&mut self, head: &[u8]) {
+        if self.cache.mode == Mode::Off {
+            return;
+        }
+        self.req_head.clear();
+        self.req_head.extend_from_slice(head);
+    }
+
+    pub(super) fn cache_max_object(&self, env: &Env<'_>) -> u64 {
+        rules(self.cache.mode, env.cfg).map_or(0, |r| r.max_object)
+    }
+
+    /// The `Cache-Status` line for a forwarded response (empty when the request was not for
+    /// the cache).
+    pub(super) fn cache_status_line(&self, out: &mut Vec<u8>) {
+        if self.cache.mode == Mode::Off && self.cache.fwd.is_empty() {
+            return;
+        }
+        let fwd = if self.cache.fwd.is_empty() {
+            "miss"
+        } else {
+            self.cache.fwd
+        };
+        let _ = write!(out, "Cache-Status: ringway; fwd={fwd}");
+        if self.cache.store.is_some() {
+            out.extend_from_slice(b"; stored");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Stores the response whose body is `body` (the whole of it), as decided in
+    /// `cache_response`.
+    pub(super) fn cache_store(&mut self, body: Vec<u8>, env: &Env<'_>) {
+        let (Some(c), Some(p)) = (env.cache, self.cache.store.take()) else {
+            return;
+        };
+        if body.len() as u64 > p.max_object {
+            return;
+        }
+        let e = Entry {
+            key: self.cache.key.clone().into_boxed_slice(),
+            vary: p.vary.into_boxed_slice(),
+            head: p.head.into_boxed_slice(),
+            body: body.into_boxed_slice(),
+            status: p.meta.status,
+            response_time: p.response_time,
+            initial_age: p.initial_age,
+            lifetime: p.lifetime,
+            etag: p.meta.etag.map(Vec::into_boxed_slice),
+            last_modified: p.meta.last_modified,
+            cc: p.meta.cc,
+            epoch: self.cache.epoch,
+            private_dest: self
+                .req
+                .dest
+                .is_some_and(|d| crate::forward::is_private(d.ip())),
+        };
+        c.shard.borrow_mut().insert(e);
+    }
+
+    /// Whether the response is being stored (its body must go through the tee).
+    pub(super) fn cache_storing(&self) -> bool {
+        self.cache.store.is_some()
+    }
+
+    /// The origin failed (no response, or `status`): serve the stale stored response if the
+    /// response, the request or the operator allows it. True when it was served.
+    pub(super) fn cache_on_failure(&mut self, timeout: bool, env: &Env<'_>, now: Instant) -> bool {
+        let Some(e) = self.cache.stale.clone() else {
+            return false;
+        };
+        let Some(rules) = rules(self.cache.mode, env.cfg) else {
+            return false;
+        };
+        let by_rule = if timeout {
+            rules.use_stale.timeout
+        } else {
+            rules.use_stale.error
+        };
+        let secs = unix(env);
+        if by_rule || self.stale_allowed(&e, None, rules, secs) {
+            if e.cc.must_revalidate || e.cc.proxy_revalidate || e.cc.s_maxage.is_some() {
+                return false;
+            }
+            self.serve_stored(e, Some("fwd=stale; detail=stale-if-error"), env, now);
+            return true;
+        }
+        false
+    }
+
+    /// May `e` be served stale now that the origin failed (with `status`, if it answered)?
+    fn stale_allowed(&self, e: &Entry, status: Option<u16>, rules: &CacheRules, secs: u64) -> bool {
+        if e.cc.no_cache || e.cc.must_revalidate || e.cc.proxy_revalidate || e.cc.s_maxage.is_some()
+        {
+            return false;
+        }
+        let failure = match status {
+            None => true,
+            Some(s) => matches!(s, 500 | 502 | 503 | 504) || rules.use_stale.statuses.contains(&s),
+        };
+        if !failure {
+            return false;
+        }
+        if status.is_some_and(|s| rules.use_stale.statuses.contains(&s)) {
+            return true;
+        }
+        let staleness = e.age(secs).saturating_sub(e.lifetime);
+        let window =
+            e.cc.stale_if_error
+                .into_iter()
+                .chain(self.cache.req.cc.stale_if_error)
+                .max();
+        window.is_some_and(|w| staleness <= w)
+    }
+
+    /// The entry `e` refreshed by a `304` (RFC 9111 §4.3.4): its fields updated, its age and
+    /// freshness computed anew from the 304.
+    fn refreshed(
+        &self,
+        e: &Entry,
+        buf: &[u8],
+        headers: &[Header],
+        secs: u64,
+        rules: &CacheRules,
+    ) -> Option<Entry> {
+        let mut head = Vec::with_capacity(e.head.len() + 128);
+        updated_response(&e.head, buf, headers, &mut head);
+        // Read the merged head back as a response to recompute what it says.
+        let mut full = head.clone();
+        full.extend_from_slice(b"\r\n");
+        let mut hs = Vec::new();
+        let limits = Limits {
+            max_head: full.len() + 1,
+            max_target: full.len() + 1,
+            max_headers: 1000,
+        };
+        let rh = parse_response(&full, &mut hs, &limits).ok()?;
+        let meta = read_response(rh.status, &full, &hs);
+        if meta.cc.no_store || meta.cc.private {
+            return None;
+        }
+        let r304 = read_response(304, buf, headers);
+        Some(Entry {
+            key: e.key.clone(),
+            vary: e.vary.clone(),
+            head: head.into_boxed_slice(),
+            body: e.body.clone(),
+            status: e.status,
+            response_time: secs,
+            initial_age: initial_age(&r304, self.cache.request_time, secs),
+            lifetime: policy::lifetime(&meta, secs, rules),
+            etag: meta.etag.map(Vec::into_boxed_slice),
+            last_modified: meta.last_modified,
+            cc: meta.cc,
+            epoch: self.cache.epoch,
+            private_dest: e.private_dest,
+        })
+    }
+}

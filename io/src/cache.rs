@@ -1,0 +1,182 @@
+//! The cache's mechanism: one [`Shard`] per worker (kept across reloads), the invalidation
+//! counters every worker shares, purges from the admin listener, and the vectored write of a
+//! hit (its head from the exchange, its body from the store, in one `writev`).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::buf::IoVecBuf;
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+use ringway_core::cache::Entry;
+use ringway_core::config::Config;
+
+use crate::buf::IoFail;
+
+/// A purge the admin listener asks of every worker; each replies with how many stored
+/// responses it removed.
+pub(crate) struct Purge {
+    /// A cache key (absolute URI), or a prefix of keys.
+    pub(crate) target: Vec<u8>,
+    pub(crate) prefix: bool,
+    pub(crate) reply: crossbeam_channel::Sender<usize>,
+}
+
+/// One worker's share of the configured cache size.
+pub(crate) fn budget(cfg: &Config, workers: usize) -> usize {
+    cfg.cache.as_ref().map_or(0, |c| {
+        usize::try_from(c.size / workers.max(1) as u64).unwrap_or(usize::MAX)
+    })
+}
+
+/// A hit's head and the stored body, as one vectored write. Owned by the operation until it
+/// completes (also when a timeout cancels it), so the kernel never reads freed memory.
+struct HitBuf {
+    head: Vec<u8>,
+    /// Kept alive for the kernel: the second iovec points into its body.
+    #[allow(dead_code)]
+    entry: Rc<Entry>,
+    /// Boxed so that the array stays put while the value moves.
+    iov: Box<[libc::iovec; 2]>,
+}
+
+impl HitBuf {
+    /// The bytes from offset `off` of head + body.
+    fn new(head: Vec<u8>, entry: Rc<Entry>, off: usize) -> Self {
+        let (h, b) = (head.len(), entry.body.len());
+        let (hs, bs) = if off < h { (off, 0) } else { (h, off - h) };
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: head[hs..].as_ptr() as *mut libc::c_void,
+                iov_len: h - hs,
+            },
+            libc::iovec {
+                iov_base: entry.body[bs..].as_ptr() as *mut libc::c_void,
+                iov_len: b - bs,
+            },
+        ]);
+        Self { head, entry, iov }
+    }
+}
+
+// SAFETY: the iovecs point into `head` and `entry.body`, both owned by the value and never
+// changed while it lives; the array itself is boxed, so its address is stable.
+unsafe impl IoVecBuf for HitBuf {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        2
+    }
+}
+
+/// Writes `head` then the body of `entry` on a plain socket, in as few `writev`s as the socket
+/// takes; `head` comes back (emptied of nothing) for reuse.
+pub(crate) async fn write_hit(
+    s: &mut TcpStream,
+    head: &mut Vec<u8>,
+    entry: Rc<Entry>,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    let total = head.len() + entry.body.len();
+    let mut off = 0;
+    let mut h = std::mem::take(head);
+    while off < total {
+        let buf = HitBuf::new(h, entry.clone(), off);
+        let (res, buf) = match monoio::time::timeout(timeout, s.writev(buf)).await {
+            Ok(r) => r,
+            Err(_) => return Err(IoFail::Timeout),
+        };
+        h = buf.head;
+        match res {
+            Ok(0) => {
+                *head = h;
+                return Err(IoFail::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                *head = h;
+                return Err(IoFail::Io(e));
+            }
+        }
+    }
+    *head = h;
+    Ok(())
+}
+
+/// The cache key (or key prefix) an admin purge names: `scheme://host[:port]/path?query`, its
+/// scheme and host lower-cased and a default port dropped like the proxy's own keys; a
+/// full URL's path is normalised as requests' are. `None` when it is not an http(s) URL.
+pub(crate) fn purge_key(url: &[u8], prefix: bool) -> Option<Vec<u8>> {
+    let lower: Vec<u8> = url.iter().take(8).map(u8::to_ascii_lowercase).collect();
+    let (scheme, rest) = if lower.starts_with(b"http://") {
+        ("http", &url[7..])
+    } else if lower.starts_with(b"https://") {
+        ("https", &url[8..])
+    } else {
+        return None;
+    };
+    let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+    let (host, path) = rest.split_at(slash);
+    if host.is_empty() {
+        return None;
+    }
+    let path = if path.is_empty() { &b"/"[..] } else { path };
+    let mut target = Vec::new();
+    if prefix {
+        target.extend_from_slice(path);
+    } else {
+        ringway_core::http::path::normalise(path, &Default::default(), &mut target).ok()?;
+    }
+    let mut key = Vec::new();
+    ringway_core::cache::policy::key(scheme, host, &target, &mut key);
+    Some(key)
+}
+
+/// Decodes `%XX` escapes (and leaves anything else as it is).
+pub(crate) fn percent_decode(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if v[i] == b'%' && i + 2 < v.len() {
+            if let (Some(h), Some(l)) = (hex(v[i + 1]), hex(v[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_keys() {
+        assert_eq!(
+            purge_key(b"HTTP://Example.com:80/a/../b?x=1", false).unwrap(),
+            b"http://example.com/b?x=1"
+        );
+        assert_eq!(
+            purge_key(b"https://a.com", false).unwrap(),
+            b"https://a.com/"
+        );
+        assert_eq!(
+            purge_key(b"http://a.com/static/", true).unwrap(),
+            b"http://a.com/static/"
+        );
+        assert!(purge_key(b"ftp://a.com/", false).is_none());
+        assert!(purge_key(b"http:///x", false).is_none());
+        assert_eq!(
+            percent_decode(b"http%3A%2F%2Fa%2Fb%3Fc%3d1%zz%"),
+            b"http://a/b?c=1%zz%"
+        );
+    }
+}
