@@ -662,3 +662,40 @@ fn the_forward_proxy_caches_by_absolute_uri() {
     }
     assert_eq!(o.count("/f"), 1);
 }
+
+#[test]
+fn parallel_misses_are_coalesced_into_one_fetch() {
+    let o = Scripted::start();
+    let mut a = answer(&[("Cache-Control", "max-age=60")], "slow {n}");
+    a.delay = Duration::from_millis(400);
+    o.set("/slow", a);
+    let mut u = answer(&[("Cache-Control", "no-store")], "uncacheable {n}");
+    u.delay = Duration::from_millis(200);
+    o.set("/nostore", u);
+    let p = Proxy::start(&cache_config(o.addr, 1, "lock_timeout = \"5s\""));
+    let addr = p.addr;
+    let run = |path: &'static str| {
+        let hs: Vec<_> = (0..50)
+            .map(|_| {
+                thread::spawn(move || {
+                    let req =
+                        format!("GET {path} HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n");
+                    request(addr, req.as_bytes()).map(|r| (r.status, r.text()))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let answers = run("/slow");
+    assert!(
+        answers.iter().all(|(s, t)| *s == 200 && t == "slow 1"),
+        "{answers:?}"
+    );
+    assert_eq!(o.count("/slow"), 1, "50 parallel misses, one fetch");
+    // An answer that turns out not storable: the waiters fetch for themselves.
+    let answers = run("/nostore");
+    assert!(answers.iter().all(|(s, _)| *s == 200));
+    assert_eq!(o.count("/nostore"), 50);
+}

@@ -39,6 +39,10 @@ pub(crate) struct Worker {
     pub(crate) epochs: std::sync::Arc<ringway_core::cache::Epochs>,
     /// Workers sharing the cache budget.
     workers: usize,
+    /// Exchanges waiting for another's fetch of a cache key, and the shard's count of ended
+    /// fetches when they were last woken.
+    fill_waiters: RefCell<Vec<std::task::Waker>>,
+    fills_seen: Cell<u64>,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -65,6 +69,8 @@ impl Worker {
             cache: RefCell::new(ringway_core::cache::Shard::new(budget)),
             epochs,
             workers,
+            fill_waiters: RefCell::new(Vec::new()),
+            fills_seen: Cell::new(0),
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),
@@ -152,6 +158,32 @@ impl Worker {
         }
         c.retries += u64::from(r.attempts.saturating_sub(1));
         self.requests.set(c);
+    }
+
+    /// Wakes the exchanges waiting on cache fetches when one has ended since the last call
+    /// (each looks at its own key again).
+    pub(crate) fn wake_fills(&self) {
+        let ended = self.cache.borrow().fills_ended();
+        if ended != self.fills_seen.replace(ended) {
+            for w in self.fill_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves once no exchange on this worker is fetching `key`.
+    pub(crate) fn fill_done<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> impl std::future::Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            if self.cache.borrow().filling(key) {
+                self.fill_waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
     }
 
     /// The generation new requests use.

@@ -275,6 +275,18 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_resolved(r, &env(&self.w, &cfg), now);
                 }
+                Action::WaitFill => {
+                    let wait = self.ex.timeout(self.now);
+                    let done = monoio::time::timeout(wait, self.w.fill_done(self.ex.cache_key()))
+                        .await
+                        .is_ok();
+                    let now = self.tick();
+                    if done {
+                        self.ex.handle_fill_done(&env(&self.w, &cfg), now);
+                    } else {
+                        self.ex.handle_timeout(&env(&self.w, &cfg), now);
+                    }
+                }
                 Action::Tunnel { idle } => {
                     let up = self.up.as_ref().expect("a tunnel has a destination");
                     let early_up = std::mem::take(&mut self.inbuf);
@@ -324,6 +336,7 @@ impl Conn {
                         self.ex
                             .handle_upstream_input(&self.ubuf, &env(&self.w, &cfg), self.now);
                     self.ubuf.drain(..n);
+                    self.w.wake_fills();
                 }
                 Action::RelayResponse(mut plan) => {
                     let up = self
@@ -348,6 +361,7 @@ impl Conn {
                     let now = self.tick();
                     self.ex
                         .handle_response_body(r, leftover, tee, &env(&self.w, &cfg), now);
+                    self.w.wake_fills();
                 }
                 Action::Release { to, pool, distrust } => {
                     let up = self.up.take();
@@ -480,6 +494,18 @@ impl Conn {
     /// The one place every exchange ends: its record goes to the worker's counters (and, at
     /// debug level, to the log; the access log of a later issue reads it here).
     fn end(&mut self) {
+        // With the shard even if a reload has just removed `[cache]`: a claim on a fetch is
+        // always given back.
+        let cfg = self.cfg.clone();
+        let e = Env {
+            cache: Some(CacheRef {
+                shard: &self.w.cache,
+                epochs: &self.w.epochs,
+            }),
+            ..env(&self.w, &cfg)
+        };
+        self.ex.release_fill(&e);
+        self.w.wake_fills();
         let r: &EndRecord = self.ex.end_record();
         if !r.had_request() {
             return;

@@ -28,6 +28,9 @@ pub struct CacheRules {
     pub use_stale: UseStale,
     /// Larger responses stream through without being stored.
     pub max_object: u64,
+    /// Longest wait for another request's fetch of the same key (nginx's
+    /// `proxy_cache_lock_timeout`); then a request fetches for itself.
+    pub lock_timeout: std::time::Duration,
 }
 
 impl Default for CacheRules {
@@ -40,6 +43,7 @@ impl Default for CacheRules {
             heuristic_max: 86_400,
             use_stale: UseStale::default(),
             max_object: 8 << 20,
+            lock_timeout: std::time::Duration::from_secs(5),
         }
     }
 }

@@ -154,6 +154,10 @@ pub struct Shard {
     ghost: VecDeque<u64>,
     ghost_set: HashSet<u64>,
     stats: Stats,
+    /// Keys an exchange is fetching from the origin now (request coalescing).
+    fills: HashSet<Box<[u8]>>,
+    /// Fills ended so far (io wakes waiting exchanges when it moves).
+    fills_ended: u64,
 }
 
 impl Shard {
@@ -171,7 +175,35 @@ impl Shard {
             ghost: VecDeque::new(),
             ghost_set: HashSet::new(),
             stats: Stats::default(),
+            fills: HashSet::new(),
+            fills_ended: 0,
         }
+    }
+
+    /// Claims the fetch of `key` for the caller; false when another exchange holds it.
+    pub fn try_fill(&mut self, key: &[u8]) -> bool {
+        if self.fills.contains(key) {
+            return false;
+        }
+        self.fills.insert(key.into());
+        true
+    }
+
+    /// Whether an exchange is fetching `key`.
+    pub fn filling(&self, key: &[u8]) -> bool {
+        self.fills.contains(key)
+    }
+
+    /// The fetch of `key` ended (stored, not storable, or failed).
+    pub fn end_fill(&mut self, key: &[u8]) {
+        if self.fills.remove(key) {
+            self.fills_ended += 1;
+        }
+    }
+
+    /// How many fills have ended so far.
+    pub fn fills_ended(&self) -> u64 {
+        self.fills_ended
     }
 
     pub fn budget(&self) -> usize {

@@ -62,6 +62,8 @@ pub(crate) fn build_cache(
             },
         }
     }
+    let lock_timeout =
+        super::timeouts::opt_duration(loc, "cache.lock_timeout", c.lock_timeout, d.lock_timeout)?;
     Ok(Some(CacheConfig {
         size,
         forward: c.forward.unwrap_or(true),
@@ -73,6 +75,7 @@ pub(crate) fn build_cache(
             heuristic_max,
             use_stale,
             max_object,
+            lock_timeout,
         },
     }))
 }

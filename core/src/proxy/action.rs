@@ -44,6 +44,10 @@ pub enum Action {
     /// Resolve `resolve_host()` (io's resolver, `/etc/hosts` honoured, with its TTL cache),
     /// then `handle_resolved`.
     Resolve { port: u16 },
+    /// Another request on this worker is fetching the same cache key: wait until
+    /// `cache_key()` is no longer being filled (bounded by the deadline), then
+    /// `handle_fill_done` (`handle_timeout` when the deadline passes).
+    WaitFill,
     /// Move bytes both ways between the client and the upstream connection (a CONNECT tunnel,
     /// or a WebSocket after its 101) until both sides close or nothing moves for `idle`; bytes
     /// already buffered from either side go first. Then `handle_tunnel_closed`.

@@ -61,6 +61,10 @@ pub(super) struct CacheState {
     fwd: &'static str,
     /// Revalidation fields for the upstream request.
     pub(super) validators: Vec<u8>,
+    /// This request fetches the key for the worker (others wait for it).
+    filling: bool,
+    /// This request waited for another's fetch already (it does not wait twice).
+    waited: bool,
 }
 
 #[derive(Debug)]
@@ -82,6 +86,8 @@ impl CacheState {
         self.store = None;
         self.fwd = "";
         self.validators.clear();
+        self.filling = false;
+        self.waited = false;
     }
 
     pub(super) fn drop_store(&mut self) {
@@ -165,7 +171,7 @@ impl Exchange {
             } else {
                 "vary-miss"
             };
-            return self.only_if_cached(env, now);
+            return self.only_if_cached(env, now) || self.claim_fill(c, buf, env, now);
         };
         let f = Freshness {
             lifetime: e.lifetime,
@@ -209,7 +215,62 @@ impl Exchange {
                 }
                 self.cache.revalidating = !self.cache.validators.is_empty();
                 self.cache.stale = Some(e);
-                false
+                self.claim_fill(c, buf, env, now)
+            }
+        }
+    }
+
+    /// Request coalescing: the first miss on a key fetches it; later ones wait (once, bounded
+    /// by `lock_timeout`) and then look again. True when this request waits.
+    fn claim_fill(&mut self, c: CacheRef<'_>, buf: &[u8], env: &Env<'_>, now: Instant) -> bool {
+        if self.req.method != Method::Get {
+            return false;
+        }
+        if c.shard.borrow_mut().try_fill(&self.cache.key) {
+            self.cache.filling = true;
+            return false;
+        }
+        let Some(rules) = rules(self.cache.mode, env.cfg) else {
+            return false;
+        };
+        if self.cache.waited {
+            return false;
+        }
+        self.req_head.clear();
+        self.req_head.extend_from_slice(buf);
+        self.state = super::State::WaitFill;
+        self.timers
+            .arm_for(super::Timer::CacheLock, rules.lock_timeout, now);
+        true
+    }
+
+    /// The key `WaitFill` waits on.
+    pub fn cache_key(&self) -> &[u8] {
+        &self.cache.key
+    }
+
+    /// The fetch this request waited for ended (or the wait timed out): the request is handled
+    /// again, from the cache if the fetch stored something, else from the origin.
+    pub fn handle_fill_done(&mut self, env: &Env<'_>, now: Instant) {
+        debug_assert_eq!(self.state, super::State::WaitFill);
+        self.timers.stop(super::Timer::CacheLock);
+        let head = std::mem::take(&mut self.req_head);
+        self.req = super::Request::default();
+        self.cache.reset();
+        self.cache.waited = true;
+        self.state = super::State::Head;
+        self.request(&head, head.len(), env, now);
+        if self.req_head.is_empty() {
+            self.req_head = head;
+        }
+    }
+
+    /// Ends this request's claim on fetching its key, so that waiting requests go on. io calls
+    /// it when an exchange ends; the exchange calls it as soon as it knows.
+    pub fn release_fill(&mut self, env: &Env<'_>) {
+        if std::mem::take(&mut self.cache.filling) {
+            if let Some(c) = env.cache {
+                c.shard.borrow_mut().end_fill(&self.cache.key);
             }
         }
     }
@@ -344,10 +405,12 @@ impl Exchange {
                     }
                     None => e,
                 };
+                self.release_fill(env);
                 self.serve_stored(served, Some("fwd=stale; fwd-status=304"), env, now);
                 return true;
             }
             if self.stale_allowed(&e, Some(rh.status), rules, secs) {
+                self.release_fill(env);
                 self.serve_stored(e, Some("fwd=stale; detail=stale-if-error"), env, now);
                 return true;
             }
@@ -424,6 +487,7 @@ impl Exchange {
     /// Stores the response whose body is `body` (the whole of it), as decided in
     /// `cache_response`.
     pub(super) fn cache_store(&mut self, body: Vec<u8>, env: &Env<'_>) {
+        self.release_fill(env);
         let (Some(c), Some(p)) = (env.cache, self.cache.store.take()) else {
             return;
         };

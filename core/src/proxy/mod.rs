@@ -124,6 +124,8 @@ enum State {
     RelayResponse,
     /// A forward proxy's destination name being resolved.
     Resolve,
+    /// Waiting for another request's fetch of the same cache key.
+    WaitFill,
     Tunnel,
     Done(Finish),
 }
@@ -397,6 +399,7 @@ impl Exchange {
             State::Resolve => Action::Resolve {
                 port: self.req.dest_port,
             },
+            State::WaitFill => Action::WaitFill,
             State::Tunnel => Action::Tunnel {
                 idle: self.tunnel_idle,
             },
@@ -419,6 +422,7 @@ impl Exchange {
             State::Connect { .. } => Timer::UpstreamConnect,
             State::SendRequest => Timer::UpstreamWrite,
             State::ReadResponse => Timer::UpstreamRead,
+            State::WaitFill => Timer::CacheLock,
             _ => return None,
         };
         self.timers.deadline(timer)
@@ -586,6 +590,7 @@ impl Exchange {
             }
             State::SendRequest => self.handle_upstream_error(UpstreamError::WriteTimeout, env, now),
             State::ReadResponse => self.handle_upstream_error(UpstreamError::ReadTimeout, env, now),
+            State::WaitFill => self.handle_fill_done(env, now),
             _ => self.finish(Finish::Close(Close::Now), now),
         }
     }
@@ -837,6 +842,7 @@ impl Exchange {
                 self.finish(f, now);
             }
             Err(e) => {
+                self.release_fill(env);
                 // The head is out: closing is the only way left to say it failed.
                 let upstream = !matches!(e, BodyFail::Destination(_));
                 let err = Error::ResponseBody(e);
@@ -1578,6 +1584,9 @@ impl Exchange {
                 self.cache.drop_store();
             }
         }
+        if !self.cache_storing() {
+            self.release_fill(env);
+        }
         if self.cache.mode != Mode::Off || self.cache.has_status() {
             // `Cache-Status` goes last in the head.
             let mut line = Vec::new();
@@ -1673,6 +1682,7 @@ impl Exchange {
     /// Answers with the error of an upstream failure. `body_done`: the request body has been
     /// read whole, which is what allows the connection to be kept.
     fn fail(&mut self, err: Error, body_done: bool, env: &Env<'_>, now: Instant) {
+        self.release_fill(env);
         let timeout = matches!(
             err,
             Error::Upstream(
@@ -1706,6 +1716,7 @@ impl Exchange {
 
     /// 503 with Retry-After: every server of the group is down, marked down or at its limit.
     fn unavailable(&mut self, env: &Env<'_>, now: Instant) {
+        self.release_fill(env);
         if self.cache_on_failure(false, env, now) {
             self.record.error = Some(Error::NoServer);
             return;

@@ -262,6 +262,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     to_client.extend_from_slice(ex.out());
                     ex.handle_client_written(true, now);
                 }
+                Action::WaitFill => unreachable!("the simulation runs without a cache"),
                 Action::WriteStored(e) => {
                     to_client.extend_from_slice(ex.out());
                     to_client.extend_from_slice(&e.body);

@@ -25,15 +25,18 @@ pub enum Timer {
     UpstreamWrite,
     /// The upstream's response head, across any interim responses.
     UpstreamRead,
+    /// Waiting for another request's fetch of the same cache key.
+    CacheLock,
 }
 
-const ALL: [Timer; 6] = [
+const ALL: [Timer; 7] = [
     Timer::ClientHeader,
     Timer::KeepAlive,
     Timer::Send,
     Timer::UpstreamConnect,
     Timer::UpstreamWrite,
     Timer::UpstreamRead,
+    Timer::CacheLock,
 ];
 
 impl Timer {
@@ -50,6 +53,8 @@ impl Timer {
             Self::UpstreamConnect => t.upstream_connect,
             Self::UpstreamWrite => t.upstream_write,
             Self::UpstreamRead => t.upstream_read,
+            // Armed with the cache's own duration (`arm_for`).
+            Self::CacheLock => Duration::ZERO,
         }
     }
 }
@@ -71,6 +76,11 @@ impl Timers {
         if self.at[timer.index()].is_none() {
             self.arm(timer, t, now);
         }
+    }
+
+    /// Arms `timer` to fire `d` after `now`.
+    pub fn arm_for(&mut self, timer: Timer, d: Duration, now: Instant) {
+        self.at[timer.index()] = now.checked_add(d);
     }
 
     pub fn stop(&mut self, timer: Timer) {
