@@ -699,3 +699,51 @@ fn parallel_misses_are_coalesced_into_one_fetch() {
     assert!(answers.iter().all(|(s, _)| *s == 200));
     assert_eq!(o.count("/nostore"), 50);
 }
+
+#[test]
+fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
+    let o = Scripted::start();
+    // Stale on arrival (Age past max-age), inside its stale-while-revalidate window.
+    o.set(
+        "/swr",
+        answer(
+            &[
+                ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
+                ("Age", "5"),
+                ("ETag", "\"r1\""),
+            ],
+            "swr {n}",
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    assert_eq!(get(&p, "/swr", "").text(), "swr 1");
+    // From now on the origin says the response is fresh for a minute.
+    let mut slow = answer(
+        &[("Cache-Control", "max-age=60"), ("ETag", "\"r1\"")],
+        "swr {n}",
+    );
+    slow.delay = Duration::from_millis(300);
+    o.set("/swr", slow);
+    // Served stale at once, several times, while one refresh runs in the background.
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let r = get(&p, "/swr", "");
+        assert_eq!(r.text(), "swr 1");
+        assert!(status_of(&r).contains("stale-while-revalidate"), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "waited for the origin"
+        );
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while o.count("/swr") < 2 && std::time::Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(400));
+    assert_eq!(o.count("/swr"), 2, "one background refresh");
+    assert_eq!(o.last("/swr").header("if-none-match"), Some("\"r1\""));
+    // The 304 made it fresh.
+    let r = get(&p, "/swr", "");
+    assert!(status_of(&r).starts_with("ringway; hit; ttl="), "{r:?}");
+    assert_eq!(o.count("/swr"), 2);
+}

@@ -37,6 +37,8 @@ struct Conn {
     cfg: Rc<Generation>,
     client: Stream,
     peer: SocketAddr,
+    /// The listener's kind (a background refresh runs as the same kind).
+    kind: ringway_core::config::ListenKind,
     /// Core's state machine for this connection's requests.
     ex: Exchange,
     /// Bytes from the client: the current head, then body bytes, then any pipelined requests.
@@ -76,6 +78,25 @@ pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, kind:
         Stream::Plain(tcp)
     };
     Conn::new(w, cfg, client, peer, &kind).run().await;
+}
+
+/// A background cache refresh (`stale-while-revalidate`): `head` revalidates the stored
+/// response, run as a request from `peer` on a listener of `kind` whose client is a sink; the
+/// exchange holds the fetch of `key` that the request which served the stale response claimed.
+async fn refresh(
+    w: Rc<Worker>,
+    kind: ringway_core::config::ListenKind,
+    peer: SocketAddr,
+    head: Vec<u8>,
+    key: Vec<u8>,
+) {
+    let _active = w.enter();
+    let cfg = w.current();
+    let listen = Listen { addr: peer, kind };
+    let mut c = Conn::new(w, cfg, Stream::Sink, peer, &listen);
+    c.inbuf = head;
+    c.ex.own_fill(key);
+    c.run().await;
 }
 
 /// How the TLS handshake on an accepted connection ended.
@@ -140,6 +161,7 @@ impl Conn {
             cfg,
             client,
             peer,
+            kind: kind.kind,
             ex: Exchange::new(kind.kind, peer.ip()),
             inbuf: Vec::with_capacity(IDLE_BUF),
             ubuf: Vec::new(),
@@ -506,6 +528,9 @@ impl Conn {
         };
         self.ex.release_fill(&e);
         self.w.wake_fills();
+        if let Some((head, key)) = self.ex.take_refresh() {
+            monoio::spawn(refresh(self.w.clone(), self.kind, self.peer, head, key));
+        }
         let r: &EndRecord = self.ex.end_record();
         if !r.had_request() {
             return;

@@ -21,6 +21,9 @@ const TLS_READ: usize = 16 * 1024 + 512;
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
+    /// No peer: reads end at once, writes go nowhere. The client of a background cache
+    /// refresh, whose answer only the cache wants.
+    Sink,
 }
 
 pub(crate) struct TlsStream {
@@ -75,7 +78,7 @@ impl Stream {
     pub(crate) fn tcp(&mut self) -> Option<&mut TcpStream> {
         match self {
             Self::Plain(s) => Some(s),
-            Self::Tls(_) => None,
+            Self::Tls(_) | Self::Sink => None,
         }
     }
 
@@ -89,6 +92,7 @@ impl Stream {
         match self {
             Self::Plain(s) => buf::read_append(s, buf, max, timeout).await,
             Self::Tls(t) => t.read_append(buf, max, timeout).await,
+            Self::Sink => Ok(0),
         }
     }
 
@@ -102,6 +106,7 @@ impl Stream {
         match self {
             Self::Plain(s) => buf::write_range(s, buf, range, timeout).await,
             Self::Tls(t) => t.write(&buf[range], timeout).await,
+            Self::Sink => Ok(()),
         }
     }
 
@@ -128,6 +133,7 @@ impl Stream {
                 t.write(head, timeout).await?;
                 t.write(&entry.body, timeout).await
             }
+            Self::Sink => Ok(()),
         }
     }
 
@@ -135,6 +141,7 @@ impl Stream {
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             Self::Plain(s) => s.shutdown().await,
+            Self::Sink => Ok(()),
             Self::Tls(t) => {
                 t.conn.send_close_notify();
                 t.flush(CLOSE_NOTIFY_TIMEOUT).await.map_err(io_error)?;
@@ -157,6 +164,7 @@ impl Stream {
     /// never consumes anything.
     pub(crate) fn idle_state(&self) -> Idle {
         let tcp = match self {
+            Self::Sink => return Idle::Closed,
             Self::Plain(s) => s,
             Self::Tls(t) if t.closed => return Idle::Closed,
             Self::Tls(t) if t.plain > 0 || t.rx_pos < t.rx.len() => return Idle::Unrequested,
@@ -183,7 +191,7 @@ impl Stream {
     /// Whether the peer resumed an earlier TLS session (false for plain TCP).
     pub(crate) fn resumed(&self) -> bool {
         match self {
-            Self::Plain(_) => false,
+            Self::Plain(_) | Self::Sink => false,
             Self::Tls(t) => matches!(
                 t.conn.handshake_kind(),
                 Some(rustls::HandshakeKind::Resumed)

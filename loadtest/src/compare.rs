@@ -27,12 +27,18 @@ struct Case {
     new_sessions: bool,
     conns: usize,
     body: &'static str,
+    /// A cache hit: `/cached/BODY` on both proxies (stored after the first request), with a
+    /// floor row of nginx serving the same bytes itself.
+    hit: bool,
 }
 
 impl Case {
     fn name(&self) -> String {
         if self.new_sessions {
             return format!("tls full handshakes, {} clients", self.conns);
+        }
+        if self.hit {
+            return format!("cache hit keep-alive c={} {}", self.conns, self.body);
         }
         format!(
             "{}{} c={} {}",
@@ -218,8 +224,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         "[server]\nlisten = [\"127.0.0.1:{ringway_port}\", {{ addr = \"127.0.0.1:{ringway_tls_port}\", tls = true }}]\n\
          workers = {workers}\ncpus = \"{proxy_cpus}\"\n\n\
          [tls]\ncertificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}]\n\n\
+         [cache]\nsize = \"256m\"\n\n\
          [upstreams.origin]\nservers = [\"127.0.0.1:{origin_port}\"]\nkeepalive = 1024\n\n\
-         [[routes]]\npath = \"/\"\nupstream = \"origin\"\n",
+         [[routes]]\npath = \"/\"\nupstream = \"origin\"\ncache = false\n\n\
+         [[routes]]\npath = \"/cached/\"\nupstream = \"origin\"\n",
         dir = dir.display()
     );
     std::fs::write(dir.join("origin-nginx.conf"), &origin_conf).map_err(|e| e.to_string())?;
@@ -279,6 +287,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                     new_sessions: false,
                     conns,
                     body,
+                    hit: false,
                 });
             }
         }
@@ -291,6 +300,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 new_sessions: false,
                 conns,
                 body,
+                hit: false,
             });
         }
     }
@@ -300,7 +310,20 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         new_sessions: true,
         conns: 3,
         body: "100b",
+        hit: false,
     });
+    for body in ["100b", "64k"] {
+        for conns in [16, 256] {
+            all.push(Case {
+                tls: false,
+                close: false,
+                new_sessions: false,
+                conns,
+                body,
+                hit: true,
+            });
+        }
+    }
     let cases: Vec<Case> = all
         .into_iter()
         .filter(|c| {
@@ -310,6 +333,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 c.body.to_string(),
                 if c.tls { "tls" } else { "plain" }.to_string(),
                 if c.new_sessions { "new" } else { "" }.to_string(),
+                if c.hit { "hit" } else { "proxy" }.to_string(),
             ];
             filter.iter().all(|f| tags.contains(f))
         })
@@ -320,9 +344,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             return wrk::s_time(&load_cpus, port, &format!("/{}", c.body), c.conns, secs);
         }
         let scheme = if c.tls { "https" } else { "http" };
+        let dir = if c.hit { "cached/" } else { "" };
         wrk::run(
             &load_cpus,
-            &format!("{scheme}://127.0.0.1:{port}/{}", c.body),
+            &format!("{scheme}://127.0.0.1:{port}/{dir}{}", c.body),
             c.conns,
             secs,
             c.close,
@@ -349,6 +374,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     println!("| case | direct req/s | nginx req/s | ringway req/s | req/s ratio | p50 ratio | p99 ratio | nginx CPU µs/req | ringway CPU µs/req | CPU ratio | errors n/r |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut nginx_ka16_rps = 0.0;
+    let (hits, cases): (Vec<Case>, Vec<Case>) = cases.into_iter().partition(|c| c.hit);
     for c in &cases {
         // The origin speaks plain HTTP only: no direct row for TLS cases.
         let direct = if c.tls {
@@ -410,6 +436,18 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         print!("{row}");
     }
 
+    if !hits.is_empty() {
+        cache_hits(
+            &hits,
+            rounds,
+            secs,
+            &load_cpus,
+            (nginx_port, ringway_port),
+            &nginx_pids,
+            &ringway_pids,
+        )?;
+    }
+
     let mut extra = String::new();
     if f.has("--open-loop") && nginx_ka16_rps > 0.0 {
         let rate = (nginx_ka16_rps * 0.7) as u64;
@@ -449,6 +487,86 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     print!("{extra}");
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The cache-hit cases: nginx's `proxy_cache` hit, ringway's hit and the floor (nginx serving
+/// the bytes itself), each round in a rotating order, after one request has stored the object.
+fn cache_hits(
+    cases: &[Case],
+    rounds: usize,
+    secs: u64,
+    load_cpus: &str,
+    (nginx_port, ringway_port): (u16, u16),
+    nginx_pids: &[u32],
+    ringway_pids: &[u32],
+) -> Result<(), String> {
+    println!("\n| case | floor req/s | nginx hit req/s | ringway hit req/s | req/s ratio | floor CPU µs/req | nginx hit CPU µs/req | ringway hit CPU µs/req | CPU ratio to nginx hit | CPU ratio to floor | errors f/n/r |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for c in cases {
+        for port in [nginx_port, ringway_port] {
+            let _ = wrk::run(
+                load_cpus,
+                &format!("http://127.0.0.1:{port}/cached/{}", c.body),
+                1,
+                1,
+                false,
+            )?;
+        }
+        let run = |port: u16, path: &str, pids: &[u32]| -> Result<Sample, String> {
+            let before = total_ticks(pids);
+            let w = wrk::run(
+                load_cpus,
+                &format!("http://127.0.0.1:{port}/{path}{}", c.body),
+                c.conns,
+                secs,
+                false,
+            )?;
+            let ticks = total_ticks(pids) - before;
+            Ok(Sample {
+                cpu_us_per_req: ticks as f64 * 1e6 / TICKS_PER_SEC / w.requests.max(1) as f64,
+                wrk: w,
+            })
+        };
+        let (mut fl, mut ng, mut rw) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            for k in 0..3 {
+                match (round + k) % 3 {
+                    0 => fl.push(run(nginx_port, "floor/", nginx_pids)?),
+                    1 => ng.push(run(nginx_port, "cached/", nginx_pids)?),
+                    _ => rw.push(run(ringway_port, "cached/", ringway_pids)?),
+                }
+            }
+        }
+        let med = |v: &[Sample], f: &dyn Fn(&Sample) -> f64| {
+            median(&mut v.iter().map(f).collect::<Vec<_>>())
+        };
+        let ratios = |a: &[Sample], b: &[Sample], f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
+            a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect()
+        };
+        let rps = ratios(&rw, &ng, &|s| s.wrk.rps);
+        let cpu_ng = ratios(&rw, &ng, &|s| s.cpu_us_per_req);
+        let cpu_fl = ratios(&rw, &fl, &|s| s.cpu_us_per_req);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | **{:.2}** ({}) | {:.1} | {:.1} | {:.1} | **{:.2}** ({}) | **{:.2}** ({}) | {}/{}/{} |",
+            c.name(),
+            med(&fl, &|s| s.wrk.rps),
+            med(&ng, &|s| s.wrk.rps),
+            med(&rw, &|s| s.wrk.rps),
+            median(&mut rps.clone()),
+            spread(&rps),
+            med(&fl, &|s| s.cpu_us_per_req),
+            med(&ng, &|s| s.cpu_us_per_req),
+            med(&rw, &|s| s.cpu_us_per_req),
+            median(&mut cpu_ng.clone()),
+            spread(&cpu_ng),
+            median(&mut cpu_fl.clone()),
+            spread(&cpu_fl),
+            fl.iter().map(|s| s.wrk.errors).sum::<u64>(),
+            ng.iter().map(|s| s.wrk.errors).sum::<u64>(),
+            rw.iter().map(|s| s.wrk.errors).sum::<u64>(),
+        );
+    }
     Ok(())
 }
 

@@ -65,6 +65,9 @@ pub(super) struct CacheState {
     filling: bool,
     /// This request waited for another's fetch already (it does not wait twice).
     waited: bool,
+    /// A stale response was served under `stale-while-revalidate` and this request claimed
+    /// its refresh: io runs it after the exchange (`take_refresh`).
+    refresh: bool,
 }
 
 #[derive(Debug)]
@@ -88,6 +91,7 @@ impl CacheState {
         self.validators.clear();
         self.filling = false;
         self.waited = false;
+        self.refresh = false;
     }
 
     pub(super) fn drop_store(&mut self) {
@@ -187,6 +191,20 @@ impl Exchange {
                 self.serve_stored(e, None, env, now);
                 true
             }
+            Usable::Revalidate if self.may_serve_while_revalidating(&e, &f) => {
+                // stale-while-revalidate (RFC 5861): the stale response now, and one refresh
+                // in the background (the first request to see it claims the fetch).
+                let mut shard = c.shard.borrow_mut();
+                shard.touch(id);
+                if shard.try_fill(&self.cache.key) {
+                    self.cache.refresh = true;
+                    self.req_head.clear();
+                    self.req_head.extend_from_slice(buf);
+                }
+                drop(shard);
+                self.serve_stored(e, Some("hit; detail=stale-while-revalidate"), env, now);
+                true
+            }
             Usable::Revalidate => {
                 c.shard.borrow_mut().count_miss();
                 if self.cache.req.cc.only_if_cached {
@@ -224,6 +242,11 @@ impl Exchange {
     /// by `lock_timeout`) and then look again. True when this request waits.
     fn claim_fill(&mut self, c: CacheRef<'_>, buf: &[u8], env: &Env<'_>, now: Instant) -> bool {
         if self.req.method != Method::Get {
+            return false;
+        }
+        if self.owned_fill.as_deref() == Some(&self.cache.key[..]) {
+            self.owned_fill = None;
+            self.cache.filling = true;
             return false;
         }
         if c.shard.borrow_mut().try_fill(&self.cache.key) {
@@ -273,6 +296,78 @@ impl Exchange {
                 c.shard.borrow_mut().end_fill(&self.cache.key);
             }
         }
+        if let Some(key) = self.owned_fill.take() {
+            if let Some(c) = env.cache {
+                c.shard.borrow_mut().end_fill(&key);
+            }
+        }
+    }
+
+    /// Whether stale `e` may be served while it is refreshed: within its
+    /// `stale-while-revalidate` window, nothing in the response forbidding stale use, and
+    /// nothing in the request asking for more freshness.
+    fn may_serve_while_revalidating(&self, e: &Entry, f: &Freshness) -> bool {
+        let Some(window) = e.cc.stale_while_revalidate else {
+            return false;
+        };
+        let r = &self.cache.req;
+        !f.no_cache
+            && !f.must_revalidate
+            && !r.no_cache()
+            && r.cc.max_age.is_none()
+            && r.cc.min_fresh.is_none()
+            && f.age > f.lifetime
+            && f.age - f.lifetime <= window
+            && (e.etag.is_some() || e.last_modified.is_some() || e.lifetime > 0)
+    }
+
+    /// The background refresh this exchange claimed, if any: a request head that revalidates
+    /// the stored response (`Cache-Control: no-cache`, `Connection: close`) and the key whose
+    /// fetch it holds. io runs it as an exchange with no client (`Exchange::own_fill`).
+    pub fn take_refresh(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        if !std::mem::take(&mut self.cache.refresh) {
+            return None;
+        }
+        let head = std::mem::take(&mut self.req_head);
+        let mut lines = head.split(|&b| b == b'\n');
+        let first = lines.next()?;
+        let mut parts = first.splitn(3, |&b| b == b' ');
+        let (_method, target) = (parts.next()?, parts.next()?);
+        let mut out = Vec::with_capacity(head.len() + 64);
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        const DROP: [&[u8]; 12] = [
+            b"cache-control",
+            b"pragma",
+            b"connection",
+            b"keep-alive",
+            b"content-length",
+            b"transfer-encoding",
+            b"expect",
+            b"range",
+            b"if-none-match",
+            b"if-modified-since",
+            b"upgrade",
+            b"te",
+        ];
+        for line in lines {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            if line.len() <= 1 || DROP.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+                continue;
+            }
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n");
+        Some((out, self.cache.key.clone()))
+    }
+
+    /// This exchange is a background refresh holding the fetch of `key` (claimed by the request
+    /// that served the stale response): it does not wait for itself, and gives the claim back
+    /// when it ends.
+    pub fn own_fill(&mut self, key: Vec<u8>) {
+        self.owned_fill = Some(key);
     }
 
     /// `only-if-cached` with nothing usable stored: 504 (RFC 9111 §5.2.1.7).

@@ -261,6 +261,8 @@ pub struct Exchange {
     hit: Option<Rc<Entry>>,
     /// A copy of the request head, kept while a response may be stored (for `Vary`).
     req_head: Vec<u8>,
+    /// A background refresh: the cache key whose fetch it was handed.
+    owned_fill: Option<Vec<u8>>,
     record: EndRecord,
     /// Heads (and small bodies) this proxy writes, to the client or the upstream.
     out: Vec<u8>,
@@ -297,6 +299,7 @@ impl Exchange {
             cache: CacheState::default(),
             hit: None,
             req_head: Vec::new(),
+            owned_fill: None,
             tunnel_idle: Duration::ZERO,
             record: EndRecord::default(),
             out: Vec::with_capacity(1024),
