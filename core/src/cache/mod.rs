@@ -6,7 +6,7 @@ pub mod control;
 pub mod policy;
 pub mod store;
 
-pub use store::{Entry, Epochs, Shard, Stats};
+pub use store::{Entry, Epochs, Select, Shard, Stats};
 
 use crate::http::body::Stage;
 

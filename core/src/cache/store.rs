@@ -126,6 +126,16 @@ struct Slot {
     size: usize,
 }
 
+/// What [`Shard::select`] found.
+#[derive(Debug)]
+pub enum Select {
+    /// Nothing stored under the key.
+    None,
+    /// Responses are stored under the key, but none for this request's `Vary` values.
+    NoVariant,
+    Found(u32, Rc<Entry>),
+}
+
 /// What a shard counts (published in the admin status).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -224,8 +234,36 @@ impl Shard {
         }
     }
 
-    /// The stored responses under `key` that are still valid (`epochs`), for the caller to
-    /// select among by `Vary`. Counts a use of the one it takes with [`Shard::touch`].
+    /// The first stored response under `key` that is still valid (`epochs`) and that `selects`
+    /// (the caller's `Vary` match), without allocating. Count a use with [`Shard::touch`].
+    pub fn select(
+        &mut self,
+        key: &[u8],
+        epochs: &Epochs,
+        mut selects: impl FnMut(&Entry) -> bool,
+    ) -> Select {
+        let Some(ids) = self.map.get(key) else {
+            return Select::None;
+        };
+        let epoch = epochs.get(key);
+        let mut found = Select::NoVariant;
+        for &id in ids {
+            let Some(e) = &self.slots[id as usize].entry else {
+                continue;
+            };
+            if e.epoch != epoch {
+                self.remove(key);
+                return Select::None;
+            }
+            if matches!(found, Select::NoVariant) && selects(e) {
+                found = Select::Found(id, e.clone());
+            }
+        }
+        found
+    }
+
+    /// The stored responses under `key` that are still valid (`epochs`). Counts a use of the
+    /// one the caller takes with [`Shard::touch`].
     pub fn variants(&mut self, key: &[u8], epochs: &Epochs) -> Vec<(u32, Rc<Entry>)> {
         let Some(ids) = self.map.get(key) else {
             self.stats.misses += 1;

@@ -12,7 +12,7 @@ use crate::cache::policy::{
     Freshness, RequestMeta, ResponseMeta, Usable, Vary,
 };
 use crate::cache::store::Selector;
-use crate::cache::{CacheRules, Entry, Epochs, Shard, Tee};
+use crate::cache::{CacheRules, Entry, Epochs, Select, Shard, Tee};
 use crate::config::Config;
 use crate::http::date::DateLine;
 use crate::http::rewrite::{stored_response, updated_response};
@@ -154,28 +154,31 @@ impl Exchange {
             self.cache.mode = Mode::Off;
             return false;
         }
-        let mut variants = c.shard.borrow_mut().variants(&self.cache.key, c.epochs);
         let private_ok = env
             .cfg
             .forward
             .private_destinations
             .private_allowed(self.client);
-        variants.retain(|(_, e)| !e.private_dest || private_ok);
         let mut tmp = Vec::new();
-        let chosen = variants.iter().find(|(_, e)| {
-            e.vary.iter().all(|(name, v)| {
-                vary_value(buf, &self.headers, name, &mut tmp);
-                tmp[..] == v[..]
-            })
+        let headers = &self.headers;
+        let found = c.shard.borrow_mut().select(&self.cache.key, c.epochs, |e| {
+            (!e.private_dest || private_ok)
+                && e.vary.iter().all(|(name, v)| {
+                    vary_value(buf, headers, name, &mut tmp);
+                    tmp[..] == v[..]
+                })
         });
-        let Some((id, e)) = chosen.cloned() else {
-            c.shard.borrow_mut().count_miss();
-            self.cache.fwd = if variants.is_empty() {
-                "uri-miss"
-            } else {
-                "vary-miss"
-            };
-            return self.only_if_cached(env, now) || self.claim_fill(c, buf, env, now);
+        let (id, e) = match found {
+            Select::Found(id, e) => (id, e),
+            miss => {
+                c.shard.borrow_mut().count_miss();
+                self.cache.fwd = if matches!(miss, Select::None) {
+                    "uri-miss"
+                } else {
+                    "vary-miss"
+                };
+                return self.only_if_cached(env, now) || self.claim_fill(c, buf, env, now);
+            }
         };
         let f = Freshness {
             lifetime: e.lifetime,

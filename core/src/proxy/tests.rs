@@ -355,3 +355,242 @@ fn a_draining_worker_closes_after_the_response() {
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);
     assert!(t.out().contains("Connection: close\r\n"));
 }
+
+// ---- the cache ---------------------------------------------------------------------------
+
+/// A clock that tests move by hand (whole seconds, as the cache reads time).
+struct Clock(std::cell::Cell<u64>);
+
+impl DateSource for Clock {
+    fn date_line(&self) -> DateLine {
+        DateLine::at(self.0.get())
+    }
+}
+
+/// An exchange with a cache: its shard, the shared invalidation counters and a hand clock.
+struct C {
+    cfg: &'static Config,
+    shard: &'static std::cell::RefCell<crate::cache::Shard>,
+    epochs: &'static crate::cache::Epochs,
+    clock: &'static Clock,
+    now: Instant,
+}
+
+impl C {
+    fn new() -> Self {
+        let text = format!("{CFG}\n[cache]\nsize = \"8m\"\n");
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        Self {
+            cfg: Box::leak(Box::new(Config::parse("t.toml", &text).unwrap())),
+            shard: Box::leak(Box::new(std::cell::RefCell::new(crate::cache::Shard::new(
+                1 << 20,
+            )))),
+            epochs: Box::leak(Box::default()),
+            clock: Box::leak(Box::new(Clock(std::cell::Cell::new(1_000_000)))),
+            now,
+        }
+    }
+
+    fn env(&self) -> Env<'static> {
+        Env {
+            cfg: self.cfg,
+            date: self.clock,
+            draining: false,
+            auth: None,
+            cache: Some(CacheRef {
+                shard: self.shard,
+                epochs: self.epochs,
+            }),
+        }
+    }
+
+    fn exchange(&self, req: &[u8]) -> Exchange {
+        let mut ex = Exchange::new(ListenKind::Http, "192.0.2.1".parse().unwrap());
+        ex.begin(self.cfg, self.now);
+        assert!(matches!(ex.poll_action(), Action::ReadHead { .. }));
+        assert_eq!(ex.handle_input(req, &self.env(), self.now), req.len());
+        ex
+    }
+
+    /// Skips side effects; returns the next action that needs an answer.
+    fn next(ex: &mut Exchange) -> Action {
+        loop {
+            match ex.poll_action() {
+                Action::Record { .. } => continue,
+                a => return a,
+            }
+        }
+    }
+
+    /// Drives `ex` to the upstream and feeds it `resp`; returns what it wrote upstream.
+    fn fetch(&self, ex: &mut Exchange, resp: &[u8]) -> String {
+        let env = self.env();
+        assert!(matches!(Self::next(ex), Action::Pick { .. }));
+        ex.handle_pick(Some(0), &env, self.now);
+        assert!(matches!(Self::next(ex), Action::Connect { .. }));
+        ex.handle_connected(true, self.now);
+        assert!(matches!(Self::next(ex), Action::SendRequest));
+        let sent = String::from_utf8_lossy(ex.out()).into_owned();
+        ex.handle_request_sent(self.now);
+        assert!(matches!(Self::next(ex), Action::ReadResponseHead { .. }));
+        assert_eq!(ex.handle_upstream_input(resp, &env, self.now), resp.len());
+        sent
+    }
+
+    /// Writes what is due to the client and finishes a relay with nothing left; returns what
+    /// the client got.
+    fn deliver(&self, ex: &mut Exchange) -> String {
+        let env = self.env();
+        let out = match Self::next(ex) {
+            Action::WriteClient => String::from_utf8_lossy(ex.out()).into_owned(),
+            Action::Release { .. } => return self.deliver(ex),
+            a => panic!("expected a write, got {a:?}"),
+        };
+        ex.handle_client_written(true, self.now);
+        if let Action::RelayResponse(mut plan) = Self::next(ex) {
+            ex.handle_response_body(Ok(0), 0, plan.tee.take(), &env, self.now);
+        }
+        out
+    }
+
+    fn tick(&self, secs: u64) {
+        self.clock.0.set(self.clock.0.get() + secs);
+    }
+}
+
+const GET_A: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn a_stored_response_answers_with_its_age_until_it_is_stale() {
+    let c = C::new();
+    let mut ex = c.exchange(GET_A);
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let first = c.deliver(&mut ex);
+    assert!(
+        first.contains("Cache-Status: ringway; fwd=uri-miss; stored\r\n"),
+        "{first}"
+    );
+    c.tick(30);
+    let mut ex = c.exchange(GET_A);
+    let hit = c.deliver(&mut ex);
+    assert!(hit.starts_with("HTTP/1.1 200 OK\r\n"), "{hit}");
+    assert!(
+        hit.contains("Age: 30\r\n") && hit.contains("Content-Length: 2\r\n"),
+        "{hit}"
+    );
+    assert!(hit.contains("Cache-Status: ringway; hit; ttl=70\r\n") && hit.ends_with("\r\n\r\nok"));
+    assert!(ex.end_record().cache_hit);
+    assert!(matches!(
+        ex.poll_action(),
+        Action::Finish(Finish::KeepAlive)
+    ));
+    // Past its lifetime, with no validator: to the origin, as a plain request.
+    c.tick(71);
+    let mut ex = c.exchange(GET_A);
+    let sent = c.fetch(&mut ex, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(!sent.contains("If-"), "{sent}");
+}
+
+#[test]
+fn a_304_refreshes_the_stored_response_and_the_client_gets_it() {
+    let c = C::new();
+    let mut ex = c.exchange(GET_A);
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nETag: \"e1\"\r\nContent-Length: 4\r\n\r\nbody",
+    );
+    c.deliver(&mut ex);
+    let mut ex = c.exchange(GET_A);
+    let sent = c.fetch(
+        &mut ex,
+        b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=60\r\nETag: \"e1\"\r\n\r\n",
+    );
+    assert!(sent.contains("If-None-Match: \"e1\"\r\n"), "{sent}");
+    // The upstream connection goes back to the pool: nothing of the 304 is left on it.
+    assert!(matches!(
+        C::next(&mut ex),
+        Action::Release {
+            pool: true,
+            distrust: false,
+            ..
+        }
+    ));
+    let out = c.deliver(&mut ex);
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("body"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Cache-Control: max-age=60\r\n") && !out.contains("max-age=0"),
+        "{out}"
+    );
+    // Now fresh: a hit; and a conditional request from the client is answered 304.
+    let mut ex = c.exchange(b"GET /a HTTP/1.1\r\nHost: x\r\nIf-None-Match: W/\"e1\"\r\n\r\n");
+    let out = c.deliver(&mut ex);
+    assert!(
+        out.starts_with("HTTP/1.1 304 Not Modified\r\n") && out.contains("ETag: \"e1\""),
+        "{out}"
+    );
+    assert!(!out.contains("Content-Length"), "{out}");
+}
+
+#[test]
+fn a_second_miss_waits_for_the_first_fetch() {
+    let c = C::new();
+    let mut first = c.exchange(GET_A);
+    assert!(matches!(C::next(&mut first), Action::Pick { .. }));
+    let mut second = c.exchange(GET_A);
+    assert!(matches!(second.poll_action(), Action::WaitFill));
+    assert_eq!(second.cache_key(), b"http://x/a");
+    assert!(second.deadline().is_some(), "the wait is bounded");
+    // The first one's fetch: it had already picked; finish it by hand.
+    let env = c.env();
+    first.handle_pick(Some(0), &env, c.now);
+    assert!(matches!(C::next(&mut first), Action::Connect { .. }));
+    first.handle_connected(true, c.now);
+    assert!(matches!(C::next(&mut first), Action::SendRequest));
+    first.handle_request_sent(c.now);
+    assert!(matches!(
+        C::next(&mut first),
+        Action::ReadResponseHead { .. }
+    ));
+    let resp = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 1\r\n\r\nx";
+    first.handle_upstream_input(resp, &env, c.now);
+    assert!(
+        !c.shard.borrow().filling(b"http://x/a"),
+        "stored: the claim is given back"
+    );
+    second.handle_fill_done(&env, c.now);
+    let out = c.deliver(&mut second);
+    assert!(
+        out.contains("Cache-Status: ringway; hit") && out.ends_with("x"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unsafe_request_invalidates_the_stored_response() {
+    let c = C::new();
+    let mut ex = c.exchange(GET_A);
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 0\r\n\r\n",
+    );
+    c.deliver(&mut ex);
+    let mut ex = c.exchange(b"DELETE /a HTTP/1.1\r\nHost: X:80\r\n\r\n");
+    c.fetch(&mut ex, b"HTTP/1.1 204 No Content\r\nLocation: /b\r\n\r\n");
+    let out = c.deliver(&mut ex);
+    assert!(
+        out.contains("Cache-Status: ringway; fwd=method\r\n"),
+        "{out}"
+    );
+    let mut ex = c.exchange(GET_A);
+    assert!(
+        matches!(C::next(&mut ex), Action::Pick { .. }),
+        "invalidated"
+    );
+}
