@@ -747,3 +747,69 @@ fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     assert!(status_of(&r).starts_with("ringway; hit; ttl="), "{r:?}");
     assert_eq!(o.count("/swr"), 2);
 }
+
+#[test]
+fn ranges_are_served_from_a_complete_stored_response() {
+    let o = Scripted::start();
+    let body: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    o.set(
+        "/r",
+        answer(
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("ETag", "\"rr\""),
+                ("Content-Type", "text/plain"),
+            ],
+            &body,
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    // Nothing stored yet: the range request goes to the origin as it is, and is not stored.
+    get(&p, "/r", "Range: bytes=0-9\r\n");
+    assert_eq!(o.last("/r").header("range"), Some("bytes=0-9"));
+    let full = get(&p, "/r", "");
+    assert_eq!(full.body, body.as_bytes());
+    assert_eq!(o.count("/r"), 2);
+    // curl's own ranges, from the store.
+    let url = format!("http://{}/r", p.addr);
+    let (ok, out) = curl(&["-s", "-r", "10-19", "-H", "Host: cache.test", &url]);
+    assert!(ok);
+    assert_eq!(out, &body.as_bytes()[10..20]);
+    let r = get(&p, "/r", "Range: bytes=-5\r\n");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 39995-39999/40000"));
+    assert_eq!(r.body, &body.as_bytes()[39_995..]);
+    // A large single range goes out from the store after the head.
+    let r = get(&p, "/r", "Range: bytes=100-30099\r\n");
+    assert_eq!((r.status, r.body.len()), (206, 30_000));
+    assert_eq!(r.body, &body.as_bytes()[100..30_100]);
+    // Several ranges: multipart/byteranges.
+    let r = get(&p, "/r", "Range: bytes=0-1, 26-27\r\n");
+    assert_eq!(r.status, 206);
+    let ct = r.header("content-type").unwrap().to_string();
+    assert!(ct.starts_with("multipart/byteranges; boundary="), "{ct}");
+    let text = r.text();
+    assert!(
+        text.contains("Content-Range: bytes 0-1/40000\r\n\r\nab\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Content-Range: bytes 26-27/40000\r\n\r\nab\r\n"),
+        "{text}"
+    );
+    // Past the end: 416; a stale If-Range: the whole response; nonsense: ignored.
+    let r = get(&p, "/r", "Range: bytes=50000-\r\n");
+    assert_eq!(
+        (r.status, r.header("content-range")),
+        (416, Some("bytes */40000"))
+    );
+    let r = get(&p, "/r", "Range: bytes=0-9\r\nIf-Range: \"old\"\r\n");
+    assert_eq!((r.status, r.body.len()), (200, 40_000));
+    let r = get(&p, "/r", "Range: bytes=0-9\r\nIf-Range: \"rr\"\r\n");
+    assert_eq!((r.status, r.body.len()), (206, 10));
+    let r = get(&p, "/r", "Range: lines=1-2\r\n");
+    assert_eq!((r.status, r.body.len()), (200, 40_000));
+    assert_eq!(o.count("/r"), 2, "all from the store");
+}

@@ -41,9 +41,10 @@ struct HitBuf {
 }
 
 impl HitBuf {
-    /// The bytes from offset `off` of head + body.
-    fn new(head: Vec<u8>, entry: Rc<Entry>, off: usize) -> Self {
-        let (h, b) = (head.len(), entry.body.len());
+    /// The bytes from offset `off` of head + `body`, where `body` is the stored body's `range`.
+    fn new(head: Vec<u8>, entry: Rc<Entry>, range: &std::ops::Range<usize>, off: usize) -> Self {
+        let body = &entry.body[range.clone()];
+        let (h, b) = (head.len(), body.len());
         let (hs, bs) = if off < h { (off, 0) } else { (h, off - h) };
         let iov = Box::new([
             libc::iovec {
@@ -51,7 +52,7 @@ impl HitBuf {
                 iov_len: h - hs,
             },
             libc::iovec {
-                iov_base: entry.body[bs..].as_ptr() as *mut libc::c_void,
+                iov_base: body[bs..].as_ptr() as *mut libc::c_void,
                 iov_len: b - bs,
             },
         ]);
@@ -77,13 +78,14 @@ pub(crate) async fn write_hit(
     s: &mut TcpStream,
     head: &mut Vec<u8>,
     entry: Rc<Entry>,
+    range: std::ops::Range<usize>,
     timeout: Duration,
 ) -> Result<(), IoFail> {
-    let total = head.len() + entry.body.len();
+    let total = head.len() + range.len();
     let mut off = 0;
     let mut h = std::mem::take(head);
     while off < total {
-        let buf = HitBuf::new(h, entry.clone(), off);
+        let buf = HitBuf::new(h, entry.clone(), &range, off);
         let (res, buf) = match monoio::time::timeout(timeout, s.writev(buf)).await {
             Ok(r) => r,
             Err(_) => return Err(IoFail::Timeout),

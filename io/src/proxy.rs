@@ -231,11 +231,11 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
-                Action::WriteStored(entry) => {
+                Action::WriteStored { entry, range } => {
                     let wait = self.ex.timeout(self.now);
                     let ok = self
                         .client
-                        .write_stored(self.ex.out(), entry, wait)
+                        .write_stored(self.ex.out(), entry, range, wait)
                         .await
                         .is_ok();
                     ensure_capacity(self.ex.out(), 1024);

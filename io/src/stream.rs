@@ -125,13 +125,14 @@ impl Stream {
         &mut self,
         head: &mut Vec<u8>,
         entry: std::rc::Rc<ringway_core::cache::Entry>,
+        range: std::ops::Range<usize>,
         timeout: Duration,
     ) -> Result<(), IoFail> {
         match self {
-            Self::Plain(s) => crate::cache::write_hit(s, head, entry, timeout).await,
+            Self::Plain(s) => crate::cache::write_hit(s, head, entry, range, timeout).await,
             Self::Tls(t) => {
                 t.write(head, timeout).await?;
-                t.write(&entry.body, timeout).await
+                t.write(&entry.body[range], timeout).await
             }
             Self::Sink => Ok(()),
         }

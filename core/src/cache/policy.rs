@@ -110,9 +110,11 @@ pub struct RequestMeta {
     pub authorization: bool,
     pub if_none_match: Option<Vec<u8>>,
     pub if_modified_since: Option<u64>,
-    /// `If-Match`, `If-Unmodified-Since` or `If-Range`: left to the origin.
+    /// `If-Match` or `If-Unmodified-Since`: left to the origin.
     pub other_conditional: bool,
-    pub range: bool,
+    /// `Range`, and `If-Range` (RFC 9110 §14.2, §13.1.5).
+    pub range: Option<Vec<u8>>,
+    pub if_range: Option<Vec<u8>>,
 }
 
 impl RequestMeta {
@@ -145,11 +147,17 @@ pub fn read_request(buf: &[u8], headers: &[Header]) -> RequestMeta {
             m.if_modified_since = parse_http_date(v);
         } else if name.eq_ignore_ascii_case(b"if-match")
             || name.eq_ignore_ascii_case(b"if-unmodified-since")
-            || name.eq_ignore_ascii_case(b"if-range")
         {
             m.other_conditional = true;
+        } else if name.eq_ignore_ascii_case(b"if-range") {
+            m.if_range = Some(trim_ows(v).to_vec());
         } else if name.eq_ignore_ascii_case(b"range") {
-            m.range = true;
+            // Two Range fields: not a valid request for ranges; ignored as a whole.
+            m.range = if m.range.is_some() {
+                Some(Vec::new())
+            } else {
+                Some(v.to_vec())
+            };
         }
     }
     if has_cc {
@@ -333,6 +341,19 @@ pub fn not_modified(req: &RequestMeta, etag: Option<&[u8]>, last_modified: Optio
     }
     match (req.if_modified_since, last_modified) {
         (Some(since), Some(lm)) => lm <= since,
+        _ => false,
+    }
+}
+
+/// Whether `If-Range` (if any) lets the ranges apply to the stored response: a strong entity
+/// tag equal to its `ETag`, or exactly its `Last-Modified` date (RFC 9110 §13.1.5).
+pub fn if_range_holds(req: &RequestMeta, etag: Option<&[u8]>, last_modified: Option<u64>) -> bool {
+    let Some(v) = &req.if_range else { return true };
+    if v.starts_with(b"\"") || v.starts_with(b"W/") {
+        return etag.is_some_and(|e| strong_eq(v, e));
+    }
+    match (parse_http_date(v), last_modified) {
+        (Some(d), Some(lm)) => d == lm,
         _ => false,
     }
 }

@@ -11,6 +11,7 @@ pub mod date;
 pub mod framing;
 pub mod parse;
 pub mod path;
+pub mod range;
 pub mod respond;
 pub mod rewrite;
 mod simd;

@@ -22,9 +22,12 @@ pub enum Action {
     /// Write the bytes in `out()` to the client (bounded by the deadline), then
     /// `handle_client_written`.
     WriteClient,
-    /// Write the bytes in `out()`, then the stored body of `entry` (a cache hit), to the client
-    /// (bounded by the deadline), then `handle_client_written`.
-    WriteStored(Rc<Entry>),
+    /// Write the bytes in `out()`, then `range` of the stored body of `entry` (a cache hit),
+    /// to the client (bounded by the deadline), then `handle_client_written`.
+    WriteStored {
+        entry: Rc<Entry>,
+        range: std::ops::Range<usize>,
+    },
     /// Write `100 Continue` to the client (bounded by the deadline), then
     /// `handle_client_written`. `out()` keeps the request head for a possible resend.
     WriteContinue,

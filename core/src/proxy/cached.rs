@@ -15,6 +15,7 @@ use crate::cache::store::Selector;
 use crate::cache::{CacheRules, Entry, Epochs, Select, Shard, Tee};
 use crate::config::Config;
 use crate::http::date::DateLine;
+use crate::http::range::{self, Ranges};
 use crate::http::rewrite::{stored_response, updated_response};
 use crate::http::{parse_response, Header, Limits, Method, ResponseHead, Version};
 
@@ -148,7 +149,7 @@ impl Exchange {
         self.cache.req = read_request(buf, &self.headers);
         self.cache.request_time = secs;
         self.cache.epoch = c.epochs.get(&self.cache.key);
-        if body_follows || self.cache.req.other_conditional || self.cache.req.range {
+        if body_follows || self.cache.req.other_conditional {
             // Left to the origin, and what comes back is not stored.
             self.cache.fwd = "bypass";
             self.cache.mode = Mode::Off;
@@ -177,7 +178,13 @@ impl Exchange {
                 } else {
                     "vary-miss"
                 };
-                return self.only_if_cached(env, now) || self.claim_fill(c, buf, env, now);
+                if self.only_if_cached(env, now) {
+                    return true;
+                }
+                if self.range_bypass() {
+                    return false;
+                }
+                return self.claim_fill(c, buf, env, now);
             }
         };
         let f = Freshness {
@@ -212,6 +219,9 @@ impl Exchange {
                 c.shard.borrow_mut().count_miss();
                 if self.cache.req.cc.only_if_cached {
                     return self.only_if_cached(env, now);
+                }
+                if self.range_bypass() {
+                    return false;
                 }
                 self.cache.fwd = if self.cache.req.no_cache() {
                     "request"
@@ -373,6 +383,17 @@ impl Exchange {
         self.owned_fill = Some(key);
     }
 
+    /// A range request that the store cannot answer goes to the origin as it is, and the
+    /// partial answer is not stored.
+    fn range_bypass(&mut self) -> bool {
+        if self.cache.req.range.is_none() {
+            return false;
+        }
+        self.cache.fwd = "bypass";
+        self.cache.mode = Mode::Off;
+        true
+    }
+
     /// `only-if-cached` with nothing usable stored: 504 (RFC 9111 §5.2.1.7).
     fn only_if_cached(&mut self, env: &Env<'_>, now: Instant) -> bool {
         if !self.cache.req.cc.only_if_cached {
@@ -390,35 +411,117 @@ impl Exchange {
         let age = e.age(secs);
         let keep = self.req.persistent && !env.draining;
         let not_mod = not_modified(&self.cache.req, e.etag.as_deref(), e.last_modified);
+        let len = e.body.len() as u64;
+        // Ranges of a complete stored 200 (RFC 9110 §14), unless If-Range says the client's
+        // copy is another one (then the whole response).
+        let ranges = match &self.cache.req.range {
+            Some(r)
+                if !not_mod
+                    && e.status == 200
+                    && self.req.method == Method::Get
+                    && policy::if_range_holds(
+                        &self.cache.req,
+                        e.etag.as_deref(),
+                        e.last_modified,
+                    ) =>
+            {
+                range::parse(r, len)
+            }
+            _ => Ranges::Ignore,
+        };
+        let mut body: Option<std::ops::Range<usize>> = None;
+        let mut multipart = Vec::new();
         let out = &mut self.out;
         out.clear();
-        if not_mod {
-            out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
-            // RFC 9110 §15.4.5: the fields a 200 would have carried that describe it.
-            for line in e.head.split_inclusive(|&b| b == b'\n').skip(1) {
-                let name = line.split(|&b| b == b':').next().unwrap_or(b"");
-                let keep_field = [
-                    &b"cache-control"[..],
-                    b"content-location",
-                    b"date",
-                    b"etag",
-                    b"expires",
-                    b"vary",
-                    b"last-modified",
-                ]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n));
-                if keep_field {
+        let status = match &ranges {
+            _ if not_mod => {
+                out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
+                // RFC 9110 §15.4.5: the fields a 200 would have carried that describe it.
+                for line in fields(&e.head) {
+                    let keep_field = [
+                        &b"cache-control"[..],
+                        b"content-location",
+                        b"date",
+                        b"etag",
+                        b"expires",
+                        b"vary",
+                        b"last-modified",
+                    ]
+                    .iter()
+                    .any(|n| field_name(line).eq_ignore_ascii_case(n));
+                    if keep_field {
+                        out.extend_from_slice(line);
+                    }
+                }
+                304
+            }
+            Ranges::Ignore => {
+                out.extend_from_slice(&e.head);
+                let _ = write!(out, "Content-Length: {len}\r\n");
+                body = Some(0..e.body.len());
+                e.status
+            }
+            Ranges::Unsatisfiable => {
+                out.extend_from_slice(b"HTTP/1.1 416 Range Not Satisfiable\r\n");
+                for line in fields(&e.head) {
+                    let n = field_name(line);
+                    if n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"etag") {
+                        out.extend_from_slice(line);
+                    }
+                }
+                let _ = write!(out, "Content-Range: bytes */{len}\r\nContent-Length: 0\r\n");
+                416
+            }
+            Ranges::Satisfiable(parts) if parts.len() == 1 => {
+                let (a, b) = parts[0];
+                out.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
+                for line in fields(&e.head) {
                     out.extend_from_slice(line);
                 }
+                let _ = write!(
+                    out,
+                    "Content-Range: bytes {a}-{}/{len}\r\nContent-Length: {}\r\n",
+                    b - 1,
+                    b - a
+                );
+                body = Some(a as usize..b as usize);
+                206
             }
-        } else {
-            out.extend_from_slice(&e.head);
-        }
+            Ranges::Satisfiable(parts) => {
+                // multipart/byteranges (RFC 9110 §14.6), built whole: several ranges of one
+                // stored response are rare and small.
+                let boundary = format!("ringway-{:016x}", crate::cache::store::hash(&e.key) ^ len);
+                let ctype = fields(&e.head)
+                    .find(|l| field_name(l).eq_ignore_ascii_case(b"content-type"))
+                    .map(|l| String::from_utf8_lossy(field_value(l)).into_owned());
+                for &(a, b) in parts {
+                    let _ = write!(multipart, "\r\n--{boundary}\r\n");
+                    if let Some(t) = &ctype {
+                        let _ = write!(multipart, "Content-Type: {t}\r\n");
+                    }
+                    let _ = write!(
+                        multipart,
+                        "Content-Range: bytes {a}-{}/{len}\r\n\r\n",
+                        b - 1
+                    );
+                    multipart.extend_from_slice(&e.body[a as usize..b as usize]);
+                }
+                let _ = write!(multipart, "\r\n--{boundary}--\r\n");
+                out.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
+                for line in fields(&e.head) {
+                    if !field_name(line).eq_ignore_ascii_case(b"content-type") {
+                        out.extend_from_slice(line);
+                    }
+                }
+                let _ = write!(
+                    out,
+                    "Content-Type: multipart/byteranges; boundary={boundary}\r\nContent-Length: {}\r\n",
+                    multipart.len()
+                );
+                206
+            }
+        };
         let _ = write!(out, "Age: {age}\r\nVia: 1.1 ringway\r\n");
-        if !not_mod {
-            let _ = write!(out, "Content-Length: {}\r\n", e.body.len());
-        }
         let ttl = e.lifetime as i64 - age as i64;
         match fwd {
             None => {
@@ -434,14 +537,17 @@ impl Exchange {
             (true, Version::Http11) => {}
         }
         out.extend_from_slice(b"\r\n");
-        let status = if not_mod { 304 } else { e.status };
-        if !not_mod && self.req.method != Method::Head {
-            if e.body.len() <= INLINE_HIT {
-                out.extend_from_slice(&e.body);
-            } else {
-                self.hit = Some(e.clone());
+        if self.req.method != Method::Head {
+            out.extend_from_slice(&multipart);
+            self.record.response_body = multipart.len() as u64;
+            if let Some(r) = body {
+                self.record.response_body = r.len() as u64;
+                if r.len() <= INLINE_HIT {
+                    out.extend_from_slice(&e.body[r]);
+                } else {
+                    self.hit = Some((e.clone(), r));
+                }
             }
-            self.record.response_body = e.body.len() as u64;
         }
         self.record.status = status;
         self.record.response_head = Some(now);
@@ -711,4 +817,18 @@ impl Exchange {
             private_dest: e.private_dest,
         })
     }
+}
+
+/// The field lines of a stored head (after its status line), each with its CRLF.
+fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    head.split_inclusive(|&b| b == b'\n').skip(1)
+}
+
+fn field_name(line: &[u8]) -> &[u8] {
+    line.split(|&b| b == b':').next().unwrap_or(b"")
+}
+
+fn field_value(line: &[u8]) -> &[u8] {
+    let v = line.splitn(2, |&b| b == b':').nth(1).unwrap_or(b"");
+    crate::http::trim_ows(v.strip_suffix(b"\r\n").unwrap_or(v))
 }

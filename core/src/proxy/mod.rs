@@ -257,8 +257,8 @@ pub struct Exchange {
     pending_next: Option<Action>,
     /// What the cache knows about the current request.
     cache: CacheState,
-    /// A stored response being written (its body goes after `out`).
-    hit: Option<Rc<Entry>>,
+    /// A stored response being written: its body (this part of it) goes after `out`.
+    hit: Option<(Rc<Entry>, std::ops::Range<usize>)>,
     /// A copy of the request head, kept while a response may be stored (for `Vary`).
     req_head: Vec<u8>,
     /// A background refresh: the cache key whose fetch it was handed.
@@ -363,7 +363,10 @@ impl Exchange {
             }),
             State::WriteClient(Written::Continue) => Action::WriteContinue,
             State::WriteClient(_) => match &self.hit {
-                Some(e) => Action::WriteStored(e.clone()),
+                Some((e, range)) => Action::WriteStored {
+                    entry: e.clone(),
+                    range: range.clone(),
+                },
                 None => Action::WriteClient,
             },
             State::Pick => Action::Pick {
