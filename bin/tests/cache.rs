@@ -813,3 +813,41 @@ fn ranges_are_served_from_a_complete_stored_response() {
     assert_eq!((r.status, r.body.len()), (200, 40_000));
     assert_eq!(o.count("/r"), 2, "all from the store");
 }
+
+#[test]
+fn fields_named_by_qualified_no_cache_and_private_are_not_stored() {
+    let o = Scripted::start();
+    o.set(
+        "/q",
+        answer(
+            &[
+                (
+                    "Cache-Control",
+                    "max-age=3600, no-cache=\"a, b\", private=\"c\"",
+                ),
+                ("a", "1"),
+                ("b", "2"),
+                ("c", "3"),
+                ("d", "4"),
+                ("Connection", "e"),
+                ("e", "5"),
+            ],
+            "q {n}",
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    let first = get(&p, "/q", "");
+    assert_eq!(
+        first.header("a"),
+        Some("1"),
+        "the response itself goes out whole"
+    );
+    let hit = get(&p, "/q", "");
+    assert!(status_of(&hit).contains("hit"), "{hit:?}");
+    assert_eq!(hit.text(), "q 1");
+    assert_eq!(hit.header("d"), Some("4"));
+    for gone in ["a", "b", "c", "e"] {
+        assert_eq!(hit.header(gone), None, "{gone} was stored");
+    }
+    assert_eq!(o.count("/q"), 1);
+}

@@ -7,7 +7,7 @@
 //! resolved toward the most restrictive. Delta-seconds too large to represent become 2^31
 //! (§1.2.2).
 
-use crate::http::{list_items, trim_ows};
+use crate::http::list_items;
 
 /// The largest delta-seconds value a cache must handle (RFC 9111 §1.2.2).
 pub const DELTA_MAX: u64 = 2_147_483_648;
@@ -18,10 +18,12 @@ pub struct Directives {
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub no_store: bool,
-    /// `no-cache`, with or without field names (both are read as: revalidate before use).
+    /// `no-cache` without field names: revalidate before every use.
     pub no_cache: bool,
-    /// `private`, with or without field names (a shared cache stores neither).
+    /// `private` without field names: a shared cache does not store the response.
     pub private: bool,
+    /// `no-cache="…"` or `private="…"`: the listed fields are not stored.
+    pub qualified: bool,
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
@@ -40,18 +42,109 @@ pub struct Directives {
 pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Directives {
     let mut d = Directives::default();
     for v in values {
-        for item in list_items(v) {
-            let (name, arg) = match item.iter().position(|&b| b == b'=') {
-                Some(i) => (
-                    trim_ows(&item[..i]),
-                    Some(unquote(trim_ows(&item[i + 1..]))),
-                ),
-                None => (item, None),
-            };
-            apply(&mut d, name, arg);
+        for (name, arg) in directives(v) {
+            apply(&mut d, name, arg.as_deref());
         }
     }
     d
+}
+
+/// The field names a qualified `no-cache="…"` or `private="…"` lists (lower-cased): a shared
+/// cache stores the response without them (RFC 9111 §5.2.2.4, §5.2.2.7).
+pub fn unstored_fields<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for v in values {
+        for (name, arg) in directives(v) {
+            if name.eq_ignore_ascii_case(b"no-cache") || name.eq_ignore_ascii_case(b"private") {
+                if let Some(a) = arg {
+                    out.extend(list_items(&a).map(|f| f.to_ascii_lowercase()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The directives of one field value: `name` or `name=token` or `name="quoted string"`, split
+/// at commas outside quoted strings (RFC 9110 §5.6.1, §5.6.4). A directive that does not follow
+/// that grammar (whitespace around `=`, an unterminated quote) is skipped up to the next comma.
+fn directives(v: &[u8]) -> Vec<(&[u8], Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let n = v.len();
+    let skip_to_comma = |mut i: usize| {
+        let mut quoted = false;
+        while i < n {
+            match v[i] {
+                b'"' => quoted = !quoted,
+                b'\\' if quoted => i += 1,
+                b',' if !quoted => return i + 1,
+                _ => {}
+            }
+            i += 1;
+        }
+        n
+    };
+    while i < n {
+        while i < n && matches!(v[i], b' ' | b'\t' | b',') {
+            i += 1;
+        }
+        let start = i;
+        while i < n && crate::http::chars::is_token(&v[i..i + 1]) {
+            i += 1;
+        }
+        let name = &v[start..i];
+        if name.is_empty() {
+            i = skip_to_comma(i);
+            continue;
+        }
+        let mut arg = None;
+        if i < n && v[i] == b'=' {
+            i += 1;
+            if i < n && v[i] == b'"' {
+                i += 1;
+                let mut a = Vec::new();
+                let mut closed = false;
+                while i < n {
+                    match v[i] {
+                        b'\\' if i + 1 < n => {
+                            a.push(v[i + 1]);
+                            i += 2;
+                        }
+                        b'"' => {
+                            closed = true;
+                            i += 1;
+                            break;
+                        }
+                        c => {
+                            a.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+                if !closed {
+                    break;
+                }
+                arg = Some(a);
+            } else {
+                let s = i;
+                while i < n && crate::http::chars::is_token(&v[i..i + 1]) {
+                    i += 1;
+                }
+                arg = Some(v[s..i].to_vec());
+            }
+        }
+        // Only whitespace may follow before the next comma.
+        while i < n && matches!(v[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if i < n && v[i] != b',' {
+            i = skip_to_comma(i);
+            continue;
+        }
+        out.push((name, arg));
+    }
+    out
 }
 
 fn apply(d: &mut Directives, name: &[u8], arg: Option<&[u8]>) {
@@ -64,9 +157,16 @@ fn apply(d: &mut Directives, name: &[u8], arg: Option<&[u8]>) {
     } else if is(b"no-store") {
         d.no_store = true;
     } else if is(b"no-cache") {
-        d.no_cache = true;
+        // Qualified: the listed fields are left out of what is stored (`unstored_fields`).
+        match arg {
+            None => d.no_cache = true,
+            Some(_) => d.qualified = true,
+        }
     } else if is(b"private") {
-        d.private = true;
+        match arg {
+            None => d.private = true,
+            Some(_) => d.qualified = true,
+        }
     } else if is(b"public") {
         d.public = true;
     } else if is(b"must-revalidate") {
@@ -116,13 +216,6 @@ pub fn delta(v: &[u8]) -> Option<u64> {
     )
 }
 
-fn unquote(v: &[u8]) -> &[u8] {
-    match v {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => v,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +230,13 @@ mod tests {
         assert!(d.public && d.must_revalidate);
         assert_eq!((d.max_age, d.s_maxage), (Some(60), Some(120)));
         let d = parse([&b"no-cache=\"Set-Cookie\""[..], b"private, no-store"]);
-        assert!(d.no_cache && d.private && d.no_store);
+        assert!(!d.no_cache && d.qualified && d.private && d.no_store);
+        let v = [&b"no-cache=\"a, B\", private=x, max-age=5"[..]];
+        assert_eq!(parse(v).max_age, Some(5));
+        assert_eq!(
+            unstored_fields(v),
+            vec![b"a".to_vec(), b"b".to_vec(), b"x".to_vec()]
+        );
         let d = p("max-stale, min-fresh=5, only-if-cached");
         assert!(d.max_stale_any && d.only_if_cached);
         assert_eq!(d.min_fresh, Some(5));
@@ -157,5 +256,13 @@ mod tests {
         assert_eq!(p("min-fresh=x").min_fresh, Some(DELTA_MAX));
         assert_eq!(p("stale-if-error=x").stale_if_error, None);
         assert_eq!(p(",,, ,").max_age, None);
+        // Quoted strings hide commas and directives; bad syntax drops only its directive.
+        assert_eq!(p("ext=\"max-age=3600, x\", max-age=1").max_age, Some(1));
+        assert_eq!(p("max-age =3600").max_age, None);
+        assert_eq!(p("max-age= 3600, public").max_age, None);
+        assert!(p("max-age= 3600, public").public);
+        assert_eq!(p("max-age='3600'").max_age, Some(0));
+        assert_eq!(p("max-age=003600").max_age, Some(3600));
+        assert!(p("no-store, ext=\"unterminated").no_store);
     }
 }

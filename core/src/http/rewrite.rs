@@ -367,13 +367,8 @@ pub fn stored_response(
 }
 
 /// Fields a `304` does not update in a stored response (RFC 9111 §3.2): besides hop-by-hop
-/// ones, those the stored content depends on.
-const NOT_UPDATED: &[&[u8]] = &[
-    b"age",
-    b"content-encoding",
-    b"content-range",
-    b"content-type",
-];
+/// ones and `Content-Length`, those the stored bytes depend on (a 304 cannot re-encode them).
+const NOT_UPDATED: &[&[u8]] = &[b"age", b"content-encoding", b"content-range"];
 
 /// Writes a stored head (as [`stored_response`] wrote it) updated with the fields of a `304`
 /// (RFC 9111 §3.2, §4.3.4): each field the 304 carries replaces the stored ones of that name.
@@ -439,7 +434,7 @@ mod tests {
         updated_response(&stored, r304, &hs, &mut merged);
         assert_eq!(
             String::from_utf8_lossy(&merged),
-            "HTTP/1.1 200 OK\r\nETag: \"a\"\r\nContent-Type: text/plain\r\nCache-Control: max-age=60\r\nDate: Thu, 01 Jan 1970 00:01:00 GMT\r\nX-New: 1\r\n"
+            "HTTP/1.1 200 OK\r\nETag: \"a\"\r\nCache-Control: max-age=60\r\nDate: Thu, 01 Jan 1970 00:01:00 GMT\r\nContent-Type: text/html\r\nX-New: 1\r\n"
         );
     }
 

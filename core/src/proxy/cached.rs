@@ -410,7 +410,10 @@ impl Exchange {
         let secs = unix(env);
         let age = e.age(secs);
         let keep = self.req.persistent && !env.draining;
-        let not_mod = not_modified(&self.cache.req, e.etag.as_deref(), e.last_modified);
+        // Without Last-Modified, If-Modified-Since is judged against the time the response was
+        // received (RFC 9111 §4.3.2).
+        let modified = e.last_modified.or(Some(e.response_time));
+        let not_mod = not_modified(&self.cache.req, e.etag.as_deref(), modified);
         let len = e.body.len() as u64;
         // Ranges of a complete stored 200 (RFC 9110 §14), unless If-Range says the client's
         // copy is another one (then the whole response).
@@ -623,6 +626,13 @@ impl Exchange {
             Ok(lifetime) => {
                 let mut head = Vec::with_capacity(rh.len);
                 stored_response(buf, rh, headers, &env.date.date_line(), &mut head);
+                if meta.cc.qualified {
+                    let cc = headers
+                        .iter()
+                        .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cache-control"))
+                        .map(|h| h.value.get(buf));
+                    strip_fields(&mut head, &crate::cache::control::unstored_fields(cc));
+                }
                 let mut vary = Vec::new();
                 if let Vary::Fields(names) = &meta.vary {
                     let mut v = Vec::new();
@@ -800,6 +810,13 @@ impl Exchange {
         if meta.cc.no_store || meta.cc.private {
             return None;
         }
+        if meta.cc.qualified {
+            let cc = hs
+                .iter()
+                .filter(|h| h.name.get(&full).eq_ignore_ascii_case(b"cache-control"))
+                .map(|h| h.value.get(&full));
+            strip_fields(&mut head, &crate::cache::control::unstored_fields(cc));
+        }
         let r304 = read_response(304, buf, headers);
         Some(Entry {
             key: e.key.clone(),
@@ -831,4 +848,23 @@ fn field_name(line: &[u8]) -> &[u8] {
 fn field_value(line: &[u8]) -> &[u8] {
     let v = line.splitn(2, |&b| b == b':').nth(1).unwrap_or(b"");
     crate::http::trim_ows(v.strip_suffix(b"\r\n").unwrap_or(v))
+}
+
+/// Drops the field lines named in `names` (lower-cased) from a stored head.
+fn strip_fields(head: &mut Vec<u8>, names: &[Vec<u8>]) {
+    if names.is_empty() {
+        return;
+    }
+    let mut out = Vec::with_capacity(head.len());
+    let mut lines = head.split_inclusive(|&b| b == b'\n');
+    if let Some(status) = lines.next() {
+        out.extend_from_slice(status);
+    }
+    for line in lines {
+        let n = field_name(line);
+        if !names.iter().any(|x| n.eq_ignore_ascii_case(x)) {
+            out.extend_from_slice(line);
+        }
+    }
+    *head = out;
 }
