@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         fallback_host: b"upstream",
         upgrade_websocket: false,
         max_forwards: None,
+        revalidate: None,
     };
     let mut out = Vec::new();
     upstream_request(buf, &head, &headers, &target, info.body, &fwd, &mut out);
