@@ -792,3 +792,39 @@ fn a_client_that_stops_reading_does_not_hold_a_tunnel() {
     );
     drop(c);
 }
+
+#[test]
+fn megabytes_cross_a_tunnel_both_ways_intact() {
+    let origin = Origin::start();
+    let port = origin.addr.port();
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nconnect_ports = [{port}]\n"
+    )));
+    // 3 MiB that no reordering or loss could leave unchanged.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let file = support::TempFile::new("");
+    std::fs::write(&file.0, &data).unwrap();
+    let px = format!("http://{}", proxy.addr);
+    let url = format!("http://{}/sum", origin.addr);
+    let upload = format!("@{}", file.0.display());
+    let (ok, body) = curl_via(&px, &["-p", "--data-binary", &upload, &url]);
+    assert!(ok);
+    let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{} {sum}", data.len())
+    );
+    let url = format!("http://{}/len/{}", origin.addr, 3 << 20);
+    let (ok, body) = curl_via(&px, &["-p", &url]);
+    assert!(ok);
+    assert_eq!(body.len(), 3 << 20);
+    assert!(body.iter().all(|&b| b == b'x'));
+}

@@ -43,6 +43,8 @@ pub(crate) struct Worker {
     /// fetches when they were last woken.
     fill_waiters: RefCell<Vec<std::task::Waker>>,
     fills_seen: Cell<u64>,
+    /// Idle pipes for splice.
+    pub(crate) pipes: crate::splice::Pipes,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -71,6 +73,7 @@ impl Worker {
             workers,
             fill_waiters: RefCell::new(Vec::new()),
             fills_seen: Cell::new(0),
+            pipes: crate::splice::Pipes::default(),
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),

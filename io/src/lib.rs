@@ -24,6 +24,7 @@ mod listener;
 mod proxy;
 mod relay;
 mod server;
+mod splice;
 mod stream;
 mod tls;
 mod tunnel;

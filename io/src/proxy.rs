@@ -22,7 +22,7 @@ use ringway_core::upstream::UpstreamKey;
 use crate::buf::{ensure_capacity, IoFail, BUF_SIZE};
 use crate::context::Worker;
 use crate::generation::{Generation, InFlight};
-use crate::relay::{relay, relay_spliced, RelayTimeouts, SplicePipe};
+use crate::relay::{relay, relay_spliced, RelayTimeouts};
 use crate::stream::{HandshakeError, Stream, TlsStream};
 use crate::upstream::{open, ConnectError};
 
@@ -47,8 +47,6 @@ struct Conn {
     ubuf: Vec<u8>,
     /// Re-framed body bytes on their way out.
     scratch: Vec<u8>,
-    /// For bodies passed through with splice.
-    pipe: SplicePipe,
     /// The upstream connection of the current attempt, and the in-flight count it holds.
     up: Option<Stream>,
     in_flight: Option<InFlight>,
@@ -166,7 +164,6 @@ impl Conn {
             inbuf: Vec::with_capacity(IDLE_BUF),
             ubuf: Vec::new(),
             scratch: Vec::new(),
-            pipe: SplicePipe::default(),
             up: None,
             in_flight: None,
             now: Instant::now(),
@@ -313,8 +310,15 @@ impl Conn {
                     let up = self.up.as_ref().expect("a tunnel has a destination");
                     let early_up = std::mem::take(&mut self.inbuf);
                     let early_down = std::mem::take(&mut self.ubuf);
-                    let (sent, received) =
-                        crate::tunnel::run(&self.client, up, early_up, early_down, idle).await;
+                    let (sent, received) = crate::tunnel::run(
+                        &self.client,
+                        up,
+                        early_up,
+                        early_down,
+                        idle,
+                        &self.w.pipes,
+                    )
+                    .await;
                     let now = self.tick();
                     self.ex.handle_tunnel_closed(sent, received, now);
                 }
@@ -344,7 +348,7 @@ impl Conn {
                         plan,
                         None,
                         &mut self.scratch,
-                        &mut self.pipe,
+                        &self.w.pipes,
                     )
                     .await;
                     let now = self.tick();
@@ -376,7 +380,7 @@ impl Conn {
                         plan,
                         stage,
                         &mut self.scratch,
-                        &mut self.pipe,
+                        &self.w.pipes,
                     )
                     .await;
                     let leftover = self.ubuf.len();
@@ -603,13 +607,13 @@ async fn move_body(
     mut plan: BodyPlan,
     stage: Option<&mut dyn Stage>,
     scratch: &mut Vec<u8>,
-    pipe: &mut SplicePipe,
+    pipes: &crate::splice::Pipes,
 ) -> Result<u64, BodyFail> {
     let t = timeouts(&plan);
     let r = match (plan.splice && stage.is_none(), from.tcp(), to.tcp()) {
         (true, Some(f), Some(d)) => {
             let n = plan.body.want() as u64;
-            relay_spliced(f, buf, n, d, pipe, t).await.map(|()| n)
+            relay_spliced(f, buf, n, d, pipes, t).await.map(|()| n)
         }
         _ => relay(from, buf, &mut plan.body, Some(to), stage, scratch, t).await,
     };

@@ -9,13 +9,12 @@
 
 use std::time::Duration;
 
-use monoio::io::splice::{SpliceDestination, SpliceSource};
-use monoio::net::unix::new_pipe;
-use monoio::net::{Pipe, TcpStream};
+use monoio::net::TcpStream;
 use ringway_core::http::body::{BodyError, Stage, Transcoder};
 use ringway_core::proxy::BodyFail;
 
 use crate::buf::{write_range, IoFail};
+use crate::splice::{splice, Fixed, Pipes, SpliceError};
 use crate::stream::Stream;
 
 /// Which end of a relay failed.
@@ -87,79 +86,40 @@ pub(crate) struct RelayTimeouts {
     pub write: Duration,
 }
 
-/// Most bytes moved per splice round (the default pipe capacity).
-const PIPE_CHUNK: u32 = 64 * 1024;
-
-/// A pipe used for splicing, created on first use and kept for the connection.
-#[derive(Default)]
-pub(crate) struct SplicePipe(Option<(Pipe, Pipe)>);
-
-impl SplicePipe {
-    fn get(&mut self) -> std::io::Result<&mut (Pipe, Pipe)> {
-        if self.0.is_none() {
-            self.0 = Some(new_pipe()?);
-        }
-        Ok(self.0.as_mut().expect("created above"))
-    }
-
-    /// Forget the pipe (it may hold bytes of a failed transfer).
-    fn discard(&mut self) {
-        self.0 = None;
-    }
-}
-
-/// Moves exactly `len` bytes from `from` to `to` through `pipe`.
-pub(crate) async fn splice_exact(
-    from: &mut TcpStream,
-    to: &mut TcpStream,
-    mut len: u64,
-    pipe: &mut SplicePipe,
-    t: RelayTimeouts,
-) -> Result<(), RelayError> {
-    let result = async {
-        let (rd, wr) = pipe.get().map_err(|e| src(RelayFail::Io(IoFail::Io(e))))?;
-        while len > 0 {
-            let want = len.min(u64::from(PIPE_CHUNK)) as u32;
-            let n = match monoio::time::timeout(t.read, from.splice_to_pipe(wr, want)).await {
-                Ok(Ok(0)) => return Err(src(RelayFail::Body(BodyError::Truncated))),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(src(RelayFail::Io(IoFail::Io(e)))),
-                Err(_) => return Err(src(RelayFail::Io(IoFail::Timeout))),
-            };
-            let mut left = n;
-            while left > 0 {
-                match monoio::time::timeout(t.write, to.splice_from_pipe(rd, left)).await {
-                    Ok(Ok(0)) => return Err(dst(IoFail::Io(std::io::ErrorKind::WriteZero.into()))),
-                    Ok(Ok(m)) => left -= m,
-                    Ok(Err(e)) => return Err(dst(IoFail::Io(e))),
-                    Err(_) => return Err(dst(IoFail::Timeout)),
-                }
-            }
-            len -= u64::from(n);
-        }
-        Ok(())
-    }
-    .await;
-    if result.is_err() {
-        pipe.discard();
-    }
-    result
-}
-
 /// Relays a `len`-byte body whose first bytes may already be in `buf`: those are written from
-/// the buffer, the rest spliced. Bytes in `buf` past the body stay there.
+/// the buffer, the rest spliced (see `splice.rs`) through a pipe from the worker's pool. Bytes
+/// in `buf` past the body stay there.
 pub(crate) async fn relay_spliced(
     from: &mut TcpStream,
     buf: &mut Vec<u8>,
     len: u64,
     to: &mut TcpStream,
-    pipe: &mut SplicePipe,
+    pipes: &Pipes,
     t: RelayTimeouts,
 ) -> Result<(), RelayError> {
     let k = len.min(buf.len() as u64) as usize;
     write_range(to, buf, 0..k, t.write).await.map_err(dst)?;
     buf.drain(..k);
-    splice_exact(from, to, len - k as u64, pipe, t).await
+    let rest = len - k as u64;
+    if rest == 0 {
+        return Ok(());
+    }
+    let pipe = pipes
+        .take()
+        .map_err(|e| src(RelayFail::Io(IoFail::Io(e))))?;
+    let waits = Fixed {
+        read: t.read,
+        write: t.write,
+    };
+    match splice(from, to, &pipe, Some(rest), &waits).await {
+        Ok(_) => {
+            pipes.give(pipe);
+            Ok(())
+        }
+        Err(SpliceError::Truncated) => Err(src(RelayFail::Body(BodyError::Truncated))),
+        Err(SpliceError::Source(e)) => Err(src(RelayFail::Io(e))),
+        Err(SpliceError::Destination(e)) => Err(dst(e)),
+    }
 }
 
 /// Relays one body from `from` (whose first bytes may already be in `buf`) to `to`, or

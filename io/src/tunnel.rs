@@ -1,28 +1,56 @@
-//! CONNECT tunnels: bytes both ways between the client and the destination until both sides
-//! have closed, or nothing has moved either way for the idle timeout.
+//! CONNECT and WebSocket tunnels: bytes both ways between the client and the destination until
+//! both sides have closed, or nothing has moved either way for the idle timeout.
 //!
-//! Each direction is a loop of one read and one write through its own buffer; an end of file
-//! on one side half-closes the other (so `Connection: close` protocols and TLS close_notify
-//! work through the tunnel), and the tunnel ends when both directions have. Tunnels of plain
-//! sockets could splice instead; that is the zero-copy issue's work.
+//! Each direction splices socket → pipe → socket (`splice.rs`: called from the worker thread,
+//! waiting for readiness through io_uring), so the bytes never enter user space; an end of
+//! file on one side half-closes the other (so `Connection: close` protocols and TLS
+//! close_notify work through the tunnel), and the tunnel ends when both directions have. A
+//! receiver that stops reading ends the tunnel after the idle time too. Tunnels join plain
+//! sockets only (the bytes inside are the client's business).
 
 use std::cell::Cell;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
 use monoio::net::TcpStream;
 
+use crate::splice::{splice, Pipes, Waits};
 use crate::stream::Stream;
 
-/// Bytes each direction reads at once: small while little has moved (many idle tunnels must
-/// cost little), large once a direction carries a bulk transfer (4x fewer reads and writes;
-/// docs/benchmarks.md run 13).
-const TUNNEL_BUF: usize = 16 * 1024;
-const TUNNEL_BUF_BULK: usize = 64 * 1024;
-/// Bytes a direction moves before it gets the large buffer.
-const BULK_AFTER: u64 = 64 * 1024;
+/// How long a direction waits: until nothing has moved either way for `idle` (`last` is shared
+/// by both); counts what it moved.
+struct Idle<'a> {
+    idle: Duration,
+    last: &'a Cell<Instant>,
+    moved: Cell<u64>,
+}
+
+impl<'a> Idle<'a> {
+    fn new(idle: Duration, last: &'a Cell<Instant>) -> Self {
+        Self {
+            idle,
+            last,
+            moved: Cell::new(0),
+        }
+    }
+}
+
+impl Waits for Idle<'_> {
+    fn read(&self) -> Option<Duration> {
+        let left = self.idle.saturating_sub(self.last.get().elapsed());
+        (!left.is_zero()).then_some(left)
+    }
+
+    fn write(&self) -> Duration {
+        self.idle
+    }
+
+    fn moved(&self, n: usize) {
+        self.last.set(Instant::now());
+        self.moved.set(self.moved.get() + n as u64);
+    }
+}
 
 /// Runs the tunnel; returns the bytes moved client → destination and back. `early_up` holds
 /// bytes the client sent after its request head, `early_down` bytes the destination sent after
@@ -33,101 +61,71 @@ pub(crate) async fn run(
     early_up: Vec<u8>,
     early_down: Vec<u8>,
     idle: Duration,
+    pipes: &Pipes,
 ) -> (u64, u64) {
-    // The tunnel works on duplicates of the two sockets, split into halves; the originals are
-    // closed by their owners when the exchange ends.
-    let (Some(c), Some(u)) = (dup(client), dup(up)) else {
+    let (Stream::Plain(c), Stream::Plain(u)) = (client, up) else {
         return (0, 0);
     };
-    let (mut cr, mut cw) = c.into_split();
-    let (mut ur, mut uw) = u.into_split();
     let last = Cell::new(Instant::now());
-    let up_dir = async {
-        let n = early_up.len() as u64;
-        if !early_up.is_empty() && uw.write_all(early_up).await.0.is_err() {
-            let _ = uw.shutdown().await;
-            return n;
-        }
-        n + copy(&mut cr, &mut uw, idle, &last).await
-    };
-    let down_dir = async {
-        let n = early_down.len() as u64;
-        if !early_down.is_empty() && cw.write_all(early_down).await.0.is_err() {
-            let _ = cw.shutdown().await;
-            return n;
-        }
-        n + copy(&mut ur, &mut cw, idle, &last).await
-    };
+    let up_dir = direction(c, u, &early_up, Idle::new(idle, &last), pipes);
+    let down_dir = direction(u, c, &early_down, Idle::new(idle, &last), pipes);
     monoio::join!(up_dir, down_dir)
 }
 
-/// One direction: read, write, until end of file, an error, `idle` with no byte moving either
-/// way (`last` is shared by both directions), or a write that waits `idle` for the receiver.
-/// Half-closes `to` at the end.
-async fn copy(
-    from: &mut OwnedReadHalf<TcpStream>,
-    to: &mut OwnedWriteHalf<TcpStream>,
-    idle: Duration,
-    last: &Cell<Instant>,
+/// One direction: `early` first, then spliced until end of file, an error or the idle limit;
+/// half-closes `to` at the end.
+async fn direction(
+    from: &TcpStream,
+    to: &TcpStream,
+    early: &[u8],
+    waits: Idle<'_>,
+    pipes: &Pipes,
 ) -> u64 {
-    let mut total = 0u64;
-    let mut buf = Vec::with_capacity(TUNNEL_BUF);
-    loop {
-        let wait = idle.saturating_sub(last.get().elapsed());
-        if wait.is_zero() {
-            break;
-        }
-        let (r, b) = match monoio::time::timeout(wait, from.read(buf)).await {
-            Ok(x) => x,
-            // Nothing this way for a while: go round again, unless nothing moved either way.
-            Err(_) => {
-                let cap = if total >= BULK_AFTER {
-                    TUNNEL_BUF_BULK
-                } else {
-                    TUNNEL_BUF
-                };
-                buf = Vec::with_capacity(cap);
-                continue;
+    let mut total = 0;
+    if write_all(to, early, waits.idle).await.is_ok() {
+        total += early.len() as u64;
+        if let Ok(pipe) = pipes.take() {
+            // An error or the idle limit ends this direction like an end of file; a pipe that
+            // may still hold bytes is not reused.
+            if splice(from, to, &pipe, None, &waits).await.is_ok() {
+                pipes.give(pipe);
             }
-        };
-        buf = b;
-        match r {
-            Ok(n) if n > 0 => {
-                last.set(Instant::now());
-                total += n as u64;
-                // A receiver that stops reading must not hold the tunnel forever.
-                let Ok((w, b)) = monoio::time::timeout(idle, to.write_all(buf)).await else {
-                    break;
-                };
-                buf = b;
-                buf.clear();
-                if w.is_err() {
-                    break;
-                }
-                if total >= BULK_AFTER && buf.capacity() < TUNNEL_BUF_BULK {
-                    buf = Vec::with_capacity(TUNNEL_BUF_BULK);
-                }
-            }
-            _ => break,
         }
     }
-    let _ = to.shutdown().await;
+    total += waits.moved.get();
+    // SAFETY: the descriptor is open (owned by `to`); SHUT_WR only ends the sending side.
+    unsafe {
+        libc::shutdown(to.as_raw_fd(), libc::SHUT_WR);
+    }
     total
 }
 
-/// A second descriptor for a plain socket, as its own monoio stream; `None` over TLS (a
-/// tunnel's ends are plain sockets: the bytes inside are the client's business).
-fn dup(s: &Stream) -> Option<TcpStream> {
-    let Stream::Plain(tcp) = s else {
-        return None;
-    };
-    // SAFETY: `tcp` owns an open descriptor; dup(2) gives a new one that nothing else owns,
-    // which the std stream then owns and closes.
-    let fd = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(tcp)) };
-    if fd < 0 {
-        return None;
+/// Writes all of `data` to a non-blocking socket, waiting for room through io_uring.
+async fn write_all(to: &TcpStream, mut data: &[u8], wait: Duration) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is a valid buffer for its length; the descriptor is open.
+        let n = unsafe {
+            libc::send(
+                to.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            data = &data[n as usize..];
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                monoio::time::timeout(wait, to.writable(true))
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            }
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
+        }
     }
-    // SAFETY: `fd` is a fresh, open descriptor owned by no one else (see above).
-    let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    TcpStream::from_std(std).ok()
+    Ok(())
 }
