@@ -447,6 +447,23 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             &ringway_pids,
         )?;
     }
+    let want_squid = filter.is_empty() || filter.iter().any(|f| f == "forward");
+    if want_squid && !on_path("squid") {
+        println!("\n(forward-proxy cases skipped: squid is not installed; apt-get install squid)");
+    } else if want_squid {
+        let ctx = SquidRun {
+            dir: &dir,
+            rounds,
+            secs,
+            load_cpus: &load_cpus,
+            proxy_cpus: &proxy_cpus,
+            workers,
+            origin_port,
+            ringway_bin: &ringway_bin,
+            reverse: (ringway_port, &ringway_pids),
+        };
+        squid_cases(&ctx)?;
+    }
 
     let mut extra = String::new();
     if f.has("--open-loop") && nginx_ka16_rps > 0.0 {
@@ -568,6 +585,179 @@ fn cache_hits(
         );
     }
     Ok(())
+}
+
+/// What the forward-proxy cases need from the main run.
+struct SquidRun<'a> {
+    dir: &'a Path,
+    rounds: usize,
+    secs: u64,
+    load_cpus: &'a str,
+    proxy_cpus: &'a str,
+    workers: usize,
+    origin_port: u16,
+    ringway_bin: &'a Path,
+    /// ringway's reverse proxy (port, pids), for the same request in origin form.
+    reverse: (u16, &'a [u32]),
+}
+
+/// Stops a child process when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// ringway's forward proxy against Squid (`loadtest/squid.conf`: one worker on the proxies'
+/// CPUs, no cache, no access log): a 100 B GET in absolute form (wrk with a Lua script setting
+/// `wrk.path` to the full URL), compared also with ringway's reverse proxy for the same
+/// request; and 1 MiB downloads through CONNECT tunnels (`curl -p`, a new tunnel each),
+/// CPU per MiB.
+fn squid_cases(r: &SquidRun<'_>) -> Result<(), String> {
+    let (squid_port, fwd_port) = (free_port()?, free_port()?);
+    let conf = include_str!("../squid.conf")
+        .replace("{{DIR}}", &r.dir.display().to_string())
+        .replace("{{LISTEN}}", &format!("127.0.0.1:{squid_port}"));
+    std::fs::write(r.dir.join("squid.conf"), conf).map_err(|e| e.to_string())?;
+    // Squid drops to its own user, which must be able to read the directory.
+    let _ = Command::new("chmod").arg("755").arg(r.dir).status();
+    let squid = Kill(
+        Command::new("taskset")
+            .args(["-c", r.proxy_cpus, "squid", "-N", "-f"])
+            .arg(r.dir.join("squid.conf"))
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting squid: {e}"))?,
+    );
+    let fwd = Kill(
+        Command::new(r.ringway_bin)
+            .args(["--listen", &format!("127.0.0.1:{fwd_port}"), "--forward"])
+            .args(["--connect-ports", &r.origin_port.to_string()])
+            .args(["--workers", &r.workers.to_string(), "--cpus", r.proxy_cpus])
+            .args(["--log-level", "warn"])
+            .spawn()
+            .map_err(|e| format!("starting ringway --forward: {e}"))?,
+    );
+    let target = format!("http://127.0.0.1:{}/100b", r.origin_port);
+    for (port, what) in [(squid_port, "squid"), (fwd_port, "ringway --forward")] {
+        wait_forward(port, &target, what)?;
+    }
+    let squid_pids = with_children(squid.0.id());
+    let fwd_pids = vec![fwd.0.id()];
+    let script = r.dir.join("absolute.lua");
+    std::fs::write(&script, format!("wrk.path = \"{target}\"\n")).map_err(|e| e.to_string())?;
+    let measure = |port: u16, pids: &[u32], absolute: bool| -> Result<Sample, String> {
+        let before = total_ticks(pids);
+        let url = format!("http://127.0.0.1:{port}/100b");
+        let s = absolute.then_some(script.as_path());
+        let w = wrk::run_with(r.load_cpus, &url, 16, r.secs, false, s)?;
+        let ticks = total_ticks(pids) - before;
+        Ok(Sample {
+            cpu_us_per_req: ticks as f64 * 1e6 / TICKS_PER_SEC / w.requests.max(1) as f64,
+            wrk: w,
+        })
+    };
+    let (mut sq, mut fw, mut rv) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..r.rounds {
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => sq.push(measure(squid_port, &squid_pids, true)?),
+                1 => fw.push(measure(fwd_port, &fwd_pids, true)?),
+                _ => rv.push(measure(r.reverse.0, r.reverse.1, false)?),
+            }
+        }
+    }
+    let med =
+        |v: &[Sample], f: &dyn Fn(&Sample) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let ratios = |a: &[Sample], b: &[Sample]| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.cpu_us_per_req / y.cpu_us_per_req)
+            .collect()
+    };
+    let (to_squid, to_rev) = (ratios(&fw, &sq), ratios(&fw, &rv));
+    println!("\n| forward proxy | squid req/s | ringway forward req/s | ringway reverse req/s | squid CPU | forward CPU | reverse CPU | forward / squid CPU | forward / reverse CPU | errors s/f/r |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| absolute-form keep-alive c=16 100b (CPU µs/req) | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | **{:.2}** ({}) | **{:.2}** ({}) | {}/{}/{} |",
+        med(&sq, &|s| s.wrk.rps),
+        med(&fw, &|s| s.wrk.rps),
+        med(&rv, &|s| s.wrk.rps),
+        med(&sq, &|s| s.cpu_us_per_req),
+        med(&fw, &|s| s.cpu_us_per_req),
+        med(&rv, &|s| s.cpu_us_per_req),
+        median(&mut to_squid.clone()),
+        spread(&to_squid),
+        median(&mut to_rev.clone()),
+        spread(&to_rev),
+        sq.iter().map(|s| s.wrk.errors).sum::<u64>(),
+        fw.iter().map(|s| s.wrk.errors).sum::<u64>(),
+        rv.iter().map(|s| s.wrk.errors).sum::<u64>(),
+    );
+    // CONNECT: sequential downloads, a new tunnel each.
+    const TUNNELS: u64 = 200;
+    let url = format!("http://127.0.0.1:{}/1m", r.origin_port);
+    let tunnel = |port: u16, pids: &[u32]| -> Result<f64, String> {
+        let before = total_ticks(pids);
+        for _ in 0..TUNNELS {
+            let st = Command::new("taskset")
+                .args(["-c", r.load_cpus, "curl", "-s", "-o", "/dev/null"])
+                .args(["--noproxy", "", "-p", "-x"])
+                .arg(format!("http://127.0.0.1:{port}"))
+                .arg(&url)
+                .status()
+                .map_err(|e| format!("running curl: {e}"))?;
+            if !st.success() {
+                return Err(format!("curl -p through port {port} failed"));
+            }
+        }
+        let ticks = total_ticks(pids) - before;
+        Ok(ticks as f64 * 1e6 / TICKS_PER_SEC / TUNNELS as f64)
+    };
+    let (mut sq_t, mut fw_t) = (Vec::new(), Vec::new());
+    for round in 0..r.rounds {
+        if round % 2 == 0 {
+            sq_t.push(tunnel(squid_port, &squid_pids)?);
+            fw_t.push(tunnel(fwd_port, &fwd_pids)?);
+        } else {
+            fw_t.push(tunnel(fwd_port, &fwd_pids)?);
+            sq_t.push(tunnel(squid_port, &squid_pids)?);
+        }
+    }
+    let t_ratio: Vec<f64> = fw_t.iter().zip(&sq_t).map(|(f, s)| f / s).collect();
+    println!(
+        "| CONNECT 1 MiB x {TUNNELS} (CPU µs per MiB) | | | | {:.0} | {:.0} | | **{:.2}** ({}) | | |",
+        median(&mut sq_t.clone()),
+        median(&mut fw_t.clone()),
+        median(&mut t_ratio.clone()),
+        spread(&t_ratio),
+    );
+    drop((squid, fwd));
+    Ok(())
+}
+
+/// Waits until a forward proxy on `port` answers an absolute-form GET of `target` with 200.
+fn wait_forward(port: u16, target: &str, what: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(req.as_bytes());
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "{what} on port {port} did not forward GET {target}"
+    ))
 }
 
 /// Runs the comparison with 1, 2, … `max` workers for both proxies (proxies on CPUs 0..w, load

@@ -19,12 +19,28 @@ pub(crate) fn run(
     secs: u64,
     close: bool,
 ) -> Result<WrkResult, String> {
+    run_with(cpus, url, conns, secs, close, None)
+}
+
+/// [`run`] with a Lua script (e.g. one that sets `wrk.path` to an absolute URI for a forward
+/// proxy).
+pub(crate) fn run_with(
+    cpus: &str,
+    url: &str,
+    conns: usize,
+    secs: u64,
+    close: bool,
+    script: Option<&std::path::Path>,
+) -> Result<WrkResult, String> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", cpus, "wrk", "-t1", "--latency"])
         .arg(format!("-c{conns}"))
         .arg(format!("-d{secs}s"));
     if close {
         cmd.args(["-H", "Connection: close"]);
+    }
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
     }
     cmd.arg(url);
     let out = cmd.output().map_err(|e| format!("running wrk: {e}"))?;
