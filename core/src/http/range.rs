@@ -74,9 +74,13 @@ pub fn parse(value: &[u8], len: u64) -> Ranges {
         };
         out.push(range);
     }
+    // Ranges that add up to more than the representation (overlapping or repeated) would make
+    // a multipart answer larger than the whole: the whole it is (RFC 9110 §14.3).
+    let asked: u64 = out.iter().map(|(a, b)| b - a).sum();
     match (any, out.is_empty()) {
         (false, _) => Ranges::Ignore,
         (true, true) => Ranges::Unsatisfiable,
+        (true, false) if out.len() > 1 && asked > len => Ranges::Ignore,
         (true, false) => Ranges::Satisfiable(out),
     }
 }
