@@ -199,6 +199,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     }
     let (origin_port, nginx_port, ringway_port) = (free_port()?, free_port()?, free_port()?);
     let (nginx_tls_port, ringway_tls_port) = (free_port()?, free_port()?);
+    let nginx_defaults_port = free_port()?;
     // One ECDSA P-256 certificate for both proxies.
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -210,6 +211,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         tpl.replace("{{DIR}}", &dir.display().to_string())
             .replace("{{LISTEN}}", &format!("127.0.0.1:{listen}"))
             .replace("{{TLS_LISTEN}}", &format!("127.0.0.1:{nginx_tls_port}"))
+            .replace(
+                "{{DEFAULTS_LISTEN}}",
+                &format!("127.0.0.1:{nginx_defaults_port}"),
+            )
             .replace("{{ORIGIN}}", &format!("127.0.0.1:{origin_port}"))
             .replace("{{WORKERS}}", &w.to_string())
             .replace("{{AFFINITY}}", "auto")
@@ -274,6 +279,33 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         .map_err(|_| "bad nginx pid file".to_string())?;
     let nginx_pids = with_children(nginx_master);
     let ringway_pids = vec![procs.ringway.as_ref().map_or(0, Child::id)];
+    // The floors: minimal relays (loadtest/src/floor.rs), copy and splice, on the proxies' CPUs.
+    let floors = f.has("--floors");
+    let (copy_port, splice_port) = (free_port()?, free_port()?);
+    let mut floor_procs = Vec::new();
+    if floors {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        for (port, splice) in [(copy_port, false), (splice_port, true)] {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &proxy_cpus]).arg(&exe).args([
+                "floor",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &format!("127.0.0.1:{origin_port}"),
+            ]);
+            if splice {
+                cmd.arg("--splice");
+            }
+            floor_procs.push(Kill(
+                cmd.spawn()
+                    .map_err(|e| format!("starting the floor: {e}"))?,
+            ));
+            wait_http(port, "floor relay")?;
+        }
+    }
+    let floor_pids: Vec<u32> = floor_procs.iter().map(|k| k.0.id()).collect();
+    let mut floor_rows = Vec::new();
 
     // Plain: every combination. TLS: keep-alive small and 64 KiB bodies (bulk encryption), and
     // connection-close with small bodies (one full handshake per request).
@@ -385,6 +417,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         let (nginx_port, ringway_port) = ports(c);
         let mut ng: Vec<Sample> = Vec::new();
         let mut rw: Vec<Sample> = Vec::new();
+        let (mut cp, mut sp, mut nd) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             if round % 2 == 0 {
                 ng.push(measure(nginx_port, &nginx_pids, c)?);
@@ -393,6 +426,37 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 rw.push(measure(ringway_port, &ringway_pids, c)?);
                 ng.push(measure(nginx_port, &nginx_pids, c)?);
             }
+            if floors && !c.tls {
+                cp.push(measure(copy_port, &floor_pids[..1], c)?);
+                sp.push(measure(splice_port, &floor_pids[1..], c)?);
+                nd.push(measure(nginx_defaults_port, &nginx_pids, c)?);
+            }
+        }
+        if !cp.is_empty() {
+            let per = |f: &[Sample]| -> Vec<f64> {
+                rw.iter()
+                    .zip(f)
+                    .map(|(r, x)| r.cpu_us_per_req / x.cpu_us_per_req)
+                    .collect()
+            };
+            let med_cpu =
+                |v: &[Sample]| median(&mut v.iter().map(|s| s.cpu_us_per_req).collect::<Vec<_>>());
+            let (to_copy, to_splice) = (per(&cp), per(&sp));
+            floor_rows.push(format!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | **{:.2}** ({}) | **{:.2}** ({}) | {:.2} / {:.2} |",
+                c.name(),
+                med_cpu(&ng),
+                med_cpu(&nd),
+                med_cpu(&cp),
+                med_cpu(&sp),
+                med_cpu(&rw),
+                median(&mut to_copy.clone()),
+                spread(&to_copy),
+                median(&mut to_splice.clone()),
+                spread(&to_splice),
+                med_cpu(&cp) / med_cpu(&ng),
+                med_cpu(&sp) / med_cpu(&ng),
+            ));
         }
         let ratio = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
             ng.iter().zip(&rw).map(|(n, r)| f(r) / f(n)).collect()
@@ -436,6 +500,14 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         print!("{row}");
     }
 
+    if !floor_rows.is_empty() {
+        println!("\n| case (CPU µs/req) | nginx tuned | nginx defaults | copy floor | splice floor | ringway | ringway / copy floor | ringway / splice floor | floors / nginx tuned (copy / splice) |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for r in &floor_rows {
+            println!("{r}");
+        }
+    }
+    drop(floor_procs);
     if !hits.is_empty() {
         cache_hits(
             &hits,

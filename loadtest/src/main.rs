@@ -6,6 +6,7 @@
 //! for coordinated omission the way wrk2 does.
 
 mod compare;
+mod floor;
 mod gen;
 mod procfs;
 mod wrk;
@@ -23,18 +24,24 @@ usage:
       --cases: comma list of filters, every one must match: ka|close, 16|256, 100b|64k|1m,
         plain|tls, new (TLS full handshakes with openssl s_time); e.g. plain,ka,16,100b
       --open-loop: also compare p99 at a fixed rate (70% of nginx's max) with `gen`.
+      --floors: also measure the copy and splice floors (see floor) for plain cases.
       --workers N: both proxies get N workers on CPUs 0..N, the load the CPUs above.
       --sweep: with --workers N, run the comparison for 1, 2, ... N workers (load kept on the
       CPUs above N), for bare-metal machines with many cores.
   ringway-loadtest gen --url http://127.0.0.1:8080/path [-c CONNS] [-d SECS] [--rate REQ/S]
                        [--close]
-      Closed loop by default; with --rate, open loop at that total rate.";
+      Closed loop by default; with --rate, open loop at that total rate.
+  ringway-loadtest floor --listen ADDR --upstream ADDR [--splice]
+      The least a proxy can do: a single-threaded epoll relay, an upstream connection per
+      client, nothing parsed; bytes copied through a 64 KiB buffer, or spliced with --splice.
+      compare --floors measures both next to the proxies.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("compare") => compare::main(&args[1..]),
         Some("gen") => gen::main(&args[1..]),
+        Some("floor") => floor::main(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
