@@ -341,6 +341,9 @@ impl Exchange {
         if self.out.capacity() > 4 * 1024 {
             self.out = Vec::with_capacity(1024);
         }
+        if self.req_head.capacity() > 4 * 1024 {
+            self.req_head = Vec::new();
+        }
     }
 
     /// What io must do next. Each action is handed out once; io performs it and reports back.
