@@ -117,7 +117,7 @@ fn purge(status: &Status, target: &[u8]) -> (u16, String, &'static str) {
         );
     };
     let url = crate::cache::percent_decode(raw);
-    let Some(key) = crate::cache::purge_key(&url, prefix) else {
+    let Some(key) = ringway_core::cache::policy::key_of_url(&url, prefix) else {
         return (
             400,
             "expected an http:// or https:// URL with a host\n".into(),

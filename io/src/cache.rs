@@ -108,35 +108,6 @@ pub(crate) async fn write_hit(
     Ok(())
 }
 
-/// The cache key (or key prefix) an admin purge names: `scheme://host[:port]/path?query`, its
-/// scheme and host lower-cased and a default port dropped like the proxy's own keys; a
-/// full URL's path is normalised as requests' are. `None` when it is not an http(s) URL.
-pub(crate) fn purge_key(url: &[u8], prefix: bool) -> Option<Vec<u8>> {
-    let lower: Vec<u8> = url.iter().take(8).map(u8::to_ascii_lowercase).collect();
-    let (scheme, rest) = if lower.starts_with(b"http://") {
-        ("http", &url[7..])
-    } else if lower.starts_with(b"https://") {
-        ("https", &url[8..])
-    } else {
-        return None;
-    };
-    let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-    let (host, path) = rest.split_at(slash);
-    if host.is_empty() {
-        return None;
-    }
-    let path = if path.is_empty() { &b"/"[..] } else { path };
-    let mut target = Vec::new();
-    if prefix {
-        target.extend_from_slice(path);
-    } else {
-        ringway_core::http::path::normalise(path, &Default::default(), &mut target).ok()?;
-    }
-    let mut key = Vec::new();
-    ringway_core::cache::policy::key(scheme, host, &target, &mut key);
-    Some(key)
-}
-
 /// Decodes `%XX` escapes (and leaves anything else as it is).
 pub(crate) fn percent_decode(v: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len());
@@ -161,21 +132,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn purge_keys() {
-        assert_eq!(
-            purge_key(b"HTTP://Example.com:80/a/../b?x=1", false).unwrap(),
-            b"http://example.com/b?x=1"
-        );
-        assert_eq!(
-            purge_key(b"https://a.com", false).unwrap(),
-            b"https://a.com/"
-        );
-        assert_eq!(
-            purge_key(b"http://a.com/static/", true).unwrap(),
-            b"http://a.com/static/"
-        );
-        assert!(purge_key(b"ftp://a.com/", false).is_none());
-        assert!(purge_key(b"http:///x", false).is_none());
+    fn percent_decoding() {
         assert_eq!(
             percent_decode(b"http%3A%2F%2Fa%2Fb%3Fc%3d1%zz%"),
             b"http://a/b?c=1%zz%"

@@ -439,6 +439,35 @@ pub fn key(scheme: &str, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// The cache key (or key prefix) a URL names, for purges: `scheme://host[:port]/path?query`, its
+/// scheme and host lower-cased and a default port dropped like the proxy's own keys; a
+/// full URL's path is normalised as requests' are. `None` when it is not an http(s) URL.
+pub fn key_of_url(url: &[u8], prefix: bool) -> Option<Vec<u8>> {
+    let lower: Vec<u8> = url.iter().take(8).map(u8::to_ascii_lowercase).collect();
+    let (scheme, rest) = if lower.starts_with(b"http://") {
+        ("http", &url[7..])
+    } else if lower.starts_with(b"https://") {
+        ("https", &url[8..])
+    } else {
+        return None;
+    };
+    let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+    let (host, path) = rest.split_at(slash);
+    if host.is_empty() {
+        return None;
+    }
+    let path = if path.is_empty() { &b"/"[..] } else { path };
+    let mut target = Vec::new();
+    if prefix {
+        target.extend_from_slice(path);
+    } else {
+        crate::http::path::normalise(path, &Default::default(), &mut target).ok()?;
+    }
+    let mut out = Vec::new();
+    key(scheme, host, &target, &mut out);
+    Some(out)
+}
+
 /// The cache key a `Location` or `Content-Location` value names, when it is on the same
 /// authority as `key` (RFC 9111 §4.4: only those are invalidated).
 pub fn same_origin_key(key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
@@ -796,6 +825,17 @@ mod tests {
             &mut out
         ));
         assert!(invalidates(Method::Post, 201) && invalidates(Method::Delete, 302));
+        let url = |u: &str, p| key_of_url(u.as_bytes(), p);
+        assert_eq!(
+            url("HTTP://Example.com:80/a/../b?x=1", false).unwrap(),
+            b"http://example.com/b?x=1"
+        );
+        assert_eq!(url("https://a.com", false).unwrap(), b"https://a.com/");
+        assert_eq!(
+            url("http://a.com/static/", true).unwrap(),
+            b"http://a.com/static/"
+        );
+        assert!(url("ftp://a.com/", false).is_none() && url("http:///x", false).is_none());
         assert!(!invalidates(Method::Post, 500) && !invalidates(Method::Get, 200));
     }
 }
