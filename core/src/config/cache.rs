@@ -85,13 +85,17 @@ pub(crate) fn build_cache(
 pub(crate) fn route_rules(
     loc: &Locator<'_>,
     key: &str,
+    route: std::ops::Range<usize>,
     cache: Option<&CacheConfig>,
-    on: Option<bool>,
+    on: Option<&Spanned<bool>>,
     valid: Option<&BTreeMap<String, Spanned<raw::Duration>>>,
 ) -> Result<Option<CacheRules>, ConfigError> {
+    let span = on.map_or(route, Spanned::span);
+    let on = on.map(|o| *o.get_ref());
     let Some(c) = cache else {
         if on == Some(true) || valid.is_some() {
-            return Err(loc.nowhere(
+            return Err(loc.at(
+                span,
                 format!("{key}.cache"),
                 "this route caches, but there is no [cache] section to say how much memory the cache may use",
             ));

@@ -257,7 +257,7 @@ pub(crate) struct Route {
     pub upstream: Option<Spanned<String>>,
     pub set_host: Option<Spanned<String>>,
     pub respond: Option<Spanned<Respond>>,
-    pub cache: Option<bool>,
+    pub cache: Option<Spanned<bool>>,
     pub cache_valid: Option<BTreeMap<String, Spanned<Duration>>>,
 }
 

@@ -159,9 +159,14 @@ pub(crate) fn build_routes(
             }
         };
         let cache = match action {
-            Action::Proxy { .. } => {
-                super::cache::route_rules(loc, &key, cache, r.cache, r.cache_valid.as_ref())?
-            }
+            Action::Proxy { .. } => super::cache::route_rules(
+                loc,
+                &key,
+                span.clone(),
+                cache,
+                r.cache.as_ref(),
+                r.cache_valid.as_ref(),
+            )?,
             Action::Respond(_) => None,
         };
         routes.push(Route {

@@ -471,3 +471,41 @@ clients = ["10.0.0.0/8"]
     assert_eq!(e.key, "forward.anonymity");
     assert_eq!(e.line, Some(4));
 }
+
+#[test]
+fn cache_section_and_route_keys() {
+    let base = "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.a]\nservers = [\"127.0.0.1:1\"]\n";
+    let c = Config::parse(
+        "c.toml",
+        &format!("{base}[cache]\nsize = \"64m\"\nvalid = {{ \"200 301\" = \"10m\", any = \"5s\" }}\nuse_stale = [\"error\", \"http_503\"]\n[[routes]]\nupstream = \"a\"\n[[routes]]\npath = \"/nocache/\"\nupstream = \"a\"\ncache = false\n[[routes]]\npath = \"/own/\"\nupstream = \"a\"\ncache_valid = {{ \"404\" = \"1m\" }}\n"),
+    )
+    .unwrap();
+    let cache = c.cache.as_ref().unwrap();
+    assert_eq!(cache.size, 64 << 20);
+    assert_eq!(cache.rules.valid_for(301), Some(600));
+    assert_eq!(cache.rules.valid_for(500), Some(5));
+    assert!(cache.rules.use_stale.error && cache.rules.use_stale.statuses == [503]);
+    assert!(c.routes[0].cache.is_some() && c.routes[1].cache.is_none());
+    let own = c.routes[2].cache.as_ref().unwrap();
+    assert_eq!((own.valid_for(404), own.valid_for(200)), (Some(60), None));
+    let err = Config::parse(
+        "c.toml",
+        &format!("{base}[[routes]]\nupstream = \"a\"\ncache = true\n"),
+    )
+    .unwrap_err();
+    assert_eq!((err.line, err.key.as_str()), (Some(7), "routes[0].cache"));
+    for (bad, key) in [
+        ("size = \"12q\"", "cache.size"),
+        ("size = \"512k\"", "cache.size"),
+        ("valid = { \"304\" = \"1m\" }", "cache.valid.\"304\""),
+        ("use_stale = [\"sometimes\"]", "cache.use_stale[0]"),
+        ("heuristic_max = \"400d\"", "cache.heuristic_max"),
+    ] {
+        let err = Config::parse(
+            "c.toml",
+            &format!("{base}[cache]\n{bad}\n[[routes]]\nupstream = \"a\"\n"),
+        )
+        .unwrap_err();
+        assert_eq!((err.line, err.key.as_str()), (Some(6), key), "{bad}: {err}");
+    }
+}
