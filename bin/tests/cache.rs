@@ -21,7 +21,29 @@ struct Answer {
     headers: Vec<(String, String)>,
     body: String,
     chunked: bool,
-    delay: Duration,
+    /// Held until the test opens it (a response the test decides the timing of).
+    gate: Option<Arc<Gate>>,
+}
+
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let g = self.open.lock().unwrap();
+        let _ = self
+            .cv
+            .wait_timeout_while(g, Duration::from_secs(30), |open| !*open)
+            .unwrap();
+    }
 }
 
 fn answer(headers: &[(&str, &str)], body: &str) -> Answer {
@@ -33,7 +55,7 @@ fn answer(headers: &[(&str, &str)], body: &str) -> Answer {
             .collect(),
         body: body.to_string(),
         chunked: false,
-        delay: Duration::ZERO,
+        gate: None,
     }
 }
 
@@ -169,7 +191,9 @@ impl Scripted {
                 status: 404,
                 ..answer(&[], "no script")
             });
-            thread::sleep(a.delay);
+            if let Some(g) = &a.gate {
+                g.wait();
+            }
             let etag = a
                 .headers
                 .iter()
@@ -665,36 +689,44 @@ fn the_forward_proxy_caches_by_absolute_uri() {
 #[test]
 fn parallel_misses_are_coalesced_into_one_fetch() {
     let o = Scripted::start();
-    let mut a = answer(&[("Cache-Control", "max-age=60")], "slow {n}");
-    a.delay = Duration::from_millis(400);
-    o.set("/slow", a);
-    let mut u = answer(&[("Cache-Control", "no-store")], "uncacheable {n}");
-    u.delay = Duration::from_millis(200);
-    o.set("/nostore", u);
-    let p = Proxy::start(&cache_config(o.addr, 1, "lock_timeout = \"5s\""));
+    let p = Proxy::start(&cache_config(o.addr, 1, "lock_timeout = \"10s\""));
     let addr = p.addr;
-    let run = |path: &'static str| {
+    // 50 clients send the same request; the origin holds its answer until all have sent.
+    let run = |path: &'static str, cc: &str| {
+        let gate = Arc::new(Gate::default());
+        let mut a = answer(&[("Cache-Control", cc)], "answer {n}");
+        a.gate = Some(gate.clone());
+        o.set(path, a);
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let hs: Vec<_> = (0..50)
             .map(|_| {
+                let sent = sent.clone();
                 thread::spawn(move || {
-                    let req =
-                        format!("GET {path} HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n");
-                    request(addr, req.as_bytes()).map(|r| (r.status, r.text()))
+                    let mut c = Client::connect(addr);
+                    c.send(format!("GET {path} HTTP/1.1\r\nHost: c\r\n\r\n").as_bytes());
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    c.response("GET").map(|r| (r.status, r.text()))
                 })
             })
             .collect();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while sent.load(Ordering::SeqCst) < 50 || o.count(path) == 0 {
+            assert!(std::time::Instant::now() < end, "requests not sent");
+            thread::sleep(Duration::from_millis(5));
+        }
+        gate.open();
         hs.into_iter()
-            .map(|h| h.join().unwrap().unwrap())
+            .map(|h| h.join().unwrap().expect("an answer"))
             .collect::<Vec<_>>()
     };
-    let answers = run("/slow");
+    let answers = run("/slow", "max-age=60");
     assert!(
-        answers.iter().all(|(s, t)| *s == 200 && t == "slow 1"),
+        answers.iter().all(|(s, t)| *s == 200 && t == "answer 1"),
         "{answers:?}"
     );
     assert_eq!(o.count("/slow"), 1, "50 parallel misses, one fetch");
     // An answer that turns out not storable: the waiters fetch for themselves.
-    let answers = run("/nostore");
+    let answers = run("/nostore", "no-store");
     assert!(answers.iter().all(|(s, _)| *s == 200));
     assert_eq!(o.count("/nostore"), 50);
 }
@@ -716,35 +748,37 @@ fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     );
     let p = Proxy::start(&cache_config(o.addr, 1, ""));
     assert_eq!(get(&p, "/swr", "").text(), "swr 1");
-    // From now on the origin says the response is fresh for a minute.
-    let mut slow = answer(
+    // From now on the origin says the response is fresh for a minute, but answers only when
+    // the test lets it.
+    let gate = Arc::new(Gate::default());
+    let mut held = answer(
         &[("Cache-Control", "max-age=60"), ("ETag", "\"r1\"")],
         "swr {n}",
     );
-    slow.delay = Duration::from_millis(300);
-    o.set("/swr", slow);
-    // Served stale at once, several times, while one refresh runs in the background.
+    held.gate = Some(gate.clone());
+    o.set("/swr", held);
+    // Served stale at once, several times, while the one refresh waits at the origin (a client
+    // that waited for it would never get an answer before the gate opens).
     for _ in 0..5 {
-        let t = std::time::Instant::now();
         let r = get(&p, "/swr", "");
         assert_eq!(r.text(), "swr 1");
         assert!(status_of(&r).contains("stale-while-revalidate"), "{r:?}");
-        assert!(
-            t.elapsed() < Duration::from_millis(250),
-            "waited for the origin"
-        );
     }
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while o.count("/swr") < 2 && std::time::Instant::now() < end {
-        thread::sleep(Duration::from_millis(20));
-    }
-    thread::sleep(Duration::from_millis(400));
-    assert_eq!(o.count("/swr"), 2, "one background refresh");
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < end, "{what}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    until("the refresh reaches the origin", &|| o.count("/swr") == 2);
     assert_eq!(o.last("/swr").header("if-none-match"), Some("\"r1\""));
-    // The 304 made it fresh.
-    let r = get(&p, "/swr", "");
-    assert!(status_of(&r).starts_with("ringway; hit; ttl="), "{r:?}");
-    assert_eq!(o.count("/swr"), 2);
+    gate.open();
+    // The 304 makes it fresh.
+    until("the refresh is stored", &|| {
+        status_of(&get(&p, "/swr", "")).starts_with("ringway; hit; ttl=")
+    });
+    assert_eq!(o.count("/swr"), 2, "one background refresh");
 }
 
 #[test]
