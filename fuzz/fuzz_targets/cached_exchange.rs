@@ -52,7 +52,7 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
             Action::Pick { .. } => ex.handle_pick(Some(0), env, now),
             Action::Connect { .. } => ex.handle_connected(true, now),
             Action::SendRequest => ex.handle_request_sent(now),
-            Action::ReadResponseHead { read_first } => {
+            Action::ReadResponseHead { read_first, .. } => {
                 if read_first && fed {
                     let _ = ex.handle_upstream_input(resp, env, now);
                     fed = false;
@@ -103,6 +103,7 @@ fuzz_target!(|data: &[u8]| {
                     shard: &shard,
                     epochs: &epochs,
                 }),
+                hints: None,
             };
             run(cfg, &env, req, resp, now);
             secs += u64::from(steps >> (2 * i) & 3) * 40;

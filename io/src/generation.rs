@@ -40,6 +40,8 @@ pub(crate) struct Generation {
     /// Proxy credentials that passed, and clients that failed; a reload (which may change the
     /// htpasswd file) starts afresh.
     pub(crate) auth: RefCell<ringway_core::forward::auth::AuthCache>,
+    /// Response sizes per route (how much of a response head to read; core decides).
+    pub(crate) hints: RefCell<ringway_core::proxy::SizeHints>,
 }
 
 impl std::ops::Deref for Generation {
@@ -53,6 +55,7 @@ impl std::ops::Deref for Generation {
 impl Generation {
     pub(crate) fn new(id: usize, update: Update) -> Self {
         let Update { cfg, board, tls } = update;
+        let routes = cfg.routes.len();
         let pool = Pool::new(
             cfg.upstreams.iter().map(|u| (u.servers.len(), u.keepalive)),
             cfg.timeouts.upstream_idle,
@@ -71,6 +74,7 @@ impl Generation {
             pool: RefCell::new(pool),
             groups: RefCell::new(groups),
             auth: RefCell::new(Default::default()),
+            hints: RefCell::new(ringway_core::proxy::SizeHints::new(routes)),
         }
     }
 }

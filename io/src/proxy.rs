@@ -52,6 +52,8 @@ struct Conn {
     in_flight: Option<InFlight>,
     /// The clock, read once after each wait and used until the next one.
     now: Instant,
+    /// The client socket has been made non-blocking, as splicing needs (once per connection).
+    client_nonblocking: bool,
 }
 
 /// Serves one accepted client connection until it closes: the TLS handshake first on a TLS
@@ -167,6 +169,7 @@ impl Conn {
             up: None,
             in_flight: None,
             now: Instant::now(),
+            client_nonblocking: false,
         }
     }
 
@@ -307,6 +310,11 @@ impl Conn {
                     }
                 }
                 Action::Tunnel { idle } => {
+                    if !self.client_can_splice() {
+                        let now = self.tick();
+                        self.ex.handle_tunnel_closed(0, 0, now);
+                        continue;
+                    }
                     let up = self.up.as_ref().expect("a tunnel has a destination");
                     let early_up = std::mem::take(&mut self.inbuf);
                     let early_down = std::mem::take(&mut self.ubuf);
@@ -339,7 +347,8 @@ impl Conn {
                         ),
                     }
                 }
-                Action::SendBody(plan) => {
+                Action::SendBody(mut plan) => {
+                    plan.splice &= self.client_can_splice();
                     let up = self.up.as_mut().expect("connected before the body");
                     let r = move_body(
                         &mut self.client,
@@ -354,8 +363,8 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
-                Action::ReadResponseHead { read_first } => {
-                    if read_first && !self.read_upstream(&cfg).await {
+                Action::ReadResponseHead { read_first, max } => {
+                    if read_first && !self.read_upstream(&cfg, max).await {
                         continue;
                     }
                     let n =
@@ -365,6 +374,7 @@ impl Conn {
                     self.w.wake_fills();
                 }
                 Action::RelayResponse(mut plan) => {
+                    plan.splice &= self.client_can_splice();
                     let up = self
                         .up
                         .as_mut()
@@ -415,6 +425,21 @@ impl Conn {
         }
     }
 
+    /// Makes the client socket non-blocking before its first splice (splice.rs). False when
+    /// that failed (the body then goes through the buffers).
+    fn client_can_splice(&mut self) -> bool {
+        if !self.client_nonblocking {
+            if let Some(t) = self.client.tcp() {
+                use std::os::fd::AsRawFd;
+                match crate::splice::nonblocking(t.as_raw_fd()) {
+                    Ok(()) => self.client_nonblocking = true,
+                    Err(e) => log::warn!("client {}: {e}", self.peer),
+                }
+            }
+        }
+        self.client_nonblocking
+    }
+
     /// Reads from the client for `ReadHead`. False when the exchange was told of a failure
     /// (closed, timed out, draining) instead.
     async fn read_client(&mut self, idle: bool, cfg: &Generation) -> bool {
@@ -447,14 +472,20 @@ impl Conn {
 
     /// Reads from the upstream for `ReadResponseHead`. False when the exchange was told of a
     /// failure instead.
-    async fn read_upstream(&mut self, cfg: &Generation) -> bool {
+    async fn read_upstream(&mut self, cfg: &Generation, max: Option<usize>) -> bool {
         if self.ubuf.capacity() < BUF_SIZE && self.ubuf.is_empty() {
             self.ubuf = self.w.take_buf();
         }
         ensure_capacity(&mut self.ubuf, BUF_SIZE);
+        let empty_before = self.ubuf.is_empty();
         let wait = self.ex.timeout(self.now);
         let up = self.up.as_mut().expect("connected before reading");
-        let r = up.read_append(&mut self.ubuf, usize::MAX, wait).await;
+        // A short first read on routes that answer with bodies to splice (core's hint).
+        let max = match max {
+            Some(m) if empty_before && up.tcp().is_some() => m,
+            _ => usize::MAX,
+        };
+        let r = up.read_append(&mut self.ubuf, max, wait).await;
         let now = self.tick();
         let empty = self.ubuf.is_empty();
         let e = match r {
@@ -631,6 +662,7 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
             shard: &w.cache,
             epochs: &w.epochs,
         }),
+        hints: Some(&cfg.hints),
     }
 }
 

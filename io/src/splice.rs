@@ -114,6 +114,8 @@ impl Waits for Fixed {
 
 /// Moves bytes from `from` to `to` through `pipe`: exactly `limit` bytes when given, else until
 /// the source's end of file. Returns the bytes moved. On success the pipe is empty again.
+/// Both sockets must be non-blocking ([`nonblocking`]: upstream connections are made so when
+/// opened, a client connection before its first splice), or a splice could block the worker.
 pub(crate) async fn splice(
     from: &TcpStream,
     to: &TcpStream,
@@ -123,8 +125,6 @@ pub(crate) async fn splice(
 ) -> Result<u64, SpliceError> {
     use crate::buf::IoFail;
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-    nonblocking(src).map_err(|e| SpliceError::Source(IoFail::Io(e)))?;
-    nonblocking(dst).map_err(|e| SpliceError::Destination(IoFail::Io(e)))?;
     let (pr, pw) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
     let mut total = 0u64;
     loop {
@@ -185,8 +185,9 @@ pub(crate) async fn splice(
 }
 
 /// Makes `fd` non-blocking (sockets accepted through io_uring are not), so that a splice that
-/// cannot proceed returns EAGAIN instead of blocking the worker.
-fn nonblocking(fd: RawFd) -> io::Result<()> {
+/// cannot proceed returns EAGAIN instead of blocking the worker. Once per connection: checking
+/// before every splice cost two `fcntl` calls per spliced response.
+pub(crate) fn nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an open descriptor with integer arguments only.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {

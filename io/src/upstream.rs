@@ -72,6 +72,12 @@ pub(crate) async fn open(
         Err(_) => return Err(ConnectError::Connect(IoFail::Timeout)),
     };
     let _ = tcp.set_nodelay(true);
+    // Bodies and tunnels may be spliced from this connection (splice.rs).
+    {
+        use std::os::fd::AsRawFd;
+        crate::splice::nonblocking(tcp.as_raw_fd())
+            .map_err(|e| ConnectError::Connect(IoFail::Io(e)))?;
+    }
     let Some(o) = tls else {
         return Ok(Stream::Plain(tcp));
     };

@@ -32,7 +32,7 @@ impl Seen {
 
 /// A loopback HTTP/1.1 origin whose behaviour is chosen by the request path:
 /// `/len/N` (N bytes, Content-Length), `/chunked/N`, `/close/N` (close-delimited),
-/// `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
+/// `/seq/N/H` (N position-dependent bytes after a head padded by H bytes), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
 /// `/close-after`, `/204`, `/continue` (sends 103 first), `/stray/MS/ID` (`own ID`, then MS ms
 /// later an unrequested `stray ID` response), `/interim-flood` (1xx without end); anything
 /// else: `ok <path>`.
@@ -208,6 +208,12 @@ fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a s
         .map(|(_, v)| v.as_str())
 }
 
+/// The byte at `i` of a `/seq/` body: changes with the position, so a byte lost, repeated or
+/// moved shows.
+pub fn seq_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
 fn write_pattern(w: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
     let chunk = vec![b'x'; 64 * 1024];
     while n > 0 {
@@ -267,6 +273,18 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 if method != "HEAD" {
                     write_pattern(&mut w, arg(2))?;
                 }
+            }
+            "seq" => {
+                // `/seq/N/H`: N bytes whose values follow their position (`seq_byte`), after
+                // a head padded with an H-byte field (a head longer than a short first read).
+                let pad = "p".repeat(arg(3) as usize);
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nX-Pad: {pad}\r\nContent-Length: {}\r\n\r\n",
+                    arg(2)
+                )?;
+                let body: Vec<u8> = (0..arg(2)).map(seq_byte).collect();
+                w.write_all(&body)?;
             }
             "chunked" => {
                 w.write_all(

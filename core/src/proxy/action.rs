@@ -66,8 +66,12 @@ pub enum Action {
     SendBody(BodyPlan),
     /// Hand everything buffered from the upstream to `handle_upstream_input`; when
     /// `read_first`, read more first (bounded by the deadline; `handle_upstream_error` /
-    /// `handle_timeout` when that fails).
-    ReadResponseHead { read_first: bool },
+    /// `handle_timeout` when that fails). `max`: read at most this much when nothing of the
+    /// response is buffered yet (the body is expected to be spliced; see `hints.rs`).
+    ReadResponseHead {
+        read_first: bool,
+        max: Option<usize>,
+    },
     /// Relay the response body from the upstream through the body sinks to the client, then
     /// `handle_response_body`.
     RelayResponse(BodyPlan),

@@ -14,6 +14,7 @@
 mod action;
 mod cached;
 mod error;
+mod hints;
 mod record;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
@@ -25,6 +26,7 @@ mod timer;
 pub use action::{Action, BodyPlan, Close, Finish};
 pub use cached::{CacheRef, INLINE_HIT};
 pub use error::{BodyFail, Error, Fault, UpstreamError};
+pub use hints::{SizeHints, HEAD_READ};
 pub use record::EndRecord;
 pub use timer::{Timer, Timers};
 
@@ -87,6 +89,8 @@ pub struct Env<'a> {
     pub auth: Option<&'a std::cell::RefCell<crate::forward::auth::AuthCache>>,
     /// The worker's cache shard, when `[cache]` is configured.
     pub cache: Option<CacheRef<'a>>,
+    /// The worker's memory of response sizes per route, for this configuration.
+    pub hints: Option<&'a std::cell::RefCell<SizeHints>>,
 }
 
 /// What was last written to the client, so `handle_client_written` knows what comes next.
@@ -271,6 +275,8 @@ pub struct Exchange {
     path_len: usize,
     headers: Vec<Header>,
     uheaders: Vec<Header>,
+    /// The most to read for the response head (`SizeHints`), chosen when the request is routed.
+    head_read: Option<usize>,
     /// A forward proxy's destination host, to resolve.
     dest_host: String,
     /// The request's method as sent (for the forward proxy's rules).
@@ -307,6 +313,7 @@ impl Exchange {
             path_len: 0,
             headers: Vec::with_capacity(32),
             uheaders: Vec::with_capacity(32),
+            head_read: None,
             dest_host: String::new(),
             method_text: String::new(),
         }
@@ -390,6 +397,7 @@ impl Exchange {
             }),
             State::ReadResponse => Action::ReadResponseHead {
                 read_first: self.read_first,
+                max: self.head_read,
             },
             State::RelayResponse => {
                 let expect = match self.up.relay {
@@ -399,7 +407,11 @@ impl Exchange {
                 let tee = self.cache.tee(expect);
                 Action::RelayResponse(BodyPlan {
                     body: Transcoder::new(self.up.relay, self.up.body_out),
-                    splice: spliceable(self.up.relay, self.up.body_out) && tee.is_none(),
+                    // Spliced by the whole body's length: part of it may have gone out
+                    // with the head.
+                    splice: spliceable(self.up.body_in, self.up.body_out)
+                        && self.up.relay != BodyKind::None
+                        && tee.is_none(),
                     read_idle: self.timeouts.upstream_read,
                     write_idle: self.timeouts.send,
                     tee,
@@ -909,6 +921,7 @@ impl Exchange {
         self.req.body = info.body;
         self.req.expect_continue = info.expect_continue;
         if self.kind == ListenKind::Forward {
+            self.head_read = env.hints.and_then(|h| h.borrow().head_read(None));
             return self.forward(input, end, &head, &info, env, now);
         }
         if head.method == Method::Connect {
@@ -951,6 +964,7 @@ impl Exchange {
         };
         let route = cfg.router.lookup(host, path).copied();
         self.record.route = route;
+        self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
         match route.map(|i| &cfg.routes[i].action) {
             None => {
                 let l = Local::Error(404, "no route for this host and path");
@@ -1606,13 +1620,34 @@ impl Exchange {
         }
         let head_len = self.out.len();
         if let BodyKind::Length(n) = ri.body {
-            if n <= INLINE_BODY && (input.len() - end) as u64 >= n {
-                let n = n as usize;
-                self.out.extend_from_slice(&input[end..end + n]);
-                consumed += n;
-                self.record.response_body = n as u64;
-                relay = BodyKind::None;
+            // A small body that arrived whole goes out with the head. So does the part of a
+            // larger one that arrived with it (one write instead of two; the rest is relayed
+            // or spliced), unless the cache is storing the body (its tee sees it whole).
+            let buffered = (input.len() - end) as u64;
+            let k = if n <= INLINE_BODY && buffered >= n {
+                n
+            } else if self.cache_storing() {
+                0
+            } else {
+                buffered.min(n)
+            };
+            if k > 0 {
+                let k = k as usize;
+                self.out.extend_from_slice(&input[end..end + k]);
+                consumed += k;
+                self.record.response_body = k as u64;
+                relay = match n - k as u64 {
+                    0 => BodyKind::None,
+                    r => BodyKind::Length(r),
+                };
             }
+        }
+        if let Some(h) = env.hints {
+            let len = match (ri.body, to_client) {
+                (BodyKind::Length(n), BodyKind::Length(_)) if !self.cache_storing() => Some(n),
+                _ => None,
+            };
+            h.borrow_mut().record(self.record.route, len);
         }
         if relay == BodyKind::None && self.cache_storing() {
             let body = self.out[head_len..].to_vec();

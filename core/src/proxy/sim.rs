@@ -218,6 +218,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
     let mut exchanges = 0;
     // The method of each exchange that answered, in order.
     let mut answered = Vec::new();
+    let hints = std::cell::RefCell::new(super::SizeHints::new(cfg.routes.len()));
 
     while !closed {
         exchanges += 1;
@@ -233,6 +234,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                 draining: false,
                 auth: None,
                 cache: None,
+                hints: Some(&hints),
             };
             let action = ex.poll_action();
             if std::env::var_os("SIM_TRACE").is_some() {
@@ -377,7 +379,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     up.as_mut().unwrap().received = sink;
                     ex.handle_request_body(r, &env, now);
                 }
-                Action::ReadResponseHead { read_first } => {
+                Action::ReadResponseHead { read_first, max } => {
                     let conn = up.as_mut().expect("connected");
                     if read_first {
                         let strict = raw_client.is_none();
@@ -388,7 +390,10 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                         };
                         respond(c, conn, strict, &host, &mut servers.seen, &mut servers.sent);
                         if !conn.pending.is_empty() {
-                            let k = piece(c, conn.pending.len());
+                            let mut k = piece(c, conn.pending.len());
+                            if let (Some(m), true) = (max, ubuf.is_empty()) {
+                                k = k.min(m);
+                            }
                             ubuf.extend(conn.pending.drain(..k));
                         } else if conn.eof {
                             let e = if ubuf.is_empty() {

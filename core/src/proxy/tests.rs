@@ -52,6 +52,7 @@ impl T {
             draining: false,
             auth: None,
             cache: None,
+            hints: None,
         }
     }
 
@@ -350,6 +351,7 @@ fn a_draining_worker_closes_after_the_response() {
         draining: true,
         auth: None,
         cache: None,
+        hints: None,
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);
@@ -402,6 +404,7 @@ impl C {
                 shard: self.shard,
                 epochs: self.epochs,
             }),
+            hints: None,
         }
     }
 
@@ -593,4 +596,55 @@ fn an_unsafe_request_invalidates_the_stored_response() {
         matches!(C::next(&mut ex), Action::Pick { .. }),
         "invalidated"
     );
+}
+
+#[test]
+fn a_large_body_goes_out_with_the_part_that_came_with_the_head_and_the_rest_is_spliced() {
+    let mut t = T::new();
+    let hints: &'static std::cell::RefCell<SizeHints> = Box::leak(Box::new(
+        std::cell::RefCell::new(SizeHints::new(t.cfg.routes.len())),
+    ));
+    for i in 0..3 {
+        let env = Env {
+            hints: Some(hints),
+            ..t.env()
+        };
+        if i > 0 {
+            t.ex.begin(t.cfg, t.now);
+        }
+        assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
+        let req = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(t.ex.handle_input(req, &env, t.now), req.len());
+        t.pick(0);
+        // Two large responses on the route: the third head is read short, so that little of
+        // its body is copied.
+        let Action::ReadResponseHead { max, .. } = t.next() else {
+            panic!("expected ReadResponseHead")
+        };
+        assert_eq!(max, (i == 2).then_some(HEAD_READ), "exchange {i}");
+        let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 3000));
+        assert_eq!(t.ex.handle_upstream_input(&resp, &env, t.now), resp.len());
+        assert!(matches!(t.next(), Action::WriteClient));
+        let out = t.out();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(
+            out.ends_with(&format!("\r\n\r\n{}", "x".repeat(3000))),
+            "one write"
+        );
+        t.ex.handle_client_written(true, t.now);
+        let Action::RelayResponse(plan) = t.next() else {
+            panic!("expected RelayResponse")
+        };
+        assert!(plan.splice, "spliced by the whole body's length");
+        assert_eq!(plan.body.want(), 97_000);
+        t.ex.handle_response_body(Ok(97_000), 0, None, &env, t.now);
+        assert!(matches!(t.next(), Action::Finish(Finish::KeepAlive)));
+        assert_eq!(t.ex.end_record().response_body, 100_000);
+    }
+    // Small responses teach it back.
+    let mut h = hints.borrow_mut();
+    h.record(Some(0), Some(10));
+    h.record(Some(0), Some(10));
+    assert_eq!(h.head_read(Some(0)), None);
 }
