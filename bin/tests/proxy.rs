@@ -643,3 +643,75 @@ fn large_bodies_on_a_route_arrive_whole_as_its_head_reads_shorten() {
             .all(|(i, &b)| b == seq_byte(i as u64)));
     }
 }
+
+/// Chunked and close-delimited bodies: long chunks and long close-delimited bodies are spliced
+/// between the framing the proxy writes (core's `Transcoder::splice_run`). Every byte arrives,
+/// in order, as valid chunked framing for HTTP/1.1 and close-delimited for HTTP/1.0; an origin
+/// that dies inside a spliced chunk gives a response without its last chunk, never a complete
+/// one; a chunked upload with long chunks reaches the origin whole.
+#[test]
+fn long_chunks_and_close_delimited_bodies_arrive_whole_when_spliced() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let check = |r: &Response, n: u64, what: &str| {
+        assert_eq!((r.status, r.body_len), (200, n), "{what}");
+        let bad = r
+            .body
+            .iter()
+            .enumerate()
+            .find(|&(i, &b)| b != seq_byte(i as u64));
+        assert_eq!(bad, None, "{what}: first wrong byte");
+    };
+    let mut c = Client::connect(proxy.addr);
+    for (n, chunk) in [
+        (1 << 20, 1 << 20),
+        (900_000, 100_000),
+        (500_000, 40_000),
+        (300_000, 7000),
+    ] {
+        let path = format!("/seqchunked/{n}/{chunk}");
+        c.send(&get(&path));
+        let r = c.response("GET").expect("a response");
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        check(&r, n, &path);
+    }
+    // Close-delimited from the origin: chunked to an HTTP/1.1 client, the connection kept.
+    c.send(&get("/seqclose/700000"));
+    let r = c.response("GET").expect("a response");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    check(&r, 700_000, "/seqclose/700000");
+    c.send(&get("/seq/5/0"));
+    check(&c.response("GET").unwrap(), 5, "after");
+    // HTTP/1.0: close-delimited out, spliced without framing.
+    for path in ["/seqchunked/600000/200000", "/seqclose/600000"] {
+        let mut c = Client::connect(proxy.addr);
+        c.send(format!("GET {path} HTTP/1.0\r\nHost: a\r\n\r\n").as_bytes());
+        let r = c.response("GET").expect("a response");
+        assert_eq!(r.header("transfer-encoding"), None);
+        check(&r, 600_000, path);
+    }
+    // The origin closes 150000 bytes into a 1 MiB chunk: the client must not see a whole body.
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/seqchunked/1048576/1048576/150000"));
+    assert!(
+        c.response("GET").is_none(),
+        "a truncated chunked body must not end well"
+    );
+    // A chunked upload in 200 KB chunks.
+    let mut c = Client::connect(proxy.addr);
+    let mut req = b"POST /sum HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let (mut len, mut sum) = (0u64, 0u64);
+    for k in [200_000usize, 200_000, 5, 100_000] {
+        req.extend_from_slice(format!("{k:x}\r\n").as_bytes());
+        for i in 0..k {
+            let b = seq_byte(i as u64);
+            req.push(b);
+            sum += u64::from(b);
+        }
+        len += k as u64;
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    c.send(&req);
+    assert_eq!(c.response("POST").unwrap().text(), format!("{len} {sum}"));
+}

@@ -259,6 +259,7 @@ impl Conn {
                         None,
                         None,
                         &mut self.scratch,
+                        None,
                         t,
                     )
                     .await
@@ -646,7 +647,22 @@ async fn move_body(
             let n = plan.body.want() as u64;
             relay_spliced(f, buf, n, d, pipes, t).await.map(|()| n)
         }
-        _ => relay(from, buf, &mut plan.body, Some(to), stage, scratch, t).await,
+        // Chunked and close-delimited bodies splice their long runs between framing (core's
+        // `Transcoder::splice_run`), when both ends are plain sockets.
+        _ => {
+            let pipes = (from.tcp().is_some() && to.tcp().is_some()).then_some(pipes);
+            relay(
+                from,
+                buf,
+                &mut plan.body,
+                Some(to),
+                stage,
+                scratch,
+                pipes,
+                t,
+            )
+            .await
+        }
     };
     r.map_err(|e| e.into_body_fail())
 }

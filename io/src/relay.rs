@@ -14,7 +14,7 @@ use ringway_core::http::body::{BodyError, Stage, Transcoder};
 use ringway_core::proxy::BodyFail;
 
 use crate::buf::{write_range, IoFail};
-use crate::splice::{splice, Fixed, Pipes, SpliceError};
+use crate::splice::{drain, fill, splice, Fixed, Pipes, SpliceError};
 use crate::stream::Stream;
 
 /// Which end of a relay failed.
@@ -111,21 +111,77 @@ pub(crate) async fn relay_spliced(
         read: t.read,
         write: t.write,
     };
-    match splice(from, to, &pipe, Some(rest), &waits).await {
-        Ok(_) => {
-            pipes.give(pipe);
-            Ok(())
-        }
-        Err(SpliceError::Truncated) => Err(src(RelayFail::Body(BodyError::Truncated))),
-        Err(SpliceError::Source(e)) => Err(src(RelayFail::Io(e))),
-        Err(SpliceError::Destination(e)) => Err(dst(e)),
+    splice(from, to, &pipe, Some(rest), &waits)
+        .await
+        .map_err(spliced_error)?;
+    pipes.give(pipe);
+    Ok(())
+}
+
+fn spliced_error(e: SpliceError) -> RelayError {
+    match e {
+        SpliceError::Truncated => src(RelayFail::Body(BodyError::Truncated)),
+        SpliceError::Source(e) => src(RelayFail::Io(e)),
+        SpliceError::Destination(e) => dst(e),
     }
+}
+
+/// Splices the run of payload core's [`Transcoder::splice_run`] allows (the rest of a long
+/// chunk, or a long close-delimited body to its end) from `from` to `to`, each pipe's worth
+/// after the framing [`Transcoder::spliced`] writes for it. True when the source ended (inside
+/// a chunk: early, which `finish_at_eof` then reports).
+///
+/// The framing goes out by its own write. Writing it into the pipe ahead of the data, so that
+/// both leave in one splice, measured twice the CPU per response (1 MiB in 64 KiB chunks:
+/// 400–630 µs against 280–340): the small pipe buffer ahead of the socket pages made the
+/// kernel build and deliver far more segments (softirq time tripled).
+async fn splice_run(
+    from: &TcpStream,
+    to: &mut TcpStream,
+    body: &mut Transcoder,
+    run: u64,
+    pipes: &Pipes,
+    scratch: &mut Vec<u8>,
+    t: RelayTimeouts,
+) -> Result<bool, RelayError> {
+    let pipe = pipes
+        .take()
+        .map_err(|e| src(RelayFail::Io(IoFail::Io(e))))?;
+    let waits = Fixed {
+        read: t.read,
+        write: t.write,
+    };
+    let mut left = run;
+    while left > 0 {
+        let want = left.min(usize::MAX as u64) as usize;
+        let n = fill(from, &pipe, want, &waits)
+            .await
+            .map_err(spliced_error)?;
+        if n == 0 {
+            pipes.give(pipe);
+            return Ok(true);
+        }
+        scratch.clear();
+        body.spliced(n as u64, scratch);
+        if !scratch.is_empty() {
+            let k = scratch.len();
+            write_range(to, scratch, 0..k, t.write).await.map_err(dst)?;
+        }
+        drain(&pipe, to, n, &waits).await.map_err(spliced_error)?;
+        if left != u64::MAX {
+            left -= n as u64;
+        }
+    }
+    pipes.give(pipe);
+    Ok(false)
 }
 
 /// Relays one body from `from` (whose first bytes may already be in `buf`) to `to`, or
 /// discards it when `to` is `None`, framed as core's [`Transcoder`] says; through `stage` first
 /// when there is one (the body seam: a cache tee or a compressor). Returns the payload bytes
-/// moved. Bytes in `buf` past the body stay there.
+/// moved. Bytes in `buf` past the body stay there. With `pipes`, no stage and plain sockets at
+/// both ends, the runs of payload the transcoder allows are spliced between the framing.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay(
     from: &mut Stream,
     buf: &mut Vec<u8>,
@@ -133,12 +189,13 @@ pub(crate) async fn relay(
     mut to: Option<&mut Stream>,
     mut stage: Option<&mut dyn Stage>,
     scratch: &mut Vec<u8>,
+    pipes: Option<&Pipes>,
     t: RelayTimeouts,
 ) -> Result<u64, RelayError> {
     // Between requests a connection keeps only a small input buffer (proxy.rs, `idle`): a
-    // body gets a full-size one, so that it moves in large reads.
+    // body gets a large one, so that it moves in large reads.
     if !body.is_done() {
-        crate::buf::ensure_capacity(buf, crate::buf::BUF_SIZE);
+        crate::buf::ensure_capacity(buf, crate::buf::RELAY_BUF);
     }
     let mut tmp = Vec::new();
     loop {
@@ -168,6 +225,28 @@ pub(crate) async fn relay(
         buf.drain(..consumed);
         if body.is_done() {
             return Ok(body.total());
+        }
+        let run = match (pipes, stage.is_none() && buf.is_empty()) {
+            (Some(_), true) => body.splice_run(),
+            _ => None,
+        };
+        if let (Some(run), Some(pipes)) = (run, pipes) {
+            let ends = (from.tcp(), to.as_deref_mut().and_then(Stream::tcp));
+            if let (Some(f), Some(d)) = ends {
+                if splice_run(f, d, body, run, pipes, scratch, t).await? {
+                    scratch.clear();
+                    body.finish_at_eof(scratch)
+                        .map_err(|e| src(RelayFail::Body(e)))?;
+                    if let Some(to) = to.as_deref_mut() {
+                        if !scratch.is_empty() {
+                            to.write_all(scratch, t.write).await.map_err(dst)?;
+                        }
+                    }
+                    return Ok(body.total());
+                }
+                // The run is over: framing comes next, through the buffer.
+                continue;
+            }
         }
         let n = from
             .read_append(buf, body.want(), t.read)

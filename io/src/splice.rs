@@ -94,6 +94,10 @@ pub(crate) trait Waits {
     fn write(&self) -> Duration;
     /// `n` bytes moved.
     fn moved(&self, _n: usize) {}
+    /// After a read wait ran out: wait again (`read()` decides for how long) rather than fail.
+    fn retry_read(&self) -> bool {
+        false
+    }
 }
 
 /// Fixed waits (a body relay).
@@ -123,9 +127,6 @@ pub(crate) async fn splice(
     limit: Option<u64>,
     waits: &impl Waits,
 ) -> Result<u64, SpliceError> {
-    use crate::buf::IoFail;
-    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-    let (pr, pw) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
     let mut total = 0u64;
     loop {
         let want = match limit {
@@ -135,53 +136,84 @@ pub(crate) async fn splice(
         if want == 0 {
             return Ok(total);
         }
-        // Socket → pipe. The pipe is empty here, so EAGAIN means the socket has nothing.
-        let n = loop {
-            match splice_once(src, pw, want) {
-                Ok(0) if limit.is_some() => return Err(SpliceError::Truncated),
-                Ok(0) => return Ok(total),
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let Some(wait) = waits.read() else {
-                        return Err(SpliceError::Source(IoFail::Timeout));
-                    };
-                    match monoio::time::timeout(wait, from.readable(true)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(SpliceError::Source(IoFail::Io(e))),
-                        // Waited the whole time: ask again (a tunnel's other direction may
-                        // have moved meanwhile); `read()` says when to give up.
-                        Err(_) if limit.is_none() => {}
-                        Err(_) => return Err(SpliceError::Source(IoFail::Timeout)),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(SpliceError::Source(IoFail::Io(e))),
-            }
+        let n = match fill(from, pipe, want, waits).await? {
+            0 if limit.is_some() => return Err(SpliceError::Truncated),
+            0 => return Ok(total),
+            n => n,
         };
-        // Pipe → socket, until the pipe is empty. EAGAIN: the socket's buffer is full.
-        let mut left = n;
-        while left > 0 {
-            match splice_once(pr, dst, left) {
-                Ok(0) => {
-                    return Err(SpliceError::Destination(IoFail::Io(
-                        io::ErrorKind::WriteZero.into(),
-                    )))
-                }
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match monoio::time::timeout(waits.write(), to.writable(true)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(SpliceError::Destination(IoFail::Io(e))),
-                        Err(_) => return Err(SpliceError::Destination(IoFail::Timeout)),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(SpliceError::Destination(IoFail::Io(e))),
-            }
-        }
+        drain(pipe, to, n, waits).await?;
         total += n as u64;
         waits.moved(n);
     }
+}
+
+/// Moves up to `want` bytes (at most a pipe's worth) from `from` into the empty `pipe`,
+/// waiting for the socket to have some. Returns how many; 0 at the source's end of file.
+pub(crate) async fn fill(
+    from: &TcpStream,
+    pipe: &Pipe,
+    want: usize,
+    waits: &impl Waits,
+) -> Result<usize, SpliceError> {
+    use crate::buf::IoFail;
+    let (src, pw) = (from.as_raw_fd(), pipe.w.as_raw_fd());
+    let want = want.min(CHUNK);
+    // The pipe is empty here, so EAGAIN means the socket has nothing.
+    loop {
+        match splice_once(src, pw, want) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let Some(wait) = waits.read() else {
+                    return Err(SpliceError::Source(IoFail::Timeout));
+                };
+                match monoio::time::timeout(wait, from.readable(true)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(SpliceError::Source(IoFail::Io(e))),
+                    // Waited the whole time: ask again (a tunnel's other direction may have
+                    // moved meanwhile); `read()` says when to give up. A transfer with no
+                    // such say gives up now.
+                    Err(_) if waits.retry_read() => {}
+                    Err(_) => return Err(SpliceError::Source(IoFail::Timeout)),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SpliceError::Source(IoFail::Io(e))),
+        }
+    }
+}
+
+/// Moves the `n` bytes `pipe` holds to `to`, waiting for room as needed; the pipe is empty
+/// after.
+pub(crate) async fn drain(
+    pipe: &Pipe,
+    to: &TcpStream,
+    n: usize,
+    waits: &impl Waits,
+) -> Result<(), SpliceError> {
+    use crate::buf::IoFail;
+    let (pr, dst) = (pipe.r.as_raw_fd(), to.as_raw_fd());
+    // EAGAIN: the socket's buffer is full.
+    let mut left = n;
+    while left > 0 {
+        match splice_once(pr, dst, left) {
+            Ok(0) => {
+                return Err(SpliceError::Destination(IoFail::Io(
+                    io::ErrorKind::WriteZero.into(),
+                )))
+            }
+            Ok(m) => left -= m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(waits.write(), to.writable(true)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(SpliceError::Destination(IoFail::Io(e))),
+                    Err(_) => return Err(SpliceError::Destination(IoFail::Timeout)),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SpliceError::Destination(IoFail::Io(e))),
+        }
+    }
+    Ok(())
 }
 
 /// Makes `fd` non-blocking (sockets accepted through io_uring are not), so that a splice that

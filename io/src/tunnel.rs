@@ -50,6 +50,10 @@ impl Waits for Idle<'_> {
         self.last.set(Instant::now());
         self.moved.set(self.moved.get() + n as u64);
     }
+
+    fn retry_read(&self) -> bool {
+        true
+    }
 }
 
 /// Runs the tunnel; returns the bytes moved client → destination and back. `early_up` holds

@@ -8,6 +8,7 @@
 mod compare;
 mod floor;
 mod gen;
+mod origin;
 mod procfs;
 mod wrk;
 
@@ -34,7 +35,10 @@ usage:
   ringway-loadtest floor --listen ADDR --upstream ADDR [--splice]
       The least a proxy can do: a single-threaded epoll relay, an upstream connection per
       client, nothing parsed; bytes copied through a 64 KiB buffer, or spliced with --splice.
-      compare --floors measures both next to the proxies.";
+      compare --floors measures both next to the proxies.
+  ringway-loadtest origin --listen ADDR
+      An origin for framings nginx does not serve from files: /chunked/N/C (N bytes in chunks
+      of C), /close/N (close-delimited), /len/N; a thread per connection.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Some("compare") => compare::main(&args[1..]),
         Some("gen") => gen::main(&args[1..]),
         Some("floor") => floor::main(&args[1..]),
+        Some("origin") => origin::main(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

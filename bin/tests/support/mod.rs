@@ -32,7 +32,8 @@ impl Seen {
 
 /// A loopback HTTP/1.1 origin whose behaviour is chosen by the request path:
 /// `/len/N` (N bytes, Content-Length), `/chunked/N`, `/close/N` (close-delimited),
-/// `/seq/N/H` (N position-dependent bytes after a head padded by H bytes), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
+/// `/seq/N/H` (N position-dependent bytes after a head padded by H bytes), `/seqchunked/N/C[/T]`
+/// and `/seqclose/N` (the same bytes chunked or close-delimited), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
 /// `/close-after`, `/204`, `/continue` (sends 103 first), `/stray/MS/ID` (`own ID`, then MS ms
 /// later an unrequested `stray ID` response), `/interim-flood` (1xx without end); anything
 /// else: `ok <path>`.
@@ -285,6 +286,32 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 )?;
                 let body: Vec<u8> = (0..arg(2)).map(seq_byte).collect();
                 w.write_all(&body)?;
+            }
+            "seqchunked" => {
+                // `/seqchunked/N/C`: `/seq/` bytes in chunks of C (the last shorter); with a
+                // third number T, the origin closes after T bytes of body, mid-chunk.
+                w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+                let (n, c, cut) = (arg(2), arg(3).max(1), arg(4));
+                let body: Vec<u8> = (0..n).map(seq_byte).collect();
+                let mut wire = Vec::new();
+                for part in body.chunks(c as usize) {
+                    write!(wire, "{:x}\r\n", part.len())?;
+                    wire.extend_from_slice(part);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(b"0\r\n\r\n");
+                if cut > 0 {
+                    w.write_all(&wire[..cut as usize])?;
+                    return Ok(());
+                }
+                w.write_all(&wire)?;
+            }
+            "seqclose" => {
+                // `/seqclose/N`: `/seq/` bytes delimited by the origin closing.
+                w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+                let body: Vec<u8> = (0..arg(2)).map(seq_byte).collect();
+                w.write_all(&body)?;
+                return Ok(());
             }
             "chunked" => {
                 w.write_all(

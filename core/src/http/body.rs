@@ -57,7 +57,20 @@ pub struct Transcoder {
     done: bool,
     /// Body bytes (payload, without framing) seen so far.
     total: u64,
+    /// A chunk went out by splice and still needs the CRLF after its data (written before
+    /// whatever goes out next).
+    crlf_due: bool,
+    /// A run was spliced and nothing has been read since: the next bytes are framing.
+    after_run: bool,
 }
+
+/// What to read after a spliced run of chunk data: the CRLF and the next size line, and not
+/// much of the next chunk's data, so that it too can be spliced rather than copied.
+pub const FRAMING_READ: usize = 64;
+
+/// The shortest run of payload worth splicing between framing: below it, a read and a write
+/// through the buffer cost less than a splice in, a framing write and a splice out.
+pub const SPLICE_RUN: u64 = 32 * 1024;
 
 /// What one [`Transcoder::step`] found in the input.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +99,8 @@ impl Transcoder {
             // An empty body announced as chunked still needs its last chunk.
             done: done && !chunked_out,
             total: 0,
+            crlf_due: false,
+            after_run: false,
         }
     }
 
@@ -99,11 +114,56 @@ impl Transcoder {
         self.total
     }
 
-    /// Most bytes worth reading next: the rest of a known length, else unbounded.
+    /// Most bytes worth reading next: the rest of a known length, the framing after a
+    /// spliced chunk ([`FRAMING_READ`]), else unbounded.
     pub fn want(&self) -> usize {
         match self.dec {
             Decode::Length(rem) => rem.min(usize::MAX as u64) as usize,
+            Decode::Chunked(_) if self.after_run => FRAMING_READ,
             _ => usize::MAX,
+        }
+    }
+
+    /// Payload that may move next by splice, socket to socket, instead of through the
+    /// caller's buffer, once that buffer holds nothing of the body (after a `step` that
+    /// consumed all of it): the rest of the current chunk when at least [`SPLICE_RUN`] of it
+    /// is still to come (chunked input), or everything up to the end of input once the body
+    /// has carried [`SPLICE_RUN`] (close-delimited input; `u64::MAX`). `None`: read and `step`.
+    /// Length-framed bodies are spliced whole by the exchange's plan instead. Framing for the
+    /// next hop comes from [`spliced`](Self::spliced); never use it for a body with a stage.
+    pub fn splice_run(&self) -> Option<u64> {
+        if self.done {
+            return None;
+        }
+        match &self.dec {
+            Decode::Chunked(d) => Some(d.data_left()).filter(|&n| n >= SPLICE_RUN),
+            Decode::Close => (self.total >= SPLICE_RUN).then_some(u64::MAX),
+            Decode::Length(_) => None,
+        }
+    }
+
+    /// `n` payload bytes (at most [`splice_run`](Self::splice_run)) are about to go on by
+    /// splice: counts them and appends the framing that goes before them (for chunked output,
+    /// the CRLF owed by the previous spliced chunk and this chunk's size line).
+    pub fn spliced(&mut self, n: u64, out: &mut Vec<u8>) {
+        if n == 0 {
+            return;
+        }
+        if let Decode::Chunked(d) = &mut self.dec {
+            d.skip_data(n);
+        }
+        self.after_run = true;
+        self.total += n;
+        if self.chunked_out {
+            self.pay_crlf(out);
+            write_chunk_header(n as usize, out);
+            self.crlf_due = true;
+        }
+    }
+
+    fn pay_crlf(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.crlf_due) {
+            out.extend_from_slice(b"\r\n");
         }
     }
 
@@ -119,11 +179,27 @@ impl Transcoder {
                 pass: 0..consumed,
             });
         }
+        if !input.is_empty() {
+            self.after_run = false;
+        }
         let chunked_out = self.chunked_out;
-        let consumed = self.decode(input, |d| frame(chunked_out, d, out))?;
+        // The CRLF a spliced chunk still owes goes out with the next framing written.
+        let mut due = std::mem::take(&mut self.crlf_due);
+        let consumed = self.decode(input, |d| {
+            if due && !d.is_empty() {
+                out.extend_from_slice(b"\r\n");
+                due = false;
+            }
+            frame(chunked_out, d, out)
+        })?;
         if self.done && chunked_out {
+            if due {
+                out.extend_from_slice(b"\r\n");
+                due = false;
+            }
             out.extend_from_slice(LAST_CHUNK);
         }
+        self.crlf_due = due;
         Ok(Step {
             consumed,
             pass: 0..0,
@@ -209,6 +285,7 @@ impl Transcoder {
             Decode::Close => {
                 self.done = true;
                 if self.chunked_out {
+                    self.pay_crlf(out);
                     out.extend_from_slice(LAST_CHUNK);
                 }
                 Ok(())
@@ -319,6 +396,122 @@ mod tests {
             buf.extend_from_slice(&bytes[fed..fed + k]);
             fed += k;
         }
+    }
+
+    /// Like `run`, but whenever the buffer is empty and `splice_run` allows, moves up to
+    /// `splice` bytes straight from the input to the output (as io's splice would), with the
+    /// framing `spliced` gives. Returns what was sent, whether anything was spliced, and what
+    /// is left.
+    fn run_spliced(
+        input: BodyKind,
+        output: BodyKind,
+        bytes: &[u8],
+        piece: usize,
+        splice: usize,
+    ) -> (Vec<u8>, bool, Result<usize, BodyError>) {
+        let mut t = Transcoder::new(input, output);
+        let mut buf = Vec::new();
+        let mut sent = Vec::new();
+        let mut fed = 0;
+        let mut any = false;
+        loop {
+            let mut out = Vec::new();
+            match t.step(&buf, &mut out) {
+                Ok(s) => {
+                    sent.extend_from_slice(&buf[s.pass.clone()]);
+                    sent.extend_from_slice(&out);
+                    buf.drain(..s.consumed);
+                }
+                Err(e) => return (sent, any, Err(e)),
+            }
+            if t.is_done() {
+                return (sent, any, Ok(buf.len() + bytes.len() - fed));
+            }
+            while let (Some(run), true) = (t.splice_run(), buf.is_empty()) {
+                let k = (run.min(splice as u64) as usize).min(bytes.len() - fed);
+                if k == 0 {
+                    break;
+                }
+                let mut out = Vec::new();
+                t.spliced(k as u64, &mut out);
+                sent.extend_from_slice(&out);
+                sent.extend_from_slice(&bytes[fed..fed + k]);
+                fed += k;
+                any = true;
+            }
+            if fed == bytes.len() {
+                let mut out = Vec::new();
+                let r = t.finish_at_eof(&mut out);
+                sent.extend_from_slice(&out);
+                return (sent, any, r.map(|()| 0));
+            }
+            let k = piece.min(bytes.len() - fed).min(t.want());
+            buf.extend_from_slice(&bytes[fed..fed + k]);
+            fed += k;
+        }
+    }
+
+    #[test]
+    fn long_chunks_and_long_close_delimited_bodies_splice_between_framing() {
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        // Chunks of every kind of size: short ones go through the buffer, long ones splice.
+        let mut chunked = Vec::new();
+        let mut at = 0;
+        for size in [10, 100_000, 40_000, SPLICE_RUN as usize - 1, 5, 120_000] {
+            let end = (at + size).min(payload.len());
+            chunked.extend_from_slice(format!("{:x};e=1\r\n", end - at).as_bytes());
+            chunked.extend_from_slice(&payload[at..end]);
+            chunked.extend_from_slice(b"\r\n");
+            at = end;
+        }
+        let payload = &payload[..at];
+        chunked.extend_from_slice(b"0\r\nT: 1\r\n\r\nNEXT");
+        for (piece, splice) in [(16384, 262_144), (1000, 65536), (7, 3), (100_000, 1)] {
+            for out in [BodyKind::Chunked, BodyKind::Close] {
+                let (sent, any, left) =
+                    run_spliced(BodyKind::Chunked, out, &chunked, piece, splice);
+                assert!(any, "{piece}/{splice}: a long chunk was spliced");
+                assert_eq!(left, Ok(4), "{piece}/{splice}: NEXT stays");
+                let decoded = if out == BodyKind::Chunked {
+                    let (d, l) = run(BodyKind::Chunked, BodyKind::Close, &sent, 999, false);
+                    assert_eq!(
+                        l,
+                        Ok(0),
+                        "{piece}/{splice}: the output is whole, valid chunked"
+                    );
+                    d
+                } else {
+                    sent
+                };
+                assert_eq!(decoded, payload, "{piece}/{splice} {out:?}");
+            }
+            // Close-delimited: spliced once the body has carried SPLICE_RUN, to the end.
+            for out in [BodyKind::Chunked, BodyKind::Close] {
+                let (sent, any, left) = run_spliced(BodyKind::Close, out, payload, piece, splice);
+                assert!(any || piece > payload.len());
+                assert_eq!(left, Ok(0));
+                let decoded = if out == BodyKind::Chunked {
+                    let (d, l) = run(BodyKind::Chunked, BodyKind::Close, &sent, 999, false);
+                    assert_eq!(l, Ok(0));
+                    d
+                } else {
+                    sent
+                };
+                assert_eq!(decoded, payload, "close {piece}/{splice} {out:?}");
+            }
+        }
+        // A short body never splices; a chunked one truncated inside a spliced chunk is an
+        // error at the end of input.
+        let (_, any, _) = run_spliced(BodyKind::Close, BodyKind::Chunked, b"abc", 1, 1);
+        assert!(!any);
+        let cut = &chunked[..50_000];
+        let (_, any, left) = run_spliced(BodyKind::Chunked, BodyKind::Chunked, cut, 1000, 4096);
+        assert!(any);
+        assert_eq!(left, Err(BodyError::Truncated));
+        assert_eq!(
+            Transcoder::new(BodyKind::Length(1 << 20), BodyKind::Length(1 << 20)).splice_run(),
+            None
+        );
     }
 
     #[test]

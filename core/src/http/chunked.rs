@@ -122,6 +122,28 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Bytes of the current chunk's data still to come (0 outside chunk data).
+    pub fn data_left(&self) -> u64 {
+        if self.state == State::Data {
+            self.remaining
+        } else {
+            0
+        }
+    }
+
+    /// `n` bytes of the current chunk's data (at most [`data_left`](Self::data_left)) were
+    /// moved without passing through [`decode`](Self::decode) (spliced).
+    pub fn skip_data(&mut self, n: u64) {
+        debug_assert!(n <= self.data_left(), "{n} > {}", self.data_left());
+        if self.state != State::Data {
+            return;
+        }
+        self.remaining -= n.min(self.remaining);
+        if self.remaining == 0 {
+            self.state = State::DataCr;
+        }
+    }
+
     /// Consumes framing bytes from `input` until it reaches body data, the end of the body, or
     /// the end of `input`.
     pub fn decode(&mut self, input: &[u8]) -> Result<Step, ChunkError> {

@@ -1,0 +1,131 @@
+//! A body relayed the way io relays it, with runs spliced wherever the transcoder allows (in
+//! pieces the input picks), against the same body relayed through the buffer only: the bytes
+//! the next hop gets must carry the same payload, the same bytes must be left for the next
+//! message, and the same errors must come out. Nothing may panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringway_core::http::body::{BodyError, Transcoder};
+use ringway_core::http::framing::BodyKind;
+
+/// Relays `bytes` (the whole input, then end of file when `eof`); `read` picks each read's
+/// size, `splice` each spliced piece's (0: never splice). Returns the output, the payload
+/// total, and what was left unconsumed or the error.
+fn relay(
+    input: BodyKind,
+    output: BodyKind,
+    bytes: &[u8],
+    read: &mut dyn FnMut() -> usize,
+    splice: &mut dyn FnMut() -> usize,
+) -> (Vec<u8>, u64, Result<usize, BodyError>) {
+    let mut t = Transcoder::new(input, output);
+    let (mut buf, mut sent, mut fed) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let mut out = Vec::new();
+        match t.step(&buf, &mut out) {
+            Ok(s) => {
+                sent.extend_from_slice(&buf[s.pass.clone()]);
+                sent.extend_from_slice(&out);
+                buf.drain(..s.consumed);
+            }
+            Err(e) => return (sent, t.total(), Err(e)),
+        }
+        if t.is_done() {
+            return (sent, t.total(), Ok(buf.len() + bytes.len() - fed));
+        }
+        if buf.is_empty() {
+            if let Some(run) = t.splice_run() {
+                assert!(run > 0);
+                let mut left = run;
+                while left > 0 {
+                    let k = (splice() as u64).min(left).min((bytes.len() - fed) as u64) as usize;
+                    if k == 0 {
+                        break;
+                    }
+                    let mut out = Vec::new();
+                    t.spliced(k as u64, &mut out);
+                    sent.extend_from_slice(&out);
+                    sent.extend_from_slice(&bytes[fed..fed + k]);
+                    fed += k;
+                    if left != u64::MAX {
+                        left -= k as u64;
+                    }
+                }
+            }
+        }
+        if fed == bytes.len() {
+            let mut out = Vec::new();
+            let r = t.finish_at_eof(&mut out);
+            sent.extend_from_slice(&out);
+            return (sent, t.total(), r.map(|()| 0));
+        }
+        let k = read().max(1).min(bytes.len() - fed).min(t.want());
+        buf.extend_from_slice(&bytes[fed..fed + k]);
+        fed += k;
+    }
+}
+
+/// The payload of what was sent: decoded when it was framed as chunked.
+fn payload(output: BodyKind, sent: &[u8]) -> Vec<u8> {
+    if output != BodyKind::Chunked {
+        return sent.to_vec();
+    }
+    let (mut every, mut never) = (|| 1 << 20, || 0);
+    let (p, _, left) = relay(
+        BodyKind::Chunked,
+        BodyKind::Close,
+        sent,
+        &mut every,
+        &mut never,
+    );
+    assert_eq!(
+        left,
+        Ok(0),
+        "the proxy's own chunked framing is whole and valid"
+    );
+    p
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((sizes, body)) = rest.split_at_checked(8) else {
+        return;
+    };
+    let input = if mode & 1 == 0 {
+        BodyKind::Chunked
+    } else {
+        BodyKind::Close
+    };
+    let output = if mode & 2 == 0 {
+        BodyKind::Chunked
+    } else {
+        BodyKind::Close
+    };
+    // Long runs from short inputs: a chunk size line may announce far more than follows, so
+    // repeat the body to make spliceable runs likely.
+    let times = usize::from(mode >> 2).min(40) + 1;
+    let times = if input == BodyKind::Close {
+        times * 1000
+    } else {
+        times
+    };
+    let limit = 96 * 1024;
+    let mut body: Vec<u8> = body.repeat(times.min(limit / body.len().max(1) + 1));
+    body.truncate(limit);
+    let i = std::cell::Cell::new(0usize);
+    let pick = |scale: usize| {
+        i.set(i.get() + 1);
+        usize::from(sizes[i.get() % sizes.len()]) * scale + 1
+    };
+    let (mut whole, mut never) = (|| 1 << 20, || 0);
+    let (plain, plain_total, plain_left) = relay(input, output, &body, &mut whole, &mut never);
+    let (mut reads, mut splices) = (|| pick(509), || pick(131));
+    let (spliced, total, left) = relay(input, output, &body, &mut reads, &mut splices);
+    assert_eq!(left, plain_left);
+    if left.is_ok() {
+        assert_eq!(total, plain_total);
+        assert_eq!(payload(output, &spliced), payload(output, &plain));
+    }
+});

@@ -1,0 +1,94 @@
+//! An origin for framings nginx does not serve from files: `GET /chunked/N/C` answers N bytes
+//! in chunks of C bytes, `GET /close/N` N bytes delimited by closing, anything else
+//! `/len/N`-style with a Content-Length. Responses are built once per path and written with one
+//! `write_all`, a thread per connection (the load is a few hundred connections at most), so
+//! the origin costs little next to the proxy under test.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+type Built = Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>;
+
+pub(crate) fn main(args: &[String]) -> Result<(), String> {
+    let f = crate::Flags(args);
+    let listen: SocketAddr = f
+        .value(&["--listen"])
+        .ok_or("--listen ADDR")?
+        .parse()
+        .map_err(|e| format!("--listen: {e}"))?;
+    let l = TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
+    let built = Built::default();
+    for s in l.incoming() {
+        let Ok(s) = s else { continue };
+        let built = built.clone();
+        std::thread::spawn(move || {
+            let _ = serve(s, &built);
+        });
+    }
+    Ok(())
+}
+
+fn serve(s: TcpStream, built: &Built) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+        // The rest of the head (the load sends no bodies).
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        let resp = {
+            let mut b = built.lock().unwrap_or_else(|e| e.into_inner());
+            b.entry(path.clone())
+                .or_insert_with(|| Arc::new(build(&path)))
+                .clone()
+        };
+        w.write_all(&resp)?;
+        if path.starts_with("/close/") {
+            return Ok(());
+        }
+    }
+}
+
+fn build(path: &str) -> Vec<u8> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let arg = |i: usize| -> usize { parts.get(i).and_then(|s| s.parse().ok()).unwrap_or(0) };
+    let body = vec![b'x'; arg(2)];
+    let mut out = Vec::with_capacity(body.len() + 1024);
+    match parts.get(1).copied() {
+        Some("chunked") => {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for c in body.chunks(arg(3).max(1)) {
+                out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                out.extend_from_slice(c);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        Some("close") => {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            out.extend_from_slice(&body);
+        }
+        _ => {
+            out.extend_from_slice(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            );
+            out.extend_from_slice(&body);
+        }
+    }
+    out
+}
