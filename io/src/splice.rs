@@ -22,7 +22,9 @@ const CHUNK: usize = 256 * 1024;
 
 /// Idle pipes a worker keeps for the next transfer (each holds up to `CHUNK`; unprivileged
 /// users have a budget of pipe pages, `/proc/sys/fs/pipe-user-pages-soft`, 64 MiB by default).
-const POOLED: usize = 16;
+/// An idle pipe holds no pages, only two descriptors. 16 left 256 concurrent chunked relays
+/// creating a pipe every third response; 64 covers most bursts for 128 descriptors.
+const POOLED: usize = 64;
 
 /// A non-blocking pipe: the buffer splice moves pages through.
 pub(crate) struct Pipe {

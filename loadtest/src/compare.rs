@@ -30,6 +30,9 @@ struct Case {
     /// A cache hit: `/cached/BODY` on both proxies (stored after the first request), with a
     /// floor row of nginx serving the same bytes itself.
     hit: bool,
+    /// A body framed otherwise than by length: `(label, path)` on `ringway-loadtest origin`
+    /// (`/framing/PATH` on both proxies).
+    framing: Option<(&'static str, &'static str)>,
 }
 
 impl Case {
@@ -39,6 +42,9 @@ impl Case {
         }
         if self.hit {
             return format!("cache hit keep-alive c={} {}", self.conns, self.body);
+        }
+        if let Some((label, _)) = self.framing {
+            return format!("{label} keep-alive c={} {}", self.conns, self.body);
         }
         format!(
             "{}{} c={} {}",
@@ -200,6 +206,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (origin_port, nginx_port, ringway_port) = (free_port()?, free_port()?, free_port()?);
     let (nginx_tls_port, ringway_tls_port) = (free_port()?, free_port()?);
     let nginx_defaults_port = free_port()?;
+    let framing_port = free_port()?;
     // One ECDSA P-256 certificate for both proxies.
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -216,6 +223,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 &format!("127.0.0.1:{nginx_defaults_port}"),
             )
             .replace("{{ORIGIN}}", &format!("127.0.0.1:{origin_port}"))
+            .replace("{{FRAMING_ORIGIN}}", &format!("127.0.0.1:{framing_port}"))
             .replace("{{WORKERS}}", &w.to_string())
             .replace("{{AFFINITY}}", "auto")
     };
@@ -231,6 +239,8 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
          [tls]\ncertificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}]\n\n\
          [cache]\nsize = \"256m\"\n\n\
          [upstreams.origin]\nservers = [\"127.0.0.1:{origin_port}\"]\nkeepalive = 1024\n\n\
+         [upstreams.framing]\nservers = [\"127.0.0.1:{framing_port}\"]\nkeepalive = 1024\n\n\
+         [[routes]]\npath = \"/framing/\"\nupstream = \"framing\"\ncache = false\n\n\
          [[routes]]\npath = \"/\"\nupstream = \"origin\"\ncache = false\n\n\
          [[routes]]\npath = \"/cached/\"\nupstream = \"origin\"\n",
         dir = dir.display()
@@ -260,6 +270,16 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             .ok_or_else(|| format!("nginx -c {conf} failed to start"))
     };
     start_nginx("origin-nginx.conf", &load_cpus)?;
+    // The origin for chunked and close-delimited bodies, beside nginx's.
+    let _framing_origin = Kill(
+        Command::new("taskset")
+            .args(["-c", &load_cpus])
+            .arg(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["origin", "--listen", &format!("127.0.0.1:{framing_port}")])
+            .spawn()
+            .map_err(|e| format!("starting the framing origin: {e}"))?,
+    );
+    wait_http(framing_port, "framing origin")?;
     start_nginx("proxy-nginx.conf", &proxy_cpus)?;
     procs.ringway = Some(
         Command::new(&ringway_bin)
@@ -320,6 +340,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                     conns,
                     body,
                     hit: false,
+                    framing: None,
                 });
             }
         }
@@ -333,6 +354,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 conns,
                 body,
                 hit: false,
+                framing: None,
             });
         }
     }
@@ -343,6 +365,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         conns: 3,
         body: "100b",
         hit: false,
+        framing: None,
     });
     for body in ["100b", "64k"] {
         for conns in [16, 256] {
@@ -353,8 +376,27 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 conns,
                 body,
                 hit: true,
+                framing: None,
             });
         }
+    }
+    // Chunked and close-delimited 1 MiB bodies from `ringway-loadtest origin` (nginx serves
+    // files with a length): long chunks, short chunks, and an origin that closes.
+    for (framing, conns) in [
+        (("chunked, 64 KiB chunks,", "chunked/1048576/65536"), 16),
+        (("chunked, 64 KiB chunks,", "chunked/1048576/65536"), 256),
+        (("chunked, 4 KiB chunks,", "chunked/1048576/4096"), 16),
+        (("close-delimited", "close/1048576"), 16),
+    ] {
+        all.push(Case {
+            tls: false,
+            close: false,
+            new_sessions: false,
+            conns,
+            body: "1m",
+            hit: false,
+            framing: Some(framing),
+        });
     }
     let cases: Vec<Case> = all
         .into_iter()
@@ -365,7 +407,14 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 c.body.to_string(),
                 if c.tls { "tls" } else { "plain" }.to_string(),
                 if c.new_sessions { "new" } else { "" }.to_string(),
-                if c.hit { "hit" } else { "proxy" }.to_string(),
+                if c.hit {
+                    "hit"
+                } else if c.framing.is_some() {
+                    "framing"
+                } else {
+                    "proxy"
+                }
+                .to_string(),
             ];
             filter.iter().all(|f| tags.contains(f))
         })
@@ -377,9 +426,13 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         }
         let scheme = if c.tls { "https" } else { "http" };
         let dir = if c.hit { "cached/" } else { "" };
+        let path = match c.framing {
+            Some((_, p)) => format!("framing/{p}"),
+            None => format!("{dir}{}", c.body),
+        };
         wrk::run(
             &load_cpus,
-            &format!("{scheme}://127.0.0.1:{port}/{dir}{}", c.body),
+            &format!("{scheme}://127.0.0.1:{port}/{path}"),
             c.conns,
             secs,
             c.close,
@@ -409,10 +462,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (hits, cases): (Vec<Case>, Vec<Case>) = cases.into_iter().partition(|c| c.hit);
     for c in &cases {
         // The origin speaks plain HTTP only: no direct row for TLS cases.
-        let direct = if c.tls {
-            None
-        } else {
-            Some(wrk_at(origin_port, c)?)
+        let direct = match (c.tls, c.framing.is_some()) {
+            (true, _) => None,
+            (false, true) => Some(wrk_at(framing_port, c)?),
+            (false, false) => Some(wrk_at(origin_port, c)?),
         };
         let (nginx_port, ringway_port) = ports(c);
         let mut ng: Vec<Sample> = Vec::new();
@@ -426,7 +479,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 rw.push(measure(ringway_port, &ringway_pids, c)?);
                 ng.push(measure(nginx_port, &nginx_pids, c)?);
             }
-            if floors && !c.tls {
+            if floors && !c.tls && c.framing.is_none() {
                 cp.push(measure(copy_port, &floor_pids[..1], c)?);
                 sp.push(measure(splice_port, &floor_pids[1..], c)?);
                 nd.push(measure(nginx_defaults_port, &nginx_pids, c)?);

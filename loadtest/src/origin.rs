@@ -40,7 +40,13 @@ fn serve(s: TcpStream, built: &Built) -> io::Result<()> {
         if r.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+        // Proxies under comparison forward `/framing/…` here.
+        let target = line.split(' ').nth(1).unwrap_or("/");
+        let path = target
+            .strip_prefix("/framing")
+            .unwrap_or(target)
+            .to_string();
+        let mut close = line.trim_end().ends_with("HTTP/1.0");
         // The rest of the head (the load sends no bodies).
         loop {
             line.clear();
@@ -50,6 +56,8 @@ fn serve(s: TcpStream, built: &Built) -> io::Result<()> {
             if line == "\r\n" || line == "\n" {
                 break;
             }
+            let l = line.to_ascii_lowercase();
+            close |= l.starts_with("connection:") && l.contains("close");
         }
         let resp = {
             let mut b = built.lock().unwrap_or_else(|e| e.into_inner());
@@ -58,7 +66,7 @@ fn serve(s: TcpStream, built: &Built) -> io::Result<()> {
                 .clone()
         };
         w.write_all(&resp)?;
-        if path.starts_with("/close/") {
+        if close || path.starts_with("/close/") {
             return Ok(());
         }
     }

@@ -60,12 +60,11 @@ pub struct Transcoder {
     /// A chunk went out by splice and still needs the CRLF after its data (written before
     /// whatever goes out next).
     crlf_due: bool,
-    /// A run was spliced and nothing has been read since: the next bytes are framing.
-    after_run: bool,
 }
 
-/// What to read after a spliced run of chunk data: the CRLF and the next size line, and not
-/// much of the next chunk's data, so that it too can be spliced rather than copied.
+/// What to read for the framing after a long chunk (one that was spliced): the CRLF and the
+/// next size line, and not much of the next chunk's data, so that if it is long too it is
+/// spliced rather than copied. After a short chunk reads are as large as the buffer.
 pub const FRAMING_READ: usize = 64;
 
 /// The shortest run of payload worth splicing between framing: below it, a read and a write
@@ -100,7 +99,6 @@ impl Transcoder {
             done: done && !chunked_out,
             total: 0,
             crlf_due: false,
-            after_run: false,
         }
     }
 
@@ -114,12 +112,16 @@ impl Transcoder {
         self.total
     }
 
-    /// Most bytes worth reading next: the rest of a known length, the framing after a
-    /// spliced chunk ([`FRAMING_READ`]), else unbounded.
+    /// Most bytes worth reading next: the rest of a known length; in a long chunk its rest
+    /// and the next size line ([`FRAMING_READ`]); else unbounded.
     pub fn want(&self) -> usize {
         match self.dec {
             Decode::Length(rem) => rem.min(usize::MAX as u64) as usize,
-            Decode::Chunked(_) if self.after_run => FRAMING_READ,
+            // Inside or after a long chunk: its rest and the next size line, so that the
+            // next chunk's data, if long too, is spliced rather than read.
+            Decode::Chunked(ref d) if d.chunk_size() >= SPLICE_RUN => {
+                (d.data_left() as usize).saturating_add(FRAMING_READ)
+            }
             _ => usize::MAX,
         }
     }
@@ -152,7 +154,6 @@ impl Transcoder {
         if let Decode::Chunked(d) = &mut self.dec {
             d.skip_data(n);
         }
-        self.after_run = true;
         self.total += n;
         if self.chunked_out {
             self.pay_crlf(out);
@@ -178,9 +179,6 @@ impl Transcoder {
                 consumed,
                 pass: 0..consumed,
             });
-        }
-        if !input.is_empty() {
-            self.after_run = false;
         }
         let chunked_out = self.chunked_out;
         // The CRLF a spliced chunk still owes goes out with the next framing written.
@@ -512,6 +510,42 @@ mod tests {
             Transcoder::new(BodyKind::Length(1 << 20), BodyKind::Length(1 << 20)).splice_run(),
             None
         );
+    }
+
+    #[test]
+    fn reads_in_and_after_a_long_chunk_stop_at_the_next_size_line() {
+        let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Chunked);
+        assert_eq!(
+            t.want(),
+            usize::MAX,
+            "the first chunk's size is not known yet"
+        );
+        let mut input = b"186a0\r\n".to_vec();
+        input.extend_from_slice(&[b'a'; 1000]);
+        let mut out = Vec::new();
+        assert_eq!(t.step(&input, &mut out).unwrap().consumed, input.len());
+        assert_eq!(t.splice_run(), Some(99_000));
+        assert_eq!(t.want(), 99_000 + FRAMING_READ);
+        out.clear();
+        t.spliced(99_000, &mut out);
+        assert_eq!(
+            out, b"182b8\r\n",
+            "one chunk header for the rest of the chunk"
+        );
+        assert_eq!(t.splice_run(), None);
+        assert_eq!(
+            t.want(),
+            FRAMING_READ,
+            "after a long chunk, its CRLF and the size line"
+        );
+        out.clear();
+        assert_eq!(t.step(b"\r\n5\r\nhello", &mut out).unwrap().consumed, 10);
+        assert_eq!(out, b"\r\n5\r\nhello\r\n");
+        assert_eq!(t.want(), usize::MAX, "after a short chunk, full reads");
+        out.clear();
+        assert_eq!(t.step(b"\r\n0\r\n\r\n", &mut out).unwrap().consumed, 7);
+        assert!(t.is_done());
+        assert_eq!(t.total(), 100_005);
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Step {
 pub struct ChunkedDecoder {
     state: State,
     remaining: u64,
+    /// The size of the current chunk (or of the last one, between chunks).
+    size: u64,
     digits: u8,
     line_len: usize,
     trailer_len: usize,
@@ -112,6 +114,7 @@ impl ChunkedDecoder {
         Self {
             state: State::Size,
             remaining: 0,
+            size: 0,
             digits: 0,
             line_len: 0,
             trailer_len: 0,
@@ -129,6 +132,11 @@ impl ChunkedDecoder {
         } else {
             0
         }
+    }
+
+    /// The size of the current chunk, or of the last one while its framing is read.
+    pub fn chunk_size(&self) -> u64 {
+        self.size
     }
 
     /// `n` bytes of the current chunk's data (at most [`data_left`](Self::data_left)) were
@@ -217,6 +225,7 @@ impl ChunkedDecoder {
             (SizeLf, b'\n') => {
                 self.line_len = 0;
                 self.digits = 0;
+                self.size = self.remaining;
                 if self.remaining == 0 {
                     TrailerStart
                 } else {
