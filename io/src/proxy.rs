@@ -349,7 +349,7 @@ impl Conn {
                     }
                 }
                 Action::SendBody(mut plan) => {
-                    plan.splice &= self.client_can_splice();
+                    plan.splice = plan.splice && self.client_can_splice();
                     let up = self.up.as_mut().expect("connected before the body");
                     let r = move_body(
                         &mut self.client,
@@ -375,7 +375,7 @@ impl Conn {
                     self.w.wake_fills();
                 }
                 Action::RelayResponse(mut plan) => {
-                    plan.splice &= self.client_can_splice();
+                    plan.splice = plan.splice && self.client_can_splice();
                     let up = self
                         .up
                         .as_mut()

@@ -1,11 +1,12 @@
 //! An origin for framings nginx does not serve from files: `GET /chunked/N/C` answers N bytes
 //! in chunks of C bytes, `GET /close/N` N bytes delimited by closing, anything else
-//! `/len/N`-style with a Content-Length. Responses are built once per path and written with one
+//! `/len/N`-style with a Content-Length. A request body (Content-Length) is read and dropped,
+//! so uploads can be measured too (`POST /len/100`). Responses are built once per path and written with one
 //! `write_all`, a thread per connection (the load is a few hundred connections at most), so
 //! the origin costs little next to the proxy under test.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +48,8 @@ fn serve(s: TcpStream, built: &Built) -> io::Result<()> {
             .unwrap_or(target)
             .to_string();
         let mut close = line.trim_end().ends_with("HTTP/1.0");
-        // The rest of the head (the load sends no bodies).
+        let mut length = 0u64;
+        // The rest of the head.
         loop {
             line.clear();
             if r.read_line(&mut line)? == 0 {
@@ -58,7 +60,12 @@ fn serve(s: TcpStream, built: &Built) -> io::Result<()> {
             }
             let l = line.to_ascii_lowercase();
             close |= l.starts_with("connection:") && l.contains("close");
+            if let Some(v) = l.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
+        // An upload (length-framed, as the load sends them) is read and dropped.
+        io::copy(&mut (&mut r).take(length), &mut io::sink())?;
         let resp = {
             let mut b = built.lock().unwrap_or_else(|e| e.into_inner());
             b.entry(path.clone())

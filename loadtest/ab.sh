@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# A/B of two ringway binaries (or a binary and nginx) on the same origin, for a data-path change:
+# each binary in turn as a one-worker reverse proxy pinned to CPU 0 (quick mode, --upstream),
+# wrk and the origin on CPU 1, ROUNDS alternations per path; prints CPU µs per request (the
+# proxy's utime+stime from /proc over the run) and req/s. The origin is nginx serving files
+# (/100b, /8k, /24k, /40k, /64k, /1m) and `ringway-loadtest origin` for the other framings
+# (/chunked/N/C, /close/N).
+#
+#   loadtest/ab.sh OLD_BIN NEW_BIN [PATH ...]      (default paths: /100b /8k /64k /1m)
+#   ROUNDS=3 SECS=3 CONNS=16 loadtest/ab.sh old new /64k /chunked/1048576/65536
+#   loadtest/ab.sh nginx target/release/ringway /64k   (nginx tuned as in nginx-proxy.conf)
+#   BODY=65536 loadtest/ab.sh old new /len/100          (uploads: POST with a BODY-byte body)
+#   CLOSE=1 loadtest/ab.sh old new /100b                (a connection per request)
+#
+# Needs nginx, wrk, taskset and a release build of ringway-loadtest. Loopback only; every
+# process it starts is stopped by PID when it ends.
+set -euo pipefail
+[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
+A=$1 B=$2
+shift 2
+PATHS=("$@")
+[ ${#PATHS[@]} -gt 0 ] || PATHS=(/100b /8k /64k /1m)
+ROUNDS=${ROUNDS:-3} SECS=${SECS:-3} CONNS=${CONNS:-16} BODY=${BODY:-0}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOADTEST=${LOADTEST:-$ROOT/target/release/ringway-loadtest}
+DIR=$(mktemp -d /tmp/ringway-ab.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$DIR/origin-nginx.pid" ] && kill "$(cat "$DIR/origin-nginx.pid")" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+chmod 755 "$DIR" # nginx workers run as nobody
+mkdir -p "$DIR/www"
+for f in 100b:100 8k:8192 24k:24576 40k:40960 64k:65536 1m:1048576; do
+  head -c "${f#*:}" /dev/zero | tr '\0' x >"$DIR/www/${f%%:*}"
+done
+FILES=$(free_port) FRAMING=$(free_port) PROXY=$(free_port)
+sed -e "s#{{DIR}}#$DIR#g; s#{{LISTEN}}#127.0.0.1:$FILES#; s#{{WORKERS}}#1#" \
+  "$ROOT/loadtest/nginx-origin.conf" >"$DIR/origin.conf"
+taskset -c 1 nginx -c "$DIR/origin.conf" -p "$DIR"
+taskset -c 1 "$LOADTEST" origin --listen "127.0.0.1:$FRAMING" &
+PIDS+=($!)
+wait_port "$FILES" && wait_port "$FRAMING"
+WRK_ARGS=()
+[ "${CLOSE:-0}" = 1 ] && WRK_ARGS+=(-H "Connection: close")
+if [ "$BODY" -gt 0 ]; then
+  printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n' "$BODY" >"$DIR/post.lua"
+  WRK_ARGS+=(-s "$DIR/post.lua")
+fi
+
+run() { # BIN PATH -> "cpu_us_per_req req/s"
+  local bin=$1 path=$2 up=$FILES pid
+  case $path in /chunked/* | /close/* | /len/*) up=$FRAMING ;; esac
+  if [ "$bin" = nginx ]; then
+    cat >"$DIR/proxy.conf" <<EOF
+master_process off; daemon off; worker_processes 1; pid $DIR/proxy.pid; error_log $DIR/proxy.err warn;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  upstream o { server 127.0.0.1:$up; keepalive 1024; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$PROXY reuseport;
+    location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffers 8 16k; proxy_buffer_size 16k; proxy_max_temp_file_size 0;
+      client_max_body_size 0; client_body_buffer_size 1m; } } }
+EOF
+    taskset -c 0 nginx -c "$DIR/proxy.conf" -p "$DIR" &
+  else
+    taskset -c 0 "$bin" --listen "127.0.0.1:$PROXY" --upstream "127.0.0.1:$up" --workers 1 \
+      --log-level warn &
+  fi
+  pid=$!
+  PIDS+=($pid)
+  wait_port "$PROXY"
+  taskset -c 1 wrk "${WRK_ARGS[@]}" -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY$path" >/dev/null
+  local a b out reqs
+  a=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  out=$(taskset -c 1 wrk "${WRK_ARGS[@]}" -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY$path")
+  b=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  reqs=$(awk '/requests in/{print $1}' <<<"$out")
+  awk -v t=$((b - a)) -v r="$reqs" -v s="$SECS" \
+    'BEGIN { printf "%.1f %.0f", t * 1e6 / 100 / r, r / s }'
+  # The next binary binds the same port: wait until this one has let it go.
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PROXY") 2>/dev/null || break; sleep 0.05; done
+}
+
+echo "| path | round | A CPU µs/req | B CPU µs/req | B/A | A req/s | B req/s |"
+echo "|---|---|---|---|---|---|---|"
+for path in "${PATHS[@]}"; do
+  for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) -eq 1 ]; then
+      read -r ca ra <<<"$(run "$A" "$path")"
+      read -r cb rb <<<"$(run "$B" "$path")"
+    else
+      read -r cb rb <<<"$(run "$B" "$path")"
+      read -r ca ra <<<"$(run "$A" "$path")"
+    fi
+    awk -v p="$path" -v r="$r" -v ca="$ca" -v cb="$cb" -v ra="$ra" -v rb="$rb" \
+      'BEGIN { printf "| %s | %d | %s | %s | %.2f | %s | %s |\n", p, r, ca, cb, cb / ca, ra, rb }'
+  done
+done
