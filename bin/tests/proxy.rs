@@ -715,3 +715,32 @@ fn long_chunks_and_close_delimited_bodies_arrive_whole_when_spliced() {
     c.send(&req);
     assert_eq!(c.response("POST").unwrap().text(), format!("{len} {sum}"));
 }
+
+/// An origin that stalls inside a long chunk while it is being spliced: the relay gives up
+/// after `upstream_read`, the client gets no last chunk (so it can tell), and the worker goes on
+/// serving others meanwhile (the splice waits for readiness; it never blocks the thread).
+#[test]
+fn an_origin_stalling_inside_a_spliced_chunk_times_out_without_blocking_the_worker() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\nupstream_read = \"600ms\"\n",
+    ));
+    let started = Instant::now();
+    let mut stalled = Client::connect(proxy.addr);
+    stalled.send(&get("/seqchunked/1048576/1048576/200000/stall"));
+    // Meanwhile, on the same (only) worker:
+    for _ in 0..5 {
+        let r = request(proxy.addr, &get("/seq/100000/0")).expect("served while one stalls");
+        assert_eq!(r.body_len, 100_000);
+    }
+    assert!(
+        stalled.response("GET").is_none(),
+        "no complete body from a stalled origin"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(4),
+        "ended by upstream_read, not by the origin: {took:?}"
+    );
+}
