@@ -175,16 +175,8 @@ impl Pair {
 
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let f = crate::Flags(args);
-    let listen: SocketAddr = f
-        .value(&["--listen"])
-        .ok_or("--listen ADDR")?
-        .parse()
-        .map_err(|e| format!("--listen: {e}"))?;
-    let upstream: SocketAddr = f
-        .value(&["--upstream"])
-        .ok_or("--upstream ADDR")?
-        .parse()
-        .map_err(|e| format!("--upstream: {e}"))?;
+    let listen = f.addr("--listen")?;
+    let upstream = f.addr("--upstream")?;
     let splice = f.has("--splice");
     run(listen, upstream, splice).map_err(|e| e.to_string())
 }

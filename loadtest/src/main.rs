@@ -85,6 +85,14 @@ impl<'a> Flags<'a> {
         }
     }
 
+    /// A required socket address flag (`--listen ADDR`).
+    pub(crate) fn addr(&self, name: &str) -> Result<std::net::SocketAddr, String> {
+        self.value(&[name])
+            .ok_or(format!("{name} ADDR"))?
+            .parse()
+            .map_err(|e| format!("{name}: {e}"))
+    }
+
     pub(crate) fn has(&self, name: &str) -> bool {
         self.0.iter().any(|a| a == name)
     }

@@ -7,18 +7,14 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 type Built = Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>;
 
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let f = crate::Flags(args);
-    let listen: SocketAddr = f
-        .value(&["--listen"])
-        .ok_or("--listen ADDR")?
-        .parse()
-        .map_err(|e| format!("--listen: {e}"))?;
+    let listen = f.addr("--listen")?;
     let l = TcpListener::bind(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
     let built = Built::default();
     for s in l.incoming() {

@@ -290,7 +290,8 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
             "seqchunked" => {
                 // `/seqchunked/N/C`: `/seq/` bytes in chunks of C (the last shorter); with a
                 // third number T, the origin closes after T bytes of body, mid-chunk
-                // (`/seqchunked/N/C/T/stall`: stalls for 5 s first, the connection open).
+                // (`/seqchunked/N/C/T/stall`: stalls instead, the connection open, until the
+                // proxy closes it).
                 w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")?;
                 let (n, c, cut) = (arg(2), arg(3).max(1), arg(4));
                 let body: Vec<u8> = (0..n).map(seq_byte).collect();
@@ -304,9 +305,10 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 if cut > 0 {
                     w.write_all(&wire[..cut as usize])?;
                     if parts.get(5) == Some(&"stall") {
-                        // Then nothing, with the connection open (a stalled origin).
+                        // Then nothing, with the connection open, until the proxy gives up
+                        // and closes it (a stalled origin).
                         w.flush()?;
-                        thread::sleep(Duration::from_secs(5));
+                        let _ = r.read(&mut [0u8; 1]);
                     }
                     return Ok(());
                 }
