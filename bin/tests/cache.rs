@@ -83,7 +83,11 @@ struct Scripted {
     addr: SocketAddr,
     script: Arc<Mutex<HashMap<String, Answer>>>,
     got: Arc<Mutex<Vec<Got>>>,
+    /// Notified whenever a request is recorded in `got`.
+    arrived: Arc<std::sync::Condvar>,
     stop: Arc<AtomicBool>,
+    /// The accepting thread (joined by `kill`, after which the port refuses connections).
+    acceptor: Arc<Mutex<Option<thread::JoinHandle<()>>>>,
 }
 
 impl Scripted {
@@ -93,22 +97,25 @@ impl Scripted {
             addr: l.local_addr().unwrap(),
             script: Arc::default(),
             got: Arc::default(),
+            arrived: Arc::default(),
             stop: Arc::default(),
+            acceptor: Arc::default(),
         };
         let me = s.clone();
-        l.set_nonblocking(true).unwrap();
-        thread::spawn(move || {
-            while !me.stop.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        c.set_nonblocking(false).unwrap();
-                        let me = me.clone();
-                        thread::spawn(move || me.serve(c));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
+        let acceptor = thread::spawn(move || {
+            // Blocking accept; `kill` wakes it with a connection of its own after setting
+            // `stop`, and the listener closes when this loop ends.
+            for c in l.incoming() {
+                if me.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = c {
+                    let me = me.clone();
+                    thread::spawn(move || me.serve(c));
                 }
             }
         });
+        *s.acceptor.lock().unwrap() = Some(acceptor);
         s
     }
 
@@ -126,6 +133,22 @@ impl Scripted {
             .count()
     }
 
+    /// Waits (up to 10 s) until `n` requests for `path` have reached the origin.
+    fn wait_count(&self, path: &str, n: usize) {
+        let got = self.got.lock().unwrap();
+        let (got, _) = self
+            .arrived
+            .wait_timeout_while(got, Duration::from_secs(10), |g| {
+                g.iter().filter(|g| g.target == path).count() < n
+            })
+            .unwrap();
+        let seen = got.iter().filter(|g| g.target == path).count();
+        assert!(
+            seen >= n,
+            "{n} requests for {path} expected at the origin, {seen} came"
+        );
+    }
+
     fn last(&self, path: &str) -> Got {
         self.got
             .lock()
@@ -139,6 +162,10 @@ impl Scripted {
 
     fn kill(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(h) = self.acceptor.lock().unwrap().take() {
+            let _ = h.join();
+        }
     }
 
     fn serve(&self, mut c: TcpStream) {
@@ -185,6 +212,7 @@ impl Scripted {
             buf.drain(..end + len);
             let path = got.target.split('?').next().unwrap().to_string();
             self.got.lock().unwrap().push(got.clone());
+            self.arrived.notify_all();
             let n = self.count(&got.target);
             let a = self.script.lock().unwrap().get(&path).cloned();
             let a = a.unwrap_or_else(|| Answer {
@@ -697,23 +725,21 @@ fn parallel_misses_are_coalesced_into_one_fetch() {
         let mut a = answer(&[("Cache-Control", cc)], "answer {n}");
         a.gate = Some(gate.clone());
         o.set(path, a);
-        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Every client has sent its request once all 51 parties pass the barrier.
+        let sent = Arc::new(std::sync::Barrier::new(51));
         let hs: Vec<_> = (0..50)
             .map(|_| {
                 let sent = sent.clone();
                 thread::spawn(move || {
                     let mut c = Client::connect(addr);
                     c.send(format!("GET {path} HTTP/1.1\r\nHost: c\r\n\r\n").as_bytes());
-                    sent.fetch_add(1, Ordering::SeqCst);
+                    sent.wait();
                     c.response("GET").map(|r| (r.status, r.text()))
                 })
             })
             .collect();
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while sent.load(Ordering::SeqCst) < 50 || o.count(path) == 0 {
-            assert!(std::time::Instant::now() < end, "requests not sent");
-            thread::sleep(Duration::from_millis(5));
-        }
+        sent.wait();
+        o.wait_count(path, 1);
         gate.open();
         hs.into_iter()
             .map(|h| h.join().unwrap().expect("an answer"))
@@ -764,20 +790,15 @@ fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
         assert_eq!(r.text(), "swr 1");
         assert!(status_of(&r).contains("stale-while-revalidate"), "{r:?}");
     }
-    let until = |what: &str, done: &dyn Fn() -> bool| {
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while !done() {
-            assert!(std::time::Instant::now() < end, "{what}");
-            thread::sleep(Duration::from_millis(10));
-        }
-    };
-    until("the refresh reaches the origin", &|| o.count("/swr") == 2);
+    o.wait_count("/swr", 2);
     assert_eq!(o.last("/swr").header("if-none-match"), Some("\"r1\""));
     gate.open();
-    // The 304 makes it fresh.
-    until("the refresh is stored", &|| {
-        status_of(&get(&p, "/swr", "")).starts_with("ringway; hit; ttl=")
-    });
+    // The 304 makes it fresh. Nothing outside the proxy says when it has stored it: ask, each
+    // request a full round trip, until it answers from the store (bounded).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !status_of(&get(&p, "/swr", "")).starts_with("ringway; hit; ttl=") {
+        assert!(std::time::Instant::now() < end, "the refresh is stored");
+    }
     assert_eq!(o.count("/swr"), 2, "one background refresh");
 }
 

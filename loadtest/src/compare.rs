@@ -98,11 +98,19 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn wait_http(port: u16, what: &str) -> Result<(), String> {
+    wait_200(port, "/100b", Duration::from_secs(10))
+        .map_err(|()| format!("{what} on port {port} did not answer GET /100b with 200"))
+}
+
+/// Polls (with a deadline) until a server starting on `port` answers `GET target` with 200:
+/// a process that has just been spawned gives no other sign that it is listening.
+fn wait_200(port: u16, target: &str, limit: Duration) -> Result<(), ()> {
     use std::io::{Read, Write};
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + limit;
     while Instant::now() < end {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /100b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(req.as_bytes());
             let mut r = String::new();
             let _ = s.read_to_string(&mut r);
             if r.starts_with("HTTP/1.1 200") {
@@ -111,9 +119,7 @@ fn wait_http(port: u16, what: &str) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!(
-        "{what} on port {port} did not answer GET /100b with 200"
-    ))
+    Err(())
 }
 
 fn cpu_range(from: usize, to: usize) -> String {
@@ -866,23 +872,8 @@ fn squid_cases(r: &SquidRun<'_>) -> Result<(), String> {
 
 /// Waits until a forward proxy on `port` answers an absolute-form GET of `target` with 200.
 fn wait_forward(port: u16, target: &str, what: &str) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let _ = s.write_all(req.as_bytes());
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            if r.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!(
-        "{what} on port {port} did not forward GET {target}"
-    ))
+    wait_200(port, target, Duration::from_secs(15))
+        .map_err(|()| format!("{what} on port {port} did not forward GET {target}"))
 }
 
 /// Runs the comparison with 1, 2, … `max` workers for both proxies (proxies on CPUs 0..w, load
