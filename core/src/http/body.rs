@@ -364,48 +364,32 @@ mod tests {
         piece: usize,
         eof: bool,
     ) -> (Vec<u8>, Result<usize, BodyError>) {
-        let mut t = Transcoder::new(input, output);
-        let mut buf = Vec::new();
-        let mut sent = Vec::new();
-        let mut fed = 0;
-        loop {
-            let mut out = Vec::new();
-            match t.step(&buf, &mut out) {
-                Ok(s) => {
-                    sent.extend_from_slice(&buf[s.pass.clone()]);
-                    sent.extend_from_slice(&out);
-                    buf.drain(..s.consumed);
-                }
-                Err(e) => return (sent, Err(e)),
-            }
-            if t.is_done() {
-                return (sent, Ok(buf.len() + bytes.len() - fed));
-            }
-            if fed == bytes.len() {
-                if !eof {
-                    return (sent, Err(BodyError::Truncated));
-                }
-                let mut out = Vec::new();
-                let r = t.finish_at_eof(&mut out);
-                sent.extend_from_slice(&out);
-                return (sent, r.map(|()| 0));
-            }
-            let k = piece.min(bytes.len() - fed).min(t.want());
-            buf.extend_from_slice(&bytes[fed..fed + k]);
-            fed += k;
-        }
+        let (sent, _, left) = relay(input, output, bytes, piece, 0, eof);
+        (sent, left)
     }
 
-    /// Like `run`, but whenever the buffer is empty and `splice_run` allows, moves up to
-    /// `splice` bytes straight from the input to the output (as io's splice would), with the
-    /// framing `spliced` gives. Returns what was sent, whether anything was spliced, and what
-    /// is left.
     fn run_spliced(
         input: BodyKind,
         output: BodyKind,
         bytes: &[u8],
         piece: usize,
         splice: usize,
+    ) -> (Vec<u8>, bool, Result<usize, BodyError>) {
+        relay(input, output, bytes, piece, splice, true)
+    }
+
+    /// Feeds `bytes` in reads of up to `piece` bytes and, whenever the buffer is empty and
+    /// `splice_run` allows, moves up to `splice` bytes straight from the input to the output
+    /// (as io's splice would; 0: never), with the framing `spliced` gives; at the end of the
+    /// input, end of file when `eof`. Returns what was sent, whether anything was spliced, and
+    /// what is left.
+    fn relay(
+        input: BodyKind,
+        output: BodyKind,
+        bytes: &[u8],
+        piece: usize,
+        splice: usize,
+        eof: bool,
     ) -> (Vec<u8>, bool, Result<usize, BodyError>) {
         let mut t = Transcoder::new(input, output);
         let mut buf = Vec::new();
@@ -438,6 +422,9 @@ mod tests {
                 any = true;
             }
             if fed == bytes.len() {
+                if !eof {
+                    return (sent, any, Err(BodyError::Truncated));
+                }
                 let mut out = Vec::new();
                 let r = t.finish_at_eof(&mut out);
                 sent.extend_from_slice(&out);
