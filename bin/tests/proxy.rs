@@ -335,6 +335,37 @@ fn slow_client_head_times_out_and_closes() {
     assert!(origin.seen().is_empty());
 }
 
+/// A connection has one timer that each operation moves to core's deadline for it: it must
+/// fire early when a deadline gets shorter (a long keep-alive wait, then a short header
+/// timeout) and must not fire at an earlier, shorter deadline once a longer one is set (a
+/// header timeout shorter than the origin's answer time).
+#[test]
+fn one_timer_per_connection_follows_shorter_and_longer_deadlines() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\nclient_header = \"400ms\"\nkeepalive = \"60s\"\nupstream_read = \"5s\"\n",
+    ));
+    let mut c = Client::connect(proxy.addr);
+    // The origin answers after 1 s: longer than the header timeout before it.
+    c.send(&get("/slow/1000"));
+    let r = c.response("GET").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.send(&get("/slow/1000"));
+    assert_eq!(c.response("GET").unwrap().status, 200);
+    // Idle under the 60 s keep-alive deadline, then half a head: 408 at the 400 ms deadline.
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
+    let start = Instant::now();
+    assert_eq!(c.response("GET").unwrap().status, 408);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
 #[test]
 fn keepalive_idle_timeout_closes() {
     let origin = Origin::start();

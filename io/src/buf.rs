@@ -2,16 +2,17 @@
 //!
 //! monoio takes a buffer by value for the duration of an operation (the kernel may write into it
 //! until the completion arrives) and hands it back with the result. These helpers read into a
-//! `Vec`'s spare capacity and write a range of it, each bounded by a timeout. When a timeout
-//! fires, the operation is cancelled and the buffer goes with it: the caller gets an empty `Vec`
-//! back and closes the connection.
+//! `Vec`'s spare capacity and write a range of it, each bounded by a [`Limit`]. When the limit
+//! passes, the operation is cancelled and the buffer goes with it: the caller gets an empty
+//! `Vec` back and closes the connection.
 
 use std::io;
-use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+
+use crate::deadline::Limit;
 
 /// Size of the read buffers an exchange uses. Heads up to the configured limit grow past it.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -45,7 +46,7 @@ pub(crate) async fn read_append(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
     max: usize,
-    timeout: Duration,
+    limit: impl Limit,
 ) -> Result<usize, IoFail> {
     let len = buf.len();
     if buf.capacity() == len {
@@ -53,13 +54,9 @@ pub(crate) async fn read_append(
     }
     let end = buf.capacity().min(len.saturating_add(max));
     let owned = std::mem::take(buf).slice_mut(len..end);
-    match monoio::time::timeout(timeout, s.read(owned)).await {
-        Ok((res, owned)) => {
-            *buf = owned.into_inner();
-            res.map_err(IoFail::Io)
-        }
-        Err(_) => Err(IoFail::Timeout),
-    }
+    let (res, owned) = limit.run(s.read(owned)).await?;
+    *buf = owned.into_inner();
+    res.map_err(IoFail::Io)
 }
 
 /// Writes `buf[range]` completely.
@@ -67,29 +64,25 @@ pub(crate) async fn write_range(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
     range: std::ops::Range<usize>,
-    timeout: Duration,
+    limit: impl Limit,
 ) -> Result<(), IoFail> {
     if range.is_empty() {
         return Ok(());
     }
     let owned = std::mem::take(buf).slice(range);
-    match monoio::time::timeout(timeout, s.write_all(owned)).await {
-        Ok((res, owned)) => {
-            *buf = owned.into_inner();
-            res.map(|_| ()).map_err(IoFail::Io)
-        }
-        Err(_) => Err(IoFail::Timeout),
-    }
+    let (res, owned) = limit.run(s.write_all(owned)).await?;
+    *buf = owned.into_inner();
+    res.map(|_| ()).map_err(IoFail::Io)
 }
 
 /// Writes all of `buf`.
 pub(crate) async fn write_all(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
-    timeout: Duration,
+    limit: impl Limit,
 ) -> Result<(), IoFail> {
     let n = buf.len();
-    write_range(s, buf, 0..n, timeout).await
+    write_range(s, buf, 0..n, limit).await
 }
 
 /// Keeps a buffer's capacity at least `cap` after a cancelled operation took it.

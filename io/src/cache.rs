@@ -3,7 +3,6 @@
 //! hit (its head from the exchange, its body from the store, in one `writev`).
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use monoio::buf::IoVecBuf;
 use monoio::io::AsyncWriteRent;
@@ -12,6 +11,7 @@ use ringway_core::cache::Entry;
 use ringway_core::config::Config;
 
 use crate::buf::IoFail;
+use crate::deadline::Limit;
 
 /// A purge the admin listener asks of every worker; each replies with how many stored
 /// responses it removed.
@@ -79,17 +79,14 @@ pub(crate) async fn write_hit(
     head: &mut Vec<u8>,
     entry: Rc<Entry>,
     range: std::ops::Range<usize>,
-    timeout: Duration,
+    limit: impl Limit,
 ) -> Result<(), IoFail> {
     let total = head.len() + range.len();
     let mut off = 0;
     let mut h = std::mem::take(head);
     while off < total {
         let buf = HitBuf::new(h, entry.clone(), &range, off);
-        let (res, buf) = match monoio::time::timeout(timeout, s.writev(buf)).await {
-            Ok(r) => r,
-            Err(_) => return Err(IoFail::Timeout),
-        };
+        let (res, buf) = limit.run(s.writev(buf)).await?;
         h = buf.head;
         match res {
             Ok(0) => {

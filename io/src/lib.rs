@@ -16,6 +16,7 @@ mod buf;
 mod cache;
 mod context;
 mod counters;
+mod deadline;
 mod dns;
 mod drain;
 mod generation;

@@ -21,6 +21,7 @@ use ringway_core::upstream::UpstreamKey;
 
 use crate::buf::{ensure_capacity, IoFail, BUF_SIZE};
 use crate::context::Worker;
+use crate::deadline::{Deadline, Limit};
 use crate::generation::{Generation, InFlight};
 use crate::relay::{relay, relay_spliced, RelayTimeouts};
 use crate::stream::{HandshakeError, Stream, TlsStream};
@@ -52,6 +53,8 @@ struct Conn {
     in_flight: Option<InFlight>,
     /// The clock, read once after each wait and used until the next one.
     now: Instant,
+    /// The one timer of the request path's operations, set to core's deadline before each.
+    deadline: Deadline,
     /// The client socket has been made non-blocking, as splicing needs (once per connection).
     client_nonblocking: bool,
 }
@@ -156,6 +159,7 @@ impl Conn {
         peer: SocketAddr,
         kind: &Listen,
     ) -> Self {
+        let now = Instant::now();
         Conn {
             w,
             cfg,
@@ -168,7 +172,8 @@ impl Conn {
             scratch: Vec::new(),
             up: None,
             in_flight: None,
-            now: Instant::now(),
+            now,
+            deadline: Deadline::new(now),
             client_nonblocking: false,
         }
     }
@@ -176,7 +181,8 @@ impl Conn {
     async fn run(&mut self) {
         loop {
             self.cfg = self.w.current();
-            let now = self.tick();
+            // The clock as the last operation left it: nothing waits between two exchanges.
+            let now = self.now;
             self.ex.begin(&self.cfg, now);
             // Boxed: the exchange's futures (several KiB) are allocated only while a request
             // is being handled, so an idle connection's task stays small.
@@ -225,17 +231,17 @@ impl Conn {
                     self.inbuf.drain(..n);
                 }
                 Action::WriteClient => {
-                    let wait = self.ex.timeout(self.now);
+                    self.deadline.set(self.ex.deadline(), self.now);
+                    let wait = &self.deadline;
                     let ok = self.client.write_all(self.ex.out(), wait).await.is_ok();
                     ensure_capacity(self.ex.out(), 1024);
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
                 Action::WriteStored { entry, range } => {
-                    let wait = self.ex.timeout(self.now);
-                    let ok = self
-                        .client
-                        .write_stored(self.ex.out(), entry, range, wait)
+                    self.deadline.set(self.ex.deadline(), self.now);
+                    let wait = &self.deadline;
+                    let ok = Box::pin(self.client.write_stored(self.ex.out(), entry, range, wait))
                         .await
                         .is_ok();
                     ensure_capacity(self.ex.out(), 1024);
@@ -243,7 +249,8 @@ impl Conn {
                     self.ex.handle_client_written(ok, now);
                 }
                 Action::WriteContinue => {
-                    let wait = self.ex.timeout(self.now);
+                    self.deadline.set(self.ex.deadline(), self.now);
+                    let wait = &self.deadline;
                     self.scratch.clear();
                     self.scratch.extend_from_slice(CONTINUE);
                     let ok = self.client.write_all(&mut self.scratch, wait).await.is_ok();
@@ -252,7 +259,7 @@ impl Conn {
                 }
                 Action::DiscardBody(mut plan) => {
                     let t = timeouts(&plan);
-                    let r = relay(
+                    let r = Box::pin(relay(
                         &mut self.client,
                         &mut self.inbuf,
                         &mut plan.body,
@@ -261,7 +268,7 @@ impl Conn {
                         &mut self.scratch,
                         None,
                         t,
-                    )
+                    ))
                     .await
                     .map_err(|e| e.into_body_fail());
                     let now = self.tick();
@@ -284,13 +291,13 @@ impl Conn {
                 }
                 Action::Resolve { port } => {
                     let wait = cfg.timeouts.upstream_connect;
-                    let r = crate::dns::Cache::resolve(
+                    let r = Box::pin(crate::dns::Cache::resolve(
                         &self.w.dns,
                         self.ex.resolve_host(),
                         port,
                         cfg.forward.dns_ttl,
                         wait,
-                    )
+                    ))
                     .await;
                     if let Err(e) = &r {
                         log::warn!("resolving {}: {e}", self.ex.resolve_host());
@@ -299,8 +306,10 @@ impl Conn {
                     self.ex.handle_resolved(r, &env(&self.w, &cfg), now);
                 }
                 Action::WaitFill => {
-                    let wait = self.ex.timeout(self.now);
-                    let done = monoio::time::timeout(wait, self.w.fill_done(self.ex.cache_key()))
+                    self.deadline.set(self.ex.deadline(), self.now);
+                    let wait = &self.deadline;
+                    let done = wait
+                        .run(self.w.fill_done(self.ex.cache_key()))
                         .await
                         .is_ok();
                     let now = self.tick();
@@ -319,21 +328,26 @@ impl Conn {
                     let up = self.up.as_ref().expect("a tunnel has a destination");
                     let early_up = std::mem::take(&mut self.inbuf);
                     let early_down = std::mem::take(&mut self.ubuf);
-                    let (sent, received) = crate::tunnel::run(
+                    let (sent, received) = Box::pin(crate::tunnel::run(
                         &self.client,
                         up,
                         early_up,
                         early_down,
                         idle,
                         &self.w.pipes,
-                    )
+                    ))
                     .await;
                     let now = self.tick();
                     self.ex.handle_tunnel_closed(sent, received, now);
                 }
-                Action::Connect { to, pooled } => self.connect(&cfg, to, pooled).await,
+                Action::Connect { to, pooled } => {
+                    if !(pooled && self.connect_pooled(&cfg, to)) {
+                        Box::pin(self.connect(&cfg, to)).await;
+                    }
+                }
                 Action::SendRequest => {
-                    let wait = self.ex.timeout(self.now);
+                    self.deadline.set(self.ex.deadline(), self.now);
+                    let wait = &self.deadline;
                     let up = self.up.as_mut().expect("connected before sending");
                     let r = up.write_all(self.ex.out(), wait).await;
                     ensure_capacity(self.ex.out(), 1024);
@@ -351,7 +365,7 @@ impl Conn {
                 Action::SendBody(mut plan) => {
                     plan.splice = plan.splice && self.client_can_splice();
                     let up = self.up.as_mut().expect("connected before the body");
-                    let r = move_body(
+                    let r = Box::pin(move_body(
                         &mut self.client,
                         &mut self.inbuf,
                         up,
@@ -359,7 +373,7 @@ impl Conn {
                         None,
                         &mut self.scratch,
                         &self.w.pipes,
-                    )
+                    ))
                     .await;
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
@@ -374,6 +388,18 @@ impl Conn {
                     self.ubuf.drain(..n);
                     self.w.wake_fills();
                 }
+                Action::RelayResponse(plan) if plan.body.is_done() && plan.tee.is_none() => {
+                    // Nothing left to move: the body went out with the head, or it has none.
+                    let leftover = self.ubuf.len();
+                    self.ex.handle_response_body(
+                        Ok(0),
+                        leftover,
+                        None,
+                        &env(&self.w, &cfg),
+                        self.now,
+                    );
+                    self.w.wake_fills();
+                }
                 Action::RelayResponse(mut plan) => {
                     plan.splice = plan.splice && self.client_can_splice();
                     let up = self
@@ -384,7 +410,7 @@ impl Conn {
                     // body may be spliced.
                     let mut tee = plan.tee.take();
                     let stage = tee.as_mut().map(|t| t as &mut dyn Stage);
-                    let r = move_body(
+                    let r = Box::pin(move_body(
                         up,
                         &mut self.ubuf,
                         &mut self.client,
@@ -392,7 +418,7 @@ impl Conn {
                         stage,
                         &mut self.scratch,
                         &self.w.pipes,
-                    )
+                    ))
                     .await;
                     let leftover = self.ubuf.len();
                     let now = self.tick();
@@ -444,7 +470,8 @@ impl Conn {
     /// Reads from the client for `ReadHead`. False when the exchange was told of a failure
     /// (closed, timed out, draining) instead.
     async fn read_client(&mut self, idle: bool, cfg: &Generation) -> bool {
-        let wait = self.ex.timeout(self.now);
+        self.deadline.set(self.ex.deadline(), self.now);
+        let wait = &self.deadline;
         let r = if idle {
             let drain = self.w.drain.clone();
             monoio::select! {
@@ -479,7 +506,8 @@ impl Conn {
         }
         ensure_capacity(&mut self.ubuf, BUF_SIZE);
         let empty_before = self.ubuf.is_empty();
-        let wait = self.ex.timeout(self.now);
+        self.deadline.set(self.ex.deadline(), self.now);
+        let wait = &self.deadline;
         let up = self.up.as_mut().expect("connected before reading");
         // A short first read on routes that answer with bodies to splice (core's hint).
         let max = match max {
@@ -504,18 +532,26 @@ impl Conn {
         false
     }
 
-    /// `Connect`: a pooled connection when allowed and one is idle, else a new one.
-    async fn connect(&mut self, cfg: &Rc<Generation>, to: UpstreamKey, pooled: bool) {
+    /// `Connect` when pooling is allowed: takes an idle connection to `to` if the pool has
+    /// one. False when it has none.
+    fn connect_pooled(&mut self, cfg: &Generation, to: UpstreamKey) -> bool {
         self.up = None;
         self.ubuf.clear();
         let now = self.now;
-        if pooled {
-            if let Some(s) = cfg.pool.borrow_mut().take(to, now) {
-                self.up = Some(s);
-                self.ex.handle_connected(true, now);
-                return;
-            }
-        }
+        let Some(s) = cfg.pool.borrow_mut().take(to, now) else {
+            return false;
+        };
+        self.up = Some(s);
+        self.ex.handle_connected(true, now);
+        true
+    }
+
+    /// `Connect` with a new connection (boxed by the caller: the TLS handshake makes this
+    /// future large, and most requests take a pooled connection instead).
+    async fn connect(&mut self, cfg: &Rc<Generation>, to: UpstreamKey) {
+        self.up = None;
+        self.ubuf.clear();
+        let now = self.now;
         let addr = upstream_addr(cfg, to);
         let tls = match to {
             UpstreamKey::Server { group, .. } => cfg.tls.upstreams[group].as_ref(),

@@ -14,6 +14,7 @@ use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use crate::buf::{self, IoFail};
+use crate::deadline::Limit;
 
 /// Ciphertext read from the socket per read: one full TLS record plus its header.
 const TLS_READ: usize = 16 * 1024 + 512;
@@ -87,11 +88,13 @@ impl Stream {
         &mut self,
         buf: &mut Vec<u8>,
         max: usize,
-        timeout: Duration,
+        limit: impl Limit,
     ) -> Result<usize, IoFail> {
         match self {
-            Self::Plain(s) => buf::read_append(s, buf, max, timeout).await,
-            Self::Tls(t) => t.read_append(buf, max, timeout).await,
+            Self::Plain(s) => buf::read_append(s, buf, max, limit).await,
+            // Boxed here and below: the TLS futures are large, and the plain ones of the
+            // request path stay small without them.
+            Self::Tls(t) => Box::pin(t.read_append(buf, max, limit)).await,
             Self::Sink => Ok(0),
         }
     }
@@ -101,11 +104,11 @@ impl Stream {
         &mut self,
         buf: &mut Vec<u8>,
         range: std::ops::Range<usize>,
-        timeout: Duration,
+        limit: impl Limit,
     ) -> Result<(), IoFail> {
         match self {
-            Self::Plain(s) => buf::write_range(s, buf, range, timeout).await,
-            Self::Tls(t) => t.write(&buf[range], timeout).await,
+            Self::Plain(s) => buf::write_range(s, buf, range, limit).await,
+            Self::Tls(t) => Box::pin(t.write(&buf[range], limit)).await,
             Self::Sink => Ok(()),
         }
     }
@@ -114,10 +117,10 @@ impl Stream {
     pub(crate) async fn write_all(
         &mut self,
         buf: &mut Vec<u8>,
-        timeout: Duration,
+        limit: impl Limit,
     ) -> Result<(), IoFail> {
         let n = buf.len();
-        self.write_range(buf, 0..n, timeout).await
+        self.write_range(buf, 0..n, limit).await
     }
 
     /// Writes `head`, then the stored body of a cache hit.
@@ -126,13 +129,13 @@ impl Stream {
         head: &mut Vec<u8>,
         entry: std::rc::Rc<ringway_core::cache::Entry>,
         range: std::ops::Range<usize>,
-        timeout: Duration,
+        limit: impl Limit,
     ) -> Result<(), IoFail> {
         match self {
-            Self::Plain(s) => crate::cache::write_hit(s, head, entry, range, timeout).await,
+            Self::Plain(s) => crate::cache::write_hit(s, head, entry, range, limit).await,
             Self::Tls(t) => {
-                t.write(head, timeout).await?;
-                t.write(&entry.body[range], timeout).await
+                t.write(head, limit).await?;
+                t.write(&entry.body[range], limit).await
             }
             Self::Sink => Ok(()),
         }
@@ -314,11 +317,11 @@ impl TlsStream {
         &mut self,
         buf: &mut Vec<u8>,
         max: usize,
-        timeout: Duration,
+        limit: impl Limit,
     ) -> Result<usize, IoFail> {
         // One deadline for the whole call: a peer that trickles partial records must not get a
         // fresh timeout per socket read.
-        let deadline = Instant::now() + timeout;
+        let limit = limit.fixed();
         loop {
             if self.plain > 0 {
                 if buf.capacity() == buf.len() {
@@ -353,18 +356,13 @@ impl TlsStream {
                 // handshake still leave with the first response, which the request's data
                 // (plaintext) asks for.
                 if self.plain == 0 && self.conn.wants_write() {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    self.flush(left.max(Duration::from_millis(1))).await?;
+                    self.flush(limit).await?;
                 }
                 continue;
             }
             self.rx.clear();
             self.rx_pos = 0;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(IoFail::Timeout);
-            }
-            let n = buf::read_append(&mut self.tcp, &mut self.rx, TLS_READ, left).await?;
+            let n = buf::read_append(&mut self.tcp, &mut self.rx, TLS_READ, limit).await?;
             if n == 0 {
                 // End of file without close_notify: the peer is gone either way.
                 self.closed = true;
@@ -373,24 +371,24 @@ impl TlsStream {
         }
     }
 
-    async fn write(&mut self, mut data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+    async fn write(&mut self, mut data: &[u8], limit: impl Limit) -> Result<(), IoFail> {
         while !data.is_empty() {
             let n = self.conn.writer().write(data).map_err(IoFail::Io)?;
             data = &data[n..];
-            self.flush(timeout).await?;
+            self.flush(limit).await?;
         }
         Ok(())
     }
 
     /// Sends every record rustls has queued.
-    async fn flush(&mut self, timeout: Duration) -> Result<(), IoFail> {
+    async fn flush(&mut self, limit: impl Limit) -> Result<(), IoFail> {
         while self.conn.wants_write() {
             self.conn.write_tls(&mut self.tx).map_err(IoFail::Io)?;
         }
         if self.tx.is_empty() {
             return Ok(());
         }
-        let r = buf::write_all(&mut self.tcp, &mut self.tx, timeout).await;
+        let r = buf::write_all(&mut self.tcp, &mut self.tx, limit).await;
         self.tx.clear();
         r
     }
