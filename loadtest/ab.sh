@@ -4,13 +4,16 @@
 # wrk and the origin on CPU 1, ROUNDS alternations per path; prints CPU µs per request (the
 # proxy's utime+stime from /proc over the run) and req/s. The origin is nginx serving files
 # (/100b, /8k, /24k, /40k, /64k, /1m) and `ringway-loadtest origin` for the other framings
-# (/chunked/N/C, /close/N).
+# (/chunked/N/C, /close/N). `floor` as a binary is the copy floor (`ringway-loadtest floor
+# --copy`; FLOOR=splice for the splice floor). SPLIT=1 adds the user and system parts of each
+# CPU figure (µs per request), which tell the proxy's own code from the kernel's work.
 #
 #   loadtest/ab.sh OLD_BIN NEW_BIN [PATH ...]      (default paths: /100b /8k /64k /1m)
 #   ROUNDS=3 SECS=3 CONNS=16 loadtest/ab.sh old new /64k /chunked/1048576/65536
 #   loadtest/ab.sh nginx target/release/ringway /64k   (nginx tuned as in nginx-proxy.conf)
 #   BODY=65536 loadtest/ab.sh old new /len/100          (uploads: POST with a BODY-byte body)
 #   CLOSE=1 loadtest/ab.sh old new /100b                (a connection per request)
+#   SPLIT=1 loadtest/ab.sh floor target/release/ringway /100b   (user/system against the floor)
 #
 # Needs nginx, wrk, taskset and a release build of ringway-loadtest. Loopback only; every
 # process it starts is stopped by PID when it ends.
@@ -68,6 +71,9 @@ http { access_log off; keepalive_requests 1000000;
       client_max_body_size 0; client_body_buffer_size 1m; } } }
 EOF
     taskset -c 0 nginx -c "$DIR/proxy.conf" -p "$DIR" &
+  elif [ "$bin" = floor ]; then
+    taskset -c 0 "$LOADTEST" floor --listen "127.0.0.1:$PROXY" --upstream "127.0.0.1:$up" \
+      "--${FLOOR:-copy}" &
   else
     taskset -c 0 "$bin" --listen "127.0.0.1:$PROXY" --upstream "127.0.0.1:$up" --workers 1 \
       --log-level warn &
@@ -76,31 +82,39 @@ EOF
   PIDS+=($pid)
   wait_port "$PROXY"
   taskset -c 1 wrk "${WRK_ARGS[@]}" -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY$path" >/dev/null
-  local a b out reqs
-  a=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  local ua sa ub sb out reqs
+  read -r ua sa < <(awk '{print $14, $15}' "/proc/$pid/stat")
   out=$(taskset -c 1 wrk "${WRK_ARGS[@]}" -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY$path")
-  b=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  read -r ub sb < <(awk '{print $14, $15}' "/proc/$pid/stat")
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   reqs=$(awk '/requests in/{print $1}' <<<"$out")
-  awk -v t=$((b - a)) -v r="$reqs" -v s="$SECS" \
-    'BEGIN { printf "%.1f %.0f", t * 1e6 / 100 / r, r / s }'
+  # Clock ticks (1/100 s) to µs per request: total, req/s, user, system.
+  awk -v u=$((ub - ua)) -v k=$((sb - sa)) -v r="$reqs" -v s="$SECS" \
+    'BEGIN { printf "%.1f %.0f %.2f %.2f", (u + k) * 1e4 / r, r / s, u * 1e4 / r, k * 1e4 / r }'
   # The next binary binds the same port: wait until this one has let it go.
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PROXY") 2>/dev/null || break; sleep 0.05; done
 }
 
-echo "| path | round | A CPU µs/req | B CPU µs/req | B/A | A req/s | B req/s |"
-echo "|---|---|---|---|---|---|---|"
+if [ "${SPLIT:-0}" = 1 ]; then
+  echo "| path | round | A CPU µs/req | B CPU µs/req | B/A | A req/s | B req/s | A user | A sys | B user | B sys |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+else
+  echo "| path | round | A CPU µs/req | B CPU µs/req | B/A | A req/s | B req/s |"
+  echo "|---|---|---|---|---|---|---|"
+fi
 for path in "${PATHS[@]}"; do
   for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) -eq 1 ]; then
-      read -r ca ra <<<"$(run "$A" "$path")"
-      read -r cb rb <<<"$(run "$B" "$path")"
+      read -r ca ra ua ka <<<"$(run "$A" "$path")"
+      read -r cb rb ub kb <<<"$(run "$B" "$path")"
     else
-      read -r cb rb <<<"$(run "$B" "$path")"
-      read -r ca ra <<<"$(run "$A" "$path")"
+      read -r cb rb ub kb <<<"$(run "$B" "$path")"
+      read -r ca ra ua ka <<<"$(run "$A" "$path")"
     fi
-    awk -v p="$path" -v r="$r" -v ca="$ca" -v cb="$cb" -v ra="$ra" -v rb="$rb" \
-      'BEGIN { printf "| %s | %d | %s | %s | %.2f | %s | %s |\n", p, r, ca, cb, cb / ca, ra, rb }'
+    split=""
+    [ "${SPLIT:-0}" = 1 ] && split=" $ua | $ka | $ub | $kb |"
+    awk -v p="$path" -v r="$r" -v ca="$ca" -v cb="$cb" -v ra="$ra" -v rb="$rb" -v x="$split" \
+      'BEGIN { printf "| %s | %d | %s | %s | %.2f | %s | %s |%s\n", p, r, ca, cb, cb / ca, ra, rb, x }'
   done
 done

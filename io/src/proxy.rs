@@ -184,9 +184,11 @@ impl Conn {
             // The clock as the last operation left it: nothing waits between two exchanges.
             let now = self.now;
             self.ex.begin(&self.cfg, now);
-            // Boxed: the exchange's futures (several KiB) are allocated only while a request
-            // is being handled, so an idle connection's task stays small.
-            let finish = Box::pin(self.exchange()).await;
+            // Not boxed: the wait for the next request is the exchange's first operation, so
+            // an idle connection holds its future (640 bytes) either way, and a box would cost
+            // an allocation per request. It is small because every operation on the request
+            // path shares the connection's one timer and the rare, large ones are boxed.
+            let finish = self.exchange().await;
             self.end();
             match finish {
                 Finish::KeepAlive if !self.w.drain.is_set() => self.idle(),
@@ -231,16 +233,14 @@ impl Conn {
                     self.inbuf.drain(..n);
                 }
                 Action::WriteClient => {
-                    self.deadline.set(self.ex.deadline(), self.now);
-                    let wait = &self.deadline;
+                    let wait = arm(&self.deadline, &self.ex, self.now);
                     let ok = self.client.write_all(self.ex.out(), wait).await.is_ok();
                     ensure_capacity(self.ex.out(), 1024);
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
                 Action::WriteStored { entry, range } => {
-                    self.deadline.set(self.ex.deadline(), self.now);
-                    let wait = &self.deadline;
+                    let wait = arm(&self.deadline, &self.ex, self.now);
                     let ok = Box::pin(self.client.write_stored(self.ex.out(), entry, range, wait))
                         .await
                         .is_ok();
@@ -249,8 +249,7 @@ impl Conn {
                     self.ex.handle_client_written(ok, now);
                 }
                 Action::WriteContinue => {
-                    self.deadline.set(self.ex.deadline(), self.now);
-                    let wait = &self.deadline;
+                    let wait = arm(&self.deadline, &self.ex, self.now);
                     self.scratch.clear();
                     self.scratch.extend_from_slice(CONTINUE);
                     let ok = self.client.write_all(&mut self.scratch, wait).await.is_ok();
@@ -306,8 +305,7 @@ impl Conn {
                     self.ex.handle_resolved(r, &env(&self.w, &cfg), now);
                 }
                 Action::WaitFill => {
-                    self.deadline.set(self.ex.deadline(), self.now);
-                    let wait = &self.deadline;
+                    let wait = arm(&self.deadline, &self.ex, self.now);
                     let done = wait
                         .run(self.w.fill_done(self.ex.cache_key()))
                         .await
@@ -346,8 +344,7 @@ impl Conn {
                     }
                 }
                 Action::SendRequest => {
-                    self.deadline.set(self.ex.deadline(), self.now);
-                    let wait = &self.deadline;
+                    let wait = arm(&self.deadline, &self.ex, self.now);
                     let up = self.up.as_mut().expect("connected before sending");
                     let r = up.write_all(self.ex.out(), wait).await;
                     ensure_capacity(self.ex.out(), 1024);
@@ -470,8 +467,7 @@ impl Conn {
     /// Reads from the client for `ReadHead`. False when the exchange was told of a failure
     /// (closed, timed out, draining) instead.
     async fn read_client(&mut self, idle: bool, cfg: &Generation) -> bool {
-        self.deadline.set(self.ex.deadline(), self.now);
-        let wait = &self.deadline;
+        let wait = arm(&self.deadline, &self.ex, self.now);
         let r = if idle {
             let drain = self.w.drain.clone();
             monoio::select! {
@@ -506,8 +502,7 @@ impl Conn {
         }
         ensure_capacity(&mut self.ubuf, BUF_SIZE);
         let empty_before = self.ubuf.is_empty();
-        self.deadline.set(self.ex.deadline(), self.now);
-        let wait = &self.deadline;
+        let wait = arm(&self.deadline, &self.ex, self.now);
         let up = self.up.as_mut().expect("connected before reading");
         // A short first read on routes that answer with bodies to splice (core's hint).
         let max = match max {
@@ -701,6 +696,12 @@ async fn move_body(
         }
     };
     r.map_err(|e| e.into_body_fail())
+}
+
+/// Moves the connection's timer to core's deadline for the next operation.
+fn arm<'a>(d: &'a Deadline, ex: &Exchange, now: Instant) -> &'a Deadline {
+    d.set(ex.deadline(), now);
+    d
 }
 
 /// What core reads from the worker when it decides.
