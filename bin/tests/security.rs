@@ -251,3 +251,39 @@ fn error_pages_do_not_show_internal_reasons() {
     );
     proxy.wait_log(|l| l.contains("Connection refused"));
 }
+
+/// A client that drips its head a byte at a time gets no fresh header timeout per read: the
+/// deadline is set when the head starts, and the connection's one timer stays on it.
+#[test]
+fn a_head_dripped_a_byte_at_a_time_ends_at_the_header_deadline() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\nclient_header = \"500ms\"\n",
+    ));
+    let head = format!(
+        "GET /dripped HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(40)
+    );
+    let mut c = Client::connect(proxy.addr);
+    c.w.set_nodelay(true).unwrap();
+    let start = Instant::now();
+    let mut sent = 0;
+    // A byte, then up to 100 ms for an answer: the whole head would take over 7 s.
+    for b in head.bytes() {
+        c.send(&[b]);
+        sent += 1;
+        if c.readable_within(Duration::from_millis(100)) {
+            break;
+        }
+    }
+    assert!(sent < head.len(), "the whole dripped head was taken");
+    assert_eq!(c.response("GET").unwrap().status, 408);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert!(origin.seen().is_empty());
+}

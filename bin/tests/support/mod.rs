@@ -678,6 +678,24 @@ impl Client {
     }
 
     /// True when the server closes the connection (EOF or reset) within `limit`.
+    /// True when the peer sent something or closed within `limit`; nothing is consumed.
+    pub fn readable_within(&mut self, limit: Duration) -> bool {
+        if !self.r.buffer().is_empty() {
+            return true;
+        }
+        let s = self.r.get_ref();
+        s.set_read_timeout(Some(limit)).unwrap();
+        let r = s.peek(&mut [0u8; 1]);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        match r {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
     pub fn closed_within(&mut self, limit: Duration) -> bool {
         self.r.get_ref().set_read_timeout(Some(limit)).unwrap();
         let mut b = [0u8; 1];
