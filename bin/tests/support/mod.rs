@@ -710,6 +710,14 @@ impl Client {
     }
 }
 
+/// Reads a 408 that must come before `within` has passed since `since`, then the close that
+/// follows it.
+pub fn expect_408_then_close(c: &mut Client, since: Instant, within: Duration) {
+    assert_eq!(c.response("GET").unwrap().status, 408);
+    assert!(since.elapsed() < within, "{:?}", since.elapsed());
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
 /// Sends `req` on a fresh connection and reads one response.
 pub fn request(addr: SocketAddr, req: &[u8]) -> Option<Response> {
     let mut c = Client::connect(addr);
