@@ -905,3 +905,60 @@ fn fields_named_by_qualified_no_cache_and_private_are_not_stored() {
     }
     assert_eq!(o.count("/q"), 1);
 }
+
+/// The addresses a proxy with several listeners announced, in config order.
+fn listening(p: &Proxy) -> Vec<SocketAddr> {
+    let log = p.log.lock().unwrap().clone();
+    let i = log.find("listening on ").expect("the listening line") + 13;
+    let line = log[i..].lines().next().unwrap();
+    let addrs = line.split(" with ").next().unwrap();
+    addrs
+        .split(", ")
+        .map(|a| a.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn reverse_and_forward_clients_never_share_entries() {
+    let app = Scripted::start();
+    let victim = Scripted::start();
+    let cc = [("Cache-Control", "max-age=600")];
+    app.set("/cache/x", answer(&cc, "planted by the reverse app"));
+    victim.set("/cache/x", answer(&cc, "the real site {n}"));
+    // Two ephemeral ports: one on 127.0.0.1, one on 127.0.0.2 (the same spelling twice is
+    // refused as a duplicate).
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\", {{ addr = \"127.0.0.2:0\", forward = true }}]\n\
+         workers = 1\npin = false\nshutdown_timeout = \"5s\"\n\
+         [cache]\nsize = \"64m\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        app.addr
+    );
+    let p = Proxy::start(&cfg);
+    let addrs = listening(&p);
+    let (reverse, forward) = (addrs[0], addrs[1]);
+    // A reverse client names the victim's authority as its Host: the app's page is stored…
+    let req = format!(
+        "GET /cache/x HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        victim.addr
+    );
+    let r = request(reverse, req.as_bytes()).unwrap();
+    assert_eq!(r.text(), "planted by the reverse app");
+    // …but only for the reverse route: a forward user asking for that URL gets the real site.
+    let url = format!("http://{}/cache/x", victim.addr);
+    let ask = || {
+        let req = format!(
+            "GET {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            victim.addr
+        );
+        request(forward, req.as_bytes()).unwrap().text()
+    };
+    assert_eq!(ask(), "the real site 1");
+    assert_eq!(victim.count("/cache/x"), 1);
+    // The forward entry serves forward users; the reverse one reverse users.
+    assert_eq!(ask(), "the real site 1");
+    let r = request(reverse, req.as_bytes()).unwrap();
+    assert_eq!(r.text(), "planted by the reverse app");
+    assert_eq!(app.count("/cache/x"), 1);
+    assert_eq!(victim.count("/cache/x"), 1);
+}

@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let mut stored = Vec::new();
     stored_response(resp, &head, &hs, &DateLine::at(0), &mut stored);
     let mut merged = Vec::new();
-    updated_response(&stored, resp, &hs, &mut merged);
+    updated_response(&stored, resp, &hs, &[], &mut merged);
     for h in [stored, merged] {
         let mut full = h;
         full.extend_from_slice(b"\r\n");

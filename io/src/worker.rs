@@ -82,7 +82,14 @@ pub(crate) fn run(
                 let n = if p.prefix {
                     shard.remove_prefix(&p.target)
                 } else {
-                    shard.remove(&p.target)
+                    // The URL's forward entry, and what each upstream group stored for it.
+                    let mut n = shard.remove(&p.target);
+                    for u in &w.current().upstreams {
+                        let k = ringway_core::cache::policy::key_in_space(&p.target, &u.name);
+                        w.epochs.bump(&k);
+                        n += shard.remove(&k);
+                    }
+                    n
                 };
                 let _ = p.reply.send(n);
             }

@@ -418,10 +418,30 @@ pub fn vary_value(buf: &[u8], headers: &[Header], name: &[u8], out: &mut Vec<u8>
     }
 }
 
-/// The cache key of a request: scheme, host (lower-cased, default port dropped) and the
-/// normalised request-target, as an absolute URI.
-pub fn key(scheme: &str, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
+/// Which cache a request asks. The forward proxy's entries are keyed by the absolute URI
+/// alone; a reverse route's by its upstream group as well, so a reverse client naming any
+/// `Host` cannot plant a page that a forward user gets for that URL, nor a forward user read
+/// what a reverse route stored for an internal host (or one group another's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space<'a> {
+    Forward,
+    /// The name of the route's upstream group.
+    Upstream(&'a str),
+}
+
+/// Reverse keys start with this byte, then the group's name and a NUL (which no normalised
+/// URI holds); forward keys start with the scheme.
+const SPACE_MARK: u8 = b'~';
+
+/// The cache key of a request in `space`: scheme, host (lower-cased, default port dropped)
+/// and the normalised request-target, as an absolute URI, after the space's prefix.
+pub fn key(space: Space<'_>, scheme: &str, host: &[u8], target: &[u8], out: &mut Vec<u8>) {
     out.clear();
+    if let Space::Upstream(name) = space {
+        out.push(SPACE_MARK);
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+    }
     out.extend_from_slice(scheme.as_bytes());
     out.extend_from_slice(b"://");
     let default = if scheme == "https" {
@@ -464,14 +484,41 @@ pub fn key_of_url(url: &[u8], prefix: bool) -> Option<Vec<u8>> {
         crate::http::path::normalise(path, &Default::default(), &mut target).ok()?;
     }
     let mut out = Vec::new();
-    key(scheme, host, &target, &mut out);
+    key(Space::Forward, scheme, host, &target, &mut out);
     Some(out)
+}
+
+/// The absolute URI of a cache key, without its space.
+pub fn key_uri(key: &[u8]) -> &[u8] {
+    match key.first() {
+        Some(&SPACE_MARK) => key
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(key, |i| &key[i + 1..]),
+        _ => key,
+    }
+}
+
+/// The key of `uri` (a forward key, as [`key_of_url`] gives) in the space of upstream group
+/// `name`: what a purge of that URL removes besides the forward entry.
+pub fn key_in_space(uri: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2 + uri.len());
+    out.push(SPACE_MARK);
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.extend_from_slice(uri);
+    out
 }
 
 /// The cache key a `Location` or `Content-Location` value names, when it is on the same
 /// authority as `key` (RFC 9111 §4.4: only those are invalidated).
 pub fn same_origin_key(key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
     let value = trim_ows(value);
+    // The other key is in the same space: its prefix is kept.
+    let space = key.len() - key_uri(key).len();
+    out.clear();
+    out.extend_from_slice(&key[..space]);
+    let key = &key[space..];
     let Some(scheme_end) = memchr::memmem::find(key, b"://") else {
         return false;
     };
@@ -479,7 +526,6 @@ pub fn same_origin_key(key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
         .iter()
         .position(|&b| b == b'/')
         .map_or(key.len(), |i| scheme_end + 3 + i);
-    out.clear();
     if value.starts_with(b"/") && !value.starts_with(b"//") {
         out.extend_from_slice(&key[..origin_end]);
         out.extend_from_slice(value);
@@ -800,10 +846,27 @@ mod tests {
     #[test]
     fn keys_and_invalidation_targets() {
         let mut k = Vec::new();
-        key("http", b"Example.COM:80", b"/a?b", &mut k);
+        key(Space::Forward, "http", b"Example.COM:80", b"/a?b", &mut k);
         assert_eq!(k, b"http://example.com/a?b");
-        key("https", b"example.com:8443", b"/", &mut k);
+        key(Space::Forward, "https", b"example.com:8443", b"/", &mut k);
         assert_eq!(k, b"https://example.com:8443/");
+        // A reverse route's key names its upstream group; the URI stays readable for purges.
+        key(
+            Space::Upstream("app"),
+            "http",
+            b"victim.test",
+            b"/x",
+            &mut k,
+        );
+        assert_eq!(k, b"~app\0http://victim.test/x");
+        assert_eq!(key_uri(&k), b"http://victim.test/x");
+        assert_eq!(key_in_space(b"http://victim.test/x", "app"), k);
+        assert_eq!(key_uri(b"http://a/"), b"http://a/");
+        let mut out = Vec::new();
+        assert!(same_origin_key(&k, b"/y", &mut out));
+        assert_eq!(out, b"~app\0http://victim.test/y");
+        assert!(same_origin_key(&k, b"http://victim.test/z", &mut out));
+        assert_eq!(out, b"~app\0http://victim.test/z");
         let mut out = Vec::new();
         assert!(same_origin_key(b"http://a.com/x", b"/y?z", &mut out));
         assert_eq!(out, b"http://a.com/y?z");

@@ -381,12 +381,13 @@ impl Shard {
         ids.len()
     }
 
-    /// Removes every entry whose key starts with `prefix`; how many there were.
+    /// Removes every entry whose URI (its key without the space, see
+    /// [`policy::key_uri`](super::policy::key_uri)) starts with `prefix`; how many there were.
     pub fn remove_prefix(&mut self, prefix: &[u8]) -> usize {
         let keys: Vec<Box<[u8]>> = self
             .map
             .keys()
-            .filter(|k| k.starts_with(prefix))
+            .filter(|k| super::policy::key_uri(k).starts_with(prefix))
             .cloned()
             .collect();
         keys.iter().map(|k| self.remove(k)).sum()

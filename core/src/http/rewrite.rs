@@ -371,11 +371,24 @@ pub fn stored_response(
 const NOT_UPDATED: &[&[u8]] = &[b"age", b"content-encoding", b"content-range"];
 
 /// Writes a stored head (as [`stored_response`] wrote it) updated with the fields of a `304`
-/// (RFC 9111 §3.2, §4.3.4): each field the 304 carries replaces the stored ones of that name.
-pub fn updated_response(stored: &[u8], buf: &[u8], headers: &[Header], out: &mut Vec<u8>) {
+/// (RFC 9111 §3.2, §4.3.4): each field the 304 carries replaces the stored ones of that name,
+/// except those named in `kept_out` (lower-case): fields the store would not have kept from a
+/// full response, such as `Set-Cookie` when cookies are not stored, never enter a shared entry
+/// through a 304.
+pub fn updated_response(
+    stored: &[u8],
+    buf: &[u8],
+    headers: &[Header],
+    kept_out: &[&[u8]],
+    out: &mut Vec<u8>,
+) {
     let conn = ConnectionOptions::collect(buf, headers);
-    let updates =
-        |name: &[u8]| !(in_set(HOP_BY_HOP, name) || conn.lists(name) || in_set(NOT_UPDATED, name));
+    let updates = |name: &[u8]| {
+        !(in_set(HOP_BY_HOP, name)
+            || conn.lists(name)
+            || in_set(NOT_UPDATED, name)
+            || in_set(kept_out, name))
+    };
     let mut lines = stored.split_inclusive(|&b| b == b'\n');
     if let Some(status) = lines.next() {
         out.extend_from_slice(status);
@@ -431,7 +444,7 @@ mod tests {
         let h304 = parse_response(r304, &mut hs, &Limits::default()).unwrap();
         let _ = h304;
         let mut merged = Vec::new();
-        updated_response(&stored, r304, &hs, &mut merged);
+        updated_response(&stored, r304, &hs, &[], &mut merged);
         assert_eq!(
             String::from_utf8_lossy(&merged),
             "HTTP/1.1 200 OK\r\nETag: \"a\"\r\nCache-Control: max-age=60\r\nDate: Thu, 01 Jan 1970 00:01:00 GMT\r\nContent-Type: text/html\r\nX-New: 1\r\n"

@@ -62,6 +62,9 @@ pub(super) struct CacheState {
     fwd: &'static str,
     /// Revalidation fields for the upstream request.
     pub(super) validators: Vec<u8>,
+    /// Field lines of a revalidation's `304` meant for this client only (its `Set-Cookie`):
+    /// they go on the answer, never into the shared entry.
+    own_fields: Vec<u8>,
     /// This request fetches the key for the worker (others wait for it).
     filling: bool,
     /// This request waited for another's fetch already (it does not wait twice).
@@ -90,6 +93,7 @@ impl CacheState {
         self.store = None;
         self.fwd = "";
         self.validators.clear();
+        self.own_fields.clear();
         self.filling = false;
         self.waited = false;
         self.refresh = false;
@@ -524,6 +528,7 @@ impl Exchange {
                 206
             }
         };
+        out.extend_from_slice(&self.cache.own_fields);
         let _ = write!(out, "Age: {age}\r\nVia: 1.1 ringway\r\n");
         let ttl = e.lifetime as i64 - age as i64;
         match fwd {
@@ -599,6 +604,16 @@ impl Exchange {
                     (Some(new), Some(old)) if !new.starts_with(b"W/") => new[..] == old[..],
                     _ => true,
                 };
+                if !rules.store_set_cookie {
+                    for h in headers {
+                        if h.name.get(buf).eq_ignore_ascii_case(b"set-cookie") {
+                            let o = &mut self.cache.own_fields;
+                            o.extend_from_slice(b"Set-Cookie: ");
+                            o.extend_from_slice(h.value.get(buf));
+                            o.extend_from_slice(b"\r\n");
+                        }
+                    }
+                }
                 let fresh = if matches {
                     self.refreshed(&e, buf, headers, secs, rules)
                 } else {
@@ -795,7 +810,12 @@ impl Exchange {
         rules: &CacheRules,
     ) -> Option<Entry> {
         let mut head = Vec::with_capacity(e.head.len() + 128);
-        updated_response(&e.head, buf, headers, &mut head);
+        let kept_out: &[&[u8]] = if rules.store_set_cookie {
+            &[]
+        } else {
+            &[b"set-cookie"]
+        };
+        updated_response(&e.head, buf, headers, kept_out, &mut head);
         // Read the merged head back as a response to recompute what it says.
         let mut full = head.clone();
         full.extend_from_slice(b"\r\n");

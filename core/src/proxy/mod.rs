@@ -983,6 +983,7 @@ impl Exchange {
                 if let (Some(_), Some(r)) = (env.cache, route) {
                     if cfg.routes[r].cache.is_some() {
                         crate::cache::policy::key(
+                            crate::cache::policy::Space::Upstream(&cfg.upstreams[*upstream].name),
                             self.scheme,
                             host,
                             &self.target,
@@ -1296,7 +1297,13 @@ impl Exchange {
         // Rules that need the destination's addresses are decided after resolution, which a
         // hit would skip: such requests are not answered from the cache.
         if env.cache.is_some() && !self.req.acl_pending {
-            crate::cache::policy::key("http", authority, &self.target, &mut self.cache.key);
+            crate::cache::policy::key(
+                crate::cache::policy::Space::Forward,
+                "http",
+                authority,
+                &self.target,
+                &mut self.cache.key,
+            );
             if self.cache_request(Mode::Forward, buf, !info.body.is_empty(), env, now) {
                 return end;
             }

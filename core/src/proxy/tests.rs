@@ -648,3 +648,30 @@ fn a_large_body_goes_out_with_the_part_that_came_with_the_head_and_the_rest_is_s
     h.record(Some(0), Some(10));
     assert_eq!(h.head_read(Some(0)), None);
 }
+
+#[test]
+fn a_304_set_cookie_goes_to_the_revalidating_client_only() {
+    let c = C::new();
+    let mut ex = c.exchange(GET_A);
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nETag: \"e1\"\r\nContent-Length: 4\r\n\r\nbody",
+    );
+    c.deliver(&mut ex);
+    // A logged-in user's request revalidates; the origin renews its session cookie on the 304.
+    let mut ex = c.exchange(b"GET /a HTTP/1.1\r\nHost: x\r\nCookie: session=alice\r\n\r\n");
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=60\r\nETag: \"e1\"\r\nSet-Cookie: session=alice-renewed\r\n\r\n",
+    );
+    let out = c.deliver(&mut ex);
+    assert!(
+        out.contains("Set-Cookie: session=alice-renewed\r\n"),
+        "{out}"
+    );
+    // Everyone else gets the refreshed entry, without her cookie.
+    let mut ex = c.exchange(GET_A);
+    let hit = c.deliver(&mut ex);
+    assert!(hit.contains("Cache-Status: ringway; hit"), "{hit}");
+    assert!(!hit.contains("Set-Cookie"), "{hit}");
+}
