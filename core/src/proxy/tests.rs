@@ -548,7 +548,7 @@ fn a_second_miss_waits_for_the_first_fetch() {
     assert!(matches!(C::next(&mut first), Action::Pick { .. }));
     let mut second = c.exchange(GET_A);
     assert!(matches!(second.poll_action(), Action::WaitFill));
-    assert_eq!(second.cache_key(), b"http://x/a");
+    assert_eq!(second.cache_key(), b"~app\0http://x/a");
     assert!(second.deadline().is_some(), "the wait is bounded");
     // The first one's fetch: it had already picked; finish it by hand.
     let env = c.env();
