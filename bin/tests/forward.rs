@@ -828,3 +828,104 @@ fn megabytes_cross_a_tunnel_both_ways_intact() {
     assert_eq!(body.len(), 3 << 20);
     assert!(body.iter().all(|&b| b == b'x'));
 }
+
+/// An origin that authenticates connections as NTLM does: a connection that carried
+/// `Authorization: NTLM <user>` serves that user's page to every later request on it; any
+/// other request gets 401 with an NTLM challenge.
+fn ntlm_origin() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut user: Option<String> = None;
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut b = [0u8; 4096];
+                        match c.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    for line in head.lines() {
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("authorization: ntlm ") {
+                            user = Some(v.trim().to_string());
+                        }
+                    }
+                    let out = match &user {
+                        Some(u) => {
+                            let body = format!("page of {u}");
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                        }
+                        None => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    };
+                    if c.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends one request on `c` and reads its (Content-Length framed) response.
+fn exchange_on(c: &mut TcpStream, req: &str) -> String {
+    c.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while complete(&out).is_none() {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn connection_bound_logins_stay_with_their_client() {
+    let origin = ntlm_origin();
+    let forward = Proxy::start(&forward_config(""));
+    let reverse = Proxy::start(&config_for(origin, ""));
+    for (p, target) in [
+        (&forward, format!("http://{origin}/")),
+        (&reverse, "/".to_string()),
+    ] {
+        let mut alice = TcpStream::connect(p.addr).unwrap();
+        alice
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let r = exchange_on(
+            &mut alice,
+            &format!(
+                "GET {target} HTTP/1.1\r\nHost: {origin}\r\nAuthorization: NTLM alice\r\n\r\n"
+            ),
+        );
+        assert!(r.ends_with("page of alice"), "{r}");
+        // Her later requests on the same client connection keep her login…
+        let r = exchange_on(
+            &mut alice,
+            &format!("GET {target} HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+        );
+        assert!(r.ends_with("page of alice"), "{r}");
+        // …and nobody else ever gets her connection.
+        for _ in 0..10 {
+            let r = raw(
+                p.addr,
+                format!("GET {target} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            assert!(r.starts_with("HTTP/1.1 401"), "another client got: {r}");
+        }
+    }
+}

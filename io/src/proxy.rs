@@ -51,6 +51,9 @@ struct Conn {
     /// The upstream connection of the current attempt, and the in-flight count it holds.
     up: Option<Stream>,
     in_flight: Option<InFlight>,
+    /// An upstream connection authenticated for this client's user (NTLM, Negotiate): used
+    /// for this client's requests to its destination alone, never pooled.
+    pinned: Option<(UpstreamKey, Stream)>,
     /// The clock, read once after each wait and used until the next one.
     now: Instant,
     /// The one timer of the request path's operations, set to core's deadline before each.
@@ -172,6 +175,7 @@ impl Conn {
             scratch: Vec::new(),
             up: None,
             in_flight: None,
+            pinned: None,
             now,
             deadline: Deadline::new(now),
             client_nonblocking: false,
@@ -340,8 +344,16 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_tunnel_closed(sent, received, now);
                 }
-                Action::Connect { to, pooled } => {
-                    if !(pooled && self.connect_pooled(&cfg, to)) {
+                Action::Connect { to, pooled, pinned } => {
+                    if pinned {
+                        if let Some(s) = self.pinned.take_if(|(k, _)| *k == to) {
+                            self.up = Some(s.1);
+                            self.ubuf.clear();
+                            self.ex.handle_connected(true, self.now);
+                            continue;
+                        }
+                        Box::pin(self.connect(&cfg, to)).await;
+                    } else if !(pooled && self.connect_pooled(&cfg, to)) {
                         Box::pin(self.connect(&cfg, to)).await;
                     }
                 }
@@ -425,7 +437,12 @@ impl Conn {
                         .handle_response_body(r, leftover, tee, &env(&self.w, &cfg), now);
                     self.w.wake_fills();
                 }
-                Action::Release { to, pool, distrust } => {
+                Action::Release {
+                    to,
+                    pool,
+                    pin,
+                    distrust,
+                } => {
                     let up = self.up.take();
                     let now = self.now;
                     if distrust {
@@ -436,8 +453,11 @@ impl Conn {
                         );
                         cfg.pool.borrow_mut().distrust(to, now);
                     }
-                    if let (true, Some(up)) = (pool, up) {
-                        cfg.pool.borrow_mut().put(to, up, now);
+                    match (pool, pin, up) {
+                        (true, _, Some(up)) => cfg.pool.borrow_mut().put(to, up, now),
+                        // Authenticated for this client's user: kept for this connection alone.
+                        (_, true, Some(up)) => self.pinned = Some((to, up)),
+                        _ => {}
                     }
                     self.ubuf.clear();
                 }

@@ -58,7 +58,13 @@ pub enum Action {
     /// Open a connection to `to`: an idle pooled one when `pooled`, else a new one (any
     /// connection io still holds from an earlier attempt is closed first); then
     /// `handle_connected` or `handle_upstream_error`.
-    Connect { to: UpstreamKey, pooled: bool },
+    /// `pinned`: io's connection pinned to this client for `to` (connection-bound
+    /// authentication, see `Release`) must be used if io still holds it, never a pooled one.
+    Connect {
+        to: UpstreamKey,
+        pooled: bool,
+        pinned: bool,
+    },
     /// Write `out()` (the request head, and a small body with it) to the upstream, then
     /// `handle_request_sent` or `handle_upstream_error`.
     SendRequest,
@@ -77,10 +83,13 @@ pub enum Action {
     RelayResponse(BodyPlan),
     /// Return the upstream connection to the pool (`pool`) or close it; `distrust`: the server
     /// sent bytes no request asked for, so its pooled connections are closed and keep-alive to
-    /// it paused. Then poll again.
+    /// it paused; `pin`: the connection is authenticated as this client's user (NTLM,
+    /// Negotiate), so io keeps it for this client connection alone, for a later `Connect` with
+    /// `pinned`, and closes it with the client connection. Then poll again.
     Release {
         to: UpstreamKey,
         pool: bool,
+        pin: bool,
         distrust: bool,
     },
     /// The exchange is over; `end_record()` describes it.

@@ -15,6 +15,7 @@ mod action;
 mod cached;
 mod error;
 mod hints;
+mod pin;
 mod record;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
@@ -287,6 +288,8 @@ pub struct Exchange {
     dest_host: String,
     /// The request's method as sent (for the forward proxy's rules).
     method_text: String,
+    /// Connection-bound authentication: the upstream connection held for this client alone.
+    pin: pin::Pin,
 }
 
 impl Exchange {
@@ -322,6 +325,7 @@ impl Exchange {
             head_read: None,
             dest_host: String::new(),
             method_text: String::new(),
+            pin: pin::Pin::default(),
         }
     }
 
@@ -389,10 +393,14 @@ impl Exchange {
                 group: self.req.group,
                 key: self.req.key,
             },
-            State::Connect { pooled } => Action::Connect {
-                to: self.upstream_key(),
-                pooled,
-            },
+            State::Connect { pooled } => {
+                let to = self.upstream_key();
+                Action::Connect {
+                    to,
+                    pooled,
+                    pinned: self.pin.connect(to),
+                }
+            }
             State::SendRequest => Action::SendRequest,
             State::SendBody => Action::SendBody(BodyPlan {
                 body: Transcoder::new(self.req.body, self.req.body_out),
@@ -853,10 +861,13 @@ impl Exchange {
                 // Pool invariant: nothing unread. Bytes past the response's framing were not
                 // asked for: close, and stop trusting the server's keep-alive for a while.
                 let overrun = leftover > 0;
-                let pool = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
+                let reuse = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
+                let to = self.upstream_key();
+                let pin = self.pin.release(to, reuse);
                 self.pending = Some(Action::Release {
-                    to: self.upstream_key(),
-                    pool,
+                    to,
+                    pool: reuse && !pin,
+                    pin: reuse && pin,
                     distrust: overrun,
                 });
                 let f = if self.up.keep {
@@ -897,6 +908,7 @@ impl Exchange {
         self.record.method = Some(head.method);
         self.req.method = head.method;
         self.req.version = head.version;
+        self.pin.request(buf, &self.headers);
         let info = match request_info(buf, &head, &self.headers) {
             Ok(i) => i,
             Err(e) => {
@@ -1492,6 +1504,7 @@ impl Exchange {
                 return 0;
             }
         };
+        self.pin.response(ub, &self.uheaders);
         if (100..200).contains(&rh.status) {
             if rh.status == 101 {
                 let websocket = crate::http::find_header(ub, &self.uheaders, b"upgrade")
@@ -1579,12 +1592,15 @@ impl Exchange {
             if answered {
                 // The client was answered from the cache: the upstream connection is kept
                 // only when nothing of this response is left on it.
-                let pool = ri.body.is_empty()
+                let reuse = ri.body.is_empty()
                     && ri.connection.persistent(rh.version)
                     && input.len() == end;
+                let to = self.upstream_key();
+                let pin = self.pin.release(to, reuse);
                 self.pending_next = Some(Action::Release {
-                    to: self.upstream_key(),
-                    pool,
+                    to,
+                    pool: reuse && !pin,
+                    pin: reuse && pin,
                     distrust: false,
                 });
                 return input.len();

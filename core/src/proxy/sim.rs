@@ -315,7 +315,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     cpos = client.len();
                     ex.handle_tunnel_closed(sent, 0, now);
                 }
-                Action::Connect { to, pooled } => {
+                Action::Connect { to, pooled, .. } => {
                     let server = server_of(to);
                     if forward {
                         assert!(matches!(to, UpstreamKey::Destination { .. }), "{to:?}");
@@ -431,9 +431,15 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     let leftover = ubuf.len();
                     ex.handle_response_body(r, leftover, plan.tee.take(), &env, now);
                 }
-                Action::Release { to, pool, distrust } => {
+                Action::Release {
+                    to,
+                    pool,
+                    pin,
+                    distrust,
+                } => {
                     let server = server_of(to);
                     let conn = up.take().expect("released connection");
+                    assert!(!(pool && pin), "a pinned connection is never pooled");
                     assert_eq!(conn.server, server);
                     assert!(!pool || ubuf.is_empty(), "pooled with unread bytes");
                     assert!(!(pool && distrust));

@@ -201,6 +201,7 @@ fn bytes_past_a_response_distrust_the_server() {
             to: UpstreamKey::Server { server: 1, .. },
             pool: false,
             distrust: true,
+            ..
         }
     ));
 }
@@ -263,6 +264,7 @@ fn a_stale_pooled_connection_is_replaced_once_for_idempotent_requests() {
         Action::Connect {
             to: UpstreamKey::Server { server: 0, .. },
             pooled: false,
+            ..
         }
     ));
 }
