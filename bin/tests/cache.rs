@@ -962,3 +962,39 @@ fn reverse_and_forward_clients_never_share_entries() {
     assert_eq!(app.count("/cache/x"), 1);
     assert_eq!(victim.count("/cache/x"), 1);
 }
+
+#[test]
+fn a_large_hit_goes_on_while_the_client_reads_steadily() {
+    let o = Scripted::start();
+    let big = "x".repeat(16 << 20);
+    o.set("/big", answer(&[("Cache-Control", "max-age=600")], &big));
+    // `send` is the time between two writes: a client reading steadily for longer than that
+    // gets the whole hit, as it gets the whole miss.
+    let cfg = cache_config(o.addr, 1, "max_object = \"32m\"\n[timeouts]\nsend = \"1s\"")
+        .replace("size = \"64m\"", "size = \"512m\"");
+    let p = Proxy::start(&cfg);
+    let miss = get(&p, "/big", "");
+    assert_eq!(miss.body_len, 16 << 20);
+    let mut c = TcpStream::connect(p.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: cache.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // About 3 MB/s: the 16 MiB hit takes more than five times `send`.
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert!(
+        got > 16 << 20,
+        "the hit was cut after {got} bytes in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(o.count("/big"), 1);
+}

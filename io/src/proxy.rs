@@ -245,9 +245,8 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
-                Action::WriteStored { entry, range } => {
-                    let wait = arm(&self.deadline, &self.ex, self.now);
-                    let ok = Box::pin(self.client.write_stored(self.ex.out(), entry, range, wait))
+                Action::WriteStored { entry, range, idle } => {
+                    let ok = Box::pin(self.client.write_stored(self.ex.out(), entry, range, idle))
                         .await
                         .is_ok();
                     ensure_capacity(self.ex.out(), 1024);

@@ -23,10 +23,13 @@ pub enum Action {
     /// `handle_client_written`.
     WriteClient,
     /// Write the bytes in `out()`, then `range` of the stored body of `entry` (a cache hit),
-    /// to the client (bounded by the deadline), then `handle_client_written`.
+    /// to the client, then `handle_client_written`. A large body takes as long as the client
+    /// reads steadily: each write may wait `idle` for the client to take bytes (`send`, the
+    /// time between two writes, as for a relayed body), not one deadline for the whole.
     WriteStored {
         entry: Rc<Entry>,
         range: std::ops::Range<usize>,
+        idle: Duration,
     },
     /// Write `100 Continue` to the client (bounded by the deadline), then
     /// `handle_client_written`. `out()` keeps the request head for a possible resend.

@@ -386,6 +386,7 @@ impl Exchange {
                 Some((e, range)) => Action::WriteStored {
                     entry: e.clone(),
                     range: range.clone(),
+                    idle: self.timeouts.send,
                 },
                 None => Action::WriteClient,
             },
