@@ -154,3 +154,24 @@ fn quick_mode_needs_no_file() {
     let _ = child.wait();
     assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("ok /q"), "{r}");
 }
+
+#[test]
+fn a_restart_right_after_a_stop_gets_its_port() {
+    let origin = Origin::start();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = config_for(origin.addr, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    for round in 0..6 {
+        let mut p = Proxy::start(&cfg);
+        let r = request(
+            p.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.map(|r| r.status), Some(200), "round {round}");
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(std::time::Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "round {round}");
+    }
+}

@@ -50,6 +50,26 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// How long a port held by a process that just stopped may take to be free: its io_uring
+/// instance, which still references the listening sockets, is torn down by the kernel after
+/// the process exits, asynchronously (a restart, as `systemctl restart` does it, would
+/// otherwise find the port in use about half the time).
+const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The probe socket of [`bind_all`]: bound without SO_REUSEPORT, retried while the port is in
+/// use for up to [`RESTART_GRACE`].
+fn probe(addr: SocketAddr) -> io::Result<Socket> {
+    let until = std::time::Instant::now() + RESTART_GRACE;
+    loop {
+        match socket(addr, false) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Binds `workers` sockets on each address. Returns, per worker, one listener per address.
 ///
 /// A port that another process holds is detected first with a socket that does not set
@@ -64,7 +84,7 @@ pub(crate) fn bind_all(
         let fail = |source| BindError { addr, source };
         let mut addr = addr;
         {
-            let probe = socket(addr, false).map_err(fail)?;
+            let probe = probe(addr).map_err(fail)?;
             if addr.port() == 0 {
                 let local = probe.local_addr().map_err(fail)?;
                 addr = local.as_socket().unwrap_or(addr);
