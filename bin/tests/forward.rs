@@ -699,7 +699,11 @@ fn a_headless_browser_loads_a_page_through_the_forward_proxy() {
         return;
     };
     let origin = Origin::start();
-    let proxy = Proxy::start_quick(&["--forward"]);
+    // Only the test's origin may be reached: the browser's own background requests (updates,
+    // accounts, safe browsing) are denied before any name is resolved.
+    let proxy = Proxy::start(&forward_config(
+        "[[forward.rules]]\naction = \"allow\"\ndomains = [\"~^127\\\\.0\\\\.0\\\\.1$\"]\n",
+    ));
     let profile = std::env::temp_dir().join(format!("ringway-chromium-{}", std::process::id()));
     let shot = profile.join("shot.png");
     let url = format!("http://{}/page-through-the-proxy", origin.addr);
@@ -710,6 +714,17 @@ fn a_headless_browser_loads_a_page_through_the_forward_proxy() {
                 "--no-sandbox",
                 "--disable-gpu",
                 "--no-first-run",
+                "--no-default-browser-check",
+                // No traffic of the browser's own.
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
+                "--disable-extensions",
+                "--disable-domain-reliability",
+                "--disable-client-side-phishing-detection",
+                "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
+                "--metrics-recording-only",
                 &format!("--user-data-dir={}", profile.display()),
                 &format!("--proxy-server=http://{}", proxy.addr),
                 // Chromium sends loopback addresses direct unless told otherwise.

@@ -67,6 +67,9 @@ impl Cache {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
+        if !crate::guard::may_resolve(host) {
+            return Err(crate::guard::REFUSED.to_string());
+        }
         let now = Instant::now();
         if let Some((ips, until)) = cache.borrow().names.get(host) {
             if now < *until {

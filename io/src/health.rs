@@ -111,6 +111,9 @@ fn probe(
     tls: Option<&Origination>,
 ) -> bool {
     let deadline = Instant::now() + p.timeout;
+    if !crate::guard::may_dial(addr) {
+        return false;
+    }
     let Ok(s) = TcpStream::connect_timeout(&addr, p.timeout) else {
         return false;
     };

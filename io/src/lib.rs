@@ -20,6 +20,7 @@ mod deadline;
 mod dns;
 mod drain;
 mod generation;
+mod guard;
 mod health;
 mod listener;
 mod proxy;

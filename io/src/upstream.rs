@@ -60,6 +60,10 @@ pub(crate) async fn open(
     tls: Option<&Origination>,
     timeout: Duration,
 ) -> Result<Stream, ConnectError> {
+    if !crate::guard::may_dial(addr) {
+        let e = std::io::Error::new(std::io::ErrorKind::PermissionDenied, crate::guard::REFUSED);
+        return Err(ConnectError::Connect(IoFail::Io(e)));
+    }
     let connecting = async {
         match from {
             None => TcpStream::connect_addr(addr).await,
