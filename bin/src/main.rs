@@ -96,6 +96,12 @@ fn load(cli: &Cli) -> Result<Config, String> {
             key.clone(),
         ));
     }
+    if cli.forward && cli.tls_cert.is_some() {
+        return Err(
+            "--forward and --tls-cert: the forward proxy listens in plain HTTP (clients reach https sites through CONNECT); drop one of them"
+                .into(),
+        );
+    }
     if cli.forward {
         if cli.config.is_some() && cli.listen.is_empty() {
             return Err("--forward applies to the --listen addresses: give --listen".into());
@@ -213,6 +219,9 @@ fn check(cli: &Cli) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            for w in cfg.warnings() {
+                println!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -318,6 +327,9 @@ fn run(cli: &Cli) -> ExitCode {
         }
     };
     let server_cfg = cfg.clone();
+    for w in cfg.warnings() {
+        log::warn!("{w}");
+    }
     let admin_configured = cfg.admin.is_some();
     let server = match Server::bind(cfg) {
         Ok(s) => s,

@@ -281,3 +281,26 @@ fn a_head_dripped_a_byte_at_a_time_ends_at_the_header_deadline() {
     expect_408_then_close(&mut c, start, Duration::from_secs(3));
     assert!(origin.seen().is_empty());
 }
+
+#[test]
+fn a_request_line_in_a_trailer_and_hosts_that_are_not_uri_hosts_get_400() {
+    let origin = Origin::start();
+    let p = Proxy::start(&config_for(origin.addr, ""));
+    // RFC 9112 §7.1.2: after the last chunk come field lines, not a request.
+    let r = request(
+        p.addr,
+        b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 400);
+    for host in ["::1:8080", "example.test:8o", "a:1:2", "[::1"] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let r = request(p.addr, req.as_bytes()).expect("an answer");
+        assert_eq!(r.status, 400, "Host: {host}");
+    }
+    assert!(
+        origin.seen().iter().all(|s| s.path != "/x"),
+        "the smuggled request never reached the origin"
+    );
+}

@@ -67,6 +67,15 @@ impl Cache {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
+        // RFC 6761 §6.4: names under `invalid` never resolve; no server is asked.
+        let bare = host.trim_end_matches('.');
+        if bare.eq_ignore_ascii_case("invalid")
+            || bare.len() > 8 && bare[bare.len() - 8..].eq_ignore_ascii_case(".invalid")
+        {
+            return Err(format!(
+                "{host} does not exist (.invalid names never resolve)"
+            ));
+        }
         if !crate::guard::may_resolve(host) {
             return Err(crate::guard::REFUSED.to_string());
         }

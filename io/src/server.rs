@@ -38,6 +38,8 @@ pub struct Server {
 #[derive(Clone)]
 pub struct ReloadHandle {
     workers: Vec<crossbeam_channel::Sender<Update>>,
+    /// The addresses bound at start (port 0 resolved), written into every reloaded config.
+    bound: Vec<SocketAddr>,
     status: Arc<Status>,
     keep: Arc<Mutex<Keep>>,
 }
@@ -45,6 +47,9 @@ pub struct ReloadHandle {
 impl ReloadHandle {
     /// Installs `cfg`, or, when a file it names cannot be used, changes nothing and says why.
     pub fn reload(&self, cfg: &Config) -> Result<(), ConfigError> {
+        let mut cfg = cfg.clone();
+        with_bound(&mut cfg, &self.bound);
+        let cfg = &cfg;
         let tls = {
             let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
             Arc::new(TlsMaterial::load(cfg, &mut keep)?)
@@ -59,6 +64,16 @@ impl ReloadHandle {
             });
         }
         Ok(())
+    }
+}
+
+/// Writes the addresses actually bound (port 0 resolved) into `cfg`'s listeners, so that core
+/// knows the proxy's own addresses (a forward request for one of them is a loop).
+fn with_bound(cfg: &mut Config, bound: &[SocketAddr]) {
+    for (l, b) in cfg.server.listen.iter_mut().zip(bound) {
+        if l.addr.port() == 0 && l.addr.ip() == b.ip() {
+            l.addr = *b;
+        }
     }
 }
 
@@ -133,6 +148,12 @@ impl Server {
         let tls = Arc::new(TlsMaterial::load(&cfg, &mut keep).map_err(StartError::Tls)?);
         let addrs: Vec<SocketAddr> = cfg.server.listen.iter().map(|l| l.addr).collect();
         let listeners = bind_all(&addrs, workers).map_err(StartError::Bind)?;
+        let mut cfg = cfg;
+        let bound: Vec<SocketAddr> = listeners
+            .first()
+            .map(|w| w.iter().filter_map(|l| l.local_addr().ok()).collect())
+            .unwrap_or_default();
+        with_bound(&mut cfg, &bound);
         // One channel per worker, and one more for the health checker.
         let (reload_tx, reload_rx) = (0..=workers)
             .map(|_| crossbeam_channel::unbounded())
@@ -192,6 +213,7 @@ impl Server {
     pub fn reload_handle(&self) -> ReloadHandle {
         ReloadHandle {
             workers: self.reload_tx.clone(),
+            bound: self.local_addrs(),
             status: self.status.clone(),
             keep: self.keep.clone(),
         }

@@ -45,9 +45,33 @@ pub(crate) fn build_forward(
             ports
         }
     };
+    let safe_ports = match &f.safe_ports {
+        None => d.safe_ports,
+        Some(list) => {
+            let ports = port_list(loc, list.get_ref(), "forward.safe_ports")?;
+            if ports.0.is_empty() {
+                return Err(loc.at(
+                    list.span(),
+                    "forward.safe_ports",
+                    "expected at least one port (every request would be refused)",
+                ));
+            }
+            ports
+        }
+    };
     let mut deny_domains = DomainSet::default();
     for (i, dom) in f.deny_domains.iter().flatten().enumerate() {
         let s: &Spanned<String> = dom;
+        if crate::forward::looks_like_ip(s.get_ref()) {
+            return Err(loc.at(
+                s.span(),
+                format!("forward.deny_domains[{i}]"),
+                format!(
+                    "{:?} is an IP address, which a name list cannot match in all its spellings; deny it with [[forward.rules]] dest_ips instead",
+                    s.get_ref()
+                ),
+            ));
+        }
         if !valid_domain_entry(s.get_ref()) {
             return Err(loc.at(
                 s.span(),
@@ -112,6 +136,7 @@ pub(crate) fn build_forward(
         rules,
         anonymity,
         connect_ports,
+        safe_ports,
         deny_domains,
         private_destinations,
         tunnel_idle: opt_duration(loc, "forward.tunnel_idle", f.tunnel_idle, d.tunnel_idle)?,

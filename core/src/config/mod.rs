@@ -34,7 +34,7 @@ pub use upstream::{
 
 pub use tls::{CertKeyFiles, Origin, Tls, TlsVersion, UpstreamTls, DEFAULT_HANDSHAKE_TIMEOUT};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::health::PassivePolicy;
@@ -69,6 +69,39 @@ impl Config {
             .iter()
             .find(|l| l.kind.is_tls())
             .map_or(443, |l| l.addr.port())
+    }
+
+    /// Whether `dest` is one of this proxy's own listening addresses (a forward request to it
+    /// would loop back in, one level deeper each time): the same port, and the same address,
+    /// or loopback for a listener on all addresses.
+    pub fn is_own_address(&self, dest: SocketAddr) -> bool {
+        let ip = match dest.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(dest.ip(), IpAddr::V4),
+            v4 => v4,
+        };
+        self.server.listen.iter().any(|l| {
+            l.addr.port() == dest.port()
+                && (l.addr.ip() == ip || (l.addr.ip().is_unspecified() && ip.is_loopback()))
+        })
+    }
+
+    /// What `check` and start-up warn about: settings that work but are likely mistakes.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.forward.rules.is_empty() {
+            for l in &self.server.listen {
+                let ip = l.addr.ip();
+                if l.kind == ListenKind::Forward
+                    && (ip.is_unspecified() || !crate::forward::is_private(ip))
+                {
+                    w.push(format!(
+                        "the forward proxy on {} has no [[forward.rules]]: it serves clients on loopback and private networks only; write rules to say who else may use it",
+                        l.addr
+                    ));
+                }
+            }
+        }
+        w
     }
 }
 

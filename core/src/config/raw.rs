@@ -55,6 +55,7 @@ pub(crate) enum Size {
 pub(crate) struct Forward {
     pub anonymity: Option<Spanned<String>>,
     pub connect_ports: Option<Spanned<Vec<Spanned<Port>>>>,
+    pub safe_ports: Option<Spanned<Vec<Spanned<Port>>>>,
     pub deny_domains: Option<Vec<Spanned<String>>>,
     pub private_destinations: Option<Spanned<String>>,
     pub tunnel_idle: Option<Spanned<Duration>>,

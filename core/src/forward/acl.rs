@@ -143,8 +143,18 @@ pub enum Decision {
     NeedAddresses,
 }
 
-/// Evaluates `rules` in order for `r`. With no rules everything is allowed.
+/// Evaluates `rules` in order for `r`. With no rules, clients on loopback and in private
+/// ranges are allowed and everyone else denied (Squid's default: `localhost` and
+/// `localnet`): a proxy someone forgot to write rules for is not open to the Internet.
 pub fn evaluate(rules: &[Rule], r: &Request<'_>) -> Decision {
+    if rules.is_empty() {
+        let v = if super::is_private(r.client) {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        return Decision::Decided(v, None);
+    }
     for (i, rule) in rules.iter().enumerate() {
         match rule.matches(r) {
             Some(true) => return Decision::Decided(rule.verdict, Some(i)),
@@ -232,10 +242,18 @@ mod tests {
             d(&req("203.0.113.9", "example.com", 80)),
             Decision::Decided(Verdict::Deny, None)
         );
+        // No rules at all: local clients only.
         assert_eq!(
             evaluate(&[], &req("203.0.113.9", "x", 80)),
-            Decision::Decided(Verdict::Allow, None)
+            Decision::Decided(Verdict::Deny, None)
         );
+        for local in ["127.0.0.1", "10.1.2.3", "192.168.0.9", "fd00::5", "::1"] {
+            assert_eq!(
+                evaluate(&[], &req(local, "x", 80)),
+                Decision::Decided(Verdict::Allow, None),
+                "{local}"
+            );
+        }
     }
 
     #[test]

@@ -99,6 +99,63 @@ impl PortSet {
     }
 }
 
+/// Squid's default `Safe_ports` (http, ftp, https, gopher, wais, http-mgmt, gss-http,
+/// filemaker, multiling http and 1025-65535), less the ports above 1024 of services that speak
+/// plain-text protocols an HTTP request can drive (the ports browsers refuse, and Redis and
+/// memcached): a forward proxy must not be a relay into them.
+pub fn default_safe_ports() -> PortSet {
+    const LOW: [u16; 9] = [21, 70, 80, 210, 280, 443, 488, 591, 777];
+    const UNSAFE_HIGH: [(u16, u16); 13] = [
+        (1719, 1720),
+        (1723, 1723),
+        (2049, 2049),
+        (3659, 3659),
+        (4045, 4045),
+        (5060, 5061),
+        (6000, 6000),
+        (6379, 6379),
+        (6566, 6566),
+        (6665, 6669),
+        (6697, 6697),
+        (10080, 10080),
+        (11211, 11211),
+    ];
+    let mut ranges: Vec<(u16, u16)> = LOW.iter().map(|&p| (p, p)).collect();
+    let mut from = 1025u16;
+    for &(a, b) in &UNSAFE_HIGH {
+        if from < a {
+            ranges.push((from, a - 1));
+        }
+        from = b + 1;
+    }
+    ranges.push((from, 65535));
+    PortSet(ranges)
+}
+
+/// Whether a list entry is an IP address in some spelling (`127.0.0.1`, `127.1`, `2130706433`,
+/// `0x7f.1`, `::1`, `[::1]`), which name lists cannot match reliably.
+pub fn looks_like_ip(entry: &str) -> bool {
+    let e = entry.trim().trim_start_matches('.').trim_end_matches('.');
+    let e = e
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(e);
+    if e.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    // Numeric labels only (decimal, octal or hex, as inet_aton reads them).
+    !e.is_empty()
+        && e.split('.').all(|l| {
+            let l = l.to_ascii_lowercase();
+            let hex = l.strip_prefix("0x");
+            !l.is_empty()
+                && match hex {
+                    Some(h) => h.bytes().all(|c| c.is_ascii_hexdigit()),
+                    None => l.bytes().all(|c| c.is_ascii_digit()),
+                }
+        })
+}
+
 /// Whether `entry` may go in a [`DomainSet`]: a name (`example.com`) or a suffix
 /// (`.example.com`) of letters, digits, `-`, `_` and dots.
 pub fn valid_domain_entry(entry: &str) -> bool {
@@ -187,6 +244,9 @@ pub struct Forward {
     pub anonymity: Anonymity,
     /// Ports CONNECT may reach (Squid's `SSL_ports`: 443 unless configured).
     pub connect_ports: PortSet,
+    /// Ports other requests may reach (Squid's `Safe_ports`): no relaying HTTP into SSH, SMTP,
+    /// Redis or memcached.
+    pub safe_ports: PortSet,
     pub deny_domains: DomainSet,
     pub private_destinations: PrivateDestinations,
     /// A tunnel with no byte either way for this long is closed.
@@ -215,6 +275,7 @@ impl Default for Forward {
         Self {
             anonymity: Anonymity::Transparent,
             connect_ports: PortSet(vec![(443, 443)]),
+            safe_ports: default_safe_ports(),
             deny_domains: DomainSet::default(),
             private_destinations: PrivateDestinations::LoopbackClientsOnly,
             tunnel_idle: Duration::from_secs(300),
@@ -263,6 +324,8 @@ impl Authority {
             (h, port)
         } else {
             match s.rsplit_once(':') {
+                // An IPv6 address needs its brackets (`::1:443` is ambiguous).
+                Some((h, _)) if h.contains(':') => return None,
                 Some((h, p)) => (h, Some(p)),
                 None => (s, None),
             }
@@ -274,16 +337,28 @@ impl Authority {
             Some(_) => return None,
             None => default_port?,
         };
-        let name_ok = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
-        if !name_ok && host.parse::<IpAddr>().is_err() {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Some(Self {
+                host: ip.to_string(),
+                port,
+            });
+        }
+        // One canonical spelling for every rule: lower case, no trailing dot; labels of 1 to
+        // 63 characters (no empty label, no leading dot).
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+            });
+        if !name_ok {
             return None;
         }
         Some(Self {
-            host: host.to_ascii_lowercase(),
+            host: name.to_ascii_lowercase(),
             port,
         })
     }
@@ -345,6 +420,14 @@ mod tests {
         let v6 = Authority::parse(b"[::1]:443", None).unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 443));
         assert_eq!(v6.ip(), Some("::1".parse().unwrap()));
+        let long = format!("{}.test:80", "a".repeat(64));
+        assert_eq!(Authority::parse(long.as_bytes(), None), None);
+        // One spelling for rules: the trailing dot and the case go.
+        let a = Authority::parse(b"Fast.Evil.Test.:80", None).unwrap();
+        assert_eq!(a.host, "fast.evil.test");
+        assert!(looks_like_ip("127.1") && looks_like_ip("2130706434"));
+        assert!(looks_like_ip("[::ffff:127.0.0.2]") && looks_like_ip("0x7f.1"));
+        assert!(!looks_like_ip("example.com") && !looks_like_ip("1.example"));
         for bad in [
             &b"example.com:"[..],
             b"example.com:0",
@@ -355,6 +438,10 @@ mod tests {
             b"[::1",
             b"[nothex]:80",
             b"example.com:80x",
+            b"::1:443",
+            b"a..b:80",
+            b".a.b:80",
+            b"a.b..:80",
         ] {
             assert_eq!(
                 Authority::parse(bad, Some(80)),
@@ -433,6 +520,17 @@ mod tests {
         assert!(!p.allows(remote, local));
         assert!(p.allows(remote, "8.8.8.8".parse().unwrap()));
         assert!(!PrivateDestinations::Deny.allows(local, local));
+    }
+
+    #[test]
+    fn default_safe_ports_are_squids_less_plain_text_services() {
+        let p = default_safe_ports();
+        for ok in [80, 443, 21, 8080, 1025, 3000, 6378, 6380, 65535] {
+            assert!(p.contains(ok), "{ok}");
+        }
+        for no in [22, 23, 25, 110, 143, 1024, 6379, 11211, 6667, 2049] {
+            assert!(!p.contains(no), "{no}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use super::chars::FIELD_VALUE;
+use super::chars::{FIELD_VALUE, TCHAR};
 
 /// Largest chunk accepted (1 TiB). A size beyond any body the proxy would forward is refused
 /// like an overflow as soon as its digits arrive, before anything is sent upstream, instead of
@@ -70,7 +70,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer field line.
+    /// Inside a trailer field's name.
+    TrailerName,
+    /// Inside a trailer field's value.
     Trailer,
     /// Saw CR ending a trailer field line.
     TrailerLf,
@@ -195,7 +197,7 @@ impl ChunkedDecoder {
                 return Err(ChunkError::TooLong);
             }
         }
-        if matches!(self.state, TrailerStart | Trailer | TrailerLf) {
+        if matches!(self.state, TrailerStart | TrailerName | Trailer | TrailerLf) {
             self.trailer_len += 1;
             if self.trailer_len > MAX_TRAILERS {
                 return Err(ChunkError::TooLong);
@@ -240,10 +242,14 @@ impl ChunkedDecoder {
                 return Err(ChunkError::BadLineEnding)
             }
             (TrailerStart, b'\r') => EndLf,
-            (TrailerStart, b' ' | b'\t' | b':') => return Err(ChunkError::BadTrailer),
+            // RFC 9112 §7.1.2: the trailer section is field lines, `token ":" value`; anything
+            // else (a request line smuggled after the last chunk) is refused.
+            (TrailerStart | TrailerName, _) if TCHAR[b as usize] => TrailerName,
+            (TrailerName, b':') => Trailer,
+            (TrailerStart | TrailerName, _) => return Err(ChunkError::BadTrailer),
             (Trailer, b'\r') => TrailerLf,
-            (TrailerStart | Trailer, _) if FIELD_VALUE[b as usize] => Trailer,
-            (TrailerStart | Trailer, _) => return Err(ChunkError::BadTrailer),
+            (Trailer, _) if FIELD_VALUE[b as usize] => Trailer,
+            (Trailer, _) => return Err(ChunkError::BadTrailer),
             (Data | Done, _) => unreachable!("handled by decode"),
         })
     }
@@ -355,6 +361,9 @@ mod tests {
             (b"10000000001\r\n", SizeOverflow),
             (b"fffffffffffffffff\r\n", SizeOverflow),
             (b"0\r\n bad\r\n\r\n", BadTrailer),
+            (b"0\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n", BadTrailer),
+            (b"0\r\nNoColon\r\n\r\n", BadTrailer),
+            (b"0\r\n: x\r\n\r\n", BadTrailer),
             (b"0\r\nX: a\x00\r\n\r\n", BadTrailer),
             (b"0\r\n\r\r", BadLineEnding),
         ];

@@ -192,33 +192,60 @@ fn parse_length(v: &[u8]) -> Result<u64, FramingError> {
     Ok(v.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')))
 }
 
-/// A Host value must be `uri-host [ ":" port ]`: no whitespace, slash, `@` or other delimiters
-/// that would let the routing view of the host differ from the upstream's.
+/// A Host value must be `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2): an IP
+/// literal in brackets, or a reg-name / IPv4 address of unreserved, percent-encoded and
+/// sub-delim characters; then digits only after a colon. No whitespace, slash, `@`, second colon
+/// or other delimiter that would let the routing view of the host differ from the upstream's
+/// (`::1:8080` and `a:8o` are refused).
 fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'.' | b'-'
-                    | b'_'
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    })
+    let (host_ok, rest) = if let Some(inner) = v.strip_prefix(b"[") {
+        let Some(close) = inner.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let lit = &inner[..close];
+        let ok = !lit.is_empty()
+            && lit
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            && std::str::from_utf8(lit).is_ok_and(|t| t.parse::<std::net::Ipv6Addr>().is_ok());
+        // IPvFuture: "v" HEXDIG "." ...
+        let future = lit.len() > 2
+            && lit[0].eq_ignore_ascii_case(&b'v')
+            && lit.iter().skip(1).all(|&b| reg_name_char(b) || b == b':');
+        (ok || future, &inner[close + 1..])
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        (v[..end].iter().all(|&b| reg_name_char(b)), &v[end..])
+    };
+    let port_ok = match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
+}
+
+/// unreserved / pct-encoded / sub-delims (RFC 3986 reg-name).
+fn reg_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'.' | b'-'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
 }
 
 /// Framing and connection semantics of a request.
@@ -411,6 +438,13 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", BadHost),
             (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", BadHost),
             (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: ::1:8080\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: example.test:8o\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: a:80:80\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: [zz]:80\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n", BadHost),
             (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", UnsupportedExpectation),
         ];
         for (b, want) in bad {
@@ -418,6 +452,24 @@ mod tests {
         }
         assert_eq!(UnsupportedTransferCoding.status(), 501);
         assert_eq!(LengthAndTransferEncoding.status(), 400);
+    }
+
+    #[test]
+    fn host_values_that_are_uri_host_and_port() {
+        for ok in [
+            "a",
+            "",
+            "example.test:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a:",
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n");
+            assert!(req(head.as_bytes()).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -286,6 +286,9 @@ pub struct Exchange {
     head_read: Option<usize>,
     /// A forward proxy's destination host, to resolve.
     dest_host: String,
+    /// The destination's other addresses the rules allow, tried in turn when connecting to
+    /// one fails (RFC 8305 in spirit: a dead IPv6 address does not hide a live IPv4 one).
+    dest_next: Vec<SocketAddr>,
     /// The request's method as sent (for the forward proxy's rules).
     method_text: String,
     /// Connection-bound authentication: the upstream connection held for this client alone.
@@ -324,6 +327,7 @@ impl Exchange {
             uheaders: Vec::with_capacity(32),
             head_read: None,
             dest_host: String::new(),
+            dest_next: Vec::new(),
             method_text: String::new(),
             pin: pin::Pin::default(),
         }
@@ -699,22 +703,38 @@ impl Exchange {
                 return;
             }
         };
+        let mut addrs = addrs;
         let policy = env.cfg.forward.private_destinations;
         // Every address must be allowed: a name that resolves to a private address among
-        // public ones is refused as a whole (DNS rebinding).
+        // public ones is refused as a whole (DNS rebinding). The page does not say what the
+        // name resolves to; the log does.
         if let Some(bad) = addrs.iter().find(|a| !policy.allows(self.client, a.ip())) {
             let detail = format!(
-                "{} ({}) is a private address, which this proxy does not reach for you",
-                self.dest_host,
-                bad.ip()
+                "{} is a private address, which this proxy does not reach for you",
+                self.dest_host
             );
             self.local_error(403, &detail, env, now);
+            self.record.error = Some(Error::BadRequest {
+                status: 403,
+                detail: format!(
+                    "{} resolves to private address {}",
+                    self.dest_host,
+                    bad.ip()
+                ),
+            });
+            return;
+        }
+        if addrs.iter().any(|a| env.cfg.is_own_address(*a)) {
+            self.loop_denied(env, now);
             return;
         }
         if self.req.acl_pending {
             let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-            if !self.check_rules(Some(&ips), env, now) {
-                return;
+            match self.check_rules(Some(&ips), env, now) {
+                None => return,
+                // Only the addresses the deciding rule allows are dialled.
+                Some(Some(allowed)) => addrs.retain(|a| allowed.iter().any(|c| c.contains(a.ip()))),
+                Some(None) => {}
             }
         }
         self.req.dest = Some(addrs[0]);
@@ -722,6 +742,8 @@ impl Exchange {
             .cfg
             .forward
             .outgoing_for(self.record.user.as_deref(), addrs[0].ip());
+        self.dest_next.clear();
+        self.dest_next.extend_from_slice(&addrs[1..]);
         self.up.attempts = 1;
         self.record.attempts = 1;
         self.state = State::Connect {
@@ -757,6 +779,23 @@ impl Exchange {
     pub fn handle_upstream_error(&mut self, e: UpstreamError, env: &Env<'_>, now: Instant) {
         let stale_retry = self.up.reused && self.req.retryable;
         match self.state {
+            State::Connect { .. } if self.req.dest.is_some() && !self.dest_next.is_empty() => {
+                // The destination's next address, within the same connect deadline (a timeout
+                // has used it up).
+                if e == UpstreamError::ConnectTimeout {
+                    self.dest_next.clear();
+                    return self.handle_upstream_error(e, env, now);
+                }
+                self.pending =
+                    Some(self.record_action(Some(Outcome::Failure), Some(Error::Upstream(e))));
+                let next = self.dest_next.remove(0);
+                self.req.dest = Some(next);
+                self.req.dest_from = env
+                    .cfg
+                    .forward
+                    .outgoing_for(self.record.user.as_deref(), next.ip());
+                self.state = State::Connect { pooled: false };
+            }
             State::Connect { .. } => {
                 let body_done = self.req.body.is_empty();
                 self.attempt_failed(
@@ -1232,6 +1271,15 @@ impl Exchange {
                 return 0;
             }
         };
+        let credentials = self
+            .headers
+            .iter()
+            .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"proxy-authorization"))
+            .count();
+        if credentials > 1 {
+            self.reject(400, "more than one Proxy-Authorization field", env, now);
+            return 0;
+        }
         if let Some(users) = &fwd.users {
             match self.authenticate(users, buf, env, now) {
                 Some(user) => self.record.user = Some(user),
@@ -1244,6 +1292,14 @@ impl Exchange {
         };
         if head.method == Method::Connect && !fwd.connect_ports.contains(dest.port) {
             let detail = format!("CONNECT to port {} is not allowed by this proxy", dest.port);
+            self.local(Local::Denied(detail), b"", head, info, end, env, now);
+            return end;
+        }
+        if head.method != Method::Connect && !fwd.safe_ports.contains(dest.port) {
+            let detail = format!(
+                "requests to port {} are not forwarded by this proxy (safe_ports)",
+                dest.port
+            );
             self.local(Local::Denied(detail), b"", head, info, end, env, now);
             return end;
         }
@@ -1261,8 +1317,14 @@ impl Exchange {
         self.method_text.clear();
         self.method_text
             .push_str(std::str::from_utf8(head.method_span.get(buf)).unwrap_or(""));
-        if !fwd.rules.is_empty() && !self.check_rules(None, env, now) {
+        if self.check_rules(None, env, now).is_none() {
             return end;
+        }
+        if let Some(ip) = dest.ip() {
+            if env.cfg.is_own_address(SocketAddr::new(ip, dest.port)) {
+                self.loop_denied(env, now);
+                return end;
+            }
         }
         // TRACE and OPTIONS with Max-Forwards: 0 are for this proxy to answer; otherwise the
         // count goes down by one (RFC 9110 §7.6.2).
@@ -1350,7 +1412,14 @@ impl Exchange {
     /// Evaluates `[[forward.rules]]` for this request; false when it was denied (and answered
     /// with 403 naming the rule). Rules that need the destination's addresses are left for
     /// after resolution (`acl_pending`).
-    fn check_rules(&mut self, dest: Option<&[IpAddr]>, env: &Env<'_>, now: Instant) -> bool {
+    /// `None` when denied; else the address blocks of the deciding rule, when it decided on
+    /// addresses (only those may be dialled).
+    fn check_rules(
+        &mut self,
+        dest: Option<&[IpAddr]>,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> Option<Option<Vec<crate::forward::acl::Cidr>>> {
         use crate::forward::acl::{evaluate, Decision, Request, Verdict};
         let r = Request {
             client: self.client,
@@ -1360,18 +1429,27 @@ impl Exchange {
             user: self.record.user.as_deref(),
             dest,
         };
-        match evaluate(&env.cfg.forward.rules, &r) {
+        let rules = &env.cfg.forward.rules;
+        match evaluate(rules, &r) {
             Decision::NeedAddresses => {
                 self.req.acl_pending = true;
-                true
+                Some(None)
             }
-            Decision::Decided(Verdict::Allow, _) => {
+            Decision::Decided(Verdict::Allow, rule) => {
                 self.req.acl_pending = false;
-                true
+                let blocks = rule
+                    .map(|i| &rules[i].dest_ips)
+                    .filter(|d| !d.is_empty() && dest.is_some())
+                    .cloned();
+                Some(blocks)
             }
             Decision::Decided(Verdict::Deny, rule) => {
                 let why = match rule {
                     Some(i) => format!("forward.rules[{i}]"),
+                    None if rules.is_empty() => {
+                        "this proxy, which has no access rules and serves local clients only"
+                            .to_string()
+                    }
                     None => "forward.rules (no rule allows it)".to_string(),
                 };
                 let detail = format!(
@@ -1379,9 +1457,18 @@ impl Exchange {
                     self.dest_host, self.req.dest_port
                 );
                 self.local_error(403, &detail, env, now);
-                false
+                None
             }
         }
+    }
+
+    /// 403 for a request whose destination is this proxy itself.
+    fn loop_denied(&mut self, env: &Env<'_>, now: Instant) {
+        let detail = format!(
+            "{}:{} is this proxy itself (the request would loop)",
+            self.dest_host, self.req.dest_port
+        );
+        self.local_error(403, &detail, env, now);
     }
 
     /// Checks the request's `Proxy-Authorization` against `users`; the user, or `None` when

@@ -173,7 +173,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
         CONFIG.replace(
             "listen = [\"127.0.0.1:8080\"]",
             "listen = [{ addr = \"127.0.0.1:8080\", forward = true }]",
-        )
+        ) + "\n[[forward.rules]]\naction = \"allow\"\nclients = [\"0.0.0.0/0\"]\n"
     } else {
         CONFIG.to_string()
     };

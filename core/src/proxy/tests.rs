@@ -677,3 +677,147 @@ fn a_304_set_cookie_goes_to_the_revalidating_client_only() {
     assert!(hit.contains("Cache-Status: ringway; hit"), "{hit}");
     assert!(!hit.contains("Set-Cookie"), "{hit}");
 }
+
+// ---- the forward proxy ---------------------------------------------------------------------
+
+/// A forward-proxy exchange for `client` under the `[forward]` section `extra`.
+struct F {
+    t: T,
+}
+
+impl F {
+    fn new(client: &str, extra: &str) -> Self {
+        let text = format!(
+            "[server]\nlisten = [{{ addr = \"127.0.0.1:3128\", forward = true }}]\n{extra}"
+        );
+        let cfg: &'static Config = Box::leak(Box::new(Config::parse("f.toml", &text).unwrap()));
+        let mut ex = Exchange::new(ListenKind::Forward, client.parse().unwrap());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        ex.begin(cfg, now);
+        Self {
+            t: T { cfg, ex, now },
+        }
+    }
+
+    /// Sends `req`; returns the answer the proxy wrote itself, if it did.
+    fn local(&mut self, req: &str) -> Option<String> {
+        self.t.request(req.as_bytes());
+        match self.t.next() {
+            Action::WriteClient => Some(self.t.out()),
+            _ => None,
+        }
+    }
+
+    fn resolved(&mut self, addrs: &[&str]) {
+        let env = self.t.env();
+        let a = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        self.t.ex.handle_resolved(Ok(a), &env, self.t.now);
+    }
+}
+
+#[test]
+fn forward_ports_rules_and_loops() {
+    // Ordinary requests only to the usual ports (Squid's Safe_ports).
+    for port in [22, 25, 6379, 11211] {
+        let mut f = F::new("127.0.0.1", "");
+        let out = f
+            .local(&format!(
+                "GET http://h.test:{port}/ HTTP/1.1\r\nHost: h.test\r\n\r\n"
+            ))
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 403") && out.contains("safe_ports"),
+            "{out}"
+        );
+    }
+    let mut f = F::new("127.0.0.1", "[forward]\nsafe_ports = [25]\n");
+    assert!(f
+        .local("GET http://h.test:25/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        .is_none());
+    // No rules: local clients only.
+    let mut f = F::new("203.0.113.9", "");
+    let out = f
+        .local("GET http://h.test/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("no access rules"),
+        "{out}"
+    );
+    let mut f = F::new("10.1.2.3", "");
+    assert!(f
+        .local("GET http://h.test/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        .is_none());
+    // The proxy itself, by address or by a name that resolves to it.
+    let mut f = F::new("127.0.0.1", "[forward]\nconnect_ports = [3128]\n");
+    let out = f
+        .local("CONNECT 127.0.0.1:3128 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(out.contains("this proxy itself"), "{out}");
+    let mut f = F::new("127.0.0.1", "[forward]\nconnect_ports = [3128]\n");
+    assert!(f
+        .local("CONNECT me.test:3128 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_none());
+    f.resolved(&["127.0.0.1:3128"]);
+    assert!(matches!(f.t.next(), Action::WriteClient));
+    assert!(f.t.out().contains("this proxy itself"));
+    // Two Proxy-Authorization fields.
+    let mut f = F::new("127.0.0.1", "");
+    let out = f
+        .local("GET http://h.test/ HTTP/1.1\r\nHost: h\r\nProxy-Authorization: Basic a\r\nProxy-Authorization: Basic b\r\n\r\n")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}
+
+#[test]
+fn forward_destinations_dial_only_allowed_addresses_and_the_next_on_failure() {
+    let rules = "[[forward.rules]]\naction = \"allow\"\ndest_ips = [\"127.0.0.2\"]\n";
+    let mut f = F::new("127.0.0.1", rules);
+    assert!(f
+        .local("GET http://dual.test/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        .is_none());
+    f.resolved(&["[::1]:80", "127.0.0.2:80"]);
+    match f.t.next() {
+        Action::Connect {
+            to: UpstreamKey::Destination { addr, .. },
+            ..
+        } => assert_eq!(
+            addr,
+            "127.0.0.2:80".parse().unwrap(),
+            "only the allowed address"
+        ),
+        a => panic!("{a:?}"),
+    }
+    // A dead first address: the next one, within the same deadline.
+    let mut f = F::new("127.0.0.1", "");
+    assert!(f
+        .local("GET http://dual.test/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        .is_none());
+    f.resolved(&["[::1]:80", "127.0.0.2:80"]);
+    assert!(matches!(f.t.next(), Action::Connect { .. }));
+    let env = f.t.env();
+    f.t.ex.handle_upstream_error(
+        UpstreamError::ConnectFailed("refused".into()),
+        &env,
+        f.t.now,
+    );
+    match f.t.next() {
+        Action::Connect {
+            to: UpstreamKey::Destination { addr, .. },
+            ..
+        } => assert_eq!(addr, "127.0.0.2:80".parse().unwrap()),
+        a => panic!("{a:?}"),
+    }
+    // A private address is refused without saying which one.
+    let mut f = F::new("203.0.113.9", "[[forward.rules]]\naction = \"allow\"\n");
+    assert!(f
+        .local("GET http://inside.test/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        .is_none());
+    f.resolved(&["10.0.0.5:80"]);
+    assert!(matches!(f.t.next(), Action::WriteClient));
+    let out = f.t.out();
+    assert!(
+        out.starts_with("HTTP/1.1 403") && !out.contains("10.0.0.5"),
+        "{out}"
+    );
+}
