@@ -117,6 +117,8 @@ fn anonymity_levels_decide_what_the_destination_learns() {
     let origin = Origin::start();
     let sent = "GET http://{A}/anon HTTP/1.1\r\nHost: x\r\nVia: 1.1 earlier-proxy\r\n\
                 X-Forwarded-For: 10.9.8.7\r\nForwarded: for=10.9.8.7\r\nX-Real-IP: 10.9.8.7\r\n\
+                X-Client-IP: 10.9.8.7\r\nTrue-Client-IP: 10.9.8.7\r\nCF-Connecting-IP: 10.9.8.7\r\n\
+                X-Originating-IP: 10.9.8.7\r\nX-Forwarded-Server: 10.9.8.7\r\n\
                 Connection: close\r\n\r\n"
         .replace("{A}", &origin.addr.to_string());
     for (level, via, xff) in [
@@ -133,6 +135,9 @@ fn anonymity_levels_decide_what_the_destination_learns() {
         )));
         let r = raw(proxy.addr, sent.as_bytes());
         assert!(r.starts_with("HTTP/1.1 200"), "{level}: {r}");
+        // Elite shows no proxy to the client either.
+        let head = r.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert_eq!(head.contains("\r\nvia:"), level != "elite", "{level}: {r}");
         let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
         let joined = |name: &str| {
             let v: Vec<&str> = seen

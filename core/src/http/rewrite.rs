@@ -34,13 +34,27 @@ const SET_ON_REQUEST: &[&[u8]] = &[
     b"x-real-ip",
 ];
 
-/// Most names a `Connection` field may list before the rest are ignored for removal purposes
-/// (the message is still forwarded; unlisted extras stay hop-by-hop-unaware like nginx).
+/// `Connection` names kept at hand; more are found by reading the fields again.
 const MAX_CONNECTION_OPTIONS: usize = 16;
 
-/// Fields that earlier proxies wrote about the client: passed on (after our own additions to
-/// them) only when the policy keeps the chain.
-const CLIENT_CHAIN: &[&[u8]] = &[b"via", b"forwarded"];
+/// Fields that earlier proxies (or the client itself) wrote about the client or the proxies on
+/// the way: passed on (after our own additions to them) only when the policy keeps the chain.
+const CLIENT_CHAIN: &[&[u8]] = &[
+    b"via",
+    b"forwarded",
+    b"forwarded-for",
+    b"x-forwarded",
+    b"x-forwarded-server",
+    b"x-forwarded-port",
+    b"x-forwarded-by",
+    b"x-client-ip",
+    b"true-client-ip",
+    b"cf-connecting-ip",
+    b"client-ip",
+    b"x-originating-ip",
+    b"x-cluster-client-ip",
+    b"x-proxyuser-ip",
+];
 
 /// Which forwarding fields the proxy writes upstream: a value per listener or route, so that a
 /// reverse proxy tells its servers who the client is and a forward proxy can hide it.
@@ -128,17 +142,21 @@ const CONDITIONAL: &[&[u8]] = &[
     b"range",
 ];
 
-/// The names listed in `Connection` fields.
+/// The names listed in `Connection` fields: the first [`MAX_CONNECTION_OPTIONS`] kept at
+/// hand; past that (rare, and hostile more often than not), every `Connection` field is read
+/// again for each name, so that all listed names are removed (RFC 9110 §7.6.1).
 struct ConnectionOptions<'b> {
     names: [&'b [u8]; MAX_CONNECTION_OPTIONS],
     len: usize,
+    overflow: Option<(&'b [u8], &'b [Header])>,
 }
 
 impl<'b> ConnectionOptions<'b> {
-    fn collect(buf: &'b [u8], headers: &[Header]) -> Self {
+    fn collect(buf: &'b [u8], headers: &'b [Header]) -> Self {
         let mut s = Self {
             names: [&[]; MAX_CONNECTION_OPTIONS],
             len: 0,
+            overflow: None,
         };
         for h in headers {
             if h.name.get(buf).eq_ignore_ascii_case(b"connection") {
@@ -146,6 +164,8 @@ impl<'b> ConnectionOptions<'b> {
                     if s.len < MAX_CONNECTION_OPTIONS {
                         s.names[s.len] = item;
                         s.len += 1;
+                    } else {
+                        s.overflow = Some((buf, headers));
                     }
                 }
             }
@@ -154,9 +174,19 @@ impl<'b> ConnectionOptions<'b> {
     }
 
     fn lists(&self, name: &[u8]) -> bool {
-        self.names[..self.len]
+        if self.names[..self.len]
             .iter()
             .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        let Some((buf, headers)) = self.overflow else {
+            return false;
+        };
+        headers.iter().any(|h| {
+            h.name.get(buf).eq_ignore_ascii_case(b"connection")
+                && list_items(h.value.get(buf)).any(|n| n.eq_ignore_ascii_case(name))
+        })
     }
 }
 
@@ -288,6 +318,15 @@ pub enum ConnectionHeader {
     UpgradeWebsocket,
 }
 
+/// What the proxy adds to a response head it forwards.
+#[derive(Clone, Copy, Debug)]
+pub struct Added<'a> {
+    /// `Date`, when the upstream sent none (RFC 9110 §6.6.1).
+    pub date: Option<&'a DateLine>,
+    /// Our `Via` (not from an elite forward proxy, which does not show itself).
+    pub via: bool,
+}
+
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
 /// proxy will use toward the client; with [`BodyKind::None`] an upstream Content-Length is kept
 /// (it describes the representation, e.g. for HEAD).
@@ -297,7 +336,7 @@ pub fn client_response(
     headers: &[Header],
     body: BodyKind,
     connection: ConnectionHeader,
-    date: Option<&DateLine>,
+    added: Added<'_>,
     out: &mut Vec<u8>,
 ) {
     let conn = ConnectionOptions::collect(buf, headers);
@@ -317,13 +356,15 @@ pub fn client_response(
         push_field(out, name, h.value.get(buf));
     }
     // RFC 9110 §6.6.1: a recipient with a clock appends Date to a response it forwards without.
-    if let (false, Some(d)) = (has_date, date) {
+    if let (false, Some(d)) = (has_date, added.date) {
         out.extend_from_slice(d.as_bytes());
     }
-    out.extend_from_slice(match head.version {
-        Version::Http10 => b"Via: 1.0 ringway\r\n",
-        Version::Http11 => b"Via: 1.1 ringway\r\n",
-    });
+    if added.via {
+        out.extend_from_slice(match head.version {
+            Version::Http10 => b"Via: 1.0 ringway\r\n",
+            Version::Http11 => b"Via: 1.1 ringway\r\n",
+        });
+    }
     push_framing(out, body);
     match connection {
         ConnectionHeader::Omit => {}
@@ -537,7 +578,10 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::Chunked,
             ConnectionHeader::Close,
-            Some(&DateLine::at(0)),
+            Added {
+                date: Some(&DateLine::at(0)),
+                via: true,
+            },
             &mut out,
         );
         assert_eq!(
@@ -556,7 +600,10 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::Length(0),
             ConnectionHeader::Omit,
-            Some(&d),
+            Added {
+                date: Some(&d),
+                via: true,
+            },
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();
@@ -570,7 +617,10 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::None,
             ConnectionHeader::KeepAlive,
-            None,
+            Added {
+                date: None,
+                via: false,
+            },
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();
@@ -608,5 +658,29 @@ Forwarded: for=192.0.2.7\r\nX-Real-IP: 192.0.2.7\r\nX-Keep: 1\r\n\r\n";
             assert!(!e.contains(gone), "elite shows {gone}: {e}");
         }
         assert!(e.contains("X-Keep: 1\r\n") && e.contains("Host: a\r\n"));
+        // Every field that names a client or a proxy on the way goes, whoever wrote it.
+        let spoofed = b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-IP: 192.0.2.7\r\n\
+True-Client-IP: 192.0.2.7\r\nCF-Connecting-IP: 192.0.2.7\r\nClient-IP: 192.0.2.7\r\n\
+X-Originating-IP: 192.0.2.7\r\nX-Cluster-Client-IP: 192.0.2.7\r\nForwarded-For: 192.0.2.7\r\n\
+X-Forwarded: for=192.0.2.7\r\nX-ProxyUser-Ip: 192.0.2.7\r\nX-Forwarded-Server: p\r\n\
+X-Forwarded-Port: 3128\r\nX-Forwarded-By: 192.0.2.7\r\n\r\n";
+        let policy = ForwardingPolicy::ELITE;
+        let e = rewrite(spoofed, BodyKind::None, &Forwarding { policy, ..fwd() });
+        assert_eq!(e, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[test]
+    fn every_name_connection_lists_is_removed() {
+        let mut req = String::from("GET / HTTP/1.1\r\nHost: a\r\nConnection: ");
+        let names: Vec<String> = (0..40).map(|i| format!("X-Hop-{i}")).collect();
+        req.push_str(&names.join(", "));
+        req.push_str("\r\n");
+        for n in &names {
+            req.push_str(&format!("{n}: secret\r\n"));
+        }
+        req.push_str("X-Keep: 1\r\n\r\n");
+        let out = rewrite(req.as_bytes(), BodyKind::None, &fwd());
+        assert!(!out.contains("secret"), "{out}");
+        assert!(out.contains("X-Keep: 1\r\n"));
     }
 }

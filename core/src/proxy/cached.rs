@@ -438,6 +438,7 @@ impl Exchange {
         };
         let mut body: Option<std::ops::Range<usize>> = None;
         let mut multipart = Vec::new();
+        let via = self.shows_via(env);
         let out = &mut self.out;
         out.clear();
         let status = match &ranges {
@@ -529,7 +530,10 @@ impl Exchange {
             }
         };
         out.extend_from_slice(&self.cache.own_fields);
-        let _ = write!(out, "Age: {age}\r\nVia: 1.1 ringway\r\n");
+        let _ = write!(out, "Age: {age}\r\n");
+        if via {
+            out.extend_from_slice(b"Via: 1.1 ringway\r\n");
+        }
         let ttl = e.lifetime as i64 - age as i64;
         match fwd {
             None => {

@@ -47,7 +47,7 @@ use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget,
 use crate::http::path::normalise;
 use crate::http::respond::{self, Fixed};
 use crate::http::rewrite::{
-    client_response, upstream_request, ConnectionHeader, Forwarding, ForwardingPolicy,
+    client_response, upstream_request, Added, ConnectionHeader, Forwarding, ForwardingPolicy,
 };
 use crate::http::{
     parse_request, parse_response, HeadScanner, Header, Limits, Method, RequestHead, Scan,
@@ -1462,6 +1462,12 @@ impl Exchange {
         }
     }
 
+    /// Whether responses carry our `Via`: not from an elite forward proxy, which shows neither
+    /// itself nor the client, in either direction.
+    fn shows_via(&self, env: &Env<'_>) -> bool {
+        self.kind != ListenKind::Forward || env.cfg.forward.anonymity.policy().via
+    }
+
     /// 403 for a request whose destination is this proxy itself.
     fn loop_denied(&mut self, env: &Env<'_>, now: Instant) {
         let detail = format!(
@@ -1611,7 +1617,10 @@ impl Exchange {
                     &self.uheaders,
                     BodyKind::None,
                     ConnectionHeader::UpgradeWebsocket,
-                    Some(&env.date.date_line()),
+                    Added {
+                        date: Some(&env.date.date_line()),
+                        via: self.shows_via(env),
+                    },
                     &mut self.out,
                 );
                 self.record.status = 101;
@@ -1640,7 +1649,10 @@ impl Exchange {
                     &self.uheaders,
                     BodyKind::None,
                     ConnectionHeader::Omit,
-                    None,
+                    Added {
+                        date: None,
+                        via: self.shows_via(env),
+                    },
                     &mut self.out,
                 );
                 self.write_client(Written::Interim, now);
@@ -1714,7 +1726,10 @@ impl Exchange {
             &self.uheaders,
             to_client,
             conn_header,
-            Some(&env.date.date_line()),
+            Added {
+                date: Some(&env.date.date_line()),
+                via: self.shows_via(env),
+            },
             &mut self.out,
         );
         let mut consumed = end;
