@@ -998,3 +998,81 @@ fn a_large_hit_goes_on_while_the_client_reads_steadily() {
     );
     assert_eq!(o.count("/big"), 1);
 }
+
+#[test]
+fn a_client_dripping_bytes_does_not_hold_the_admin_listener() {
+    let o = Scripted::start();
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    let admin: SocketAddr = admin_addr(&p).parse().unwrap();
+    let mut slow = TcpStream::connect(admin).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let dripper = thread::spawn(move || {
+        let mut got = Vec::new();
+        for b in b"GET /status HTTP/1.1\r\nHost: a\r\n".iter() {
+            if slow.write_all(&[*b]).is_err() {
+                break;
+            }
+            // Whatever the proxy said ends the drip.
+            slow.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 256];
+            if let Ok(n) = slow.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+                break;
+            }
+            slow.set_nonblocking(false).unwrap();
+            thread::sleep(Duration::from_millis(1500));
+        }
+        if got.is_empty() {
+            let _ = slow.read_to_end(&mut got);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    // Meanwhile the status page answers at once.
+    let req = b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let r = request(admin, req).expect("the status page");
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The dripping client is cut off at the head deadline.
+    let got = dripper.join().unwrap();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+#[test]
+fn junk_cache_control_cookie_pages_and_empty_ranges_are_handled_restrictively() {
+    let o = Scripted::start();
+    let lm = ("Last-Modified", "Thu, 01 Jan 2015 00:00:00 GMT");
+    o.set(
+        "/junk",
+        answer(&[("Cache-Control", "no-cache; no-store"), lm], "j {n}"),
+    );
+    o.set(
+        "/priv",
+        answer(&[("Cache-Control", "max-age=600, private;")], "p {n}"),
+    );
+    o.set("/mine", answer(&[lm], "page {n}"));
+    o.set("/empty", answer(&[("Cache-Control", "max-age=600")], ""));
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    for _ in 0..2 {
+        get(&p, "/junk", "");
+        get(&p, "/priv", "");
+        get(&p, "/mine", "Cookie: session=alice\r\n");
+    }
+    assert_eq!(
+        o.count("/junk"),
+        2,
+        "a Cache-Control that does not parse is not cached"
+    );
+    assert_eq!(o.count("/priv"), 2);
+    assert_eq!(
+        o.count("/mine"),
+        2,
+        "no guessed freshness for a page fetched with a cookie"
+    );
+    get(&p, "/empty", "");
+    let r = get(&p, "/empty", "Range: bytes=-5\r\n");
+    assert_eq!(r.status, 416, "{:?}", r.headers);
+    assert_eq!(r.header("content-range"), Some("bytes */0"));
+}

@@ -195,16 +195,38 @@ pub(crate) fn run(listener: TcpListener, status: Arc<Status>, shutdown: Arc<Atom
         match listener.accept() {
             Ok((s, _)) => {
                 let _ = s.set_nonblocking(false);
-                answer(s, &status);
+                // A thread per connection (at most ADMIN_CONNS at once, the rest closed), each
+                // bounded by a deadline for its whole head: a client dripping bytes neither
+                // holds the listener nor keeps its thread.
+                if BUSY.fetch_add(1, Ordering::AcqRel) >= ADMIN_CONNS {
+                    BUSY.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let status = status.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("ringway-admin-conn".into())
+                    .spawn(move || {
+                        answer(s, &status);
+                        BUSY.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    BUSY.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
 
+/// Admin connections served at once.
+const ADMIN_CONNS: usize = 16;
+/// The most a request head may take to arrive, whole.
+const ADMIN_HEAD_DEADLINE: Duration = Duration::from_secs(5);
+static BUSY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn answer(mut s: TcpStream, status: &Status) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let deadline = std::time::Instant::now() + ADMIN_HEAD_DEADLINE;
     // Read and parsed with core's scanner and parser, like every other head.
     let limits = ringway_core::http::Limits::default();
     let mut scanner = ringway_core::http::HeadScanner::new();
@@ -216,9 +238,23 @@ fn answer(mut s: TcpStream, status: &Status) {
             Ok(ringway_core::http::Scan::Partial) => {}
             Err(_) => return,
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            let _ = s.write_all(
+                b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return;
+        }
+        let _ = s.set_read_timeout(Some(left));
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
         }
     };
     let mut headers = Vec::new();

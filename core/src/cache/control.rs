@@ -36,13 +36,18 @@ pub struct Directives {
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
     pub immutable: bool,
+    /// A member did not follow the grammar (`no-cache; no-store`, `private;`): what it meant
+    /// cannot be known, so the restrictive reading wins and a response is not stored.
+    pub malformed: bool,
 }
 
 /// Reads the directives of every `value` (the `Cache-Control` field lines of one message).
 pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Directives {
     let mut d = Directives::default();
     for v in values {
-        for (name, arg) in directives(v) {
+        let (list, malformed) = directives(v);
+        d.malformed |= malformed;
+        for (name, arg) in list {
             apply(&mut d, name, arg.as_deref());
         }
     }
@@ -54,7 +59,7 @@ pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Directives {
 pub fn unstored_fields<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for v in values {
-        for (name, arg) in directives(v) {
+        for (name, arg) in directives(v).0 {
             if name.eq_ignore_ascii_case(b"no-cache") || name.eq_ignore_ascii_case(b"private") {
                 if let Some(a) = arg {
                     out.extend(list_items(&a).map(|f| f.to_ascii_lowercase()));
@@ -67,9 +72,12 @@ pub fn unstored_fields<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Ve
 
 /// The directives of one field value: `name` or `name=token` or `name="quoted string"`, split
 /// at commas outside quoted strings (RFC 9110 §5.6.1, §5.6.4). A directive that does not follow
-/// that grammar (whitespace around `=`, an unterminated quote) is skipped up to the next comma.
-fn directives(v: &[u8]) -> Vec<(&[u8], Option<Vec<u8>>)> {
+/// that grammar (whitespace around `=`, an unterminated quote) is skipped up to the next comma,
+/// and the second value says one was.
+#[allow(clippy::type_complexity)]
+fn directives(v: &[u8]) -> (Vec<(&[u8], Option<Vec<u8>>)>, bool) {
     let mut out = Vec::new();
+    let mut malformed = false;
     let mut i = 0;
     let n = v.len();
     let skip_to_comma = |mut i: usize| {
@@ -95,6 +103,9 @@ fn directives(v: &[u8]) -> Vec<(&[u8], Option<Vec<u8>>)> {
         }
         let name = &v[start..i];
         if name.is_empty() {
+            if i < n {
+                malformed = true;
+            }
             i = skip_to_comma(i);
             continue;
         }
@@ -123,6 +134,7 @@ fn directives(v: &[u8]) -> Vec<(&[u8], Option<Vec<u8>>)> {
                     }
                 }
                 if !closed {
+                    malformed = true;
                     break;
                 }
                 arg = Some(a);
@@ -139,12 +151,13 @@ fn directives(v: &[u8]) -> Vec<(&[u8], Option<Vec<u8>>)> {
             i += 1;
         }
         if i < n && v[i] != b',' {
+            malformed = true;
             i = skip_to_comma(i);
             continue;
         }
         out.push((name, arg));
     }
-    out
+    (out, malformed)
 }
 
 fn apply(d: &mut Directives, name: &[u8], arg: Option<&[u8]>) {
@@ -264,5 +277,24 @@ mod tests {
         assert_eq!(p("max-age='3600'").max_age, Some(0));
         assert_eq!(p("max-age=003600").max_age, Some(3600));
         assert!(p("no-store, ext=\"unterminated").no_store);
+        // Junk after a member: nothing is known of what it meant.
+        for bad in [
+            "no-cache; no-store",
+            "max-age=600, private;",
+            "max-age =3600",
+            "public, max-age=60 x",
+            "ext=\"unterminated",
+            "max-age=60, ;",
+        ] {
+            assert!(p(bad).malformed, "{bad}");
+        }
+        for good in [
+            "max-age=60, public",
+            "no-cache=\"a, b\"",
+            ",,, ,",
+            "max-age=60 , x",
+        ] {
+            assert!(!p(good).malformed, "{good}");
+        }
     }
 }

@@ -24,6 +24,9 @@ pub struct CacheRules {
     /// lists as heuristically cacheable.
     pub heuristic: bool,
     pub heuristic_max: u64,
+    /// Responses without explicit freshness to requests that carried `Cookie` or
+    /// `Authorization` are stored too (they are usually one user's page: off by default).
+    pub heuristic_credentials: bool,
     /// When the origin fails, serve a stale stored response (nginx's `proxy_cache_use_stale`).
     pub use_stale: UseStale,
     /// Larger responses stream through without being stored.
@@ -41,6 +44,7 @@ impl Default for CacheRules {
             store_set_cookie: false,
             heuristic: true,
             heuristic_max: 86_400,
+            heuristic_credentials: false,
             use_stale: UseStale::default(),
             max_object: 8 << 20,
             lock_timeout: std::time::Duration::from_secs(5),
@@ -90,9 +94,12 @@ pub struct Tee {
 impl Tee {
     pub fn new(cap: u64, expect: Option<u64>) -> Self {
         let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        // Never allocated from a declared length beyond a first block: the copy grows as
+        // bytes arrive (a response declaring 100 GB gets 64 KiB, not an abort).
         let first = expect
             .map_or(16 * 1024, |n| usize::try_from(n).unwrap_or(0))
-            .min(cap);
+            .min(cap)
+            .min(64 * 1024);
         Self {
             buf: Vec::with_capacity(first),
             cap,

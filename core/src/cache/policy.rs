@@ -108,6 +108,7 @@ pub struct RequestMeta {
     /// `Pragma: no-cache` without `Cache-Control` (RFC 9111 §5.4): like `no-cache`.
     pub pragma_no_cache: bool,
     pub authorization: bool,
+    pub cookie: bool,
     pub if_none_match: Option<Vec<u8>>,
     pub if_modified_since: Option<u64>,
     /// `If-Match` or `If-Unmodified-Since`: left to the origin.
@@ -136,6 +137,8 @@ pub fn read_request(buf: &[u8], headers: &[Header]) -> RequestMeta {
             m.pragma_no_cache |= list_items(v).any(|i| i.eq_ignore_ascii_case(b"no-cache"));
         } else if name.eq_ignore_ascii_case(b"authorization") {
             m.authorization = true;
+        } else if name.eq_ignore_ascii_case(b"cookie") {
+            m.cookie = true;
         } else if name.eq_ignore_ascii_case(b"if-none-match") {
             let mut all = m.if_none_match.take().unwrap_or_default();
             if !all.is_empty() {
@@ -202,6 +205,10 @@ pub fn storable(
     if req.cc.no_store || resp.cc.no_store {
         return Err("no-store");
     }
+    if resp.cc.malformed {
+        // What a member that does not parse meant is unknown: the restrictive reading.
+        return Err("cache-control");
+    }
     if resp.cc.private {
         return Err("private");
     }
@@ -221,6 +228,15 @@ pub fn storable(
         || resp.cc.s_maxage.is_some()
         || resp.expires != Expires::Absent;
     let configured = rules.valid_for(resp.status);
+    if !explicit
+        && configured.is_none()
+        && (req.cookie || req.authorization)
+        && !rules.heuristic_credentials
+    {
+        // A page fetched with credentials and no word from the origin on caching is most
+        // likely that user's: not kept for others on a guess.
+        return Err("credentials");
+    }
     let by_default = HEURISTIC.contains(&resp.status);
     if !(explicit || configured.is_some() || by_default) {
         return Err("status");
@@ -391,20 +407,19 @@ pub fn vary_value(buf: &[u8], headers: &[Header], name: &[u8], out: &mut Vec<u8>
         }
     }
     let folded = name.eq_ignore_ascii_case(b"accept-encoding");
-    let mut owned: Vec<Vec<u8>> = items
-        .iter()
-        .map(|i| {
-            if folded {
-                i.to_ascii_lowercase()
-            } else {
-                i.to_vec()
-            }
-        })
-        .collect();
+    let mut owned: Vec<Vec<u8>> = if folded {
+        items.iter().filter_map(|i| coding(i)).collect()
+    } else {
+        items.iter().map(|i| i.to_vec()).collect()
+    };
     if folded {
-        owned.retain(|i| !i.ends_with(b"q=0") && !i.ends_with(b"q=0.0"));
         owned.sort();
         owned.dedup();
+        if owned.is_empty() && find_header(buf, headers, name).is_some() {
+            // Every coding refused (`gzip;q=0`): identity only, which is not what an absent
+            // field says (any coding is acceptable then).
+            owned.push(b"identity".to_vec());
+        }
     }
     for (k, i) in owned.iter().enumerate() {
         if k > 0 {
@@ -415,6 +430,43 @@ pub fn vary_value(buf: &[u8], headers: &[Header], name: &[u8], out: &mut Vec<u8>
     if items.is_empty() && find_header(buf, headers, name).is_some() {
         // Present but empty differs from absent.
         out.push(b'\0');
+    }
+}
+
+/// One `Accept-Encoding` member in a normal form: the coding lower-cased, with its weight when
+/// it is neither 1 nor absent; `None` when its weight is zero (`q=0`, `Q = 0.000`: refused).
+fn coding(item: &[u8]) -> Option<Vec<u8>> {
+    let mut parts = item.split(|&b| b == b';');
+    let name = trim_ows(parts.next().unwrap_or(b"")).to_ascii_lowercase();
+    let mut weight: Option<Vec<u8>> = None;
+    for p in parts {
+        let p = trim_ows(p);
+        let Some(eq) = p.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        if trim_ows(&p[..eq]).eq_ignore_ascii_case(b"q") {
+            weight = Some(trim_ows(&p[eq + 1..]).to_vec());
+        }
+    }
+    match weight {
+        None => Some(name),
+        Some(q) => {
+            let (int, frac) = match q.iter().position(|&b| b == b'.') {
+                Some(d) => (&q[..d], &q[d + 1..]),
+                None => (&q[..], &b""[..]),
+            };
+            let digits = frac.iter().all(u8::is_ascii_digit) && frac.len() <= 3;
+            match int {
+                b"0" if digits && frac.iter().all(|&d| d == b'0') => None,
+                b"1" if digits && frac.iter().all(|&d| d == b'0') => Some(name),
+                _ => {
+                    let mut v = name;
+                    v.extend_from_slice(b";q=");
+                    v.extend_from_slice(&q);
+                    Some(v)
+                }
+            }
+        }
     }
 }
 
@@ -692,6 +744,30 @@ mod tests {
         assert!(storable(Method::Get, &auth, &public, T, &rules()).is_ok());
         let smax = resp("HTTP/1.1 200 OK\r\nCache-Control: s-maxage=10\r\n\r\n");
         assert!(storable(Method::Get, &auth, &smax, T, &rules()).is_ok());
+        // Junk in Cache-Control: the restrictive reading.
+        for bad in [
+            "HTTP/1.1 200 OK\r\nCache-Control: no-cache; no-store\r\nLast-Modified: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=600, private;\r\n\r\n",
+        ] {
+            assert_eq!(ok(bad), Err("cache-control"), "{bad}");
+        }
+        // A page fetched with a cookie and no explicit freshness is not kept on a guess.
+        let cookie = req("GET / HTTP/1.1\r\nCookie: session=1\r\n\r\n");
+        let guess = resp("HTTP/1.1 200 OK\r\nLast-Modified: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n");
+        assert!(storable(Method::Get, &get, &guess, T, &rules()).is_ok());
+        assert_eq!(
+            storable(Method::Get, &cookie, &guess, T, &rules()),
+            Err("credentials")
+        );
+        let with = CacheRules {
+            heuristic_credentials: true,
+            ..rules()
+        };
+        assert!(storable(Method::Get, &cookie, &guess, T, &with).is_ok());
+        assert!(
+            storable(Method::Get, &cookie, &r, T, &rules()).is_ok(),
+            "explicit: stored"
+        );
     }
 
     #[test]
@@ -835,6 +911,20 @@ mod tests {
         assert_eq!(out, b"\0");
         vary_value(b, &hs, b"x-missing", &mut out);
         assert_eq!(out, b"");
+        let ae = |v: &str| {
+            let r = format!("GET / HTTP/1.1\r\nAccept-Encoding: {v}\r\n\r\n");
+            let mut hs = Vec::new();
+            parse_request(r.as_bytes(), &mut hs, &Limits::default()).unwrap();
+            let mut out = Vec::new();
+            vary_value(r.as_bytes(), &hs, b"accept-encoding", &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        // Refusing every coding is not the same as saying nothing (any coding then).
+        assert_eq!(ae("gzip;q=0"), "identity");
+        assert_eq!(ae("gzip; Q=0.00"), "identity");
+        assert_eq!(ae("gzip;q=0.000, br"), "br");
+        assert_eq!(ae("gzip;q=1.0, br;q=0.5"), "br;q=0.5,gzip");
+        assert_ne!(ae("gzip;q=0.001"), ae("gzip;q=0"));
         let r =
             resp("HTTP/1.1 200 OK\r\nVary: Accept-Encoding, x-a\r\nVary: ACCEPT-encoding\r\n\r\n");
         assert_eq!(

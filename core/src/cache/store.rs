@@ -25,14 +25,21 @@ use super::control::Directives;
 const EPOCH_BUCKETS: usize = 1 << 14;
 
 /// Invalidation counters shared by all shards of a process.
+///
+/// A key's bucket is chosen by SipHash keyed with a secret drawn when the process starts, so
+/// nobody can compute offline which URL shares a bucket with another: an unsafe request to an
+/// unrelated URL cannot be aimed at a chosen entry (FNV would let one find such a URL in about
+/// 2,000 tries, and wipe the cache with 16,384 requests).
 pub struct Epochs {
     buckets: Box<[AtomicU64]>,
+    secret: std::collections::hash_map::RandomState,
 }
 
 impl Default for Epochs {
     fn default() -> Self {
         Self {
             buckets: (0..EPOCH_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            secret: std::collections::hash_map::RandomState::new(),
         }
     }
 }
@@ -40,17 +47,18 @@ impl Default for Epochs {
 impl Epochs {
     /// The counter for `key` now.
     pub fn get(&self, key: &[u8]) -> u64 {
-        self.buckets[bucket(key)].load(Ordering::Acquire)
+        self.buckets[self.bucket(key)].load(Ordering::Acquire)
     }
 
     /// Invalidates whatever any shard holds under `key` (and, rarely, keys sharing its bucket).
     pub fn bump(&self, key: &[u8]) {
-        self.buckets[bucket(key)].fetch_add(1, Ordering::AcqRel);
+        self.buckets[self.bucket(key)].fetch_add(1, Ordering::AcqRel);
     }
-}
 
-fn bucket(key: &[u8]) -> usize {
-    (hash(key) as usize) & (EPOCH_BUCKETS - 1)
+    fn bucket(&self, key: &[u8]) -> usize {
+        use std::hash::BuildHasher;
+        (self.secret.hash_one(key) as usize) & (EPOCH_BUCKETS - 1)
+    }
 }
 
 /// FNV-1a, 64 bits: keys are short and this runs once per lookup.
@@ -318,10 +326,18 @@ impl Shard {
                 .iter()
                 .copied()
                 .filter(|&id| {
-                    self.slots[id as usize]
-                        .entry
-                        .as_ref()
-                        .is_some_and(|e| e.vary == entry.vary || e.epoch != entry.epoch)
+                    // The same variant; one of an older epoch; or one stored under another
+                    // `Vary` (the newest response says which fields select, RFC 9111 §4.1: an
+                    // unvaried older entry must not keep answering ahead of varied ones).
+                    self.slots[id as usize].entry.as_ref().is_some_and(|e| {
+                        e.vary == entry.vary
+                            || e.epoch != entry.epoch
+                            || !e
+                                .vary
+                                .iter()
+                                .map(|s| &s.0)
+                                .eq(entry.vary.iter().map(|s| &s.0))
+                    })
                 })
                 .collect();
             for id in old {
@@ -563,6 +579,19 @@ mod tests {
     }
 
     #[test]
+    fn buckets_are_keyed_per_process() {
+        // Two processes (two tables) put the same keys in different buckets: which URL shares
+        // a bucket with another cannot be worked out offline.
+        let (a, b) = (Epochs::default(), Epochs::default());
+        let keys: Vec<String> = (0..64).map(|i| format!("http://x/{i}")).collect();
+        let same = keys
+            .iter()
+            .filter(|k| a.bucket(k.as_bytes()) == b.bucket(k.as_bytes()))
+            .count();
+        assert!(same < 8, "{same} of 64 keys in the same bucket");
+    }
+
+    #[test]
     fn purge_and_prefix() {
         let mut s = Shard::new(100_000);
         let epochs = Epochs::default();
@@ -588,5 +617,16 @@ mod tests {
         s.insert(with("br"));
         s.insert(with("gzip"));
         assert_eq!(s.variants(b"k", &epochs).len(), 2);
+        // The origin starts (or stops) varying: what was stored under the old Vary goes.
+        let mut s = Shard::new(100_000);
+        s.insert(entry("k", 10, 0));
+        s.insert(with("gzip"));
+        let v = s.variants(b"k", &epochs);
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            v[0].1.vary.len(),
+            1,
+            "the unvaried entry no longer answers first"
+        );
     }
 }

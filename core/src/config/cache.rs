@@ -33,9 +33,19 @@ pub(crate) fn build_cache(
     }
     let d = CacheRules::default();
     let max_object = match &c.max_object {
-        None => d.max_object,
+        None => d.max_object.min(size / 8),
         Some(s) => size_of(loc, s, "cache.max_object")?,
     };
+    if let (Some(s), true) = (&c.max_object, max_object > size / 8) {
+        return Err(loc.at(
+            s.span(),
+            "cache.max_object",
+            format!(
+                "expected at most an eighth of cache.size ({} bytes): a larger object would never be stored",
+                size / 8
+            ),
+        ));
+    }
     let valid = match &c.valid {
         None => Vec::new(),
         Some(v) => valid_map(loc, v, "cache.valid")?,
@@ -73,6 +83,7 @@ pub(crate) fn build_cache(
             store_set_cookie: c.store_set_cookie.unwrap_or(false),
             heuristic: c.heuristic.unwrap_or(true),
             heuristic_max,
+            heuristic_credentials: c.heuristic_credentials.unwrap_or(false),
             use_stale,
             max_object,
             lock_timeout,

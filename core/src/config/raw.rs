@@ -37,6 +37,7 @@ pub(crate) struct Cache {
     pub store_set_cookie: Option<bool>,
     pub heuristic: Option<bool>,
     pub heuristic_max: Option<Spanned<Duration>>,
+    pub heuristic_credentials: Option<bool>,
     pub use_stale: Option<Vec<Spanned<String>>>,
     pub lock_timeout: Option<Spanned<Duration>>,
     pub forward: Option<bool>,

@@ -470,6 +470,40 @@ clients = ["10.0.0.0/8"]
     .unwrap_err();
     assert_eq!(e.key, "forward.anonymity");
     assert_eq!(e.line, Some(4));
+    // IP addresses have many spellings: a name list cannot deny them.
+    for ip in ["127.0.0.2", "127.2", "2130706434", "[::ffff:127.0.0.2]"] {
+        let e = Config::parse(
+            "t.toml",
+            &format!("[server]\nlisten = [{{ addr = \"127.0.0.1:1\", forward = true }}]\n[forward]\ndeny_domains = [\"{ip}\"]\n"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("forward.deny_domains[0]", Some(4)),
+            "{ip}"
+        );
+        assert!(e.message.contains("dest_ips"), "{}", e.message);
+    }
+    let c = Config::parse(
+        "t.toml",
+        "[server]\nlisten = [{ addr = \"127.0.0.1:1\", forward = true }]\n[forward]\nsafe_ports = [80, \"8000-8080\"]\n",
+    )
+    .unwrap();
+    assert!(c.forward.safe_ports.contains(8080) && !c.forward.safe_ports.contains(443));
+    assert!(
+        c.warnings().is_empty(),
+        "a loopback listener is no open proxy"
+    );
+    let open = Config::parse(
+        "t.toml",
+        "[server]\nlisten = [{ addr = \"0.0.0.0:3128\", forward = true }]\n",
+    )
+    .unwrap();
+    assert!(
+        open.warnings()[0].contains("0.0.0.0:3128"),
+        "{:?}",
+        open.warnings()
+    );
 }
 
 #[test]
@@ -500,6 +534,7 @@ fn cache_section_and_route_keys() {
         ("valid = { \"304\" = \"1m\" }", "cache.valid.\"304\""),
         ("use_stale = [\"sometimes\"]", "cache.use_stale[0]"),
         ("heuristic_max = \"400d\"", "cache.heuristic_max"),
+        ("max_object = \"100g\"", "cache.max_object"),
     ] {
         let err = Config::parse(
             "c.toml",

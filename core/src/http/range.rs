@@ -51,7 +51,9 @@ pub fn parse(value: &[u8], len: u64) -> Ranges {
             let Some(n) = num(last) else {
                 return Ranges::Ignore;
             };
-            if n == 0 {
+            // A suffix of nothing, or of an empty representation, selects no byte (RFC 9110
+            // §14.1.3: unsatisfiable when the representation is empty).
+            if n == 0 || len == 0 {
                 continue;
             }
             (len.saturating_sub(n), len)
@@ -103,6 +105,9 @@ mod tests {
         );
         assert_eq!(s("bytes=100-"), Ranges::Unsatisfiable);
         assert_eq!(s("bytes=200-300, -0"), Ranges::Unsatisfiable);
+        // An empty representation: no suffix selects a byte of it.
+        assert_eq!(parse(b"bytes=-5", 0), Ranges::Unsatisfiable);
+        assert_eq!(parse(b"bytes=0-", 0), Ranges::Unsatisfiable);
         assert_eq!(s("bytes=5-1"), Ranges::Ignore);
         assert_eq!(s("bytes=a-b"), Ranges::Ignore);
         assert_eq!(s("items=0-1"), Ranges::Ignore);

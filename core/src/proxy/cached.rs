@@ -831,7 +831,7 @@ impl Exchange {
         };
         let rh = parse_response(&full, &mut hs, &limits).ok()?;
         let meta = read_response(rh.status, &full, &hs);
-        if meta.cc.no_store || meta.cc.private {
+        if meta.cc.no_store || meta.cc.private || meta.cc.malformed {
             return None;
         }
         if meta.cc.qualified {
