@@ -949,3 +949,56 @@ fn connection_bound_logins_stay_with_their_client() {
         }
     }
 }
+
+#[test]
+fn password_checks_never_stall_other_users() {
+    let origin = Origin::start();
+    // bcrypt, cost 12 (a fixed hash of "right", as `htpasswd -nbB -C 12 alice right` writes).
+    let file =
+        TempFile::new("alice:$2y$12$Mp9.CnnY0rYMlyG9iCVan.NUCHttSUXsCW3iJnKOuyWn9FQTTIx7q\n");
+    let proxy = Proxy::start(&forward_config(&format!(
+        "[forward]\nauth_file = \"{}\"\n",
+        file.0.display()
+    )));
+    let get = |creds: &str| {
+        format!(
+            "GET http://{}/len/3 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {creds}\r\n\r\n",
+            origin.addr
+        )
+    };
+    let alice = get("Basic YWxpY2U6cmlnaHQ=");
+    // Alice logs in once; her credentials are then trusted, however they are spelled.
+    let mut probe = TcpStream::connect(proxy.addr).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(exchange_on(&mut probe, &alice).starts_with("HTTP/1.1 200"));
+    for spelling in ["basic YWxpY2U6cmlnaHQ=", "BASIC   YWxpY2U6cmlnaHQ= "] {
+        let r = exchange_on(&mut probe, &get(spelling));
+        assert!(r.starts_with("HTTP/1.1 200"), "{spelling}: {r}");
+    }
+    // An attacker's wrong password (an unknown user: it costs the strongest hash) is being
+    // checked: alice is answered meanwhile, before the attacker.
+    for round in 0..5 {
+        let mut attacker = TcpStream::connect(proxy.addr).unwrap();
+        attacker
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        attacker
+            .write_all(get("Basic bWFsbG9yeTp4").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let r = exchange_on(&mut probe, &alice);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        attacker.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 64];
+        let answered_first = matches!(attacker.read(&mut b), Ok(n) if n > 0);
+        assert!(
+            !answered_first,
+            "round {round}: the attacker's check held alice up"
+        );
+        attacker.set_nonblocking(false).unwrap();
+        let r = exchange_on(&mut attacker, "");
+        assert!(r.starts_with("HTTP/1.1 407"), "{r}");
+    }
+}

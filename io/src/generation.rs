@@ -73,7 +73,9 @@ impl Generation {
             tls,
             pool: RefCell::new(pool),
             groups: RefCell::new(groups),
-            auth: RefCell::new(Default::default()),
+            auth: RefCell::new(ringway_core::forward::auth::AuthCache::new(
+                crate::auth::failures(),
+            )),
             hints: RefCell::new(ringway_core::proxy::SizeHints::new(routes)),
         }
     }

@@ -11,6 +11,7 @@
 //! `ringway-core`.
 
 mod admin;
+mod auth;
 mod board;
 mod buf;
 mod cache;

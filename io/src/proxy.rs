@@ -309,6 +309,14 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_resolved(r, &env(&self.w, &cfg), now);
                 }
+                Action::VerifyPassword { user, password } => {
+                    let ok = match cfg.forward.users.clone() {
+                        Some(users) => Box::pin(crate::auth::verify(users, user, password.0)).await,
+                        None => None,
+                    };
+                    let now = self.tick();
+                    self.ex.handle_verified(ok, &env(&self.w, &cfg), now);
+                }
                 Action::WaitFill => {
                     let wait = arm(&self.deadline, &self.ex, self.now);
                     let done = wait

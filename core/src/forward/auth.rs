@@ -2,12 +2,18 @@
 //! an htpasswd file (the entry kinds Apache's `htpasswd` writes that are still sound: apr1 MD5,
 //! its default; bcrypt; SHA-256 and SHA-512 crypt).
 //!
-//! Checking a password is deliberately slow (bcrypt, thousands of hash rounds), so each worker
-//! keeps the credentials that passed for a while ([`AuthCache`], emptied on every reload) and
-//! limits how many wrong ones a client may try.
+//! Checking a password is deliberately slow (bcrypt, thousands of hash rounds), so it never runs
+//! on a worker: core says when a check is needed (`AuthStep::Verify`) and io runs it on a thread
+//! of its own. Each worker keeps the credentials that passed for a while ([`AuthCache`], emptied
+//! on every reload), keyed by user and a digest of the password (however the header spells
+//! them). Wrong credentials are counted across workers ([`Failures`]: per client address, an IPv6
+//! client by its /64, and per user), and an unknown user costs what the file's strongest hash
+//! costs.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
@@ -16,6 +22,31 @@ use md5::{Digest, Md5};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Htpasswd {
     users: HashMap<String, String>,
+    /// The entry that costs most to check: what an unknown user is checked against, so that
+    /// asking for one costs an attacker as much as asking for a real one.
+    strongest: Option<String>,
+}
+
+/// A rough cost of checking `hash` in nanoseconds, for choosing the strongest entry.
+fn cost(hash: &str) -> u64 {
+    if let Some(rest) = hash.strip_prefix("$2") {
+        let c: u32 = rest
+            .get(2..4)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(10)
+            .min(31);
+        return 60_000 * (1u64 << c);
+    }
+    if hash.starts_with("$5$") || hash.starts_with("$6$") {
+        let rounds = hash
+            .split('$')
+            .nth(2)
+            .and_then(|r| r.strip_prefix("rounds="))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(5000u64);
+        return rounds * 1000;
+    }
+    300_000
 }
 
 impl Htpasswd {
@@ -62,7 +93,8 @@ impl Htpasswd {
                 return Err((n, format!("user {user:?} is listed twice")));
             }
         }
-        Ok(Self { users })
+        let strongest = users.values().max_by_key(|h| cost(h)).cloned();
+        Ok(Self { users, strongest })
     }
 
     pub fn len(&self) -> usize {
@@ -73,25 +105,33 @@ impl Htpasswd {
         self.users.is_empty()
     }
 
-    /// Whether `password` is `user`'s. Unknown users cost a comparison too, so their absence
-    /// does not show in the timing more than needed.
+    /// Whether `password` is `user`'s. Slow on purpose: run it off the request path. An unknown
+    /// user is checked against the file's strongest entry (and refused), so that it costs and
+    /// takes as long as a real one.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         let Some(hash) = self.users.get(user) else {
-            let _ = apr1(password, b"timingxx");
+            if let Some(h) = &self.strongest {
+                let _ = check(h, password);
+            }
             return false;
         };
-        if let Some(rest) = hash.strip_prefix("$apr1$") {
-            let salt = rest.split('$').next().unwrap_or("");
-            return constant_time_eq(apr1(password, salt.as_bytes()).as_bytes(), hash.as_bytes());
-        }
-        if hash.starts_with("$2") {
-            return bcrypt::verify(password, hash).unwrap_or(false);
-        }
-        use sha_crypt::PasswordVerifier;
-        sha_crypt::ShaCrypt::default()
-            .verify_password(password, hash.as_str())
-            .is_ok()
+        check(hash, password)
     }
+}
+
+/// Whether `password` matches the htpasswd `hash`.
+fn check(hash: &str, password: &[u8]) -> bool {
+    if let Some(rest) = hash.strip_prefix("$apr1$") {
+        let salt = rest.split('$').next().unwrap_or("");
+        return constant_time_eq(apr1(password, salt.as_bytes()).as_bytes(), hash.as_bytes());
+    }
+    if hash.starts_with("$2") {
+        return bcrypt::verify(password, hash).unwrap_or(false);
+    }
+    use sha_crypt::PasswordVerifier;
+    sha_crypt::ShaCrypt::default()
+        .verify_password(password, hash)
+        .is_ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -238,76 +278,234 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Wrong credentials a client may send per window before it is refused for the rest of it.
+/// Wrong credentials a client address (an IPv6 client's /64) may send per window before it is
+/// refused for the rest of it.
 pub const MAX_FAILURES: u32 = 10;
-/// The window for [`MAX_FAILURES`].
+/// Wrong passwords one user name may get per window, from anywhere (many addresses trying one
+/// account).
+pub const MAX_USER_FAILURES: u32 = 30;
+/// The window for [`MAX_FAILURES`] and [`MAX_USER_FAILURES`].
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How long credentials that passed are trusted without checking the hash again.
 pub const TRUST: Duration = Duration::from_secs(300);
+/// How long credentials that passed still pass while their address or user is being limited
+/// (the real user behind an address an attacker shares is not locked out).
+pub const KNOWN: Duration = Duration::from_secs(24 * 3600);
 
-/// What [`AuthCache::check`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuthResult {
-    /// The user these credentials belong to.
-    User(String),
-    /// Unknown user or wrong password.
-    Wrong,
-    /// Too many wrong attempts from this client lately.
-    Limited,
+/// Counters of wrong credentials shared by every worker of the process: a fixed table of
+/// buckets (a window start and a count packed in one atomic word), keyed with a per-process
+/// secret. Written only when a check fails and read only when one is needed, never on a request
+/// whose credentials are trusted. Buckets that collide count together, which only limits
+/// sooner.
+pub struct Failures {
+    clients: Box<[AtomicU64]>,
+    users: Box<[AtomicU64]>,
+    secret: std::collections::hash_map::RandomState,
 }
 
-/// One worker's memory of credentials that passed and of clients that failed.
+const FAILURE_BUCKETS: usize = 4096;
+
+impl Default for Failures {
+    fn default() -> Self {
+        let table = || (0..FAILURE_BUCKETS).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            clients: table(),
+            users: table(),
+            secret: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Failures")
+    }
+}
+
+/// What limits count an address as: IPv4 whole, IPv6 by its /64 (one subscriber's block).
+fn client_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut k = [0u8; 16];
+            k[..8].copy_from_slice(&v6.octets()[..8]);
+            k[8] = 6;
+            k
+        }
+        IpAddr::V6(v6) => client_key(IpAddr::V4(v6.to_ipv4_mapped().unwrap_or([0; 4].into()))),
+        IpAddr::V4(v4) => {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&v4.octets());
+            k
+        }
+    }
+}
+
+impl Failures {
+    fn slot<'a>(&self, table: &'a [AtomicU64], key: &[u8]) -> &'a AtomicU64 {
+        use std::hash::BuildHasher;
+        &table[(self.secret.hash_one(key) as usize) % FAILURE_BUCKETS]
+    }
+
+    /// The count in `word` at `now` (whole seconds): zero once its window has passed.
+    fn count(word: u64, now: u64) -> u32 {
+        let start = word >> 32;
+        if now.saturating_sub(start) >= FAILURE_WINDOW.as_secs() {
+            0
+        } else {
+            word as u32
+        }
+    }
+
+    fn add(slot: &AtomicU64, now: u64) {
+        let mut word = slot.load(Ordering::Acquire);
+        loop {
+            let next = match Self::count(word, now) {
+                0 => (now << 32) | 1,
+                n => (word & !0xffff_ffff) | u64::from(n.saturating_add(1)),
+            };
+            match slot.compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(w) => word = w,
+            }
+        }
+    }
+
+    /// Whether `client` or `user` failed too often lately.
+    pub fn limited(&self, client: IpAddr, user: &str, now: u64) -> bool {
+        let c = self
+            .slot(&self.clients, &client_key(client))
+            .load(Ordering::Acquire);
+        let u = self
+            .slot(&self.users, user.as_bytes())
+            .load(Ordering::Acquire);
+        Self::count(c, now) >= MAX_FAILURES || Self::count(u, now) >= MAX_USER_FAILURES
+    }
+
+    /// Counts a wrong password (or an unknown user) from `client` for `user`.
+    pub fn record(&self, client: IpAddr, user: &str, now: u64) {
+        Self::add(self.slot(&self.clients, &client_key(client)), now);
+        Self::add(self.slot(&self.users, user.as_bytes()), now);
+    }
+}
+
+/// A password on its way to be checked: its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Where the current request's credentials stand (the exchange keeps one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Check {
+    #[default]
+    None,
+    /// Sent to be checked off the worker.
+    Pending(String, Secret),
+    /// Checked and right: the request goes on as this user.
+    Passed(String),
+    /// Checked and wrong: 407.
+    Refused,
+    /// Could not be checked now (too many checks waiting): 503.
+    Unavailable,
+}
+
+/// What [`AuthCache::lookup`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Trusted credentials of this user.
+    User(String),
+    /// Too many wrong attempts from this client or for this user lately.
+    Limited,
+    /// The password must be checked against its hash (slow: off the worker), then
+    /// [`AuthCache::verified`] told the outcome.
+    Verify,
+}
+
+/// A user and a digest of the password: how trusted credentials are remembered, whatever
+/// spelling of the header carried them, and without keeping the password itself.
+type Credentials = (String, [u8; 32]);
+
+fn credentials(user: &str, password: &[u8]) -> Credentials {
+    let mut d = sha2::Sha256::new();
+    sha2::Digest::update(&mut d, user.as_bytes());
+    sha2::Digest::update(&mut d, [0u8]);
+    sha2::Digest::update(&mut d, password);
+    (user.to_string(), sha2::Digest::finalize(d).into())
+}
+
+/// One worker's memory of credentials that passed, with the process's failure counters.
 #[derive(Debug, Default)]
 pub struct AuthCache {
-    passed: HashMap<Vec<u8>, (String, Instant)>,
-    failures: HashMap<IpAddr, (u32, Instant)>,
+    /// Trusted until the instant: no check needed.
+    passed: HashMap<Credentials, Instant>,
+    /// Passed before, until the instant: still accepted while limited.
+    known: HashMap<Credentials, Instant>,
+    failures: Arc<Failures>,
 }
 
 /// Entries kept before the oldest are forgotten.
 const CACHE_MAX: usize = 10_000;
 
 impl AuthCache {
-    /// Checks the Basic credentials `value` (already known to parse) of `client`.
-    pub fn check(
+    /// A cache that counts failures in `failures` (shared by the process's workers).
+    pub fn new(failures: Arc<Failures>) -> Self {
+        Self {
+            passed: HashMap::new(),
+            known: HashMap::new(),
+            failures,
+        }
+    }
+
+    /// What to do with `user`'s `password` from `client`; `secs`: whole seconds (the clock of
+    /// the failure windows).
+    pub fn lookup(
         &mut self,
-        users: &Htpasswd,
-        value: &[u8],
         user: &str,
         password: &[u8],
         client: IpAddr,
         now: Instant,
-    ) -> AuthResult {
-        if let Some((u, until)) = self.passed.get(value) {
-            if now < *until {
-                return AuthResult::User(u.clone());
-            }
+        secs: u64,
+    ) -> AuthStep {
+        let creds = credentials(user, password);
+        if self.passed.get(&creds).is_some_and(|until| now < *until) {
+            return AuthStep::User(creds.0);
         }
-        if let Some(&(n, since)) = self.failures.get(&client) {
-            if now.saturating_duration_since(since) < FAILURE_WINDOW && n >= MAX_FAILURES {
-                return AuthResult::Limited;
+        if self.failures.limited(client, user, secs) {
+            if self.known.get(&creds).is_some_and(|until| now < *until) {
+                return AuthStep::User(creds.0);
             }
+            return AuthStep::Limited;
         }
-        if users.verify(user, password) {
-            if self.passed.len() >= CACHE_MAX {
-                self.passed.retain(|_, (_, until)| now < *until);
-                if self.passed.len() >= CACHE_MAX {
-                    self.passed.clear();
+        AuthStep::Verify
+    }
+
+    /// The outcome of a check that [`lookup`](Self::lookup) asked for.
+    pub fn verified(
+        &mut self,
+        user: &str,
+        password: &[u8],
+        ok: bool,
+        client: IpAddr,
+        now: Instant,
+        secs: u64,
+    ) {
+        if !ok {
+            self.failures.record(client, user, secs);
+            return;
+        }
+        for (map, ttl) in [(&mut self.passed, TRUST), (&mut self.known, KNOWN)] {
+            if map.len() >= CACHE_MAX {
+                map.retain(|_, until| now < *until);
+                if map.len() >= CACHE_MAX {
+                    map.clear();
                 }
             }
-            self.passed
-                .insert(value.to_vec(), (user.to_string(), now + TRUST));
-            return AuthResult::User(user.to_string());
+            map.insert(credentials(user, password), now + ttl);
         }
-        if self.failures.len() >= CACHE_MAX {
-            self.failures
-                .retain(|_, (_, since)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
-        }
-        let e = self.failures.entry(client).or_insert((0, now));
-        if now.saturating_duration_since(e.1) >= FAILURE_WINDOW {
-            *e = (0, now);
-        }
-        e.0 += 1;
-        AuthResult::Wrong
     }
 }
 
@@ -387,29 +585,60 @@ dave:$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW
 
     #[test]
     #[allow(clippy::disallowed_methods)]
-    fn passed_credentials_are_cached_and_failures_limited() {
-        let h = Htpasswd::parse("alice:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/").unwrap();
+    fn passed_credentials_are_trusted_and_failures_limited_across_spellings_and_addresses() {
         let mut c = AuthCache::default();
         let now = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let ok = |c: &mut AuthCache, t| c.check(&h, b"tok", "alice", b"myPassword", ip, t);
-        assert_eq!(ok(&mut c, now), AuthResult::User("alice".into()));
-        for _ in 0..MAX_FAILURES {
-            assert_eq!(
-                c.check(&h, b"bad", "alice", b"x", ip, now),
-                AuthResult::Wrong
-            );
-        }
+        let t = 1_000_000;
+        assert_eq!(c.lookup("alice", b"pw", ip, now, t), AuthStep::Verify);
+        c.verified("alice", b"pw", true, ip, now, t);
+        // Trusted by user and password, however the header spelled them.
         assert_eq!(
-            c.check(&h, b"bad", "alice", b"x", ip, now),
-            AuthResult::Limited
+            c.lookup("alice", b"pw", ip, now, t),
+            AuthStep::User("alice".into())
         );
-        // Good credentials already known still pass; the limit ends with its window.
-        assert_eq!(ok(&mut c, now), AuthResult::User("alice".into()));
-        let later = now + FAILURE_WINDOW;
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(c.lookup("alice", b"x", ip, now, t), AuthStep::Verify);
+            c.verified("alice", b"x", false, ip, now, t);
+        }
+        assert_eq!(c.lookup("alice", b"y", ip, now, t), AuthStep::Limited);
+        // The real user's known password still passes, after its trust ran out too.
+        let later = now + TRUST;
         assert_eq!(
-            c.check(&h, b"bad", "alice", b"x", ip, later),
-            AuthResult::Wrong
+            c.lookup("alice", b"pw", ip, later, t + 1),
+            AuthStep::User("alice".into())
+        );
+        // Another worker shares the counts; the limit ends with its window.
+        let mut other = AuthCache::new(c.failures.clone());
+        assert_eq!(other.lookup("bob", b"z", ip, now, t), AuthStep::Limited);
+        assert_eq!(other.lookup("bob", b"z", ip, now, t + 60), AuthStep::Verify);
+        // An IPv6 client is one /64: its other addresses share the count.
+        let f = Failures::default();
+        for i in 0..MAX_FAILURES {
+            let a: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            f.record(a, &format!("u{i}"), t);
+        }
+        assert!(f.limited("2001:db8:1:2::ffff".parse().unwrap(), "v", t));
+        assert!(!f.limited("2001:db8:1:3::1".parse().unwrap(), "v", t));
+        // Many addresses against one user.
+        let f = Failures::default();
+        for i in 0..MAX_USER_FAILURES {
+            f.record(IpAddr::from([198, 51, 100, i as u8]), "carol", t);
+        }
+        assert!(f.limited("203.0.113.1".parse().unwrap(), "carol", t));
+        assert!(!f.limited("203.0.113.1".parse().unwrap(), "dave", t));
+    }
+
+    #[test]
+    fn an_unknown_user_costs_the_strongest_entry() {
+        let h = Htpasswd::parse(
+            "a:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\nb:$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW\n",
+        )
+        .unwrap();
+        assert!(h.strongest.as_deref().unwrap().starts_with("$2a$05$"));
+        assert!(
+            !h.verify("nobody", b"U*U"),
+            "never accepted, even with that password"
         );
     }
 }

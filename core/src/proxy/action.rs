@@ -95,6 +95,13 @@ pub enum Action {
         pin: bool,
         distrust: bool,
     },
+    /// Check `password` against `user`'s entry in the forward proxy's htpasswd file, off the
+    /// worker (the hash is slow on purpose), then `handle_verified` with the outcome (`None`
+    /// when it could not be checked: too many checks waiting).
+    VerifyPassword {
+        user: String,
+        password: crate::forward::auth::Secret,
+    },
     /// The exchange is over; `end_record()` describes it.
     Finish(Finish),
 }

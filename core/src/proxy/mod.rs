@@ -137,6 +137,8 @@ enum State {
     Resolve,
     /// Waiting for another request's fetch of the same cache key.
     WaitFill,
+    /// The client's password is being checked off the worker.
+    Verify,
     Tunnel,
     Done(Finish),
 }
@@ -293,6 +295,8 @@ pub struct Exchange {
     method_text: String,
     /// Connection-bound authentication: the upstream connection held for this client alone.
     pin: pin::Pin,
+    /// The current request's proxy credentials, while they are checked.
+    auth: crate::forward::auth::Check,
 }
 
 impl Exchange {
@@ -330,6 +334,7 @@ impl Exchange {
             dest_next: Vec::new(),
             method_text: String::new(),
             pin: pin::Pin::default(),
+            auth: crate::forward::auth::Check::None,
         }
     }
 
@@ -349,6 +354,7 @@ impl Exchange {
         self.pending_next = None;
         self.cache.reset();
         self.hit = None;
+        self.auth = crate::forward::auth::Check::None;
         self.record = EndRecord {
             started: Some(now),
             ..EndRecord::default()
@@ -440,6 +446,13 @@ impl Exchange {
                 port: self.req.dest_port,
             },
             State::WaitFill => Action::WaitFill,
+            State::Verify => match &self.auth {
+                crate::forward::auth::Check::Pending(user, password) => Action::VerifyPassword {
+                    user: user.clone(),
+                    password: password.clone(),
+                },
+                _ => Action::Finish(Finish::Close(Close::Now)),
+            },
             State::Tunnel => Action::Tunnel {
                 idle: self.tunnel_idle,
             },
@@ -1280,10 +1293,12 @@ impl Exchange {
             self.reject(400, "more than one Proxy-Authorization field", env, now);
             return 0;
         }
-        if let Some(users) = &fwd.users {
-            match self.authenticate(users, buf, env, now) {
-                Some(user) => self.record.user = Some(user),
-                None => return end,
+        if fwd.users.is_some() {
+            match self.authenticate(buf, env, now) {
+                Authn::User(user) => self.record.user = Some(user),
+                Authn::Answered => return end,
+                // The head stays in io's buffer: it is handed over again once checked.
+                Authn::Verifying => return 0,
             }
         }
         let Some(dest) = crate::forward::Authority::parse(authority, default_port) else {
@@ -1477,51 +1492,106 @@ impl Exchange {
         self.local_error(403, &detail, env, now);
     }
 
-    /// Checks the request's `Proxy-Authorization` against `users`; the user, or `None` when
-    /// the request was answered (407, 400 or 429).
-    fn authenticate(
-        &mut self,
-        users: &crate::forward::auth::Htpasswd,
-        buf: &[u8],
-        env: &Env<'_>,
-        now: Instant,
-    ) -> Option<String> {
-        use crate::forward::auth::{parse_basic, AuthCache, AuthResult, BasicError};
-        const CHALLENGE: &[u8] =
-            b"Proxy-Authenticate: Basic realm=\"ringway\", charset=\"UTF-8\"\r\n";
+    /// Checks the request's `Proxy-Authorization`: trusted credentials pass at once; others
+    /// are checked off the worker (`Verifying`); wrong or missing ones get 407, too many
+    /// failures 429, malformed ones 400.
+    fn authenticate(&mut self, buf: &[u8], env: &Env<'_>, now: Instant) -> Authn {
+        use crate::forward::auth::{parse_basic, AuthCache, AuthStep, BasicError, Check, Secret};
         let value = crate::http::find_header(buf, &self.headers, b"proxy-authorization");
-        let result = match value.map(parse_basic) {
-            None | Some(Err(BasicError::NotBasic)) => AuthResult::Wrong,
+        let step = match value.map(parse_basic) {
+            None | Some(Err(BasicError::NotBasic)) => None,
             Some(Err(BasicError::Malformed)) => {
                 self.local_error(400, "malformed Proxy-Authorization credentials", env, now);
-                return None;
+                return Authn::Answered;
             }
             Some(Ok((user, password))) => {
+                // The outcome of the check this request was sent to (it is handled again
+                // once its password was checked).
+                match std::mem::take(&mut self.auth) {
+                    Check::Passed(u) if u == user => return Authn::User(u),
+                    Check::Refused => {
+                        self.ask_credentials(env, now);
+                        return Authn::Answered;
+                    }
+                    Check::Unavailable => {
+                        self.local_error_with(
+                            503,
+                            "too many password checks waiting; try again shortly",
+                            b"Retry-After: 1\r\n",
+                            env,
+                            now,
+                        );
+                        return Authn::Answered;
+                    }
+                    _ => {}
+                }
                 let mut scratch = AuthCache::default();
                 let mut cache = env.auth.map(|c| c.borrow_mut());
                 let cache = cache.as_deref_mut().unwrap_or(&mut scratch);
-                let value = value.unwrap_or_default();
-                cache.check(users, value, &user, &password, self.client, now)
+                let secs = env.date.date_line().secs();
+                match cache.lookup(&user, &password, self.client, now, secs) {
+                    AuthStep::Verify => {
+                        self.auth = Check::Pending(user, Secret(password));
+                        self.state = State::Verify;
+                        return Authn::Verifying;
+                    }
+                    s => Some(s),
+                }
             }
         };
-        match result {
-            AuthResult::User(u) => return Some(u),
-            AuthResult::Wrong => self.local_error_with(
-                407,
-                "this proxy needs a user name and password",
-                CHALLENGE,
-                env,
-                now,
-            ),
-            AuthResult::Limited => self.local_error_with(
+        match step {
+            Some(AuthStep::User(u)) => return Authn::User(u),
+            Some(AuthStep::Limited) => self.local_error_with(
                 429,
                 "too many failed proxy authentication attempts; try again in a minute",
                 b"Retry-After: 60\r\n",
                 env,
                 now,
             ),
+            _ => self.ask_credentials(env, now),
         }
-        None
+        Authn::Answered
+    }
+
+    /// 407 with the challenge.
+    fn ask_credentials(&mut self, env: &Env<'_>, now: Instant) {
+        const CHALLENGE: &[u8] =
+            b"Proxy-Authenticate: Basic realm=\"ringway\", charset=\"UTF-8\"\r\n";
+        self.local_error_with(
+            407,
+            "this proxy needs a user name and password",
+            CHALLENGE,
+            env,
+            now,
+        );
+    }
+
+    /// The check `VerifyPassword` asked for ended (`None`: it could not be checked now). The
+    /// request is handled again (io hands the head over once more): as that user when the
+    /// password was right, else answered 407 (or 503).
+    pub fn handle_verified(&mut self, ok: Option<bool>, env: &Env<'_>, now: Instant) {
+        use crate::forward::auth::{AuthCache, Check};
+        debug_assert_eq!(self.state, State::Verify);
+        let Check::Pending(user, password) = std::mem::take(&mut self.auth) else {
+            self.finish(Finish::Close(Close::Now), now);
+            return;
+        };
+        if let Some(ok) = ok {
+            let mut scratch = AuthCache::default();
+            let mut cache = env.auth.map(|c| c.borrow_mut());
+            let cache = cache.as_deref_mut().unwrap_or(&mut scratch);
+            let secs = env.date.date_line().secs();
+            cache.verified(&user, &password.0, ok, self.client, now, secs);
+        }
+        self.auth = match ok {
+            Some(true) => Check::Passed(user),
+            Some(false) => Check::Refused,
+            None => Check::Unavailable,
+        };
+        self.state = State::Head;
+        self.read_first = false;
+        self.scanner.reset();
+        self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
     }
 
     /// A small body that came with the head goes upstream with it (and is then part of what a
@@ -1949,6 +2019,15 @@ impl Exchange {
             self.served += 1;
         }
     }
+}
+
+/// Where a request's proxy authentication stands.
+enum Authn {
+    User(String),
+    /// Refused (407, 429, 400): the answer is written.
+    Answered,
+    /// Checked off the worker first.
+    Verifying,
 }
 
 /// What a local answer is.
