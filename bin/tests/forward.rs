@@ -1002,3 +1002,140 @@ fn password_checks_never_stall_other_users() {
         assert!(r.starts_with("HTTP/1.1 407"), "{r}");
     }
 }
+
+fn resolver_config(dns: &DnsServer, extra: &str) -> String {
+    forward_config(&format!(
+        "[forward]\nresolver = [\"{}\"]\nresolver_timeout = \"1s\"\n{extra}",
+        dns.addr
+    ))
+}
+
+#[test]
+fn names_that_never_answer_stop_nobody_else() {
+    let origin = Origin::start();
+    let dns = DnsServer::start();
+    dns.set(
+        "good.test",
+        DnsName::Addrs(vec!["127.0.0.1".parse().unwrap()]),
+    );
+    for i in 0..40 {
+        dns.set(&format!("dead{i}.test"), DnsName::Silent);
+    }
+    let proxy = Proxy::start(&resolver_config(&dns, ""));
+    // 40 requests for names whose server never answers, each client leaving after 0.3 s.
+    let hung: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let req = format!("GET http://dead{i}.test/ HTTP/1.1\r\nHost: x\r\n\r\n");
+                s.write_all(req.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            })
+        })
+        .collect();
+    for h in hung {
+        h.join().unwrap();
+    }
+    // Another client's healthy name resolves at once (the attacker holds at most a few
+    // lookups, and no thread).
+    let started = std::time::Instant::now();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.2:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.connect(&proxy.addr.into()).unwrap();
+    let mut other: TcpStream = sock.into();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let r = exchange_on(
+        &mut other,
+        &format!(
+            "GET http://good.test:{}/ok HTTP/1.1\r\nHost: x\r\n\r\n",
+            origin.addr.port()
+        ),
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "{r}\n{}",
+        proxy.log.lock().unwrap()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn lookups_are_shared_failures_remembered_and_every_address_tried() {
+    let dns = DnsServer::start();
+    // dual.test: a dead IPv6 address first, then a live IPv4 one.
+    let live = Origin::start_on("127.0.0.2:0".parse().unwrap());
+    let port = live.addr.port();
+    dns.set(
+        "dual.test",
+        DnsName::Addrs(vec!["::1".parse().unwrap(), "127.0.0.2".parse().unwrap()]),
+    );
+    dns.set(
+        "same.test",
+        DnsName::Addrs(vec!["127.0.0.2".parse().unwrap()]),
+    );
+    let proxy = Proxy::start(&resolver_config(&dns, ""));
+    let get = |host: &str| {
+        raw(
+            proxy.addr,
+            format!("GET http://{host}:{port}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let r = get("dual.test");
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "the next address after a dead one: {r}"
+    );
+    // Ten clients at once ask for one name: one lookup (an A and an AAAA query).
+    let hs: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || {
+                raw(
+                    addr,
+                    format!(
+                        "GET http://same.test:{port}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+            })
+        })
+        .collect();
+    for h in hs {
+        assert!(h.join().unwrap().starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(dns.queries("same.test"), 2);
+    // A name that does not exist is remembered as such for a while.
+    for _ in 0..3 {
+        assert!(get("nx.test").starts_with("HTTP/1.1 502"));
+    }
+    assert_eq!(dns.queries("nx.test"), 2);
+    // A rule on addresses: only the allowed one is dialled.
+    let strict = Proxy::start(&resolver_config(
+        &dns,
+        "[[forward.rules]]\naction = \"allow\"\ndest_ips = [\"127.0.0.2\"]\n",
+    ));
+    let r = raw(
+        strict.addr,
+        format!("GET http://dual.test:{port}/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        !strict.log.lock().unwrap().contains("[::1]"),
+        "::1 was dialled"
+    );
+}

@@ -1,6 +1,7 @@
 //! A safety net for test suites: with `RINGWAY_LOOPBACK_ONLY=1` in its environment the proxy
-//! dials only loopback addresses and resolves only IP literals and `localhost`, so a test (or a
-//! browser's background requests through a test proxy) can never reach past the machine. What
+//! dials only loopback addresses and asks only a configured name server on loopback (names in
+//! /etc/hosts and IP literals need none), so a test (or a browser's background requests
+//! through a test proxy) can never reach past the machine. What
 //! it refuses is logged with the marker [`REFUSED`], which the test support looks for.
 //! Unset (every real deployment), it costs one load of a cached flag per new connection.
 
@@ -31,12 +32,14 @@ pub(crate) fn may_dial(addr: SocketAddr) -> bool {
     false
 }
 
-/// Whether `host` may be looked up (always, unless the guard is on).
-pub(crate) fn may_resolve(host: &str) -> bool {
-    if resolve_ok(on(), host) {
+/// Whether `server` may be asked for names: with the guard on, only a name server that was
+/// configured (`resolver`, a test's own) and is on loopback; the system's may forward the
+/// question anywhere.
+pub(crate) fn may_query(server: SocketAddr, configured: bool) -> bool {
+    if query_ok(on(), server, configured) {
         return true;
     }
-    log::error!("{REFUSED} to resolve {host}");
+    log::error!("{REFUSED} to ask the name server {server} (set forward.resolver to a local one)");
     false
 }
 
@@ -44,9 +47,8 @@ fn dial_ok(on: bool, addr: SocketAddr) -> bool {
     !on || loopback(addr.ip())
 }
 
-fn resolve_ok(on: bool, host: &str) -> bool {
-    let h = host.trim_end_matches('.').to_ascii_lowercase();
-    !on || h == "localhost" || h.ends_with(".localhost")
+fn query_ok(on: bool, server: SocketAddr, configured: bool) -> bool {
+    !on || (configured && loopback(server.ip()))
 }
 
 #[cfg(test)]
@@ -60,7 +62,8 @@ mod tests {
         assert!(dial_ok(true, a("[::ffff:127.0.0.1]:80")));
         assert!(!dial_ok(true, a("192.0.2.1:80")) && !dial_ok(true, a("[2001:db8::1]:80")));
         assert!(dial_ok(false, a("192.0.2.1:80")));
-        assert!(resolve_ok(true, "localhost") && resolve_ok(true, "a.localhost."));
-        assert!(!resolve_ok(true, "example.com") && resolve_ok(false, "example.com"));
+        let ns = a("127.0.0.1:5353");
+        assert!(query_ok(true, ns, true) && !query_ok(true, ns, false));
+        assert!(!query_ok(true, a("192.0.2.53:53"), true) && query_ok(false, ns, false));
     }
 }

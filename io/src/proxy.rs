@@ -294,13 +294,12 @@ impl Conn {
                     }
                 }
                 Action::Resolve { port } => {
-                    let wait = cfg.timeouts.upstream_connect;
                     let r = Box::pin(crate::dns::Cache::resolve(
                         &self.w.dns,
                         self.ex.resolve_host(),
                         port,
-                        cfg.forward.dns_ttl,
-                        wait,
+                        &cfg.forward,
+                        self.peer.ip(),
                     ))
                     .await;
                     if let Err(e) = &r {

@@ -849,3 +849,104 @@ pub const PATHS_REFUSED: &[&str] = &[
     "/%e0%80%af",
     "/%ff",
 ];
+
+/// What the test name server says for a name.
+#[derive(Clone, Debug)]
+pub enum DnsName {
+    /// These addresses (A and AAAA by family).
+    Addrs(Vec<std::net::IpAddr>),
+    /// Never answers.
+    Silent,
+}
+
+/// A tiny DNS server on loopback that answers from a table the test sets; names not in it are
+/// NXDOMAIN. It counts the queries it gets per name.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    names: Arc<Mutex<std::collections::HashMap<String, DnsName>>>,
+    pub queries: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DnsServer {
+    pub fn start() -> Self {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let s = Self {
+            addr: sock.local_addr().unwrap(),
+            names: Arc::default(),
+            queries: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (names, queries, stop) = (s.names.clone(), s.queries.clone(), s.stop.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let q = &buf[..n];
+                if n < 17 {
+                    continue;
+                }
+                // The question: labels from offset 12, then type and class.
+                let mut i = 12;
+                let mut labels = Vec::new();
+                while i < n && q[i] != 0 {
+                    let l = q[i] as usize;
+                    labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + l]).to_lowercase());
+                    i += 1 + l;
+                }
+                let name = labels.join(".");
+                let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+                let qend = i + 5;
+                *queries.lock().unwrap().entry(name.clone()).or_default() += 1;
+                let entry = names.lock().unwrap().get(&name).cloned();
+                let mut r = q[..qend].to_vec();
+                r[2] = 0x81;
+                r[3] = 0x80;
+                let answers: Vec<Vec<u8>> = match entry {
+                    Some(DnsName::Silent) => continue,
+                    None => {
+                        r[3] |= 3;
+                        Vec::new()
+                    }
+                    Some(DnsName::Addrs(ips)) => ips
+                        .iter()
+                        .filter_map(|ip| match (ip, qtype) {
+                            (std::net::IpAddr::V4(v4), 1) => Some(v4.octets().to_vec()),
+                            (std::net::IpAddr::V6(v6), 28) => Some(v6.octets().to_vec()),
+                            _ => None,
+                        })
+                        .collect(),
+                };
+                r[6] = 0;
+                r[7] = answers.len() as u8;
+                for a in answers {
+                    r.extend_from_slice(&[0xc0, 12]);
+                    r.extend_from_slice(&qtype.to_be_bytes());
+                    r.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+                    r.extend_from_slice(&(a.len() as u16).to_be_bytes());
+                    r.extend_from_slice(&a);
+                }
+                let _ = sock.send_to(&r, from);
+            }
+        });
+        s
+    }
+
+    pub fn set(&self, name: &str, what: DnsName) {
+        self.names.lock().unwrap().insert(name.to_string(), what);
+    }
+
+    pub fn queries(&self, name: &str) -> usize {
+        self.queries.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

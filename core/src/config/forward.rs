@@ -1,5 +1,7 @@
 //! `[forward]`: the forward proxy's settings, for listeners with `forward = true`.
 
+use std::time::Duration;
+
 use toml::Spanned;
 
 use super::error::{ConfigError, Locator};
@@ -126,6 +128,25 @@ pub(crate) fn build_forward(
             addresses(v, format!("forward.outgoing_by_user.{user}"))?,
         );
     }
+    let mut resolver = Vec::new();
+    for (i, a) in f.resolver.iter().flatten().enumerate() {
+        let text = a.get_ref().trim();
+        let parsed = text.parse::<std::net::SocketAddr>().ok().or_else(|| {
+            let ip = text.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        });
+        resolver.push(parsed.ok_or_else(|| {
+            loc.at(
+                a.span(),
+                format!("forward.resolver[{i}]"),
+                format!(
+                    "expected a name server's address (\"192.0.2.53\", \"127.0.0.1:5353\", \"[::1]:53\"), got {text:?}"
+                ),
+            )
+        })?);
+    }
     let mut rules = Vec::new();
     for (i, r) in f.rules.iter().enumerate() {
         rules.push(build_rule(loc, i, r.get_ref())?);
@@ -141,6 +162,22 @@ pub(crate) fn build_forward(
         private_destinations,
         tunnel_idle: opt_duration(loc, "forward.tunnel_idle", f.tunnel_idle, d.tunnel_idle)?,
         dns_ttl: opt_duration(loc, "forward.dns_ttl", f.dns_ttl, d.dns_ttl)?,
+        dns_negative_ttl: opt_duration(
+            loc,
+            "forward.dns_negative_ttl",
+            f.dns_negative_ttl,
+            d.dns_negative_ttl,
+        )?,
+        resolver,
+        resolver_timeout: match f.resolver_timeout {
+            None => None,
+            Some(t) => Some(opt_duration(
+                loc,
+                "forward.resolver_timeout",
+                Some(t),
+                Duration::ZERO,
+            )?),
+        },
         // Relative paths are relative to the config file, as for certificates.
         auth_file: f.auth_file.as_deref().map(|p| loc.path(p)),
         blocklist: f.blocklist.as_deref().map(|p| loc.path(p)),

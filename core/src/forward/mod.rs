@@ -251,8 +251,15 @@ pub struct Forward {
     pub private_destinations: PrivateDestinations,
     /// A tunnel with no byte either way for this long is closed.
     pub tunnel_idle: Duration,
-    /// How long a resolved name is reused.
+    /// The longest a resolved name is reused (its records' TTL when shorter).
     pub dns_ttl: Duration,
+    /// How long a name that did not resolve is answered as such without asking again.
+    pub dns_negative_ttl: Duration,
+    /// Name servers to ask (`resolver`); empty: those of /etc/resolv.conf.
+    pub resolver: Vec<std::net::SocketAddr>,
+    /// How long one query waits for its answer (`resolver_timeout`); none: resolv.conf's
+    /// `timeout` option (5 s by default).
+    pub resolver_timeout: Option<Duration>,
     /// The htpasswd file whose users may use the proxy (`auth_file`); none: no
     /// authentication.
     pub auth_file: Option<std::path::PathBuf>,
@@ -280,6 +287,9 @@ impl Default for Forward {
             private_destinations: PrivateDestinations::LoopbackClientsOnly,
             tunnel_idle: Duration::from_secs(300),
             dns_ttl: Duration::from_secs(60),
+            dns_negative_ttl: Duration::from_secs(5),
+            resolver: Vec::new(),
+            resolver_timeout: None,
             auth_file: None,
             users: None,
             rules: Vec::new(),
