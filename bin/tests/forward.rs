@@ -1139,3 +1139,16 @@ fn lookups_are_shared_failures_remembered_and_every_address_tried() {
         "::1 was dialled"
     );
 }
+
+#[test]
+fn the_origin_gets_the_path_the_client_sent() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&forward_config(""));
+    for path in ["/web/2015/http://x/", "/a/../b", "/%61%2F%5C"] {
+        let url = format!("http://{}{path}", origin.addr);
+        let (ok, _) = curl_via(&format!("http://{}", proxy.addr), &["--path-as-is", &url]);
+        assert!(ok, "{path}");
+        let seen = origin.seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(seen.path, path);
+    }
+}

@@ -1368,18 +1368,26 @@ impl Exchange {
             self.state = State::Resolve;
             return end;
         }
-        // The path is normalised as for the reverse proxy; the Host sent is the URI's
-        // authority (RFC 9112 §3.2.2), whatever Host the client sent.
+        // The Host sent is the URI's authority (RFC 9112 §3.2.2), whatever Host the client
+        // sent.
         let TargetForm::Absolute { path, .. } = head.form else {
             unreachable!("checked above")
         };
-        match normalise(path.get(buf), &cfg.server.path, &mut self.target) {
-            Ok(n) => self.path_len = n,
-            Err(e) => {
-                self.reject(e.status(), &e.to_string(), env, now);
-                return 0;
-            }
+        // RFC 9110 §7.7: a proxy forwards the target as it was sent. The origin decides what
+        // `//`, dot segments or escapes mean on its own site; the request-target's syntax was
+        // checked by the parser, and escapes must be well formed.
+        let raw = path.get(buf);
+        if !well_formed_escapes(raw) {
+            self.reject(400, "a malformed %-escape in the request-target", env, now);
+            return 0;
         }
+        self.target.clear();
+        if raw.is_empty() {
+            self.target.push(b'/');
+        } else {
+            self.target.extend_from_slice(raw);
+        }
+        self.path_len = memchr::memchr(b'?', &self.target).unwrap_or(self.target.len());
         self.req.body_out = match info.body {
             BodyKind::Close => BodyKind::None,
             b => b,
@@ -2042,6 +2050,19 @@ enum Local<'a> {
     Trace,
     /// 301 to https, same host (port replaced) and target.
     Redirect,
+}
+
+/// Every `%` is followed by two hex digits.
+fn well_formed_escapes(t: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(p) = memchr::memchr(b'%', &t[i..]) {
+        let at = i + p;
+        match t.get(at + 1..at + 3) {
+            Some(h) if h.iter().all(u8::is_ascii_hexdigit) => i = at + 3,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// An identity body long enough (`min`) for splice(2) to pay.

@@ -821,3 +821,27 @@ fn forward_destinations_dial_only_allowed_addresses_and_the_next_on_failure() {
         "{out}"
     );
 }
+
+#[test]
+fn forward_targets_go_to_the_origin_as_sent() {
+    for path in [
+        "/web/2015/http://x/",
+        "/a/../b/./c",
+        "/%61%2F%5C%00%e9?q=%2F",
+        "//double//slash",
+    ] {
+        let mut f = F::new("127.0.0.1", "");
+        let req = format!("GET http://h.test{path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(f.local(&req).is_none(), "{path}");
+        assert!(
+            f.t.out().starts_with(&format!("GET {path} HTTP/1.1\r\n")),
+            "{path}: {}",
+            f.t.out()
+        );
+    }
+    let mut f = F::new("127.0.0.1", "");
+    let out = f
+        .local("GET http://h.test/%zz HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}
