@@ -660,10 +660,17 @@ fn respond(
             Some(host.as_bytes()),
             "the Host header is forwarded (a forward proxy's: the URI's authority)"
         );
+        // A reverse proxy sends the normalised path; a forward proxy the one the client sent
+        // (RFC 9110 §7.7).
+        let sent = if host == "sim" {
+            format!("/app/{id}")
+        } else {
+            format!("/app/./x/../{id}")
+        };
         assert_eq!(
             head.target.get(req),
-            format!("/app/{id}").as_bytes(),
-            "the upstream gets the normalised path"
+            sent.as_bytes(),
+            "the upstream gets the path it should"
         );
         assert_eq!(data, pattern(id, data.len()), "the body arrives intact");
         id
