@@ -41,8 +41,8 @@ pub(crate) struct Worker {
     workers: usize,
     /// Exchanges waiting for another's fetch of a cache key, and the shard's count of ended
     /// fetches when they were last woken.
-    fill_waiters: RefCell<Vec<std::task::Waker>>,
-    fills_seen: Cell<u64>,
+    /// Requests waiting for another's fetch, by cache key.
+    fill_waiters: RefCell<std::collections::HashMap<Box<[u8]>, Vec<std::task::Waker>>>,
     /// Idle pipes for splice.
     pub(crate) pipes: crate::splice::Pipes,
 }
@@ -71,8 +71,7 @@ impl Worker {
             cache: RefCell::new(ringway_core::cache::Shard::new(budget)),
             epochs,
             workers,
-            fill_waiters: RefCell::new(Vec::new()),
-            fills_seen: Cell::new(0),
+            fill_waiters: RefCell::new(std::collections::HashMap::new()),
             pipes: crate::splice::Pipes::default(),
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
@@ -166,9 +165,13 @@ impl Worker {
     /// Wakes the exchanges waiting on cache fetches when one has ended since the last call
     /// (each looks at its own key again).
     pub(crate) fn wake_fills(&self) {
-        let ended = self.cache.borrow().fills_ended();
-        if ended != self.fills_seen.replace(ended) {
-            for w in self.fill_waiters.borrow_mut().drain(..) {
+        let ended = self.cache.borrow_mut().take_ended();
+        if ended.is_empty() {
+            return;
+        }
+        let mut waiters = self.fill_waiters.borrow_mut();
+        for key in ended {
+            for w in waiters.remove(&key).into_iter().flatten() {
                 w.wake();
             }
         }
@@ -181,7 +184,12 @@ impl Worker {
     ) -> impl std::future::Future<Output = ()> + 'a {
         std::future::poll_fn(move |cx| {
             if self.cache.borrow().filling(key) {
-                self.fill_waiters.borrow_mut().push(cx.waker().clone());
+                let mut waiters = self.fill_waiters.borrow_mut();
+                let list = match waiters.get_mut(key) {
+                    Some(l) => l,
+                    None => waiters.entry(key.into()).or_default(),
+                };
+                list.push(cx.waker().clone());
                 std::task::Poll::Pending
             } else {
                 std::task::Poll::Ready(())

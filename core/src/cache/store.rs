@@ -174,6 +174,8 @@ pub struct Shard {
     stats: Stats,
     /// Keys an exchange is fetching from the origin now (request coalescing).
     fills: HashSet<Box<[u8]>>,
+    /// Keys whose fill ended since io last asked ([`Shard::take_ended`]).
+    ended: Vec<Box<[u8]>>,
     /// Fills ended so far (io wakes waiting exchanges when it moves).
     fills_ended: u64,
 }
@@ -194,6 +196,7 @@ impl Shard {
             ghost_set: HashSet::new(),
             stats: Stats::default(),
             fills: HashSet::new(),
+            ended: Vec::new(),
             fills_ended: 0,
         }
     }
@@ -214,9 +217,17 @@ impl Shard {
 
     /// The fetch of `key` ended (stored, not storable, or failed).
     pub fn end_fill(&mut self, key: &[u8]) {
-        if self.fills.remove(key) {
+        if let Some(k) = self.fills.take(key) {
             self.fills_ended += 1;
+            self.ended.push(k);
         }
+    }
+
+    /// The keys whose fill ended since the last call: io wakes the requests waiting for those
+    /// keys only (waking every waiter on each fill made thousands of requests parked on one
+    /// slow key cost every other fill a pass over all of them).
+    pub fn take_ended(&mut self) -> Vec<Box<[u8]>> {
+        std::mem::take(&mut self.ended)
     }
 
     /// How many fills have ended so far.
@@ -576,6 +587,17 @@ mod tests {
         // Stored after the bump with a fetch that started before it: invalid at once.
         b.insert(entry("k", 10, 0));
         assert!(b.variants(b"k", &epochs).is_empty());
+    }
+
+    #[test]
+    fn an_ended_fill_names_its_key_only() {
+        let mut s = Shard::new(100_000);
+        assert!(s.try_fill(b"slow") && s.try_fill(b"fast"));
+        assert!(!s.try_fill(b"fast"));
+        s.end_fill(b"fast");
+        s.end_fill(b"never-claimed");
+        assert_eq!(s.take_ended(), vec![Box::<[u8]>::from(&b"fast"[..])]);
+        assert!(s.take_ended().is_empty() && s.filling(b"slow"));
     }
 
     #[test]
