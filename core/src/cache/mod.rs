@@ -27,6 +27,8 @@ pub struct CacheRules {
     /// Responses without explicit freshness to requests that carried `Cookie` or
     /// `Authorization` are stored too (they are usually one user's page: off by default).
     pub heuristic_credentials: bool,
+    /// What a client's `Cache-Control: no-cache` (or `Pragma: no-cache`, `max-age=0`) does.
+    pub client_no_cache: ClientNoCache,
     /// When the origin fails, serve a stale stored response (nginx's `proxy_cache_use_stale`).
     pub use_stale: UseStale,
     /// Larger responses stream through without being stored.
@@ -45,6 +47,7 @@ impl Default for CacheRules {
             heuristic: true,
             heuristic_max: 86_400,
             heuristic_credentials: false,
+            client_no_cache: ClientNoCache::Revalidate,
             use_stale: UseStale::default(),
             max_object: 8 << 20,
             lock_timeout: std::time::Duration::from_secs(5),
@@ -80,6 +83,30 @@ pub struct CacheConfig {
     pub rules: CacheRules,
     /// Forward-proxy listeners cache too (keyed by absolute URI).
     pub forward: bool,
+}
+
+/// How a client's request for a fresh copy is honoured. A client that may replace a fresh
+/// entry at will can poison it through any field the origin reads but the key does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientNoCache {
+    /// The entry is revalidated with the origin (a conditional request: a `304` keeps it); an
+    /// entry with no validator is left as it is and the client's copy fetched unstored.
+    Revalidate,
+    /// As RFC 9111 says: the origin is asked, and what it answers is stored.
+    Honour,
+    /// Not honoured: a fresh entry answers (nginx's default).
+    Ignore,
+}
+
+impl ClientNoCache {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "revalidate" => Some(Self::Revalidate),
+            "honour" | "honor" => Some(Self::Honour),
+            "ignore" => Some(Self::Ignore),
+            _ => None,
+        }
+    }
 }
 
 /// The cache tee: a body stage that keeps a copy of what passes, up to `cap` bytes; past that

@@ -72,6 +72,19 @@ pub(crate) fn build_cache(
             },
         }
     }
+    let client_no_cache = match &c.client_no_cache {
+        None => d.client_no_cache,
+        Some(v) => crate::cache::ClientNoCache::parse(v.get_ref()).ok_or_else(|| {
+            loc.at(
+                v.span(),
+                "cache.client_no_cache",
+                format!(
+                    "expected \"revalidate\", \"honour\" or \"ignore\", got {:?}",
+                    v.get_ref()
+                ),
+            )
+        })?,
+    };
     let lock_timeout =
         super::timeouts::opt_duration(loc, "cache.lock_timeout", c.lock_timeout, d.lock_timeout)?;
     Ok(Some(CacheConfig {
@@ -84,6 +97,7 @@ pub(crate) fn build_cache(
             heuristic: c.heuristic.unwrap_or(true),
             heuristic_max,
             heuristic_credentials: c.heuristic_credentials.unwrap_or(false),
+            client_no_cache,
             use_stale,
             max_object,
             lock_timeout,

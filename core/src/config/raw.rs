@@ -38,6 +38,7 @@ pub(crate) struct Cache {
     pub heuristic: Option<bool>,
     pub heuristic_max: Option<Spanned<Duration>>,
     pub heuristic_credentials: Option<bool>,
+    pub client_no_cache: Option<Spanned<String>>,
     pub use_stale: Option<Vec<Spanned<String>>>,
     pub lock_timeout: Option<Spanned<Duration>>,
     pub forward: Option<bool>,

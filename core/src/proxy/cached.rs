@@ -12,7 +12,7 @@ use crate::cache::policy::{
     Freshness, RequestMeta, ResponseMeta, Usable, Vary,
 };
 use crate::cache::store::Selector;
-use crate::cache::{CacheRules, Entry, Epochs, Select, Shard, Tee};
+use crate::cache::{CacheRules, ClientNoCache, Entry, Epochs, Select, Shard, Tee};
 use crate::config::Config;
 use crate::http::date::DateLine;
 use crate::http::range::{self, Ranges};
@@ -151,6 +151,14 @@ impl Exchange {
         }
         let secs = unix(env);
         self.cache.req = read_request(buf, &self.headers);
+        let client_no_cache =
+            rules(mode, env.cfg).map_or(ClientNoCache::Honour, |r| r.client_no_cache);
+        if client_no_cache == ClientNoCache::Ignore {
+            let r = &mut self.cache.req;
+            r.cc.no_cache = false;
+            r.pragma_no_cache = false;
+            r.cc.max_age = None;
+        }
         self.cache.request_time = secs;
         self.cache.epoch = c.epochs.get(&self.cache.key);
         if body_follows || self.cache.req.other_conditional {
@@ -225,6 +233,18 @@ impl Exchange {
                     return self.only_if_cached(env, now);
                 }
                 if self.range_bypass() {
+                    return false;
+                }
+                let fresh = f.lifetime > f.age && !f.no_cache;
+                if fresh
+                    && client_no_cache == ClientNoCache::Revalidate
+                    && e.etag.is_none()
+                    && e.last_modified.is_none()
+                {
+                    // The client wants a fresh copy of an entry that cannot be revalidated: it
+                    // gets one, and the entry stays (a client does not replace it at will).
+                    self.cache.fwd = "request";
+                    self.cache.mode = Mode::Off;
                     return false;
                 }
                 self.cache.fwd = if self.cache.req.no_cache() {

@@ -382,7 +382,12 @@ struct C {
 
 impl C {
     fn new() -> Self {
-        let text = format!("{CFG}\n[cache]\nsize = \"8m\"\n");
+        Self::with("")
+    }
+
+    /// With `extra` lines in `[cache]`.
+    fn with(extra: &str) -> Self {
+        let text = format!("{CFG}\n[cache]\nsize = \"8m\"\n{extra}\n");
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         Self {
@@ -844,4 +849,44 @@ fn forward_targets_go_to_the_origin_as_sent() {
         .local("GET http://h.test/%zz HTTP/1.1\r\nHost: h\r\n\r\n")
         .unwrap();
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}
+
+#[test]
+fn a_client_no_cache_does_not_replace_a_fresh_entry_at_will() {
+    let c = C::new();
+    let mut ex = c.exchange(GET_A);
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: 4\r\n\r\ngood",
+    );
+    c.deliver(&mut ex);
+    // The client asks for a fresh copy (with an unkeyed header the origin trusts): it gets
+    // the origin's answer, which is not stored.
+    let mut ex = c.exchange(
+        b"GET /a HTTP/1.1\r\nHost: x\r\nCache-Control: no-cache\r\nX-Forwarded-Host: evil\r\n\r\n",
+    );
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: 4\r\n\r\nevil",
+    );
+    let out = c.deliver(&mut ex);
+    assert!(
+        out.ends_with("evil") && out.contains("fwd=request"),
+        "{out}"
+    );
+    assert!(!out.contains("stored"), "{out}");
+    let mut ex = c.exchange(GET_A);
+    let hit = c.deliver(&mut ex);
+    assert!(hit.ends_with("good") && hit.contains("; hit;"), "{hit}");
+    // `ignore`: the fresh entry answers.
+    let c = C::with("client_no_cache = \"ignore\"");
+    let mut ex = c.exchange(GET_A);
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: 4\r\n\r\ngood",
+    );
+    c.deliver(&mut ex);
+    let mut ex = c.exchange(b"GET /a HTTP/1.1\r\nHost: x\r\nPragma: no-cache\r\n\r\n");
+    let hit = c.deliver(&mut ex);
+    assert!(hit.ends_with("good") && hit.contains("; hit;"), "{hit}");
 }
