@@ -72,6 +72,9 @@ pub enum PathError {
     AboveRoot,
     /// A dot segment with parameters (`..;x`).
     DotParams,
+    /// With [`EncodedSlashes::Keep`], a dot segment behind an encoded slash (`..%2Fadmin`):
+    /// an upstream that decodes `%2F` would climb out of the route the path matched.
+    EncodedDotSegment,
 }
 
 impl PathError {
@@ -92,6 +95,7 @@ impl fmt::Display for PathError {
             Self::Fragment => "the request target holds a fragment",
             Self::AboveRoot => "the path climbs above the root",
             Self::DotParams => "the path holds a dot segment with parameters",
+            Self::EncodedDotSegment => "the path holds a dot segment behind an encoded slash",
         })
     }
 }
@@ -197,6 +201,34 @@ fn decode(p: &[u8], slashes: EncodedSlashes, out: &mut Vec<u8>) -> Result<(), Pa
     Ok(())
 }
 
+/// Whether a segment that keeps encoded slashes (`%2F`, `%5C`, as step 1 wrote them) becomes
+/// a dot segment where they are decoded: `..%2Fx`, `a%2F.`, `.%5C..`.
+fn hides_dot_segment(seg: &[u8]) -> bool {
+    if memchr::memchr(b'%', seg).is_none() {
+        return false;
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + 3 <= seg.len() {
+        if &seg[i..i + 3] == b"%2F" || &seg[i..i + 3] == b"%5C" {
+            parts.push(&seg[start..i]);
+            i += 3;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    if parts.is_empty() {
+        return false;
+    }
+    parts.push(&seg[start..]);
+    parts.iter().any(|p| {
+        let bare = p.split(|&b| b == b';').next().unwrap_or(p);
+        bare == b"." || bare == b".."
+    })
+}
+
 /// Steps 2 and 3, in place over `buf` (which starts with `/`); returns the new length.
 fn remove_dot_segments(buf: &mut [u8], merge_slashes: bool) -> Result<usize, PathError> {
     let len = buf.len();
@@ -221,6 +253,7 @@ fn remove_dot_segments(buf: &mut [u8], merge_slashes: bool) -> Result<usize, Pat
             }
             _ if bare == b"." || bare == b".." => return Err(PathError::DotParams),
             b"" if merge_slashes || !more => {}
+            _ if hides_dot_segment(seg) => return Err(PathError::EncodedDotSegment),
             _ => {
                 buf.copy_within(r..e, w);
                 w += e - r;
@@ -331,7 +364,22 @@ mod tests {
             ..PathPolicy::default()
         };
         assert_eq!(norm_with("/a%2fb/..", keep).unwrap(), "/");
-        assert_eq!(norm_with("/x/a%2f..%2fb", keep).unwrap(), "/x/a%2F..%2Fb");
+        assert_eq!(norm_with("/ids/a%2fb", keep).unwrap(), "/ids/a%2Fb");
+        // A dot segment behind a kept slash would leave the route where %2F is decoded (web
+        // cache deception: /static/..%2Faccount cached as a static file).
+        for t in [
+            "/static/..%2Faccount",
+            "/x/a%2f..%2fb",
+            "/x/.%5C..",
+            "/x/a%2F.;p",
+        ] {
+            assert_eq!(
+                norm_with(t, keep).unwrap_err(),
+                PathError::EncodedDotSegment,
+                "{t}"
+            );
+        }
+        assert_eq!(norm_with("/x/a%2F...", keep).unwrap(), "/x/a%2F...");
     }
 
     #[test]
