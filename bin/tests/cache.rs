@@ -1076,3 +1076,52 @@ fn junk_cache_control_cookie_pages_and_empty_ranges_are_handled_restrictively() 
     assert_eq!(r.status, 416, "{:?}", r.headers);
     assert_eq!(r.header("content-range"), Some("bytes */0"));
 }
+
+#[test]
+fn copies_of_misses_that_clients_do_not_read_stay_within_the_cache_size() {
+    let o = Scripted::start();
+    let big = "x".repeat(8 << 20);
+    for i in 0..24 {
+        o.set(
+            &format!("/big{i}"),
+            answer(&[("Cache-Control", "max-age=600")], &big),
+        );
+    }
+    // 64 MiB for the cache: copies in flight may hold a quarter of it.
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    let admin: SocketAddr = admin_addr(&p).parse().unwrap();
+    let stalled: Vec<TcpStream> = (0..24)
+        .map(|i| {
+            let mut c = TcpStream::connect(p.addr).unwrap();
+            c.write_all(format!("GET /big{i} HTTP/1.1\r\nHost: cache.test\r\n\r\n").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    for i in 0..24 {
+        o.wait_count(&format!("/big{i}"), 1);
+    }
+    let collecting = || {
+        let r = request(
+            admin,
+            b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .text();
+        let i = r.find("\"collecting\":").unwrap() + 13;
+        r[i..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let mut most = 0;
+    for _ in 0..40 {
+        most = most.max(collecting());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most > 0, "copies were being collected");
+    assert!(most <= 16 << 20, "{most} bytes of copies in flight");
+    drop(stalled);
+}

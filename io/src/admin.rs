@@ -87,10 +87,11 @@ impl Status {
             cache.stores += c.stores;
             cache.evictions += c.evictions;
             cache.invalidations += c.invalidations;
+            cache.collecting += c.collecting;
         }
         out.push_str(&format!(
-            ",\"cache\":{{\"entries\":{},\"bytes\":{},\"hits\":{},\"misses\":{},\"stores\":{},\"evictions\":{},\"invalidations\":{}}}",
-            cache.entries, cache.bytes, cache.hits, cache.misses, cache.stores, cache.evictions, cache.invalidations
+            ",\"cache\":{{\"entries\":{},\"bytes\":{},\"collecting\":{},\"hits\":{},\"misses\":{},\"stores\":{},\"evictions\":{},\"invalidations\":{}}}",
+            cache.entries, cache.bytes, cache.collecting, cache.hits, cache.misses, cache.stores, cache.evictions, cache.invalidations
         ));
         out.push_str(&format!(
             ",\"tls\":{{\"handshakes\":{},\"resumed\":{},\"failed\":{},\"plain_http\":{}}}}}\n",

@@ -109,13 +109,54 @@ impl ClientNoCache {
     }
 }
 
-/// The cache tee: a body stage that keeps a copy of what passes, up to `cap` bytes; past that
-/// it lets go of the copy and only passes bytes on.
-#[derive(Clone, Debug, Default)]
+/// The bytes of body copies being collected on a worker (tees in flight), and the most they
+/// may hold together: copies count against memory as stored entries do, so many clients
+/// reading large misses slowly cannot grow a worker past its cache size.
+#[derive(Debug)]
+pub struct Collecting {
+    bytes: std::cell::Cell<usize>,
+    limit: std::cell::Cell<usize>,
+}
+
+impl Collecting {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            bytes: std::cell::Cell::new(0),
+            limit: std::cell::Cell::new(limit),
+        }
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.set(limit);
+    }
+
+    /// Bytes held by copies in flight now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.get()
+    }
+}
+
+/// The cache tee: a body stage that keeps a copy of what passes, up to `cap` bytes and while
+/// the worker's copies in flight stay within their limit; past either it lets go of the copy
+/// and only passes bytes on.
+#[derive(Debug, Default)]
 pub struct Tee {
     buf: Vec<u8>,
     cap: usize,
     over: bool,
+    collecting: Option<std::rc::Rc<Collecting>>,
+}
+
+impl Clone for Tee {
+    fn clone(&self) -> Self {
+        // A clone is not counted: only the tee in the relay holds memory for long.
+        Self {
+            buf: self.buf.clone(),
+            cap: self.cap,
+            over: self.over,
+            collecting: None,
+        }
+    }
 }
 
 impl Tee {
@@ -131,12 +172,48 @@ impl Tee {
             buf: Vec::with_capacity(first),
             cap,
             over: false,
+            collecting: None,
         }
     }
 
+    /// Counts this tee's copy in `c` (see [`Collecting`]).
+    pub fn counted_in(mut self, c: std::rc::Rc<Collecting>) -> Self {
+        c.bytes.set(c.bytes.get() + self.buf.capacity());
+        let over = c.bytes.get() > c.limit.get();
+        self.collecting = Some(c);
+        if over {
+            self.give_up();
+        }
+        self
+    }
+
     /// The copy, unless the body outgrew the cap.
-    pub fn into_body(self) -> Option<Vec<u8>> {
-        (!self.over).then_some(self.buf)
+    pub fn into_body(mut self) -> Option<Vec<u8>> {
+        let over = self.over;
+        if let Some(c) = &self.collecting {
+            c.bytes
+                .set(c.bytes.get().saturating_sub(self.buf.capacity()));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        (!over).then_some(buf)
+    }
+
+    fn give_up(&mut self) {
+        self.over = true;
+        let held = self.buf.capacity();
+        self.buf = Vec::new();
+        if let Some(c) = &self.collecting {
+            c.bytes.set(c.bytes.get().saturating_sub(held));
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if let Some(c) = &self.collecting {
+            c.bytes
+                .set(c.bytes.get().saturating_sub(self.buf.capacity()));
+        }
     }
 }
 
@@ -144,10 +221,17 @@ impl Stage for Tee {
     fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
         if !self.over {
             if self.buf.len() + payload.len() > self.cap {
-                self.over = true;
-                self.buf = Vec::new();
+                self.give_up();
             } else {
+                let before = self.buf.capacity();
                 self.buf.extend_from_slice(payload);
+                if let Some(c) = &self.collecting {
+                    let grown = self.buf.capacity() - before;
+                    c.bytes.set(c.bytes.get() + grown);
+                    if c.bytes.get() > c.limit.get() {
+                        self.give_up();
+                    }
+                }
             }
         }
         out.extend_from_slice(payload);
@@ -171,5 +255,29 @@ mod tests {
         t.data(b"!", &mut out);
         assert_eq!(out, b"helloworld!");
         assert_eq!(t.into_body(), None);
+    }
+
+    #[test]
+    fn copies_in_flight_are_counted_and_bounded() {
+        let c = std::rc::Rc::new(Collecting::new(100 * 1024));
+        let mut out = Vec::new();
+        let mut a = Tee::new(1 << 20, Some(1 << 20)).counted_in(c.clone());
+        assert_eq!(
+            c.bytes(),
+            64 * 1024,
+            "a first block, not the declared length"
+        );
+        // A second large copy would pass the limit: it is not kept, its bytes still pass.
+        let mut b = Tee::new(1 << 20, Some(1 << 20)).counted_in(c.clone());
+        assert_eq!(c.bytes(), 64 * 1024);
+        b.data(b"xyz", &mut out);
+        assert_eq!(out, b"xyz");
+        assert!(b.into_body().is_none());
+        a.data(&[7; 40 * 1024], &mut out);
+        let mut d = Tee::new(1 << 20, None).counted_in(c.clone());
+        d.data(&[1; 200 * 1024], &mut out);
+        assert!(d.into_body().is_none(), "grew past the limit");
+        assert_eq!(a.into_body().unwrap().len(), 40 * 1024);
+        assert_eq!(c.bytes(), 0, "every copy given back");
     }
 }

@@ -154,6 +154,8 @@ pub struct Stats {
     pub stores: u64,
     pub evictions: u64,
     pub invalidations: u64,
+    /// Bytes of body copies being collected for the cache (not yet stored).
+    pub collecting: u64,
 }
 
 /// Most variants kept per key (responses with `Vary`); the oldest goes first.
@@ -178,6 +180,8 @@ pub struct Shard {
     ended: Vec<Box<[u8]>>,
     /// Fills ended so far (io wakes waiting exchanges when it moves).
     fills_ended: u64,
+    /// Body copies in flight (a quarter of the budget at most).
+    collecting: std::rc::Rc<super::Collecting>,
 }
 
 impl Shard {
@@ -198,6 +202,7 @@ impl Shard {
             fills: HashSet::new(),
             ended: Vec::new(),
             fills_ended: 0,
+            collecting: std::rc::Rc::new(super::Collecting::new(budget / 4)),
         }
     }
 
@@ -235,6 +240,11 @@ impl Shard {
         self.fills_ended
     }
 
+    /// The count of body copies in flight, for the tees of this shard's fills.
+    pub fn collecting(&self) -> std::rc::Rc<super::Collecting> {
+        self.collecting.clone()
+    }
+
     pub fn budget(&self) -> usize {
         self.budget
     }
@@ -242,6 +252,7 @@ impl Shard {
     /// Changes the budget (a reload), evicting down to it.
     pub fn set_budget(&mut self, budget: usize) {
         self.budget = budget;
+        self.collecting.set_limit(budget / 4);
         self.evict_to(budget);
     }
 
@@ -249,6 +260,7 @@ impl Shard {
         Stats {
             entries: self.map.values().map(|v| v.len() as u64).sum(),
             bytes: self.used as u64,
+            collecting: self.collecting.bytes() as u64,
             ..self.stats
         }
     }

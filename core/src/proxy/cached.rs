@@ -83,6 +83,8 @@ struct Pending {
     response_time: u64,
     vary: Vec<Selector>,
     max_object: u64,
+    /// The worker's count of copies in flight, which the tee joins.
+    collecting: std::rc::Rc<crate::cache::Collecting>,
 }
 
 impl CacheState {
@@ -110,7 +112,9 @@ impl CacheState {
 
     /// The tee for the response body relay, when the response is being stored.
     pub(super) fn tee(&self, expect: Option<u64>) -> Option<Tee> {
-        self.store.as_ref().map(|p| Tee::new(p.max_object, expect))
+        self.store
+            .as_ref()
+            .map(|p| Tee::new(p.max_object, expect).counted_in(p.collecting.clone()))
     }
 }
 
@@ -688,6 +692,7 @@ impl Exchange {
                     response_time: secs,
                     vary,
                     max_object: rules.max_object,
+                    collecting: c.shard.borrow().collecting(),
                 });
             }
             Err(_) => {
