@@ -1125,3 +1125,47 @@ fn copies_of_misses_that_clients_do_not_read_stay_within_the_cache_size() {
     assert!(most <= 16 << 20, "{most} bytes of copies in flight");
     drop(stalled);
 }
+
+#[test]
+fn a_client_that_stops_reading_does_not_hold_up_the_fill() {
+    let o = Scripted::start();
+    // Larger than what the socket buffers between the proxy and the client hold.
+    let big = "y".repeat(24 << 20);
+    o.set("/big", answer(&[("Cache-Control", "max-age=600")], &big));
+    let cfg = cache_config(o.addr, 1, "lock_timeout = \"2s\"\nmax_object = \"32m\"")
+        .replace("size = \"64m\"", "size = \"512m\"");
+    let p = Proxy::start(&cfg);
+    // The first client asks and then reads nothing.
+    let mut stalled = TcpStream::connect(p.addr).unwrap();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: cache.test\r\n\r\n")
+        .unwrap();
+    o.wait_count("/big", 1);
+    // The others get the stored response: the fill went on at the origin's pace.
+    let hs: Vec<_> = (0..5)
+        .map(|_| {
+            let addr = p.addr;
+            thread::spawn(move || {
+                let req = b"GET /big HTTP/1.1\r\nHost: cache.test\r\nConnection: close\r\n\r\n";
+                request(addr, req).map(|r| (r.status, r.body_len))
+            })
+        })
+        .collect();
+    for h in hs {
+        assert_eq!(h.join().unwrap(), Some((200, 24 << 20)));
+    }
+    assert_eq!(o.count("/big"), 1, "one fetch for everyone");
+    // And the client that stopped gets it all once it reads.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while got.len() < 24 << 20 {
+        match stalled.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(got.len() > 24 << 20, "{} bytes", got.len());
+}

@@ -443,6 +443,34 @@ impl Conn {
                         .handle_response_body(r, leftover, tee, &env(&self.w, &cfg), now);
                     self.w.wake_fills();
                 }
+                Action::FetchBody(mut plan) => {
+                    // The whole body into the tee first, at the upstream's pace; the client gets
+                    // it from the store afterwards.
+                    let up = self
+                        .up
+                        .as_mut()
+                        .expect("a response comes from a connection");
+                    let mut tee = plan.tee.take();
+                    let stage = tee.as_mut().map(|t| t as &mut dyn Stage);
+                    let t = timeouts(&plan);
+                    let r = Box::pin(relay(
+                        up,
+                        &mut self.ubuf,
+                        &mut plan.body,
+                        None,
+                        stage,
+                        &mut self.scratch,
+                        None,
+                        t,
+                    ))
+                    .await
+                    .map_err(|e| e.into_body_fail());
+                    let leftover = self.ubuf.len();
+                    let now = self.tick();
+                    self.ex
+                        .handle_body_fetched(r, leftover, tee, &env(&self.w, &cfg), now);
+                    self.w.wake_fills();
+                }
                 Action::Release {
                     to,
                     pool,

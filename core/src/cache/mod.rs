@@ -144,6 +144,9 @@ pub struct Tee {
     buf: Vec<u8>,
     cap: usize,
     over: bool,
+    /// Bytes reserved in `collecting` at once (a fetch); otherwise the buffer's capacity is
+    /// counted as it grows.
+    reserved: usize,
     collecting: Option<std::rc::Rc<Collecting>>,
 }
 
@@ -154,6 +157,7 @@ impl Clone for Tee {
             buf: self.buf.clone(),
             cap: self.cap,
             over: self.over,
+            reserved: 0,
             collecting: None,
         }
     }
@@ -172,8 +176,27 @@ impl Tee {
             buf: Vec::with_capacity(first),
             cap,
             over: false,
+            reserved: 0,
             collecting: None,
         }
+    }
+
+    /// A tee that reads a whole body of `len` bytes ahead of the client (a fill), with `len`
+    /// reserved in `c` at once; it never lets go of its copy. `None` when the reservation does
+    /// not fit.
+    pub fn fetch(len: u64, c: std::rc::Rc<Collecting>) -> Option<Self> {
+        let n = usize::try_from(len).ok()?;
+        if c.bytes.get().saturating_add(n) > c.limit.get() {
+            return None;
+        }
+        c.bytes.set(c.bytes.get() + n);
+        Some(Self {
+            buf: Vec::with_capacity(n.min(64 * 1024)),
+            cap: n,
+            over: false,
+            reserved: n,
+            collecting: Some(c),
+        })
     }
 
     /// Counts this tee's copy in `c` (see [`Collecting`]).
@@ -225,7 +248,7 @@ impl Stage for Tee {
             } else {
                 let before = self.buf.capacity();
                 self.buf.extend_from_slice(payload);
-                if let Some(c) = &self.collecting {
+                if let (Some(c), 0) = (&self.collecting, self.reserved) {
                     let grown = self.buf.capacity() - before;
                     c.bytes.set(c.bytes.get() + grown);
                     if c.bytes.get() > c.limit.get() {
@@ -279,5 +302,11 @@ mod tests {
         assert!(d.into_body().is_none(), "grew past the limit");
         assert_eq!(a.into_body().unwrap().len(), 40 * 1024);
         assert_eq!(c.bytes(), 0, "every copy given back");
+        // A fetch reserves its whole length at once, or does not start.
+        let f = Tee::fetch(60 * 1024, c.clone()).unwrap();
+        assert_eq!(c.bytes(), 60 * 1024);
+        assert!(Tee::fetch(60 * 1024, c.clone()).is_none());
+        drop(f);
+        assert_eq!(c.bytes(), 0);
     }
 }

@@ -84,6 +84,9 @@ pub enum Action {
     /// Relay the response body from the upstream through the body sinks to the client, then
     /// `handle_response_body`.
     RelayResponse(BodyPlan),
+    /// Read the whole response body from the upstream into the plan's tee (a fill the cache
+    /// stores), writing nothing to the client yet, then `handle_body_fetched`.
+    FetchBody(BodyPlan),
     /// Return the upstream connection to the pool (`pool`) or close it; `distrust`: the server
     /// sent bytes no request asked for, so its pooled connections are closed and keep-alive to
     /// it paused; `pin`: the connection is authenticated as this client's user (NTLM,

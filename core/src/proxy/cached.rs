@@ -745,12 +745,22 @@ impl Exchange {
     /// Stores the response whose body is `body` (the whole of it), as decided in
     /// `cache_response`.
     pub(super) fn cache_store(&mut self, body: Vec<u8>, env: &Env<'_>) {
+        let _ = self.cache_store_rc(body, env);
+    }
+
+    /// [`cache_store`](Self::cache_store), returning the entry (whether the shard took it or
+    /// not), or the body back when there was nothing to store.
+    pub(super) fn cache_store_rc(
+        &mut self,
+        body: Vec<u8>,
+        env: &Env<'_>,
+    ) -> Result<Rc<Entry>, Vec<u8>> {
         self.release_fill(env);
         let (Some(c), Some(p)) = (env.cache, self.cache.store.take()) else {
-            return;
+            return Err(body);
         };
         if body.len() as u64 > p.max_object {
-            return;
+            return Err(body);
         }
         let e = Entry {
             key: self.cache.key.clone().into_boxed_slice(),
@@ -770,7 +780,23 @@ impl Exchange {
                 .dest
                 .is_some_and(|d| crate::forward::is_private(d.ip())),
         };
-        c.shard.borrow_mut().insert(e);
+        let e = Rc::new(e);
+        c.shard.borrow_mut().insert_rc(e.clone());
+        Ok(e)
+    }
+
+    /// The tee that reads a whole stored-to-be body of `relay` ahead of the client, when the
+    /// worker's copies in flight have room for it: the fill then ends at the origin's pace, not
+    /// at the client's, and requests waiting for the key get the entry (a client that stops
+    /// reading no longer holds them all up).
+    pub(super) fn fetch_tee(&self, relay: crate::http::framing::BodyKind) -> Option<Tee> {
+        let p = self.cache.store.as_ref()?;
+        match relay {
+            crate::http::framing::BodyKind::Length(n) if n > 0 && n <= p.max_object => {
+                Tee::fetch(n, p.collecting.clone())
+            }
+            _ => None,
+        }
     }
 
     /// Whether the response is being stored (its body must go through the tee).

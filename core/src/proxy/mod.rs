@@ -116,6 +116,8 @@ enum Written {
     ResponseHead,
     /// `200 Connection established`: the tunnel follows.
     TunnelOpen,
+    /// A body fetched whole ahead of the client (and stored), after its head.
+    FetchedBody,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,6 +427,15 @@ impl Exchange {
                 max: self.head_read,
             },
             State::RelayResponse => {
+                if let Some(tee) = self.fetch_tee(self.up.relay) {
+                    return Action::FetchBody(BodyPlan {
+                        body: Transcoder::new(self.up.relay, self.up.body_out),
+                        splice: false,
+                        read_idle: self.timeouts.upstream_read,
+                        write_idle: self.timeouts.send,
+                        tee: Some(tee),
+                    });
+                }
                 let expect = match self.up.relay {
                     BodyKind::Length(n) => Some(n),
                     _ => None,
@@ -591,6 +602,10 @@ impl Exchange {
             }
             Written::TunnelOpen => {
                 self.state = State::Tunnel;
+            }
+            Written::FetchedBody => {
+                let f = self.after_response();
+                self.finish(f, now);
             }
         }
     }
@@ -911,25 +926,8 @@ impl Exchange {
                         self.cache_store(body, env);
                     }
                 }
-                // Pool invariant: nothing unread. Bytes past the response's framing were not
-                // asked for: close, and stop trusting the server's keep-alive for a while.
-                let overrun = leftover > 0;
-                let reuse = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
-                let to = self.upstream_key();
-                let pin = self.pin.release(to, reuse);
-                self.pending = Some(Action::Release {
-                    to,
-                    pool: reuse && !pin,
-                    pin: reuse && pin,
-                    distrust: overrun,
-                });
-                let f = if self.up.keep {
-                    Finish::KeepAlive
-                } else if self.req.persistent {
-                    Finish::Close(Close::Linger)
-                } else {
-                    Finish::Close(Close::Notify)
-                };
+                self.release_upstream(leftover);
+                let f = self.after_response();
                 self.finish(f, now);
             }
             Err(e) => {
@@ -943,6 +941,80 @@ impl Exchange {
                 self.record.error = Some(err);
                 self.finish(Finish::Close(Close::Now), now);
             }
+        }
+    }
+
+    /// The body `FetchBody` read whole from the upstream (`tee` holds it) ended: `Ok` with its
+    /// length, and `leftover`, the bytes read past it. The body is stored and then written to
+    /// the client from the store.
+    pub fn handle_body_fetched(
+        &mut self,
+        r: Result<u64, BodyFail>,
+        leftover: usize,
+        tee: Option<Tee>,
+        env: &Env<'_>,
+        now: Instant,
+    ) {
+        debug_assert_eq!(self.state, State::RelayResponse);
+        let body = match (r, tee.and_then(Tee::into_body)) {
+            (Ok(n), Some(body)) if body.len() as u64 == n => body,
+            (r, _) => {
+                // Nothing of the body reached the client; the head did: closing says it failed.
+                self.release_fill(env);
+                let e = match r {
+                    Err(e) => e,
+                    Ok(_) => BodyFail::Source(BodyError::Truncated),
+                };
+                let err = Error::ResponseBody(e);
+                self.log_only(err.clone());
+                self.record.error = Some(err);
+                self.finish(Finish::Close(Close::Now), now);
+                return;
+            }
+        };
+        self.record.response_body += body.len() as u64;
+        let stored = if leftover == 0 {
+            self.cache_store_rc(body, env)
+        } else {
+            self.release_fill(env);
+            Err(body)
+        };
+        self.release_upstream(leftover);
+        self.out.clear();
+        match stored {
+            Ok(e) => {
+                let len = e.body.len();
+                self.hit = Some((e, 0..len));
+            }
+            Err(body) => self.out = body,
+        }
+        self.write_client(Written::FetchedBody, now);
+    }
+
+    /// Hands the upstream connection back after a response: pooled (or kept for this client)
+    /// when it is cleanly framed, persistent and nothing was read past it (`leftover`); bytes
+    /// past the framing were not asked for: closed, and keep-alive to the server paused.
+    fn release_upstream(&mut self, leftover: usize) {
+        let overrun = leftover > 0;
+        let reuse = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
+        let to = self.upstream_key();
+        let pin = self.pin.release(to, reuse);
+        self.pending = Some(Action::Release {
+            to,
+            pool: reuse && !pin,
+            pin: reuse && pin,
+            distrust: overrun,
+        });
+    }
+
+    /// How the client connection goes on once a response went out whole.
+    fn after_response(&self) -> Finish {
+        if self.up.keep {
+            Finish::KeepAlive
+        } else if self.req.persistent {
+            Finish::Close(Close::Linger)
+        } else {
+            Finish::Close(Close::Notify)
         }
     }
 

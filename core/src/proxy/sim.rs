@@ -266,6 +266,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                 }
                 Action::WaitFill => unreachable!("the simulation runs without a cache"),
                 Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
+                Action::FetchBody(_) => unreachable!("the simulation runs without a cache"),
                 Action::WriteStored { entry, range, .. } => {
                     to_client.extend_from_slice(ex.out());
                     to_client.extend_from_slice(&entry.body[range]);
