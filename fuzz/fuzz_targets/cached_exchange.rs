@@ -42,7 +42,7 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
                 check(ex.out());
                 ex.handle_client_written(true, now);
             }
-            Action::WriteStored { entry, range } => {
+            Action::WriteStored { entry, range, .. } => {
                 check(ex.out());
                 assert!(range.end <= entry.body.len());
                 ex.handle_client_written(true, now);
@@ -64,8 +64,13 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
                 // Bodies beyond what came with the head: the upstream closed.
                 ex.handle_response_body(Ok(0), 0, plan.tee.take(), env, now);
             }
+            Action::FetchBody(mut plan) => {
+                ex.handle_body_fetched(Ok(0), 0, plan.tee.take(), env, now);
+            }
             Action::WaitFill => ex.handle_fill_done(env, now),
-            Action::Resolve { .. } | Action::Tunnel { .. } => return,
+            Action::Resolve { .. } | Action::Tunnel { .. } | Action::VerifyPassword { .. } => {
+                return
+            }
             Action::Record { .. } | Action::Release { .. } => {}
             Action::Finish(_) => {
                 ex.release_fill(env);

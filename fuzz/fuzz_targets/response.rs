@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use ringway_core::http::date::DateLine;
 use ringway_core::http::framing::{response_info, BodyKind};
-use ringway_core::http::rewrite::{client_response, ConnectionHeader};
+use ringway_core::http::rewrite::{client_response, Added, ConnectionHeader};
 use ringway_core::http::{parse_response, HeadScanner, Limits, Method, Scan};
 
 fuzz_target!(|data: &[u8]| {
@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
             &headers,
             to_client,
             ConnectionHeader::Omit,
-            Some(&date),
+            Added {
+                date: Some(&date),
+                via: true,
+            },
             &mut out,
         );
         let big = Limits {

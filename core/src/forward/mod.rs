@@ -354,8 +354,13 @@ impl Authority {
             });
         }
         // One canonical spelling for every rule: lower case, no trailing dot; labels of 1 to
-        // 63 characters (no empty label, no leading dot).
+        // 63 characters (no empty label, no leading dot). An address spelled another way
+        // (`127.1`, `2130706434`, `0x7f.1`) is no name: refused rather than handed to a
+        // resolver that might read it as an address behind the rules' back.
         let name = host.strip_suffix('.').unwrap_or(host);
+        if looks_like_ip(name) {
+            return None;
+        }
         let name_ok = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|l| {
@@ -460,6 +465,67 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    proptest::proptest! {
+        /// Every spelling of a destination that reaches the same place is decided the same
+        /// way: case and a trailing dot change nothing, an address has one spelling (others
+        /// are refused), and a bracketed IPv4-mapped address is the IPv4 one to the rules.
+        #[test]
+        fn every_spelling_of_a_destination_gets_the_same_rules(
+            labels in proptest::collection::vec("[a-z0-9][a-z0-9-]{0,10}", 1..5),
+            upper in proptest::collection::vec(proptest::bool::ANY, 0..64),
+            dot in proptest::bool::ANY,
+            ip in proptest::num::u32::ANY,
+            port in 1u16..,
+        ) {
+            let canonical = labels.join(".");
+            let spelled: String = canonical
+                .chars()
+                .enumerate()
+                .map(|(i, c)| if upper.get(i).copied().unwrap_or(false) { c.to_ascii_uppercase() } else { c })
+                .collect::<String>()
+                + if dot { "." } else { "" };
+            let a = Authority::parse(format!("{spelled}:{port}").as_bytes(), None);
+            let b = Authority::parse(format!("{canonical}:{port}").as_bytes(), None);
+            proptest::prop_assert_eq!(&a, &b);
+            if let Some(a) = a {
+                proptest::prop_assert_eq!(&a.host, &canonical);
+                let mut deny = DomainSet::default();
+                deny.insert(&canonical);
+                let last = labels.last().unwrap().clone();
+                let mut suffix = DomainSet::default();
+                suffix.insert(&format!(".{last}"));
+                let re = regex::RegexBuilder::new(&format!("{}$", regex::escape(&last)))
+                    .case_insensitive(true)
+                    .build()
+                    .unwrap();
+                proptest::prop_assert!(deny.matches(&a.host).is_some());
+                proptest::prop_assert!(suffix.matches(&a.host).is_some());
+                proptest::prop_assert!(re.is_match(&a.host));
+            }
+            // An IPv4 address: its dotted form and its mapped IPv6 form are one address to the
+            // rules; numeric spellings that resolvers might read as it are refused.
+            let v4 = Ipv4Addr::from(ip);
+            let dotted = Authority::parse(format!("{v4}:{port}").as_bytes(), None).unwrap();
+            let mapped = Authority::parse(format!("[::ffff:{v4}]:{port}").as_bytes(), None).unwrap();
+            proptest::prop_assert_eq!(canonical_ip(dotted.ip().unwrap()), canonical_ip(mapped.ip().unwrap()));
+            proptest::prop_assert_eq!(is_private(dotted.ip().unwrap()), is_private(mapped.ip().unwrap()));
+            let [a1, b1, c1, d1] = v4.octets();
+            for other in [
+                format!("{ip}"),
+                format!("0x{ip:x}"),
+                format!("{a1}.{}", u32::from(b1) << 16 | u32::from(c1) << 8 | u32::from(d1)),
+                format!("0{a1:o}.{b1}.{c1}.{d1}"),
+            ] {
+                proptest::prop_assert_eq!(Authority::parse(format!("{other}:{port}").as_bytes(), None), None, "{}", other);
+            }
+        }
+    }
+
+    /// The canonical form of an address, for the property above.
+    fn canonical_ip(ip: IpAddr) -> IpAddr {
+        canonical(ip)
     }
 
     #[test]
