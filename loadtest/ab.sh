@@ -14,11 +14,13 @@
 #   BODY=65536 loadtest/ab.sh old new /len/100          (uploads: POST with a BODY-byte body)
 #   CLOSE=1 loadtest/ab.sh old new /100b                (a connection per request)
 #   SPLIT=1 loadtest/ab.sh floor target/release/ringway /100b   (user/system against the floor)
+#   EXTRA="--cache 64m" loadtest/ab.sh old new /cached/100b     (cache hits: /cached/ is fresh
+#                                                                 for an hour at the origin)
 #
 # Needs nginx, wrk, taskset and a release build of ringway-loadtest. Loopback only; every
 # process it starts is stopped by PID when it ends.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n "2,17p" "$0"; exit 2; }
 A=$1 B=$2
 shift 2
 PATHS=("$@")
@@ -75,8 +77,9 @@ EOF
     taskset -c 0 "$LOADTEST" floor --listen "127.0.0.1:$PROXY" --upstream "127.0.0.1:$up" \
       "--${FLOOR:-copy}" &
   else
+    # shellcheck disable=SC2086 # EXTRA is a list of flags
     taskset -c 0 "$bin" --listen "127.0.0.1:$PROXY" --upstream "127.0.0.1:$up" --workers 1 \
-      --log-level warn &
+      --log-level warn ${EXTRA:-} &
   fi
   pid=$!
   PIDS+=($pid)
