@@ -1152,3 +1152,35 @@ fn the_origin_gets_the_path_the_client_sent() {
         assert_eq!(seen.path, path);
     }
 }
+
+#[test]
+fn unsafe_ports_and_the_proxy_itself_are_refused() {
+    let proxy = Proxy::start(&forward_config(
+        "[forward]\nconnect_ports = [\"1-65535\"]\n",
+    ));
+    // Plain-text services an HTTP request could drive (nothing is dialled: refused first).
+    for port in [22, 25, 6379, 11211] {
+        let r = raw(
+            proxy.addr,
+            format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("safe_ports"),
+            "{port}: {r}"
+        );
+    }
+    // CONNECT to the proxy's own address would nest without end.
+    let r = raw(
+        proxy.addr,
+        format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", proxy.addr).as_bytes(),
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("this proxy itself"),
+        "{r}"
+    );
+    let r = raw(
+        proxy.addr,
+        format!("GET http://{0}/ HTTP/1.1\r\nHost: {0}\r\n\r\n", proxy.addr).as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+}
