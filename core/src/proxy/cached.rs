@@ -19,7 +19,8 @@ use crate::http::range::{self, Ranges};
 use crate::http::rewrite::{stored_response, updated_response};
 use crate::http::{parse_response, Header, Limits, Method, ResponseHead, Version};
 
-use super::{Env, Exchange, Written};
+use super::{BodyFail, Close, Env, Error, Exchange, Finish, State, Written};
+use crate::http::body::BodyError;
 
 /// Stored bodies up to this size go out in one write with their head (copied); longer ones are
 /// written from the store after it.
@@ -783,6 +784,53 @@ impl Exchange {
         let e = Rc::new(e);
         c.shard.borrow_mut().insert_rc(e.clone());
         Ok(e)
+    }
+
+    /// The body `FetchBody` read whole from the upstream (`tee` holds it) ended: `Ok` with its
+    /// length, and `leftover`, the bytes read past it. The body is stored and then written to
+    /// the client from the store.
+    pub fn handle_body_fetched(
+        &mut self,
+        r: Result<u64, BodyFail>,
+        leftover: usize,
+        tee: Option<Tee>,
+        env: &Env<'_>,
+        now: Instant,
+    ) {
+        debug_assert_eq!(self.state, State::RelayResponse);
+        let body = match (r, tee.and_then(Tee::into_body)) {
+            (Ok(n), Some(body)) if body.len() as u64 == n => body,
+            (r, _) => {
+                // Nothing of the body reached the client; the head did: closing says it failed.
+                self.release_fill(env);
+                let e = match r {
+                    Err(e) => e,
+                    Ok(_) => BodyFail::Source(BodyError::Truncated),
+                };
+                let err = Error::ResponseBody(e);
+                self.log_only(err.clone());
+                self.record.error = Some(err);
+                self.finish(Finish::Close(Close::Now), now);
+                return;
+            }
+        };
+        self.record.response_body += body.len() as u64;
+        let stored = if leftover == 0 {
+            self.cache_store_rc(body, env)
+        } else {
+            self.release_fill(env);
+            Err(body)
+        };
+        self.release_upstream(leftover);
+        self.out.clear();
+        match stored {
+            Ok(e) => {
+                let len = e.body.len();
+                self.hit = Some((e, 0..len));
+            }
+            Err(body) => self.out = body,
+        }
+        self.write_client(Written::FetchedBody, now);
     }
 
     /// The tee that reads a whole stored-to-be body of `relay` ahead of the client, when the

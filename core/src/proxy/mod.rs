@@ -12,8 +12,10 @@
 //! starts the next), so its buffers (the heads it writes, the header tables) are allocated once.
 
 mod action;
+mod authn;
 mod cached;
 mod error;
+mod forwarded;
 mod hints;
 mod pin;
 mod record;
@@ -35,7 +37,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use authn::Authn;
 use cached::{CacheState, Mode};
+use forwarded::well_formed_escapes;
 
 use crate::balance::request_key;
 use crate::cache::{Entry, Tee};
@@ -944,53 +948,6 @@ impl Exchange {
         }
     }
 
-    /// The body `FetchBody` read whole from the upstream (`tee` holds it) ended: `Ok` with its
-    /// length, and `leftover`, the bytes read past it. The body is stored and then written to
-    /// the client from the store.
-    pub fn handle_body_fetched(
-        &mut self,
-        r: Result<u64, BodyFail>,
-        leftover: usize,
-        tee: Option<Tee>,
-        env: &Env<'_>,
-        now: Instant,
-    ) {
-        debug_assert_eq!(self.state, State::RelayResponse);
-        let body = match (r, tee.and_then(Tee::into_body)) {
-            (Ok(n), Some(body)) if body.len() as u64 == n => body,
-            (r, _) => {
-                // Nothing of the body reached the client; the head did: closing says it failed.
-                self.release_fill(env);
-                let e = match r {
-                    Err(e) => e,
-                    Ok(_) => BodyFail::Source(BodyError::Truncated),
-                };
-                let err = Error::ResponseBody(e);
-                self.log_only(err.clone());
-                self.record.error = Some(err);
-                self.finish(Finish::Close(Close::Now), now);
-                return;
-            }
-        };
-        self.record.response_body += body.len() as u64;
-        let stored = if leftover == 0 {
-            self.cache_store_rc(body, env)
-        } else {
-            self.release_fill(env);
-            Err(body)
-        };
-        self.release_upstream(leftover);
-        self.out.clear();
-        match stored {
-            Ok(e) => {
-                let len = e.body.len();
-                self.hit = Some((e, 0..len));
-            }
-            Err(body) => self.out = body,
-        }
-        self.write_client(Written::FetchedBody, now);
-    }
-
     /// Hands the upstream connection back after a response: pooled (or kept for this client)
     /// when it is cleanly framed, persistent and nothing was read past it (`leftover`); bytes
     /// past the framing were not asked for: closed, and keep-alive to the server paused.
@@ -1504,176 +1461,6 @@ impl Exchange {
         consumed
     }
 
-    /// Evaluates `[[forward.rules]]` for this request; false when it was denied (and answered
-    /// with 403 naming the rule). Rules that need the destination's addresses are left for
-    /// after resolution (`acl_pending`).
-    /// `None` when denied; else the address blocks of the deciding rule, when it decided on
-    /// addresses (only those may be dialled).
-    fn check_rules(
-        &mut self,
-        dest: Option<&[IpAddr]>,
-        env: &Env<'_>,
-        now: Instant,
-    ) -> Option<Option<Vec<crate::forward::acl::Cidr>>> {
-        use crate::forward::acl::{evaluate, Decision, Request, Verdict};
-        let r = Request {
-            client: self.client,
-            host: &self.dest_host,
-            port: self.req.dest_port,
-            method: self.method_text.as_bytes(),
-            user: self.record.user.as_deref(),
-            dest,
-        };
-        let rules = &env.cfg.forward.rules;
-        match evaluate(rules, &r) {
-            Decision::NeedAddresses => {
-                self.req.acl_pending = true;
-                Some(None)
-            }
-            Decision::Decided(Verdict::Allow, rule) => {
-                self.req.acl_pending = false;
-                let blocks = rule
-                    .map(|i| &rules[i].dest_ips)
-                    .filter(|d| !d.is_empty() && dest.is_some())
-                    .cloned();
-                Some(blocks)
-            }
-            Decision::Decided(Verdict::Deny, rule) => {
-                let why = match rule {
-                    Some(i) => format!("forward.rules[{i}]"),
-                    None if rules.is_empty() => {
-                        "this proxy, which has no access rules and serves local clients only"
-                            .to_string()
-                    }
-                    None => "forward.rules (no rule allows it)".to_string(),
-                };
-                let detail = format!(
-                    "{}:{} is denied by {why}",
-                    self.dest_host, self.req.dest_port
-                );
-                self.local_error(403, &detail, env, now);
-                None
-            }
-        }
-    }
-
-    /// Whether responses carry our `Via`: not from an elite forward proxy, which shows neither
-    /// itself nor the client, in either direction.
-    fn shows_via(&self, env: &Env<'_>) -> bool {
-        self.kind != ListenKind::Forward || env.cfg.forward.anonymity.policy().via
-    }
-
-    /// 403 for a request whose destination is this proxy itself.
-    fn loop_denied(&mut self, env: &Env<'_>, now: Instant) {
-        let detail = format!(
-            "{}:{} is this proxy itself (the request would loop)",
-            self.dest_host, self.req.dest_port
-        );
-        self.local_error(403, &detail, env, now);
-    }
-
-    /// Checks the request's `Proxy-Authorization`: trusted credentials pass at once; others
-    /// are checked off the worker (`Verifying`); wrong or missing ones get 407, too many
-    /// failures 429, malformed ones 400.
-    fn authenticate(&mut self, buf: &[u8], env: &Env<'_>, now: Instant) -> Authn {
-        use crate::forward::auth::{parse_basic, AuthCache, AuthStep, BasicError, Check, Secret};
-        let value = crate::http::find_header(buf, &self.headers, b"proxy-authorization");
-        let step = match value.map(parse_basic) {
-            None | Some(Err(BasicError::NotBasic)) => None,
-            Some(Err(BasicError::Malformed)) => {
-                self.local_error(400, "malformed Proxy-Authorization credentials", env, now);
-                return Authn::Answered;
-            }
-            Some(Ok((user, password))) => {
-                // The outcome of the check this request was sent to (it is handled again
-                // once its password was checked).
-                match std::mem::take(&mut self.auth) {
-                    Check::Passed(u) if u == user => return Authn::User(u),
-                    Check::Refused => {
-                        self.ask_credentials(env, now);
-                        return Authn::Answered;
-                    }
-                    Check::Unavailable => {
-                        self.local_error_with(
-                            503,
-                            "too many password checks waiting; try again shortly",
-                            b"Retry-After: 1\r\n",
-                            env,
-                            now,
-                        );
-                        return Authn::Answered;
-                    }
-                    _ => {}
-                }
-                let mut scratch = AuthCache::default();
-                let mut cache = env.auth.map(|c| c.borrow_mut());
-                let cache = cache.as_deref_mut().unwrap_or(&mut scratch);
-                let secs = env.date.date_line().secs();
-                match cache.lookup(&user, &password, self.client, now, secs) {
-                    AuthStep::Verify => {
-                        self.auth = Check::Pending(user, Secret(password));
-                        self.state = State::Verify;
-                        return Authn::Verifying;
-                    }
-                    s => Some(s),
-                }
-            }
-        };
-        match step {
-            Some(AuthStep::User(u)) => return Authn::User(u),
-            Some(AuthStep::Limited) => self.local_error_with(
-                429,
-                "too many failed proxy authentication attempts; try again in a minute",
-                b"Retry-After: 60\r\n",
-                env,
-                now,
-            ),
-            _ => self.ask_credentials(env, now),
-        }
-        Authn::Answered
-    }
-
-    /// 407 with the challenge.
-    fn ask_credentials(&mut self, env: &Env<'_>, now: Instant) {
-        const CHALLENGE: &[u8] =
-            b"Proxy-Authenticate: Basic realm=\"ringway\", charset=\"UTF-8\"\r\n";
-        self.local_error_with(
-            407,
-            "this proxy needs a user name and password",
-            CHALLENGE,
-            env,
-            now,
-        );
-    }
-
-    /// The check `VerifyPassword` asked for ended (`None`: it could not be checked now). The
-    /// request is handled again (io hands the head over once more): as that user when the
-    /// password was right, else answered 407 (or 503).
-    pub fn handle_verified(&mut self, ok: Option<bool>, env: &Env<'_>, now: Instant) {
-        use crate::forward::auth::{AuthCache, Check};
-        debug_assert_eq!(self.state, State::Verify);
-        let Check::Pending(user, password) = std::mem::take(&mut self.auth) else {
-            self.finish(Finish::Close(Close::Now), now);
-            return;
-        };
-        if let Some(ok) = ok {
-            let mut scratch = AuthCache::default();
-            let mut cache = env.auth.map(|c| c.borrow_mut());
-            let cache = cache.as_deref_mut().unwrap_or(&mut scratch);
-            let secs = env.date.date_line().secs();
-            cache.verified(&user, &password.0, ok, self.client, now, secs);
-        }
-        self.auth = match ok {
-            Some(true) => Check::Passed(user),
-            Some(false) => Check::Refused,
-            None => Check::Unavailable,
-        };
-        self.state = State::Head;
-        self.read_first = false;
-        self.scanner.reset();
-        self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
-    }
-
     /// A small body that came with the head goes upstream with it (and is then part of what a
     /// retry sends again). Returns the input consumed; decides whether a retry is allowed.
     fn inline_body(
@@ -2101,15 +1888,6 @@ impl Exchange {
     }
 }
 
-/// Where a request's proxy authentication stands.
-enum Authn {
-    User(String),
-    /// Refused (407, 429, 400): the answer is written.
-    Answered,
-    /// Checked off the worker first.
-    Verifying,
-}
-
 /// What a local answer is.
 enum Local<'a> {
     Fixed(&'a Fixed),
@@ -2122,19 +1900,6 @@ enum Local<'a> {
     Trace,
     /// 301 to https, same host (port replaced) and target.
     Redirect,
-}
-
-/// Every `%` is followed by two hex digits.
-fn well_formed_escapes(t: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(p) = memchr::memchr(b'%', &t[i..]) {
-        let at = i + p;
-        match t.get(at + 1..at + 3) {
-            Some(h) if h.iter().all(u8::is_ascii_hexdigit) => i = at + 3,
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// An identity body long enough (`min`) for splice(2) to pay.
