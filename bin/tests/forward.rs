@@ -1018,6 +1018,10 @@ fn names_that_never_answer_stop_nobody_else() {
         "good.test",
         DnsName::Addrs(vec!["127.0.0.1".parse().unwrap()]),
     );
+    dns.set(
+        "good2.test",
+        DnsName::Addrs(vec!["127.0.0.1".parse().unwrap()]),
+    );
     for i in 0..40 {
         dns.set(&format!("dead{i}.test"), DnsName::Silent);
     }
@@ -1070,6 +1074,28 @@ fn names_that_never_answer_stop_nobody_else() {
         "{:?}",
         started.elapsed()
     );
+    // The clients that left stopped waiting for their names: their address may start lookups
+    // again, well before the 2 s their dead lookups would otherwise take.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        let r = raw(
+            proxy.addr,
+            format!(
+                "GET http://good2.test:{}/again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                origin.addr.port()
+            )
+            .as_bytes(),
+        );
+        if r.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{r}\n{}",
+            proxy.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

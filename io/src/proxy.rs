@@ -294,18 +294,28 @@ impl Conn {
                     }
                 }
                 Action::Resolve { port } => {
-                    let r = Box::pin(crate::dns::Cache::resolve(
+                    // A client that leaves while its name is looked up stops waiting for it (a
+                    // lookup nobody waits for stops, and the client's lookup slot is free).
+                    let lookup = Box::pin(crate::dns::Cache::resolve(
                         &self.w.dns,
                         self.ex.resolve_host(),
                         port,
                         &cfg.forward,
                         self.peer.ip(),
-                    ))
-                    .await;
+                    ));
+                    let gone = Box::pin(self.client.closed_by_peer());
+                    let r = monoio::select! {
+                        r = lookup => Some(r),
+                        _ = gone => None,
+                    };
+                    let now = self.tick();
+                    let Some(r) = r else {
+                        self.ex.handle_client_closed(now);
+                        continue;
+                    };
                     if let Err(e) = &r {
                         log::warn!("resolving {}: {e}", self.ex.resolve_host());
                     }
-                    let now = self.tick();
                     self.ex.handle_resolved(r, &env(&self.w, &cfg), now);
                 }
                 Action::VerifyPassword { user, password } => {

@@ -163,6 +163,25 @@ impl Stream {
         }
     }
 
+    /// Resolves when the peer of a plain connection has closed it (or reset it); never when
+    /// bytes are waiting instead (pipelined requests), nor over TLS. For a request that waits
+    /// on something else (a name lookup): a client that left ends its wait.
+    pub(crate) async fn closed_by_peer(&self) {
+        let Self::Plain(tcp) = self else {
+            return std::future::pending().await;
+        };
+        loop {
+            if tcp.readable(false).await.is_err() {
+                return;
+            }
+            match self.idle_state() {
+                Idle::Closed => return,
+                Idle::Unrequested => return std::future::pending().await,
+                Idle::Quiet => {}
+            }
+        }
+    }
+
     /// What is waiting on an idle connection. A pooled upstream connection is reused only when
     /// it is [`Idle::Quiet`] (see `upstream::Pool`). One non-blocking `recv(MSG_PEEK)`, which
     /// never consumes anything.
