@@ -23,6 +23,9 @@ struct Answer {
     chunked: bool,
     /// Held until the test opens it (a response the test decides the timing of).
     gate: Option<Arc<Gate>>,
+    /// The fields a `304` carries instead of the script's (a session cookie renewed on
+    /// revalidation, a new lifetime).
+    on_304: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -56,6 +59,7 @@ fn answer(headers: &[(&str, &str)], body: &str) -> Answer {
         body: body.to_string(),
         chunked: false,
         gate: None,
+        on_304: Vec::new(),
     }
 }
 
@@ -238,7 +242,15 @@ impl Scripted {
             } else {
                 write!(out, "HTTP/1.1 {} X\r\n", a.status).unwrap();
             }
-            for (k, v) in &a.headers {
+            // A 304 carries the script's fields, or only `on_304` (and the ETag) when it has some.
+            let fields = if matched && !a.on_304.is_empty() {
+                let mut f = a.on_304.clone();
+                f.extend(etag.iter().map(|e| ("ETag".to_string(), e.clone())));
+                f
+            } else {
+                a.headers.clone()
+            };
+            for (k, v) in &fields {
                 write!(out, "{k}: {v}\r\n").unwrap();
             }
             if matched || got.method == "HEAD" {
@@ -1168,4 +1180,31 @@ fn a_client_that_stops_reading_does_not_hold_up_the_fill() {
         }
     }
     assert!(got.len() > 24 << 20, "{} bytes", got.len());
+}
+
+#[test]
+fn a_cookie_renewed_on_a_304_goes_to_that_client_only() {
+    let o = Scripted::start();
+    let mut a = answer(
+        &[("Cache-Control", "max-age=0"), ("ETag", "\"v1\"")],
+        "public page",
+    );
+    a.on_304 = vec![
+        ("Cache-Control".into(), "max-age=600".into()),
+        ("Set-Cookie".into(), "session=alice-renewed".into()),
+    ];
+    o.set("/page", a);
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    assert_eq!(get(&p, "/page", "").text(), "public page");
+    // A logged-in user's request revalidates the stale entry; the origin renews her cookie.
+    let alice = get(&p, "/page", "Cookie: session=alice\r\n");
+    assert_eq!(alice.header("set-cookie"), Some("session=alice-renewed"));
+    // The refreshed entry is fresh now: everybody else is answered from it, without her cookie.
+    for _ in 0..3 {
+        let other = get(&p, "/page", "");
+        assert_eq!(other.text(), "public page");
+        assert!(status_of(&other).contains("hit"), "{:?}", other.headers);
+        assert_eq!(other.header("set-cookie"), None, "{:?}", other.headers);
+    }
+    assert_eq!(o.count("/page"), 2);
 }
