@@ -1149,6 +1149,16 @@ fn lookups_are_shared_failures_remembered_and_every_address_tried() {
         assert!(get("nx.test").starts_with("HTTP/1.1 502"));
     }
     assert_eq!(dns.queries("nx.test"), 2);
+    // An answer too long for a datagram: asked again over TCP.
+    dns.set(
+        "big.test",
+        DnsName::Truncated(vec!["127.0.0.2".parse().unwrap()]),
+    );
+    let r = get("big.test");
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "over TCP after a truncated answer: {r}"
+    );
     // A rule on addresses: only the allowed one is dialled.
     let strict = Proxy::start(&resolver_config(
         &dns,

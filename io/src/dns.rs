@@ -285,6 +285,7 @@ async fn ask(
     let id = query_id();
     let mut q = Vec::with_capacity(64);
     wire::query(id, name, qtype, &mut q).ok_or_else(|| format!("{name} is not a valid name"))?;
+    let q2 = q.clone();
     let bind: SocketAddr = if server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -306,10 +307,39 @@ async fn ask(
             buf = b;
         }
     };
-    match monoio::time::timeout(timeout, exchange).await {
+    let answer = match monoio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer from {server} in {timeout:?}")),
+    };
+    match answer {
+        // Too long for a datagram: the same question over TCP (RFC 7766).
+        Ok(Answer::Truncated) => match monoio::time::timeout(timeout, ask_tcp(server, &q2)).await {
+            Ok(Ok(msg)) => wire::answer(&msg, id, name, qtype)
+                .map_err(|_| format!("{server} answered another question over TCP")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer from {server} over TCP in {timeout:?}")),
+        },
+        other => other,
     }
+}
+
+/// One query over TCP: the message with its two-byte length, the answer read likewise.
+async fn ask_tcp(server: SocketAddr, query: &[u8]) -> Result<Vec<u8>, String> {
+    use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
+    let mut s = monoio::net::TcpStream::connect_addr(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut framed = Vec::with_capacity(query.len() + 2);
+    framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
+    framed.extend_from_slice(query);
+    let (r, _) = s.write_all(framed).await;
+    r.map_err(|e| e.to_string())?;
+    let (r, len) = s.read_exact(vec![0u8; 2]).await;
+    r.map_err(|e| e.to_string())?;
+    let n = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let (r, msg) = s.read_exact(vec![0u8; n]).await;
+    r.map_err(|e| e.to_string())?;
+    Ok(msg)
 }
 
 /// A query id nobody off the path can guess: from the process's keyed hasher, a counter and

@@ -855,17 +855,80 @@ pub const PATHS_REFUSED: &[&str] = &[
 pub enum DnsName {
     /// These addresses (A and AAAA by family).
     Addrs(Vec<std::net::IpAddr>),
+    /// These addresses, but over UDP only a truncated answer (TC): the full one over TCP.
+    Truncated(Vec<std::net::IpAddr>),
     /// Never answers.
     Silent,
 }
 
-/// A tiny DNS server on loopback that answers from a table the test sets; names not in it are
-/// NXDOMAIN. It counts the queries it gets per name.
+type DnsTable = Arc<Mutex<std::collections::HashMap<String, DnsName>>>;
+
+/// A tiny DNS server on loopback (UDP and TCP on one port) that answers from a table the test
+/// sets; names not in it are NXDOMAIN. It counts the queries it gets per name.
 pub struct DnsServer {
     pub addr: SocketAddr,
-    names: Arc<Mutex<std::collections::HashMap<String, DnsName>>>,
+    names: DnsTable,
     pub queries: Arc<Mutex<std::collections::HashMap<String, usize>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The answer to query `q` (`None`: stay silent), over UDP or TCP.
+fn dns_answer(
+    q: &[u8],
+    tcp: bool,
+    names: &DnsTable,
+    queries: &Mutex<std::collections::HashMap<String, usize>>,
+) -> Option<Vec<u8>> {
+    let n = q.len();
+    if n < 17 {
+        return None;
+    }
+    // The question: labels from offset 12, then type and class.
+    let mut i = 12;
+    let mut labels = Vec::new();
+    while i < n && q[i] != 0 {
+        let l = q[i] as usize;
+        labels.push(String::from_utf8_lossy(q.get(i + 1..i + 1 + l)?).to_lowercase());
+        i += 1 + l;
+    }
+    let name = labels.join(".");
+    let qtype = u16::from_be_bytes([*q.get(i + 1)?, *q.get(i + 2)?]);
+    let qend = i + 5;
+    *queries.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let entry = names.lock().unwrap().get(&name).cloned();
+    let mut r = q.get(..qend)?.to_vec();
+    r[2] = 0x81;
+    r[3] = 0x80;
+    let ips = match entry {
+        Some(DnsName::Silent) => return None,
+        None => {
+            r[3] |= 3;
+            Vec::new()
+        }
+        Some(DnsName::Truncated(_)) if !tcp => {
+            r[2] |= 0x02;
+            Vec::new()
+        }
+        Some(DnsName::Addrs(ips) | DnsName::Truncated(ips)) => ips,
+    };
+    let answers: Vec<Vec<u8>> = ips
+        .iter()
+        .filter_map(|ip| match (ip, qtype) {
+            (std::net::IpAddr::V4(v4), 1) => Some(v4.octets().to_vec()),
+            (std::net::IpAddr::V6(v6), 28) => Some(v6.octets().to_vec()),
+            _ => None,
+        })
+        .collect();
+    r[6] = 0;
+    r[7] = answers.len() as u8;
+    for a in answers {
+        r.extend_from_slice(&[0xc0, 12]);
+        r.extend_from_slice(&qtype.to_be_bytes());
+        r.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+        r.extend_from_slice(&(a.len() as u16).to_be_bytes());
+        r.extend_from_slice(&a);
+    }
+    Some(r)
 }
 
 impl DnsServer {
@@ -873,8 +936,11 @@ impl DnsServer {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).unwrap();
+        tcp.set_nonblocking(true).unwrap();
         let s = Self {
-            addr: sock.local_addr().unwrap(),
+            addr,
             names: Arc::default(),
             queries: Arc::default(),
             stop: Arc::default(),
@@ -883,54 +949,28 @@ impl DnsServer {
         thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stop.load(Ordering::SeqCst) {
+                // TCP: one query per connection (what the proxy sends after a truncation).
+                if let Ok((mut c, _)) = tcp.accept() {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut len = [0u8; 2];
+                    if c.read_exact(&mut len).is_ok() {
+                        let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                        if c.read_exact(&mut q).is_ok() {
+                            if let Some(r) = dns_answer(&q, true, &names, &queries) {
+                                let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                                out.extend_from_slice(&r);
+                                let _ = c.write_all(&out);
+                            }
+                        }
+                    }
+                }
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
-                let q = &buf[..n];
-                if n < 17 {
-                    continue;
+                if let Some(r) = dns_answer(&buf[..n], false, &names, &queries) {
+                    let _ = sock.send_to(&r, from);
                 }
-                // The question: labels from offset 12, then type and class.
-                let mut i = 12;
-                let mut labels = Vec::new();
-                while i < n && q[i] != 0 {
-                    let l = q[i] as usize;
-                    labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + l]).to_lowercase());
-                    i += 1 + l;
-                }
-                let name = labels.join(".");
-                let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
-                let qend = i + 5;
-                *queries.lock().unwrap().entry(name.clone()).or_default() += 1;
-                let entry = names.lock().unwrap().get(&name).cloned();
-                let mut r = q[..qend].to_vec();
-                r[2] = 0x81;
-                r[3] = 0x80;
-                let answers: Vec<Vec<u8>> = match entry {
-                    Some(DnsName::Silent) => continue,
-                    None => {
-                        r[3] |= 3;
-                        Vec::new()
-                    }
-                    Some(DnsName::Addrs(ips)) => ips
-                        .iter()
-                        .filter_map(|ip| match (ip, qtype) {
-                            (std::net::IpAddr::V4(v4), 1) => Some(v4.octets().to_vec()),
-                            (std::net::IpAddr::V6(v6), 28) => Some(v6.octets().to_vec()),
-                            _ => None,
-                        })
-                        .collect(),
-                };
-                r[6] = 0;
-                r[7] = answers.len() as u8;
-                for a in answers {
-                    r.extend_from_slice(&[0xc0, 12]);
-                    r.extend_from_slice(&qtype.to_be_bytes());
-                    r.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
-                    r.extend_from_slice(&(a.len() as u16).to_be_bytes());
-                    r.extend_from_slice(&a);
-                }
-                let _ = sock.send_to(&r, from);
             }
         });
         s
