@@ -59,6 +59,16 @@ pub struct Cli {
     #[arg(long, value_name = "LIST", requires = "forward")]
     pub connect_ports: Option<String>,
 
+    /// Forward proxy: ports other requests may reach, e.g. `80,443,1025-65535` [default:
+    /// Squid's Safe_ports less plain-text services such as 6379 and 11211].
+    #[arg(long, value_name = "LIST", requires = "forward")]
+    pub safe_ports: Option<String>,
+
+    /// Forward proxy: a name server to ask (`192.0.2.53`, `127.0.0.1:5353`); repeatable
+    /// [default: those of /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR", requires = "forward")]
+    pub resolver: Vec<String>,
+
     /// Forward proxy: refuse this domain (`example.com`, or `.example.com` with its
     /// subdomains); repeatable.
     #[arg(long, value_name = "DOMAIN", requires = "forward")]

@@ -116,19 +116,35 @@ fn load(cli: &Cli) -> Result<Config, String> {
                 })?;
         }
         if let Some(list) = &cli.connect_ports {
-            let mut ports = Vec::new();
-            for item in list.split(',') {
-                ports.push(
-                    ringway_core::forward::PortSet::parse_item(item).ok_or_else(|| {
-                        format!(
-                            "--connect-ports: {item:?} is not a port or a range like 1024-65535"
-                        )
-                    })?,
-                );
-            }
-            cfg.forward.connect_ports = ringway_core::forward::PortSet(ports);
+            cfg.forward.connect_ports = port_list("--connect-ports", list)?;
+        }
+        if let Some(list) = &cli.safe_ports {
+            cfg.forward.safe_ports = port_list("--safe-ports", list)?;
+        }
+        for r in &cli.resolver {
+            let addr = r
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .or_else(|| {
+                    r.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "--resolver {r:?}: expected a name server's address, like 127.0.0.1:5353"
+                    )
+                })?;
+            cfg.forward.resolver.push(addr);
         }
         for d in &cli.deny_domain {
+            if ringway_core::forward::looks_like_ip(d) {
+                return Err(format!(
+                    "--deny-domain {d:?}: an IP address has many spellings; deny it with [[forward.rules]] dest_ips"
+                ));
+            }
             if !ringway_core::forward::valid_domain_entry(d) {
                 return Err(format!(
                     "--deny-domain {d:?}: expected a domain like example.com"
@@ -185,6 +201,19 @@ fn load(cli: &Cli) -> Result<Config, String> {
         cfg.forward.users = Some(std::sync::Arc::new(users));
     }
     Ok(cfg)
+}
+
+/// `443,8443,1024-65535` as a port set; an error names `flag`.
+fn port_list(flag: &str, list: &str) -> Result<ringway_core::forward::PortSet, String> {
+    let mut ports = Vec::new();
+    for item in list.split(',') {
+        ports.push(
+            ringway_core::forward::PortSet::parse_item(item).ok_or_else(|| {
+                format!("{flag}: {item:?} is not a port or a range like 1024-65535")
+            })?,
+        );
+    }
+    Ok(ringway_core::forward::PortSet(ports))
 }
 
 fn parse_listen(list: &[String]) -> Result<Vec<ringway_core::config::Listen>, String> {

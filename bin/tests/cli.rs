@@ -105,6 +105,8 @@ fn help_documents_every_flag() {
         "--forward",
         "--anonymity",
         "--connect-ports",
+        "--safe-ports",
+        "--resolver",
         "--deny-domain",
         "--proxy-auth",
         "check",

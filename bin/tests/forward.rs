@@ -1220,3 +1220,46 @@ fn unsafe_ports_and_the_proxy_itself_are_refused() {
     );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
 }
+
+#[test]
+fn quick_mode_resolver_and_safe_ports() {
+    let origin = Origin::start();
+    let dns = DnsServer::start();
+    dns.set(
+        "site.test",
+        DnsName::Addrs(vec!["127.0.0.1".parse().unwrap()]),
+    );
+    let port = origin.addr.port().to_string();
+    let proxy = Proxy::start_quick(&[
+        "--forward",
+        "--resolver",
+        &dns.addr.to_string(),
+        "--safe-ports",
+        &format!("80,{port}"),
+    ]);
+    let px = format!("http://{}", proxy.addr);
+    let (ok, body) = curl_via(&px, &[&format!("http://site.test:{port}/quick")]);
+    assert!(ok);
+    assert_eq!(String::from_utf8_lossy(&body), "ok /quick");
+    let r = raw(
+        proxy.addr,
+        b"GET http://site.test:8080/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("safe_ports"),
+        "{r}"
+    );
+    // A denied IP address in a name list is refused at start, with the way to do it.
+    let out = std::process::Command::new(bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            "--deny-domain",
+            "127.1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dest_ips"));
+}
