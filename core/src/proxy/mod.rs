@@ -726,7 +726,7 @@ impl Exchange {
         now: Instant,
     ) {
         debug_assert_eq!(self.state, State::Resolve);
-        let addrs = match r {
+        let mut addrs = match r {
             Ok(a) if !a.is_empty() => a,
             Ok(_) | Err(_) => {
                 let detail = format!("could not resolve {}", self.dest_host);
@@ -735,14 +735,13 @@ impl Exchange {
                 return;
             }
         };
-        let mut addrs = addrs;
         let policy = env.cfg.forward.private_destinations;
         // Every address must be allowed: a name that resolves to a private address among
         // public ones is refused as a whole (DNS rebinding). The page does not say what the
         // name resolves to; the log does.
         if let Some(bad) = addrs.iter().find(|a| !policy.allows(self.client, a.ip())) {
             let detail = format!(
-                "{} is a private address, which this proxy does not reach for you",
+                "{} is or resolves to a private address, which this proxy does not reach for you",
                 self.dest_host
             );
             self.local_error(403, &detail, env, now);
