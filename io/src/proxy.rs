@@ -14,8 +14,8 @@ use monoio::net::TcpStream;
 use ringway_core::config::Listen;
 use ringway_core::http::body::Stage;
 use ringway_core::proxy::{
-    Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, UpstreamError,
-    CONTINUE,
+    Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Reuse,
+    UpstreamError, CONTINUE,
 };
 use ringway_core::upstream::UpstreamKey;
 
@@ -481,15 +481,10 @@ impl Conn {
                         .handle_body_fetched(r, leftover, tee, &env(&self.w, &cfg), now);
                     self.w.wake_fills();
                 }
-                Action::Release {
-                    to,
-                    pool,
-                    pin,
-                    distrust,
-                } => {
+                Action::Release { to, then } => {
                     let up = self.up.take();
                     let now = self.now;
-                    if distrust {
+                    if then == Reuse::Distrust {
                         log::warn!(
                             "upstream {}: sent {} byte(s) beyond its response; connection closed, keep-alive to it paused",
                             upstream_addr(&cfg, to),
@@ -497,10 +492,10 @@ impl Conn {
                         );
                         cfg.pool.borrow_mut().distrust(to, now);
                     }
-                    match (pool, pin, up) {
-                        (true, _, Some(up)) => cfg.pool.borrow_mut().put(to, up, now),
+                    match (then, up) {
+                        (Reuse::Pool, Some(up)) => cfg.pool.borrow_mut().put(to, up, now),
                         // Authenticated for this client's user: kept for this connection alone.
-                        (_, true, Some(up)) => self.pinned = Some((to, up)),
+                        (Reuse::Pin, Some(up)) => self.pinned = Some((to, up)),
                         _ => {}
                     }
                     self.ubuf.clear();

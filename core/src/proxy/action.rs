@@ -87,17 +87,8 @@ pub enum Action {
     /// Read the whole response body from the upstream into the plan's tee (a fill the cache
     /// stores), writing nothing to the client yet, then `handle_body_fetched`.
     FetchBody(BodyPlan),
-    /// Return the upstream connection to the pool (`pool`) or close it; `distrust`: the server
-    /// sent bytes no request asked for, so its pooled connections are closed and keep-alive to
-    /// it paused; `pin`: the connection is authenticated as this client's user (NTLM,
-    /// Negotiate), so io keeps it for this client connection alone, for a later `Connect` with
-    /// `pinned`, and closes it with the client connection. Then poll again.
-    Release {
-        to: UpstreamKey,
-        pool: bool,
-        pin: bool,
-        distrust: bool,
-    },
+    /// Hand back the upstream connection to `to` as `then` says. Then poll again.
+    Release { to: UpstreamKey, then: Reuse },
     /// Check `password` against `user`'s entry in the forward proxy's htpasswd file, off the
     /// worker (the hash is slow on purpose), then `handle_verified` with the outcome (`None`
     /// when it could not be checked: too many checks waiting).
@@ -107,6 +98,21 @@ pub enum Action {
     },
     /// The exchange is over; `end_record()` describes it.
     Finish(Finish),
+}
+
+/// What becomes of an upstream connection after its response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// To the worker's pool, for any request to the same destination.
+    Pool,
+    /// Authenticated as this client's user (NTLM, Negotiate): kept for this client connection
+    /// alone, for a later `Connect` with `pinned`, and closed with it.
+    Pin,
+    /// Closed.
+    Close,
+    /// Closed, and the server's pooled connections too, keep-alive to it paused: it sent bytes
+    /// no request asked for.
+    Distrust,
 }
 
 /// How a body moves: its framing in and out, and the idle timeouts of the relay.

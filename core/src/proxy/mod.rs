@@ -26,7 +26,7 @@ pub mod sim;
 mod tests;
 mod timer;
 
-pub use action::{Action, BodyPlan, Close, Finish};
+pub use action::{Action, BodyPlan, Close, Finish, Reuse};
 pub use cached::{CacheRef, INLINE_HIT};
 pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use hints::{SizeHints, HEAD_READ};
@@ -955,12 +955,13 @@ impl Exchange {
         let reuse = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
         let to = self.upstream_key();
         let pin = self.pin.release(to, reuse);
-        self.pending = Some(Action::Release {
-            to,
-            pool: reuse && !pin,
-            pin: reuse && pin,
-            distrust: overrun,
-        });
+        let then = match (overrun, reuse, pin) {
+            (true, ..) => Reuse::Distrust,
+            (_, false, _) => Reuse::Close,
+            (_, true, true) => Reuse::Pin,
+            (_, true, false) => Reuse::Pool,
+        };
+        self.pending = Some(Action::Release { to, then });
     }
 
     /// How the client connection goes on once a response went out whole.
@@ -1632,13 +1633,12 @@ impl Exchange {
                     && ri.connection.persistent(rh.version)
                     && input.len() == end;
                 let to = self.upstream_key();
-                let pin = self.pin.release(to, reuse);
-                self.pending_next = Some(Action::Release {
-                    to,
-                    pool: reuse && !pin,
-                    pin: reuse && pin,
-                    distrust: false,
-                });
+                let then = match (reuse, self.pin.release(to, reuse)) {
+                    (false, _) => Reuse::Close,
+                    (true, true) => Reuse::Pin,
+                    (true, false) => Reuse::Pool,
+                };
+                self.pending_next = Some(Action::Release { to, then });
                 return input.len();
             }
         }

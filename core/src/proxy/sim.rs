@@ -433,19 +433,18 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     let leftover = ubuf.len();
                     ex.handle_response_body(r, leftover, plan.tee.take(), &env, now);
                 }
-                Action::Release {
-                    to,
-                    pool,
-                    pin,
-                    distrust,
-                } => {
+                Action::Release { to, then } => {
                     let server = server_of(to);
                     let conn = up.take().expect("released connection");
-                    assert!(!(pool && pin), "a pinned connection is never pooled");
+                    let pool = then == Reuse::Pool;
+                    assert_ne!(
+                        then,
+                        Reuse::Pin,
+                        "no connection-bound login in the simulation"
+                    );
                     assert_eq!(conn.server, server);
                     assert!(!pool || ubuf.is_empty(), "pooled with unread bytes");
-                    assert!(!(pool && distrust));
-                    if distrust {
+                    if then == Reuse::Distrust {
                         servers.pool[server].clear();
                     }
                     if pool {

@@ -172,8 +172,7 @@ fn a_response_is_reframed_and_persistence_decided() {
     assert!(matches!(
         t.ex.poll_action(),
         Action::Release {
-            pool: false,
-            distrust: false,
+            then: Reuse::Close,
             ..
         }
     ));
@@ -199,9 +198,7 @@ fn bytes_past_a_response_distrust_the_server() {
         t.ex.poll_action(),
         Action::Release {
             to: UpstreamKey::Server { server: 1, .. },
-            pool: false,
-            distrust: true,
-            ..
+            then: Reuse::Distrust,
         }
     ));
 }
@@ -524,8 +521,7 @@ fn a_304_refreshes_the_stored_response_and_the_client_gets_it() {
     assert!(matches!(
         C::next(&mut ex),
         Action::Release {
-            pool: true,
-            distrust: false,
+            then: Reuse::Pool,
             ..
         }
     ));
