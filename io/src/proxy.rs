@@ -15,7 +15,7 @@ use ringway_core::config::Listen;
 use ringway_core::http::body::Stage;
 use ringway_core::proxy::{
     Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Reuse,
-    UpstreamError, CONTINUE,
+    UpstreamError, Via, CONTINUE,
 };
 use ringway_core::upstream::UpstreamKey;
 
@@ -360,16 +360,16 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_tunnel_closed(sent, received, now);
                 }
-                Action::Connect { to, pooled, pinned } => {
-                    if pinned {
+                Action::Connect { to, via } => {
+                    if via == Via::Pinned {
                         if let Some(s) = self.pinned.take_if(|(k, _)| *k == to) {
                             self.up = Some(s.1);
                             self.ubuf.clear();
                             self.ex.handle_connected(true, self.now);
                             continue;
                         }
-                        Box::pin(self.connect(&cfg, to)).await;
-                    } else if !(pooled && self.connect_pooled(&cfg, to)) {
+                    }
+                    if !(via == Via::Pooled && self.connect_pooled(&cfg, to)) {
                         Box::pin(self.connect(&cfg, to)).await;
                     }
                 }

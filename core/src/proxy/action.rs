@@ -58,16 +58,9 @@ pub enum Action {
     /// or a WebSocket after its 101) until both sides close or nothing moves for `idle`; bytes
     /// already buffered from either side go first. Then `handle_tunnel_closed`.
     Tunnel { idle: Duration },
-    /// Open a connection to `to`: an idle pooled one when `pooled`, else a new one (any
-    /// connection io still holds from an earlier attempt is closed first); then
-    /// `handle_connected` or `handle_upstream_error`.
-    /// `pinned`: io's connection pinned to this client for `to` (connection-bound
-    /// authentication, see `Release`) must be used if io still holds it, never a pooled one.
-    Connect {
-        to: UpstreamKey,
-        pooled: bool,
-        pinned: bool,
-    },
+    /// Open a connection to `to` as `via` says (any connection io still holds from an earlier
+    /// attempt is closed first); then `handle_connected` or `handle_upstream_error`.
+    Connect { to: UpstreamKey, via: Via },
     /// Write `out()` (the request head, and a small body with it) to the upstream, then
     /// `handle_request_sent` or `handle_upstream_error`.
     SendRequest,
@@ -100,13 +93,25 @@ pub enum Action {
     Finish(Finish),
 }
 
+/// Which connection `Connect` may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The one io holds for this client alone (`Reuse::Pin`), if it still does; else a new
+    /// one, never a pooled one.
+    Pinned,
+    /// An idle pooled connection when there is one, else a new one.
+    Pooled,
+    /// A new connection.
+    Fresh,
+}
+
 /// What becomes of an upstream connection after its response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reuse {
     /// To the worker's pool, for any request to the same destination.
     Pool,
     /// Authenticated as this client's user (NTLM, Negotiate): kept for this client connection
-    /// alone, for a later `Connect` with `pinned`, and closed with it.
+    /// alone, for a later `Connect` with `Via::Pinned`, and closed with it.
     Pin,
     /// Closed.
     Close,

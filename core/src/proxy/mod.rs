@@ -26,7 +26,7 @@ pub mod sim;
 mod tests;
 mod timer;
 
-pub use action::{Action, BodyPlan, Close, Finish, Reuse};
+pub use action::{Action, BodyPlan, Close, Finish, Reuse, Via};
 pub use cached::{CacheRef, INLINE_HIT};
 pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use hints::{SizeHints, HEAD_READ};
@@ -412,11 +412,12 @@ impl Exchange {
             },
             State::Connect { pooled } => {
                 let to = self.upstream_key();
-                Action::Connect {
-                    to,
-                    pooled,
-                    pinned: self.pin.connect(to),
-                }
+                let via = match (self.pin.connect(to), pooled) {
+                    (true, _) => Via::Pinned,
+                    (false, true) => Via::Pooled,
+                    (false, false) => Via::Fresh,
+                };
+                Action::Connect { to, via }
             }
             State::SendRequest => Action::SendRequest,
             State::SendBody => Action::SendBody(BodyPlan {

@@ -317,7 +317,8 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     cpos = client.len();
                     ex.handle_tunnel_closed(sent, 0, now);
                 }
-                Action::Connect { to, pooled, .. } => {
+                Action::Connect { to, via } => {
+                    let pooled = via == Via::Pooled;
                     let server = server_of(to);
                     if forward {
                         assert!(matches!(to, UpstreamKey::Destination { .. }), "{to:?}");

@@ -249,7 +249,13 @@ fn a_stale_pooled_connection_is_replaced_once_for_idempotent_requests() {
     assert!(matches!(t.next(), Action::Pick { .. }));
     let env = t.env();
     t.ex.handle_pick(Some(0), &env, t.now);
-    assert!(matches!(t.next(), Action::Connect { pooled: true, .. }));
+    assert!(matches!(
+        t.next(),
+        Action::Connect {
+            via: Via::Pooled,
+            ..
+        }
+    ));
     t.ex.handle_connected(true, t.now);
     assert!(matches!(t.next(), Action::SendRequest));
     t.ex.handle_request_sent(t.now);
@@ -260,8 +266,7 @@ fn a_stale_pooled_connection_is_replaced_once_for_idempotent_requests() {
         t.next(),
         Action::Connect {
             to: UpstreamKey::Server { server: 0, .. },
-            pooled: false,
-            ..
+            via: Via::Fresh,
         }
     ));
 }
