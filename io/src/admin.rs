@@ -277,15 +277,15 @@ fn answer(mut s: TcpStream, status: &Status) {
             "text/plain",
         ),
     };
-    let reason = ringway_core::http::respond::reason(code);
-    let mut resp = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != b"HEAD" {
-        resp.push_str(&body);
-    }
-    let _ = s.write_all(resp.as_bytes());
+    use ringway_core::http::answer::{Answer, Content};
+    use ringway_core::http::rewrite::ConnectionHeader;
+    let content = Content::Bytes {
+        content_type: Some(ctype),
+        body: body.as_bytes(),
+    };
+    let mut resp = Vec::with_capacity(body.len() + 128);
+    Answer::new(code, content, None).write(ConnectionHeader::Close, method == b"HEAD", &mut resp);
+    let _ = s.write_all(&resp);
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use toml::Spanned;
 
 use super::upstream::valid_host_value;
 use super::{raw, ConfigError, Locator, Upstream};
+use crate::http::answer::Fixed;
 use crate::http::path::PathPolicy;
-use crate::http::respond::Fixed;
 use crate::route::HostMatch;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! the caller's read buffer. Header storage is a `Vec` the caller keeps and reuses, so after the
 //! first request of a connection parsing costs no allocation at all.
 
+pub mod answer;
 pub mod body;
 pub mod chars;
 pub mod chunked;
@@ -12,7 +13,6 @@ pub mod framing;
 pub mod parse;
 pub mod path;
 pub mod range;
-pub mod respond;
 pub mod rewrite;
 mod simd;
 

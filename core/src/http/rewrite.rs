@@ -325,6 +325,8 @@ pub struct Added<'a> {
     pub date: Option<&'a DateLine>,
     /// Our `Via` (not from an elite forward proxy, which does not show itself).
     pub via: bool,
+    /// What the cache did with the request (RFC 9211).
+    pub cache_status: Option<super::answer::CacheStatus<'a>>,
 }
 
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
@@ -364,6 +366,9 @@ pub fn client_response(
             Version::Http10 => b"Via: 1.0 ringway\r\n",
             Version::Http11 => b"Via: 1.1 ringway\r\n",
         });
+    }
+    if let Some(cs) = &added.cache_status {
+        cs.write(out);
     }
     push_framing(out, body);
     match connection {
@@ -581,6 +586,7 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             Added {
                 date: Some(&DateLine::at(0)),
                 via: true,
+                cache_status: None,
             },
             &mut out,
         );
@@ -603,6 +609,7 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             Added {
                 date: Some(&d),
                 via: true,
+                cache_status: None,
             },
             &mut out,
         );
@@ -620,6 +627,7 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             Added {
                 date: None,
                 via: false,
+                cache_status: None,
             },
             &mut out,
         );

@@ -14,10 +14,11 @@ use crate::cache::policy::{
 use crate::cache::store::Selector;
 use crate::cache::{CacheRules, ClientNoCache, Entry, Epochs, Select, Shard, Tee};
 use crate::config::Config;
+use crate::http::answer::{self, Answer, CacheStatus, Content, Keep};
 use crate::http::date::DateLine;
 use crate::http::range::{self, Ranges};
 use crate::http::rewrite::{stored_response, updated_response};
-use crate::http::{parse_response, Header, Limits, Method, ResponseHead, Version};
+use crate::http::{parse_response, Header, Limits, Method, ResponseHead};
 
 use super::{BodyFail, Close, Env, Error, Exchange, Finish, State, Written};
 use crate::http::body::BodyError;
@@ -59,7 +60,7 @@ pub(super) struct CacheState {
     revalidating: bool,
     /// The response being stored once its body is in.
     store: Option<Pending>,
-    /// `Cache-Status` for a forwarded response: `fwd=…`.
+    /// `Cache-Status` for a forwarded response: `fwd=…` (empty: none).
     fwd: &'static str,
     /// Revalidation fields for the upstream request.
     pub(super) validators: Vec<u8>,
@@ -106,11 +107,6 @@ impl CacheState {
         self.store = None;
     }
 
-    /// A `Cache-Status` line goes on the forwarded response.
-    pub(super) fn has_status(&self) -> bool {
-        !self.fwd.is_empty()
-    }
-
     /// The tee for the response body relay, when the response is being stored.
     pub(super) fn tee(&self, expect: Option<u64>) -> Option<Tee> {
         self.store
@@ -151,7 +147,7 @@ impl Exchange {
         self.cache.mode = mode;
         if !matches!(self.req.method, Method::Get | Method::Head) {
             // Unsafe requests invalidate on success (see `cache_response`).
-            self.cache.fwd = "method";
+            self.cache.fwd = "fwd=method";
             return false;
         }
         let secs = unix(env);
@@ -168,7 +164,7 @@ impl Exchange {
         self.cache.epoch = c.epochs.get(&self.cache.key);
         if body_follows || self.cache.req.other_conditional {
             // Left to the origin, and what comes back is not stored.
-            self.cache.fwd = "bypass";
+            self.cache.fwd = "fwd=bypass";
             self.cache.mode = Mode::Off;
             return false;
         }
@@ -191,9 +187,9 @@ impl Exchange {
             miss => {
                 c.shard.borrow_mut().count_miss();
                 self.cache.fwd = if matches!(miss, Select::None) {
-                    "uri-miss"
+                    "fwd=uri-miss"
                 } else {
-                    "vary-miss"
+                    "fwd=vary-miss"
                 };
                 if self.only_if_cached(env, now) {
                     return true;
@@ -248,14 +244,14 @@ impl Exchange {
                 {
                     // The client wants a fresh copy of an entry that cannot be revalidated: it
                     // gets one, and the entry stays (a client does not replace it at will).
-                    self.cache.fwd = "request";
+                    self.cache.fwd = "fwd=request";
                     self.cache.mode = Mode::Off;
                     return false;
                 }
                 self.cache.fwd = if self.cache.req.no_cache() {
-                    "request"
+                    "fwd=request"
                 } else {
-                    "stale"
+                    "fwd=stale"
                 };
                 self.cache.validators.clear();
                 if let Some(etag) = &e.etag {
@@ -418,7 +414,7 @@ impl Exchange {
         if self.cache.req.range.is_none() {
             return false;
         }
-        self.cache.fwd = "bypass";
+        self.cache.fwd = "fwd=bypass";
         self.cache.mode = Mode::Off;
         true
     }
@@ -438,7 +434,6 @@ impl Exchange {
     fn serve_stored(&mut self, e: Rc<Entry>, fwd: Option<&str>, env: &Env<'_>, now: Instant) {
         let secs = unix(env);
         let age = e.age(secs);
-        let keep = self.req.persistent && !env.draining;
         // Without Last-Modified, If-Modified-Since is judged against the time the response was
         // received (RFC 9111 §4.3.2).
         let modified = e.last_modified.or(Some(e.response_time));
@@ -463,70 +458,45 @@ impl Exchange {
         };
         let mut body: Option<std::ops::Range<usize>> = None;
         let mut multipart = Vec::new();
-        let via = self.shows_via(env);
-        let out = &mut self.out;
-        out.clear();
-        let status = match &ranges {
-            _ if not_mod => {
-                out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
-                // RFC 9110 §15.4.5: the fields a 200 would have carried that describe it.
-                for line in fields(&e.head) {
-                    let keep_field = [
-                        &b"cache-control"[..],
-                        b"content-location",
-                        b"date",
-                        b"etag",
-                        b"expires",
-                        b"vary",
-                        b"last-modified",
-                    ]
-                    .iter()
-                    .any(|n| field_name(line).eq_ignore_ascii_case(n));
-                    if keep_field {
-                        out.extend_from_slice(line);
-                    }
-                }
-                304
-            }
+        let boundary;
+        // RFC 9110 §15.4.5: a 304 carries the fields a 200 would have that describe it.
+        const NOT_MODIFIED: &[&[u8]] = &[
+            b"cache-control",
+            b"content-location",
+            b"date",
+            b"etag",
+            b"expires",
+            b"vary",
+            b"last-modified",
+        ];
+        let (status, keep, content) = match &ranges {
+            _ if not_mod => (304, Keep::Only(NOT_MODIFIED), Content::Bodiless),
             Ranges::Ignore => {
-                out.extend_from_slice(&e.head);
-                let _ = write!(out, "Content-Length: {len}\r\n");
                 body = Some(0..e.body.len());
-                e.status
+                (e.status, Keep::All, Content::Length(len))
             }
-            Ranges::Unsatisfiable => {
-                out.extend_from_slice(b"HTTP/1.1 416 Range Not Satisfiable\r\n");
-                for line in fields(&e.head) {
-                    let n = field_name(line);
-                    if n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"etag") {
-                        out.extend_from_slice(line);
-                    }
-                }
-                let _ = write!(out, "Content-Range: bytes */{len}\r\nContent-Length: 0\r\n");
-                416
-            }
+            Ranges::Unsatisfiable => (
+                416,
+                Keep::Only(&[b"date", b"etag"]),
+                Content::Unsatisfiable { total: len },
+            ),
             Ranges::Satisfiable(parts) if parts.len() == 1 => {
                 let (a, b) = parts[0];
-                out.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
-                for line in fields(&e.head) {
-                    out.extend_from_slice(line);
-                }
-                let _ = write!(
-                    out,
-                    "Content-Range: bytes {a}-{}/{len}\r\nContent-Length: {}\r\n",
-                    b - 1,
-                    b - a
-                );
                 body = Some(a as usize..b as usize);
-                206
+                let content = Content::Range {
+                    first: a,
+                    last: b - 1,
+                    total: len,
+                };
+                (206, Keep::All, content)
             }
             Ranges::Satisfiable(parts) => {
                 // multipart/byteranges (RFC 9110 §14.6), built whole: several ranges of one
                 // stored response are rare and small.
-                let boundary = format!("ringway-{:016x}", crate::cache::store::hash(&e.key) ^ len);
-                let ctype = fields(&e.head)
-                    .find(|l| field_name(l).eq_ignore_ascii_case(b"content-type"))
-                    .map(|l| String::from_utf8_lossy(field_value(l)).into_owned());
+                boundary = format!("ringway-{:016x}", crate::cache::store::hash(&e.key) ^ len);
+                let ctype = answer::fields(&e.head)
+                    .find(|l| answer::field_name(l).eq_ignore_ascii_case(b"content-type"))
+                    .map(|l| String::from_utf8_lossy(answer::field_value(l)).into_owned());
                 for &(a, b) in parts {
                     let _ = write!(multipart, "\r\n--{boundary}\r\n");
                     if let Some(t) = &ctype {
@@ -540,47 +510,38 @@ impl Exchange {
                     multipart.extend_from_slice(&e.body[a as usize..b as usize]);
                 }
                 let _ = write!(multipart, "\r\n--{boundary}--\r\n");
-                out.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
-                for line in fields(&e.head) {
-                    if !field_name(line).eq_ignore_ascii_case(b"content-type") {
-                        out.extend_from_slice(line);
-                    }
-                }
-                let _ = write!(
-                    out,
-                    "Content-Type: multipart/byteranges; boundary={boundary}\r\nContent-Length: {}\r\n",
-                    multipart.len()
-                );
-                206
+                let content = Content::Multipart {
+                    boundary: &boundary,
+                    len: multipart.len() as u64,
+                };
+                (206, Keep::AllBut(&[b"content-type"]), content)
             }
         };
-        out.extend_from_slice(&self.cache.own_fields);
-        let _ = write!(out, "Age: {age}\r\n");
-        if via {
-            out.extend_from_slice(b"Via: 1.1 ringway\r\n");
-        }
-        let ttl = e.lifetime as i64 - age as i64;
-        match fwd {
-            None => {
-                let _ = write!(out, "Cache-Status: ringway; hit; ttl={ttl}\r\n");
-            }
-            Some(f) => {
-                let _ = write!(out, "Cache-Status: ringway; {f}; ttl={ttl}\r\n");
-            }
-        }
-        match (keep, self.req.version) {
-            (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
-            (true, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-            (true, Version::Http11) => {}
-        }
-        out.extend_from_slice(b"\r\n");
-        if self.req.method != Method::Head {
-            out.extend_from_slice(&multipart);
+        let own_fields = std::mem::take(&mut self.cache.own_fields);
+        let a = Answer {
+            stored: Some((&e.head, keep)),
+            fields: &own_fields,
+            age: Some(age),
+            via: self.shows_via(env),
+            cache_status: Some(CacheStatus {
+                detail: fwd.unwrap_or("hit"),
+                ttl: Some(e.lifetime as i64 - age as i64),
+                stored: false,
+            }),
+            ..Answer::new(status, content, None)
+        };
+        let p = self.req.persist.unless(env.draining);
+        self.out.clear();
+        let head_only = self.req.method == Method::Head;
+        a.write(p.header(), head_only, &mut self.out);
+        self.cache.own_fields = own_fields;
+        if !head_only {
+            self.out.extend_from_slice(&multipart);
             self.record.response_body = multipart.len() as u64;
             if let Some(r) = body {
                 self.record.response_body = r.len() as u64;
                 if r.len() <= INLINE_HIT {
-                    out.extend_from_slice(&e.body[r]);
+                    self.out.extend_from_slice(&e.body[r]);
                 } else {
                     self.hit = Some((e.clone(), r));
                 }
@@ -589,8 +550,7 @@ impl Exchange {
         self.record.status = status;
         self.record.response_head = Some(now);
         self.record.cache_hit = fwd.is_none();
-        let notify = !self.req.persistent;
-        self.write_client(Written::Local { keep, notify }, now);
+        self.write_client(Written::Answer(p.finish(true)), now);
     }
 
     /// A final response arrived (`buf` holds its head, `rh` and `headers` parsed): invalidate
@@ -675,7 +635,7 @@ impl Exchange {
                         .iter()
                         .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cache-control"))
                         .map(|h| h.value.get(buf));
-                    strip_fields(&mut head, &crate::cache::control::unstored_fields(cc));
+                    answer::strip_fields(&mut head, &crate::cache::control::unstored_fields(cc));
                 }
                 let mut vary = Vec::new();
                 if let Vary::Fields(names) = &meta.vary {
@@ -725,22 +685,20 @@ impl Exchange {
         rules(self.cache.mode, env.cfg).map_or(0, |r| r.max_object)
     }
 
-    /// The `Cache-Status` line for a forwarded response (empty when the request was not for
-    /// the cache).
-    pub(super) fn cache_status_line(&self, out: &mut Vec<u8>) {
+    /// `Cache-Status` for a forwarded response (none when the request was not for the cache).
+    pub(super) fn cache_status(&self) -> Option<CacheStatus<'static>> {
         if self.cache.mode == Mode::Off && self.cache.fwd.is_empty() {
-            return;
+            return None;
         }
-        let fwd = if self.cache.fwd.is_empty() {
-            "miss"
-        } else {
-            self.cache.fwd
-        };
-        let _ = write!(out, "Cache-Status: ringway; fwd={fwd}");
-        if self.cache.store.is_some() {
-            out.extend_from_slice(b"; stored");
-        }
-        out.extend_from_slice(b"\r\n");
+        Some(CacheStatus {
+            detail: if self.cache.fwd.is_empty() {
+                "fwd=miss"
+            } else {
+                self.cache.fwd
+            },
+            ttl: None,
+            stored: self.cache.store.is_some(),
+        })
     }
 
     /// Stores the response whose body is `body` (the whole of it), as decided in
@@ -938,7 +896,7 @@ impl Exchange {
                 .iter()
                 .filter(|h| h.name.get(&full).eq_ignore_ascii_case(b"cache-control"))
                 .map(|h| h.value.get(&full));
-            strip_fields(&mut head, &crate::cache::control::unstored_fields(cc));
+            answer::strip_fields(&mut head, &crate::cache::control::unstored_fields(cc));
         }
         let r304 = read_response(304, buf, headers);
         Some(Entry {
@@ -957,37 +915,4 @@ impl Exchange {
             private_dest: e.private_dest,
         })
     }
-}
-
-/// The field lines of a stored head (after its status line), each with its CRLF.
-fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
-    head.split_inclusive(|&b| b == b'\n').skip(1)
-}
-
-fn field_name(line: &[u8]) -> &[u8] {
-    line.split(|&b| b == b':').next().unwrap_or(b"")
-}
-
-fn field_value(line: &[u8]) -> &[u8] {
-    let v = line.splitn(2, |&b| b == b':').nth(1).unwrap_or(b"");
-    crate::http::trim_ows(v.strip_suffix(b"\r\n").unwrap_or(v))
-}
-
-/// Drops the field lines named in `names` (lower-cased) from a stored head.
-fn strip_fields(head: &mut Vec<u8>, names: &[Vec<u8>]) {
-    if names.is_empty() {
-        return;
-    }
-    let mut out = Vec::with_capacity(head.len());
-    let mut lines = head.split_inclusive(|&b| b == b'\n');
-    if let Some(status) = lines.next() {
-        out.extend_from_slice(status);
-    }
-    for line in lines {
-        let n = field_name(line);
-        if !names.iter().any(|x| n.eq_ignore_ascii_case(x)) {
-            out.extend_from_slice(line);
-        }
-    }
-    *head = out;
 }

@@ -17,6 +17,7 @@ mod cached;
 mod error;
 mod forwarded;
 mod hints;
+mod persist;
 mod pin;
 mod record;
 #[cfg(any(test, feature = "sim"))]
@@ -40,16 +41,17 @@ use std::time::{Duration, Instant};
 use authn::Authn;
 use cached::{CacheState, Mode};
 use forwarded::well_formed_escapes;
+use persist::Persistence;
 
 use crate::balance::request_key;
 use crate::cache::{Entry, Tee};
 use crate::config::{Action as RouteAction, Config, ListenKind, Timeouts};
 use crate::health::Outcome;
+use crate::http::answer::{self, Answer, Content, Fixed};
 use crate::http::body::{check_chunked_prefix, BodyError, Transcoder};
 use crate::http::date::DateLine;
 use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget, RequestInfo};
 use crate::http::path::normalise;
-use crate::http::respond::{self, Fixed};
 use crate::http::rewrite::{
     client_response, upstream_request, Added, ConnectionHeader, Forwarding, ForwardingPolicy,
 };
@@ -74,7 +76,7 @@ pub const SPLICE_MIN: u64 = 32 * 1024;
 pub const SPLICE_MIN_UPLOAD: u64 = 64 * 1024;
 
 /// The interim response io writes for `Expect: 100-continue`.
-pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub use crate::http::answer::CONTINUE;
 
 /// Where the `Date` line comes from: io's clock, or a fixed line in tests.
 pub trait DateSource {
@@ -107,14 +109,8 @@ pub struct Env<'a> {
 /// What was last written to the client, so `handle_client_written` knows what comes next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Written {
-    /// An answer of the proxy's own; `notify`: the client asked to close and sent its request
-    /// whole, so the connection may simply be closed.
-    Local {
-        keep: bool,
-        notify: bool,
-    },
-    /// An error answer after which the connection closes with a linger.
-    Reject,
+    /// An answer of the proxy's own, complete; then the exchange ends so.
+    Answer(Finish),
     Continue,
     Interim,
     ResponseHead,
@@ -128,8 +124,9 @@ enum Written {
 enum State {
     /// Waiting for (the rest of) a request head.
     Head,
-    /// Discarding the body of a request answered locally, then writing the answer.
-    Discard,
+    /// Discarding the body of a request answered locally, then writing the answer; then the
+    /// exchange ends so.
+    Discard(Finish),
     WriteClient(Written),
     Pick,
     Connect {
@@ -154,8 +151,8 @@ enum State {
 struct Request {
     method: Method,
     version: Version,
-    /// The client wants the connection kept after this exchange.
-    persistent: bool,
+    /// What the client wants for the connection after this exchange.
+    persist: Persistence,
     /// The body still to come from the client (after what went inline with the head).
     body: BodyKind,
     /// How that body is framed upstream.
@@ -185,7 +182,7 @@ impl Default for Request {
         Self {
             method: Method::Get,
             version: Version::Http11,
-            persistent: false,
+            persist: Persistence::ClientCloses,
             body: BodyKind::None,
             body_out: BodyKind::None,
             expect_continue: false,
@@ -225,8 +222,8 @@ struct Upstream {
     relay: BodyKind,
     /// The upstream wants its connection kept.
     persistent: bool,
-    /// The client connection is kept after the response.
-    keep: bool,
+    /// How the client connection goes on after the response.
+    then: Finish,
 }
 
 impl Default for Upstream {
@@ -244,7 +241,7 @@ impl Default for Upstream {
             body_out: BodyKind::None,
             relay: BodyKind::None,
             persistent: false,
-            keep: false,
+            then: Finish::Close(Close::Now),
         }
     }
 }
@@ -390,7 +387,7 @@ impl Exchange {
                 idle: !self.started,
                 read_first: self.read_first,
             },
-            State::Discard => Action::DiscardBody(BodyPlan {
+            State::Discard(_) => Action::DiscardBody(BodyPlan {
                 body: Transcoder::new(self.req.body, BodyKind::None),
                 splice: false,
                 read_idle: self.timeouts.client_body,
@@ -588,12 +585,7 @@ impl Exchange {
             return;
         }
         match what {
-            Written::Local { keep: true, .. } => self.finish(Finish::KeepAlive, now),
-            Written::Local { notify, .. } => {
-                let how = if notify { Close::Notify } else { Close::Linger };
-                self.finish(Finish::Close(how), now)
-            }
-            Written::Reject => self.finish(Finish::Close(Close::Linger), now),
+            Written::Answer(f) => self.finish(f, now),
             Written::Continue => {
                 self.req.continue_sent = true;
                 self.state = State::SendBody;
@@ -609,8 +601,7 @@ impl Exchange {
                 self.state = State::Tunnel;
             }
             Written::FetchedBody => {
-                let f = self.after_response();
-                self.finish(f, now);
+                self.finish(self.up.then, now);
             }
         }
     }
@@ -621,13 +612,7 @@ impl Exchange {
             Ok(n) => {
                 self.record.request_body += n;
                 match self.state {
-                    State::Discard => self.write_client(
-                        Written::Local {
-                            keep: self.up.keep,
-                            notify: !self.req.persistent,
-                        },
-                        now,
-                    ),
+                    State::Discard(then) => self.write_client(Written::Answer(then), now),
                     State::SendBody => self.read_response(now),
                     s => debug_assert!(false, "handle_request_body in {s:?}"),
                 }
@@ -707,9 +692,10 @@ impl Exchange {
         self.up.reused = reused;
         if self.req.connect {
             // RFC 9110 §9.3.6: any 2xx means the tunnel is open; no fields.
+            let mut open = Answer::new(200, Content::Bodiless, None);
+            open.reason = Some("Connection established");
             self.out.clear();
-            self.out
-                .extend_from_slice(b"HTTP/1.1 200 Connection established\r\n\r\n");
+            open.write(ConnectionHeader::Omit, false, &mut self.out);
             self.record.status = 200;
             self.write_client(Written::TunnelOpen, now);
             return;
@@ -931,8 +917,7 @@ impl Exchange {
                     }
                 }
                 self.release_upstream(leftover);
-                let f = self.after_response();
-                self.finish(f, now);
+                self.finish(self.up.then, now);
             }
             Err(e) => {
                 self.release_fill(env);
@@ -965,17 +950,6 @@ impl Exchange {
         self.pending = Some(Action::Release { to, then });
     }
 
-    /// How the client connection goes on once a response went out whole.
-    fn after_response(&self) -> Finish {
-        if self.up.keep {
-            Finish::KeepAlive
-        } else if self.req.persistent {
-            Finish::Close(Close::Linger)
-        } else {
-            Finish::Close(Close::Notify)
-        }
-    }
-
     // ---- decisions -------------------------------------------------------------------------
 
     fn request(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
@@ -999,17 +973,17 @@ impl Exchange {
                 return 0;
             }
         };
-        self.req.persistent = info.connection.persistent(head.version);
         // HTTP/1.0 clients of a forward proxy ask to keep the connection with the obsolete
         // `Proxy-Connection: keep-alive` (what Squid honours, and browsers sent).
-        if self.kind == ListenKind::Forward
+        let proxy_keep_alive = self.kind == ListenKind::Forward
             && head.version == Version::Http10
             && !info.connection.close
             && crate::http::find_header(buf, &self.headers, b"proxy-connection")
-                .is_some_and(|v| v.eq_ignore_ascii_case(b"keep-alive"))
-        {
-            self.req.persistent = true;
-        }
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"keep-alive"));
+        self.req.persist = Persistence::of(
+            info.connection.persistent(head.version) || proxy_keep_alive,
+            head.version,
+        );
         // WebSocket (RFC 6455 §4.1): GET, HTTP/1.1, `Connection: upgrade`, `Upgrade:
         // websocket`, tunnelled after the 101 when both ends are plain sockets. Other upgrades
         // are hop-by-hop fields, dropped.
@@ -1124,94 +1098,50 @@ impl Exchange {
         env: &Env<'_>,
         now: Instant,
     ) -> usize {
-        let mut keep = self.req.persistent && !env.draining;
-        let mut discard = false;
-        if !info.body.is_empty() {
-            if info.expect_continue {
-                keep = false;
-            } else {
-                discard = true;
-            }
-        }
-        self.out.clear();
-        let status = match what {
-            Local::Fixed(f) => {
-                f.write(
-                    !keep,
-                    keep && head.version == Version::Http10,
-                    head.method == Method::Head,
-                    &env.date.date_line(),
-                    &mut self.out,
-                );
-                f.status
-            }
-            Local::Error(status, msg) => {
-                respond::error(status, msg, !keep, &env.date.date_line(), &mut self.out);
-                status
-            }
-            Local::Options => {
-                let close: &[u8] = if keep { b"" } else { b"Connection: close\r\n" };
-                self.out.extend_from_slice(
-                    b"HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT\r\nContent-Length: 0\r\n",
-                );
-                self.out.extend_from_slice(env.date.date_line().as_bytes());
-                self.out.extend_from_slice(close);
-                self.out.extend_from_slice(b"\r\n");
-                200
-            }
+        // With `Expect: 100-continue` the body is never asked for: the connection closes.
+        // Otherwise it is read and discarded after the answer is decided.
+        let unread = !info.body.is_empty() && info.expect_continue;
+        let discard = !info.body.is_empty() && !info.expect_continue;
+        let p = self.req.persist.unless(env.draining || unread);
+        let date = env.date.date_line();
+        let trace;
+        let location;
+        let a = match &what {
+            Local::Fixed(f) => f.answer(&date),
+            Local::Error(status, msg) => Answer::page(*status, msg, &date),
+            Local::Options => Answer::new(
+                200,
+                Content::Bytes {
+                    content_type: None,
+                    body: b"",
+                },
+                Some(&date),
+            )
+            .with(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT\r\n"),
             Local::Trace => {
-                // The request as received, less the fields that carry secrets (RFC 9110
-                // §9.3.8).
-                let mut echo = Vec::with_capacity(host.len());
-                for (i, line) in host.split(|&b| b == b'\n').enumerate() {
-                    let name = line.split(|&b| b == b':').next().unwrap_or(b"");
-                    let secret = i > 0
-                        && [&b"authorization"[..], b"proxy-authorization", b"cookie"]
-                            .iter()
-                            .any(|s| name.eq_ignore_ascii_case(s));
-                    if !secret && !line.is_empty() {
-                        echo.extend_from_slice(line);
-                        echo.push(b'\n');
-                    }
-                }
-                let close: &[u8] = if keep { b"" } else { b"Connection: close\r\n" };
-                self.out.extend_from_slice(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: ",
-                );
-                self.out
-                    .extend_from_slice(echo.len().to_string().as_bytes());
-                self.out.extend_from_slice(b"\r\n");
-                self.out.extend_from_slice(env.date.date_line().as_bytes());
-                self.out.extend_from_slice(close);
-                self.out.extend_from_slice(b"\r\n");
-                self.out.extend_from_slice(&echo);
-                200
+                trace = trace_echo(host);
+                Answer::new(
+                    200,
+                    Content::Bytes {
+                        content_type: Some("message/http"),
+                        body: &trace,
+                    },
+                    Some(&date),
+                )
             }
-            Local::Denied(detail) => {
-                respond::error(403, &detail, !keep, &env.date.date_line(), &mut self.out);
-                403
-            }
+            Local::Denied(detail) => Answer::page(403, detail, &date),
             Local::Redirect => {
-                let port = env.cfg.https_port();
-                respond::redirect_https(
-                    host,
-                    port,
-                    &self.target,
-                    !keep,
-                    &env.date.date_line(),
-                    &mut self.out,
-                );
-                301
+                location = answer::https_location(host, env.cfg.https_port(), &self.target);
+                Answer::page(301, "moved to https", &date).with(&location)
             }
         };
-        self.record.status = status;
-        self.up.keep = keep;
+        self.out.clear();
+        a.write(p.header(), head.method == Method::Head, &mut self.out);
+        self.record.status = a.status;
         if discard {
-            self.state = State::Discard;
+            self.state = State::Discard(p.finish(true));
         } else {
-            let body_read = info.body.is_empty();
-            let notify = body_read && !self.req.persistent;
-            self.write_client(Written::Local { keep, notify }, now);
+            self.write_client(Written::Answer(p.finish(!unread)), now);
         }
         end
     }
@@ -1500,20 +1430,19 @@ impl Exchange {
         env: &Env<'_>,
         now: Instant,
     ) {
-        let body_read = self.req.body.is_empty();
-        let keep = body_read && self.req.persistent && !env.draining;
+        let date = env.date.date_line();
+        let a = Answer::page(status, detail, &date).with(extra);
+        self.answer(&a, self.req.body.is_empty(), env, now);
+    }
+
+    /// Writes `a`, an answer of the proxy's own, and ends the exchange after it: the connection
+    /// is kept when the request allows it and `body_read` (no request body is left unread).
+    fn answer(&mut self, a: &Answer<'_>, body_read: bool, env: &Env<'_>, now: Instant) {
+        let p = self.req.persist.unless(env.draining || !body_read);
         self.out.clear();
-        respond::error_with(
-            status,
-            detail,
-            !keep,
-            extra,
-            &env.date.date_line(),
-            &mut self.out,
-        );
-        self.record.status = status;
-        let notify = body_read && !self.req.persistent;
-        self.write_client(Written::Local { keep, notify }, now);
+        a.write(p.header(), self.req.method == Method::Head, &mut self.out);
+        self.record.status = a.status;
+        self.write_client(Written::Answer(p.finish(body_read)), now);
     }
 
     fn response(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
@@ -1558,6 +1487,7 @@ impl Exchange {
                     Added {
                         date: Some(&env.date.date_line()),
                         via: self.shows_via(env),
+                        cache_status: None,
                     },
                     &mut self.out,
                 );
@@ -1590,6 +1520,7 @@ impl Exchange {
                     Added {
                         date: None,
                         via: self.shows_via(env),
+                        cache_status: None,
                     },
                     &mut self.out,
                 );
@@ -1650,27 +1581,10 @@ impl Exchange {
             BodyKind::Chunked | BodyKind::Close => BodyKind::Close,
             b => b,
         };
-        let keep = self.req.persistent && !env.draining && to_client != BodyKind::Close;
-        let conn_header = match (keep, self.req.version) {
-            (false, _) => ConnectionHeader::Close,
-            (true, Version::Http10) => ConnectionHeader::KeepAlive,
-            (true, Version::Http11) => ConnectionHeader::Omit,
-        };
-        self.out.clear();
-        client_response(
-            ub,
-            &rh,
-            &self.uheaders,
-            to_client,
-            conn_header,
-            Added {
-                date: Some(&env.date.date_line()),
-                via: self.shows_via(env),
-            },
-            &mut self.out,
-        );
-        let mut consumed = end;
-        let mut relay = ri.body;
+        let p = self
+            .req
+            .persist
+            .unless(env.draining || to_client == BodyKind::Close);
         if let BodyKind::Length(n) = ri.body {
             if self.cache_storing() && n > self.cache_max_object(env) {
                 self.cache.drop_store();
@@ -1679,14 +1593,22 @@ impl Exchange {
         if !self.cache_storing() {
             self.release_fill(env);
         }
-        if self.cache.mode != Mode::Off || self.cache.has_status() {
-            // `Cache-Status` goes last in the head.
-            let mut line = Vec::new();
-            self.cache_status_line(&mut line);
-            self.out.truncate(self.out.len() - 2);
-            self.out.extend_from_slice(&line);
-            self.out.extend_from_slice(b"\r\n");
-        }
+        self.out.clear();
+        client_response(
+            ub,
+            &rh,
+            &self.uheaders,
+            to_client,
+            p.header(),
+            Added {
+                date: Some(&env.date.date_line()),
+                via: self.shows_via(env),
+                cache_status: self.cache_status(),
+            },
+            &mut self.out,
+        );
+        let mut consumed = end;
+        let mut relay = ri.body;
         let head_len = self.out.len();
         if let BodyKind::Length(n) = ri.body {
             // A small body that arrived whole goes out with the head. So does the part of a
@@ -1726,7 +1648,7 @@ impl Exchange {
         self.up.body_out = to_client;
         self.up.relay = relay;
         self.up.persistent = ri.connection.persistent(rh.version);
-        self.up.keep = keep;
+        self.up.then = p.finish(true);
         self.record.status = rh.status;
         self.record.response_head = Some(now);
         self.write_client(Written::ResponseHead, now);
@@ -1808,23 +1730,13 @@ impl Exchange {
             self.record.error = Some(err);
             return;
         }
-        let status = err.status();
-        let consumed = body_done || self.req.body.is_empty();
-        let keep = consumed && self.req.persistent && !env.draining;
         // The reason goes to the log with the record; the client gets a plain status page (no
         // socket errors, addresses or parser details of ours or the upstream's).
-        self.out.clear();
-        respond::error(
-            status,
-            respond::upstream_failure(status),
-            !keep,
-            &env.date.date_line(),
-            &mut self.out,
-        );
-        self.record.status = status;
+        let status = err.status();
+        let date = env.date.date_line();
+        let a = Answer::page(status, answer::upstream_failure(status), &date);
         self.record.error = Some(err);
-        let notify = consumed && !self.req.persistent;
-        self.write_client(Written::Local { keep, notify }, now);
+        self.answer(&a, body_done || self.req.body.is_empty(), env, now);
     }
 
     /// 503 with Retry-After: every server of the group is down, marked down or at its limit.
@@ -1834,45 +1746,31 @@ impl Exchange {
             self.record.error = Some(Error::NoServer);
             return;
         }
-        let body_read = self.req.body.is_empty();
-        let keep = body_read && self.req.persistent && !env.draining;
-        self.out.clear();
-        respond::error_with(
-            503,
-            "no upstream server available",
-            !keep,
-            b"Retry-After: 5\r\n",
-            &env.date.date_line(),
-            &mut self.out,
-        );
-        self.record.status = 503;
+        let date = env.date.date_line();
+        let a =
+            Answer::page(503, "no upstream server available", &date).with(b"Retry-After: 5\r\n");
         self.record.error = Some(Error::NoServer);
-        let notify = body_read && !self.req.persistent;
-        self.write_client(Written::Local { keep, notify }, now);
+        self.answer(&a, self.req.body.is_empty(), env, now);
     }
 
     /// Answers a request that cannot be processed; the connection closes after it.
     fn reject(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
+        let date = env.date.date_line();
         self.out.clear();
-        respond::error(status, detail, true, &env.date.date_line(), &mut self.out);
+        Answer::page(status, detail, &date).write(
+            ConnectionHeader::Close,
+            self.req.method == Method::Head,
+            &mut self.out,
+        );
         self.record.status = status;
         self.record.error = Some(Error::BadRequest {
             status,
             detail: detail.to_string(),
         });
-        self.write_client(Written::Reject, now);
+        self.write_client(Written::Answer(Finish::Close(Close::Linger)), now);
     }
 
     fn write_client(&mut self, what: Written, now: Instant) {
-        if self.req.method == Method::Head
-            && matches!(what, Written::Local { .. } | Written::Reject)
-        {
-            // A response to HEAD has no content (RFC 9110 §9.3.2), the proxy's own pages
-            // included: keep the head (with the Content-Length a GET would get).
-            if let Some(i) = memchr::memmem::find(&self.out, b"\r\n\r\n") {
-                self.out.truncate(i + 4);
-            }
-        }
         self.state = State::WriteClient(what);
         self.timers.arm(Timer::Send, &self.timeouts, now);
     }
@@ -1905,4 +1803,22 @@ enum Local<'a> {
 /// An identity body long enough (`min`) for splice(2) to pay.
 fn spliceable(input: BodyKind, output: BodyKind, min: u64) -> bool {
     matches!((input, output), (BodyKind::Length(n), BodyKind::Length(_)) if n >= min)
+}
+
+/// The request head of a `TRACE` as it is echoed: as received, less the fields that carry
+/// secrets (RFC 9110 §9.3.8).
+fn trace_echo(head: &[u8]) -> Vec<u8> {
+    let mut echo = Vec::with_capacity(head.len());
+    for (i, line) in head.split(|&b| b == b'\n').enumerate() {
+        let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+        let secret = i > 0
+            && [&b"authorization"[..], b"proxy-authorization", b"cookie"]
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s));
+        if !secret && !line.is_empty() {
+            echo.extend_from_slice(line);
+            echo.push(b'\n');
+        }
+    }
+    echo
 }
