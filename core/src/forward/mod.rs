@@ -2,6 +2,7 @@
 //! and the authority a request names. Pure: the exchange asks, io resolves names.
 
 pub mod acl;
+pub mod admit;
 pub mod auth;
 
 use std::collections::HashSet;

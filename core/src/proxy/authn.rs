@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Close, Env, Exchange, Finish, State, Timer};
+use super::{Close, Env, Exchange, Finish, Phase, Timer};
 
 /// Where a request's proxy authentication stands.
 pub(super) enum Authn {
@@ -56,7 +56,7 @@ impl Exchange {
                 match cache.lookup(&user, &password, self.client, now, secs) {
                     AuthStep::Verify => {
                         self.auth = Check::Pending(user, Secret(password));
-                        self.state = State::Verify;
+                        self.phase = Phase::Verify;
                         return Authn::Verifying;
                     }
                     s => Some(s),
@@ -95,7 +95,7 @@ impl Exchange {
     /// password was right, else answered 407 (or 503).
     pub fn handle_verified(&mut self, ok: Option<bool>, env: &Env<'_>, now: Instant) {
         use crate::forward::auth::{AuthCache, Check};
-        debug_assert_eq!(self.state, State::Verify);
+        debug_assert_eq!(self.phase, Phase::Verify);
         let Check::Pending(user, password) = std::mem::take(&mut self.auth) else {
             self.finish(Finish::Close(Close::Now), now);
             return;
@@ -112,8 +112,10 @@ impl Exchange {
             Some(false) => Check::Refused,
             None => Check::Unavailable,
         };
-        self.state = State::Head;
-        self.read_first = false;
+        self.phase = Phase::Head {
+            began: true,
+            read_first: false,
+        };
         self.scanner.reset();
         self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
     }

@@ -20,7 +20,7 @@ use crate::http::range::{self, Ranges};
 use crate::http::rewrite::{stored_response, updated_response};
 use crate::http::{parse_response, Header, Limits, Method, ResponseHead};
 
-use super::{BodyFail, Close, Env, Error, Exchange, Finish, State, Written};
+use super::{BodyFail, Close, Env, Error, Exchange, Finish, Phase, Written};
 use crate::http::body::BodyError;
 
 /// Stored bodies up to this size go out in one write with their head (copied); longer ones are
@@ -299,7 +299,7 @@ impl Exchange {
         }
         self.req_head.clear();
         self.req_head.extend_from_slice(buf);
-        self.state = super::State::WaitFill;
+        self.phase = Phase::WaitFill;
         self.timers
             .arm_for(super::Timer::CacheLock, rules.lock_timeout, now);
         true
@@ -313,13 +313,16 @@ impl Exchange {
     /// The fetch this request waited for ended (or the wait timed out): the request is handled
     /// again, from the cache if the fetch stored something, else from the origin.
     pub fn handle_fill_done(&mut self, env: &Env<'_>, now: Instant) {
-        debug_assert_eq!(self.state, super::State::WaitFill);
+        debug_assert_eq!(self.phase, Phase::WaitFill);
         self.timers.stop(super::Timer::CacheLock);
         let head = std::mem::take(&mut self.req_head);
         self.req = super::Request::default();
         self.cache.reset();
         self.cache.waited = true;
-        self.state = super::State::Head;
+        self.phase = Phase::Head {
+            began: true,
+            read_first: false,
+        };
         self.request(&head, head.len(), env, now);
         if self.req_head.is_empty() {
             self.req_head = head;
@@ -735,9 +738,10 @@ impl Exchange {
             cc: p.meta.cc,
             epoch: self.cache.epoch,
             private_dest: self
-                .req
-                .dest
-                .is_some_and(|d| crate::forward::is_private(d.ip())),
+                .intent
+                .dest()
+                .and_then(super::intent::Dest::addr)
+                .is_some_and(|a| crate::forward::is_private(a.ip())),
         };
         let e = Rc::new(e);
         c.shard.borrow_mut().insert_rc(e.clone());
@@ -755,7 +759,7 @@ impl Exchange {
         env: &Env<'_>,
         now: Instant,
     ) {
-        debug_assert_eq!(self.state, State::RelayResponse);
+        debug_assert_eq!(self.phase, Phase::RelayResponse);
         let body = match (r, tee.and_then(Tee::into_body)) {
             (Ok(n), Some(body)) if body.len() as u64 == n => body,
             (r, _) => {

@@ -12,12 +12,15 @@
 //! starts the next), so its buffers (the heads it writes, the header tables) are allocated once.
 
 mod action;
+mod attempts;
 mod authn;
 mod cached;
 mod error;
 mod forwarded;
 mod hints;
+mod intent;
 mod persist;
+mod phase;
 mod pin;
 mod record;
 #[cfg(any(test, feature = "sim"))]
@@ -38,14 +41,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use attempts::{Attempts, Facts, Next, Origin, Stage};
 use authn::Authn;
 use cached::{CacheState, Mode};
 use forwarded::well_formed_escapes;
+use intent::{At, Dest, Intent};
 use persist::Persistence;
+use phase::{Conn, Phase, Written};
 
 use crate::balance::request_key;
 use crate::cache::{Entry, Tee};
 use crate::config::{Action as RouteAction, Config, ListenKind, Timeouts};
+use crate::forward::admit::{admit, admit_addresses, Denial, Verdict};
 use crate::health::Outcome;
 use crate::http::answer::{self, Answer, Content, Fixed};
 use crate::http::body::{check_chunked_prefix, BodyError, Transcoder};
@@ -106,46 +113,6 @@ pub struct Env<'a> {
     pub hints: Option<&'a std::cell::RefCell<SizeHints>>,
 }
 
-/// What was last written to the client, so `handle_client_written` knows what comes next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Written {
-    /// An answer of the proxy's own, complete; then the exchange ends so.
-    Answer(Finish),
-    Continue,
-    Interim,
-    ResponseHead,
-    /// `200 Connection established`: the tunnel follows.
-    TunnelOpen,
-    /// A body fetched whole ahead of the client (and stored), after its head.
-    FetchedBody,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Waiting for (the rest of) a request head.
-    Head,
-    /// Discarding the body of a request answered locally, then writing the answer; then the
-    /// exchange ends so.
-    Discard(Finish),
-    WriteClient(Written),
-    Pick,
-    Connect {
-        pooled: bool,
-    },
-    SendRequest,
-    SendBody,
-    ReadResponse,
-    RelayResponse,
-    /// A forward proxy's destination name being resolved.
-    Resolve,
-    /// Waiting for another request's fetch of the same cache key.
-    WaitFill,
-    /// The client's password is being checked off the worker.
-    Verify,
-    Tunnel,
-    Done(Finish),
-}
-
 /// What the current request asked for.
 #[derive(Clone, Copy, Debug)]
 struct Request {
@@ -161,20 +128,8 @@ struct Request {
     continue_sent: bool,
     /// May go to another server after a failure (idempotent, nothing unrepeatable sent).
     retryable: bool,
-    group: usize,
-    key: u64,
-    /// A forward proxy's destination (instead of a group's server), once resolved.
-    dest: Option<SocketAddr>,
-    /// The local address to connect to it from.
-    dest_from: Option<IpAddr>,
-    /// The port to connect to once `dest_host` is resolved.
-    dest_port: u16,
-    /// A CONNECT tunnel.
-    connect: bool,
     /// A WebSocket upgrade the proxy will tunnel after a `101`.
     upgrade: bool,
-    /// The forward proxy's rules wait for the destination's addresses.
-    acl_pending: bool,
 }
 
 impl Default for Request {
@@ -188,34 +143,15 @@ impl Default for Request {
             expect_continue: false,
             continue_sent: false,
             retryable: false,
-            group: 0,
-            key: 0,
-            dest: None,
-            dest_from: None,
-            dest_port: 0,
-            connect: false,
             upgrade: false,
-            acl_pending: false,
         }
     }
 }
 
-/// The upstream side of the current request: attempts, retries, the response.
-#[derive(Clone, Debug)]
+/// The upstream's final response as it is relayed.
+#[derive(Clone, Copy, Debug)]
 struct Upstream {
-    tried: Tried,
-    server: usize,
-    attempts: u32,
-    started: Option<Instant>,
-    /// Another attempt is allowed after a failure of this one.
-    may_retry: bool,
-    /// The connection of this attempt came from the pool.
-    reused: bool,
-    /// What failed last and whether the request body had been read whole, for the answer
-    /// when no server is left.
-    last: Option<(Error, bool)>,
-    interim: Option<InterimBudget>,
-    /// The final response: its framing as received and toward the client.
+    /// Its framing as received and toward the client.
     body_in: BodyKind,
     body_out: BodyKind,
     /// Body still to relay (after what went inline with the head).
@@ -229,14 +165,6 @@ struct Upstream {
 impl Default for Upstream {
     fn default() -> Self {
         Self {
-            tried: Tried::new(),
-            server: 0,
-            attempts: 0,
-            started: None,
-            may_retry: false,
-            reused: false,
-            last: None,
-            interim: None,
             body_in: BodyKind::None,
             body_out: BodyKind::None,
             relay: BodyKind::None,
@@ -256,15 +184,15 @@ pub struct Exchange {
     client_ip: Vec<u8>,
     /// Exchanges that ended with the connection kept.
     served: u64,
-    state: State,
-    /// Set once the exchange has handed everything it had: io must read before calling again.
-    read_first: bool,
-    /// A byte of the request head has arrived.
-    started: bool,
+    phase: Phase,
     scanner: HeadScanner,
     timers: Timers,
     timeouts: Timeouts,
     req: Request,
+    /// What the request asks the proxy to do.
+    intent: Intent,
+    /// The attempts at upstream servers.
+    tries: Attempts,
     up: Upstream,
     /// The tunnel idle timeout of the request's config.
     tunnel_idle: Duration,
@@ -289,13 +217,6 @@ pub struct Exchange {
     uheaders: Vec<Header>,
     /// The most to read for the response head (`SizeHints`), chosen when the request is routed.
     head_read: Option<usize>,
-    /// A forward proxy's destination host, to resolve.
-    dest_host: String,
-    /// The destination's other addresses the rules allow, tried in turn when connecting to
-    /// one fails (RFC 8305 in spirit: a dead IPv6 address does not hide a live IPv4 one).
-    dest_next: Vec<SocketAddr>,
-    /// The request's method as sent (for the forward proxy's rules).
-    method_text: String,
     /// Connection-bound authentication: the upstream connection held for this client alone.
     pin: pin::Pin,
     /// The current request's proxy credentials, while they are checked.
@@ -311,13 +232,16 @@ impl Exchange {
             client,
             client_ip: client.to_string().into_bytes(),
             served: 0,
-            state: State::Head,
-            read_first: false,
-            started: false,
+            phase: Phase::Head {
+                began: false,
+                read_first: false,
+            },
             scanner: HeadScanner::new(),
             timers: Timers::default(),
             timeouts: Timeouts::default(),
             req: Request::default(),
+            intent: Intent::None,
+            tries: Attempts::default(),
             up: Upstream::default(),
             pending: None,
             pending_next: None,
@@ -333,9 +257,6 @@ impl Exchange {
             headers: Vec::with_capacity(32),
             uheaders: Vec::with_capacity(32),
             head_read: None,
-            dest_host: String::new(),
-            dest_next: Vec::new(),
-            method_text: String::new(),
             pin: pin::Pin::default(),
             auth: crate::forward::auth::Check::None,
         }
@@ -344,14 +265,17 @@ impl Exchange {
     /// Starts the connection's next exchange: wait for a request head. Bytes of it may already
     /// be buffered (pipelined); io hands them over when it performs `ReadHead`.
     pub fn begin(&mut self, cfg: &Config, now: Instant) {
-        self.state = State::Head;
-        self.read_first = false;
-        self.started = false;
+        self.phase = Phase::Head {
+            began: false,
+            read_first: false,
+        };
         self.scanner.reset();
         self.timers.clear();
         self.timeouts = cfg.timeouts;
         self.tunnel_idle = cfg.forward.tunnel_idle;
         self.req = Request::default();
+        self.intent = Intent::None;
+        self.tries = Attempts::default();
         self.up = Upstream::default();
         self.pending = None;
         self.pending_next = None;
@@ -382,20 +306,20 @@ impl Exchange {
             self.pending = self.pending_next.take();
             return a;
         }
-        match self.state {
-            State::Head => Action::ReadHead {
-                idle: !self.started,
-                read_first: self.read_first,
+        match self.phase {
+            Phase::Head { began, read_first } => Action::ReadHead {
+                idle: !began,
+                read_first,
             },
-            State::Discard(_) => Action::DiscardBody(BodyPlan {
+            Phase::Discard(_) => Action::DiscardBody(BodyPlan {
                 body: Transcoder::new(self.req.body, BodyKind::None),
                 splice: false,
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.send,
                 tee: None,
             }),
-            State::WriteClient(Written::Continue) => Action::WriteContinue,
-            State::WriteClient(_) => match &self.hit {
+            Phase::Write(Written::Continue) => Action::WriteContinue,
+            Phase::Write(_) => match &self.hit {
                 Some((e, range)) => Action::WriteStored {
                     entry: e.clone(),
                     range: range.clone(),
@@ -403,32 +327,32 @@ impl Exchange {
                 },
                 None => Action::WriteClient,
             },
-            State::Pick => Action::Pick {
-                group: self.req.group,
-                key: self.req.key,
+            Phase::Pick => match self.intent {
+                Intent::Proxy { group, key } => Action::Pick { group, key },
+                _ => Action::Finish(Finish::Close(Close::Now)),
             },
-            State::Connect { pooled } => {
+            Phase::Connect(conn) => {
                 let to = self.upstream_key();
-                let via = match (self.pin.connect(to), pooled) {
+                let via = match (self.pin.connect(to), conn) {
                     (true, _) => Via::Pinned,
-                    (false, true) => Via::Pooled,
-                    (false, false) => Via::Fresh,
+                    (false, Conn::Pooled) => Via::Pooled,
+                    (false, Conn::Fresh) => Via::Fresh,
                 };
                 Action::Connect { to, via }
             }
-            State::SendRequest => Action::SendRequest,
-            State::SendBody => Action::SendBody(BodyPlan {
+            Phase::SendRequest => Action::SendRequest,
+            Phase::SendBody => Action::SendBody(BodyPlan {
                 body: Transcoder::new(self.req.body, self.req.body_out),
                 splice: spliceable(self.req.body, self.req.body_out, SPLICE_MIN_UPLOAD),
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.upstream_write,
                 tee: None,
             }),
-            State::ReadResponse => Action::ReadResponseHead {
-                read_first: self.read_first,
+            Phase::ReadResponse { read_first } => Action::ReadResponseHead {
+                read_first,
                 max: self.head_read,
             },
-            State::RelayResponse => {
+            Phase::RelayResponse => {
                 if let Some(tee) = self.fetch_tee(self.up.relay) {
                     return Action::FetchBody(BodyPlan {
                         body: Transcoder::new(self.up.relay, self.up.body_out),
@@ -455,40 +379,40 @@ impl Exchange {
                     tee,
                 })
             }
-            State::Resolve => Action::Resolve {
-                port: self.req.dest_port,
+            Phase::Resolve => Action::Resolve {
+                port: self.intent.dest().map_or(0, |d| d.port),
             },
-            State::WaitFill => Action::WaitFill,
-            State::Verify => match &self.auth {
+            Phase::WaitFill => Action::WaitFill,
+            Phase::Verify => match &self.auth {
                 crate::forward::auth::Check::Pending(user, password) => Action::VerifyPassword {
                     user: user.clone(),
                     password: password.clone(),
                 },
                 _ => Action::Finish(Finish::Close(Close::Now)),
             },
-            State::Tunnel => Action::Tunnel {
+            Phase::Tunnel => Action::Tunnel {
                 idle: self.tunnel_idle,
             },
-            State::Done(f) => Action::Finish(f),
+            Phase::Done(f) => Action::Finish(f),
         }
     }
 
     /// The name `Resolve` asks for.
     pub fn resolve_host(&self) -> &str {
-        &self.dest_host
+        self.intent.dest().map_or("", |d| &d.host)
     }
 
     /// The deadline of what io waits on now, if the wait is bounded by a table timer (body
     /// relays bound each read and write by the plan's idle timeouts instead).
     pub fn deadline(&self) -> Option<Instant> {
-        let timer = match self.state {
-            State::Head if self.started || self.served == 0 => Timer::ClientHeader,
-            State::Head => Timer::KeepAlive,
-            State::WriteClient(_) => Timer::Send,
-            State::Connect { .. } => Timer::UpstreamConnect,
-            State::SendRequest => Timer::UpstreamWrite,
-            State::ReadResponse => Timer::UpstreamRead,
-            State::WaitFill => Timer::CacheLock,
+        let timer = match self.phase {
+            Phase::Head { began, .. } if began || self.served == 0 => Timer::ClientHeader,
+            Phase::Head { .. } => Timer::KeepAlive,
+            Phase::Write(_) => Timer::Send,
+            Phase::Connect(_) => Timer::UpstreamConnect,
+            Phase::SendRequest => Timer::UpstreamWrite,
+            Phase::ReadResponse { .. } => Timer::UpstreamRead,
+            Phase::WaitFill => Timer::CacheLock,
             _ => return None,
         };
         self.timers.deadline(timer)
@@ -507,7 +431,7 @@ impl Exchange {
 
     /// Servers already tried for this request (for `Pick`).
     pub fn tried(&self) -> &Tried {
-        &self.up.tried
+        &self.tries.tried
     }
 
     /// The record of the exchange; complete once `Finish` was handed out.
@@ -530,11 +454,14 @@ impl Exchange {
     /// io must drop from the front of its buffer: the head, and a small body that went
     /// upstream with it; body bytes after that stay for the body relay.
     pub fn handle_input(&mut self, input: &[u8], env: &Env<'_>, now: Instant) -> usize {
-        if self.state != State::Head {
-            debug_assert!(false, "handle_input in {:?}", self.state);
+        let Phase::Head { began, .. } = self.phase else {
+            debug_assert!(false, "handle_input in {:?}", self.phase);
             return 0;
-        }
-        self.read_first = true;
+        };
+        self.phase = Phase::Head {
+            began,
+            read_first: true,
+        };
         if input.is_empty() {
             return 0;
         }
@@ -546,8 +473,11 @@ impl Exchange {
                 self.request(input, end, env, now)
             }
             Ok(Scan::Partial) => {
-                if !self.started && self.scanner.started(input) {
-                    self.started = true;
+                if !began && self.scanner.started(input) {
+                    self.phase = Phase::Head {
+                        began: true,
+                        read_first: true,
+                    };
                     self.record.started = Some(now);
                     self.timers.stop(Timer::KeepAlive);
                     self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
@@ -555,7 +485,6 @@ impl Exchange {
                 0
             }
             Err(e) => {
-                self.started = true;
                 self.reject(e.status(), &e.to_string(), env, now);
                 0
             }
@@ -564,7 +493,7 @@ impl Exchange {
 
     /// The client closed the connection or reading from it failed.
     pub fn handle_client_closed(&mut self, now: Instant) {
-        if self.started || !matches!(self.state, State::Head) {
+        if !matches!(self.phase, Phase::Head { began: false, .. }) {
             self.record.error = Some(Error::ClientGone);
         }
         self.finish(Finish::Close(Close::Now), now);
@@ -573,8 +502,8 @@ impl Exchange {
     /// A write to the client (`WriteClient`, `WriteContinue`) finished; `ok` is false when it
     /// failed or timed out.
     pub fn handle_client_written(&mut self, ok: bool, now: Instant) {
-        let State::WriteClient(what) = self.state else {
-            debug_assert!(false, "handle_client_written in {:?}", self.state);
+        let Phase::Write(what) = self.phase else {
+            debug_assert!(false, "handle_client_written in {:?}", self.phase);
             return;
         };
         self.timers.stop(Timer::Send);
@@ -588,17 +517,14 @@ impl Exchange {
             Written::Answer(f) => self.finish(f, now),
             Written::Continue => {
                 self.req.continue_sent = true;
-                self.state = State::SendBody;
+                self.phase = Phase::SendBody;
             }
-            Written::Interim => {
-                self.read_first = false;
-                self.state = State::ReadResponse;
-            }
+            Written::Interim => self.phase = Phase::ReadResponse { read_first: false },
             Written::ResponseHead => {
-                self.state = State::RelayResponse;
+                self.phase = Phase::RelayResponse;
             }
             Written::TunnelOpen => {
-                self.state = State::Tunnel;
+                self.phase = Phase::Tunnel;
             }
             Written::FetchedBody => {
                 self.finish(self.up.then, now);
@@ -611,15 +537,15 @@ impl Exchange {
         match r {
             Ok(n) => {
                 self.record.request_body += n;
-                match self.state {
-                    State::Discard(then) => self.write_client(Written::Answer(then), now),
-                    State::SendBody => self.read_response(now),
+                match self.phase {
+                    Phase::Discard(then) => self.write_client(Written::Answer(then), now),
+                    Phase::SendBody => self.read_response(now),
                     s => debug_assert!(false, "handle_request_body in {s:?}"),
                 }
             }
             Err(BodyFail::Destination(e)) => {
                 let err = Error::RequestBody(BodyFail::Destination(e));
-                self.attempt_failed(err, false, false, Some(Outcome::Failure), env, now);
+                self.attempt_failed(Stage::SendBody, err, env, now);
             }
             Err(BodyFail::SourceIo(_) | BodyFail::Source(BodyError::Truncated)) => {
                 // The client went away partway through its body: nobody to answer.
@@ -636,19 +562,21 @@ impl Exchange {
 
     /// The deadline of the current wait passed.
     pub fn handle_timeout(&mut self, env: &Env<'_>, now: Instant) {
-        match self.state {
-            State::Head if self.started => {
+        match self.phase {
+            Phase::Head { began: true, .. } => {
                 self.reject(408, "timed out reading the request head", env, now);
                 self.record.error = Some(Error::HeadTimeout);
             }
-            State::Head => self.finish(Finish::Close(Close::Now), now),
-            State::WriteClient(_) => self.handle_client_written(false, now),
-            State::Connect { .. } => {
+            Phase::Head { .. } => self.finish(Finish::Close(Close::Now), now),
+            Phase::Write(_) => self.handle_client_written(false, now),
+            Phase::Connect(_) => {
                 self.handle_upstream_error(UpstreamError::ConnectTimeout, env, now)
             }
-            State::SendRequest => self.handle_upstream_error(UpstreamError::WriteTimeout, env, now),
-            State::ReadResponse => self.handle_upstream_error(UpstreamError::ReadTimeout, env, now),
-            State::WaitFill => self.handle_fill_done(env, now),
+            Phase::SendRequest => self.handle_upstream_error(UpstreamError::WriteTimeout, env, now),
+            Phase::ReadResponse { .. } => {
+                self.handle_upstream_error(UpstreamError::ReadTimeout, env, now)
+            }
+            Phase::WaitFill => self.handle_fill_done(env, now),
             _ => self.finish(Finish::Close(Close::Now), now),
         }
     }
@@ -663,34 +591,26 @@ impl Exchange {
 
     /// The server chosen for `Pick`, or `None` when no server of the group can take it.
     pub fn handle_pick(&mut self, server: Option<usize>, env: &Env<'_>, now: Instant) {
-        let Some(server) = server else {
-            match self.up.last.take() {
+        let (Some(server), Some(group)) = (server, self.intent.group()) else {
+            match self.tries.last.take() {
                 Some((err, body_done)) => self.fail(err, body_done, env, now),
                 None => self.unavailable(env, now),
             }
             return;
         };
-        let u = &env.cfg.upstreams[self.req.group];
-        self.up.tried.add(server);
-        self.up.server = server;
-        self.up.attempts += 1;
-        let started = *self.up.started.get_or_insert(now);
-        self.up.may_retry = self.up.attempts <= u.retries
-            && now.saturating_duration_since(started) < u.retry_timeout
-            && (self.up.attempts as usize) < u.servers.len();
-        self.up.interim = None;
-        self.record.attempts = self.up.attempts;
-        self.record.upstream = Some((self.req.group, server));
-        self.state = State::Connect { pooled: true };
+        self.tries.begin(server, &env.cfg.upstreams[group], now);
+        self.record.attempts = self.tries.count;
+        self.record.upstream = Some((group, server));
+        self.phase = Phase::Connect(Conn::Pooled);
         self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
     }
 
     /// A connection for `Connect` is ready; `reused`: it came from the pool.
     pub fn handle_connected(&mut self, reused: bool, now: Instant) {
-        debug_assert!(matches!(self.state, State::Connect { .. }));
+        debug_assert!(matches!(self.phase, Phase::Connect(_)));
         self.timers.stop(Timer::UpstreamConnect);
-        self.up.reused = reused;
-        if self.req.connect {
+        self.tries.conn = if reused { Origin::Pooled } else { Origin::New };
+        if matches!(self.intent, Intent::Connect(_)) {
             // RFC 9110 §9.3.6: any 2xx means the tunnel is open; no fields.
             let mut open = Answer::new(200, Content::Bodiless, None);
             open.reason = Some("Connection established");
@@ -700,7 +620,7 @@ impl Exchange {
             self.write_client(Written::TunnelOpen, now);
             return;
         }
-        self.state = State::SendRequest;
+        self.phase = Phase::SendRequest;
         self.timers.arm(Timer::UpstreamWrite, &self.timeouts, now);
     }
 
@@ -712,67 +632,53 @@ impl Exchange {
         env: &Env<'_>,
         now: Instant,
     ) {
-        debug_assert_eq!(self.state, State::Resolve);
-        let mut addrs = match r {
-            Ok(a) if !a.is_empty() => a,
-            Ok(_) | Err(_) => {
-                let detail = format!("could not resolve {}", self.dest_host);
-                self.local_error(502, &detail, env, now);
-                self.record.error = Some(Error::Upstream(UpstreamError::ConnectFailed(detail)));
+        debug_assert_eq!(self.phase, Phase::Resolve);
+        let tunnel = matches!(self.intent, Intent::Connect(_));
+        let user = self.record.user.as_deref();
+        let Some(d) = self.intent.dest() else {
+            self.finish(Finish::Close(Close::Now), now);
+            return;
+        };
+        let At::Named { rules_pending } = d.at else {
+            self.finish(Finish::Close(Close::Now), now);
+            return;
+        };
+        let ask = d.ask(self.client, user, tunnel);
+        let addrs = match admit_addresses(env.cfg, &ask, rules_pending, r.unwrap_or_default()) {
+            Ok(a) => a,
+            Err(denial) => {
+                let (detail, logged) = (denial.detail(&ask), denial.logged(&ask));
+                self.local_error(denial.status(), &detail, env, now);
+                self.record.error = match denial {
+                    Denial::Unresolved => {
+                        Some(Error::Upstream(UpstreamError::ConnectFailed(detail)))
+                    }
+                    Denial::Private(_) => Some(Error::BadRequest {
+                        status: 403,
+                        detail: logged,
+                    }),
+                    _ => None,
+                };
                 return;
             }
         };
-        let policy = env.cfg.forward.private_destinations;
-        // Every address must be allowed: a name that resolves to a private address among
-        // public ones is refused as a whole (DNS rebinding). The page does not say what the
-        // name resolves to; the log does.
-        if let Some(bad) = addrs.iter().find(|a| !policy.allows(self.client, a.ip())) {
-            let detail = format!(
-                "{} is or resolves to a private address, which this proxy does not reach for you",
-                self.dest_host
-            );
-            self.local_error(403, &detail, env, now);
-            self.record.error = Some(Error::BadRequest {
-                status: 403,
-                detail: format!(
-                    "{} resolves to private address {}",
-                    self.dest_host,
-                    bad.ip()
-                ),
-            });
-            return;
+        let from = env.cfg.forward.outgoing_for(user, addrs[0].ip());
+        if let Some(d) = self.intent.dest_mut() {
+            d.at = At::Dialling {
+                addr: addrs[0],
+                from,
+                next: addrs[1..].to_vec(),
+            };
         }
-        if addrs.iter().any(|a| env.cfg.is_own_address(*a)) {
-            self.loop_denied(env, now);
-            return;
-        }
-        if self.req.acl_pending {
-            let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-            match self.check_rules(Some(&ips), env, now) {
-                None => return,
-                // Only the addresses the deciding rule allows are dialled.
-                Some(Some(allowed)) => addrs.retain(|a| allowed.iter().any(|c| c.contains(a.ip()))),
-                Some(None) => {}
-            }
-        }
-        self.req.dest = Some(addrs[0]);
-        self.req.dest_from = env
-            .cfg
-            .forward
-            .outgoing_for(self.record.user.as_deref(), addrs[0].ip());
-        self.dest_next.clear();
-        self.dest_next.extend_from_slice(&addrs[1..]);
-        self.up.attempts = 1;
+        self.tries.begin_destination();
         self.record.attempts = 1;
-        self.state = State::Connect {
-            pooled: !self.req.connect,
-        };
+        self.phase = Phase::Connect(if tunnel { Conn::Fresh } else { Conn::Pooled });
         self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
     }
 
     /// A tunnel ended: bytes moved client → upstream and back.
     pub fn handle_tunnel_closed(&mut self, up: u64, down: u64, now: Instant) {
-        debug_assert_eq!(self.state, State::Tunnel);
+        debug_assert_eq!(self.phase, Phase::Tunnel);
         self.record.request_body += up;
         self.record.response_body += down;
         self.finish(Finish::Close(Close::Now), now);
@@ -780,7 +686,7 @@ impl Exchange {
 
     /// The request head (`SendRequest`) is written.
     pub fn handle_request_sent(&mut self, now: Instant) {
-        debug_assert_eq!(self.state, State::SendRequest);
+        debug_assert_eq!(self.phase, Phase::SendRequest);
         self.timers.stop(Timer::UpstreamWrite);
         if self.req.body.is_empty() {
             self.read_response(now);
@@ -788,100 +694,35 @@ impl Exchange {
             // The client waits for this before sending its body (RFC 9110 §10.1.1).
             self.write_client(Written::Continue, now);
         } else {
-            self.state = State::SendBody;
+            self.phase = Phase::SendBody;
         }
     }
 
     /// Something failed on the upstream side (connecting, sending the head, reading the
     /// response head).
     pub fn handle_upstream_error(&mut self, e: UpstreamError, env: &Env<'_>, now: Instant) {
-        let stale_retry = self.up.reused && self.req.retryable;
-        match self.state {
-            State::Connect { .. } if self.req.dest.is_some() && !self.dest_next.is_empty() => {
-                // The destination's next address, within the same connect deadline (a timeout
-                // has used it up).
-                if e == UpstreamError::ConnectTimeout {
-                    self.dest_next.clear();
-                    return self.handle_upstream_error(e, env, now);
-                }
-                self.pending =
-                    Some(self.record_action(Some(Outcome::Failure), Some(Error::Upstream(e))));
-                let next = self.dest_next.remove(0);
-                self.req.dest = Some(next);
-                self.req.dest_from = env
-                    .cfg
-                    .forward
-                    .outgoing_for(self.record.user.as_deref(), next.ip());
-                self.state = State::Connect { pooled: false };
-            }
-            State::Connect { .. } => {
-                let body_done = self.req.body.is_empty();
-                self.attempt_failed(
-                    Error::Upstream(e),
-                    true,
-                    body_done,
-                    Some(Outcome::Failure),
-                    env,
-                    now,
-                );
-            }
-            State::SendRequest => {
-                if stale_retry {
-                    // A pooled connection the server had closed: once more on a fresh one.
-                    self.reconnect_fresh(now);
-                    return;
-                }
-                let resend_ok = e != UpstreamError::WriteTimeout;
-                let body_done = self.req.body.is_empty();
-                self.attempt_failed(
-                    Error::Upstream(e),
-                    resend_ok,
-                    body_done,
-                    Some(Outcome::Failure),
-                    env,
-                    now,
-                );
-            }
-            State::ReadResponse => {
-                if self.up.interim.is_some() {
-                    // Something was relayed already: no retry.
-                    let err = Error::Upstream(e);
-                    self.log_only(err.clone());
-                    self.fail(err, false, env, now);
-                    return;
-                }
-                if e == UpstreamError::ClosedEarly && stale_retry {
-                    self.reconnect_fresh(now);
-                    return;
-                }
-                let invalid = matches!(
-                    e,
-                    UpstreamError::Invalid(_) | UpstreamError::InvalidFraming(_)
-                );
-                let outcome = if invalid {
-                    Outcome::Invalid
-                } else {
-                    Outcome::Failure
-                };
-                let resend_ok = !invalid && self.req.retryable;
-                self.attempt_failed(Error::Upstream(e), resend_ok, true, Some(outcome), env, now);
-            }
-            s => {
-                debug_assert!(false, "handle_upstream_error in {s:?}");
+        let stage = match self.phase {
+            Phase::Connect(_) => Stage::Connect,
+            Phase::SendRequest => Stage::SendHead,
+            Phase::ReadResponse { .. } => Stage::ReadHead,
+            p => {
+                debug_assert!(false, "handle_upstream_error in {p:?}");
                 self.finish(Finish::Close(Close::Now), now);
+                return;
             }
-        }
+        };
+        self.attempt_failed(stage, Error::Upstream(e), env, now);
     }
 
     /// Hands over everything buffered from the upstream (for `ReadResponseHead`). Returns how
     /// many bytes io must drop from the front of its buffer (a head, and a small body that
     /// goes out with it).
     pub fn handle_upstream_input(&mut self, input: &[u8], env: &Env<'_>, now: Instant) -> usize {
-        if self.state != State::ReadResponse {
-            debug_assert!(false, "handle_upstream_input in {:?}", self.state);
+        if !matches!(self.phase, Phase::ReadResponse { .. }) {
+            debug_assert!(false, "handle_upstream_input in {:?}", self.phase);
             return 0;
         }
-        self.read_first = true;
+        self.phase = Phase::ReadResponse { read_first: true };
         if input.is_empty() {
             return 0;
         }
@@ -907,7 +748,7 @@ impl Exchange {
         env: &Env<'_>,
         now: Instant,
     ) {
-        debug_assert_eq!(self.state, State::RelayResponse);
+        debug_assert_eq!(self.phase, Phase::RelayResponse);
         match r {
             Ok(n) => {
                 self.record.response_body += n;
@@ -1129,7 +970,7 @@ impl Exchange {
                     Some(&date),
                 )
             }
-            Local::Denied(detail) => Answer::page(403, detail, &date),
+            Local::Denied(status, detail) => Answer::page(*status, detail, &date),
             Local::Redirect => {
                 location = answer::https_location(host, env.cfg.https_port(), &self.target);
                 Answer::page(301, "moved to https", &date).with(&location)
@@ -1139,7 +980,7 @@ impl Exchange {
         a.write(p.header(), head.method == Method::Head, &mut self.out);
         self.record.status = a.status;
         if discard {
-            self.state = State::Discard(p.finish(true));
+            self.phase = Phase::Discard(p.finish(true));
         } else {
             self.write_client(Written::Answer(p.finish(!unread)), now);
         }
@@ -1175,8 +1016,8 @@ impl Exchange {
         if u.tls.is_some() {
             self.req.upgrade = false;
         }
-        self.req.group = group;
-        self.req.key = request_key(&u.balance, input, path, &self.headers, &self.client_ip);
+        let key = request_key(&u.balance, input, path, &self.headers, &self.client_ip);
+        self.intent = Intent::Proxy { group, key };
         self.req.body_out = match info.body {
             BodyKind::Close => BodyKind::None,
             b => b,
@@ -1207,7 +1048,7 @@ impl Exchange {
             &mut self.out,
         );
         let consumed = self.inline_body(input, end, head, info);
-        self.state = State::Pick;
+        self.phase = Phase::Pick;
         consumed
     }
 
@@ -1265,42 +1106,30 @@ impl Exchange {
             self.reject(400, "invalid destination host or port", env, now);
             return 0;
         };
-        if head.method == Method::Connect && !fwd.connect_ports.contains(dest.port) {
-            let detail = format!("CONNECT to port {} is not allowed by this proxy", dest.port);
-            self.local(Local::Denied(detail), b"", head, info, end, env, now);
-            return end;
-        }
-        if head.method != Method::Connect && !fwd.safe_ports.contains(dest.port) {
-            let detail = format!(
-                "requests to port {} are not forwarded by this proxy (safe_ports)",
-                dest.port
-            );
-            self.local(Local::Denied(detail), b"", head, info, end, env, now);
-            return end;
-        }
-        if let Some(rule) = fwd.deny_domains.matches(&dest.host) {
-            let detail = format!(
-                "{} is blocked by this proxy (deny_domains: {rule})",
-                dest.host
-            );
-            self.local(Local::Denied(detail), b"", head, info, end, env, now);
-            return end;
-        }
-        self.dest_host.clear();
-        self.dest_host.push_str(&dest.host);
-        self.req.dest_port = dest.port;
-        self.method_text.clear();
-        self.method_text
-            .push_str(std::str::from_utf8(head.method_span.get(buf)).unwrap_or(""));
-        if self.check_rules(None, env, now).is_none() {
-            return end;
-        }
-        if let Some(ip) = dest.ip() {
-            if env.cfg.is_own_address(SocketAddr::new(ip, dest.port)) {
-                self.loop_denied(env, now);
+        let tunnel = head.method == Method::Connect;
+        let mut d = Dest {
+            host: dest.host,
+            port: dest.port,
+            method: String::from_utf8_lossy(head.method_span.get(buf)).into_owned(),
+            at: At::Named {
+                rules_pending: false,
+            },
+        };
+        let ask = d.ask(self.client, self.record.user.as_deref(), tunnel);
+        match admit(cfg, &ask) {
+            Verdict::Resolve { rules_pending } => d.at = At::Named { rules_pending },
+            Verdict::Deny(denial) => {
+                let answer = Local::Denied(denial.status(), denial.detail(&ask));
+                self.local(answer, b"", head, info, end, env, now);
                 return end;
             }
         }
+        let rules_pending = matches!(
+            d.at,
+            At::Named {
+                rules_pending: true
+            }
+        );
         // TRACE and OPTIONS with Max-Forwards: 0 are for this proxy to answer; otherwise the
         // count goes down by one (RFC 9110 §7.6.2).
         let mut max_forwards = None;
@@ -1322,12 +1151,13 @@ impl Exchange {
                 None => {}
             }
         }
-        if head.method == Method::Connect {
+        if tunnel {
             // Bytes after the head (a TLS ClientHello sent early) stay for the tunnel.
-            self.req.connect = true;
-            self.state = State::Resolve;
+            self.intent = Intent::Connect(d);
+            self.phase = Phase::Resolve;
             return end;
         }
+        self.intent = Intent::Forward(d);
         // The Host sent is the URI's authority (RFC 9112 §3.2.2), whatever Host the client
         // sent.
         let TargetForm::Absolute { path, .. } = head.form else {
@@ -1354,7 +1184,7 @@ impl Exchange {
         };
         // Rules that need the destination's addresses are decided after resolution, which a
         // hit would skip: such requests are not answered from the cache.
-        if env.cache.is_some() && !self.req.acl_pending {
+        if env.cache.is_some() && !rules_pending {
             crate::cache::policy::key(
                 crate::cache::policy::Space::Forward,
                 "http",
@@ -1388,7 +1218,7 @@ impl Exchange {
             &mut self.out,
         );
         let consumed = self.inline_body(input, end, head, info);
-        self.state = State::Resolve;
+        self.phase = Phase::Resolve;
         consumed
     }
 
@@ -1499,7 +1329,7 @@ impl Exchange {
             // Interim responses are bounded in number and bytes, and `upstream_read` runs
             // across all of them: an upstream sending 1xx forever is cut off.
             let budget = self
-                .up
+                .tries
                 .interim
                 .get_or_insert(InterimBudget::new(limits.max_head));
             if !budget.admit(end) {
@@ -1527,23 +1357,20 @@ impl Exchange {
                 self.write_client(Written::Interim, now);
             } else {
                 // HTTP/1.0 clients do not get interim responses.
-                self.read_first = false;
+                self.phase = Phase::ReadResponse { read_first: false };
             }
             return end;
         }
-        let u = cfg
-            .upstreams
-            .get(self.req.group)
-            .filter(|_| self.req.dest.is_none());
+        let u = self.intent.group().and_then(|g| cfg.upstreams.get(g));
         if self.req.retryable
-            && self.up.may_retry
+            && self.tries.may_retry()
             && u.is_some_and(|u| u.retry_on.contains(&rh.status))
         {
             let err = Error::RetryStatus(rh.status);
             self.pending =
                 Some(self.record_action(Some(Outcome::ServerError(rh.status)), Some(err.clone())));
-            self.up.last = Some((err, true));
-            self.state = State::Pick;
+            self.tries.last = Some((err, true));
+            self.phase = Phase::Pick;
             // The rest of this response is not read: io closes the connection.
             return input.len();
         }
@@ -1655,38 +1482,48 @@ impl Exchange {
         consumed
     }
 
-    /// An attempt at one server failed before anything reached the client: record it, then
-    /// try another server when allowed, else answer with the error.
-    fn attempt_failed(
-        &mut self,
-        err: Error,
-        resend_ok: bool,
-        body_done: bool,
-        outcome: Option<Outcome>,
-        env: &Env<'_>,
-        now: Instant,
-    ) {
-        self.pending = Some(self.record_action(outcome, Some(err.clone())));
-        if resend_ok && self.up.may_retry {
-            self.up.last = Some((err, body_done));
-            self.state = State::Pick;
-        } else {
-            self.fail(err, body_done, env, now);
+    /// An attempt failed at `stage` before the response reached the client: record it, then
+    /// do what [`Attempts::after`] says.
+    fn attempt_failed(&mut self, stage: Stage, err: Error, env: &Env<'_>, now: Instant) {
+        let next_address = matches!(
+            self.intent.dest().map(|d| &d.at),
+            Some(At::Dialling { next, .. }) if !next.is_empty()
+        );
+        let facts = Facts {
+            resendable: self.req.retryable,
+            body_done: self.req.body.is_empty(),
+            next_address,
+        };
+        let v = self.tries.after(stage, &err, facts);
+        if v.logged {
+            self.pending = Some(self.record_action(v.outcome, Some(err.clone())));
+        }
+        match v.next {
+            Next::OtherAddress => {
+                // Within the same connect deadline.
+                let user = self.record.user.as_deref();
+                if let Some(Dest {
+                    at: At::Dialling { addr, from, next },
+                    ..
+                }) = self.intent.dest_mut()
+                {
+                    *addr = next.remove(0);
+                    *from = env.cfg.forward.outgoing_for(user, addr.ip());
+                }
+                self.phase = Phase::Connect(Conn::Fresh);
+            }
+            Next::Reconnect => self.reconnect_fresh(now),
+            Next::Retry { body_done } => {
+                self.tries.last = Some((err, body_done));
+                self.phase = Phase::Pick;
+            }
+            Next::Answer { body_done } => self.fail(err, body_done, env, now),
         }
     }
 
     /// What the current attempt connects to.
     fn upstream_key(&self) -> UpstreamKey {
-        match self.req.dest {
-            Some(addr) => UpstreamKey::Destination {
-                addr,
-                from: self.req.dest_from,
-            },
-            None => UpstreamKey::Server {
-                group: self.req.group,
-                server: self.up.server,
-            },
-        }
+        self.intent.upstream_key(self.tries.server)
     }
 
     fn record_action(&self, outcome: Option<Outcome>, error: Option<Error>) -> Action {
@@ -1703,14 +1540,13 @@ impl Exchange {
     }
 
     fn reconnect_fresh(&mut self, now: Instant) {
-        self.state = State::Connect { pooled: false };
+        self.phase = Phase::Connect(Conn::Fresh);
         self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
     }
 
     fn read_response(&mut self, now: Instant) {
         self.scanner.reset();
-        self.read_first = true;
-        self.state = State::ReadResponse;
+        self.phase = Phase::ReadResponse { read_first: true };
         self.timers.arm(Timer::UpstreamRead, &self.timeouts, now);
     }
 
@@ -1771,13 +1607,13 @@ impl Exchange {
     }
 
     fn write_client(&mut self, what: Written, now: Instant) {
-        self.state = State::WriteClient(what);
+        self.phase = Phase::Write(what);
         self.timers.arm(Timer::Send, &self.timeouts, now);
     }
 
     fn finish(&mut self, f: Finish, now: Instant) {
         self.timers.clear();
-        self.state = State::Done(f);
+        self.phase = Phase::Done(f);
         self.record.ended = Some(now);
         self.record.finish = Some(f);
         if f == Finish::KeepAlive {
@@ -1790,8 +1626,8 @@ impl Exchange {
 enum Local<'a> {
     Fixed(&'a Fixed),
     Error(u16, &'static str),
-    /// 403 from a forward-proxy rule, naming it.
-    Denied(String),
+    /// A forward-proxy destination refused (`Denial`): its status and what the client is told.
+    Denied(u16, String),
     /// `OPTIONS` with `Max-Forwards: 0`: what this proxy allows.
     Options,
     /// `TRACE` with `Max-Forwards: 0`: the request echoed (`host` holds its head).
