@@ -15,6 +15,7 @@ mod action;
 mod attempts;
 mod authn;
 mod cached;
+mod dispatch;
 mod error;
 mod forwarded;
 mod hints;
@@ -23,6 +24,7 @@ mod persist;
 mod phase;
 mod pin;
 mod record;
+mod response;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
 pub mod sim;
@@ -44,17 +46,19 @@ use std::time::{Duration, Instant};
 use attempts::{Attempts, Facts, Next, Origin, Stage};
 use authn::Authn;
 use cached::{CacheState, Mode};
+use dispatch::{Dispatch, Local};
 use forwarded::well_formed_escapes;
 use intent::{At, Dest, Intent};
 use persist::Persistence;
 use phase::{Conn, Phase, Written};
+use response::{Asked, ResponsePlan, Seen};
 
 use crate::balance::request_key;
 use crate::cache::{Entry, Tee};
-use crate::config::{Action as RouteAction, Config, ListenKind, Timeouts};
+use crate::config::{Config, ListenKind, Timeouts};
 use crate::forward::admit::{admit, admit_addresses, Denial, Verdict};
 use crate::health::Outcome;
-use crate::http::answer::{self, Answer, Content, Fixed};
+use crate::http::answer::{self, Answer, Content};
 use crate::http::body::{check_chunked_prefix, BodyError, Transcoder};
 use crate::http::date::DateLine;
 use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget, RequestInfo};
@@ -63,8 +67,8 @@ use crate::http::rewrite::{
     client_response, upstream_request, Added, ConnectionHeader, Forwarding, ForwardingPolicy,
 };
 use crate::http::{
-    parse_request, parse_response, HeadScanner, Header, Limits, Method, RequestHead, Scan,
-    TargetForm, Version,
+    parse_request, parse_response, HeadScanner, Header, Limits, Method, RequestHead, ResponseHead,
+    Scan, TargetForm, Version,
 };
 use crate::upstream::{Tried, UpstreamKey};
 
@@ -778,17 +782,22 @@ impl Exchange {
     /// when it is cleanly framed, persistent and nothing was read past it (`leftover`); bytes
     /// past the framing were not asked for: closed, and keep-alive to the server paused.
     fn release_upstream(&mut self, leftover: usize) {
-        let overrun = leftover > 0;
-        let reuse = self.up.body_in != BodyKind::Close && self.up.persistent && !overrun;
+        let reuse = self.up.body_in != BodyKind::Close && self.up.persistent;
+        self.pending = Some(self.release(reuse, leftover > 0));
+    }
+
+    /// What becomes of the upstream connection: `reuse` when nothing of it is left unread and
+    /// it may carry another request; `overrun` when the server sent more than was asked for.
+    fn release(&mut self, reuse: bool, overrun: bool) -> Action {
         let to = self.upstream_key();
-        let pin = self.pin.release(to, reuse);
+        let pin = self.pin.release(to, reuse && !overrun);
         let then = match (overrun, reuse, pin) {
             (true, ..) => Reuse::Distrust,
             (_, false, _) => Reuse::Close,
             (_, true, true) => Reuse::Pin,
             (_, true, false) => Reuse::Pool,
         };
-        self.pending = Some(Action::Release { to, then });
+        Action::Release { to, then }
     }
 
     // ---- decisions -------------------------------------------------------------------------
@@ -836,21 +845,38 @@ impl Exchange {
             && self.kind != ListenKind::Https;
         self.req.body = info.body;
         self.req.expect_continue = info.expect_continue;
-        if self.kind == ListenKind::Forward {
-            self.head_read = env.hints.and_then(|h| h.borrow().head_read(None));
-            return self.forward(input, end, &head, &info, env, now);
+        let r = Parsed {
+            input,
+            end,
+            head,
+            info,
+        };
+        // The listener's protocol decides who reads the request.
+        match self.kind {
+            ListenKind::Forward => {
+                self.head_read = env.hints.and_then(|h| h.borrow().head_read(None));
+                self.forward(&r, env, now)
+            }
+            _ if head.method == Method::Connect => {
+                self.reject(405, "CONNECT is not enabled on this listener", env, now);
+                0
+            }
+            _ => self.reverse(&r, env, now),
         }
-        if head.method == Method::Connect {
-            self.reject(405, "CONNECT is not enabled on this listener", env, now);
-            return 0;
-        }
-        let host: &[u8] = match head.form {
+    }
+
+    /// A request to a reverse-proxy (or redirecting) listener: its target normalised, then
+    /// dispatched by its host and path.
+    fn reverse(&mut self, r: &Parsed<'_>, env: &Env<'_>, now: Instant) -> usize {
+        let cfg = env.cfg;
+        let buf = r.buf();
+        let host: &[u8] = match r.head.form {
             TargetForm::Absolute { authority, .. } => authority.get(buf),
-            _ => info.host.map_or(&b""[..], |h| h.get(buf)),
+            _ => r.info.host.map_or(&b""[..], |h| h.get(buf)),
         };
         // Routes match the normalised path, and that is what the upstream gets (path.rs).
-        let raw_target = match head.form {
-            TargetForm::Origin => head.target.get(buf),
+        let raw_target = match r.head.form {
+            TargetForm::Origin => r.head.target.get(buf),
             TargetForm::Absolute { path, .. } => path.get(buf),
             TargetForm::Authority | TargetForm::Asterisk => b"*",
         };
@@ -867,78 +893,52 @@ impl Exchange {
                 }
             }
         }
-        if self.kind == ListenKind::RedirectHttps {
-            if host.is_empty() {
-                let l = Local::Error(400, "a Host header is needed to redirect to https");
-                return self.local(l, host, &head, &info, end, env, now);
-            }
-            return self.local(Local::Redirect, host, &head, &info, end, env, now);
-        }
         let path: &[u8] = match self.path_len {
             0 => b"/",
             n => &self.target[..n],
         };
-        let route = cfg.router.lookup(host, path).copied();
+        let (verdict, route) = Dispatch::decide(cfg, self.kind, host, path);
         self.record.route = route;
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
-        match route.map(|i| &cfg.routes[i].action) {
-            None => {
-                let l = Local::Error(404, "no route for this host and path");
-                self.local(l, host, &head, &info, end, env, now)
-            }
-            Some(RouteAction::Respond(fixed)) => {
-                self.local(Local::Fixed(fixed), host, &head, &info, end, env, now)
-            }
-            Some(RouteAction::Proxy { upstream, set_host }) => {
-                if let (Some(_), Some(r)) = (env.cache, route) {
-                    if cfg.routes[r].cache.is_some() {
-                        crate::cache::policy::key(
-                            crate::cache::policy::Space::Upstream(&cfg.upstreams[*upstream].name),
-                            self.scheme,
-                            host,
-                            &self.target,
-                            &mut self.cache.key,
-                        );
-                        if self.cache_request(
-                            Mode::Route(r),
-                            &input[..end],
-                            !info.body.is_empty(),
-                            env,
-                            now,
-                        ) {
-                            return end;
-                        }
-                        self.keep_request_head(&input[..end]);
-                    }
-                }
-                self.proxy(
-                    input,
-                    end,
-                    &head,
-                    &info,
-                    *upstream,
-                    set_host.as_deref(),
-                    env,
-                    now,
-                )
-            }
+        let (route, group, set_host) = match verdict {
+            Dispatch::Answer(l) => return self.local(l, host, r, env, now),
+            Dispatch::Proxy {
+                route,
+                group,
+                set_host,
+                cached: true,
+            } if env.cache.is_some() => (route, group, set_host),
+            Dispatch::Proxy {
+                group, set_host, ..
+            } => return self.proxy(r, group, set_host, env, now),
+        };
+        crate::cache::policy::key(
+            crate::cache::policy::Space::Upstream(&cfg.upstreams[group].name),
+            self.scheme,
+            host,
+            &self.target,
+            &mut self.cache.key,
+        );
+        let body = !r.info.body.is_empty();
+        if self.cache_request(Mode::Route(route), buf, body, env, now) {
+            return r.end;
         }
+        self.keep_request_head(buf);
+        self.proxy(r, group, set_host, env, now)
     }
 
     /// An answer without an upstream. A request body is read and discarded first so that the
     /// connection can carry on; with `Expect: 100-continue` it is never asked for, and the
     /// connection is closed instead.
-    #[allow(clippy::too_many_arguments)]
     fn local(
         &mut self,
         what: Local<'_>,
         host: &[u8],
-        head: &RequestHead,
-        info: &RequestInfo,
-        end: usize,
+        r: &Parsed<'_>,
         env: &Env<'_>,
         now: Instant,
     ) -> usize {
+        let (head, info, end) = (&r.head, &r.info, r.end);
         // With `Expect: 100-continue` the body is never asked for: the connection closes.
         // Otherwise it is read and discarded after the answer is decided.
         let unread = !info.body.is_empty() && info.expect_continue;
@@ -960,7 +960,7 @@ impl Exchange {
             )
             .with(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, CONNECT\r\n"),
             Local::Trace => {
-                trace = trace_echo(host);
+                trace = trace_echo(r.buf());
                 Answer::new(
                     200,
                     Content::Bytes {
@@ -987,18 +987,15 @@ impl Exchange {
         end
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn proxy(
         &mut self,
-        input: &[u8],
-        end: usize,
-        head: &RequestHead,
-        info: &RequestInfo,
+        r: &Parsed<'_>,
         group: usize,
         set_host: Option<&[u8]>,
         env: &Env<'_>,
         now: Instant,
     ) -> usize {
+        let (input, end, head, info) = (r.input, r.end, &r.head, &r.info);
         let cfg = env.cfg;
         // Chunk framing that arrived with the head is checked before anything is sent
         // upstream, so a request whose first chunk line is bad never reaches it.
@@ -1047,21 +1044,14 @@ impl Exchange {
             &fwd,
             &mut self.out,
         );
-        let consumed = self.inline_body(input, end, head, info);
+        let consumed = self.inline_body(r);
         self.phase = Phase::Pick;
         consumed
     }
 
     /// A request to a forward-proxy listener: CONNECT host:port, or an absolute URI.
-    fn forward(
-        &mut self,
-        input: &[u8],
-        end: usize,
-        head: &RequestHead,
-        info: &RequestInfo,
-        env: &Env<'_>,
-        now: Instant,
-    ) -> usize {
+    fn forward(&mut self, r: &Parsed<'_>, env: &Env<'_>, now: Instant) -> usize {
+        let (input, end, head, info) = (r.input, r.end, &r.head, &r.info);
         let cfg = env.cfg;
         let fwd = &cfg.forward;
         let buf = &input[..end];
@@ -1120,7 +1110,7 @@ impl Exchange {
             Verdict::Resolve { rules_pending } => d.at = At::Named { rules_pending },
             Verdict::Deny(denial) => {
                 let answer = Local::Denied(denial.status(), denial.detail(&ask));
-                self.local(answer, b"", head, info, end, env, now);
+                self.local(answer, b"", r, env, now);
                 return end;
             }
         }
@@ -1144,7 +1134,7 @@ impl Exchange {
                     } else {
                         Local::Options
                     };
-                    self.local(what, buf, head, info, end, env, now);
+                    self.local(what, buf, r, env, now);
                     return end;
                 }
                 Some(n) => max_forwards = Some(n - 1),
@@ -1217,20 +1207,15 @@ impl Exchange {
             &fwd_fields,
             &mut self.out,
         );
-        let consumed = self.inline_body(input, end, head, info);
+        let consumed = self.inline_body(r);
         self.phase = Phase::Resolve;
         consumed
     }
 
     /// A small body that came with the head goes upstream with it (and is then part of what a
     /// retry sends again). Returns the input consumed; decides whether a retry is allowed.
-    fn inline_body(
-        &mut self,
-        input: &[u8],
-        end: usize,
-        head: &RequestHead,
-        info: &RequestInfo,
-    ) -> usize {
+    fn inline_body(&mut self, r: &Parsed<'_>) -> usize {
+        let (input, end, head, info) = (r.input, r.end, &r.head, &r.info);
         let mut consumed = end;
         if let BodyKind::Length(n) = info.body {
             if n <= INLINE_BODY && !info.expect_continue && (input.len() - end) as u64 >= n {
@@ -1276,8 +1261,7 @@ impl Exchange {
     }
 
     fn response(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
-        let cfg = env.cfg;
-        let limits = Self::response_limits(cfg);
+        let limits = Self::response_limits(env.cfg);
         let ub = &input[..end];
         let parsed = parse_response(ub, &mut self.uheaders, &limits)
             .map_err(UpstreamError::Invalid)
@@ -1296,91 +1280,150 @@ impl Exchange {
             }
         };
         self.pin.response(ub, &self.uheaders);
-        if (100..200).contains(&rh.status) {
-            if rh.status == 101 {
-                let websocket = crate::http::find_header(ub, &self.uheaders, b"upgrade")
-                    .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
-                if !(self.req.upgrade && websocket) {
-                    self.fail(Error::SwitchedProtocols, false, env, now);
-                    return 0;
-                }
+        let seen = Seen {
+            status: rh.status,
+            body: ri.body,
+            websocket: rh.status == 101
+                && crate::http::find_header(ub, &self.uheaders, b"upgrade")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")),
+        };
+        let retry_on = self.intent.group().and_then(|g| env.cfg.upstreams.get(g));
+        let asked = Asked {
+            version: self.req.version,
+            upgrade: self.req.upgrade,
+            persist: self.req.persist,
+            draining: env.draining,
+            retry_status: self.req.retryable
+                && self.tries.may_retry()
+                && retry_on.is_some_and(|u| u.retry_on.contains(&rh.status)),
+        };
+        match ResponsePlan::decide(seen, asked) {
+            ResponsePlan::Interim { relay } => self.interim(ub, &rh, relay, env, now),
+            ResponsePlan::Switch => {
                 // The switch: the 101 goes to the client, then bytes both ways.
                 self.pending = Some(self.record_action(Some(Outcome::Success), None));
                 self.timers.stop(Timer::UpstreamRead);
-                self.out.clear();
-                client_response(
+                self.relayed_head(
                     ub,
                     &rh,
-                    &self.uheaders,
                     BodyKind::None,
                     ConnectionHeader::UpgradeWebsocket,
-                    Added {
-                        date: Some(&env.date.date_line()),
-                        via: self.shows_via(env),
-                        cache_status: None,
-                    },
-                    &mut self.out,
+                    env,
                 );
                 self.record.status = 101;
                 self.record.response_head = Some(now);
                 self.write_client(Written::TunnelOpen, now);
-                return end;
+                end
             }
-            // Interim responses are bounded in number and bytes, and `upstream_read` runs
-            // across all of them: an upstream sending 1xx forever is cut off.
-            let budget = self
-                .tries
-                .interim
-                .get_or_insert(InterimBudget::new(limits.max_head));
-            if !budget.admit(end) {
-                let err = Error::TooManyInterim;
-                self.log_only(err.clone());
-                self.fail(err, false, env, now);
-                return 0;
+            ResponsePlan::Unasked => {
+                self.fail(Error::SwitchedProtocols, false, env, now);
+                0
             }
-            self.scanner.reset();
-            if self.req.version == Version::Http11 {
-                self.out.clear();
-                client_response(
-                    ub,
-                    &rh,
-                    &self.uheaders,
-                    BodyKind::None,
-                    ConnectionHeader::Omit,
-                    Added {
-                        date: None,
-                        via: self.shows_via(env),
-                        cache_status: None,
-                    },
-                    &mut self.out,
-                );
-                self.write_client(Written::Interim, now);
+            ResponsePlan::Retry => {
+                let err = Error::RetryStatus(rh.status);
+                let outcome = Some(Outcome::ServerError(rh.status));
+                self.pending = Some(self.record_action(outcome, Some(err.clone())));
+                self.tries.last = Some((err, true));
+                self.phase = Phase::Pick;
+                // The rest of this response is not read: io closes the connection.
+                input.len()
+            }
+            ResponsePlan::Final {
+                to_client,
+                persist,
+                outcome,
+            } => {
+                self.pending = Some(self.record_action(Some(outcome), None));
+                self.timers.stop(Timer::UpstreamRead);
+                let head = Final {
+                    rh,
+                    ri,
+                    to_client,
+                    persist,
+                };
+                self.final_response(input, end, head, env, now)
+            }
+        }
+    }
+
+    /// Writes the client's copy of the upstream's response head in `ub` into `out`.
+    fn relayed_head(
+        &mut self,
+        ub: &[u8],
+        rh: &ResponseHead,
+        body: BodyKind,
+        connection: ConnectionHeader,
+        env: &Env<'_>,
+    ) {
+        let interim = (100..200).contains(&rh.status) && rh.status != 101;
+        let date = env.date.date_line();
+        let added = Added {
+            date: (!interim).then_some(&date),
+            via: self.shows_via(env),
+            cache_status: if interim || rh.status == 101 {
+                None
             } else {
-                // HTTP/1.0 clients do not get interim responses.
-                self.phase = Phase::ReadResponse { read_first: false };
-            }
-            return end;
-        }
-        let u = self.intent.group().and_then(|g| cfg.upstreams.get(g));
-        if self.req.retryable
-            && self.tries.may_retry()
-            && u.is_some_and(|u| u.retry_on.contains(&rh.status))
-        {
-            let err = Error::RetryStatus(rh.status);
-            self.pending =
-                Some(self.record_action(Some(Outcome::ServerError(rh.status)), Some(err.clone())));
-            self.tries.last = Some((err, true));
-            self.phase = Phase::Pick;
-            // The rest of this response is not read: io closes the connection.
-            return input.len();
-        }
-        let outcome = if rh.status >= 500 {
-            Outcome::ServerError(rh.status)
-        } else {
-            Outcome::Success
+                self.cache_status()
+            },
         };
-        self.pending = Some(self.record_action(Some(outcome), None));
-        self.timers.stop(Timer::UpstreamRead);
+        self.out.clear();
+        client_response(
+            ub,
+            rh,
+            &self.uheaders,
+            body,
+            connection,
+            added,
+            &mut self.out,
+        );
+    }
+
+    /// An interim response: relayed (`relay`) or dropped, then the next head is read.
+    /// Interim responses are bounded in number and bytes, and `upstream_read` runs across all
+    /// of them: an upstream sending 1xx forever is cut off.
+    fn interim(
+        &mut self,
+        ub: &[u8],
+        rh: &ResponseHead,
+        relay: bool,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> usize {
+        let max = Self::response_limits(env.cfg).max_head;
+        let budget = self.tries.interim.get_or_insert(InterimBudget::new(max));
+        if !budget.admit(ub.len()) {
+            let err = Error::TooManyInterim;
+            self.log_only(err.clone());
+            self.fail(err, false, env, now);
+            return 0;
+        }
+        self.scanner.reset();
+        if relay {
+            self.relayed_head(ub, rh, BodyKind::None, ConnectionHeader::Omit, env);
+            self.write_client(Written::Interim, now);
+        } else {
+            self.phase = Phase::ReadResponse { read_first: false };
+        }
+        ub.len()
+    }
+
+    /// The final response: answered from the cache (a revalidation's 304, stale on error), or
+    /// its head written for the client with what of its body arrived with it.
+    fn final_response(
+        &mut self,
+        input: &[u8],
+        end: usize,
+        f: Final,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> usize {
+        let Final {
+            rh,
+            ri,
+            to_client,
+            persist,
+        } = f;
+        let ub = &input[..end];
         if self.cache.mode != Mode::Off {
             let uh = std::mem::take(&mut self.uheaders);
             let answered = self.cache_response(ub, &rh, &uh, env, now);
@@ -1391,27 +1434,10 @@ impl Exchange {
                 let reuse = ri.body.is_empty()
                     && ri.connection.persistent(rh.version)
                     && input.len() == end;
-                let to = self.upstream_key();
-                let then = match (reuse, self.pin.release(to, reuse)) {
-                    (false, _) => Reuse::Close,
-                    (true, true) => Reuse::Pin,
-                    (true, false) => Reuse::Pool,
-                };
-                self.pending_next = Some(Action::Release { to, then });
+                self.pending_next = Some(self.release(reuse, false));
                 return input.len();
             }
         }
-        let to_client = match ri.body {
-            BodyKind::Chunked | BodyKind::Close if self.req.version == Version::Http11 => {
-                BodyKind::Chunked
-            }
-            BodyKind::Chunked | BodyKind::Close => BodyKind::Close,
-            b => b,
-        };
-        let p = self
-            .req
-            .persist
-            .unless(env.draining || to_client == BodyKind::Close);
         if let BodyKind::Length(n) = ri.body {
             if self.cache_storing() && n > self.cache_max_object(env) {
                 self.cache.drop_store();
@@ -1420,46 +1446,11 @@ impl Exchange {
         if !self.cache_storing() {
             self.release_fill(env);
         }
-        self.out.clear();
-        client_response(
-            ub,
-            &rh,
-            &self.uheaders,
-            to_client,
-            p.header(),
-            Added {
-                date: Some(&env.date.date_line()),
-                via: self.shows_via(env),
-                cache_status: self.cache_status(),
-            },
-            &mut self.out,
-        );
-        let mut consumed = end;
-        let mut relay = ri.body;
+        self.relayed_head(ub, &rh, to_client, persist.header(), env);
         let head_len = self.out.len();
-        if let BodyKind::Length(n) = ri.body {
-            // A small body that arrived whole goes out with the head. So does the part of a
-            // larger one that arrived with it (one write instead of two; the rest is relayed
-            // or spliced), unless the cache is storing the body (its tee sees it whole).
-            let buffered = (input.len() - end) as u64;
-            let k = if n <= INLINE_BODY && buffered >= n {
-                n
-            } else if self.cache_storing() {
-                0
-            } else {
-                buffered.min(n)
-            };
-            if k > 0 {
-                let k = k as usize;
-                self.out.extend_from_slice(&input[end..end + k]);
-                consumed += k;
-                self.record.response_body = k as u64;
-                relay = match n - k as u64 {
-                    0 => BodyKind::None,
-                    r => BodyKind::Length(r),
-                };
-            }
-        }
+        let (inline, relay) = self.inline_response_body(ri.body, input.len() - end);
+        self.out.extend_from_slice(&input[end..end + inline]);
+        self.record.response_body = inline as u64;
         if let Some(h) = env.hints {
             let len = match (ri.body, to_client) {
                 (BodyKind::Length(n), BodyKind::Length(_)) if !self.cache_storing() => Some(n),
@@ -1471,15 +1462,41 @@ impl Exchange {
             let body = self.out[head_len..].to_vec();
             self.cache_store(body, env);
         }
-        self.up.body_in = ri.body;
-        self.up.body_out = to_client;
-        self.up.relay = relay;
-        self.up.persistent = ri.connection.persistent(rh.version);
-        self.up.then = p.finish(true);
+        self.up = Upstream {
+            body_in: ri.body,
+            body_out: to_client,
+            relay,
+            persistent: ri.connection.persistent(rh.version),
+            then: persist.finish(true),
+        };
         self.record.status = rh.status;
         self.record.response_head = Some(now);
         self.write_client(Written::ResponseHead, now);
-        consumed
+        end + inline
+    }
+
+    /// How much of a response body of `body` framing, `buffered` bytes of which arrived with
+    /// the head, goes out with the head, and what is left to relay. A small body that arrived
+    /// whole does; so does the part of a larger one that arrived with it (one write instead of
+    /// two; the rest is relayed or spliced), unless the cache is storing the body (its tee sees
+    /// it whole).
+    fn inline_response_body(&self, body: BodyKind, buffered: usize) -> (usize, BodyKind) {
+        let BodyKind::Length(n) = body else {
+            return (0, body);
+        };
+        let buffered = buffered as u64;
+        let k = if n <= INLINE_BODY && buffered >= n {
+            n
+        } else if self.cache_storing() {
+            0
+        } else {
+            buffered.min(n)
+        };
+        let relay = match n - k {
+            0 => BodyKind::None,
+            r => BodyKind::Length(r),
+        };
+        (k as usize, relay)
     }
 
     /// An attempt failed at `stage` before the response reached the client: record it, then
@@ -1622,18 +1639,30 @@ impl Exchange {
     }
 }
 
-/// What a local answer is.
-enum Local<'a> {
-    Fixed(&'a Fixed),
-    Error(u16, &'static str),
-    /// A forward-proxy destination refused (`Denial`): its status and what the client is told.
-    Denied(u16, String),
-    /// `OPTIONS` with `Max-Forwards: 0`: what this proxy allows.
-    Options,
-    /// `TRACE` with `Max-Forwards: 0`: the request echoed (`host` holds its head).
-    Trace,
-    /// 301 to https, same host (port replaced) and target.
-    Redirect,
+/// A final response head as parsed, with its plan.
+#[derive(Clone, Copy)]
+struct Final {
+    rh: ResponseHead,
+    ri: crate::http::framing::ResponseInfo,
+    to_client: BodyKind,
+    persist: Persistence,
+}
+
+/// A request head as parsed, with the input it was parsed from.
+#[derive(Clone, Copy)]
+struct Parsed<'b> {
+    /// Everything buffered from the client: the head (`..end`) and what followed it.
+    input: &'b [u8],
+    end: usize,
+    head: RequestHead,
+    info: RequestInfo,
+}
+
+impl<'b> Parsed<'b> {
+    /// The head's bytes.
+    fn buf(&self) -> &'b [u8] {
+        &self.input[..self.end]
+    }
 }
 
 /// An identity body long enough (`min`) for splice(2) to pay.

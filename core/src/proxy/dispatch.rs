@@ -1,0 +1,123 @@
+//! Where a reverse-proxy request goes, decided from values: answered by the proxy (no route, a
+//! fixed response, the redirect to https), or proxied to an upstream group by a route.
+
+use crate::config::{Action as RouteAction, Config, ListenKind};
+use crate::http::answer::Fixed;
+
+/// An answer the proxy makes without an upstream.
+#[derive(Debug)]
+pub(super) enum Local<'a> {
+    Fixed(&'a Fixed),
+    Error(u16, &'static str),
+    /// A forward-proxy destination refused (`Denial`): its status and what the client is told.
+    Denied(u16, String),
+    /// `OPTIONS` with `Max-Forwards: 0`: what this proxy allows.
+    Options,
+    /// `TRACE` with `Max-Forwards: 0`: the request echoed.
+    Trace,
+    /// 301 to https, same host (port replaced) and target.
+    Redirect,
+}
+
+/// The verdict.
+#[derive(Debug)]
+pub(super) enum Dispatch<'c> {
+    Answer(Local<'c>),
+    /// To upstream `group` by route `route`, its `Host` replaced by `set_host`; `cached`: the
+    /// route caches.
+    Proxy {
+        route: usize,
+        group: usize,
+        set_host: Option<&'c [u8]>,
+        cached: bool,
+    },
+}
+
+impl<'c> Dispatch<'c> {
+    /// For a request to `host` and normalised `path` on a listener of `kind` (reverse or
+    /// redirect). Also returns the route that matched, for the record.
+    pub(super) fn decide(
+        cfg: &'c Config,
+        kind: ListenKind,
+        host: &[u8],
+        path: &[u8],
+    ) -> (Self, Option<usize>) {
+        if kind == ListenKind::RedirectHttps {
+            let l = if host.is_empty() {
+                Local::Error(400, "a Host header is needed to redirect to https")
+            } else {
+                Local::Redirect
+            };
+            return (Self::Answer(l), None);
+        }
+        let route = cfg.router.lookup(host, path).copied();
+        let d = match route.map(|i| (i, &cfg.routes[i])) {
+            None => Self::Answer(Local::Error(404, "no route for this host and path")),
+            Some((_, r)) if matches!(r.action, RouteAction::Respond(_)) => {
+                let RouteAction::Respond(f) = &r.action else {
+                    unreachable!()
+                };
+                Self::Answer(Local::Fixed(f))
+            }
+            Some((i, r)) => {
+                let RouteAction::Proxy { upstream, set_host } = &r.action else {
+                    unreachable!()
+                };
+                Self::Proxy {
+                    route: i,
+                    group: *upstream,
+                    set_host: set_host.as_deref(),
+                    cached: r.cache.is_some(),
+                }
+            }
+        };
+        (d, route)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_answers_and_redirects() {
+        let cfg = Config::parse(
+            "t.toml",
+            "[upstreams.app]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nhost = \"a.test\"\npath = \"/api\"\nupstream = \"app\"\nset_host = \"inner\"\n[[routes]]\nhost = \"a.test\"\nrespond = { status = 204 }\n",
+        )
+        .unwrap();
+        let d = |host: &str, path: &str| {
+            Dispatch::decide(&cfg, ListenKind::Http, host.as_bytes(), path.as_bytes())
+        };
+        match d("a.test", "/api/x") {
+            (
+                Dispatch::Proxy {
+                    route: 0,
+                    group: 0,
+                    set_host: Some(b"inner"),
+                    cached: false,
+                },
+                Some(0),
+            ) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            d("a.test", "/"),
+            (Dispatch::Answer(Local::Fixed(f)), Some(1)) if f.status == 204
+        ));
+        assert!(matches!(
+            d("b.test", "/"),
+            (Dispatch::Answer(Local::Error(404, _)), None)
+        ));
+        let r =
+            |host: &str| Dispatch::decide(&cfg, ListenKind::RedirectHttps, host.as_bytes(), b"/");
+        assert!(matches!(
+            r("a.test"),
+            (Dispatch::Answer(Local::Redirect), None)
+        ));
+        assert!(matches!(
+            r(""),
+            (Dispatch::Answer(Local::Error(400, _)), None)
+        ));
+    }
+}
