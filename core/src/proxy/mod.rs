@@ -356,33 +356,7 @@ impl Exchange {
                 read_first,
                 max: self.head_read,
             },
-            Phase::RelayResponse => {
-                if let Some(tee) = self.fetch_tee(self.up.relay) {
-                    return Action::FetchBody(BodyPlan {
-                        body: Transcoder::new(self.up.relay, self.up.body_out),
-                        splice: false,
-                        read_idle: self.timeouts.upstream_read,
-                        write_idle: self.timeouts.send,
-                        tee: Some(tee),
-                    });
-                }
-                let expect = match self.up.relay {
-                    BodyKind::Length(n) => Some(n),
-                    _ => None,
-                };
-                let tee = self.cache.tee(expect);
-                Action::RelayResponse(BodyPlan {
-                    body: Transcoder::new(self.up.relay, self.up.body_out),
-                    // Spliced by the whole body's length: part of it may have gone out
-                    // with the head.
-                    splice: spliceable(self.up.body_in, self.up.body_out, SPLICE_MIN)
-                        && self.up.relay != BodyKind::None
-                        && tee.is_none(),
-                    read_idle: self.timeouts.upstream_read,
-                    write_idle: self.timeouts.send,
-                    tee,
-                })
-            }
+            Phase::RelayResponse => self.relay_action(),
             Phase::Resolve => Action::Resolve {
                 port: self.intent.dest().map_or(0, |d| d.port),
             },
@@ -399,6 +373,38 @@ impl Exchange {
             },
             Phase::Done(f) => Action::Finish(f),
         }
+    }
+
+    /// How the response body moves: fetched whole into the cache ahead of the client when the
+    /// store has room for it, else relayed (through the cache's tee when it is stored), spliced
+    /// when no stage sees the bytes and the body is long enough.
+    fn relay_action(&self) -> Action {
+        let body = Transcoder::new(self.up.relay, self.up.body_out);
+        let (read_idle, write_idle) = (self.timeouts.upstream_read, self.timeouts.send);
+        if let Some(tee) = self.fetch_tee(self.up.relay) {
+            return Action::FetchBody(BodyPlan {
+                body,
+                splice: false,
+                read_idle,
+                write_idle,
+                tee: Some(tee),
+            });
+        }
+        let expect = match self.up.relay {
+            BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        let tee = self.cache.tee(expect);
+        Action::RelayResponse(BodyPlan {
+            body,
+            // Spliced by the whole body's length: part of it may have gone out with the head.
+            splice: spliceable(self.up.body_in, self.up.body_out, SPLICE_MIN)
+                && self.up.relay != BodyKind::None
+                && tee.is_none(),
+            read_idle,
+            write_idle,
+            tee,
+        })
     }
 
     /// The name `Resolve` asks for.
@@ -1051,28 +1057,53 @@ impl Exchange {
 
     /// A request to a forward-proxy listener: CONNECT host:port, or an absolute URI.
     fn forward(&mut self, r: &Parsed<'_>, env: &Env<'_>, now: Instant) -> usize {
-        let (input, end, head, info) = (r.input, r.end, &r.head, &r.info);
-        let cfg = env.cfg;
-        let fwd = &cfg.forward;
-        let buf = &input[..end];
+        let (authority, dest) = match self.forward_destination(r, env, now) {
+            Ok(x) => x,
+            Err(consumed) => return consumed,
+        };
+        let max_forwards = match max_forwards(r.buf(), &self.headers, r.head.method) {
+            Ok(n) => n,
+            Err(answer) => return self.local(answer, b"", r, env, now),
+        };
+        if r.head.method == Method::Connect {
+            // Bytes after the head (a TLS ClientHello sent early) stay for the tunnel.
+            self.intent = Intent::Connect(dest);
+            self.phase = Phase::Resolve;
+            return r.end;
+        }
+        let rules_pending = matches!(
+            dest.at,
+            At::Named {
+                rules_pending: true
+            }
+        );
+        self.intent = Intent::Forward(dest);
+        self.forward_request(r, authority, rules_pending, max_forwards, env, now)
+    }
+
+    /// The destination of a forward-proxy request, its client authenticated and the
+    /// destination admitted; `Err` with the input consumed when the request was answered.
+    fn forward_destination<'b>(
+        &mut self,
+        r: &Parsed<'b>,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> Result<(&'b [u8], Dest), usize> {
+        let (head, buf) = (&r.head, r.buf());
         let (authority, default_port) = match head.form {
             TargetForm::Authority if head.method == Method::Connect => (head.target.get(buf), None),
             TargetForm::Absolute { authority, .. } => {
                 let target = head.target.get(buf);
                 if target.len() < 7 || !target[..7].eq_ignore_ascii_case(b"http://") {
-                    self.reject(
-                        400,
-                        "only http:// URIs are forwarded; use CONNECT for https",
-                        env,
-                        now,
-                    );
-                    return 0;
+                    let detail = "only http:// URIs are forwarded; use CONNECT for https";
+                    self.reject(400, detail, env, now);
+                    return Err(0);
                 }
                 (authority.get(buf), Some(80))
             }
             _ => {
                 self.reject(400, "this is a forward proxy: a request needs an absolute URI (http://host/path) or CONNECT host:port", env, now);
-                return 0;
+                return Err(0);
             }
         };
         let credentials = self
@@ -1082,76 +1113,56 @@ impl Exchange {
             .count();
         if credentials > 1 {
             self.reject(400, "more than one Proxy-Authorization field", env, now);
-            return 0;
+            return Err(0);
         }
-        if fwd.users.is_some() {
+        if env.cfg.forward.users.is_some() {
             match self.authenticate(buf, env, now) {
                 Authn::User(user) => self.record.user = Some(user),
-                Authn::Answered => return end,
+                Authn::Answered => return Err(r.end),
                 // The head stays in io's buffer: it is handed over again once checked.
-                Authn::Verifying => return 0,
+                Authn::Verifying => return Err(0),
             }
         }
-        let Some(dest) = crate::forward::Authority::parse(authority, default_port) else {
+        let Some(named) = crate::forward::Authority::parse(authority, default_port) else {
             self.reject(400, "invalid destination host or port", env, now);
-            return 0;
+            return Err(0);
         };
-        let tunnel = head.method == Method::Connect;
-        let mut d = Dest {
-            host: dest.host,
-            port: dest.port,
+        let mut dest = Dest {
+            host: named.host,
+            port: named.port,
             method: String::from_utf8_lossy(head.method_span.get(buf)).into_owned(),
             at: At::Named {
                 rules_pending: false,
             },
         };
-        let ask = d.ask(self.client, self.record.user.as_deref(), tunnel);
-        match admit(cfg, &ask) {
-            Verdict::Resolve { rules_pending } => d.at = At::Named { rules_pending },
+        let tunnel = head.method == Method::Connect;
+        let ask = dest.ask(self.client, self.record.user.as_deref(), tunnel);
+        match admit(env.cfg, &ask) {
+            Verdict::Resolve { rules_pending } => dest.at = At::Named { rules_pending },
             Verdict::Deny(denial) => {
                 let answer = Local::Denied(denial.status(), denial.detail(&ask));
-                self.local(answer, b"", r, env, now);
-                return end;
+                return Err(self.local(answer, b"", r, env, now));
             }
         }
-        let rules_pending = matches!(
-            d.at,
-            At::Named {
-                rules_pending: true
-            }
-        );
-        // TRACE and OPTIONS with Max-Forwards: 0 are for this proxy to answer; otherwise the
-        // count goes down by one (RFC 9110 §7.6.2).
-        let mut max_forwards = None;
-        if matches!(head.method, Method::Options | Method::Trace) {
-            let n = crate::http::find_header(buf, &self.headers, b"max-forwards")
-                .filter(|v| !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
-                .map(|v| v.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')));
-            match n {
-                Some(0) => {
-                    let what = if head.method == Method::Trace {
-                        Local::Trace
-                    } else {
-                        Local::Options
-                    };
-                    self.local(what, buf, r, env, now);
-                    return end;
-                }
-                Some(n) => max_forwards = Some(n - 1),
-                None => {}
-            }
-        }
-        if tunnel {
-            // Bytes after the head (a TLS ClientHello sent early) stay for the tunnel.
-            self.intent = Intent::Connect(d);
-            self.phase = Phase::Resolve;
-            return end;
-        }
-        self.intent = Intent::Forward(d);
+        Ok((authority, dest))
+    }
+
+    /// A forward-proxy request for `authority` (not a tunnel): its target as sent, looked up in
+    /// the cache, and its head written for the destination.
+    fn forward_request(
+        &mut self,
+        r: &Parsed<'_>,
+        authority: &[u8],
+        rules_pending: bool,
+        max_forwards: Option<u64>,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> usize {
+        let (head, info, buf) = (&r.head, &r.info, r.buf());
         // The Host sent is the URI's authority (RFC 9112 §3.2.2), whatever Host the client
         // sent.
         let TargetForm::Absolute { path, .. } = head.form else {
-            unreachable!("checked above")
+            unreachable!("checked by forward_destination")
         };
         // RFC 9110 §7.7: a proxy forwards the target as it was sent. The origin decides what
         // `//`, dot segments or escapes mean on its own site; the request-target's syntax was
@@ -1183,12 +1194,12 @@ impl Exchange {
                 &mut self.cache.key,
             );
             if self.cache_request(Mode::Forward, buf, !info.body.is_empty(), env, now) {
-                return end;
+                return r.end;
             }
             self.keep_request_head(buf);
         }
         let fwd_fields = Forwarding {
-            policy: fwd.anonymity.policy(),
+            policy: env.cfg.forward.anonymity.policy(),
             client_ip: &self.client_ip,
             proto: self.scheme,
             host_override: Some(authority),
@@ -1686,4 +1697,24 @@ fn trace_echo(head: &[u8]) -> Vec<u8> {
         }
     }
     echo
+}
+
+/// `Max-Forwards` of a `TRACE` or `OPTIONS` (RFC 9110 §7.6.2): at 0 the proxy answers itself
+/// (`Err`); otherwise the count goes on down by one. Other methods: none.
+fn max_forwards(
+    buf: &[u8],
+    headers: &[Header],
+    method: Method,
+) -> Result<Option<u64>, Local<'static>> {
+    if !matches!(method, Method::Options | Method::Trace) {
+        return Ok(None);
+    }
+    let n = crate::http::find_header(buf, headers, b"max-forwards")
+        .filter(|v| !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
+        .map(|v| v.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')));
+    match n {
+        Some(0) if method == Method::Trace => Err(Local::Trace),
+        Some(0) => Err(Local::Options),
+        n => Ok(n.map(|n| n - 1)),
+    }
 }
