@@ -624,9 +624,7 @@ impl Exchange {
             // RFC 9110 §9.3.6: any 2xx means the tunnel is open; no fields.
             let mut open = Answer::new(200, Content::Bodiless, None);
             open.reason = Some("Connection established");
-            self.out.clear();
-            open.write(ConnectionHeader::Omit, false, &mut self.out);
-            self.record.status = 200;
+            self.write_answer(&open, ConnectionHeader::Omit);
             self.write_client(Written::TunnelOpen, now);
             return;
         }
@@ -944,7 +942,7 @@ impl Exchange {
         env: &Env<'_>,
         now: Instant,
     ) -> usize {
-        let (head, info, end) = (&r.head, &r.info, r.end);
+        let (info, end) = (&r.info, r.end);
         // With `Expect: 100-continue` the body is never asked for: the connection closes.
         // Otherwise it is read and discarded after the answer is decided.
         let unread = !info.body.is_empty() && info.expect_continue;
@@ -982,9 +980,7 @@ impl Exchange {
                 Answer::page(301, "moved to https", &date).with(&location)
             }
         };
-        self.out.clear();
-        a.write(p.header(), head.method == Method::Head, &mut self.out);
-        self.record.status = a.status;
+        self.write_answer(&a, p.header());
         if discard {
             self.phase = Phase::Discard(p.finish(true));
         } else {
@@ -1265,10 +1261,18 @@ impl Exchange {
     /// is kept when the request allows it and `body_read` (no request body is left unread).
     fn answer(&mut self, a: &Answer<'_>, body_read: bool, env: &Env<'_>, now: Instant) {
         let p = self.req.persist.unless(env.draining || !body_read);
-        self.out.clear();
-        a.write(p.header(), self.req.method == Method::Head, &mut self.out);
-        self.record.status = a.status;
+        self.write_answer(a, p.header());
         self.write_client(Written::Answer(p.finish(body_read)), now);
+    }
+
+    /// Writes answer `a` into `out` (its head, and its content unless the request is `HEAD`)
+    /// and into the record.
+    fn write_answer(&mut self, a: &Answer<'_>, connection: ConnectionHeader) {
+        let head_only = self.req.method == Method::Head;
+        self.out.clear();
+        a.write(connection, head_only, &mut self.out);
+        self.record.status = a.status;
+        self.record.response_body = if head_only { 0 } else { a.content_length() };
     }
 
     fn response(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
@@ -1620,13 +1624,10 @@ impl Exchange {
     /// Answers a request that cannot be processed; the connection closes after it.
     fn reject(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
         let date = env.date.date_line();
-        self.out.clear();
-        Answer::page(status, detail, &date).write(
+        self.write_answer(
+            &Answer::page(status, detail, &date),
             ConnectionHeader::Close,
-            self.req.method == Method::Head,
-            &mut self.out,
         );
-        self.record.status = status;
         self.record.error = Some(Error::BadRequest {
             status,
             detail: detail.to_string(),

@@ -216,8 +216,9 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
     let mut ex = Exchange::new(kind, "192.0.2.7".parse().unwrap());
     let mut closed = false;
     let mut exchanges = 0;
-    // The method of each exchange that answered, in order.
+    // The method of each exchange that answered, in order, and its record.
     let mut answered = Vec::new();
+    let mut records = Vec::new();
     let hints = std::cell::RefCell::new(super::SizeHints::new(cfg.routes.len()));
 
     while !closed {
@@ -469,6 +470,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
         assert_eq!(record.finish, Some(finish));
         if record.status != 0 {
             answered.push(record.method.unwrap_or(Method::Get));
+            records.push(record.clone());
         }
         closed = finish != Finish::KeepAlive;
     }
@@ -476,9 +478,9 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
         eprintln!("{specs:?}");
     }
     if raw_client.is_none() {
-        check_answers(&specs, &to_client, &servers);
+        check_answers(&specs, &to_client, &servers, &records);
     } else {
-        check_well_formed(&to_client, &answered);
+        check_well_formed(&to_client, &answered, &records);
     }
 }
 
@@ -852,8 +854,45 @@ fn answers(bytes: &[u8], methods: &mut dyn Iterator<Item = Method>) -> (Vec<Answ
     (out, true)
 }
 
-fn check_answers(specs: &[Spec], to_client: &[u8], servers: &Servers) {
+/// Each exchange's record says what its client saw: the status, the body bytes, and whether
+/// something failed.
+fn check_records(got: &[Answer], whole: bool, records: &[EndRecord]) {
+    assert_eq!(got.len(), records.len(), "one record per answer");
+    for (i, (a, r)) in got.iter().zip(records).enumerate() {
+        assert_eq!(
+            r.status, a.status,
+            "the record's status is the one the client got"
+        );
+        let complete = whole || i + 1 < got.len();
+        if complete {
+            assert_eq!(
+                r.response_body,
+                a.body.len() as u64,
+                "the record counts the body the client got ({} {:?})",
+                a.status,
+                r.error
+            );
+        } else {
+            assert!(
+                matches!(r.error, Some(Error::ResponseBody(_))),
+                "an answer cut short is recorded as failed: {:?}",
+                r.error
+            );
+        }
+        match a.status {
+            // The proxy's own error answers (the upstream's carry their request's id).
+            500..=599 | 400 if a.id.is_none() => {
+                assert!(r.error.is_some(), "a {} without its cause", a.status)
+            }
+            200 if complete => assert!(r.error.is_none(), "a complete 200 with {:?}", r.error),
+            _ => {}
+        }
+    }
+}
+
+fn check_answers(specs: &[Spec], to_client: &[u8], servers: &Servers, records: &[EndRecord]) {
     let (got, whole) = answers(to_client, &mut specs.iter().map(|s| s.method));
+    check_records(&got, whole, records);
     assert!(
         got.iter().all(|a| !a.close_delimited),
         "an HTTP/1.1 client never gets a close-delimited body"
@@ -920,9 +959,10 @@ fn check_answers(specs: &[Spec], to_client: &[u8], servers: &Servers) {
 
 /// With raw client bytes only the shape is checked: whatever the client sent, it gets
 /// well-formed responses.
-fn check_well_formed(to_client: &[u8], methods: &[Method]) {
-    let (got, _) = answers(to_client, &mut methods.iter().copied());
+fn check_well_formed(to_client: &[u8], methods: &[Method], records: &[EndRecord]) {
+    let (got, whole) = answers(to_client, &mut methods.iter().copied());
     assert!(got.len() <= methods.len());
+    check_records(&got, whole, records);
 }
 
 #[cfg(test)]

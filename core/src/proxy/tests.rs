@@ -891,3 +891,36 @@ fn a_client_no_cache_does_not_replace_a_fresh_entry_at_will() {
     let hit = c.deliver(&mut ex);
     assert!(hit.ends_with("good") && hit.contains("; hit;"), "{hit}");
 }
+
+#[test]
+fn vary_selects_the_stored_response_by_the_request_fields_it_names() {
+    let c = C::new();
+    let gzip = b"GET /a HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n";
+    let plain = b"GET /a HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n";
+    let mut ex = c.exchange(gzip);
+    c.fetch(
+        &mut ex,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nVary: Accept-Encoding\r\nContent-Length: 2\r\n\r\ngz",
+    );
+    let first = c.deliver(&mut ex);
+    assert!(
+        first.contains("; stored\r\n") && first.ends_with("\r\n\r\ngz"),
+        "{first}"
+    );
+    // Another Accept-Encoding: the stored response is not this request's, so it goes on.
+    let mut ex = c.exchange(plain);
+    assert!(
+        matches!(C::next(&mut ex), Action::Pick { .. }),
+        "a Vary mismatch must not be answered from the cache"
+    );
+    assert!(!ex.end_record().cache_hit);
+    // The same one (in another spelling of the field's name): a hit.
+    let mut ex = c.exchange(b"GET /a HTTP/1.1\r\nHost: x\r\naccept-encoding: gzip\r\n\r\n");
+    let hit = c.deliver(&mut ex);
+    assert!(
+        hit.contains("Cache-Status: ringway; hit") && hit.ends_with("gz"),
+        "{hit}"
+    );
+    assert!(ex.end_record().cache_hit);
+    assert_eq!(ex.end_record().status, 200);
+}
