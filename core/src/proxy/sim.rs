@@ -101,6 +101,10 @@ struct Spec {
     id: usize,
     kind: Kind,
     method: Method,
+    /// The target as the upstream should get it.
+    target: String,
+    /// `X-V` (the cached simulation's responses may vary on it); 0: none sent.
+    vary: u8,
 }
 
 /// One upstream connection as the simulated server sees it.
@@ -141,18 +145,48 @@ struct Servers {
     seen: HashMap<usize, u32>,
     /// Request id → the body length of the last 200 sent for it.
     sent: HashMap<usize, usize>,
+    /// Request id → what the last 200 for it said to caches.
+    said: HashMap<usize, Said>,
     pool: Vec<Vec<UpConn>>,
+    /// Request id → its target and `X-V` (the cached simulation's).
+    targets: HashMap<usize, (String, u8)>,
+}
+
+/// What a response told caches.
+#[derive(Clone, Copy, Debug, Default)]
+struct Said {
+    vary: bool,
+    no_store: bool,
+    cookie: bool,
+}
+
+/// Which listener and rules a simulated connection runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sim {
+    Reverse,
+    Forward,
+    /// A reverse proxy whose route caches: requests share a few targets, responses say how
+    /// they may be stored, another connection sometimes holds a key's fetch.
+    Cached,
 }
 
 /// A connection's worth of simulation; panics when an invariant breaks.
 pub fn run_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
-    run(c, raw_client, false);
+    run(c, raw_client, Sim::Reverse);
 }
 
 /// The same through a forward-proxy listener: requests in absolute form to `hN.test`, which
 /// the simulated resolver maps to server N (or fails to resolve).
 pub fn run_forward_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
-    run(c, raw_client, true);
+    run(c, raw_client, Sim::Forward);
+}
+
+/// The same with the cache on the route. Besides the invariants above: a stored response is
+/// served only to a request for the same target (and the same `X-V` when it varies on it),
+/// never after an unsafe request to that target succeeded, never when it said `no-store` or
+/// set a cookie; and the record tells a hit from a fetch.
+pub fn run_cached_connection(c: &mut dyn Choices, raw_client: Option<&[u8]>) {
+    run(c, raw_client, Sim::Cached);
 }
 
 /// The server a simulated destination address stands for.
@@ -166,17 +200,26 @@ fn server_of(to: UpstreamKey) -> usize {
     }
 }
 
-fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
+fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
     #[allow(clippy::disallowed_methods)]
     let start = Instant::now();
-    let text = if forward {
-        CONFIG.replace(
-            "listen = [\"127.0.0.1:8080\"]",
-            "listen = [{ addr = \"127.0.0.1:8080\", forward = true }]",
-        ) + "\n[[forward.rules]]\naction = \"allow\"\nclients = [\"0.0.0.0/0\"]\n"
-    } else {
-        CONFIG.to_string()
+    let forward = sim == Sim::Forward;
+    let text = match sim {
+        Sim::Forward => {
+            CONFIG.replace(
+                "listen = [\"127.0.0.1:8080\"]",
+                "listen = [{ addr = \"127.0.0.1:8080\", forward = true }]",
+            ) + "\n[[forward.rules]]\naction = \"allow\"\nclients = [\"0.0.0.0/0\"]\n"
+        }
+        Sim::Cached => format!("{CONFIG}\n[cache]\nsize = \"8m\"\n"),
+        Sim::Reverse => CONFIG.to_string(),
     };
+    let shard = std::cell::RefCell::new(crate::cache::Shard::new(4 << 20));
+    let epochs = crate::cache::Epochs::default();
+    let cache = (sim == Sim::Cached).then_some(CacheRef {
+        shard: &shard,
+        epochs: &epochs,
+    });
     let cfg = Config::parse("sim.toml", &text).expect("the simulation's config is valid");
     let mut group = GroupState::new(&cfg.upstreams[0], 0);
     let date = DateLine::at(1_700_000_000);
@@ -193,7 +236,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                 let last = id + 1 == n;
                 // Requests after a refused one stay in the stream: they must never be
                 // forwarded or answered.
-                specs.push(request(c, id, last, forward, &mut bytes));
+                specs.push(request(c, id, last, sim, &mut bytes));
             }
             bytes
         }
@@ -204,6 +247,10 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
     let mut to_client: Vec<u8> = Vec::new();
     let mut servers = Servers {
         pool: (0..3).map(|_| Vec::new()).collect(),
+        targets: specs
+            .iter()
+            .map(|s| (s.id, (s.target.clone(), s.vary)))
+            .collect(),
         ..Servers::default()
     };
     let mut up: Option<UpConn> = None;
@@ -225,6 +272,14 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
         exchanges += 1;
         assert!(exchanges < 64, "more exchanges than requests");
         ex.begin(&cfg, now);
+        // Another connection is fetching one of the targets.
+        let mut foreign: Option<Vec<u8>> = None;
+        if sim == Sim::Cached && c.chance(15) {
+            let key = format!("~app\0http://sim/app/c{}", c.below(3)).into_bytes();
+            if shard.borrow_mut().try_fill(&key) {
+                foreign = Some(key);
+            }
+        }
         let mut steps = 0;
         let finish = loop {
             steps += 1;
@@ -234,7 +289,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                 date: &date,
                 draining: false,
                 auth: None,
-                cache: None,
+                cache,
                 hints: Some(&hints),
             };
             let action = ex.poll_action();
@@ -265,9 +320,35 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     to_client.extend_from_slice(ex.out());
                     ex.handle_client_written(true, now);
                 }
-                Action::WaitFill => unreachable!("the simulation runs without a cache"),
+                Action::WaitFill => {
+                    let key = foreign
+                        .as_deref()
+                        .expect("only another's fetch is waited for");
+                    assert_eq!(ex.cache_key(), key, "waits for the key it asked for");
+                    if c.chance(50) {
+                        // The other fetch ends.
+                        shard.borrow_mut().end_fill(key);
+                        foreign = None;
+                        ex.handle_fill_done(&env, now);
+                    } else {
+                        now = deadline(&ex);
+                        ex.handle_timeout(&env, now);
+                    }
+                }
                 Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
-                Action::FetchBody(_) => unreachable!("the simulation runs without a cache"),
+                Action::FetchBody(mut plan) => {
+                    let conn = up.as_mut().expect("connected");
+                    let mut src = std::mem::take(&mut conn.pending);
+                    let eof = conn.eof;
+                    let mut spos = 0;
+                    let mut tee = plan.tee.take();
+                    let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
+                    let r = body(c, &mut plan, &mut ubuf, &src, &mut spos, None, !eof, stage);
+                    src.drain(..spos);
+                    up.as_mut().unwrap().pending = src;
+                    let leftover = ubuf.len();
+                    ex.handle_body_fetched(r, leftover, tee, &env, now);
+                }
                 Action::WriteStored { entry, range, .. } => {
                     to_client.extend_from_slice(ex.out());
                     to_client.extend_from_slice(&entry.body[range]);
@@ -278,7 +359,9 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     ex.handle_client_written(true, now);
                 }
                 Action::DiscardBody(mut plan) => {
-                    let r = body(c, &mut plan, &mut inbuf, &client, &mut cpos, None, false);
+                    let r = body(
+                        c, &mut plan, &mut inbuf, &client, &mut cpos, None, false, None,
+                    );
                     ex.handle_request_body(r, &env, now);
                 }
                 Action::Pick { group: g, key } => {
@@ -379,6 +462,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                         &mut cpos,
                         Some(&mut sink),
                         false,
+                        None,
                     );
                     up.as_mut().unwrap().received = sink;
                     ex.handle_request_body(r, &env, now);
@@ -392,7 +476,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                         } else {
                             "sim".to_string()
                         };
-                        respond(c, conn, strict, &host, &mut servers.seen, &mut servers.sent);
+                        respond(c, conn, strict, &host, sim, &mut servers);
                         if !conn.pending.is_empty() {
                             let mut k = piece(c, conn.pending.len());
                             if let (Some(m), true) = (max, ubuf.is_empty()) {
@@ -421,6 +505,8 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     let mut src = std::mem::take(&mut conn.pending);
                     let eof = conn.eof;
                     let mut spos = 0;
+                    let mut tee = plan.tee.take();
+                    let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
                     let r = body(
                         c,
                         &mut plan,
@@ -429,11 +515,12 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                         &mut spos,
                         Some(&mut to_client),
                         !eof,
+                        stage,
                     );
                     src.drain(..spos);
                     up.as_mut().unwrap().pending = src;
                     let leftover = ubuf.len();
-                    ex.handle_response_body(r, leftover, plan.tee.take(), &env, now);
+                    ex.handle_response_body(r, leftover, tee, &env, now);
                 }
                 Action::Release { to, then } => {
                     let server = server_of(to);
@@ -460,6 +547,15 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
                     if let Some(s) = in_flight.take() {
                         group.done(s);
                     }
+                    // What io does when an exchange ends: its claim on a fetch goes.
+                    ex.release_fill(&env);
+                    assert!(
+                        ex.take_refresh().is_none(),
+                        "no stale-while-revalidate here"
+                    );
+                    if let Some(key) = foreign.take() {
+                        shard.borrow_mut().end_fill(&key);
+                    }
                     up = None;
                     ubuf.clear();
                     break f;
@@ -479,6 +575,9 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, forward: bool) {
     }
     if raw_client.is_none() {
         check_answers(&specs, &to_client, &servers, &records);
+        if sim == Sim::Cached {
+            check_cache(&specs, &to_client, &servers, &records);
+        }
     } else {
         check_well_formed(&to_client, &answered, &records);
     }
@@ -501,6 +600,7 @@ fn deadline(ex: &Exchange) -> Instant {
 /// Moves a body as io would: decode with the plan's transcoder, reading random pieces of
 /// `src` after what `buf` holds. `stall`: the source sends nothing more after `src` (a
 /// timeout), else it closes.
+#[allow(clippy::too_many_arguments)] // io's relay, spelled out
 fn body(
     c: &mut dyn Choices,
     plan: &mut BodyPlan,
@@ -509,16 +609,30 @@ fn body(
     spos: &mut usize,
     mut sink: Option<&mut Vec<u8>>,
     stall: bool,
+    mut stage: Option<&mut dyn crate::http::body::Stage>,
 ) -> Result<u64, BodyFail> {
     let mut out = Vec::new();
+    let mut tmp = Vec::new();
     loop {
         out.clear();
-        let s = plan.body.step(buf, &mut out).map_err(BodyFail::Source)?;
+        let (consumed, pass) = match stage.as_deref_mut() {
+            None => {
+                let s = plan.body.step(buf, &mut out).map_err(BodyFail::Source)?;
+                (s.consumed, s.pass)
+            }
+            Some(st) => {
+                let n = plan
+                    .body
+                    .step_through(buf, st, &mut tmp, &mut out)
+                    .map_err(BodyFail::Source)?;
+                (n, 0..0)
+            }
+        };
         if let Some(sink) = sink.as_deref_mut() {
-            sink.extend_from_slice(&buf[s.pass.clone()]);
+            sink.extend_from_slice(&buf[pass]);
             sink.extend_from_slice(&out);
         }
-        buf.drain(..s.consumed);
+        buf.drain(..consumed);
         if plan.body.is_done() {
             return Ok(plan.body.total());
         }
@@ -527,9 +641,11 @@ fn body(
                 return Err(BodyFail::SourceTimeout);
             }
             out.clear();
-            plan.body
-                .finish_at_eof(&mut out)
-                .map_err(BodyFail::Source)?;
+            match stage.as_deref_mut() {
+                None => plan.body.finish_at_eof(&mut out),
+                Some(st) => plan.body.finish_at_eof_through(st, &mut tmp, &mut out),
+            }
+            .map_err(BodyFail::Source)?;
             if let Some(sink) = sink.as_deref_mut() {
                 sink.extend_from_slice(&out);
             }
@@ -542,7 +658,8 @@ fn body(
 }
 
 /// Appends a random request with id `id` to `out`.
-fn request(c: &mut dyn Choices, id: usize, last: bool, forward: bool, out: &mut Vec<u8>) -> Spec {
+fn request(c: &mut dyn Choices, id: usize, last: bool, sim: Sim, out: &mut Vec<u8>) -> Spec {
+    let forward = sim == Sim::Forward;
     let close = if last && c.chance(50) {
         "Connection: close\r\n"
     } else {
@@ -562,14 +679,31 @@ fn request(c: &mut dyn Choices, id: usize, last: bool, forward: bool, out: &mut 
         Kind::Fixed | Kind::Nothing if forward => Kind::App,
         k => k,
     };
-    let path = match kind {
-        Kind::App | Kind::Invalid if forward => {
-            format!("http://h{}.test/app/./x/../{id}", c.below(4))
+    // The cached simulation's requests share three targets.
+    let shared = c.below(3);
+    let (path, target) = match kind {
+        Kind::App | Kind::Invalid if forward => (
+            format!("http://h{}.test/app/./x/../{id}", c.below(4)),
+            format!("/app/./x/../{id}"),
+        ),
+        Kind::App | Kind::Invalid if sim == Sim::Cached => {
+            (format!("/app/./x/../c{shared}"), format!("/app/c{shared}"))
         }
-        Kind::App | Kind::Invalid => format!("/app/./x/../{id}"),
-        Kind::Fixed => "/fixed".to_string(),
-        Kind::Nothing => format!("/nothing/{id}"),
+        Kind::App | Kind::Invalid => (format!("/app/./x/../{id}"), format!("/app/{id}")),
+        Kind::Fixed => ("/fixed".to_string(), String::new()),
+        Kind::Nothing => (format!("/nothing/{id}"), String::new()),
     };
+    let mut extra = String::new();
+    let mut vary = 0;
+    if sim == Sim::Cached {
+        if c.chance(50) {
+            vary = 1 + c.below(2) as u8;
+            extra.push_str(&format!("X-V: {vary}\r\n"));
+        }
+        if c.chance(10) {
+            extra.push_str("Cache-Control: no-cache\r\n");
+        }
+    }
     let name = match method {
         Method::Get => "GET",
         Method::Head => "HEAD",
@@ -577,7 +711,7 @@ fn request(c: &mut dyn Choices, id: usize, last: bool, forward: bool, out: &mut 
         _ => "PUT",
     };
     out.extend_from_slice(
-        format!("{name} {path} HTTP/1.1\r\nHost: sim\r\nX-Id: {id}\r\n{close}").as_bytes(),
+        format!("{name} {path} HTTP/1.1\r\nHost: sim\r\nX-Id: {id}\r\n{extra}{close}").as_bytes(),
     );
     match (kind, method) {
         (Kind::Invalid, _) => {
@@ -608,7 +742,13 @@ fn request(c: &mut dyn Choices, id: usize, last: bool, forward: bool, out: &mut 
         }
         _ => out.extend_from_slice(b"\r\n"),
     }
-    Spec { id, kind, method }
+    Spec {
+        id,
+        kind,
+        method,
+        target,
+        vary,
+    }
 }
 
 fn pattern(id: usize, n: usize) -> Vec<u8> {
@@ -621,8 +761,8 @@ fn respond(
     conn: &mut UpConn,
     strict: bool,
     host: &str,
-    seen: &mut HashMap<usize, u32>,
-    sent: &mut HashMap<usize, usize>,
+    sim: Sim,
+    servers: &mut Servers,
 ) {
     if conn.answered {
         return;
@@ -665,11 +805,7 @@ fn respond(
         );
         // A reverse proxy sends the normalised path; a forward proxy the one the client sent
         // (RFC 9110 §7.7).
-        let sent = if host == "sim" {
-            format!("/app/{id}")
-        } else {
-            format!("/app/./x/../{id}")
-        };
+        let sent = &servers.targets[&id].0;
         assert_eq!(
             head.target.get(req),
             sent.as_bytes(),
@@ -680,15 +816,56 @@ fn respond(
     } else {
         id.unwrap_or(usize::MAX)
     };
+    // A revalidation of a stored response: sometimes still valid.
+    let validator = crate::http::find_header(req, &hs, b"if-none-match").and_then(|v| {
+        std::str::from_utf8(v)
+            .ok()?
+            .strip_prefix("\"e")?
+            .strip_suffix('"')?
+            .parse::<usize>()
+            .ok()
+    });
     conn.received.clear();
-    *seen.entry(id).or_default() += 1;
+    *servers.seen.entry(id).or_default() += 1;
+    if let (Some(stored), true) = (validator, c.chance(60)) {
+        let p = &mut conn.pending;
+        p.extend_from_slice(
+            format!("HTTP/1.1 304 Not Modified\r\nETag: \"e{stored}\"\r\nCache-Control: max-age=0\r\n\r\n").as_bytes(),
+        );
+        return;
+    }
+    // What the response tells caches (the cached simulation's).
+    let mut said = Said::default();
+    let cache_fields = if sim == Sim::Cached {
+        match c.below(6) {
+            0 => String::new(),
+            1 => "Cache-Control: max-age=60\r\n".to_string(),
+            2 => {
+                said.vary = true;
+                "Cache-Control: max-age=60\r\nVary: X-V\r\n".to_string()
+            }
+            3 => format!("Cache-Control: max-age=0\r\nETag: \"e{id}\"\r\n"),
+            4 => {
+                said.no_store = true;
+                "Cache-Control: max-age=60, no-store\r\n".to_string()
+            }
+            _ => {
+                said.cookie = true;
+                format!("Cache-Control: max-age=60\r\nSet-Cookie: s={id}\r\n")
+            }
+        }
+    } else {
+        String::new()
+    };
+    let sent = &mut servers.sent;
+    servers.said.insert(id, said);
 
     let n = c.below(20_000) as usize;
     let body = answer_body(id, n);
     let head_only = head.method == Method::Head;
     let payload: &[u8] = if head_only { b"" } else { &body };
     let p = &mut conn.pending;
-    let ok_head = format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\nContent-Length: {n}\r\n");
+    let ok_head = format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\n{cache_fields}Content-Length: {n}\r\n");
     match c.below(100) {
         0..=54 => {
             p.extend_from_slice(format!("{ok_head}\r\n").as_bytes());
@@ -697,7 +874,7 @@ fn respond(
         }
         55..=62 => {
             p.extend_from_slice(
-                format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\nTransfer-Encoding: chunked\r\n\r\n")
+                format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\n{cache_fields}Transfer-Encoding: chunked\r\n\r\n")
                     .as_bytes(),
             );
             if !head_only {
@@ -780,6 +957,9 @@ struct Answer {
     status: u16,
     id: Option<usize>,
     body: Vec<u8>,
+    /// It carried `Age` (a stored response).
+    aged: bool,
+    cookie: Option<Vec<u8>>,
 }
 
 /// Splits what the client received into final responses (skipping interim ones).
@@ -823,6 +1003,8 @@ fn answers(bytes: &[u8], methods: &mut dyn Iterator<Item = Method>) -> (Vec<Answ
                     status: head.status,
                     id: None,
                     body: bytes[pos..].to_vec(),
+                    aged: false,
+                    cookie: None,
                 });
                 return (out, true);
             }
@@ -842,6 +1024,8 @@ fn answers(bytes: &[u8], methods: &mut dyn Iterator<Item = Method>) -> (Vec<Answ
                 status: head.status,
                 id,
                 body: data,
+                aged: crate::http::find_header(b, &hs, b"age").is_some(),
+                cookie: crate::http::find_header(b, &hs, b"set-cookie").map(<[u8]>::to_vec),
             });
             if !whole {
                 // Cut short: the proxy closed the connection (the upstream failed mid-body).
@@ -911,13 +1095,18 @@ fn check_answers(specs: &[Spec], to_client: &[u8], servers: &Servers, records: &
             }
             Kind::App => match a.status {
                 200 => {
-                    assert_eq!(
-                        a.id,
-                        Some(spec.id),
+                    // Another request's response only when it was stored (see check_cache).
+                    let from = a.id.expect("a 200 names its request");
+                    assert!(
+                        from == spec.id || a.aged,
                         "request {} got another's response",
                         spec.id
                     );
-                    let n = servers.sent[&spec.id];
+                    let n = servers.sent[&from];
+                    let spec = &Spec {
+                        id: from,
+                        ..spec.clone()
+                    };
                     if spec.method == Method::Head {
                         assert!(a.body.is_empty());
                     } else if whole || !last {
@@ -957,6 +1146,50 @@ fn check_answers(specs: &[Spec], to_client: &[u8], servers: &Servers, records: &
     }
 }
 
+/// The cache's invariants: what was served from the store was stored for that target (and
+/// `X-V`, when it varies), after no successful unsafe request to it, and never a response that
+/// said `no-store` or set a cookie; the record says which answers were hits.
+fn check_cache(specs: &[Spec], to_client: &[u8], servers: &Servers, records: &[EndRecord]) {
+    let (got, _) = answers(to_client, &mut specs.iter().map(|s| s.method));
+    for (i, (spec, a)) in specs.iter().zip(&got).enumerate() {
+        if spec.kind != Kind::App || a.status != 200 {
+            continue;
+        }
+        let from = a.id.expect("a 200 names its request");
+        let stored = &specs[from];
+        if from != spec.id {
+            assert!(from < spec.id, "served a response from the future");
+            assert_eq!(
+                stored.target, spec.target,
+                "served another target's response"
+            );
+            let said = servers.said[&from];
+            assert!(!said.no_store, "served a no-store response");
+            assert!(!said.cookie, "served a response that set a cookie");
+            if said.vary {
+                assert_eq!(stored.vary, spec.vary, "served a response varying on X-V");
+            }
+            assert!(a.cookie.is_none(), "a stored response carries a cookie");
+            // An unsafe request to the target that succeeded in between invalidated it.
+            for (other, b) in specs.iter().zip(&got).take(spec.id).skip(from + 1) {
+                let unsafe_ok = !other.method.is_idempotent()
+                    && other.kind == Kind::App
+                    && other.target == spec.target
+                    && b.status < 400
+                    && b.id == Some(other.id);
+                assert!(
+                    !unsafe_ok,
+                    "served {from} after {} changed the target",
+                    other.id
+                );
+            }
+        }
+        if records[i].cache_hit {
+            assert!(a.aged, "a hit carries its Age");
+        }
+    }
+}
+
 /// With raw client bytes only the shape is checked: whatever the client sent, it gets
 /// well-formed responses.
 fn check_well_formed(to_client: &[u8], methods: &[Method], records: &[EndRecord]) {
@@ -980,6 +1213,19 @@ mod tests {
                 panic!(
                     "simulation seed {seed} failed (rerun: run_connection(&mut Rng({seed}), None))"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_every_invariant_too() {
+        for seed in 0..2000u64 {
+            let mut rng = Rng(seed);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_cached_connection(&mut rng, None)
+            }));
+            if r.is_err() {
+                panic!("cached simulation seed {seed} failed (rerun: run_cached_connection(&mut Rng({seed}), None))");
             }
         }
     }
