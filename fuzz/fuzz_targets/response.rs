@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             Added {
                 date: Some(&date),
                 via: true,
+                cache_status: None,
             },
             &mut out,
         );

@@ -6,13 +6,11 @@
 //! passes, the operation is cancelled and the buffer goes with it: the caller gets an empty
 //! `Vec` back and closes the connection.
 
-use std::io;
-
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::deadline::Limit;
+use crate::deadline::{IoFail, Limit};
 
 /// Size of the read buffers an exchange uses. Heads up to the configured limit grow past it.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -23,22 +21,6 @@ pub(crate) const BUF_SIZE: usize = 16 * 1024;
 /// `proxy_buffers 8 16k`: 385–460) by moving a body in a quarter of the reads and writes. Held
 /// only while a body moves: an idle connection gives it back to the worker's spares.
 pub(crate) const RELAY_BUF: usize = 4 * BUF_SIZE;
-
-/// Why an IO operation with a timeout failed.
-#[derive(Debug)]
-pub(crate) enum IoFail {
-    Timeout,
-    Io(io::Error),
-}
-
-impl std::fmt::Display for IoFail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Timeout => f.write_str("timed out"),
-            Self::Io(e) => write!(f, "{e}"),
-        }
-    }
-}
 
 /// Reads once into `buf[len..len + max]` (bounded by capacity), appending. Returns bytes read;
 /// 0 means the peer closed.

@@ -4,14 +4,14 @@
 
 use std::rc::Rc;
 
-use monoio::buf::IoVecBuf;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use ringway_core::cache::Entry;
 use ringway_core::config::Config;
 
-use crate::buf::IoFail;
+use crate::deadline::IoFail;
 use crate::deadline::Limit;
+use crate::sys::HitBuf;
 
 /// A purge the admin listener asks of every worker; each replies with how many stored
 /// responses it removed.
@@ -29,49 +29,6 @@ pub(crate) fn budget(cfg: &Config, workers: usize) -> usize {
     })
 }
 
-/// A hit's head and the stored body, as one vectored write. Owned by the operation until it
-/// completes (also when a timeout cancels it), so the kernel never reads freed memory.
-struct HitBuf {
-    head: Vec<u8>,
-    /// Kept alive for the kernel: the second iovec points into its body.
-    #[allow(dead_code)]
-    entry: Rc<Entry>,
-    /// Boxed so that the array stays put while the value moves.
-    iov: Box<[libc::iovec; 2]>,
-}
-
-impl HitBuf {
-    /// The bytes from offset `off` of head + `body`, where `body` is the stored body's `range`.
-    fn new(head: Vec<u8>, entry: Rc<Entry>, range: &std::ops::Range<usize>, off: usize) -> Self {
-        let body = &entry.body[range.clone()];
-        let (h, b) = (head.len(), body.len());
-        let (hs, bs) = if off < h { (off, 0) } else { (h, off - h) };
-        let iov = Box::new([
-            libc::iovec {
-                iov_base: head[hs..].as_ptr() as *mut libc::c_void,
-                iov_len: h - hs,
-            },
-            libc::iovec {
-                iov_base: body[bs..].as_ptr() as *mut libc::c_void,
-                iov_len: b - bs,
-            },
-        ]);
-        Self { head, entry, iov }
-    }
-}
-
-// SAFETY: the iovecs point into `head` and `entry.body`, both owned by the value and never
-// changed while it lives; the array itself is boxed, so its address is stable.
-unsafe impl IoVecBuf for HitBuf {
-    fn read_iovec_ptr(&self) -> *const libc::iovec {
-        self.iov.as_ptr()
-    }
-
-    fn read_iovec_len(&self) -> usize {
-        2
-    }
-}
-
 /// Writes `head` then the body of `entry` on a plain socket, in as few `writev`s as the socket
 /// takes; `head` comes back (emptied of nothing) for reuse.
 pub(crate) async fn write_hit(
@@ -87,7 +44,7 @@ pub(crate) async fn write_hit(
     while off < total {
         let buf = HitBuf::new(h, entry.clone(), &range, off);
         let (res, buf) = limit.run(s.writev(buf)).await?;
-        h = buf.head;
+        h = buf.into_head();
         match res {
             Ok(0) => {
                 *head = h;

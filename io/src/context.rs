@@ -112,11 +112,7 @@ impl Worker {
         }
         if self.busy_since_trim.replace(false) {
             self.bufs.borrow_mut().clear();
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::sys::trim_heap();
         }
     }
 

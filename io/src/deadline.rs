@@ -18,7 +18,21 @@ use std::time::{Duration, Instant};
 
 use monoio::time::Sleep;
 
-use crate::buf::IoFail;
+/// Why an IO operation with a timeout failed.
+#[derive(Debug)]
+pub(crate) enum IoFail {
+    Timeout,
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for IoFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("timed out"),
+            Self::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 /// Bounds an IO operation in time.
 pub(crate) trait Limit: Copy {
@@ -41,7 +55,9 @@ impl Limit for Duration {
     }
 
     fn run<F: Future>(self, f: F) -> impl Future<Output = Result<F::Output, IoFail>> {
-        Elapsed(monoio::time::timeout(self, f))
+        Elapsed {
+            t: monoio::time::timeout(self, f),
+        }
     }
 }
 
@@ -57,10 +73,9 @@ impl Limit for At {
     }
 
     fn run<F: Future>(self, f: F) -> impl Future<Output = Result<F::Output, IoFail>> {
-        Elapsed(monoio::time::timeout_at(
-            monoio::time::Instant::from_std(self.0),
-            f,
-        ))
+        Elapsed {
+            t: monoio::time::timeout_at(monoio::time::Instant::from_std(self.0), f),
+        }
     }
 }
 
@@ -101,22 +116,23 @@ impl Limit for &Deadline {
     }
 }
 
-/// An operation bounded by a connection's [`Deadline`]. Written out rather than as an `async`
-/// block, which would hold the operation's future twice (as its argument and pinned).
-struct Bounded<'a, F> {
-    f: F,
-    deadline: &'a Deadline,
+pin_project_lite::pin_project! {
+    /// An operation bounded by a connection's [`Deadline`]. Written out rather than as an
+    /// `async` block, which would hold the operation's future twice (as its argument and
+    /// pinned).
+    struct Bounded<'a, F> {
+        #[pin]
+        f: F,
+        deadline: &'a Deadline,
+    }
 }
 
 impl<F: Future> Future for Bounded<'_, F> {
     type Output = Result<F::Output, IoFail>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `f` is pinned with `self` and never moved out of it; `deadline` is a shared
-        // reference.
-        let this = unsafe { self.get_unchecked_mut() };
-        let f = unsafe { Pin::new_unchecked(&mut this.f) };
-        if let Poll::Ready(v) = f.poll(cx) {
+        let this = self.project();
+        if let Poll::Ready(v) = this.f.poll(cx) {
             return Poll::Ready(Ok(v));
         }
         match this.deadline.sleep.borrow_mut().as_mut().poll(cx) {
@@ -126,15 +142,21 @@ impl<F: Future> Future for Bounded<'_, F> {
     }
 }
 
-/// monoio's timeout with its error as an [`IoFail`].
-struct Elapsed<T>(T);
+pin_project_lite::pin_project! {
+    /// monoio's timeout with its error as an [`IoFail`].
+    struct Elapsed<T> {
+        #[pin]
+        t: T,
+    }
+}
 
 impl<T: Future<Output = Result<O, monoio::time::error::Elapsed>>, O> Future for Elapsed<T> {
     type Output = Result<O, IoFail>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: the field is pinned with `self` and never moved out of it.
-        let t = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
-        t.poll(cx).map(|r| r.map_err(|_| IoFail::Timeout))
+        self.project()
+            .t
+            .poll(cx)
+            .map(|r| r.map_err(|_| IoFail::Timeout))
     }
 }

@@ -10,6 +10,8 @@
 //! how a body is framed, which route and server, what head to send on — is made by
 //! `ringway-core`.
 
+#![deny(unsafe_code)]
+
 mod admin;
 mod auth;
 mod board;
@@ -29,6 +31,8 @@ mod relay;
 mod server;
 mod splice;
 mod stream;
+#[allow(unsafe_code)]
+mod sys;
 mod tls;
 mod tunnel;
 mod upstream;

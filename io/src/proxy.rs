@@ -19,11 +19,12 @@ use ringway_core::proxy::{
 };
 use ringway_core::upstream::UpstreamKey;
 
-use crate::buf::{ensure_capacity, IoFail, BUF_SIZE};
+use crate::buf::{ensure_capacity, BUF_SIZE};
 use crate::context::Worker;
+use crate::deadline::IoFail;
 use crate::deadline::{Deadline, Limit};
 use crate::generation::{Generation, InFlight};
-use crate::relay::{relay, relay_spliced, RelayTimeouts};
+use crate::relay::{relay, relay_spliced, Moving, RelayTimeouts};
 use crate::stream::{HandshakeError, Stream, TlsStream};
 use crate::upstream::{open, ConnectError};
 
@@ -263,15 +264,18 @@ impl Conn {
                 }
                 Action::DiscardBody(mut plan) => {
                     let t = timeouts(&plan);
+                    let m = Moving {
+                        body: &mut plan.body,
+                        stage: None,
+                        t,
+                    };
                     let r = Box::pin(relay(
                         &mut self.client,
                         &mut self.inbuf,
-                        &mut plan.body,
                         None,
-                        None,
+                        m,
                         &mut self.scratch,
                         None,
-                        t,
                     ))
                     .await
                     .map_err(|e| e.into_body_fail());
@@ -463,18 +467,14 @@ impl Conn {
                     let mut tee = plan.tee.take();
                     let stage = tee.as_mut().map(|t| t as &mut dyn Stage);
                     let t = timeouts(&plan);
-                    let r = Box::pin(relay(
-                        up,
-                        &mut self.ubuf,
-                        &mut plan.body,
-                        None,
+                    let m = Moving {
+                        body: &mut plan.body,
                         stage,
-                        &mut self.scratch,
-                        None,
                         t,
-                    ))
-                    .await
-                    .map_err(|e| e.into_body_fail());
+                    };
+                    let r = Box::pin(relay(up, &mut self.ubuf, None, m, &mut self.scratch, None))
+                        .await
+                        .map_err(|e| e.into_body_fail());
                     let leftover = self.ubuf.len();
                     let now = self.tick();
                     self.ex
@@ -515,8 +515,7 @@ impl Conn {
     fn client_can_splice(&mut self) -> bool {
         if !self.client_nonblocking {
             if let Some(t) = self.client.tcp() {
-                use std::os::fd::AsRawFd;
-                match crate::splice::nonblocking(t.as_raw_fd()) {
+                match crate::splice::nonblocking(t) {
                     Ok(()) => self.client_nonblocking = true,
                     Err(e) => log::warn!("client {}: {e}", self.peer),
                 }
@@ -743,17 +742,12 @@ async fn move_body(
         // `Transcoder::splice_run`), when both ends are plain sockets.
         _ => {
             let pipes = (from.tcp().is_some() && to.tcp().is_some()).then_some(pipes);
-            relay(
-                from,
-                buf,
-                &mut plan.body,
-                Some(to),
+            let m = Moving {
+                body: &mut plan.body,
                 stage,
-                scratch,
-                pipes,
                 t,
-            )
-            .await
+            };
+            relay(from, buf, Some(to), m, scratch, pipes).await
         }
     };
     r.map_err(|e| e.into_body_fail())

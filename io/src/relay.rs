@@ -13,7 +13,8 @@ use monoio::net::TcpStream;
 use ringway_core::http::body::{BodyError, Stage, Transcoder};
 use ringway_core::proxy::BodyFail;
 
-use crate::buf::{write_range, IoFail};
+use crate::buf::write_range;
+use crate::deadline::IoFail;
 use crate::splice::{drain, fill, splice, Fixed, Pipe, Pipes, SpliceError};
 use crate::stream::Stream;
 
@@ -191,22 +192,28 @@ async fn frame_run(
     Ok(())
 }
 
+/// The body a relay moves: its framing, the stage it passes through (a cache tee, later a
+/// compressor), and the relay's idle limits.
+pub(crate) struct Moving<'a, 's> {
+    pub(crate) body: &'a mut Transcoder,
+    pub(crate) stage: Option<&'s mut dyn Stage>,
+    pub(crate) t: RelayTimeouts,
+}
+
 /// Relays one body from `from` (whose first bytes may already be in `buf`) to `to`, or
 /// discards it when `to` is `None`, framed as core's [`Transcoder`] says; through `stage` first
 /// when there is one (the body seam: a cache tee or a compressor). Returns the payload bytes
 /// moved. Bytes in `buf` past the body stay there. With `pipes`, no stage and plain sockets at
 /// both ends, the runs of payload the transcoder allows are spliced between the framing.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay(
     from: &mut Stream,
     buf: &mut Vec<u8>,
-    body: &mut Transcoder,
     mut to: Option<&mut Stream>,
-    mut stage: Option<&mut dyn Stage>,
+    m: Moving<'_, '_>,
     scratch: &mut Vec<u8>,
     pipes: Option<&Pipes>,
-    t: RelayTimeouts,
 ) -> Result<u64, RelayError> {
+    let Moving { body, mut stage, t } = m;
     // Between requests a connection keeps only a small input buffer (proxy.rs, `idle`): a
     // body gets a large one, so that it moves in large reads.
     if !body.is_done() {

@@ -11,7 +11,9 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::sys;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
@@ -34,25 +36,10 @@ pub(crate) struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Self> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // A larger pipe moves a large body in fewer rounds; if the system refuses (the
-        // per-user pipe budget), the default 64 KiB works too.
-        // SAFETY: fcntl on the descriptor pipe2 just returned.
-        unsafe {
-            libc::fcntl(fds[1], libc::F_SETPIPE_SZ, CHUNK as libc::c_int);
-        }
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by no one else.
-        Ok(unsafe {
-            Self {
-                r: OwnedFd::from_raw_fd(fds[0]),
-                w: OwnedFd::from_raw_fd(fds[1]),
-            }
-        })
+        let (r, w) = sys::pipe()?;
+        // A larger pipe moves a large body in fewer rounds.
+        sys::set_pipe_size(w.as_fd(), CHUNK);
+        Ok(Self { r, w })
     }
 }
 
@@ -83,9 +70,9 @@ pub(crate) enum SpliceError {
     /// The source ended before the bytes asked for.
     Truncated,
     /// Reading: an error, or nothing to read for the read timeout.
-    Source(crate::buf::IoFail),
+    Source(crate::deadline::IoFail),
     /// Writing: an error, or no room for the write timeout.
-    Destination(crate::buf::IoFail),
+    Destination(crate::deadline::IoFail),
 }
 
 /// How long a transfer waits for each side.
@@ -157,12 +144,12 @@ pub(crate) async fn fill(
     want: usize,
     waits: &impl Waits,
 ) -> Result<usize, SpliceError> {
-    use crate::buf::IoFail;
-    let (src, pw) = (from.as_raw_fd(), pipe.w.as_raw_fd());
+    use crate::deadline::IoFail;
+    let (src, pw) = (sys::fd(from), pipe.w.as_fd());
     let want = want.min(CHUNK);
     // The pipe is empty here, so EAGAIN means the socket has nothing.
     loop {
-        match splice_once(src, pw, want) {
+        match sys::splice(src, pw, want) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let Some(wait) = waits.read() else {
@@ -192,12 +179,12 @@ pub(crate) async fn drain(
     n: usize,
     waits: &impl Waits,
 ) -> Result<(), SpliceError> {
-    use crate::buf::IoFail;
-    let (pr, dst) = (pipe.r.as_raw_fd(), to.as_raw_fd());
+    use crate::deadline::IoFail;
+    let (pr, dst) = (pipe.r.as_fd(), sys::fd(to));
     // EAGAIN: the socket's buffer is full.
     let mut left = n;
     while left > 0 {
-        match splice_once(pr, dst, left) {
+        match sys::splice(pr, dst, left) {
             Ok(0) => {
                 return Err(SpliceError::Destination(IoFail::Io(
                     io::ErrorKind::WriteZero.into(),
@@ -221,38 +208,6 @@ pub(crate) async fn drain(
 /// Makes `fd` non-blocking (sockets accepted through io_uring are not), so that a splice that
 /// cannot proceed returns EAGAIN instead of blocking the worker. Once per connection: checking
 /// before every splice cost two `fcntl` calls per spliced response.
-pub(crate) fn nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an open descriptor with integer arguments only.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if flags & libc::O_NONBLOCK == 0 {
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// One non-blocking `splice(2)` of up to `len` bytes.
-fn splice_once(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both descriptors are open for the duration of the call (owned by the caller's
-    // streams and pipe); null offsets are what splice takes for sockets and pipes.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+pub(crate) fn nonblocking(s: &TcpStream) -> io::Result<()> {
+    sys::set_nonblocking(sys::fd(s))
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
-use crate::buf::{self, IoFail};
+use crate::buf;
+use crate::deadline::IoFail;
 use crate::deadline::Limit;
 
 /// Ciphertext read from the socket per read: one full TLS record plus its header.
@@ -193,21 +194,11 @@ impl Stream {
             Self::Tls(t) if t.plain > 0 || t.rx_pos < t.rx.len() => return Idle::Unrequested,
             Self::Tls(t) => &t.tcp,
         };
-        let mut b = 0u8;
-        // SAFETY: the descriptor is open (owned by `tcp`) and `b` is a valid one-byte buffer.
-        let n = unsafe {
-            libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(tcp),
-                (&mut b as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => Idle::Closed,
-            n if n > 0 => Idle::Unrequested,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Idle::Quiet,
-            _ => Idle::Closed,
+        match crate::sys::peek(crate::sys::fd(tcp)) {
+            Ok(0) => Idle::Closed,
+            Ok(_) => Idle::Unrequested,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Idle::Quiet,
+            Err(_) => Idle::Closed,
         }
     }
 

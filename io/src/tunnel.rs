@@ -10,7 +10,6 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -97,30 +96,20 @@ async fn direction(
         }
     }
     total += waits.moved.get();
-    // SAFETY: the descriptor is open (owned by `to`); SHUT_WR only ends the sending side.
-    unsafe {
-        libc::shutdown(to.as_raw_fd(), libc::SHUT_WR);
-    }
+    crate::sys::shutdown_write(crate::sys::fd(to));
     total
 }
 
 /// Writes all of `data` to a non-blocking socket, waiting for room through io_uring.
 async fn write_all(to: &TcpStream, mut data: &[u8], wait: Duration) -> io::Result<()> {
     while !data.is_empty() {
-        // SAFETY: `data` is a valid buffer for its length; the descriptor is open.
-        let n = unsafe {
-            libc::send(
-                to.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
+        let e = match crate::sys::send(crate::sys::fd(to), data) {
+            Ok(n) => {
+                data = &data[n..];
+                continue;
+            }
+            Err(e) => e,
         };
-        if n >= 0 {
-            data = &data[n as usize..];
-            continue;
-        }
-        let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock => {
                 monoio::time::timeout(wait, to.writable(true))

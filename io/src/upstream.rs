@@ -32,7 +32,7 @@ use monoio::net::TcpStream;
 
 use ringway_core::upstream::UpstreamKey;
 
-use crate::buf::IoFail;
+use crate::deadline::IoFail;
 use crate::stream::{HandshakeError, Idle, Stream, TlsStream};
 use crate::tls::Origination;
 
@@ -78,9 +78,7 @@ pub(crate) async fn open(
     let _ = tcp.set_nodelay(true);
     // Bodies and tunnels may be spliced from this connection (splice.rs).
     {
-        use std::os::fd::AsRawFd;
-        crate::splice::nonblocking(tcp.as_raw_fd())
-            .map_err(|e| ConnectError::Connect(IoFail::Io(e)))?;
+        crate::splice::nonblocking(&tcp).map_err(|e| ConnectError::Connect(IoFail::Io(e)))?;
     }
     let Some(o) = tls else {
         return Ok(Stream::Plain(tcp));
@@ -108,24 +106,8 @@ async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> std::io::Res
     let tcp = TcpStream::from_std(std::net::TcpStream::from(sock))?;
     tcp.writable(false).await?;
     // The outcome of a non-blocking connect is in SO_ERROR.
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the descriptor is open (owned by `tcp`); `err` and `len` are valid for writes of
-    // the sizes given.
-    let r = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&tcp),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if err != 0 {
-        return Err(std::io::Error::from_raw_os_error(err));
+    if let Some(e) = crate::sys::socket_error(crate::sys::fd(&tcp))? {
+        return Err(e);
     }
     Ok(tcp)
 }

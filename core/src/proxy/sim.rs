@@ -343,7 +343,12 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                     let mut spos = 0;
                     let mut tee = plan.tee.take();
                     let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
-                    let r = body(c, &mut plan, &mut ubuf, &src, &mut spos, None, !eof, stage);
+                    let feed = Feed {
+                        src: &src,
+                        pos: &mut spos,
+                        stall: !eof,
+                    };
+                    let r = body(c, &mut plan, &mut ubuf, feed, None, stage);
                     src.drain(..spos);
                     up.as_mut().unwrap().pending = src;
                     let leftover = ubuf.len();
@@ -359,9 +364,12 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                     ex.handle_client_written(true, now);
                 }
                 Action::DiscardBody(mut plan) => {
-                    let r = body(
-                        c, &mut plan, &mut inbuf, &client, &mut cpos, None, false, None,
-                    );
+                    let feed = Feed {
+                        src: &client,
+                        pos: &mut cpos,
+                        stall: false,
+                    };
+                    let r = body(c, &mut plan, &mut inbuf, feed, None, None);
                     ex.handle_request_body(r, &env, now);
                 }
                 Action::Pick { group: g, key } => {
@@ -454,16 +462,12 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                 Action::SendBody(mut plan) => {
                     let conn = up.as_mut().expect("connected");
                     let mut sink = std::mem::take(&mut conn.received);
-                    let r = body(
-                        c,
-                        &mut plan,
-                        &mut inbuf,
-                        &client,
-                        &mut cpos,
-                        Some(&mut sink),
-                        false,
-                        None,
-                    );
+                    let feed = Feed {
+                        src: &client,
+                        pos: &mut cpos,
+                        stall: false,
+                    };
+                    let r = body(c, &mut plan, &mut inbuf, feed, Some(&mut sink), None);
                     up.as_mut().unwrap().received = sink;
                     ex.handle_request_body(r, &env, now);
                 }
@@ -507,16 +511,12 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                     let mut spos = 0;
                     let mut tee = plan.tee.take();
                     let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
-                    let r = body(
-                        c,
-                        &mut plan,
-                        &mut ubuf,
-                        &src,
-                        &mut spos,
-                        Some(&mut to_client),
-                        !eof,
-                        stage,
-                    );
+                    let feed = Feed {
+                        src: &src,
+                        pos: &mut spos,
+                        stall: !eof,
+                    };
+                    let r = body(c, &mut plan, &mut ubuf, feed, Some(&mut to_client), stage);
                     src.drain(..spos);
                     up.as_mut().unwrap().pending = src;
                     let leftover = ubuf.len();
@@ -600,17 +600,26 @@ fn deadline(ex: &Exchange) -> Instant {
 /// Moves a body as io would: decode with the plan's transcoder, reading random pieces of
 /// `src` after what `buf` holds. `stall`: the source sends nothing more after `src` (a
 /// timeout), else it closes.
-#[allow(clippy::too_many_arguments)] // io's relay, spelled out
+/// Where a simulated body comes from: `src` from `pos` on, then a stall (`stall`) or the end.
+struct Feed<'a> {
+    src: &'a [u8],
+    pos: &'a mut usize,
+    stall: bool,
+}
+
 fn body(
     c: &mut dyn Choices,
     plan: &mut BodyPlan,
     buf: &mut Vec<u8>,
-    src: &[u8],
-    spos: &mut usize,
+    feed: Feed<'_>,
     mut sink: Option<&mut Vec<u8>>,
-    stall: bool,
     mut stage: Option<&mut dyn crate::http::body::Stage>,
 ) -> Result<u64, BodyFail> {
+    let Feed {
+        src,
+        pos: spos,
+        stall,
+    } = feed;
     let mut out = Vec::new();
     let mut tmp = Vec::new();
     loop {

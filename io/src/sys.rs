@@ -1,0 +1,201 @@
+//! Every system call io makes outside monoio and socket2, and every `unsafe` block of the crate,
+//! each with the invariant that makes it sound. The rest of io is `deny(unsafe_code)` and calls
+//! these safe functions.
+//!
+//! The invariants, in one place:
+//! - A descriptor passed in is open for the duration of the call: it is borrowed from the value
+//!   that owns it ([`BorrowedFd`]), which outlives the call.
+//! - A buffer passed in is valid for its length: it is a Rust slice.
+//! - Descriptors made here are owned at once ([`OwnedFd`]), so each is closed exactly once.
+//! - The iovecs of a [`HitBuf`] point into memory the value owns and never changes while it
+//!   lives; the array is boxed, so its address does not move with the value.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+use monoio::buf::IoVecBuf;
+use ringway_core::cache::Entry;
+
+/// The descriptor of a monoio stream, borrowed for as long as the stream is.
+pub(crate) fn fd(s: &monoio::net::TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: the stream owns its descriptor and keeps it open while it lives; the borrow is
+    // tied to the stream's.
+    unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by no one else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Asks for a pipe of `size` bytes; the system may refuse (the per-user pipe budget), and the
+/// default size works too, so the outcome is not reported.
+pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl on an open descriptor with integer arguments only.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size);
+    }
+}
+
+/// Makes `fd` non-blocking (sockets accepted through io_uring are not).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on an open descriptor with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// One non-blocking `splice(2)` of up to `len` bytes between a socket and a pipe.
+pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open for the duration of the call; null offsets are what
+    // splice takes for sockets and pipes.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Whether a byte waits on the socket, without taking it: `Ok(0)` when the peer closed,
+/// `Ok(1)` when one waits, `WouldBlock` when none does.
+pub(crate) fn peek(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut b = 0u8;
+    // SAFETY: the descriptor is open and `b` is a valid one-byte buffer.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Ends the sending side of a socket.
+pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) {
+    // SAFETY: the descriptor is open; SHUT_WR only ends the sending side.
+    unsafe {
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR);
+    }
+}
+
+/// One non-blocking `send(2)` of `data` (no SIGPIPE): the bytes taken.
+pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a valid buffer for its length; the descriptor is open.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// The pending error of a socket (`SO_ERROR`): the outcome of a non-blocking connect.
+pub(crate) fn socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor is open; `err` and `len` are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// Gives the heap's free memory back to the system (glibc keeps freed small blocks otherwise).
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A hit's head and the stored body, as one vectored write. Owned by the operation until it
+/// completes (also when a timeout cancels it), so the kernel never reads freed memory.
+pub(crate) struct HitBuf {
+    head: Vec<u8>,
+    /// Kept alive for the kernel: the second iovec points into its body.
+    #[allow(dead_code)]
+    entry: Rc<Entry>,
+    /// Boxed so that the array stays put while the value moves.
+    iov: Box<[libc::iovec; 2]>,
+}
+
+impl HitBuf {
+    /// The bytes from offset `off` of head + `body`, where `body` is the stored body's `range`.
+    pub(crate) fn new(
+        head: Vec<u8>,
+        entry: Rc<Entry>,
+        range: &std::ops::Range<usize>,
+        off: usize,
+    ) -> Self {
+        let body = &entry.body[range.clone()];
+        let (h, b) = (head.len(), body.len());
+        let (hs, bs) = if off < h { (off, 0) } else { (h, off - h) };
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: head[hs..].as_ptr() as *mut libc::c_void,
+                iov_len: h - hs,
+            },
+            libc::iovec {
+                iov_base: body[bs..].as_ptr() as *mut libc::c_void,
+                iov_len: b - bs,
+            },
+        ]);
+        Self { head, entry, iov }
+    }
+
+    /// The head back, for reuse.
+    pub(crate) fn into_head(self) -> Vec<u8> {
+        self.head
+    }
+}
+
+// SAFETY: the iovecs point into `head` and `entry.body`, both owned by the value and never
+// changed while it lives; the array itself is boxed, so its address is stable.
+unsafe impl IoVecBuf for HitBuf {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        2
+    }
+}
