@@ -7,7 +7,7 @@ mod logger;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringway_core::config::{Config, ConfigError, ListenKind};
+use ringway_core::config::{Config, ConfigError, Protocol, Transport};
 use ringway_io::Server;
 
 use cli::{Cli, Command};
@@ -89,7 +89,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
             );
         }
         for l in &mut cfg.server.listen {
-            l.kind = ListenKind::Https;
+            l.transport = Transport::Tls;
         }
         cfg.tls = Some(ringway_core::config::Tls::with_certificate(
             cert.clone(),
@@ -107,7 +107,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
             return Err("--forward applies to the --listen addresses: give --listen".into());
         }
         for l in &mut cfg.server.listen {
-            l.kind = ListenKind::Forward;
+            l.protocol = Protocol::ForwardHttp;
         }
         if let Some(a) = &cli.anonymity {
             cfg.forward.anonymity =
@@ -244,7 +244,7 @@ fn check(cli: &Cli) -> ExitCode {
                 cfg.server
                     .listen
                     .iter()
-                    .map(|l| describe_listener(l.addr, l.kind))
+                    .map(|l| l.describe(l.addr))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -337,16 +337,6 @@ fn is_ringway(pid: i32) -> Result<(), String> {
     }
 }
 
-/// `127.0.0.1:8443 (tls)`, as `check` and the start-up line say it.
-fn describe_listener(addr: std::net::SocketAddr, kind: ListenKind) -> String {
-    match kind {
-        ListenKind::Http => addr.to_string(),
-        ListenKind::Https => format!("{addr} (tls)"),
-        ListenKind::RedirectHttps => format!("{addr} (redirect to https)"),
-        ListenKind::Forward => format!("{addr} (forward proxy)"),
-    }
-}
-
 fn run(cli: &Cli) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
@@ -385,7 +375,7 @@ fn run(cli: &Cli) -> ExitCode {
         .local_addrs()
         .iter()
         .zip(&server_cfg.server.listen)
-        .map(|(a, l)| describe_listener(*a, l.kind))
+        .map(|(a, l)| l.describe(*a))
         .collect();
     let pinned = server.pinned_cpus();
     log::info!(

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use ringway_core::cache::{Epochs, Shard};
-use ringway_core::config::{Config, ListenKind};
+use ringway_core::config::Config;
 use ringway_core::http::date::DateLine;
 use ringway_core::http::{parse_response, Limits};
 use ringway_core::proxy::{Action, CacheRef, Env, Exchange};
@@ -28,7 +28,7 @@ fn check(out: &[u8]) {
 
 /// Drives one exchange to its end; `resp` answers if it goes upstream.
 fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
-    let mut ex = Exchange::new(ListenKind::Http, "192.0.2.1".parse().unwrap());
+    let mut ex = Exchange::new(&cfg.server.listen[0], "192.0.2.1".parse().unwrap());
     ex.begin(cfg, now);
     let mut fed = false;
     for _ in 0..64 {

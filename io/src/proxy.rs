@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
-use ringway_core::config::Listen;
+use ringway_core::config::{Listen, Protocol, Transport};
 use ringway_core::http::body::Stage;
 use ringway_core::proxy::{
     Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Reuse,
@@ -39,8 +39,8 @@ struct Conn {
     cfg: Rc<Generation>,
     client: Stream,
     peer: SocketAddr,
-    /// The listener's kind (a background refresh runs as the same kind).
-    kind: ringway_core::config::ListenKind,
+    /// The listener (a background refresh runs as if on the same one).
+    listen: Listen,
     /// Core's state machine for this connection's requests.
     ex: Exchange,
     /// Bytes from the client: the current head, then body bytes, then any pipelined requests.
@@ -63,43 +63,40 @@ struct Conn {
     client_nonblocking: bool,
 }
 
-/// Serves one accepted client connection until it closes: the TLS handshake first on a TLS
-/// listener, then requests, the same code for both.
-pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, kind: Listen) {
+/// Serves one accepted client connection until it closes: its transport established (the TLS
+/// handshake on a TLS listener), then the listener's protocol spoken on it.
+pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, listen: Listen) {
     // TCP_NODELAY is inherited from the listening socket (see listener.rs).
     let _active = w.enter();
     let cfg = w.current();
-    let client = if kind.kind.is_tls() {
-        match Box::pin(accept_tls(&w, &cfg, tcp, peer)).await {
+    let client = match listen.transport {
+        Transport::Plain => Stream::Plain(tcp),
+        Transport::Tls => match Box::pin(accept_tls(&w, &cfg, tcp, peer)).await {
             Accepted::Tls(s) => s,
             Accepted::PlainHttp(tcp) => {
-                // Plain HTTP on a TLS port: say so in plain HTTP, as nginx does. Boxed, so that
-                // this task's future holds one connection's state, not two.
-                let c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &kind);
-                Box::pin(c.reject(400, "The plain HTTP request was sent to an HTTPS port")).await;
+                // Plain HTTP on a TLS port: core answers it in plain HTTP. Boxed, so that this
+                // task's future holds one connection's state, not two.
+                let c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &listen);
+                Box::pin(c.not_tls()).await;
                 return;
             }
             Accepted::Failed => return,
-        }
-    } else {
-        Stream::Plain(tcp)
+        },
     };
-    Conn::new(w, cfg, client, peer, &kind).run().await;
+    match listen.protocol {
+        // The HTTP/1 driver serves all three: the exchange reads the protocol.
+        Protocol::Http | Protocol::RedirectHttps | Protocol::ForwardHttp => {
+            Conn::new(w, cfg, client, peer, &listen).run().await
+        }
+    }
 }
 
 /// A background cache refresh (`stale-while-revalidate`): `head` revalidates the stored
-/// response, run as a request from `peer` on a listener of `kind` whose client is a sink; the
+/// response, run as a request from `peer` on `listen`, with a client that is a sink; the
 /// exchange holds the fetch of `key` that the request which served the stale response claimed.
-async fn refresh(
-    w: Rc<Worker>,
-    kind: ringway_core::config::ListenKind,
-    peer: SocketAddr,
-    head: Vec<u8>,
-    key: Vec<u8>,
-) {
+async fn refresh(w: Rc<Worker>, listen: Listen, peer: SocketAddr, head: Vec<u8>, key: Vec<u8>) {
     let _active = w.enter();
     let cfg = w.current();
-    let listen = Listen { addr: peer, kind };
     let mut c = Conn::new(w, cfg, Stream::Sink, peer, &listen);
     c.inbuf = head;
     c.ex.own_fill(key);
@@ -161,7 +158,7 @@ impl Conn {
         cfg: Rc<Generation>,
         client: Stream,
         peer: SocketAddr,
-        kind: &Listen,
+        listen: &Listen,
     ) -> Self {
         let now = Instant::now();
         Conn {
@@ -169,8 +166,8 @@ impl Conn {
             cfg,
             client,
             peer,
-            kind: kind.kind,
-            ex: Exchange::new(kind.kind, peer.ip()),
+            listen: *listen,
+            ex: Exchange::new(listen, peer.ip()),
             inbuf: Vec::with_capacity(IDLE_BUF),
             ubuf: Vec::new(),
             scratch: Vec::new(),
@@ -209,11 +206,11 @@ impl Conn {
     }
 
     /// Answers a plain HTTP request that arrived on a TLS port, then closes.
-    async fn reject(mut self, status: u16, detail: &str) {
+    async fn not_tls(mut self) {
         let now = self.tick();
         self.ex.begin(&self.cfg, now);
         let cfg = self.cfg.clone();
-        self.ex.refuse(status, detail, &env(&self.w, &cfg), now);
+        self.ex.handle_plain_on_tls(&env(&self.w, &cfg), now);
         if let Finish::Close(how) = self.exchange().await {
             self.close(how).await;
         }
@@ -656,7 +653,7 @@ impl Conn {
         self.ex.release_fill(&e);
         self.w.wake_fills();
         if let Some((head, key)) = self.ex.take_refresh() {
-            monoio::spawn(refresh(self.w.clone(), self.kind, self.peer, head, key));
+            monoio::spawn(refresh(self.w.clone(), self.listen, self.peer, head, key));
         }
         let r: &EndRecord = self.ex.end_record();
         if !r.had_request() {

@@ -64,13 +64,13 @@ pub(crate) fn run(
     }
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
-    let kinds = first.cfg.server.listen.clone();
+    let listens = first.cfg.server.listen.clone();
     let w = Rc::new(Worker::new(id, first, status.epochs.clone(), workers));
     rt.block_on(async move {
         let mut accepting = Vec::new();
-        for (l, kind) in listeners.into_iter().zip(kinds) {
+        for (l, listen) in listeners.into_iter().zip(listens) {
             let l = TcpListener::from_std(l)?;
-            accepting.push(monoio::spawn(accept_loop(w.clone(), l, kind)));
+            accepting.push(monoio::spawn(accept_loop(w.clone(), l, listen)));
         }
         while !shutdown.load(Ordering::Relaxed) {
             monoio::time::sleep(SHUTDOWN_POLL).await;
@@ -148,13 +148,13 @@ fn build_runtime(
     })
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener, kind: Listen) {
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, listen: Listen) {
     let drain = w.drain.clone();
     loop {
         monoio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    monoio::spawn(serve(w.clone(), stream, peer, kind.clone()));
+                    monoio::spawn(serve(w.clone(), stream, peer, listen));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

@@ -24,7 +24,7 @@ use limits::build_limits;
 pub use limits::Limits;
 pub use route::{Action, Route};
 use server::build_server;
-pub use server::{parse_cpu_list, parse_listen_addr, Listen, ListenKind, Server};
+pub use server::{parse_cpu_list, parse_listen_addr, Listen, Protocol, Server, Transport};
 use timeouts::{build_timeouts, opt_duration};
 pub use timeouts::{Timeouts, MAX_DURATION};
 pub use upstream::{
@@ -67,7 +67,7 @@ impl Config {
         self.server
             .listen
             .iter()
-            .find(|l| l.kind.is_tls())
+            .find(|l| l.is_tls())
             .map_or(443, |l| l.addr.port())
     }
 
@@ -91,7 +91,7 @@ impl Config {
         if self.forward.rules.is_empty() {
             for l in &self.server.listen {
                 let ip = l.addr.ip();
-                if l.kind == ListenKind::Forward
+                if l.protocol == Protocol::ForwardHttp
                     && (ip.is_unspecified() || !crate::forward::is_private(ip))
                 {
                     w.push(format!(
@@ -193,7 +193,7 @@ impl Config {
     pub fn forward_quick(listen: Vec<SocketAddr>) -> Self {
         let mut c = Self::quick(listen, Vec::new(), Balance::RoundRobin);
         for l in &mut c.server.listen {
-            l.kind = ListenKind::Forward;
+            l.protocol = Protocol::ForwardHttp;
         }
         c.upstreams.clear();
         c.routes.clear();
@@ -211,10 +211,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let routes = route::build_routes(loc, &raw.routes, &upstreams, &server.path, cache.as_ref())?;
     // Only listeners that serve requests by route need routes (a forward proxy and a
     // redirect-to-https listener do not).
-    let routed = server
-        .listen
-        .iter()
-        .any(|l| matches!(l.kind, ListenKind::Http | ListenKind::Https));
+    let routed = server.listen.iter().any(|l| l.protocol == Protocol::Http);
     if routes.is_empty() && routed {
         return Err(loc.nowhere("routes", "expected at least one [[routes]] entry"));
     }
@@ -244,7 +241,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         Some(t) => Some(tls::build_tls(loc, t)?),
     };
     if tls.is_none() {
-        if let Some(i) = server.listen.iter().position(|l| l.kind.is_tls()) {
+        if let Some(i) = server.listen.iter().position(|l| l.is_tls()) {
             return Err(loc.nowhere(
                 format!("server.listen[{i}]"),
                 "a TLS listener needs certificates: add a [tls] section with `certificates`",

@@ -6,46 +6,65 @@ use std::time::Duration;
 use super::{opt_duration, raw, ConfigError, Locator};
 use crate::http::path::{EncodedSlashes, PathPolicy};
 
-/// One listen address and what it serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One listen address: the transport its connections arrive by and the protocol spoken on
+/// it. io accepts, establishes the transport, then hands the connection to the protocol's
+/// driver; a new protocol (SOCKS5) is a new variant and a new driver, and options that act
+/// before the protocol (a PROXY header) are new fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Listen {
     pub addr: SocketAddr,
-    pub kind: ListenKind,
+    pub transport: Transport,
+    pub protocol: Protocol,
 }
 
-/// What a listener serves. The accept loop and the connection dispatch on it; the forward
-/// proxy and SOCKS5 will be further kinds.
+/// How connections arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenKind {
-    /// Plain HTTP/1.x.
+pub enum Transport {
+    Plain,
+    /// TLS with the certificates of `[tls]`.
+    Tls,
+}
+
+/// What is spoken once the transport is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x to the routes: the reverse proxy.
     Http,
-    /// HTTP/1.x over TLS with the certificates of `[tls]`.
-    Https,
-    /// Plain HTTP answering every request with a 301 to the same host and path over https.
+    /// HTTP/1.x answering every request with a 301 to the same host and path over https.
     RedirectHttps,
     /// A forward proxy: absolute-form requests and CONNECT tunnels, under `[forward]`.
-    Forward,
-}
-
-impl ListenKind {
-    pub fn is_tls(self) -> bool {
-        self == Self::Https
-    }
-
-    /// The scheme of the requests it receives, for X-Forwarded-Proto.
-    pub fn scheme(self) -> &'static str {
-        match self {
-            Self::Https => "https",
-            Self::Http | Self::RedirectHttps | Self::Forward => "http",
-        }
-    }
+    ForwardHttp,
 }
 
 impl Listen {
     pub fn plain(addr: SocketAddr) -> Self {
         Self {
             addr,
-            kind: ListenKind::Http,
+            transport: Transport::Plain,
+            protocol: Protocol::Http,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.transport == Transport::Tls
+    }
+
+    /// The scheme of the requests it receives, for X-Forwarded-Proto.
+    pub fn scheme(&self) -> &'static str {
+        match self.transport {
+            Transport::Tls => "https",
+            Transport::Plain => "http",
+        }
+    }
+
+    /// How `ringway` describes it when it starts.
+    pub fn describe(&self, addr: SocketAddr) -> String {
+        match (self.transport, self.protocol) {
+            (Transport::Plain, Protocol::Http) => addr.to_string(),
+            (Transport::Tls, Protocol::Http) => format!("{addr} (tls)"),
+            (_, Protocol::RedirectHttps) => format!("{addr} (redirect to https)"),
+            (Transport::Plain, Protocol::ForwardHttp) => format!("{addr} (forward proxy)"),
+            (Transport::Tls, Protocol::ForwardHttp) => format!("{addr} (forward proxy, tls)"),
         }
     }
 }
@@ -92,11 +111,11 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                         format!("expected IP:port, :port or port, got {addr:?}"),
                     )
                 })?;
-                let kind = match (tls, redirect_https, forward) {
-                    (false, false, false) => ListenKind::Http,
-                    (true, false, false) => ListenKind::Https,
-                    (false, true, false) => ListenKind::RedirectHttps,
-                    (false, false, true) => ListenKind::Forward,
+                let (transport, protocol) = match (tls, redirect_https, forward) {
+                    (false, false, false) => (Transport::Plain, Protocol::Http),
+                    (true, false, false) => (Transport::Tls, Protocol::Http),
+                    (false, true, false) => (Transport::Plain, Protocol::RedirectHttps),
+                    (false, false, true) => (Transport::Plain, Protocol::ForwardHttp),
                     _ => return Err(loc.at(
                         a.span(),
                         key,
@@ -106,7 +125,11 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                 if v.iter().any(|l: &Listen| l.addr == addr) {
                     return Err(loc.at(a.span(), key, format!("{addr} is listed twice")));
                 }
-                v.push(Listen { addr, kind });
+                v.push(Listen {
+                    addr,
+                    transport,
+                    protocol,
+                });
             }
             v
         }

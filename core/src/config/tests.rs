@@ -265,11 +265,15 @@ upstream = "app"
     let c = Config::parse("conf/ringway.toml", text).unwrap();
     let l = &c.server.listen;
     assert_eq!(
-        (l[0].kind, l[1].kind, l[2].kind),
         (
-            ListenKind::Http,
-            ListenKind::Https,
-            ListenKind::RedirectHttps
+            (l[0].transport, l[0].protocol),
+            (l[1].transport, l[1].protocol),
+            (l[2].transport, l[2].protocol)
+        ),
+        (
+            (Transport::Plain, Protocol::Http),
+            (Transport::Tls, Protocol::Http),
+            (Transport::Plain, Protocol::RedirectHttps)
         )
     );
     assert_eq!(c.https_port(), 443);
@@ -451,7 +455,7 @@ clients = ["10.0.0.0/8"]
 "#;
     let c = Config::parse("conf/ringway.toml", text).unwrap();
     assert!(c.routes.is_empty(), "a forward-only config needs no routes");
-    assert_eq!(c.server.listen[0].kind, ListenKind::Forward);
+    assert_eq!(c.server.listen[0].protocol, Protocol::ForwardHttp);
     assert_eq!(c.forward.anonymity, crate::forward::Anonymity::Elite);
     assert!(c.forward.connect_ports.contains(8443) && !c.forward.connect_ports.contains(80));
     assert_eq!(

@@ -1,7 +1,7 @@
 //! Where a reverse-proxy request goes, decided from values: answered by the proxy (no route, a
 //! fixed response, the redirect to https), or proxied to an upstream group by a route.
 
-use crate::config::{Action as RouteAction, Config, ListenKind};
+use crate::config::{Action as RouteAction, Config, Protocol};
 use crate::http::answer::Fixed;
 
 /// An answer the proxy makes without an upstream.
@@ -34,15 +34,15 @@ pub(super) enum Dispatch<'c> {
 }
 
 impl<'c> Dispatch<'c> {
-    /// For a request to `host` and normalised `path` on a listener of `kind` (reverse or
+    /// For a request to `host` and normalised `path` on a listener of `protocol` (reverse or
     /// redirect). Also returns the route that matched, for the record.
     pub(super) fn decide(
         cfg: &'c Config,
-        kind: ListenKind,
+        protocol: Protocol,
         host: &[u8],
         path: &[u8],
     ) -> (Self, Option<usize>) {
-        if kind == ListenKind::RedirectHttps {
+        if protocol == Protocol::RedirectHttps {
             let l = if host.is_empty() {
                 Local::Error(400, "a Host header is needed to redirect to https")
             } else {
@@ -87,7 +87,7 @@ mod tests {
         )
         .unwrap();
         let d = |host: &str, path: &str| {
-            Dispatch::decide(&cfg, ListenKind::Http, host.as_bytes(), path.as_bytes())
+            Dispatch::decide(&cfg, Protocol::Http, host.as_bytes(), path.as_bytes())
         };
         match d("a.test", "/api/x") {
             (
@@ -109,8 +109,7 @@ mod tests {
             d("b.test", "/"),
             (Dispatch::Answer(Local::Error(404, _)), None)
         ));
-        let r =
-            |host: &str| Dispatch::decide(&cfg, ListenKind::RedirectHttps, host.as_bytes(), b"/");
+        let r = |host: &str| Dispatch::decide(&cfg, Protocol::RedirectHttps, host.as_bytes(), b"/");
         assert!(matches!(
             r("a.test"),
             (Dispatch::Answer(Local::Redirect), None)

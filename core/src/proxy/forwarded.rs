@@ -2,13 +2,13 @@
 //! what an anonymity level shows. The rules themselves are in [`crate::forward`].
 
 use super::{Env, Exchange};
-use crate::config::ListenKind;
+use crate::config::Protocol;
 
 impl Exchange {
     /// Whether responses carry our `Via`: not from an elite forward proxy, which shows neither
     /// itself nor the client, in either direction.
     pub(super) fn shows_via(&self, env: &Env<'_>) -> bool {
-        self.kind != ListenKind::Forward || env.cfg.forward.anonymity.policy().via
+        self.protocol != Protocol::ForwardHttp || env.cfg.forward.anonymity.policy().via
     }
 }
 

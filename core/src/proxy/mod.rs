@@ -55,7 +55,7 @@ use response::{Asked, ResponsePlan, Seen};
 
 use crate::balance::request_key;
 use crate::cache::{Entry, Tee};
-use crate::config::{Config, ListenKind, Timeouts};
+use crate::config::{Config, Listen, Protocol, Timeouts, Transport};
 use crate::forward::admit::{admit, admit_addresses, Denial, Verdict};
 use crate::health::Outcome;
 use crate::http::answer::{self, Answer, Content};
@@ -180,7 +180,9 @@ impl Default for Upstream {
 
 /// One client connection's exchanges; see the module documentation.
 pub struct Exchange {
-    kind: ListenKind,
+    /// The protocol of the listener (HTTP, forward proxy, redirect).
+    protocol: Protocol,
+    transport: Transport,
     scheme: &'static str,
     /// The client's address.
     client: IpAddr,
@@ -228,11 +230,13 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The exchanges of a connection accepted by a listener of `kind` from `client`.
-    pub fn new(kind: ListenKind, client: IpAddr) -> Self {
+    /// The exchanges of a connection accepted by `listen` from `client` (the address the
+    /// connection came from, or the one a PROXY header names).
+    pub fn new(listen: &Listen, client: IpAddr) -> Self {
         Self {
-            kind,
-            scheme: kind.scheme(),
+            protocol: listen.protocol,
+            transport: listen.transport,
+            scheme: listen.scheme(),
             client,
             client_ip: client.to_string().into_bytes(),
             served: 0,
@@ -591,10 +595,11 @@ impl Exchange {
         }
     }
 
-    /// Answers with `status` and closes: for what io finds before a request can be parsed
-    /// (plain HTTP on a TLS port).
-    pub fn refuse(&mut self, status: u16, detail: &str, env: &Env<'_>, now: Instant) {
-        self.reject(status, detail, env, now);
+    /// io found plain HTTP where a TLS handshake was due: answered in plain HTTP (as nginx
+    /// does), then closed.
+    pub fn handle_plain_on_tls(&mut self, env: &Env<'_>, now: Instant) {
+        let detail = "The plain HTTP request was sent to an HTTPS port";
+        self.reject(400, detail, env, now);
     }
 
     // ---- the upstream side -----------------------------------------------------------------
@@ -829,7 +834,7 @@ impl Exchange {
         };
         // HTTP/1.0 clients of a forward proxy ask to keep the connection with the obsolete
         // `Proxy-Connection: keep-alive` (what Squid honours, and browsers sent).
-        let proxy_keep_alive = self.kind == ListenKind::Forward
+        let proxy_keep_alive = self.protocol == Protocol::ForwardHttp
             && head.version == Version::Http10
             && !info.connection.close
             && crate::http::find_header(buf, &self.headers, b"proxy-connection")
@@ -846,7 +851,7 @@ impl Exchange {
             && info.connection.upgrade
             && crate::http::find_header(buf, &self.headers, b"upgrade")
                 .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
-            && self.kind != ListenKind::Https;
+            && self.transport == Transport::Plain;
         self.req.body = info.body;
         self.req.expect_continue = info.expect_continue;
         let r = Parsed {
@@ -856,8 +861,8 @@ impl Exchange {
             info,
         };
         // The listener's protocol decides who reads the request.
-        match self.kind {
-            ListenKind::Forward => {
+        match self.protocol {
+            Protocol::ForwardHttp => {
                 self.head_read = env.hints.and_then(|h| h.borrow().head_read(None));
                 self.forward(&r, env, now)
             }
@@ -901,7 +906,7 @@ impl Exchange {
             0 => b"/",
             n => &self.target[..n],
         };
-        let (verdict, route) = Dispatch::decide(cfg, self.kind, host, path);
+        let (verdict, route) = Dispatch::decide(cfg, self.protocol, host, path);
         self.record.route = route;
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
         let (route, group, set_host) = match verdict {

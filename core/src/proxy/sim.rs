@@ -255,12 +255,8 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
     };
     let mut up: Option<UpConn> = None;
     let mut in_flight: Option<usize> = None;
-    let kind = if forward {
-        ListenKind::Forward
-    } else {
-        ListenKind::Http
-    };
-    let mut ex = Exchange::new(kind, "192.0.2.7".parse().unwrap());
+    let listen = cfg.server.listen[0];
+    let mut ex = Exchange::new(&listen, "192.0.2.7".parse().unwrap());
     let mut closed = false;
     let mut exchanges = 0;
     // The method of each exchange that answered, in order, and its record.

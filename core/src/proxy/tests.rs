@@ -38,7 +38,7 @@ struct T {
 impl T {
     fn new() -> Self {
         let cfg: &'static Config = Box::leak(Box::new(Config::parse("t.toml", CFG).unwrap()));
-        let mut ex = Exchange::new(ListenKind::Http, "192.0.2.1".parse().unwrap());
+        let mut ex = Exchange::new(&cfg.server.listen[0], "192.0.2.1".parse().unwrap());
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         ex.begin(cfg, now);
@@ -418,7 +418,7 @@ impl C {
     }
 
     fn exchange(&self, req: &[u8]) -> Exchange {
-        let mut ex = Exchange::new(ListenKind::Http, "192.0.2.1".parse().unwrap());
+        let mut ex = Exchange::new(&self.cfg.server.listen[0], "192.0.2.1".parse().unwrap());
         ex.begin(self.cfg, self.now);
         assert!(matches!(ex.poll_action(), Action::ReadHead { .. }));
         assert_eq!(ex.handle_input(req, &self.env(), self.now), req.len());
@@ -697,7 +697,7 @@ impl F {
             "[server]\nlisten = [{{ addr = \"127.0.0.1:3128\", forward = true }}]\n{extra}"
         );
         let cfg: &'static Config = Box::leak(Box::new(Config::parse("f.toml", &text).unwrap()));
-        let mut ex = Exchange::new(ListenKind::Forward, client.parse().unwrap());
+        let mut ex = Exchange::new(&cfg.server.listen[0], client.parse().unwrap());
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         ex.begin(cfg, now);
