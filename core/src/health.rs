@@ -166,6 +166,41 @@ pub fn least_recently_failed(
 }
 
 /// Active health checks of one upstream group (nginx `health_check interval=5 fails=2 passes=2
+/// What the status page and metrics say of a server, from what the workers report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    Up,
+    /// Passive checks took it out for a while.
+    Ejected,
+    /// Marked `down` in the configuration, or failing its active check.
+    Down,
+    /// Marked `down` with requests still in flight on it.
+    Draining,
+}
+
+impl ServerState {
+    /// `marked_down`: `down = true` in the configuration; `checked_up`: the active check's
+    /// verdict (up when none runs); `ejected`: any worker ejected it; `in_flight`: requests on
+    /// it across workers.
+    pub fn of(marked_down: bool, checked_up: bool, ejected: bool, in_flight: u32) -> Self {
+        match () {
+            _ if marked_down && in_flight > 0 => Self::Draining,
+            _ if marked_down || !checked_up => Self::Down,
+            _ if ejected => Self::Ejected,
+            _ => Self::Up,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Ejected => "ejected",
+            Self::Down => "down",
+            Self::Draining => "draining",
+        }
+    }
+}
+
 /// uri=/health`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActivePolicy {
@@ -255,6 +290,15 @@ impl ActiveHealth {
 #[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_state_labels() {
+        assert_eq!(ServerState::of(false, true, false, 0).label(), "up");
+        assert_eq!(ServerState::of(false, true, true, 3).label(), "ejected");
+        assert_eq!(ServerState::of(false, false, true, 0).label(), "down");
+        assert_eq!(ServerState::of(true, true, false, 0).label(), "down");
+        assert_eq!(ServerState::of(true, true, false, 2).label(), "draining");
+    }
 
     #[test]
     fn ejects_after_max_fails_and_doubles_while_failing() {

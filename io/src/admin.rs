@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use ringway_core::config::{Balance, HashKey};
 
-use crate::counters::{RequestCounts, ServerSnap, Status, TlsCounts};
+use crate::counters::{ServerSnap, Status, TlsCounts};
+use ringway_core::health::ServerState;
+use ringway_core::proxy::RequestCounts;
 
 impl Status {
     /// The status document.
@@ -43,15 +45,9 @@ impl Status {
                         sum.failures += x.failures;
                     }
                 }
-                let state = if server.down && sum.in_flight > 0 {
-                    "draining"
-                } else if server.down || !board.is_up(g, s) {
-                    "down"
-                } else if sum.ejected {
-                    "ejected"
-                } else {
-                    "up"
-                };
+                let state =
+                    ServerState::of(server.down, board.is_up(g, s), sum.ejected, sum.in_flight)
+                        .label();
                 if s > 0 {
                     out.push(',');
                 }

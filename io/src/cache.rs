@@ -7,7 +7,6 @@ use std::rc::Rc;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use ringway_core::cache::Entry;
-use ringway_core::config::Config;
 
 use crate::deadline::IoFail;
 use crate::deadline::Limit;
@@ -20,13 +19,6 @@ pub(crate) struct Purge {
     pub(crate) target: Vec<u8>,
     pub(crate) prefix: bool,
     pub(crate) reply: crossbeam_channel::Sender<usize>,
-}
-
-/// One worker's share of the configured cache size.
-pub(crate) fn budget(cfg: &Config, workers: usize) -> usize {
-    cfg.cache.as_ref().map_or(0, |c| {
-        usize::try_from(c.size / workers.max(1) as u64).unwrap_or(usize::MAX)
-    })
 }
 
 /// Writes `head` then the body of `entry` on a plain socket, in as few `writev`s as the socket

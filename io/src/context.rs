@@ -8,10 +8,10 @@ use std::rc::Rc;
 use ringway_core::http::date::DateLine;
 
 use crate::buf::BUF_SIZE;
-use crate::counters::{RequestCounts, TlsCounts};
+use crate::counters::TlsCounts;
 use crate::drain::Drain;
 use crate::generation::{Generation, Update};
-use ringway_core::proxy::{EndRecord, Fault};
+use ringway_core::proxy::{EndRecord, RequestCounts};
 
 /// One worker's state.
 pub(crate) struct Worker {
@@ -66,7 +66,7 @@ impl Worker {
         epochs: std::sync::Arc<ringway_core::cache::Epochs>,
         workers: usize,
     ) -> Self {
-        let budget = crate::cache::budget(&update.cfg, workers);
+        let budget = ringway_core::cache::shard_budget(update.cfg.cache.as_ref(), workers);
         Self {
             cache: RefCell::new(ringway_core::cache::Shard::new(budget)),
             epochs,
@@ -147,14 +147,7 @@ impl Worker {
     /// Counts an exchange that ended, from its record.
     pub(crate) fn count_request(&self, r: &EndRecord) {
         let mut c = self.requests.get();
-        c.total += 1;
-        c.by_class[usize::from(r.status / 100).min(5)] += 1;
-        match r.error.as_ref().map(|e| e.fault()) {
-            Some(Fault::Downstream) => c.client_errors += 1,
-            Some(Fault::Upstream) => c.upstream_errors += 1,
-            _ => {}
-        }
-        c.retries += u64::from(r.attempts.saturating_sub(1));
+        c.count(r);
         self.requests.set(c);
     }
 
@@ -199,7 +192,7 @@ impl Worker {
     }
 
     pub(crate) fn install(&self, update: Update) {
-        let budget = crate::cache::budget(&update.cfg, self.workers);
+        let budget = ringway_core::cache::shard_budget(update.cfg.cache.as_ref(), self.workers);
         let mut shard = self.cache.borrow_mut();
         let old = shard.budget();
         if old != budget {

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use ringway_core::config::Config;
+use ringway_core::proxy::RequestCounts;
 
 use crate::board::Board;
 
@@ -29,32 +30,6 @@ pub(crate) struct TlsCounts {
     pub failed: u64,
     /// Of the failures, clients that spoke plain HTTP to a TLS port (answered 400).
     pub plain_http: u64,
-}
-
-/// One worker's request counters, since start, fed by each exchange's end record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RequestCounts {
-    /// Requests answered (or ended without an answer).
-    pub total: u64,
-    /// By status class: 1xx (never final, so unused) .. 5xx; `[0]` counts ends with no status.
-    pub by_class: [u64; 6],
-    /// Ends with an error the client or the upstream caused.
-    pub client_errors: u64,
-    pub upstream_errors: u64,
-    /// Upstream attempts beyond the first (retries).
-    pub retries: u64,
-}
-
-impl RequestCounts {
-    pub(crate) fn add(&mut self, o: &Self) {
-        self.total += o.total;
-        for (a, b) in self.by_class.iter_mut().zip(o.by_class) {
-            *a += b;
-        }
-        self.client_errors += o.client_errors;
-        self.upstream_errors += o.upstream_errors;
-        self.retries += o.retries;
-    }
 }
 
 /// What workers publish and the admin thread reads.

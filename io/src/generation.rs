@@ -127,9 +127,9 @@ impl Generation {
     }
 
     /// Records how a request to a server went, for passive health.
-    pub(crate) fn record(&self, group: usize, server: usize, outcome: Outcome) {
+    pub(crate) fn record(&self, group: usize, server: usize, outcome: Outcome, at: Instant) {
         let u = &self.cfg.upstreams[group];
-        let ejected = self.groups.borrow_mut()[group].record(u, server, outcome, Instant::now());
+        let ejected = self.groups.borrow_mut()[group].record(u, server, outcome, at);
         if let Some(d) = ejected {
             log::warn!(
                 "upstream {}: ejected for {}s after failing",

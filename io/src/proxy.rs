@@ -14,8 +14,8 @@ use monoio::net::TcpStream;
 use ringway_core::config::{Listen, Protocol, Transport};
 use ringway_core::http::body::Stage;
 use ringway_core::proxy::{
-    Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Reuse,
-    UpstreamError, Via, CONTINUE,
+    Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Requester,
+    Reuse, UpstreamError, Via, CONTINUE,
 };
 use ringway_core::upstream::UpstreamKey;
 
@@ -211,7 +211,10 @@ impl Conn {
         self.ex.begin(&self.cfg, now);
         let cfg = self.cfg.clone();
         self.ex.handle_plain_on_tls(&env(&self.w, &cfg), now);
-        if let Finish::Close(how) = self.exchange().await {
+        // Ends like every exchange: its record counted and logged.
+        let finish = self.exchange().await;
+        self.end();
+        if let Finish::Close(how) = finish {
             self.close(how).await;
         }
     }
@@ -286,12 +289,17 @@ impl Conn {
                     let server = self.in_flight.as_ref().map(|g| g.server);
                     self.ex.handle_pick(server, &env(&self.w, &cfg), now);
                 }
-                Action::Record { to, outcome, error } => {
+                Action::Record {
+                    to,
+                    outcome,
+                    error,
+                    at,
+                } => {
                     if let Some(e) = error {
                         log::warn!("upstream {}: {e}", upstream_addr(&cfg, to));
                     }
                     if let (Some(o), UpstreamKey::Server { group, server }) = (outcome, to) {
-                        cfg.record(group, server, o);
+                        cfg.record(group, server, o, at);
                     }
                 }
                 Action::Resolve { port } => {
@@ -305,14 +313,22 @@ impl Conn {
                         self.peer.ip(),
                     ));
                     let gone = Box::pin(self.client.closed_by_peer());
+                    let wait = arm(&self.deadline, &self.ex, self.now);
                     let r = monoio::select! {
-                        r = lookup => Some(r),
+                        r = wait.run(lookup) => Some(r),
                         _ = gone => None,
                     };
                     let now = self.tick();
-                    let Some(r) = r else {
-                        self.ex.handle_client_closed(now);
-                        continue;
+                    let r = match r {
+                        Some(Ok(r)) => r,
+                        Some(Err(_)) => {
+                            self.ex.handle_timeout(&env(&self.w, &cfg), now);
+                            continue;
+                        }
+                        None => {
+                            self.ex.handle_client_closed(now);
+                            continue;
+                        }
                     };
                     if let Err(e) = &r {
                         log::warn!("resolving {}: {e}", self.ex.resolve_host());
@@ -343,7 +359,8 @@ impl Conn {
                 Action::Tunnel { idle } => {
                     if !self.client_can_splice() {
                         let now = self.tick();
-                        self.ex.handle_tunnel_closed(0, 0, now);
+                        let why = "the client connection cannot be made non-blocking";
+                        self.ex.handle_tunnel_failed(why.to_string(), now);
                         continue;
                     }
                     let up = self.up.as_ref().expect("a tunnel has a destination");
@@ -662,9 +679,13 @@ impl Conn {
         self.w.count_request(r);
         if log::log_enabled!(log::Level::Debug) {
             let ms = r.duration().map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            let who = match r.requester {
+                Requester::Client => "client",
+                Requester::Refresh => "cache refresh for",
+            };
             match &r.error {
-                Some(e) => log::debug!("client {}: {} in {ms:.1} ms: {e}", self.peer, r.status),
-                None => log::debug!("client {}: {} in {ms:.1} ms", self.peer, r.status),
+                Some(e) => log::debug!("{who} {}: {} in {ms:.1} ms: {e}", self.peer, r.status),
+                None => log::debug!("{who} {}: {} in {ms:.1} ms", self.peer, r.status),
             }
         }
     }

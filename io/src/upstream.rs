@@ -64,6 +64,9 @@ pub(crate) async fn open(
         let e = std::io::Error::new(std::io::ErrorKind::PermissionDenied, crate::guard::REFUSED);
         return Err(ConnectError::Connect(IoFail::Io(e)));
     }
+    // Connecting and the TLS handshake share the one deadline (`upstream_connect`): a TLS
+    // upstream does not get it twice.
+    let until = Instant::now() + timeout;
     let connecting = async {
         match from {
             None => TcpStream::connect_addr(addr).await,
@@ -86,7 +89,8 @@ pub(crate) async fn open(
     let conn = o
         .connection(addr)
         .map_err(|e| ConnectError::Tls(HandshakeError::Tls(e)))?;
-    match TlsStream::handshake(tcp, conn, timeout).await {
+    let left = until.saturating_duration_since(Instant::now());
+    match TlsStream::handshake(tcp, conn, left).await {
         Ok(t) => Ok(Stream::Tls(Box::new(t))),
         Err((e, _)) => Err(ConnectError::Tls(e)),
     }

@@ -85,6 +85,14 @@ pub struct CacheConfig {
     pub forward: bool,
 }
 
+/// One worker's shard of the configured cache size (`None`: no `[cache]`, nothing stored):
+/// an even split, since each worker keeps its own shard.
+pub fn shard_budget(cache: Option<&CacheConfig>, workers: usize) -> usize {
+    cache.map_or(0, |c| {
+        usize::try_from(c.size / workers.max(1) as u64).unwrap_or(usize::MAX)
+    })
+}
+
 /// How a client's request for a fresh copy is honoured. A client that may replace a fresh
 /// entry at will can poison it through any field the origin reads but the key does not hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

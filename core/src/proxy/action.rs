@@ -40,12 +40,14 @@ pub enum Action {
     /// `tried()`, then `handle_pick`. io adds the active-check verdicts and counts the
     /// request in flight until the next `Pick` or the end.
     Pick { group: usize, key: u64 },
-    /// Passive health: record how the attempt at `to` went (`outcome`, for configured servers),
-    /// and what went wrong (`error`, which io logs with the address). Then poll again.
+    /// Passive health: record how the attempt at `to` went (`outcome`, for configured servers)
+    /// as of `at`, the exchange's time, and what went wrong (`error`, which io logs with the
+    /// address). Then poll again.
     Record {
         to: UpstreamKey,
         outcome: Option<Outcome>,
         error: Option<Error>,
+        at: std::time::Instant,
     },
     /// Resolve `resolve_host()` (io's resolver, `/etc/hosts` honoured, with its TTL cache),
     /// then `handle_resolved`.

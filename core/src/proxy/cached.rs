@@ -770,7 +770,7 @@ impl Exchange {
                     Ok(_) => BodyFail::Source(BodyError::Truncated),
                 };
                 let err = Error::ResponseBody(e);
-                self.log_only(err.clone());
+                self.log_only(err.clone(), now);
                 self.record.error = Some(err);
                 self.finish(Finish::Close(Close::Now), now);
                 return;

@@ -36,7 +36,7 @@ pub use action::{Action, BodyPlan, Close, Finish, Reuse, Via};
 pub use cached::{CacheRef, INLINE_HIT};
 pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use hints::{SizeHints, HEAD_READ};
-pub use record::EndRecord;
+pub use record::{EndRecord, RequestCounts, Requester};
 pub use timer::{Timer, Timers};
 
 use std::net::{IpAddr, SocketAddr};
@@ -292,6 +292,11 @@ impl Exchange {
         self.auth = crate::forward::auth::Check::None;
         self.record = EndRecord {
             started: Some(now),
+            requester: if self.owned_fill.is_some() {
+                Requester::Refresh
+            } else {
+                Requester::Client
+            },
             ..EndRecord::default()
         };
         let first = if self.served == 0 {
@@ -411,6 +416,19 @@ impl Exchange {
         })
     }
 
+    /// Waits for the destination's addresses: the whole resolution (every query, retry and
+    /// server) is bounded by twice `resolver_timeout` when it is set (a query and its retry
+    /// over TCP), else by 30 s, nginx's `resolver_timeout`.
+    fn resolve(&mut self, env: &Env<'_>, now: Instant) {
+        let d = env
+            .cfg
+            .forward
+            .resolver_timeout
+            .map_or(Duration::from_secs(30), |t| t.saturating_mul(2));
+        self.phase = Phase::Resolve;
+        self.timers.arm_for(Timer::Resolve, d, now);
+    }
+
     /// The name `Resolve` asks for.
     pub fn resolve_host(&self) -> &str {
         self.intent.dest().map_or("", |d| &d.host)
@@ -427,6 +445,7 @@ impl Exchange {
             Phase::SendRequest => Timer::UpstreamWrite,
             Phase::ReadResponse { .. } => Timer::UpstreamRead,
             Phase::WaitFill => Timer::CacheLock,
+            Phase::Resolve => Timer::Resolve,
             _ => return None,
         };
         self.timers.deadline(timer)
@@ -591,6 +610,12 @@ impl Exchange {
                 self.handle_upstream_error(UpstreamError::ReadTimeout, env, now)
             }
             Phase::WaitFill => self.handle_fill_done(env, now),
+            Phase::Resolve => {
+                let host = self.resolve_host().to_string();
+                self.local_error(504, &format!("resolving {host} timed out"), env, now);
+                let e = UpstreamError::ConnectFailed(format!("resolving {host} timed out"));
+                self.record.error = Some(Error::Upstream(e));
+            }
             _ => self.finish(Finish::Close(Close::Now), now),
         }
     }
@@ -646,6 +671,7 @@ impl Exchange {
         now: Instant,
     ) {
         debug_assert_eq!(self.phase, Phase::Resolve);
+        self.timers.stop(Timer::Resolve);
         let tunnel = matches!(self.intent, Intent::Connect(_));
         let user = self.record.user.as_deref();
         let Some(d) = self.intent.dest() else {
@@ -694,6 +720,14 @@ impl Exchange {
         debug_assert_eq!(self.phase, Phase::Tunnel);
         self.record.request_body += up;
         self.record.response_body += down;
+        self.finish(Finish::Close(Close::Now), now);
+    }
+
+    /// A tunnel could not start (io could not move its bytes): the connection closes, and the
+    /// record says why.
+    pub fn handle_tunnel_failed(&mut self, why: String, now: Instant) {
+        debug_assert_eq!(self.phase, Phase::Tunnel);
+        self.record.error = Some(Error::TunnelFailed(why));
         self.finish(Finish::Close(Close::Now), now);
     }
 
@@ -779,7 +813,7 @@ impl Exchange {
                 let upstream = !matches!(e, BodyFail::Destination(_));
                 let err = Error::ResponseBody(e);
                 if upstream {
-                    self.log_only(err.clone());
+                    self.log_only(err.clone(), now);
                 }
                 self.record.error = Some(err);
                 self.finish(Finish::Close(Close::Now), now);
@@ -1069,7 +1103,7 @@ impl Exchange {
         if r.head.method == Method::Connect {
             // Bytes after the head (a TLS ClientHello sent early) stay for the tunnel.
             self.intent = Intent::Connect(dest);
-            self.phase = Phase::Resolve;
+            self.resolve(env, now);
             return r.end;
         }
         let rules_pending = matches!(
@@ -1220,7 +1254,7 @@ impl Exchange {
             &mut self.out,
         );
         let consumed = self.inline_body(r);
-        self.phase = Phase::Resolve;
+        self.resolve(env, now);
         consumed
     }
 
@@ -1294,7 +1328,8 @@ impl Exchange {
             Ok(x) => x,
             Err(e) => {
                 let err = Error::Upstream(e);
-                self.pending = Some(self.record_action(Some(Outcome::Invalid), Some(err.clone())));
+                self.pending =
+                    Some(self.record_action(Some(Outcome::Invalid), Some(err.clone()), now));
                 self.fail(err, true, env, now);
                 return 0;
             }
@@ -1321,7 +1356,7 @@ impl Exchange {
             ResponsePlan::Interim { relay } => self.interim(ub, &rh, relay, env, now),
             ResponsePlan::Switch => {
                 // The switch: the 101 goes to the client, then bytes both ways.
-                self.pending = Some(self.record_action(Some(Outcome::Success), None));
+                self.pending = Some(self.record_action(Some(Outcome::Success), None, now));
                 self.timers.stop(Timer::UpstreamRead);
                 self.relayed_head(
                     ub,
@@ -1342,7 +1377,7 @@ impl Exchange {
             ResponsePlan::Retry => {
                 let err = Error::RetryStatus(rh.status);
                 let outcome = Some(Outcome::ServerError(rh.status));
-                self.pending = Some(self.record_action(outcome, Some(err.clone())));
+                self.pending = Some(self.record_action(outcome, Some(err.clone()), now));
                 self.tries.last = Some((err, true));
                 self.phase = Phase::Pick;
                 // The rest of this response is not read: io closes the connection.
@@ -1353,7 +1388,7 @@ impl Exchange {
                 persist,
                 outcome,
             } => {
-                self.pending = Some(self.record_action(Some(outcome), None));
+                self.pending = Some(self.record_action(Some(outcome), None, now));
                 self.timers.stop(Timer::UpstreamRead);
                 let head = Final {
                     rh,
@@ -1413,7 +1448,7 @@ impl Exchange {
         let budget = self.tries.interim.get_or_insert(InterimBudget::new(max));
         if !budget.admit(ub.len()) {
             let err = Error::TooManyInterim;
-            self.log_only(err.clone());
+            self.log_only(err.clone(), now);
             self.fail(err, false, env, now);
             return 0;
         }
@@ -1533,7 +1568,7 @@ impl Exchange {
         };
         let v = self.tries.after(stage, &err, facts);
         if v.logged {
-            self.pending = Some(self.record_action(v.outcome, Some(err.clone())));
+            self.pending = Some(self.record_action(v.outcome, Some(err.clone()), now));
         }
         match v.next {
             Next::OtherAddress => {
@@ -1563,17 +1598,18 @@ impl Exchange {
         self.intent.upstream_key(self.tries.server)
     }
 
-    fn record_action(&self, outcome: Option<Outcome>, error: Option<Error>) -> Action {
+    fn record_action(&self, outcome: Option<Outcome>, error: Option<Error>, at: Instant) -> Action {
         Action::Record {
             to: self.upstream_key(),
             outcome,
             error,
+            at,
         }
     }
 
     /// Logs an upstream error without a health verdict.
-    fn log_only(&mut self, err: Error) {
-        self.pending = Some(self.record_action(None, Some(err)));
+    fn log_only(&mut self, err: Error, now: Instant) {
+        self.pending = Some(self.record_action(None, Some(err), now));
     }
 
     fn reconnect_fresh(&mut self, now: Instant) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::http::Method;
 
 use super::action::Finish;
-use super::error::Error;
+use super::error::{Error, Fault};
 
 /// What happened in one exchange. Filled in as it goes; complete once `Finish` was polled.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +38,19 @@ pub struct EndRecord {
     pub finish: Option<Finish>,
     /// Answered from the cache without asking the origin.
     pub cache_hit: bool,
+    /// Whose request it was.
+    pub requester: Requester,
+}
+
+/// Who asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Requester {
+    /// A client of a listener.
+    #[default]
+    Client,
+    /// The proxy itself: a background refresh of a stored response
+    /// (`stale-while-revalidate`), whose answer goes to the cache, not to a client.
+    Refresh,
 }
 
 impl EndRecord {
@@ -50,5 +63,74 @@ impl EndRecord {
     /// that had none; it is not a request to log or count).
     pub fn had_request(&self) -> bool {
         self.method.is_some() || self.status != 0
+    }
+}
+
+/// Requests counted by what their records say (a worker's, since start): what the status page
+/// and metrics show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Requests answered (or ended without an answer).
+    pub total: u64,
+    /// By status class: 1xx (never final, so unused) .. 5xx; `[0]` counts ends with no status.
+    pub by_class: [u64; 6],
+    /// Ends with an error the client or the upstream caused.
+    pub client_errors: u64,
+    pub upstream_errors: u64,
+    /// Upstream attempts beyond the first (retries).
+    pub retries: u64,
+}
+
+impl RequestCounts {
+    /// Counts one exchange.
+    pub fn count(&mut self, r: &EndRecord) {
+        self.total += 1;
+        self.by_class[usize::from(r.status / 100).min(5)] += 1;
+        match r.error.as_ref().map(Error::fault) {
+            Some(Fault::Downstream) => self.client_errors += 1,
+            Some(Fault::Upstream) => self.upstream_errors += 1,
+            _ => {}
+        }
+        self.retries += u64::from(r.attempts.saturating_sub(1));
+    }
+
+    /// Adds another worker's counts.
+    pub fn add(&mut self, o: &Self) {
+        self.total += o.total;
+        for (a, b) in self.by_class.iter_mut().zip(o.by_class) {
+            *a += b;
+        }
+        self.client_errors += o.client_errors;
+        self.upstream_errors += o.upstream_errors;
+        self.retries += o.retries;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_by_class_fault_and_retries() {
+        let mut c = RequestCounts::default();
+        c.count(&EndRecord {
+            status: 502,
+            attempts: 3,
+            error: Some(Error::NoServer),
+            ..EndRecord::default()
+        });
+        c.count(&EndRecord {
+            status: 400,
+            error: Some(Error::HeadTimeout),
+            ..EndRecord::default()
+        });
+        c.count(&EndRecord::default());
+        assert_eq!(c.total, 3);
+        assert_eq!(c.by_class, [1, 0, 0, 0, 1, 1]);
+        assert_eq!((c.client_errors, c.upstream_errors, c.retries), (1, 0, 2));
+        let mut sum = RequestCounts::default();
+        sum.add(&c);
+        sum.add(&c);
+        assert_eq!(sum.total, 6);
     }
 }

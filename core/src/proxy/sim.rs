@@ -382,6 +382,11 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                         let _ = group.record(&cfg.upstreams[0], server, o, now);
                     }
                 }
+                Action::Resolve { .. } if c.chance(3) => {
+                    // The name server never answers.
+                    now = deadline(&ex);
+                    ex.handle_timeout(&env, now);
+                }
                 Action::Resolve { port } => {
                     assert!(forward, "a reverse proxy resolves nothing");
                     let host = ex.resolve_host().to_string();

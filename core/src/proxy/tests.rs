@@ -216,6 +216,7 @@ fn a_retry_status_goes_to_the_next_server_then_is_relayed() {
             to: UpstreamKey::Server { server: 0, .. },
             outcome: Some(crate::health::Outcome::ServerError(503)),
             error: Some(Error::RetryStatus(503)),
+            ..
         }
     ));
     t.pick(1);
@@ -923,4 +924,36 @@ fn vary_selects_the_stored_response_by_the_request_fields_it_names() {
     );
     assert!(ex.end_record().cache_hit);
     assert_eq!(ex.end_record().status, 200);
+}
+
+#[test]
+fn name_resolution_has_a_deadline_and_its_timeout_is_a_504() {
+    let mut f = F::new("127.0.0.1", "[forward]\nresolver_timeout = \"2s\"\n");
+    assert!(f
+        .local("GET http://slow.test/ HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .is_none());
+    // The request waits for the name, bounded by twice resolver_timeout.
+    assert_eq!(f.t.ex.deadline(), Some(f.t.now + Duration::from_secs(4)));
+    let env = f.t.env();
+    let later = f.t.now + Duration::from_secs(4);
+    f.t.ex.handle_timeout(&env, later);
+    assert!(matches!(f.t.next(), Action::WriteClient));
+    let out = f.t.out();
+    assert!(
+        out.starts_with("HTTP/1.1 504") && out.contains("resolving slow.test"),
+        "{out}"
+    );
+    assert!(f.t.ex.end_record().error.is_some());
+}
+
+#[test]
+fn a_background_refresh_is_recorded_as_the_proxy_s_own_request() {
+    let c = C::new();
+    let mut ex = Exchange::new(&c.cfg.server.listen[0], "192.0.2.1".parse().unwrap());
+    ex.own_fill(b"~app\0http://x/a".to_vec());
+    ex.begin(c.cfg, c.now);
+    assert_eq!(ex.end_record().requester, super::Requester::Refresh);
+    let mut ex = c.exchange(GET_A);
+    let _ = C::next(&mut ex);
+    assert_eq!(ex.end_record().requester, super::Requester::Client);
 }

@@ -27,9 +27,11 @@ pub enum Timer {
     UpstreamRead,
     /// Waiting for another request's fetch of the same cache key.
     CacheLock,
+    /// Resolving a forward proxy's destination (all its queries, retries and servers).
+    Resolve,
 }
 
-const ALL: [Timer; 7] = [
+const ALL: [Timer; 8] = [
     Timer::ClientHeader,
     Timer::KeepAlive,
     Timer::Send,
@@ -37,6 +39,7 @@ const ALL: [Timer; 7] = [
     Timer::UpstreamWrite,
     Timer::UpstreamRead,
     Timer::CacheLock,
+    Timer::Resolve,
 ];
 
 impl Timer {
@@ -53,8 +56,8 @@ impl Timer {
             Self::UpstreamConnect => t.upstream_connect,
             Self::UpstreamWrite => t.upstream_write,
             Self::UpstreamRead => t.upstream_read,
-            // Armed with the cache's own duration (`arm_for`).
-            Self::CacheLock => Duration::ZERO,
+            // Armed with their own durations (`arm_for`).
+            Self::CacheLock | Self::Resolve => Duration::ZERO,
         }
     }
 }
