@@ -71,11 +71,13 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
             Action::Resolve { .. } | Action::Tunnel { .. } | Action::VerifyPassword { .. } => {
                 return
             }
-            Action::Record { .. } | Action::Release { .. } => {}
-            Action::Finish(_) => {
-                ex.release_fill(env);
-                return;
+            Action::Record { .. } | Action::Release { .. } | Action::Refresh { .. } => {}
+            Action::EndFill { key } => {
+                if let Some(c) = env.cache {
+                    c.shard.borrow_mut().end_fill(&key);
+                }
             }
+            Action::Finish(_) => return,
         }
     }
 }

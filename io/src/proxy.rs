@@ -302,6 +302,15 @@ impl Conn {
                         cfg.record(group, server, o, at);
                     }
                 }
+                Action::EndFill { key } => {
+                    // In the worker's shard even if a reload has just removed `[cache]`: a
+                    // claim on a fetch is always given back.
+                    self.w.cache.borrow_mut().end_fill(&key);
+                    self.w.wake_fills();
+                }
+                Action::Refresh { head, key } => {
+                    monoio::spawn(refresh(self.w.clone(), self.listen, self.peer, head, key));
+                }
                 Action::Resolve { port } => {
                     // A client that leaves while its name is looked up stops waiting for it (a
                     // lookup nobody waits for stops, and the client's lookup slot is free).
@@ -657,21 +666,6 @@ impl Conn {
     /// The one place every exchange ends: its record goes to the worker's counters (and, at
     /// debug level, to the log; the access log of a later issue reads it here).
     fn end(&mut self) {
-        // With the shard even if a reload has just removed `[cache]`: a claim on a fetch is
-        // always given back.
-        let cfg = self.cfg.clone();
-        let e = Env {
-            cache: Some(CacheRef {
-                shard: &self.w.cache,
-                epochs: &self.w.epochs,
-            }),
-            ..env(&self.w, &cfg)
-        };
-        self.ex.release_fill(&e);
-        self.w.wake_fills();
-        if let Some((head, key)) = self.ex.take_refresh() {
-            monoio::spawn(refresh(self.w.clone(), self.listen, self.peer, head, key));
-        }
         let r: &EndRecord = self.ex.end_record();
         if !r.had_request() {
             return;

@@ -4,9 +4,18 @@
 
 pub mod control;
 pub mod policy;
+pub mod step;
 pub mod store;
 
+pub use step::CacheStep;
 pub use store::{Entry, Epochs, Select, Shard, Stats};
+
+/// The worker's cache as an exchange sees it.
+#[derive(Clone, Copy)]
+pub struct CacheRef<'a> {
+    pub shard: &'a std::cell::RefCell<Shard>,
+    pub epochs: &'a Epochs,
+}
 
 use crate::http::body::Stage;
 

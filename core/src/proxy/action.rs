@@ -84,6 +84,13 @@ pub enum Action {
     FetchBody(BodyPlan),
     /// Hand back the upstream connection to `to` as `then` says. Then poll again.
     Release { to: UpstreamKey, then: Reuse },
+    /// This exchange's claim on fetching the cache key `key` ends: end it in the worker's
+    /// shard and wake the requests waiting for it. Then poll again.
+    EndFill { key: Vec<u8> },
+    /// Start a background refresh of a stored response (`stale-while-revalidate`): an
+    /// exchange with no client that sends `head` and holds the fetch of `key` (see
+    /// `Exchange::own_fill`). Then poll again.
+    Refresh { head: Vec<u8>, key: Vec<u8> },
     /// Check `password` against `user`'s entry in the forward proxy's htpasswd file, off the
     /// worker (the hash is slow on purpose), then `handle_verified` with the outcome (`None`
     /// when it could not be checked: too many checks waiting).

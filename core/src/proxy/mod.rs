@@ -14,7 +14,6 @@
 mod action;
 mod attempts;
 mod authn;
-mod cached;
 mod dispatch;
 mod error;
 mod forwarded;
@@ -32,8 +31,12 @@ pub mod sim;
 mod tests;
 mod timer;
 
+pub use crate::cache::CacheRef;
 pub use action::{Action, BodyPlan, Close, Finish, Reuse, Via};
-pub use cached::{CacheRef, INLINE_HIT};
+
+/// Stored bodies up to this size go out in one write with their head (copied); longer ones are
+/// written from the store after it.
+pub const INLINE_HIT: usize = 16 * 1024;
 pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use hints::{SizeHints, HEAD_READ};
 pub use record::{EndRecord, RequestCounts, Requester};
@@ -45,7 +48,6 @@ use std::time::{Duration, Instant};
 
 use attempts::{Attempts, Facts, Next, Origin, Stage};
 use authn::Authn;
-use cached::{CacheState, Mode};
 use dispatch::{Dispatch, Local};
 use forwarded::well_formed_escapes;
 use intent::{At, Dest, Intent};
@@ -54,10 +56,12 @@ use phase::{Conn, Phase, Written};
 use response::{Asked, ResponsePlan, Seen};
 
 use crate::balance::request_key;
-use crate::cache::{Entry, Tee};
+use crate::cache::step::{self, Ctx, Lookup, Rules, Served};
+use crate::cache::{CacheStep, Entry, Tee};
 use crate::config::{Config, Listen, Protocol, Timeouts, Transport};
 use crate::forward::admit::{admit, admit_addresses, Denial, Verdict};
 use crate::health::Outcome;
+use crate::http::answer::CacheStatus;
 use crate::http::answer::{self, Answer, Content};
 use crate::http::body::{check_chunked_prefix, BodyError, Transcoder};
 use crate::http::date::DateLine;
@@ -203,16 +207,11 @@ pub struct Exchange {
     /// The tunnel idle timeout of the request's config.
     tunnel_idle: Duration,
     /// Side effects (`Record`, `Release`) to hand out before the state's own action.
-    pending: Option<Action>,
-    pending_next: Option<Action>,
-    /// What the cache knows about the current request.
-    cache: CacheState,
+    effects: std::collections::VecDeque<Action>,
+    /// The cache's part of the current request.
+    cache: CacheStep,
     /// A stored response being written: its body (this part of it) goes after `out`.
     hit: Option<(Rc<Entry>, std::ops::Range<usize>)>,
-    /// A copy of the request head, kept while a response may be stored (for `Vary`).
-    req_head: Vec<u8>,
-    /// A background refresh: the cache key whose fetch it was handed.
-    owned_fill: Option<Vec<u8>>,
     record: EndRecord,
     /// Heads (and small bodies) this proxy writes, to the client or the upstream.
     out: Vec<u8>,
@@ -251,12 +250,9 @@ impl Exchange {
             intent: Intent::None,
             tries: Attempts::default(),
             up: Upstream::default(),
-            pending: None,
-            pending_next: None,
-            cache: CacheState::default(),
+            effects: std::collections::VecDeque::with_capacity(4),
+            cache: CacheStep::default(),
             hit: None,
-            req_head: Vec::new(),
-            owned_fill: None,
             tunnel_idle: Duration::ZERO,
             record: EndRecord::default(),
             out: Vec::with_capacity(1024),
@@ -285,14 +281,13 @@ impl Exchange {
         self.intent = Intent::None;
         self.tries = Attempts::default();
         self.up = Upstream::default();
-        self.pending = None;
-        self.pending_next = None;
+        self.effects.clear();
         self.cache.reset();
         self.hit = None;
         self.auth = crate::forward::auth::Check::None;
         self.record = EndRecord {
             started: Some(now),
-            requester: if self.owned_fill.is_some() {
+            requester: if self.cache.is_refresh() {
                 Requester::Refresh
             } else {
                 Requester::Client
@@ -308,15 +303,11 @@ impl Exchange {
         if self.out.capacity() > 4 * 1024 {
             self.out = Vec::with_capacity(1024);
         }
-        if self.req_head.capacity() > 4 * 1024 {
-            self.req_head = Vec::new();
-        }
     }
 
     /// What io must do next. Each action is handed out once; io performs it and reports back.
     pub fn poll_action(&mut self) -> Action {
-        if let Some(a) = self.pending.take() {
-            self.pending = self.pending_next.take();
+        if let Some(a) = self.effects.pop_front() {
             return a;
         }
         match self.phase {
@@ -390,7 +381,7 @@ impl Exchange {
     fn relay_action(&self) -> Action {
         let body = Transcoder::new(self.up.relay, self.up.body_out);
         let (read_idle, write_idle) = (self.timeouts.upstream_read, self.timeouts.send);
-        if let Some(tee) = self.fetch_tee(self.up.relay) {
+        if let Some(tee) = self.cache.fetch_tee(self.up.relay) {
             return Action::FetchBody(BodyPlan {
                 body,
                 splice: false,
@@ -801,14 +792,14 @@ impl Exchange {
                 self.record.response_body += n;
                 if let Some(body) = tee.and_then(Tee::into_body) {
                     if leftover == 0 {
-                        self.cache_store(body, env);
+                        let _ = self.store_body(body, env);
                     }
                 }
                 self.release_upstream(leftover);
                 self.finish(self.up.then, now);
             }
             Err(e) => {
-                self.release_fill(env);
+                self.end_fill();
                 // The head is out: closing is the only way left to say it failed.
                 let upstream = !matches!(e, BodyFail::Destination(_));
                 let err = Error::ResponseBody(e);
@@ -826,7 +817,8 @@ impl Exchange {
     /// past the framing were not asked for: closed, and keep-alive to the server paused.
     fn release_upstream(&mut self, leftover: usize) {
         let reuse = self.up.body_in != BodyKind::Close && self.up.persistent;
-        self.pending = Some(self.release(reuse, leftover > 0));
+        let release = self.release(reuse, leftover > 0);
+        self.effects.push_back(release);
     }
 
     /// What becomes of the upstream connection: `reuse` when nothing of it is left unread and
@@ -841,6 +833,209 @@ impl Exchange {
             (_, true, false) => Reuse::Pool,
         };
         Action::Release { to, then }
+    }
+
+    // ---- the cache -------------------------------------------------------------------------
+
+    /// Looks the request up in the cache under `rules`; true when it was answered (or waits
+    /// for another's fetch).
+    fn cache_lookup(
+        &mut self,
+        rules: Rules,
+        buf: &[u8],
+        body: bool,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> bool {
+        let Some(ctx) = cache_ctx(env) else {
+            return false;
+        };
+        let asked = step::Asked {
+            method: self.req.method,
+            head: buf,
+            headers: &self.headers,
+            body,
+            private_ok: env
+                .cfg
+                .forward
+                .private_destinations
+                .private_allowed(self.client),
+        };
+        match self.cache.lookup(ctx, rules, asked) {
+            Lookup::Forward => {
+                self.cache.keep_head(buf);
+                false
+            }
+            Lookup::Serve(s) => {
+                self.serve_stored(s, env, now);
+                true
+            }
+            Lookup::OnlyIfCached => {
+                self.local_error(504, "not in the cache (only-if-cached)", env, now);
+                true
+            }
+            Lookup::Wait(lock) => {
+                self.phase = Phase::WaitFill;
+                self.timers.arm_for(Timer::CacheLock, lock, now);
+                true
+            }
+        }
+    }
+
+    /// Answers with a stored response: `304` when the client's conditions match it, a range,
+    /// or the whole response with its `Age`.
+    fn serve_stored(&mut self, s: Served, env: &Env<'_>, now: Instant) {
+        let e = &s.entry;
+        let plan = step::stored_answer(
+            e,
+            self.cache.request(),
+            self.req.method,
+            env.date.date_line().secs(),
+        );
+        let a = Answer {
+            stored: Some((&e.head, plan.keep)),
+            fields: self.cache.own_fields(),
+            age: Some(plan.age),
+            via: self.shows_via(env),
+            cache_status: Some(CacheStatus {
+                detail: s.detail.unwrap_or("hit"),
+                ttl: Some(e.lifetime as i64 - plan.age as i64),
+                stored: false,
+            }),
+            ..Answer::new(plan.status, plan.content.as_answer(), None)
+        };
+        let p = self.req.persist.unless(env.draining);
+        let head_only = self.req.method == Method::Head;
+        self.out.clear();
+        a.write(p.header(), head_only, &mut self.out);
+        self.record.response_body = 0;
+        if !head_only {
+            if let step::Content::Multipart { body, .. } = &plan.content {
+                self.out.extend_from_slice(body);
+                self.record.response_body = body.len() as u64;
+            }
+            if let Some(r) = plan.body {
+                self.record.response_body = r.len() as u64;
+                if r.len() <= INLINE_HIT {
+                    self.out.extend_from_slice(&e.body[r]);
+                } else {
+                    self.hit = Some((e.clone(), r));
+                }
+            }
+        }
+        self.record.status = plan.status;
+        self.record.response_head = Some(now);
+        self.record.cache_hit = s.detail.is_none();
+        self.write_client(Written::Answer(p.finish(true)), now);
+    }
+
+    /// The key `WaitFill` waits on.
+    pub fn cache_key(&self) -> &[u8] {
+        self.cache.key()
+    }
+
+    /// The fetch this request waited for ended (or the wait timed out): the request is handled
+    /// again, from the cache if the fetch stored something, else from the origin.
+    pub fn handle_fill_done(&mut self, env: &Env<'_>, now: Instant) {
+        debug_assert_eq!(self.phase, Phase::WaitFill);
+        self.timers.stop(Timer::CacheLock);
+        let head = self.cache.wait_over();
+        self.req = Request::default();
+        self.phase = Phase::Head {
+            began: true,
+            read_first: false,
+        };
+        self.request(&head, head.len(), env, now);
+        self.cache.return_head(head);
+    }
+
+    /// This exchange is a background refresh holding the fetch of `key` (claimed by the request
+    /// that served the stale response): it does not wait for itself, and gives the claim back
+    /// when it ends.
+    pub fn own_fill(&mut self, key: Vec<u8>) {
+        self.cache.own_fill(key);
+    }
+
+    /// Gives this request's claim on fetching its key back, through io (`EndFill`), as soon as
+    /// nothing more will be stored.
+    fn end_fill(&mut self) {
+        if let Some(key) = self.cache.release() {
+            self.effects.push_back(Action::EndFill { key });
+        }
+    }
+
+    /// Stores the response whose body is `body`, as the cache decided: the entry, or the body
+    /// back when nothing was stored.
+    fn store_body(&mut self, body: Vec<u8>, env: &Env<'_>) -> Result<Rc<Entry>, Vec<u8>> {
+        let private_dest = self
+            .intent
+            .dest()
+            .and_then(Dest::addr)
+            .is_some_and(|a| crate::forward::is_private(a.ip()));
+        let r = match cache_ctx(env) {
+            Some(ctx) => self.cache.store(ctx, body, private_dest),
+            None => Err(body),
+        };
+        self.end_fill();
+        r
+    }
+
+    /// The origin failed: serve the stale stored response if the cache allows it. True when it
+    /// was served.
+    fn cache_on_failure(&mut self, timeout: bool, env: &Env<'_>, now: Instant) -> bool {
+        let served = cache_ctx(env).and_then(|ctx| self.cache.on_failure(ctx, timeout));
+        match served {
+            Some(s) => {
+                self.serve_stored(s, env, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The body `FetchBody` read whole from the upstream (`tee` holds it) ended: `Ok` with its
+    /// length, and `leftover`, the bytes read past it. The body is stored and then written to
+    /// the client from the store.
+    pub fn handle_body_fetched(
+        &mut self,
+        r: Result<u64, BodyFail>,
+        leftover: usize,
+        tee: Option<Tee>,
+        env: &Env<'_>,
+        now: Instant,
+    ) {
+        debug_assert_eq!(self.phase, Phase::RelayResponse);
+        let body = match (r, tee.and_then(Tee::into_body)) {
+            (Ok(n), Some(body)) if body.len() as u64 == n => body,
+            (r, _) => {
+                // Nothing of the body reached the client; the head did: closing says it failed.
+                let e = match r {
+                    Err(e) => e,
+                    Ok(_) => BodyFail::Source(BodyError::Truncated),
+                };
+                let err = Error::ResponseBody(e);
+                self.log_only(err.clone(), now);
+                self.record.error = Some(err);
+                self.finish(Finish::Close(Close::Now), now);
+                return;
+            }
+        };
+        self.record.response_body += body.len() as u64;
+        let stored = if leftover == 0 {
+            self.store_body(body, env)
+        } else {
+            Err(body)
+        };
+        self.release_upstream(leftover);
+        self.out.clear();
+        match stored {
+            Ok(e) => {
+                let len = e.body.len();
+                self.hit = Some((e, 0..len));
+            }
+            Err(body) => self.out = body,
+        }
+        self.write_client(Written::FetchedBody, now);
     }
 
     // ---- decisions -------------------------------------------------------------------------
@@ -960,13 +1155,12 @@ impl Exchange {
             self.scheme,
             host,
             &self.target,
-            &mut self.cache.key,
+            self.cache.key_mut(),
         );
         let body = !r.info.body.is_empty();
-        if self.cache_request(Mode::Route(route), buf, body, env, now) {
+        if self.cache_lookup(Rules::Route(route), buf, body, env, now) {
             return r.end;
         }
-        self.keep_request_head(buf);
         self.proxy(r, group, set_host, env, now)
     }
 
@@ -1073,7 +1267,7 @@ impl Exchange {
             fallback_host: fallback.as_bytes(),
             upgrade_websocket: self.req.upgrade,
             max_forwards: None,
-            revalidate: (!self.cache.validators.is_empty()).then_some(&self.cache.validators[..]),
+            revalidate: self.cache.validators(),
         };
         self.out.clear();
         upstream_request(
@@ -1226,12 +1420,11 @@ impl Exchange {
                 "http",
                 authority,
                 &self.target,
-                &mut self.cache.key,
+                self.cache.key_mut(),
             );
-            if self.cache_request(Mode::Forward, buf, !info.body.is_empty(), env, now) {
+            if self.cache_lookup(Rules::Forward, buf, !info.body.is_empty(), env, now) {
                 return r.end;
             }
-            self.keep_request_head(buf);
         }
         let fwd_fields = Forwarding {
             policy: env.cfg.forward.anonymity.policy(),
@@ -1241,7 +1434,7 @@ impl Exchange {
             fallback_host: b"",
             upgrade_websocket: self.req.upgrade,
             max_forwards,
-            revalidate: (!self.cache.validators.is_empty()).then_some(&self.cache.validators[..]),
+            revalidate: self.cache.validators(),
         };
         self.out.clear();
         upstream_request(
@@ -1328,8 +1521,11 @@ impl Exchange {
             Ok(x) => x,
             Err(e) => {
                 let err = Error::Upstream(e);
-                self.pending =
-                    Some(self.record_action(Some(Outcome::Invalid), Some(err.clone()), now));
+                self.effects.push_back(self.record_action(
+                    Some(Outcome::Invalid),
+                    Some(err.clone()),
+                    now,
+                ));
                 self.fail(err, true, env, now);
                 return 0;
             }
@@ -1356,7 +1552,8 @@ impl Exchange {
             ResponsePlan::Interim { relay } => self.interim(ub, &rh, relay, env, now),
             ResponsePlan::Switch => {
                 // The switch: the 101 goes to the client, then bytes both ways.
-                self.pending = Some(self.record_action(Some(Outcome::Success), None, now));
+                self.effects
+                    .push_back(self.record_action(Some(Outcome::Success), None, now));
                 self.timers.stop(Timer::UpstreamRead);
                 self.relayed_head(
                     ub,
@@ -1377,7 +1574,8 @@ impl Exchange {
             ResponsePlan::Retry => {
                 let err = Error::RetryStatus(rh.status);
                 let outcome = Some(Outcome::ServerError(rh.status));
-                self.pending = Some(self.record_action(outcome, Some(err.clone()), now));
+                self.effects
+                    .push_back(self.record_action(outcome, Some(err.clone()), now));
                 self.tries.last = Some((err, true));
                 self.phase = Phase::Pick;
                 // The rest of this response is not read: io closes the connection.
@@ -1388,7 +1586,8 @@ impl Exchange {
                 persist,
                 outcome,
             } => {
-                self.pending = Some(self.record_action(Some(outcome), None, now));
+                self.effects
+                    .push_back(self.record_action(Some(outcome), None, now));
                 self.timers.stop(Timer::UpstreamRead);
                 let head = Final {
                     rh,
@@ -1418,7 +1617,7 @@ impl Exchange {
             cache_status: if interim || rh.status == 101 {
                 None
             } else {
-                self.cache_status()
+                self.cache.status()
             },
         };
         self.out.clear();
@@ -1479,27 +1678,30 @@ impl Exchange {
             persist,
         } = f;
         let ub = &input[..end];
-        if self.cache.mode != Mode::Off {
-            let uh = std::mem::take(&mut self.uheaders);
-            let answered = self.cache_response(ub, &rh, &uh, env, now);
-            self.uheaders = uh;
-            if answered {
-                // The client was answered from the cache: the upstream connection is kept
-                // only when nothing of this response is left on it.
-                let reuse = ri.body.is_empty()
-                    && ri.connection.persistent(rh.version)
-                    && input.len() == end;
-                self.pending_next = Some(self.release(reuse, false));
-                return input.len();
+        let served = match (self.cache.active(), cache_ctx(env)) {
+            (true, Some(ctx)) => {
+                let response = (ub, &rh, &self.uheaders[..]);
+                self.cache
+                    .on_response(ctx, self.req.method, response, &self.headers)
             }
+            _ => None,
+        };
+        if let Some(s) = served {
+            // The client is answered from the cache: the upstream connection is kept only
+            // when nothing of this response is left on it.
+            self.end_fill();
+            self.serve_stored(s, env, now);
+            let reuse =
+                ri.body.is_empty() && ri.connection.persistent(rh.version) && input.len() == end;
+            let release = self.release(reuse, false);
+            self.effects.push_back(release);
+            return input.len();
         }
         if let BodyKind::Length(n) = ri.body {
-            if self.cache_storing() && n > self.cache_max_object(env) {
-                self.cache.drop_store();
-            }
+            self.cache.body_length(n);
         }
-        if !self.cache_storing() {
-            self.release_fill(env);
+        if !self.cache.storing() {
+            self.end_fill();
         }
         self.relayed_head(ub, &rh, to_client, persist.header(), env);
         let head_len = self.out.len();
@@ -1508,14 +1710,14 @@ impl Exchange {
         self.record.response_body = inline as u64;
         if let Some(h) = env.hints {
             let len = match (ri.body, to_client) {
-                (BodyKind::Length(n), BodyKind::Length(_)) if !self.cache_storing() => Some(n),
+                (BodyKind::Length(n), BodyKind::Length(_)) if !self.cache.storing() => Some(n),
                 _ => None,
             };
             h.borrow_mut().record(self.record.route, len);
         }
-        if relay == BodyKind::None && self.cache_storing() {
+        if relay == BodyKind::None && self.cache.storing() {
             let body = self.out[head_len..].to_vec();
-            self.cache_store(body, env);
+            let _ = self.store_body(body, env);
         }
         self.up = Upstream {
             body_in: ri.body,
@@ -1542,7 +1744,7 @@ impl Exchange {
         let buffered = buffered as u64;
         let k = if n <= INLINE_BODY && buffered >= n {
             n
-        } else if self.cache_storing() {
+        } else if self.cache.storing() {
             0
         } else {
             buffered.min(n)
@@ -1568,7 +1770,8 @@ impl Exchange {
         };
         let v = self.tries.after(stage, &err, facts);
         if v.logged {
-            self.pending = Some(self.record_action(v.outcome, Some(err.clone()), now));
+            self.effects
+                .push_back(self.record_action(v.outcome, Some(err.clone()), now));
         }
         match v.next {
             Next::OtherAddress => {
@@ -1609,7 +1812,8 @@ impl Exchange {
 
     /// Logs an upstream error without a health verdict.
     fn log_only(&mut self, err: Error, now: Instant) {
-        self.pending = Some(self.record_action(None, Some(err), now));
+        self.effects
+            .push_back(self.record_action(None, Some(err), now));
     }
 
     fn reconnect_fresh(&mut self, now: Instant) {
@@ -1626,7 +1830,7 @@ impl Exchange {
     /// Answers with the error of an upstream failure. `body_done`: the request body has been
     /// read whole, which is what allows the connection to be kept.
     fn fail(&mut self, err: Error, body_done: bool, env: &Env<'_>, now: Instant) {
-        self.release_fill(env);
+        self.end_fill();
         let timeout = matches!(
             err,
             Error::Upstream(
@@ -1650,7 +1854,7 @@ impl Exchange {
 
     /// 503 with Retry-After: every server of the group is down, marked down or at its limit.
     fn unavailable(&mut self, env: &Env<'_>, now: Instant) {
-        self.release_fill(env);
+        self.end_fill();
         if self.cache_on_failure(false, env, now) {
             self.record.error = Some(Error::NoServer);
             return;
@@ -1682,6 +1886,12 @@ impl Exchange {
     }
 
     fn finish(&mut self, f: Finish, now: Instant) {
+        // What io must do when an exchange ends comes out before the `Finish`: give back a
+        // claim on a fetch, start the refresh this request claimed.
+        self.end_fill();
+        if let Some((head, key)) = self.cache.take_refresh() {
+            self.effects.push_back(Action::Refresh { head, key });
+        }
         self.timers.clear();
         self.phase = Phase::Done(f);
         self.record.ended = Some(now);
@@ -1759,4 +1969,13 @@ fn max_forwards(
         Some(0) => Err(Local::Options),
         n => Ok(n.map(|n| n - 1)),
     }
+}
+
+/// What the cache reads from the worker for a step (none without a cache).
+fn cache_ctx<'e>(env: &Env<'e>) -> Option<Ctx<'e>> {
+    env.cache.map(|cache| Ctx {
+        cfg: env.cfg,
+        cache,
+        secs: env.date.date_line().secs(),
+    })
 }

@@ -332,6 +332,11 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                     }
                 }
                 Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
+                Action::EndFill { key } => {
+                    assert!(shard.borrow().filling(&key), "gives back a claim it holds");
+                    shard.borrow_mut().end_fill(&key);
+                }
+                Action::Refresh { .. } => unreachable!("no stale-while-revalidate here"),
                 Action::FetchBody(mut plan) => {
                     let conn = up.as_mut().expect("connected");
                     let mut src = std::mem::take(&mut conn.pending);
@@ -548,12 +553,14 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                     if let Some(s) = in_flight.take() {
                         group.done(s);
                     }
-                    // What io does when an exchange ends: its claim on a fetch goes.
-                    ex.release_fill(&env);
-                    assert!(
-                        ex.take_refresh().is_none(),
-                        "no stale-while-revalidate here"
-                    );
+                    // Every claim on a fetch was given back (`EndFill`) before the end.
+                    for k in 0..3 {
+                        let key = format!("~app\0http://sim/app/c{k}").into_bytes();
+                        assert!(
+                            !shard.borrow().filling(&key) || foreign.as_ref() == Some(&key),
+                            "an exchange ended holding the fetch of c{k}"
+                        );
+                    }
                     if let Some(key) = foreign.take() {
                         shard.borrow_mut().end_fill(&key);
                     }

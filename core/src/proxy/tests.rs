@@ -374,6 +374,12 @@ impl DateSource for Clock {
     }
 }
 
+thread_local! {
+    /// The shard of the cached test running on this thread, for the `EndFill` effects.
+    static SHARD: std::cell::Cell<Option<&'static std::cell::RefCell<crate::cache::Shard>>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// An exchange with a cache: its shard, the shared invalidation counters and a hand clock.
 struct C {
     cfg: &'static Config,
@@ -393,11 +399,13 @@ impl C {
         let text = format!("{CFG}\n[cache]\nsize = \"8m\"\n{extra}\n");
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
+        let shard: &'static _ = Box::leak(Box::new(std::cell::RefCell::new(
+            crate::cache::Shard::new(1 << 20),
+        )));
+        SHARD.with(|s| s.set(Some(shard)));
         Self {
             cfg: Box::leak(Box::new(Config::parse("t.toml", &text).unwrap())),
-            shard: Box::leak(Box::new(std::cell::RefCell::new(crate::cache::Shard::new(
-                1 << 20,
-            )))),
+            shard,
             epochs: Box::leak(Box::default()),
             clock: Box::leak(Box::new(Clock(std::cell::Cell::new(1_000_000)))),
             now,
@@ -431,6 +439,12 @@ impl C {
         loop {
             match ex.poll_action() {
                 Action::Record { .. } => continue,
+                // As io does: the claim ends in the worker's shard.
+                Action::EndFill { key } => {
+                    let shard = SHARD.with(std::cell::Cell::get).expect("a cached test");
+                    assert!(shard.borrow().filling(&key), "gives back a claim it holds");
+                    shard.borrow_mut().end_fill(&key);
+                }
                 a => return a,
             }
         }
