@@ -310,8 +310,8 @@ impl CacheStep {
                         tmp[..] == v[..]
                     })
             });
-        let (id, e) = match found {
-            Select::Found(id, e) => (id, e),
+        match found {
+            Select::Found(id, e) => self.found(ctx, cr, r, id, e),
             miss => {
                 ctx.cache.shard.borrow_mut().count_miss();
                 self.fwd = if matches!(miss, Select::None) {
@@ -319,9 +319,21 @@ impl CacheStep {
                 } else {
                     "fwd=vary-miss"
                 };
-                return self.miss(ctx, cr, r);
+                self.miss(ctx, cr, r)
             }
-        };
+        }
+    }
+
+    /// A stored response `e` (entry `id`) matches the request: served fresh, served stale
+    /// while it is refreshed, or revalidated first.
+    fn found(
+        &mut self,
+        ctx: Ctx<'_>,
+        cr: &CacheRules,
+        r: Asked<'_>,
+        id: u32,
+        e: Rc<Entry>,
+    ) -> Lookup {
         let f = Freshness {
             lifetime: e.lifetime,
             age: e.age(ctx.secs),

@@ -1508,9 +1508,8 @@ impl Exchange {
     }
 
     fn response(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
-        let limits = Self::response_limits(env.cfg);
         let ub = &input[..end];
-        let parsed = parse_response(ub, &mut self.uheaders, &limits)
+        let parsed = parse_response(ub, &mut self.uheaders, &Self::response_limits(env.cfg))
             .map_err(UpstreamError::Invalid)
             .and_then(|rh| {
                 response_info(ub, &rh, &self.uheaders, self.req.method)
@@ -1521,39 +1520,19 @@ impl Exchange {
             Ok(x) => x,
             Err(e) => {
                 let err = Error::Upstream(e);
-                self.effects.push_back(self.record_action(
-                    Some(Outcome::Invalid),
-                    Some(err.clone()),
-                    now,
-                ));
+                let record = self.record_action(Some(Outcome::Invalid), Some(err.clone()), now);
+                self.effects.push_back(record);
                 self.fail(err, true, env, now);
                 return 0;
             }
         };
         self.pin.response(ub, &self.uheaders);
-        let seen = Seen {
-            status: rh.status,
-            body: ri.body,
-            websocket: rh.status == 101
-                && crate::http::find_header(ub, &self.uheaders, b"upgrade")
-                    .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")),
-        };
-        let retry_on = self.intent.group().and_then(|g| env.cfg.upstreams.get(g));
-        let asked = Asked {
-            version: self.req.version,
-            upgrade: self.req.upgrade,
-            persist: self.req.persist,
-            draining: env.draining,
-            retry_status: self.req.retryable
-                && self.tries.may_retry()
-                && retry_on.is_some_and(|u| u.retry_on.contains(&rh.status)),
-        };
-        match ResponsePlan::decide(seen, asked) {
+        match ResponsePlan::decide(self.seen(ub, &rh, &ri), self.asked(&rh, env)) {
             ResponsePlan::Interim { relay } => self.interim(ub, &rh, relay, env, now),
             ResponsePlan::Switch => {
                 // The switch: the 101 goes to the client, then bytes both ways.
-                self.effects
-                    .push_back(self.record_action(Some(Outcome::Success), None, now));
+                let record = self.record_action(Some(Outcome::Success), None, now);
+                self.effects.push_back(record);
                 self.timers.stop(Timer::UpstreamRead);
                 self.relayed_head(
                     ub,
@@ -1574,8 +1553,8 @@ impl Exchange {
             ResponsePlan::Retry => {
                 let err = Error::RetryStatus(rh.status);
                 let outcome = Some(Outcome::ServerError(rh.status));
-                self.effects
-                    .push_back(self.record_action(outcome, Some(err.clone()), now));
+                let record = self.record_action(outcome, Some(err.clone()), now);
+                self.effects.push_back(record);
                 self.tries.last = Some((err, true));
                 self.phase = Phase::Pick;
                 // The rest of this response is not read: io closes the connection.
@@ -1586,8 +1565,8 @@ impl Exchange {
                 persist,
                 outcome,
             } => {
-                self.effects
-                    .push_back(self.record_action(Some(outcome), None, now));
+                let record = self.record_action(Some(outcome), None, now);
+                self.effects.push_back(record);
                 self.timers.stop(Timer::UpstreamRead);
                 let head = Final {
                     rh,
@@ -1597,6 +1576,31 @@ impl Exchange {
                 };
                 self.final_response(input, end, head, env, now)
             }
+        }
+    }
+
+    /// What the response plan reads of a response head.
+    fn seen(&self, ub: &[u8], rh: &ResponseHead, ri: &crate::http::framing::ResponseInfo) -> Seen {
+        Seen {
+            status: rh.status,
+            body: ri.body,
+            websocket: rh.status == 101
+                && crate::http::find_header(ub, &self.uheaders, b"upgrade")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")),
+        }
+    }
+
+    /// What the response plan reads of the request.
+    fn asked(&self, rh: &ResponseHead, env: &Env<'_>) -> Asked {
+        let retry_on = self.intent.group().and_then(|g| env.cfg.upstreams.get(g));
+        Asked {
+            version: self.req.version,
+            upgrade: self.req.upgrade,
+            persist: self.req.persist,
+            draining: env.draining,
+            retry_status: self.req.retryable
+                && self.tries.may_retry()
+                && retry_on.is_some_and(|u| u.retry_on.contains(&rh.status)),
         }
     }
 
