@@ -19,7 +19,6 @@ use super::policy::{
 };
 use super::store::Selector;
 use super::{CacheRef, CacheRules, ClientNoCache, Entry, Select, Tee};
-use crate::config::Config;
 use crate::http::answer::{self, CacheStatus, Keep};
 use crate::http::date::DateLine;
 use crate::http::framing::BodyKind;
@@ -36,12 +35,14 @@ pub enum Rules {
     Forward,
 }
 
+/// Where the rules come from (the configuration, which knows its routes).
+pub trait RulesSource {
+    fn rules(&self, r: Rules) -> Option<&CacheRules>;
+}
+
 impl Rules {
-    fn of(self, cfg: &Config) -> Option<&CacheRules> {
-        match self {
-            Self::Route(i) => cfg.routes.get(i)?.cache.as_ref(),
-            Self::Forward => cfg.cache.as_ref().filter(|c| c.forward).map(|c| &c.rules),
-        }
+    fn of(self, src: &dyn RulesSource) -> Option<&CacheRules> {
+        src.rules(self)
     }
 }
 
@@ -103,7 +104,7 @@ enum Waited {
 /// What the exchange reads from the worker for a step.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
-    pub cfg: &'a Config,
+    pub rules: &'a dyn RulesSource,
     pub cache: CacheRef<'a>,
     /// Whole seconds since the epoch (the `Date` line's second).
     pub secs: u64,
@@ -273,7 +274,7 @@ impl CacheStep {
 
     /// Looks the request up under `rules`.
     pub fn lookup(&mut self, ctx: Ctx<'_>, rules: Rules, r: Asked<'_>) -> Lookup {
-        let Some(cr) = rules.of(ctx.cfg) else {
+        let Some(cr) = rules.of(ctx.rules) else {
             return Lookup::Forward;
         };
         if !matches!(r.method, Method::Get | Method::Head) {
@@ -557,7 +558,7 @@ impl CacheStep {
                 return None;
             }
         };
-        let cr = rules.of(ctx.cfg)?;
+        let cr = rules.of(ctx.rules)?;
         if policy::invalidates(method, rh.status) {
             self.invalidate(ctx, buf, headers);
             return None;
@@ -786,11 +787,11 @@ impl CacheStep {
     }
 
     /// The largest body the rules store (0: none).
-    pub fn max_object(&self, cfg: &Config) -> u64 {
+    pub fn max_object(&self, src: &dyn RulesSource) -> u64 {
         match self.phase {
             CachePhase::Forwarded { rules, .. }
             | CachePhase::Storing { rules, .. }
-            | CachePhase::Passing { rules } => rules.of(cfg).map_or(0, |r| r.max_object),
+            | CachePhase::Passing { rules } => rules.of(src).map_or(0, |r| r.max_object),
             CachePhase::Off => 0,
         }
     }
@@ -810,7 +811,7 @@ impl CacheStep {
         else {
             return None;
         };
-        let cr = rules.of(ctx.cfg)?;
+        let cr = rules.of(ctx.rules)?;
         let e = &s.entry;
         let by_rule = if timeout {
             cr.use_stale.timeout

@@ -202,6 +202,23 @@ impl Config {
     }
 }
 
+impl crate::forward::admit::OwnAddresses for Config {
+    fn is_own(&self, a: SocketAddr) -> bool {
+        self.is_own_address(a)
+    }
+}
+
+impl crate::cache::step::RulesSource for Config {
+    fn rules(&self, r: crate::cache::step::Rules) -> Option<&crate::cache::CacheRules> {
+        match r {
+            crate::cache::step::Rules::Route(i) => self.routes.get(i)?.cache.as_ref(),
+            crate::cache::step::Rules::Forward => {
+                self.cache.as_ref().filter(|c| c.forward).map(|c| &c.rules)
+            }
+        }
+    }
+}
+
 fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let server = build_server(loc, raw.server)?;
     let timeouts = build_timeouts(loc, raw.timeouts)?;

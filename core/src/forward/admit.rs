@@ -13,7 +13,26 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::acl::{evaluate, Decision, Request, Verdict as Rule};
-use crate::config::Config;
+use super::Forward;
+
+/// The configuration admission reads: the `[forward]` settings, and which addresses are this
+/// proxy's own (a request to one would loop back in).
+#[derive(Clone, Copy)]
+pub struct Settings<'a> {
+    pub forward: &'a Forward,
+    pub own: &'a dyn OwnAddresses,
+}
+
+/// Which addresses are this proxy's own listeners.
+pub trait OwnAddresses {
+    fn is_own(&self, a: SocketAddr) -> bool;
+}
+
+impl<F: Fn(SocketAddr) -> bool> OwnAddresses for F {
+    fn is_own(&self, a: SocketAddr) -> bool {
+        self(a)
+    }
+}
 
 /// What is asked: this client (and user) wants to reach `host:port`.
 #[derive(Clone, Copy, Debug)]
@@ -117,8 +136,8 @@ impl Denial {
 }
 
 /// The checks that need no addresses.
-pub fn admit(cfg: &Config, ask: &Ask<'_>) -> Verdict {
-    let fwd = &cfg.forward;
+pub fn admit(cfg: Settings<'_>, ask: &Ask<'_>) -> Verdict {
+    let fwd = cfg.forward;
     let ports = if ask.tunnel {
         &fwd.connect_ports
     } else {
@@ -136,7 +155,7 @@ pub fn admit(cfg: &Config, ask: &Ask<'_>) -> Verdict {
         Err(None) => true,
     };
     if let Ok(ip) = ask.host.parse::<IpAddr>() {
-        if cfg.is_own_address(SocketAddr::new(ip, ask.port)) {
+        if cfg.own.is_own(SocketAddr::new(ip, ask.port)) {
             return Verdict::Deny(Denial::Loop);
         }
     }
@@ -146,7 +165,7 @@ pub fn admit(cfg: &Config, ask: &Ask<'_>) -> Verdict {
 /// The checks on the addresses `ask.host` resolved to (in the resolver's order). Returns those
 /// that may be dialled, in order; never empty.
 pub fn admit_addresses(
-    cfg: &Config,
+    cfg: Settings<'_>,
     ask: &Ask<'_>,
     rules_pending: bool,
     mut addrs: Vec<SocketAddr>,
@@ -158,7 +177,7 @@ pub fn admit_addresses(
     if let Some(bad) = addrs.iter().find(|a| !policy.allows(ask.client, a.ip())) {
         return Err(Denial::Private(bad.ip()));
     }
-    if addrs.iter().any(|a| cfg.is_own_address(*a)) {
+    if addrs.iter().any(|a| cfg.own.is_own(*a)) {
         return Err(Denial::Loop);
     }
     if rules_pending {
@@ -182,7 +201,7 @@ pub fn admit_addresses(
 /// `[[forward.rules]]` for `ask`: `Ok` with the deciding rule's address blocks when it decided
 /// on addresses; `Err(Some)` denied; `Err(None)` the addresses are needed.
 fn rules(
-    cfg: &Config,
+    cfg: Settings<'_>,
     ask: &Ask<'_>,
     dest: Option<&[IpAddr]>,
 ) -> Result<Option<Vec<super::acl::Cidr>>, Option<Denial>> {
@@ -212,11 +231,11 @@ fn rules(
 mod tests {
     use super::*;
 
-    fn cfg(rules: &str) -> Config {
+    fn cfg(rules: &str) -> crate::config::Config {
         let text = format!(
             "[server]\nlisten = [{{ addr = \"127.0.0.1:3128\", forward = true }}]\n[forward]\ndeny_domains = [\"blocked.test\"]\n{rules}"
         );
-        Config::parse("t.toml", &text).unwrap()
+        crate::config::Config::parse("t.toml", &text).unwrap()
     }
 
     fn ask<'a>(host: &'a str, port: u16, tunnel: bool) -> Ask<'a> {
@@ -237,12 +256,17 @@ mod tests {
     #[test]
     fn before_resolution_in_order() {
         let c = cfg("");
+        let own = |a| c.is_own_address(a);
+        let s = Settings {
+            forward: &c.forward,
+            own: &own,
+        };
         let resolve = Verdict::Resolve {
             rules_pending: false,
         };
-        assert_eq!(admit(&c, &ask("a.test", 443, true)), resolve);
-        assert_eq!(admit(&c, &ask("a.test", 80, false)), resolve);
-        let deny = |a| match admit(&c, &a) {
+        assert_eq!(admit(s, &ask("a.test", 443, true)), resolve);
+        assert_eq!(admit(s, &ask("a.test", 80, false)), resolve);
+        let deny = |a| match admit(s, &a) {
             Verdict::Deny(d) => d,
             v => panic!("{v:?}"),
         };
@@ -269,37 +293,47 @@ mod tests {
     #[test]
     fn rules_that_need_addresses_decide_after_resolution() {
         let c = cfg("[[forward.rules]]\naction = \"deny\"\ndest_ips = [\"10.0.0.0/8\"]\n[[forward.rules]]\naction = \"allow\"\n");
+        let own = |a| c.is_own_address(a);
+        let s = Settings {
+            forward: &c.forward,
+            own: &own,
+        };
         let a = ask("a.test", 80, false);
         assert_eq!(
-            admit(&c, &a),
+            admit(s, &a),
             Verdict::Resolve {
                 rules_pending: true
             }
         );
         assert_eq!(
-            admit_addresses(&c, &a, true, vec![sa("10.1.2.3:80")]),
+            admit_addresses(s, &a, true, vec![sa("10.1.2.3:80")]),
             Err(Denial::Rule {
                 index: Some(0),
                 no_rules: false
             })
         );
         let ok = vec![sa("127.0.0.2:80"), sa("[::1]:80")];
-        assert_eq!(admit_addresses(&c, &a, true, ok.clone()), Ok(ok));
+        assert_eq!(admit_addresses(s, &a, true, ok.clone()), Ok(ok));
     }
 
     #[test]
     fn after_resolution() {
         let c = cfg("");
+        let own = |a| c.is_own_address(a);
+        let s = Settings {
+            forward: &c.forward,
+            own: &own,
+        };
         let a = ask("a.test", 80, false);
         assert_eq!(
-            admit_addresses(&c, &a, false, vec![]),
+            admit_addresses(s, &a, false, vec![]),
             Err(Denial::Unresolved)
         );
         assert_eq!(Denial::Unresolved.status(), 502);
         assert_eq!(Denial::Unresolved.socks5_reply(), 0x04);
         // A name that resolves to this proxy's own address loops.
         assert_eq!(
-            admit_addresses(&c, &a, false, vec![sa("127.0.0.1:3128")]),
+            admit_addresses(s, &a, false, vec![sa("127.0.0.1:3128")]),
             Err(Denial::Loop)
         );
         // A public client may not reach private addresses, even one among public ones.
@@ -308,7 +342,7 @@ mod tests {
             ..a
         };
         let mixed = vec![sa("198.51.100.1:80"), sa("10.0.0.1:80")];
-        let d = admit_addresses(&c, &public, false, mixed).unwrap_err();
+        let d = admit_addresses(s, &public, false, mixed).unwrap_err();
         assert_eq!(d, Denial::Private("10.0.0.1".parse().unwrap()));
         assert!(
             !d.detail(&public).contains("10.0.0.1"),

@@ -1,16 +1,4 @@
-//! The forward proxy's steps of the exchange: its access rules, loops back into the proxy, and
-//! what an anonymity level shows. The rules themselves are in [`crate::forward`].
-
-use super::{Env, Exchange};
-use crate::config::Protocol;
-
-impl Exchange {
-    /// Whether responses carry our `Via`: not from an elite forward proxy, which shows neither
-    /// itself nor the client, in either direction.
-    pub(super) fn shows_via(&self, env: &Env<'_>) -> bool {
-        self.protocol != Protocol::ForwardHttp || env.cfg.forward.anonymity.policy().via
-    }
-}
+//! What the forward proxy checks of a request-target it passes on as sent.
 
 /// Every `%` is followed by two hex digits.
 pub(super) fn well_formed_escapes(t: &[u8]) -> bool {

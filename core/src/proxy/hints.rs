@@ -10,7 +10,15 @@
 //! saturating counter per route (the forward proxy counts as one more), as a branch predictor
 //! keeps one per branch, so one odd response does not flip a route's behaviour.
 
-use super::SPLICE_MIN;
+/// Identity bodies at least this long move socket → pipe → socket with splice(2) when both
+/// ends are plain sockets: below it a copy through the read buffer is cheaper. Per direction,
+/// by measurement (docs/benchmarks.md, run 18): responses of 40 KiB cost 1–10% less CPU
+/// spliced and 24 KiB ones up to 20% more; uploads showed no difference above the noise
+/// between 16 and 64 KiB, so requests keep the larger threshold (fewer pipes in flight).
+pub const SPLICE_MIN: u64 = 32 * 1024;
+
+/// [`SPLICE_MIN`] for request bodies (uploads).
+pub const SPLICE_MIN_UPLOAD: u64 = 64 * 1024;
 
 /// The first read of a response head on a route that has been answering large bodies: room
 /// for a typical head, little of the body.

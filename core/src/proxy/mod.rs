@@ -38,7 +38,7 @@ pub use action::{Action, BodyPlan, Close, Finish, Reuse, Via};
 /// written from the store after it.
 pub const INLINE_HIT: usize = 16 * 1024;
 pub use error::{BodyFail, Error, Fault, UpstreamError};
-pub use hints::{SizeHints, HEAD_READ};
+pub use hints::{SizeHints, HEAD_READ, SPLICE_MIN, SPLICE_MIN_UPLOAD};
 pub use record::{EndRecord, RequestCounts, Requester};
 pub use timer::{Timer, Timers};
 
@@ -59,7 +59,7 @@ use crate::balance::request_key;
 use crate::cache::step::{self, Ctx, Lookup, Rules, Served};
 use crate::cache::{CacheStep, Entry, Tee};
 use crate::config::{Config, Listen, Protocol, Timeouts, Transport};
-use crate::forward::admit::{admit, admit_addresses, Denial, Verdict};
+use crate::forward::admit::{admit, admit_addresses, Denial, Settings, Verdict};
 use crate::health::Outcome;
 use crate::http::answer::CacheStatus;
 use crate::http::answer::{self, Answer, Content};
@@ -79,16 +79,6 @@ use crate::upstream::{Tried, UpstreamKey};
 /// Bodies up to this size that arrived in the same read as their head go out in one write with
 /// the head: one send instead of two, as nginx does with writev.
 pub const INLINE_BODY: u64 = 8 * 1024;
-
-/// Identity bodies at least this long move socket → pipe → socket with splice(2) when both
-/// ends are plain sockets: below it a copy through the read buffer is cheaper. Per direction,
-/// by measurement (docs/benchmarks.md, run 18): responses of 40 KiB cost 1–10% less CPU
-/// spliced and 24 KiB ones up to 20% more; uploads showed no difference above the noise
-/// between 16 and 64 KiB, so requests keep the larger threshold (fewer pipes in flight).
-pub const SPLICE_MIN: u64 = 32 * 1024;
-
-/// [`SPLICE_MIN`] for request bodies (uploads).
-pub const SPLICE_MIN_UPLOAD: u64 = 64 * 1024;
 
 /// The interim response io writes for `Expect: 100-continue`.
 pub use crate::http::answer::CONTINUE;
@@ -420,6 +410,27 @@ impl Exchange {
         self.timers.arm_for(Timer::Resolve, d, now);
     }
 
+    /// The check `VerifyPassword` asked for ended (`None`: it could not be checked now). The
+    /// request is handled again (io hands the head over once more): as that user when the
+    /// password was right, else answered 407 (or 503).
+    pub fn handle_verified(&mut self, ok: Option<bool>, env: &Env<'_>, now: Instant) {
+        debug_assert_eq!(self.phase, Phase::Verify);
+        let when = (now, env.date.date_line().secs());
+        authn::verified(ok, &mut self.auth, env.auth, self.client, when);
+        self.phase = Phase::Head {
+            began: true,
+            read_first: false,
+        };
+        self.scanner.reset();
+        self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
+    }
+
+    /// Whether responses carry our `Via`: not from an elite forward proxy, which shows neither
+    /// itself nor the client, in either direction.
+    fn shows_via(&self, env: &Env<'_>) -> bool {
+        self.protocol != Protocol::ForwardHttp || env.cfg.forward.anonymity.policy().via
+    }
+
     /// The name `Resolve` asks for.
     pub fn resolve_host(&self) -> &str {
         self.intent.dest().map_or("", |d| &d.host)
@@ -674,7 +685,12 @@ impl Exchange {
             return;
         };
         let ask = d.ask(self.client, user, tunnel);
-        let addrs = match admit_addresses(env.cfg, &ask, rules_pending, r.unwrap_or_default()) {
+        let addrs = match admit_addresses(
+            admission(env.cfg),
+            &ask,
+            rules_pending,
+            r.unwrap_or_default(),
+        ) {
             Ok(a) => a,
             Err(denial) => {
                 let (detail, logged) = (denial.detail(&ask), denial.logged(&ask));
@@ -1345,11 +1361,19 @@ impl Exchange {
             return Err(0);
         }
         if env.cfg.forward.users.is_some() {
-            match self.authenticate(buf, env, now) {
+            let value = crate::http::find_header(buf, &self.headers, b"proxy-authorization");
+            let when = (now, env.date.date_line().secs());
+            match authn::authenticate(value, &mut self.auth, env.auth, self.client, when) {
                 Authn::User(user) => self.record.user = Some(user),
-                Authn::Answered => return Err(r.end),
+                Authn::Refuse(status, detail, fields) => {
+                    self.local_error_with(status, detail, fields, env, now);
+                    return Err(r.end);
+                }
                 // The head stays in io's buffer: it is handed over again once checked.
-                Authn::Verifying => return Err(0),
+                Authn::Verify => {
+                    self.phase = Phase::Verify;
+                    return Err(0);
+                }
             }
         }
         let Some(named) = crate::forward::Authority::parse(authority, default_port) else {
@@ -1366,7 +1390,7 @@ impl Exchange {
         };
         let tunnel = head.method == Method::Connect;
         let ask = dest.ask(self.client, self.record.user.as_deref(), tunnel);
-        match admit(env.cfg, &ask) {
+        match admit(admission(env.cfg), &ask) {
             Verdict::Resolve { rules_pending } => dest.at = At::Named { rules_pending },
             Verdict::Deny(denial) => {
                 let answer = Local::Denied(denial.status(), denial.detail(&ask));
@@ -1978,8 +2002,16 @@ fn max_forwards(
 /// What the cache reads from the worker for a step (none without a cache).
 fn cache_ctx<'e>(env: &Env<'e>) -> Option<Ctx<'e>> {
     env.cache.map(|cache| Ctx {
-        cfg: env.cfg,
+        rules: env.cfg,
         cache,
         secs: env.date.date_line().secs(),
     })
+}
+
+/// What forward admission reads of the configuration.
+fn admission(cfg: &Config) -> Settings<'_> {
+    Settings {
+        forward: &cfg.forward,
+        own: cfg,
+    }
 }
