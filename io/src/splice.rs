@@ -19,7 +19,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 
 /// Bytes asked of one splice, and the pipe's capacity: 4x the default 64 KiB measured 1.2x the
-/// req/s and 6% less CPU per 1 MiB response (docs/benchmarks.md run 15).
+/// req/s and 6% less CPU per 1 MiB response (docs/benchmarks-log.md run 15).
 const CHUNK: usize = 256 * 1024;
 
 /// Idle pipes a worker keeps for the next transfer (each holds up to `CHUNK`; unprivileged

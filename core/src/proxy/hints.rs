@@ -3,7 +3,7 @@
 //! A response head is read into the connection's buffer, and whatever part of the body
 //! arrived with it is copied out from there; only the rest can be spliced. A full-size first
 //! read (16 KiB) therefore copies up to 16 KiB of a large body, which at 64 KiB is a quarter
-//! of it and measured 10–15% of the proxy's CPU per response (docs/benchmarks.md run 18). A
+//! of it and measured 10–15% of the proxy's CPU per response (docs/benchmarks-log.md run 18). A
 //! short first read avoids that but costs a second read and write for every mid-sized
 //! response that would have arrived whole (8 KiB measured 40% more CPU). So the first read is
 //! short only on routes whose recent responses were large enough to splice: a two-bit
@@ -12,7 +12,7 @@
 
 /// Identity bodies at least this long move socket → pipe → socket with splice(2) when both
 /// ends are plain sockets: below it a copy through the read buffer is cheaper. Per direction,
-/// by measurement (docs/benchmarks.md, run 18): responses of 40 KiB cost 1–10% less CPU
+/// by measurement (docs/benchmarks-log.md, run 18): responses of 40 KiB cost 1–10% less CPU
 /// spliced and 24 KiB ones up to 20% more; uploads showed no difference above the noise
 /// between 16 and 64 KiB, so requests keep the larger threshold (fewer pipes in flight).
 pub const SPLICE_MIN: u64 = 32 * 1024;

@@ -122,8 +122,8 @@ struct Request {
     body: BodyKind,
     /// How that body is framed upstream.
     body_out: BodyKind,
-    expect_continue: bool,
-    continue_sent: bool,
+    /// `Expect: 100-continue`, and whether the `100` went out.
+    expect: Expect,
     /// May go to another server after a failure (idempotent, nothing unrepeatable sent).
     retryable: bool,
     /// A WebSocket upgrade the proxy will tunnel after a `101`.
@@ -138,8 +138,7 @@ impl Default for Request {
             persist: Persistence::ClientCloses,
             body: BodyKind::None,
             body_out: BodyKind::None,
-            expect_continue: false,
-            continue_sent: false,
+            expect: Expect::Nothing,
             retryable: false,
             upgrade: false,
         }
@@ -551,7 +550,7 @@ impl Exchange {
         match what {
             Written::Answer(f) => self.finish(f, now),
             Written::Continue => {
-                self.req.continue_sent = true;
+                self.req.expect = Expect::Sent;
                 self.phase = Phase::SendBody;
             }
             Written::Interim => self.phase = Phase::ReadResponse { read_first: false },
@@ -744,7 +743,7 @@ impl Exchange {
         self.timers.stop(Timer::UpstreamWrite);
         if self.req.body.is_empty() {
             self.read_response(now);
-        } else if self.req.expect_continue && !self.req.continue_sent {
+        } else if self.req.expect == Expect::Continue {
             // The client waits for this before sending its body (RFC 9110 §10.1.1).
             self.write_client(Written::Continue, now);
         } else {
@@ -1098,7 +1097,11 @@ impl Exchange {
                 .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
             && self.transport == Transport::Plain;
         self.req.body = info.body;
-        self.req.expect_continue = info.expect_continue;
+        self.req.expect = if info.expect_continue {
+            Expect::Continue
+        } else {
+            Expect::Nothing
+        };
         let r = Parsed {
             input,
             end,
@@ -2014,4 +2017,14 @@ fn admission(cfg: &Config) -> Settings<'_> {
         forward: &cfg.forward,
         own: cfg,
     }
+}
+
+/// What the client expects before it sends its body (RFC 9110 §10.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Nothing,
+    /// `100 Continue`, not yet sent.
+    Continue,
+    /// `100 Continue`, sent.
+    Sent,
 }
