@@ -125,9 +125,9 @@ struct Request {
     /// `Expect: 100-continue`, and whether the `100` went out.
     expect: Expect,
     /// May go to another server after a failure (idempotent, nothing unrepeatable sent).
-    retryable: bool,
+    resend: Resend,
     /// A WebSocket upgrade the proxy will tunnel after a `101`.
-    upgrade: bool,
+    upgrade: Upgrade,
 }
 
 impl Default for Request {
@@ -139,8 +139,8 @@ impl Default for Request {
             body: BodyKind::None,
             body_out: BodyKind::None,
             expect: Expect::Nothing,
-            retryable: false,
-            upgrade: false,
+            resend: Resend::Never,
+            upgrade: Upgrade::None,
         }
     }
 }
@@ -154,7 +154,7 @@ struct Upstream {
     /// Body still to relay (after what went inline with the head).
     relay: BodyKind,
     /// The upstream wants its connection kept.
-    persistent: bool,
+    conn: UpstreamConn,
     /// How the client connection goes on after the response.
     then: Finish,
 }
@@ -165,7 +165,7 @@ impl Default for Upstream {
             body_in: BodyKind::None,
             body_out: BodyKind::None,
             relay: BodyKind::None,
-            persistent: false,
+            conn: UpstreamConn::Closes,
             then: Finish::Close(Close::Now),
         }
     }
@@ -831,7 +831,7 @@ impl Exchange {
     /// when it is cleanly framed, persistent and nothing was read past it (`leftover`); bytes
     /// past the framing were not asked for: closed, and keep-alive to the server paused.
     fn release_upstream(&mut self, leftover: usize) {
-        let reuse = self.up.body_in != BodyKind::Close && self.up.persistent;
+        let reuse = self.up.conn == UpstreamConn::Reusable;
         let release = self.release(reuse, leftover > 0);
         self.effects.push_back(release);
     }
@@ -1090,12 +1090,17 @@ impl Exchange {
         // WebSocket (RFC 6455 §4.1): GET, HTTP/1.1, `Connection: upgrade`, `Upgrade:
         // websocket`, tunnelled after the 101 when both ends are plain sockets. Other upgrades
         // are hop-by-hop fields, dropped.
-        self.req.upgrade = head.method == Method::Get
+        let websocket = head.method == Method::Get
             && head.version == Version::Http11
             && info.connection.upgrade
             && crate::http::find_header(buf, &self.headers, b"upgrade")
                 .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
             && self.transport == Transport::Plain;
+        self.req.upgrade = if websocket {
+            Upgrade::WebSocket
+        } else {
+            Upgrade::None
+        };
         self.req.body = info.body;
         self.req.expect = if info.expect_continue {
             Expect::Continue
@@ -1265,7 +1270,7 @@ impl Exchange {
             n => &self.target[..n],
         };
         if u.tls.is_some() {
-            self.req.upgrade = false;
+            self.req.upgrade = Upgrade::None;
         }
         let key = request_key(&u.balance, input, path, &self.headers, &self.client_ip);
         self.intent = Intent::Proxy { group, key };
@@ -1284,7 +1289,7 @@ impl Exchange {
             proto: self.scheme,
             host_override: set_host,
             fallback_host: fallback.as_bytes(),
-            upgrade_websocket: self.req.upgrade,
+            upgrade_websocket: self.req.upgrade == Upgrade::WebSocket,
             max_forwards: None,
             revalidate: self.cache.validators(),
         };
@@ -1459,7 +1464,7 @@ impl Exchange {
             proto: self.scheme,
             host_override: Some(authority),
             fallback_host: b"",
-            upgrade_websocket: self.req.upgrade,
+            upgrade_websocket: self.req.upgrade == Upgrade::WebSocket,
             max_forwards,
             revalidate: self.cache.validators(),
         };
@@ -1492,7 +1497,11 @@ impl Exchange {
                 self.req.body = BodyKind::None;
             }
         }
-        self.req.retryable = head.method.is_idempotent() && self.req.body.is_empty();
+        self.req.resend = if head.method.is_idempotent() && self.req.body.is_empty() {
+            Resend::Allowed
+        } else {
+            Resend::Never
+        };
         consumed
     }
 
@@ -1622,10 +1631,10 @@ impl Exchange {
         let retry_on = self.intent.group().and_then(|g| env.cfg.upstreams.get(g));
         Asked {
             version: self.req.version,
-            upgrade: self.req.upgrade,
+            upgrade: self.req.upgrade == Upgrade::WebSocket,
             persist: self.req.persist,
             draining: env.draining,
-            retry_status: self.req.retryable
+            retry_status: self.req.resend == Resend::Allowed
                 && self.tries.may_retry()
                 && retry_on.is_some_and(|u| u.retry_on.contains(&rh.status)),
         }
@@ -1754,7 +1763,11 @@ impl Exchange {
             body_in: ri.body,
             body_out: to_client,
             relay,
-            persistent: ri.connection.persistent(rh.version),
+            conn: if ri.body != BodyKind::Close && ri.connection.persistent(rh.version) {
+                UpstreamConn::Reusable
+            } else {
+                UpstreamConn::Closes
+            },
             then: persist.finish(true),
         };
         self.record.status = rh.status;
@@ -1795,7 +1808,7 @@ impl Exchange {
             Some(At::Dialling { next, .. }) if !next.is_empty()
         );
         let facts = Facts {
-            resendable: self.req.retryable,
+            resendable: self.req.resend == Resend::Allowed,
             body_done: self.req.body.is_empty(),
             next_address,
         };
@@ -2027,4 +2040,28 @@ enum Expect {
     Continue,
     /// `100 Continue`, sent.
     Sent,
+}
+
+/// Whether the request may be sent again after a failure: idempotent, with nothing sent that
+/// cannot be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    Never,
+    Allowed,
+}
+
+/// The protocol switch a request asks for that the proxy will carry out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upgrade {
+    None,
+    /// RFC 6455: tunnelled after the `101`.
+    WebSocket,
+}
+
+/// What the upstream's response allows for its connection once the body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UpstreamConn {
+    /// Length-framed and persistent: it may carry another request.
+    Reusable,
+    Closes,
 }
