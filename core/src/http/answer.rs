@@ -132,38 +132,42 @@ impl<'a> Answer<'a> {
         }
     }
 
+    /// The status line (the stored one when the status is the stored response's) and the
+    /// stored fields the answer keeps.
+    fn write_status_and_stored(&self, out: &mut Vec<u8>) {
+        let stored = self.stored.map(|(head, keep)| {
+            let line = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+            (head, line, keep)
+        });
+        match stored {
+            Some((head, line, _)) if stored_status(head) == Some(self.status) => {
+                out.extend_from_slice(&head[..line]);
+            }
+            _ => {
+                let r = self.reason.unwrap_or_else(|| reason(self.status));
+                let _ = write!(out, "HTTP/1.1 {} {r}\r\n", self.status);
+            }
+        }
+        let Some((head, line, keep)) = stored else {
+            return;
+        };
+        for field in head[line..].split_inclusive(|&b| b == b'\n') {
+            let name = field_name(field);
+            let kept = match keep {
+                Keep::All => true,
+                Keep::Only(names) => names.iter().any(|n| name.eq_ignore_ascii_case(n)),
+                Keep::AllBut(names) => !names.iter().any(|n| name.eq_ignore_ascii_case(n)),
+            };
+            if kept {
+                out.extend_from_slice(field);
+            }
+        }
+    }
+
     /// Appends the head, and the content the answer holds (a page, bytes) unless `head_only`
     /// (a response to `HEAD` has the fields a `GET` would get and no content).
     pub fn write(&self, connection: ConnectionHeader, head_only: bool, out: &mut Vec<u8>) {
-        let mut stored_fields: &[u8] = b"";
-        match self.stored {
-            Some((head, _)) if stored_status(head) == Some(self.status) => {
-                let line = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-                out.extend_from_slice(&head[..line]);
-                stored_fields = &head[line..];
-            }
-            stored => {
-                let r = self.reason.unwrap_or_else(|| reason(self.status));
-                let _ = write!(out, "HTTP/1.1 {} {r}\r\n", self.status);
-                if let Some((head, _)) = stored {
-                    let line = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-                    stored_fields = &head[line..];
-                }
-            }
-        }
-        if let Some((_, keep)) = self.stored {
-            for line in stored_fields.split_inclusive(|&b| b == b'\n') {
-                let name = field_name(line);
-                let kept = match keep {
-                    Keep::All => true,
-                    Keep::Only(names) => names.iter().any(|n| name.eq_ignore_ascii_case(n)),
-                    Keep::AllBut(names) => !names.iter().any(|n| name.eq_ignore_ascii_case(n)),
-                };
-                if kept {
-                    out.extend_from_slice(line);
-                }
-            }
-        }
+        self.write_status_and_stored(out);
         out.extend_from_slice(self.fields);
         if let Some(age) = self.age {
             let _ = write!(out, "Age: {age}\r\n");

@@ -200,11 +200,9 @@ fn server_of(to: UpstreamKey) -> usize {
     }
 }
 
-fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
-    #[allow(clippy::disallowed_methods)]
-    let start = Instant::now();
-    let forward = sim == Sim::Forward;
-    let text = match sim {
+/// The configuration a simulated listener runs with.
+fn config_text(sim: Sim) -> String {
+    match sim {
         Sim::Forward => {
             CONFIG.replace(
                 "listen = [\"127.0.0.1:8080\"]",
@@ -213,18 +211,18 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
         }
         Sim::Cached => format!("{CONFIG}\n[cache]\nsize = \"8m\"\n"),
         Sim::Reverse => CONFIG.to_string(),
-    };
+    }
+}
+
+fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
+    #[allow(clippy::disallowed_methods)]
+    let start = Instant::now();
+    let cfg =
+        Config::parse("sim.toml", &config_text(sim)).expect("the simulation's config is valid");
     let shard = std::cell::RefCell::new(crate::cache::Shard::new(4 << 20));
     let epochs = crate::cache::Epochs::default();
-    let cache = (sim == Sim::Cached).then_some(CacheRef {
-        shard: &shard,
-        epochs: &epochs,
-    });
-    let cfg = Config::parse("sim.toml", &text).expect("the simulation's config is valid");
-    let mut group = GroupState::new(&cfg.upstreams[0], 0);
+    let hints = std::cell::RefCell::new(super::SizeHints::new(cfg.routes.len()));
     let date = DateLine::at(1_700_000_000);
-    let mut now = start;
-
     // The client's bytes: generated requests, or raw fuzz input.
     let mut specs = Vec::new();
     let client: Vec<u8> = match raw_client {
@@ -233,361 +231,424 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
             let mut bytes = Vec::new();
             let n = 1 + c.below(10) as usize;
             for id in 0..n {
-                let last = id + 1 == n;
                 // Requests after a refused one stay in the stream: they must never be
                 // forwarded or answered.
-                specs.push(request(c, id, last, sim, &mut bytes));
+                specs.push(request(c, id, id + 1 == n, sim, &mut bytes));
             }
             bytes
         }
     };
-    let mut cpos = 0;
-    let mut inbuf: Vec<u8> = Vec::new();
-    let mut ubuf: Vec<u8> = Vec::new();
-    let mut to_client: Vec<u8> = Vec::new();
-    let mut servers = Servers {
-        pool: (0..3).map(|_| Vec::new()).collect(),
-        targets: specs
-            .iter()
-            .map(|s| (s.id, (s.target.clone(), s.vary)))
-            .collect(),
-        ..Servers::default()
+    let mut w = World {
+        c,
+        sim,
+        strict: raw_client.is_none(),
+        env: Env {
+            cfg: &cfg,
+            date: &date,
+            draining: false,
+            auth: None,
+            cache: (sim == Sim::Cached).then_some(CacheRef {
+                shard: &shard,
+                epochs: &epochs,
+            }),
+            hints: Some(&hints),
+        },
+        shard: &shard,
+        now: start,
+        group: GroupState::new(&cfg.upstreams[0], 0),
+        client,
+        cpos: 0,
+        inbuf: Vec::new(),
+        ubuf: Vec::new(),
+        to_client: Vec::new(),
+        servers: Servers {
+            pool: (0..3).map(|_| Vec::new()).collect(),
+            targets: specs
+                .iter()
+                .map(|s| (s.id, (s.target.clone(), s.vary)))
+                .collect(),
+            ..Servers::default()
+        },
+        up: None,
+        in_flight: None,
+        foreign: None,
     };
-    let mut up: Option<UpConn> = None;
-    let mut in_flight: Option<usize> = None;
-    let listen = cfg.server.listen[0];
-    let mut ex = Exchange::new(&listen, "192.0.2.7".parse().unwrap());
-    let mut closed = false;
-    let mut exchanges = 0;
-    // The method of each exchange that answered, in order, and its record.
-    let mut answered = Vec::new();
-    let mut records = Vec::new();
-    let hints = std::cell::RefCell::new(super::SizeHints::new(cfg.routes.len()));
-
-    while !closed {
-        exchanges += 1;
-        assert!(exchanges < 64, "more exchanges than requests");
-        ex.begin(&cfg, now);
-        // Another connection is fetching one of the targets.
-        let mut foreign: Option<Vec<u8>> = None;
-        if sim == Sim::Cached && c.chance(15) {
-            let key = format!("~app\0http://sim/app/c{}", c.below(3)).into_bytes();
-            if shard.borrow_mut().try_fill(&key) {
-                foreign = Some(key);
-            }
-        }
-        let mut steps = 0;
-        let finish = loop {
-            steps += 1;
-            assert!(steps < 10_000, "an exchange that does not end");
-            let env = Env {
-                cfg: &cfg,
-                date: &date,
-                draining: false,
-                auth: None,
-                cache,
-                hints: Some(&hints),
-            };
-            let action = ex.poll_action();
-            if std::env::var_os("SIM_TRACE").is_some() {
-                eprintln!("{:?}", action);
-            }
-            match action {
-                Action::ReadHead { read_first, .. } => {
-                    if read_first {
-                        if cpos < client.len() {
-                            let k = piece(c, client.len() - cpos);
-                            inbuf.extend_from_slice(&client[cpos..cpos + k]);
-                            cpos += k;
-                        } else if c.chance(30) {
-                            now = deadline(&ex);
-                            ex.handle_timeout(&env, now);
-                            continue;
-                        } else {
-                            ex.handle_client_closed(now);
-                            continue;
-                        }
-                    }
-                    let n = ex.handle_input(&inbuf, &env, now);
-                    inbuf.drain(..n);
-                }
-                Action::WriteClient => {
-                    let _ = deadline(&ex);
-                    to_client.extend_from_slice(ex.out());
-                    ex.handle_client_written(true, now);
-                }
-                Action::WaitFill => {
-                    let key = foreign
-                        .as_deref()
-                        .expect("only another's fetch is waited for");
-                    assert_eq!(ex.cache_key(), key, "waits for the key it asked for");
-                    if c.chance(50) {
-                        // The other fetch ends.
-                        shard.borrow_mut().end_fill(key);
-                        foreign = None;
-                        ex.handle_fill_done(&env, now);
-                    } else {
-                        now = deadline(&ex);
-                        ex.handle_timeout(&env, now);
-                    }
-                }
-                Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
-                Action::EndFill { key } => {
-                    assert!(shard.borrow().filling(&key), "gives back a claim it holds");
-                    shard.borrow_mut().end_fill(&key);
-                }
-                Action::Refresh { .. } => unreachable!("no stale-while-revalidate here"),
-                Action::FetchBody(mut plan) => {
-                    let conn = up.as_mut().expect("connected");
-                    let mut src = std::mem::take(&mut conn.pending);
-                    let eof = conn.eof;
-                    let mut spos = 0;
-                    let mut tee = plan.tee.take();
-                    let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
-                    let feed = Feed {
-                        src: &src,
-                        pos: &mut spos,
-                        stall: !eof,
-                    };
-                    let r = body(c, &mut plan, &mut ubuf, feed, None, stage);
-                    src.drain(..spos);
-                    up.as_mut().unwrap().pending = src;
-                    let leftover = ubuf.len();
-                    ex.handle_body_fetched(r, leftover, tee, &env, now);
-                }
-                Action::WriteStored { entry, range, .. } => {
-                    to_client.extend_from_slice(ex.out());
-                    to_client.extend_from_slice(&entry.body[range]);
-                    ex.handle_client_written(true, now);
-                }
-                Action::WriteContinue => {
-                    to_client.extend_from_slice(CONTINUE);
-                    ex.handle_client_written(true, now);
-                }
-                Action::DiscardBody(mut plan) => {
-                    let feed = Feed {
-                        src: &client,
-                        pos: &mut cpos,
-                        stall: false,
-                    };
-                    let r = body(c, &mut plan, &mut inbuf, feed, None, None);
-                    ex.handle_request_body(r, &env, now);
-                }
-                Action::Pick { group: g, key } => {
-                    assert_eq!(g, 0);
-                    if let Some(s) = in_flight.take() {
-                        group.done(s);
-                    }
-                    let s = group.pick(&cfg.upstreams[0], key, ex.tried(), |_| true, now);
-                    in_flight = s;
-                    ex.handle_pick(s, &env, now);
-                }
-                Action::Record { to, outcome, .. } => {
-                    if let (UpstreamKey::Server { server, .. }, Some(o)) = (to, outcome) {
-                        let _ = group.record(&cfg.upstreams[0], server, o, now);
-                    }
-                }
-                Action::Resolve { .. } if c.chance(3) => {
-                    // The name server never answers.
-                    now = deadline(&ex);
-                    ex.handle_timeout(&env, now);
-                }
-                Action::Resolve { port } => {
-                    assert!(forward, "a reverse proxy resolves nothing");
-                    let host = ex.resolve_host().to_string();
-                    let n = host
-                        .strip_prefix('h')
-                        .and_then(|h| h.strip_suffix(".test"))
-                        .and_then(|n| n.parse::<u8>().ok());
-                    let r = match n {
-                        Some(n) if n < 3 && !c.chance(5) => {
-                            Ok(vec![SocketAddr::from(([203, 0, 113, n + 1], port))])
-                        }
-                        _ => Err(format!("{host}: not found")),
-                    };
-                    ex.handle_resolved(r, &env, now);
-                }
-                Action::Tunnel { .. } => {
-                    // What the client sends from here on is the tunnel's, not HTTP: it goes
-                    // through untouched, and the tunnel ends when the client is done.
-                    let sent = (inbuf.len() + client.len() - cpos) as u64;
-                    inbuf.clear();
-                    cpos = client.len();
-                    ex.handle_tunnel_closed(sent, 0, now);
-                }
-                Action::Connect { to, via } => {
-                    let pooled = via == Via::Pooled;
-                    let server = server_of(to);
-                    if forward {
-                        assert!(matches!(to, UpstreamKey::Destination { .. }), "{to:?}");
-                    }
-                    up = None;
-                    ubuf.clear();
-                    let mut taken = None;
-                    if pooled {
-                        // As io's pool does: a connection with anything waiting is dropped.
-                        while let Some(mut conn) = servers.pool[server].pop() {
-                            if conn.pending.is_empty() && !conn.eof {
-                                conn.stale = c.chance(15);
-                                taken = Some(conn);
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(conn) = taken {
-                        up = Some(conn);
-                        ex.handle_connected(true, now);
-                    } else if c.chance(8) {
-                        ex.handle_upstream_error(
-                            UpstreamError::ConnectFailed("refused".into()),
-                            &env,
-                            now,
-                        );
-                    } else if c.chance(4) {
-                        now = deadline(&ex);
-                        ex.handle_timeout(&env, now);
-                    } else {
-                        up = Some(UpConn::new(server));
-                        ex.handle_connected(false, now);
-                    }
-                }
-                Action::SendRequest => {
-                    let conn = up.as_mut().expect("connected");
-                    let _ = deadline(&ex);
-                    if conn.stale && c.chance(50) {
-                        ex.handle_upstream_error(
-                            UpstreamError::WriteFailed("reset".into()),
-                            &env,
-                            now,
-                        );
-                    } else {
-                        conn.received.extend_from_slice(ex.out());
-                        ex.handle_request_sent(now);
-                    }
-                }
-                Action::SendBody(mut plan) => {
-                    let conn = up.as_mut().expect("connected");
-                    let mut sink = std::mem::take(&mut conn.received);
-                    let feed = Feed {
-                        src: &client,
-                        pos: &mut cpos,
-                        stall: false,
-                    };
-                    let r = body(c, &mut plan, &mut inbuf, feed, Some(&mut sink), None);
-                    up.as_mut().unwrap().received = sink;
-                    ex.handle_request_body(r, &env, now);
-                }
-                Action::ReadResponseHead { read_first, max } => {
-                    let conn = up.as_mut().expect("connected");
-                    if read_first {
-                        let strict = raw_client.is_none();
-                        let host = if forward {
-                            format!("h{}.test", conn.server)
-                        } else {
-                            "sim".to_string()
-                        };
-                        respond(c, conn, strict, &host, sim, &mut servers);
-                        if !conn.pending.is_empty() {
-                            let mut k = piece(c, conn.pending.len());
-                            if let (Some(m), true) = (max, ubuf.is_empty()) {
-                                k = k.min(m);
-                            }
-                            ubuf.extend(conn.pending.drain(..k));
-                        } else if conn.eof {
-                            let e = if ubuf.is_empty() {
-                                UpstreamError::ClosedEarly
-                            } else {
-                                UpstreamError::Truncated
-                            };
-                            ex.handle_upstream_error(e, &env, now);
-                            continue;
-                        } else {
-                            now = deadline(&ex);
-                            ex.handle_timeout(&env, now);
-                            continue;
-                        }
-                    }
-                    let n = ex.handle_upstream_input(&ubuf, &env, now);
-                    ubuf.drain(..n);
-                }
-                Action::RelayResponse(mut plan) => {
-                    let conn = up.as_mut().expect("connected");
-                    let mut src = std::mem::take(&mut conn.pending);
-                    let eof = conn.eof;
-                    let mut spos = 0;
-                    let mut tee = plan.tee.take();
-                    let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
-                    let feed = Feed {
-                        src: &src,
-                        pos: &mut spos,
-                        stall: !eof,
-                    };
-                    let r = body(c, &mut plan, &mut ubuf, feed, Some(&mut to_client), stage);
-                    src.drain(..spos);
-                    up.as_mut().unwrap().pending = src;
-                    let leftover = ubuf.len();
-                    ex.handle_response_body(r, leftover, tee, &env, now);
-                }
-                Action::Release { to, then } => {
-                    let server = server_of(to);
-                    let conn = up.take().expect("released connection");
-                    let pool = then == Reuse::Pool;
-                    assert_ne!(
-                        then,
-                        Reuse::Pin,
-                        "no connection-bound login in the simulation"
-                    );
-                    assert_eq!(conn.server, server);
-                    assert!(!pool || ubuf.is_empty(), "pooled with unread bytes");
-                    if then == Reuse::Distrust {
-                        servers.pool[server].clear();
-                    }
-                    if pool {
-                        let mut conn = conn;
-                        conn.answered = false;
-                        servers.pool[server].push(conn);
-                    }
-                    ubuf.clear();
-                }
-                Action::Finish(f) => {
-                    if let Some(s) = in_flight.take() {
-                        group.done(s);
-                    }
-                    // Every claim on a fetch was given back (`EndFill`) before the end.
-                    for k in 0..3 {
-                        let key = format!("~app\0http://sim/app/c{k}").into_bytes();
-                        assert!(
-                            !shard.borrow().filling(&key) || foreign.as_ref() == Some(&key),
-                            "an exchange ended holding the fetch of c{k}"
-                        );
-                    }
-                    if let Some(key) = foreign.take() {
-                        shard.borrow_mut().end_fill(&key);
-                    }
-                    up = None;
-                    ubuf.clear();
-                    break f;
-                }
-            }
-        };
-        let record = ex.end_record();
-        assert_eq!(record.finish, Some(finish));
-        if record.status != 0 {
-            answered.push(record.method.unwrap_or(Method::Get));
-            records.push(record.clone());
-        }
-        closed = finish != Finish::KeepAlive;
-    }
+    let (answered, records) = w.connection();
     if std::env::var_os("SIM_TRACE").is_some() {
         eprintln!("{specs:?}");
     }
     if raw_client.is_none() {
-        check_answers(&specs, &to_client, &servers, &records);
+        check_answers(&specs, &w.to_client, &w.servers, &records);
         if sim == Sim::Cached {
-            check_cache(&specs, &to_client, &servers, &records);
+            check_cache(&specs, &w.to_client, &w.servers, &records);
         }
     } else {
-        check_well_formed(&to_client, &answered, &records);
+        check_well_formed(&w.to_client, &answered, &records);
+    }
+}
+
+/// One simulated connection's world: the client's bytes and what it received, the upstream
+/// servers, the worker's state, and the clock. It plays io's part for each action.
+struct World<'a, 'c> {
+    c: &'c mut dyn Choices,
+    sim: Sim,
+    /// Generated requests (not raw fuzz input): the servers check what they get.
+    strict: bool,
+    env: Env<'a>,
+    shard: &'a std::cell::RefCell<crate::cache::Shard>,
+    now: Instant,
+    group: GroupState,
+    client: Vec<u8>,
+    cpos: usize,
+    inbuf: Vec<u8>,
+    ubuf: Vec<u8>,
+    to_client: Vec<u8>,
+    servers: Servers,
+    up: Option<UpConn>,
+    in_flight: Option<usize>,
+    /// A key another connection is fetching.
+    foreign: Option<Vec<u8>>,
+}
+
+impl World<'_, '_> {
+    /// Runs the connection's exchanges to the close: the method of each that answered, and
+    /// its record.
+    fn connection(&mut self) -> (Vec<Method>, Vec<EndRecord>) {
+        let listen = self.env.cfg.server.listen[0];
+        let mut ex = Exchange::new(&listen, "192.0.2.7".parse().unwrap());
+        let (mut answered, mut records) = (Vec::new(), Vec::new());
+        for exchanges in 0.. {
+            assert!(exchanges < 64, "more exchanges than requests");
+            ex.begin(self.env.cfg, self.now);
+            if self.sim == Sim::Cached && self.c.chance(15) {
+                // Another connection is fetching one of the targets.
+                let key = format!("~app\0http://sim/app/c{}", self.c.below(3)).into_bytes();
+                if self.shard.borrow_mut().try_fill(&key) {
+                    self.foreign = Some(key);
+                }
+            }
+            let finish = (0..10_000)
+                .find_map(|_| {
+                    let action = ex.poll_action();
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        eprintln!("{action:?}");
+                    }
+                    self.step(&mut ex, action)
+                })
+                .expect("an exchange that does not end");
+            let record = ex.end_record();
+            assert_eq!(record.finish, Some(finish));
+            if record.status != 0 {
+                answered.push(record.method.unwrap_or(Method::Get));
+                records.push(record.clone());
+            }
+            if finish != Finish::KeepAlive {
+                break;
+            }
+        }
+        (answered, records)
+    }
+
+    /// Carries out `action` as io would; `Some` when the exchange ended.
+    fn step(&mut self, ex: &mut Exchange, action: Action) -> Option<Finish> {
+        let (env, now) = (self.env, self.now);
+        match action {
+            Action::ReadHead { read_first, .. } => self.read_head(ex, read_first),
+            Action::WriteClient => {
+                let _ = deadline(ex);
+                self.to_client.extend_from_slice(ex.out());
+                ex.handle_client_written(true, now);
+            }
+            Action::WriteStored { entry, range, .. } => {
+                self.to_client.extend_from_slice(ex.out());
+                self.to_client.extend_from_slice(&entry.body[range]);
+                ex.handle_client_written(true, now);
+            }
+            Action::WriteContinue => {
+                self.to_client.extend_from_slice(CONTINUE);
+                ex.handle_client_written(true, now);
+            }
+            Action::WaitFill => self.wait_fill(ex),
+            Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
+            Action::EndFill { key } => {
+                assert!(
+                    self.shard.borrow().filling(&key),
+                    "gives back a claim it holds"
+                );
+                self.shard.borrow_mut().end_fill(&key);
+            }
+            Action::Refresh { .. } => unreachable!("no stale-while-revalidate here"),
+            Action::DiscardBody(mut plan) => {
+                let r = self.request_body(&mut plan, false);
+                ex.handle_request_body(r, &env, now);
+            }
+            Action::SendBody(mut plan) => {
+                let r = self.request_body(&mut plan, true);
+                ex.handle_request_body(r, &env, now);
+            }
+            Action::Pick { group: g, key } => {
+                assert_eq!(g, 0);
+                if let Some(s) = self.in_flight.take() {
+                    self.group.done(s);
+                }
+                let u = &env.cfg.upstreams[0];
+                let s = self.group.pick(u, key, ex.tried(), |_| true, now);
+                self.in_flight = s;
+                ex.handle_pick(s, &env, now);
+            }
+            Action::Record { to, outcome, .. } => {
+                if let (UpstreamKey::Server { server, .. }, Some(o)) = (to, outcome) {
+                    let _ = self.group.record(&env.cfg.upstreams[0], server, o, now);
+                }
+            }
+            Action::Resolve { port } => self.resolve(ex, port),
+            Action::Tunnel { .. } => {
+                // What the client sends from here on is the tunnel's, not HTTP: it goes
+                // through untouched, and the tunnel ends when the client is done.
+                let sent = (self.inbuf.len() + self.client.len() - self.cpos) as u64;
+                self.inbuf.clear();
+                self.cpos = self.client.len();
+                ex.handle_tunnel_closed(sent, 0, now);
+            }
+            Action::Connect { to, via } => self.connect(ex, to, via),
+            Action::SendRequest => self.send_request(ex),
+            Action::ReadResponseHead { read_first, max } => {
+                self.read_response_head(ex, read_first, max)
+            }
+            Action::RelayResponse(plan) => self.response_body(ex, plan, true),
+            Action::FetchBody(plan) => self.response_body(ex, plan, false),
+            Action::Release { to, then } => self.release(to, then),
+            Action::Finish(f) => {
+                self.finish();
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// The clock jumps to the exchange's deadline, which passes.
+    fn time_out(&mut self, ex: &mut Exchange) {
+        self.now = deadline(ex);
+        ex.handle_timeout(&self.env, self.now);
+    }
+
+    fn read_head(&mut self, ex: &mut Exchange, read_first: bool) {
+        if read_first {
+            if self.cpos < self.client.len() {
+                let k = piece(self.c, self.client.len() - self.cpos);
+                self.inbuf
+                    .extend_from_slice(&self.client[self.cpos..self.cpos + k]);
+                self.cpos += k;
+            } else if self.c.chance(30) {
+                return self.time_out(ex);
+            } else {
+                return ex.handle_client_closed(self.now);
+            }
+        }
+        let n = ex.handle_input(&self.inbuf, &self.env, self.now);
+        self.inbuf.drain(..n);
+    }
+
+    /// The request body from the client: to the upstream (`send`) or thrown away.
+    fn request_body(&mut self, plan: &mut BodyPlan, send: bool) -> Result<u64, BodyFail> {
+        let feed = Feed {
+            src: &self.client,
+            pos: &mut self.cpos,
+            stall: false,
+        };
+        if !send {
+            return body(self.c, plan, &mut self.inbuf, feed, None, None);
+        }
+        let conn = self.up.as_mut().expect("connected");
+        let mut sink = std::mem::take(&mut conn.received);
+        let r = body(self.c, plan, &mut self.inbuf, feed, Some(&mut sink), None);
+        self.up.as_mut().expect("connected").received = sink;
+        r
+    }
+
+    fn wait_fill(&mut self, ex: &mut Exchange) {
+        let key = self
+            .foreign
+            .clone()
+            .expect("only another's fetch is waited for");
+        assert_eq!(ex.cache_key(), key, "waits for the key it asked for");
+        if self.c.chance(50) {
+            // The other fetch ends.
+            self.shard.borrow_mut().end_fill(&key);
+            self.foreign = None;
+            ex.handle_fill_done(&self.env, self.now);
+        } else {
+            self.time_out(ex);
+        }
+    }
+
+    /// The simulated resolver: `hN.test` is server N (N < 3), sometimes not found; the name
+    /// server sometimes never answers.
+    fn resolve(&mut self, ex: &mut Exchange, port: u16) {
+        assert_eq!(self.sim, Sim::Forward, "a reverse proxy resolves nothing");
+        if self.c.chance(3) {
+            return self.time_out(ex);
+        }
+        let host = ex.resolve_host().to_string();
+        let n = host
+            .strip_prefix('h')
+            .and_then(|h| h.strip_suffix(".test"))
+            .and_then(|n| n.parse::<u8>().ok());
+        let r = match n {
+            Some(n) if n < 3 && !self.c.chance(5) => {
+                Ok(vec![SocketAddr::from(([203, 0, 113, n + 1], port))])
+            }
+            _ => Err(format!("{host}: not found")),
+        };
+        ex.handle_resolved(r, &self.env, self.now);
+    }
+
+    fn connect(&mut self, ex: &mut Exchange, to: UpstreamKey, via: Via) {
+        let server = server_of(to);
+        if self.sim == Sim::Forward {
+            assert!(matches!(to, UpstreamKey::Destination { .. }), "{to:?}");
+        }
+        self.up = None;
+        self.ubuf.clear();
+        let mut taken = None;
+        if via == Via::Pooled {
+            // As io's pool does: a connection with anything waiting is dropped.
+            while let Some(mut conn) = self.servers.pool[server].pop() {
+                if conn.pending.is_empty() && !conn.eof {
+                    conn.stale = self.c.chance(15);
+                    taken = Some(conn);
+                    break;
+                }
+            }
+        }
+        if let Some(conn) = taken {
+            self.up = Some(conn);
+            ex.handle_connected(true, self.now);
+        } else if self.c.chance(8) {
+            let e = UpstreamError::ConnectFailed("refused".into());
+            ex.handle_upstream_error(e, &self.env, self.now);
+        } else if self.c.chance(4) {
+            self.time_out(ex);
+        } else {
+            self.up = Some(UpConn::new(server));
+            ex.handle_connected(false, self.now);
+        }
+    }
+
+    fn send_request(&mut self, ex: &mut Exchange) {
+        let conn = self.up.as_mut().expect("connected");
+        let _ = deadline(ex);
+        if conn.stale && self.c.chance(50) {
+            let e = UpstreamError::WriteFailed("reset".into());
+            ex.handle_upstream_error(e, &self.env, self.now);
+        } else {
+            conn.received.extend_from_slice(ex.out());
+            ex.handle_request_sent(self.now);
+        }
+    }
+
+    fn read_response_head(&mut self, ex: &mut Exchange, read_first: bool, max: Option<usize>) {
+        if read_first {
+            let conn = self.up.as_mut().expect("connected");
+            let host = if self.sim == Sim::Forward {
+                format!("h{}.test", conn.server)
+            } else {
+                "sim".to_string()
+            };
+            respond(
+                self.c,
+                conn,
+                self.strict,
+                &host,
+                self.sim,
+                &mut self.servers,
+            );
+            if !conn.pending.is_empty() {
+                let mut k = piece(self.c, conn.pending.len());
+                if let (Some(m), true) = (max, self.ubuf.is_empty()) {
+                    k = k.min(m);
+                }
+                self.ubuf.extend(conn.pending.drain(..k));
+            } else if conn.eof {
+                let e = if self.ubuf.is_empty() {
+                    UpstreamError::ClosedEarly
+                } else {
+                    UpstreamError::Truncated
+                };
+                return ex.handle_upstream_error(e, &self.env, self.now);
+            } else {
+                return self.time_out(ex);
+            }
+        }
+        let n = ex.handle_upstream_input(&self.ubuf, &self.env, self.now);
+        self.ubuf.drain(..n);
+    }
+
+    /// The response body from the upstream: relayed to the client (`relay`), or fetched whole
+    /// into the cache's tee first.
+    fn response_body(&mut self, ex: &mut Exchange, mut plan: BodyPlan, relay: bool) {
+        let conn = self.up.as_mut().expect("connected");
+        let mut src = std::mem::take(&mut conn.pending);
+        let eof = conn.eof;
+        let mut spos = 0;
+        let mut tee = plan.tee.take();
+        let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
+        let feed = Feed {
+            src: &src,
+            pos: &mut spos,
+            stall: !eof,
+        };
+        let sink = relay.then_some(&mut self.to_client);
+        let r = body(self.c, &mut plan, &mut self.ubuf, feed, sink, stage);
+        src.drain(..spos);
+        self.up.as_mut().expect("connected").pending = src;
+        let leftover = self.ubuf.len();
+        if relay {
+            ex.handle_response_body(r, leftover, tee, &self.env, self.now);
+        } else {
+            ex.handle_body_fetched(r, leftover, tee, &self.env, self.now);
+        }
+    }
+
+    fn release(&mut self, to: UpstreamKey, then: Reuse) {
+        let server = server_of(to);
+        let mut conn = self.up.take().expect("released connection");
+        let pool = then == Reuse::Pool;
+        assert_ne!(
+            then,
+            Reuse::Pin,
+            "no connection-bound login in the simulation"
+        );
+        assert_eq!(conn.server, server);
+        assert!(!pool || self.ubuf.is_empty(), "pooled with unread bytes");
+        if then == Reuse::Distrust {
+            self.servers.pool[server].clear();
+        }
+        if pool {
+            conn.answered = false;
+            self.servers.pool[server].push(conn);
+        }
+        self.ubuf.clear();
+    }
+
+    /// What io does when an exchange ends; every claim on a fetch was given back (`EndFill`)
+    /// before it.
+    fn finish(&mut self) {
+        if let Some(s) = self.in_flight.take() {
+            self.group.done(s);
+        }
+        for k in 0..3 {
+            let key = format!("~app\0http://sim/app/c{k}").into_bytes();
+            assert!(
+                !self.shard.borrow().filling(&key) || self.foreign.as_ref() == Some(&key),
+                "an exchange ended holding the fetch of c{k}"
+            );
+        }
+        if let Some(key) = self.foreign.take() {
+            self.shard.borrow_mut().end_fill(&key);
+        }
+        self.up = None;
+        self.ubuf.clear();
     }
 }
 
@@ -736,27 +797,7 @@ fn request(c: &mut dyn Choices, id: usize, last: bool, sim: Sim, out: &mut Vec<u
                 b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             );
         }
-        (_, Method::Post | Method::Put) => {
-            let n = c.below(30_000) as usize;
-            let data = pattern(id, n);
-            if c.chance(30) {
-                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
-                for part in data.chunks(1 + c.below(5000) as usize) {
-                    out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-                    out.extend_from_slice(part);
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(b"0\r\n\r\n");
-            } else {
-                let expect = if c.chance(20) {
-                    "Expect: 100-continue\r\n"
-                } else {
-                    ""
-                };
-                out.extend_from_slice(format!("Content-Length: {n}\r\n{expect}\r\n").as_bytes());
-                out.extend_from_slice(&data);
-            }
-        }
+        (_, Method::Post | Method::Put) => request_body(c, id, out),
         _ => out.extend_from_slice(b"\r\n"),
     }
     Spec {
@@ -765,6 +806,27 @@ fn request(c: &mut dyn Choices, id: usize, last: bool, sim: Sim, out: &mut Vec<u
         method,
         target,
         vary,
+    }
+}
+
+/// A request body for request `id`: with a length (and sometimes `Expect: 100-continue`) or
+/// chunked, after the head's last field.
+fn request_body(c: &mut dyn Choices, id: usize, out: &mut Vec<u8>) {
+    let n = c.below(30_000) as usize;
+    let data = pattern(id, n);
+    if c.chance(30) {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+        let mut chunked = Vec::new();
+        push_chunked(&mut chunked, &data, 1 + c.below(5000) as usize);
+        out.extend_from_slice(&chunked);
+    } else {
+        let expect = if c.chance(20) {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        out.extend_from_slice(format!("Content-Length: {n}\r\n{expect}\r\n").as_bytes());
+        out.extend_from_slice(&data);
     }
 }
 
@@ -790,9 +852,32 @@ fn respond(
         conn.eof = true;
         return;
     }
+    let (id, head_only, validator) = received(&conn.received, strict, host, servers);
+    conn.received.clear();
+    *servers.seen.entry(id).or_default() += 1;
+    if let (Some(stored), true) = (validator, c.chance(60)) {
+        let p = &mut conn.pending;
+        p.extend_from_slice(
+            format!("HTTP/1.1 304 Not Modified\r\nETag: \"e{stored}\"\r\nCache-Control: max-age=0\r\n\r\n").as_bytes(),
+        );
+        return;
+    }
+    let (cache_fields, said) = cache_fields(c, sim, id);
+    servers.said.insert(id, said);
+    answer(c, conn, id, head_only, &cache_fields, &mut servers.sent);
+}
+
+/// What a server checks of the request it got: valid, with its body whole and nothing after
+/// it, and (with generated requests) the `Host`, target and body it should have. Returns its
+/// id, whether it is a `HEAD`, and the stored response it revalidates, if any.
+fn received(
+    req: &[u8],
+    strict: bool,
+    host: &str,
+    servers: &Servers,
+) -> (usize, bool, Option<usize>) {
     // Nothing malformed ever reaches an upstream: the strict parser accepts what it got.
     let mut hs = Vec::new();
-    let req = &conn.received;
     let head =
         parse_request(req, &mut hs, &Limits::default()).expect("the upstream gets a valid head");
     let info = request_info(req, &head, &hs).expect("the upstream gets valid framing");
@@ -833,7 +918,7 @@ fn respond(
     } else {
         id.unwrap_or(usize::MAX)
     };
-    // A revalidation of a stored response: sometimes still valid.
+    // A revalidation of a stored response (sometimes still valid).
     let validator = crate::http::find_header(req, &hs, b"if-none-match").and_then(|v| {
         std::str::from_utf8(v)
             .ok()?
@@ -842,18 +927,13 @@ fn respond(
             .parse::<usize>()
             .ok()
     });
-    conn.received.clear();
-    *servers.seen.entry(id).or_default() += 1;
-    if let (Some(stored), true) = (validator, c.chance(60)) {
-        let p = &mut conn.pending;
-        p.extend_from_slice(
-            format!("HTTP/1.1 304 Not Modified\r\nETag: \"e{stored}\"\r\nCache-Control: max-age=0\r\n\r\n").as_bytes(),
-        );
-        return;
-    }
-    // What the response tells caches (the cached simulation's).
+    (id, head.method == Method::Head, validator)
+}
+
+/// What a response tells caches (the cached simulation's).
+fn cache_fields(c: &mut dyn Choices, sim: Sim, id: usize) -> (String, Said) {
     let mut said = Said::default();
-    let cache_fields = if sim == Sim::Cached {
+    let fields = if sim == Sim::Cached {
         match c.below(6) {
             0 => String::new(),
             1 => "Cache-Control: max-age=60\r\n".to_string(),
@@ -874,71 +954,109 @@ fn respond(
     } else {
         String::new()
     };
-    let sent = &mut servers.sent;
-    servers.said.insert(id, said);
+    (fields, said)
+}
 
+/// The server's answer to request `id`, in one of the shapes servers give.
+fn answer(
+    c: &mut dyn Choices,
+    conn: &mut UpConn,
+    id: usize,
+    head_only: bool,
+    cache_fields: &str,
+    sent: &mut HashMap<usize, usize>,
+) {
     let n = c.below(20_000) as usize;
     let body = answer_body(id, n);
-    let head_only = head.method == Method::Head;
     let payload: &[u8] = if head_only { b"" } else { &body };
     let p = &mut conn.pending;
-    let ok_head = format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\n{cache_fields}Content-Length: {n}\r\n");
+    let ok = format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\n{cache_fields}Content-Length: {n}\r\n\r\n");
+    let whole = |p: &mut Vec<u8>| {
+        p.extend_from_slice(ok.as_bytes());
+        p.extend_from_slice(payload);
+    };
+    // What the client gets of it when it goes out whole.
+    let got = if head_only { 0 } else { n };
     match c.below(100) {
         0..=54 => {
-            p.extend_from_slice(format!("{ok_head}\r\n").as_bytes());
-            p.extend_from_slice(payload);
+            whole(p);
             sent.insert(id, n);
         }
         55..=62 => {
-            p.extend_from_slice(
-                format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\n{cache_fields}Transfer-Encoding: chunked\r\n\r\n")
-                    .as_bytes(),
+            let chunked = format!(
+                "HTTP/1.1 200 OK\r\nX-Id: {id}\r\n{cache_fields}Transfer-Encoding: chunked\r\n\r\n"
             );
+            p.extend_from_slice(chunked.as_bytes());
             if !head_only {
-                for part in body.chunks(1 + c.below(3000) as usize) {
-                    p.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-                    p.extend_from_slice(part);
-                    p.extend_from_slice(b"\r\n");
-                }
-                p.extend_from_slice(b"0\r\n\r\n");
+                push_chunked(p, &body, 1 + c.below(3000) as usize);
             }
-            sent.insert(id, if head_only { 0 } else { n });
+            sent.insert(id, got);
         }
         63..=66 => {
             // Close-delimited.
-            p.extend_from_slice(
-                format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\nConnection: close\r\n\r\n").as_bytes(),
-            );
+            let head = format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\nConnection: close\r\n\r\n");
+            p.extend_from_slice(head.as_bytes());
             p.extend_from_slice(payload);
             conn.eof = true;
-            sent.insert(id, if head_only { 0 } else { n });
+            sent.insert(id, got);
         }
         67..=71 => {
             p.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n");
-            p.extend_from_slice(format!("{ok_head}\r\n").as_bytes());
-            p.extend_from_slice(payload);
+            whole(p);
             sent.insert(id, n);
         }
+        roll => {
+            let r = Response {
+                id,
+                n,
+                ok: &ok,
+                body: &body,
+                head_only,
+            };
+            trouble(roll, conn, r, sent);
+        }
+    }
+}
+
+/// A response a server gives, for the shapes that go wrong.
+struct Response<'a> {
+    id: usize,
+    n: usize,
+    /// Its head when it is a `200` with a length.
+    ok: &'a str,
+    body: &'a [u8],
+    head_only: bool,
+}
+
+/// The shapes of trouble (`roll` from 72 up): a 503, a close, contradictory framing, a stray
+/// response after this one, a stall, a truncated body, a close after the body.
+fn trouble(roll: u32, conn: &mut UpConn, r: Response<'_>, sent: &mut HashMap<usize, usize>) {
+    let Response {
+        id,
+        n,
+        ok,
+        body,
+        head_only,
+    } = r;
+    let payload: &[u8] = if head_only { b"" } else { body };
+    let p = &mut conn.pending;
+    match roll {
         72..=77 => {
-            p.extend_from_slice(
-                format!(
-                    "HTTP/1.1 503 Service Unavailable\r\nX-Id: {id}\r\nContent-Length: 4\r\n\r\n"
-                )
-                .as_bytes(),
+            let busy = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nX-Id: {id}\r\nContent-Length: 4\r\n\r\n"
             );
+            p.extend_from_slice(busy.as_bytes());
             if !head_only {
                 p.extend_from_slice(b"busy");
             }
         }
         78..=80 => conn.eof = true,
-        81..=82 => {
-            p.extend_from_slice(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-            );
-        }
+        81..=82 => p.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        ),
         83..=86 => {
             // A stray response after this one.
-            p.extend_from_slice(format!("{ok_head}\r\n").as_bytes());
+            p.extend_from_slice(ok.as_bytes());
             p.extend_from_slice(payload);
             p.extend_from_slice(b"HTTP/1.1 200 OK\r\nX-Id: stray\r\nContent-Length: 0\r\n\r\n");
             sent.insert(id, n);
@@ -946,7 +1064,7 @@ fn respond(
         87..=89 => conn.stalled = true,
         90..=92 => {
             // Truncated body.
-            p.extend_from_slice(format!("{ok_head}\r\n").as_bytes());
+            p.extend_from_slice(ok.as_bytes());
             if !head_only && n > 1 {
                 p.extend_from_slice(&body[..n / 2]);
                 conn.eof = true;
@@ -956,12 +1074,25 @@ fn respond(
             sent.insert(id, n);
         }
         _ => {
-            p.extend_from_slice(format!("HTTP/1.1 200 OK\r\nX-Id: {id}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n").as_bytes());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nX-Id: {id}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+            );
+            p.extend_from_slice(head.as_bytes());
             p.extend_from_slice(payload);
             conn.eof = true;
             sent.insert(id, n);
         }
     }
+}
+
+/// `data` in chunks of `size`, and the last chunk.
+fn push_chunked(p: &mut Vec<u8>, data: &[u8], size: usize) {
+    for part in data.chunks(size) {
+        p.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        p.extend_from_slice(part);
+        p.extend_from_slice(b"\r\n");
+    }
+    p.extend_from_slice(b"0\r\n\r\n");
 }
 
 fn answer_body(id: usize, n: usize) -> Vec<u8> {
