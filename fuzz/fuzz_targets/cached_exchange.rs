@@ -62,10 +62,10 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
             }
             Action::RelayResponse(mut plan) => {
                 // Bodies beyond what came with the head: the upstream closed.
-                ex.handle_response_body(Ok(0), 0, plan.tee.take(), env, now);
+                ex.handle_response_body(Ok(0), 0, std::mem::take(&mut plan.stages), env, now);
             }
             Action::FetchBody(mut plan) => {
-                ex.handle_body_fetched(Ok(0), 0, plan.tee.take(), env, now);
+                ex.handle_body_fetched(Ok(0), 0, std::mem::take(&mut plan.stages), env, now);
             }
             Action::WaitFill => ex.handle_fill_done(env, now),
             Action::Resolve { .. } | Action::Tunnel { .. } | Action::VerifyPassword { .. } => {

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use ringway_core::http::date::DateLine;
 use ringway_core::http::framing::{response_info, BodyKind};
-use ringway_core::http::rewrite::{client_response, Added, ConnectionHeader};
+use ringway_core::http::rewrite::{client_response, HeadEdits, ConnectionHeader};
 use ringway_core::http::{parse_response, HeadScanner, Limits, Method, Scan};
 
 fuzz_target!(|data: &[u8]| {
@@ -34,10 +34,11 @@ fuzz_target!(|data: &[u8]| {
             &headers,
             to_client,
             ConnectionHeader::Omit,
-            Added {
+            HeadEdits {
                 date: Some(&date),
                 via: true,
                 cache_status: None,
+                ..HeadEdits::default()
             },
             &mut out,
         );

@@ -442,13 +442,13 @@ impl Conn {
                     self.ubuf.drain(..n);
                     self.w.wake_fills();
                 }
-                Action::RelayResponse(plan) if plan.body.is_done() && plan.tee.is_none() => {
+                Action::RelayResponse(plan) if plan.body.is_done() && plan.stages.is_empty() => {
                     // Nothing left to move: the body went out with the head, or it has none.
                     let leftover = self.ubuf.len();
                     self.ex.handle_response_body(
                         Ok(0),
                         leftover,
-                        None,
+                        plan.stages,
                         &env(&self.w, &cfg),
                         self.now,
                     );
@@ -460,10 +460,10 @@ impl Conn {
                         .up
                         .as_mut()
                         .expect("a response comes from a connection");
-                    // The body seam: the cache's tee (a compressor later); with no stage the
-                    // body may be spliced.
-                    let mut tee = plan.tee.take();
-                    let stage = tee.as_mut().map(|t| t as &mut dyn Stage);
+                    // The body seam: the plan's stages (the cache's tee, a compressor later);
+                    // with none the body may be spliced.
+                    let mut stages = std::mem::take(&mut plan.stages);
+                    let stage = stages.as_stage();
                     let r = Box::pin(move_body(
                         up,
                         &mut self.ubuf,
@@ -477,7 +477,7 @@ impl Conn {
                     let leftover = self.ubuf.len();
                     let now = self.tick();
                     self.ex
-                        .handle_response_body(r, leftover, tee, &env(&self.w, &cfg), now);
+                        .handle_response_body(r, leftover, stages, &env(&self.w, &cfg), now);
                     self.w.wake_fills();
                 }
                 Action::FetchBody(mut plan) => {
@@ -487,8 +487,8 @@ impl Conn {
                         .up
                         .as_mut()
                         .expect("a response comes from a connection");
-                    let mut tee = plan.tee.take();
-                    let stage = tee.as_mut().map(|t| t as &mut dyn Stage);
+                    let mut stages = std::mem::take(&mut plan.stages);
+                    let stage = stages.as_stage();
                     let t = timeouts(&plan);
                     let m = Moving {
                         body: &mut plan.body,
@@ -501,7 +501,7 @@ impl Conn {
                     let leftover = self.ubuf.len();
                     let now = self.tick();
                     self.ex
-                        .handle_body_fetched(r, leftover, tee, &env(&self.w, &cfg), now);
+                        .handle_body_fetched(r, leftover, stages, &env(&self.w, &cfg), now);
                     self.w.wake_fills();
                 }
                 Action::Release { to, then } => {

@@ -318,15 +318,21 @@ pub enum ConnectionHeader {
     UpgradeWebsocket,
 }
 
-/// What the proxy adds to a response head it forwards.
-#[derive(Clone, Copy, Debug)]
-pub struct Added<'a> {
+/// What the proxy changes in a response head it forwards: fields it adds, and fields it drops
+/// (a later stage's edits: an encoder drops `Content-Length` and adds `Content-Encoding`,
+/// header rules drop and add by name).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeadEdits<'a> {
     /// `Date`, when the upstream sent none (RFC 9110 §6.6.1).
     pub date: Option<&'a DateLine>,
     /// Our `Via` (not from an elite forward proxy, which does not show itself).
     pub via: bool,
     /// What the cache did with the request (RFC 9211).
     pub cache_status: Option<super::answer::CacheStatus<'a>>,
+    /// Fields not passed on (lower-case names).
+    pub drop: &'a [&'a [u8]],
+    /// Field lines added (each ending in CRLF).
+    pub add: &'a [u8],
 }
 
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
@@ -338,7 +344,7 @@ pub fn client_response(
     headers: &[Header],
     body: BodyKind,
     connection: ConnectionHeader,
-    added: Added<'_>,
+    added: HeadEdits<'_>,
     out: &mut Vec<u8>,
 ) {
     let conn = ConnectionOptions::collect(buf, headers);
@@ -352,6 +358,9 @@ pub fn client_response(
         let name = h.name.get(buf);
         let keep_length = body == BodyKind::None && name.eq_ignore_ascii_case(b"content-length");
         if !keep_length && (in_set(HOP_BY_HOP, name) || conn.lists(name)) {
+            continue;
+        }
+        if in_set(added.drop, name) {
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
@@ -370,6 +379,7 @@ pub fn client_response(
     if let Some(cs) = &added.cache_status {
         cs.write(out);
     }
+    out.extend_from_slice(added.add);
     push_framing(out, body);
     match connection {
         ConnectionHeader::Omit => {}
@@ -583,10 +593,11 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::Chunked,
             ConnectionHeader::Close,
-            Added {
+            HeadEdits {
                 date: Some(&DateLine::at(0)),
                 via: true,
                 cache_status: None,
+                ..HeadEdits::default()
             },
             &mut out,
         );
@@ -606,10 +617,11 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::Length(0),
             ConnectionHeader::Omit,
-            Added {
+            HeadEdits {
                 date: Some(&d),
                 via: true,
                 cache_status: None,
+                ..HeadEdits::default()
             },
             &mut out,
         );
@@ -624,10 +636,11 @@ X-Forwarded-Host: Example.com\r\nVia: 1.1 ringway\r\nTransfer-Encoding: chunked\
             &hs,
             BodyKind::None,
             ConnectionHeader::KeepAlive,
-            Added {
+            HeadEdits {
                 date: None,
                 via: false,
                 cache_status: None,
+                ..HeadEdits::default()
             },
             &mut out,
         );
@@ -690,5 +703,32 @@ X-Forwarded-Port: 3128\r\nX-Forwarded-By: 192.0.2.7\r\n\r\n";
         let out = rewrite(req.as_bytes(), BodyKind::None, &fwd());
         assert!(!out.contains("secret"), "{out}");
         assert!(out.contains("X-Keep: 1\r\n"));
+    }
+
+    #[test]
+    fn response_head_edits_drop_and_add_fields() {
+        let buf = b"HTTP/1.1 200 OK\r\nServer: origin\r\nX-Secret: 1\r\nContent-Length: 2\r\n\r\n";
+        let mut hs = Vec::new();
+        let head = crate::http::parse_response(buf, &mut hs, &Default::default()).unwrap();
+        let mut out = Vec::new();
+        let edits = HeadEdits {
+            drop: &[b"x-secret", b"server"],
+            add: b"Content-Encoding: gzip\r\n",
+            ..HeadEdits::default()
+        };
+        client_response(
+            buf,
+            &head,
+            &hs,
+            BodyKind::Chunked,
+            ConnectionHeader::Omit,
+            edits,
+            &mut out,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::cache::{Entry, Tee};
 
 use crate::health::Outcome;
-use crate::http::body::Transcoder;
+use crate::http::body::{Stage, Transcoder};
 use crate::upstream::UpstreamKey;
 
 use super::error::Error;
@@ -140,9 +140,49 @@ pub struct BodyPlan {
     pub read_idle: Duration,
     /// Longest wait for the receiver to take bytes.
     pub write_idle: Duration,
-    /// The cache keeps a copy of the body on its way (a stage: no splice). io hands it back
-    /// with `handle_response_body`.
+    /// What the body passes through between decoding and framing (none: it may be spliced).
+    /// io hands them back with `handle_response_body` / `handle_body_fetched`.
+    pub stages: Stages,
+}
+
+/// The stages a body passes through, in order: the cache's tee (a copy of the payload as the
+/// origin sent it), and next an encoder. A chain of typed slots rather than boxed stages: the
+/// exchange gets each back by name (the tee's copy is stored), and an empty chain is what lets
+/// io splice.
+#[derive(Clone, Debug, Default)]
+pub struct Stages {
     pub tee: Option<Tee>,
+}
+
+impl Stages {
+    pub fn is_empty(&self) -> bool {
+        self.tee.is_none()
+    }
+
+    /// The chain as one stage for io's relay; `None` when it is empty (the bytes pass
+    /// untouched, and may be spliced).
+    pub fn as_stage(&mut self) -> Option<&mut dyn Stage> {
+        if self.is_empty() {
+            None
+        } else {
+            Some(self)
+        }
+    }
+}
+
+impl Stage for Stages {
+    fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        match &mut self.tee {
+            Some(t) => t.data(payload, out),
+            None => out.extend_from_slice(payload),
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if let Some(t) = &mut self.tee {
+            t.end(out);
+        }
+    }
 }
 
 /// What happens to the client connection after an exchange.

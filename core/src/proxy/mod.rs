@@ -32,7 +32,7 @@ mod tests;
 mod timer;
 
 pub use crate::cache::CacheRef;
-pub use action::{Action, BodyPlan, Close, Finish, Reuse, Via};
+pub use action::{Action, BodyPlan, Close, Finish, Reuse, Stages, Via};
 
 /// Stored bodies up to this size go out in one write with their head (copied); longer ones are
 /// written from the store after it.
@@ -68,7 +68,7 @@ use crate::http::date::DateLine;
 use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget, RequestInfo};
 use crate::http::path::normalise;
 use crate::http::rewrite::{
-    client_response, upstream_request, Added, ConnectionHeader, Forwarding, ForwardingPolicy,
+    client_response, upstream_request, ConnectionHeader, Forwarding, ForwardingPolicy, HeadEdits,
 };
 use crate::http::{
     parse_request, parse_response, HeadScanner, Header, Limits, Method, RequestHead, ResponseHead,
@@ -309,7 +309,7 @@ impl Exchange {
                 splice: false,
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.send,
-                tee: None,
+                stages: Stages::default(),
             }),
             Phase::Write(Written::Continue) => Action::WriteContinue,
             Phase::Write(_) => match &self.hit {
@@ -339,7 +339,7 @@ impl Exchange {
                 splice: spliceable(self.req.body, self.req.body_out, SPLICE_MIN_UPLOAD),
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.upstream_write,
-                tee: None,
+                stages: Stages::default(),
             }),
             Phase::ReadResponse { read_first } => Action::ReadResponseHead {
                 read_first,
@@ -376,23 +376,25 @@ impl Exchange {
                 splice: false,
                 read_idle,
                 write_idle,
-                tee: Some(tee),
+                stages: Stages { tee: Some(tee) },
             });
         }
         let expect = match self.up.relay {
             BodyKind::Length(n) => Some(n),
             _ => None,
         };
-        let tee = self.cache.tee(expect);
+        let stages = Stages {
+            tee: self.cache.tee(expect),
+        };
         Action::RelayResponse(BodyPlan {
             body,
             // Spliced by the whole body's length: part of it may have gone out with the head.
             splice: spliceable(self.up.body_in, self.up.body_out, SPLICE_MIN)
                 && self.up.relay != BodyKind::None
-                && tee.is_none(),
+                && stages.is_empty(),
             read_idle,
             write_idle,
-            tee,
+            stages,
         })
     }
 
@@ -792,12 +794,12 @@ impl Exchange {
 
     /// The response body relay ended: `Ok` with the payload bytes moved, and `leftover`, the
     /// bytes read from the upstream past the body's end.
-    /// `tee`: the plan's tee, handed back.
+    /// `stages`: the plan's stages, handed back.
     pub fn handle_response_body(
         &mut self,
         r: Result<u64, BodyFail>,
         leftover: usize,
-        tee: Option<Tee>,
+        stages: Stages,
         env: &Env<'_>,
         now: Instant,
     ) {
@@ -805,7 +807,7 @@ impl Exchange {
         match r {
             Ok(n) => {
                 self.record.response_body += n;
-                if let Some(body) = tee.and_then(Tee::into_body) {
+                if let Some(body) = stages.tee.and_then(Tee::into_body) {
                     if leftover == 0 {
                         let _ = self.store_body(body, env);
                     }
@@ -1008,19 +1010,19 @@ impl Exchange {
         }
     }
 
-    /// The body `FetchBody` read whole from the upstream (`tee` holds it) ended: `Ok` with its
+    /// The body `FetchBody` read whole from the upstream (the tee of `stages` holds it) ended: `Ok` with its
     /// length, and `leftover`, the bytes read past it. The body is stored and then written to
     /// the client from the store.
     pub fn handle_body_fetched(
         &mut self,
         r: Result<u64, BodyFail>,
         leftover: usize,
-        tee: Option<Tee>,
+        stages: Stages,
         env: &Env<'_>,
         now: Instant,
     ) {
         debug_assert_eq!(self.phase, Phase::RelayResponse);
-        let body = match (r, tee.and_then(Tee::into_body)) {
+        let body = match (r, stages.tee.and_then(Tee::into_body)) {
             (Ok(n), Some(body)) if body.len() as u64 == n => body,
             (r, _) => {
                 // Nothing of the body reached the client; the head did: closing says it failed.
@@ -1651,7 +1653,7 @@ impl Exchange {
     ) {
         let interim = (100..200).contains(&rh.status) && rh.status != 101;
         let date = env.date.date_line();
-        let added = Added {
+        let added = HeadEdits {
             date: (!interim).then_some(&date),
             via: self.shows_via(env),
             cache_status: if interim || rh.status == 101 {
@@ -1659,6 +1661,7 @@ impl Exchange {
             } else {
                 self.cache.status()
             },
+            ..HeadEdits::default()
         };
         self.out.clear();
         client_response(

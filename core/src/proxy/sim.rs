@@ -591,8 +591,8 @@ impl World<'_, '_> {
         let mut src = std::mem::take(&mut conn.pending);
         let eof = conn.eof;
         let mut spos = 0;
-        let mut tee = plan.tee.take();
-        let stage = tee.as_mut().map(|t| t as &mut dyn crate::http::body::Stage);
+        let mut stages = std::mem::take(&mut plan.stages);
+        let stage = stages.as_stage();
         let feed = Feed {
             src: &src,
             pos: &mut spos,
@@ -604,9 +604,9 @@ impl World<'_, '_> {
         self.up.as_mut().expect("connected").pending = src;
         let leftover = self.ubuf.len();
         if relay {
-            ex.handle_response_body(r, leftover, tee, &self.env, self.now);
+            ex.handle_response_body(r, leftover, stages, &self.env, self.now);
         } else {
-            ex.handle_body_fetched(r, leftover, tee, &self.env, self.now);
+            ex.handle_body_fetched(r, leftover, stages, &self.env, self.now);
         }
     }
 

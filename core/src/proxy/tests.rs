@@ -168,7 +168,7 @@ fn a_response_is_reframed_and_persistence_decided() {
         panic!()
     };
     assert!(!plan.splice);
-    t.ex.handle_response_body(Ok(16), 0, None, &t.env(), t.now);
+    t.ex.handle_response_body(Ok(16), 0, Stages::default(), &t.env(), t.now);
     assert!(matches!(
         t.ex.poll_action(),
         Action::Release {
@@ -193,7 +193,7 @@ fn bytes_past_a_response_distrust_the_server() {
     let Action::RelayResponse(_) = t.next() else {
         panic!()
     };
-    t.ex.handle_response_body(Ok(0), 5, None, &t.env(), t.now);
+    t.ex.handle_response_body(Ok(0), 5, Stages::default(), &t.env(), t.now);
     assert!(matches!(
         t.ex.poll_action(),
         Action::Release {
@@ -476,7 +476,7 @@ impl C {
         };
         ex.handle_client_written(true, self.now);
         if let Action::RelayResponse(mut plan) = Self::next(ex) {
-            ex.handle_response_body(Ok(0), 0, plan.tee.take(), &env, self.now);
+            ex.handle_response_body(Ok(0), 0, std::mem::take(&mut plan.stages), &env, self.now);
         }
         out
     }
@@ -661,7 +661,7 @@ fn a_large_body_goes_out_with_the_part_that_came_with_the_head_and_the_rest_is_s
         };
         assert!(plan.splice, "spliced by the whole body's length");
         assert_eq!(plan.body.want(), 97_000);
-        t.ex.handle_response_body(Ok(97_000), 0, None, &env, t.now);
+        t.ex.handle_response_body(Ok(97_000), 0, Stages::default(), &env, t.now);
         assert!(matches!(t.next(), Action::Finish(Finish::KeepAlive)));
         assert_eq!(t.ex.end_record().response_body, 100_000);
     }
