@@ -23,6 +23,7 @@ mod persist;
 mod phase;
 mod pin;
 mod record;
+mod request;
 mod response;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
@@ -53,7 +54,8 @@ use forwarded::well_formed_escapes;
 use intent::{At, Dest, Intent};
 use persist::Persistence;
 use phase::{Conn, Phase, Written};
-use response::{Asked, ResponsePlan, Seen};
+use request::{max_forwards, trace_echo, Expect, Parsed, Request, Resend, Upgrade};
+use response::{Asked, Final, ResponsePlan, Seen, Upstream, UpstreamConn};
 
 use crate::balance::request_key;
 use crate::cache::step::{self, Ctx, Lookup, Rules, Served};
@@ -65,14 +67,14 @@ use crate::http::answer::CacheStatus;
 use crate::http::answer::{self, Answer, Content};
 use crate::http::body::{check_chunked_prefix, BodyError, Transcoder};
 use crate::http::date::DateLine;
-use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget, RequestInfo};
+use crate::http::framing::{request_info, response_info, BodyKind, InterimBudget};
 use crate::http::path::normalise;
 use crate::http::rewrite::{
     client_response, upstream_request, ConnectionHeader, Forwarding, ForwardingPolicy, HeadEdits,
 };
 use crate::http::{
-    parse_request, parse_response, HeadScanner, Header, Limits, Method, RequestHead, ResponseHead,
-    Scan, TargetForm, Version,
+    parse_request, parse_response, HeadScanner, Header, Limits, Method, ResponseHead, Scan,
+    TargetForm, Version,
 };
 use crate::upstream::{Tried, UpstreamKey};
 
@@ -109,66 +111,6 @@ pub struct Env<'a> {
     pub cache: Option<CacheRef<'a>>,
     /// The worker's memory of response sizes per route, for this configuration.
     pub hints: Option<&'a std::cell::RefCell<SizeHints>>,
-}
-
-/// What the current request asked for.
-#[derive(Clone, Copy, Debug)]
-struct Request {
-    method: Method,
-    version: Version,
-    /// What the client wants for the connection after this exchange.
-    persist: Persistence,
-    /// The body still to come from the client (after what went inline with the head).
-    body: BodyKind,
-    /// How that body is framed upstream.
-    body_out: BodyKind,
-    /// `Expect: 100-continue`, and whether the `100` went out.
-    expect: Expect,
-    /// May go to another server after a failure (idempotent, nothing unrepeatable sent).
-    resend: Resend,
-    /// A WebSocket upgrade the proxy will tunnel after a `101`.
-    upgrade: Upgrade,
-}
-
-impl Default for Request {
-    fn default() -> Self {
-        Self {
-            method: Method::Get,
-            version: Version::Http11,
-            persist: Persistence::ClientCloses,
-            body: BodyKind::None,
-            body_out: BodyKind::None,
-            expect: Expect::Nothing,
-            resend: Resend::Never,
-            upgrade: Upgrade::None,
-        }
-    }
-}
-
-/// The upstream's final response as it is relayed.
-#[derive(Clone, Copy, Debug)]
-struct Upstream {
-    /// Its framing as received and toward the client.
-    body_in: BodyKind,
-    body_out: BodyKind,
-    /// Body still to relay (after what went inline with the head).
-    relay: BodyKind,
-    /// The upstream wants its connection kept.
-    conn: UpstreamConn,
-    /// How the client connection goes on after the response.
-    then: Finish,
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Self {
-            body_in: BodyKind::None,
-            body_out: BodyKind::None,
-            relay: BodyKind::None,
-            conn: UpstreamConn::Closes,
-            then: Finish::Close(Close::Now),
-        }
-    }
 }
 
 /// One client connection's exchanges; see the module documentation.
@@ -1949,73 +1891,9 @@ impl Exchange {
     }
 }
 
-/// A final response head as parsed, with its plan.
-#[derive(Clone, Copy)]
-struct Final {
-    rh: ResponseHead,
-    ri: crate::http::framing::ResponseInfo,
-    to_client: BodyKind,
-    persist: Persistence,
-}
-
-/// A request head as parsed, with the input it was parsed from.
-#[derive(Clone, Copy)]
-struct Parsed<'b> {
-    /// Everything buffered from the client: the head (`..end`) and what followed it.
-    input: &'b [u8],
-    end: usize,
-    head: RequestHead,
-    info: RequestInfo,
-}
-
-impl<'b> Parsed<'b> {
-    /// The head's bytes.
-    fn buf(&self) -> &'b [u8] {
-        &self.input[..self.end]
-    }
-}
-
 /// An identity body long enough (`min`) for splice(2) to pay.
 fn spliceable(input: BodyKind, output: BodyKind, min: u64) -> bool {
     matches!((input, output), (BodyKind::Length(n), BodyKind::Length(_)) if n >= min)
-}
-
-/// The request head of a `TRACE` as it is echoed: as received, less the fields that carry
-/// secrets (RFC 9110 §9.3.8).
-fn trace_echo(head: &[u8]) -> Vec<u8> {
-    let mut echo = Vec::with_capacity(head.len());
-    for (i, line) in head.split(|&b| b == b'\n').enumerate() {
-        let name = line.split(|&b| b == b':').next().unwrap_or(b"");
-        let secret = i > 0
-            && [&b"authorization"[..], b"proxy-authorization", b"cookie"]
-                .iter()
-                .any(|s| name.eq_ignore_ascii_case(s));
-        if !secret && !line.is_empty() {
-            echo.extend_from_slice(line);
-            echo.push(b'\n');
-        }
-    }
-    echo
-}
-
-/// `Max-Forwards` of a `TRACE` or `OPTIONS` (RFC 9110 §7.6.2): at 0 the proxy answers itself
-/// (`Err`); otherwise the count goes on down by one. Other methods: none.
-fn max_forwards(
-    buf: &[u8],
-    headers: &[Header],
-    method: Method,
-) -> Result<Option<u64>, Local<'static>> {
-    if !matches!(method, Method::Options | Method::Trace) {
-        return Ok(None);
-    }
-    let n = crate::http::find_header(buf, headers, b"max-forwards")
-        .filter(|v| !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
-        .map(|v| v.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')));
-    match n {
-        Some(0) if method == Method::Trace => Err(Local::Trace),
-        Some(0) => Err(Local::Options),
-        n => Ok(n.map(|n| n - 1)),
-    }
 }
 
 /// What the cache reads from the worker for a step (none without a cache).
@@ -2033,38 +1911,4 @@ fn admission(cfg: &Config) -> Settings<'_> {
         forward: &cfg.forward,
         own: cfg,
     }
-}
-
-/// What the client expects before it sends its body (RFC 9110 §10.1.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expect {
-    Nothing,
-    /// `100 Continue`, not yet sent.
-    Continue,
-    /// `100 Continue`, sent.
-    Sent,
-}
-
-/// Whether the request may be sent again after a failure: idempotent, with nothing sent that
-/// cannot be sent again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Resend {
-    Never,
-    Allowed,
-}
-
-/// The protocol switch a request asks for that the proxy will carry out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Upgrade {
-    None,
-    /// RFC 6455: tunnelled after the `101`.
-    WebSocket,
-}
-
-/// What the upstream's response allows for its connection once the body is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UpstreamConn {
-    /// Length-framed and persistent: it may carry another request.
-    Reusable,
-    Closes,
 }

@@ -3,9 +3,10 @@
 //! framing toward the client and what becomes of the client connection.
 
 use crate::health::Outcome;
-use crate::http::framing::BodyKind;
-use crate::http::Version;
+use crate::http::framing::{BodyKind, ResponseInfo};
+use crate::http::{ResponseHead, Version};
 
+use super::action::{Close, Finish};
 use super::persist::Persistence;
 
 /// What the response says, as far as the plan goes.
@@ -88,6 +89,49 @@ impl ResponsePlan {
             outcome,
         }
     }
+}
+
+/// The upstream's final response as it is relayed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Upstream {
+    /// Its framing as received and toward the client.
+    pub(super) body_in: BodyKind,
+    pub(super) body_out: BodyKind,
+    /// Body still to relay (after what went inline with the head).
+    pub(super) relay: BodyKind,
+    /// The upstream wants its connection kept.
+    pub(super) conn: UpstreamConn,
+    /// How the client connection goes on after the response.
+    pub(super) then: Finish,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            body_in: BodyKind::None,
+            body_out: BodyKind::None,
+            relay: BodyKind::None,
+            conn: UpstreamConn::Closes,
+            then: Finish::Close(Close::Now),
+        }
+    }
+}
+
+/// A final response head as parsed, with its plan.
+#[derive(Clone, Copy)]
+pub(super) struct Final {
+    pub(super) rh: ResponseHead,
+    pub(super) ri: ResponseInfo,
+    pub(super) to_client: BodyKind,
+    pub(super) persist: Persistence,
+}
+
+/// What the upstream's response allows for its connection once the body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum UpstreamConn {
+    /// Length-framed and persistent: it may carry another request.
+    Reusable,
+    Closes,
 }
 
 #[cfg(test)]
