@@ -85,9 +85,28 @@ pub(super) enum Next {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct After {
     pub(super) next: Next,
-    /// Recorded for the attempt (`Record`); `None` with `logged`: logged without a verdict.
-    pub(super) outcome: Option<Outcome>,
-    pub(super) logged: bool,
+    pub(super) report: Report,
+}
+
+/// What the failure is reported as (`Action::Record`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Report {
+    /// Nothing: a pooled connection the server had closed is not the server's fault.
+    Quiet,
+    /// Logged, with no health verdict (something was already relayed).
+    Log,
+    /// Logged, and counted for the server's passive health.
+    Health(Outcome),
+}
+
+impl Report {
+    /// The health verdict, if any.
+    pub(super) fn outcome(self) -> Option<Outcome> {
+        match self {
+            Self::Health(o) => Some(o),
+            _ => None,
+        }
+    }
 }
 
 impl Attempts {
@@ -128,21 +147,18 @@ impl Attempts {
             } else {
                 Next::Answer { body_done }
             },
-            outcome: Some(outcome),
-            logged: true,
+            report: Report::Health(outcome),
         };
         let quiet = |next| After {
             next,
-            outcome: None,
-            logged: false,
+            report: Report::Quiet,
         };
         match stage {
             // A timeout has used up the deadline the next address would share.
             Stage::Connect if f.next_address && e != Some(&UpstreamError::ConnectTimeout) => {
                 After {
                     next: Next::OtherAddress,
-                    outcome: Some(Outcome::Failure),
-                    logged: true,
+                    report: Report::Health(Outcome::Failure),
                 }
             }
             Stage::Connect => failure(true, f.body_done, Outcome::Failure),
@@ -156,8 +172,7 @@ impl Attempts {
             // Something was relayed already: no retry.
             Stage::ReadHead if self.interim.is_some() => After {
                 next: Next::Answer { body_done: false },
-                outcome: None,
-                logged: true,
+                report: Report::Log,
             },
             Stage::ReadHead if e == Some(&UpstreamError::ClosedEarly) && stale => {
                 quiet(Next::Reconnect)
@@ -268,16 +283,13 @@ mod tests {
         // A pooled connection the server had closed: the same server, fresh, unrecorded.
         a.conn = Origin::Pooled;
         let v = a.after(Stage::ReadHead, &bad, F);
-        assert_eq!(
-            (v.next, v.outcome, v.logged),
-            (Next::Reconnect, None, false)
-        );
+        assert_eq!((v.next, v.report), (Next::Reconnect, Report::Quiet));
         assert_eq!(next(&a, Stage::SendHead, &bad, F), Next::Reconnect);
         // Interim responses went out: answered, logged without a health verdict.
         a.interim = Some(InterimBudget::new(1024));
         let v = a.after(Stage::ReadHead, &bad, F);
         assert_eq!(v.next, Next::Answer { body_done: false });
-        assert_eq!((v.outcome, v.logged), (None, true));
+        assert_eq!(v.report, Report::Log);
         // The request body was lost with the connection.
         assert_eq!(
             next(&Attempts::default(), Stage::SendBody, &bad, F),
@@ -291,6 +303,6 @@ mod tests {
         ));
         let v = a.after(Stage::ReadHead, &inv, F);
         assert_eq!(v.next, Next::Answer { body_done: true });
-        assert_eq!(v.outcome, Some(Outcome::Invalid));
+        assert_eq!(v.report, Report::Health(Outcome::Invalid));
     }
 }

@@ -47,7 +47,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use attempts::{Attempts, Facts, Next, Origin, Stage};
+use attempts::{Attempts, Facts, Next, Origin, Report, Stage};
 use authn::Authn;
 use dispatch::{Dispatch, Local};
 use forwarded::well_formed_escapes;
@@ -1758,9 +1758,9 @@ impl Exchange {
             next_address,
         };
         let v = self.tries.after(stage, &err, facts);
-        if v.logged {
-            self.effects
-                .push_back(self.record_action(v.outcome, Some(err.clone()), now));
+        if v.report != Report::Quiet {
+            let record = self.record_action(v.report.outcome(), Some(err.clone()), now);
+            self.effects.push_back(record);
         }
         match v.next {
             Next::OtherAddress => {
