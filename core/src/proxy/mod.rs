@@ -952,9 +952,9 @@ impl Exchange {
         }
     }
 
-    /// The body `FetchBody` read whole from the upstream (the tee of `stages` holds it) ended: `Ok` with its
-    /// length, and `leftover`, the bytes read past it. The body is stored and then written to
-    /// the client from the store.
+    /// The body `FetchBody` read whole from the upstream (the tee of `stages` holds it) ended:
+    /// `Ok` with its length, and `leftover`, the bytes read past it. The body is stored and then
+    /// written to the client from the store.
     pub fn handle_body_fetched(
         &mut self,
         r: Result<u64, BodyFail>,
