@@ -933,11 +933,18 @@ fn dns_answer(
 
 impl DnsServer {
     pub fn start() -> Self {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The same port for UDP and TCP: a free UDP port may be taken for TCP by another test
+        // meanwhile, so another pair is tried then.
+        let (sock, tcp) = (0..100)
+            .find_map(|_| {
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+                let tcp = TcpListener::bind(sock.local_addr().ok()?).ok()?;
+                Some((sock, tcp))
+            })
+            .expect("a loopback port free for both UDP and TCP");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let addr = sock.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let s = Self {
             addr,
