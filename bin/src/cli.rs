@@ -74,6 +74,11 @@ pub struct Cli {
     #[arg(long, value_name = "DOMAIN", requires = "forward")]
     pub deny_domain: Vec<String>,
 
+    /// Serve the admin API (status JSON at /status, cache purges) on this loopback address, e.g.
+    /// `127.0.0.1:9901`; overrides the config's `[admin] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+
     /// Cache responses in memory, up to SIZE for the whole process (`256m`, `1g`), with the
     /// RFC 9111 defaults: only what the origin's headers allow is stored.
     #[arg(long, value_name = "SIZE")]

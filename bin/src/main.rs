@@ -166,6 +166,22 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if cli.no_pin {
         cfg.server.pin = false;
     }
+    if let Some(a) = &cli.admin {
+        // A bare port is the loopback address's.
+        let addr = ringway_core::config::parse_listen_addr(a)
+            .map(|addr| {
+                if addr.ip().is_unspecified() && !a.contains(['.', '[']) {
+                    std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+                } else {
+                    addr
+                }
+            })
+            .filter(|addr| addr.ip().is_loopback())
+            .ok_or_else(|| {
+                format!("--admin {a:?}: expected a loopback address such as 127.0.0.1:9901 (the admin listener is never exposed)")
+            })?;
+        cfg.admin = Some(addr);
+    }
     if let Some(size) = &cli.cache {
         let bytes = ringway_core::config::parse_size_text(size)
             .filter(|&b| b >= 1 << 20)

@@ -109,6 +109,7 @@ fn help_documents_every_flag() {
         "--resolver",
         "--deny-domain",
         "--proxy-auth",
+        "--admin",
         "check",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
@@ -176,4 +177,72 @@ fn a_restart_right_after_a_stop_gets_its_port() {
         let status = p.wait_exit(std::time::Duration::from_secs(10));
         assert!(status.is_some_and(|s| s.success()), "round {round}");
     }
+}
+
+#[test]
+fn quick_mode_admin_flag_serves_the_status_on_loopback_only() {
+    let origin = Origin::start();
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (port, admin) = (free(), free());
+    // Not on a public address.
+    let out = Command::new(bin())
+        .args([
+            "--upstream",
+            &origin.addr.to_string(),
+            "--admin",
+            "0.0.0.0:9901",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--admin \"0.0.0.0:9901\": expected a loopback address"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bare port is loopback's.
+    let mut child = Command::new(bin())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &origin.addr.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--workers",
+            "1",
+            "--no-pin",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin listener did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK")
+            && r.contains("application/json")
+            && r.contains("\"upstreams\""),
+        "{r}"
+    );
 }
