@@ -365,6 +365,13 @@ fn run(cli: &Cli) -> ExitCode {
     for w in cfg.warnings() {
         log::warn!("{w}");
     }
+    match ringway_io::raise_open_files_limit() {
+        Ok(((soft, _), (raised, _))) if raised > soft => {
+            log::info!("open files limit raised from {soft} to {raised} (the hard limit)");
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot raise the open files limit: {e}"),
+    }
     let admin_configured = cfg.admin.is_some();
     let server = match Server::bind(cfg) {
         Ok(s) => s,

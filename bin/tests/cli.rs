@@ -246,3 +246,42 @@ fn quick_mode_admin_flag_serves_the_status_on_loopback_only() {
         "{r}"
     );
 }
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let origin = Origin::start();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Started with a small soft limit, as a shell's default 1024 would be.
+    let script = format!(
+        "ulimit -Sn 256 && exec \"$0\" --listen 127.0.0.1:{port} --upstream {} --workers 1 --no-pin",
+        origin.addr
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script, bin()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files  SOFT  HARD  files"
+    let (soft, hard) = (v[3], v[4]);
+    assert_eq!(soft, hard, "{line}");
+    assert_ne!(soft, "256", "{line}");
+}

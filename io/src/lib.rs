@@ -41,6 +41,13 @@ mod worker;
 pub use listener::BindError;
 pub use server::{ReloadHandle, Server, ShutdownHandle, StartError};
 
+/// Raises the soft limit on open files to the hard limit, once at start: each proxied
+/// connection holds two descriptors (three with a pipe), and a soft limit of 1024 would cap a
+/// worker at a few hundred clients. Returns the `(soft, hard)` limits before and after.
+pub fn raise_open_files_limit() -> std::io::Result<((u64, u64), (u64, u64))> {
+    sys::raise_open_files()
+}
+
 /// Reads and checks every certificate, key and CA file `cfg` names (what `ringway check` does
 /// beyond parsing).
 pub fn check_files(

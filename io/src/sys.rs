@@ -138,6 +138,29 @@ pub(crate) fn socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> 
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
+/// Raises the soft limit on open files to the hard limit (a proxy holds two descriptors per
+/// proxied connection, and a soft limit of 1024 is the usual default): the limits before and
+/// after, `(soft, hard)`.
+pub(crate) fn raise_open_files() -> io::Result<((u64, u64), (u64, u64))> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = (r.rlim_cur, r.rlim_max);
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: `r` is a valid rlimit; only the soft limit changes, within the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, (r.rlim_cur, r.rlim_max)))
+}
+
 /// Gives the heap's free memory back to the system (glibc keeps freed small blocks otherwise).
 pub(crate) fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
