@@ -176,7 +176,10 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
         cpus,
         pin: s.pin.unwrap_or(true),
         shutdown_timeout,
-        pid_file: s.pid_file,
+        // Relative to the config file, as every path in it.
+        pid_file: s
+            .pid_file
+            .map(|p| loc.path(&p).to_string_lossy().into_owned()),
         path: PathPolicy {
             merge_slashes: s.merge_slashes.unwrap_or(true),
             encoded_slashes,

@@ -548,3 +548,15 @@ fn cache_section_and_route_keys() {
         assert_eq!((err.line, err.key.as_str()), (Some(6), key), "{bad}: {err}");
     }
 }
+
+#[test]
+fn the_pid_file_is_relative_to_the_config_file() {
+    let text = "[server]\npid_file = \"run/ringway.pid\"\n[upstreams.app]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"app\"\n";
+    let c = Config::parse("/etc/ringway/ringway.toml", text).unwrap();
+    assert_eq!(
+        c.server.pid_file.as_deref(),
+        Some("/etc/ringway/run/ringway.pid")
+    );
+    let c = Config::parse("ringway.toml", &text.replace("run/", "/run/")).unwrap();
+    assert_eq!(c.server.pid_file.as_deref(), Some("/run/ringway.pid"));
+}
