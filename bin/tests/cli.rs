@@ -136,22 +136,14 @@ fn quick_mode_needs_no_file() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let r = loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-            use std::io::{Read, Write};
-            s.write_all(b"GET /q HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            break out;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "quick mode did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let r = {
+        use std::io::{Read, Write};
+        let mut s = connect_when_up(port, "quick mode");
+        s.write_all(b"GET /q HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
     };
     let _ = child.kill();
     let _ = child.wait();
@@ -220,22 +212,14 @@ fn quick_mode_admin_flag_serves_the_status_on_loopback_only() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let r = loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-            use std::io::{Read, Write};
-            s.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            break out;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the admin listener did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let r = {
+        use std::io::{Read, Write};
+        let mut s = connect_when_up(admin, "the admin listener");
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
     };
     let _ = child.kill();
     let _ = child.wait();
@@ -264,14 +248,7 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ringway did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    drop(connect_when_up(port, "ringway"));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();
@@ -284,4 +261,17 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     let (soft, hard) = (v[3], v[4]);
     assert_eq!(soft, hard, "{line}");
     assert_ne!(soft, "256", "{line}");
+}
+
+/// A connection to 127.0.0.1:`port` once the process that will listen there does: polled
+/// every 20 ms, for at most 10 s (`what` names it when it never comes up).
+fn connect_when_up(port: u16, what: &str) -> std::net::TcpStream {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
