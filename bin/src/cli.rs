@@ -89,6 +89,16 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "forward")]
     pub proxy_auth: Option<PathBuf>,
 
+    /// Write an access log line per request to FILE (`-`: standard output; `syslog`: /dev/log);
+    /// overrides the config's `[access_log] path`.
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<String>,
+
+    /// Access log format: combined (nginx's), json, or a format string with $variables (see
+    /// docs/configuration.md) [default: combined].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,
@@ -118,6 +128,9 @@ pub enum Command {
     /// Validate --config, then tell the running ringway (found through its pid file) to reload
     /// it. The same as sending SIGHUP.
     Reload,
+    /// Tell the running ringway (found through its pid file) to reopen its access log, after
+    /// logrotate moved it. The same as sending SIGUSR1.
+    Reopen,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

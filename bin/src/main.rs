@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli),
         Some(Command::Reload) => reload(&cli),
+        Some(Command::Reopen) => reopen(&cli),
         None => run(&cli),
     }
 }
@@ -182,6 +183,32 @@ fn load(cli: &Cli) -> Result<Config, String> {
             })?;
         cfg.admin = Some(addr);
     }
+    if let Some(path) = &cli.access_log {
+        let target = ringway_core::config::LogTarget::parse(path, |p: &str| p.into()).ok_or_else(|| {
+            format!("--access-log {path:?}: expected a file, - (standard output), syslog or syslog:/path")
+        })?;
+        match &mut cfg.access_log {
+            Some(a) => a.target = target,
+            None => {
+                cfg.access_log = Some(ringway_core::config::AccessLog::new(
+                    target,
+                    ringway_core::accesslog::Format::combined(),
+                ))
+            }
+        }
+    }
+    if let Some(f) = &cli.log_format {
+        let format = ringway_core::accesslog::Format::parse(f)
+            .map_err(|e| format!("--log-format {f:?}: {e}"))?;
+        match &mut cfg.access_log {
+            Some(a) => a.format = format,
+            None => {
+                return Err(
+                    "--log-format needs --access-log FILE (or [access_log] in the config)".into(),
+                )
+            }
+        }
+    }
     if let Some(size) = &cli.cache {
         let bytes = ringway_core::config::parse_size_text(size)
             .filter(|&b| b >= 1 << 20)
@@ -297,8 +324,19 @@ fn reload(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(path) = pid_file(cli, &cfg) else {
-        eprintln!("ringway: reload needs --pid-file FILE or server.pid_file in the config");
+    signal_running(cli, &cfg, "reload", libc::SIGHUP)
+}
+
+fn reopen(cli: &Cli) -> ExitCode {
+    // The pid file may be named in the config; an unreadable config still allows --pid-file.
+    let cfg = load(cli).unwrap_or_else(|_| Config::forward_quick(Vec::new()));
+    signal_running(cli, &cfg, "reopen", libc::SIGUSR1)
+}
+
+/// Sends `sig` to the ringway named by the pid file, for the command `what`.
+fn signal_running(cli: &Cli, cfg: &Config, what: &str, sig: libc::c_int) -> ExitCode {
+    let Some(path) = pid_file(cli, cfg) else {
+        eprintln!("ringway: {what} needs --pid-file FILE or server.pid_file in the config");
         return ExitCode::from(2);
     };
     let pid = match std::fs::read_to_string(&path).map(|s| s.trim().parse::<i32>()) {
@@ -320,14 +358,14 @@ fn reload(cli: &Cli) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // SAFETY: kill(2) with a PID read from our pid file and a fixed signal; no memory involved.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+    if unsafe { libc::kill(pid, sig) } != 0 {
         eprintln!(
             "ringway: signalling PID {pid}: {}",
             std::io::Error::last_os_error()
         );
         return ExitCode::FAILURE;
     }
-    println!("reload signalled to PID {pid}");
+    println!("{what} signalled to PID {pid}");
     ExitCode::SUCCESS
 }
 
@@ -451,8 +489,8 @@ fn spawn_signal_thread(
     cli: Cli,
     mut running: Config,
 ) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     std::thread::Builder::new()
         .name("ringway-signals".into())
         .spawn(move || {
@@ -460,6 +498,10 @@ fn spawn_signal_thread(
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     reload_now(&cli, &reloader, &mut running);
+                    continue;
+                }
+                if sig == SIGUSR1 {
+                    reloader.reopen_log();
                     continue;
                 }
                 if stopping {
@@ -491,7 +533,12 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            if s.listen != r.listen {
+            let same = s.listen.len() == r.listen.len()
+                && s.listen
+                    .iter()
+                    .zip(&r.listen)
+                    .all(|(a, b)| a.same_socket(b));
+            if !same {
                 log::warn!(
                     "reload: server.listen changed ({}); it takes effect only after a restart, still serving {}",
                     addrs(&s.listen),

@@ -6,6 +6,7 @@
 //! The data plane (`ringway-io`) owns sockets and buffers and asks this crate what to do with
 //! them. Keeping the two apart is what lets every rule here be unit-tested byte by byte.
 
+pub mod accesslog;
 pub mod balance;
 pub mod cache;
 pub mod config;

@@ -90,6 +90,11 @@ impl Status {
             cache.entries, cache.bytes, cache.collecting, cache.hits, cache.misses, cache.stores, cache.evictions, cache.invalidations
         ));
         out.push_str(&format!(
+            ",\"access_log\":{{\"written\":{},\"dropped\":{}}}",
+            self.log.written.load(std::sync::atomic::Ordering::Relaxed),
+            self.log.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
             ",\"tls\":{{\"handshakes\":{},\"resumed\":{},\"failed\":{},\"plain_http\":{}}}}}\n",
             sum.handshakes, sum.resumed, sum.failed, sum.plain_http
         ));

@@ -45,6 +45,8 @@ pub(crate) struct Worker {
     fill_waiters: RefCell<std::collections::HashMap<Box<[u8]>, Vec<std::task::Waker>>>,
     /// Idle pipes for splice.
     pub(crate) pipes: crate::splice::Pipes,
+    /// This worker's access log lines, on their way to the writer.
+    pub(crate) log: crate::accesslog::WorkerLog,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -65,6 +67,7 @@ impl Worker {
         update: Update,
         epochs: std::sync::Arc<ringway_core::cache::Epochs>,
         workers: usize,
+        log: crate::accesslog::WorkerLog,
     ) -> Self {
         let budget = ringway_core::cache::shard_budget(update.cfg.cache.as_ref(), workers);
         Self {
@@ -73,6 +76,7 @@ impl Worker {
             workers,
             fill_waiters: RefCell::new(std::collections::HashMap::new()),
             pipes: crate::splice::Pipes::default(),
+            log,
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),
@@ -211,6 +215,10 @@ impl Worker {
         }
         drop(shard);
         *self.current.borrow_mut() = Rc::new(Generation::new(self.id, update));
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        self.id
     }
 
     /// Connections open on this worker.

@@ -44,6 +44,8 @@ pub(crate) struct Status {
     pub(crate) epochs: Arc<ringway_core::cache::Epochs>,
     /// One channel per worker for purges from the admin listener.
     pub(crate) purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+    /// The access log's counters (lines written, dropped).
+    pub(crate) log: crate::accesslog::Log,
 }
 
 impl Status {
@@ -52,8 +54,10 @@ impl Status {
         cfg: Config,
         board: Arc<Board>,
         purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+        log: crate::accesslog::Log,
     ) -> Self {
         Self {
+            log,
             cache: Mutex::new(vec![Default::default(); workers]),
             epochs: Arc::default(),
             purges,

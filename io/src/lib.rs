@@ -12,6 +12,7 @@
 
 #![deny(unsafe_code)]
 
+mod accesslog;
 mod admin;
 mod auth;
 mod board;

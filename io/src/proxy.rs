@@ -671,6 +671,33 @@ impl Conn {
             return;
         }
         self.w.count_request(r);
+        if let Some(a) = &self.cfg.access_log {
+            if self.cfg.logs(&self.listen, r.route) {
+                let route = r.route.and_then(|i| self.cfg.routes.get(i));
+                let upstream = match r.upstream {
+                    Some(UpstreamKey::Server { group, server }) => self
+                        .cfg
+                        .upstreams
+                        .get(group)
+                        .and_then(|g| g.servers.get(server))
+                        .map(|s| s.addr),
+                    Some(UpstreamKey::Destination { addr, .. }) => Some(addr),
+                    None => None,
+                };
+                let e = ringway_core::accesslog::Entry {
+                    rec: r,
+                    client: self.peer,
+                    listener: self.listen.addr,
+                    unix_ms: unix_ms(),
+                    worker: self.w.id(),
+                    seq: self.w.log.next_seq(),
+                    tls: self.client.tls_info(),
+                    route: route.map(|r| r.name.as_str()),
+                    upstream,
+                };
+                self.w.log.add(a, &e, self.now);
+            }
+        }
         if log::log_enabled!(log::Level::Debug) {
             let ms = r.duration().map_or(0.0, |d| d.as_secs_f64() * 1e3);
             let who = match r.requester {
@@ -812,3 +839,10 @@ fn is_reset(e: &std::io::Error) -> bool {
 
 /// How long a closing connection waits for the client to stop sending.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Milliseconds since the Unix epoch (one vDSO clock read).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

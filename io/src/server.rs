@@ -28,6 +28,8 @@ pub struct Server {
     board: Arc<Board>,
     tls: Arc<TlsMaterial>,
     keep: Arc<Mutex<Keep>>,
+    log: crate::accesslog::Log,
+    log_writer: crate::accesslog::Writer,
 }
 
 /// Hands a new configuration to every worker of a running [`Server`]. Workers pick it up within
@@ -42,9 +44,15 @@ pub struct ReloadHandle {
     bound: Vec<SocketAddr>,
     status: Arc<Status>,
     keep: Arc<Mutex<Keep>>,
+    log: crate::accesslog::Log,
 }
 
 impl ReloadHandle {
+    /// Reopens the access log file (after logrotate moved it): SIGUSR1.
+    pub fn reopen_log(&self) {
+        self.log.reopen();
+    }
+
     /// Installs `cfg`, or, when a file it names cannot be used, changes nothing and says why.
     pub fn reload(&self, cfg: &Config) -> Result<(), ConfigError> {
         let mut cfg = cfg.clone();
@@ -56,6 +64,8 @@ impl ReloadHandle {
         };
         let board = Arc::new(Board::new(cfg));
         self.status.set_current(cfg.clone(), board.clone());
+        self.log
+            .retarget(cfg.access_log.as_ref().map(|a| a.target.clone()));
         for tx in &self.workers {
             let _ = tx.send(Update {
                 cfg: cfg.clone(),
@@ -167,8 +177,24 @@ impl Server {
         };
         let board = Arc::new(Board::new(&cfg));
         let (purge_tx, purge_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
-        let status = Arc::new(Status::new(workers, cfg.clone(), board.clone(), purge_tx));
+        let (log, log_writer) =
+            crate::accesslog::Log::start(cfg.access_log.as_ref().map(|a| a.target.clone()))
+                .map_err(|source| {
+                    StartError::Bind(BindError {
+                        addr: bound.first().copied().unwrap_or(([0, 0, 0, 0], 0).into()),
+                        source,
+                    })
+                })?;
+        let status = Arc::new(Status::new(
+            workers,
+            cfg.clone(),
+            board.clone(),
+            purge_tx,
+            log.clone(),
+        ));
         Ok(Self {
+            log,
+            log_writer,
             tls,
             keep: Arc::new(Mutex::new(keep)),
             admin,
@@ -216,6 +242,7 @@ impl Server {
             bound: self.local_addrs(),
             status: self.status.clone(),
             keep: self.keep.clone(),
+            log: self.log.clone(),
         }
     }
 
@@ -257,6 +284,7 @@ impl Server {
             };
             let status = self.status.clone();
             let shutdown = self.shutdown.clone();
+            let log = self.log.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
                 .spawn(move || {
@@ -266,6 +294,7 @@ impl Server {
                         status,
                         purges,
                         workers: count,
+                        log,
                     };
                     crate::worker::run(id, first, listeners, cpu, links)
                 })?;
@@ -288,6 +317,8 @@ impl Server {
         }
         self.shutdown.store(true, Ordering::Relaxed);
         let _ = checker.join();
+        drop(self.log);
+        self.log_writer.finish();
         result
     }
 }

@@ -202,6 +202,21 @@ impl Stream {
         }
     }
 
+    /// The TLS version (`TLSv1.3`) and server name the client asked for, over TLS.
+    pub(crate) fn tls_info(&self) -> Option<(&'static str, Option<&str>)> {
+        let Self::Tls(t) = self else { return None };
+        let version = match t.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        let sni = match &t.conn {
+            rustls::Connection::Server(s) => s.server_name(),
+            rustls::Connection::Client(_) => None,
+        };
+        Some((version, sni))
+    }
+
     /// Whether the peer resumed an earlier TLS session (false for plain TCP).
     pub(crate) fn resumed(&self) -> bool {
         match self {

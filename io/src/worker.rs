@@ -32,6 +32,7 @@ pub(crate) struct Links {
     pub(crate) purges: crossbeam_channel::Receiver<crate::cache::Purge>,
     /// How many workers share the cache budget.
     pub(crate) workers: usize,
+    pub(crate) log: crate::accesslog::Log,
 }
 
 /// Runs worker `id` on the calling thread until shutdown completes.
@@ -48,6 +49,7 @@ pub(crate) fn run(
         status,
         purges,
         workers,
+        log,
     } = links;
     if let Some(core) = cpu {
         if !core_affinity::set_for_current(core) {
@@ -65,7 +67,13 @@ pub(crate) fn run(
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
     let listens = first.cfg.server.listen.clone();
-    let w = Rc::new(Worker::new(id, first, status.epochs.clone(), workers));
+    let w = Rc::new(Worker::new(
+        id,
+        first,
+        status.epochs.clone(),
+        workers,
+        crate::accesslog::WorkerLog::new(log),
+    ));
     rt.block_on(async move {
         let mut accepting = Vec::new();
         for (l, listen) in listeners.into_iter().zip(listens) {
@@ -94,6 +102,9 @@ pub(crate) fn run(
                 let _ = p.reply.send(n);
             }
             w.trim_when_idle();
+            if let Some(a) = &w.current().access_log {
+                w.log.tick(a.flush, Instant::now());
+            }
             let snap = w.current().snapshot(Instant::now());
             let cache = w.cache.borrow().stats();
             status.publish(id, snap, w.tls_counts.get(), w.requests.get(), cache);
@@ -112,6 +123,8 @@ pub(crate) fn run(
                 w.active()
             );
         }
+        // The last lines go to the writer before the process ends.
+        w.log.tick(Duration::ZERO, Instant::now());
         Ok(())
     })
 }

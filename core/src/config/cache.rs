@@ -215,7 +215,7 @@ pub fn parse_size_text(t: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-fn parse_size(s: &raw::Size) -> Option<u64> {
+pub(crate) fn parse_size(s: &raw::Size) -> Option<u64> {
     match s {
         raw::Size::Bytes(n) => Some(*n),
         raw::Size::Text(t) => parse_size_text(t),

@@ -10,6 +10,7 @@ mod cache;
 mod error;
 mod forward;
 mod limits;
+mod log;
 mod raw;
 mod route;
 mod server;
@@ -22,6 +23,7 @@ pub use error::ConfigError;
 use error::{plain_message, Locator};
 use limits::build_limits;
 pub use limits::Limits;
+pub use log::{AccessLog, LogTarget, DEFAULT_LOG_BUFFER, DEFAULT_LOG_FLUSH};
 pub use route::{Action, Route};
 use server::build_server;
 pub use server::{parse_cpu_list, parse_listen_addr, Listen, Protocol, Server, Transport};
@@ -59,6 +61,23 @@ pub struct Config {
     pub forward: crate::forward::Forward,
     /// The HTTP cache, when `[cache]` is present.
     pub cache: Option<crate::cache::CacheConfig>,
+    /// The access log, when `[access_log]` is present.
+    pub access_log: Option<AccessLog>,
+}
+
+impl Config {
+    /// Whether an exchange on the listener `listen` (as bound at start; a reload may switch
+    /// its log off) that matched `route` goes to the access log.
+    pub fn logs(&self, listen: &Listen, route: Option<usize>) -> bool {
+        let listener = self
+            .server
+            .listen
+            .iter()
+            .find(|l| l.addr == listen.addr)
+            .map_or(listen.log, |l| l.log);
+        let route = route.and_then(|r| self.routes.get(r)).map(|r| r.log);
+        self.access_log.is_some() && listener && route != Some(false)
+    }
 }
 
 impl Config {
@@ -137,6 +156,8 @@ impl Config {
                 set_host: None,
             },
             cache: None,
+            name: "/".into(),
+            log: true,
         }];
         Self {
             admin: None,
@@ -168,6 +189,7 @@ impl Config {
             routes,
             forward: crate::forward::Forward::default(),
             cache: None,
+            access_log: None,
         }
     }
 }
@@ -253,6 +275,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         },
     };
     let forward = forward::build_forward(loc, raw.forward)?;
+    let access_log = log::build_access_log(loc, raw.access_log)?;
     let tls = match &raw.tls {
         None => None,
         Some(t) => Some(tls::build_tls(loc, t)?),
@@ -266,6 +289,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         }
     }
     Ok(Config {
+        access_log,
         cache,
         tls,
         forward,

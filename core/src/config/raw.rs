@@ -24,6 +24,17 @@ pub(crate) struct File {
     pub tls: Option<Spanned<Tls>>,
     pub forward: Option<Forward>,
     pub cache: Option<Cache>,
+    pub access_log: Option<AccessLog>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLog {
+    pub path: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+    pub buffer: Option<Spanned<Size>>,
+    pub flush: Option<Spanned<Duration>>,
 }
 
 /// `[cache]`.
@@ -118,6 +129,7 @@ pub(crate) struct ListenTable {
     pub tls: Option<bool>,
     pub redirect_https: Option<bool>,
     pub forward: Option<bool>,
+    pub access_log: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +277,8 @@ pub(crate) struct Route {
     pub respond: Option<Spanned<Respond>>,
     pub cache: Option<Spanned<bool>>,
     pub cache_valid: Option<BTreeMap<String, Spanned<Duration>>>,
+    pub name: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

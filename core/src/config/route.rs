@@ -15,6 +15,10 @@ pub struct Route {
     pub action: Action,
     /// How the route caches; `None`: it does not.
     pub cache: Option<crate::cache::CacheRules>,
+    /// What the access log and metrics call it: `name`, or its host and path.
+    pub name: String,
+    /// Its exchanges go to the access log.
+    pub log: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,14 +173,38 @@ pub(crate) fn build_routes(
             )?,
             Action::Respond(_) => None,
         };
+        let name = match &r.name {
+            Some(n)
+                if n.get_ref().is_empty() || n.get_ref().bytes().any(|b| !b.is_ascii_graphic()) =>
+            {
+                return Err(loc.at(
+                    n.span(),
+                    format!("{key}.name"),
+                    "expected a name of visible characters, no spaces",
+                ))
+            }
+            Some(n) => n.get_ref().clone(),
+            None => route_name(&host, &path),
+        };
         routes.push(Route {
             host,
             path,
             action,
             cache,
+            name,
+            log: super::log::flag(r.access_log.clone()),
         });
     }
     Ok(routes)
+}
+
+/// `example.com/app/`, `*.example.com/`, `/app/` (any host).
+pub(crate) fn route_name(host: &HostMatch, path: &str) -> String {
+    match host {
+        HostMatch::Any => path.to_string(),
+        HostMatch::Exact(h) => format!("{h}{path}"),
+        HostMatch::Suffix(s) => format!("*{s}{path}"),
+    }
 }
 
 /// A route's path prefix, checked to be one that requests can match: requests are matched on

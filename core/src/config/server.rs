@@ -15,6 +15,8 @@ pub struct Listen {
     pub addr: SocketAddr,
     pub transport: Transport,
     pub protocol: Protocol,
+    /// Its exchanges go to the access log (`access_log = false` keeps them out).
+    pub log: bool,
 }
 
 /// How connections arrive.
@@ -42,7 +44,13 @@ impl Listen {
             addr,
             transport: Transport::Plain,
             protocol: Protocol::Http,
+            log: true,
         }
+    }
+
+    /// Whether `other` needs a restart to replace this (everything but the log switch).
+    pub fn same_socket(&self, other: &Self) -> bool {
+        (self.addr, self.transport, self.protocol) == (other.addr, other.transport, other.protocol)
     }
 
     pub fn is_tls(&self) -> bool {
@@ -95,13 +103,14 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
             let mut v = Vec::new();
             for (i, a) in l.get_ref().iter().enumerate() {
                 let key = format!("server.listen[{i}]");
-                let (addr, tls, redirect_https, forward) = match a.get_ref() {
-                    raw::ListenEntry::Addr(s) => (s, false, false, false),
+                let (addr, tls, redirect_https, forward, log) = match a.get_ref() {
+                    raw::ListenEntry::Addr(s) => (s, false, false, false, true),
                     raw::ListenEntry::Full(t) => (
                         &t.addr,
                         t.tls.unwrap_or(false),
                         t.redirect_https.unwrap_or(false),
                         t.forward.unwrap_or(false),
+                        super::log::flag(t.access_log.clone()),
                     ),
                 };
                 let addr = parse_listen_addr(addr).ok_or_else(|| {
@@ -129,6 +138,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                     addr,
                     transport,
                     protocol,
+                    log,
                 });
             }
             v

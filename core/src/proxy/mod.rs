@@ -40,7 +40,7 @@ pub use action::{Action, BodyPlan, Close, Finish, Reuse, Stages, Via};
 pub const INLINE_HIT: usize = 16 * 1024;
 pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use hints::{SizeHints, HEAD_READ, SPLICE_MIN, SPLICE_MIN_UPLOAD};
-pub use record::{EndRecord, RequestCounts, Requester};
+pub use record::{EndRecord, RequestCounts, Requester, Text, Texts, MAX_TEXT};
 pub use timer::{Timer, Timers};
 
 use std::net::{IpAddr, SocketAddr};
@@ -216,8 +216,11 @@ impl Exchange {
         self.cache.reset();
         self.hit = None;
         self.auth = crate::forward::auth::Check::None;
+        let mut text = std::mem::take(&mut self.record.text);
+        text.clear();
         self.record = EndRecord {
             started: Some(now),
+            text,
             requester: if self.cache.is_refresh() {
                 Requester::Refresh
             } else {
@@ -268,6 +271,7 @@ impl Exchange {
             },
             Phase::Connect(conn) => {
                 let to = self.upstream_key();
+                self.record.upstream = Some(to);
                 let via = match (self.pin.connect(to), conn) {
                     (true, _) => Via::Pinned,
                     (false, Conn::Pooled) => Via::Pooled,
@@ -463,9 +467,20 @@ impl Exchange {
                 0
             }
             Err(e) => {
+                self.keep_line(input, env);
                 self.reject(e.status(), &e.to_string(), env, now);
                 0
             }
+        }
+    }
+
+    /// Keeps the request line as received, for the access log (a 400's line shows what was
+    /// sent, whether or not it parses).
+    fn keep_line(&mut self, input: &[u8], env: &Env<'_>) {
+        if env.cfg.access_log.is_some() {
+            let line = input.split(|&b| b == b'\n').next().unwrap_or(input);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            self.record.text.put(Text::Line, line);
         }
     }
 
@@ -585,7 +600,8 @@ impl Exchange {
         };
         self.tries.begin(server, &env.cfg.upstreams[group], now);
         self.record.attempts = self.tries.count;
-        self.record.upstream = Some((group, server));
+        self.record.upstream = Some(UpstreamKey::Server { group, server });
+        self.record.upstream_began = Some(now);
         self.phase = Phase::Connect(Conn::Pooled);
         self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
     }
@@ -594,6 +610,7 @@ impl Exchange {
     pub fn handle_connected(&mut self, reused: bool, now: Instant) {
         debug_assert!(matches!(self.phase, Phase::Connect(_)));
         self.timers.stop(Timer::UpstreamConnect);
+        self.record.upstream_connected = Some(now);
         self.tries.conn = if reused { Origin::Pooled } else { Origin::New };
         if matches!(self.intent, Intent::Connect(_)) {
             // RFC 9110 §9.3.6: any 2xx means the tunnel is open; no fields.
@@ -661,6 +678,7 @@ impl Exchange {
         }
         self.tries.begin_destination();
         self.record.attempts = 1;
+        self.record.upstream_began = Some(now);
         self.phase = Phase::Connect(if tunnel { Conn::Fresh } else { Conn::Pooled });
         self.timers.arm(Timer::UpstreamConnect, &self.timeouts, now);
     }
@@ -885,6 +903,7 @@ impl Exchange {
         self.record.status = plan.status;
         self.record.response_head = Some(now);
         self.record.cache_hit = s.detail.is_none();
+        self.record.cache = Some(s.detail.unwrap_or("hit"));
         self.write_client(Written::Answer(p.finish(true)), now);
     }
 
@@ -1002,6 +1021,8 @@ impl Exchange {
     fn request(&mut self, input: &[u8], end: usize, env: &Env<'_>, now: Instant) -> usize {
         let cfg = env.cfg;
         let buf = &input[..end];
+        self.record.head_len = end as u64;
+        self.keep_line(buf, env);
         let head = match parse_request(buf, &mut self.headers, &cfg.limits.request) {
             Ok(h) => h,
             Err(e) => {
@@ -1009,6 +1030,17 @@ impl Exchange {
                 return 0;
             }
         };
+        if cfg.access_log.is_some() {
+            for (t, name) in [
+                (Text::Host, &b"host"[..]),
+                (Text::Referer, b"referer"),
+                (Text::Agent, b"user-agent"),
+            ] {
+                if let Some(v) = crate::http::find_header(buf, &self.headers, name) {
+                    self.record.text.put(t, v);
+                }
+            }
+        }
         self.record.method = Some(head.method);
         self.req.method = head.method;
         self.req.version = head.version;
@@ -1332,6 +1364,10 @@ impl Exchange {
             self.reject(400, "invalid destination host or port", env, now);
             return Err(0);
         };
+        if env.cfg.access_log.is_some() {
+            let d = format!("{}:{}", named.host, named.port);
+            self.record.text.put(Text::Dest, d.as_bytes());
+        }
         let mut dest = Dest {
             host: named.host,
             port: named.port,
@@ -1717,6 +1753,8 @@ impl Exchange {
         };
         self.record.status = rh.status;
         self.record.response_head = Some(now);
+        self.record.upstream_head = Some(now);
+        self.record.cache = self.cache.status().map(|c| c.detail);
         self.write_client(Written::ResponseHead, now);
         end + inline
     }

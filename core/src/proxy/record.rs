@@ -23,8 +23,20 @@ pub struct EndRecord {
     pub user: Option<String>,
     /// Index of the matched route.
     pub route: Option<usize>,
-    /// (group, server) of the last upstream attempt.
-    pub upstream: Option<(usize, usize)>,
+    /// Where the last upstream attempt went.
+    pub upstream: Option<crate::upstream::UpstreamKey>,
+    /// When the last upstream attempt began (a server or address was picked), its connection
+    /// was ready, and its response head was read.
+    pub upstream_began: Option<Instant>,
+    pub upstream_connected: Option<Instant>,
+    pub upstream_head: Option<Instant>,
+    /// Bytes of the request head.
+    pub head_len: u64,
+    /// The `Cache-Status` detail of a response that went through the cache (`hit`,
+    /// `fwd=miss`, …).
+    pub cache: Option<&'static str>,
+    /// The request's text the access log shows, copied only when a log is configured.
+    pub text: Texts,
     /// Upstream attempts (servers picked, including retries).
     pub attempts: u32,
     /// The status sent to the client (0: none was sent).
@@ -42,6 +54,49 @@ pub struct EndRecord {
     pub requester: Requester,
 }
 
+/// A text field of the request kept for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Text {
+    /// The request line as received (whatever it was, for a request that did not parse).
+    Line,
+    Host,
+    Referer,
+    Agent,
+    /// The forward proxy's destination, `host:port`.
+    Dest,
+}
+
+/// The longest any one text is kept.
+pub const MAX_TEXT: usize = 4096;
+
+/// The request texts in one buffer (reused across a connection's exchanges).
+#[derive(Clone, Debug, Default)]
+pub struct Texts {
+    buf: Vec<u8>,
+    at: [(u32, u32); 5],
+}
+
+impl Texts {
+    /// Keeps `v` (its first [`MAX_TEXT`] bytes) as `t`.
+    pub fn put(&mut self, t: Text, v: &[u8]) {
+        let v = &v[..v.len().min(MAX_TEXT)];
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(v);
+        self.at[t as usize] = (start, self.buf.len() as u32);
+    }
+
+    pub fn get(&self, t: Text) -> Option<&[u8]> {
+        let (a, b) = self.at[t as usize];
+        (b > a).then(|| &self.buf[a as usize..b as usize])
+    }
+
+    /// Empties it, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.at = [(0, 0); 5];
+    }
+}
+
 /// Who asked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Requester {
@@ -57,6 +112,25 @@ impl EndRecord {
     /// From the head's first byte to the end.
     pub fn duration(&self) -> Option<Duration> {
         Some(self.ended?.saturating_duration_since(self.started?))
+    }
+
+    /// The cache's verdict in nginx's words (`HIT`, `MISS`, `EXPIRED`, `STALE`, `REVALIDATED`,
+    /// `BYPASS`), when the response went through the cache.
+    pub fn cache_label(&self) -> Option<&'static str> {
+        let d = self.cache?;
+        Some(if d == "hit" {
+            "HIT"
+        } else if d.starts_with("hit") || d.contains("detail=stale") {
+            "STALE"
+        } else if d.contains("fwd-status=304") {
+            "REVALIDATED"
+        } else if d.starts_with("fwd=stale") {
+            "EXPIRED"
+        } else if d.ends_with("miss") {
+            "MISS"
+        } else {
+            "BYPASS"
+        })
     }
 
     /// Whether a request was read at all (a connection closed while idle ends an exchange
