@@ -522,7 +522,10 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
         return;
     }
     match load(cli) {
-        Err(e) => log::error!("reload rejected, keeping the running config: {e}"),
+        Err(e) => {
+            reloader.rejected();
+            log::error!("reload rejected, keeping the running config: {e}");
+        }
         Ok(cfg) => {
             // `running` keeps the restart-only settings in effect, so a file that differs from
             // them is reported on every reload, not just the first.

@@ -212,3 +212,238 @@ fn quick_mode_log_flags_are_checked() {
         "{err}"
     );
 }
+
+/// `GET path` on the admin listener: the body.
+fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let r = request(admin, req.as_bytes()).expect("the admin listener answers");
+    assert_eq!(r.status, 200, "{path}");
+    r.text()
+}
+
+/// The value of the sample `name{labels}` (labels as written, `""` for none).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+fn admin_addr(p: &Proxy) -> std::net::SocketAddr {
+    p.wait_log(|l| l.contains("admin status on http://"));
+    let log = p.log.lock().unwrap().clone();
+    let a = log.split("admin status on http://").nth(1).unwrap();
+    a.split('/').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn metrics_match_the_traffic_and_pass_promtool() {
+    let origin = Origin::start();
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\", {{ addr = \"127.0.0.2:0\", forward = true }}]\nworkers = 2\npin = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n[upstreams.dead]\nservers = [\"127.0.0.1:1\"]\nretries = 0\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\nname = \"main\"\n\
+         [[routes]]\npath = \"/dead/\"\nupstream = \"dead\"\n\
+         [forward]\ndeny_domains = [\".blocked.test\"]\n",
+        origin.addr
+    );
+    let p = Proxy::start(&cfg);
+    let admin = admin_addr(&p);
+    let fwd: std::net::SocketAddr = {
+        let log = p.log.lock().unwrap().clone();
+        let l = log.split("listening on ").nth(1).unwrap().to_string();
+        l.split(", ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    for _ in 0..7 {
+        assert!(curl(&[&format!("http://{}/ok", p.addr)]).0);
+    }
+    for _ in 0..2 {
+        let r = request(
+            p.addr,
+            b"GET /dead/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.unwrap().status, 502);
+    }
+    let r = request(p.addr, b"BAD\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    let r = request(
+        fwd,
+        b"GET http://x.blocked.test/ HTTP/1.1\r\nHost: x.blocked.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+
+    // Workers publish every 50 ms.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = admin_get(admin, "/metrics");
+        let total: f64 = t
+            .lines()
+            .filter(|l| l.starts_with("ringway_worker_requests_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        if total >= 11.0 || std::time::Instant::now() > end {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let listener = format!("listener=\"{}\"", p.addr);
+    let at = |name: &str, labels: &str| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("{name}{{{labels}}} missing:\n{text}"))
+    };
+    assert_eq!(
+        at(
+            "ringway_requests_total",
+            &format!("{listener},code=\"2xx\"")
+        ),
+        7.0
+    );
+    assert_eq!(
+        at(
+            "ringway_requests_total",
+            &format!("{listener},code=\"5xx\"")
+        ),
+        2.0
+    );
+    assert_eq!(
+        at(
+            "ringway_requests_total",
+            &format!("{listener},code=\"4xx\"")
+        ),
+        1.0
+    );
+    assert_eq!(
+        at(
+            "ringway_route_requests_total",
+            "route=\"main\",code=\"2xx\""
+        ),
+        7.0
+    );
+    assert_eq!(
+        at(
+            "ringway_route_requests_total",
+            "route=\"/dead/\",code=\"5xx\""
+        ),
+        2.0
+    );
+    let app = format!("group=\"app\",server=\"{}\"", origin.addr);
+    assert_eq!(
+        at(
+            "ringway_upstream_responses_total",
+            &format!("{app},code=\"2xx\"")
+        ),
+        7.0
+    );
+    assert_eq!(
+        at(
+            "ringway_upstream_failures_total",
+            "group=\"dead\",server=\"127.0.0.1:1\""
+        ),
+        2.0
+    );
+    assert_eq!(
+        at("ringway_upstream_header_duration_seconds_count", &app),
+        7.0
+    );
+    assert_eq!(
+        at(
+            "ringway_upstream_header_duration_seconds_bucket",
+            &format!("{app},le=\"+Inf\"")
+        ),
+        7.0
+    );
+    assert_eq!(at("ringway_request_duration_seconds_count", ""), 11.0);
+    assert_eq!(
+        at("ringway_forward_denials_total", "reason=\"domain\""),
+        1.0
+    );
+    assert_eq!(
+        at("ringway_upstream_server_up", &format!("{app},state=\"up\"")),
+        1.0
+    );
+    assert_eq!(at("ringway_config_version", ""), 1.0);
+    assert!(at("ringway_sent_bytes_total", "") > 0.0);
+    let accepted: f64 = (0..2)
+        .map(|w| {
+            sample(
+                &text,
+                "ringway_connections_accepted_total",
+                &format!("worker=\"{w}\""),
+            )
+            .unwrap()
+        })
+        .sum();
+    assert_eq!(accepted, 11.0);
+
+    // Prometheus's own checker (the Debian package `prometheus`); CI installs it.
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) if std::env::var_os("CI").is_none() => eprintln!("promtool not run: {e}"),
+        Err(e) => panic!("promtool is needed in CI (apt-get install prometheus): {e}"),
+    }
+}
+
+#[test]
+fn a_full_disk_drops_log_lines_never_requests() {
+    let origin = Origin::start();
+    let cfg = config_for(
+        origin.addr,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[access_log]\npath = \"/dev/full\"\nbuffer = \"4k\"\n",
+    );
+    let p = Proxy::start(&cfg);
+    let admin = admin_addr(&p);
+    let mut c = Client::connect(p.addr);
+    for i in 0..200 {
+        c.send(format!("GET /{i}?{} HTTP/1.1\r\nHost: a\r\n\r\n", "x".repeat(100)).as_bytes());
+        assert_eq!(c.response("GET").expect("answered").status, 200);
+    }
+    drop(c);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = admin_get(admin, "/metrics");
+        let dropped = sample(&t, "ringway_access_log_lines_total", "result=\"dropped\"").unwrap();
+        if dropped >= 200.0 {
+            assert_eq!(
+                sample(&t, "ringway_access_log_lines_total", "result=\"written\""),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.wait_log(|l| l.contains("access log: cannot write to /dev/full"));
+}

@@ -266,6 +266,7 @@ fn answer(mut s: TcpStream, status: &Status) {
     let (method, path) = (req.method_span.get(&head), req.target.get(&head));
     let (code, body, ctype) = match (method, path) {
         (b"GET" | b"HEAD", b"/" | b"/status") => (200, status.json(), "application/json"),
+        (b"GET" | b"HEAD", b"/metrics") => (200, status.metrics(), crate::metrics::CONTENT_TYPE),
         (b"POST" | b"PURGE", p) if p.starts_with(b"/cache/purge?") => purge(status, p),
         (b"GET" | b"HEAD", _) => (
             404,

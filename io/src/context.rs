@@ -47,6 +47,10 @@ pub(crate) struct Worker {
     pub(crate) pipes: crate::splice::Pipes,
     /// This worker's access log lines, on their way to the writer.
     pub(crate) log: crate::accesslog::WorkerLog,
+    /// What its exchanges add up to, for the metrics.
+    pub(crate) tally: RefCell<ringway_core::metrics::Tally>,
+    /// Connections accepted.
+    accepted: Cell<u64>,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -77,6 +81,8 @@ impl Worker {
             fill_waiters: RefCell::new(std::collections::HashMap::new()),
             pipes: crate::splice::Pipes::default(),
             log,
+            tally: RefCell::default(),
+            accepted: Cell::new(0),
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),
@@ -217,6 +223,26 @@ impl Worker {
         *self.current.borrow_mut() = Rc::new(Generation::new(self.id, update));
     }
 
+    /// What the worker publishes for the status page and metrics.
+    pub(crate) fn published(&self) -> crate::counters::Published {
+        let requests = self.requests.get();
+        let dns = self.dns.borrow();
+        crate::counters::Published {
+            servers: self.current().snapshot(std::time::Instant::now()),
+            tls: self.tls_counts.get(),
+            requests,
+            cache: self.cache.borrow().stats(),
+            tally: self.tally.borrow().clone(),
+            worker: crate::metrics::WorkerSnap {
+                open: self.active.get() as u64,
+                accepted: self.accepted.get(),
+                requests: requests.total,
+                dns_lookups: dns.lookups,
+                dns_failures: dns.failures,
+            },
+        }
+    }
+
     pub(crate) fn id(&self) -> usize {
         self.id
     }
@@ -228,6 +254,7 @@ impl Worker {
 
     pub(crate) fn enter(self: &Rc<Self>) -> Active {
         self.active.set(self.active.get() + 1);
+        self.accepted.set(self.accepted.get() + 1);
         Active(self.clone())
     }
 }

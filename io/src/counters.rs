@@ -46,6 +46,24 @@ pub(crate) struct Status {
     pub(crate) purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
     /// The access log's counters (lines written, dropped).
     pub(crate) log: crate::accesslog::Log,
+    /// Per worker: what its exchanges added up to, and its own figures.
+    pub(crate) tallies: Mutex<Vec<ringway_core::metrics::Tally>>,
+    pub(crate) worker_snaps: Mutex<Vec<crate::metrics::WorkerSnap>>,
+    /// Reloads applied and rejected (never touched on the request path).
+    pub(crate) reloads_ok: std::sync::atomic::AtomicU64,
+    pub(crate) reloads_failed: std::sync::atomic::AtomicU64,
+    /// When the process started (seconds since the Unix epoch).
+    pub(crate) started: f64,
+}
+
+/// What a worker publishes every 50 ms.
+pub(crate) struct Published {
+    pub(crate) servers: Vec<Vec<ServerSnap>>,
+    pub(crate) tls: TlsCounts,
+    pub(crate) requests: RequestCounts,
+    pub(crate) cache: ringway_core::cache::Stats,
+    pub(crate) tally: ringway_core::metrics::Tally,
+    pub(crate) worker: crate::metrics::WorkerSnap,
 }
 
 impl Status {
@@ -58,6 +76,13 @@ impl Status {
     ) -> Self {
         Self {
             log,
+            tallies: Mutex::new(vec![Default::default(); workers]),
+            worker_snaps: Mutex::new(vec![Default::default(); workers]),
+            reloads_ok: Default::default(),
+            reloads_failed: Default::default(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             cache: Mutex::new(vec![Default::default(); workers]),
             epochs: Arc::default(),
             purges,
@@ -68,14 +93,21 @@ impl Status {
         }
     }
 
-    pub(crate) fn publish(
-        &self,
-        worker: usize,
-        snap: Vec<Vec<ServerSnap>>,
-        tls: TlsCounts,
-        requests: RequestCounts,
-        cache: ringway_core::cache::Stats,
-    ) {
+    pub(crate) fn publish(&self, worker: usize, p: Published) {
+        let Published {
+            servers: snap,
+            tls,
+            requests,
+            cache,
+            tally,
+            worker: figures,
+        } = p;
+        if let Ok(mut t) = self.tallies.lock() {
+            t[worker] = tally;
+        }
+        if let Ok(mut w) = self.worker_snaps.lock() {
+            w[worker] = figures;
+        }
         if let Ok(mut c) = self.cache.lock() {
             c[worker] = cache;
         }

@@ -50,6 +50,9 @@ pub(crate) struct Cache {
     flights: HashMap<String, Rc<Flight>>,
     clients: HashMap<IpAddr, u32>,
     files: Option<(Servers, Hosts, Instant)>,
+    /// Lookups sent to name servers, and those that found no address (for the metrics).
+    pub(crate) lookups: u64,
+    pub(crate) failures: u64,
 }
 
 impl Cache {
@@ -166,6 +169,8 @@ impl Cache {
                 .is_some_and(|f| Rc::ptr_eq(f, &waiter.flight));
             if ours {
                 c.flights.remove(bare);
+                c.lookups += 1;
+                c.failures += u64::from(outcome.is_err());
                 // The first waiter to see the outcome keeps it for the others to come.
                 let (r, ttl) = match &outcome {
                     Ok((ips, ttl)) => (Ok(ips.clone()), (*ttl).min(fwd.dns_ttl)),

@@ -27,6 +27,7 @@ mod generation;
 mod guard;
 mod health;
 mod listener;
+mod metrics;
 mod proxy;
 mod relay;
 mod server;

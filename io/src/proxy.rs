@@ -671,18 +671,29 @@ impl Conn {
             return;
         }
         self.w.count_request(r);
+        let route = r.route.and_then(|i| self.cfg.routes.get(i));
+        let server = match r.upstream {
+            Some(UpstreamKey::Server { group, server }) => {
+                self.cfg.upstreams.get(group).and_then(|g| {
+                    let s = g.servers.get(server)?;
+                    Some((g.name.as_str(), s.addr))
+                })
+            }
+            _ => None,
+        };
+        self.w.tally.borrow_mut().count(
+            r,
+            ringway_core::metrics::Labels {
+                listener: self.listen.addr,
+                route: route.map(|r| r.name.as_str()),
+                server,
+            },
+        );
         if let Some(a) = &self.cfg.access_log {
             if self.cfg.logs(&self.listen, r.route) {
-                let route = r.route.and_then(|i| self.cfg.routes.get(i));
                 let upstream = match r.upstream {
-                    Some(UpstreamKey::Server { group, server }) => self
-                        .cfg
-                        .upstreams
-                        .get(group)
-                        .and_then(|g| g.servers.get(server))
-                        .map(|s| s.addr),
                     Some(UpstreamKey::Destination { addr, .. }) => Some(addr),
-                    None => None,
+                    _ => server.map(|s| s.1),
                 };
                 let e = ringway_core::accesslog::Entry {
                     rec: r,

@@ -48,6 +48,13 @@ pub struct ReloadHandle {
 }
 
 impl ReloadHandle {
+    /// Counts a reload that was rejected (its file did not validate): the metrics show it.
+    pub fn rejected(&self) {
+        self.status
+            .reloads_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Reopens the access log file (after logrotate moved it): SIGUSR1.
     pub fn reopen_log(&self) {
         self.log.reopen();
@@ -60,10 +67,13 @@ impl ReloadHandle {
         let cfg = &cfg;
         let tls = {
             let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::new(TlsMaterial::load(cfg, &mut keep)?)
+            Arc::new(TlsMaterial::load(cfg, &mut keep).inspect_err(|_| self.rejected())?)
         };
         let board = Arc::new(Board::new(cfg));
         self.status.set_current(cfg.clone(), board.clone());
+        self.status
+            .reloads_ok
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.log
             .retarget(cfg.access_log.as_ref().map(|a| a.target.clone()));
         for tx in &self.workers {

@@ -105,9 +105,7 @@ pub(crate) fn run(
             if let Some(a) = &w.current().access_log {
                 w.log.tick(a.flush, Instant::now());
             }
-            let snap = w.current().snapshot(Instant::now());
-            let cache = w.cache.borrow().stats();
-            status.publish(id, snap, w.tls_counts.get(), w.requests.get(), cache);
+            status.publish(id, w.published());
         }
         w.drain.trigger();
         for a in accepting {

@@ -80,6 +80,20 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// What the metrics count it as: `port`, `domain`, `rule` (by a `[[forward.rules]]` entry),
+    /// `default` (no rule matched), `loop`, `private` or `unresolved`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Port { .. } => "port",
+            Self::Domain(_) => "domain",
+            Self::Rule { index: Some(_), .. } => "rule",
+            Self::Rule { index: None, .. } => "default",
+            Self::Loop => "loop",
+            Self::Private(_) => "private",
+            Self::Unresolved => "unresolved",
+        }
+    }
+
     /// The HTTP status it is answered with.
     pub fn status(&self) -> u16 {
         match self {

@@ -611,6 +611,7 @@ impl Exchange {
         debug_assert!(matches!(self.phase, Phase::Connect(_)));
         self.timers.stop(Timer::UpstreamConnect);
         self.record.upstream_connected = Some(now);
+        self.record.upstream_reused = Some(reused);
         self.tries.conn = if reused { Origin::Pooled } else { Origin::New };
         if matches!(self.intent, Intent::Connect(_)) {
             // RFC 9110 §9.3.6: any 2xx means the tunnel is open; no fields.
@@ -655,6 +656,7 @@ impl Exchange {
             Err(denial) => {
                 let (detail, logged) = (denial.detail(&ask), denial.logged(&ask));
                 self.local_error(denial.status(), &detail, env, now);
+                self.record.denied = Some(denial.kind());
                 self.record.error = match denial {
                     Denial::Unresolved => {
                         Some(Error::Upstream(UpstreamError::ConnectFailed(detail)))
@@ -1381,6 +1383,7 @@ impl Exchange {
         match admit(admission(env.cfg), &ask) {
             Verdict::Resolve { rules_pending } => dest.at = At::Named { rules_pending },
             Verdict::Deny(denial) => {
+                self.record.denied = Some(denial.kind());
                 let answer = Local::Denied(denial.status(), denial.detail(&ask));
                 return Err(self.local(answer, b"", r, env, now));
             }

@@ -30,6 +30,10 @@ pub struct EndRecord {
     pub upstream_began: Option<Instant>,
     pub upstream_connected: Option<Instant>,
     pub upstream_head: Option<Instant>,
+    /// Whether that connection came from the pool.
+    pub upstream_reused: Option<bool>,
+    /// Why the forward proxy refused the request (`Denial::kind`).
+    pub denied: Option<&'static str>,
     /// Bytes of the request head.
     pub head_len: u64,
     /// The `Cache-Status` detail of a response that went through the cache (`hit`,

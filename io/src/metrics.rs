@@ -1,0 +1,465 @@
+//! `GET /metrics` on the admin listener: the workers' tallies (published every 50 ms, summed
+//! here) and the process's gauges, in the Prometheus text format, encoded by
+//! `prometheus-client` on the admin thread. Nothing here runs on a worker.
+
+use std::borrow::Cow;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use ringway_core::cache::Stats;
+use ringway_core::health::ServerState;
+use ringway_core::metrics::{class_label, Histogram, Tally, CACHE_LABELS};
+
+use crate::counters::{ServerSnap, Status, TlsCounts};
+
+/// What one scrape shows: a snapshot, taken with the status locks held briefly.
+#[derive(Debug)]
+struct Scrape {
+    tally: Tally,
+    workers: Vec<WorkerSnap>,
+    tls: TlsCounts,
+    cache: Stats,
+    /// (group, server address, state label, in flight)
+    servers: Vec<(String, String, &'static str, u64)>,
+    log_written: u64,
+    log_dropped: u64,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    version: u64,
+    started: f64,
+}
+
+/// A worker's own figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WorkerSnap {
+    pub(crate) open: u64,
+    pub(crate) accepted: u64,
+    pub(crate) requests: u64,
+    pub(crate) dns_lookups: u64,
+    pub(crate) dns_failures: u64,
+}
+
+type Labels = Vec<(&'static str, Cow<'static, str>)>;
+
+fn l(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|&(k, v)| (k, Cow::Owned(v.to_string())))
+        .collect()
+}
+
+/// A metric family written by hand from owned values.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in rows {
+        v.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, Histogram)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in rows {
+        m.encode_family(&labels)?.encode_histogram::<Labels>(
+            h.sum(),
+            h.count(),
+            &h.buckets(),
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+fn gauge(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.tally;
+        let classes = |labels: Labels, c: &[u64; 6]| {
+            c.iter()
+                .enumerate()
+                .filter(|&(_, &n)| n > 0)
+                .map(move |(i, &n)| {
+                    let mut l = labels.clone();
+                    l.push(("code", Cow::Borrowed(class_label(i))));
+                    (l, counter(n))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut listeners: Vec<_> = t.listeners.iter().collect();
+        listeners.sort_by_key(|(a, _)| **a);
+        family(
+            &mut e,
+            "ringway_requests",
+            "Requests by listener and status class (code=\"none\": ended before a status).",
+            MetricType::Counter,
+            listeners
+                .into_iter()
+                .flat_map(|(a, c)| classes(l(&[("listener", &a.to_string())]), c)),
+        )?;
+        let mut routes: Vec<_> = t.routes.iter().collect();
+        routes.sort_by(|a, b| a.0.cmp(b.0));
+        family(
+            &mut e,
+            "ringway_route_requests",
+            "Requests by route and status class.",
+            MetricType::Counter,
+            routes
+                .into_iter()
+                .flat_map(|(r, c)| classes(l(&[("route", r)]), c)),
+        )?;
+        let mut servers: Vec<_> = t.servers.iter().collect();
+        servers.sort_by(|a, b| a.0.cmp(b.0));
+        let server = |(g, a): &(Box<str>, std::net::SocketAddr)| {
+            l(&[("group", g), ("server", &a.to_string())])
+        };
+        family(
+            &mut e,
+            "ringway_upstream_responses",
+            "Responses from upstream servers by status class.",
+            MetricType::Counter,
+            servers
+                .iter()
+                .flat_map(|(k, s)| classes(server(k), &s.classes)),
+        )?;
+        family(
+            &mut e,
+            "ringway_upstream_failures",
+            "Upstream attempts that failed before a response (refused, timed out, reset, invalid).",
+            MetricType::Counter,
+            servers
+                .iter()
+                .map(|(k, s)| (server(k), counter(s.failures))),
+        )?;
+        family(
+            &mut e,
+            "ringway_upstream_connections",
+            "Requests sent upstream by connection: new, or reused from the pool.",
+            MetricType::Counter,
+            servers.iter().flat_map(|(k, s)| {
+                [("new", s.new_connections), ("reused", s.reused_connections)].map(|(how, n)| {
+                    let mut labels = server(k);
+                    labels.push(("connection", Cow::Borrowed(how)));
+                    (labels, counter(n))
+                })
+            }),
+        )?;
+        histogram(
+            &mut e,
+            "ringway_upstream_connect_duration_seconds",
+            "From picking a server to a connection ready to send on (pooled: at once).",
+            servers.iter().map(|(k, s)| (server(k), s.connect)),
+        )?;
+        histogram(
+            &mut e,
+            "ringway_upstream_header_duration_seconds",
+            "From picking a server to its response head.",
+            servers.iter().map(|(k, s)| (server(k), s.header)),
+        )?;
+        histogram(
+            &mut e,
+            "ringway_request_duration_seconds",
+            "From the first byte of a request to the end of its exchange.",
+            [(Labels::new(), t.request_time)],
+        )?;
+        family(
+            &mut e,
+            "ringway_received_bytes",
+            "Bytes of request heads and bodies received from clients.",
+            MetricType::Counter,
+            [(Labels::new(), counter(t.bytes_in))],
+        )?;
+        family(
+            &mut e,
+            "ringway_sent_bytes",
+            "Bytes of response bodies sent to clients.",
+            MetricType::Counter,
+            [(Labels::new(), counter(t.bytes_out))],
+        )?;
+        family(
+            &mut e,
+            "ringway_retries",
+            "Upstream attempts beyond the first.",
+            MetricType::Counter,
+            [(Labels::new(), counter(t.retries))],
+        )?;
+        family(
+            &mut e,
+            "ringway_upstream_server_up",
+            "Whether a configured server takes requests (1), with its state as a label.",
+            MetricType::Gauge,
+            self.servers.iter().map(|(g, a, state, _)| {
+                (
+                    l(&[("group", g), ("server", a), ("state", state)]),
+                    gauge(u64::from(matches!(*state, "up"))),
+                )
+            }),
+        )?;
+        family(
+            &mut e,
+            "ringway_upstream_in_flight",
+            "Requests in flight to a configured server.",
+            MetricType::Gauge,
+            self.servers
+                .iter()
+                .map(|(g, a, _, n)| (l(&[("group", g), ("server", a)]), gauge(*n))),
+        )?;
+        let per_worker = |f: fn(&WorkerSnap) -> u64| {
+            self.workers
+                .iter()
+                .enumerate()
+                .map(move |(i, w)| (l(&[("worker", &i.to_string())]), f(w)))
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut e,
+            "ringway_worker_requests",
+            "Requests ended per worker (how evenly the kernel spreads connections).",
+            MetricType::Counter,
+            per_worker(|w| w.requests)
+                .into_iter()
+                .map(|(l, n)| (l, counter(n))),
+        )?;
+        family(
+            &mut e,
+            "ringway_connections_open",
+            "Client connections open per worker.",
+            MetricType::Gauge,
+            per_worker(|w| w.open)
+                .into_iter()
+                .map(|(l, n)| (l, gauge(n))),
+        )?;
+        family(
+            &mut e,
+            "ringway_connections_accepted",
+            "Client connections accepted per worker.",
+            MetricType::Counter,
+            per_worker(|w| w.accepted)
+                .into_iter()
+                .map(|(l, n)| (l, counter(n))),
+        )?;
+        let tls = &self.tls;
+        family(
+            &mut e,
+            "ringway_tls_handshakes",
+            "TLS handshakes on TLS listeners: full, resumed, failed.",
+            MetricType::Counter,
+            [
+                ("full", tls.handshakes.saturating_sub(tls.resumed)),
+                ("resumed", tls.resumed),
+                ("failed", tls.failed),
+            ]
+            .map(|(r, n)| (l(&[("result", r)]), counter(n))),
+        )?;
+        family(
+            &mut e,
+            "ringway_cache_requests",
+            "Requests on caching routes by the cache's verdict.",
+            MetricType::Counter,
+            CACHE_LABELS
+                .iter()
+                .zip(t.cache)
+                .map(|(c, n)| (l(&[("result", c)]), counter(n))),
+        )?;
+        let c = &self.cache;
+        for (name, help, v) in [
+            ("ringway_cache_entries", "Responses stored now.", c.entries),
+            ("ringway_cache_bytes", "Bytes stored now.", c.bytes),
+        ] {
+            family(
+                &mut e,
+                name,
+                help,
+                MetricType::Gauge,
+                [(Labels::new(), gauge(v))],
+            )?;
+        }
+        for (name, help, v) in [
+            ("ringway_cache_stores", "Responses stored.", c.stores),
+            (
+                "ringway_cache_evictions",
+                "Responses evicted to make room.",
+                c.evictions,
+            ),
+            (
+                "ringway_cache_invalidations",
+                "Responses invalidated (unsafe methods, purges).",
+                c.invalidations,
+            ),
+        ] {
+            family(
+                &mut e,
+                name,
+                help,
+                MetricType::Counter,
+                [(Labels::new(), counter(v))],
+            )?;
+        }
+        let mut denials: Vec<_> = t.denials.iter().collect();
+        denials.sort();
+        family(
+            &mut e,
+            "ringway_forward_denials",
+            "Forward-proxy requests refused, by reason.",
+            MetricType::Counter,
+            denials
+                .into_iter()
+                .map(|(r, n)| (l(&[("reason", r)]), counter(*n))),
+        )?;
+        let (lookups, failures) = self
+            .workers
+            .iter()
+            .fold((0, 0), |(a, b), w| (a + w.dns_lookups, b + w.dns_failures));
+        family(
+            &mut e,
+            "ringway_dns_lookups",
+            "Names looked up by the resolver (answers from its cache not counted).",
+            MetricType::Counter,
+            [(Labels::new(), counter(lookups))],
+        )?;
+        family(
+            &mut e,
+            "ringway_dns_failures",
+            "Lookups that found no address (no such name, timeout, refused).",
+            MetricType::Counter,
+            [(Labels::new(), counter(failures))],
+        )?;
+        family(
+            &mut e,
+            "ringway_access_log_lines",
+            "Access log lines: written, or dropped when the writer was behind or the write failed.",
+            MetricType::Counter,
+            [("written", self.log_written), ("dropped", self.log_dropped)]
+                .map(|(r, n)| (l(&[("result", r)]), counter(n))),
+        )?;
+        family(
+            &mut e,
+            "ringway_config_reloads",
+            "Reloads: applied, or rejected (the running configuration kept).",
+            MetricType::Counter,
+            [("ok", self.reloads_ok), ("rejected", self.reloads_failed)]
+                .map(|(r, n)| (l(&[("result", r)]), counter(n))),
+        )?;
+        family(
+            &mut e,
+            "ringway_config_version",
+            "The version of the configuration running (1 at start, +1 per applied reload).",
+            MetricType::Gauge,
+            [(Labels::new(), gauge(self.version))],
+        )?;
+        family(
+            &mut e,
+            "ringway_start_time_seconds",
+            "When the process started, in seconds since the Unix epoch.",
+            MetricType::Gauge,
+            [(Labels::new(), ConstGauge::new(self.started))],
+        )?;
+        family(
+            &mut e,
+            "ringway_build_info",
+            "The version of ringway running (always 1).",
+            MetricType::Gauge,
+            [(l(&[("version", env!("CARGO_PKG_VERSION"))]), gauge(1))],
+        )?;
+        Ok(())
+    }
+}
+
+impl Status {
+    /// The metrics page.
+    pub(crate) fn metrics(&self) -> String {
+        let mut tally = Tally::default();
+        for t in self.tallies.lock().map(|t| t.clone()).unwrap_or_default() {
+            tally.add(&t);
+        }
+        let workers = self
+            .worker_snaps
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default();
+        let tls = self.tls.lock().map(|t| t.clone()).unwrap_or_default();
+        let tls = tls.iter().fold(TlsCounts::default(), |a, t| TlsCounts {
+            handshakes: a.handshakes + t.handshakes,
+            resumed: a.resumed + t.resumed,
+            failed: a.failed + t.failed,
+            plain_http: a.plain_http + t.plain_http,
+        });
+        let mut cache = Stats::default();
+        for c in self.cache.lock().map(|c| c.clone()).unwrap_or_default() {
+            cache.entries += c.entries;
+            cache.bytes += c.bytes;
+            cache.stores += c.stores;
+            cache.evictions += c.evictions;
+            cache.invalidations += c.invalidations;
+        }
+        let mut servers = Vec::new();
+        if let Ok(cur) = self.current.lock() {
+            let (cfg, board) = (&cur.0, &cur.1);
+            let snaps = self.workers.lock().map(|w| w.clone()).unwrap_or_default();
+            for (g, u) in cfg.upstreams.iter().enumerate() {
+                for (s, server) in u.servers.iter().enumerate() {
+                    let mut sum = ServerSnap::default();
+                    for w in &snaps {
+                        if let Some(x) = w.get(g).and_then(|gs| gs.get(s)) {
+                            sum.in_flight += x.in_flight;
+                            sum.ejected |= x.ejected;
+                        }
+                    }
+                    let state =
+                        ServerState::of(server.down, board.is_up(g, s), sum.ejected, sum.in_flight)
+                            .label();
+                    servers.push((
+                        u.name.clone(),
+                        server.addr.to_string(),
+                        state,
+                        sum.in_flight as u64,
+                    ));
+                }
+            }
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        let reloads_ok = self.reloads_ok.load(Relaxed);
+        let scrape = Scrape {
+            tally,
+            workers,
+            tls,
+            cache,
+            servers,
+            log_written: self.log.written.load(Relaxed),
+            log_dropped: self.log.dropped.load(Relaxed),
+            reloads_ok,
+            reloads_failed: self.reloads_failed.load(Relaxed),
+            version: 1 + reloads_ok,
+            started: self.started,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(scrape));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The content type of [`Status::metrics`].
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
