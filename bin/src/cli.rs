@@ -23,7 +23,8 @@ pub struct Cli {
     #[arg(short, long, value_name = "ADDR")]
     pub listen: Vec<String>,
 
-    /// Quick mode: proxy every request to this server (IP:port); repeatable for round-robin.
+    /// Quick mode: proxy every request to this server (IP:port, or NAME:port: every address of
+    /// the name is a server, looked up again when its TTL runs out); repeatable.
     #[arg(short, long, value_name = "ADDR")]
     pub upstream: Vec<String>,
 
@@ -64,9 +65,9 @@ pub struct Cli {
     #[arg(long, value_name = "LIST", requires = "forward")]
     pub safe_ports: Option<String>,
 
-    /// Forward proxy: a name server to ask (`192.0.2.53`, `127.0.0.1:5353`); repeatable
-    /// [default: those of /etc/resolv.conf].
-    #[arg(long, value_name = "ADDR", requires = "forward")]
+    /// A name server to ask (`192.0.2.53`, `127.0.0.1:5353`) for upstream names and the forward
+    /// proxy's destinations; repeatable [default: those of /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR")]
     pub resolver: Vec<String>,
 
     /// Forward proxy: refuse this domain (`example.com`, or `.example.com` with its

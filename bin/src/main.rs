@@ -42,10 +42,23 @@ fn load(cli: &Cli) -> Result<Config, String> {
         }
         (None, false) => {
             let mut ups = Vec::new();
+            let mut named = Vec::new();
             for u in &cli.upstream {
-                ups.push(ringway_core::config::parse_server_addr(u).ok_or_else(|| {
-                    format!("--upstream {u:?}: expected IP:port or localhost:port")
-                })?);
+                match ringway_core::config::parse_server_addr(u) {
+                    Some(a) => ups.push(a),
+                    None => {
+                        let (host, port) = ringway_core::config::parse_server_name(u)
+                            .ok_or_else(|| {
+                                format!("--upstream {u:?}: expected IP:port or NAME:port (like app:8080)")
+                            })?;
+                        named.push(ringway_core::config::NamedServer {
+                            host: host.into(),
+                            server: ringway_core::config::UpstreamServer::new(
+                                std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                            ),
+                        });
+                    }
+                }
             }
             let listen = if cli.listen.is_empty() {
                 vec!["127.0.0.1:8080".to_string()]
@@ -59,6 +72,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
             .map_err(|e| format!("--balance: {e}"))?;
             let addrs = parse_listen(&listen)?.into_iter().map(|l| l.addr).collect();
             let mut cfg = Config::quick(addrs, ups, balance);
+            cfg.upstreams[0].named = named;
             if let Some(uri) = &cli.health_uri {
                 if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
                     return Err(format!(
@@ -122,6 +136,9 @@ fn load(cli: &Cli) -> Result<Config, String> {
         if let Some(list) = &cli.safe_ports {
             cfg.forward.safe_ports = port_list("--safe-ports", list)?;
         }
+    }
+    {
+        // The forward proxy's destinations and the upstream names both ask these.
         for r in &cli.resolver {
             let addr = r
                 .parse::<std::net::SocketAddr>()
@@ -139,7 +156,10 @@ fn load(cli: &Cli) -> Result<Config, String> {
                     )
                 })?;
             cfg.forward.resolver.push(addr);
+            cfg.resolver.servers.push(addr);
         }
+    }
+    if cli.forward {
         for d in &cli.deny_domain {
             if ringway_core::forward::looks_like_ip(d) {
                 return Err(format!(

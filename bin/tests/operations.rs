@@ -447,3 +447,109 @@ fn a_full_disk_drops_log_lines_never_requests() {
     }
     p.wait_log(|l| l.contains("access log: cannot write to /dev/full"));
 }
+
+#[test]
+fn upstream_names_are_followed_while_traffic_flows_with_no_failed_request() {
+    let a = Origin::start_on("127.0.0.2:0".parse().unwrap());
+    let port = a.addr.port();
+    let b = Origin::start_on(std::net::SocketAddr::from(([127, 0, 0, 3], port)));
+    let dns = DnsServer::start();
+    dns.set(
+        "app.test",
+        DnsName::Addrs(vec!["127.0.0.2".parse().unwrap()]),
+    );
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nservers = [\"app.test:{port}\"]\n\
+         [[routes]]\nupstream = \"app\"\n\
+         [resolver]\nservers = [\"{}\"]\nmin_ttl = \"50ms\"\nmax_ttl = \"200ms\"\nretry = \"100ms\"\ntimeout = \"200ms\"\n",
+        dns.addr
+    );
+    let p = Proxy::start(&cfg);
+    let admin = admin_addr(&p);
+    let load = SteadyLoad::start(p.addr, 4, "/x");
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < end, "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("requests reach 127.0.0.2", &|| a.seen().len() > 20);
+    // The name moves: new requests go to the new address, none fails.
+    dns.set(
+        "app.test",
+        DnsName::Addrs(vec!["127.0.0.3".parse().unwrap()]),
+    );
+    wait_for("requests reach 127.0.0.3", &|| b.seen().len() > 20);
+    let on_a = a.seen().len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(a.seen().len() <= on_a + 8, "127.0.0.2 still gets requests");
+    // Both addresses: both get requests.
+    dns.set(
+        "app.test",
+        DnsName::Addrs(vec![
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.3".parse().unwrap(),
+        ]),
+    );
+    let on_a = a.seen().len();
+    wait_for("requests reach both", &|| a.seen().len() > on_a + 20);
+    // The name server stops answering: the last addresses are kept.
+    dns.set("app.test", DnsName::Silent);
+    std::thread::sleep(Duration::from_millis(600));
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{ok} succeeded");
+    assert!(ok > 100);
+    let text = admin_get(admin, "/status");
+    assert!(text.contains("\"addr\":\"127.0.0.2:"), "{text}");
+    assert!(text.contains("\"addr\":\"127.0.0.3:"), "{text}");
+    let m = admin_get(admin, "/metrics");
+    assert!(
+        sample(&m, "ringway_dns_failures_total", "").unwrap() >= 1.0,
+        "{m}"
+    );
+    p.wait_log(|l| l.contains("upstream name app.test: 127.0.0.3"));
+    p.wait_log(|l| l.contains("keeping its last addresses"));
+}
+
+#[test]
+fn quick_mode_takes_upstream_names() {
+    let origin = Origin::start();
+    let dns = DnsServer::start();
+    dns.set(
+        "origin.test",
+        DnsName::Addrs(vec!["127.0.0.1".parse().unwrap()]),
+    );
+    let up = format!("origin.test:{}", origin.addr.port());
+    let p = Proxy::start_quick(&["--upstream", &up, "--resolver", &dns.addr.to_string()]);
+    let (ok, body) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/", p.addr),
+    ]);
+    assert!(ok);
+    assert_eq!(body, b"200");
+    // A name that does not resolve yet: the proxy starts, answers 503 (no server) until it does.
+    let p = Proxy::start_quick(&[
+        "--upstream",
+        &format!("later.test:{}", origin.addr.port()),
+        "--resolver",
+        &dns.addr.to_string(),
+    ]);
+    let r = request(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 503);
+    p.wait_log(|l| l.contains("upstream name later.test"));
+    let out = std::process::Command::new(bin())
+        .args(["--upstream", "bad..name:80"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected IP:port or NAME:port"));
+}

@@ -54,6 +54,11 @@ pub(crate) struct Status {
     pub(crate) reloads_failed: std::sync::atomic::AtomicU64,
     /// When the process started (seconds since the Unix epoch).
     pub(crate) started: f64,
+    /// Lookups of upstream names, and failed ones (the names thread counts them).
+    pub(crate) name_lookups: Mutex<(
+        Arc<std::sync::atomic::AtomicU64>,
+        Arc<std::sync::atomic::AtomicU64>,
+    )>,
 }
 
 /// What a worker publishes every 50 ms.
@@ -80,6 +85,7 @@ impl Status {
             worker_snaps: Mutex::new(vec![Default::default(); workers]),
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
+            name_lookups: Mutex::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -119,6 +125,16 @@ impl Status {
         }
         if let Ok(mut t) = self.tls.lock() {
             t[worker] = tls;
+        }
+    }
+
+    pub(crate) fn set_name_counters(
+        &self,
+        lookups: Arc<std::sync::atomic::AtomicU64>,
+        failures: Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        if let Ok(mut n) = self.name_lookups.lock() {
+            *n = (lookups, failures);
         }
     }
 

@@ -349,7 +349,7 @@ async fn ask_tcp(server: SocketAddr, query: &[u8]) -> Result<Vec<u8>, String> {
 
 /// A query id nobody off the path can guess: from the process's keyed hasher, a counter and
 /// the clock.
-fn query_id() -> u16 {
+pub(crate) fn query_id() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     thread_local! {
         static STATE: (std::collections::hash_map::RandomState, Cell<u64>) =

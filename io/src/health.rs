@@ -84,9 +84,10 @@ pub(crate) fn run(
                 if now < checked.state[g][s].1 || shutdown.load(Ordering::Relaxed) {
                     continue;
                 }
-                let addr = checked.cfg.upstreams[g].servers[s].addr;
+                let server = &checked.cfg.upstreams[g].servers[s];
+                let (addr, name) = (server.addr, server.name.clone());
                 let tls = checked.tls.upstreams[g].as_ref();
-                let passed = probe(addr, &policy, tls);
+                let passed = probe(addr, &policy, tls.map(|o| (o, name.as_deref())));
                 let (h, due) = &mut checked.state[g][s];
                 *due = Instant::now() + policy.interval;
                 if let Some(up) = h.record(passed, &policy) {
@@ -108,7 +109,7 @@ pub(crate) fn run(
 fn probe(
     addr: std::net::SocketAddr,
     p: &ringway_core::health::ActivePolicy,
-    tls: Option<&Origination>,
+    tls: Option<(&Origination, Option<&str>)>,
 ) -> bool {
     let deadline = Instant::now() + p.timeout;
     if !crate::guard::may_dial(addr) {
@@ -121,7 +122,7 @@ fn probe(
     let _ = s.set_read_timeout(Some(p.timeout));
     match tls {
         None => exchange(s, addr, p, deadline),
-        Some(o) => match o.connection(addr) {
+        Some((o, name)) => match o.connection(addr, name) {
             Ok(conn) => exchange(rustls::StreamOwned::new(conn, s), addr, p, deadline),
             Err(e) => {
                 log::warn!("upstream {addr}: health check: {e}");

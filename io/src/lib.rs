@@ -28,6 +28,7 @@ mod guard;
 mod health;
 mod listener;
 mod metrics;
+mod names;
 mod proxy;
 mod relay;
 mod server;

@@ -31,6 +31,8 @@ struct Scrape {
     reloads_failed: u64,
     version: u64,
     started: f64,
+    /// Upstream name lookups and failures.
+    names: (u64, u64),
 }
 
 /// A worker's own figures.
@@ -327,14 +329,13 @@ impl Collector for Scrape {
                 .into_iter()
                 .map(|(r, n)| (l(&[("reason", r)]), counter(*n))),
         )?;
-        let (lookups, failures) = self
-            .workers
-            .iter()
-            .fold((0, 0), |(a, b), w| (a + w.dns_lookups, b + w.dns_failures));
+        let (lookups, failures) = self.workers.iter().fold(self.names, |(a, b), w| {
+            (a + w.dns_lookups, b + w.dns_failures)
+        });
         family(
             &mut e,
             "ringway_dns_lookups",
-            "Names looked up by the resolver (answers from its cache not counted).",
+            "Names looked up: the forward proxy's destinations (answers from its cache not counted) and upstream names.",
             MetricType::Counter,
             [(Labels::new(), counter(lookups))],
         )?;
@@ -452,6 +453,11 @@ impl Status {
             reloads_failed: self.reloads_failed.load(Relaxed),
             version: 1 + reloads_ok,
             started: self.started,
+            names: self
+                .name_lookups
+                .lock()
+                .map(|n| (n.0.load(Relaxed), n.1.load(Relaxed)))
+                .unwrap_or_default(),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(scrape));

@@ -632,7 +632,10 @@ impl Conn {
         let now = self.now;
         let addr = upstream_addr(cfg, to);
         let tls = match to {
-            UpstreamKey::Server { group, .. } => cfg.tls.upstreams[group].as_ref(),
+            UpstreamKey::Server { group, server } => cfg.tls.upstreams[group].as_ref().map(|o| {
+                let name = cfg.upstreams[group].servers[server].name.as_deref();
+                (o, name)
+            }),
             UpstreamKey::Destination { .. } => None,
         };
         let wait = self.ex.timeout(now);

@@ -12,6 +12,7 @@ use crate::board::Board;
 use crate::counters::Status;
 use crate::generation::Update;
 use crate::listener::{bind_all, BindError};
+use crate::names::Names;
 use crate::tls::{Keep, TlsMaterial};
 
 /// A proxy whose sockets are bound and whose workers are ready to start.
@@ -30,6 +31,7 @@ pub struct Server {
     keep: Arc<Mutex<Keep>>,
     log: crate::accesslog::Log,
     log_writer: crate::accesslog::Writer,
+    names: Arc<Mutex<Names>>,
 }
 
 /// Hands a new configuration to every worker of a running [`Server`]. Workers pick it up within
@@ -45,6 +47,8 @@ pub struct ReloadHandle {
     status: Arc<Status>,
     keep: Arc<Mutex<Keep>>,
     log: crate::accesslog::Log,
+    /// The configuration's upstream names and their addresses.
+    names: Arc<Mutex<Names>>,
 }
 
 impl ReloadHandle {
@@ -60,20 +64,34 @@ impl ReloadHandle {
         self.log.reopen();
     }
 
-    /// Installs `cfg`, or, when a file it names cannot be used, changes nothing and says why.
+    /// Installs `cfg` (its upstream names resolved: those not seen before are looked up now),
+    /// or, when a file it names cannot be used, changes nothing and says why.
     pub fn reload(&self, cfg: &Config) -> Result<(), ConfigError> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let before = names.swap_base(cfg.clone());
+        names.refresh(std::time::Instant::now(), true);
+        if let Err(e) = self.install(&names.effective()) {
+            names.swap_base(before);
+            self.rejected();
+            return Err(e);
+        }
+        self.status
+            .reloads_ok
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Hands `cfg` (names expanded) to the workers and the health checker.
+    fn install(&self, cfg: &Config) -> Result<(), ConfigError> {
         let mut cfg = cfg.clone();
         with_bound(&mut cfg, &self.bound);
         let cfg = &cfg;
         let tls = {
             let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::new(TlsMaterial::load(cfg, &mut keep).inspect_err(|_| self.rejected())?)
+            Arc::new(TlsMaterial::load(cfg, &mut keep)?)
         };
         let board = Arc::new(Board::new(cfg));
         self.status.set_current(cfg.clone(), board.clone());
-        self.status
-            .reloads_ok
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.log
             .retarget(cfg.access_log.as_ref().map(|a| a.target.clone()));
         for tx in &self.workers {
@@ -133,6 +151,11 @@ impl Server {
     /// Resolves the worker count and CPU placement and binds every listener, so that every
     /// startup error surfaces here, before any worker thread exists.
     pub fn bind(cfg: Config) -> Result<Self, StartError> {
+        // Upstream names are resolved before anything starts (a name that does not resolve
+        // yet leaves its servers out until it does, and is asked again).
+        let mut names = Names::new(cfg);
+        names.refresh(std::time::Instant::now(), true);
+        let cfg = names.effective();
         let allowed: Vec<usize> = core_affinity::get_core_ids()
             .unwrap_or_default()
             .into_iter()
@@ -174,6 +197,7 @@ impl Server {
             .map(|w| w.iter().filter_map(|l| l.local_addr().ok()).collect())
             .unwrap_or_default();
         with_bound(&mut cfg, &bound);
+        with_bound(names.base_mut(), &bound);
         // One channel per worker, and one more for the health checker.
         let (reload_tx, reload_rx) = (0..=workers)
             .map(|_| crossbeam_channel::unbounded())
@@ -202,7 +226,9 @@ impl Server {
             purge_tx,
             log.clone(),
         ));
+        status.set_name_counters(names.lookups.clone(), names.failures.clone());
         Ok(Self {
+            names: Arc::new(Mutex::new(names)),
             log,
             log_writer,
             tls,
@@ -253,6 +279,7 @@ impl Server {
             status: self.status.clone(),
             keep: self.keep.clone(),
             log: self.log.clone(),
+            names: self.names.clone(),
         }
     }
 
@@ -260,11 +287,27 @@ impl Server {
     pub fn run(self) -> io::Result<()> {
         let mut handles = Vec::new();
         let board = self.board.clone();
+        let reloader = self.reload_handle();
         if let Some(l) = self.admin {
             let (status, shutdown) = (self.status.clone(), self.shutdown.clone());
             std::thread::Builder::new()
                 .name("ringway-admin".into())
                 .spawn(move || crate::admin::run(l, status, shutdown))?;
+        }
+        {
+            let (names, shutdown) = (self.names.clone(), self.shutdown.clone());
+            std::thread::Builder::new()
+                .name("ringway-names".into())
+                .spawn(move || {
+                    let install = |c: &Config| {
+                        if let Err(e) = reloader.install(c) {
+                            log::error!(
+                                "upstream names: the new servers could not be installed: {e}"
+                            );
+                        }
+                    };
+                    crate::names::run(names, install, shutdown)
+                })?;
         }
         let mut reload_rx = self.reload_rx;
         let checker_rx = reload_rx.pop().expect("one channel for the checker");

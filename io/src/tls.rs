@@ -46,14 +46,19 @@ pub(crate) struct Origination {
 }
 
 impl Origination {
-    /// The client side of a new connection to `addr`.
+    /// The client side of a new connection to `addr`, a server given by the name `host` when
+    /// it was: verified against `server_name` when one is configured, else against the name it
+    /// was given by, else against its address.
     pub(crate) fn connection(
         &self,
         addr: SocketAddr,
+        host: Option<&str>,
     ) -> Result<rustls::ClientConnection, rustls::Error> {
+        let by_name = host.and_then(|h| ServerName::try_from(h.to_string()).ok());
         let name = self
             .name
             .clone()
+            .or(by_name)
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         rustls::ClientConnection::new(self.config.clone(), name)
     }

@@ -57,7 +57,7 @@ impl std::fmt::Display for ConnectError {
 pub(crate) async fn open(
     addr: SocketAddr,
     from: Option<std::net::IpAddr>,
-    tls: Option<&Origination>,
+    tls: Option<(&Origination, Option<&str>)>,
     timeout: Duration,
 ) -> Result<Stream, ConnectError> {
     if !crate::guard::may_dial(addr) {
@@ -83,11 +83,11 @@ pub(crate) async fn open(
     {
         crate::splice::nonblocking(&tcp).map_err(|e| ConnectError::Connect(IoFail::Io(e)))?;
     }
-    let Some(o) = tls else {
+    let Some((o, host)) = tls else {
         return Ok(Stream::Plain(tcp));
     };
     let conn = o
-        .connection(addr)
+        .connection(addr, host)
         .map_err(|e| ConnectError::Tls(HandshakeError::Tls(e)))?;
     let left = until.saturating_duration_since(Instant::now());
     match TlsStream::handshake(tcp, conn, left).await {

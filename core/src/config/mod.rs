@@ -12,6 +12,7 @@ mod forward;
 mod limits;
 mod log;
 mod raw;
+mod resolver;
 mod route;
 mod server;
 mod timeouts;
@@ -24,14 +25,15 @@ use error::{plain_message, Locator};
 use limits::build_limits;
 pub use limits::Limits;
 pub use log::{AccessLog, LogTarget, DEFAULT_LOG_BUFFER, DEFAULT_LOG_FLUSH};
+pub use resolver::Resolver;
 pub use route::{Action, Route};
 use server::build_server;
 pub use server::{parse_cpu_list, parse_listen_addr, Listen, Protocol, Server, Transport};
 use timeouts::{build_timeouts, opt_duration};
 pub use timeouts::{Timeouts, MAX_DURATION};
 pub use upstream::{
-    parse_server_addr, Balance, HashKey, Upstream, UpstreamServer, DEFAULT_HASH_BALANCE_FACTOR,
-    DEFAULT_RETRIES, DEFAULT_UPSTREAM_KEEPALIVE,
+    parse_server_addr, parse_server_name, Balance, HashKey, NamedServer, Upstream, UpstreamServer,
+    DEFAULT_HASH_BALANCE_FACTOR, DEFAULT_RETRIES, DEFAULT_UPSTREAM_KEEPALIVE,
 };
 
 pub use tls::{CertKeyFiles, Origin, Tls, TlsVersion, UpstreamTls, DEFAULT_HANDSHAKE_TIMEOUT};
@@ -63,6 +65,8 @@ pub struct Config {
     pub cache: Option<crate::cache::CacheConfig>,
     /// The access log, when `[access_log]` is present.
     pub access_log: Option<AccessLog>,
+    /// How upstream servers given by name are resolved.
+    pub resolver: Resolver,
 }
 
 impl Config {
@@ -176,6 +180,7 @@ impl Config {
             upstreams: vec![Upstream {
                 name: "default".into(),
                 servers: upstreams.into_iter().map(UpstreamServer::new).collect(),
+                named: Vec::new(),
                 keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
                 balance,
                 passive: PassivePolicy::default(),
@@ -190,6 +195,7 @@ impl Config {
             forward: crate::forward::Forward::default(),
             cache: None,
             access_log: None,
+            resolver: Resolver::default(),
         }
     }
 }
@@ -276,6 +282,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     };
     let forward = forward::build_forward(loc, raw.forward)?;
     let access_log = log::build_access_log(loc, raw.access_log)?;
+    let resolver = resolver::build_resolver(loc, raw.resolver)?;
     let tls = match &raw.tls {
         None => None,
         Some(t) => Some(tls::build_tls(loc, t)?),
@@ -290,6 +297,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         access_log,
+        resolver,
         cache,
         tls,
         forward,

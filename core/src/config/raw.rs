@@ -25,6 +25,18 @@ pub(crate) struct File {
     pub forward: Option<Forward>,
     pub cache: Option<Cache>,
     pub access_log: Option<AccessLog>,
+    pub resolver: Option<Resolver>,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Resolver {
+    pub servers: Option<Vec<Spanned<String>>>,
+    pub timeout: Option<Spanned<Duration>>,
+    pub min_ttl: Option<Spanned<Duration>>,
+    pub max_ttl: Option<Spanned<Duration>>,
+    pub retry: Option<Spanned<Duration>>,
 }
 
 /// `[access_log]`.

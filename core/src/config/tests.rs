@@ -97,7 +97,7 @@ fn errors_name_file_line_and_key() {
     );
 
     let e =
-        err("[upstreams.app]\nservers = [\"db.internal:80\"]\n[[routes]]\nupstream = \"app\"\n");
+        err("[upstreams.app]\nservers = [\"db..internal:80\"]\n[[routes]]\nupstream = \"app\"\n");
     assert_eq!(
         (e.line, e.key.as_str()),
         (Some(2), "upstreams.app.servers[0]")
@@ -559,4 +559,81 @@ fn the_pid_file_is_relative_to_the_config_file() {
     );
     let c = Config::parse("ringway.toml", &text.replace("run/", "/run/")).unwrap();
     assert_eq!(c.server.pid_file.as_deref(), Some("/run/ringway.pid"));
+}
+
+#[test]
+fn servers_by_name_expand_into_one_server_per_address() {
+    let c = Config::parse(
+        "t.toml",
+        "[upstreams.app]\nservers = [\"127.0.0.1:9000\", { addr = \"App.Internal.:8080\", weight = 3 }, \"db:5432\"]\n\
+         [[routes]]\nupstream = \"app\"\n[resolver]\nservers = [\"127.0.0.1:5353\"]\nmin_ttl = \"2s\"\n",
+    )
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.servers.len(), 1);
+    assert_eq!(u.named.len(), 2);
+    assert_eq!(&*u.named[0].host, "app.internal");
+    assert_eq!(u.named[0].server.weight, 3);
+    assert_eq!(c.resolver.servers, vec!["127.0.0.1:5353".parse().unwrap()]);
+    assert_eq!(
+        c.resolver.refresh_after(Duration::from_secs(0)),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        c.resolver.refresh_after(Duration::from_secs(9999)),
+        Duration::from_secs(300)
+    );
+    let names: Vec<String> = c.names().iter().map(|n| n.to_string()).collect();
+    assert_eq!(names, ["app.internal", "db"]);
+    let ips = |n: &str| -> Option<Vec<std::net::IpAddr>> {
+        match n {
+            "app.internal" => Some(vec![
+                "10.0.0.2".parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+            ]),
+            _ => None,
+        }
+    };
+    let r = c.resolved(&ips);
+    let addrs: Vec<String> = r.upstreams[0]
+        .servers
+        .iter()
+        .map(|s| s.addr.to_string())
+        .collect();
+    assert_eq!(addrs, ["127.0.0.1:9000", "10.0.0.1:8080", "10.0.0.2:8080"]);
+    assert_eq!(r.upstreams[0].servers[1].weight, 3);
+    assert_eq!(
+        r.upstreams[0].servers[1].name.as_deref(),
+        Some("app.internal")
+    );
+    // Applied again to its own result, with another answer: replaced, not added.
+    let r2 = r.resolved(&|n: &str| (n == "db").then(|| vec!["10.0.0.9".parse().unwrap()]));
+    let addrs: Vec<String> = r2.upstreams[0]
+        .servers
+        .iter()
+        .map(|s| s.addr.to_string())
+        .collect();
+    assert_eq!(addrs, ["127.0.0.1:9000", "10.0.0.9:5432"]);
+
+    for (bad, want) in [
+        ("\"-bad:80\"", "expected IP:port or NAME:port"),
+        ("\"a..b:80\"", "expected IP:port or NAME:port"),
+        ("\"app:0\"", "expected IP:port or NAME:port"),
+        ("\"10.0.0.300:80\"", "expected IP:port or NAME:port"),
+        ("\"app\"", "expected IP:port or NAME:port"),
+    ] {
+        let e = Config::parse(
+            "t.toml",
+            &format!("[upstreams.app]\nservers = [{bad}]\n[[routes]]\nupstream = \"app\"\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "upstreams.app.servers[0]", "{bad}");
+        assert!(e.message.contains(want), "{bad}: {}", e.message);
+    }
+    let e = Config::parse(
+        "t.toml",
+        "[upstreams.app]\nservers = [\"a:1\"]\n[[routes]]\nupstream = \"app\"\n[resolver]\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "resolver.min_ttl", "{e}");
 }

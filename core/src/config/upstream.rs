@@ -12,7 +12,12 @@ use crate::health::{ActivePolicy, PassivePolicy};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Upstream {
     pub name: String,
+    /// The servers requests go to: those given by address, then one per address of each name
+    /// in `named` (as last resolved; see [`super::Config::resolved`]).
     pub servers: Vec<UpstreamServer>,
+    /// Servers given by DNS name: each address a name resolves to is a server with these
+    /// settings.
+    pub named: Vec<NamedServer>,
     /// Idle keep-alive connections kept per server, per worker.
     pub keepalive: usize,
     pub balance: Balance,
@@ -30,10 +35,21 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
 }
 
+/// A server given by name (`app:8080`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedServer {
+    /// Lower-case, without a trailing dot.
+    pub host: std::sync::Arc<str>,
+    /// Its settings; `addr` holds the port (and an unspecified address).
+    pub server: UpstreamServer,
+}
+
 /// One server of an upstream group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamServer {
     pub addr: SocketAddr,
+    /// The name it was resolved from, for one given by name.
+    pub name: Option<std::sync::Arc<str>>,
     /// Relative share of requests (round-robin, least-conn, hash), 1–1000.
     pub weight: u32,
     /// Used only when every primary server is unavailable.
@@ -48,6 +64,7 @@ impl UpstreamServer {
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
+            name: None,
             weight: 1,
             backup: false,
             max_conns: None,
@@ -134,19 +151,29 @@ pub(crate) fn build_upstreams(
             ));
         }
         let mut servers = Vec::new();
+        let mut named = Vec::new();
         for (i, s) in u.servers.get_ref().iter().enumerate() {
             let skey = format!("{key}.servers[{i}]");
             let (addr, t) = match s.get_ref() {
                 raw::ServerEntry::Addr(a) => (a, None),
                 raw::ServerEntry::Full(t) => (&t.addr, Some(t)),
             };
-            let addr = parse_server_addr(addr).ok_or_else(|| {
-                loc.at(
-                    s.span(),
-                    skey.clone(),
-                    format!("expected IP:port or localhost:port, got {addr:?}"),
-                )
-            })?;
+            let (addr, name) = match parse_server_addr(addr) {
+                Some(a) => (a, None),
+                None => {
+                    let (host, port) = parse_server_name(addr).ok_or_else(|| {
+                        loc.at(
+                            s.span(),
+                            skey.clone(),
+                            format!("expected IP:port or NAME:port (like app:8080), got {addr:?}"),
+                        )
+                    })?;
+                    (
+                        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                        Some(host),
+                    )
+                }
+            };
             if addr.port() == 0 {
                 return Err(loc.at(
                     s.span(),
@@ -177,7 +204,13 @@ pub(crate) fn build_upstreams(
                     m => m,
                 };
             }
-            servers.push(server);
+            match name {
+                None => servers.push(server),
+                Some(host) => named.push(NamedServer {
+                    host: host.into(),
+                    server,
+                }),
+            }
         }
         let factor = match &u.hash_balance_factor {
             None => DEFAULT_HASH_BALANCE_FACTOR,
@@ -235,7 +268,11 @@ pub(crate) fn build_upstreams(
             None => None,
             Some(h) => Some(build_health_check(loc, &format!("{key}.health_check"), h)?),
         };
-        if servers.iter().all(|s| s.backup) {
+        if servers
+            .iter()
+            .chain(named.iter().map(|n| &n.server))
+            .all(|s| s.backup)
+        {
             return Err(loc.at(
                 u.servers.span(),
                 format!("{key}.servers"),
@@ -251,6 +288,7 @@ pub(crate) fn build_upstreams(
         upstreams.push(Upstream {
             name: name.clone(),
             servers,
+            named,
             keepalive,
             balance,
             passive,
@@ -339,6 +377,26 @@ pub(crate) fn valid_host_value(s: &str) -> bool {
         && s.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
         })
+}
+
+/// `name:port` with a DNS name (letters, digits, `-`, `_`, dots; at most 253 bytes, labels of
+/// at most 63): the name lower-cased and the port.
+pub fn parse_server_name(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p > 0)?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        // An all-numeric last label is an IP address written wrong, not a name.
+        && !host.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    valid.then_some((host, port))
 }
 
 /// `IP:port`, or `localhost:port` (IPv4 loopback). Names are not resolved: the proxy never
