@@ -3,6 +3,7 @@
 
 mod cli;
 mod logger;
+mod notify;
 
 use std::process::ExitCode;
 
@@ -485,6 +486,8 @@ fn run(cli: &Cli) -> ExitCode {
     if let (true, Some(a)) = (admin_configured, admin_addr) {
         log::info!("admin status on http://{a}/status");
     }
+    // Listeners are bound and signals handled: a service manager may route traffic here.
+    notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let result = server.run();
     if let Some(p) = &pid_path {
         let _ = std::fs::remove_file(p);
@@ -517,7 +520,9 @@ fn spawn_signal_thread(
             let mut stopping = false;
             for sig in signals.forever() {
                 if sig == SIGHUP {
+                    notify::reloading();
                     reload_now(&cli, &reloader, &mut running);
+                    notify::notify("READY=1");
                     continue;
                 }
                 if sig == SIGUSR1 {
@@ -529,6 +534,7 @@ fn spawn_signal_thread(
                     std::process::exit(1);
                 }
                 stopping = true;
+                notify::notify("STOPPING=1");
                 log::info!("signal {sig}: stopping; finishing in-flight requests");
                 handle.shutdown();
             }

@@ -275,3 +275,51 @@ fn connect_when_up(port: u16, what: &str) -> std::net::TcpStream {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `Type=notify`: READY=1 once listening, RELOADING=1 then READY=1 around a reload, STOPPING=1
+/// when a stop begins, each a datagram to $NOTIFY_SOCKET.
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("ringway-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let cfg = TempFile::new(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n[[routes]]\nrespond = { status = 200, body = \"ok\" }\n",
+    );
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&cfg.0)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nMAINPID=") && ready.ends_with(&child.id().to_string()),
+        "{ready:?}"
+    );
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(next(), "READY=1");
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(next(), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
