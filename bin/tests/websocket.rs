@@ -171,3 +171,40 @@ fn other_upgrades_are_not_passed_on() {
     assert!(seen.header("upgrade").is_none());
     assert!(seen.header("http2-settings").is_none());
 }
+
+/// A reload keeps every connection whose route still exists: a WebSocket open across ten of
+/// them (each changing the configuration) still echoes after each, and closes cleanly.
+#[test]
+fn a_websocket_survives_ten_reloads() {
+    let origin = echo_server();
+    let base = config_for(origin, "");
+    let proxy = Proxy::start(&base);
+    let path = proxy.config.as_ref().unwrap().0.clone();
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 101 "));
+    assert_eq!(read_frame(&mut s), Some((1, b"hello".to_vec())));
+    for i in 1..=10 {
+        // Each reload changes something: a route added, so the generation is a new one.
+        let extra = format!("[[routes]]\npath = \"/r{i}/\"\nupstream = \"app\"\n");
+        std::fs::write(&path, format!("{base}{extra}")).unwrap();
+        proxy.signal(libc::SIGHUP);
+        proxy.wait_log(|l| l.matches("reloaded:").count() >= i);
+        let msg = format!("after reload {i}");
+        s.write_all(&frame(1, msg.as_bytes(), Some([5, 6, 7, 8])))
+            .unwrap();
+        assert_eq!(
+            read_frame(&mut s),
+            Some((1, msg.into_bytes())),
+            "reload {i}"
+        );
+    }
+    s.write_all(&frame(8, &[3, 232], Some([1, 1, 1, 1])))
+        .unwrap();
+    assert_eq!(read_frame(&mut s), Some((8, vec![3, 232])));
+}
