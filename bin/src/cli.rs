@@ -117,6 +117,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", global = true)]
     pub pid_file: Option<std::path::PathBuf>,
 
+    /// Keep every applied configuration here as a numbered version (for `versions`,
+    /// `rollback`, `diff`); overrides `server.state_dir`.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info, global = true)]
     pub log_level: LogLevel,
@@ -132,6 +137,17 @@ pub enum Command {
     /// Tell the running ringway (found through its pid file) to reopen its access log, after
     /// logrotate moved it. The same as sending SIGUSR1.
     Reopen,
+    /// List the configuration versions kept in the state directory.
+    Versions,
+    /// Make the running ringway apply version N again (default: the one before the current),
+    /// through the reload path. It becomes the newest version.
+    Rollback {
+        /// The version to go back to.
+        version: Option<u64>,
+    },
+    /// What changes, as a reload sees it, from version A to version B (default: the file
+    /// given with --config, else the newest version).
+    Diff { a: u64, b: Option<u64> },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -4,6 +4,7 @@
 mod cli;
 mod logger;
 mod notify;
+mod versions;
 
 use std::process::ExitCode;
 
@@ -20,12 +21,31 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(&cli),
         Some(Command::Reload) => reload(&cli),
         Some(Command::Reopen) => reopen(&cli),
+        Some(Command::Versions) => list_versions(&cli),
+        Some(Command::Rollback { version }) => rollback(&cli, version),
+        Some(Command::Diff { a, b }) => diff(&cli, a, b),
         None => run(&cli),
     }
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
+    load_from(cli, None).map(|(c, _)| c)
+}
+
+/// The configuration file as read: its name and text.
+type Source = (String, String);
+
+/// `load`, from `source` instead of the --config file when given; also returns the text it
+/// parsed (none in quick mode).
+fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source>), String> {
+    let mut read = None;
     let mut cfg = match (&cli.config, cli.upstream.is_empty()) {
+        (_, _) if source.is_some() => {
+            let (name, text) = source.unwrap_or_default();
+            let c = Config::parse(&name, &text).map_err(|e: ConfigError| e.to_string())?;
+            read = Some((name, text));
+            c
+        }
         (None, true) if cli.forward => {
             let listen = if cli.listen.is_empty() {
                 vec!["127.0.0.1:3128".to_string()]
@@ -39,7 +59,9 @@ fn load(cli: &Cli) -> Result<Config, String> {
             let name = path.display().to_string();
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("{name}: cannot read config: {e}"))?;
-            Config::parse(&name, &text).map_err(|e: ConfigError| e.to_string())?
+            let c = Config::parse(&name, &text).map_err(|e: ConfigError| e.to_string())?;
+            read = Some((name, text));
+            c
         }
         (None, false) => {
             let mut ups = Vec::new();
@@ -264,7 +286,149 @@ fn load(cli: &Cli) -> Result<Config, String> {
         }
         cfg.forward.users = Some(std::sync::Arc::new(users));
     }
-    Ok(cfg)
+    Ok((cfg, read))
+}
+
+/// The state directory: --state-dir, else `server.state_dir`.
+fn state_dir(cli: &Cli, cfg: Option<&Config>) -> Option<std::path::PathBuf> {
+    cli.state_dir.clone().or_else(|| {
+        cfg.and_then(|c| c.server.state_dir.as_ref())
+            .map(Into::into)
+    })
+}
+
+/// The state directory for the version commands, or a message saying how to name one.
+fn need_state_dir(cli: &Cli) -> Result<std::path::PathBuf, String> {
+    let cfg = cli.config.as_ref().and_then(|_| load(cli).ok());
+    state_dir(cli, cfg.as_ref()).ok_or_else(|| {
+        "give --state-dir DIR, or --config FILE whose server.state_dir is set".into()
+    })
+}
+
+fn list_versions(cli: &Cli) -> ExitCode {
+    let dir = match need_state_dir(cli) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ringway: versions: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match versions::list(&dir) {
+        Ok(list) if list.is_empty() => {
+            println!("no versions in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok(list) => {
+            let current = list.last().map(|v| v.number);
+            for v in &list {
+                println!(
+                    "{}{:>4}  {}  {}  {:<16} {}",
+                    if Some(v.number) == current { "*" } else { " " },
+                    v.number,
+                    ringway_core::http::date::utc_text(v.applied),
+                    &v.sha256[..12.min(v.sha256.len())],
+                    v.how,
+                    v.source
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringway: versions: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A kept version parsed as the configuration it was (relative paths from its source file).
+fn version_config(cli: &Cli, dir: &std::path::Path, n: u64) -> Result<Config, String> {
+    let (v, text) = versions::read(dir, n)?;
+    load_from(cli, Some((v.source, text)))
+        .map(|(c, _)| c)
+        .map_err(|e| format!("version {n}: {e}"))
+}
+
+fn rollback(cli: &Cli, to: Option<u64>) -> ExitCode {
+    let run = || -> Result<(std::path::PathBuf, u64), String> {
+        let dir = need_state_dir(cli)?;
+        let list = versions::list(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let n = match to {
+            Some(n) => n,
+            None => list
+                .iter()
+                .rev()
+                .nth(1)
+                .map(|v| v.number)
+                .ok_or("there is no version before the current one")?,
+        };
+        if !list.iter().any(|v| v.number == n) {
+            let kept: Vec<String> = list.iter().map(|v| v.number.to_string()).collect();
+            return Err(format!("no version {n} (kept: {})", kept.join(", ")));
+        }
+        let cfg = version_config(cli, &dir, n)?;
+        ringway_io::check_files(&cfg).map_err(|e| format!("version {n}: {e}"))?;
+        std::fs::write(
+            versions::rollback_request(&dir),
+            format!(
+                "{n}
+"
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok((dir, n))
+    };
+    match run() {
+        Ok((dir, n)) => {
+            let cfg = load(cli).ok();
+            let code = signal_running(
+                cli,
+                cfg.as_ref().unwrap_or(&Config::forward_quick(Vec::new())),
+                &format!("rollback to version {n}"),
+                libc::SIGHUP,
+            );
+            if code != ExitCode::SUCCESS {
+                let _ = std::fs::remove_file(versions::rollback_request(&dir));
+            }
+            code
+        }
+        Err(e) => {
+            eprintln!("ringway: rollback: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn diff(cli: &Cli, a: u64, b: Option<u64>) -> ExitCode {
+    let run = || -> Result<Vec<String>, String> {
+        let dir = need_state_dir(cli)?;
+        let from = version_config(cli, &dir, a)?;
+        let to = match (b, &cli.config) {
+            (Some(b), _) => version_config(cli, &dir, b)?,
+            (None, Some(_)) => load(cli)?,
+            (None, None) => {
+                let list = versions::list(&dir).map_err(|e| e.to_string())?;
+                let n = list.last().map(|v| v.number).ok_or("no versions")?;
+                version_config(cli, &dir, n)?
+            }
+        };
+        Ok(ringway_core::config::versions::diff(&from, &to))
+    };
+    match run() {
+        Ok(lines) if lines.is_empty() => {
+            println!("no change");
+            ExitCode::SUCCESS
+        }
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringway: diff: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `443,8443,1024-65535` as a port set; an error names `flag`.
@@ -413,7 +577,7 @@ fn is_ringway(pid: i32) -> Result<(), String> {
 }
 
 fn run(cli: &Cli) -> ExitCode {
-    let cfg = match load(cli) {
+    let (cfg, source) = match load_from(cli, None) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringway: {e}");
@@ -486,6 +650,13 @@ fn run(cli: &Cli) -> ExitCode {
     if let (true, Some(a)) = (admin_configured, admin_addr) {
         log::info!("admin status on http://{a}/status");
     }
+    keep_version(
+        cli,
+        &server_cfg,
+        source.as_ref(),
+        "start",
+        &server.reload_handle(),
+    );
     // Listeners are bound and signals handled: a service manager may route traffic here.
     notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     let result = server.run();
@@ -542,17 +713,58 @@ fn spawn_signal_thread(
     Ok(())
 }
 
+/// Keeps the configuration just applied as a version in the state directory, when there is
+/// one, and tells the status page its number.
+fn keep_version(
+    cli: &Cli,
+    cfg: &Config,
+    source: Option<&Source>,
+    how: &str,
+    reloader: &ringway_io::ReloadHandle,
+) {
+    let (Some(dir), Some((name, text))) = (state_dir(cli, Some(cfg)), source) else {
+        return;
+    };
+    match versions::record(&dir, text, name, how, cfg.server.versions) {
+        Ok(v) => {
+            reloader.set_version(v.number);
+            log::info!("config version {} ({how})", v.number);
+        }
+        Err(e) => log::warn!("{}: cannot keep the config version: {e}", dir.display()),
+    }
+}
+
+/// What a SIGHUP applies: the file, or the version `ringway rollback` asked for.
+fn reload_source(cli: &Cli, running: &Config) -> Result<(Config, Option<Source>, String), String> {
+    if let Some(dir) = state_dir(cli, Some(running)) {
+        let request = versions::rollback_request(&dir);
+        if let Ok(n) = std::fs::read_to_string(&request) {
+            let _ = std::fs::remove_file(&request);
+            let n: u64 = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("{}: not a version number", request.display()))?;
+            let (v, text) = versions::read(&dir, n)?;
+            let (cfg, source) =
+                load_from(cli, Some((v.source, text))).map_err(|e| format!("version {n}: {e}"))?;
+            return Ok((cfg, source, format!("rollback to {n}")));
+        }
+    }
+    let (cfg, source) = load_from(cli, None)?;
+    Ok((cfg, source, "reload".into()))
+}
+
 fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Config) {
     if cli.config.is_none() {
         log::warn!("SIGHUP: quick mode has no config file to reload");
         return;
     }
-    match load(cli) {
+    match reload_source(cli, running) {
         Err(e) => {
             reloader.rejected();
             log::error!("reload rejected, keeping the running config: {e}");
         }
-        Ok(cfg) => {
+        Ok((cfg, source, how)) => {
             // `running` keeps the restart-only settings in effect, so a file that differs from
             // them is reported on every reload, not just the first.
             let (s, r) = (&cfg.server, &running.server);
@@ -586,6 +798,7 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
                 cfg.routes.len(),
                 cfg.upstreams.len()
             );
+            keep_version(cli, &cfg, source.as_ref(), &how, reloader);
             let in_effect = running.server.clone();
             *running = cfg;
             running.server.listen = in_effect.listen;

@@ -553,3 +553,102 @@ fn quick_mode_takes_upstream_names() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected IP:port or NAME:port"));
 }
+
+#[test]
+fn versions_are_kept_compared_and_rolled_back() {
+    let dir = temp_path("state");
+    let _ = std::fs::remove_dir_all(&dir);
+    let pid = temp_path("versions.pid");
+    let conf = |body: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\npid_file = \"{}\"\nstate_dir = \"{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nrespond = {{ status = 200, body = \"{body}\" }}\n",
+            pid.display(),
+            dir.display()
+        )
+    };
+    let p = Proxy::start(&conf("one"));
+    let admin = admin_addr(&p);
+    let file = p.config.as_ref().unwrap().0.clone();
+    let ringway = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let body = || {
+        let r = request(
+            p.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        r.text()
+    };
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < end, "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    p.wait_log(|l| l.contains("config version 1 (start)"));
+    assert_eq!(body(), "one");
+
+    std::fs::write(&file, conf("two")).unwrap();
+    let (ok, out) = ringway(&["reload"]);
+    assert!(ok, "{out}");
+    p.wait_log(|l| l.contains("config version 2 (reload)"));
+    until("two is served", &|| body() == "two");
+
+    // A file that does not validate is not a version.
+    std::fs::write(&file, "[[routes]]\nbogus = 1\n").unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_log(|l| l.contains("reload rejected"));
+    std::fs::write(&file, conf("two")).unwrap();
+
+    let (ok, out) = ringway(&["versions"]);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("    1  ") && lines[0].contains(" start "),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("*   2  ") && lines[1].contains(" reload "),
+        "{out}"
+    );
+
+    let (ok, out) = ringway(&["diff", "1", "2"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "route /: settings changed");
+    let (ok, out) = ringway(&["diff", "2"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "no change");
+
+    let (ok, out) = ringway(&["rollback"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("rollback to version 1 signalled"), "{out}");
+    p.wait_log(|l| l.contains("config version 3 (rollback to 1)"));
+    until("one is served again", &|| body() == "one");
+    let (_, out) = ringway(&["versions"]);
+    assert!(out.lines().last().unwrap().starts_with("*   3  "), "{out}");
+    assert!(admin_get(admin, "/status").contains("\"config\":{\"version\":3,"));
+    assert_eq!(
+        sample(&admin_get(admin, "/metrics"), "ringway_config_version", ""),
+        Some(3.0)
+    );
+
+    let (ok, out) = ringway(&["rollback", "9"]);
+    assert!(!ok);
+    assert!(out.contains("no version 9 (kept: 1, 2, 3)"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -89,6 +89,18 @@ impl Status {
             ",\"cache\":{{\"entries\":{},\"bytes\":{},\"collecting\":{},\"hits\":{},\"misses\":{},\"stores\":{},\"evictions\":{},\"invalidations\":{}}}",
             cache.entries, cache.bytes, cache.collecting, cache.hits, cache.misses, cache.stores, cache.evictions, cache.invalidations
         ));
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let ok = self.reloads_ok.load(Relaxed);
+            let version = match self.version.load(Relaxed) {
+                0 => 1 + ok,
+                n => n,
+            };
+            out.push_str(&format!(
+                ",\"config\":{{\"version\":{version},\"reloads\":{ok},\"rejected\":{}}}",
+                self.reloads_failed.load(Relaxed)
+            ));
+        }
         out.push_str(&format!(
             ",\"access_log\":{{\"written\":{},\"dropped\":{}}}",
             self.log.written.load(std::sync::atomic::Ordering::Relaxed),

@@ -52,6 +52,8 @@ pub(crate) struct Status {
     /// Reloads applied and rejected (never touched on the request path).
     pub(crate) reloads_ok: std::sync::atomic::AtomicU64,
     pub(crate) reloads_failed: std::sync::atomic::AtomicU64,
+    /// The configuration version running (0: no state directory keeps versions).
+    pub(crate) version: std::sync::atomic::AtomicU64,
     /// When the process started (seconds since the Unix epoch).
     pub(crate) started: f64,
     /// Lookups of upstream names, and failed ones (the names thread counts them).
@@ -85,6 +87,7 @@ impl Status {
             worker_snaps: Mutex::new(vec![Default::default(); workers]),
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
+            version: Default::default(),
             name_lookups: Mutex::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

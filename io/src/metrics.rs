@@ -365,7 +365,7 @@ impl Collector for Scrape {
         family(
             &mut e,
             "ringway_config_version",
-            "The version of the configuration running (1 at start, +1 per applied reload).",
+            "The configuration version running: its number in the state directory, else 1 at start and +1 per applied reload.",
             MetricType::Gauge,
             [(Labels::new(), gauge(self.version))],
         )?;
@@ -451,7 +451,10 @@ impl Status {
             log_dropped: self.log.dropped.load(Relaxed),
             reloads_ok,
             reloads_failed: self.reloads_failed.load(Relaxed),
-            version: 1 + reloads_ok,
+            version: match self.version.load(Relaxed) {
+                0 => 1 + reloads_ok,
+                n => n,
+            },
             started: self.started,
             names: self
                 .name_lookups

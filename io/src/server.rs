@@ -59,6 +59,14 @@ impl ReloadHandle {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The configuration version now running (from the state directory), for the status page
+    /// and the metrics.
+    pub fn set_version(&self, n: u64) {
+        self.status
+            .version
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Reopens the access log file (after logrotate moved it): SIGUSR1.
     pub fn reopen_log(&self) {
         self.log.reopen();

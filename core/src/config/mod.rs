@@ -18,6 +18,7 @@ mod server;
 mod timeouts;
 mod tls;
 mod upstream;
+pub mod versions;
 
 pub use cache::{parse_size_text, DEFAULT_CACHE_SIZE};
 pub use error::ConfigError;
@@ -173,6 +174,8 @@ impl Config {
                 pin: true,
                 shutdown_timeout: Duration::from_secs(30),
                 pid_file: None,
+                state_dir: None,
+                versions: versions::DEFAULT_VERSIONS_KEPT,
                 path: PathPolicy::default(),
             },
             timeouts: Timeouts::default(),

@@ -194,6 +194,8 @@ pub(crate) struct Server {
     pub pin: Option<bool>,
     pub shutdown_timeout: Option<Spanned<Duration>>,
     pub pid_file: Option<String>,
+    pub state_dir: Option<String>,
+    pub versions: Option<Spanned<usize>>,
     pub merge_slashes: Option<bool>,
     pub encoded_slashes: Option<Spanned<String>>,
 }

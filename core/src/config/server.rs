@@ -89,6 +89,11 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// Where the running process writes its PID (for `ringway reload`).
     pub pid_file: Option<String>,
+    /// Where applied configurations are kept as numbered versions (`ringway versions`,
+    /// `rollback`, `diff`); `None`: they are not.
+    pub state_dir: Option<String>,
+    /// How many versions are kept.
+    pub versions: usize,
     /// How request paths are normalised before routing (and sent upstream).
     pub path: PathPolicy,
 }
@@ -190,6 +195,20 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
         pid_file: s
             .pid_file
             .map(|p| loc.path(&p).to_string_lossy().into_owned()),
+        state_dir: s
+            .state_dir
+            .map(|p| loc.path(&p).to_string_lossy().into_owned()),
+        versions: match s.versions {
+            None => super::versions::DEFAULT_VERSIONS_KEPT,
+            Some(v) if (1..=1000).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                return Err(loc.at(
+                    v.span(),
+                    "server.versions",
+                    "expected how many versions to keep, from 1 to 1000",
+                ))
+            }
+        },
         path: PathPolicy {
             merge_slashes: s.merge_slashes.unwrap_or(true),
             encoded_slashes,

@@ -46,6 +46,18 @@ impl DateLine {
     }
 }
 
+/// `2026-12-03 12:17:59 UTC`: a moment for people to read (logs, `ringway versions`).
+pub fn utc_text(secs: u64) -> String {
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let t = secs % 86_400;
+    format!(
+        "{y}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
 fn two(out: &mut [u8], v: u64) {
     out[0] = b'0' + (v / 10 % 10) as u8;
     out[1] = b'0' + (v % 10) as u8;
