@@ -137,6 +137,10 @@ pub enum Command {
     /// Tell the running ringway (found through its pid file) to reopen its access log, after
     /// logrotate moved it. The same as sending SIGUSR1.
     Reopen,
+    /// Replace the running ringway (found through its pid file) with the binary now at its
+    /// path, with no connection dropped: the new one takes over the listening sockets, the old
+    /// one drains and exits. The same as sending SIGUSR2.
+    Upgrade,
     /// List the configuration versions kept in the state directory.
     Versions,
     /// Make the running ringway apply version N again (default: the one before the current),

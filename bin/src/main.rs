@@ -24,7 +24,12 @@ fn main() -> ExitCode {
         Some(Command::Versions) => list_versions(&cli),
         Some(Command::Rollback { version }) => rollback(&cli, version),
         Some(Command::Diff { a, b }) => diff(&cli, a, b),
-        None => run(&cli),
+        Some(Command::Upgrade) => upgrade(&cli),
+        None => {
+            // Read before any thread starts: the environment is changed (the handover removed).
+            let mut inherited = ringway_io::Inherited::from_env();
+            run(&cli, &mut inherited)
+        }
     }
 }
 
@@ -512,6 +517,55 @@ fn reload(cli: &Cli) -> ExitCode {
     signal_running(cli, &cfg, "reload", libc::SIGHUP)
 }
 
+/// `ringway upgrade`: SIGUSR2 to the running process, then wait for the pid file to name the
+/// new one.
+fn upgrade(cli: &Cli) -> ExitCode {
+    let cfg = load(cli).unwrap_or_else(|_| Config::forward_quick(Vec::new()));
+    let Some(path) = pid_file(cli, &cfg) else {
+        eprintln!("ringway: upgrade needs --pid-file FILE or server.pid_file in the config");
+        return ExitCode::from(2);
+    };
+    let read = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    };
+    let before = read();
+    let _ = std::fs::remove_file(upgrade_outcome(&path));
+    let code = signal_running(cli, &cfg, "upgrade", libc::SIGUSR2);
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    let end = std::time::Instant::now() + UPGRADE_WAIT + std::time::Duration::from_secs(5);
+    let outcome = upgrade_outcome(&path);
+    while std::time::Instant::now() < end {
+        if let Some(pid) = read().filter(|&p| Some(p) != before && is_ringway(p).is_ok()) {
+            println!(
+                "upgraded: PID {} → {pid}; the old process drains and exits",
+                before.unwrap_or(0)
+            );
+            let _ = std::fs::remove_file(&outcome);
+            return ExitCode::SUCCESS;
+        }
+        if let Ok(why) = std::fs::read_to_string(&outcome) {
+            if let Some(why) = why.strip_prefix("failed: ") {
+                let _ = std::fs::remove_file(&outcome);
+                eprintln!(
+                    "ringway: upgrade failed, the old process still serves: {}",
+                    why.trim()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!(
+        "ringway: upgrade: no new process took over within {:?}; the old one still serves (see its log)",
+        UPGRADE_WAIT
+    );
+    ExitCode::FAILURE
+}
+
 fn reopen(cli: &Cli) -> ExitCode {
     // The pid file may be named in the config; an unreadable config still allows --pid-file.
     let cfg = load(cli).unwrap_or_else(|_| Config::forward_quick(Vec::new()));
@@ -554,6 +608,13 @@ fn signal_running(cli: &Cli, cfg: &Config, what: &str, sig: libc::c_int) -> Exit
     ExitCode::SUCCESS
 }
 
+/// Where the running process says how an upgrade it was asked for ended (beside its pid file).
+fn upgrade_outcome(pid_file: &std::path::Path) -> std::path::PathBuf {
+    let mut p = pid_file.as_os_str().to_owned();
+    p.push(".upgrade");
+    p.into()
+}
+
 /// Checks that `pid` runs the same program as this one (by executable name, so that a
 /// `ringway` started from another build directory still counts).
 fn is_ringway(pid: i32) -> Result<(), String> {
@@ -576,7 +637,7 @@ fn is_ringway(pid: i32) -> Result<(), String> {
     }
 }
 
-fn run(cli: &Cli) -> ExitCode {
+fn run(cli: &Cli, inherited: &mut ringway_io::Inherited) -> ExitCode {
     let (cfg, source) = match load_from(cli, None) {
         Ok(c) => c,
         Err(e) => {
@@ -596,7 +657,7 @@ fn run(cli: &Cli) -> ExitCode {
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
     let admin_configured = cfg.admin.is_some();
-    let server = match Server::bind(cfg) {
+    let server = match Server::bind_inheriting(cfg, inherited) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringway: {e}");
@@ -609,8 +670,12 @@ fn run(cli: &Cli) -> ExitCode {
     // sent as soon as either is seen (`ringway reload`) must reload, never kill the process.
     let handle = server.shutdown_handle();
     if let Err(e) = spawn_signal_thread(
-        handle,
-        server.reload_handle(),
+        Handles {
+            shutdown: handle,
+            reload: server.reload_handle(),
+            upgrade: server.upgrade_handle(),
+            pid_file: pid_path.clone(),
+        },
         cli.clone(),
         server_cfg.clone(),
     ) {
@@ -657,11 +722,21 @@ fn run(cli: &Cli) -> ExitCode {
         "start",
         &server.reload_handle(),
     );
-    // Listeners are bound and signals handled: a service manager may route traffic here.
+    // Listeners are bound and signals handled: a service manager may route traffic here, and
+    // a process this one replaces may drain.
     notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    if inherited.is_upgrade() {
+        log::info!("upgrade: serving on the sockets handed over; the old process drains");
+    }
+    inherited.report_ready();
     let result = server.run();
     if let Some(p) = &pid_path {
-        let _ = std::fs::remove_file(p);
+        // After an upgrade the file names the new process: it stays.
+        let ours =
+            std::fs::read_to_string(p).is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(p);
+        }
     }
     match result {
         Ok(()) => {
@@ -677,14 +752,69 @@ fn run(cli: &Cli) -> ExitCode {
 
 /// SIGHUP: re-read the config; a valid one goes to every worker, an invalid one is logged and
 /// the running one kept. SIGTERM or SIGINT: drain gracefully; a second one exits at once.
-fn spawn_signal_thread(
-    handle: ringway_io::ShutdownHandle,
-    reloader: ringway_io::ReloadHandle,
-    cli: Cli,
-    mut running: Config,
-) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+/// What the signal thread acts on.
+struct Handles {
+    shutdown: ringway_io::ShutdownHandle,
+    reload: ringway_io::ReloadHandle,
+    upgrade: ringway_io::UpgradeHandle,
+    /// The pid file, beside which an upgrade's failure is written for `ringway upgrade`.
+    pid_file: Option<std::path::PathBuf>,
+}
+
+/// SIGUSR2: starts the binary at this one's path with its sockets; once it serves, this one
+/// drains and exits. On a separate thread, so signals keep being handled meanwhile.
+fn upgrade_now(
+    upgrade: &ringway_io::UpgradeHandle,
+    shutdown: &ringway_io::ShutdownHandle,
+    pid_file: Option<&std::path::Path>,
+) {
+    let outcome = pid_file.map(upgrade_outcome);
+    static BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if BUSY.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        log::warn!("SIGUSR2: an upgrade is already under way");
+        return;
+    }
+    let (upgrade, shutdown) = (upgrade.clone(), shutdown.clone());
+    let spawned = std::thread::Builder::new()
+        .name("ringway-upgrade".into())
+        .spawn(move || {
+            log::info!("SIGUSR2: starting the new binary with this one's sockets");
+            match upgrade.start(UPGRADE_WAIT) {
+                Ok(pid) => {
+                    log::info!(
+                        "upgrade: PID {pid} serves; this process (PID {}) stops accepting, drains and exits",
+                        std::process::id()
+                    );
+                    notify::notify(&format!("MAINPID={pid}"));
+                    shutdown.shutdown();
+                }
+                Err(e) => {
+                    log::error!("upgrade failed, still serving: {e}");
+                    if let Some(o) = &outcome {
+                        let _ = std::fs::write(o, format!("failed: {e}\n"));
+                    }
+                    BUSY.store(false, std::sync::atomic::Ordering::Release);
+                }
+            }
+        });
+    if spawned.is_err() {
+        BUSY.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// How long a new binary has to report that it serves.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn spawn_signal_thread(handles: Handles, cli: Cli, mut running: Config) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let Handles {
+        shutdown: handle,
+        reload: reloader,
+        upgrade,
+        pid_file,
+    } = handles;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
     std::thread::Builder::new()
         .name("ringway-signals".into())
         .spawn(move || {
@@ -698,6 +828,12 @@ fn spawn_signal_thread(
                 }
                 if sig == SIGUSR1 {
                     reloader.reopen_log();
+                    continue;
+                }
+                if sig == SIGUSR2 {
+                    if !stopping {
+                        upgrade_now(&upgrade, &handle, pid_file.as_deref());
+                    }
                     continue;
                 }
                 if stopping {

@@ -652,3 +652,241 @@ fn versions_are_kept_compared_and_rolled_back() {
     assert!(out.contains("no version 9 (kept: 1, 2, 3)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An origin that answers any request with `101` and then echoes every byte: a WebSocket's
+/// tunnel, as far as the proxy can tell.
+fn upgrade_echo() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Keep-alive clients as browsers behave: a connection the server said it closes (or closed
+/// before any byte of an answer, after earlier requests) is replaced and the idempotent request
+/// sent again (RFC 9112 §9.3.1); anything else is a failure.
+struct PoliteLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl PoliteLoad {
+    fn start(addr: std::net::SocketAddr, clients: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (0, 0);
+                    let mut c = Client::connect(addr);
+                    let mut used = false;
+                    let end = std::time::Instant::now() + Duration::from_secs(40);
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+                        c.send(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+                        let r = match c.response("GET") {
+                            None if used => {
+                                c = Client::connect(addr);
+                                c.send(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+                                c.response("GET")
+                            }
+                            r => r,
+                        };
+                        match r {
+                            Some(r) if r.status == 200 => {
+                                ok += 1;
+                                used = true;
+                                if r.header("connection")
+                                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                                {
+                                    c = Client::connect(addr);
+                                    used = false;
+                                }
+                            }
+                            _ => {
+                                failed += 1;
+                                c = Client::connect(addr);
+                                used = false;
+                            }
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn a_binary_upgrade_under_load_drops_nothing_and_keeps_websockets() {
+    use std::io::{Read, Write};
+    let origin = Origin::start();
+    let ws_origin = upgrade_echo();
+    let pid = temp_path("upgrade.pid");
+    let _ = std::fs::remove_file(&pid);
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\nshutdown_timeout = \"4s\"\npid_file = \"{}\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n[upstreams.ws]\nservers = [\"{ws_origin}\"]\n\
+         [[routes]]\nupstream = \"app\"\n[[routes]]\npath = \"/ws\"\nupstream = \"ws\"\n",
+        pid.display(),
+        origin.addr
+    );
+    let mut p = Proxy::start(&cfg);
+    let file = p.config.as_ref().unwrap().0.clone();
+    let old = p.pid();
+    let load = PoliteLoad::start(p.addr, 4);
+    let mut ws = std::net::TcpStream::connect(p.addr).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(ws.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    let echo = |ws: &mut std::net::TcpStream, msg: &[u8]| {
+        ws.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        ws.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    };
+    echo(&mut ws, b"before");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = std::process::Command::new(bin())
+        .args(["upgrade", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let new: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new, old);
+    assert!(
+        said.contains(&format!("upgraded: PID {old} → {new}")),
+        "{said}"
+    );
+    p.wait_log(|l| l.contains(&format!("upgrade: PID {new} serves")));
+    // The old process drains, but the WebSocket it carries goes on until it ends.
+    std::thread::sleep(Duration::from_millis(500));
+    echo(&mut ws, b"during the drain");
+    assert!(alive(old));
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{ok} succeeded");
+    assert!(ok > 100, "{ok}");
+    // New connections are the new process's.
+    let r = request(
+        p.addr,
+        b"GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    echo(&mut ws, b"last");
+    drop(ws);
+    // With its last connection gone the old process exits, well before shutdown_timeout.
+    let status = p
+        .wait_exit(Duration::from_secs(3))
+        .expect("the old process exits");
+    assert!(status.success());
+    assert!(alive(new));
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap().trim(),
+        new.to_string(),
+        "the old process leaves the new one's pid file"
+    );
+    let r = request(
+        p.addr,
+        b"GET /later HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    // SAFETY: kill(2) on the process this test's proxy started (its successor), by PID.
+    unsafe { libc::kill(new, libc::SIGTERM) };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while alive(new) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(new));
+    let _ = std::fs::remove_file(&pid);
+}
+
+#[test]
+fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let origin = Origin::start();
+    let pid = temp_path("failed-upgrade.pid");
+    let _ = std::fs::remove_file(&pid);
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\npid_file = \"{}\"\n\
+         [upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        pid.display(),
+        origin.addr
+    );
+    let p = Proxy::start(&cfg);
+    let file = p.config.as_ref().unwrap().0.clone();
+    // The new binary will read a file that does not validate: it exits before it is ready.
+    std::fs::write(&file, "[[routes]]\nbogus = 1\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["upgrade", "--pid-file"])
+        .arg(&pid)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    p.wait_log(|l| l.contains("upgrade failed, still serving"));
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap().trim(),
+        p.pid().to_string()
+    );
+    let r = request(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let _ = std::fs::remove_file(&pid);
+}

@@ -38,11 +38,13 @@ mod stream;
 mod sys;
 mod tls;
 mod tunnel;
+mod upgrade;
 mod upstream;
 mod worker;
 
 pub use listener::BindError;
 pub use server::{ReloadHandle, Server, ShutdownHandle, StartError};
+pub use upgrade::{Inherited, UpgradeHandle};
 
 /// Raises the soft limit on open files to the hard limit, once at start: each proxied
 /// connection holds two descriptors (three with a pipe), and a soft limit of 1024 would cap a

@@ -75,13 +75,32 @@ fn probe(addr: SocketAddr) -> io::Result<Socket> {
 /// A port that another process holds is detected first with a socket that does not set
 /// SO_REUSEPORT (which would otherwise let two processes of the same user share the port
 /// silently). Port 0 is resolved once and the same port used for every worker.
+///
+/// Sockets a process being replaced handed over (`inherited`, by the address as configured)
+/// are used instead, spread over the workers (a worker may accept on several); workers beyond
+/// their number get new sockets in the same SO_REUSEPORT group. Each entry is (index of the
+/// address, socket); every worker has at least one per address, in address order.
 pub(crate) fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
-) -> Result<Vec<Vec<TcpListener>>, BindError> {
-    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    for &addr in addrs {
+    inherited: &mut crate::upgrade::Inherited,
+) -> Result<Vec<Vec<(usize, TcpListener)>>, BindError> {
+    let mut per_worker: Vec<Vec<(usize, TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, &addr) in addrs.iter().enumerate() {
         let fail = |source| BindError { addr, source };
+        let handed = inherited.take(&addr.to_string());
+        if !handed.is_empty() {
+            let addr = handed[0].local_addr().map_err(fail)?;
+            let n = handed.len();
+            for (j, l) in handed.into_iter().enumerate() {
+                per_worker[j % workers].push((i, l));
+            }
+            for w in per_worker.iter_mut().skip(n) {
+                let s = socket(addr, true).map_err(|source| BindError { addr, source })?;
+                w.push((i, s.into()));
+            }
+            continue;
+        }
         let mut addr = addr;
         {
             let probe = probe(addr).map_err(fail)?;
@@ -93,7 +112,7 @@ pub(crate) fn bind_all(
         }
         for w in per_worker.iter_mut() {
             let s = socket(addr, true).map_err(|source| BindError { addr, source })?;
-            w.push(s.into());
+            w.push((i, s.into()));
         }
     }
     Ok(per_worker)
@@ -105,14 +124,17 @@ mod tests {
 
     #[test]
     fn same_port_for_all_workers_and_conflicts_detected() {
-        let l = bind_all(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
-        let port = l[0][0].local_addr().unwrap().port();
-        assert!(l.iter().all(|w| w[0].local_addr().unwrap().port() == port));
+        let none = &mut crate::upgrade::Inherited::default();
+        let l = bind_all(&["127.0.0.1:0".parse().unwrap()], 3, none).unwrap();
+        let port = l[0][0].1.local_addr().unwrap().port();
+        assert!(l
+            .iter()
+            .all(|w| w[0].1.local_addr().unwrap().port() == port));
         // Accepted connections come out with TCP_NODELAY already set.
         let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let accepted = loop {
-            let found = l.iter().find_map(|w| w[0].accept().ok());
+            let found = l.iter().find_map(|w| w[0].1.accept().ok());
             if let Some((s, _)) = found {
                 break s;
             }
@@ -125,7 +147,7 @@ mod tests {
         drop(c);
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = bind_all(&[addr], 1).unwrap_err();
+        let e = bind_all(&[addr], 1, none).unwrap_err();
         assert_eq!(e.addr, addr);
         assert!(e
             .to_string()

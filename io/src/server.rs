@@ -18,7 +18,8 @@ use crate::tls::{Keep, TlsMaterial};
 /// A proxy whose sockets are bound and whose workers are ready to start.
 pub struct Server {
     cfg: Config,
-    listeners: Vec<Vec<TcpListener>>,
+    listeners: Vec<Vec<(usize, TcpListener)>>,
+    upgrade: crate::upgrade::UpgradeHandle,
     cpus: Vec<Option<core_affinity::CoreId>>,
     shutdown: Arc<AtomicBool>,
     reload_tx: Vec<crossbeam_channel::Sender<Update>>,
@@ -113,6 +114,20 @@ impl ReloadHandle {
     }
 }
 
+/// The address of each listen entry as bound, in order: the first socket of each in a worker's
+/// list.
+fn first_of_each(listeners: &[Vec<(usize, TcpListener)>]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for (i, l) in listeners.first().map(Vec::as_slice).unwrap_or_default() {
+        if *i == out.len() {
+            if let Ok(a) = l.local_addr() {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
 /// Writes the addresses actually bound (port 0 resolved) into `cfg`'s listeners, so that core
 /// knows the proxy's own addresses (a forward request for one of them is a loop).
 fn with_bound(cfg: &mut Config, bound: &[SocketAddr]) {
@@ -125,10 +140,13 @@ fn with_bound(cfg: &mut Config, bound: &[SocketAddr]) {
 
 /// Asks a running [`Server`] to stop: stop accepting, finish in-flight requests, exit.
 #[derive(Clone)]
-pub struct ShutdownHandle(Arc<AtomicBool>);
+pub struct ShutdownHandle(Arc<AtomicBool>, crate::upgrade::UpgradeHandle);
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
+        // The sockets kept for a successor close first: a stopping process hands nothing on,
+        // and no connection should wait on a socket that nobody will accept from.
+        self.1.close();
         self.0.store(true, Ordering::Relaxed);
     }
 }
@@ -159,6 +177,15 @@ impl Server {
     /// Resolves the worker count and CPU placement and binds every listener, so that every
     /// startup error surfaces here, before any worker thread exists.
     pub fn bind(cfg: Config) -> Result<Self, StartError> {
+        Self::bind_inheriting(cfg, &mut crate::upgrade::Inherited::default())
+    }
+
+    /// `bind`, taking the listening sockets a process being replaced handed over
+    /// (`ringway upgrade`) instead of binding new ones where it did.
+    pub fn bind_inheriting(
+        cfg: Config,
+        inherited: &mut crate::upgrade::Inherited,
+    ) -> Result<Self, StartError> {
         // Upstream names are resolved before anything starts (a name that does not resolve
         // yet leaves its servers out until it does, and is asked again).
         let mut names = Names::new(cfg);
@@ -198,12 +225,9 @@ impl Server {
         let mut keep = Keep::new();
         let tls = Arc::new(TlsMaterial::load(&cfg, &mut keep).map_err(StartError::Tls)?);
         let addrs: Vec<SocketAddr> = cfg.server.listen.iter().map(|l| l.addr).collect();
-        let listeners = bind_all(&addrs, workers).map_err(StartError::Bind)?;
+        let listeners = bind_all(&addrs, workers, inherited).map_err(StartError::Bind)?;
         let mut cfg = cfg;
-        let bound: Vec<SocketAddr> = listeners
-            .first()
-            .map(|w| w.iter().filter_map(|l| l.local_addr().ok()).collect())
-            .unwrap_or_default();
+        let bound = first_of_each(&listeners);
         with_bound(&mut cfg, &bound);
         with_bound(names.base_mut(), &bound);
         // One channel per worker, and one more for the health checker.
@@ -212,11 +236,27 @@ impl Server {
             .unzip();
         let admin = match cfg.admin {
             None => None,
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .map_err(|source| StartError::Bind(BindError { addr, source }))?,
-            ),
+            Some(addr) => match inherited.take("admin").pop() {
+                Some(l) => Some(l),
+                None => Some(
+                    TcpListener::bind(addr)
+                        .map_err(|source| StartError::Bind(BindError { addr, source }))?,
+                ),
+            },
         };
+        // Duplicates of every listening socket, for a successor (`ringway upgrade`), keyed by
+        // the address as configured (port 0 included: the successor reads the same file).
+        let mut handoff = Vec::new();
+        for w in &listeners {
+            for (i, l) in w {
+                if let Ok(d) = l.try_clone() {
+                    handoff.push((addrs[*i].to_string(), std::os::fd::OwnedFd::from(d)));
+                }
+            }
+        }
+        if let Some(d) = admin.as_ref().and_then(|a| a.try_clone().ok()) {
+            handoff.push(("admin".to_string(), std::os::fd::OwnedFd::from(d)));
+        }
         let board = Arc::new(Board::new(&cfg));
         let (purge_tx, purge_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let (log, log_writer) =
@@ -236,6 +276,7 @@ impl Server {
         ));
         status.set_name_counters(names.lookups.clone(), names.failures.clone());
         Ok(Self {
+            upgrade: crate::upgrade::UpgradeHandle::new(handoff),
             names: Arc::new(Mutex::new(names)),
             log,
             log_writer,
@@ -261,10 +302,12 @@ impl Server {
 
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .first()
-            .map(|w| w.iter().filter_map(|l| l.local_addr().ok()).collect())
-            .unwrap_or_default()
+        first_of_each(&self.listeners)
+    }
+
+    /// Starts a successor binary with this one's sockets (`ringway upgrade`).
+    pub fn upgrade_handle(&self) -> crate::upgrade::UpgradeHandle {
+        self.upgrade.clone()
     }
 
     pub fn workers(&self) -> usize {
@@ -277,7 +320,7 @@ impl Server {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown.clone())
+        ShutdownHandle(self.shutdown.clone(), self.upgrade.clone())
     }
 
     pub fn reload_handle(&self) -> ReloadHandle {

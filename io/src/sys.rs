@@ -222,3 +222,66 @@ unsafe impl IoVecBuf for HitBuf {
         2
     }
 }
+
+/// A duplicate of `fd` that a program this process executes inherits (no close-on-exec): how
+/// listening sockets are handed to a new binary. Numbered from 3 up.
+pub(crate) fn dup_inheritable(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD) on an open descriptor with an integer argument; no memory.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_DUPFD succeeded: `n` is a new open descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// What kind of descriptor a parent handed over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handed {
+    /// A listening TCP socket.
+    Listener,
+    /// A pipe (the readiness pipe of an upgrade).
+    Pipe,
+}
+
+/// Takes ownership of descriptor `n`, which the process that executed this one left open for
+/// it (named in an environment variable that is removed once read), if it is open and is what
+/// it should be; it is made close-on-exec again.
+pub(crate) fn adopt(n: RawFd, kind: Handed) -> Option<OwnedFd> {
+    if n < 3 {
+        return None;
+    }
+    // SAFETY: fstat into a zeroed struct we own; an invalid descriptor only makes it fail.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: `st` is valid for writes of one `stat`.
+    if unsafe { libc::fstat(n, &mut st) } != 0 {
+        return None;
+    }
+    let fmt = st.st_mode & libc::S_IFMT;
+    let ok = match kind {
+        Handed::Pipe => fmt == libc::S_IFIFO,
+        Handed::Listener => {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `v`, which we own.
+            let rc = unsafe {
+                libc::getsockopt(
+                    n,
+                    libc::SOL_SOCKET,
+                    libc::SO_ACCEPTCONN,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            fmt == libc::S_IFSOCK && rc == 0 && v == 1
+        }
+    };
+    if !ok {
+        return None;
+    }
+    // SAFETY: fcntl(F_SETFD) on an open descriptor with an integer argument.
+    unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: `n` is open (fstat succeeded), of the kind expected, and was left to this process
+    // to own: the variable naming it is read once and removed, so it is adopted once.
+    Some(unsafe { OwnedFd::from_raw_fd(n) })
+}

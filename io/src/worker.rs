@@ -39,7 +39,7 @@ pub(crate) struct Links {
 pub(crate) fn run(
     id: usize,
     first: Update,
-    listeners: Vec<StdListener>,
+    listeners: Vec<(usize, StdListener)>,
     cpu: Option<core_affinity::CoreId>,
     links: Links,
 ) -> io::Result<()> {
@@ -76,9 +76,9 @@ pub(crate) fn run(
     ));
     rt.block_on(async move {
         let mut accepting = Vec::new();
-        for (l, listen) in listeners.into_iter().zip(listens) {
+        for (i, l) in listeners {
             let l = TcpListener::from_std(l)?;
-            accepting.push(monoio::spawn(accept_loop(w.clone(), l, listen)));
+            accepting.push(monoio::spawn(accept_loop(w.clone(), l, listens[i])));
         }
         while !shutdown.load(Ordering::Relaxed) {
             monoio::time::sleep(SHUTDOWN_POLL).await;
