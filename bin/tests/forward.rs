@@ -681,18 +681,6 @@ fn connections_leave_from_the_outgoing_address() {
     }
 }
 
-/// The browser on this machine, if any (CI installs Debian's chromium).
-fn browser() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-}
-
 #[test]
 fn a_headless_browser_loads_a_page_through_the_forward_proxy() {
     let Some(chromium) = browser() else {
@@ -714,22 +702,8 @@ fn a_headless_browser_loads_a_page_through_the_forward_proxy() {
     let url = format!("http://{}/page-through-the-proxy", origin.addr);
     let run = |extra: &[&str]| {
         let out = std::process::Command::new(chromium)
+            .args(QUIET_BROWSER)
             .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--no-default-browser-check",
-                // No traffic of the browser's own.
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-default-apps",
-                "--disable-extensions",
-                "--disable-domain-reliability",
-                "--disable-client-side-phishing-detection",
-                "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
-                "--metrics-recording-only",
                 &format!("--user-data-dir={}", profile.display()),
                 &format!("--proxy-server=http://{}", proxy.addr),
                 // Chromium sends loopback addresses direct unless told otherwise.

@@ -890,3 +890,111 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     assert_eq!(r.status, 200);
     let _ = std::fs::remove_file(&pid);
 }
+
+#[test]
+fn the_status_page_shows_servers_live_and_drains_behind_the_token() {
+    let Some(chromium) = browser() else {
+        assert!(
+            std::env::var_os("RINGWAY_REQUIRE_BROWSER").is_none(),
+            "RINGWAY_REQUIRE_BROWSER is set but no chromium is installed"
+        );
+        eprintln!("skipped: no chromium here (apt-get install chromium; CI requires it)");
+        return;
+    };
+    let (a, b) = (Origin::start(), Origin::start());
+    let token = "s3cret-token-0123456789";
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
+         [upstreams.app]\nservers = [\"{}\", \"{}\"]\n[[routes]]\nupstream = \"app\"\nname = \"main\"\n",
+        a.addr, b.addr
+    );
+    let p = Proxy::start(&cfg);
+    let admin = admin_addr(&p);
+    for _ in 0..6 {
+        assert!(curl(&[&format!("http://{}/", p.addr)]).0);
+    }
+    let profile = temp_path("chromium-status");
+    let _ = std::fs::remove_dir_all(&profile);
+    let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artefacts");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    let shot = artefacts.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(chromium)
+            .args(QUIET_BROWSER)
+            .args([
+                &format!("--user-data-dir={}", profile.display()),
+                // Anything not on loopback goes to a proxy that is not there, and no name is
+                // resolved: the page is the only thing the browser reaches.
+                "--proxy-server=http://127.0.0.1:9",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--virtual-time-budget=4000",
+                "--window-size=1200,700",
+            ])
+            .args(extra)
+            .arg(format!("http://{admin}/"))
+            .output()
+            .expect("run chromium");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    assert!(dom.contains("<title>ringway status</title>"), "{dom}");
+    assert!(dom.contains("config version 1"), "{dom}");
+    assert!(dom.contains(&format!("<td>{}</td>", a.addr)), "{dom}");
+    assert!(dom.contains(&format!("<td>{}</td>", b.addr)), "{dom}");
+    assert!(dom.contains("<td class=\"up\">up</td>"), "{dom}");
+    assert!(dom.contains("<td>main</td>"), "{dom}");
+    assert!(dom.contains(">drain</button>"), "{dom}");
+
+    // Draining needs the token; with it, the server takes no new request.
+    let drain = format!("http://{admin}/servers/drain?group=app&server={}", a.addr);
+    let (ok, body) = curl(&["-X", "POST", "-w", " %{http_code}", &drain]);
+    assert!(ok);
+    assert!(
+        String::from_utf8_lossy(&body).ends_with(" 401"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let auth = format!("Authorization: Bearer {token}");
+    let (ok, body) = curl(&["-X", "POST", "-H", &auth, &drain]);
+    assert!(ok);
+    assert!(String::from_utf8_lossy(&body).contains("\"drained\":true"));
+    let before = a.seen().len();
+    for _ in 0..6 {
+        assert!(curl(&[&format!("http://{}/", p.addr)]).0);
+    }
+    assert_eq!(
+        a.seen().len(),
+        before,
+        "a drained server gets no new request"
+    );
+    let dom = run(&["--dump-dom"]);
+    assert!(dom.contains("<td class=\"draining\">drained</td>"), "{dom}");
+    assert!(dom.contains(">undrain</button>"), "{dom}");
+    let _ = run(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5000,
+        "a screenshot was taken"
+    );
+    let undrain = format!("http://{admin}/servers/undrain?group=app&server={}", a.addr);
+    let (ok, _) = curl(&["-X", "POST", "-H", &auth, &undrain]);
+    assert!(ok);
+    let before = a.seen().len();
+    for _ in 0..6 {
+        assert!(curl(&[&format!("http://{}/", p.addr)]).0);
+    }
+    assert!(a.seen().len() > before);
+    let (_, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-w",
+        " %{http_code}",
+        &format!("http://{admin}/servers/drain?group=app&server=127.0.0.1:1"),
+    ]);
+    assert!(String::from_utf8_lossy(&body).ends_with(" 404"));
+    let _ = std::fs::remove_dir_all(&profile);
+}

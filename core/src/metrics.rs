@@ -49,6 +49,30 @@ impl Histogram {
         self.sum
     }
 
+    /// The `q` quantile (0–1) in seconds, interpolated within its bucket as Prometheus's
+    /// `histogram_quantile` does; the last finite bound when it falls in `+Inf`; `None` when
+    /// nothing was observed.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c > 0 && (below + c) as f64 >= rank {
+                let Some(&upper) = LATENCY_BUCKETS.get(i) else {
+                    return LATENCY_BUCKETS.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+                let within = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            below += c;
+        }
+        LATENCY_BUCKETS.last().copied()
+    }
+
     /// `(le, count)` per bucket, not cumulative (the encoder adds them up), `+Inf` last.
     pub fn buckets(&self) -> Vec<(f64, u64)> {
         LATENCY_BUCKETS
@@ -230,6 +254,16 @@ mod tests {
         assert_eq!(c[14], (f64::INFINITY, 3));
         assert_eq!(h.count(), 3);
         assert!((h.sum() - 60.0075).abs() < 1e-9);
+        assert_eq!(Histogram::default().quantile(0.5), None);
+        let mut h = Histogram::default();
+        for _ in 0..100 {
+            h.observe(Duration::from_millis(3));
+        }
+        // All in (2.5 ms, 5 ms]: the median halfway, p99 near the top.
+        assert!((h.quantile(0.5).unwrap() - 0.00375).abs() < 1e-9);
+        assert!((h.quantile(0.99).unwrap() - 0.004975).abs() < 1e-9);
+        h.observe(Duration::from_secs(99));
+        assert_eq!(h.quantile(1.0), Some(10.0));
     }
 
     #[test]

@@ -14,52 +14,110 @@ use std::time::Duration;
 
 use ringway_core::config::{Balance, HashKey};
 
+use serde_json::{json, Value};
+
 use crate::counters::{ServerSnap, Status, TlsCounts};
 use ringway_core::health::ServerState;
+use ringway_core::metrics::{Histogram, Tally};
 use ringway_core::proxy::RequestCounts;
 
 impl Status {
-    /// The status document.
+    /// Every worker's tally, summed.
+    pub(crate) fn tally(&self) -> Tally {
+        let mut tally = Tally::default();
+        for t in self.tallies.lock().map(|t| t.clone()).unwrap_or_default() {
+            tally.add(&t);
+        }
+        tally
+    }
+
+    /// The status document (what the page shows, refreshed from it).
     pub(crate) fn json(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
         let (cfg, board) = match self.current.lock() {
             Ok(c) => (c.0.clone(), c.1.clone()),
             Err(_) => return "{}".into(),
         };
         let workers = self.workers.lock().map(|w| w.clone()).unwrap_or_default();
-        let mut out = String::from("{\"upstreams\":[");
-        for (g, u) in cfg.upstreams.iter().enumerate() {
-            if g > 0 {
-                out.push(',');
-            }
-            out.push_str(&format!(
-                "{{\"name\":{},\"balance\":{},\"servers\":[",
-                quote(&u.name),
-                quote(&balance_name(&u.balance))
-            ));
-            for (s, server) in u.servers.iter().enumerate() {
-                let mut sum = ServerSnap::default();
-                for w in &workers {
-                    if let Some(x) = w.get(g).and_then(|gs| gs.get(s)) {
-                        sum.in_flight += x.in_flight;
-                        sum.ejected |= x.ejected;
-                        sum.failures += x.failures;
-                    }
-                }
-                let state =
-                    ServerState::of(server.down, board.is_up(g, s), sum.ejected, sum.in_flight)
+        let tally = self.tally();
+        let classes = |c: &[u64; 6]| json!({"2xx": c[2], "3xx": c[3], "4xx": c[4], "5xx": c[5], "none": c[0]});
+        let ms = |h: &Histogram| {
+            let q = |p| h.quantile(p).map(|s| (s * 1e4).round() / 10.0);
+            json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99)})
+        };
+        let upstreams: Vec<Value> = cfg
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(g, u)| {
+                let servers: Vec<Value> = u
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .map(|(s, server)| {
+                        let mut sum = ServerSnap::default();
+                        for w in &workers {
+                            if let Some(x) = w.get(g).and_then(|gs| gs.get(s)) {
+                                sum.in_flight += x.in_flight;
+                                sum.ejected |= x.ejected;
+                                sum.failures += x.failures;
+                            }
+                        }
+                        let state = ServerState::of(
+                            server.down,
+                            board.is_up(g, s),
+                            sum.ejected,
+                            sum.in_flight,
+                        )
                         .label();
-                if s > 0 {
-                    out.push(',');
-                }
-                out.push_str(&format!(
-                    "{{\"addr\":\"{}\",\"state\":\"{state}\",\"weight\":{},\"backup\":{},\"in_flight\":{},\"failures\":{}}}",
-                    server.addr, server.weight, server.backup, sum.in_flight, sum.failures
-                ));
-            }
-            out.push_str("]}");
-        }
+                        let t = tally
+                            .servers
+                            .get(&(Box::<str>::from(u.name.as_str()), server.addr))
+                            .copied()
+                            .unwrap_or_default();
+                        let mut v = json!({
+                            "addr": server.addr.to_string(),
+                            "state": state,
+                            "weight": server.weight,
+                            "backup": server.backup,
+                            "in_flight": sum.in_flight,
+                            "failures": sum.failures,
+                            "drained": board.is_drained(g, s),
+                            "responses": classes(&t.classes),
+                            "latency_ms": ms(&t.header),
+                        });
+                        if let Some(n) = &server.name {
+                            v["name"] = json!(&**n);
+                        }
+                        v
+                    })
+                    .collect();
+                json!({"name": u.name, "balance": balance_name(&u.balance), "servers": servers})
+            })
+            .collect();
+        let listeners: Vec<Value> = cfg
+            .server
+            .listen
+            .iter()
+            .map(|l| {
+                let c = tally.listeners.get(&l.addr).copied().unwrap_or_default();
+                json!({"addr": l.addr.to_string(), "kind": listener_kind(l), "requests": classes(&c)})
+            })
+            .collect();
+        let routes: Vec<Value> = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let c = tally
+                    .routes
+                    .get(r.name.as_str())
+                    .copied()
+                    .unwrap_or_default();
+                json!({"name": r.name, "requests": classes(&c)})
+            })
+            .collect();
         let tls = self.tls.lock().map(|t| t.clone()).unwrap_or_default();
-        let sum = tls.iter().fold(TlsCounts::default(), |a, t| TlsCounts {
+        let tls = tls.iter().fold(TlsCounts::default(), |a, t| TlsCounts {
             handshakes: a.handshakes + t.handshakes,
             resumed: a.resumed + t.resumed,
             failed: a.failed + t.failed,
@@ -70,10 +128,6 @@ impl Status {
             req.add(&r);
         }
         let c = req.by_class;
-        out.push_str(&format!(
-            "],\"requests\":{{\"total\":{},\"2xx\":{},\"3xx\":{},\"4xx\":{},\"5xx\":{},\"no_response\":{},\"client_errors\":{},\"upstream_errors\":{},\"retries\":{}}}",
-            req.total, c[2], c[3], c[4], c[5], c[0], req.client_errors, req.upstream_errors, req.retries
-        ));
         let mut cache = ringway_core::cache::Stats::default();
         for c in self.cache.lock().map(|c| c.clone()).unwrap_or_default() {
             cache.entries += c.entries;
@@ -85,32 +139,113 @@ impl Status {
             cache.invalidations += c.invalidations;
             cache.collecting += c.collecting;
         }
-        out.push_str(&format!(
-            ",\"cache\":{{\"entries\":{},\"bytes\":{},\"collecting\":{},\"hits\":{},\"misses\":{},\"stores\":{},\"evictions\":{},\"invalidations\":{}}}",
-            cache.entries, cache.bytes, cache.collecting, cache.hits, cache.misses, cache.stores, cache.evictions, cache.invalidations
-        ));
-        {
-            use std::sync::atomic::Ordering::Relaxed;
-            let ok = self.reloads_ok.load(Relaxed);
-            let version = match self.version.load(Relaxed) {
-                0 => 1 + ok,
-                n => n,
-            };
-            out.push_str(&format!(
-                ",\"config\":{{\"version\":{version},\"reloads\":{ok},\"rejected\":{}}}",
-                self.reloads_failed.load(Relaxed)
-            ));
-        }
-        out.push_str(&format!(
-            ",\"access_log\":{{\"written\":{},\"dropped\":{}}}",
-            self.log.written.load(std::sync::atomic::Ordering::Relaxed),
-            self.log.dropped.load(std::sync::atomic::Ordering::Relaxed)
-        ));
-        out.push_str(&format!(
-            ",\"tls\":{{\"handshakes\":{},\"resumed\":{},\"failed\":{},\"plain_http\":{}}}}}\n",
-            sum.handshakes, sum.resumed, sum.failed, sum.plain_http
-        ));
+        let ok = self.reloads_ok.load(Relaxed);
+        let version = match self.version.load(Relaxed) {
+            0 => 1 + ok,
+            n => n,
+        };
+        let uptime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+            - self.started;
+        let doc = json!({
+            "upstreams": upstreams,
+            "listeners": listeners,
+            "routes": routes,
+            "requests": {
+                "total": req.total, "2xx": c[2], "3xx": c[3], "4xx": c[4], "5xx": c[5],
+                "no_response": c[0], "client_errors": req.client_errors,
+                "upstream_errors": req.upstream_errors, "retries": req.retries,
+            },
+            "latency_ms": ms(&tally.request_time),
+            "cache": {
+                "entries": cache.entries, "bytes": cache.bytes, "collecting": cache.collecting,
+                "hits": cache.hits, "misses": cache.misses, "stores": cache.stores,
+                "evictions": cache.evictions, "invalidations": cache.invalidations,
+            },
+            "config": {"version": version, "reloads": ok, "rejected": self.reloads_failed.load(Relaxed)},
+            "access_log": {
+                "written": self.log.written.load(Relaxed),
+                "dropped": self.log.dropped.load(Relaxed),
+            },
+            "tls": {
+                "handshakes": tls.handshakes, "resumed": tls.resumed, "failed": tls.failed,
+                "plain_http": tls.plain_http,
+            },
+            "ringway": env!("CARGO_PKG_VERSION"),
+            "uptime": uptime.max(0.0).round() as u64,
+        });
+        let mut out = doc.to_string();
+        out.push('\n');
         out
+    }
+
+    /// `POST /servers/drain?group=G&server=ADDR` (and `undrain`): the server takes no new
+    /// request (those in flight finish), on every worker at once, until undrained; it stays
+    /// drained across reloads.
+    fn drain(&self, target: &[u8], drained: bool) -> (u16, String, &'static str) {
+        let query = target.splitn(2, |&b| b == b'?').nth(1).unwrap_or_default();
+        let mut group = None;
+        let mut server = None;
+        for pair in query.split(|&b| b == b'&') {
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], crate::cache::percent_decode(&pair[i + 1..])),
+                None => continue,
+            };
+            match k {
+                b"group" => group = String::from_utf8(v).ok(),
+                b"server" => server = String::from_utf8(v).ok().and_then(|s| s.parse().ok()),
+                _ => {}
+            }
+        }
+        let (Some(group), Some(server)) = (group, server) else {
+            return (
+                400,
+                "expected ?group=NAME&server=IP:PORT\n".into(),
+                "text/plain",
+            );
+        };
+        let found = match self.current.lock() {
+            Ok(c) => {
+                let (cfg, board) = (&c.0, &c.1);
+                let at = cfg
+                    .upstreams
+                    .iter()
+                    .position(|u| u.name == group)
+                    .and_then(|g| {
+                        let s = cfg.upstreams[g]
+                            .servers
+                            .iter()
+                            .position(|s| s.addr == server)?;
+                        Some((g, s))
+                    });
+                if let Some((g, s)) = at {
+                    board.set_drained(g, s, drained);
+                }
+                at.is_some()
+            }
+            Err(_) => false,
+        };
+        if !found {
+            return (
+                404,
+                format!("no server {server} in a group named {group:?}\n"),
+                "text/plain",
+            );
+        }
+        if let Ok(mut d) = self.drained.lock() {
+            if drained {
+                d.insert((group.clone(), server));
+            } else {
+                d.remove(&(group.clone(), server));
+            }
+        }
+        log::info!(
+            "admin: {group} {server} {}",
+            if drained { "drained" } else { "undrained" }
+        );
+        let body = json!({"group": group, "server": server.to_string(), "drained": drained});
+        (200, format!("{body}\n"), "application/json")
     }
 }
 
@@ -172,6 +307,18 @@ fn purge(status: &Status, target: &[u8]) -> (u16, String, &'static str) {
     (200, body, "application/json")
 }
 
+/// What a listener serves, in a word or two.
+fn listener_kind(l: &ringway_core::config::Listen) -> &'static str {
+    use ringway_core::config::{Protocol, Transport};
+    match (l.transport, l.protocol) {
+        (Transport::Plain, Protocol::Http) => "http",
+        (Transport::Tls, Protocol::Http) => "https",
+        (_, Protocol::RedirectHttps) => "redirect to https",
+        (Transport::Plain, Protocol::ForwardHttp) => "forward proxy",
+        (Transport::Tls, Protocol::ForwardHttp) => "forward proxy (tls)",
+    }
+}
+
 fn balance_name(b: &Balance) -> String {
     match b {
         Balance::RoundRobin => "round-robin".into(),
@@ -200,6 +347,15 @@ fn quote(s: &str) -> String {
     }
     q.push('"');
     q
+}
+
+/// The status page: one self-contained HTML file (no external assets) that refreshes itself
+/// from `/status`.
+const PAGE: &str = include_str!("admin_page.html");
+
+/// Compares without stopping at the first difference (the token is a secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves the admin listener until `shutdown`.
@@ -276,18 +432,44 @@ fn answer(mut s: TcpStream, status: &Status) {
         return;
     };
     let (method, path) = (req.method_span.get(&head), req.target.get(&head));
+    // Actions need the token when one is configured; reading never does.
+    let allowed = || match status.token() {
+        None => true,
+        Some(t) => {
+            let want = format!("Bearer {t}");
+            ringway_core::http::find_header(&head[..end], &headers, b"authorization")
+                .is_some_and(|v| constant_time_eq(v, want.as_bytes()))
+        }
+    };
+    let refused = || {
+        (
+            401,
+            "this action needs Authorization: Bearer TOKEN (admin.token)\n".to_string(),
+            "text/plain",
+        )
+    };
     let (code, body, ctype) = match (method, path) {
-        (b"GET" | b"HEAD", b"/" | b"/status") => (200, status.json(), "application/json"),
+        (b"GET" | b"HEAD", b"/") => (200, PAGE.to_string(), "text/html; charset=utf-8"),
+        (b"GET" | b"HEAD", b"/status") => (200, status.json(), "application/json"),
         (b"GET" | b"HEAD", b"/metrics") => (200, status.metrics(), crate::metrics::CONTENT_TYPE),
-        (b"POST" | b"PURGE", p) if p.starts_with(b"/cache/purge?") => purge(status, p),
+        (b"POST" | b"PURGE", p) if p.starts_with(b"/cache/purge?") => {
+            if allowed() { purge(status, p) } else { refused() }
+        }
+        (b"POST", p) if p.starts_with(b"/servers/drain?") || p.starts_with(b"/servers/undrain?") => {
+            if allowed() {
+                status.drain(p, p.starts_with(b"/servers/drain?"))
+            } else {
+                refused()
+            }
+        }
         (b"GET" | b"HEAD", _) => (
             404,
-            "not found: try GET /status\n".to_string(),
+            "not found: try GET / (the page), /status (JSON) or /metrics\n".to_string(),
             "text/plain",
         ),
         _ => (
             405,
-            "GET /status, or POST /cache/purge?url=URL (or ?prefix=URL)\n".to_string(),
+            "GET /, /status or /metrics; POST /cache/purge?url=URL (or ?prefix=URL), /servers/drain?group=G&server=ADDR, /servers/undrain?…\n".to_string(),
             "text/plain",
         ),
     };

@@ -52,6 +52,8 @@ pub(crate) struct Status {
     /// Reloads applied and rejected (never touched on the request path).
     pub(crate) reloads_ok: std::sync::atomic::AtomicU64,
     pub(crate) reloads_failed: std::sync::atomic::AtomicU64,
+    /// Servers drained from the admin listener (applied to every new board).
+    pub(crate) drained: Mutex<crate::board::Drained>,
     /// The configuration version running (0: no state directory keeps versions).
     pub(crate) version: std::sync::atomic::AtomicU64,
     /// When the process started (seconds since the Unix epoch).
@@ -88,6 +90,7 @@ impl Status {
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
             version: Default::default(),
+            drained: Mutex::default(),
             name_lookups: Mutex::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -139,6 +142,14 @@ impl Status {
         if let Ok(mut n) = self.name_lookups.lock() {
             *n = (lookups, failures);
         }
+    }
+
+    /// The admin token of the configuration running.
+    pub(crate) fn token(&self) -> Option<String> {
+        self.current
+            .lock()
+            .ok()
+            .and_then(|c| c.0.admin_token.clone())
     }
 
     pub(crate) fn set_current(&self, cfg: Config, board: Arc<Board>) {

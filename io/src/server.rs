@@ -99,7 +99,15 @@ impl ReloadHandle {
             let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
             Arc::new(TlsMaterial::load(cfg, &mut keep)?)
         };
-        let board = Arc::new(Board::new(cfg));
+        let board = {
+            let drained = self
+                .status
+                .drained
+                .lock()
+                .map(|d| d.clone())
+                .unwrap_or_default();
+            Arc::new(Board::new(cfg, &drained))
+        };
         self.status.set_current(cfg.clone(), board.clone());
         self.log
             .retarget(cfg.access_log.as_ref().map(|a| a.target.clone()));
@@ -257,7 +265,7 @@ impl Server {
         if let Some(d) = admin.as_ref().and_then(|a| a.try_clone().ok()) {
             handoff.push(("admin".to_string(), std::os::fd::OwnedFd::from(d)));
         }
-        let board = Arc::new(Board::new(&cfg));
+        let board = Arc::new(Board::new(&cfg, &Default::default()));
         let (purge_tx, purge_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let (log, log_writer) =
             crate::accesslog::Log::start(cfg.access_log.as_ref().map(|a| a.target.clone()))

@@ -52,6 +52,9 @@ pub struct Config {
     pub server: Server,
     /// The admin listener (status JSON), off unless configured; always a loopback address.
     pub admin: Option<SocketAddr>,
+    /// When set, the admin listener's actions (drain, purge) need `Authorization: Bearer` with
+    /// it; reading the status never does.
+    pub admin_token: Option<String>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
@@ -166,6 +169,7 @@ impl Config {
         }];
         Self {
             admin: None,
+            admin_token: None,
             tls: None,
             server: Server {
                 listen: listen.into_iter().map(Listen::plain).collect(),
@@ -283,6 +287,19 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             }
         },
     };
+    let admin_token = match raw.admin.as_ref().and_then(|a| a.token.as_ref()) {
+        None => None,
+        Some(t) if t.get_ref().len() >= 16 && t.get_ref().bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(t.get_ref().clone())
+        }
+        Some(t) => {
+            return Err(loc.at(
+                t.span(),
+                "admin.token",
+                "expected at least 16 visible ASCII characters (no spaces)",
+            ))
+        }
+    };
     let forward = forward::build_forward(loc, raw.forward)?;
     let access_log = log::build_access_log(loc, raw.access_log)?;
     let resolver = resolver::build_resolver(loc, raw.resolver)?;
@@ -306,6 +323,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         forward,
         server,
         admin,
+        admin_token,
         timeouts,
         limits,
         upstreams,

@@ -183,6 +183,7 @@ pub(crate) struct UpstreamTlsTable {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Admin {
     pub listen: Spanned<String>,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
