@@ -998,3 +998,37 @@ fn the_status_page_shows_servers_live_and_drains_behind_the_token() {
     assert!(String::from_utf8_lossy(&body).ends_with(" 404"));
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+#[test]
+fn the_access_log_goes_to_syslog_one_datagram_per_line() {
+    let origin = Origin::start();
+    let sock = temp_path("syslog.sock");
+    let _ = std::fs::remove_file(&sock);
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let cfg = config_for(
+        origin.addr,
+        &format!(
+            "[access_log]\npath = \"syslog:{}\"\nformat = \"$status $request\"\n",
+            sock.display()
+        ),
+    );
+    let p = Proxy::start(&cfg);
+    for path in ["/one", "/two"] {
+        assert!(curl(&[&format!("http://{}{path}", p.addr)]).0);
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).expect("a datagram");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(
+        got,
+        [
+            "<190>ringway: 200 GET /one HTTP/1.1",
+            "<190>ringway: 200 GET /two HTTP/1.1"
+        ]
+    );
+    let _ = std::fs::remove_file(&sock);
+}

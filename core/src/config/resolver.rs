@@ -85,6 +85,10 @@ pub(crate) fn build_resolver(
     Ok(out)
 }
 
+/// The most addresses one name adds to its group (the first ones in address order): an answer
+/// with thousands of records must not make thousands of servers, pools and health checks.
+pub const MAX_ADDRESSES_PER_NAME: usize = 64;
+
 impl Config {
     /// Every name an upstream server is given by.
     pub fn names(&self) -> BTreeSet<std::sync::Arc<str>> {
@@ -106,6 +110,7 @@ impl Config {
                 let mut ips = addresses(&n.host).unwrap_or_default();
                 ips.sort();
                 ips.dedup();
+                ips.truncate(MAX_ADDRESSES_PER_NAME);
                 for ip in ips {
                     let mut s = n.server.clone();
                     s.addr = SocketAddr::new(ip, n.server.addr.port());

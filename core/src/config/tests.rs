@@ -614,6 +614,16 @@ fn servers_by_name_expand_into_one_server_per_address() {
         .map(|s| s.addr.to_string())
         .collect();
     assert_eq!(addrs, ["127.0.0.1:9000", "10.0.0.9:5432"]);
+    // A hostile answer with thousands of records adds at most 64 servers per name.
+    let many = |_: &str| -> Option<Vec<std::net::IpAddr>> {
+        Some(
+            (0..5000u32)
+                .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).into())
+                .collect(),
+        )
+    };
+    let r3 = c.resolved(&many);
+    assert_eq!(r3.upstreams[0].servers.len(), 1 + 2 * 64);
 
     for (bad, want) in [
         ("\"-bad:80\"", "expected IP:port or NAME:port"),
