@@ -100,6 +100,11 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
 
+    /// Limit each client address (IPv6: its /64) to this many requests, like `100/s` or
+    /// `600/m`, with a burst of the same number; more are answered 429 with Retry-After.
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<String>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

@@ -257,6 +257,31 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             }
         }
     }
+    if let Some(rate) = &cli.rate_limit {
+        let interval = ringway_core::limit::Rate::parse(rate).ok_or_else(|| {
+            format!("--rate-limit {rate:?}: expected requests per second, minute or hour, like 100/s or 600/m")
+        })?;
+        let burst = rate
+            .split('/')
+            .next()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(1);
+        cfg.rate_limits.push(ringway_core::limit::RateLimit {
+            name: "rate-limit".into(),
+            rate: ringway_core::limit::Rate {
+                interval,
+                burst,
+                no_delay: u32::MAX,
+            },
+            key: ringway_core::limit::Key::Client,
+            routes: None,
+            status: 429,
+            v6_prefix: 64,
+            table: std::sync::Arc::new(ringway_core::limit::Table::new(
+                ringway_core::config::DEFAULT_LIMIT_KEYS,
+            )),
+        });
+    }
     if let Some(size) = &cli.cache {
         let bytes = ringway_core::config::parse_size_text(size)
             .filter(|&b| b >= 1 << 20)

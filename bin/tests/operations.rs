@@ -764,7 +764,7 @@ fn a_binary_upgrade_under_load_drops_nothing_and_keeps_websockets() {
     let pid = temp_path("upgrade.pid");
     let _ = std::fs::remove_file(&pid);
     let cfg = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\nshutdown_timeout = \"4s\"\npid_file = \"{}\"\n\
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\nshutdown_timeout = \"30s\"\npid_file = \"{}\"\n\
          [upstreams.app]\nservers = [\"{}\"]\n[upstreams.ws]\nservers = [\"{ws_origin}\"]\n\
          [[routes]]\nupstream = \"app\"\n[[routes]]\npath = \"/ws\"\nupstream = \"ws\"\n",
         pid.display(),
@@ -831,7 +831,7 @@ fn a_binary_upgrade_under_load_drops_nothing_and_keeps_websockets() {
     drop(ws);
     // With its last connection gone the old process exits, well before shutdown_timeout.
     let status = p
-        .wait_exit(Duration::from_secs(3))
+        .wait_exit(Duration::from_secs(10))
         .expect("the old process exits");
     assert!(status.success());
     assert!(alive(new));

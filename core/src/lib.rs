@@ -14,6 +14,7 @@ pub mod dns;
 pub mod forward;
 pub mod health;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

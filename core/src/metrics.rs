@@ -141,6 +141,8 @@ pub struct Tally {
     pub cache: [u64; 6],
     /// Forward-proxy refusals by reason (`Denial::kind`).
     pub denials: HashMap<&'static str, u64>,
+    /// Requests refused by a rate limit, by its name.
+    pub limited: HashMap<Box<str>, u64>,
 }
 
 /// Where an exchange was, for its labels (io looks the names up in the configuration it ran
@@ -151,6 +153,8 @@ pub struct Labels<'a> {
     pub route: Option<&'a str>,
     /// The group's name and the server's address, when the last attempt went to a group.
     pub server: Option<(&'a str, SocketAddr)>,
+    /// The rate limit that refused it.
+    pub limited: Option<&'a str>,
 }
 
 impl Tally {
@@ -198,6 +202,14 @@ impl Tally {
         if let Some(d) = r.denied {
             *self.denials.entry(d).or_default() += 1;
         }
+        if let Some(l) = at.limited {
+            match self.limited.get_mut(l) {
+                Some(n) => *n += 1,
+                None => {
+                    self.limited.insert(l.into(), 1);
+                }
+            }
+        }
     }
 
     /// Adds another worker's counts.
@@ -231,6 +243,9 @@ impl Tally {
         }
         for (k, v) in &o.denials {
             *self.denials.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.limited {
+            *self.limited.entry(k.clone()).or_default() += v;
         }
     }
 }
@@ -305,6 +320,7 @@ mod tests {
             listener,
             route: Some("/"),
             server: Some(("app", origin)),
+            limited: None,
         };
         let mut w = Tally::default();
         w.count(&ok, at);
@@ -314,6 +330,7 @@ mod tests {
             Labels {
                 route: None,
                 server: None,
+                limited: Some("api"),
                 ..at
             },
         );
@@ -333,6 +350,7 @@ mod tests {
         assert_eq!((sum.bytes_out, sum.bytes_in, sum.retries), (2000, 200, 2));
         assert_eq!(sum.cache, [0, 2, 0, 0, 0, 0]);
         assert_eq!(sum.denials["domain"], 2);
+        assert_eq!(sum.limited["api"], 2);
         assert_eq!(sum.request_time.count(), 2);
     }
 }

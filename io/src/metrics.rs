@@ -329,6 +329,17 @@ impl Collector for Scrape {
                 .into_iter()
                 .map(|(r, n)| (l(&[("reason", r)]), counter(*n))),
         )?;
+        let mut limited: Vec<_> = t.limited.iter().collect();
+        limited.sort();
+        family(
+            &mut e,
+            "ringway_rate_limited",
+            "Requests refused by a rate limit, by its name.",
+            MetricType::Counter,
+            limited
+                .into_iter()
+                .map(|(r, n)| (l(&[("limit", r)]), counter(*n))),
+        )?;
         let (lookups, failures) = self.workers.iter().fold(self.names, |(a, b), w| {
             (a + w.dns_lookups, b + w.dns_failures)
         });

@@ -122,7 +122,14 @@ impl Names {
 }
 
 /// Re-resolves names when they are due and installs the servers they give, until `shutdown`.
-pub(crate) fn run(names: Arc<Mutex<Names>>, install: impl Fn(&Config), shutdown: Arc<AtomicBool>) {
+/// Between lookups it waits on `stop` (sent to at shutdown) for at most the time to the next
+/// due name.
+pub(crate) fn run(
+    names: Arc<Mutex<Names>>,
+    install: impl Fn(&Config),
+    shutdown: Arc<AtomicBool>,
+    stop: crossbeam_channel::Receiver<()>,
+) {
     while !shutdown.load(Ordering::Relaxed) {
         let due = names.lock().ok().and_then(|n| n.next_due());
         let now = Instant::now();
@@ -133,11 +140,19 @@ pub(crate) fn run(names: Arc<Mutex<Names>>, install: impl Fn(&Config), shutdown:
                     install(&n.effective());
                 }
             }
-            // A short nap, so that shutdown and a reload's new names are seen quickly.
-            _ => std::thread::sleep(Duration::from_millis(100)),
+            // A reload resolves its new names itself; this wakes for the next due one.
+            _ => {
+                let wait = due.map_or(IDLE_WAIT, |t| (t - now).min(IDLE_WAIT));
+                if stop.recv_timeout(wait).is_ok() {
+                    return;
+                }
+            }
         }
     }
 }
+
+/// The longest the names thread waits without looking at its names.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// A and AAAA for `name`: from `/etc/hosts`, else from the name servers (those configured, or
 /// `/etc/resolv.conf`'s), with the answer's TTL.

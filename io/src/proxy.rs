@@ -690,6 +690,10 @@ impl Conn {
                 listener: self.listen.addr,
                 route: route.map(|r| r.name.as_str()),
                 server,
+                limited: r
+                    .limited
+                    .and_then(|i| self.cfg.rate_limits.get(i))
+                    .map(|l| l.name.as_str()),
             },
         );
         if let Some(a) = &self.cfg.access_log {

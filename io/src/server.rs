@@ -33,6 +33,11 @@ pub struct Server {
     log: crate::accesslog::Log,
     log_writer: crate::accesslog::Writer,
     names: Arc<Mutex<Names>>,
+    /// Wakes the names thread to stop.
+    names_stop: (
+        crossbeam_channel::Sender<()>,
+        crossbeam_channel::Receiver<()>,
+    ),
 }
 
 /// Hands a new configuration to every worker of a running [`Server`]. Workers pick it up within
@@ -76,8 +81,12 @@ impl ReloadHandle {
     /// Installs `cfg` (its upstream names resolved: those not seen before are looked up now),
     /// or, when a file it names cannot be used, changes nothing and says why.
     pub fn reload(&self, cfg: &Config) -> Result<(), ConfigError> {
+        let mut cfg = cfg.clone();
+        if let Ok(running) = self.status.current.lock() {
+            cfg.keep_limit_state(&running.0);
+        }
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        let before = names.swap_base(cfg.clone());
+        let before = names.swap_base(cfg);
         names.refresh(std::time::Instant::now(), true);
         if let Err(e) = self.install(&names.effective()) {
             names.swap_base(before);
@@ -148,7 +157,11 @@ fn with_bound(cfg: &mut Config, bound: &[SocketAddr]) {
 
 /// Asks a running [`Server`] to stop: stop accepting, finish in-flight requests, exit.
 #[derive(Clone)]
-pub struct ShutdownHandle(Arc<AtomicBool>, crate::upgrade::UpgradeHandle);
+pub struct ShutdownHandle(
+    Arc<AtomicBool>,
+    crate::upgrade::UpgradeHandle,
+    crossbeam_channel::Sender<()>,
+);
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
@@ -156,6 +169,8 @@ impl ShutdownHandle {
         // and no connection should wait on a socket that nobody will accept from.
         self.1.close();
         self.0.store(true, Ordering::Relaxed);
+        // The names thread waits on this.
+        let _ = self.2.try_send(());
     }
 }
 
@@ -285,6 +300,7 @@ impl Server {
         status.set_name_counters(names.lookups.clone(), names.failures.clone());
         Ok(Self {
             upgrade: crate::upgrade::UpgradeHandle::new(handoff),
+            names_stop: crossbeam_channel::bounded(1),
             names: Arc::new(Mutex::new(names)),
             log,
             log_writer,
@@ -328,7 +344,11 @@ impl Server {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown.clone(), self.upgrade.clone())
+        ShutdownHandle(
+            self.shutdown.clone(),
+            self.upgrade.clone(),
+            self.names_stop.0.clone(),
+        )
     }
 
     pub fn reload_handle(&self) -> ReloadHandle {
@@ -355,6 +375,7 @@ impl Server {
         }
         {
             let (names, shutdown) = (self.names.clone(), self.shutdown.clone());
+            let stop = self.names_stop.1.clone();
             std::thread::Builder::new()
                 .name("ringway-names".into())
                 .spawn(move || {
@@ -365,7 +386,7 @@ impl Server {
                             );
                         }
                     };
-                    crate::names::run(names, install, shutdown)
+                    crate::names::run(names, install, shutdown, stop)
                 })?;
         }
         let mut reload_rx = self.reload_rx;

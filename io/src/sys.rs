@@ -26,9 +26,18 @@ pub(crate) fn fd(s: &monoio::net::TcpStream) -> BorrowedFd<'_> {
 
 /// A non-blocking, close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    pipe_with(libc::O_NONBLOCK | libc::O_CLOEXEC)
+}
+
+/// A blocking, close-on-exec pipe: (read end, write end).
+pub(crate) fn blocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    pipe_with(libc::O_CLOEXEC)
+}
+
+fn pipe_with(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), flags) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

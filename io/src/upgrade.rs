@@ -125,7 +125,7 @@ impl UpgradeHandle {
                 .trim_end_matches(" (deleted)")
                 .to_string(),
         );
-        let (read, write) = crate::sys::pipe().map_err(|e| e.to_string())?;
+        let (read, write) = crate::sys::blocking_pipe().map_err(|e| e.to_string())?;
         let write_child = dup_inheritable(write.as_fd()).map_err(|e| e.to_string())?;
         drop(write);
         let mut list = String::new();
@@ -150,25 +150,17 @@ impl UpgradeHandle {
         std::thread::Builder::new()
             .name("ringway-upgrade".into())
             .spawn(move || {
+                // Blocks until the child says something or the pipe closes (the child ended,
+                // or was stopped after the wait).
                 let mut f = std::fs::File::from(read);
                 let mut said = Vec::new();
-                // The pipe is non-blocking: poll it until the child says something or closes it.
                 let mut buf = [0u8; 16];
-                loop {
-                    match f.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            said.extend_from_slice(&buf[..n]);
-                            if said.ends_with(b"\n") {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(_) => break,
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
                     }
-                    if tx.is_full() {
+                    said.extend_from_slice(&buf[..n]);
+                    if said.ends_with(b"\n") {
                         break;
                     }
                 }

@@ -636,7 +636,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        let s = TcpStream::connect(addr).unwrap();
+        Self::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A client on a connection made elsewhere (from another local address, say).
+    pub fn from_stream(s: TcpStream) -> Self {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         Self {
             w: s.try_clone().unwrap(),

@@ -11,6 +11,7 @@ mod error;
 mod forward;
 mod limits;
 mod log;
+mod ratelimit;
 mod raw;
 mod resolver;
 mod route;
@@ -26,6 +27,7 @@ use error::{plain_message, Locator};
 use limits::build_limits;
 pub use limits::Limits;
 pub use log::{AccessLog, LogTarget, DEFAULT_LOG_BUFFER, DEFAULT_LOG_FLUSH};
+pub use ratelimit::DEFAULT_LIMIT_KEYS;
 pub use resolver::Resolver;
 pub use route::{Action, Route};
 use server::build_server;
@@ -71,6 +73,8 @@ pub struct Config {
     pub access_log: Option<AccessLog>,
     /// How upstream servers given by name are resolved.
     pub resolver: Resolver,
+    /// Request-rate limits, checked in order.
+    pub rate_limits: Vec<crate::limit::RateLimit>,
 }
 
 impl Config {
@@ -203,6 +207,7 @@ impl Config {
             cache: None,
             access_log: None,
             resolver: Resolver::default(),
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -303,6 +308,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let forward = forward::build_forward(loc, raw.forward)?;
     let access_log = log::build_access_log(loc, raw.access_log)?;
     let resolver = resolver::build_resolver(loc, raw.resolver)?;
+    let rate_limits = ratelimit::build_rate_limits(loc, &raw.rate_limits, &routes)?;
     let tls = match &raw.tls {
         None => None,
         Some(t) => Some(tls::build_tls(loc, t)?),
@@ -318,6 +324,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     Ok(Config {
         access_log,
         resolver,
+        rate_limits,
         cache,
         tls,
         forward,

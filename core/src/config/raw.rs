@@ -26,6 +26,22 @@ pub(crate) struct File {
     pub cache: Option<Cache>,
     pub access_log: Option<AccessLog>,
     pub resolver: Option<Resolver>,
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<RateLimit>>,
+}
+
+/// `[[rate_limits]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimit {
+    pub name: Option<String>,
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<u32>>,
+    pub key: Option<Spanned<String>>,
+    pub routes: Option<Vec<Spanned<String>>>,
+    pub status: Option<Spanned<u16>>,
+    pub ipv6_prefix: Option<Spanned<u8>>,
+    pub max_keys: Option<Spanned<usize>>,
 }
 
 /// `[resolver]`.

@@ -11,6 +11,12 @@ pub(super) enum Local<'a> {
     Error(u16, &'static str),
     /// A forward-proxy destination refused (`Denial`): its status and what the client is told.
     Denied(u16, String),
+    /// Over a rate limit: its status, its name, and when to come back (whole seconds).
+    Limited {
+        status: u16,
+        name: &'a str,
+        retry_after: u64,
+    },
     /// `OPTIONS` with `Max-Forwards: 0`: what this proxy allows.
     Options,
     /// `TRACE` with `Max-Forwards: 0`: the request echoed.

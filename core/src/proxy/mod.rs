@@ -1139,6 +1139,9 @@ impl Exchange {
         };
         let (verdict, route) = Dispatch::decide(cfg, self.protocol, host, path);
         self.record.route = route;
+        if let Some(l) = self.rate_limited(r, route, env, now) {
+            return self.local(l, host, r, env, now);
+        }
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
         let (route, group, set_host) = match verdict {
             Dispatch::Answer(l) => return self.local(l, host, r, env, now),
@@ -1186,6 +1189,7 @@ impl Exchange {
         let date = env.date.date_line();
         let trace;
         let location;
+        let (limited, retry);
         let a = match &what {
             Local::Fixed(f) => f.answer(&date),
             Local::Error(status, msg) => Answer::page(*status, msg, &date),
@@ -1210,6 +1214,15 @@ impl Exchange {
                 )
             }
             Local::Denied(status, detail) => Answer::page(*status, detail, &date),
+            Local::Limited {
+                status,
+                name,
+                retry_after,
+            } => {
+                limited = format!("too many requests (rate limit {name})");
+                retry = format!("Retry-After: {retry_after}\r\n");
+                Answer::page(*status, &limited, &date).with(retry.as_bytes())
+            }
             Local::Redirect => {
                 location = answer::https_location(host, env.cfg.https_port(), &self.target);
                 Answer::page(301, "moved to https", &date).with(&location)
@@ -1222,6 +1235,42 @@ impl Exchange {
             self.write_client(Written::Answer(p.finish(!unread)), now);
         }
         end
+    }
+
+    /// The answer to a request over one of the rate limits that apply to it (`limit::admit`),
+    /// or `None` to go on.
+    fn rate_limited<'c>(
+        &mut self,
+        r: &Parsed<'_>,
+        route: Option<usize>,
+        env: &Env<'c>,
+        now: Instant,
+    ) -> Option<Local<'c>> {
+        let limits = &env.cfg.rate_limits;
+        if limits.is_empty() {
+            return None;
+        }
+        let (buf, headers) = (r.buf(), &self.headers);
+        let header = |name: &[u8]| crate::http::find_header(buf, headers, name);
+        let who = crate::limit::Who {
+            client: self.client,
+            route,
+            user: self.record.user.as_deref(),
+            header: &header,
+        };
+        match crate::limit::admit(limits, &who, now) {
+            (crate::limit::Verdict::Reject { retry_after }, Some(i)) => {
+                self.record.limited = Some(i);
+                let l = &limits[i];
+                Some(Local::Limited {
+                    status: l.status,
+                    name: &l.name,
+                    // Whole seconds, rounded up: a client that waits that long is served.
+                    retry_after: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+                })
+            }
+            _ => None,
+        }
     }
 
     fn proxy(
@@ -1361,6 +1410,9 @@ impl Exchange {
                     return Err(0);
                 }
             }
+        }
+        if let Some(l) = self.rate_limited(r, None, env, now) {
+            return Err(self.local(l, b"", r, env, now));
         }
         let Some(named) = crate::forward::Authority::parse(authority, default_port) else {
             self.reject(400, "invalid destination host or port", env, now);

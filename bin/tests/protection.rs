@@ -1,0 +1,169 @@
+//! Protection: request-rate limits exact across workers, over real sockets.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A client connection from `local` (another loopback address is another client).
+fn connect_from(local: &str, to: SocketAddr) -> Client {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&local.parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.connect(&to.into()).unwrap();
+    Client::from_stream(s.into())
+}
+
+/// `threads` keep-alive connections from `local` asking as fast as they can for `secs`:
+/// (answered 200, answered 429, elapsed, the first refusal).
+fn flood(
+    to: SocketAddr,
+    local: &'static str,
+    threads: usize,
+    secs: f64,
+) -> (usize, usize, Duration, Option<Response>) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let refusal = Arc::new(std::sync::Mutex::new(None));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (ok, limited, refusal) = (ok.clone(), limited.clone(), refusal.clone());
+            std::thread::spawn(move || {
+                let mut c = connect_from(local, to);
+                for _ in 0..200_000 {
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    c.send(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+                    match c.response("GET") {
+                        Some(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(r) if r.status == 429 => {
+                            limited.fetch_add(1, Ordering::Relaxed);
+                            refusal.lock().unwrap().get_or_insert(r);
+                        }
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let first = refusal.lock().unwrap().take();
+    (
+        ok.load(Ordering::Relaxed),
+        limited.load(Ordering::Relaxed),
+        start.elapsed(),
+        first,
+    )
+}
+
+fn limited_config(origin: SocketAddr, limits: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\nname = \"main\"\n{limits}"
+    )
+}
+
+#[test]
+fn one_client_over_many_connections_is_held_to_its_rate_across_workers() {
+    let origin = Origin::start();
+    let p = Proxy::start(&limited_config(
+        origin.addr,
+        "[[rate_limits]]\nname = \"per-client\"\nrate = \"100/s\"\nburst = 20\n",
+    ));
+    // Sixteen connections: the kernel spreads them over both workers.
+    let (ok, limited, took, refusal) = flood(p.addr, "127.0.0.1:0", 16, 3.0);
+    let expected = 21.0 + 100.0 * took.as_secs_f64();
+    let ratio = ok as f64 / expected;
+    assert!(
+        (0.95..=1.05).contains(&ratio),
+        "{ok} passed in {took:?}, expected {expected:.0} ({ratio:.3}); {limited} refused"
+    );
+    eprintln!("{ok} passed, {limited} refused in {took:?}: {ratio:.3} of burst + rate × time");
+    assert!(limited > ok, "the client asked far faster than its rate");
+    // A refusal says when to come back (whole seconds, rounded up), names the limit, and is
+    // counted.
+    let r = refusal.expect("refused at some point");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("rate limit per-client"), "{}", r.text());
+    p.wait_log(|l| l.contains("admin status on"));
+    let admin: SocketAddr = {
+        let log = p.log.lock().unwrap().clone();
+        let a = log.split("admin status on http://").nth(1).unwrap();
+        a.split('/').next().unwrap().parse().unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = request(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .text();
+        let line = format!("ringway_rate_limited_total{{limit=\"per-client\"}} {limited}");
+        if m.contains(&line) {
+            break;
+        }
+        assert!(Instant::now() < end, "{line} not in\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn other_clients_are_served_while_one_floods() {
+    let origin = Origin::start();
+    let p = Proxy::start(&limited_config(
+        origin.addr,
+        "[[rate_limits]]\nrate = \"20/s\"\nburst = 5\n",
+    ));
+    let flooder = std::thread::spawn({
+        let to = p.addr;
+        move || flood(to, "127.0.0.1:0", 4, 2.0)
+    });
+    // A well-behaved client from another address, ten requests a second.
+    let mut c = connect_from("127.0.0.2:0", p.addr);
+    for _ in 0..15 {
+        c.send(b"GET /polite HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(c.response("GET").unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, limited, _, _) = flooder.join().unwrap();
+    assert!(limited > 10 * ok, "{ok} passed, {limited} refused");
+}
+
+#[test]
+fn quick_mode_rate_limit_and_its_metric() {
+    let origin = Origin::start();
+    let p = Proxy::start_quick(&[
+        "--upstream",
+        &origin.addr.to_string(),
+        "--rate-limit",
+        "5/m",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let mut c = Client::connect(p.addr);
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        statuses.push(c.response("GET").unwrap().status);
+    }
+    // The rate and a burst of as many: six at once, then refused (keep-alive kept).
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
+    let out = std::process::Command::new(bin())
+        .args(["--upstream", "127.0.0.1:9", "--rate-limit", "0/s"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate-limit \"0/s\": expected"));
+}
