@@ -105,6 +105,11 @@ pub struct Cli {
     #[arg(long, value_name = "RATE")]
     pub rate_limit: Option<String>,
 
+    /// At most N connections open at once from one client address (IPv6: its /64); more are
+    /// answered 503 and closed. Overrides `server.max_connections_per_client`.
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<u32>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

@@ -257,6 +257,12 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             }
         }
     }
+    if let Some(n) = cli.max_conns_per_ip {
+        if n == 0 {
+            return Err("--max-conns-per-ip: expected at least 1".into());
+        }
+        cfg.server.connections.per_client = Some(n);
+    }
     if let Some(rate) = &cli.rate_limit {
         let interval = ringway_core::limit::Rate::parse(rate).ok_or_else(|| {
             format!("--rate-limit {rate:?}: expected requests per second, minute or hour, like 100/s or 600/m")

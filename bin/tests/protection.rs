@@ -167,3 +167,94 @@ fn quick_mode_rate_limit_and_its_metric() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rate-limit \"0/s\": expected"));
 }
+
+/// A connection that completed one request (so the proxy has surely accepted and counted it).
+fn held(from: &str, to: SocketAddr) -> Client {
+    let mut c = connect_from(from, to);
+    c.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response("GET").unwrap().status, 200);
+    c
+}
+
+/// What a new connection gets before sending anything: the bytes until the proxy closes it.
+fn refused_with(from: &str, to: SocketAddr) -> String {
+    use std::io::Read;
+    let mut c = connect_from(from, to);
+    let mut got = Vec::new();
+    let _ = c.r.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn connections_per_client_are_capped_across_workers() {
+    let origin = Origin::start();
+    let p = Proxy::start(&limited_config(origin.addr, "").replace(
+        "pin = false\n",
+        "pin = false\nmax_connections_per_client = 3\n",
+    ));
+    let open: Vec<Client> = (0..3).map(|_| held("127.0.0.1:0", p.addr)).collect();
+    let answer = refused_with("127.0.0.1:0", p.addr);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("Retry-After: 1\r\n") && answer.contains("too many connections"));
+    // Another client is not affected.
+    let other = held("127.0.0.2:0", p.addr);
+    // A connection that ends gives its place back.
+    drop(open);
+    let end = Instant::now() + Duration::from_secs(5);
+    let back = loop {
+        let mut c = connect_from("127.0.0.1:0", p.addr);
+        c.send(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n");
+        match c.response("GET") {
+            Some(r) if r.status == 200 => break c,
+            _ => {}
+        }
+        assert!(Instant::now() < end, "the places never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop((back, other));
+}
+
+#[test]
+fn the_process_maximum_closes_the_rest() {
+    let origin = Origin::start();
+    let p = Proxy::start(&limited_config(origin.addr, "").replace(
+        "pin = false\n",
+        "pin = false\nmax_connections = 2\nconnection_refusal = \"close\"\n",
+    ));
+    let _open: Vec<Client> = (0..2)
+        .map(|i| held(if i == 0 { "127.0.0.1:0" } else { "127.0.0.2:0" }, p.addr))
+        .collect();
+    assert_eq!(
+        refused_with("127.0.0.3:0", p.addr),
+        "",
+        "closed with nothing sent"
+    );
+    let admin: SocketAddr = {
+        let log = p.log.lock().unwrap().clone();
+        let a = log.split("admin status on http://").nth(1).unwrap();
+        a.split('/').next().unwrap().parse().unwrap()
+    };
+    let m = request(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .text();
+    assert!(
+        m.contains("ringway_connections_refused_total{limit=\"process\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn quick_mode_max_conns_per_ip() {
+    let origin = Origin::start();
+    let p = Proxy::start_quick(&[
+        "--upstream",
+        &origin.addr.to_string(),
+        "--max-conns-per-ip",
+        "1",
+    ]);
+    let _one = held("127.0.0.1:0", p.addr);
+    assert!(refused_with("127.0.0.1:0", p.addr).starts_with("HTTP/1.1 503 "));
+}

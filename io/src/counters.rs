@@ -52,6 +52,8 @@ pub(crate) struct Status {
     /// Reloads applied and rejected (never touched on the request path).
     pub(crate) reloads_ok: std::sync::atomic::AtomicU64,
     pub(crate) reloads_failed: std::sync::atomic::AtomicU64,
+    /// The connection limits' counts, shared by the workers.
+    pub(crate) gate: Arc<crate::gate::Gate>,
     /// Servers drained from the admin listener (applied to every new board).
     pub(crate) drained: Mutex<crate::board::Drained>,
     /// The configuration version running (0: no state directory keeps versions).
@@ -84,6 +86,7 @@ impl Status {
         log: crate::accesslog::Log,
     ) -> Self {
         Self {
+            gate: Arc::new(crate::gate::Gate::new(cfg.server.listen.len())),
             log,
             tallies: Mutex::new(vec![Default::default(); workers]),
             worker_snaps: Mutex::new(vec![Default::default(); workers]),

@@ -23,6 +23,7 @@ mod counters;
 mod deadline;
 mod dns;
 mod drain;
+mod gate;
 mod generation;
 mod guard;
 mod health;

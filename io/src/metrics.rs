@@ -33,6 +33,8 @@ struct Scrape {
     started: f64,
     /// Upstream name lookups and failures.
     names: (u64, u64),
+    /// Connections refused by the connection limits (process, listener, client).
+    refused: [u64; 3],
 }
 
 /// A worker's own figures.
@@ -329,6 +331,16 @@ impl Collector for Scrape {
                 .into_iter()
                 .map(|(r, n)| (l(&[("reason", r)]), counter(*n))),
         )?;
+        family(
+            &mut e,
+            "ringway_connections_refused",
+            "Client connections refused at accept by a connection limit, by which.",
+            MetricType::Counter,
+            crate::gate::OVER_LABELS
+                .iter()
+                .zip(&self.refused)
+                .map(|(r, n)| (l(&[("limit", r)]), counter(*n))),
+        )?;
         let mut limited: Vec<_> = t.limited.iter().collect();
         limited.sort();
         family(
@@ -467,6 +479,7 @@ impl Status {
                 n => n,
             },
             started: self.started,
+            refused: self.gate.refused.each_ref().map(|n| n.load(Relaxed)),
             names: self
                 .name_lookups
                 .lock()

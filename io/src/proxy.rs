@@ -65,7 +65,15 @@ struct Conn {
 
 /// Serves one accepted client connection until it closes: its transport established (the TLS
 /// handshake on a TLS listener), then the listener's protocol spoken on it.
-pub(crate) async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr, listen: Listen) {
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listen: Listen,
+    pass: crate::gate::Pass,
+) {
+    // The connection's place under the connection limits, given back when it ends.
+    let _pass = pass;
     // TCP_NODELAY is inherited from the listening socket (see listener.rs).
     let _active = w.enter();
     let cfg = w.current();

@@ -418,6 +418,7 @@ impl Server {
             let status = self.status.clone();
             let shutdown = self.shutdown.clone();
             let log = self.log.clone();
+            let gate = self.status.gate.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
                 .spawn(move || {
@@ -428,6 +429,7 @@ impl Server {
                         purges,
                         workers: count,
                         log,
+                        gate,
                     };
                     crate::worker::run(id, first, listeners, cpu, links)
                 })?;

@@ -33,6 +33,7 @@ pub(crate) struct Links {
     /// How many workers share the cache budget.
     pub(crate) workers: usize,
     pub(crate) log: crate::accesslog::Log,
+    pub(crate) gate: Arc<crate::gate::Gate>,
 }
 
 /// Runs worker `id` on the calling thread until shutdown completes.
@@ -50,6 +51,7 @@ pub(crate) fn run(
         purges,
         workers,
         log,
+        gate,
     } = links;
     if let Some(core) = cpu {
         if !core_affinity::set_for_current(core) {
@@ -78,7 +80,12 @@ pub(crate) fn run(
         let mut accepting = Vec::new();
         for (i, l) in listeners {
             let l = TcpListener::from_std(l)?;
-            accepting.push(monoio::spawn(accept_loop(w.clone(), l, listens[i])));
+            let at = Accepting {
+                index: i,
+                listen: listens[i],
+                gate: gate.clone(),
+            };
+            accepting.push(monoio::spawn(accept_loop(w.clone(), l, at)));
         }
         while !shutdown.load(Ordering::Relaxed) {
             monoio::time::sleep(SHUTDOWN_POLL).await;
@@ -127,6 +134,20 @@ pub(crate) fn run(
     })
 }
 
+/// A connection over a limit: a canned `503` written at once if the socket takes it (plain
+/// HTTP listeners, `connection_refusal = "503"`), then closed; no task, no buffer.
+fn refuse(w: &Worker, stream: monoio::net::TcpStream, listen: Listen) {
+    use ringway_core::config::{Protocol, Refusal, Transport};
+    let plain_http =
+        listen.transport == Transport::Plain && listen.protocol != Protocol::RedirectHttps;
+    if plain_http && w.current().server.connections.refusal == Refusal::Unavailable {
+        static ANSWER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let answer = ANSWER.get_or_init(ringway_core::http::answer::connection_refusal);
+        let _ = crate::sys::send(crate::sys::fd(&stream), answer);
+    }
+    drop(stream);
+}
+
 /// io_uring set-up flags: this ring is used by one thread only (SINGLE_ISSUER), and completion
 /// work runs when the worker asks for events (DEFER_TASKRUN, COOP_TASKRUN) instead of
 /// interrupting it. On loopback the default mode made the kernel's task work contend for the
@@ -159,13 +180,27 @@ fn build_runtime(
     })
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener, listen: Listen) {
+/// What an accept loop serves.
+struct Accepting {
+    /// The listener's index in `server.listen`.
+    index: usize,
+    listen: Listen,
+    gate: Arc<crate::gate::Gate>,
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, at: Accepting) {
     let drain = w.drain.clone();
+    let listen = at.listen;
     loop {
         monoio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    monoio::spawn(serve(w.clone(), stream, peer, listen));
+                    match at.gate.enter(&w.current(), at.index, peer.ip()) {
+                        Ok(pass) => {
+                            monoio::spawn(serve(w.clone(), stream, peer, listen, pass));
+                        }
+                        Err(_) => refuse(&w, stream, listen),
+                    }
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

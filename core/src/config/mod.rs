@@ -31,7 +31,10 @@ pub use ratelimit::DEFAULT_LIMIT_KEYS;
 pub use resolver::Resolver;
 pub use route::{Action, Route};
 use server::build_server;
-pub use server::{parse_cpu_list, parse_listen_addr, Listen, Protocol, Server, Transport};
+pub use server::{
+    parse_cpu_list, parse_listen_addr, ConnectionLimits, Listen, Protocol, Refusal, Server,
+    Transport,
+};
 use timeouts::{build_timeouts, opt_duration};
 pub use timeouts::{Timeouts, MAX_DURATION};
 pub use upstream::{
@@ -183,6 +186,7 @@ impl Config {
                 shutdown_timeout: Duration::from_secs(30),
                 pid_file: None,
                 state_dir: None,
+                connections: ConnectionLimits::default(),
                 versions: versions::DEFAULT_VERSIONS_KEPT,
                 path: PathPolicy::default(),
             },

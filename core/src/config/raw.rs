@@ -158,6 +158,7 @@ pub(crate) struct ListenTable {
     pub redirect_https: Option<bool>,
     pub forward: Option<bool>,
     pub access_log: Option<Spanned<bool>>,
+    pub max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +216,9 @@ pub(crate) struct Server {
     pub versions: Option<Spanned<usize>>,
     pub merge_slashes: Option<bool>,
     pub encoded_slashes: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub max_connections_per_client: Option<Spanned<u32>>,
+    pub connection_refusal: Option<Spanned<String>>,
 }
 
 /// A duration as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.

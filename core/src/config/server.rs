@@ -17,6 +17,8 @@ pub struct Listen {
     pub protocol: Protocol,
     /// Its exchanges go to the access log (`access_log = false` keeps them out).
     pub log: bool,
+    /// Most connections open on it at once (all workers); `None`: no limit.
+    pub max_connections: Option<u32>,
 }
 
 /// How connections arrive.
@@ -45,6 +47,7 @@ impl Listen {
             transport: Transport::Plain,
             protocol: Protocol::Http,
             log: true,
+            max_connections: None,
         }
     }
 
@@ -96,6 +99,30 @@ pub struct Server {
     pub versions: usize,
     /// How request paths are normalised before routing (and sent upstream).
     pub path: PathPolicy,
+    /// Connection limits checked when a connection is accepted.
+    pub connections: ConnectionLimits,
+}
+
+/// `max_connections`, `max_connections_per_client`, `connection_refusal`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Client connections open at once in the process; `None`: no limit.
+    pub max: Option<u32>,
+    /// Per client address (IPv6 by /64).
+    pub per_client: Option<u32>,
+    /// What a connection over a limit gets.
+    pub refusal: Refusal,
+}
+
+/// How a connection over a limit is refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refusal {
+    /// `503 Service Unavailable` with `Retry-After` and `Connection: close` (plain HTTP
+    /// listeners; TLS and others are closed), like nginx's `limit_conn`.
+    #[default]
+    Unavailable,
+    /// Closed at once, nothing sent: the cheapest.
+    Close,
 }
 
 pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, ConfigError> {
@@ -117,6 +144,12 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                         t.forward.unwrap_or(false),
                         super::log::flag(t.access_log.clone()),
                     ),
+                };
+                let max_connections = match a.get_ref() {
+                    raw::ListenEntry::Full(t) => {
+                        positive(loc, &t.max_connections, &format!("{key}.max_connections"))?
+                    }
+                    raw::ListenEntry::Addr(_) => None,
                 };
                 let addr = parse_listen_addr(addr).ok_or_else(|| {
                     loc.at(
@@ -144,6 +177,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                     transport,
                     protocol,
                     log,
+                    max_connections,
                 });
             }
             v
@@ -185,7 +219,30 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
             }
         },
     };
+    let connections = ConnectionLimits {
+        max: positive(loc, &s.max_connections, "server.max_connections")?,
+        per_client: positive(
+            loc,
+            &s.max_connections_per_client,
+            "server.max_connections_per_client",
+        )?,
+        refusal: match &s.connection_refusal {
+            None => Refusal::Unavailable,
+            Some(r) => match r.get_ref().as_str() {
+                "503" => Refusal::Unavailable,
+                "close" => Refusal::Close,
+                _ => {
+                    return Err(loc.at(
+                        r.span(),
+                        "server.connection_refusal",
+                        "expected \"503\" or \"close\"",
+                    ))
+                }
+            },
+        },
+    };
     Ok(Server {
+        connections,
         listen,
         workers,
         cpus,
@@ -214,6 +271,19 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
             encoded_slashes,
         },
     })
+}
+
+/// A count of at least 1, when given.
+fn positive(
+    loc: &Locator<'_>,
+    v: &Option<toml::Spanned<u32>>,
+    key: &str,
+) -> Result<Option<u32>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(n) if *n.get_ref() >= 1 => Ok(Some(*n.get_ref())),
+        Some(n) => Err(loc.at(n.span(), key, "expected at least 1 (omit it for no limit)")),
+    }
 }
 
 /// `127.0.0.1:8080`, `[::1]:8080`, `:8080` (all IPv4 addresses) or `8080`.

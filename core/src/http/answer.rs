@@ -14,6 +14,16 @@ use super::rewrite::ConnectionHeader;
 /// The interim response for `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// The answer to a connection refused by a connection limit, before any request is read:
+/// `503` with `Retry-After: 1`, and the connection closes.
+pub fn connection_refusal() -> Vec<u8> {
+    let mut out = Vec::with_capacity(192);
+    Answer::new(503, Content::Page("too many connections"), None)
+        .with(b"Retry-After: 1\r\n")
+        .write(ConnectionHeader::Close, false, &mut out);
+    out
+}
+
 /// A response of the proxy's own, as a value.
 #[derive(Clone, Copy, Debug)]
 pub struct Answer<'a> {
