@@ -110,6 +110,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_conns_per_ip: Option<u32>,
 
+    /// Refuse request bodies larger than SIZE (`10m`, `64k`) with 413: from Content-Length
+    /// before anything goes upstream, and while a chunked body streams. Overrides
+    /// `[limits] max_request_body`.
+    #[arg(long, value_name = "SIZE")]
+    pub max_body: Option<String>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

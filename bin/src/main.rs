@@ -257,6 +257,11 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             }
         }
     }
+    if let Some(size) = &cli.max_body {
+        let bytes = ringway_core::config::parse_size_text(size)
+            .ok_or_else(|| format!("--max-body {size:?}: expected a size like 64k, 10m or 1g"))?;
+        cfg.limits.max_request_body = Some(bytes);
+    }
     if let Some(n) = cli.max_conns_per_ip {
         if n == 0 {
             return Err("--max-conns-per-ip: expected at least 1".into());

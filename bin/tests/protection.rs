@@ -258,3 +258,50 @@ fn quick_mode_max_conns_per_ip() {
     let _one = held("127.0.0.1:0", p.addr);
     assert!(refused_with("127.0.0.1:0", p.addr).starts_with("HTTP/1.1 503 "));
 }
+
+#[test]
+fn bodies_over_the_limit_get_413_before_the_upstream_sees_them() {
+    use std::io::Write;
+    let origin = Origin::start();
+    let cfg = limited_config(origin.addr, "")
+        .replace("name = \"main\"\n", "name = \"main\"\nmax_body = \"1k\"\n");
+    let p = Proxy::start(&cfg);
+    // Announced too large: refused from the head, the body never read, nothing upstream.
+    let mut c = Client::connect(p.addr);
+    c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n");
+    let r = c.response("POST").unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(origin.seen().is_empty(), "the upstream saw nothing");
+    // Within the limit: passed on.
+    let mut c = Client::connect(p.addr);
+    c.send(b"POST /small HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n");
+    c.send(&[b'a'; 1024]);
+    assert_eq!(c.response("POST").unwrap().status, 200);
+    // Chunked: held to the limit as it streams; no byte past it goes upstream.
+    let mut c = Client::connect(p.addr);
+    c.send(b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..3 {
+        let _ = c.w.write_all(b"258\r\n");
+        let _ = c.w.write_all(&[b'b'; 600]);
+        let _ = c.w.write_all(b"\r\n");
+    }
+    let _ = c.w.write_all(b"0\r\n\r\n");
+    let r = c.response("POST").unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    let seen = origin.seen();
+    let chunked = seen
+        .iter()
+        .filter(|s| s.path == "/chunked")
+        .map(|s| s.body_len)
+        .max();
+    assert!(
+        chunked.unwrap_or(0) <= 1024,
+        "{chunked:?} bytes reached the upstream"
+    );
+    // The same limit from quick mode.
+    let q = Proxy::start_quick(&["--upstream", &origin.addr.to_string(), "--max-body", "10"]);
+    let mut c = Client::connect(q.addr);
+    c.send(b"PUT /x HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
+    assert_eq!(c.response("PUT").unwrap().status, 413);
+}

@@ -9,6 +9,8 @@ use crate::http::Limits as HeadLimits;
 pub struct Limits {
     pub request: HeadLimits,
     pub max_response_head: usize,
+    /// The largest request body accepted (routes may say otherwise); `None`: any.
+    pub max_request_body: Option<u64>,
 }
 
 impl Default for Limits {
@@ -16,6 +18,7 @@ impl Default for Limits {
         Self {
             request: HeadLimits::default(),
             max_response_head: 32 * 1024,
+            max_request_body: None,
         }
     }
 }
@@ -63,5 +66,24 @@ pub(crate) fn build_limits(loc: &Locator<'_>, l: raw::Limits) -> Result<Limits, 
             1024,
             1 << 20,
         )?,
+        max_request_body: body_size(loc, "limits.max_request_body", l.max_request_body.as_ref())?,
     })
+}
+
+/// A body size limit: `"10m"`, a number of bytes; `None` when not given.
+pub(crate) fn body_size(
+    loc: &Locator<'_>,
+    key: &str,
+    v: Option<&Spanned<raw::Size>>,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    super::cache::parse_size(v.get_ref())
+        .map(Some)
+        .ok_or_else(|| {
+            loc.at(
+                v.span(),
+                key,
+                "expected a size like 1048576, \"64k\", \"10m\" or \"1g\" (0: no body at all)",
+            )
+        })
 }

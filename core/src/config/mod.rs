@@ -173,6 +173,7 @@ impl Config {
             cache: None,
             name: "/".into(),
             log: true,
+            max_body: None,
         }];
         Self {
             admin: None,

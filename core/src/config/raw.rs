@@ -249,6 +249,7 @@ pub(crate) struct Limits {
     pub max_request_target: Option<Spanned<usize>>,
     pub max_headers: Option<Spanned<usize>>,
     pub max_response_head: Option<Spanned<usize>>,
+    pub max_request_body: Option<Spanned<Size>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +315,7 @@ pub(crate) struct Route {
     pub cache_valid: Option<BTreeMap<String, Spanned<Duration>>>,
     pub name: Option<Spanned<String>>,
     pub access_log: Option<Spanned<bool>>,
+    pub max_body: Option<Spanned<Size>>,
 }
 
 #[derive(Debug, Deserialize)]

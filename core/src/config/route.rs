@@ -19,6 +19,8 @@ pub struct Route {
     pub name: String,
     /// Its exchanges go to the access log.
     pub log: bool,
+    /// The largest request body it accepts (else `[limits] max_request_body`).
+    pub max_body: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +195,11 @@ pub(crate) fn build_routes(
             cache,
             name,
             log: super::log::flag(r.access_log.clone()),
+            max_body: super::limits::body_size(
+                loc,
+                &format!("{key}.max_body"),
+                r.max_body.as_ref(),
+            )?,
         });
     }
     Ok(routes)

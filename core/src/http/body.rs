@@ -31,6 +31,8 @@ pub enum BodyError {
     Truncated,
     /// Invalid chunked framing.
     Framing(ChunkError),
+    /// More payload than the route allows (`max_body`).
+    TooLarge,
 }
 
 impl std::fmt::Display for BodyError {
@@ -38,6 +40,7 @@ impl std::fmt::Display for BodyError {
         match self {
             Self::Truncated => f.write_str("connection closed before the body's end"),
             Self::Framing(e) => e.fmt(f),
+            Self::TooLarge => f.write_str("the body is larger than this route accepts"),
         }
     }
 }
@@ -60,6 +63,8 @@ pub struct Transcoder {
     /// A chunk went out by splice and still needs the CRLF after its data (written before
     /// whatever goes out next).
     crlf_due: bool,
+    /// The most payload accepted; more is [`BodyError::TooLarge`] before any of it is passed.
+    max: Option<u64>,
 }
 
 /// What to read for the framing after a long chunk (one that was spliced): the CRLF and the
@@ -99,7 +104,16 @@ impl Transcoder {
             done: done && !chunked_out,
             total: 0,
             crlf_due: false,
+            max: None,
         }
+    }
+
+    /// Refuses payload beyond `max` bytes (a length known up front is checked by the caller;
+    /// this holds chunked bodies to it as they stream). A limited chunked body is not spliced,
+    /// so that no byte past the limit moves.
+    pub fn with_max(mut self, max: Option<u64>) -> Self {
+        self.max = max;
+        self
     }
 
     /// The whole body has been seen (and its last chunk written, for chunked output).
@@ -134,6 +148,9 @@ impl Transcoder {
     /// Length-framed bodies are spliced whole by the exchange's plan instead. Framing for the
     /// next hop comes from [`spliced`](Self::spliced); never use it for a body with a stage.
     pub fn splice_run(&self) -> Option<u64> {
+        if self.max.is_some() && matches!(self.dec, Decode::Chunked(_)) {
+            return None;
+        }
         if self.done {
             return None;
         }
@@ -260,6 +277,9 @@ impl Transcoder {
                 while pos < input.len() {
                     let s = d.decode(&input[pos..]).map_err(BodyError::Framing)?;
                     let data = &input[pos + s.data.start..pos + s.data.end];
+                    if self.max.is_some_and(|m| self.total + data.len() as u64 > m) {
+                        return Err(BodyError::TooLarge);
+                    }
                     self.total += data.len() as u64;
                     emit(data);
                     pos += s.consumed;
@@ -573,6 +593,26 @@ mod tests {
             assert_eq!(s.consumed, sent.len());
             assert_eq!(again, b"abcdef");
         }
+    }
+
+    #[test]
+    fn a_limited_chunked_body_stops_before_the_first_byte_over() {
+        let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Chunked).with_max(Some(5));
+        let mut out = Vec::new();
+        let s = t.step(b"3\r\nabc\r\n", &mut out).unwrap();
+        assert_eq!(s.consumed, 8);
+        assert_eq!(out, b"3\r\nabc\r\n");
+        out.clear();
+        // Three more would make six: refused, and nothing of them written.
+        assert_eq!(t.step(b"3\r\ndef\r\n0\r\n\r\n", &mut out), Err(BodyError::TooLarge));
+        assert!(out.is_empty());
+        assert_eq!(t.splice_run(), None, "a limited chunked body is never spliced");
+        // Exactly the limit passes.
+        let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Length(5)).with_max(Some(5));
+        let mut out = Vec::new();
+        let s = t.step(b"5\r\nhello\r\n0\r\n\r\n", &mut out).unwrap();
+        assert!(t.is_done());
+        assert_eq!(s.consumed, 15);
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl Error {
             Self::HeadTimeout => 408,
             Self::RequestBody(BodyFail::SourceTimeout) => 408,
             Self::RequestBody(BodyFail::Destination(_)) => 502,
+            Self::RequestBody(BodyFail::Source(crate::http::body::BodyError::TooLarge)) => 413,
             Self::RequestBody(_) => 400,
             Self::Upstream(UpstreamError::ConnectTimeout)
             | Self::Upstream(UpstreamError::WriteTimeout)

@@ -281,7 +281,7 @@ impl Exchange {
             }
             Phase::SendRequest => Action::SendRequest,
             Phase::SendBody => Action::SendBody(BodyPlan {
-                body: Transcoder::new(self.req.body, self.req.body_out),
+                body: Transcoder::new(self.req.body, self.req.body_out).with_max(self.req.max_body),
                 splice: spliceable(self.req.body, self.req.body_out, SPLICE_MIN_UPLOAD),
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.upstream_write,
@@ -1142,6 +1142,10 @@ impl Exchange {
         if let Some(l) = self.rate_limited(r, route, env, now) {
             return self.local(l, host, r, env, now);
         }
+        let max_body = route.and_then(|i| cfg.routes[i].max_body);
+        if self.body_too_large(r, max_body.or(cfg.limits.max_request_body), env, now) {
+            return 0;
+        }
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
         let (route, group, set_host) = match verdict {
             Dispatch::Answer(l) => return self.local(l, host, r, env, now),
@@ -1235,6 +1239,35 @@ impl Exchange {
             self.write_client(Written::Answer(p.finish(!unread)), now);
         }
         end
+    }
+
+    /// Keeps the body limit for the relay (a chunked body is held to it as it streams), and
+    /// answers `413` at once when the announced length is over it: nothing goes upstream and
+    /// the body is not read (the connection closes after the answer).
+    fn body_too_large(
+        &mut self,
+        r: &Parsed<'_>,
+        max: Option<u64>,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> bool {
+        self.req.max_body = max;
+        match (max, r.info.body) {
+            (Some(m), BodyKind::Length(n)) if n > m => {
+                self.reject(
+                    413,
+                    "the request body is larger than this route accepts",
+                    env,
+                    now,
+                );
+                true
+            }
+            (Some(0), BodyKind::Chunked) => {
+                self.reject(413, "this route accepts no request body", env, now);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The answer to a request over one of the rate limits that apply to it (`limit::admit`),
@@ -1413,6 +1446,9 @@ impl Exchange {
         }
         if let Some(l) = self.rate_limited(r, None, env, now) {
             return Err(self.local(l, b"", r, env, now));
+        }
+        if self.body_too_large(r, env.cfg.limits.max_request_body, env, now) {
+            return Err(0);
         }
         let Some(named) = crate::forward::Authority::parse(authority, default_port) else {
             self.reject(400, "invalid destination host or port", env, now);

@@ -25,6 +25,8 @@ pub(super) struct Request {
     pub(super) resend: Resend,
     /// A WebSocket upgrade the proxy will tunnel after a `101`.
     pub(super) upgrade: Upgrade,
+    /// The most body the route accepts.
+    pub(super) max_body: Option<u64>,
 }
 
 impl Default for Request {
@@ -38,6 +40,7 @@ impl Default for Request {
             expect: Expect::Nothing,
             resend: Resend::Never,
             upgrade: Upgrade::None,
+            max_body: None,
         }
     }
 }
