@@ -316,6 +316,18 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             .add_list(&text)
             .map_err(|(line, msg)| format!("{name}:{line}: {msg}"))?;
     }
+    for (i, rule) in cfg.rules.iter_mut().enumerate() {
+        let Some(path) = rule.clients_file.clone() else {
+            continue;
+        };
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("rules[{i}].clients_file: {name}: cannot read: {e}"))?;
+        rule.clients
+            .get_or_insert_with(Default::default)
+            .add_list(&text)
+            .map_err(|(line, msg)| format!("{name}:{line}: {msg}"))?;
+    }
     if let Some(path) = cfg.forward.auth_file.clone() {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path)

@@ -305,3 +305,102 @@ fn bodies_over_the_limit_get_413_before_the_upstream_sees_them() {
     c.send(b"PUT /x HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
     assert_eq!(c.response("PUT").unwrap().status, 413);
 }
+
+fn rules_config(origin: SocketAddr, rules: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n{rules}"
+    )
+}
+
+fn status_of(from: &str, to: SocketAddr, req: &str) -> u16 {
+    let mut c = connect_from(from, to);
+    c.send(req.as_bytes());
+    c.response("GET").map_or(0, |r| r.status)
+}
+
+#[test]
+fn deny_rules_see_the_normalised_path_and_lists_from_files_reload() {
+    let origin = Origin::start();
+    let list = TempFile::new("# blocked\n127.0.0.2\n10.0.0.0/8\n");
+    let cfg = rules_config(
+        origin.addr,
+        &format!(
+            "[[rules]]\naction = \"deny\"\nclients_file = \"{}\"\nstatus = 403\nbody = \"blocked\\n\"\n\
+             [[rules]]\naction = \"allow\"\nheaders = {{ \"x-office\" = \"^yes$\" }}\n\
+             [[rules]]\naction = \"deny\"\npaths = [\"/admin\"]\n",
+            list.0.display()
+        ),
+    );
+    let p = Proxy::start(&cfg);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    for evasion in PATHS_TO_ADMIN {
+        assert_eq!(
+            status_of("127.0.0.1:0", p.addr, &get(evasion)),
+            403,
+            "{evasion}"
+        );
+    }
+    assert_eq!(status_of("127.0.0.1:0", p.addr, &get("/static/admin")), 200);
+    assert!(
+        origin.seen().iter().all(|s| s.path == "/static/admin"),
+        "no admin request reached the upstream"
+    );
+    // An earlier allow rule wins.
+    let office = "GET /admin/ HTTP/1.1\r\nHost: t\r\nX-Office: yes\r\nConnection: close\r\n\r\n";
+    assert_eq!(status_of("127.0.0.1:0", p.addr, office), 200);
+    // The list: this client is refused with the rule's body, everywhere.
+    let mut c = connect_from("127.0.0.2:0", p.addr);
+    c.send(get("/").as_bytes());
+    let r = c.response("GET").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (403, "blocked\n"));
+    // The list changes, a reload reads it again.
+    std::fs::write(&list.0, "10.0.0.0/8\n").unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_log(|l| l.contains("reloaded:"));
+    let end = Instant::now() + Duration::from_secs(5);
+    while status_of("127.0.0.2:0", p.addr, &get("/")) != 200 {
+        assert!(Instant::now() < end, "the new list never took effect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_tarpit_holds_the_connection_then_closes_with_nothing() {
+    use std::io::Read;
+    let origin = Origin::start();
+    let p = Proxy::start(&rules_config(
+        origin.addr,
+        "[[rules]]\naction = \"tarpit\"\nuser_agent = \"(?i)sqlmap\"\ndelay = \"800ms\"\n",
+    ));
+    let mut c = connect_from("127.0.0.1:0", p.addr);
+    let start = Instant::now();
+    c.send(b"GET /?id=1%27 HTTP/1.1\r\nHost: t\r\nUser-Agent: sqlmap/1.7\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = c.r.read_to_end(&mut got);
+    let held = start.elapsed();
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(held >= Duration::from_millis(750), "{held:?}");
+    assert!(held < Duration::from_secs(5), "{held:?}");
+    assert!(origin.seen().is_empty());
+    // Others are served.
+    assert_eq!(
+        status_of(
+            "127.0.0.1:0",
+            p.addr,
+            "GET / HTTP/1.1\r\nHost: t\r\nUser-Agent: curl\r\nConnection: close\r\n\r\n"
+        ),
+        200
+    );
+    // A rule's mistakes are config errors naming the key.
+    let f = TempFile::new(&rules_config(
+        origin.addr,
+        "[[rules]]\naction = \"deny\"\npath_regex = \"(\"\n",
+    ));
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&f.0)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rules[0].path_regex: not a regex"));
+}

@@ -18,5 +18,6 @@ pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod rules;
 pub mod sni;
 pub mod upstream;

@@ -68,6 +68,7 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
                 ex.handle_body_fetched(Ok(0), 0, std::mem::take(&mut plan.stages), env, now);
             }
             Action::WaitFill => ex.handle_fill_done(env, now),
+            Action::Hold => ex.handle_timeout(env, now),
             Action::Resolve { .. } | Action::Tunnel { .. } | Action::VerifyPassword { .. } => {
                 return
             }

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use ringway_core::http::date::DateLine;
 use ringway_core::http::framing::{response_info, BodyKind};
-use ringway_core::http::rewrite::{client_response, HeadEdits, ConnectionHeader};
+use ringway_core::http::rewrite::{client_response, ConnectionHeader, HeadEdits};
 use ringway_core::http::{parse_response, HeadScanner, Limits, Method, Scan};
 
 fuzz_target!(|data: &[u8]| {

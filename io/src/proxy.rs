@@ -373,6 +373,13 @@ impl Conn {
                         self.ex.handle_timeout(&env(&self.w, &cfg), now);
                     }
                 }
+                Action::Hold => {
+                    // A tarpit: nothing is read or written until the deadline.
+                    let wait = arm(&self.deadline, &self.ex, self.now);
+                    let _ = wait.run(std::future::pending::<()>()).await;
+                    let now = self.tick();
+                    self.ex.handle_timeout(&env(&self.w, &cfg), now);
+                }
                 Action::Tunnel { idle } => {
                     if !self.client_can_splice() {
                         let now = self.tick();

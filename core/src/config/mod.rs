@@ -6,6 +6,7 @@
 //! `ringway.toml:12: routes[1].upstream: no upstream named "ap" (defined: app)`.
 //! Reading the file is the caller's job; this module only sees its text.
 
+mod access_rules;
 mod cache;
 mod error;
 mod forward;
@@ -78,6 +79,8 @@ pub struct Config {
     pub resolver: Resolver,
     /// Request-rate limits, checked in order.
     pub rate_limits: Vec<crate::limit::RateLimit>,
+    /// Allow, deny and tarpit rules for the reverse proxy, checked in order.
+    pub rules: Vec<crate::rules::Rule>,
 }
 
 impl Config {
@@ -213,6 +216,7 @@ impl Config {
             access_log: None,
             resolver: Resolver::default(),
             rate_limits: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }
@@ -314,6 +318,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let access_log = log::build_access_log(loc, raw.access_log)?;
     let resolver = resolver::build_resolver(loc, raw.resolver)?;
     let rate_limits = ratelimit::build_rate_limits(loc, &raw.rate_limits, &routes)?;
+    let rules = access_rules::build_rules(loc, &raw.rules, &routes, &server.listen)?;
     let tls = match &raw.tls {
         None => None,
         Some(t) => Some(tls::build_tls(loc, t)?),
@@ -330,6 +335,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         access_log,
         resolver,
         rate_limits,
+        rules,
         cache,
         tls,
         forward,

@@ -28,6 +28,27 @@ pub(crate) struct File {
     pub resolver: Option<Resolver>,
     #[serde(default)]
     pub rate_limits: Vec<Spanned<RateLimit>>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<AccessRule>>,
+}
+
+/// `[[rules]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessRule {
+    pub action: Spanned<String>,
+    pub clients: Option<Vec<Spanned<String>>>,
+    pub clients_file: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub paths: Option<Vec<Spanned<String>>>,
+    pub path_regex: Option<Spanned<String>>,
+    pub headers: Option<super::access_rules::HeaderConditions>,
+    pub user_agent: Option<Spanned<String>>,
+    pub routes: Option<Vec<Spanned<String>>>,
+    pub listeners: Option<Vec<Spanned<String>>>,
+    pub status: Option<Spanned<u16>>,
+    pub body: Option<String>,
+    pub delay: Option<Spanned<Duration>>,
 }
 
 /// `[[rate_limits]]`.

@@ -604,9 +604,16 @@ mod tests {
         assert_eq!(out, b"3\r\nabc\r\n");
         out.clear();
         // Three more would make six: refused, and nothing of them written.
-        assert_eq!(t.step(b"3\r\ndef\r\n0\r\n\r\n", &mut out), Err(BodyError::TooLarge));
+        assert_eq!(
+            t.step(b"3\r\ndef\r\n0\r\n\r\n", &mut out),
+            Err(BodyError::TooLarge)
+        );
         assert!(out.is_empty());
-        assert_eq!(t.splice_run(), None, "a limited chunked body is never spliced");
+        assert_eq!(
+            t.splice_run(),
+            None,
+            "a limited chunked body is never spliced"
+        );
         // Exactly the limit passes.
         let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Length(5)).with_max(Some(5));
         let mut out = Vec::new();

@@ -56,6 +56,9 @@ pub enum Action {
     /// `cache_key()` is no longer being filled (bounded by the deadline), then
     /// `handle_fill_done` (`handle_timeout` when the deadline passes).
     WaitFill,
+    /// Hold the connection, reading and writing nothing, until the deadline; then
+    /// `handle_timeout`.
+    Hold,
     /// Move bytes both ways between the client and the upstream connection (a CONNECT tunnel,
     /// or a WebSocket after its 101) until both sides close or nothing moves for `idle`; bytes
     /// already buffered from either side go first. Then `handle_tunnel_closed`.

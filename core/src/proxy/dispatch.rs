@@ -11,6 +11,11 @@ pub(super) enum Local<'a> {
     Error(u16, &'static str),
     /// A forward-proxy destination refused (`Denial`): its status and what the client is told.
     Denied(u16, String),
+    /// Refused by a `[[rules]]` entry: its status and body.
+    Ruled {
+        status: u16,
+        body: &'a str,
+    },
     /// Over a rate limit: its status, its name, and when to come back (whole seconds).
     Limited {
         status: u16,

@@ -115,6 +115,8 @@ pub struct Env<'a> {
 
 /// One client connection's exchanges; see the module documentation.
 pub struct Exchange {
+    /// The listener's address (rules may name it).
+    listener: SocketAddr,
     /// The protocol of the listener (HTTP, forward proxy, redirect).
     protocol: Protocol,
     transport: Transport,
@@ -164,6 +166,7 @@ impl Exchange {
     /// connection came from, or the one a PROXY header names).
     pub fn new(listen: &Listen, client: IpAddr) -> Self {
         Self {
+            listener: listen.addr,
             protocol: listen.protocol,
             transport: listen.transport,
             scheme: listen.scheme(),
@@ -296,6 +299,7 @@ impl Exchange {
                 port: self.intent.dest().map_or(0, |d| d.port),
             },
             Phase::WaitFill => Action::WaitFill,
+            Phase::Tarpit => Action::Hold,
             Phase::Verify => match &self.auth {
                 crate::forward::auth::Check::Pending(user, password) => Action::VerifyPassword {
                     user: user.clone(),
@@ -395,6 +399,7 @@ impl Exchange {
             Phase::ReadResponse { .. } => Timer::UpstreamRead,
             Phase::WaitFill => Timer::CacheLock,
             Phase::Resolve => Timer::Resolve,
+            Phase::Tarpit => Timer::Tarpit,
             _ => return None,
         };
         self.timers.deadline(timer)
@@ -570,6 +575,7 @@ impl Exchange {
                 self.handle_upstream_error(UpstreamError::ReadTimeout, env, now)
             }
             Phase::WaitFill => self.handle_fill_done(env, now),
+            Phase::Tarpit => self.finish(Finish::Close(Close::Now), now),
             Phase::Resolve => {
                 let host = self.resolve_host().to_string();
                 self.local_error(504, &format!("resolving {host} timed out"), env, now);
@@ -1139,6 +1145,21 @@ impl Exchange {
         };
         let (verdict, route) = Dispatch::decide(cfg, self.protocol, host, path);
         self.record.route = route;
+        match self.ruled(r, route, env) {
+            Some(crate::rules::RuleAction::Deny { status, body }) => {
+                let l = Local::Ruled {
+                    status: *status,
+                    body,
+                };
+                return self.local(l, host, r, env, now);
+            }
+            Some(crate::rules::RuleAction::Tarpit(hold)) => {
+                self.timers.arm_for(Timer::Tarpit, *hold, now);
+                self.phase = Phase::Tarpit;
+                return r.end;
+            }
+            Some(crate::rules::RuleAction::Allow) | None => {}
+        }
         if let Some(l) = self.rate_limited(r, route, env, now) {
             return self.local(l, host, r, env, now);
         }
@@ -1194,6 +1215,7 @@ impl Exchange {
         let trace;
         let location;
         let (limited, retry);
+        let ruled;
         let a = match &what {
             Local::Fixed(f) => f.answer(&date),
             Local::Error(status, msg) => Answer::page(*status, msg, &date),
@@ -1218,6 +1240,17 @@ impl Exchange {
                 )
             }
             Local::Denied(status, detail) => Answer::page(*status, detail, &date),
+            Local::Ruled { status, body } => {
+                if body.is_empty() {
+                    Answer::page(*status, "refused by a rule", &date)
+                } else {
+                    ruled = Content::Bytes {
+                        content_type: Some("text/plain; charset=utf-8"),
+                        body: body.as_bytes(),
+                    };
+                    Answer::new(*status, ruled, Some(&date))
+                }
+            }
             Local::Limited {
                 status,
                 name,
@@ -1239,6 +1272,39 @@ impl Exchange {
             self.write_client(Written::Answer(p.finish(!unread)), now);
         }
         end
+    }
+
+    /// What the first `[[rules]]` entry that matches says of this request (on its normalised
+    /// path, as routed), or `None`.
+    fn ruled<'c>(
+        &mut self,
+        r: &Parsed<'_>,
+        route: Option<usize>,
+        env: &Env<'c>,
+    ) -> Option<&'c crate::rules::RuleAction> {
+        let rules = &env.cfg.rules;
+        if rules.is_empty() {
+            return None;
+        }
+        let path: &[u8] = match self.path_len {
+            0 => b"/",
+            n => &self.target[..n],
+        };
+        let (buf, headers) = (r.buf(), &self.headers);
+        let header = |name: &[u8]| crate::http::find_header(buf, headers, name);
+        let seen = crate::rules::Seen {
+            client: self.client,
+            listener: self.listener,
+            route,
+            method: r.head.method_span.get(buf),
+            path,
+            header: &header,
+        };
+        let (i, action) = crate::rules::evaluate(rules, &seen)?;
+        if !matches!(action, crate::rules::RuleAction::Allow) {
+            self.record.ruled = Some(i);
+        }
+        Some(action)
     }
 
     /// Keeps the body limit for the relay (a chunked body is held to it as it streams), and

@@ -23,6 +23,9 @@ pub(super) enum Phase {
     Resolve,
     /// Waiting for another request's fetch of the same cache key.
     WaitFill,
+    /// Holding a connection a `tarpit` rule matched, until its timer; then it closes with no
+    /// answer.
+    Tarpit,
     Pick,
     Connect(Conn),
     SendRequest,

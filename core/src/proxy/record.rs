@@ -32,6 +32,8 @@ pub struct EndRecord {
     pub upstream_head: Option<Instant>,
     /// Whether that connection came from the pool.
     pub upstream_reused: Option<bool>,
+    /// The `[[rules]]` entry (index) that denied or tarpitted the request.
+    pub ruled: Option<usize>,
     /// The rate limit (index in the config's `rate_limits`) that refused the request.
     pub limited: Option<usize>,
     /// Why the forward proxy refused the request (`Denial::kind`).

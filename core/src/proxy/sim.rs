@@ -369,6 +369,9 @@ impl World<'_, '_> {
                 ex.handle_client_written(true, now);
             }
             Action::WaitFill => self.wait_fill(ex),
+            // A tarpit holds until its deadline (the simulation has no rules, but io's contract
+            // is the same).
+            Action::Hold => self.time_out(ex),
             Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
             Action::EndFill { key } => {
                 assert!(

@@ -29,9 +29,11 @@ pub enum Timer {
     CacheLock,
     /// Resolving a forward proxy's destination (all its queries, retries and servers).
     Resolve,
+    /// A tarpit's hold before the connection closes.
+    Tarpit,
 }
 
-const ALL: [Timer; 8] = [
+const ALL: [Timer; 9] = [
     Timer::ClientHeader,
     Timer::KeepAlive,
     Timer::Send,
@@ -40,6 +42,7 @@ const ALL: [Timer; 8] = [
     Timer::UpstreamRead,
     Timer::CacheLock,
     Timer::Resolve,
+    Timer::Tarpit,
 ];
 
 impl Timer {
@@ -57,7 +60,7 @@ impl Timer {
             Self::UpstreamWrite => t.upstream_write,
             Self::UpstreamRead => t.upstream_read,
             // Armed with their own durations (`arm_for`).
-            Self::CacheLock | Self::Resolve => Duration::ZERO,
+            Self::CacheLock | Self::Resolve | Self::Tarpit => Duration::ZERO,
         }
     }
 }
