@@ -404,3 +404,37 @@ fn a_tarpit_holds_the_connection_then_closes_with_nothing() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("rules[0].path_regex: not a regex"));
 }
+
+#[test]
+fn a_trickling_upload_is_cut_at_the_whole_body_deadline() {
+    use std::io::Write;
+    let origin = Origin::start();
+    let p = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\nclient_body = \"30s\"\nclient_body_total = \"1s\"\n",
+    ));
+    let mut c = Client::connect(p.addr);
+    let start = Instant::now();
+    c.send(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");
+    // A byte every 200 ms: never idle for client_body, far too slow as a whole.
+    let writer = {
+        let mut w = c.w.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                if w.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let r = c.response("POST").expect("an answer");
+    let took = start.elapsed();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    drop(c);
+    writer.join().unwrap();
+}

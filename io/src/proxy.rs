@@ -272,21 +272,24 @@ impl Conn {
                 }
                 Action::DiscardBody(mut plan) => {
                     let t = timeouts(&plan);
+                    let whole = plan.whole;
                     let m = Moving {
                         body: &mut plan.body,
                         stage: None,
                         t,
                     };
-                    let r = Box::pin(relay(
+                    let moving = Box::pin(relay(
                         &mut self.client,
                         &mut self.inbuf,
                         None,
                         m,
                         &mut self.scratch,
                         None,
-                    ))
-                    .await
-                    .map_err(|e| e.into_body_fail());
+                    ));
+                    let r = within(whole, async {
+                        moving.await.map_err(|e| e.into_body_fail())
+                    })
+                    .await;
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
@@ -434,7 +437,8 @@ impl Conn {
                 Action::SendBody(mut plan) => {
                     plan.splice = plan.splice && self.client_can_splice();
                     let up = self.up.as_mut().expect("connected before the body");
-                    let r = Box::pin(move_body(
+                    let whole = plan.whole;
+                    let moving = Box::pin(move_body(
                         &mut self.client,
                         &mut self.inbuf,
                         up,
@@ -442,8 +446,8 @@ impl Conn {
                         None,
                         &mut self.scratch,
                         &self.w.pipes,
-                    ))
-                    .await;
+                    ));
+                    let r = within(whole, moving).await;
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
@@ -872,6 +876,20 @@ fn is_reset(e: &std::io::Error) -> bool {
 
 /// How long a closing connection waits for the client to stop sending.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A request body's relay bounded by its whole-body deadline, when it has one: past it the
+/// sender is too slow, whatever its pace between reads.
+async fn within<F>(whole: Option<std::time::Duration>, f: F) -> Result<u64, BodyFail>
+where
+    F: std::future::Future<Output = Result<u64, BodyFail>>,
+{
+    match whole {
+        None => f.await,
+        Some(d) => monoio::time::timeout(d, f)
+            .await
+            .unwrap_or(Err(BodyFail::SourceTimeout)),
+    }
+}
 
 /// Milliseconds since the Unix epoch (one vDSO clock read).
 fn unix_ms() -> u64 {

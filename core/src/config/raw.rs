@@ -255,6 +255,7 @@ pub(crate) enum Duration {
 pub(crate) struct Timeouts {
     pub client_header: Option<Spanned<Duration>>,
     pub client_body: Option<Spanned<Duration>>,
+    pub client_body_total: Option<Spanned<Duration>>,
     pub keepalive: Option<Spanned<Duration>>,
     pub send: Option<Spanned<Duration>>,
     pub upstream_connect: Option<Spanned<Duration>>,

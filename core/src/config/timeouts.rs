@@ -13,6 +13,8 @@ pub struct Timeouts {
     pub client_header: Duration,
     /// Between two reads of a request body (nginx `client_body_timeout`).
     pub client_body: Duration,
+    /// The whole request body, however it trickles (`None`: only `client_body` between reads).
+    pub client_body_total: Option<Duration>,
     /// Idle time allowed between requests on a client connection (nginx `keepalive_timeout`).
     pub keepalive: Duration,
     /// Between two writes to the client (nginx `send_timeout`).
@@ -33,6 +35,7 @@ impl Default for Timeouts {
             // in one go, and HAProxy's recommended `timeout http-request` is 10 s.
             client_header: Duration::from_secs(10),
             client_body: Duration::from_secs(60),
+            client_body_total: None,
             keepalive: Duration::from_secs(75),
             send: Duration::from_secs(60),
             upstream_connect: Duration::from_secs(10),
@@ -53,6 +56,15 @@ pub(crate) fn build_timeouts(loc: &Locator<'_>, t: raw::Timeouts) -> Result<Time
             d.client_header,
         )?,
         client_body: opt_duration(loc, "timeouts.client_body", t.client_body, d.client_body)?,
+        client_body_total: match t.client_body_total {
+            None => None,
+            v => Some(opt_duration(
+                loc,
+                "timeouts.client_body_total",
+                v,
+                Duration::ZERO,
+            )?),
+        },
         keepalive: opt_duration(loc, "timeouts.keepalive", t.keepalive, d.keepalive)?,
         send: opt_duration(loc, "timeouts.send", t.send, d.send)?,
         upstream_connect: opt_duration(

@@ -143,6 +143,9 @@ pub struct BodyPlan {
     pub read_idle: Duration,
     /// Longest wait for the receiver to take bytes.
     pub write_idle: Duration,
+    /// Longest the whole body may take (a sender trickling a byte per `read_idle` is cut
+    /// here); `None`: no bound beyond the idle ones.
+    pub whole: Option<Duration>,
     /// What the body passes through between decoding and framing (none: it may be spliced).
     /// io hands them back with `handle_response_body` / `handle_body_fetched`.
     pub stages: Stages,

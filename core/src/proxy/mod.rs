@@ -257,6 +257,7 @@ impl Exchange {
                 splice: false,
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.send,
+                whole: self.timeouts.client_body_total,
                 stages: Stages::default(),
             }),
             Phase::Write(Written::Continue) => Action::WriteContinue,
@@ -288,6 +289,7 @@ impl Exchange {
                 splice: spliceable(self.req.body, self.req.body_out, SPLICE_MIN_UPLOAD),
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.upstream_write,
+                whole: self.timeouts.client_body_total,
                 stages: Stages::default(),
             }),
             Phase::ReadResponse { read_first } => Action::ReadResponseHead {
@@ -326,6 +328,7 @@ impl Exchange {
                 splice: false,
                 read_idle,
                 write_idle,
+                whole: None,
                 stages: Stages { tee: Some(tee) },
             });
         }
@@ -344,6 +347,7 @@ impl Exchange {
                 && stages.is_empty(),
             read_idle,
             write_idle,
+            whole: None,
             stages,
         })
     }
