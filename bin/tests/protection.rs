@@ -438,3 +438,29 @@ fn a_trickling_upload_is_cut_at_the_whole_body_deadline() {
     drop(c);
     writer.join().unwrap();
 }
+
+#[test]
+fn a_slow_uploader_holds_no_upstream_connection() {
+    use std::io::Write;
+    let origin = Origin::start();
+    let p = Proxy::start(&config_for(origin.addr, ""));
+    let mut c = Client::connect(p.addr);
+    c.send(b"POST /form HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n");
+    for _ in 0..9 {
+        c.w.write_all(&[b'f'; 100]).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            origin.connections(),
+            0,
+            "an upstream connection taken during the upload"
+        );
+    }
+    c.w.write_all(&[b'f'; 100]).unwrap();
+    assert_eq!(c.response("POST").unwrap().status, 200);
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_len, 1000);
+    // The connection goes on: the next request is served on it.
+    c.send(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response("GET").unwrap().status, 200);
+}

@@ -69,6 +69,9 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
             }
             Action::WaitFill => ex.handle_fill_done(env, now),
             Action::Hold => ex.handle_timeout(env, now),
+            Action::ReadBody { .. } => {
+                ex.handle_body_buffered(Err(ringway_core::proxy::BodyFail::SourceTimeout), env, now)
+            }
             Action::Resolve { .. } | Action::Tunnel { .. } | Action::VerifyPassword { .. } => {
                 return
             }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 use ringway_core::config::{Listen, Protocol, Transport};
-use ringway_core::http::body::Stage;
+use ringway_core::http::body::{BodyError, Stage};
 use ringway_core::proxy::{
     Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Requester,
     Reuse, UpstreamError, Via, CONTINUE,
@@ -375,6 +375,27 @@ impl Conn {
                     } else {
                         self.ex.handle_timeout(&env(&self.w, &cfg), now);
                     }
+                }
+                Action::ReadBody { need, idle, whole } => {
+                    let (client, inbuf) = (&mut self.client, &mut self.inbuf);
+                    let reading = async {
+                        while inbuf.len() < need {
+                            let want = need - inbuf.len();
+                            ensure_capacity(inbuf, want);
+                            match client.read_append(inbuf, want, idle).await {
+                                Ok(0) => return Err(BodyFail::Source(BodyError::Truncated)),
+                                Ok(_) => {}
+                                Err(IoFail::Timeout) => return Err(BodyFail::SourceTimeout),
+                                Err(IoFail::Io(e)) => {
+                                    return Err(BodyFail::SourceIo(e.to_string()))
+                                }
+                            }
+                        }
+                        Ok(0)
+                    };
+                    let r = within(whole, reading).await.map(drop);
+                    let now = self.tick();
+                    self.ex.handle_body_buffered(r, &env(&self.w, &cfg), now);
                 }
                 Action::Hold => {
                     // A tarpit: nothing is read or written until the deadline.

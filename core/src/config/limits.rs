@@ -11,6 +11,9 @@ pub struct Limits {
     pub max_response_head: usize,
     /// The largest request body accepted (routes may say otherwise); `None`: any.
     pub max_request_body: Option<u64>,
+    /// Request bodies of a known length up to this are read whole before an upstream
+    /// connection is taken (nginx's `proxy_request_buffering`, in memory); larger ones stream.
+    pub request_buffer: u64,
 }
 
 impl Default for Limits {
@@ -19,6 +22,7 @@ impl Default for Limits {
             request: HeadLimits::default(),
             max_response_head: 32 * 1024,
             max_request_body: None,
+            request_buffer: DEFAULT_REQUEST_BUFFER,
         }
     }
 }
@@ -67,8 +71,22 @@ pub(crate) fn build_limits(loc: &Locator<'_>, l: raw::Limits) -> Result<Limits, 
             1 << 20,
         )?,
         max_request_body: body_size(loc, "limits.max_request_body", l.max_request_body.as_ref())?,
+        request_buffer: match body_size(loc, "limits.request_buffer", l.request_buffer.as_ref())? {
+            None => DEFAULT_REQUEST_BUFFER,
+            Some(n) if n <= 16 << 20 => n,
+            Some(_) => {
+                return Err(loc.nowhere(
+                    "limits.request_buffer",
+                    "at most 16m: bodies are buffered in memory, per request",
+                ))
+            }
+        },
     })
 }
+
+/// 64 KiB: form posts and API bodies are read whole before an upstream connection is taken, so
+/// a slow client holds none; larger uploads stream (nothing is spilled to disk).
+pub const DEFAULT_REQUEST_BUFFER: u64 = 64 * 1024;
 
 /// A body size limit: `"10m"`, a number of bytes; `None` when not given.
 pub(crate) fn body_size(

@@ -272,6 +272,7 @@ pub(crate) struct Limits {
     pub max_headers: Option<Spanned<usize>>,
     pub max_response_head: Option<Spanned<usize>>,
     pub max_request_body: Option<Spanned<Size>>,
+    pub request_buffer: Option<Spanned<Size>>,
 }
 
 #[derive(Debug, Deserialize)]

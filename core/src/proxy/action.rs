@@ -59,6 +59,13 @@ pub enum Action {
     /// Hold the connection, reading and writing nothing, until the deadline; then
     /// `handle_timeout`.
     Hold,
+    /// Read from the client until the input buffer (head included) holds `need` bytes, each
+    /// read within `idle` and all of it within `whole`; then `handle_body_buffered`.
+    ReadBody {
+        need: usize,
+        idle: Duration,
+        whole: Option<Duration>,
+    },
     /// Move bytes both ways between the client and the upstream connection (a CONNECT tunnel,
     /// or a WebSocket after its 101) until both sides close or nothing moves for `idle`; bytes
     /// already buffered from either side go first. Then `handle_tunnel_closed`.

@@ -302,6 +302,11 @@ impl Exchange {
             },
             Phase::WaitFill => Action::WaitFill,
             Phase::Tarpit => Action::Hold,
+            Phase::Buffer { need } => Action::ReadBody {
+                need,
+                idle: self.timeouts.client_body,
+                whole: self.timeouts.client_body_total,
+            },
             Phase::Verify => match &self.auth {
                 crate::forward::auth::Check::Pending(user, password) => Action::VerifyPassword {
                     user: user.clone(),
@@ -1164,12 +1169,17 @@ impl Exchange {
             }
             Some(crate::rules::RuleAction::Allow) | None => {}
         }
-        if let Some(l) = self.rate_limited(r, route, env, now) {
-            return self.local(l, host, r, env, now);
-        }
         let max_body = route.and_then(|i| cfg.routes[i].max_body);
         if self.body_too_large(r, max_body.or(cfg.limits.max_request_body), env, now) {
             return 0;
+        }
+        // Rules and the body limit are decided from the head alone (and again, the same, when
+        // it is handed over with its body); the rate limit counts the request once, after.
+        if matches!(verdict, Dispatch::Proxy { .. }) && self.buffer_first(r, cfg) {
+            return 0;
+        }
+        if let Some(l) = self.rate_limited(r, route, env, now) {
+            return self.local(l, host, r, env, now);
         }
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
         let (route, group, set_host) = match verdict {
@@ -1276,6 +1286,51 @@ impl Exchange {
             self.write_client(Written::Answer(p.finish(!unread)), now);
         }
         end
+    }
+
+    /// Whether the request's body is to be read whole before anything else happens (a known
+    /// length within `limits.request_buffer`, not all here yet, no `Expect: 100-continue`,
+    /// which waits for the proxy's word): a slow uploader then holds no upstream connection,
+    /// and the body goes upstream in one write with the head. The head is decided again once
+    /// the body is in; the rate limit, which counts requests, comes after this.
+    fn buffer_first(&mut self, r: &Parsed<'_>, cfg: &Config) -> bool {
+        let here = (r.input.len() - r.end) as u64;
+        match r.info.body {
+            BodyKind::Length(n)
+                if n > here
+                    && n <= cfg.limits.request_buffer
+                    && !r.info.expect_continue =>
+            {
+                self.phase = Phase::Buffer {
+                    need: r.end + n as usize,
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The body `ReadBody` asked for is in the input (or could not be read).
+    pub fn handle_body_buffered(&mut self, r: Result<(), BodyFail>, env: &Env<'_>, now: Instant) {
+        debug_assert!(matches!(self.phase, Phase::Buffer { .. }));
+        match r {
+            Ok(()) => {
+                self.phase = Phase::Head {
+                    began: true,
+                    read_first: false,
+                };
+                self.scanner.reset();
+                self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
+            }
+            Err(BodyFail::SourceTimeout) => {
+                self.reject(408, "timed out reading the request body", env, now);
+                self.record.error = Some(Error::RequestBody(BodyFail::SourceTimeout));
+            }
+            Err(e) => {
+                self.record.error = Some(Error::RequestBody(e));
+                self.finish(Finish::Close(Close::Now), now);
+            }
+        }
     }
 
     /// What the first `[[rules]]` entry that matches says of this request (on its normalised
@@ -1433,7 +1488,7 @@ impl Exchange {
             &fwd,
             &mut self.out,
         );
-        let consumed = self.inline_body(r);
+        let consumed = self.inline_body(r, env.cfg.limits.request_buffer);
         self.phase = Phase::Pick;
         consumed
     }
@@ -1619,18 +1674,19 @@ impl Exchange {
             &fwd_fields,
             &mut self.out,
         );
-        let consumed = self.inline_body(r);
+        let consumed = self.inline_body(r, env.cfg.limits.request_buffer);
         self.resolve(env, now);
         consumed
     }
 
     /// A small body that came with the head goes upstream with it (and is then part of what a
     /// retry sends again). Returns the input consumed; decides whether a retry is allowed.
-    fn inline_body(&mut self, r: &Parsed<'_>) -> usize {
+    fn inline_body(&mut self, r: &Parsed<'_>, buffer: u64) -> usize {
         let (input, end, head, info) = (r.input, r.end, &r.head, &r.info);
         let mut consumed = end;
         if let BodyKind::Length(n) = info.body {
-            if n <= INLINE_BODY && !info.expect_continue && (input.len() - end) as u64 >= n {
+            let most = INLINE_BODY.max(buffer);
+            if n <= most && !info.expect_continue && (input.len() - end) as u64 >= n {
                 let n = n as usize;
                 self.out.extend_from_slice(&input[end..end + n]);
                 consumed += n;

@@ -19,6 +19,11 @@ pub(super) enum Phase {
     Write(Written),
     /// The client's password is being checked off the worker.
     Verify,
+    /// Reading a request body whole (until the input holds `need` bytes) before an upstream
+    /// connection is taken; the head is then handed over again, with its body.
+    Buffer {
+        need: usize,
+    },
     /// A forward proxy's destination name being resolved.
     Resolve,
     /// Waiting for another request's fetch of the same cache key.

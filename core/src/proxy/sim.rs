@@ -372,6 +372,7 @@ impl World<'_, '_> {
             // A tarpit holds until its deadline (the simulation has no rules, but io's contract
             // is the same).
             Action::Hold => self.time_out(ex),
+            Action::ReadBody { need, .. } => self.buffer_body(ex, need),
             Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
             Action::EndFill { key } => {
                 assert!(
@@ -450,6 +451,29 @@ impl World<'_, '_> {
         }
         let n = ex.handle_input(&self.inbuf, &self.env, self.now);
         self.inbuf.drain(..n);
+    }
+
+    /// `ReadBody`: the client's bytes into the input until it holds `need`, in pieces; a
+    /// client that has no more, or stalls, ends it so.
+    fn buffer_body(&mut self, ex: &mut Exchange, need: usize) {
+        while self.inbuf.len() < need {
+            if self.cpos >= self.client.len() {
+                let e = if self.c.chance(30) {
+                    BodyFail::SourceTimeout
+                } else {
+                    BodyFail::Source(crate::http::body::BodyError::Truncated)
+                };
+                return ex.handle_body_buffered(Err(e), &self.env, self.now);
+            }
+            let k = piece(
+                self.c,
+                (self.client.len() - self.cpos).min(need - self.inbuf.len()),
+            );
+            self.inbuf
+                .extend_from_slice(&self.client[self.cpos..self.cpos + k]);
+            self.cpos += k;
+        }
+        ex.handle_body_buffered(Ok(()), &self.env, self.now);
     }
 
     /// The request body from the client: to the upstream (`send`) or thrown away.
