@@ -464,3 +464,41 @@ fn a_slow_uploader_holds_no_upstream_connection() {
     c.send(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(c.response("GET").unwrap().status, 200);
 }
+
+#[test]
+fn delay_mode_holds_part_of_the_burst_to_the_rate() {
+    let origin = Origin::start();
+    // 10/s, a burst of 4, 1 of which at once (nginx: burst=4 delay=1).
+    let p = Proxy::start(&limited_config(
+        origin.addr,
+        "[[rate_limits]]\nrate = \"10/s\"\nburst = 4\ndelay = 1\n",
+    ));
+    let mut c = Client::connect(p.addr);
+    let start = Instant::now();
+    let mut at = Vec::new();
+    for _ in 0..5 {
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(c.response("GET").unwrap().status, 200);
+        at.push(start.elapsed());
+    }
+    // The first two at once; the next three held to the rate (about 100 ms apart), none
+    // refused.
+    assert!(at[1] < Duration::from_millis(80), "{at:?}");
+    assert!(at[4] >= Duration::from_millis(250), "{at:?}");
+    // A sequential client never exceeds the burst (it waits its turn); eight at once do: the
+    // burst is held, the rest refused.
+    let to = p.addr;
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(to);
+                c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+                c.response("GET").unwrap().status
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+}

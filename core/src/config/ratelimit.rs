@@ -125,7 +125,9 @@ pub(crate) fn build_rate_limits(
             rate: Rate {
                 interval,
                 burst,
-                no_delay: u32::MAX,
+                // nginx's `delay=N`: N of the burst at once, the rest held to the rate;
+                // without it, nginx's `nodelay`.
+                no_delay: l.delay.as_ref().map_or(u32::MAX, |d| *d.get_ref()),
             },
             key: by,
             routes: limited_routes,

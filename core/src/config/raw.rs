@@ -58,6 +58,7 @@ pub(crate) struct RateLimit {
     pub name: Option<String>,
     pub rate: Spanned<String>,
     pub burst: Option<Spanned<u32>>,
+    pub delay: Option<Spanned<u32>>,
     pub key: Option<Spanned<String>>,
     pub routes: Option<Vec<Spanned<String>>>,
     pub status: Option<Spanned<u16>>,

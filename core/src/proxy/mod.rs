@@ -54,7 +54,14 @@ use forwarded::well_formed_escapes;
 use intent::{At, Dest, Intent};
 use persist::Persistence;
 use phase::{Conn, Phase, Written};
-use request::{max_forwards, trace_echo, Expect, Parsed, Request, Resend, Upgrade};
+use request::{max_forwards, trace_echo, Expect, Parsed, RateStep, Request, Resend, Upgrade};
+
+/// What a rate limit makes of a request.
+enum Limited<'c> {
+    Refuse(Local<'c>),
+    /// Held (`Phase::Delayed`) before it goes on.
+    Delay,
+}
 use response::{Asked, Final, ResponsePlan, Seen, Upstream, UpstreamConn};
 
 use crate::balance::request_key;
@@ -301,7 +308,7 @@ impl Exchange {
                 port: self.intent.dest().map_or(0, |d| d.port),
             },
             Phase::WaitFill => Action::WaitFill,
-            Phase::Tarpit => Action::Hold,
+            Phase::Tarpit | Phase::Delayed => Action::Hold,
             Phase::Buffer { need } => Action::ReadBody {
                 need,
                 idle: self.timeouts.client_body,
@@ -409,6 +416,7 @@ impl Exchange {
             Phase::WaitFill => Timer::CacheLock,
             Phase::Resolve => Timer::Resolve,
             Phase::Tarpit => Timer::Tarpit,
+            Phase::Delayed => Timer::RateDelay,
             _ => return None,
         };
         self.timers.deadline(timer)
@@ -585,6 +593,15 @@ impl Exchange {
             }
             Phase::WaitFill => self.handle_fill_done(env, now),
             Phase::Tarpit => self.finish(Finish::Close(Close::Now), now),
+            Phase::Delayed => {
+                // The head again, decided this time (its rate already counted).
+                self.phase = Phase::Head {
+                    began: true,
+                    read_first: false,
+                };
+                self.scanner.reset();
+                self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
+            }
             Phase::Resolve => {
                 let host = self.resolve_host().to_string();
                 self.local_error(504, &format!("resolving {host} timed out"), env, now);
@@ -1178,8 +1195,10 @@ impl Exchange {
         if matches!(verdict, Dispatch::Proxy { .. }) && self.buffer_first(r, cfg) {
             return 0;
         }
-        if let Some(l) = self.rate_limited(r, route, env, now) {
-            return self.local(l, host, r, env, now);
+        match self.rate_limited(r, route, env, now) {
+            Some(Limited::Refuse(l)) => return self.local(l, host, r, env, now),
+            Some(Limited::Delay) => return 0,
+            None => {}
         }
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
         let (route, group, set_host) = match verdict {
@@ -1297,9 +1316,7 @@ impl Exchange {
         let here = (r.input.len() - r.end) as u64;
         match r.info.body {
             BodyKind::Length(n)
-                if n > here
-                    && n <= cfg.limits.request_buffer
-                    && !r.info.expect_continue =>
+                if n > here && n <= cfg.limits.request_buffer && !r.info.expect_continue =>
             {
                 self.phase = Phase::Buffer {
                     need: r.end + n as usize,
@@ -1395,17 +1412,18 @@ impl Exchange {
         }
     }
 
-    /// The answer to a request over one of the rate limits that apply to it (`limit::admit`),
-    /// or `None` to go on.
+    /// What the rate limits that apply to the request say (`limit::admit`): `None` to go on,
+    /// a refusal to answer, or a delay (the exchange then holds the request, and hands its
+    /// head over again afterwards, counted already).
     fn rate_limited<'c>(
         &mut self,
         r: &Parsed<'_>,
         route: Option<usize>,
         env: &Env<'c>,
         now: Instant,
-    ) -> Option<Local<'c>> {
+    ) -> Option<Limited<'c>> {
         let limits = &env.cfg.rate_limits;
-        if limits.is_empty() {
+        if limits.is_empty() || self.req.rate == RateStep::Admitted {
             return None;
         }
         let (buf, headers) = (r.buf(), &self.headers);
@@ -1420,14 +1438,23 @@ impl Exchange {
             (crate::limit::Verdict::Reject { retry_after }, Some(i)) => {
                 self.record.limited = Some(i);
                 let l = &limits[i];
-                Some(Local::Limited {
+                Some(Limited::Refuse(Local::Limited {
                     status: l.status,
                     name: &l.name,
                     // Whole seconds, rounded up: a client that waits that long is served.
                     retry_after: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
-                })
+                }))
             }
-            _ => None,
+            (crate::limit::Verdict::Delay(d), _) => {
+                self.req.rate = RateStep::Admitted;
+                self.timers.arm_for(Timer::RateDelay, d, now);
+                self.phase = Phase::Delayed;
+                Some(Limited::Delay)
+            }
+            _ => {
+                self.req.rate = RateStep::Admitted;
+                None
+            }
         }
     }
 
@@ -1569,8 +1596,10 @@ impl Exchange {
                 }
             }
         }
-        if let Some(l) = self.rate_limited(r, None, env, now) {
-            return Err(self.local(l, b"", r, env, now));
+        match self.rate_limited(r, None, env, now) {
+            Some(Limited::Refuse(l)) => return Err(self.local(l, b"", r, env, now)),
+            Some(Limited::Delay) => return Err(0),
+            None => {}
         }
         if self.body_too_large(r, env.cfg.limits.max_request_body, env, now) {
             return Err(0);

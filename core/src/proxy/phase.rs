@@ -31,6 +31,9 @@ pub(super) enum Phase {
     /// Holding a connection a `tarpit` rule matched, until its timer; then it closes with no
     /// answer.
     Tarpit,
+    /// Holding a request a rate limit delays (within its burst), until its timer; then the
+    /// head is handed over again and goes on.
+    Delayed,
     Pick,
     Connect(Conn),
     SendRequest,

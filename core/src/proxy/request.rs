@@ -27,6 +27,16 @@ pub(super) struct Request {
     pub(super) upgrade: Upgrade,
     /// The most body the route accepts.
     pub(super) max_body: Option<u64>,
+    /// Where the request stands with the rate limits.
+    pub(super) rate: RateStep,
+}
+
+/// A request and the rate limits: not yet counted, or counted and let through (after a delay
+/// the head is handed over again, and must not be counted twice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RateStep {
+    Unchecked,
+    Admitted,
 }
 
 impl Default for Request {
@@ -41,6 +51,7 @@ impl Default for Request {
             resend: Resend::Never,
             upgrade: Upgrade::None,
             max_body: None,
+            rate: RateStep::Unchecked,
         }
     }
 }

@@ -31,9 +31,11 @@ pub enum Timer {
     Resolve,
     /// A tarpit's hold before the connection closes.
     Tarpit,
+    /// A rate limit's delay before the request goes on.
+    RateDelay,
 }
 
-const ALL: [Timer; 9] = [
+const ALL: [Timer; 10] = [
     Timer::ClientHeader,
     Timer::KeepAlive,
     Timer::Send,
@@ -43,6 +45,7 @@ const ALL: [Timer; 9] = [
     Timer::CacheLock,
     Timer::Resolve,
     Timer::Tarpit,
+    Timer::RateDelay,
 ];
 
 impl Timer {
@@ -60,7 +63,7 @@ impl Timer {
             Self::UpstreamWrite => t.upstream_write,
             Self::UpstreamRead => t.upstream_read,
             // Armed with their own durations (`arm_for`).
-            Self::CacheLock | Self::Resolve | Self::Tarpit => Duration::ZERO,
+            Self::CacheLock | Self::Resolve | Self::Tarpit | Self::RateDelay => Duration::ZERO,
         }
     }
 }
