@@ -17,6 +17,7 @@ mod authn;
 mod dispatch;
 mod error;
 mod forwarded;
+mod guard;
 mod hints;
 mod intent;
 mod persist;
@@ -51,17 +52,11 @@ use attempts::{Attempts, Facts, Next, Origin, Report, Stage};
 use authn::Authn;
 use dispatch::{Dispatch, Local};
 use forwarded::well_formed_escapes;
+use guard::Limited;
 use intent::{At, Dest, Intent};
 use persist::Persistence;
 use phase::{Conn, Phase, Written};
-use request::{max_forwards, trace_echo, Expect, Parsed, RateStep, Request, Resend, Upgrade};
-
-/// What a rate limit makes of a request.
-enum Limited<'c> {
-    Refuse(Local<'c>),
-    /// Held (`Phase::Delayed`) before it goes on.
-    Delay,
-}
+use request::{max_forwards, trace_echo, Expect, Parsed, Request, Resend, Upgrade};
 use response::{Asked, Final, ResponsePlan, Seen, Upstream, UpstreamConn};
 
 use crate::balance::request_key;
@@ -1305,157 +1300,6 @@ impl Exchange {
             self.write_client(Written::Answer(p.finish(!unread)), now);
         }
         end
-    }
-
-    /// Whether the request's body is to be read whole before anything else happens (a known
-    /// length within `limits.request_buffer`, not all here yet, no `Expect: 100-continue`,
-    /// which waits for the proxy's word): a slow uploader then holds no upstream connection,
-    /// and the body goes upstream in one write with the head. The head is decided again once
-    /// the body is in; the rate limit, which counts requests, comes after this.
-    fn buffer_first(&mut self, r: &Parsed<'_>, cfg: &Config) -> bool {
-        let here = (r.input.len() - r.end) as u64;
-        match r.info.body {
-            BodyKind::Length(n)
-                if n > here && n <= cfg.limits.request_buffer && !r.info.expect_continue =>
-            {
-                self.phase = Phase::Buffer {
-                    need: r.end + n as usize,
-                };
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The body `ReadBody` asked for is in the input (or could not be read).
-    pub fn handle_body_buffered(&mut self, r: Result<(), BodyFail>, env: &Env<'_>, now: Instant) {
-        debug_assert!(matches!(self.phase, Phase::Buffer { .. }));
-        match r {
-            Ok(()) => {
-                self.phase = Phase::Head {
-                    began: true,
-                    read_first: false,
-                };
-                self.scanner.reset();
-                self.timers.arm(Timer::ClientHeader, &self.timeouts, now);
-            }
-            Err(BodyFail::SourceTimeout) => {
-                self.reject(408, "timed out reading the request body", env, now);
-                self.record.error = Some(Error::RequestBody(BodyFail::SourceTimeout));
-            }
-            Err(e) => {
-                self.record.error = Some(Error::RequestBody(e));
-                self.finish(Finish::Close(Close::Now), now);
-            }
-        }
-    }
-
-    /// What the first `[[rules]]` entry that matches says of this request (on its normalised
-    /// path, as routed), or `None`.
-    fn ruled<'c>(
-        &mut self,
-        r: &Parsed<'_>,
-        route: Option<usize>,
-        env: &Env<'c>,
-    ) -> Option<&'c crate::rules::RuleAction> {
-        let rules = &env.cfg.rules;
-        if rules.is_empty() {
-            return None;
-        }
-        let path: &[u8] = match self.path_len {
-            0 => b"/",
-            n => &self.target[..n],
-        };
-        let (buf, headers) = (r.buf(), &self.headers);
-        let header = |name: &[u8]| crate::http::find_header(buf, headers, name);
-        let seen = crate::rules::Seen {
-            client: self.client,
-            listener: self.listener,
-            route,
-            method: r.head.method_span.get(buf),
-            path,
-            header: &header,
-        };
-        let (i, action) = crate::rules::evaluate(rules, &seen)?;
-        if !matches!(action, crate::rules::RuleAction::Allow) {
-            self.record.ruled = Some(i);
-        }
-        Some(action)
-    }
-
-    /// Keeps the body limit for the relay (a chunked body is held to it as it streams), and
-    /// answers `413` at once when the announced length is over it: nothing goes upstream and
-    /// the body is not read (the connection closes after the answer).
-    fn body_too_large(
-        &mut self,
-        r: &Parsed<'_>,
-        max: Option<u64>,
-        env: &Env<'_>,
-        now: Instant,
-    ) -> bool {
-        self.req.max_body = max;
-        match (max, r.info.body) {
-            (Some(m), BodyKind::Length(n)) if n > m => {
-                self.reject(
-                    413,
-                    "the request body is larger than this route accepts",
-                    env,
-                    now,
-                );
-                true
-            }
-            (Some(0), BodyKind::Chunked) => {
-                self.reject(413, "this route accepts no request body", env, now);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// What the rate limits that apply to the request say (`limit::admit`): `None` to go on,
-    /// a refusal to answer, or a delay (the exchange then holds the request, and hands its
-    /// head over again afterwards, counted already).
-    fn rate_limited<'c>(
-        &mut self,
-        r: &Parsed<'_>,
-        route: Option<usize>,
-        env: &Env<'c>,
-        now: Instant,
-    ) -> Option<Limited<'c>> {
-        let limits = &env.cfg.rate_limits;
-        if limits.is_empty() || self.req.rate == RateStep::Admitted {
-            return None;
-        }
-        let (buf, headers) = (r.buf(), &self.headers);
-        let header = |name: &[u8]| crate::http::find_header(buf, headers, name);
-        let who = crate::limit::Who {
-            client: self.client,
-            route,
-            user: self.record.user.as_deref(),
-            header: &header,
-        };
-        match crate::limit::admit(limits, &who, now) {
-            (crate::limit::Verdict::Reject { retry_after }, Some(i)) => {
-                self.record.limited = Some(i);
-                let l = &limits[i];
-                Some(Limited::Refuse(Local::Limited {
-                    status: l.status,
-                    name: &l.name,
-                    // Whole seconds, rounded up: a client that waits that long is served.
-                    retry_after: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
-                }))
-            }
-            (crate::limit::Verdict::Delay(d), _) => {
-                self.req.rate = RateStep::Admitted;
-                self.timers.arm_for(Timer::RateDelay, d, now);
-                self.phase = Phase::Delayed;
-                Some(Limited::Delay)
-            }
-            _ => {
-                self.req.rate = RateStep::Admitted;
-                None
-            }
-        }
     }
 
     fn proxy(
