@@ -31,6 +31,33 @@ impl Status {
         tally
     }
 
+    /// Every worker's TLS counters, summed.
+    pub(crate) fn tls_sum(&self) -> TlsCounts {
+        let tls = self.tls.lock().map(|t| t.clone()).unwrap_or_default();
+        tls.iter().fold(TlsCounts::default(), |a, t| TlsCounts {
+            handshakes: a.handshakes + t.handshakes,
+            resumed: a.resumed + t.resumed,
+            failed: a.failed + t.failed,
+            plain_http: a.plain_http + t.plain_http,
+        })
+    }
+
+    /// Every worker's cache shard's figures, summed.
+    pub(crate) fn cache_sum(&self) -> ringway_core::cache::Stats {
+        let mut cache = ringway_core::cache::Stats::default();
+        for c in self.cache.lock().map(|c| c.clone()).unwrap_or_default() {
+            cache.entries += c.entries;
+            cache.bytes += c.bytes;
+            cache.hits += c.hits;
+            cache.misses += c.misses;
+            cache.stores += c.stores;
+            cache.evictions += c.evictions;
+            cache.invalidations += c.invalidations;
+            cache.collecting += c.collecting;
+        }
+        cache
+    }
+
     /// The status document (what the page shows, refreshed from it).
     pub(crate) fn json(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
@@ -116,29 +143,13 @@ impl Status {
                 json!({"name": r.name, "requests": classes(&c)})
             })
             .collect();
-        let tls = self.tls.lock().map(|t| t.clone()).unwrap_or_default();
-        let tls = tls.iter().fold(TlsCounts::default(), |a, t| TlsCounts {
-            handshakes: a.handshakes + t.handshakes,
-            resumed: a.resumed + t.resumed,
-            failed: a.failed + t.failed,
-            plain_http: a.plain_http + t.plain_http,
-        });
+        let tls = self.tls_sum();
         let mut req = RequestCounts::default();
         for r in self.requests.lock().map(|r| r.clone()).unwrap_or_default() {
             req.add(&r);
         }
         let c = req.by_class;
-        let mut cache = ringway_core::cache::Stats::default();
-        for c in self.cache.lock().map(|c| c.clone()).unwrap_or_default() {
-            cache.entries += c.entries;
-            cache.bytes += c.bytes;
-            cache.hits += c.hits;
-            cache.misses += c.misses;
-            cache.stores += c.stores;
-            cache.evictions += c.evictions;
-            cache.invalidations += c.invalidations;
-            cache.collecting += c.collecting;
-        }
+        let cache = self.cache_sum();
         let ok = self.reloads_ok.load(Relaxed);
         let version = match self.version.load(Relaxed) {
             0 => 1 + ok,

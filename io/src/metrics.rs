@@ -413,30 +413,14 @@ impl Collector for Scrape {
 impl Status {
     /// The metrics page.
     pub(crate) fn metrics(&self) -> String {
-        let mut tally = Tally::default();
-        for t in self.tallies.lock().map(|t| t.clone()).unwrap_or_default() {
-            tally.add(&t);
-        }
+        let tally = self.tally();
         let workers = self
             .worker_snaps
             .lock()
             .map(|w| w.clone())
             .unwrap_or_default();
-        let tls = self.tls.lock().map(|t| t.clone()).unwrap_or_default();
-        let tls = tls.iter().fold(TlsCounts::default(), |a, t| TlsCounts {
-            handshakes: a.handshakes + t.handshakes,
-            resumed: a.resumed + t.resumed,
-            failed: a.failed + t.failed,
-            plain_http: a.plain_http + t.plain_http,
-        });
-        let mut cache = Stats::default();
-        for c in self.cache.lock().map(|c| c.clone()).unwrap_or_default() {
-            cache.entries += c.entries;
-            cache.bytes += c.bytes;
-            cache.stores += c.stores;
-            cache.evictions += c.evictions;
-            cache.invalidations += c.invalidations;
-        }
+        let tls = self.tls_sum();
+        let cache = self.cache_sum();
         let mut servers = Vec::new();
         if let Ok(cur) = self.current.lock() {
             let (cfg, board) = (&cur.0, &cur.1);

@@ -1014,6 +1014,20 @@ pub fn browser() -> Option<&'static str> {
         })
 }
 
+/// The browser, or `None` after saying the test is skipped (only outside CI: with
+/// `RINGWAY_REQUIRE_BROWSER` set its absence fails the test).
+pub fn browser_unless_skipped() -> Option<&'static str> {
+    let b = browser();
+    if b.is_none() {
+        assert!(
+            std::env::var_os("RINGWAY_REQUIRE_BROWSER").is_none(),
+            "RINGWAY_REQUIRE_BROWSER is set but no chromium is installed"
+        );
+        eprintln!("skipped: no chromium here (apt-get install chromium; CI requires it)");
+    }
+    b
+}
+
 /// Headless chromium with no traffic of its own (updates, sync, safe browsing…).
 pub const QUIET_BROWSER: &[&str] = &[
     "--headless=new",
