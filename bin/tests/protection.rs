@@ -502,3 +502,32 @@ fn delay_mode_holds_part_of_the_burst_to_the_rate() {
         .collect();
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+#[test]
+fn a_route_may_have_stricter_head_limits() {
+    let origin = Origin::start();
+    let cfg = limited_config(origin.addr, "").replace(
+        "name = \"main\"\n",
+        "name = \"main\"\nmax_headers = 3\nmax_target = 20\n",
+    );
+    let p = Proxy::start(&cfg);
+    let ask = |req: &str| {
+        let mut c = Client::connect(p.addr);
+        c.send(req.as_bytes());
+        c.response("GET").map_or(0, |r| r.status)
+    };
+    assert_eq!(ask("GET /short HTTP/1.1\r\nHost: t\r\nA: 1\r\n\r\n"), 200);
+    assert_eq!(
+        ask("GET /short HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"),
+        431
+    );
+    assert_eq!(
+        ask("GET /a-path-longer-than-twenty HTTP/1.1\r\nHost: t\r\n\r\n"),
+        414
+    );
+    assert_eq!(
+        origin.seen().len(),
+        1,
+        "only the first reached the upstream"
+    );
+}

@@ -177,6 +177,8 @@ impl Config {
             name: "/".into(),
             log: true,
             max_body: None,
+            max_headers: None,
+            max_target: None,
         }];
         Self {
             admin: None,

@@ -340,6 +340,8 @@ pub(crate) struct Route {
     pub name: Option<Spanned<String>>,
     pub access_log: Option<Spanned<bool>>,
     pub max_body: Option<Spanned<Size>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_target: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

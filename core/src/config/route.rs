@@ -21,6 +21,9 @@ pub struct Route {
     pub log: bool,
     /// The largest request body it accepts (else `[limits] max_request_body`).
     pub max_body: Option<u64>,
+    /// Stricter head limits than `[limits]` for this route: header fields, target length.
+    pub max_headers: Option<usize>,
+    pub max_target: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,9 +203,24 @@ pub(crate) fn build_routes(
                 &format!("{key}.max_body"),
                 r.max_body.as_ref(),
             )?,
+            max_headers: at_least_one(loc, &format!("{key}.max_headers"), r.max_headers.as_ref())?,
+            max_target: at_least_one(loc, &format!("{key}.max_target"), r.max_target.as_ref())?,
         });
     }
     Ok(routes)
+}
+
+/// A count of at least 1, when given.
+fn at_least_one(
+    loc: &Locator<'_>,
+    key: &str,
+    v: Option<&Spanned<usize>>,
+) -> Result<Option<usize>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(n) if *n.get_ref() >= 1 => Ok(Some(*n.get_ref())),
+        Some(n) => Err(loc.at(n.span(), key, "expected at least 1")),
+    }
 }
 
 /// `example.com/app/`, `*.example.com/`, `/app/` (any host).

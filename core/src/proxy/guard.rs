@@ -23,6 +23,37 @@ pub(super) enum Limited<'c> {
 }
 
 impl Exchange {
+    /// A route's own head limits, stricter than `[limits]` (which the parser applied): more
+    /// header fields than `max_headers` is `431`, a longer target than `max_target` `414`.
+    pub(super) fn head_too_large(
+        &mut self,
+        r: &Parsed<'_>,
+        route: Option<usize>,
+        env: &Env<'_>,
+        now: Instant,
+    ) -> bool {
+        let Some(route) = route.map(|i| &env.cfg.routes[i]) else {
+            return false;
+        };
+        if route.max_headers.is_some_and(|m| self.headers.len() > m) {
+            self.reject(431, "too many header fields for this route", env, now);
+            return true;
+        }
+        if route
+            .max_target
+            .is_some_and(|m| r.head.target.get(r.buf()).len() > m)
+        {
+            self.reject(
+                414,
+                "the request target is too long for this route",
+                env,
+                now,
+            );
+            return true;
+        }
+        false
+    }
+
     /// What the first `[[rules]]` entry that matches says of this request (on its normalised
     /// path, as routed), or `None`.
     pub(super) fn ruled<'c>(

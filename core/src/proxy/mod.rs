@@ -1181,6 +1181,9 @@ impl Exchange {
             }
             Some(crate::rules::RuleAction::Allow) | None => {}
         }
+        if self.head_too_large(r, route, env, now) {
+            return 0;
+        }
         let max_body = route.and_then(|i| cfg.routes[i].max_body);
         if self.body_too_large(r, max_body.or(cfg.limits.max_request_body), env, now) {
             return 0;
