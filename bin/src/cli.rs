@@ -105,6 +105,12 @@ pub struct Cli {
     #[arg(long, value_name = "RATE")]
     pub rate_limit: Option<String>,
 
+    /// Share `--rate-limit` with the other ringway boxes that use this Redis server (like
+    /// `redis://127.0.0.1:6379/0`): each box still decides alone, and hears the others' counts
+    /// every 100 ms.
+    #[arg(long, value_name = "URL", requires = "rate_limit")]
+    pub rate_limit_redis: Option<String>,
+
     /// At most N connections open at once from one client address (IPv6: its /64); more are
     /// answered 503 and closed. Overrides `server.max_connections_per_client`.
     #[arg(long, value_name = "N")]

@@ -277,6 +277,20 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             .next()
             .and_then(|n| n.trim().parse::<u32>().ok())
             .unwrap_or(1);
+        let table = match &cli.rate_limit_redis {
+            None => ringway_core::limit::Table::new(ringway_core::config::DEFAULT_LIMIT_KEYS),
+            Some(url) => {
+                let shared = ringway_core::config::SharedLimits::new(url).ok_or_else(|| {
+                    format!("--rate-limit-redis {url:?}: expected a Redis address like redis://127.0.0.1:6379/0")
+                })?;
+                let t = ringway_core::limit::Table::shared(
+                    ringway_core::config::DEFAULT_LIMIT_KEYS,
+                    ringway_core::limit::shared::secret(&shared.secret, "rate-limit"),
+                );
+                cfg.shared_limits = Some(shared);
+                t
+            }
+        };
         cfg.rate_limits.push(ringway_core::limit::RateLimit {
             name: "rate-limit".into(),
             rate: ringway_core::limit::Rate {
@@ -288,9 +302,7 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             routes: None,
             status: 429,
             v6_prefix: 64,
-            table: std::sync::Arc::new(ringway_core::limit::Table::new(
-                ringway_core::config::DEFAULT_LIMIT_KEYS,
-            )),
+            table: std::sync::Arc::new(table),
         });
     }
     if let Some(size) = &cli.cache {
@@ -737,6 +749,14 @@ fn run(cli: &Cli, inherited: &mut ringway_io::Inherited) -> ExitCode {
         .map(|(a, l)| l.describe(*a))
         .collect();
     let pinned = server.pinned_cpus();
+    // The pid file is there by the time the address is announced: whoever acts on the
+    // announcement (`ringway upgrade`, a script) finds it.
+    if let Some(p) = &pid_path {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            eprintln!("ringway: {}: cannot write pid file: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+    }
     log::info!(
         "listening on {} with {} worker(s){}",
         addrs.join(", "),
@@ -754,12 +774,6 @@ fn run(cli: &Cli, inherited: &mut ringway_io::Inherited) -> ExitCode {
             )
         }
     );
-    if let Some(p) = &pid_path {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            eprintln!("ringway: {}: cannot write pid file: {e}", p.display());
-            return ExitCode::FAILURE;
-        }
-    }
     if let (true, Some(a)) = (admin_configured, admin_addr) {
         log::info!("admin status on http://{a}/status");
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use support::{curl, request, Client, Proxy, Response};
+use support::{admin_addr, curl, request, Client, Proxy, Response};
 
 /// A scripted answer: status, fields and body. `{n}` in the body becomes the number of
 /// requests for that path so far (so a test can tell a stored answer from a fresh one).
@@ -548,14 +548,6 @@ fn unsafe_requests_and_purges_invalidate_on_every_worker() {
     assert!(String::from_utf8_lossy(&out).ends_with("400"));
 }
 
-fn admin_addr(p: &Proxy) -> String {
-    p.wait_log(|l| l.contains("admin"));
-    let log = p.log.lock().unwrap().clone();
-    let line = log.lines().find(|l| l.contains("admin")).unwrap();
-    let i = line.find("127.0.0.1:").unwrap();
-    line[i..].split([' ', '/']).next().unwrap().to_string()
-}
-
 #[test]
 fn stale_is_served_when_the_origin_fails_if_allowed() {
     let o = Scripted::start();
@@ -1015,7 +1007,7 @@ fn a_large_hit_goes_on_while_the_client_reads_steadily() {
 fn a_client_dripping_bytes_does_not_hold_the_admin_listener() {
     let o = Scripted::start();
     let p = Proxy::start(&cache_config(o.addr, 1, ""));
-    let admin: SocketAddr = admin_addr(&p).parse().unwrap();
+    let admin = admin_addr(&p);
     let mut slow = TcpStream::connect(admin).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -1101,7 +1093,7 @@ fn copies_of_misses_that_clients_do_not_read_stay_within_the_cache_size() {
     }
     // 64 MiB for the cache: copies in flight may hold a quarter of it.
     let p = Proxy::start(&cache_config(o.addr, 1, ""));
-    let admin: SocketAddr = admin_addr(&p).parse().unwrap();
+    let admin = admin_addr(&p);
     let stalled: Vec<TcpStream> = (0..24)
         .map(|i| {
             let mut c = TcpStream::connect(p.addr).unwrap();

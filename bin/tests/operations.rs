@@ -213,33 +213,6 @@ fn quick_mode_log_flags_are_checked() {
     );
 }
 
-/// `GET path` on the admin listener: the body.
-fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    let r = request(admin, req.as_bytes()).expect("the admin listener answers");
-    assert_eq!(r.status, 200, "{path}");
-    r.text()
-}
-
-/// The value of the sample `name{labels}` (labels as written, `""` for none).
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let key = if labels.is_empty() {
-        format!("{name} ")
-    } else {
-        format!("{name}{{{labels}}} ")
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(key.as_str()))
-        .map(|v| v.trim().parse().unwrap())
-}
-
-fn admin_addr(p: &Proxy) -> std::net::SocketAddr {
-    p.wait_log(|l| l.contains("admin status on http://"));
-    let log = p.log.lock().unwrap().clone();
-    let a = log.split("admin status on http://").nth(1).unwrap();
-    a.split('/').next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn metrics_match_the_traffic_and_pass_promtool() {
     let origin = Origin::start();
@@ -749,6 +722,42 @@ impl PoliteLoad {
     }
 }
 
+/// The inodes of the sockets process `pid` holds.
+fn sockets_of(pid: i32) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let t = std::fs::read_link(e.path()).ok()?;
+                    let t = t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+                    t.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The inodes of every listening TCP socket on the machine.
+fn listening_sockets() -> std::collections::BTreeSet<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    // st 0A: LISTEN; the inode is the tenth column.
+                    (cols.get(3) == Some(&"0A"))
+                        .then(|| cols.get(9)?.parse().ok())
+                        .flatten()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
 fn alive(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -812,6 +821,15 @@ fn a_binary_upgrade_under_load_drops_nothing_and_keeps_websockets() {
         "{said}"
     );
     p.wait_log(|l| l.contains(&format!("upgrade: PID {new} serves")));
+    // The new process inherited the listening sockets and nothing else of the old one's: no
+    // client or upstream connection (a copy would keep a connection the old process closes
+    // open and unanswered).
+    let shared: Vec<_> = sockets_of(old)
+        .intersection(&sockets_of(new))
+        .copied()
+        .filter(|i| !listening_sockets().contains(i))
+        .collect();
+    assert!(shared.is_empty(), "connections inherited: {shared:?}");
     // The old process drains, but the WebSocket it carries goes on until it ends.
     std::thread::sleep(Duration::from_millis(500));
     echo(&mut ws, b"during the drain");

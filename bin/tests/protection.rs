@@ -97,12 +97,7 @@ fn one_client_over_many_connections_is_held_to_its_rate_across_workers() {
     let r = refusal.expect("refused at some point");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(r.text().contains("rate limit per-client"), "{}", r.text());
-    p.wait_log(|l| l.contains("admin status on"));
-    let admin: SocketAddr = {
-        let log = p.log.lock().unwrap().clone();
-        let a = log.split("admin status on http://").nth(1).unwrap();
-        a.split('/').next().unwrap().parse().unwrap()
-    };
+    let admin = admin_addr(&p);
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let m = request(
@@ -229,11 +224,7 @@ fn the_process_maximum_closes_the_rest() {
         "",
         "closed with nothing sent"
     );
-    let admin: SocketAddr = {
-        let log = p.log.lock().unwrap().clone();
-        let a = log.split("admin status on http://").nth(1).unwrap();
-        a.split('/').next().unwrap().parse().unwrap()
-    };
+    let admin = admin_addr(&p);
     let m = request(
         admin,
         b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -309,6 +300,7 @@ fn bodies_over_the_limit_get_413_before_the_upstream_sees_them() {
 fn rules_config(origin: SocketAddr, rules: &str) -> String {
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\npin = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n{rules}"
     )
 }
@@ -328,7 +320,7 @@ fn deny_rules_see_the_normalised_path_and_lists_from_files_reload() {
         &format!(
             "[[rules]]\naction = \"deny\"\nclients_file = \"{}\"\nstatus = 403\nbody = \"blocked\\n\"\n\
              [[rules]]\naction = \"allow\"\nheaders = {{ \"x-office\" = \"^yes$\" }}\n\
-             [[rules]]\naction = \"deny\"\npaths = [\"/admin\"]\n",
+             [[rules]]\naction = \"deny\"\npaths = [\"/admin\"]\nname = \"admin-paths\"\n",
             list.0.display()
         ),
     );
@@ -354,6 +346,29 @@ fn deny_rules_see_the_normalised_path_and_lists_from_files_reload() {
     c.send(get("/").as_bytes());
     let r = c.response("GET").unwrap();
     assert_eq!((r.status, r.text().as_str()), (403, "blocked\n"));
+    // Each rule's decisions are counted, by its name (or place) and action.
+    let admin = admin_addr(&p);
+    let want = [
+        (
+            "rule=\"admin-paths\",action=\"deny\"",
+            PATHS_TO_ADMIN.len() as f64,
+        ),
+        ("rule=\"rules[1]\",action=\"allow\"", 1.0),
+        ("rule=\"rules[0]\",action=\"deny\"", 1.0),
+    ];
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = admin_get(admin, "/metrics");
+        let got: Vec<_> = want
+            .iter()
+            .map(|(l, _)| sample(&m, "ringway_rule_matches_total", l))
+            .collect();
+        if want.iter().zip(&got).all(|((_, n), g)| *g == Some(*n)) {
+            break;
+        }
+        assert!(Instant::now() < end, "{got:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The list changes, a reload reads it again.
     std::fs::write(&list.0, "10.0.0.0/8\n").unwrap();
     p.signal(libc::SIGHUP);
@@ -529,5 +544,171 @@ fn a_route_may_have_stricter_head_limits() {
         origin.seen().len(),
         1,
         "only the first reached the upstream"
+    );
+}
+
+/// Both proxies flooded at once by the same client (from 127.0.0.1) for `secs`: (served,
+/// refused) summed.
+fn flood_both(a: SocketAddr, b: SocketAddr, secs: f64) -> (usize, usize, Duration) {
+    let other = std::thread::spawn(move || flood(b, "127.0.0.1:0", 4, secs));
+    let (ok_a, lim_a, took, _) = flood(a, "127.0.0.1:0", 4, secs);
+    let (ok_b, lim_b, took_b, _) = other.join().unwrap();
+    (ok_a + ok_b, lim_a + lim_b, took.max(took_b))
+}
+
+#[test]
+fn a_limit_shared_through_redis_holds_across_two_processes_and_outlives_redis() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let origin = Origin::start();
+    // 100/s with a burst of 10, synced every 100 ms.
+    let config = limited_config(
+        origin.addr,
+        &format!(
+            "[shared_limits]\nredis = \"{}\"\ninterval = \"100ms\"\n\
+             [[rate_limits]]\nname = \"shared\"\nrate = \"100/s\"\nburst = 10\nshared = true\n",
+            redis.url()
+        ),
+    );
+    let (p1, p2) = (Proxy::start(&config), Proxy::start(&config));
+    let (a1, a2) = (admin_addr(&p1), admin_addr(&p2));
+    let up = |admin| {
+        sample(
+            &admin_get(admin, "/metrics"),
+            "ringway_shared_limits_up",
+            "",
+        )
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < end, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("both boxes reach Redis", &|| {
+        up(a1) == Some(1.0) && up(a2) == Some(1.0)
+    });
+
+    // One client floods both boxes: together they admit what one box alone would, within
+    // the bound (N − 1)(b + 1 + R(T + ρ)) = 1 × (11 + 100 × 0.11) = 22 requests.
+    let (ok, refused, took) = flood_both(p1.addr, p2.addr, 4.0);
+    let alone = 11.0 + 100.0 * took.as_secs_f64();
+    let bound = 22.0;
+    let error = (ok as f64 - alone) / alone;
+    eprintln!(
+        "shared: {ok} served, {refused} refused in {took:?}; one box alone: {alone:.0}; \
+         error {:+.1}% (bound +{:.1}%)",
+        error * 100.0,
+        bound / alone * 100.0
+    );
+    assert!(
+        ok as f64 <= alone + bound && ok as f64 >= 0.95 * alone,
+        "{ok} served by two boxes sharing a limit; one box alone: {alone:.0} (+{bound} allowed)"
+    );
+
+    // Redis dies: not one request fails (`flood` panics on anything but 200 or 429); each box
+    // limits alone, says so, and counts what it so decided.
+    redis.kill();
+    let (ok, refused, took) = flood_both(p1.addr, p2.addr, 2.0);
+    eprintln!("Redis gone: {ok} served, {refused} refused in {took:?}");
+    assert!(refused > 0 && ok > 0);
+    let local_only = |admin| {
+        sample(
+            &admin_get(admin, "/metrics"),
+            "ringway_rate_limit_local_only_total",
+            "limit=\"shared\"",
+        )
+        .unwrap_or(0.0)
+    };
+    until("the boxes see Redis gone", &|| {
+        up(a1) == Some(0.0) && up(a2) == Some(0.0)
+    });
+    assert!(local_only(a1) > 0.0 && local_only(a2) > 0.0);
+    // Alone, each box admits at most its own burst and rate.
+    assert!(
+        ok as f64 <= 2.0 * (11.0 + 100.0 * took.as_secs_f64()) + 2.0,
+        "{ok} in {took:?}"
+    );
+
+    // Back again: the boxes share once more.
+    redis.restart();
+    until("both boxes reach Redis again", &|| {
+        up(a1) == Some(1.0) && up(a2) == Some(1.0)
+    });
+    let failed = sample(
+        &admin_get(a1, "/metrics"),
+        "ringway_shared_limits_syncs_total",
+        "result=\"failed\"",
+    );
+    assert!(failed.is_some_and(|n| n > 0.0));
+}
+
+#[test]
+fn quick_mode_shares_a_limit_through_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let origin = Origin::start();
+    let start = || {
+        Proxy::start_quick(&[
+            "--upstream",
+            &origin.addr.to_string(),
+            "--rate-limit",
+            "5/m",
+            "--rate-limit-redis",
+            &redis.url(),
+            "--admin",
+            "127.0.0.1:0",
+        ])
+    };
+    let (p1, p2) = (start(), start());
+    // Two whole sync rounds after now: what this box admitted is in Redis, and it has heard
+    // what the other reported.
+    let synced = |p: &Proxy| {
+        let a = admin_addr(p);
+        let rounds = || {
+            sample(
+                &admin_get(a, "/metrics"),
+                "ringway_shared_limits_syncs_total",
+                "result=\"ok\"",
+            )
+            .unwrap_or(0.0)
+        };
+        let (before, end) = (rounds(), Instant::now() + Duration::from_secs(10));
+        while rounds() < before + 2.0 {
+            assert!(Instant::now() < end, "no sync with Redis");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let statuses = |p: &Proxy, n| {
+        let mut c = Client::connect(p.addr);
+        (0..n)
+            .map(|_| {
+                c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+                c.response("GET").unwrap().status
+            })
+            .collect::<Vec<_>>()
+    };
+    // 5/m with a burst of 5: six in all, whichever box they reach.
+    assert_eq!(statuses(&p1, 4), [200; 4]);
+    synced(&p1);
+    assert_eq!(statuses(&p2, 1), [200]);
+    synced(&p2);
+    assert_eq!(statuses(&p2, 3), [200, 429, 429]);
+    synced(&p2);
+    synced(&p1);
+    assert_eq!(statuses(&p1, 1), [429]);
+    let out = std::process::Command::new(bin())
+        .args(["--upstream", "127.0.0.1:9", "--rate-limit", "1/s"])
+        .args(["--rate-limit-redis", "http://127.0.0.1:6379"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--rate-limit-redis \"http://127.0.0.1:6379\": expected"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

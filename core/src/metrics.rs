@@ -143,6 +143,8 @@ pub struct Tally {
     pub denials: HashMap<&'static str, u64>,
     /// Requests refused by a rate limit, by its name.
     pub limited: HashMap<Box<str>, u64>,
+    /// Requests a `[[rules]]` entry decided, by its name and action.
+    pub rules: HashMap<(Box<str>, &'static str), u64>,
 }
 
 /// Where an exchange was, for its labels (io looks the names up in the configuration it ran
@@ -155,6 +157,8 @@ pub struct Labels<'a> {
     pub server: Option<(&'a str, SocketAddr)>,
     /// The rate limit that refused it.
     pub limited: Option<&'a str>,
+    /// The `[[rules]]` entry that decided it: its name and action.
+    pub rule: Option<(&'a str, &'static str)>,
 }
 
 impl Tally {
@@ -210,6 +214,9 @@ impl Tally {
                 }
             }
         }
+        if let Some((name, action)) = at.rule {
+            *self.rules.entry((name.into(), action)).or_default() += 1;
+        }
     }
 
     /// Adds another worker's counts.
@@ -246,6 +253,9 @@ impl Tally {
         }
         for (k, v) in &o.limited {
             *self.limited.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.rules {
+            *self.rules.entry(k.clone()).or_default() += v;
         }
     }
 }
@@ -321,6 +331,7 @@ mod tests {
             route: Some("/"),
             server: Some(("app", origin)),
             limited: None,
+            rule: None,
         };
         let mut w = Tally::default();
         w.count(&ok, at);
@@ -331,6 +342,7 @@ mod tests {
                 route: None,
                 server: None,
                 limited: Some("api"),
+                rule: Some(("office", "allow")),
                 ..at
             },
         );
@@ -351,6 +363,7 @@ mod tests {
         assert_eq!(sum.cache, [0, 2, 0, 0, 0, 0]);
         assert_eq!(sum.denials["domain"], 2);
         assert_eq!(sum.limited["api"], 2);
+        assert_eq!(sum.rules[&("office".into(), "allow")], 2);
         assert_eq!(sum.request_time.count(), 2);
     }
 }

@@ -111,9 +111,22 @@ pub enum RuleAction {
     Tarpit(Duration),
 }
 
+impl RuleAction {
+    /// Its name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny { .. } => "deny",
+            Self::Tarpit(_) => "tarpit",
+        }
+    }
+}
+
 /// One `[[rules]]` entry; an absent condition holds for every request.
 #[derive(Clone, Debug)]
 pub struct Rule {
+    /// What metrics call it (`rules[i]` unless named).
+    pub name: String,
     pub action: RuleAction,
     pub clients: Option<CidrSet>,
     /// Upper-case method names.
@@ -215,6 +228,7 @@ mod tests {
 
     fn rule(action: RuleAction) -> Rule {
         Rule {
+            name: "r".into(),
             action,
             clients: None,
             methods: None,

@@ -61,6 +61,8 @@ pub(crate) struct Status {
     /// When the process started (seconds since the Unix epoch).
     pub(crate) started: f64,
     /// Lookups of upstream names, and failed ones (the names thread counts them).
+    /// The shared limits' sync with Redis (its thread counts).
+    pub(crate) shared_limits: crate::limitsync::Counters,
     pub(crate) name_lookups: Mutex<(
         Arc<std::sync::atomic::AtomicU64>,
         Arc<std::sync::atomic::AtomicU64>,
@@ -95,6 +97,7 @@ impl Status {
             version: Default::default(),
             drained: Mutex::default(),
             name_lookups: Mutex::default(),
+            shared_limits: Default::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),

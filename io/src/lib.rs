@@ -27,6 +27,7 @@ mod gate;
 mod generation;
 mod guard;
 mod health;
+mod limitsync;
 mod listener;
 mod metrics;
 mod names;

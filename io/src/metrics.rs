@@ -35,6 +35,16 @@ struct Scrape {
     names: (u64, u64),
     /// Connections refused by the connection limits (process, listener, client).
     refused: [u64; 3],
+    /// With `[shared_limits]`: Redis reached in the last round, rounds ok and failed, and
+    /// each shared limit's requests decided on this box alone.
+    shared: Option<SharedScrape>,
+}
+
+#[derive(Debug)]
+struct SharedScrape {
+    up: bool,
+    rounds: [u64; 2],
+    local_only: Vec<(String, u64)>,
 }
 
 /// A worker's own figures.
@@ -352,6 +362,43 @@ impl Collector for Scrape {
                 .into_iter()
                 .map(|(r, n)| (l(&[("limit", r)]), counter(*n))),
         )?;
+        if let Some(sh) = &self.shared {
+            family(
+                &mut e,
+                "ringway_shared_limits_up",
+                "Whether the last sync of the shared rate limits reached Redis (0: each box limits alone).",
+                MetricType::Gauge,
+                [(Labels::new(), gauge(u64::from(sh.up)))],
+            )?;
+            family(
+                &mut e,
+                "ringway_shared_limits_syncs",
+                "Syncs of the shared rate limits with Redis: answered, or failed (a timeout, a refused connection, an error).",
+                MetricType::Counter,
+                [("ok", sh.rounds[0]), ("failed", sh.rounds[1])]
+                    .map(|(r, n)| (l(&[("result", r)]), counter(n))),
+            )?;
+            family(
+                &mut e,
+                "ringway_rate_limit_local_only",
+                "Requests a shared rate limit admitted on this box's count alone, Redis being unreachable.",
+                MetricType::Counter,
+                sh.local_only
+                    .iter()
+                    .map(|(n, v)| (l(&[("limit", n)]), counter(*v))),
+            )?;
+        }
+        let mut rules: Vec<_> = t.rules.iter().collect();
+        rules.sort();
+        family(
+            &mut e,
+            "ringway_rule_matches",
+            "Requests a [[rules]] entry decided, by its name and action.",
+            MetricType::Counter,
+            rules
+                .into_iter()
+                .map(|((r, a), n)| (l(&[("rule", r), ("action", a)]), counter(*n))),
+        )?;
         let (lookups, failures) = self.workers.iter().fold(self.names, |(a, b), w| {
             (a + w.dns_lookups, b + w.dns_failures)
         });
@@ -422,8 +469,18 @@ impl Status {
         let tls = self.tls_sum();
         let cache = self.cache_sum();
         let mut servers = Vec::new();
+        let mut shared = None;
         if let Ok(cur) = self.current.lock() {
             let (cfg, board) = (&cur.0, &cur.1);
+            if cfg.shared_limits.is_some() {
+                use std::sync::atomic::Ordering::Relaxed;
+                let c = &self.shared_limits;
+                shared = Some(SharedScrape {
+                    up: c.up.load(Relaxed),
+                    rounds: [c.rounds_ok.load(Relaxed), c.rounds_failed.load(Relaxed)],
+                    local_only: crate::limitsync::local_only(&cfg.rate_limits),
+                });
+            }
             let snaps = self.workers.lock().map(|w| w.clone()).unwrap_or_default();
             for (g, u) in cfg.upstreams.iter().enumerate() {
                 for (s, server) in u.servers.iter().enumerate() {
@@ -464,6 +521,7 @@ impl Status {
             },
             started: self.started,
             refused: self.gate.refused.each_ref().map(|n| n.load(Relaxed)),
+            shared,
             names: self
                 .name_lookups
                 .lock()

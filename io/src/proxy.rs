@@ -734,6 +734,10 @@ impl Conn {
                     .limited
                     .and_then(|i| self.cfg.rate_limits.get(i))
                     .map(|l| l.name.as_str()),
+                rule: r
+                    .ruled
+                    .and_then(|i| self.cfg.rules.get(i))
+                    .map(|x| (x.name.as_str(), x.action.label())),
             },
         );
         if let Some(a) = &self.cfg.access_log {

@@ -33,7 +33,7 @@ pub struct Server {
     log: crate::accesslog::Log,
     log_writer: crate::accesslog::Writer,
     names: Arc<Mutex<Names>>,
-    /// Wakes the names thread to stop.
+    /// Wakes the names and limit-sync threads to stop.
     names_stop: (
         crossbeam_channel::Sender<()>,
         crossbeam_channel::Receiver<()>,
@@ -169,7 +169,8 @@ impl ShutdownHandle {
         // and no connection should wait on a socket that nobody will accept from.
         self.1.close();
         self.0.store(true, Ordering::Relaxed);
-        // The names thread waits on this.
+        // The names and limit-sync threads wait on this: one message each.
+        let _ = self.2.try_send(());
         let _ = self.2.try_send(());
     }
 }
@@ -300,7 +301,7 @@ impl Server {
         status.set_name_counters(names.lookups.clone(), names.failures.clone());
         Ok(Self {
             upgrade: crate::upgrade::UpgradeHandle::new(handoff),
-            names_stop: crossbeam_channel::bounded(1),
+            names_stop: crossbeam_channel::bounded(2),
             names: Arc::new(Mutex::new(names)),
             log,
             log_writer,
@@ -388,6 +389,13 @@ impl Server {
                     };
                     crate::names::run(names, install, shutdown, stop)
                 })?;
+        }
+        {
+            let (status, shutdown) = (self.status.clone(), self.shutdown.clone());
+            let stop = self.names_stop.1.clone();
+            std::thread::Builder::new()
+                .name("ringway-limits".into())
+                .spawn(move || crate::limitsync::run(status, shutdown, stop))?;
         }
         let mut reload_rx = self.reload_rx;
         let checker_rx = reload_rx.pop().expect("one channel for the checker");

@@ -244,6 +244,59 @@ pub(crate) fn dup_inheritable(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
+/// For a child between fork and exec (`CommandExt::pre_exec`; system calls only, nothing
+/// allocated): every descriptor from 3 up is made close-on-exec except `keep`, so the new
+/// program inherits only what it is handed. Needed because io_uring's accept (monoio's
+/// included) and other descriptors the workers open are not close-on-exec: without it a new
+/// binary would hold a copy of every client and upstream connection open at the upgrade, and a
+/// connection the old process closed would stay open, unanswered, until the new one exits.
+fn close_on_exec_except(keep: &[RawFd]) -> io::Result<()> {
+    // SAFETY: close_range(2) with integer arguments; it only changes descriptor flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r != 0 {
+        // Before Linux 5.11: one at a time, up to the descriptor limit.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let top = lim.rlim_cur.min(1 << 20) as RawFd;
+        for fd in 3..top {
+            // SAFETY: fcntl on a descriptor number, with integer arguments; a closed one fails.
+            unsafe {
+                let f = libc::fcntl(fd, libc::F_GETFD);
+                if f >= 0 && f & libc::FD_CLOEXEC == 0 {
+                    libc::fcntl(fd, libc::F_SETFD, f | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+    for &fd in keep {
+        // SAFETY: as above, on a descriptor the parent opened for the child.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Has the program `cmd` executes inherit only `keep` (and the standard streams).
+pub(crate) fn inherit_only(cmd: &mut std::process::Command, keep: Vec<RawFd>) {
+    // SAFETY: the closure runs in the forked child before exec and makes system calls only
+    // (close_range, getrlimit, fcntl) over a list allocated here, before the fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || close_on_exec_except(&keep));
+    }
+}
+
 /// What kind of descriptor a parent handed over.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Handed {

@@ -135,10 +135,17 @@ impl UpgradeHandle {
             list.push_str(&format!("{key}={};", d.as_raw_fd()));
             dups.push(d);
         }
-        let mut child = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
+        let keep: Vec<_> = dups
+            .iter()
+            .map(|d| d.as_raw_fd())
+            .chain([write_child.as_raw_fd()])
+            .collect();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(std::env::args_os().skip(1))
             .env(INHERIT_ENV, &list)
-            .env(READY_ENV, write_child.as_raw_fd().to_string())
+            .env(READY_ENV, write_child.as_raw_fd().to_string());
+        crate::sys::inherit_only(&mut cmd, keep);
+        let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         // The child has its copies; these close here, so the pipe's only writer is the child.

@@ -79,6 +79,9 @@ impl Origin {
                     }
                 };
                 stream.set_nonblocking(false).unwrap();
+                // Head and body are written apart: without this, Nagle's algorithm and the
+                // proxy's delayed ACK hold every body 40 ms.
+                let _ = stream.set_nodelay(true);
                 o.lock().unwrap().push(stream.try_clone().unwrap());
                 c.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
@@ -1045,3 +1048,122 @@ pub const QUIET_BROWSER: &[&str] = &[
     "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
     "--metrics-recording-only",
 ];
+
+/// `GET path` on the admin listener: the body.
+pub fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let r = request(admin, req.as_bytes()).expect("the admin listener answers");
+    assert_eq!(r.status, 200, "{path}");
+    r.text()
+}
+
+/// The value of the sample `name{labels}` (labels as written, `""` for none).
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+pub fn admin_addr(p: &Proxy) -> std::net::SocketAddr {
+    p.wait_log(|l| l.contains("admin status on http://"));
+    let log = p.log.lock().unwrap().clone();
+    let a = log.split("admin status on http://").nth(1).unwrap();
+    a.split('/').next().unwrap().parse().unwrap()
+}
+
+/// A `redis-server` of the test's own on a free loopback port, nothing saved to disk, ended
+/// (by its PID) when dropped. `None` outside CI when Redis is not installed (the test says it
+/// is skipped); in CI (`CI` set) its absence fails the test.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    pub fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is needed in CI (apt-get install redis-server)"
+            );
+            eprintln!("skipped: no redis-server here (apt-get install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("ringway-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Self {
+            port,
+            child: None,
+            dir,
+        };
+        r.restart();
+        Some(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (again, on the same port) and waits until it answers PING.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "redis-server did not answer on {}",
+                self.port
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it outright (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

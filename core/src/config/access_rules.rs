@@ -155,6 +155,7 @@ pub(crate) fn build_rules(
             }
         };
         out.push(Rule {
+            name: r.name.clone().unwrap_or_else(|| key.clone()),
             action,
             clients,
             methods,

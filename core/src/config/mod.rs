@@ -28,6 +28,7 @@ use error::{plain_message, Locator};
 use limits::build_limits;
 pub use limits::Limits;
 pub use log::{AccessLog, LogTarget, DEFAULT_LOG_BUFFER, DEFAULT_LOG_FLUSH};
+pub use ratelimit::SharedLimits;
 pub use ratelimit::DEFAULT_LIMIT_KEYS;
 pub use resolver::Resolver;
 pub use route::{Action, Route};
@@ -79,6 +80,8 @@ pub struct Config {
     pub resolver: Resolver,
     /// Request-rate limits, checked in order.
     pub rate_limits: Vec<crate::limit::RateLimit>,
+    /// Where limits marked `shared` meet the other boxes' counts.
+    pub shared_limits: Option<SharedLimits>,
     /// Allow, deny and tarpit rules for the reverse proxy, checked in order.
     pub rules: Vec<crate::rules::Rule>,
 }
@@ -218,6 +221,7 @@ impl Config {
             access_log: None,
             resolver: Resolver::default(),
             rate_limits: Vec::new(),
+            shared_limits: None,
             rules: Vec::new(),
         }
     }
@@ -319,7 +323,9 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let forward = forward::build_forward(loc, raw.forward)?;
     let access_log = log::build_access_log(loc, raw.access_log)?;
     let resolver = resolver::build_resolver(loc, raw.resolver)?;
-    let rate_limits = ratelimit::build_rate_limits(loc, &raw.rate_limits, &routes)?;
+    let shared_limits = ratelimit::build_shared_limits(loc, raw.shared_limits.as_ref())?;
+    let rate_limits =
+        ratelimit::build_rate_limits(loc, &raw.rate_limits, &routes, shared_limits.as_ref())?;
     let rules = access_rules::build_rules(loc, &raw.rules, &routes, &server.listen)?;
     let tls = match &raw.tls {
         None => None,
@@ -337,6 +343,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         access_log,
         resolver,
         rate_limits,
+        shared_limits,
         rules,
         cache,
         tls,

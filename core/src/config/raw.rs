@@ -28,6 +28,7 @@ pub(crate) struct File {
     pub resolver: Option<Resolver>,
     #[serde(default)]
     pub rate_limits: Vec<Spanned<RateLimit>>,
+    pub shared_limits: Option<Spanned<SharedLimits>>,
     #[serde(default)]
     pub rules: Vec<Spanned<AccessRule>>,
 }
@@ -36,6 +37,7 @@ pub(crate) struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AccessRule {
+    pub name: Option<String>,
     pub action: Spanned<String>,
     pub clients: Option<Vec<Spanned<String>>>,
     pub clients_file: Option<String>,
@@ -64,6 +66,18 @@ pub(crate) struct RateLimit {
     pub status: Option<Spanned<u16>>,
     pub ipv6_prefix: Option<Spanned<u8>>,
     pub max_keys: Option<Spanned<usize>>,
+    pub shared: Option<bool>,
+}
+
+/// `[shared_limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SharedLimits {
+    pub redis: Spanned<String>,
+    pub interval: Option<Spanned<Duration>>,
+    pub timeout: Option<Spanned<Duration>>,
+    pub prefix: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
 }
 
 /// `[resolver]`.

@@ -647,3 +647,94 @@ fn servers_by_name_expand_into_one_server_per_address() {
     .unwrap_err();
     assert_eq!(e.key, "resolver.min_ttl", "{e}");
 }
+
+#[test]
+fn rate_limits_and_their_shared_store() {
+    let base = "[upstreams.app]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"api\"\nupstream = \"app\"\n";
+    let c = Config::parse(
+        "t.toml",
+        &format!(
+            "{base}[shared_limits]\nredis = \"redis://127.0.0.1:6379/2\"\ninterval = \"50ms\"\n\
+             [[rate_limits]]\nname = \"a\"\nrate = \"10/s\"\nburst = 5\nshared = true\n\
+             [[rate_limits]]\nname = \"b\"\nrate = \"600/m\"\nkey = \"header:x-api-key\"\nroutes = [\"api\"]\n"
+        ),
+    )
+    .unwrap();
+    let s = c.shared_limits.as_ref().unwrap();
+    assert_eq!(s.redis, "redis://127.0.0.1:6379/2");
+    assert_eq!(s.interval, Duration::from_millis(50));
+    assert_eq!(s.timeout, Duration::from_millis(250));
+    assert_eq!(s.prefix, "ringway:");
+    assert!(c.rate_limits[0].table.is_shared());
+    assert!(!c.rate_limits[1].table.is_shared());
+    assert_eq!(c.rate_limits[1].routes, Some(vec![0]));
+    // A reload keeps the counts of unchanged limits; a new secret renames the shared keys.
+    let mut same = Config::parse("t.toml", &format!("{base}[shared_limits]\nredis = \"redis://127.0.0.1:6379/2\"\ninterval = \"50ms\"\n[[rate_limits]]\nname = \"a\"\nrate = \"10/s\"\nburst = 5\nshared = true\n")).unwrap();
+    same.keep_limit_state(&c);
+    assert!(std::sync::Arc::ptr_eq(
+        &same.rate_limits[0].table,
+        &c.rate_limits[0].table
+    ));
+    let mut renamed = Config::parse("t.toml", &format!("{base}[shared_limits]\nredis = \"redis://127.0.0.1:6379/2\"\nsecret = \"other\"\n[[rate_limits]]\nname = \"a\"\nrate = \"10/s\"\nburst = 5\nshared = true\n")).unwrap();
+    renamed.keep_limit_state(&c);
+    assert!(!std::sync::Arc::ptr_eq(
+        &renamed.rate_limits[0].table,
+        &c.rate_limits[0].table
+    ));
+
+    for good in [
+        "redis://127.0.0.1",
+        "redis://:pw@[::1]:6380/3",
+        "redis://user:pw@cache.internal:6379",
+        "unix:///run/redis.sock",
+    ] {
+        assert!(SharedLimits::new(good).is_some(), "{good}");
+    }
+    for bad in [
+        "redis://",
+        "redis://h:0",
+        "redis://h:x/1",
+        "redis://h/db",
+        "redis://a b",
+        "unix://rel",
+        "rediss://h",
+        "http://h",
+    ] {
+        assert!(SharedLimits::new(bad).is_none(), "{bad}");
+    }
+    for (text, key, want) in [
+        (
+            "[[rate_limits]]\nrate = \"10/s\"\nshared = true\n",
+            "rate_limits[0].shared",
+            "[shared_limits]",
+        ),
+        (
+            "[shared_limits]\nredis = \"127.0.0.1:6379\"\n",
+            "shared_limits.redis",
+            "expected a Redis address",
+        ),
+        (
+            "[shared_limits]\nredis = \"redis://h\"\ninterval = \"1ms\"\n",
+            "shared_limits.interval",
+            "from 10ms to 60s",
+        ),
+        (
+            "[[rate_limits]]\nrate = \"10/d\"\n",
+            "rate_limits[0].rate",
+            "per second, minute or hour",
+        ),
+        (
+            "[[rate_limits]]\nrate = \"10/s\"\nroutes = [\"nope\"]\n",
+            "rate_limits[0].routes[0]",
+            "no route named \"nope\"",
+        ),
+    ] {
+        let e = err(&format!("{base}{text}"));
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(want), "{e}");
+        assert!(
+            e.line.is_some() || key.starts_with("shared_limits.interval"),
+            "{e}"
+        );
+    }
+}

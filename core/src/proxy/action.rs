@@ -17,7 +17,8 @@ use super::error::Error;
 pub enum Action {
     /// Hand everything buffered from the client to `handle_input`; when `read_first`, read
     /// more first (bounded by the deadline; `handle_client_closed` / `handle_timeout` when that
-    /// fails). `idle`: nothing of a request has arrived yet, so a draining worker may close.
+    /// fails). `idle`: the connection served a request and nothing of the next has arrived, so a
+    /// draining worker may close it (a new connection's first request is always awaited).
     ReadHead { idle: bool, read_first: bool },
     /// Write the bytes in `out()` to the client (bounded by the deadline), then
     /// `handle_client_written`.

@@ -81,9 +81,7 @@ impl Exchange {
             header: &header,
         };
         let (i, action) = crate::rules::evaluate(rules, &seen)?;
-        if !matches!(action, crate::rules::RuleAction::Allow) {
-            self.record.ruled = Some(i);
-        }
+        self.record.ruled = Some(i);
         Some(action)
     }
 

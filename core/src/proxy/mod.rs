@@ -250,8 +250,11 @@ impl Exchange {
             return a;
         }
         match self.phase {
+            // A connection that has not sent its first request is not idle: a draining worker
+            // waits for that request (under the header timeout) and answers it, since the
+            // client may have sent it already, racing the drain.
             Phase::Head { began, read_first } => Action::ReadHead {
-                idle: !began,
+                idle: !began && self.served > 0,
                 read_first,
             },
             Phase::Discard(_) => Action::DiscardBody(BodyPlan {

@@ -32,7 +32,7 @@ pub struct EndRecord {
     pub upstream_head: Option<Instant>,
     /// Whether that connection came from the pool.
     pub upstream_reused: Option<bool>,
-    /// The `[[rules]]` entry (index) that denied or tarpitted the request.
+    /// The `[[rules]]` entry (index) that decided the request (allowed, denied or tarpitted).
     pub ruled: Option<usize>,
     /// The rate limit (index in the config's `rate_limits`) that refused the request.
     pub limited: Option<usize>,

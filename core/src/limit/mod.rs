@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod shared;
+
 /// Neighbouring slots a key may live in (one or two cache lines).
 pub const PROBES: usize = 4;
 
@@ -80,6 +82,7 @@ impl PartialEq for RateLimit {
             self.v6_prefix,
         ) == (&o.name, o.rate, &o.key, &o.routes, o.status, o.v6_prefix)
             && self.table.slots.len() == o.table.slots.len()
+            && self.table.is_shared() == o.table.is_shared()
     }
 }
 
@@ -181,9 +184,11 @@ pub struct Table {
     slots: Box<[AtomicU64]>,
     /// The first moment it was asked about; times are kept relative to it.
     origin: std::sync::OnceLock<Instant>,
-    secret: std::collections::hash_map::RandomState,
+    hash: shared::KeyHash,
     /// Keys evicted while their bucket still held debt (a sign the table is too small).
     evicted: AtomicU64,
+    /// What a shared backend syncs (`None`: this box alone).
+    shared: Option<shared::Shared>,
 }
 
 impl Table {
@@ -193,9 +198,25 @@ impl Table {
         Self {
             slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
             origin: std::sync::OnceLock::new(),
-            secret: std::collections::hash_map::RandomState::new(),
+            hash: shared::KeyHash::Random(std::collections::hash_map::RandomState::new()),
             evicted: AtomicU64::new(0),
+            shared: None,
         }
+    }
+
+    /// A table whose counts are shared with other boxes through a backend: its keys hashed
+    /// with `secret` (the same on every box, so that a key has one name everywhere), and each
+    /// slot's admissions counted for the next sync ([`shared`]).
+    pub fn shared(slots: usize, secret: [u64; 2]) -> Self {
+        let mut t = Self::new(slots);
+        t.hash = shared::KeyHash::Keyed(secret);
+        t.shared = Some(shared::Shared::new(t.slots.len()));
+        t
+    }
+
+    /// Whether its counts are shared with other boxes.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     pub fn evicted(&self) -> u64 {
@@ -209,7 +230,7 @@ impl Table {
 
     /// Counts one request of `key` at `now` against `rate`.
     pub fn check(&self, key: &[u8], rate: &Rate, now: Instant) -> Verdict {
-        let h = self.secret.hash_one(key);
+        let h = self.hash.hash(key);
         // The tag is never 0, so an empty slot (0) matches no key.
         let tag = (h >> TIME_BITS).max(1);
         let base = (h as usize) & (self.slots.len() - 1);
@@ -242,6 +263,10 @@ impl Table {
                 .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                if let Some(s) = &self.shared {
+                    // A second read-modify-write, on shared limits only: the sync's count.
+                    s.admitted(i, h, ours);
+                }
                 return if debt > free {
                     Verdict::Delay(Duration::from_micros(debt - free))
                 } else {
