@@ -85,14 +85,14 @@ impl Drop for Procs {
     }
 }
 
-fn on_path(tool: &str) -> bool {
+pub(crate) fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false)
         || Path::new("/usr/sbin").join(tool).is_file()
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
@@ -104,7 +104,7 @@ fn wait_http(port: u16, what: &str) -> Result<(), String> {
 
 /// Polls (with a deadline) until a server starting on `port` answers `GET target` with 200:
 /// a process that has just been spawned gives no other sign that it is listening.
-fn wait_200(port: u16, target: &str, limit: Duration) -> Result<(), ()> {
+pub(crate) fn wait_200(port: u16, target: &str, limit: Duration) -> Result<(), ()> {
     use std::io::{Read, Write};
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -122,7 +122,7 @@ fn wait_200(port: u16, target: &str, limit: Duration) -> Result<(), ()> {
     Err(())
 }
 
-fn cpu_range(from: usize, to: usize) -> String {
+pub(crate) fn cpu_range(from: usize, to: usize) -> String {
     if to - from == 1 {
         from.to_string()
     } else {
@@ -130,7 +130,7 @@ fn cpu_range(from: usize, to: usize) -> String {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if v.is_empty() {
         return f64::NAN;
@@ -143,7 +143,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn spread(v: &[f64]) -> String {
+pub(crate) fn spread(v: &[f64]) -> String {
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     format!("{min:.2}–{max:.2}")
@@ -733,7 +733,7 @@ struct SquidRun<'a> {
 }
 
 /// Stops a child process when dropped.
-struct Kill(Child);
+pub(crate) struct Kill(pub(crate) Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {

@@ -22,6 +22,9 @@ use crate::Flags;
 struct Target {
     addr: std::net::SocketAddr,
     request: Vec<u8>,
+    /// The local address connections are made from (`--from`: another loopback address is
+    /// another client to the proxy).
+    from: Option<std::net::IpAddr>,
 }
 
 fn parse_url(url: &str, close: bool) -> Result<Target, String> {
@@ -36,6 +39,7 @@ fn parse_url(url: &str, close: bool) -> Result<Target, String> {
     let conn = if close { "Connection: close\r\n" } else { "" };
     Ok(Target {
         addr,
+        from: None,
         request: format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n{conn}\r\n").into_bytes(),
     })
 }
@@ -44,18 +48,20 @@ fn parse_url(url: &str, close: bool) -> Result<Target, String> {
 struct Totals {
     done: u64,
     errors: u64,
+    /// Of `done`, responses with a status of 400 or more (a limit's refusals).
+    refused: u64,
 }
 
-/// Reads one response; returns false on any error or close.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+/// Reads one response: its status, `None` on any error or close.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
     buf.clear();
-    let (head_len, body_len) = loop {
+    let (head_len, body_len, status) = loop {
         let len = buf.len();
         let cap = buf.capacity();
         let (r, b) = s.read(std::mem::take(buf).slice_mut(len..cap)).await;
         *buf = b.into_inner();
         match r {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
         let mut hs = [httparse::EMPTY_HEADER; 32];
@@ -68,12 +74,12 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
                     .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok());
                 match cl {
-                    Some(cl) => break (n, cl),
-                    None => return false,
+                    Some(cl) => break (n, cl, resp.code.unwrap_or(0)),
+                    None => return None,
                 }
             }
             Ok(httparse::Status::Partial) if buf.len() < buf.capacity() => {}
-            _ => return false,
+            _ => return None,
         }
     };
     let mut left = (head_len + body_len).saturating_sub(buf.len());
@@ -83,11 +89,27 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
         let (r, b) = s.read(std::mem::take(buf).slice_mut(0..cap)).await;
         *buf = b.into_inner();
         match r {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => left -= n,
         }
     }
-    true
+    Some(status)
+}
+
+/// A connection to `t.addr`, from `t.from` when given.
+async fn connect(t: &Target) -> std::io::Result<TcpStream> {
+    let Some(from) = t.from else {
+        return TcpStream::connect_addr(t.addr).await;
+    };
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(t.addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.bind(&std::net::SocketAddr::new(from, 0).into())?;
+    // A blocking connect on loopback: it completes at once.
+    s.connect(&t.addr.into())?;
+    TcpStream::from_std(s.into())
 }
 
 /// What every connection task shares.
@@ -135,7 +157,7 @@ async fn connection(run: Rc<Run>, index: usize) {
         let charged_from = if prev_done > due { due } else { Instant::now() };
         k += 1;
         if stream.is_none() {
-            match TcpStream::connect_addr(t.addr).await {
+            match connect(t).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     stream = Some(s);
@@ -149,11 +171,17 @@ async fn connection(run: Rc<Run>, index: usize) {
         }
         let s = stream.as_mut().expect("connected above");
         let (r, _) = s.write_all(t.request.clone()).await;
-        let ok = r.is_ok() && read_response(s, &mut buf).await;
-        if !ok {
+        let status = match r {
+            Ok(_) => read_response(s, &mut buf).await,
+            Err(_) => None,
+        };
+        let Some(status) = status else {
             totals.borrow_mut().errors += 1;
             stream = None;
             continue;
+        };
+        if status >= 400 {
+            totals.borrow_mut().refused += 1;
         }
         let done = Instant::now();
         prev_done = done;
@@ -182,7 +210,14 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         return Err("-c and --rate must be positive".into());
     }
     let close = f.has("--close");
-    let target = parse_url(url, close)?;
+    let mut target = parse_url(url, close)?;
+    target.from = match f.value(&["--from"]) {
+        None => None,
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| format!("--from: expected an IP address, got {v:?}"))?,
+        ),
+    };
     let interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r as f64));
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
@@ -214,6 +249,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let t = totals.borrow();
     println!("requests {}", t.done);
     println!("errors {}", t.errors);
+    println!("refused {}", t.refused);
     println!("rps {:.0}", t.done as f64 / secs as f64);
     for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
         println!("{name}_us {}", h.value_at_quantile(q));

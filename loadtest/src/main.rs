@@ -5,6 +5,7 @@
 //! constant-rate mode that measures latency from each request's scheduled send time, correcting
 //! for coordinated omission the way wrk2 does.
 
+mod abuse;
 mod compare;
 mod floor;
 mod gen;
@@ -29,9 +30,17 @@ usage:
       --workers N: both proxies get N workers on CPUs 0..N, the load the CPUs above.
       --sweep: with --workers N, run the comparison for 1, 2, ... N workers (load kept on the
       CPUs above N), for bare-metal machines with many cores.
+  ringway-loadtest abuse [--rounds N] [--duration SECS] [--rate R] [--polite-rate R]
+                         [--ringway PATH]
+      One abusive client (wrk at full speed) beside a polite one (gen at a fixed rate, from
+      127.0.0.2), through ringway and nginx, each without and with a per-client rate limit
+      (R/s, burst R; nginx limit_req nodelay): the polite client's p50/p99 and errors, and the
+      proxy's CPU per refused request against CPU per served request.
   ringway-loadtest gen --url http://127.0.0.1:8080/path [-c CONNS] [-d SECS] [--rate REQ/S]
-                       [--close]
-      Closed loop by default; with --rate, open loop at that total rate.
+                       [--close] [--from IP]
+      Closed loop by default; with --rate, open loop at that total rate. --from: connect from
+      that local address (another loopback address is another client). Prints requests,
+      errors, refused (status 400 or more), rps and latency quantiles.
   ringway-loadtest floor --listen ADDR --upstream ADDR [--splice]
       The least a proxy can do: a single-threaded epoll relay, an upstream connection per
       client, nothing parsed; bytes copied through a 64 KiB buffer, or spliced with --splice.
@@ -44,6 +53,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("compare") => compare::main(&args[1..]),
+        Some("abuse") => abuse::main(&args[1..]),
         Some("gen") => gen::main(&args[1..]),
         Some("floor") => floor::main(&args[1..]),
         Some("origin") => origin::main(&args[1..]),

@@ -10,6 +10,8 @@ pub(crate) struct WrkResult {
     pub p99_us: f64,
     /// Socket errors plus non-2xx/3xx responses.
     pub errors: u64,
+    /// Of those, non-2xx/3xx responses.
+    pub non2xx: u64,
 }
 
 pub(crate) fn run(
@@ -123,7 +125,8 @@ pub(crate) fn parse(text: &str) -> Option<WrkResult> {
         } else if t.starts_with("Requests/sec:") {
             r.rps = words.get(1)?.parse().ok()?;
         } else if t.starts_with("Non-2xx or 3xx responses:") {
-            r.errors += words.last()?.parse::<u64>().ok()?;
+            r.non2xx = words.last()?.parse::<u64>().ok()?;
+            r.errors += r.non2xx;
         } else if t.starts_with("Socket errors:") {
             // Socket errors: connect 0, read 0, write 0, timeout 0
             r.errors += t
@@ -150,6 +153,7 @@ mod tests {
         assert_eq!(r.p99_us, 1200.0);
         assert_eq!(r.rps, 26000.5);
         assert_eq!(r.errors, 7);
+        assert_eq!(r.non2xx, 4);
     }
 
     #[test]

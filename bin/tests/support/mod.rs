@@ -378,20 +378,27 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
             "stray" => {
                 // A keep-alive response, then, `arg(2)` ms later, a second complete response on
                 // the same connection that no request asked for (a buggy or hostile origin).
-                let b = format!("own {}", parts.get(3).copied().unwrap_or(""));
-                write!(
-                    w,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
-                    b.len()
-                )?;
-                w.flush()?;
-                thread::sleep(Duration::from_millis(arg(2)));
-                let b = format!("stray {}", parts.get(3).copied().unwrap_or(""));
-                let _ = write!(
-                    w,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
-                    b.len()
+                // At 0 ms both go in one write: the stray bytes arrive with the response (a
+                // later write could reach the proxy after its next request, when no proxy
+                // can tell them from that request's response).
+                let id = parts.get(3).copied().unwrap_or("");
+                let own = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nown {id}",
+                    id.len() + 4
                 );
+                let stray = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nstray {id}",
+                    id.len() + 6
+                );
+                if arg(2) == 0 {
+                    w.write_all(format!("{own}{stray}").as_bytes())?;
+                    w.flush()?;
+                } else {
+                    w.write_all(own.as_bytes())?;
+                    w.flush()?;
+                    thread::sleep(Duration::from_millis(arg(2)));
+                    let _ = w.write_all(stray.as_bytes());
+                }
                 // Recorded so that a test can wait for it (method "STRAY").
                 seen.lock().unwrap().push(Seen {
                     method: "STRAY".into(),
