@@ -38,6 +38,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub health_uri: Option<String>,
 
+    /// Quick mode: remove this prefix from the path before it goes upstream (`/app`: `/app/x`
+    /// is sent as `/x`); paths without it go unchanged.
+    #[arg(long, value_name = "PREFIX")]
+    pub strip_prefix: Option<String>,
+
     /// Serve TLS on the --listen addresses with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -109,6 +109,14 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
                 }
                 cfg.upstreams[0].health_check = Some(ringway_core::health::ActivePolicy::new(uri));
             }
+            if let Some(p) = &cli.strip_prefix {
+                if !p.starts_with('/') || p.bytes().any(|b| !b.is_ascii_graphic() || b == b'?') {
+                    return Err(format!(
+                        "--strip-prefix {p:?}: expected a path prefix starting with /"
+                    ));
+                }
+                cfg.routes[0].path_rewrite.strip_prefix = Some(p.clone());
+            }
             cfg
         }
         (None, true) => return Err(
@@ -116,9 +124,11 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
                 .into(),
         ),
     };
-    if cli.config.is_some() && (!cli.upstream.is_empty() || cli.health_uri.is_some()) {
+    if cli.config.is_some()
+        && (!cli.upstream.is_empty() || cli.health_uri.is_some() || cli.strip_prefix.is_some())
+    {
         return Err(
-            "--upstream and --health-uri are for quick mode and cannot be combined with --config"
+            "--upstream, --health-uri and --strip-prefix are for quick mode and cannot be combined with --config"
                 .into(),
         );
     }

@@ -11,6 +11,7 @@ pub mod balance;
 pub mod cache;
 pub mod config;
 pub mod dns;
+pub mod edit;
 pub mod forward;
 pub mod health;
 pub mod http;

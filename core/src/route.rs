@@ -167,7 +167,7 @@ impl<T> PrefixTrie<T> {
 }
 
 /// `host:port` → `host`; `[v6]:port` → `[v6]`.
-fn strip_port(h: &[u8]) -> &[u8] {
+pub fn strip_port(h: &[u8]) -> &[u8] {
     if h.first() == Some(&b'[') {
         return match h.iter().position(|&b| b == b']') {
             Some(i) => &h[..=i],

@@ -8,6 +8,7 @@
 
 mod access_rules;
 mod cache;
+mod edits;
 mod error;
 mod forward;
 mod limits;
@@ -182,6 +183,9 @@ impl Config {
             max_body: None,
             max_headers: None,
             max_target: None,
+            path_rewrite: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
         }];
         Self {
             admin: None,

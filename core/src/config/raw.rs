@@ -356,6 +356,28 @@ pub(crate) struct Route {
     pub max_body: Option<Spanned<Size>>,
     pub max_headers: Option<Spanned<usize>>,
     pub max_target: Option<Spanned<usize>>,
+    pub strip_prefix: Option<Spanned<String>>,
+    pub add_prefix: Option<Spanned<String>>,
+    pub rewrite: Option<Spanned<Rewrite>>,
+    pub request_headers: Option<FieldRules>,
+    pub response_headers: Option<FieldRules>,
+}
+
+/// A route's `rewrite = { regex = "…", to = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Rewrite {
+    pub regex: Spanned<String>,
+    pub to: Spanned<String>,
+}
+
+/// A route's `request_headers` / `response_headers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FieldRules {
+    pub set: Option<BTreeMap<String, Spanned<String>>>,
+    pub add: Option<BTreeMap<String, Spanned<String>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

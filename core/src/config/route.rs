@@ -24,6 +24,11 @@ pub struct Route {
     /// Stricter head limits than `[limits]` for this route: header fields, target length.
     pub max_headers: Option<usize>,
     pub max_target: Option<usize>,
+    /// How the path is rewritten before it goes upstream (the route matched the original).
+    pub path_rewrite: crate::edit::PathRewrite,
+    /// Fields set, added and removed on the way up and on the way back.
+    pub request_headers: crate::edit::FieldRules,
+    pub response_headers: crate::edit::FieldRules,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +210,17 @@ pub(crate) fn build_routes(
             )?,
             max_headers: at_least_one(loc, &format!("{key}.max_headers"), r.max_headers.as_ref())?,
             max_target: at_least_one(loc, &format!("{key}.max_target"), r.max_target.as_ref())?,
+            path_rewrite: super::edits::path_rewrite(loc, &key, r)?,
+            request_headers: super::edits::field_rules(
+                loc,
+                &format!("{key}.request_headers"),
+                r.request_headers.as_ref(),
+            )?,
+            response_headers: super::edits::field_rules(
+                loc,
+                &format!("{key}.response_headers"),
+                r.response_headers.as_ref(),
+            )?,
         });
     }
     Ok(routes)

@@ -130,6 +130,8 @@ pub struct Forwarding<'a> {
     /// The cache revalidates a stored response: the client's own conditional fields (and any
     /// `Range`) are dropped and these lines (`If-None-Match`, `If-Modified-Since`) sent instead.
     pub revalidate: Option<&'a [u8]>,
+    /// The route's request field rules and the values of their variables.
+    pub edits: Option<(&'a crate::edit::FieldRules, crate::edit::Vars<'a>)>,
 }
 
 /// Request fields a revalidation replaces with the cache's own validators.
@@ -256,10 +258,14 @@ pub fn upstream_request(
             || (!p.proxy_credentials && name.eq_ignore_ascii_case(b"proxy-authorization"))
             || (fwd.max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards"))
             || (fwd.revalidate.is_some() && in_set(CONDITIONAL, name))
+            || fwd.edits.is_some_and(|(f, _)| f.drops(name))
         {
             continue;
         }
         push_field(out, name, h.value.get(buf));
+    }
+    if let Some((f, vars)) = &fwd.edits {
+        f.write(vars, out);
     }
     if p.client_address {
         out.extend_from_slice(b"X-Forwarded-For: ");
@@ -482,6 +488,7 @@ mod tests {
             upgrade_websocket: false,
             max_forwards: None,
             revalidate: None,
+            edits: None,
         }
     }
 

@@ -15,6 +15,7 @@ mod action;
 mod attempts;
 mod authn;
 mod dispatch;
+mod edits;
 mod error;
 mod forwarded;
 mod guard;
@@ -161,6 +162,8 @@ pub struct Exchange {
     pin: pin::Pin,
     /// The current request's proxy credentials, while they are checked.
     auth: crate::forward::auth::Check,
+    /// The route's rewrite of the target and its response fields, for the current request.
+    edits: edits::RouteEdits,
 }
 
 impl Exchange {
@@ -199,6 +202,7 @@ impl Exchange {
             head_read: None,
             pin: pin::Pin::default(),
             auth: crate::forward::auth::Check::None,
+            edits: edits::RouteEdits::default(),
         }
     }
 
@@ -214,6 +218,7 @@ impl Exchange {
         self.timeouts = cfg.timeouts;
         self.tunnel_idle = cfg.forward.tunnel_idle;
         self.req = Request::default();
+        self.edits.clear();
         self.intent = Intent::None;
         self.tries = Attempts::default();
         self.up = Upstream::default();
@@ -1354,13 +1359,34 @@ impl Exchange {
             upgrade_websocket: self.req.upgrade == Upgrade::WebSocket,
             max_forwards: None,
             revalidate: self.cache.validators(),
+            edits: None,
+        };
+        let route = self.record.route.map(|i| &cfg.routes[i]);
+        let fwd = match route {
+            Some(route) => {
+                let vars = crate::edit::Vars {
+                    client_addr: &self.client_ip,
+                    host: crate::route::strip_port(info.host.map_or(&b""[..], |h| h.get(input))),
+                    scheme: self.scheme.as_bytes(),
+                    route: route.name.as_bytes(),
+                    method: head.method_span.get(input),
+                    path,
+                };
+                self.edits.prepare(route, &self.target, &vars);
+                Forwarding {
+                    edits: (!route.request_headers.is_empty())
+                        .then_some((&route.request_headers, vars)),
+                    ..fwd
+                }
+            }
+            None => fwd,
         };
         self.out.clear();
         upstream_request(
             &input[..end],
             head,
             &self.headers,
-            &self.target,
+            self.edits.target(&self.target),
             self.req.body_out,
             &fwd,
             &mut self.out,
@@ -1542,6 +1568,7 @@ impl Exchange {
             upgrade_websocket: self.req.upgrade == Upgrade::WebSocket,
             max_forwards,
             revalidate: self.cache.validators(),
+            edits: None,
         };
         self.out.clear();
         upstream_request(
@@ -1727,6 +1754,14 @@ impl Exchange {
     ) {
         let interim = (100..200).contains(&rh.status) && rh.status != 101;
         let date = env.date.date_line();
+        // The route's response fields, on final responses.
+        let rules = self
+            .record
+            .route
+            .and_then(|i| env.cfg.routes.get(i))
+            .map(|r| &r.response_headers)
+            .filter(|f| !f.is_empty() && !interim);
+        let dropped: Vec<&[u8]> = rules.map(|f| f.dropped().collect()).unwrap_or_default();
         let added = HeadEdits {
             date: (!interim).then_some(&date),
             via: self.shows_via(env),
@@ -1735,7 +1770,12 @@ impl Exchange {
             } else {
                 self.cache.status()
             },
-            ..HeadEdits::default()
+            drop: &dropped,
+            add: if rules.is_some() {
+                self.edits.response_lines()
+            } else {
+                b""
+            },
         };
         self.out.clear();
         client_response(

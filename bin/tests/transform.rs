@@ -1,0 +1,165 @@
+//! Rewriting (#24): paths rewritten before they go upstream, request and response fields set,
+//! added and removed, with curl as the client.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+
+use support::*;
+
+/// An origin that answers every request with its own head as the body (request line and
+/// fields, as received), and fields a backend leaks: `Server`, `X-Powered-By`.
+fn echo_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(200) {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nServer: backend/1.2.3\r\nX-Powered-By: php/5\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{head}",
+                        head.len()
+                    );
+                    if w.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `curl -si URL`, with extra arguments: (response head, body).
+fn get(args: &[&str]) -> (String, String) {
+    let mut all = vec!["-si"];
+    all.extend_from_slice(args);
+    let (ok, out) = curl(&all);
+    assert!(ok, "{}", String::from_utf8_lossy(&out));
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn paths_are_rewritten_and_fields_edited_both_ways() {
+    let origin = echo_origin();
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n\
+         [[routes]]\npath = \"/app/\"\nname = \"app\"\nupstream = \"app\"\nstrip_prefix = \"/app\"\n\
+         request_headers = {{ set = {{ \"X-Client\" = \"$client_addr via $scheme to ${{host}} on $route\" }}, add = {{ \"X-Tag\" = \"one\" }}, remove = [\"X-Debug\"] }}\n\
+         response_headers = {{ set = {{ \"Server\" = \"ringway\", \"Strict-Transport-Security\" = \"max-age=63072000\" }}, remove = [\"X-Powered-By\"] }}\n\
+         [[routes]]\npath = \"/v1/\"\nupstream = \"app\"\nstrip_prefix = \"/v1\"\nadd_prefix = \"/api/v1\"\n\
+         [[routes]]\npath = \"/u/\"\nupstream = \"app\"\nrewrite = {{ regex = \"^/u/(?<id>[0-9]+)$\", to = \"/users/${{id}}/profile\" }}\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+    ));
+    let base = format!("http://{}", p.addr);
+
+    // Stripped, with the query kept; the route matched on the original path.
+    let (head, body) = get(&[
+        &format!("{base}/app/x/y?q=1"),
+        "-H",
+        "Host: shop.example:8080",
+        "-H",
+        "X-Debug: 1",
+        "-H",
+        "X-Client: forged",
+    ]);
+    assert!(body.starts_with("GET /x/y?q=1 HTTP/1.1\r\n"), "{body}");
+    assert!(
+        body.contains("X-Client: 127.0.0.1 via http to shop.example on app\r\n"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("forged") && !body.contains("X-Debug"),
+        "{body}"
+    );
+    assert!(body.contains("X-Tag: one\r\n"), "{body}");
+    // The response: Server replaced, X-Powered-By gone, a field added.
+    assert!(head.contains("\r\nServer: ringway\r\n"), "{head}");
+    assert!(
+        !head.contains("backend/1.2.3") && !head.contains("X-Powered-By"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Strict-Transport-Security: max-age=63072000"),
+        "{head}"
+    );
+    // `/app` itself becomes `/`; the normalised path is what is rewritten.
+    let (_, body) = get(&[&format!("{base}/app/../app/./z"), "--path-as-is"]);
+    assert!(body.starts_with("GET /z HTTP/1.1\r\n"), "{body}");
+
+    // Replaced prefix; a regex with a named capture; other routes untouched.
+    let (head, body) = get(&[&format!("{base}/v1/users")]);
+    assert!(body.starts_with("GET /api/v1/users HTTP/1.1\r\n"), "{body}");
+    assert!(
+        head.contains("backend/1.2.3"),
+        "only its own route's rules: {head}"
+    );
+    let (_, body) = get(&[&format!("{base}/u/42?tab=2")]);
+    assert!(
+        body.starts_with("GET /users/42/profile?tab=2 HTTP/1.1\r\n"),
+        "{body}"
+    );
+    let (_, body) = get(&[&format!("{base}/u/abc")]);
+    assert!(body.starts_with("GET /u/abc HTTP/1.1\r\n"), "{body}");
+    let (_, body) = get(&[&format!("{base}/applesauce")]);
+    assert!(body.starts_with("GET /applesauce HTTP/1.1\r\n"), "{body}");
+}
+
+#[test]
+fn quick_mode_strips_a_prefix_and_bad_rules_are_config_errors() {
+    let origin = echo_origin();
+    let p = Proxy::start_quick(&["--upstream", &origin.to_string(), "--strip-prefix", "/app"]);
+    let (_, body) = get(&[&format!("http://{}/app/index.html", p.addr)]);
+    assert!(body.starts_with("GET /index.html HTTP/1.1\r\n"), "{body}");
+    let (_, body) = get(&[&format!("http://{}/other", p.addr)]);
+    assert!(body.starts_with("GET /other HTTP/1.1\r\n"), "{body}");
+
+    for (rule, want) in [
+        (
+            "request_headers = { set = { \"X-A\" = \"$nosuch\" } }",
+            ":8: routes[0].request_headers.set.X-A: unknown variable $nosuch",
+        ),
+        (
+            "response_headers = { set = { \"Content-Length\" = \"1\" } }",
+            ":8: routes[0].response_headers.set.Content-Length: Content-Length is the proxy's own",
+        ),
+        (
+            "rewrite = { regex = \"(\", to = \"/\" }",
+            ":8: routes[0].rewrite.regex: not a regex",
+        ),
+        (
+            "strip_prefix = \"app\"",
+            ":8: routes[0].strip_prefix: expected a path prefix",
+        ),
+    ] {
+        let f = TempFile::new(&format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.app]\nservers = [\"{origin}\"]\n\
+             [[routes]]\nupstream = \"app\"\n\n{rule}\n"
+        ));
+        let out = std::process::Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&f.0)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{rule}: {err}");
+    }
+}

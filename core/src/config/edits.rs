@@ -1,0 +1,115 @@
+//! A route's `strip_prefix`, `add_prefix`, `rewrite`, `request_headers` and
+//! `response_headers` (see [`crate::edit`]).
+
+use regex::bytes::Regex;
+use toml::Spanned;
+
+use super::{raw, ConfigError, Locator};
+use crate::edit::{FieldRules, PathRewrite, Template};
+
+/// Fields a rule may not touch: framing and connection management are the proxy's, and the
+/// Host of a request is `set_host`'s.
+const OWN: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+pub(crate) fn path_rewrite(
+    loc: &Locator<'_>,
+    key: &str,
+    r: &raw::Route,
+) -> Result<PathRewrite, ConfigError> {
+    let prefix = |v: &Option<Spanned<String>>, k: &str| match v {
+        None => Ok(None),
+        Some(p)
+            if p.get_ref().starts_with('/')
+                && p.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'?') =>
+        {
+            Ok(Some(p.get_ref().clone()))
+        }
+        Some(p) => Err(loc.at(
+            p.span(),
+            format!("{key}.{k}"),
+            "expected a path prefix starting with `/`, visible ASCII, no `?`",
+        )),
+    };
+    let regex = match &r.rewrite {
+        None => None,
+        Some(rw) => {
+            let v = rw.get_ref();
+            let re = Regex::new(v.regex.get_ref()).map_err(|e| {
+                loc.at(
+                    v.regex.span(),
+                    format!("{key}.rewrite.regex"),
+                    format!("not a regex: {e}"),
+                )
+            })?;
+            if !v.to.get_ref().bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(loc.at(
+                    v.to.span(),
+                    format!("{key}.rewrite.to"),
+                    "expected a path of visible ASCII ($1 or ${name} for captures)",
+                ));
+            }
+            Some((re, v.to.get_ref().clone()))
+        }
+    };
+    Ok(PathRewrite {
+        strip_prefix: prefix(&r.strip_prefix, "strip_prefix")?,
+        add_prefix: prefix(&r.add_prefix, "add_prefix")?,
+        regex,
+    })
+}
+
+pub(crate) fn field_rules(
+    loc: &Locator<'_>,
+    key: &str,
+    raw: Option<&raw::FieldRules>,
+) -> Result<FieldRules, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(FieldRules::default());
+    };
+    let name_ok = |name: &str, span: std::ops::Range<usize>, k: String| {
+        if !crate::http::chars::is_token(name.as_bytes()) {
+            return Err(loc.at(span, k, format!("{name:?} is not a header name")));
+        }
+        let lower = name.to_ascii_lowercase();
+        if OWN.contains(&lower.as_str()) || lower == "host" {
+            return Err(loc.at(
+                span,
+                k,
+                format!(
+                    "{name} is the proxy's own (framing and connection fields; Host is `set_host`)"
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let mut out = FieldRules::default();
+    for (list, which) in [(&raw.set, "set"), (&raw.add, "add")] {
+        for (name, v) in list.iter().flatten() {
+            let k = format!("{key}.{which}.{name}");
+            name_ok(name, v.span(), k.clone())?;
+            let t = Template::parse(v.get_ref()).map_err(|e| loc.at(v.span(), k, e))?;
+            let entry = (name.clone(), t);
+            if which == "set" {
+                out.set.push(entry);
+            } else {
+                out.add.push(entry);
+            }
+        }
+    }
+    for (i, n) in raw.remove.iter().flatten().enumerate() {
+        name_ok(n.get_ref(), n.span(), format!("{key}.remove[{i}]"))?;
+        out.remove.push(n.get_ref().to_ascii_lowercase());
+    }
+    Ok(out)
+}
