@@ -163,3 +163,85 @@ fn quick_mode_strips_a_prefix_and_bad_rules_are_config_errors() {
         assert!(!out.status.success() && err.contains(want), "{rule}: {err}");
     }
 }
+
+/// An origin that redirects every request: `Location` at its own address, a root-relative
+/// `Content-Location`, a `Refresh` with a URL, and a `Location` of another site on `/away`.
+fn redirect_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(100) {
+            let Ok(s) = s else { continue };
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let mut first = String::new();
+            let _ = r.read_line(&mut first);
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let location = if first.contains(" /away ") {
+                "https://elsewhere.example/x".to_string()
+            } else {
+                format!("http://{addr}/login?next=/cart")
+            };
+            let _ = write!(
+                w,
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Location: /dir/\r\nRefresh: 0; url=/next\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn redirects_from_the_upstream_point_back_through_the_proxy() {
+    let origin = redirect_origin();
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n\
+         [[routes]]\npath = \"/app/\"\nupstream = \"app\"\nstrip_prefix = \"/app\"\n\
+         [[routes]]\npath = \"/raw/\"\nupstream = \"app\"\nstrip_prefix = \"/raw\"\nrewrite_location = false\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+    ));
+    let base = format!("http://{}", p.addr);
+    let field = |head: &str, name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    // Under a stripped prefix: the upstream's own address becomes the proxy's, and every
+    // path gets its prefix back.
+    let (head, _) = get(&[&format!("{base}/app/account")]);
+    assert_eq!(
+        field(&head, "Location").as_deref(),
+        Some(format!("{base}/app/login?next=/cart").as_str()),
+        "{head}"
+    );
+    assert_eq!(
+        field(&head, "Content-Location").as_deref(),
+        Some("/app/dir/")
+    );
+    assert_eq!(field(&head, "Refresh").as_deref(), Some("0; url=/app/next"));
+    // Another site's URL is never touched.
+    let (head, _) = get(&[&format!("{base}/app/away")]);
+    assert_eq!(
+        field(&head, "Location").as_deref(),
+        Some("https://elsewhere.example/x")
+    );
+    // Without a path rewrite only the upstream's address is replaced (nginx's default).
+    let (head, _) = get(&[&format!("{base}/account")]);
+    assert_eq!(
+        field(&head, "Location").as_deref(),
+        Some(format!("{base}/login?next=/cart").as_str())
+    );
+    assert_eq!(field(&head, "Content-Location").as_deref(), Some("/dir/"));
+    // Turned off: as the upstream sent it.
+    let (head, _) = get(&[&format!("{base}/raw/account")]);
+    assert_eq!(
+        field(&head, "Location").as_deref(),
+        Some(format!("http://{origin}/login?next=/cart").as_str())
+    );
+}

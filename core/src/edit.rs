@@ -77,6 +77,109 @@ impl PathRewrite {
     }
 }
 
+/// Where a response's `Location`, `Content-Location` or `Refresh` URL points, rewritten for
+/// the client like nginx's `proxy_redirect default`, and more: an absolute URL at one of
+/// `upstream` (the authorities the upstream knows itself by: the server's address, the Host
+/// sent to it) gets the client's `origin` (`scheme://host[:port]` as the client asked), and
+/// its path, like a root-relative one, gets back the prefix the route took off
+/// (`strip_prefix`, or `add_prefix` swapped back). Anything else (another site, a path
+/// outside the added prefix) goes unchanged.
+#[derive(Debug)]
+pub struct Relocate<'a> {
+    pub upstream: &'a [&'a [u8]],
+    pub origin: &'a [u8],
+    pub rewrite: &'a PathRewrite,
+}
+
+impl Relocate<'_> {
+    /// Writes `value` rewritten into `out` (cleared); false when it stays as it is.
+    pub fn apply(&self, name: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
+        out.clear();
+        // Refresh: `5; url=/next`.
+        let (lead, url) = if name.eq_ignore_ascii_case(b"refresh") {
+            match find_ci(value, b"url=") {
+                Some(i) => value.split_at(i + 4),
+                None => return false,
+            }
+        } else {
+            (&b""[..], value)
+        };
+        let (origin, path) = match split_absolute(url) {
+            Some((authority, rest)) => {
+                if !self
+                    .upstream
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(authority))
+                {
+                    return false;
+                }
+                (Some(self.origin), rest)
+            }
+            None if url.starts_with(b"/") && !url.starts_with(b"//") => (None, url),
+            None => return false,
+        };
+        out.extend_from_slice(lead);
+        let before = out.len();
+        if let Some(o) = origin {
+            out.extend_from_slice(o);
+        }
+        let changed_path = self.unrewrite(path, out);
+        if !changed_path {
+            out.extend_from_slice(path);
+        }
+        origin.is_some() || (changed_path && out.len() > before)
+    }
+
+    /// Appends `path` with the route's prefix change undone; false when it does not apply.
+    fn unrewrite(&self, path: &[u8], out: &mut Vec<u8>) -> bool {
+        let r = self.rewrite;
+        if r.regex.is_some() {
+            return false;
+        }
+        let strip = r.strip_prefix.as_deref().map(|p| p.trim_end_matches('/'));
+        let add = r.add_prefix.as_deref().map(|p| p.trim_end_matches('/'));
+        let rest = match add {
+            Some(a) => match path.strip_prefix(a.as_bytes()) {
+                Some(rest) if rest.is_empty() || matches!(rest[0], b'/' | b'?' | b'#') => rest,
+                _ => return false,
+            },
+            None => path,
+        };
+        let Some(s) = strip else {
+            if add.is_none() {
+                return false;
+            }
+            out.extend_from_slice(if rest.is_empty() { b"/" } else { rest });
+            return true;
+        };
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(if rest.is_empty() { b"/" } else { rest });
+        true
+    }
+}
+
+/// `http://host:port/path` → (authority, `/path` or empty).
+fn split_absolute(url: &[u8]) -> Option<(&[u8], &[u8])> {
+    let scheme_len = if url.len() >= 7 && url[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if url.len() >= 8 && url[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return None;
+    };
+    let rest = &url[scheme_len..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some((&rest[..end], &rest[end..]))
+}
+
+fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// A field value with variables (`$client_addr`, `${host}`), parsed once at load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template(Vec<Part>);
@@ -299,6 +402,63 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(rewrite(&q, "/a?x=x"), "/a?x=x");
+    }
+
+    #[test]
+    fn locations_point_back_at_the_client_facing_origin_and_prefix() {
+        let strip = PathRewrite {
+            strip_prefix: Some("/app".into()),
+            ..Default::default()
+        };
+        let r = Relocate {
+            upstream: &[b"127.0.0.1:3000", b"backend.internal"],
+            origin: b"https://shop.example",
+            rewrite: &strip,
+        };
+        let go = |name: &str, v: &str| {
+            let mut out = Vec::new();
+            r.apply(name.as_bytes(), v.as_bytes(), &mut out)
+                .then(|| String::from_utf8(out).unwrap())
+        };
+        assert_eq!(
+            go("Location", "http://127.0.0.1:3000/login?next=/x").as_deref(),
+            Some("https://shop.example/app/login?next=/x")
+        );
+        assert_eq!(
+            go("Location", "HTTP://Backend.Internal").as_deref(),
+            Some("https://shop.example/app/")
+        );
+        assert_eq!(go("Location", "/dir/").as_deref(), Some("/app/dir/"));
+        assert_eq!(
+            go("Refresh", "5; url=http://backend.internal/next").as_deref(),
+            Some("5; url=https://shop.example/app/next")
+        );
+        // Other sites, scheme-relative and relative references stay.
+        assert_eq!(go("Location", "https://elsewhere.example/x"), None);
+        assert_eq!(go("Location", "//backend.internal/x"), None);
+        assert_eq!(go("Location", "next.html"), None);
+        assert_eq!(go("Refresh", "5"), None);
+        // A replaced prefix goes back; a path outside it is left.
+        let swap = PathRewrite {
+            strip_prefix: Some("/v1".into()),
+            add_prefix: Some("/api/v1".into()),
+            ..Default::default()
+        };
+        let r = Relocate {
+            upstream: &[b"10.0.0.5:80"],
+            origin: b"http://a.example:8080",
+            rewrite: &swap,
+        };
+        let mut out = Vec::new();
+        assert!(r.apply(b"Location", b"/api/v1/users/7", &mut out));
+        assert_eq!(out, b"/v1/users/7".to_vec());
+        assert!(!r.apply(b"Location", b"/static/x", &mut out));
+        assert!(r.apply(
+            b"Content-Location",
+            b"http://10.0.0.5:80/static/x",
+            &mut out
+        ));
+        assert_eq!(out, b"http://a.example:8080/static/x".to_vec());
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl Config {
             path_rewrite: Default::default(),
             request_headers: Default::default(),
             response_headers: Default::default(),
+            rewrite_location: true,
         }];
         Self {
             admin: None,

@@ -361,6 +361,7 @@ pub(crate) struct Route {
     pub rewrite: Option<Spanned<Rewrite>>,
     pub request_headers: Option<FieldRules>,
     pub response_headers: Option<FieldRules>,
+    pub rewrite_location: Option<Spanned<bool>>,
 }
 
 /// A route's `rewrite = { regex = "…", to = "…" }`.

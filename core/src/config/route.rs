@@ -29,6 +29,9 @@ pub struct Route {
     /// Fields set, added and removed on the way up and on the way back.
     pub request_headers: crate::edit::FieldRules,
     pub response_headers: crate::edit::FieldRules,
+    /// `Location`, `Content-Location` and `Refresh` pointing at the upstream are rewritten
+    /// toward the client (nginx's `proxy_redirect default`, and the route's prefix undone).
+    pub rewrite_location: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,6 +224,7 @@ pub(crate) fn build_routes(
                 &format!("{key}.response_headers"),
                 r.response_headers.as_ref(),
             )?,
+            rewrite_location: r.rewrite_location.as_ref().is_none_or(|b| *b.get_ref()),
         });
     }
     Ok(routes)

@@ -134,6 +134,9 @@ pub struct Forwarding<'a> {
     pub edits: Option<(&'a crate::edit::FieldRules, crate::edit::Vars<'a>)>,
 }
 
+/// Response fields holding a URL that may point at the upstream itself.
+pub const RELOCATED: &[&[u8]] = &[b"location", b"content-location", b"refresh"];
+
 /// Request fields a revalidation replaces with the cache's own validators.
 const CONDITIONAL: &[&[u8]] = &[
     b"if-none-match",
@@ -339,6 +342,8 @@ pub struct HeadEdits<'a> {
     pub drop: &'a [&'a [u8]],
     /// Field lines added (each ending in CRLF).
     pub add: &'a [u8],
+    /// `Location`, `Content-Location` and `Refresh` rewritten for the client.
+    pub relocate: Option<&'a crate::edit::Relocate<'a>>,
 }
 
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
@@ -370,6 +375,13 @@ pub fn client_response(
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
+        if let Some(r) = added.relocate.filter(|_| in_set(RELOCATED, name)) {
+            let mut url = Vec::new();
+            if r.apply(name, h.value.get(buf), &mut url) {
+                push_field(out, name, &url);
+                continue;
+            }
+        }
         push_field(out, name, h.value.get(buf));
     }
     // RFC 9110 §6.6.1: a recipient with a clock appends Date to a response it forwards without.

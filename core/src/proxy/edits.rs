@@ -14,6 +14,8 @@ pub(super) struct RouteEdits {
     response: Vec<u8>,
     /// Kept for the next request (its capacity), cleared in between.
     spare: Vec<u8>,
+    /// `scheme://host[:port]` as the client asked, for Location rewriting.
+    origin: Vec<u8>,
 }
 
 impl RouteEdits {
@@ -24,11 +26,25 @@ impl RouteEdits {
             self.spare = t;
         }
         self.response.clear();
+        self.origin.clear();
     }
 
-    /// Decides for a request to `route` whose normalised target is `target`.
-    pub(super) fn prepare(&mut self, route: &Route, target: &[u8], vars: &Vars<'_>) {
+    /// Decides for a request to `route` whose normalised target is `target`, asked of
+    /// `authority` (the client's Host, port included).
+    pub(super) fn prepare(
+        &mut self,
+        route: &Route,
+        target: &[u8],
+        vars: &Vars<'_>,
+        authority: &[u8],
+    ) {
         self.clear();
+        if route.rewrite_location {
+            self.origin.extend_from_slice(vars.scheme);
+            self.origin.extend_from_slice(b"://");
+            self.origin
+                .extend(authority.iter().filter(|&&b| b.is_ascii_graphic()));
+        }
         if !route.path_rewrite.is_empty() && target != b"*" {
             let mut t = std::mem::take(&mut self.spare);
             route.path_rewrite.apply(target, &mut t);
@@ -40,6 +56,11 @@ impl RouteEdits {
     /// The target to send upstream.
     pub(super) fn target<'a>(&'a self, original: &'a [u8]) -> &'a [u8] {
         self.target.as_deref().unwrap_or(original)
+    }
+
+    /// The client-facing origin (empty when the route does not rewrite locations).
+    pub(super) fn origin(&self) -> &[u8] {
+        &self.origin
     }
 
     /// The response field lines to add.

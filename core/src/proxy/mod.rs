@@ -1372,7 +1372,8 @@ impl Exchange {
                     method: head.method_span.get(input),
                     path,
                 };
-                self.edits.prepare(route, &self.target, &vars);
+                let authority = info.host.map_or(&b""[..], |h| h.get(input));
+                self.edits.prepare(route, &self.target, &vars, authority);
                 Forwarding {
                     edits: (!route.request_headers.is_empty())
                         .then_some((&route.request_headers, vars)),
@@ -1762,6 +1763,49 @@ impl Exchange {
             .map(|r| &r.response_headers)
             .filter(|f| !f.is_empty() && !interim);
         let dropped: Vec<&[u8]> = rules.map(|f| f.dropped().collect()).unwrap_or_default();
+        // Location, Content-Location and Refresh pointing at the upstream itself, or under the
+        // prefix the route took off, are turned back toward the client.
+        let route = self.record.route.and_then(|i| env.cfg.routes.get(i));
+        let server = match (self.record.upstream, route) {
+            (Some(UpstreamKey::Server { group, server }), Some(r)) if r.rewrite_location => {
+                let relocated = self.uheaders.iter().any(|h| {
+                    crate::http::rewrite::RELOCATED
+                        .iter()
+                        .any(|n| h.name.get(ub).eq_ignore_ascii_case(n))
+                });
+                env.cfg.upstreams[group]
+                    .servers
+                    .get(server)
+                    .filter(|_| relocated && !interim)
+                    .map(|s| s.addr.to_string())
+            }
+            _ => None,
+        };
+        let set_host = match route.map(|r| &r.action) {
+            Some(crate::config::Action::Proxy {
+                set_host: Some(h), ..
+            }) => Some(h.as_slice()),
+            _ => None,
+        };
+        // The client's own authority too when the route moved the path: the upstream saw that
+        // Host and may redirect to it, without the prefix.
+        let client_authority = route.filter(|r| !r.path_rewrite.is_empty()).and_then(|_| {
+            let o = self.edits.origin();
+            o.windows(3).position(|w| w == b"://").map(|i| &o[i + 3..])
+        });
+        let upstream: Vec<&[u8]> = server
+            .iter()
+            .map(|s| s.as_bytes())
+            .chain(set_host)
+            .chain(client_authority)
+            .collect();
+        let relocate = route
+            .filter(|_| server.is_some())
+            .map(|r| crate::edit::Relocate {
+                upstream: &upstream,
+                origin: self.edits.origin(),
+                rewrite: &r.path_rewrite,
+            });
         let added = HeadEdits {
             date: (!interim).then_some(&date),
             via: self.shows_via(env),
@@ -1776,6 +1820,7 @@ impl Exchange {
             } else {
                 b""
             },
+            relocate: relocate.as_ref(),
         };
         self.out.clear();
         client_response(
