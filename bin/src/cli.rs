@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long, value_name = "PREFIX")]
     pub strip_prefix: Option<String>,
 
+    /// Trust this peer (an address or a block, like 10.0.0.0/8; repeatable) to name the real
+    /// client in X-Forwarded-For: logs, rules, limits and balancing then use that client.
+    #[arg(long, value_name = "CIDR")]
+    pub trusted_proxy: Vec<String>,
+
     /// Serve TLS on the --listen addresses with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -272,6 +272,13 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             .ok_or_else(|| format!("--max-body {size:?}: expected a size like 64k, 10m or 1g"))?;
         cfg.limits.max_request_body = Some(bytes);
     }
+    for c in &cli.trusted_proxy {
+        if !cfg.server.trusted.proxies.add(c) {
+            return Err(format!(
+                "--trusted-proxy {c:?}: expected an address or a block, like 10.0.0.0/8"
+            ));
+        }
+    }
     if let Some(n) = cli.max_conns_per_ip {
         if n == 0 {
             return Err("--max-conns-per-ip: expected at least 1".into());

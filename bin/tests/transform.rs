@@ -245,3 +245,58 @@ fn redirects_from_the_upstream_point_back_through_the_proxy() {
         Some(format!("http://{origin}/login?next=/cart").as_str())
     );
 }
+
+#[test]
+fn behind_a_trusted_proxy_the_real_client_is_logged_ruled_and_forwarded() {
+    let origin = echo_origin();
+    let log = TempFile::new("");
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n\
+         [access_log]\npath = \"{}\"\nflush = \"10ms\"\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n\
+         [[rules]]\naction = \"deny\"\nclients = [\"198.51.100.66\"]\n",
+        log.0.display()
+    ));
+    let url = format!("http://{}/who", p.addr);
+    let xff = |v: &str| format!("X-Forwarded-For: {v}");
+    // From a trusted peer: the client it names.
+    let (_, body) = get(&[&url, "-H", &xff("198.51.100.7")]);
+    assert!(body.contains("X-Real-IP: 198.51.100.7\r\n"), "{body}");
+    // The chain goes on with the peer appended: each proxy adds whom it heard from.
+    assert!(
+        body.contains("X-Forwarded-For: 198.51.100.7, 127.0.0.1\r\n"),
+        "{body}"
+    );
+    // A forged entry on the left does not win: the rightmost untrusted hop does.
+    let (_, body) = get(&[
+        &url,
+        "-H",
+        &xff("198.51.100.66, 10.1.1.1, 203.0.113.9, 10.2.2.2"),
+    ]);
+    assert!(body.contains("X-Real-IP: 203.0.113.9\r\n"), "{body}");
+    // Rules see the real client.
+    let (head, _) = get(&[&url, "-H", &xff("198.51.100.66")]);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    // An untrusted peer's field is never believed.
+    let (head, body) = get(&[
+        &url,
+        "--interface",
+        "127.0.0.2",
+        "-H",
+        &xff("198.51.100.66"),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("X-Real-IP: 127.0.0.2\r\n"), "{body}");
+    // The log has the real clients.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log.0).unwrap_or_default();
+        let firsts: Vec<&str> = text.lines().filter_map(|l| l.split(' ').next()).collect();
+        if firsts == ["198.51.100.7", "203.0.113.9", "198.51.100.66", "127.0.0.2"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use regex::bytes::Regex;
 
 /// Address blocks, looked up by prefix length.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CidrSet {
     v4: HashMap<u8, HashSet<u32>>,
     v6: HashMap<u8, HashSet<u128>>,

@@ -748,7 +748,10 @@ impl Conn {
                 };
                 let e = ringway_core::accesslog::Entry {
                     rec: r,
-                    client: self.peer,
+                    // The client a trusted proxy relayed for, else the peer.
+                    client: r
+                        .client
+                        .map_or(self.peer, |ip| SocketAddr::new(ip, self.peer.port())),
                     listener: self.listen.addr,
                     unix_ms: unix_ms(),
                     worker: self.w.id(),

@@ -201,6 +201,7 @@ impl Config {
                 pid_file: None,
                 state_dir: None,
                 connections: ConnectionLimits::default(),
+                trusted: Default::default(),
                 versions: versions::DEFAULT_VERSIONS_KEPT,
                 path: PathPolicy::default(),
             },

@@ -255,6 +255,8 @@ pub(crate) struct Server {
     pub max_connections: Option<Spanned<u32>>,
     pub max_connections_per_client: Option<Spanned<u32>>,
     pub connection_refusal: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub real_ip_header: Option<Spanned<String>>,
 }
 
 /// A duration as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.

@@ -101,6 +101,8 @@ pub struct Server {
     pub path: PathPolicy,
     /// Connection limits checked when a connection is accepted.
     pub connections: ConnectionLimits,
+    /// Peers whose `X-Forwarded-For` (or `Forwarded`) names the real client.
+    pub trusted: crate::realip::Trusted,
 }
 
 /// `max_connections`, `max_connections_per_client`, `connection_refusal`.
@@ -241,7 +243,34 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
             },
         },
     };
+    let mut trusted = crate::realip::Trusted::default();
+    for (i, c) in s.trusted_proxies.iter().flatten().enumerate() {
+        if !trusted.proxies.add(c.get_ref()) {
+            return Err(loc.at(
+                c.span(),
+                format!("server.trusted_proxies[{i}]"),
+                "expected an address or a block, like \"10.0.0.0/8\" or \"2001:db8::/32\"",
+            ));
+        }
+    }
+    trusted.field = match &s.real_ip_header {
+        None => crate::realip::ChainField::XForwardedFor,
+        Some(h) if h.get_ref().eq_ignore_ascii_case("x-forwarded-for") => {
+            crate::realip::ChainField::XForwardedFor
+        }
+        Some(h) if h.get_ref().eq_ignore_ascii_case("forwarded") => {
+            crate::realip::ChainField::Forwarded
+        }
+        Some(h) => {
+            return Err(loc.at(
+                h.span(),
+                "server.real_ip_header",
+                "expected \"X-Forwarded-For\" or \"Forwarded\"",
+            ))
+        }
+    };
     Ok(Server {
+        trusted,
         connections,
         listen,
         workers,

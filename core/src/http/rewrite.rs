@@ -116,6 +116,9 @@ pub struct Forwarding<'a> {
     /// The client's address as text (`203.0.113.9`, `2001:db8::1`), formatted once per
     /// connection by the caller.
     pub client_ip: &'a [u8],
+    /// The connection's peer as text: what `X-Forwarded-For` appends (each proxy adds whom
+    /// it heard from). The client itself unless a trusted proxy relayed the request.
+    pub peer_ip: &'a [u8],
     /// `http` or `https`.
     pub proto: &'a str,
     /// Host to send when the route overrides it, or when the client sent none (HTTP/1.0).
@@ -280,7 +283,7 @@ pub fn upstream_request(
                 }
             }
         }
-        out.extend_from_slice(fwd.client_ip);
+        out.extend_from_slice(fwd.peer_ip);
         out.extend_from_slice(b"\r\nX-Real-IP: ");
         out.extend_from_slice(fwd.client_ip);
         out.extend_from_slice(b"\r\n");
@@ -494,6 +497,7 @@ mod tests {
         Forwarding {
             policy: ForwardingPolicy::REVERSE,
             client_ip: b"10.1.2.3",
+            peer_ip: b"10.1.2.3",
             proto: "http",
             host_override: None,
             fallback_host: b"127.0.0.1:9000",

@@ -73,7 +73,7 @@ impl Exchange {
         let (buf, headers) = (r.buf(), &self.headers);
         let header = |name: &[u8]| crate::http::find_header(buf, headers, name);
         let seen = crate::rules::Seen {
-            client: self.client,
+            client: self.client.addr,
             listener: self.listener,
             route,
             method: r.head.method_span.get(buf),
@@ -174,7 +174,7 @@ impl Exchange {
         let (buf, headers) = (r.buf(), &self.headers);
         let header = |name: &[u8]| crate::http::find_header(buf, headers, name);
         let who = crate::limit::Who {
-            client: self.client,
+            client: self.client.addr,
             route,
             user: self.record.user.as_deref(),
             header: &header,

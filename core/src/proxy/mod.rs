@@ -124,10 +124,9 @@ pub struct Exchange {
     protocol: Protocol,
     transport: Transport,
     scheme: &'static str,
-    /// The client's address.
-    client: IpAddr,
-    /// The client's address as text, for forwarding headers and balancing.
-    client_ip: Vec<u8>,
+    /// The connection's peer, and the client of the current request (the peer, or who a
+    /// trusted proxy says it relays), as an address and as text.
+    client: crate::realip::Client,
     /// Exchanges that ended with the connection kept.
     served: u64,
     phase: Phase,
@@ -175,8 +174,7 @@ impl Exchange {
             protocol: listen.protocol,
             transport: listen.transport,
             scheme: listen.scheme(),
-            client,
-            client_ip: client.to_string().into_bytes(),
+            client: crate::realip::Client::new(client),
             served: 0,
             phase: Phase::Head {
                 began: false,
@@ -386,7 +384,7 @@ impl Exchange {
     pub fn handle_verified(&mut self, ok: Option<bool>, env: &Env<'_>, now: Instant) {
         debug_assert_eq!(self.phase, Phase::Verify);
         let when = (now, env.date.date_line().secs());
-        authn::verified(ok, &mut self.auth, env.auth, self.client, when);
+        authn::verified(ok, &mut self.auth, env.auth, self.client.addr, when);
         self.phase = Phase::Head {
             began: true,
             read_first: false,
@@ -680,7 +678,7 @@ impl Exchange {
             self.finish(Finish::Close(Close::Now), now);
             return;
         };
-        let ask = d.ask(self.client, user, tunnel);
+        let ask = d.ask(self.client.addr, user, tunnel);
         let addrs = match admit_addresses(
             admission(env.cfg),
             &ask,
@@ -873,7 +871,7 @@ impl Exchange {
                 .cfg
                 .forward
                 .private_destinations
-                .private_allowed(self.client),
+                .private_allowed(self.client.addr),
         };
         match self.cache.lookup(ctx, rules, asked) {
             Lookup::Forward => {
@@ -1082,6 +1080,9 @@ impl Exchange {
         self.req.method = head.method;
         self.req.version = head.version;
         self.pin.request(buf, &self.headers);
+        // Behind a trusted proxy, the client it relays for (before anything reads the address:
+        // rules, limits, balancing, forwarding fields, the log).
+        self.record.client = self.client.resolve(&cfg.server.trusted, buf, &self.headers);
         let info = match request_info(buf, &head, &self.headers) {
             Ok(i) => i,
             Err(e) => {
@@ -1339,7 +1340,7 @@ impl Exchange {
         if u.tls.is_some() {
             self.req.upgrade = Upgrade::None;
         }
-        let key = request_key(&u.balance, input, path, &self.headers, &self.client_ip);
+        let key = request_key(&u.balance, input, path, &self.headers, &self.client.text);
         self.intent = Intent::Proxy { group, key };
         self.req.body_out = match info.body {
             BodyKind::Close => BodyKind::None,
@@ -1352,7 +1353,8 @@ impl Exchange {
         };
         let fwd = Forwarding {
             policy: ForwardingPolicy::REVERSE,
-            client_ip: &self.client_ip,
+            client_ip: &self.client.text,
+            peer_ip: &self.client.peer_text,
             proto: self.scheme,
             host_override: set_host,
             fallback_host: fallback.as_bytes(),
@@ -1365,7 +1367,7 @@ impl Exchange {
         let fwd = match route {
             Some(route) => {
                 let vars = crate::edit::Vars {
-                    client_addr: &self.client_ip,
+                    client_addr: &self.client.text,
                     host: crate::route::strip_port(info.host.map_or(&b""[..], |h| h.get(input))),
                     scheme: self.scheme.as_bytes(),
                     route: route.name.as_bytes(),
@@ -1460,7 +1462,7 @@ impl Exchange {
         if env.cfg.forward.users.is_some() {
             let value = crate::http::find_header(buf, &self.headers, b"proxy-authorization");
             let when = (now, env.date.date_line().secs());
-            match authn::authenticate(value, &mut self.auth, env.auth, self.client, when) {
+            match authn::authenticate(value, &mut self.auth, env.auth, self.client.addr, when) {
                 Authn::User(user) => self.record.user = Some(user),
                 Authn::Refuse(status, detail, fields) => {
                     self.local_error_with(status, detail, fields, env, now);
@@ -1498,7 +1500,7 @@ impl Exchange {
             },
         };
         let tunnel = head.method == Method::Connect;
-        let ask = dest.ask(self.client, self.record.user.as_deref(), tunnel);
+        let ask = dest.ask(self.client.addr, self.record.user.as_deref(), tunnel);
         match admit(admission(env.cfg), &ask) {
             Verdict::Resolve { rules_pending } => dest.at = At::Named { rules_pending },
             Verdict::Deny(denial) => {
@@ -1562,7 +1564,8 @@ impl Exchange {
         }
         let fwd_fields = Forwarding {
             policy: env.cfg.forward.anonymity.policy(),
-            client_ip: &self.client_ip,
+            client_ip: &self.client.text,
+            peer_ip: &self.client.peer_text,
             proto: self.scheme,
             host_override: Some(authority),
             fallback_host: b"",

@@ -23,6 +23,8 @@ pub struct EndRecord {
     pub user: Option<String>,
     /// Index of the matched route.
     pub route: Option<usize>,
+    /// The client a trusted proxy relayed the request for, when it is not the peer.
+    pub client: Option<std::net::IpAddr>,
     /// Where the last upstream attempt went.
     pub upstream: Option<crate::upstream::UpstreamKey>,
     /// When the last upstream attempt began (a server or address was picked), its connection
