@@ -18,6 +18,7 @@ pub mod http;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;
+pub mod proxyproto;
 pub mod realip;
 pub mod route;
 pub mod rules;

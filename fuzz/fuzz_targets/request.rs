@@ -38,12 +38,14 @@ fuzz_target!(|data: &[u8]| {
     let fwd = Forwarding {
         policy: ForwardingPolicy::REVERSE,
         client_ip: b"127.0.0.1",
+        peer_ip: b"127.0.0.1",
         proto: "http",
         host_override: None,
         fallback_host: b"upstream",
         upgrade_websocket: false,
         max_forwards: None,
         revalidate: None,
+        edits: None,
     };
     let mut out = Vec::new();
     upstream_request(buf, &head, &headers, &target, info.body, &fwd, &mut out);
