@@ -48,6 +48,11 @@ pub struct Cli {
     #[arg(long, value_name = "CIDR")]
     pub trusted_proxy: Vec<String>,
 
+    /// Connections to the --listen addresses start with a PROXY protocol header (v1 or v2,
+    /// from HAProxy, an AWS NLB, …) naming the client; one without is closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
     /// Serve TLS on the --listen addresses with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

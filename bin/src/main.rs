@@ -272,6 +272,11 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             .ok_or_else(|| format!("--max-body {size:?}: expected a size like 64k, 10m or 1g"))?;
         cfg.limits.max_request_body = Some(bytes);
     }
+    if cli.proxy_protocol {
+        for l in &mut cfg.server.listen {
+            l.proxy_protocol = ringway_core::config::ProxyHeader::Required;
+        }
+    }
     for c in &cli.trusted_proxy {
         if !cfg.server.trusted.proxies.add(c) {
             return Err(format!(

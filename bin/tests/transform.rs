@@ -300,3 +300,208 @@ fn behind_a_trusted_proxy_the_real_client_is_logged_ruled_and_forwarded() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `haproxy` with `cfg` (its `global` and `defaults` added), started by the test; `None` outside
+/// CI when it is not installed.
+/// The process, and its config file (kept while it runs).
+struct Haproxy {
+    child: std::process::Child,
+    _config: TempFile,
+}
+
+impl Haproxy {
+    fn start(cfg: &str) -> Option<Self> {
+        if std::process::Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "haproxy is needed in CI (apt-get install haproxy)"
+            );
+            eprintln!("skipped: no haproxy here (apt-get install haproxy)");
+            return None;
+        }
+        let f = TempFile::new(&format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n{cfg}"
+        ));
+        let child = std::process::Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&f.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Some(Self { child, _config: f })
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// curl through `port` until haproxy answers (it starts in the background).
+fn through(port: u16, args: &[&str]) -> (String, String) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut all = vec!["-si"];
+        all.extend_from_slice(args);
+        let (ok, out) = curl(&all);
+        if ok {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let (h, b) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            return (h.to_string(), b.to_string());
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "nothing through port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn haproxy_sends_proxy_v1_and_v2_and_the_client_is_the_one_it_names() {
+    let origin = echo_origin();
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", proxy_protocol = true }}]\nworkers = 1\npin = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n"
+    ));
+    let (v1, v2) = (free_port(), free_port());
+    let Some(_h) = Haproxy::start(&format!(
+        "listen v1\n  bind 127.0.0.1:{v1}\n  server r {} send-proxy\n\
+         listen v2\n  bind 127.0.0.1:{v2}\n  server r {} send-proxy-v2\n",
+        p.addr, p.addr
+    )) else {
+        return;
+    };
+    for port in [v1, v2] {
+        // The client connects to haproxy from 127.0.0.3; ringway sees haproxy's address on the
+        // socket, and the client in the header.
+        let (head, body) = through(
+            port,
+            &[
+                &format!("http://127.0.0.1:{port}/who"),
+                "--interface",
+                "127.0.0.3",
+            ],
+        );
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            body.contains("X-Real-IP: 127.0.0.3\r\n"),
+            "port {port}: {body}"
+        );
+    }
+    // A connection without the header is closed, and counted.
+    let (ok, out) = curl(&["-s", &format!("http://{}/direct", p.addr)]);
+    assert!(!ok, "{}", String::from_utf8_lossy(&out));
+    let admin = admin_addr(&p);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sample(
+        &admin_get(admin, "/metrics"),
+        "ringway_proxy_protocol_errors_total",
+        "",
+    ) != Some(1.0)
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the refusal was not counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_proxy_header_before_tls_and_an_optional_one() {
+    let origin = echo_origin();
+    let dir = std::env::temp_dir().join(format!("ringway-pp-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok);
+    let (tls, optional) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let _p = Proxy::start(&format!(
+        "[server]\nlisten = [{{ addr = \"{tls}\", tls = true, proxy_protocol = true }}, {{ addr = \"{optional}\", proxy_protocol = \"optional\" }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let port = free_port();
+    let Some(_h) = Haproxy::start(&format!(
+        "listen tls\n  bind 127.0.0.1:{port}\n  server r {tls} send-proxy-v2\n"
+    )) else {
+        return;
+    };
+    // haproxy passes TLS through, untouched, after its header: ringway reads the header, then
+    // the handshake.
+    let (head, body) = through(
+        port,
+        &[
+            "-k",
+            &format!("https://localhost:{port}/tls"),
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "--interface",
+            "127.0.0.4",
+        ],
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("X-Real-IP: 127.0.0.4\r\n"), "{body}");
+    assert!(body.contains("X-Forwarded-Proto: https\r\n"), "{body}");
+    // Optional: a direct client is served as itself; a header, sent by hand with the request
+    // in the same packet, names another.
+    let (_, body) = get(&[
+        &format!("http://{optional}/direct"),
+        "--interface",
+        "127.0.0.5",
+    ]);
+    assert!(body.contains("X-Real-IP: 127.0.0.5\r\n"), "{body}");
+    let r = request(
+        optional.parse().unwrap(),
+        b"PROXY TCP4 198.51.100.9 127.0.0.1 4000 80\r\nGET /hand HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert!(
+        r.text().contains("X-Real-IP: 198.51.100.9\r\n"),
+        "{}",
+        r.text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,6 +51,8 @@ pub(crate) struct Worker {
     pub(crate) tally: RefCell<ringway_core::metrics::Tally>,
     /// Connections accepted.
     accepted: Cell<u64>,
+    /// Connections closed for a missing or malformed PROXY protocol header.
+    proxy_header_failures: Cell<u64>,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -83,6 +85,7 @@ impl Worker {
             log,
             tally: RefCell::default(),
             accepted: Cell::new(0),
+            proxy_header_failures: Cell::new(0),
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),
@@ -236,6 +239,7 @@ impl Worker {
             worker: crate::metrics::WorkerSnap {
                 open: self.active.get() as u64,
                 accepted: self.accepted.get(),
+                proxy_header_failures: self.proxy_header_failures.get(),
                 requests: requests.total,
                 dns_lookups: dns.lookups,
                 dns_failures: dns.failures,
@@ -250,6 +254,11 @@ impl Worker {
     /// Connections open on this worker.
     pub(crate) fn active(&self) -> usize {
         self.active.get()
+    }
+
+    pub(crate) fn count_proxy_header_failure(&self) {
+        self.proxy_header_failures
+            .set(self.proxy_header_failures.get() + 1);
     }
 
     pub(crate) fn enter(self: &Rc<Self>) -> Active {

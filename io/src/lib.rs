@@ -32,6 +32,7 @@ mod listener;
 mod metrics;
 mod names;
 mod proxy;
+mod proxyheader;
 mod relay;
 mod server;
 mod splice;

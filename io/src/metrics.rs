@@ -52,6 +52,7 @@ struct SharedScrape {
 pub(crate) struct WorkerSnap {
     pub(crate) open: u64,
     pub(crate) accepted: u64,
+    pub(crate) proxy_header_failures: u64,
     pub(crate) requests: u64,
     pub(crate) dns_lookups: u64,
     pub(crate) dns_failures: u64,
@@ -388,6 +389,16 @@ impl Collector for Scrape {
                     .map(|(n, v)| (l(&[("limit", n)]), counter(*v))),
             )?;
         }
+        family(
+            &mut e,
+            "ringway_proxy_protocol_errors",
+            "Connections closed for a missing or malformed PROXY protocol header (listeners with proxy_protocol).",
+            MetricType::Counter,
+            [(
+                Labels::new(),
+                counter(self.workers.iter().map(|w| w.proxy_header_failures).sum()),
+            )],
+        )?;
         let mut rules: Vec<_> = t.rules.iter().collect();
         rules.sort();
         family(

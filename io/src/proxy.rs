@@ -67,7 +67,7 @@ struct Conn {
 /// handshake on a TLS listener), then the listener's protocol spoken on it.
 pub(crate) async fn serve(
     w: Rc<Worker>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     listen: Listen,
     pass: crate::gate::Pass,
@@ -77,14 +77,33 @@ pub(crate) async fn serve(
     // TCP_NODELAY is inherited from the listening socket (see listener.rs).
     let _active = w.enter();
     let cfg = w.current();
+    // Behind a balancer: the client its PROXY header names, and what followed the header.
+    let (peer, early) = match listen.proxy_protocol {
+        ringway_core::config::ProxyHeader::Off => (peer, Vec::new()),
+        mode => match Box::pin(crate::proxyheader::read(
+            &mut tcp,
+            mode,
+            cfg.timeouts.proxy_header,
+        ))
+        .await
+        {
+            Ok((client, rest)) => (client.unwrap_or(peer), rest),
+            Err(e) => {
+                log::debug!("client {peer}: {e}");
+                w.count_proxy_header_failure();
+                return;
+            }
+        },
+    };
     let client = match listen.transport {
         Transport::Plain => Stream::Plain(tcp),
-        Transport::Tls => match Box::pin(accept_tls(&w, &cfg, tcp, peer)).await {
+        Transport::Tls => match Box::pin(accept_tls(&w, &cfg, tcp, peer, early.clone())).await {
             Accepted::Tls(s) => s,
             Accepted::PlainHttp(tcp) => {
                 // Plain HTTP on a TLS port: core answers it in plain HTTP. Boxed, so that this
                 // task's future holds one connection's state, not two.
-                let c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &listen);
+                let mut c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &listen);
+                c.inbuf = early;
                 Box::pin(c.not_tls()).await;
                 return;
             }
@@ -94,7 +113,11 @@ pub(crate) async fn serve(
     match listen.protocol {
         // The HTTP/1 driver serves all three: the exchange reads the protocol.
         Protocol::Http | Protocol::RedirectHttps | Protocol::ForwardHttp => {
-            Conn::new(w, cfg, client, peer, &listen).run().await
+            let mut c = Conn::new(w, cfg, client, peer, &listen);
+            if listen.transport == Transport::Plain {
+                c.inbuf = early;
+            }
+            c.run().await
         }
     }
 }
@@ -121,7 +144,13 @@ enum Accepted {
 }
 
 /// Runs the server handshake and counts how it went.
-async fn accept_tls(w: &Worker, cfg: &Generation, tcp: TcpStream, peer: SocketAddr) -> Accepted {
+async fn accept_tls(
+    w: &Worker,
+    cfg: &Generation,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    early: Vec<u8>,
+) -> Accepted {
     let Some(sc) = cfg.tls.server.clone() else {
         // Not reachable: a configuration with a TLS listener always loads a server config.
         log::error!("TLS listener without certificates; closing {peer}");
@@ -134,7 +163,7 @@ async fn accept_tls(w: &Worker, cfg: &Generation, tcp: TcpStream, peer: SocketAd
             return Accepted::Failed;
         }
     };
-    match TlsStream::handshake(tcp, conn, cfg.tls.handshake_timeout).await {
+    match TlsStream::handshake(tcp, conn, cfg.tls.handshake_timeout, early).await {
         Ok(t) => {
             let s = Stream::Tls(Box::new(t));
             let resumed = s.resumed();

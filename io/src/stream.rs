@@ -248,11 +248,15 @@ impl TlsStream {
         tcp: TcpStream,
         conn: impl Into<rustls::Connection>,
         timeout: Duration,
+        early: Vec<u8>,
     ) -> Result<Self, (HandshakeError, TcpStream)> {
+        // Bytes already read off the socket (after a PROXY header) come first.
+        let mut rx = early;
+        rx.reserve(TLS_READ.saturating_sub(rx.len()));
         let mut t = Self {
             tcp,
             conn: conn.into(),
-            rx: Vec::with_capacity(TLS_READ),
+            rx,
             rx_pos: 0,
             tx: Vec::new(),
             plain: 0,
@@ -267,7 +271,11 @@ impl TlsStream {
 
     async fn drive_handshake(&mut self, deadline: Instant) -> Result<(), HandshakeError> {
         let server = matches!(self.conn, rustls::Connection::Server(_));
-        let mut first = true;
+        // Bytes read before the handshake (after a PROXY header) are checked like a first read.
+        if server && self.rx.first().is_some_and(u8::is_ascii_uppercase) {
+            return Err(HandshakeError::PlainHttp);
+        }
+        let mut first = self.rx.is_empty();
         while self.conn.is_handshaking() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

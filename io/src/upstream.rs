@@ -90,7 +90,7 @@ pub(crate) async fn open(
         .connection(addr, host)
         .map_err(|e| ConnectError::Tls(HandshakeError::Tls(e)))?;
     let left = until.saturating_duration_since(Instant::now());
-    match TlsStream::handshake(tcp, conn, left).await {
+    match TlsStream::handshake(tcp, conn, left, Vec::new()).await {
         Ok(t) => Ok(Stream::Tls(Box::new(t))),
         Err((e, _)) => Err(ConnectError::Tls(e)),
     }

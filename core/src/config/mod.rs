@@ -35,8 +35,8 @@ pub use resolver::Resolver;
 pub use route::{Action, Route};
 use server::build_server;
 pub use server::{
-    parse_cpu_list, parse_listen_addr, ConnectionLimits, Listen, Protocol, Refusal, Server,
-    Transport,
+    parse_cpu_list, parse_listen_addr, ConnectionLimits, Listen, Protocol, ProxyHeader, Refusal,
+    Server, Transport,
 };
 use timeouts::{build_timeouts, opt_duration};
 pub use timeouts::{Timeouts, MAX_DURATION};

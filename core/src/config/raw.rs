@@ -195,6 +195,15 @@ pub(crate) struct ListenTable {
     pub forward: Option<bool>,
     pub access_log: Option<Spanned<bool>>,
     pub max_connections: Option<Spanned<u32>>,
+    pub proxy_protocol: Option<Switch>,
+}
+
+/// `true`, `false` or a word (`"optional"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Switch {
+    Bool(bool),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +279,7 @@ pub(crate) enum Duration {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Timeouts {
+    pub proxy_header: Option<Spanned<Duration>>,
     pub client_header: Option<Spanned<Duration>>,
     pub client_body: Option<Spanned<Duration>>,
     pub client_body_total: Option<Spanned<Duration>>,

@@ -19,6 +19,20 @@ pub struct Listen {
     pub log: bool,
     /// Most connections open on it at once (all workers); `None`: no limit.
     pub max_connections: Option<u32>,
+    /// Whether connections start with a PROXY protocol header (a balancer in front).
+    pub proxy_protocol: ProxyHeader,
+}
+
+/// A listener's PROXY protocol header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// None is read: the bytes are the client's.
+    #[default]
+    Off,
+    /// Every connection must start with one (v1 or v2); else it is closed, counted.
+    Required,
+    /// Read when there is one (a balancer's and direct clients on one port).
+    Optional,
 }
 
 /// How connections arrive.
@@ -48,12 +62,23 @@ impl Listen {
             protocol: Protocol::Http,
             log: true,
             max_connections: None,
+            proxy_protocol: ProxyHeader::Off,
         }
     }
 
     /// Whether `other` needs a restart to replace this (everything but the log switch).
     pub fn same_socket(&self, other: &Self) -> bool {
-        (self.addr, self.transport, self.protocol) == (other.addr, other.transport, other.protocol)
+        (
+            self.addr,
+            self.transport,
+            self.protocol,
+            self.proxy_protocol,
+        ) == (
+            other.addr,
+            other.transport,
+            other.protocol,
+            other.proxy_protocol,
+        )
     }
 
     pub fn is_tls(&self) -> bool {
@@ -153,6 +178,24 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                     }
                     raw::ListenEntry::Addr(_) => None,
                 };
+                let proxy_protocol = match a.get_ref() {
+                    raw::ListenEntry::Full(t) => match t.proxy_protocol.as_ref() {
+                        None => ProxyHeader::Off,
+                        Some(s) => match s {
+                            raw::Switch::Bool(true) => ProxyHeader::Required,
+                            raw::Switch::Bool(false) => ProxyHeader::Off,
+                            raw::Switch::Word(w) if w == "optional" => ProxyHeader::Optional,
+                            raw::Switch::Word(_) => {
+                                return Err(loc.at(
+                                    a.span(),
+                                    format!("{key}.proxy_protocol"),
+                                    "expected true, false or \"optional\"",
+                                ))
+                            }
+                        },
+                    },
+                    raw::ListenEntry::Addr(_) => ProxyHeader::Off,
+                };
                 let addr = parse_listen_addr(addr).ok_or_else(|| {
                     loc.at(
                         a.span(),
@@ -180,6 +223,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                     protocol,
                     log,
                     max_connections,
+                    proxy_protocol,
                 });
             }
             v

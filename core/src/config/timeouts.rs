@@ -26,6 +26,8 @@ pub struct Timeouts {
     pub upstream_write: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub upstream_idle: Duration,
+    /// From accept to the end of a PROXY protocol header, on listeners that take one.
+    pub proxy_header: Duration,
 }
 
 impl Default for Timeouts {
@@ -42,6 +44,7 @@ impl Default for Timeouts {
             upstream_read: Duration::from_secs(60),
             upstream_write: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(60),
+            proxy_header: Duration::from_secs(5),
         }
     }
 }
@@ -49,6 +52,7 @@ impl Default for Timeouts {
 pub(crate) fn build_timeouts(loc: &Locator<'_>, t: raw::Timeouts) -> Result<Timeouts, ConfigError> {
     let d = Timeouts::default();
     Ok(Timeouts {
+        proxy_header: opt_duration(loc, "timeouts.proxy_header", t.proxy_header, d.proxy_header)?,
         client_header: opt_duration(
             loc,
             "timeouts.client_header",
