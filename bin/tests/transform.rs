@@ -31,8 +31,13 @@ fn echo_origin() -> SocketAddr {
                         }
                         head.push_str(&line);
                     }
+                    let cache = if head.contains("/cacheable") {
+                        "Cache-Control: max-age=60\r\n"
+                    } else {
+                        ""
+                    };
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\nServer: backend/1.2.3\r\nX-Powered-By: php/5\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{head}",
+                        "HTTP/1.1 200 OK\r\nServer: backend/1.2.3\r\nX-Powered-By: php/5\r\n{cache}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{head}",
                         head.len()
                     );
                     if w.write_all(resp.as_bytes()).is_err() {
@@ -504,4 +509,39 @@ fn a_proxy_header_before_tls_and_an_optional_one() {
         r.text()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn response_fields_are_edited_on_cache_hits_too() {
+    let origin = echo_origin();
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n[cache]\nsize = \"8m\"\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n\
+         [[routes]]\npath = \"/\"\nname = \"site\"\nupstream = \"app\"\n\
+         response_headers = {{ set = {{ \"X-Served-By\" = \"$route for $host\" }}, remove = [\"Server\", \"X-Powered-By\"] }}\n"
+    ));
+    let url = format!("http://{}/cacheable/page", p.addr);
+    let mut bodies = Vec::new();
+    for (i, want) in ["MISS", "HIT"].iter().enumerate() {
+        let (head, body) = get(&[&url, "-H", "Host: shop.example"]);
+        let status = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("cache-status:"))
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        assert!(
+            status.contains(want) || (i == 1 && status.contains("HIT")),
+            "{i}: {head}"
+        );
+        assert!(
+            head.contains("X-Served-By: site for shop.example\r\n"),
+            "{i}: {head}"
+        );
+        assert!(
+            !head.contains("backend/1.2.3") && !head.contains("X-Powered-By"),
+            "{i}: {head}"
+        );
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1], "the second came from the cache");
 }

@@ -45,6 +45,9 @@ pub struct Answer<'a> {
     pub content: Content<'a>,
     /// `Date` from the clock (stored responses carry their own; a CONNECT `200` has none).
     pub date: Option<&'a DateLine>,
+    /// A route's response field rules on a stored response: names not passed on, and lines
+    /// added (as on the responses it relays).
+    pub edits: Option<(&'a [&'a [u8]], &'a [u8])>,
 }
 
 /// Which fields of a stored head an answer keeps.
@@ -121,6 +124,7 @@ impl<'a> Answer<'a> {
             cache_status: None,
             content,
             date,
+            edits: None,
         }
     }
 
@@ -168,7 +172,10 @@ impl<'a> Answer<'a> {
                 Keep::Only(names) => names.iter().any(|n| name.eq_ignore_ascii_case(n)),
                 Keep::AllBut(names) => !names.iter().any(|n| name.eq_ignore_ascii_case(n)),
             };
-            if kept {
+            let edited = self
+                .edits
+                .is_some_and(|(drop, _)| drop.iter().any(|n| name.eq_ignore_ascii_case(n)));
+            if kept && !edited {
                 out.extend_from_slice(field);
             }
         }
@@ -179,6 +186,9 @@ impl<'a> Answer<'a> {
     pub fn write(&self, connection: ConnectionHeader, head_only: bool, out: &mut Vec<u8>) {
         self.write_status_and_stored(out);
         out.extend_from_slice(self.fields);
+        if let Some((_, add)) = self.edits {
+            out.extend_from_slice(add);
+        }
         if let Some(age) = self.age {
             let _ = write!(out, "Age: {age}\r\n");
         }

@@ -904,7 +904,16 @@ impl Exchange {
             self.req.method,
             env.date.date_line().secs(),
         );
+        // The route's response fields, as on what it relays (a 304 keeps only validators).
+        let rules = self
+            .record
+            .route
+            .and_then(|i| env.cfg.routes.get(i))
+            .map(|r| &r.response_headers)
+            .filter(|f| !f.is_empty() && plan.status != 304);
+        let dropped: Vec<&[u8]> = rules.map(|f| f.dropped().collect()).unwrap_or_default();
         let a = Answer {
+            edits: rules.map(|_| (&dropped[..], self.edits.response_lines())),
             stored: Some((&e.head, plan.keep)),
             fields: self.cache.own_fields(),
             age: Some(plan.age),
@@ -1208,6 +1217,17 @@ impl Exchange {
             None => {}
         }
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
+        if let (Dispatch::Proxy { .. }, Some(rt)) = (&verdict, route.map(|i| &cfg.routes[i])) {
+            // The route's rewrite and response fields, decided once, for a hit as for a miss.
+            let vars = edit_vars(
+                &self.client.text,
+                self.scheme,
+                &self.target[..self.path_len],
+                r,
+                rt,
+            );
+            self.edits.prepare(rt, &self.target, &vars, host);
+        }
         let (route, group, set_host) = match verdict {
             Dispatch::Answer(l) => return self.local(l, host, r, env, now),
             Dispatch::Proxy {
@@ -1366,16 +1386,7 @@ impl Exchange {
         let route = self.record.route.map(|i| &cfg.routes[i]);
         let fwd = match route {
             Some(route) => {
-                let vars = crate::edit::Vars {
-                    client_addr: &self.client.text,
-                    host: crate::route::strip_port(info.host.map_or(&b""[..], |h| h.get(input))),
-                    scheme: self.scheme.as_bytes(),
-                    route: route.name.as_bytes(),
-                    method: head.method_span.get(input),
-                    path,
-                };
-                let authority = info.host.map_or(&b""[..], |h| h.get(input));
-                self.edits.prepare(route, &self.target, &vars, authority);
+                let vars = edit_vars(&self.client.text, self.scheme, path, r, route);
                 Forwarding {
                     edits: (!route.request_headers.is_empty())
                         .then_some((&route.request_headers, vars)),
@@ -2132,5 +2143,28 @@ fn admission(cfg: &Config) -> Settings<'_> {
     Settings {
         forward: &cfg.forward,
         own: cfg,
+    }
+}
+
+/// The values of a route's field rule variables for request `r` (`path`: its normalised path).
+fn edit_vars<'s>(
+    client: &'s [u8],
+    scheme: &'static str,
+    path: &'s [u8],
+    r: &'s Parsed<'_>,
+    route: &'s crate::config::Route,
+) -> crate::edit::Vars<'s> {
+    let buf = r.buf();
+    let host = match r.head.form {
+        TargetForm::Absolute { authority, .. } => authority.get(buf),
+        _ => r.info.host.map_or(&b""[..], |h| h.get(buf)),
+    };
+    crate::edit::Vars {
+        client_addr: client,
+        host: crate::route::strip_port(host),
+        scheme: scheme.as_bytes(),
+        route: route.name.as_bytes(),
+        method: r.head.method_span.get(buf),
+        path: if path.is_empty() { b"/" } else { path },
     }
 }
