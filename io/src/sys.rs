@@ -347,3 +347,26 @@ pub(crate) fn adopt(n: RawFd, kind: Handed) -> Option<OwnedFd> {
     // to own: the variable naming it is read once and removed, so it is adopted once.
     Some(unsafe { OwnedFd::from_raw_fd(n) })
 }
+
+/// Takes a connection waiting on a listening socket (nonblocking: `None` when there is none,
+/// or another process sharing the socket took it first), close-on-exec. Used after the socket
+/// was seen readable: waiting for readiness consumes nothing, so a worker that stops
+/// listening (a drain) never loses a connection the kernel handed to a cancelled accept.
+pub(crate) fn accept_ready(
+    listener: &impl AsRawFd,
+) -> io::Result<Option<(std::net::TcpStream, std::net::SocketAddr)>> {
+    // SAFETY: the descriptor is the listener's, open for as long as `listener` is borrowed;
+    // the SockRef does not close it.
+    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    match socket2::SockRef::from(&fd).accept() {
+        Ok((s, addr)) => {
+            let Some(peer) = addr.as_socket() else {
+                return Ok(None);
+            };
+            Ok(Some((s.into(), peer)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -188,27 +188,46 @@ struct Accepting {
     gate: Arc<crate::gate::Gate>,
 }
 
+/// Connections taken per readiness before the accept loop yields.
+const ACCEPT_BATCH: usize = 32;
+
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener, at: Accepting) {
     let drain = w.drain.clone();
     let listen = at.listen;
     loop {
+        // Readiness, then accept: a wait for readiness that the drain cancels takes nothing
+        // (an accept cancelled after the kernel completed it would lose that connection).
         monoio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    match at.gate.enter(&w.current(), at.index, peer.ip()) {
-                        Ok(pass) => {
-                            monoio::spawn(serve(w.clone(), stream, peer, listen, pass));
-                        }
-                        Err(_) => refuse(&w, stream, listen),
+            r = listener.readable(false) => if let Err(e) = r {
+                log::warn!("accept: {e}");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            },
+            _ = drain.wait() => break,
+        }
+        // Every connection waiting, up to a batch (then the others get a turn).
+        for _ in 0..ACCEPT_BATCH {
+            let (stream, peer) = match crate::sys::accept_ready(&listener) {
+                Ok(Some((s, peer))) => match monoio::net::TcpStream::from_std(s) {
+                    Ok(s) => (s, peer),
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        continue;
                     }
-                }
+                },
+                Ok(None) => break,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     log::warn!("accept: {e}");
                     monoio::time::sleep(Duration::from_millis(100)).await;
+                    break;
                 }
-            },
-            _ = drain.wait() => break,
+            };
+            match at.gate.enter(&w.current(), at.index, peer.ip()) {
+                Ok(pass) => {
+                    monoio::spawn(serve(w.clone(), stream, peer, listen, pass));
+                }
+                Err(_) => refuse(&w, stream, listen),
+            }
         }
     }
 }
