@@ -194,7 +194,7 @@ fn redirect_origin() -> SocketAddr {
             };
             let _ = write!(
                 w,
-                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Location: /dir/\r\nRefresh: 0; url=/next\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Location: /dir/\r\nRefresh: 0; url=/next\r\nSet-Cookie: sid=abc; Path=/; Domain=backend.internal; HttpOnly\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
         }
     });
@@ -208,6 +208,7 @@ fn redirects_from_the_upstream_point_back_through_the_proxy() {
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
          [upstreams.app]\nservers = [\"{origin}\"]\n\
          [[routes]]\npath = \"/app/\"\nupstream = \"app\"\nstrip_prefix = \"/app\"\n\
+         cookie_domain = {{ from = \"backend.internal\", to = \"shop.example\" }}\ncookie_path = {{ from = \"/\", to = \"/app/\" }}\n\
          [[routes]]\npath = \"/raw/\"\nupstream = \"app\"\nstrip_prefix = \"/raw\"\nrewrite_location = false\n\
          [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
     ));
@@ -230,6 +231,11 @@ fn redirects_from_the_upstream_point_back_through_the_proxy() {
         Some("/app/dir/")
     );
     assert_eq!(field(&head, "Refresh").as_deref(), Some("0; url=/app/next"));
+    // The session cookie is scoped to the client-facing domain and prefix.
+    assert_eq!(
+        field(&head, "Set-Cookie").as_deref(),
+        Some("sid=abc; Path=/app/; Domain=shop.example; HttpOnly")
+    );
     // Another site's URL is never touched.
     let (head, _) = get(&[&format!("{base}/app/away")]);
     assert_eq!(
@@ -243,6 +249,11 @@ fn redirects_from_the_upstream_point_back_through_the_proxy() {
         Some(format!("{base}/login?next=/cart").as_str())
     );
     assert_eq!(field(&head, "Content-Location").as_deref(), Some("/dir/"));
+    assert_eq!(
+        field(&head, "Set-Cookie").as_deref(),
+        Some("sid=abc; Path=/; Domain=backend.internal; HttpOnly"),
+        "only routes that ask rewrite cookies"
+    );
     // Turned off: as the upstream sent it.
     let (head, _) = get(&[&format!("{base}/raw/account")]);
     assert_eq!(

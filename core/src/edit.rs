@@ -180,6 +180,68 @@ fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// `Set-Cookie` attributes rewritten for the client, like nginx's `proxy_cookie_domain` and
+/// `proxy_cookie_path`: a `Domain` equal to `domain.0` (case-insensitive, a leading dot
+/// ignored) becomes `domain.1`; a `Path` starting with `path.0` gets `path.1` in its place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CookieRewrite {
+    pub domain: Option<(String, String)>,
+    pub path: Option<(String, String)>,
+}
+
+impl CookieRewrite {
+    pub fn is_empty(&self) -> bool {
+        self.domain.is_none() && self.path.is_none()
+    }
+
+    /// Writes the `Set-Cookie` value rewritten into `out` (cleared); false when unchanged.
+    pub fn apply(&self, value: &[u8], out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let mut changed = false;
+        for (i, part) in value.split(|&b| b == b';').enumerate() {
+            if i > 0 {
+                out.push(b';');
+            }
+            // The first part is the cookie's name and value: never touched.
+            let attr = (i > 0)
+                .then(|| {
+                    let t = part.trim_ascii_start();
+                    let eq = t.iter().position(|&b| b == b'=')?;
+                    Some((part.len() - t.len(), &t[..eq], &t[eq + 1..]))
+                })
+                .flatten();
+            let rewritten = attr.and_then(|(lead, name, v)| {
+                let v = v.trim_ascii();
+                let new = if name.eq_ignore_ascii_case(b"domain") {
+                    let (from, to) = self.domain.as_ref()?;
+                    let bare = v.strip_prefix(b".").unwrap_or(v);
+                    bare.eq_ignore_ascii_case(from.trim_start_matches('.').as_bytes())
+                        .then(|| to.as_bytes().to_vec())?
+                } else if name.eq_ignore_ascii_case(b"path") {
+                    let (from, to) = self.path.as_ref()?;
+                    let rest = v.strip_prefix(from.as_bytes())?;
+                    [to.as_bytes(), rest].concat()
+                } else {
+                    return None;
+                };
+                let mut p = part[..lead].to_vec();
+                p.extend_from_slice(name);
+                p.push(b'=');
+                p.extend_from_slice(&new);
+                Some(p)
+            });
+            match rewritten {
+                Some(p) => {
+                    out.extend_from_slice(&p);
+                    changed = true;
+                }
+                None => out.extend_from_slice(part),
+            }
+        }
+        changed
+    }
+}
+
 /// A field value with variables (`$client_addr`, `${host}`), parsed once at load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template(Vec<Part>);
@@ -459,6 +521,28 @@ mod tests {
             &mut out
         ));
         assert_eq!(out, b"http://a.example:8080/static/x".to_vec());
+    }
+
+    #[test]
+    fn cookie_domains_and_paths_are_rewritten() {
+        let c = CookieRewrite {
+            domain: Some(("backend.internal".into(), "example.org".into())),
+            path: Some(("/".into(), "/app/".into())),
+        };
+        let go = |v: &str| {
+            let mut out = Vec::new();
+            c.apply(v.as_bytes(), &mut out)
+                .then(|| String::from_utf8(out).unwrap())
+        };
+        assert_eq!(
+            go("sid=1; Path=/; Domain=.Backend.Internal; HttpOnly").as_deref(),
+            Some("sid=1; Path=/app/; Domain=example.org; HttpOnly")
+        );
+        assert_eq!(go("sid=1; path=/x").as_deref(), Some("sid=1; path=/app/x"));
+        // Another domain, no attributes, and a value that looks like one: untouched.
+        assert_eq!(go("sid=1; Domain=other.org"), None);
+        assert_eq!(go("Path=/; x=1"), None);
+        assert_eq!(go("sid=1"), None);
     }
 
     #[test]

@@ -113,3 +113,36 @@ pub(crate) fn field_rules(
     }
     Ok(out)
 }
+
+pub(crate) fn cookies(
+    loc: &Locator<'_>,
+    key: &str,
+    r: &raw::Route,
+) -> Result<crate::edit::CookieRewrite, ConfigError> {
+    let pair = |v: &Option<raw::FromTo>, k: &str, path: bool| -> Result<_, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        for (s, which) in [(&v.from, "from"), (&v.to, "to")] {
+            let t = s.get_ref();
+            let ok = !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+                && (!path || t.starts_with('/'));
+            if !ok {
+                return Err(loc.at(
+                    s.span(),
+                    format!("{key}.{k}.{which}"),
+                    if path {
+                        "expected a path starting with `/`, visible ASCII, no `;`"
+                    } else {
+                        "expected a domain, visible ASCII, no `;`"
+                    },
+                ));
+            }
+        }
+        Ok(Some((v.from.get_ref().clone(), v.to.get_ref().clone())))
+    };
+    Ok(crate::edit::CookieRewrite {
+        domain: pair(&r.cookie_domain, "cookie_domain", false)?,
+        path: pair(&r.cookie_path, "cookie_path", true)?,
+    })
+}

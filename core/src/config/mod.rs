@@ -187,6 +187,7 @@ impl Config {
             request_headers: Default::default(),
             response_headers: Default::default(),
             rewrite_location: true,
+            cookies: Default::default(),
         }];
         Self {
             admin: None,

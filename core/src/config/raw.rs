@@ -374,6 +374,16 @@ pub(crate) struct Route {
     pub request_headers: Option<FieldRules>,
     pub response_headers: Option<FieldRules>,
     pub rewrite_location: Option<Spanned<bool>>,
+    pub cookie_domain: Option<FromTo>,
+    pub cookie_path: Option<FromTo>,
+}
+
+/// `{ from = "…", to = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FromTo {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
 }
 
 /// A route's `rewrite = { regex = "…", to = "…" }`.

@@ -32,6 +32,8 @@ pub struct Route {
     /// `Location`, `Content-Location` and `Refresh` pointing at the upstream are rewritten
     /// toward the client (nginx's `proxy_redirect default`, and the route's prefix undone).
     pub rewrite_location: bool,
+    /// `Set-Cookie` domains and paths rewritten (`cookie_domain`, `cookie_path`).
+    pub cookies: crate::edit::CookieRewrite,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +227,7 @@ pub(crate) fn build_routes(
                 r.response_headers.as_ref(),
             )?,
             rewrite_location: r.rewrite_location.as_ref().is_none_or(|b| *b.get_ref()),
+            cookies: super::edits::cookies(loc, &key, r)?,
         });
     }
     Ok(routes)

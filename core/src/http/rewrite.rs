@@ -347,6 +347,8 @@ pub struct HeadEdits<'a> {
     pub add: &'a [u8],
     /// `Location`, `Content-Location` and `Refresh` rewritten for the client.
     pub relocate: Option<&'a crate::edit::Relocate<'a>>,
+    /// `Set-Cookie` domains and paths rewritten for the client.
+    pub cookies: Option<&'a crate::edit::CookieRewrite>,
 }
 
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
@@ -378,6 +380,16 @@ pub fn client_response(
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
+        if let Some(c) = added
+            .cookies
+            .filter(|_| name.eq_ignore_ascii_case(b"set-cookie"))
+        {
+            let mut v = Vec::new();
+            if c.apply(h.value.get(buf), &mut v) {
+                push_field(out, name, &v);
+                continue;
+            }
+        }
         if let Some(r) = added.relocate.filter(|_| in_set(RELOCATED, name)) {
             let mut url = Vec::new();
             if r.apply(name, h.value.get(buf), &mut url) {

@@ -1835,6 +1835,9 @@ impl Exchange {
                 b""
             },
             relocate: relocate.as_ref(),
+            cookies: route
+                .map(|r| &r.cookies)
+                .filter(|c| !c.is_empty() && !interim),
         };
         self.out.clear();
         client_response(
