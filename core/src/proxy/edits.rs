@@ -3,8 +3,12 @@
 //! routed (their variables are the request's). The exchange asks for both; the rules live in
 //! the route.
 
-use crate::config::Route;
-use crate::edit::Vars;
+use std::net::SocketAddr;
+
+use crate::config::{Action, Route};
+use crate::edit::{CookieRewrite, Relocate, Vars};
+use crate::http::rewrite::RELOCATED;
+use crate::http::Header;
 
 #[derive(Debug, Default)]
 pub(super) struct RouteEdits {
@@ -66,5 +70,97 @@ impl RouteEdits {
     /// The response field lines to add.
     pub(super) fn response_lines(&self) -> &[u8] {
         &self.response
+    }
+}
+
+/// What a route changes in a final response it relays: the fields its rules drop and add, the
+/// URLs that point at the upstream (`Location`, `Content-Location`, `Refresh`), the cookies.
+pub(super) struct Relayed<'r> {
+    route: Option<&'r Route>,
+    dropped: Vec<&'r [u8]>,
+    /// The server's address as text, when the response has a URL field to look at.
+    server: Option<String>,
+}
+
+impl<'r> Relayed<'r> {
+    /// For a response from `server` with the fields `headers` (in `buf`); `route: None` for
+    /// an interim response or one that no route sent.
+    pub(super) fn new(
+        route: Option<&'r Route>,
+        server: Option<SocketAddr>,
+        buf: &[u8],
+        headers: &[Header],
+    ) -> Self {
+        let dropped = route
+            .map(|r| r.response_headers.dropped().collect())
+            .unwrap_or_default();
+        let urls = route.is_some_and(|r| r.rewrite_location)
+            && headers.iter().any(|h| {
+                RELOCATED
+                    .iter()
+                    .any(|n| h.name.get(buf).eq_ignore_ascii_case(n))
+            });
+        Self {
+            route,
+            dropped,
+            server: server.filter(|_| urls).map(|a| a.to_string()),
+        }
+    }
+
+    pub(super) fn dropped(&self) -> &[&'r [u8]] {
+        &self.dropped
+    }
+
+    /// The field lines the route adds.
+    pub(super) fn lines<'a>(&self, edits: &'a RouteEdits) -> &'a [u8] {
+        match self.route {
+            Some(r) if !r.response_headers.is_empty() => edits.response_lines(),
+            _ => b"",
+        }
+    }
+
+    pub(super) fn cookies(&self) -> Option<&'r CookieRewrite> {
+        self.route.map(|r| &r.cookies).filter(|c| !c.is_empty())
+    }
+
+    /// The authorities the upstream may name itself by: the server's address, the Host sent
+    /// to it by `set_host`, and, when the route moved the path, the client's own (the
+    /// upstream saw that Host and may redirect to it, without the prefix).
+    pub(super) fn upstream_names<'a>(&'a self, edits: &'a RouteEdits) -> Vec<&'a [u8]> {
+        let Some(r) = self.route.filter(|_| self.server.is_some()) else {
+            return Vec::new();
+        };
+        let set_host = match &r.action {
+            Action::Proxy {
+                set_host: Some(h), ..
+            } => Some(h.as_slice()),
+            _ => None,
+        };
+        let client = (!r.path_rewrite.is_empty())
+            .then(|| {
+                let o = edits.origin();
+                o.windows(3).position(|w| w == b"://").map(|i| &o[i + 3..])
+            })
+            .flatten();
+        self.server
+            .iter()
+            .map(|s| s.as_bytes())
+            .chain(set_host)
+            .chain(client)
+            .collect()
+    }
+
+    /// How URL fields are turned toward the client, when the response has any.
+    pub(super) fn relocate<'a>(
+        &'a self,
+        edits: &'a RouteEdits,
+        names: &'a [&'a [u8]],
+    ) -> Option<Relocate<'a>> {
+        let r = self.route.filter(|_| self.server.is_some())?;
+        Some(Relocate {
+            upstream: names,
+            origin: edits.origin(),
+            rewrite: &r.path_rewrite,
+        })
     }
 }

@@ -905,15 +905,10 @@ impl Exchange {
             env.date.date_line().secs(),
         );
         // The route's response fields, as on what it relays (a 304 keeps only validators).
-        let rules = self
-            .record
-            .route
-            .and_then(|i| env.cfg.routes.get(i))
-            .map(|r| &r.response_headers)
-            .filter(|f| !f.is_empty() && plan.status != 304);
-        let dropped: Vec<&[u8]> = rules.map(|f| f.dropped().collect()).unwrap_or_default();
+        let route = self.record.route.and_then(|i| env.cfg.routes.get(i));
+        let relayed = edits::Relayed::new(route.filter(|_| plan.status != 304), None, b"", &[]);
         let a = Answer {
-            edits: rules.map(|_| (&dropped[..], self.edits.response_lines())),
+            edits: Some((relayed.dropped(), relayed.lines(&self.edits))),
             stored: Some((&e.head, plan.keep)),
             fields: self.cache.own_fields(),
             age: Some(plan.age),
@@ -1769,57 +1764,18 @@ impl Exchange {
     ) {
         let interim = (100..200).contains(&rh.status) && rh.status != 101;
         let date = env.date.date_line();
-        // The route's response fields, on final responses.
-        let rules = self
-            .record
-            .route
-            .and_then(|i| env.cfg.routes.get(i))
-            .map(|r| &r.response_headers)
-            .filter(|f| !f.is_empty() && !interim);
-        let dropped: Vec<&[u8]> = rules.map(|f| f.dropped().collect()).unwrap_or_default();
-        // Location, Content-Location and Refresh pointing at the upstream itself, or under the
-        // prefix the route took off, are turned back toward the client.
+        // The route's edits of a final response: its fields, and URLs and cookies that point
+        // at the upstream.
         let route = self.record.route.and_then(|i| env.cfg.routes.get(i));
-        let server = match (self.record.upstream, route) {
-            (Some(UpstreamKey::Server { group, server }), Some(r)) if r.rewrite_location => {
-                let relocated = self.uheaders.iter().any(|h| {
-                    crate::http::rewrite::RELOCATED
-                        .iter()
-                        .any(|n| h.name.get(ub).eq_ignore_ascii_case(n))
-                });
-                env.cfg.upstreams[group]
-                    .servers
-                    .get(server)
-                    .filter(|_| relocated && !interim)
-                    .map(|s| s.addr.to_string())
+        let server = match self.record.upstream {
+            Some(UpstreamKey::Server { group, server }) if !interim => {
+                env.cfg.upstreams[group].servers.get(server).map(|s| s.addr)
             }
             _ => None,
         };
-        let set_host = match route.map(|r| &r.action) {
-            Some(crate::config::Action::Proxy {
-                set_host: Some(h), ..
-            }) => Some(h.as_slice()),
-            _ => None,
-        };
-        // The client's own authority too when the route moved the path: the upstream saw that
-        // Host and may redirect to it, without the prefix.
-        let client_authority = route.filter(|r| !r.path_rewrite.is_empty()).and_then(|_| {
-            let o = self.edits.origin();
-            o.windows(3).position(|w| w == b"://").map(|i| &o[i + 3..])
-        });
-        let upstream: Vec<&[u8]> = server
-            .iter()
-            .map(|s| s.as_bytes())
-            .chain(set_host)
-            .chain(client_authority)
-            .collect();
-        let relocate = route
-            .filter(|_| server.is_some())
-            .map(|r| crate::edit::Relocate {
-                upstream: &upstream,
-                origin: self.edits.origin(),
-                rewrite: &r.path_rewrite,
-            });
+        let relayed = edits::Relayed::new(route.filter(|_| !interim), server, ub, &self.uheaders);
+        let names = relayed.upstream_names(&self.edits);
+        let relocate = relayed.relocate(&self.edits, &names);
         let added = HeadEdits {
             date: (!interim).then_some(&date),
             via: self.shows_via(env),
@@ -1828,16 +1784,10 @@ impl Exchange {
             } else {
                 self.cache.status()
             },
-            drop: &dropped,
-            add: if rules.is_some() {
-                self.edits.response_lines()
-            } else {
-                b""
-            },
+            drop: relayed.dropped(),
+            add: relayed.lines(&self.edits),
             relocate: relocate.as_ref(),
-            cookies: route
-                .map(|r| &r.cookies)
-                .filter(|c| !c.is_empty() && !interim),
+            cookies: relayed.cookies(),
         };
         self.out.clear();
         client_response(
