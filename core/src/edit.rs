@@ -67,10 +67,13 @@ impl PathRewrite {
                 replaced.extend_from_slice(&out[..m.start]);
                 caps.expand(to.as_bytes(), &mut replaced);
                 replaced.extend_from_slice(&out[m.end..]);
-                *out = replaced;
-                if !out.starts_with(b"/") {
-                    out.insert(0, b'/');
+                if !replaced.starts_with(b"/") {
+                    replaced.insert(0, b'/');
                 }
+                // A replacement may assemble `.` or `..` segments from pieces of others: they
+                // are resolved here, so nothing climbs out of where the regex put it.
+                out.clear();
+                remove_dot_segments(&replaced, out);
             }
         }
         out.extend_from_slice(query);
@@ -155,6 +158,34 @@ impl Relocate<'_> {
         out.extend_from_slice(s.as_bytes());
         out.extend_from_slice(if rest.is_empty() { b"/" } else { rest });
         true
+    }
+}
+
+/// RFC 3986 §5.2.4 on a path that starts with `/`, appended to `out`.
+fn remove_dot_segments(path: &[u8], out: &mut Vec<u8>) {
+    let mut segs: Vec<&[u8]> = Vec::new();
+    let parts: Vec<&[u8]> = path[1..].split(|&b| b == b'/').collect();
+    let last = parts.len() - 1;
+    let mut trailing = false;
+    for (i, s) in parts.iter().enumerate() {
+        match *s {
+            b"." => trailing = i == last,
+            b".." => {
+                segs.pop();
+                trailing = i == last;
+            }
+            s => {
+                segs.push(s);
+                trailing = false;
+            }
+        }
+    }
+    for s in &segs {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    if segs.is_empty() || trailing {
+        out.push(b'/');
     }
 }
 
@@ -458,6 +489,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(rewrite(&bare, "/old/a"), "/new/a");
+        // Dot segments a replacement assembles are resolved: nothing climbs out.
+        let dots = PathRewrite {
+            regex: Some((
+                Regex::new(r"^/f/([a-z.]+)x([a-z.]*)$").unwrap(),
+                "/static/$1/$2/z".into(),
+            )),
+            ..Default::default()
+        };
+        assert_eq!(rewrite(&dots, "/f/..x.."), "/z");
+        assert_eq!(rewrite(&dots, "/f/axb"), "/static/a/b/z");
+        assert_eq!(rewrite(&dots, "/f/.xb"), "/static/b/z");
+        let end = PathRewrite {
+            regex: Some((Regex::new(r"^/e/(.*)$").unwrap(), "/a/$1".into())),
+            ..Default::default()
+        };
+        assert_eq!(rewrite(&end, "/e/x.y"), "/a/x.y");
+        assert_eq!(rewrite(&end, "/e/"), "/a/");
         // The query is never seen by the regex.
         let q = PathRewrite {
             regex: Some((Regex::new("x").unwrap(), "y".into())),
