@@ -164,3 +164,26 @@ impl<'r> Relayed<'r> {
         })
     }
 }
+
+/// The values of a route's field rule variables for request `r` (`path`: its normalised path).
+pub(super) fn vars<'s>(
+    client: &'s [u8],
+    scheme: &'static str,
+    path: &'s [u8],
+    r: &'s super::Parsed<'_>,
+    route: &'s crate::config::Route,
+) -> crate::edit::Vars<'s> {
+    let buf = r.buf();
+    let host = match r.head.form {
+        crate::http::TargetForm::Absolute { authority, .. } => authority.get(buf),
+        _ => r.info.host.map_or(&b""[..], |h| h.get(buf)),
+    };
+    crate::edit::Vars {
+        client_addr: client,
+        host: crate::route::strip_port(host),
+        scheme: scheme.as_bytes(),
+        route: route.name.as_bytes(),
+        method: r.head.method_span.get(buf),
+        path: if path.is_empty() { b"/" } else { path },
+    }
+}

@@ -1214,7 +1214,7 @@ impl Exchange {
         self.head_read = env.hints.and_then(|h| h.borrow().head_read(route));
         if let (Dispatch::Proxy { .. }, Some(rt)) = (&verdict, route.map(|i| &cfg.routes[i])) {
             // The route's rewrite and response fields, decided once, for a hit as for a miss.
-            let vars = edit_vars(
+            let vars = edits::vars(
                 &self.client.text,
                 self.scheme,
                 &self.target[..self.path_len],
@@ -1381,7 +1381,7 @@ impl Exchange {
         let route = self.record.route.map(|i| &cfg.routes[i]);
         let fwd = match route {
             Some(route) => {
-                let vars = edit_vars(&self.client.text, self.scheme, path, r, route);
+                let vars = edits::vars(&self.client.text, self.scheme, path, r, route);
                 Forwarding {
                     edits: (!route.request_headers.is_empty())
                         .then_some((&route.request_headers, vars)),
@@ -2096,28 +2096,5 @@ fn admission(cfg: &Config) -> Settings<'_> {
     Settings {
         forward: &cfg.forward,
         own: cfg,
-    }
-}
-
-/// The values of a route's field rule variables for request `r` (`path`: its normalised path).
-fn edit_vars<'s>(
-    client: &'s [u8],
-    scheme: &'static str,
-    path: &'s [u8],
-    r: &'s Parsed<'_>,
-    route: &'s crate::config::Route,
-) -> crate::edit::Vars<'s> {
-    let buf = r.buf();
-    let host = match r.head.form {
-        TargetForm::Absolute { authority, .. } => authority.get(buf),
-        _ => r.info.host.map_or(&b""[..], |h| h.get(buf)),
-    };
-    crate::edit::Vars {
-        client_addr: client,
-        host: crate::route::strip_port(host),
-        scheme: scheme.as_bytes(),
-        route: route.name.as_bytes(),
-        method: r.head.method_span.get(buf),
-        path: if path.is_empty() { b"/" } else { path },
     }
 }
