@@ -16,6 +16,10 @@
 #   SPLIT=1 loadtest/ab.sh floor target/release/ringway /100b   (user/system against the floor)
 #   EXTRA="--cache 64m" loadtest/ab.sh old new /cached/100b     (cache hits: /cached/ is fresh
 #                                                                 for an hour at the origin)
+#   GZIP=1 EXTRA=--compress loadtest/ab.sh nginx target/release/ringway /json64k
+#       (compression: wrk sends Accept-Encoding: $ENC (default gzip); nginx runs `gzip on` at
+#        gzip_comp_level ${GZIP_LEVEL:-1}; /json64k and /json1m are JSON documents; the bytes
+#        each proxy sends per response are printed first)
 #
 # Needs nginx, wrk, taskset and a release build of ringway-loadtest. Loopback only; every
 # process it starts is stopped by PID when it ends.
@@ -44,6 +48,15 @@ mkdir -p "$DIR/www"
 for f in 100b:100 8k:8192 24k:24576 40k:40960 64k:65536 1m:1048576; do
   head -c "${f#*:}" /dev/zero | tr '\0' x >"$DIR/www/${f%%:*}"
 done
+python3 - "$DIR/www" <<'PY'
+import json, sys
+rows = [{"id": i, "name": "item %d" % (i * 7919 % 1000), "email": "user%d@example.org" % i,
+         "tags": ["alpha", "beta", "gamma"][: 1 + i % 3], "score": (i * 37) % 101 / 10,
+         "active": i % 2 == 0} for i in range(20000)]
+text = json.dumps(rows, separators=(",", ":")).encode()
+for name, n in (("json64k", 65536), ("json1m", 1 << 20)):
+    open(sys.argv[1] + "/" + name, "wb").write(text[:n])
+PY
 FILES=$(free_port) FRAMING=$(free_port) PROXY=$(free_port)
 sed -e "s#{{DIR}}#$DIR#g; s#{{LISTEN}}#127.0.0.1:$FILES#; s#{{WORKERS}}#1#" \
   "$ROOT/loadtest/nginx-origin.conf" >"$DIR/origin.conf"
@@ -53,6 +66,11 @@ PIDS+=($!)
 wait_port "$FILES" && wait_port "$FRAMING"
 WRK_ARGS=()
 [ "${CLOSE:-0}" = 1 ] && WRK_ARGS+=(-H "Connection: close")
+GZIP_CONF=""
+if [ "${GZIP:-0}" = 1 ]; then
+  WRK_ARGS+=(-H "Accept-Encoding: ${ENC:-gzip}")
+  GZIP_CONF="gzip on; gzip_proxied any; gzip_comp_level ${GZIP_LEVEL:-1}; gzip_min_length 256; gzip_types text/plain application/json;"
+fi
 if [ "$BODY" -gt 0 ]; then
   printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n' "$BODY" >"$DIR/post.lua"
   WRK_ARGS+=(-s "$DIR/post.lua")
@@ -65,7 +83,7 @@ run() { # BIN PATH -> "cpu_us_per_req req/s"
     cat >"$DIR/proxy.conf" <<EOF
 master_process off; daemon off; worker_processes 1; pid $DIR/proxy.pid; error_log $DIR/proxy.err warn;
 events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
+http { access_log off; keepalive_requests 1000000; $GZIP_CONF
   upstream o { server 127.0.0.1:$up; keepalive 1024; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$PROXY reuseport;
     location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection "";
@@ -84,6 +102,10 @@ EOF
   pid=$!
   PIDS+=($pid)
   wait_port "$PROXY"
+  if [ "${GZIP:-0}" = 1 ] && [ -z "${SIZES_SHOWN:-}" ]; then
+    printf '%s %s: %s bytes per response\n' "$bin" "$path" \
+      "$(curl -s -H "Accept-Encoding: ${ENC:-gzip}" "http://127.0.0.1:$PROXY$path" | wc -c)" >&2
+  fi
   taskset -c 1 wrk "${WRK_ARGS[@]}" -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY$path" >/dev/null
   local ua sa ub sb out reqs
   read -r ua sa < <(awk '{print $14, $15}' "/proc/$pid/stat")

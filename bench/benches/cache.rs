@@ -69,6 +69,7 @@ fn entry(key: usize, body: usize) -> Entry {
         cc: Directives::default(),
         epoch: 0,
         private_dest: false,
+        encoded: Default::default(),
     }
 }
 

@@ -95,6 +95,11 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
 
+    /// Compress responses on the fly (zstd, br or gzip, as each client accepts) for text,
+    /// JSON, JavaScript, SVG, XML and wasm of 256 bytes or more; cached ones once per worker.
+    #[arg(long)]
+    pub compress: bool,
+
     /// Cache responses in memory, up to SIZE for the whole process (`256m`, `1g`), with the
     /// RFC 9111 defaults: only what the origin's headers allow is stored.
     #[arg(long, value_name = "SIZE")]

@@ -335,6 +335,9 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             })?;
         cfg.enable_cache(bytes);
     }
+    if cli.compress {
+        cfg.enable_compression();
+    }
     if let Some(file) = &cli.proxy_auth {
         if !cli.forward {
             return Err("--proxy-auth is for the forward proxy: add --forward".into());

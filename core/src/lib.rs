@@ -9,6 +9,7 @@
 pub mod accesslog;
 pub mod balance;
 pub mod cache;
+pub mod compress;
 pub mod config;
 pub mod dns;
 pub mod edit;

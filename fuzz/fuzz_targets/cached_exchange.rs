@@ -14,7 +14,7 @@ use ringway_core::http::date::DateLine;
 use ringway_core::http::{parse_response, Limits};
 use ringway_core::proxy::{Action, CacheRef, Env, Exchange};
 
-const CFG: &str = "[server]\nlisten = [\"127.0.0.1:8080\"]\n[cache]\nsize = \"4m\"\nvalid = { any = \"1m\" }\nuse_stale = [\"error\", \"http_503\"]\n[upstreams.app]\nservers = [\"10.0.0.1:80\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n";
+const CFG: &str = "[server]\nlisten = [\"127.0.0.1:8080\"]\n[cache]\nsize = \"4m\"\nvalid = { any = \"1m\" }\nuse_stale = [\"error\", \"http_503\"]\n[compression]\nmin_length = 1\ntypes = [\"text/*\", \"application/json\"]\n[upstreams.app]\nservers = [\"10.0.0.1:80\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n";
 
 fn check(out: &[u8]) {
     let big = Limits {
@@ -42,9 +42,14 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
                 check(ex.out());
                 ex.handle_client_written(true, now);
             }
-            Action::WriteStored { entry, range, .. } => {
+            Action::WriteStored {
+                entry,
+                coding,
+                range,
+                ..
+            } => {
                 check(ex.out());
-                assert!(range.end <= entry.body.len());
+                assert!(range.end <= entry.bytes(coding).len());
                 ex.handle_client_written(true, now);
             }
             Action::WriteContinue => ex.handle_client_written(true, now),
@@ -99,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
     }
     CONFIG.with(|cfg| {
         let shard = RefCell::new(Shard::new(1 << 20));
+        let streams = ringway_core::compress::Streams::default();
         let epochs = Epochs::default();
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
@@ -115,6 +121,7 @@ fuzz_target!(|data: &[u8]| {
                     epochs: &epochs,
                 }),
                 hints: None,
+                encoders: Some(&streams),
             };
             run(cfg, &env, req, resp, now);
             secs += u64::from(steps >> (2 * i) & 3) * 40;

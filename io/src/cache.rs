@@ -21,20 +21,33 @@ pub(crate) struct Purge {
     pub(crate) reply: crossbeam_channel::Sender<usize>,
 }
 
+/// The stored bytes a hit sends: `range` of the entry's body, as stored or in `coding`.
+#[derive(Clone)]
+pub(crate) struct Hit {
+    pub(crate) entry: Rc<Entry>,
+    pub(crate) coding: Option<ringway_core::compress::Coding>,
+    pub(crate) range: std::ops::Range<usize>,
+}
+
+impl Hit {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.entry.bytes(self.coding)[self.range.clone()]
+    }
+}
+
 /// Writes `head` then the body of `entry` on a plain socket, in as few `writev`s as the socket
 /// takes; `head` comes back (emptied of nothing) for reuse.
 pub(crate) async fn write_hit(
     s: &mut TcpStream,
     head: &mut Vec<u8>,
-    entry: Rc<Entry>,
-    range: std::ops::Range<usize>,
+    hit: Hit,
     limit: impl Limit,
 ) -> Result<(), IoFail> {
-    let total = head.len() + range.len();
+    let total = head.len() + hit.range.len();
     let mut off = 0;
     let mut h = std::mem::take(head);
     while off < total {
-        let buf = HitBuf::new(h, entry.clone(), &range, off);
+        let buf = HitBuf::new(h, hit.clone(), off);
         let (res, buf) = limit.run(s.writev(buf)).await?;
         h = buf.into_head();
         match res {

@@ -53,6 +53,8 @@ pub(crate) struct Worker {
     accepted: Cell<u64>,
     /// Connections closed for a missing or malformed PROXY protocol header.
     proxy_header_failures: Cell<u64>,
+    /// Compressing streams open on this worker (`[compression] max_streams`).
+    pub(crate) encoders: ringway_core::compress::Streams,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -86,6 +88,7 @@ impl Worker {
             tally: RefCell::default(),
             accepted: Cell::new(0),
             proxy_header_failures: Cell::new(0),
+            encoders: Default::default(),
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),

@@ -283,8 +283,18 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
-                Action::WriteStored { entry, range, idle } => {
-                    let ok = Box::pin(self.client.write_stored(self.ex.out(), entry, range, idle))
+                Action::WriteStored {
+                    entry,
+                    coding,
+                    range,
+                    idle,
+                } => {
+                    let hit = crate::cache::Hit {
+                        entry,
+                        coding,
+                        range,
+                    };
+                    let ok = Box::pin(self.client.write_stored(self.ex.out(), hit, idle))
                         .await
                         .is_ok();
                     ensure_capacity(self.ex.out(), 1024);
@@ -904,6 +914,7 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
             epochs: &w.epochs,
         }),
         hints: Some(&cfg.hints),
+        encoders: Some(&w.encoders),
     }
 }
 

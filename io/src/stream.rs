@@ -128,15 +128,14 @@ impl Stream {
     pub(crate) async fn write_stored(
         &mut self,
         head: &mut Vec<u8>,
-        entry: std::rc::Rc<ringway_core::cache::Entry>,
-        range: std::ops::Range<usize>,
+        hit: crate::cache::Hit,
         limit: impl Limit,
     ) -> Result<(), IoFail> {
         match self {
-            Self::Plain(s) => crate::cache::write_hit(s, head, entry, range, limit).await,
+            Self::Plain(s) => crate::cache::write_hit(s, head, hit, limit).await,
             Self::Tls(t) => {
                 t.write(head, limit).await?;
-                t.write(&entry.body[range], limit).await
+                t.write(hit.bytes(), limit).await
             }
             Self::Sink => Ok(()),
         }

@@ -12,10 +12,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
 
 use monoio::buf::IoVecBuf;
-use ringway_core::cache::Entry;
 
 /// The descriptor of a monoio stream, borrowed for as long as the stream is.
 pub(crate) fn fd(s: &monoio::net::TcpStream) -> BorrowedFd<'_> {
@@ -183,22 +181,17 @@ pub(crate) fn trim_heap() {
 /// completes (also when a timeout cancels it), so the kernel never reads freed memory.
 pub(crate) struct HitBuf {
     head: Vec<u8>,
-    /// Kept alive for the kernel: the second iovec points into its body.
+    /// Kept alive for the kernel: the second iovec points into its entry's body.
     #[allow(dead_code)]
-    entry: Rc<Entry>,
+    hit: crate::cache::Hit,
     /// Boxed so that the array stays put while the value moves.
     iov: Box<[libc::iovec; 2]>,
 }
 
 impl HitBuf {
     /// The bytes from offset `off` of head + `body`, where `body` is the stored body's `range`.
-    pub(crate) fn new(
-        head: Vec<u8>,
-        entry: Rc<Entry>,
-        range: &std::ops::Range<usize>,
-        off: usize,
-    ) -> Self {
-        let body = &entry.body[range.clone()];
+    pub(crate) fn new(head: Vec<u8>, hit: crate::cache::Hit, off: usize) -> Self {
+        let body = hit.bytes();
         let (h, b) = (head.len(), body.len());
         let (hs, bs) = if off < h { (off, 0) } else { (h, off - h) };
         let iov = Box::new([
@@ -211,7 +204,7 @@ impl HitBuf {
                 iov_len: b - bs,
             },
         ]);
-        Self { head, entry, iov }
+        Self { head, hit, iov }
     }
 
     /// The head back, for reuse.
@@ -220,8 +213,9 @@ impl HitBuf {
     }
 }
 
-// SAFETY: the iovecs point into `head` and `entry.body`, both owned by the value and never
-// changed while it lives; the array itself is boxed, so its address is stable.
+// SAFETY: the iovecs point into `head` and the hit's stored bytes (the entry's body, or an
+// encoded copy in a `OnceCell` that is never changed once set), both owned by the value and
+// never changed while it lives; the array itself is boxed, so its address is stable.
 unsafe impl IoVecBuf for HitBuf {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.iov.as_ptr()

@@ -257,8 +257,9 @@ impl Drop for Tee {
     }
 }
 
-impl Stage for Tee {
-    fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+impl Tee {
+    /// Keeps a copy of `payload` (while under the cap), passing nothing on.
+    pub fn keep(&mut self, payload: &[u8]) {
         if !self.over {
             if self.buf.len() + payload.len() > self.cap {
                 self.give_up();
@@ -274,6 +275,12 @@ impl Stage for Tee {
                 }
             }
         }
+    }
+}
+
+impl Stage for Tee {
+    fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        self.keep(payload);
         out.extend_from_slice(payload);
     }
 

@@ -765,6 +765,7 @@ impl CacheStep {
             cc: p.meta.cc,
             epoch: self.epoch,
             private_dest,
+            encoded: Default::default(),
         });
         ctx.cache.shard.borrow_mut().insert_rc(e.clone());
         Ok(e)
@@ -906,6 +907,7 @@ impl CacheStep {
             cc: meta.cc,
             epoch: self.epoch,
             private_dest: e.private_dest,
+            encoded: Default::default(),
         })
     }
 }

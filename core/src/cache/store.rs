@@ -15,11 +15,13 @@
 //! The hit path reads that counter (a plain load, no read-modify-write); only unsafe requests
 //! and purges write it.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::control::Directives;
+use crate::compress::Coding;
 
 /// Buckets of the invalidation table (a power of two).
 const EPOCH_BUCKETS: usize = 1 << 14;
@@ -98,6 +100,20 @@ pub struct Entry {
     /// Fetched by the forward proxy from a private address: served only to clients that may
     /// reach such addresses themselves.
     pub private_dest: bool,
+    /// The body encoded by each coding, made at the first hit that asked for it (on this
+    /// worker) and counted in the shard's budget from then on ([`Shard::grow`]). Set once,
+    /// never changed: io may write from it while the entry lives.
+    pub encoded: Encoded,
+}
+
+/// A stored body's encoded copies, one slot per [`Coding`].
+#[derive(Debug, Default)]
+pub struct Encoded([OnceCell<Box<[u8]>>; 3]);
+
+impl Encoded {
+    pub fn get(&self, c: Coding) -> Option<&[u8]> {
+        self.0[c.index()].get().map(|b| &b[..])
+    }
 }
 
 /// Bookkeeping counted per entry beyond its own bytes: the slot, the map's share and the
@@ -105,7 +121,15 @@ pub struct Entry {
 const OVERHEAD: usize = 160;
 
 impl Entry {
-    /// Bytes this entry holds, as counted against the budget.
+    /// The body as stored, or encoded with `coding` (which must have been made).
+    pub fn bytes(&self, coding: Option<Coding>) -> &[u8] {
+        match coding.and_then(|c| self.encoded.get(c)) {
+            Some(b) => b,
+            None => &self.body,
+        }
+    }
+
+    /// Bytes this entry holds when stored, as counted against the budget.
     pub fn size(&self) -> usize {
         std::mem::size_of::<Self>()
             + OVERHEAD
@@ -408,6 +432,39 @@ impl Shard {
         true
     }
 
+    /// Keeps `bytes`, `entry`'s body encoded with `coding`, counted as part of it; the bytes
+    /// back when the entry is no longer stored, or they would not fit.
+    pub fn grow(
+        &mut self,
+        entry: &Rc<Entry>,
+        coding: Coding,
+        bytes: Box<[u8]>,
+    ) -> Result<(), Box<[u8]>> {
+        let n = bytes.len();
+        let Some(id) = self.map.get(&entry.key).and_then(|ids| {
+            ids.iter().copied().find(|&id| {
+                self.slots[id as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| Rc::ptr_eq(e, entry))
+            })
+        }) else {
+            return Err(bytes);
+        };
+        let s = &mut self.slots[id as usize];
+        if s.size + n > self.budget / 8 {
+            return Err(bytes);
+        }
+        entry.encoded.0[coding.index()].set(bytes)?;
+        s.size += n;
+        if !s.main {
+            self.small_bytes += n;
+        }
+        self.used += n;
+        self.evict_to(self.budget);
+        Ok(())
+    }
+
     /// Removes every variant stored under `key`; how many there were.
     pub fn remove(&mut self, key: &[u8]) -> usize {
         let Some(ids) = self.map.get(key).cloned() else {
@@ -541,6 +598,7 @@ mod tests {
             cc: Directives::default(),
             epoch,
             private_dest: false,
+            encoded: Default::default(),
         }
     }
 

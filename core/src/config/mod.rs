@@ -8,6 +8,7 @@
 
 mod access_rules;
 mod cache;
+mod compression;
 mod edits;
 mod error;
 mod forward;
@@ -75,6 +76,8 @@ pub struct Config {
     pub forward: crate::forward::Forward,
     /// The HTTP cache, when `[cache]` is present.
     pub cache: Option<crate::cache::CacheConfig>,
+    /// How responses are compressed, on routes with `compress` (defaults without the section).
+    pub compression: crate::compress::Compression,
     /// The access log, when `[access_log]` is present.
     pub access_log: Option<AccessLog>,
     /// How upstream servers given by name are resolved.
@@ -188,6 +191,7 @@ impl Config {
             response_headers: Default::default(),
             rewrite_location: true,
             cookies: Default::default(),
+            compress: false,
         }];
         Self {
             admin: None,
@@ -225,6 +229,7 @@ impl Config {
             routes,
             forward: crate::forward::Forward::default(),
             cache: None,
+            compression: Default::default(),
             access_log: None,
             resolver: Resolver::default(),
             rate_limits: Vec::new(),
@@ -249,6 +254,13 @@ impl Config {
             }
         }
         self.cache = Some(c);
+    }
+
+    /// Turns compression on with its defaults (quick mode's `--compress`), for every route.
+    pub fn enable_compression(&mut self) {
+        for r in &mut self.routes {
+            r.compress = true;
+        }
     }
 
     /// A configuration for quick mode's forward proxy: forward-proxy listeners, no routes.
@@ -287,7 +299,15 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let limits = build_limits(loc, raw.limits)?;
     let upstreams = upstream::build_upstreams(loc, &raw.upstreams)?;
     let cache = cache::build_cache(loc, raw.cache)?;
-    let routes = route::build_routes(loc, &raw.routes, &upstreams, &server.path, cache.as_ref())?;
+    let (compression, compress) = compression::build_compression(loc, raw.compression)?;
+    let routes = route::build_routes(
+        loc,
+        &raw.routes,
+        &upstreams,
+        &server.path,
+        cache.as_ref(),
+        compress,
+    )?;
     // Only listeners that serve requests by route need routes (a forward proxy and a
     // redirect-to-https listener do not).
     let routed = server.listen.iter().any(|l| l.protocol == Protocol::Http);
@@ -353,6 +373,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         shared_limits,
         rules,
         cache,
+        compression,
         tls,
         forward,
         server,

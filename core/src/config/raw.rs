@@ -24,6 +24,7 @@ pub(crate) struct File {
     pub tls: Option<Spanned<Tls>>,
     pub forward: Option<Forward>,
     pub cache: Option<Cache>,
+    pub compression: Option<Compression>,
     pub access_log: Option<AccessLog>,
     pub resolver: Option<Resolver>,
     #[serde(default)]
@@ -31,6 +32,20 @@ pub(crate) struct File {
     pub shared_limits: Option<Spanned<SharedLimits>>,
     #[serde(default)]
     pub rules: Vec<Spanned<AccessRule>>,
+}
+
+/// `[compression]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Compression {
+    pub enabled: Option<bool>,
+    pub codings: Option<Vec<Spanned<String>>>,
+    pub types: Option<Vec<Spanned<String>>>,
+    pub min_length: Option<Spanned<Size>>,
+    pub gzip_level: Option<Spanned<u32>>,
+    pub brotli_level: Option<Spanned<u32>>,
+    pub zstd_level: Option<Spanned<i32>>,
+    pub max_streams: Option<Spanned<usize>>,
 }
 
 /// `[[rules]]`.
@@ -376,6 +391,7 @@ pub(crate) struct Route {
     pub rewrite_location: Option<Spanned<bool>>,
     pub cookie_domain: Option<FromTo>,
     pub cookie_path: Option<FromTo>,
+    pub compress: Option<bool>,
 }
 
 /// `{ from = "…", to = "…" }`.

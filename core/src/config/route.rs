@@ -34,6 +34,8 @@ pub struct Route {
     pub rewrite_location: bool,
     /// `Set-Cookie` domains and paths rewritten (`cookie_domain`, `cookie_path`).
     pub cookies: crate::edit::CookieRewrite,
+    /// Responses are compressed (`compress`, else whether `[compression]` is on).
+    pub compress: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,7 @@ pub(crate) fn build_routes(
     upstreams: &[Upstream],
     policy: &PathPolicy,
     cache: Option<&crate::cache::CacheConfig>,
+    compress: bool,
 ) -> Result<Vec<Route>, ConfigError> {
     let mut routes = Vec::new();
     let mut seen_routes = std::collections::HashMap::new();
@@ -228,6 +231,7 @@ pub(crate) fn build_routes(
             )?,
             rewrite_location: r.rewrite_location.as_ref().is_none_or(|b| *b.get_ref()),
             cookies: super::edits::cookies(loc, &key, r)?,
+            compress: r.compress.unwrap_or(compress),
         });
     }
     Ok(routes)

@@ -48,6 +48,8 @@ pub struct Answer<'a> {
     /// A route's response field rules on a stored response: names not passed on, and lines
     /// added (as on the responses it relays).
     pub edits: Option<(&'a [&'a [u8]], &'a [u8])>,
+    /// What compression changes in a stored head (the content is then the encoded body).
+    pub encoding: Option<crate::compress::HeadEdit>,
 }
 
 /// Which fields of a stored head an answer keeps.
@@ -125,6 +127,7 @@ impl<'a> Answer<'a> {
             content,
             date,
             edits: None,
+            encoding: None,
         }
     }
 
@@ -148,7 +151,7 @@ impl<'a> Answer<'a> {
 
     /// The status line (the stored one when the status is the stored response's) and the
     /// stored fields the answer keeps.
-    fn write_status_and_stored(&self, out: &mut Vec<u8>) {
+    fn write_status_and_stored(&self, vary: &mut bool, out: &mut Vec<u8>) {
         let stored = self.stored.map(|(head, keep)| {
             let line = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
             (head, line, keep)
@@ -175,16 +178,26 @@ impl<'a> Answer<'a> {
             let edited = self
                 .edits
                 .is_some_and(|(drop, _)| drop.iter().any(|n| name.eq_ignore_ascii_case(n)));
-            if kept && !edited {
-                out.extend_from_slice(field);
+            if !kept || edited {
+                continue;
             }
+            if let Some(e) = &self.encoding {
+                if e.field(name, field_value(field), vary, out) {
+                    continue;
+                }
+            }
+            out.extend_from_slice(field);
         }
     }
 
     /// Appends the head, and the content the answer holds (a page, bytes) unless `head_only`
     /// (a response to `HEAD` has the fields a `GET` would get and no content).
     pub fn write(&self, connection: ConnectionHeader, head_only: bool, out: &mut Vec<u8>) {
-        self.write_status_and_stored(out);
+        let mut vary = false;
+        self.write_status_and_stored(&mut vary, out);
+        if let Some(e) = &self.encoding {
+            e.finish(vary, out);
+        }
         out.extend_from_slice(self.fields);
         if let Some((_, add)) = self.edits {
             out.extend_from_slice(add);

@@ -20,6 +20,10 @@ use super::framing::BodyKind;
 pub trait Stage {
     /// Takes payload bytes; appends what goes on to `out`.
     fn data(&mut self, payload: &[u8], out: &mut Vec<u8>);
+    /// What arrived so far was handed over and more may take a while: appends what makes all
+    /// of it usable by the receiver (an encoder's flush), so a streamed body is never held
+    /// back. Called once per read, never after `end`.
+    fn flush(&mut self, _out: &mut Vec<u8>) {}
     /// The body ended; appends whatever is left to send.
     fn end(&mut self, out: &mut Vec<u8>);
 }
@@ -222,7 +226,8 @@ impl Transcoder {
     }
 
     /// Like [`step`](Self::step), with the payload passed through `stage` before it is framed
-    /// (nothing passes through untouched). `tmp` is scratch space.
+    /// (nothing passes through untouched): what the stage makes of one step's input goes out as
+    /// one chunk. `tmp` is scratch space.
     pub fn step_through(
         &mut self,
         input: &[u8],
@@ -230,15 +235,17 @@ impl Transcoder {
         tmp: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<usize, BodyError> {
-        let chunked_out = self.chunked_out;
         let was_done = self.done;
-        let consumed = self.decode(input, |d| {
-            tmp.clear();
-            stage.data(d, tmp);
-            frame(chunked_out, tmp, out);
-        })?;
+        tmp.clear();
+        let consumed = self.decode(input, |d| stage.data(d, tmp))?;
         if self.done && !was_done {
-            self.end_through(stage, tmp, out);
+            stage.end(tmp);
+            self.end_framed(tmp, out);
+        } else {
+            if consumed > 0 {
+                stage.flush(tmp);
+            }
+            frame(self.chunked_out, tmp, out);
         }
         Ok(consumed)
     }
@@ -246,6 +253,11 @@ impl Transcoder {
     fn end_through(&mut self, stage: &mut dyn Stage, tmp: &mut Vec<u8>, out: &mut Vec<u8>) {
         tmp.clear();
         stage.end(tmp);
+        self.end_framed(tmp, out);
+    }
+
+    /// The stage's last bytes, framed, and the last chunk.
+    fn end_framed(&self, tmp: &[u8], out: &mut Vec<u8>) {
         frame(self.chunked_out, tmp, out);
         if self.chunked_out {
             out.extend_from_slice(LAST_CHUNK);

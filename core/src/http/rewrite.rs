@@ -349,6 +349,8 @@ pub struct HeadEdits<'a> {
     pub relocate: Option<&'a crate::edit::Relocate<'a>>,
     /// `Set-Cookie` domains and paths rewritten for the client.
     pub cookies: Option<&'a crate::edit::CookieRewrite>,
+    /// What compression changes (`Vary`, `Content-Encoding`, `ETag`, …).
+    pub encoding: Option<crate::compress::HeadEdit>,
 }
 
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
@@ -365,6 +367,7 @@ pub fn client_response(
 ) {
     let conn = ConnectionOptions::collect(buf, headers);
     let mut has_date = false;
+    let mut vary = false;
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(head.status));
     out.push(b' ');
@@ -380,6 +383,11 @@ pub fn client_response(
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
+        if let Some(e) = &added.encoding {
+            if e.field(name, h.value.get(buf), &mut vary, out) {
+                continue;
+            }
+        }
         if let Some(c) = added
             .cookies
             .filter(|_| name.eq_ignore_ascii_case(b"set-cookie"))
@@ -411,6 +419,9 @@ pub fn client_response(
     }
     if let Some(cs) = &added.cache_status {
         cs.write(out);
+    }
+    if let Some(e) = &added.encoding {
+        e.finish(vary, out);
     }
     out.extend_from_slice(added.add);
     push_framing(out, body);

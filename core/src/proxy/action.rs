@@ -4,6 +4,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::cache::{Entry, Tee};
+use crate::compress::Encoder;
 
 use crate::health::Outcome;
 use crate::http::body::{Stage, Transcoder};
@@ -29,6 +30,8 @@ pub enum Action {
     /// time between two writes, as for a relayed body), not one deadline for the whole.
     WriteStored {
         entry: Rc<Entry>,
+        /// The body as stored, or its copy in this coding (`Entry::bytes`).
+        coding: Option<crate::compress::Coding>,
         range: std::ops::Range<usize>,
         idle: Duration,
     },
@@ -141,7 +144,7 @@ pub enum Reuse {
 }
 
 /// How a body moves: its framing in and out, and the idle timeouts of the relay.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct BodyPlan {
     pub body: Transcoder,
     /// No stage transforms the bytes and the body is long enough for splice(2) to pay: io
@@ -163,14 +166,16 @@ pub struct BodyPlan {
 /// origin sent it), and next an encoder. A chain of typed slots rather than boxed stages: the
 /// exchange gets each back by name (the tee's copy is stored), and an empty chain is what lets
 /// io splice.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Stages {
     pub tee: Option<Tee>,
+    /// Compresses what goes to the client (`crate::compress`).
+    pub encode: Option<Encoder>,
 }
 
 impl Stages {
     pub fn is_empty(&self) -> bool {
-        self.tee.is_none()
+        self.tee.is_none() && self.encode.is_none()
     }
 
     /// The chain as one stage for io's relay; `None` when it is empty (the bytes pass
@@ -186,15 +191,30 @@ impl Stages {
 
 impl Stage for Stages {
     fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
-        match &mut self.tee {
-            Some(t) => t.data(payload, out),
-            None => out.extend_from_slice(payload),
+        match (&mut self.tee, &mut self.encode) {
+            (tee, Some(e)) => {
+                if let Some(t) = tee {
+                    t.keep(payload);
+                }
+                e.data(payload, out);
+            }
+            (Some(t), None) => t.data(payload, out),
+            (None, None) => out.extend_from_slice(payload),
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some(e) = &mut self.encode {
+            e.flush(out);
         }
     }
 
     fn end(&mut self, out: &mut Vec<u8>) {
         if let Some(t) = &mut self.tee {
             t.end(out);
+        }
+        if let Some(e) = &mut self.encode {
+            e.end(out);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use crate::compress::{Coding, Compression, Facts, Verdict};
 use crate::config::{Action, Route};
 use crate::edit::{CookieRewrite, Relocate, Vars};
 use crate::http::rewrite::RELOCATED;
@@ -20,6 +21,9 @@ pub(super) struct RouteEdits {
     spare: Vec<u8>,
     /// `scheme://host[:port]` as the client asked, for Location rewriting.
     origin: Vec<u8>,
+    /// The route compresses responses, and the coding the client accepts (none: it accepts
+    /// none offered).
+    compress: Option<Option<Coding>>,
 }
 
 impl RouteEdits {
@@ -31,6 +35,7 @@ impl RouteEdits {
         }
         self.response.clear();
         self.origin.clear();
+        self.compress = None;
     }
 
     /// Decides for a request to `route` whose normalised target is `target`, asked of
@@ -55,6 +60,37 @@ impl RouteEdits {
             self.target = Some(t);
         }
         route.response_headers.write(vars, &mut self.response);
+    }
+
+    /// Reads what the request accepts, when `route` compresses (`buf`, `headers`: its head).
+    pub(super) fn negotiate(
+        &mut self,
+        route: &Route,
+        c: &Compression,
+        buf: &[u8],
+        headers: &[Header],
+    ) {
+        if route.compress {
+            let accept = headers
+                .iter()
+                .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"accept-encoding"))
+                .map(|h| h.value.get(buf));
+            self.compress = Some(c.negotiate(accept));
+        }
+    }
+
+    /// What compression does to a response of `status` whose head says `facts` (read only
+    /// when the route compresses).
+    pub(super) fn compression(
+        &self,
+        c: &Compression,
+        status: u16,
+        facts: impl FnOnce() -> Facts,
+    ) -> Verdict {
+        match self.compress {
+            Some(accepted) => c.decide(accepted, status, &facts()),
+            None => Verdict::Identity,
+        }
     }
 
     /// The target to send upstream.

@@ -63,6 +63,7 @@ use response::{Asked, Final, ResponsePlan, Seen, Upstream, UpstreamConn};
 use crate::balance::request_key;
 use crate::cache::step::{self, Ctx, Lookup, Rules, Served};
 use crate::cache::{CacheStep, Entry, Tee};
+use crate::compress::{self, Encoder};
 use crate::config::{Config, Listen, Protocol, Timeouts, Transport};
 use crate::forward::admit::{admit, admit_addresses, Denial, Settings, Verdict};
 use crate::health::Outcome;
@@ -114,6 +115,8 @@ pub struct Env<'a> {
     pub cache: Option<CacheRef<'a>>,
     /// The worker's memory of response sizes per route, for this configuration.
     pub hints: Option<&'a std::cell::RefCell<SizeHints>>,
+    /// The worker's open compressing streams (none: not counted).
+    pub encoders: Option<&'a compress::Streams>,
 }
 
 /// One client connection's exchanges; see the module documentation.
@@ -146,7 +149,7 @@ pub struct Exchange {
     /// The cache's part of the current request.
     cache: CacheStep,
     /// A stored response being written: its body (this part of it) goes after `out`.
-    hit: Option<(Rc<Entry>, std::ops::Range<usize>)>,
+    hit: Option<(Rc<Entry>, Option<compress::Coding>, std::ops::Range<usize>)>,
     record: EndRecord,
     /// Heads (and small bodies) this proxy writes, to the client or the upstream.
     out: Vec<u8>,
@@ -270,8 +273,9 @@ impl Exchange {
             }),
             Phase::Write(Written::Continue) => Action::WriteContinue,
             Phase::Write(_) => match &self.hit {
-                Some((e, range)) => Action::WriteStored {
+                Some((e, coding, range)) => Action::WriteStored {
                     entry: e.clone(),
+                    coding: *coding,
                     range: range.clone(),
                     idle: self.timeouts.send,
                 },
@@ -332,17 +336,27 @@ impl Exchange {
     /// How the response body moves: fetched whole into the cache ahead of the client when the
     /// store has room for it, else relayed (through the cache's tee when it is stored), spliced
     /// when no stage sees the bytes and the body is long enough.
-    fn relay_action(&self) -> Action {
+    fn relay_action(&mut self) -> Action {
         let body = Transcoder::new(self.up.relay, self.up.body_out);
         let (read_idle, write_idle) = (self.timeouts.upstream_read, self.timeouts.send);
-        if let Some(tee) = self.cache.fetch_tee(self.up.relay) {
+        // An encoded body is relayed through the encoder (the cache's tee, before it, keeps
+        // the identity bytes), never fetched ahead: the client's copy is not the stored one.
+        let encode = self.up.encode.take();
+        let fetch = match encode {
+            None => self.cache.fetch_tee(self.up.relay),
+            Some(_) => None,
+        };
+        if let Some(tee) = fetch {
             return Action::FetchBody(BodyPlan {
                 body,
                 splice: false,
                 read_idle,
                 write_idle,
                 whole: None,
-                stages: Stages { tee: Some(tee) },
+                stages: Stages {
+                    tee: Some(tee),
+                    encode: None,
+                },
             });
         }
         let expect = match self.up.relay {
@@ -351,6 +365,7 @@ impl Exchange {
         };
         let stages = Stages {
             tee: self.cache.tee(expect),
+            encode,
         };
         Action::RelayResponse(BodyPlan {
             body,
@@ -907,7 +922,42 @@ impl Exchange {
         // The route's response fields, as on what it relays (a 304 keeps only validators).
         let route = self.record.route.and_then(|i| env.cfg.routes.get(i));
         let relayed = edits::Relayed::new(route.filter(|_| plan.status != 304), None, b"", &[]);
+        // A whole body may go out encoded: from the entry's copy in that coding, made here
+        // the first time (once per worker, then counted in the store), or for this answer
+        // alone when the store has no room for it.
+        let verdict = match plan.content {
+            step::Content::Length(_) => {
+                self.edits
+                    .compression(&env.cfg.compression, plan.status, || {
+                        compress::Facts::of_stored(&e.head)
+                    })
+            }
+            _ => compress::Verdict::Identity,
+        };
+        let coding = verdict.coding();
+        let mut own = None;
+        let content = match coding {
+            Some(c) => {
+                let len = match e.encoded.get(c) {
+                    Some(b) => b.len(),
+                    None => {
+                        let levels = env.cfg.compression.levels;
+                        let b = compress::encode_whole(c, levels, &e.body).into_boxed_slice();
+                        let n = b.len();
+                        let kept = match cache_ctx(env) {
+                            Some(ctx) => ctx.cache.shard.borrow_mut().grow(e, c, b),
+                            None => Err(b),
+                        };
+                        own = kept.err();
+                        n
+                    }
+                };
+                answer::Content::Length(len as u64)
+            }
+            None => plan.content.as_answer(),
+        };
         let a = Answer {
+            encoding: verdict.head_edit(),
             edits: Some((relayed.dropped(), relayed.lines(&self.edits))),
             stored: Some((&e.head, plan.keep)),
             fields: self.cache.own_fields(),
@@ -918,7 +968,7 @@ impl Exchange {
                 ttl: Some(e.lifetime as i64 - plan.age as i64),
                 stored: false,
             }),
-            ..Answer::new(plan.status, plan.content.as_answer(), None)
+            ..Answer::new(plan.status, content, None)
         };
         let p = self.req.persist.unless(env.draining);
         let head_only = self.req.method == Method::Head;
@@ -930,12 +980,19 @@ impl Exchange {
                 self.out.extend_from_slice(body);
                 self.record.response_body = body.len() as u64;
             }
-            if let Some(r) = plan.body {
+            if let Some(b) = own {
+                self.record.response_body = b.len() as u64;
+                self.out.extend_from_slice(&b);
+            } else if let Some(r) = plan.body {
+                let r = match coding {
+                    Some(_) => 0..e.bytes(coding).len(),
+                    None => r,
+                };
                 self.record.response_body = r.len() as u64;
                 if r.len() <= INLINE_HIT {
-                    self.out.extend_from_slice(&e.body[r]);
+                    self.out.extend_from_slice(&e.bytes(coding)[r]);
                 } else {
-                    self.hit = Some((e.clone(), r));
+                    self.hit = Some((e.clone(), coding, r));
                 }
             }
         }
@@ -1048,7 +1105,7 @@ impl Exchange {
         match stored {
             Ok(e) => {
                 let len = e.body.len();
-                self.hit = Some((e, 0..len));
+                self.hit = Some((e, None, 0..len));
             }
             Err(body) => self.out = body,
         }
@@ -1222,6 +1279,8 @@ impl Exchange {
                 rt,
             );
             self.edits.prepare(rt, &self.target, &vars, host);
+            self.edits
+                .negotiate(rt, &env.cfg.compression, r.buf(), &self.headers);
         }
         let (route, group, set_host) = match verdict {
             Dispatch::Answer(l) => return self.local(l, host, r, env, now),
@@ -1676,7 +1735,25 @@ impl Exchange {
             }
         };
         self.pin.response(ub, &self.uheaders);
-        match ResponsePlan::decide(self.seen(ub, &rh, &ri), self.asked(&rh, env)) {
+        let mut verdict = self.edits.compression(&env.cfg.compression, rh.status, || {
+            compress::Facts::of_head(ub, &self.uheaders)
+        });
+        // Beyond the worker's open encoders, a response goes out as it is.
+        let slot = match (verdict, env.encoders) {
+            (compress::Verdict::Encode(_), Some(s)) if ri.body != BodyKind::None => {
+                let slot = s.try_open(env.cfg.compression.max_streams);
+                if slot.is_none() {
+                    verdict = compress::Verdict::Vary;
+                }
+                slot
+            }
+            _ => None,
+        };
+        let seen = Seen {
+            encoded: verdict.coding().is_some(),
+            ..self.seen(ub, &rh, &ri)
+        };
+        match ResponsePlan::decide(seen, self.asked(&rh, env)) {
             ResponsePlan::Interim { relay } => self.interim(ub, &rh, relay, env, now),
             ResponsePlan::Switch => {
                 // The switch: the 101 goes to the client, then bytes both ways.
@@ -1688,6 +1765,7 @@ impl Exchange {
                     &rh,
                     BodyKind::None,
                     ConnectionHeader::UpgradeWebsocket,
+                    None,
                     env,
                 );
                 self.record.status = 101;
@@ -1722,6 +1800,8 @@ impl Exchange {
                     ri,
                     to_client,
                     persist,
+                    verdict,
+                    slot,
                 };
                 self.final_response(input, end, head, env, now)
             }
@@ -1736,6 +1816,7 @@ impl Exchange {
             websocket: rh.status == 101
                 && crate::http::find_header(ub, &self.uheaders, b"upgrade")
                     .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")),
+            encoded: false,
         }
     }
 
@@ -1760,6 +1841,7 @@ impl Exchange {
         rh: &ResponseHead,
         body: BodyKind,
         connection: ConnectionHeader,
+        encoding: Option<compress::HeadEdit>,
         env: &Env<'_>,
     ) {
         let interim = (100..200).contains(&rh.status) && rh.status != 101;
@@ -1788,6 +1870,7 @@ impl Exchange {
             add: relayed.lines(&self.edits),
             relocate: relocate.as_ref(),
             cookies: relayed.cookies(),
+            encoding,
         };
         self.out.clear();
         client_response(
@@ -1822,7 +1905,7 @@ impl Exchange {
         }
         self.scanner.reset();
         if relay {
-            self.relayed_head(ub, rh, BodyKind::None, ConnectionHeader::Omit, env);
+            self.relayed_head(ub, rh, BodyKind::None, ConnectionHeader::Omit, None, env);
             self.write_client(Written::Interim, now);
         } else {
             self.phase = Phase::ReadResponse { read_first: false };
@@ -1845,6 +1928,8 @@ impl Exchange {
             ri,
             to_client,
             persist,
+            verdict,
+            slot,
         } = f;
         let ub = &input[..end];
         let served = match (self.cache.active(), cache_ctx(env)) {
@@ -1872,9 +1957,22 @@ impl Exchange {
         if !self.cache.storing() {
             self.end_fill();
         }
-        self.relayed_head(ub, &rh, to_client, persist.header(), env);
+        // A bodiless response (to HEAD) gets the encoded head, and no encoder.
+        let encode = verdict.coding().filter(|_| ri.body != BodyKind::None);
+        self.relayed_head(
+            ub,
+            &rh,
+            to_client,
+            persist.header(),
+            verdict.head_edit(),
+            env,
+        );
         let head_len = self.out.len();
-        let (inline, relay) = self.inline_response_body(ri.body, input.len() - end);
+        let (inline, relay) = match encode {
+            // Every byte of an encoded body goes through the encoder.
+            Some(_) => (0, ri.body),
+            None => self.inline_response_body(ri.body, input.len() - end),
+        };
         self.out.extend_from_slice(&input[end..end + inline]);
         self.record.response_body = inline as u64;
         if let Some(h) = env.hints {
@@ -1898,6 +1996,17 @@ impl Exchange {
                 UpstreamConn::Closes
             },
             then: persist.finish(true),
+            encode: encode.map(|c| {
+                let expect = match ri.body {
+                    BodyKind::Length(n) => Some(n),
+                    _ => None,
+                };
+                let e = Encoder::new(c, env.cfg.compression.levels, expect);
+                match slot {
+                    Some(slot) => e.counted(slot),
+                    None => e,
+                }
+            }),
         };
         self.record.status = rh.status;
         self.record.response_head = Some(now);

@@ -2,6 +2,7 @@
 //! response, the switch to a WebSocket tunnel, a retry elsewhere, or the final response with its
 //! framing toward the client and what becomes of the client connection.
 
+use crate::compress::{Encoder, StreamSlot, Verdict};
 use crate::health::Outcome;
 use crate::http::framing::{BodyKind, ResponseInfo};
 use crate::http::{ResponseHead, Version};
@@ -17,6 +18,8 @@ pub(super) struct Seen {
     pub(super) body: BodyKind,
     /// A `101` that switches to `websocket`.
     pub(super) websocket: bool,
+    /// Its body is encoded on the way (`crate::compress`): its length changes.
+    pub(super) encoded: bool,
 }
 
 /// What the request asked and allows.
@@ -68,11 +71,12 @@ impl ResponsePlan {
         }
         // Chunked or close-delimited bodies go chunked to HTTP/1.1 clients; an HTTP/1.0 client
         // gets the body delimited by the close.
+        // So does an encoded body of known length: the encoder decides its length.
+        let reframed = matches!(seen.body, BodyKind::Chunked | BodyKind::Close)
+            || (seen.encoded && matches!(seen.body, BodyKind::Length(_)));
         let to_client = match seen.body {
-            BodyKind::Chunked | BodyKind::Close if asked.version == Version::Http11 => {
-                BodyKind::Chunked
-            }
-            BodyKind::Chunked | BodyKind::Close => BodyKind::Close,
+            _ if reframed && asked.version == Version::Http11 => BodyKind::Chunked,
+            _ if reframed => BodyKind::Close,
             b => b,
         };
         let persist = asked
@@ -92,7 +96,7 @@ impl ResponsePlan {
 }
 
 /// The upstream's final response as it is relayed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(super) struct Upstream {
     /// Its framing as received and toward the client.
     pub(super) body_in: BodyKind,
@@ -103,6 +107,8 @@ pub(super) struct Upstream {
     pub(super) conn: UpstreamConn,
     /// How the client connection goes on after the response.
     pub(super) then: Finish,
+    /// The encoder the body goes through on its way to the client.
+    pub(super) encode: Option<Encoder>,
 }
 
 impl Default for Upstream {
@@ -113,17 +119,20 @@ impl Default for Upstream {
             relay: BodyKind::None,
             conn: UpstreamConn::Closes,
             then: Finish::Close(Close::Now),
+            encode: None,
         }
     }
 }
 
 /// A final response head as parsed, with its plan.
-#[derive(Clone, Copy)]
 pub(super) struct Final {
     pub(super) rh: ResponseHead,
     pub(super) ri: ResponseInfo,
     pub(super) to_client: BodyKind,
     pub(super) persist: Persistence,
+    /// What compression does to it, and the worker's room for one more encoder.
+    pub(super) verdict: Verdict,
+    pub(super) slot: Option<StreamSlot>,
 }
 
 /// What the upstream's response allows for its connection once the body is read.
@@ -151,6 +160,7 @@ mod tests {
             status,
             body,
             websocket: false,
+            encoded: false,
         }
     }
 

@@ -252,6 +252,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
                 epochs: &epochs,
             }),
             hints: Some(&hints),
+            encoders: None,
         },
         shard: &shard,
         now: start,
@@ -359,9 +360,15 @@ impl World<'_, '_> {
                 self.to_client.extend_from_slice(ex.out());
                 ex.handle_client_written(true, now);
             }
-            Action::WriteStored { entry, range, .. } => {
+            Action::WriteStored {
+                entry,
+                coding,
+                range,
+                ..
+            } => {
                 self.to_client.extend_from_slice(ex.out());
-                self.to_client.extend_from_slice(&entry.body[range]);
+                self.to_client
+                    .extend_from_slice(&entry.bytes(coding)[range]);
                 ex.handle_client_written(true, now);
             }
             Action::WriteContinue => {

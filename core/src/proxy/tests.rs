@@ -53,6 +53,7 @@ impl T {
             auth: None,
             cache: None,
             hints: None,
+            encoders: None,
         }
     }
 
@@ -358,6 +359,7 @@ fn a_draining_worker_closes_after_the_response() {
         auth: None,
         cache: None,
         hints: None,
+        encoders: None,
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);
@@ -424,6 +426,7 @@ impl C {
                 epochs: self.epochs,
             }),
             hints: None,
+            encoders: None,
         }
     }
 
@@ -631,6 +634,7 @@ fn a_large_body_goes_out_with_the_part_that_came_with_the_head_and_the_rest_is_s
     for i in 0..3 {
         let env = Env {
             hints: Some(hints),
+            encoders: None,
             ..t.env()
         };
         if i > 0 {
