@@ -23,9 +23,27 @@ const BROTLI_MAX_LGWIN: u32 = 18;
 /// A body encoder: payload in, encoded bytes out; each `flush` makes everything given so far
 /// decodable by the client (a streamed response is never held back), `end` closes the stream.
 pub struct Encoder {
+    /// `None` only while it is dropped.
+    inner: Option<Inner>,
+    key: Key,
+    /// Its length was not given: every read is flushed.
+    streamed: bool,
+    /// Its place among the worker's open streams (none: encoding a stored body whole); the
+    /// encoder goes back to that pool when dropped.
+    slot: Option<super::StreamSlot>,
+}
+
+/// What an idle encoder can be reused for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    coding: Coding,
+    level: i32,
+}
+
+/// An encoder between two responses.
+pub(crate) struct Idle {
+    pub(crate) key: Key,
     inner: Inner,
-    /// Its place among the worker's open streams (none: encoding a stored body whole).
-    _slot: Option<super::StreamSlot>,
 }
 
 enum Inner {
@@ -36,11 +54,7 @@ enum Inner {
 
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.inner {
-            Inner::Gzip(_) => "Encoder(gzip)",
-            Inner::Br(_) => "Encoder(br)",
-            Inner::Zstd(_) => "Encoder(zstd)",
-        })
+        write!(f, "Encoder({})", self.key.coding.token())
     }
 }
 
@@ -52,14 +66,23 @@ pub(super) fn window_log(n: Option<u64>, lo: u32, hi: u32) -> u32 {
     }
 }
 
-impl Encoder {
-    /// An encoder for a body of `expect` bytes when that is known.
-    pub fn new(coding: Coding, levels: Levels, expect: Option<u64>) -> Self {
-        let inner = match coding {
+fn key(coding: Coding, levels: Levels) -> Key {
+    let level = match coding {
+        Coding::Gzip => levels.gzip.min(9) as i32,
+        Coding::Br => levels.br.min(11) as i32,
+        Coding::Zstd => levels.zstd.clamp(-7, 19),
+    };
+    Key { coding, level }
+}
+
+impl Inner {
+    /// A new encoder; its window sized to `expect` when that is known.
+    fn new(k: Key, expect: Option<u64>) -> Self {
+        match k.coding {
             Coding::Gzip => {
                 let bits = window_log(expect, 9, 15) as u8;
                 Inner::Gzip(Box::new(Compress::new_gzip(
-                    Level::new(levels.gzip.min(9)),
+                    Level::new(k.level as u32),
                     bits,
                 )))
             }
@@ -68,7 +91,7 @@ impl Encoder {
                 Inner::Br(Some(Box::new(brotli::CompressorWriter::new(
                     Vec::new(),
                     4096,
-                    levels.br.min(11),
+                    k.level as u32,
                     lgwin,
                 ))))
             }
@@ -76,26 +99,76 @@ impl Encoder {
                 let mut c = CCtx::create();
                 let log = window_log(expect, 10, ZSTD_MAX_WINDOW_LOG);
                 // Parameters within zstd's bounds cannot be refused.
-                let _ = c.set_parameter(CParameter::CompressionLevel(levels.zstd.clamp(-7, 19)));
+                let _ = c.set_parameter(CParameter::CompressionLevel(k.level));
                 let _ = c.set_parameter(CParameter::WindowLog(log));
                 let _ = c.set_parameter(CParameter::ChecksumFlag(false));
-                if let Some(n) = expect {
-                    let _ = c.set_pledged_src_size(Some(n));
-                }
+                let _ = c.set_pledged_src_size(expect);
                 Inner::Zstd(c)
             }
-        };
-        Self { inner, _slot: None }
+        }
     }
 
-    /// Counted as one of the worker's open streams until dropped.
-    pub fn counted(mut self, slot: super::StreamSlot) -> Self {
-        self._slot = Some(slot);
-        self
+    /// Ready for a new stream of `expect` bytes; false when it cannot be reused.
+    fn restart(&mut self, expect: Option<u64>) -> bool {
+        match self {
+            Inner::Gzip(c) => {
+                c.reset();
+                true
+            }
+            Inner::Zstd(c) => {
+                c.reset(zstd_safe::ResetDirective::SessionOnly).is_ok()
+                    && c.set_pledged_src_size(expect).is_ok()
+            }
+            Inner::Br(_) => false,
+        }
+    }
+}
+
+impl Encoder {
+    /// An encoder for a body of `expect` bytes when that is known.
+    pub fn new(coding: Coding, levels: Levels, expect: Option<u64>) -> Self {
+        let key = key(coding, levels);
+        Self {
+            inner: Some(Inner::new(key, expect)),
+            key,
+            streamed: expect.is_none(),
+            slot: None,
+        }
+    }
+
+    /// An encoder counted in `slot` until dropped, taken from that worker's idle ones when one
+    /// fits (a reused one keeps its full window), and given back to them at the end.
+    pub fn pooled(
+        coding: Coding,
+        levels: Levels,
+        expect: Option<u64>,
+        slot: super::StreamSlot,
+    ) -> Self {
+        let key = key(coding, levels);
+        let inner = match coding {
+            Coding::Br => Inner::new(key, expect),
+            _ => {
+                let mut inner = match slot.pool().take(key) {
+                    Some(idle) => idle.inner,
+                    None => Inner::new(key, None),
+                };
+                if !inner.restart(expect) {
+                    inner = Inner::new(key, expect);
+                }
+                inner
+            }
+        };
+        Self {
+            inner: Some(inner),
+            key,
+            streamed: expect.is_none(),
+            slot: Some(slot),
+        }
     }
 
     fn run(&mut self, input: &[u8], mode: Mode, out: &mut Vec<u8>) {
-        match &mut self.inner {
+        let Some(inner) = &mut self.inner else { return };
+        match inner {
             Inner::Gzip(c) => {
                 let flush = match mode {
                     Mode::Data => FlushCompress::None,
@@ -167,6 +240,19 @@ impl Encoder {
     }
 }
 
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        if let (Some(slot), Some(inner)) = (&self.slot, self.inner.take()) {
+            if !matches!(inner, Inner::Br(_)) {
+                slot.pool().give(Idle {
+                    key: self.key,
+                    inner,
+                });
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Data,
@@ -181,8 +267,13 @@ impl Stage for Encoder {
         }
     }
 
+    /// A body of unknown length (chunked, or until the close) may be a stream whose parts come
+    /// apart in time: each read is flushed. A body whose length the server gave is on its
+    /// way whole, and is flushed at its end only (as nginx does), sparing a block per read.
     fn flush(&mut self, out: &mut Vec<u8>) {
-        self.run(&[], Mode::Flush, out);
+        if self.streamed {
+            self.run(&[], Mode::Flush, out);
+        }
     }
 
     fn end(&mut self, out: &mut Vec<u8>) {

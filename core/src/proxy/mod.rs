@@ -2001,10 +2001,10 @@ impl Exchange {
                     BodyKind::Length(n) => Some(n),
                     _ => None,
                 };
-                let e = Encoder::new(c, env.cfg.compression.levels, expect);
+                let levels = env.cfg.compression.levels;
                 match slot {
-                    Some(slot) => e.counted(slot),
-                    None => e,
+                    Some(slot) => Encoder::pooled(c, levels, expect, slot),
+                    None => Encoder::new(c, levels, expect),
                 }
             }),
         };
