@@ -95,6 +95,11 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
 
+    /// Give every request an id (X-Request-Id: kept from a --trusted-proxy, else made here),
+    /// sent upstream, returned to the client and logged.
+    #[arg(long)]
+    pub request_id: bool,
+
     /// Compress responses on the fly (zstd, br or gzip, as each client accepts) for text,
     /// JSON, JavaScript, SVG, XML and wasm of 256 bytes or more; cached ones once per worker.
     #[arg(long)]

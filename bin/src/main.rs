@@ -335,6 +335,9 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             })?;
         cfg.enable_cache(bytes);
     }
+    if cli.request_id && cfg.server.request_id.is_none() {
+        cfg.server.request_id = Some("X-Request-Id".into());
+    }
     if cli.compress {
         cfg.enable_compression();
     }

@@ -556,3 +556,88 @@ fn response_fields_are_edited_on_cache_hits_too() {
     }
     assert_eq!(bodies[0], bodies[1], "the second came from the cache");
 }
+
+/// The value of field `name` in a head (case-insensitive name).
+fn field_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn every_request_gets_an_id_sent_up_returned_and_logged() {
+    let origin = echo_origin();
+    let log = std::env::temp_dir().join(format!("ringway-reqid-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let p = Proxy::start_quick(&[
+        "--upstream",
+        &origin.to_string(),
+        "--request-id",
+        "--access-log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    let url = format!("http://{}/x", p.addr);
+    let (head, body) = get(&[&url]);
+    let id = field_of(&head, "x-request-id").expect("an id");
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    // The origin saw the same id.
+    assert_eq!(
+        field_of(&body, "x-request-id").as_deref(),
+        Some(id.as_str()),
+        "{body}"
+    );
+    // Another request, another id.
+    let (head2, _) = get(&[&url]);
+    assert_ne!(field_of(&head2, "x-request-id"), Some(id.clone()));
+    // A client that is not a trusted proxy cannot choose it.
+    let (head, body) = get(&["-H", "X-Request-Id: chosen-by-client", &url]);
+    let made = field_of(&head, "x-request-id").unwrap();
+    assert_ne!(made, "chosen-by-client");
+    assert!(!body.contains("chosen-by-client"), "{body}");
+    // The log names it, once the line is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&format!("\"request_id\":\"{made}\"")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not logged: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&log);
+
+    // Behind a trusted proxy its well-formed id is kept; a malformed one is replaced.
+    let trusting = Proxy::start_quick(&[
+        "--upstream",
+        &origin.to_string(),
+        "--request-id",
+        "--trusted-proxy",
+        "127.0.0.1",
+    ]);
+    let url = format!("http://{}/x", trusting.addr);
+    let kept = "f81d4fae-7dec-11d0-a765-00a0c91e6bf6";
+    let (head, body) = get(&["-H", &format!("X-Request-Id: {kept}"), &url]);
+    assert_eq!(field_of(&head, "x-request-id").as_deref(), Some(kept));
+    assert_eq!(field_of(&body, "x-request-id").as_deref(), Some(kept));
+    let (head, _) = get(&["-H", "X-Request-Id: <script>alert(1)</script>", &url]);
+    let replaced = field_of(&head, "x-request-id").unwrap();
+    assert_eq!(replaced.len(), 32, "{replaced}");
+
+    // Ringway's own answers carry it too: a dead upstream's 502.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let failing = Proxy::start_quick(&["--upstream", &dead.to_string(), "--request-id"]);
+    let (head, _) = get(&[&format!("http://{}/x", failing.addr)]);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert_eq!(
+        field_of(&head, "x-request-id").map(|v| v.len()),
+        Some(32),
+        "{head}"
+    );
+}

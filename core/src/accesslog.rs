@@ -286,10 +286,15 @@ fn var(v: Var, e: &Entry<'_>, esc: Escape, out: &mut Vec<u8>) {
             let _ = write!(s, "{}", e.worker);
             None
         }
-        Var::RequestId => {
-            let _ = write!(s, "{:04x}{:012x}", e.worker & 0xffff, e.seq);
-            None
-        }
+        // The request's own id when ids are on (`[server] request_id`), else one unique in
+        // the process: the worker and its count of logged exchanges.
+        Var::RequestId => match &r.request_id {
+            Some(id) => Some(id.as_bytes()),
+            None => {
+                let _ = write!(s, "{:04x}{:012x}", e.worker & 0xffff, e.seq);
+                None
+            }
+        },
         Var::Error => {
             if let Some(err) = &r.error {
                 let _ = write!(s, "{err}");

@@ -298,6 +298,8 @@ pub enum Var {
     Method,
     /// The path as the client sent it (normalised), before any rewrite.
     Path,
+    /// The request's id (`[server] request_id`; empty without).
+    RequestId,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -307,6 +309,7 @@ const VARS: &[(&str, Var)] = &[
     ("route", Var::Route),
     ("method", Var::Method),
     ("path", Var::Path),
+    ("request_id", Var::RequestId),
 ];
 
 /// The values of the variables for one exchange.
@@ -318,6 +321,7 @@ pub struct Vars<'a> {
     pub route: &'a [u8],
     pub method: &'a [u8],
     pub path: &'a [u8],
+    pub request_id: &'a [u8],
 }
 
 impl Template {
@@ -392,6 +396,7 @@ impl Template {
                         Var::Route => v.route,
                         Var::Method => v.method,
                         Var::Path => v.path,
+                        Var::RequestId => v.request_id,
                     };
                     out.extend(val.iter().filter(|&&c| c != b'\r' && c != b'\n' && c != 0));
                 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod proxyproto;
 pub mod realip;
+pub mod reqid;
 pub mod route;
 pub mod rules;
 pub mod sni;

@@ -122,6 +122,7 @@ fuzz_target!(|data: &[u8]| {
                 }),
                 hints: None,
                 encoders: Some(&streams),
+                ids: None,
             };
             run(cfg, &env, req, resp, now);
             secs += u64::from(steps >> (2 * i) & 3) * 40;

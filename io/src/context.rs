@@ -55,6 +55,8 @@ pub(crate) struct Worker {
     proxy_header_failures: Cell<u64>,
     /// Compressing streams open on this worker (`[compression] max_streams`).
     pub(crate) encoders: ringway_core::compress::Streams,
+    /// Where this worker's request ids come from.
+    pub(crate) ids: ringway_core::reqid::Ids,
 }
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
@@ -89,6 +91,7 @@ impl Worker {
             accepted: Cell::new(0),
             proxy_header_failures: Cell::new(0),
             encoders: Default::default(),
+            ids: Default::default(),
             id,
             current: RefCell::new(Rc::new(Generation::new(id, update))),
             drain: Drain::default(),

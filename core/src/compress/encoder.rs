@@ -136,6 +136,24 @@ impl Encoder {
         }
     }
 
+    /// The encoder for a body framed as `body`: counted in `slot` and pooled when there is
+    /// one.
+    pub fn open(
+        coding: Coding,
+        levels: Levels,
+        body: crate::http::framing::BodyKind,
+        slot: Option<super::StreamSlot>,
+    ) -> Self {
+        let expect = match body {
+            crate::http::framing::BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        match slot {
+            Some(slot) => Self::pooled(coding, levels, expect, slot),
+            None => Self::new(coding, levels, expect),
+        }
+    }
+
     /// An encoder counted in `slot` until dropped, taken from that worker's idle ones when one
     /// fits (a reused one keeps its full window), and given back to them at the end.
     pub fn pooled(

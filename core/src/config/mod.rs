@@ -207,6 +207,7 @@ impl Config {
                 state_dir: None,
                 connections: ConnectionLimits::default(),
                 trusted: Default::default(),
+                request_id: None,
                 versions: versions::DEFAULT_VERSIONS_KEPT,
                 path: PathPolicy::default(),
             },

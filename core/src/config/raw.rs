@@ -281,6 +281,7 @@ pub(crate) struct Server {
     pub connection_refusal: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub real_ip_header: Option<Spanned<String>>,
+    pub request_id: Option<Spanned<String>>,
 }
 
 /// A duration as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.

@@ -128,6 +128,8 @@ pub struct Server {
     pub connections: ConnectionLimits,
     /// Peers whose `X-Forwarded-For` (or `Forwarded`) names the real client.
     pub trusted: crate::realip::Trusted,
+    /// The field that carries each request's id (`request_id`; none: no ids).
+    pub request_id: Option<String>,
 }
 
 /// `max_connections`, `max_connections_per_client`, `connection_refusal`.
@@ -313,7 +315,33 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
             ))
         }
     };
+    let request_id =
+        match &s.request_id {
+            None => None,
+            Some(h)
+                if crate::http::chars::is_token(h.get_ref().as_bytes())
+                    && !matches!(
+                        h.get_ref().to_ascii_lowercase().as_str(),
+                        "host"
+                            | "content-length"
+                            | "transfer-encoding"
+                            | "connection"
+                            | "te"
+                            | "upgrade"
+                            | "trailer"
+                            | "keep-alive"
+                    ) =>
+            {
+                Some(h.get_ref().clone())
+            }
+            Some(h) => return Err(loc.at(
+                h.span(),
+                "server.request_id",
+                "expected a field name like \"X-Request-Id\" (not a framing or connection field)",
+            )),
+        };
     Ok(Server {
+        request_id,
         trusted,
         connections,
         listen,

@@ -50,6 +50,8 @@ pub struct Answer<'a> {
     pub edits: Option<(&'a [&'a [u8]], &'a [u8])>,
     /// What compression changes in a stored head (the content is then the encoded body).
     pub encoding: Option<crate::compress::HeadEdit>,
+    /// The request's id field (name, value): a stored one of that name is replaced.
+    pub request_id: Option<(&'a [u8], &'a [u8])>,
 }
 
 /// Which fields of a stored head an answer keeps.
@@ -128,6 +130,7 @@ impl<'a> Answer<'a> {
             date,
             edits: None,
             encoding: None,
+            request_id: None,
         }
     }
 
@@ -177,7 +180,10 @@ impl<'a> Answer<'a> {
             };
             let edited = self
                 .edits
-                .is_some_and(|(drop, _)| drop.iter().any(|n| name.eq_ignore_ascii_case(n)));
+                .is_some_and(|(drop, _)| drop.iter().any(|n| name.eq_ignore_ascii_case(n)))
+                || self
+                    .request_id
+                    .is_some_and(|(n, _)| name.eq_ignore_ascii_case(n));
             if !kept || edited {
                 continue;
             }
@@ -199,6 +205,9 @@ impl<'a> Answer<'a> {
             e.finish(vary, out);
         }
         out.extend_from_slice(self.fields);
+        if let Some((name, id)) = self.request_id {
+            super::rewrite::push_field(out, name, id);
+        }
         if let Some((_, add)) = self.edits {
             out.extend_from_slice(add);
         }

@@ -135,6 +135,8 @@ pub struct Forwarding<'a> {
     pub revalidate: Option<&'a [u8]>,
     /// The route's request field rules and the values of their variables.
     pub edits: Option<(&'a crate::edit::FieldRules, crate::edit::Vars<'a>)>,
+    /// The request's id field (name, value), replacing any the client sent.
+    pub request_id: Option<(&'a [u8], &'a [u8])>,
 }
 
 /// Response fields holding a URL that may point at the upstream itself.
@@ -206,7 +208,7 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
     let _ = write!(out, "{n}");
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -265,10 +267,16 @@ pub fn upstream_request(
             || (fwd.max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards"))
             || (fwd.revalidate.is_some() && in_set(CONDITIONAL, name))
             || fwd.edits.is_some_and(|(f, _)| f.drops(name))
+            || fwd
+                .request_id
+                .is_some_and(|(n, _)| name.eq_ignore_ascii_case(n))
         {
             continue;
         }
         push_field(out, name, h.value.get(buf));
+    }
+    if let Some((name, id)) = fwd.request_id {
+        push_field(out, name, id);
     }
     if let Some((f, vars)) = &fwd.edits {
         f.write(vars, out);
@@ -351,6 +359,8 @@ pub struct HeadEdits<'a> {
     pub cookies: Option<&'a crate::edit::CookieRewrite>,
     /// What compression changes (`Vary`, `Content-Encoding`, `ETag`, …).
     pub encoding: Option<crate::compress::HeadEdit>,
+    /// The request's id field (name, value), replacing any the upstream sent.
+    pub request_id: Option<(&'a [u8], &'a [u8])>,
 }
 
 /// Writes the response head for the client into `out` (appending). `body` is the framing the
@@ -379,7 +389,11 @@ pub fn client_response(
         if !keep_length && (in_set(HOP_BY_HOP, name) || conn.lists(name)) {
             continue;
         }
-        if in_set(added.drop, name) {
+        if in_set(added.drop, name)
+            || added
+                .request_id
+                .is_some_and(|(n, _)| name.eq_ignore_ascii_case(n))
+        {
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
@@ -422,6 +436,9 @@ pub fn client_response(
     }
     if let Some(e) = &added.encoding {
         e.finish(vary, out);
+    }
+    if let Some((name, id)) = added.request_id {
+        push_field(out, name, id);
     }
     out.extend_from_slice(added.add);
     push_framing(out, body);
@@ -528,7 +545,50 @@ mod tests {
             max_forwards: None,
             revalidate: None,
             edits: None,
+            request_id: None,
         }
+    }
+
+    #[test]
+    fn the_request_id_replaces_what_the_client_sent_up_and_the_server_sent_down() {
+        let req =
+            b"GET /x HTTP/1.1\r\nHost: a\r\nx-request-id: forged\r\nX-Request-ID: again\r\n\r\n";
+        let mut hs = Vec::new();
+        let head = parse_request(req, &mut hs, &Limits::default()).unwrap();
+        let mut out = Vec::new();
+        let f = Forwarding {
+            request_id: Some((b"X-Request-Id", b"abc123")),
+            ..fwd()
+        };
+        upstream_request(req, &head, &hs, b"/x", BodyKind::None, &f, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-Request-Id: abc123\r\n"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("forged") && !text.contains("again"),
+            "{text}"
+        );
+        let resp = b"HTTP/1.1 200 OK\r\nX-Request-Id: upstream-own\r\nContent-Length: 0\r\n\r\n";
+        let mut hs = Vec::new();
+        let rh = parse_response(resp, &mut hs, &Limits::default()).unwrap();
+        let mut out = Vec::new();
+        let added = HeadEdits {
+            request_id: Some((b"X-Request-Id", b"abc123")),
+            ..HeadEdits::default()
+        };
+        let ri =
+            crate::http::framing::response_info(resp, &rh, &hs, crate::http::Method::Get).unwrap();
+        client_response(
+            resp,
+            &rh,
+            &hs,
+            ri.body,
+            ConnectionHeader::Omit,
+            added,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-Request-Id: abc123\r\n"), "{text}");
+        assert!(!text.contains("upstream-own"), "{text}");
     }
 
     #[test]

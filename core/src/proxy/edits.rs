@@ -5,11 +5,24 @@
 
 use std::net::SocketAddr;
 
-use crate::compress::{Coding, Compression, Facts, Verdict};
+use std::rc::Rc;
+
+use crate::cache::{Entry, Shard};
+use crate::compress::{encode_whole, Coding, Compression, Facts, StreamSlot, Streams, Verdict};
 use crate::config::{Action, Route};
 use crate::edit::{CookieRewrite, Relocate, Vars};
+use crate::http::framing::BodyKind;
 use crate::http::rewrite::RELOCATED;
 use crate::http::Header;
+
+/// How a hit goes out: see [`RouteEdits::stored_compression`].
+pub(super) struct StoredEncoding {
+    pub(super) verdict: Verdict,
+    /// The encoded body's length.
+    pub(super) len: Option<usize>,
+    /// The encoded body, when the entry does not hold it.
+    pub(super) own: Option<Box<[u8]>>,
+}
 
 #[derive(Debug, Default)]
 pub(super) struct RouteEdits {
@@ -91,6 +104,66 @@ impl RouteEdits {
             Some(accepted) => c.decide(accepted, status, &facts()),
             None => Verdict::Identity,
         }
+    }
+
+    /// [`compression`](Self::compression) for a relayed response of `status` and `body`, and
+    /// the worker's room for its encoder: beyond `max_streams` open ones (in `streams`), a
+    /// response goes out as it is.
+    pub(super) fn relayed_compression(
+        &self,
+        c: &Compression,
+        streams: Option<&Streams>,
+        (status, body): (u16, BodyKind),
+        facts: impl FnOnce() -> Facts,
+    ) -> (Verdict, Option<StreamSlot>) {
+        let verdict = self.compression(c, status, facts);
+        match (verdict, streams) {
+            (Verdict::Encode(_), Some(s)) if body != BodyKind::None => {
+                match s.try_open(c.max_streams) {
+                    Some(slot) => (verdict, Some(slot)),
+                    None => (Verdict::Vary, None),
+                }
+            }
+            _ => (verdict, None),
+        }
+    }
+
+    /// [`compression`](Self::compression) for a hit on `e` (`whole`: the answer is its whole
+    /// body, not a range or a `304`): the verdict, and the encoded body's length, with the
+    /// bytes themselves when the store (`shard`) could not keep them in the entry. A coding's
+    /// copy is made at the first hit that asks for it, once per worker.
+    pub(super) fn stored_compression(
+        &self,
+        c: &Compression,
+        (status, whole): (u16, bool),
+        e: &Rc<Entry>,
+        shard: Option<&std::cell::RefCell<Shard>>,
+    ) -> StoredEncoding {
+        let verdict = match whole {
+            true => self.compression(c, status, || Facts::of_stored(&e.head)),
+            false => Verdict::Identity,
+        };
+        let Some(coding) = verdict.coding() else {
+            return StoredEncoding {
+                verdict,
+                len: None,
+                own: None,
+            };
+        };
+        if let Some(b) = e.encoded.get(coding) {
+            return StoredEncoding {
+                verdict,
+                len: Some(b.len()),
+                own: None,
+            };
+        }
+        let b = encode_whole(coding, c.levels, &e.body).into_boxed_slice();
+        let len = Some(b.len());
+        let own = match shard {
+            Some(s) => s.borrow_mut().grow(e, coding, b).err(),
+            None => Some(b),
+        };
+        StoredEncoding { verdict, len, own }
     }
 
     /// The target to send upstream.
@@ -208,6 +281,7 @@ pub(super) fn vars<'s>(
     path: &'s [u8],
     r: &'s super::Parsed<'_>,
     route: &'s crate::config::Route,
+    request_id: Option<&'s crate::reqid::RequestId>,
 ) -> crate::edit::Vars<'s> {
     let buf = r.buf();
     let host = match r.head.form {
@@ -221,5 +295,6 @@ pub(super) fn vars<'s>(
         route: route.name.as_bytes(),
         method: r.head.method_span.get(buf),
         path: if path.is_empty() { b"/" } else { path },
+        request_id: request_id.map_or(&b""[..], |i| i.as_bytes()),
     }
 }

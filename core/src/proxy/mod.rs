@@ -117,6 +117,8 @@ pub struct Env<'a> {
     pub hints: Option<&'a std::cell::RefCell<SizeHints>>,
     /// The worker's open compressing streams (none: not counted).
     pub encoders: Option<&'a compress::Streams>,
+    /// The worker's request ids (none: requests get none).
+    pub ids: Option<&'a crate::reqid::Ids>,
 }
 
 /// One client connection's exchanges; see the module documentation.
@@ -665,7 +667,7 @@ impl Exchange {
             // RFC 9110 §9.3.6: any 2xx means the tunnel is open; no fields.
             let mut open = Answer::new(200, Content::Bodiless, None);
             open.reason = Some("Connection established");
-            self.write_answer(&open, ConnectionHeader::Omit);
+            self.write_answer(&open, ConnectionHeader::Omit, None);
             self.write_client(Written::TunnelOpen, now);
             return;
         }
@@ -922,41 +924,23 @@ impl Exchange {
         // The route's response fields, as on what it relays (a 304 keeps only validators).
         let route = self.record.route.and_then(|i| env.cfg.routes.get(i));
         let relayed = edits::Relayed::new(route.filter(|_| plan.status != 304), None, b"", &[]);
-        // A whole body may go out encoded: from the entry's copy in that coding, made here
-        // the first time (once per worker, then counted in the store), or for this answer
-        // alone when the store has no room for it.
-        let verdict = match plan.content {
-            step::Content::Length(_) => {
-                self.edits
-                    .compression(&env.cfg.compression, plan.status, || {
-                        compress::Facts::of_stored(&e.head)
-                    })
-            }
-            _ => compress::Verdict::Identity,
-        };
+        // A whole body may go out encoded, from the entry's copy in that coding.
+        let whole = matches!(plan.content, step::Content::Length(_));
+        let enc = self.edits.stored_compression(
+            &env.cfg.compression,
+            (plan.status, whole),
+            e,
+            env.cache.map(|c| c.shard),
+        );
+        let (verdict, own) = (enc.verdict, enc.own);
         let coding = verdict.coding();
-        let mut own = None;
-        let content = match coding {
-            Some(c) => {
-                let len = match e.encoded.get(c) {
-                    Some(b) => b.len(),
-                    None => {
-                        let levels = env.cfg.compression.levels;
-                        let b = compress::encode_whole(c, levels, &e.body).into_boxed_slice();
-                        let n = b.len();
-                        let kept = match cache_ctx(env) {
-                            Some(ctx) => ctx.cache.shard.borrow_mut().grow(e, c, b),
-                            None => Err(b),
-                        };
-                        own = kept.err();
-                        n
-                    }
-                };
-                answer::Content::Length(len as u64)
-            }
+        let content = match enc.len {
+            Some(n) => answer::Content::Length(n as u64),
             None => plan.content.as_answer(),
         };
+        let id = self.request_id(env.cfg);
         let a = Answer {
+            request_id: id.as_ref().map(|(n, v)| (*n, v.as_bytes())),
             encoding: verdict.head_edit(),
             edits: Some((relayed.dropped(), relayed.lines(&self.edits))),
             stored: Some((&e.head, plan.keep)),
@@ -1144,6 +1128,15 @@ impl Exchange {
         // Behind a trusted proxy, the client it relays for (before anything reads the address:
         // rules, limits, balancing, forwarding fields, the log).
         self.record.client = self.client.resolve(&cfg.server.trusted, buf, &self.headers);
+        if self.protocol == Protocol::Http {
+            self.record.request_id = crate::reqid::for_request(
+                &cfg.server,
+                env.ids,
+                self.client.peer,
+                buf,
+                &self.headers,
+            );
+        }
         let info = match request_info(buf, &head, &self.headers) {
             Ok(i) => i,
             Err(e) => {
@@ -1277,6 +1270,7 @@ impl Exchange {
                 &self.target[..self.path_len],
                 r,
                 rt,
+                self.record.request_id.as_ref(),
             );
             self.edits.prepare(rt, &self.target, &vars, host);
             self.edits
@@ -1379,7 +1373,7 @@ impl Exchange {
                 Answer::page(301, "moved to https", &date).with(&location)
             }
         };
-        self.write_answer(&a, p.header());
+        self.write_answer(&a, p.header(), self.request_id(env.cfg));
         if discard {
             self.phase = Phase::Discard(p.finish(true));
         } else {
@@ -1425,6 +1419,7 @@ impl Exchange {
         } else {
             String::new()
         };
+        let id = self.request_id(cfg);
         let fwd = Forwarding {
             policy: ForwardingPolicy::REVERSE,
             client_ip: &self.client.text,
@@ -1436,11 +1431,19 @@ impl Exchange {
             max_forwards: None,
             revalidate: self.cache.validators(),
             edits: None,
+            request_id: id.as_ref().map(|(n, v)| (*n, v.as_bytes())),
         };
         let route = self.record.route.map(|i| &cfg.routes[i]);
         let fwd = match route {
             Some(route) => {
-                let vars = edits::vars(&self.client.text, self.scheme, path, r, route);
+                let vars = edits::vars(
+                    &self.client.text,
+                    self.scheme,
+                    path,
+                    r,
+                    route,
+                    self.record.request_id.as_ref(),
+                );
                 Forwarding {
                     edits: (!route.request_headers.is_empty())
                         .then_some((&route.request_headers, vars)),
@@ -1638,6 +1641,7 @@ impl Exchange {
             max_forwards,
             revalidate: self.cache.validators(),
             edits: None,
+            request_id: None,
         };
         self.out.clear();
         upstream_request(
@@ -1701,14 +1705,29 @@ impl Exchange {
     /// is kept when the request allows it and `body_read` (no request body is left unread).
     fn answer(&mut self, a: &Answer<'_>, body_read: bool, env: &Env<'_>, now: Instant) {
         let p = self.req.persist.unless(env.draining || !body_read);
-        self.write_answer(a, p.header());
+        self.write_answer(a, p.header(), self.request_id(env.cfg));
         self.write_client(Written::Answer(p.finish(body_read)), now);
+    }
+
+    /// The request's id field: its name and the id, when it has one.
+    fn request_id<'c>(&self, cfg: &'c Config) -> Option<(&'c [u8], crate::reqid::RequestId)> {
+        let name = cfg.server.request_id.as_deref()?;
+        Some((name.as_bytes(), self.record.request_id?))
     }
 
     /// Writes answer `a` into `out` (its head, and its content unless the request is `HEAD`)
     /// and into the record.
-    fn write_answer(&mut self, a: &Answer<'_>, connection: ConnectionHeader) {
+    fn write_answer(
+        &mut self,
+        a: &Answer<'_>,
+        connection: ConnectionHeader,
+        id: Option<(&[u8], crate::reqid::RequestId)>,
+    ) {
         let head_only = self.req.method == Method::Head;
+        let a = Answer {
+            request_id: id.as_ref().map(|(n, v)| (*n, v.as_bytes())),
+            ..*a
+        };
         self.out.clear();
         a.write(connection, head_only, &mut self.out);
         self.record.status = a.status;
@@ -1735,20 +1754,12 @@ impl Exchange {
             }
         };
         self.pin.response(ub, &self.uheaders);
-        let mut verdict = self.edits.compression(&env.cfg.compression, rh.status, || {
-            compress::Facts::of_head(ub, &self.uheaders)
-        });
-        // Beyond the worker's open encoders, a response goes out as it is.
-        let slot = match (verdict, env.encoders) {
-            (compress::Verdict::Encode(_), Some(s)) if ri.body != BodyKind::None => {
-                let slot = s.try_open(env.cfg.compression.max_streams);
-                if slot.is_none() {
-                    verdict = compress::Verdict::Vary;
-                }
-                slot
-            }
-            _ => None,
-        };
+        let (verdict, slot) = self.edits.relayed_compression(
+            &env.cfg.compression,
+            env.encoders,
+            (rh.status, ri.body),
+            || compress::Facts::of_head(ub, &self.uheaders),
+        );
         let seen = Seen {
             encoded: verdict.coding().is_some(),
             ..self.seen(ub, &rh, &ri)
@@ -1856,6 +1867,7 @@ impl Exchange {
             _ => None,
         };
         let relayed = edits::Relayed::new(route.filter(|_| !interim), server, ub, &self.uheaders);
+        let id = self.request_id(env.cfg).filter(|_| !interim);
         let names = relayed.upstream_names(&self.edits);
         let relocate = relayed.relocate(&self.edits, &names);
         let added = HeadEdits {
@@ -1871,6 +1883,7 @@ impl Exchange {
             relocate: relocate.as_ref(),
             cookies: relayed.cookies(),
             encoding,
+            request_id: id.as_ref().map(|(n, v)| (*n, v.as_bytes())),
         };
         self.out.clear();
         client_response(
@@ -1996,17 +2009,7 @@ impl Exchange {
                 UpstreamConn::Closes
             },
             then: persist.finish(true),
-            encode: encode.map(|c| {
-                let expect = match ri.body {
-                    BodyKind::Length(n) => Some(n),
-                    _ => None,
-                };
-                let levels = env.cfg.compression.levels;
-                match slot {
-                    Some(slot) => Encoder::pooled(c, levels, expect, slot),
-                    None => Encoder::new(c, levels, expect),
-                }
-            }),
+            encode: encode.map(|c| Encoder::open(c, env.cfg.compression.levels, ri.body, slot)),
         };
         self.record.status = rh.status;
         self.record.response_head = Some(now);
@@ -2156,6 +2159,7 @@ impl Exchange {
         self.write_answer(
             &Answer::page(status, detail, &date),
             ConnectionHeader::Close,
+            self.request_id(env.cfg),
         );
         self.record.error = Some(Error::BadRequest {
             status,

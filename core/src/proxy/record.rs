@@ -40,6 +40,8 @@ pub struct EndRecord {
     pub limited: Option<usize>,
     /// Why the forward proxy refused the request (`Denial::kind`).
     pub denied: Option<&'static str>,
+    /// The request's id (`[server] request_id`).
+    pub request_id: Option<crate::reqid::RequestId>,
     /// Bytes of the request head.
     pub head_len: u64,
     /// The `Cache-Status` detail of a response that went through the cache (`hit`,

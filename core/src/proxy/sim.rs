@@ -253,6 +253,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
             }),
             hints: Some(&hints),
             encoders: None,
+            ids: None,
         },
         shard: &shard,
         now: start,

@@ -54,6 +54,7 @@ impl T {
             cache: None,
             hints: None,
             encoders: None,
+            ids: None,
         }
     }
 
@@ -360,6 +361,7 @@ fn a_draining_worker_closes_after_the_response() {
         cache: None,
         hints: None,
         encoders: None,
+        ids: None,
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);
@@ -427,6 +429,7 @@ impl C {
             }),
             hints: None,
             encoders: None,
+            ids: None,
         }
     }
 
@@ -635,6 +638,7 @@ fn a_large_body_goes_out_with_the_part_that_came_with_the_head_and_the_rest_is_s
         let env = Env {
             hints: Some(hints),
             encoders: None,
+            ids: None,
             ..t.env()
         };
         if i > 0 {
