@@ -641,3 +641,112 @@ fn every_request_gets_an_id_sent_up_returned_and_logged() {
         "{head}"
     );
 }
+
+/// An origin answering every request with `body` as `content_type`, cacheable for a minute
+/// (`Content-Length`, or chunked in 7-byte pieces when the path says `/chunked`).
+fn fixed_origin(content_type: &'static str, body: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(100) {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut first = String::new();
+                    if r.read_line(&mut first).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut out = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: max-age=60\r\nETag: \"e1\"\r\n"
+                    );
+                    if first.contains("/chunked") {
+                        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+                        for piece in body.as_bytes().chunks(7) {
+                            out.push_str(&format!(
+                                "{:x}\r\n{}\r\n",
+                                piece.len(),
+                                std::str::from_utf8(piece).unwrap()
+                            ));
+                        }
+                        out.push_str("0\r\n\r\n");
+                    } else {
+                        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+                    }
+                    if w.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+const PAGE: &str = "<html><a href=\"http://backend.internal:8080/a\">A</a> <img src=\"HTTP://Backend.Internal:8080/i.png\"> <p>Powered by Backend</p></html>";
+const PAGE_OUT: &str = "<html><a href=\"https://example.org/a\">A</a> <img src=\"https://example.org/i.png\"> <p>Powered by ringway</p></html>";
+
+#[test]
+fn strings_are_replaced_in_text_bodies_as_they_stream() {
+    let html = fixed_origin("text/html; charset=utf-8", PAGE);
+    let json = fixed_origin("application/json", PAGE);
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         [cache]\nsize = \"16m\"\n\
+         [upstreams.html]\nservers = [\"{html}\"]\n[upstreams.json]\nservers = [\"{json}\"]\n\
+         [[routes]]\npath = \"/json/\"\nupstream = \"json\"\n\
+         body_replace = [{{ from = \"backend\", to = \"ringway\" }}]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"html\"\ncache = true\ncompress = true\n\
+         body_replace_once = false\n\
+         body_replace = [{{ from = \"http://backend.internal:8080\", to = \"https://example.org\" }}, {{ from = \"Powered by Backend\", to = \"Powered by ringway\" }}]\n"
+    ));
+    let base = format!("http://{}", p.addr);
+    for path in ["/page", "/chunked/page"] {
+        // Relayed (a miss), then from the cache (the stored body is the replaced one).
+        for round in 0..2 {
+            let (head, body) = get(&[&format!("{base}{path}")]);
+            assert_eq!(body, PAGE_OUT, "{path} round {round}: {head}");
+            assert!(head.contains("ETag: W/\"e1\""), "{head}");
+            if round == 1 {
+                assert!(head.contains("Cache-Status: ringway; hit"), "{head}");
+            }
+        }
+        // Replaced, then compressed.
+        let (head, body) = get(&[
+            "--compressed",
+            "-H",
+            "Accept-Encoding: gzip",
+            &format!("{base}{path}"),
+        ]);
+        assert_eq!(body, PAGE_OUT, "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-encoding: gzip"),
+            "{head}"
+        );
+    }
+    // Another type is left alone.
+    let (_, body) = get(&[&format!("{base}/json/x")]);
+    assert_eq!(body, PAGE);
+    // A rule that could never match is a config error with its line.
+    let bad = TempFile::new(&format!(
+        "[upstreams.a]\nservers = [\"{html}\"]\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nbody_replace = [{{ from = \"\", to = \"x\" }}]\n"
+    ));
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&bad.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(":6:") && err.contains("routes[0].body_replace[0].from"),
+        "{err}"
+    );
+}

@@ -25,4 +25,5 @@ pub mod reqid;
 pub mod route;
 pub mod rules;
 pub mod sni;
+pub mod subst;
 pub mod upstream;

@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         max_forwards: None,
         revalidate: None,
         edits: None,
+        request_id: Some((b"X-Request-Id", b"0123456789abcdef0123456789abcdef")),
     };
     let mut out = Vec::new();
     upstream_request(buf, &head, &headers, &target, info.body, &fwd, &mut out);

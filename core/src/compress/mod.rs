@@ -392,25 +392,39 @@ impl Verdict {
 
     /// The edit of the response head, when there is one.
     pub fn head_edit(self) -> Option<HeadEdit> {
-        match self {
-            Verdict::Identity => None,
-            Verdict::Vary => Some(HeadEdit { coding: None }),
-            Verdict::Encode(c) => Some(HeadEdit { coding: Some(c) }),
-        }
+        HeadEdit::new(self, false)
     }
 }
 
-/// What compression changes in a response head, field by field as the head is written.
+/// What compression, and anything else that rewrites the body on the way (`body_replace`),
+/// changes in a response head, field by field as the head is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadEdit {
     coding: Option<Coding>,
+    /// `Vary: Accept-Encoding`: the response could have been encoded.
+    vary: bool,
+    /// The body is not the one the server described: its length, ranges and strong
+    /// validator no longer hold.
+    rewritten: bool,
 }
 
 impl HeadEdit {
+    /// For a response compression decided `v` on, whose body is `replaced` too; none when the
+    /// head stays as it is.
+    pub fn new(v: Verdict, replaced: bool) -> Option<Self> {
+        let coding = v.coding();
+        let e = Self {
+            coding,
+            vary: v != Verdict::Identity,
+            rewritten: replaced || coding.is_some(),
+        };
+        (e.vary || e.rewritten).then_some(e)
+    }
+
     /// Writes the field `name: value` as it goes out, or drops it; true when it was handled
     /// here. `vary` records that a `Vary` field was seen.
     pub fn field(&self, name: &[u8], value: &[u8], vary: &mut bool, out: &mut Vec<u8>) -> bool {
-        if name.eq_ignore_ascii_case(b"vary") {
+        if self.vary && name.eq_ignore_ascii_case(b"vary") {
             let listed =
                 list_items(value).any(|v| v == b"*" || v.eq_ignore_ascii_case(b"accept-encoding"));
             out.extend_from_slice(name);
@@ -426,7 +440,7 @@ impl HeadEdit {
             *vary = true;
             return true;
         }
-        if self.coding.is_none() {
+        if !self.rewritten {
             return false;
         }
         if name.eq_ignore_ascii_case(b"content-length")
@@ -446,7 +460,7 @@ impl HeadEdit {
 
     /// The fields added after the others: `Vary` when none was seen, `Content-Encoding`.
     pub fn finish(&self, vary: bool, out: &mut Vec<u8>) {
-        if !vary {
+        if self.vary && !vary {
             out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
         }
         if let Some(c) = self.coding {

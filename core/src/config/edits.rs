@@ -146,3 +146,60 @@ pub(crate) fn cookies(
         path: pair(&r.cookie_path, "cookie_path", true)?,
     })
 }
+
+/// A route's `body_replace`, `body_replace_once` and `body_replace_types`.
+pub(crate) fn body_replace(
+    loc: &Locator<'_>,
+    key: &str,
+    r: &raw::Route,
+) -> Result<Option<crate::subst::BodyReplace>, ConfigError> {
+    let Some(rules) = &r.body_replace else {
+        if let Some(o) = &r.body_replace_types {
+            return Err(loc.at(
+                o.span(),
+                format!("{key}.body_replace_types"),
+                "given without body_replace",
+            ));
+        }
+        return Ok(None);
+    };
+    let mut pairs = Vec::new();
+    for (i, rule) in rules.get_ref().iter().enumerate() {
+        let from = rule.from.get_ref();
+        if from.is_empty() || from.len() > crate::subst::MAX_FROM {
+            return Err(loc.at(
+                rule.from.span(),
+                format!("{key}.body_replace[{i}].from"),
+                format!("expected 1 to {} bytes", crate::subst::MAX_FROM),
+            ));
+        }
+        pairs.push((
+            from.as_bytes().to_vec(),
+            rule.to.get_ref().as_bytes().to_vec(),
+        ));
+    }
+    let mut types = Vec::new();
+    match &r.body_replace_types {
+        None => types.push("text/html".to_string()),
+        Some(list) => {
+            for t in list.get_ref() {
+                let v = t.trim().to_ascii_lowercase();
+                if !v
+                    .split_once('/')
+                    .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+                {
+                    return Err(loc.at(
+                        list.span(),
+                        format!("{key}.body_replace_types"),
+                        "expected media types like \"text/html\" or \"text/*\"",
+                    ));
+                }
+                types.push(v);
+            }
+        }
+    }
+    let once = r.body_replace_once.unwrap_or(true);
+    crate::subst::BodyReplace::new(&pairs, once, types)
+        .map(Some)
+        .map_err(|e| loc.at(rules.span(), format!("{key}.body_replace"), e))
+}

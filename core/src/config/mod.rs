@@ -192,6 +192,7 @@ impl Config {
             rewrite_location: true,
             cookies: Default::default(),
             compress: false,
+            body_replace: None,
         }];
         Self {
             admin: None,

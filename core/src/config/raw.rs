@@ -393,6 +393,9 @@ pub(crate) struct Route {
     pub cookie_domain: Option<FromTo>,
     pub cookie_path: Option<FromTo>,
     pub compress: Option<bool>,
+    pub body_replace: Option<Spanned<Vec<FromTo>>>,
+    pub body_replace_once: Option<bool>,
+    pub body_replace_types: Option<Spanned<Vec<String>>>,
 }
 
 /// `{ from = "…", to = "…" }`.

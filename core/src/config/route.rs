@@ -36,6 +36,8 @@ pub struct Route {
     pub cookies: crate::edit::CookieRewrite,
     /// Responses are compressed (`compress`, else whether `[compression]` is on).
     pub compress: bool,
+    /// Strings replaced in the bodies of its text responses (`body_replace`).
+    pub body_replace: Option<crate::subst::BodyReplace>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +234,7 @@ pub(crate) fn build_routes(
             rewrite_location: r.rewrite_location.as_ref().is_none_or(|b| *b.get_ref()),
             cookies: super::edits::cookies(loc, &key, r)?,
             compress: r.compress.unwrap_or(compress),
+            body_replace: super::edits::body_replace(loc, &key, r)?,
         });
     }
     Ok(routes)

@@ -171,11 +171,43 @@ pub struct Stages {
     pub tee: Option<Tee>,
     /// Compresses what goes to the client (`crate::compress`).
     pub encode: Option<Encoder>,
+    /// Replaces strings (`body_replace`), first: the tee keeps its output, the encoder
+    /// compresses it.
+    pub replace: Option<crate::subst::Replacer>,
+    /// The substitution's output on its way to the others.
+    scratch: Vec<u8>,
 }
 
 impl Stages {
+    pub fn new(
+        tee: Option<Tee>,
+        encode: Option<Encoder>,
+        replace: Option<crate::subst::Replacer>,
+    ) -> Self {
+        Self {
+            tee,
+            encode,
+            replace,
+            scratch: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.tee.is_none() && self.encode.is_none()
+        self.tee.is_none() && self.encode.is_none() && self.replace.is_none()
+    }
+
+    /// Hands `payload` to the tee and the encoder (or `out`).
+    fn pass(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        match (&mut self.tee, &mut self.encode) {
+            (tee, Some(e)) => {
+                if let Some(t) = tee {
+                    t.keep(payload);
+                }
+                e.data(payload, out);
+            }
+            (Some(t), None) => t.data(payload, out),
+            (None, None) => out.extend_from_slice(payload),
+        }
     }
 
     /// The chain as one stage for io's relay; `None` when it is empty (the bytes pass
@@ -191,15 +223,15 @@ impl Stages {
 
 impl Stage for Stages {
     fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
-        match (&mut self.tee, &mut self.encode) {
-            (tee, Some(e)) => {
-                if let Some(t) = tee {
-                    t.keep(payload);
-                }
-                e.data(payload, out);
+        match self.replace.as_mut() {
+            Some(r) => {
+                let mut mid = std::mem::take(&mut self.scratch);
+                mid.clear();
+                r.data(payload, &mut mid);
+                self.pass(&mid, out);
+                self.scratch = mid;
             }
-            (Some(t), None) => t.data(payload, out),
-            (None, None) => out.extend_from_slice(payload),
+            None => self.pass(payload, out),
         }
     }
 
@@ -210,6 +242,12 @@ impl Stage for Stages {
     }
 
     fn end(&mut self, out: &mut Vec<u8>) {
+        if let Some(r) = self.replace.as_mut() {
+            let mut rest = std::mem::take(&mut self.scratch);
+            rest.clear();
+            r.end(&mut rest);
+            self.pass(&rest, out);
+        }
         if let Some(t) = &mut self.tee {
             t.end(out);
         }

@@ -15,9 +15,18 @@ use crate::http::framing::BodyKind;
 use crate::http::rewrite::RELOCATED;
 use crate::http::Header;
 
+/// What happens to a relayed body: see [`RouteEdits::relayed_body`].
+pub(super) struct RelayedBody {
+    pub(super) verdict: Verdict,
+    pub(super) slot: Option<StreamSlot>,
+    pub(super) replace: Option<crate::subst::Replacer>,
+}
+
 /// How a hit goes out: see [`RouteEdits::stored_compression`].
 pub(super) struct StoredEncoding {
     pub(super) verdict: Verdict,
+    /// What the head says of it.
+    pub(super) edit: Option<crate::compress::HeadEdit>,
     /// The encoded body's length.
     pub(super) len: Option<usize>,
     /// The encoded body, when the entry does not hold it.
@@ -106,18 +115,31 @@ impl RouteEdits {
         }
     }
 
-    /// [`compression`](Self::compression) for a relayed response of `status` and `body`, and
-    /// the worker's room for its encoder: beyond `max_streams` open ones (in `streams`), a
-    /// response goes out as it is.
-    pub(super) fn relayed_compression(
+    /// What the route does to the body of a relayed response of `status` and `body` from
+    /// `route`: the compression verdict with the worker's room for its encoder (beyond
+    /// `max_streams` open ones in `streams`, a response goes out as it is), and the
+    /// substitution (`body_replace`) of a full, unencoded response of a listed type.
+    pub(super) fn relayed_body(
         &self,
+        route: Option<&Route>,
         c: &Compression,
         streams: Option<&Streams>,
         (status, body): (u16, BodyKind),
         facts: impl FnOnce() -> Facts,
-    ) -> (Verdict, Option<StreamSlot>) {
-        let verdict = self.compression(c, status, facts);
-        match (verdict, streams) {
+    ) -> RelayedBody {
+        let replacing = route.and_then(|r| r.body_replace.as_ref());
+        // Read for a HEAD too: it gets the fields a GET would get.
+        let facts = match self.compress.is_some() || replacing.is_some() {
+            true => facts(),
+            false => Facts::default(),
+        };
+        let full = !matches!(status, 100..=199 | 204 | 206 | 304);
+        let replace = replacing
+            .filter(|r| full && !facts.encoded && r.applies(facts.content_type.as_deref()))
+            .filter(|_| body != BodyKind::None)
+            .map(crate::subst::BodyReplace::stage);
+        let verdict = self.compression(c, status, || facts);
+        let (verdict, slot) = match (verdict, streams) {
             (Verdict::Encode(_), Some(s)) if body != BodyKind::None => {
                 match s.try_open(c.max_streams) {
                     Some(slot) => (verdict, Some(slot)),
@@ -125,6 +147,11 @@ impl RouteEdits {
                 }
             }
             _ => (verdict, None),
+        };
+        RelayedBody {
+            verdict,
+            slot,
+            replace,
         }
     }
 
@@ -134,36 +161,44 @@ impl RouteEdits {
     /// copy is made at the first hit that asks for it, once per worker.
     pub(super) fn stored_compression(
         &self,
+        route: Option<&Route>,
         c: &Compression,
         (status, whole): (u16, bool),
         e: &Rc<Entry>,
         shard: Option<&std::cell::RefCell<Shard>>,
     ) -> StoredEncoding {
+        let replacing = route.and_then(|r| r.body_replace.as_ref());
+        let facts = match (self.compress.is_some() || replacing.is_some()) && whole {
+            true => Facts::of_stored(&e.head),
+            false => Facts::default(),
+        };
+        // A route that replaces strings stored its body replaced: its head says so too.
+        let replaced =
+            replacing.is_some_and(|r| !facts.encoded && r.applies(facts.content_type.as_deref()));
         let verdict = match whole {
-            true => self.compression(c, status, || Facts::of_stored(&e.head)),
+            true => self.compression(c, status, || facts),
             false => Verdict::Identity,
         };
+        let mut enc = StoredEncoding {
+            verdict,
+            edit: crate::compress::HeadEdit::new(verdict, replaced),
+            len: None,
+            own: None,
+        };
         let Some(coding) = verdict.coding() else {
-            return StoredEncoding {
-                verdict,
-                len: None,
-                own: None,
-            };
+            return enc;
         };
         if let Some(b) = e.encoded.get(coding) {
-            return StoredEncoding {
-                verdict,
-                len: Some(b.len()),
-                own: None,
-            };
+            enc.len = Some(b.len());
+            return enc;
         }
         let b = encode_whole(coding, c.levels, &e.body).into_boxed_slice();
-        let len = Some(b.len());
-        let own = match shard {
+        enc.len = Some(b.len());
+        enc.own = match shard {
             Some(s) => s.borrow_mut().grow(e, coding, b).err(),
             None => Some(b),
         };
-        StoredEncoding { verdict, len, own }
+        enc
     }
 
     /// The target to send upstream.

@@ -344,9 +344,10 @@ impl Exchange {
         // An encoded body is relayed through the encoder (the cache's tee, before it, keeps
         // the identity bytes), never fetched ahead: the client's copy is not the stored one.
         let encode = self.up.encode.take();
-        let fetch = match encode {
-            None => self.cache.fetch_tee(self.up.relay),
-            Some(_) => None,
+        let replace = self.up.replace.take();
+        let fetch = match (&encode, &replace) {
+            (None, None) => self.cache.fetch_tee(self.up.relay),
+            _ => None,
         };
         if let Some(tee) = fetch {
             return Action::FetchBody(BodyPlan {
@@ -355,20 +356,14 @@ impl Exchange {
                 read_idle,
                 write_idle,
                 whole: None,
-                stages: Stages {
-                    tee: Some(tee),
-                    encode: None,
-                },
+                stages: Stages::new(Some(tee), None, None),
             });
         }
         let expect = match self.up.relay {
             BodyKind::Length(n) => Some(n),
             _ => None,
         };
-        let stages = Stages {
-            tee: self.cache.tee(expect),
-            encode,
-        };
+        let stages = Stages::new(self.cache.tee(expect), encode, replace);
         Action::RelayResponse(BodyPlan {
             body,
             // Spliced by the whole body's length: part of it may have gone out with the head.
@@ -927,6 +922,7 @@ impl Exchange {
         // A whole body may go out encoded, from the entry's copy in that coding.
         let whole = matches!(plan.content, step::Content::Length(_));
         let enc = self.edits.stored_compression(
+            route,
             &env.cfg.compression,
             (plan.status, whole),
             e,
@@ -941,7 +937,7 @@ impl Exchange {
         let id = self.request_id(env.cfg);
         let a = Answer {
             request_id: id.as_ref().map(|(n, v)| (*n, v.as_bytes())),
-            encoding: verdict.head_edit(),
+            encoding: enc.edit,
             edits: Some((relayed.dropped(), relayed.lines(&self.edits))),
             stored: Some((&e.head, plan.keep)),
             fields: self.cache.own_fields(),
@@ -1754,14 +1750,15 @@ impl Exchange {
             }
         };
         self.pin.response(ub, &self.uheaders);
-        let (verdict, slot) = self.edits.relayed_compression(
+        let body = self.edits.relayed_body(
+            self.record.route.and_then(|i| env.cfg.routes.get(i)),
             &env.cfg.compression,
             env.encoders,
             (rh.status, ri.body),
             || compress::Facts::of_head(ub, &self.uheaders),
         );
         let seen = Seen {
-            encoded: verdict.coding().is_some(),
+            rewritten: body.verdict.coding().is_some() || body.replace.is_some(),
             ..self.seen(ub, &rh, &ri)
         };
         match ResponsePlan::decide(seen, self.asked(&rh, env)) {
@@ -1811,8 +1808,7 @@ impl Exchange {
                     ri,
                     to_client,
                     persist,
-                    verdict,
-                    slot,
+                    body,
                 };
                 self.final_response(input, end, head, env, now)
             }
@@ -1827,7 +1823,7 @@ impl Exchange {
             websocket: rh.status == 101
                 && crate::http::find_header(ub, &self.uheaders, b"upgrade")
                     .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")),
-            encoded: false,
+            rewritten: false,
         }
     }
 
@@ -1941,9 +1937,13 @@ impl Exchange {
             ri,
             to_client,
             persist,
+            body,
+        } = f;
+        let edits::RelayedBody {
             verdict,
             slot,
-        } = f;
+            replace,
+        } = body;
         let ub = &input[..end];
         let served = match (self.cache.active(), cache_ctx(env)) {
             (true, Some(ctx)) => {
@@ -1977,14 +1977,14 @@ impl Exchange {
             &rh,
             to_client,
             persist.header(),
-            verdict.head_edit(),
+            compress::HeadEdit::new(verdict, replace.is_some()),
             env,
         );
         let head_len = self.out.len();
-        let (inline, relay) = match encode {
-            // Every byte of an encoded body goes through the encoder.
-            Some(_) => (0, ri.body),
-            None => self.inline_response_body(ri.body, input.len() - end),
+        let (inline, relay) = match (encode, &replace) {
+            (None, None) => self.inline_response_body(ri.body, input.len() - end),
+            // Every byte of a rewritten body goes through its stages.
+            _ => (0, ri.body),
         };
         self.out.extend_from_slice(&input[end..end + inline]);
         self.record.response_body = inline as u64;
@@ -2010,6 +2010,7 @@ impl Exchange {
             },
             then: persist.finish(true),
             encode: encode.map(|c| Encoder::open(c, env.cfg.compression.levels, ri.body, slot)),
+            replace,
         };
         self.record.status = rh.status;
         self.record.response_head = Some(now);

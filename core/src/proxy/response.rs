@@ -2,7 +2,7 @@
 //! response, the switch to a WebSocket tunnel, a retry elsewhere, or the final response with its
 //! framing toward the client and what becomes of the client connection.
 
-use crate::compress::{Encoder, StreamSlot, Verdict};
+use crate::compress::Encoder;
 use crate::health::Outcome;
 use crate::http::framing::{BodyKind, ResponseInfo};
 use crate::http::{ResponseHead, Version};
@@ -18,8 +18,8 @@ pub(super) struct Seen {
     pub(super) body: BodyKind,
     /// A `101` that switches to `websocket`.
     pub(super) websocket: bool,
-    /// Its body is encoded on the way (`crate::compress`): its length changes.
-    pub(super) encoded: bool,
+    /// Its body is rewritten on the way (encoded, strings replaced): its length changes.
+    pub(super) rewritten: bool,
 }
 
 /// What the request asked and allows.
@@ -73,7 +73,7 @@ impl ResponsePlan {
         // gets the body delimited by the close.
         // So does an encoded body of known length: the encoder decides its length.
         let reframed = matches!(seen.body, BodyKind::Chunked | BodyKind::Close)
-            || (seen.encoded && matches!(seen.body, BodyKind::Length(_)));
+            || (seen.rewritten && matches!(seen.body, BodyKind::Length(_)));
         let to_client = match seen.body {
             _ if reframed && asked.version == Version::Http11 => BodyKind::Chunked,
             _ if reframed => BodyKind::Close,
@@ -109,6 +109,8 @@ pub(super) struct Upstream {
     pub(super) then: Finish,
     /// The encoder the body goes through on its way to the client.
     pub(super) encode: Option<Encoder>,
+    /// The substitution it goes through before (`body_replace`).
+    pub(super) replace: Option<crate::subst::Replacer>,
 }
 
 impl Default for Upstream {
@@ -120,6 +122,7 @@ impl Default for Upstream {
             conn: UpstreamConn::Closes,
             then: Finish::Close(Close::Now),
             encode: None,
+            replace: None,
         }
     }
 }
@@ -130,9 +133,8 @@ pub(super) struct Final {
     pub(super) ri: ResponseInfo,
     pub(super) to_client: BodyKind,
     pub(super) persist: Persistence,
-    /// What compression does to it, and the worker's room for one more encoder.
-    pub(super) verdict: Verdict,
-    pub(super) slot: Option<StreamSlot>,
+    /// What becomes of its body: compression, substitution.
+    pub(super) body: super::edits::RelayedBody,
 }
 
 /// What the upstream's response allows for its connection once the body is read.
@@ -160,7 +162,7 @@ mod tests {
             status,
             body,
             websocket: false,
-            encoded: false,
+            rewritten: false,
         }
     }
 
