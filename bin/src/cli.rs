@@ -95,6 +95,11 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
 
+    /// Quick mode: start every connection to the --upstream servers with a PROXY protocol
+    /// header (v1 or v2) naming the client; such connections are never shared by two clients.
+    #[arg(long, value_name = "VERSION")]
+    pub upstream_proxy_protocol: Option<String>,
+
     /// Give every request an id (X-Request-Id: kept from a --trusted-proxy, else made here),
     /// sent upstream, returned to the client and logged.
     #[arg(long)]

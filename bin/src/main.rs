@@ -109,6 +109,17 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
                 }
                 cfg.upstreams[0].health_check = Some(ringway_core::health::ActivePolicy::new(uri));
             }
+            if let Some(v) = &cli.upstream_proxy_protocol {
+                cfg.upstreams[0].proxy_protocol = Some(match v.as_str() {
+                    "v1" => ringway_core::proxyproto::Version::V1,
+                    "v2" => ringway_core::proxyproto::Version::V2,
+                    _ => {
+                        return Err(format!(
+                            "--upstream-proxy-protocol {v:?}: expected v1 or v2"
+                        ))
+                    }
+                });
+            }
             if let Some(p) = &cli.strip_prefix {
                 if !p.starts_with('/') || p.bytes().any(|b| !b.is_ascii_graphic() || b == b'?') {
                     return Err(format!(
@@ -125,10 +136,13 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
         ),
     };
     if cli.config.is_some()
-        && (!cli.upstream.is_empty() || cli.health_uri.is_some() || cli.strip_prefix.is_some())
+        && (!cli.upstream.is_empty()
+            || cli.health_uri.is_some()
+            || cli.strip_prefix.is_some()
+            || cli.upstream_proxy_protocol.is_some())
     {
         return Err(
-            "--upstream, --health-uri and --strip-prefix are for quick mode and cannot be combined with --config"
+            "--upstream, --health-uri, --strip-prefix and --upstream-proxy-protocol are for quick mode and cannot be combined with --config"
                 .into(),
         );
     }

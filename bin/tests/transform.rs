@@ -750,3 +750,71 @@ fn strings_are_replaced_in_text_bodies_as_they_stream() {
         "{err}"
     );
 }
+
+#[test]
+fn upstreams_that_expect_proxy_headers_hear_each_client_on_its_own_connection() {
+    let origin = echo_origin();
+    let (v1, v2) = (free_port(), free_port());
+    // haproxy takes the header (accept-proxy) and tells the origin whom it named.
+    let Some(_h) = Haproxy::start(&format!(
+        "frontend v1\n  mode http\n  bind 127.0.0.1:{v1} accept-proxy\n  http-request set-header X-Named %[src]\n  default_backend o\n\
+         frontend v2\n  mode http\n  bind 127.0.0.1:{v2} accept-proxy\n  http-request set-header X-Named %[src]\n  default_backend o\n\
+         backend o\n  mode http\n  server o {origin}\n"
+    )) else {
+        return;
+    };
+    // haproxy starts in the background.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for port in [v1, v2] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < end, "haproxy did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         [upstreams.one]\nservers = [\"127.0.0.1:{v1}\"]\nproxy_protocol = \"v1\"\n\
+         health_check = {{ uri = \"/health\", interval = \"100ms\", fails = 1 }}\n\
+         [upstreams.two]\nservers = [\"127.0.0.1:{v2}\"]\nproxy_protocol = \"v2\"\n\
+         [[routes]]\npath = \"/one/\"\nupstream = \"one\"\n\
+         [[routes]]\npath = \"/two/\"\nupstream = \"two\"\n"
+    ));
+    for path in ["/one/", "/two/"] {
+        // Two clients one after the other, over keep-alive: each is named, none inherits the
+        // other's connection.
+        for (round, from) in ["127.0.0.3", "127.0.0.4", "127.0.0.3"].iter().enumerate() {
+            let url = format!("http://{}{path}r{round}", p.addr);
+            let (head, body) = through(0, &[&url, &url, "--interface", from]);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+            let named = body
+                .to_ascii_lowercase()
+                .matches(&format!("x-named: {from}\r\n"))
+                .count();
+            assert_eq!(named, 2, "{path} from {from}: {body}");
+        }
+    }
+    // The health checks' LOCAL headers are taken: over a dozen checks, one failure would mark
+    // the server down (and be logged).
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        let (head, _) = get(&[&format!("http://{}/one/again", p.addr)]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = p.log.lock().unwrap().clone();
+    assert!(!log.contains("health check"), "{log}");
+    // A bad version is a config error.
+    let bad = TempFile::new(&format!(
+        "[upstreams.a]\nservers = [\"127.0.0.1:{v1}\"]\nproxy_protocol = \"v3\"\n[[routes]]\nupstream = \"a\"\n"
+    ));
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&bad.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":3:") && err.contains("upstreams.a.proxy_protocol"),
+        "{err}"
+    );
+}

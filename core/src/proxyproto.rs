@@ -209,6 +209,56 @@ fn v2(buf: &[u8]) -> Parsed {
     }
 }
 
+/// The version of the header ringway sends to an upstream (`[upstreams.NAME]
+/// proxy_protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The header that tells an upstream the connection is for `source`, which connected to
+/// `destination`.
+pub fn header(version: Version, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    match version {
+        Version::V2 => v2_header(source, destination, &[]),
+        Version::V1 => {
+            // Both addresses of one family: an IPv4 client of an IPv6 listener is written
+            // as a mapped IPv6 address.
+            let (s, d) = match (source.ip(), destination.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => (IpAddr::V4(s), IpAddr::V4(d)),
+                (s, d) => {
+                    let v6 = |a: IpAddr| match a {
+                        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                        v6 => v6,
+                    };
+                    (v6(s), v6(d))
+                }
+            };
+            let family = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {s} {d} {} {}\r\n",
+                source.port(),
+                destination.port()
+            )
+            .into_bytes()
+        }
+    }
+}
+
+/// A header for a connection of the sender's own (a health check): `UNKNOWN` in v1, `LOCAL`
+/// in v2; the receiver uses the connection's addresses.
+pub fn local_header(version: Version) -> Vec<u8> {
+    match version {
+        Version::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        Version::V2 => {
+            let mut out = V2_SIG.to_vec();
+            out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+            out
+        }
+    }
+}
+
 /// A v2 header for `source` → `destination` (what a balancer writes; the tests' and the fuzz
 /// target's reference).
 pub fn v2_header(source: SocketAddr, destination: SocketAddr, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
@@ -249,6 +299,47 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_headers_parse_as_local() {
+        for v in [Version::V1, Version::V2] {
+            let mut h = local_header(v);
+            let n = h.len();
+            h.extend_from_slice(b"GET");
+            match parse(&h) {
+                Parsed::Header { len, header } => {
+                    assert_eq!(len, n, "{v:?}");
+                    assert!(header.source.is_none(), "{v:?}");
+                }
+                other => panic!("{v:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_sent_upstream_parses_back() {
+        for (s, d) in [
+            ("192.0.2.1:56324", "198.51.100.1:443"),
+            ("[2001:db8::1]:1", "[2001:db8::2]:2"),
+            ("192.0.2.1:7", "[2001:db8::2]:8"),
+        ] {
+            for v in [Version::V1, Version::V2] {
+                let mut h = header(v, sa(s), sa(d));
+                h.extend_from_slice(b"GET / HTTP/1.1\r\n");
+                let Parsed::Header { len, header } = parse(&h) else {
+                    panic!("{v:?} {s} {d}: {:?}", String::from_utf8_lossy(&h))
+                };
+                assert_eq!(&h[len..len + 3], b"GET");
+                let src = header.source.unwrap();
+                assert_eq!(src.port(), sa(s).port());
+                let ip = match src.ip() {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                    v4 => v4,
+                };
+                assert_eq!(ip, sa(s).ip(), "{v:?}");
+            }
+        }
     }
 
     #[test]

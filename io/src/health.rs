@@ -87,7 +87,8 @@ pub(crate) fn run(
                 let server = &checked.cfg.upstreams[g].servers[s];
                 let (addr, name) = (server.addr, server.name.clone());
                 let tls = checked.tls.upstreams[g].as_ref();
-                let passed = probe(addr, &policy, tls.map(|o| (o, name.as_deref())));
+                let proxy = checked.cfg.upstreams[g].proxy_protocol;
+                let passed = probe(addr, &policy, tls.map(|o| (o, name.as_deref())), proxy);
                 let (h, due) = &mut checked.state[g][s];
                 *due = Instant::now() + policy.interval;
                 if let Some(up) = h.record(passed, &policy) {
@@ -110,16 +111,25 @@ fn probe(
     addr: std::net::SocketAddr,
     p: &ringway_core::health::ActivePolicy,
     tls: Option<(&Origination, Option<&str>)>,
+    proxy: Option<ringway_core::proxyproto::Version>,
 ) -> bool {
     let deadline = Instant::now() + p.timeout;
     if !crate::guard::may_dial(addr) {
         return false;
     }
-    let Ok(s) = TcpStream::connect_timeout(&addr, p.timeout) else {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, p.timeout) else {
         return false;
     };
     let _ = s.set_write_timeout(Some(p.timeout));
     let _ = s.set_read_timeout(Some(p.timeout));
+    // A server that expects PROXY headers gets a LOCAL one: the check is ringway's own.
+    if let Some(v) = proxy {
+        if s.write_all(&ringway_core::proxyproto::local_header(v))
+            .is_err()
+        {
+            return false;
+        }
+    }
     match tls {
         None => exchange(s, addr, p, deadline),
         Some((o, name)) => match o.connection(addr, name) {

@@ -465,7 +465,7 @@ impl Conn {
                     let now = self.tick();
                     self.ex.handle_tunnel_closed(sent, received, now);
                 }
-                Action::Connect { to, via } => {
+                Action::Connect { to, via, proxy } => {
                     if via == Via::Pinned {
                         if let Some(s) = self.pinned.take_if(|(k, _)| *k == to) {
                             self.up = Some(s.1);
@@ -475,7 +475,19 @@ impl Conn {
                         }
                     }
                     if !(via == Via::Pooled && self.connect_pooled(&cfg, to)) {
-                        Box::pin(self.connect(&cfg, to)).await;
+                        // A header naming the client: its port when it is the peer itself
+                        // (behind a trusted proxy the port is not known), and the address it
+                        // reached.
+                        let preface = proxy.map(|(v, ip)| {
+                            let port = if ip == self.peer.ip() {
+                                self.peer.port()
+                            } else {
+                                0
+                            };
+                            let src = std::net::SocketAddr::new(ip, port);
+                            ringway_core::proxyproto::header(v, src, self.listen.addr)
+                        });
+                        Box::pin(self.connect(&cfg, to, preface)).await;
                     }
                 }
                 Action::SendRequest => {
@@ -705,7 +717,7 @@ impl Conn {
 
     /// `Connect` with a new connection (boxed by the caller: the TLS handshake makes this
     /// future large, and most requests take a pooled connection instead).
-    async fn connect(&mut self, cfg: &Rc<Generation>, to: UpstreamKey) {
+    async fn connect(&mut self, cfg: &Rc<Generation>, to: UpstreamKey, preface: Option<Vec<u8>>) {
         self.up = None;
         self.ubuf.clear();
         let now = self.now;
@@ -722,7 +734,7 @@ impl Conn {
             UpstreamKey::Destination { from, .. } => from,
             UpstreamKey::Server { .. } => None,
         };
-        let r = open(addr, from, tls, wait).await;
+        let r = open(addr, from, tls, wait, preface).await;
         let now = self.tick();
         match r {
             Ok(s) => {

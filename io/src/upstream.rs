@@ -59,6 +59,7 @@ pub(crate) async fn open(
     from: Option<std::net::IpAddr>,
     tls: Option<(&Origination, Option<&str>)>,
     timeout: Duration,
+    preface: Option<Vec<u8>>,
 ) -> Result<Stream, ConnectError> {
     if !crate::guard::may_dial(addr) {
         let e = std::io::Error::new(std::io::ErrorKind::PermissionDenied, crate::guard::REFUSED);
@@ -73,12 +74,22 @@ pub(crate) async fn open(
             Some(local) => connect_from(addr, local).await,
         }
     };
-    let tcp = match monoio::time::timeout(timeout, connecting).await {
+    let mut tcp = match monoio::time::timeout(timeout, connecting).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Connect(IoFail::Io(e))),
         Err(_) => return Err(ConnectError::Connect(IoFail::Timeout)),
     };
     let _ = tcp.set_nodelay(true);
+    // A PROXY protocol header goes first, before TLS (it is the TCP connection's).
+    if let Some(p) = preface {
+        use monoio::io::AsyncWriteRentExt;
+        let left = until.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, tcp.write_all(p)).await {
+            Ok((Ok(_), _)) => {}
+            Ok((Err(e), _)) => return Err(ConnectError::Connect(IoFail::Io(e))),
+            Err(_) => return Err(ConnectError::Connect(IoFail::Timeout)),
+        }
+    }
     // Bodies and tunnels may be spliced from this connection (splice.rs).
     {
         crate::splice::nonblocking(&tcp).map_err(|e| ConnectError::Connect(IoFail::Io(e)))?;

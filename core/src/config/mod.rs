@@ -224,6 +224,7 @@ impl Config {
                 retries: DEFAULT_RETRIES,
                 retry_timeout: Duration::from_secs(10),
                 retry_on: Vec::new(),
+                proxy_protocol: None,
                 health_check: None,
                 tls: None,
             }],

@@ -335,6 +335,7 @@ pub(crate) struct Upstream {
     pub retry_on: Option<Spanned<Vec<u16>>>,
     pub health_check: Option<Spanned<HealthCheck>>,
     pub tls: Option<Spanned<UpstreamTls>>,
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

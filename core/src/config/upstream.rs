@@ -33,6 +33,9 @@ pub struct Upstream {
     pub health_check: Option<ActivePolicy>,
     /// Connect to the servers over TLS.
     pub tls: Option<UpstreamTls>,
+    /// Every connection to the servers starts with a PROXY protocol header naming the client
+    /// (and is then that client's alone, never pooled for another).
+    pub proxy_protocol: Option<crate::proxyproto::Version>,
 }
 
 /// A server given by name (`app:8080`).
@@ -285,7 +288,22 @@ pub(crate) fn build_upstreams(
             None => None,
             Some(t) => tls::build_upstream_tls(loc, &key, t)?,
         };
+        let proxy_protocol = match &u.proxy_protocol {
+            None => None,
+            Some(v) => match v.get_ref().as_str() {
+                "v1" => Some(crate::proxyproto::Version::V1),
+                "v2" => Some(crate::proxyproto::Version::V2),
+                _ => {
+                    return Err(loc.at(
+                        v.span(),
+                        format!("{key}.proxy_protocol"),
+                        "expected \"v1\" or \"v2\"",
+                    ))
+                }
+            },
+        };
         upstreams.push(Upstream {
+            proxy_protocol,
             name: name.clone(),
             servers,
             named,

@@ -75,8 +75,15 @@ pub enum Action {
     /// already buffered from either side go first. Then `handle_tunnel_closed`.
     Tunnel { idle: Duration },
     /// Open a connection to `to` as `via` says (any connection io still holds from an earlier
-    /// attempt is closed first); then `handle_connected` or `handle_upstream_error`.
-    Connect { to: UpstreamKey, via: Via },
+    /// attempt is closed first); then `handle_connected` or `handle_upstream_error`. `proxy`:
+    /// a new connection starts with a PROXY protocol header of that version naming this client
+    /// (the address here; the port and the address it reached are the connection's), before
+    /// TLS.
+    Connect {
+        to: UpstreamKey,
+        via: Via,
+        proxy: Option<(crate::proxyproto::Version, std::net::IpAddr)>,
+    },
     /// Write `out()` (the request head, and a small body with it) to the upstream, then
     /// `handle_request_sent` or `handle_upstream_error`.
     SendRequest,

@@ -28,6 +28,9 @@ pub(super) struct Attempts {
     pub(super) last: Option<(Error, bool)>,
     /// Interim responses relayed so far (none: nothing reached the client).
     pub(super) interim: Option<InterimBudget>,
+    /// The attempt's group sends a PROXY protocol header first: its connection is new, and
+    /// this client's alone.
+    pub(super) proxy: Option<crate::proxyproto::Version>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +124,7 @@ impl Attempts {
             && (self.count as usize) < u.servers.len();
         self.retry = if allowed { Retry::Allowed } else { Retry::No };
         self.interim = None;
+        self.proxy = u.proxy_protocol;
     }
 
     /// A forward destination's first address: one attempt, never another server.

@@ -290,12 +290,21 @@ impl Exchange {
             Phase::Connect(conn) => {
                 let to = self.upstream_key();
                 self.record.upstream = Some(to);
-                let via = match (self.pin.connect(to), conn) {
-                    (true, _) => Via::Pinned,
-                    (false, Conn::Pooled) => Via::Pooled,
-                    (false, Conn::Fresh) => Via::Fresh,
+                // A connection that names its client is that client's alone.
+                let proxy = self.tries.proxy.filter(|_| self.intent.group().is_some());
+                if proxy.is_some() {
+                    self.pin.bind();
+                }
+                let via = match (self.pin.connect(to), conn, proxy) {
+                    (true, _, _) => Via::Pinned,
+                    (false, Conn::Pooled, None) => Via::Pooled,
+                    (false, _, _) => Via::Fresh,
                 };
-                Action::Connect { to, via }
+                Action::Connect {
+                    to,
+                    via,
+                    proxy: proxy.map(|v| (v, self.client.addr)),
+                }
             }
             Phase::SendRequest => Action::SendRequest,
             Phase::SendBody => Action::SendBody(BodyPlan {

@@ -46,6 +46,12 @@ impl Pin {
         });
     }
 
+    /// The current attempt's connection is bound to this client whatever it carries (it
+    /// named the client in a PROXY protocol header).
+    pub(super) fn bind(&mut self) {
+        self.bound = true;
+    }
+
     /// An attempt connects to `to`: true when io holds a connection pinned to this client for
     /// it (which must be used, and stays bound).
     pub(super) fn connect(&mut self, to: UpstreamKey) -> bool {

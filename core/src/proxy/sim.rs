@@ -422,7 +422,7 @@ impl World<'_, '_> {
                 self.cpos = self.client.len();
                 ex.handle_tunnel_closed(sent, 0, now);
             }
-            Action::Connect { to, via } => self.connect(ex, to, via),
+            Action::Connect { to, via, .. } => self.connect(ex, to, via),
             Action::SendRequest => self.send_request(ex),
             Action::ReadResponseHead { read_first, max } => {
                 self.read_response_head(ex, read_first, max)

@@ -270,8 +270,67 @@ fn a_stale_pooled_connection_is_replaced_once_for_idempotent_requests() {
         Action::Connect {
             to: UpstreamKey::Server { server: 0, .. },
             via: Via::Fresh,
+            proxy: None,
         }
     ));
+}
+
+#[test]
+fn a_group_that_hears_proxy_headers_gets_new_connections_bound_to_their_client() {
+    let text = CFG.replace(
+        "retry_on = [503]",
+        "retry_on = [503]\nproxy_protocol = \"v2\"",
+    );
+    let cfg: &'static Config = Box::leak(Box::new(Config::parse("t.toml", &text).unwrap()));
+    let mut t = T::new();
+    t.cfg = cfg;
+    t.ex.begin(cfg, t.now);
+    for round in 0..2 {
+        t.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(t.next(), Action::Pick { .. }));
+        let env = t.env();
+        t.ex.handle_pick(Some(0), &env, t.now);
+        let want = if round == 0 { Via::Fresh } else { Via::Pinned };
+        match t.next() {
+            Action::Connect { via, proxy, .. } => {
+                assert_eq!(via, want, "round {round}: never a pooled connection");
+                assert_eq!(
+                    proxy,
+                    Some((crate::proxyproto::Version::V2, "192.0.2.1".parse().unwrap()))
+                );
+            }
+            a => panic!("{a:?}"),
+        }
+        t.ex.handle_connected(round == 1, t.now);
+        assert!(matches!(t.next(), Action::SendRequest));
+        t.ex.handle_request_sent(t.now);
+        assert!(matches!(
+            t.ex.poll_action(),
+            Action::ReadResponseHead { .. }
+        ));
+        let env = t.env();
+        t.ex.handle_upstream_input(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &env, t.now);
+        // Released to this client alone.
+        let mut pinned = false;
+        loop {
+            match t.ex.poll_action() {
+                Action::Release { then, .. } => pinned = then == Reuse::Pin,
+                Action::Record { .. } => {}
+                Action::WriteClient => {
+                    t.ex.handle_client_written(true, t.now);
+                }
+                Action::RelayResponse(mut plan) => {
+                    let env = t.env();
+                    let stages = std::mem::take(&mut plan.stages);
+                    t.ex.handle_response_body(Ok(0), 0, stages, &env, t.now);
+                }
+                Action::Finish(Finish::KeepAlive) => break,
+                a => panic!("{a:?}"),
+            }
+        }
+        assert!(pinned, "round {round}");
+        t.ex.begin(cfg, t.now);
+    }
 }
 
 #[test]
