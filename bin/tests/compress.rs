@@ -321,7 +321,17 @@ fn a_stored_response_is_encoded_once_and_served_with_its_length() {
 #[test]
 fn an_http10_client_gets_the_encoded_body_delimited_by_the_close() {
     let o = scripted_origin();
-    let p = Proxy::start_quick(&["--upstream", &o.addr.to_string(), "--compress"]);
+    let log = std::env::temp_dir().join(format!("ringway-gz-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let p = Proxy::start_quick(&[
+        "--upstream",
+        &o.addr.to_string(),
+        "--compress",
+        "--access-log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     let mut c = Client::connect(p.addr);
     c.send(b"GET /data.json HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n");
     let r = c.response("GET").expect("a response");
@@ -333,6 +343,18 @@ fn an_http10_client_gets_the_encoded_body_delimited_by_the_close() {
         .read_to_end(&mut plain)
         .unwrap();
     assert_eq!(plain, json(64 * 1024));
+    // The log counts what the client got, not what the origin sent.
+    let want = format!("\"bytes_out\":{}", r.body.len());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&want) {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{want} not in {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&log);
 }
 
 #[test]

@@ -183,6 +183,8 @@ pub struct Stages {
     pub replace: Option<crate::subst::Replacer>,
     /// The substitution's output on its way to the others.
     scratch: Vec<u8>,
+    /// Payload bytes handed on toward the client when the chain rewrites the body.
+    out: u64,
 }
 
 impl Stages {
@@ -196,7 +198,14 @@ impl Stages {
             encode,
             replace,
             scratch: Vec::new(),
+            out: 0,
         }
+    }
+
+    /// The payload the client got, when the chain rewrote it (encoded, strings replaced):
+    /// what the access log and metrics count.
+    pub fn rewritten_len(&self) -> Option<u64> {
+        (self.encode.is_some() || self.replace.is_some()).then_some(self.out)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -230,6 +239,28 @@ impl Stages {
 
 impl Stage for Stages {
     fn data(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        let before = out.len();
+        self.data_inner(payload, out);
+        self.out += (out.len() - before) as u64;
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        let before = out.len();
+        if let Some(e) = &mut self.encode {
+            e.flush(out);
+        }
+        self.out += (out.len() - before) as u64;
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) {
+        let before = out.len();
+        self.end_inner(out);
+        self.out += (out.len() - before) as u64;
+    }
+}
+
+impl Stages {
+    fn data_inner(&mut self, payload: &[u8], out: &mut Vec<u8>) {
         match self.replace.as_mut() {
             Some(r) => {
                 let mut mid = std::mem::take(&mut self.scratch);
@@ -242,13 +273,7 @@ impl Stage for Stages {
         }
     }
 
-    fn flush(&mut self, out: &mut Vec<u8>) {
-        if let Some(e) = &mut self.encode {
-            e.flush(out);
-        }
-    }
-
-    fn end(&mut self, out: &mut Vec<u8>) {
+    fn end_inner(&mut self, out: &mut Vec<u8>) {
         if let Some(r) = self.replace.as_mut() {
             let mut rest = std::mem::take(&mut self.scratch);
             rest.clear();

@@ -822,7 +822,7 @@ impl Exchange {
         debug_assert_eq!(self.phase, Phase::RelayResponse);
         match r {
             Ok(n) => {
-                self.record.response_body += n;
+                self.record.response_body += stages.rewritten_len().unwrap_or(n);
                 if let Some(body) = stages.tee.and_then(Tee::into_body) {
                     if leftover == 0 {
                         let _ = self.store_body(body, env);
