@@ -456,9 +456,20 @@ fn upstream_names_are_followed_while_traffic_flows_with_no_failed_request() {
         DnsName::Addrs(vec!["127.0.0.3".parse().unwrap()]),
     );
     wait_for("requests reach 127.0.0.3", &|| b.seen().len() > 20);
-    let on_a = a.seen().len();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(a.seen().len() <= on_a + 8, "127.0.0.2 still gets requests");
+    // Every worker installs the new answer when it next looks (on a loaded machine that may
+    // take a moment): within a few seconds, a 300 ms window passes with 127.0.0.2 left alone.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let on_a = a.seen().len();
+        std::thread::sleep(Duration::from_millis(300));
+        if a.seen().len() <= on_a + 8 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "127.0.0.2 still gets requests"
+        );
+    }
     // Both addresses: both get requests.
     dns.set(
         "app.test",
