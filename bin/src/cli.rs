@@ -61,6 +61,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Serve SOCKS5 (RFC 1928) on ADDR (repeatable), alone or beside --listen, under the
+    /// forward proxy's users (--proxy-auth) and rules: `ringway --socks5 127.0.0.1:1080`.
+    #[arg(long, value_name = "ADDR")]
+    pub socks5: Vec<String>,
+
     /// Serve a forward proxy on the --listen addresses (absolute-form requests and CONNECT
     /// tunnels; quick mode needs no --upstream): `ringway --listen 127.0.0.1:3128 --forward`.
     #[arg(long)]
@@ -115,9 +120,9 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE")]
     pub cache: Option<String>,
 
-    /// Forward proxy: only users of this htpasswd file may use it (Basic authentication;
-    /// apr1, bcrypt and SHA-256/512 crypt entries).
-    #[arg(long, value_name = "FILE", requires = "forward")]
+    /// Forward proxy and SOCKS5: only users of this htpasswd file may use them (Basic
+    /// authentication, RFC 1929 for SOCKS5; apr1, bcrypt and SHA-256/512 crypt entries).
+    #[arg(long, value_name = "FILE")]
     pub proxy_auth: Option<PathBuf>,
 
     /// Write an access log line per request to FILE (`-`: standard output; `syslog`: /dev/log);

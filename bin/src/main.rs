@@ -51,11 +51,15 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             read = Some((name, text));
             c
         }
-        (None, true) if cli.forward => {
-            let listen = if cli.listen.is_empty() {
-                vec!["127.0.0.1:3128".to_string()]
-            } else {
-                cli.listen.clone()
+        (None, true) if cli.forward || !cli.socks5.is_empty() => {
+            let listen = match (cli.forward, cli.listen.is_empty()) {
+                (true, true) => vec!["127.0.0.1:3128".to_string()],
+                (true, false) => cli.listen.clone(),
+                (false, true) => Vec::new(),
+                (false, false) => return Err(
+                    "--listen serves --upstream (a reverse proxy) or --forward: give one of them, or drop --listen to serve --socks5 alone"
+                        .into(),
+                ),
             };
             let addrs = parse_listen(&listen)?.into_iter().map(|l| l.addr).collect();
             Config::forward_quick(addrs)
@@ -355,9 +359,20 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
     if cli.compress {
         cfg.enable_compression();
     }
+    for a in &cli.socks5 {
+        let addr = ringway_core::config::parse_listen_addr(a)
+            .ok_or_else(|| format!("--socks5 {a:?}: expected IP:port, :port or port"))?;
+        if cfg.server.listen.iter().any(|l| l.addr == addr) {
+            return Err(format!("--socks5 {addr}: already a --listen address"));
+        }
+        cfg.server.listen.push(ringway_core::config::Listen {
+            protocol: Protocol::Socks5,
+            ..ringway_core::config::Listen::plain(addr)
+        });
+    }
     if let Some(file) = &cli.proxy_auth {
-        if !cli.forward {
-            return Err("--proxy-auth is for the forward proxy: add --forward".into());
+        if !cli.forward && cli.socks5.is_empty() {
+            return Err("--proxy-auth is for the forward proxy: add --forward or --socks5".into());
         }
         cfg.forward.auth_file = Some(file.clone());
     }

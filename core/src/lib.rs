@@ -25,5 +25,6 @@ pub mod reqid;
 pub mod route;
 pub mod rules;
 pub mod sni;
+pub mod socks5;
 pub mod subst;
 pub mod upstream;

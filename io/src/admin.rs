@@ -327,6 +327,7 @@ fn listener_kind(l: &ringway_core::config::Listen) -> &'static str {
         (_, Protocol::RedirectHttps) => "redirect to https",
         (Transport::Plain, Protocol::ForwardHttp) => "forward proxy",
         (Transport::Tls, Protocol::ForwardHttp) => "forward proxy (tls)",
+        (_, Protocol::Socks5) => "socks5",
     }
 }
 

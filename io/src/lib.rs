@@ -35,6 +35,7 @@ mod proxy;
 mod proxyheader;
 mod relay;
 mod server;
+mod socks;
 mod splice;
 mod stream;
 #[allow(unsafe_code)]

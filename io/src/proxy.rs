@@ -119,6 +119,13 @@ pub(crate) async fn serve(
             }
             c.run().await
         }
+        Protocol::Socks5 => {
+            let early = match listen.transport {
+                Transport::Plain => early,
+                Transport::Tls => Vec::new(),
+            };
+            Box::pin(crate::socks::serve(w, cfg, client, peer, early)).await
+        }
     }
 }
 

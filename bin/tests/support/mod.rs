@@ -506,6 +506,18 @@ impl Proxy {
         )
     }
 
+    /// A SOCKS5 server alone (quick mode, `--socks5`) on an ephemeral port, one worker.
+    pub fn start_socks(args: &[&str]) -> Self {
+        Self::spawn(
+            None,
+            &[
+                &["--socks5", "127.0.0.1:0", "--workers", "1", "--no-pin"],
+                args,
+            ]
+            .concat(),
+        )
+    }
+
     pub fn start_with(config: &str, args: &[&str]) -> Self {
         Self::spawn(Some(TempFile::new(config)), args)
     }

@@ -47,6 +47,20 @@ pub(crate) fn build_forward(
             ports
         }
     };
+    let socks_ports = match &f.socks_ports {
+        None => d.socks_ports,
+        Some(list) => {
+            let ports = port_list(loc, list.get_ref(), "forward.socks_ports")?;
+            if ports.0.is_empty() {
+                return Err(loc.at(
+                    list.span(),
+                    "forward.socks_ports",
+                    "expected at least one port (every SOCKS5 CONNECT would be refused)",
+                ));
+            }
+            ports
+        }
+    };
     let safe_ports = match &f.safe_ports {
         None => d.safe_ports,
         Some(list) => {
@@ -157,6 +171,7 @@ pub(crate) fn build_forward(
         rules,
         anonymity,
         connect_ports,
+        socks_ports,
         safe_ports,
         deny_domains,
         private_destinations,

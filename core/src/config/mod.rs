@@ -135,7 +135,7 @@ impl Config {
         if self.forward.rules.is_empty() {
             for l in &self.server.listen {
                 let ip = l.addr.ip();
-                if l.protocol == Protocol::ForwardHttp
+                if matches!(l.protocol, Protocol::ForwardHttp | Protocol::Socks5)
                     && (ip.is_unspecified() || !crate::forward::is_private(ip))
                 {
                     w.push(format!(

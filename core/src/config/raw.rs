@@ -147,6 +147,7 @@ pub(crate) enum Size {
 pub(crate) struct Forward {
     pub anonymity: Option<Spanned<String>>,
     pub connect_ports: Option<Spanned<Vec<Spanned<Port>>>>,
+    pub socks_ports: Option<Spanned<Vec<Spanned<Port>>>>,
     pub safe_ports: Option<Spanned<Vec<Spanned<Port>>>>,
     pub deny_domains: Option<Vec<Spanned<String>>>,
     pub private_destinations: Option<Spanned<String>>,
@@ -208,6 +209,7 @@ pub(crate) struct ListenTable {
     pub tls: Option<bool>,
     pub redirect_https: Option<bool>,
     pub forward: Option<bool>,
+    pub socks5: Option<bool>,
     pub access_log: Option<Spanned<bool>>,
     pub max_connections: Option<Spanned<u32>>,
     pub proxy_protocol: Option<Switch>,

@@ -52,6 +52,8 @@ pub enum Protocol {
     RedirectHttps,
     /// A forward proxy: absolute-form requests and CONNECT tunnels, under `[forward]`.
     ForwardHttp,
+    /// A SOCKS5 server (RFC 1928), under the same `[forward]` users and rules.
+    Socks5,
 }
 
 impl Listen {
@@ -101,6 +103,7 @@ impl Listen {
             (_, Protocol::RedirectHttps) => format!("{addr} (redirect to https)"),
             (Transport::Plain, Protocol::ForwardHttp) => format!("{addr} (forward proxy)"),
             (Transport::Tls, Protocol::ForwardHttp) => format!("{addr} (forward proxy, tls)"),
+            (_, Protocol::Socks5) => format!("{addr} (socks5)"),
         }
     }
 }
@@ -164,13 +167,14 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
             let mut v = Vec::new();
             for (i, a) in l.get_ref().iter().enumerate() {
                 let key = format!("server.listen[{i}]");
-                let (addr, tls, redirect_https, forward, log) = match a.get_ref() {
-                    raw::ListenEntry::Addr(s) => (s, false, false, false, true),
+                let (addr, tls, redirect_https, forward, socks5, log) = match a.get_ref() {
+                    raw::ListenEntry::Addr(s) => (s, false, false, false, false, true),
                     raw::ListenEntry::Full(t) => (
                         &t.addr,
                         t.tls.unwrap_or(false),
                         t.redirect_https.unwrap_or(false),
                         t.forward.unwrap_or(false),
+                        t.socks5.unwrap_or(false),
                         super::log::flag(t.access_log.clone()),
                     ),
                 };
@@ -205,15 +209,16 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                         format!("expected IP:port, :port or port, got {addr:?}"),
                     )
                 })?;
-                let (transport, protocol) = match (tls, redirect_https, forward) {
-                    (false, false, false) => (Transport::Plain, Protocol::Http),
-                    (true, false, false) => (Transport::Tls, Protocol::Http),
-                    (false, true, false) => (Transport::Plain, Protocol::RedirectHttps),
-                    (false, false, true) => (Transport::Plain, Protocol::ForwardHttp),
+                let (transport, protocol) = match (tls, redirect_https, forward, socks5) {
+                    (false, false, false, false) => (Transport::Plain, Protocol::Http),
+                    (true, false, false, false) => (Transport::Tls, Protocol::Http),
+                    (false, true, false, false) => (Transport::Plain, Protocol::RedirectHttps),
+                    (false, false, true, false) => (Transport::Plain, Protocol::ForwardHttp),
+                    (false, false, false, true) => (Transport::Plain, Protocol::Socks5),
                     _ => return Err(loc.at(
                         a.span(),
                         key,
-                        "a listener is one of `tls`, `redirect_https` or `forward`, not several",
+                        "a listener is one of `tls`, `redirect_https`, `forward` or `socks5`, not several",
                     )),
                 };
                 if v.iter().any(|l: &Listen| l.addr == addr) {

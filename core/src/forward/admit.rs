@@ -43,6 +43,8 @@ pub struct Ask<'a> {
     pub method: &'a [u8],
     /// A tunnel (CONNECT, SOCKS5): `connect_ports` apply, else `safe_ports`.
     pub tunnel: bool,
+    /// The ports it may reach, when not the ones `tunnel` implies (SOCKS5: `socks_ports`).
+    pub ports: Option<&'a super::PortSet>,
     /// A name, or an IP literal without brackets.
     pub host: &'a str,
     pub port: u16,
@@ -152,10 +154,10 @@ impl Denial {
 /// The checks that need no addresses.
 pub fn admit(cfg: Settings<'_>, ask: &Ask<'_>) -> Verdict {
     let fwd = cfg.forward;
-    let ports = if ask.tunnel {
-        &fwd.connect_ports
-    } else {
-        &fwd.safe_ports
+    let ports = match (ask.ports, ask.tunnel) {
+        (Some(p), _) => p,
+        (None, true) => &fwd.connect_ports,
+        (None, false) => &fwd.safe_ports,
     };
     if !ports.contains(ask.port) {
         return Verdict::Deny(Denial::Port { tunnel: ask.tunnel });
@@ -258,6 +260,7 @@ mod tests {
             user: None,
             method: if tunnel { b"CONNECT" } else { b"GET" },
             tunnel,
+            ports: None,
             host,
             port,
         }

@@ -245,6 +245,9 @@ pub struct Forward {
     pub anonymity: Anonymity,
     /// Ports CONNECT may reach (Squid's `SSL_ports`: 443 unless configured).
     pub connect_ports: PortSet,
+    /// Ports a SOCKS5 CONNECT may reach (any, unless configured: SOCKS carries every
+    /// protocol, not only TLS).
+    pub socks_ports: PortSet,
     /// Ports other requests may reach (Squid's `Safe_ports`): no relaying HTTP into SSH, SMTP,
     /// Redis or memcached.
     pub safe_ports: PortSet,
@@ -283,6 +286,7 @@ impl Default for Forward {
         Self {
             anonymity: Anonymity::Transparent,
             connect_ports: PortSet(vec![(443, 443)]),
+            socks_ports: PortSet(vec![(1, 65535)]),
             safe_ports: default_safe_ports(),
             deny_domains: DomainSet::default(),
             private_destinations: PrivateDestinations::LoopbackClientsOnly,

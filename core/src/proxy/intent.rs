@@ -58,6 +58,7 @@ impl Dest {
             user,
             method: self.method.as_bytes(),
             tunnel,
+            ports: None,
             host: &self.host,
             port: self.port,
         }

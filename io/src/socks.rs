@@ -1,0 +1,165 @@
+//! The SOCKS5 protocol driver: carries out what `ringway_core::socks5::Session` decides on one
+//! client connection (reads, replies, the off-worker password check, resolution through the
+//! forward proxy's resolver, the connection and the spliced tunnel).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ringway_core::proxy::DateSource;
+use ringway_core::socks5::{self, Action, Env, Session};
+
+use crate::context::Worker;
+use crate::deadline::{IoFail, Limit};
+use crate::generation::Generation;
+use crate::stream::Stream;
+
+/// The most a handshake may send before its request is complete (a greeting of 255 methods,
+/// 255-byte credentials and a 255-byte name fit several times over).
+const MAX_HANDSHAKE: usize = 4096;
+
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    cfg: Rc<Generation>,
+    mut client: Stream,
+    peer: SocketAddr,
+    early: Vec<u8>,
+) {
+    let mut s = Session::new(peer.ip());
+    let mut inbuf = early;
+    // The whole handshake, from the first byte to the request, within `client_header`.
+    let until = crate::deadline::At(Instant::now() + cfg.timeouts.client_header);
+    let env = |w: &Worker| Env {
+        cfg: &cfg,
+        auth: Some(&cfg.auth),
+        now: Instant::now(),
+        secs: w.date_line().secs(),
+    };
+    loop {
+        let action = s.poll();
+        if !s.out().is_empty() {
+            let out = s.out();
+            if client.write_all(out, until).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        match action {
+            Action::Read { read_first } => {
+                if read_first || inbuf.is_empty() {
+                    if inbuf.len() >= MAX_HANDSHAKE {
+                        log::debug!("socks5 client {peer}: handshake too long");
+                        return;
+                    }
+                    match client.read_append(&mut inbuf, MAX_HANDSHAKE, until).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+                let n = s.handle_input(&inbuf, &env(&w));
+                inbuf.drain(..n);
+            }
+            Action::Verify { user, password } => {
+                let ok = match cfg.forward.users.clone() {
+                    Some(users) => Box::pin(crate::auth::verify(users, user, password.0)).await,
+                    None => None,
+                };
+                s.handle_verified(ok, &env(&w));
+            }
+            Action::Resolve { host, port } => {
+                let limit = cfg
+                    .forward
+                    .resolver_timeout
+                    .map_or(Duration::from_secs(30), |t| t.saturating_mul(2));
+                let lookup = Box::pin(crate::dns::Cache::resolve(
+                    &w.dns,
+                    &host,
+                    port,
+                    &cfg.forward,
+                    peer.ip(),
+                ));
+                let r = match limit.run(lookup).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("resolving {host} timed out")),
+                };
+                if let Err(e) = &r {
+                    log::debug!("socks5 client {peer}: {e}");
+                }
+                match s.handle_resolved(r, &env(&w)) {
+                    Action::Connect { addrs, from } => {
+                        let r = Box::pin(connect(&cfg, &addrs, from)).await;
+                        match s
+                            .handle_connected(r.as_ref().map(|(_, a)| *a).map_err(|c| *c), &env(&w))
+                        {
+                            Action::Tunnel { idle } => {
+                                let Ok((up, _)) = r else { return };
+                                let out = s.out();
+                                if client.write_all(out, until).await.is_err() {
+                                    return;
+                                }
+                                out.clear();
+                                // Splicing needs a non-blocking socket (splice.rs).
+                                if let Some(t) = client.tcp() {
+                                    if let Err(e) = crate::splice::nonblocking(t) {
+                                        log::warn!("socks5 client {peer}: {e}");
+                                        return;
+                                    }
+                                }
+                                Box::pin(crate::tunnel::run(
+                                    &client,
+                                    &up,
+                                    std::mem::take(&mut inbuf),
+                                    Vec::new(),
+                                    idle,
+                                    &w.pipes,
+                                ))
+                                .await;
+                                return;
+                            }
+                            _ => continue,
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+            // Reached only through `handle_resolved` and `handle_connected` above.
+            Action::Connect { .. } | Action::Tunnel { .. } => return,
+            Action::Close => {
+                if let Some(why) = s.failure() {
+                    log::debug!("socks5 client {peer}: {why:?}");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that answers, each within `upstream_connect`: the stream
+/// and its local address, or the reply code of the last failure.
+async fn connect(
+    cfg: &Generation,
+    addrs: &[SocketAddr],
+    from: Option<std::net::IpAddr>,
+) -> Result<(Stream, SocketAddr), u8> {
+    let mut code = socks5::reply::GENERAL_FAILURE;
+    for &addr in addrs {
+        match crate::upstream::open(addr, from, None, cfg.timeouts.upstream_connect, None).await {
+            Ok(s) => {
+                let local = match &s {
+                    Stream::Plain(t) => t.local_addr().ok(),
+                    _ => None,
+                };
+                let local = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Ok((s, local));
+            }
+            Err(crate::upstream::ConnectError::Connect(IoFail::Timeout)) => {
+                code = socks5::connect_failure(std::io::ErrorKind::TimedOut, true);
+            }
+            Err(crate::upstream::ConnectError::Connect(IoFail::Io(e))) => {
+                code = socks5::connect_failure(e.kind(), false);
+            }
+            Err(_) => code = socks5::reply::GENERAL_FAILURE,
+        }
+    }
+    Err(code)
+}
