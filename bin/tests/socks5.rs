@@ -111,7 +111,16 @@ fn with_users_only_the_right_password_opens_a_tunnel() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "alice:$apr1$r31.....$l8oAsdMNVfxmize/vVIc80".into());
     std::fs::write(&users, format!("{line}\n")).unwrap();
-    let (_p, addr) = start(&["--proxy-auth", users.to_str().unwrap()]);
+    let log = std::env::temp_dir().join(format!("ringway-socks-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let (_p, addr) = start(&[
+        "--proxy-auth",
+        users.to_str().unwrap(),
+        "--access-log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     let url = format!("http://127.0.0.1:{}/len/5", origin.addr.port());
     let a = addr.to_string();
     let (ok, body) = via(&["--socks5", &a, "--proxy-user", "alice:wonder:land", &url]);
@@ -142,6 +151,24 @@ fn with_users_only_the_right_password_opens_a_tunnel() {
     s.write_all(&long).unwrap();
     assert_eq!(rest(&mut s), [5, 2, 1, 1]);
     let _ = std::fs::remove_file(&users);
+    // The access log has the tunnel as a CONNECT by alice, and the refusals.
+    let dest = format!("\"forward_dest\":\"127.0.0.1:{}\"", origin.addr.port());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let ok = text.lines().any(|l| {
+            l.contains("\"user\":\"alice\"")
+                && l.contains("\"method\":\"CONNECT\"")
+                && l.contains("\"status\":200")
+                && l.contains(&dest)
+        });
+        if ok && text.contains("\"status\":407") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&log);
 }
 
 #[test]

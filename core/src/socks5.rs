@@ -304,6 +304,22 @@ pub struct Session {
     waiting: bool,
 }
 
+impl Failure {
+    /// The HTTP status the access log and metrics count it as (the SOCKS reply code is in
+    /// the error text): 400 a broken handshake, 407 authentication, 501 an unsupported command,
+    /// 403 a rule, 502 an unreachable destination, 504 a connect timeout.
+    pub fn status(&self) -> u16 {
+        match self {
+            Failure::Protocol(_) | Failure::NoMethod => 400,
+            Failure::Auth => 407,
+            Failure::Command(_) => 501,
+            Failure::Denied(d) => d.status(),
+            Failure::Unreachable(reply::TTL_EXPIRED) => 504,
+            Failure::Unreachable(_) => 502,
+        }
+    }
+}
+
 /// What the session reads from the configuration and the worker.
 pub struct Env<'a> {
     pub cfg: &'a crate::config::Config,
@@ -344,6 +360,45 @@ impl Session {
     /// Why the session ended without a tunnel.
     pub fn failure(&self) -> Option<&Failure> {
         self.failure.as_ref()
+    }
+
+    /// The session as the access log and metrics see it, a `CONNECT`: from `started` to
+    /// `ended`, with the bytes moved up (client to destination) and down; none when the client
+    /// sent no request (closed during the greeting, or before).
+    pub fn end_record(
+        &self,
+        (started, ended): (Instant, Instant),
+        (up, down): (u64, u64),
+    ) -> Option<crate::proxy::EndRecord> {
+        let dest = self.ask.as_ref().map(|(d, _)| d);
+        if dest.is_none() && !matches!(self.failure, Some(Failure::Auth)) {
+            return None;
+        }
+        let mut r = crate::proxy::EndRecord {
+            started: Some(started),
+            ended: Some(ended),
+            method: Some(crate::http::Method::Connect),
+            user: self.user.clone(),
+            status: self.failure.as_ref().map_or(200, Failure::status),
+            request_body: up,
+            response_body: down,
+            ..Default::default()
+        };
+        if let Some(d) = dest {
+            let text = match d {
+                Dest::Addr(a) => a.to_string(),
+                Dest::Name(n, p) => format!("{n}:{p}"),
+            };
+            r.text.put(crate::proxy::Text::Dest, text.as_bytes());
+            r.text.put(
+                crate::proxy::Text::Line,
+                format!("CONNECT {text} SOCKS5").as_bytes(),
+            );
+        }
+        if let Some(Failure::Denied(d)) = &self.failure {
+            r.denied = Some(d.kind());
+        }
+        Some(r)
     }
 
     pub fn poll(&mut self) -> Action {

@@ -124,7 +124,7 @@ pub(crate) async fn serve(
                 Transport::Plain => early,
                 Transport::Tls => Vec::new(),
             };
-            Box::pin(crate::socks::serve(w, cfg, client, peer, early)).await
+            Box::pin(crate::socks::serve(w, cfg, client, peer, &listen, early)).await
         }
     }
 }
@@ -771,56 +771,16 @@ impl Conn {
         if !r.had_request() {
             return;
         }
-        self.w.count_request(r);
-        let route = r.route.and_then(|i| self.cfg.routes.get(i));
-        let server = match r.upstream {
-            Some(UpstreamKey::Server { group, server }) => {
-                self.cfg.upstreams.get(group).and_then(|g| {
-                    let s = g.servers.get(server)?;
-                    Some((g.name.as_str(), s.addr))
-                })
-            }
-            _ => None,
-        };
-        self.w.tally.borrow_mut().count(
+        let tls = self.client.tls_info();
+        account(
+            &self.w,
+            &self.cfg,
+            &self.listen,
+            self.peer,
+            tls,
             r,
-            ringway_core::metrics::Labels {
-                listener: self.listen.addr,
-                route: route.map(|r| r.name.as_str()),
-                server,
-                limited: r
-                    .limited
-                    .and_then(|i| self.cfg.rate_limits.get(i))
-                    .map(|l| l.name.as_str()),
-                rule: r
-                    .ruled
-                    .and_then(|i| self.cfg.rules.get(i))
-                    .map(|x| (x.name.as_str(), x.action.label())),
-            },
+            self.now,
         );
-        if let Some(a) = &self.cfg.access_log {
-            if self.cfg.logs(&self.listen, r.route) {
-                let upstream = match r.upstream {
-                    Some(UpstreamKey::Destination { addr, .. }) => Some(addr),
-                    _ => server.map(|s| s.1),
-                };
-                let e = ringway_core::accesslog::Entry {
-                    rec: r,
-                    // The client a trusted proxy relayed for, else the peer.
-                    client: r
-                        .client
-                        .map_or(self.peer, |ip| SocketAddr::new(ip, self.peer.port())),
-                    listener: self.listen.addr,
-                    unix_ms: unix_ms(),
-                    worker: self.w.id(),
-                    seq: self.w.log.next_seq(),
-                    tls: self.client.tls_info(),
-                    route: route.map(|r| r.name.as_str()),
-                    upstream,
-                };
-                self.w.log.add(a, &e, self.now);
-            }
-        }
         if log::log_enabled!(log::Level::Debug) {
             let ms = r.duration().map_or(0.0, |d| d.as_secs_f64() * 1e3);
             let who = match r.requester {
@@ -919,6 +879,65 @@ async fn move_body(
 fn arm<'a>(d: &'a Deadline, ex: &Exchange, now: Instant) -> &'a Deadline {
     d.set(ex.deadline(), now);
     d
+}
+
+/// Counts an ended exchange (or SOCKS5 session, as a `CONNECT`) in the worker's counters and
+/// metrics, and writes its access log line.
+pub(crate) fn account(
+    w: &Worker,
+    cfg: &Generation,
+    listen: &Listen,
+    peer: SocketAddr,
+    tls: Option<(&'static str, Option<&str>)>,
+    r: &EndRecord,
+    now: Instant,
+) {
+    w.count_request(r);
+    let route = r.route.and_then(|i| cfg.routes.get(i));
+    let server = match r.upstream {
+        Some(UpstreamKey::Server { group, server }) => cfg.upstreams.get(group).and_then(|g| {
+            let s = g.servers.get(server)?;
+            Some((g.name.as_str(), s.addr))
+        }),
+        _ => None,
+    };
+    w.tally.borrow_mut().count(
+        r,
+        ringway_core::metrics::Labels {
+            listener: listen.addr,
+            route: route.map(|r| r.name.as_str()),
+            server,
+            limited: r
+                .limited
+                .and_then(|i| cfg.rate_limits.get(i))
+                .map(|l| l.name.as_str()),
+            rule: r
+                .ruled
+                .and_then(|i| cfg.rules.get(i))
+                .map(|x| (x.name.as_str(), x.action.label())),
+        },
+    );
+    if let Some(a) = &cfg.access_log {
+        if cfg.logs(listen, r.route) {
+            let upstream = match r.upstream {
+                Some(UpstreamKey::Destination { addr, .. }) => Some(addr),
+                _ => server.map(|s| s.1),
+            };
+            let e = ringway_core::accesslog::Entry {
+                rec: r,
+                // The client a trusted proxy relayed for, else the peer.
+                client: r.client.map_or(peer, |ip| SocketAddr::new(ip, peer.port())),
+                listener: listen.addr,
+                unix_ms: unix_ms(),
+                worker: w.id(),
+                seq: w.log.next_seq(),
+                tls,
+                route: route.map(|r| r.name.as_str()),
+                upstream,
+            };
+            w.log.add(a, &e, now);
+        }
+    }
 }
 
 /// What core reads from the worker when it decides.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use ringway_core::proxy::DateSource;
 use ringway_core::socks5::{self, Action, Env, Session};
 
+use ringway_core::upstream::UpstreamKey;
+
 use crate::context::Worker;
 use crate::deadline::{IoFail, Limit};
 use crate::generation::Generation;
@@ -21,16 +23,35 @@ const MAX_HANDSHAKE: usize = 4096;
 pub(crate) async fn serve(
     w: Rc<Worker>,
     cfg: Rc<Generation>,
+    client: Stream,
+    peer: SocketAddr,
+    listen: &ringway_core::config::Listen,
+    early: Vec<u8>,
+) {
+    let started = Instant::now();
+    let mut s = Session::new(peer.ip());
+    let (moved, to) = Box::pin(session(&w, &cfg, &mut s, client, peer, early)).await;
+    let ended = Instant::now();
+    if let Some(mut r) = s.end_record((started, ended), moved) {
+        r.upstream = to.map(|(addr, from)| UpstreamKey::Destination { addr, from });
+        crate::proxy::account(&w, &cfg, listen, peer, None, &r, ended);
+    }
+}
+
+/// Runs the handshake and the tunnel: the bytes moved up and down, and where to.
+async fn session(
+    w: &Rc<Worker>,
+    cfg: &Rc<Generation>,
+    s: &mut Session,
     mut client: Stream,
     peer: SocketAddr,
     early: Vec<u8>,
-) {
-    let mut s = Session::new(peer.ip());
+) -> ((u64, u64), Option<(SocketAddr, Option<std::net::IpAddr>)>) {
     let mut inbuf = early;
     // The whole handshake, from the first byte to the request, within `client_header`.
     let until = crate::deadline::At(Instant::now() + cfg.timeouts.client_header);
     let env = |w: &Worker| Env {
-        cfg: &cfg,
+        cfg,
         auth: Some(&cfg.auth),
         now: Instant::now(),
         secs: w.date_line().secs(),
@@ -40,7 +61,7 @@ pub(crate) async fn serve(
         if !s.out().is_empty() {
             let out = s.out();
             if client.write_all(out, until).await.is_err() {
-                return;
+                return ((0, 0), None);
             }
             out.clear();
         }
@@ -49,14 +70,14 @@ pub(crate) async fn serve(
                 if read_first || inbuf.is_empty() {
                     if inbuf.len() >= MAX_HANDSHAKE {
                         log::debug!("socks5 client {peer}: handshake too long");
-                        return;
+                        return ((0, 0), None);
                     }
                     match client.read_append(&mut inbuf, MAX_HANDSHAKE, until).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => return ((0, 0), None),
                         Ok(_) => {}
                     }
                 }
-                let n = s.handle_input(&inbuf, &env(&w));
+                let n = s.handle_input(&inbuf, &env(w));
                 inbuf.drain(..n);
             }
             Action::Verify { user, password } => {
@@ -64,7 +85,7 @@ pub(crate) async fn serve(
                     Some(users) => Box::pin(crate::auth::verify(users, user, password.0)).await,
                     None => None,
                 };
-                s.handle_verified(ok, &env(&w));
+                s.handle_verified(ok, &env(w));
             }
             Action::Resolve { host, port } => {
                 let limit = cfg
@@ -85,27 +106,29 @@ pub(crate) async fn serve(
                 if let Err(e) = &r {
                     log::debug!("socks5 client {peer}: {e}");
                 }
-                match s.handle_resolved(r, &env(&w)) {
+                match s.handle_resolved(r, &env(w)) {
                     Action::Connect { addrs, from } => {
-                        let r = Box::pin(connect(&cfg, &addrs, from)).await;
-                        match s
-                            .handle_connected(r.as_ref().map(|(_, a)| *a).map_err(|c| *c), &env(&w))
-                        {
+                        let r = Box::pin(connect(cfg, &addrs, from)).await;
+                        let result = r.as_ref().map(|(_, a, _)| *a).map_err(|c| *c);
+                        match s.handle_connected(result, &env(w)) {
                             Action::Tunnel { idle } => {
-                                let Ok((up, _)) = r else { return };
+                                let Ok((up, _, addr)) = r else {
+                                    return ((0, 0), None);
+                                };
+                                let to = Some((addr, from));
                                 let out = s.out();
                                 if client.write_all(out, until).await.is_err() {
-                                    return;
+                                    return ((0, 0), to);
                                 }
                                 out.clear();
                                 // Splicing needs a non-blocking socket (splice.rs).
                                 if let Some(t) = client.tcp() {
                                     if let Err(e) = crate::splice::nonblocking(t) {
                                         log::warn!("socks5 client {peer}: {e}");
-                                        return;
+                                        return ((0, 0), to);
                                     }
                                 }
-                                Box::pin(crate::tunnel::run(
+                                let moved = Box::pin(crate::tunnel::run(
                                     &client,
                                     &up,
                                     std::mem::take(&mut inbuf),
@@ -114,7 +137,7 @@ pub(crate) async fn serve(
                                     &w.pipes,
                                 ))
                                 .await;
-                                return;
+                                return (moved, to);
                             }
                             _ => continue,
                         }
@@ -123,12 +146,12 @@ pub(crate) async fn serve(
                 }
             }
             // Reached only through `handle_resolved` and `handle_connected` above.
-            Action::Connect { .. } | Action::Tunnel { .. } => return,
+            Action::Connect { .. } | Action::Tunnel { .. } => return ((0, 0), None),
             Action::Close => {
                 if let Some(why) = s.failure() {
                     log::debug!("socks5 client {peer}: {why:?}");
                 }
-                return;
+                return ((0, 0), None);
             }
         }
     }
@@ -140,7 +163,7 @@ async fn connect(
     cfg: &Generation,
     addrs: &[SocketAddr],
     from: Option<std::net::IpAddr>,
-) -> Result<(Stream, SocketAddr), u8> {
+) -> Result<(Stream, SocketAddr, SocketAddr), u8> {
     let mut code = socks5::reply::GENERAL_FAILURE;
     for &addr in addrs {
         match crate::upstream::open(addr, from, None, cfg.timeouts.upstream_connect, None).await {
@@ -150,7 +173,7 @@ async fn connect(
                     _ => None,
                 };
                 let local = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                return Ok((s, local));
+                return Ok((s, local, addr));
             }
             Err(crate::upstream::ConnectError::Connect(IoFail::Timeout)) => {
                 code = socks5::connect_failure(std::io::ErrorKind::TimedOut, true);
