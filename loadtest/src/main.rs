@@ -11,6 +11,7 @@ mod floor;
 mod gen;
 mod origin;
 mod procfs;
+mod socks;
 mod wrk;
 
 use std::process::ExitCode;
@@ -47,7 +48,10 @@ usage:
       compare --floors measures both next to the proxies.
   ringway-loadtest origin --listen ADDR
       An origin for framings nginx does not serve from files: /chunked/N/C (N bytes in chunks
-      of C), /close/N (close-delimited), /len/N; a thread per connection.";
+      of C), /close/N (close-delimited), /len/N; a thread per connection.
+  ringway-loadtest socks --proxy ADDR --target IP:PORT [--path /1m] [-c CONNS] [-d SECS]
+      A SOCKS5 client: each connection loops a new tunnel, CONNECT to the target, GET PATH
+      over HTTP/1.0, the response read whole; prints tunnels/s and MB/s (loadtest/socks_vs_dante.sh).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Some("gen") => gen::main(&args[1..]),
         Some("floor") => floor::main(&args[1..]),
         Some("origin") => origin::main(&args[1..]),
+        Some("socks") => socks::main(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
