@@ -189,8 +189,8 @@ fn reply_codes_say_what_went_wrong() {
     assert_eq!(reply_to(addr, &connect_req(&name(b"a b"), 80)), Some(4));
     // Not allowed by the ruleset: this proxy itself.
     assert_eq!(reply_to(addr, &v4(addr.port())), Some(2));
-    // Command not supported: BIND, UDP ASSOCIATE.
-    for cmd in [2u8, 3] {
+    // Command not supported: BIND, an unknown command.
+    for cmd in [2u8, 9] {
         assert_eq!(
             reply_to(addr, &[5, cmd, 0, 1, 127, 0, 0, 1, 0, 80]),
             Some(7)
@@ -284,4 +284,70 @@ fn chromium_loads_a_page_through_socks5() {
     assert!(dom.contains("ok /through-socks5"), "{dom}");
     assert!(!origin.seen.lock().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[test]
+fn udp_associate_relays_datagrams_both_ways_while_the_control_connection_lives() {
+    // An echo server on loopback.
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        for _ in 0..100 {
+            let Ok((n, from)) = echo.recv_from(&mut b) else {
+                return;
+            };
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&b[..n]);
+            let _ = echo.send_to(&reply, from);
+        }
+    });
+    let (_p, addr) = start(&[]);
+    let me = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    me.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut control = raw(addr);
+    control.write_all(&[5, 1, 0]).unwrap();
+    let mut m = [0u8; 2];
+    control.read_exact(&mut m).unwrap();
+    // UDP ASSOCIATE, saying where the datagrams will come from.
+    let mut req = vec![5, 3, 0, 1, 127, 0, 0, 1];
+    req.extend_from_slice(&me.local_addr().unwrap().port().to_be_bytes());
+    control.write_all(&req).unwrap();
+    let mut r = [0u8; 10];
+    control.read_exact(&mut r).unwrap();
+    assert_eq!(&r[..4], &[5, 0, 0, 1], "succeeded, an IPv4 bound address");
+    let relay = SocketAddr::from(([r[4], r[5], r[6], r[7]], u16::from_be_bytes([r[8], r[9]])));
+    let header = |frag: u8| {
+        let mut h = vec![0, 0, frag, 1, 127, 0, 0, 1];
+        h.extend_from_slice(&echo_addr.port().to_be_bytes());
+        h
+    };
+    for i in 0..3 {
+        let mut d = header(0);
+        d.extend_from_slice(format!("ping {i}").as_bytes());
+        me.send_to(&d, relay).unwrap();
+        let mut b = [0u8; 2048];
+        let (n, from) = me.recv_from(&mut b).unwrap();
+        assert_eq!(from, relay);
+        assert_eq!(&b[..10], &header(0)[..], "the reply names the echo server");
+        assert_eq!(&b[10..n], format!("echo:ping {i}").as_bytes());
+    }
+    // A fragment is dropped: nothing comes back.
+    me.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut d = header(1);
+    d.extend_from_slice(b"fragment");
+    me.send_to(&d, relay).unwrap();
+    let mut b = [0u8; 2048];
+    assert!(me.recv_from(&mut b).is_err(), "a fragment was relayed");
+    // Closing the control connection ends the association (within a few tries on a loaded
+    // machine).
+    drop(control);
+    let mut d = header(0);
+    d.extend_from_slice(b"after");
+    let ended = (0..10).any(|_| {
+        let _ = me.send_to(&d, relay);
+        me.recv_from(&mut b).is_err()
+    });
+    assert!(ended, "still relayed after the close");
 }

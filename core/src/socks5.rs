@@ -256,8 +256,50 @@ pub enum Action {
     /// Write `out()` (the success reply), then move bytes both ways until both sides close or
     /// nothing moves for `idle`; input already buffered goes up first.
     Tunnel { idle: Duration },
+    /// UDP ASSOCIATE: bind a UDP socket on the listener's address (the client said it will
+    /// send from `expect`, when it knew), then `handle_associated`.
+    Associate { expect: Option<SocketAddr> },
+    /// Write `out()` (the success reply), then relay datagrams between the client and the
+    /// destinations it names (each checked with `admit_datagram`) until the control
+    /// connection closes or nothing moves for `idle`.
+    Relay { idle: Duration },
     /// Write `out()` (a failure reply, when there is one), then close.
     Close,
+}
+
+/// What becomes of one datagram from the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Datagram {
+    /// Send it to this address.
+    Send(SocketAddr),
+    /// Resolve the name, then ask `admit_resolved`.
+    Resolve { rules_pending: bool },
+    /// Dropped (UDP has no reply for a refusal).
+    Drop,
+}
+
+/// The datagram header (RFC 1928 §7): `RSV RSV FRAG ATYP DST.ADDR DST.PORT`, then the data.
+/// Fragments (`FRAG` ≠ 0) are not reassembled: `None`, as for a malformed header.
+pub fn datagram(b: &[u8]) -> Option<(Dest, &[u8])> {
+    if b.len() < 4 || b[2] != 0 {
+        return None;
+    }
+    // The same address encoding as a request's, after a fake `VER CMD`.
+    let mut probe = Vec::with_capacity(4 + 256 + 2);
+    probe.extend_from_slice(&[5, CONNECT, 0]);
+    probe.extend_from_slice(&b[3..b.len().min(3 + 1 + 1 + 255 + 2)]);
+    match request(&probe) {
+        Parse::Done(r, n) => Some((r.dest, &b[n..])),
+        _ => None,
+    }
+}
+
+/// Appends the header of a datagram that came from `from`.
+pub fn datagram_header(from: SocketAddr, out: &mut Vec<u8>) {
+    let mut r = Vec::with_capacity(22);
+    write_reply(0, Some(from), &mut r);
+    out.extend_from_slice(&[0, 0, 0]);
+    out.extend_from_slice(&r[3..]);
 }
 
 #[derive(Debug)]
@@ -269,6 +311,9 @@ enum State {
     Resolving,
     Connecting,
     Tunnel,
+    /// UDP ASSOCIATE asked: the socket is to be bound.
+    Associating(Option<SocketAddr>),
+    Relaying,
     Closed,
 }
 
@@ -302,6 +347,8 @@ pub struct Session {
     failure: Option<Failure>,
     /// What is buffered holds no complete message: read before handing input over.
     waiting: bool,
+    /// A UDP association was opened (for the log).
+    associated: bool,
 }
 
 impl Failure {
@@ -340,6 +387,7 @@ impl Session {
             out: Vec::new(),
             failure: None,
             waiting: true,
+            associated: false,
         }
     }
 
@@ -371,7 +419,7 @@ impl Session {
         (up, down): (u64, u64),
     ) -> Option<crate::proxy::EndRecord> {
         let dest = self.ask.as_ref().map(|(d, _)| d);
-        if dest.is_none() && !matches!(self.failure, Some(Failure::Auth)) {
+        if dest.is_none() && !self.associated && !matches!(self.failure, Some(Failure::Auth)) {
             return None;
         }
         let mut r = crate::proxy::EndRecord {
@@ -394,6 +442,10 @@ impl Session {
                 crate::proxy::Text::Line,
                 format!("CONNECT {text} SOCKS5").as_bytes(),
             );
+        }
+        if self.associated {
+            r.text
+                .put(crate::proxy::Text::Line, b"UDP ASSOCIATE SOCKS5");
         }
         if let Some(Failure::Denied(d)) = &self.failure {
             r.denied = Some(d.kind());
@@ -420,8 +472,8 @@ impl Session {
                 },
                 None => Action::Close,
             },
-            State::Connecting | State::Closed => Action::Close,
-            State::Tunnel => Action::Close,
+            State::Associating(expect) => Action::Associate { expect: *expect },
+            State::Connecting | State::Closed | State::Tunnel | State::Relaying => Action::Close,
         }
     }
 
@@ -555,6 +607,15 @@ impl Session {
     }
 
     fn request(&mut self, r: Request, env: &Env<'_>) {
+        if r.command == UDP_ASSOCIATE {
+            // The address the client will send from, when it says (zeros: it does not know).
+            let expect = match r.dest {
+                Dest::Addr(a) if !a.ip().is_unspecified() || a.port() != 0 => Some(a),
+                _ => None,
+            };
+            self.state = State::Associating(expect);
+            return;
+        }
         if r.command != CONNECT {
             self.fail(
                 Failure::Command(r.command),
@@ -659,6 +720,77 @@ impl Session {
                 }
             }
             Err(code) => self.fail(Failure::Unreachable(code), Some(code)),
+        }
+    }
+}
+
+impl Session {
+    /// The UDP socket is bound at `bound` (`Err`: it could not be).
+    pub fn handle_associated(&mut self, r: Result<SocketAddr, ()>, env: &Env<'_>) -> Action {
+        match r {
+            Ok(bound) => {
+                write_reply(reply::SUCCEEDED, Some(bound), &mut self.out);
+                self.state = State::Relaying;
+                self.associated = true;
+                Action::Relay {
+                    idle: env.cfg.forward.tunnel_idle,
+                }
+            }
+            Err(()) => self.fail(
+                Failure::Unreachable(reply::GENERAL_FAILURE),
+                Some(reply::GENERAL_FAILURE),
+            ),
+        }
+    }
+
+    /// Whether a datagram of the association may go to `dest`: the forward proxy's rules, as
+    /// for CONNECT (`socks_ports`, domains, private destinations, this proxy itself).
+    pub fn admit_datagram(&self, dest: &Dest, env: &Env<'_>) -> Datagram {
+        if let Dest::Name(n, _) = dest {
+            if !resolvable(n) {
+                return Datagram::Drop;
+            }
+        }
+        let host = dest.host();
+        let ask = self.ask_for(&host, dest.port(), env);
+        match admit(settings(env.cfg), &ask) {
+            Verdict::Deny(_) => Datagram::Drop,
+            Verdict::Resolve { rules_pending } => match dest {
+                Dest::Addr(a) => {
+                    match admit_addresses(settings(env.cfg), &ask, rules_pending, vec![*a]) {
+                        Ok(v) => Datagram::Send(v[0]),
+                        Err(_) => Datagram::Drop,
+                    }
+                }
+                Dest::Name(..) => Datagram::Resolve { rules_pending },
+            },
+        }
+    }
+
+    /// The addresses a datagram's name resolved to, checked: where to send it.
+    pub fn admit_resolved(
+        &self,
+        dest: &Dest,
+        rules_pending: bool,
+        addrs: Vec<SocketAddr>,
+        env: &Env<'_>,
+    ) -> Option<SocketAddr> {
+        let host = dest.host();
+        let ask = self.ask_for(&host, dest.port(), env);
+        admit_addresses(settings(env.cfg), &ask, rules_pending, addrs)
+            .ok()
+            .map(|v| v[0])
+    }
+
+    fn ask_for<'a>(&'a self, host: &'a str, port: u16, env: &'a Env<'_>) -> Ask<'a> {
+        Ask {
+            client: self.client,
+            user: self.user.as_deref(),
+            method: b"UDP",
+            tunnel: true,
+            ports: Some(&env.cfg.forward.socks_ports),
+            host,
+            port,
         }
     }
 }

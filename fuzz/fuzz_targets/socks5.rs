@@ -6,7 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringway_core::config::Config;
-use ringway_core::socks5::{credentials, greeting, request, Action, Env, Parse, Session};
+use ringway_core::socks5::{
+    credentials, datagram, greeting, request, Action, Env, Parse, Session,
+};
 
 const CFG: &str = "[server]\nlisten = [{ addr = \"127.0.0.1:1080\", socks5 = true }]\n[forward]\ndeny_domains = [\"blocked.test\"]\n";
 
@@ -58,6 +60,11 @@ fn drive(cfg: &Config, data: &[u8], step: usize) -> (Vec<u8>, String) {
                 return (out, format!("{a:?}"));
             }
             Action::Verify { .. } => s.handle_verified(Some(false), &env),
+            Action::Associate { .. } => {
+                let a = s.handle_associated(Ok("127.0.0.1:4000".parse().unwrap()), &env);
+                out.append(s.out());
+                return (out, format!("{a:?}"));
+            }
             a => return (out, format!("{a:?}")),
         }
     }
@@ -68,6 +75,10 @@ fuzz_target!(|data: &[u8]| {
     check(data, greeting(data), greeting);
     check(data, credentials(data), credentials);
     check(data, request(data), request);
+    if let Some((_, payload)) = datagram(data) {
+        assert!(payload.len() < data.len());
+        assert!(data.ends_with(payload));
+    }
     thread_local! {
         static CONFIG: &'static Config = Box::leak(Box::new(Config::parse("fuzz.toml", CFG).unwrap()));
     }

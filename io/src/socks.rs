@@ -145,14 +145,134 @@ async fn session(
                     _ => continue,
                 }
             }
-            // Reached only through `handle_resolved` and `handle_connected` above.
-            Action::Connect { .. } | Action::Tunnel { .. } => return ((0, 0), None),
+            Action::Associate { expect } => {
+                // On the address the client reached (a wildcard listener: the connection's).
+                let ip = match client.tcp().and_then(|t| t.local_addr().ok()) {
+                    Some(a) => a.ip(),
+                    None => return ((0, 0), None),
+                };
+                let sock = monoio::net::udp::UdpSocket::bind(SocketAddr::new(ip, 0));
+                let bound = sock
+                    .as_ref()
+                    .ok()
+                    .and_then(|u| u.local_addr().ok())
+                    .ok_or(());
+                match s.handle_associated(bound, &env(w)) {
+                    Action::Relay { idle } => {
+                        let (Ok(sock), out) = (sock, s.out()) else {
+                            return ((0, 0), None);
+                        };
+                        if client.write_all(out, until).await.is_err() {
+                            return ((0, 0), None);
+                        }
+                        out.clear();
+                        let moved =
+                            Box::pin(relay(w, cfg, s, &client, &sock, expect, peer, idle)).await;
+                        return (moved, None);
+                    }
+                    _ => continue,
+                }
+            }
+            // Reached only through `handle_resolved`, `handle_connected` and
+            // `handle_associated` above.
+            Action::Connect { .. } | Action::Tunnel { .. } | Action::Relay { .. } => {
+                return ((0, 0), None)
+            }
             Action::Close => {
                 if let Some(why) = s.failure() {
                     log::debug!("socks5 client {peer}: {why:?}");
                 }
                 return ((0, 0), None);
             }
+        }
+    }
+}
+
+/// Destinations one association remembers (datagrams from others are dropped).
+const MAX_PEERS: usize = 1024;
+
+/// The UDP relay of one association: datagrams from the client (its address: the one it
+/// declared, else the first from its IP) go where their header says when the rules allow it;
+/// datagrams from the destinations it sent to come back with a header naming them. Ends when
+/// the control connection closes or nothing moves for `idle`; the bytes up and down.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    w: &Rc<Worker>,
+    cfg: &Rc<Generation>,
+    s: &Session,
+    control: &Stream,
+    sock: &monoio::net::udp::UdpSocket,
+    expect: Option<SocketAddr>,
+    peer: SocketAddr,
+    idle: Duration,
+) -> (u64, u64) {
+    let mut client = expect.filter(|a| a.port() != 0 && a.ip() == peer.ip());
+    let mut peers = std::collections::HashSet::new();
+    let (mut up, mut down) = (0u64, 0u64);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let closed = Box::pin(control.closed_by_peer());
+        let receiving = Box::pin(idle.run(sock.recv_from(std::mem::take(&mut buf))));
+        let (res, b) = monoio::select! {
+            r = receiving => match r {
+                Ok(x) => x,
+                Err(_) => return (up, down),
+            },
+            _ = closed => return (up, down),
+        };
+        buf = b;
+        let Ok((n, from)) = res else {
+            return (up, down);
+        };
+        let from_client = match client {
+            Some(c) => c == from,
+            None if from.ip() == peer.ip() && !peers.contains(&from) => {
+                client = Some(from);
+                true
+            }
+            None => false,
+        };
+        if from_client {
+            let Some((dest, data)) = socks5::datagram(&buf[..n]) else {
+                continue;
+            };
+            let e = Env {
+                cfg,
+                auth: Some(&cfg.auth),
+                now: Instant::now(),
+                secs: w.date_line().secs(),
+            };
+            let to = match s.admit_datagram(&dest, &e) {
+                socks5::Datagram::Send(a) => Some(a),
+                socks5::Datagram::Drop => None,
+                socks5::Datagram::Resolve { rules_pending } => {
+                    let found = crate::dns::Cache::resolve(
+                        &w.dns,
+                        &dest.host(),
+                        dest.port(),
+                        &cfg.forward,
+                        peer.ip(),
+                    )
+                    .await;
+                    found
+                        .ok()
+                        .and_then(|addrs| s.admit_resolved(&dest, rules_pending, addrs, &e))
+                }
+            };
+            let Some(to) = to.filter(|&a| crate::guard::may_dial(a)) else {
+                continue;
+            };
+            if peers.len() < MAX_PEERS || peers.contains(&to) {
+                peers.insert(to);
+                up += data.len() as u64;
+                let (_, _) = sock.send_to(data.to_vec(), to).await;
+            }
+        } else if let (true, Some(c)) = (peers.contains(&from), client) {
+            let mut out = Vec::with_capacity(n + 22);
+            socks5::datagram_header(from, &mut out);
+            out.extend_from_slice(&buf[..n]);
+            down += n as u64;
+            let (_, _) = sock.send_to(out, c).await;
         }
     }
 }

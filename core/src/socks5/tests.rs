@@ -109,6 +109,72 @@ fn wire_messages_decode_whole_or_not_at_all() {
 }
 
 #[test]
+fn datagram_headers_decode_and_encode() {
+    let mut d = vec![0, 0, 0, 1, 127, 0, 0, 1, 0, 53];
+    d.extend_from_slice(b"query");
+    assert_eq!(
+        datagram(&d),
+        Some((Dest::Addr("127.0.0.1:53".parse().unwrap()), &b"query"[..]))
+    );
+    let mut n = vec![0, 0, 0, 3, 4];
+    n.extend_from_slice(b"host");
+    n.extend_from_slice(&[0, 7]);
+    n.extend_from_slice(b"x");
+    assert_eq!(
+        datagram(&n),
+        Some((Dest::Name("host".into(), 7), &b"x"[..]))
+    );
+    // Fragments, truncated headers and unknown types are dropped.
+    let mut f = d.clone();
+    f[2] = 1;
+    assert_eq!(datagram(&f), None);
+    assert_eq!(datagram(&d[..7]), None);
+    assert_eq!(datagram(&[0, 0, 0, 9, 1, 2]), None);
+    let mut h = Vec::new();
+    datagram_header("[::1]:9".parse().unwrap(), &mut h);
+    assert_eq!(h.len(), 22);
+    assert_eq!(&h[..4], &[0, 0, 0, 4]);
+}
+
+#[test]
+fn udp_associate_binds_then_relays_under_the_same_rules() {
+    let c = cfg("socks_ports = [\"1-1000\"]\n");
+    let e = env(c);
+    let mut s = Session::new("127.0.0.1".parse().unwrap());
+    let mut input = vec![5, 1, 0];
+    input.extend([5, 3, 0, 1, 127, 0, 0, 1, 0x30, 0x39]);
+    s.handle_input(&input, &e);
+    assert_eq!(
+        s.poll(),
+        Action::Associate {
+            expect: Some("127.0.0.1:12345".parse().unwrap())
+        }
+    );
+    assert!(matches!(
+        s.handle_associated(Ok("127.0.0.1:40000".parse().unwrap()), &e),
+        Action::Relay { .. }
+    ));
+    let ok = Dest::Addr("127.0.0.1:53".parse().unwrap());
+    assert_eq!(
+        s.admit_datagram(&ok, &e),
+        Datagram::Send("127.0.0.1:53".parse().unwrap())
+    );
+    // Outside socks_ports, this proxy itself, a name that cannot be one: dropped.
+    let far = Dest::Addr("127.0.0.1:5353".parse().unwrap());
+    assert_eq!(s.admit_datagram(&far, &e), Datagram::Drop);
+    assert_eq!(
+        s.admit_datagram(&Dest::Name("a b".into(), 53), &e),
+        Datagram::Drop
+    );
+    assert!(matches!(
+        s.admit_datagram(&Dest::Name("example.test".into(), 53), &e),
+        Datagram::Resolve { .. }
+    ));
+    let r = s.end_record((e.now, e.now), (10, 20)).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
 fn no_auth_connect_asks_to_resolve_connect_and_tunnel() {
     let c = cfg("");
     let e = env(c);
@@ -175,8 +241,8 @@ fn every_refusal_has_its_reply_code() {
     let c = cfg("");
     let mut hello = vec![5, 1, 0];
     let code = |out: &[u8]| out.get(3).copied();
-    // BIND and UDP ASSOCIATE: command not supported.
-    for cmd in [BIND, UDP_ASSOCIATE, 9] {
+    // BIND and unknown commands: command not supported.
+    for cmd in [BIND, 9] {
         let mut i = hello.clone();
         i.extend([5, cmd, 0, 1, 127, 0, 0, 1, 0, 80]);
         let (out, why) = refused(c, "127.0.0.1", &i, &[]);
