@@ -351,3 +351,28 @@ fn udp_associate_relays_datagrams_both_ways_while_the_control_connection_lives()
     });
     assert!(ended, "still relayed after the close");
 }
+
+#[test]
+fn a_destination_that_never_answers_is_ttl_expired() {
+    // A listener whose queue is full: Linux drops the next SYN, so a connect waits until
+    // `upstream_connect` gives up.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let full: SocketAddr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(c) = TcpStream::connect_timeout(&full, Duration::from_millis(200)) {
+            held.push(c);
+        }
+    }
+    let p = Proxy::start(
+        "[server]\nlisten = [{ addr = \"127.0.0.1:0\", socks5 = true }]\nworkers = 1\npin = false\n\
+         [timeouts]\nupstream_connect = \"300ms\"\n",
+    );
+    let started = std::time::Instant::now();
+    let code = reply_to(p.addr, &connect_req(&[1, 127, 0, 0, 1], full.port()));
+    assert_eq!(code, Some(6), "after {:?}", started.elapsed());
+    drop(held);
+}
