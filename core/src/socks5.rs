@@ -634,15 +634,7 @@ impl Session {
             }
         }
         let host = r.dest.host();
-        let ask = Ask {
-            client: self.client,
-            user: self.user.as_deref(),
-            method: b"CONNECT",
-            tunnel: true,
-            ports: Some(&env.cfg.forward.socks_ports),
-            host: &host,
-            port: r.dest.port(),
-        };
+        let ask = self.ask_for(b"CONNECT", &host, r.dest.port(), env);
         let verdict = admit(settings(env.cfg), &ask);
         match verdict {
             Verdict::Deny(d) => {
@@ -683,15 +675,7 @@ impl Session {
         };
         let addrs = r.unwrap_or_default();
         let host = dest.host();
-        let ask = Ask {
-            client: self.client,
-            user: self.user.as_deref(),
-            method: b"CONNECT",
-            tunnel: true,
-            ports: Some(&env.cfg.forward.socks_ports),
-            host: &host,
-            port: dest.port(),
-        };
+        let ask = self.ask_for(b"CONNECT", &host, dest.port(), env);
         match admit_addresses(settings(env.cfg), &ask, pending, addrs) {
             Err(d) => {
                 let code = d.socks5_reply();
@@ -752,7 +736,7 @@ impl Session {
             }
         }
         let host = dest.host();
-        let ask = self.ask_for(&host, dest.port(), env);
+        let ask = self.ask_for(b"UDP", &host, dest.port(), env);
         match admit(settings(env.cfg), &ask) {
             Verdict::Deny(_) => Datagram::Drop,
             Verdict::Resolve { rules_pending } => match dest {
@@ -776,17 +760,24 @@ impl Session {
         env: &Env<'_>,
     ) -> Option<SocketAddr> {
         let host = dest.host();
-        let ask = self.ask_for(&host, dest.port(), env);
+        let ask = self.ask_for(b"UDP", &host, dest.port(), env);
         admit_addresses(settings(env.cfg), &ask, rules_pending, addrs)
             .ok()
             .map(|v| v[0])
     }
 
-    fn ask_for<'a>(&'a self, host: &'a str, port: u16, env: &'a Env<'_>) -> Ask<'a> {
+    /// What admission is asked for `host:port` (`method`: what rules with `methods` see).
+    fn ask_for<'a>(
+        &'a self,
+        method: &'static [u8],
+        host: &'a str,
+        port: u16,
+        env: &'a Env<'_>,
+    ) -> Ask<'a> {
         Ask {
             client: self.client,
             user: self.user.as_deref(),
-            method: b"UDP",
+            method,
             tunnel: true,
             ports: Some(&env.cfg.forward.socks_ports),
             host,

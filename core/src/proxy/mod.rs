@@ -58,7 +58,7 @@ use intent::{At, Dest, Intent};
 use persist::Persistence;
 use phase::{Conn, Phase, Written};
 use request::{max_forwards, trace_echo, Expect, Parsed, Request, Resend, Upgrade};
-use response::{Asked, Final, ResponsePlan, Seen, Upstream, UpstreamConn};
+use response::{Asked, Final, Passage, ResponsePlan, Seen, Upstream, UpstreamConn};
 
 use crate::balance::request_key;
 use crate::cache::step::{self, Ctx, Lookup, Rules, Served};
@@ -1767,7 +1767,10 @@ impl Exchange {
             || compress::Facts::of_head(ub, &self.uheaders),
         );
         let seen = Seen {
-            rewritten: body.verdict.coding().is_some() || body.replace.is_some(),
+            passage: match body.verdict.coding().is_some() || body.replace.is_some() {
+                true => Passage::Rewritten,
+                false => Passage::AsIs,
+            },
             ..self.seen(ub, &rh, &ri)
         };
         match ResponsePlan::decide(seen, self.asked(&rh, env)) {
@@ -1832,7 +1835,7 @@ impl Exchange {
             websocket: rh.status == 101
                 && crate::http::find_header(ub, &self.uheaders, b"upgrade")
                     .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")),
-            rewritten: false,
+            passage: Passage::AsIs,
         }
     }
 

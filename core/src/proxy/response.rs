@@ -18,8 +18,17 @@ pub(super) struct Seen {
     pub(super) body: BodyKind,
     /// A `101` that switches to `websocket`.
     pub(super) websocket: bool,
-    /// Its body is rewritten on the way (encoded, strings replaced): its length changes.
-    pub(super) rewritten: bool,
+    /// What becomes of its body on the way.
+    pub(super) passage: Passage,
+}
+
+/// How a body goes to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Passage {
+    /// As the upstream framed its length.
+    AsIs,
+    /// Rewritten (encoded, strings replaced): its length changes, so it is reframed.
+    Rewritten,
 }
 
 /// What the request asked and allows.
@@ -73,7 +82,7 @@ impl ResponsePlan {
         // gets the body delimited by the close.
         // So does an encoded body of known length: the encoder decides its length.
         let reframed = matches!(seen.body, BodyKind::Chunked | BodyKind::Close)
-            || (seen.rewritten && matches!(seen.body, BodyKind::Length(_)));
+            || (seen.passage == Passage::Rewritten && matches!(seen.body, BodyKind::Length(_)));
         let to_client = match seen.body {
             _ if reframed && asked.version == Version::Http11 => BodyKind::Chunked,
             _ if reframed => BodyKind::Close,
@@ -162,7 +171,7 @@ mod tests {
             status,
             body,
             websocket: false,
-            rewritten: false,
+            passage: Passage::AsIs,
         }
     }
 
