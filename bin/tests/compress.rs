@@ -345,15 +345,7 @@ fn an_http10_client_gets_the_encoded_body_delimited_by_the_close() {
     assert_eq!(plain, json(64 * 1024));
     // The log counts what the client got, not what the origin sent.
     let want = format!("\"bytes_out\":{}", r.body.len());
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(&want) {
-            break;
-        }
-        assert!(std::time::Instant::now() < end, "{want} not in {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    file_until(&log, Duration::from_secs(10), |t| t.contains(&want));
     let _ = std::fs::remove_file(&log);
 }
 

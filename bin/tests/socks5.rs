@@ -153,21 +153,15 @@ fn with_users_only_the_right_password_opens_a_tunnel() {
     let _ = std::fs::remove_file(&users);
     // The access log has the tunnel as a CONNECT by alice, and the refusals.
     let dest = format!("\"forward_dest\":\"127.0.0.1:{}\"", origin.addr.port());
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let ok = text.lines().any(|l| {
-            l.contains("\"user\":\"alice\"")
-                && l.contains("\"method\":\"CONNECT\"")
-                && l.contains("\"status\":200")
-                && l.contains(&dest)
-        });
-        if ok && text.contains("\"status\":407") {
-            break;
-        }
-        assert!(std::time::Instant::now() < end, "{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    file_until(&log, Duration::from_secs(10), |text| {
+        text.contains("\"status\":407")
+            && text.lines().any(|l| {
+                l.contains("\"user\":\"alice\"")
+                    && l.contains("\"method\":\"CONNECT\"")
+                    && l.contains("\"status\":200")
+                    && l.contains(&dest)
+            })
+    });
     let _ = std::fs::remove_file(&log);
 }
 

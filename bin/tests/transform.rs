@@ -599,15 +599,10 @@ fn every_request_gets_an_id_sent_up_returned_and_logged() {
     assert_ne!(made, "chosen-by-client");
     assert!(!body.contains("chosen-by-client"), "{body}");
     // The log names it, once the line is written.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(&format!("\"request_id\":\"{made}\"")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not logged: {text}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let want = format!("\"request_id\":\"{made}\"");
+    file_until(&log, std::time::Duration::from_secs(10), |t| {
+        t.contains(&want)
+    });
     let _ = std::fs::remove_file(&log);
 
     // Behind a trusted proxy its well-formed id is kept; a malformed one is replaced.
@@ -764,12 +759,8 @@ fn upstreams_that_expect_proxy_headers_hear_each_client_on_its_own_connection() 
         return;
     };
     // haproxy starts in the background.
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
     for port in [v1, v2] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < end, "haproxy did not listen");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_listening(port, std::time::Duration::from_secs(10));
     }
     let p = Proxy::start(&format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\

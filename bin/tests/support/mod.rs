@@ -1069,6 +1069,35 @@ pub const QUIET_BROWSER: &[&str] = &[
 ];
 
 /// `GET path` on the admin listener: the body.
+/// Waits until `path` holds text that `done` accepts, polling within `limit`; the text.
+/// (Access log lines reach their file on the writer thread's schedule: there is no event to
+/// wait on from outside the process.)
+pub fn file_until(path: &std::path::Path, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < end,
+            "{} never matched: {text}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until something listens on `port` (a helper started in the background), within
+/// `limit`.
+pub fn wait_listening(port: u16, limit: Duration) {
+    let end = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "nothing listens on port {port}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
     let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
     let r = request(admin, req.as_bytes()).expect("the admin listener answers");
