@@ -15,6 +15,40 @@ use crate::http::framing::BodyKind;
 use crate::http::rewrite::RELOCATED;
 use crate::http::Header;
 
+impl StoredEncoding {
+    /// What the answer's content is: the encoded copy's length, or as `planned`.
+    pub(super) fn content<'p>(
+        &self,
+        planned: &'p crate::cache::step::Content,
+    ) -> crate::http::answer::Content<'p> {
+        match self.len {
+            Some(n) => crate::http::answer::Content::Length(n as u64),
+            None => planned.as_answer(),
+        }
+    }
+
+    /// The body after the head: bytes of its own (an encoded copy the store could not keep),
+    /// the entry's encoded copy whole, or the `planned` range of its stored body.
+    pub(super) fn body(self, e: &Entry, planned: Option<std::ops::Range<usize>>) -> HitBody {
+        let coding = self.verdict.coding();
+        match (self.own, planned) {
+            (Some(b), _) => HitBody::Own(b),
+            (None, Some(_)) if coding.is_some() => {
+                HitBody::Stored(coding, 0..e.bytes(coding).len())
+            }
+            (None, Some(r)) => HitBody::Stored(None, r),
+            (None, None) => HitBody::Nothing,
+        }
+    }
+}
+
+/// What follows a hit's head: see [`StoredEncoding::body`].
+pub(super) enum HitBody {
+    Own(Box<[u8]>),
+    Stored(Option<Coding>, std::ops::Range<usize>),
+    Nothing,
+}
+
 /// What happens to a relayed body: see [`RouteEdits::relayed_body`].
 pub(super) struct RelayedBody {
     pub(super) verdict: Verdict,

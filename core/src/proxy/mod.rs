@@ -937,12 +937,7 @@ impl Exchange {
             e,
             env.cache.map(|c| c.shard),
         );
-        let (verdict, own) = (enc.verdict, enc.own);
-        let coding = verdict.coding();
-        let content = match enc.len {
-            Some(n) => answer::Content::Length(n as u64),
-            None => plan.content.as_answer(),
-        };
+        let content = enc.content(&plan.content);
         let id = self.request_id(env.cfg);
         let a = Answer {
             request_id: id.as_ref().map(|(n, v)| (*n, v.as_bytes())),
@@ -969,20 +964,20 @@ impl Exchange {
                 self.out.extend_from_slice(body);
                 self.record.response_body = body.len() as u64;
             }
-            if let Some(b) = own {
-                self.record.response_body = b.len() as u64;
-                self.out.extend_from_slice(&b);
-            } else if let Some(r) = plan.body {
-                let r = match coding {
-                    Some(_) => 0..e.bytes(coding).len(),
-                    None => r,
-                };
-                self.record.response_body = r.len() as u64;
-                if r.len() <= INLINE_HIT {
-                    self.out.extend_from_slice(&e.bytes(coding)[r]);
-                } else {
-                    self.hit = Some((e.clone(), coding, r));
+            match enc.body(e, plan.body.clone()) {
+                edits::HitBody::Own(b) => {
+                    self.record.response_body = b.len() as u64;
+                    self.out.extend_from_slice(&b);
                 }
+                edits::HitBody::Stored(coding, r) => {
+                    self.record.response_body = r.len() as u64;
+                    if r.len() <= INLINE_HIT {
+                        self.out.extend_from_slice(&e.bytes(coding)[r]);
+                    } else {
+                        self.hit = Some((e.clone(), coding, r));
+                    }
+                }
+                edits::HitBody::Nothing => {}
             }
         }
         self.record.status = plan.status;
