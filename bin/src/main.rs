@@ -167,12 +167,6 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             key.clone(),
         ));
     }
-    if cli.forward && cli.tls_cert.is_some() {
-        return Err(
-            "--forward and --tls-cert: the forward proxy listens in plain HTTP (clients reach https sites through CONNECT); drop one of them"
-                .into(),
-        );
-    }
     if cli.forward {
         if cli.config.is_some() && cli.listen.is_empty() {
             return Err("--forward applies to the --listen addresses: give --listen".into());

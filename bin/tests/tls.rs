@@ -1041,3 +1041,75 @@ fn a_renegotiation_request_is_answered_at_once() {
     let _ = child.wait();
     assert!(answered, "no alert within 5 s");
 }
+
+/// An HTTPS proxy: a forward listener with `tls = true`. curl speaks TLS to the proxy
+/// (`--proxy https://`), then absolute-form requests, a CONNECT with plain HTTP inside, and a
+/// CONNECT with a second TLS session inside (TLS in TLS, megabytes each way) all work; a client
+/// speaking plain HTTP to it gets a plain answer, not a hang.
+#[test]
+fn an_https_forward_proxy_carries_requests_and_connect_tunnels() {
+    let (dir, test_ca, origin) = setup();
+    // The proxy resolves what CONNECT names, so the origin is reached by its address.
+    test_ca.issue(&dir, "ip", &["127.0.0.1"], false);
+    let tls_origin = TlsOrigin::start(&dir, "ip", None);
+    let config = format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true, forward = true }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [{{ cert = \"{p}.crt\", key = \"{p}.key\" }}]\n\
+         [forward]\nconnect_ports = [{o}, {t}]\nsafe_ports = [{o}]\n",
+        p = dir.path("proxy"),
+        o = origin.addr.port(),
+        t = tls_origin.addr.port(),
+    );
+    test_ca.issue(&dir, "proxy", &["proxy.test"], false);
+    let proxy = Proxy::start(&config);
+    let ca = dir.path("ca.pem");
+    let px = format!("https://proxy.test:{}", proxy.addr.port());
+    let resolve = format!("proxy.test:{}:127.0.0.1", proxy.addr.port());
+    let via = |more: &[&str]| {
+        let mut args = vec!["--proxy", &px, "--proxy-cacert", &ca, "--resolve", &resolve];
+        args.extend_from_slice(more);
+        curl_proxied(&args)
+    };
+    // Absolute form inside the TLS connection.
+    let url = format!("http://{}/len/5000", origin.addr);
+    let (ok, body) = via(&[&url]);
+    assert!(ok);
+    assert_eq!(body.len(), 5000);
+    // CONNECT (-p), plain HTTP inside, two requests on the tunnel.
+    let url = format!("http://{}/len/200000", origin.addr);
+    let (ok, body) = via(&["-p", &url, &url]);
+    assert!(ok);
+    assert_eq!(body.len(), 400_000);
+    // CONNECT to a TLS origin: TLS inside TLS, 3 MB down.
+    let url = format!("https://{}/big/3000000", tls_origin.addr);
+    let (ok, body) = via(&["--cacert", &ca, &url]);
+    assert!(ok);
+    assert_eq!(body.len(), 3_000_000);
+    assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    // The proxy's own certificate is checked by the client: without the CA, curl refuses.
+    let (ok, _) = curl_proxied(&["--proxy", &px, "--resolve", &resolve, "-p", &url]);
+    assert!(!ok);
+    // Plain HTTP to the TLS port: answered, in plain HTTP, at once.
+    let r = request(
+        proxy.addr,
+        format!("GET http://{}/len/1 HTTP/1.1\r\nHost: x\r\n\r\n", origin.addr).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    // A CONNECT tunnel to a port off the list is refused inside TLS too.
+    let (ok, _) = via(&["-p", "http://127.0.0.1:9/"]);
+    assert!(!ok);
+}
+
+/// curl through a proxy: no `--noproxy` (which `support::curl` adds).
+fn curl_proxied(args: &[&str]) -> (bool, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--fail", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    if !out.status.success() {
+        eprintln!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.success(), out.stdout)
+}

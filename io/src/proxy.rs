@@ -451,17 +451,19 @@ impl Conn {
                     self.ex.handle_timeout(&env(&self.w, &cfg), now);
                 }
                 Action::Tunnel { idle } => {
-                    if !self.client_can_splice() {
+                    // Over TLS the tunnel copies, without blocking; else it splices, which
+                    // needs a non-blocking socket.
+                    if self.client.tls().is_none() && !self.client_can_splice() {
                         let now = self.tick();
                         let why = "the client connection cannot be made non-blocking";
                         self.ex.handle_tunnel_failed(why.to_string(), now);
                         continue;
                     }
-                    let up = self.up.as_ref().expect("a tunnel has a destination");
+                    let up = self.up.as_mut().expect("a tunnel has a destination");
                     let early_up = std::mem::take(&mut self.inbuf);
                     let early_down = std::mem::take(&mut self.ubuf);
                     let (sent, received) = Box::pin(crate::tunnel::run(
-                        &self.client,
+                        &mut self.client,
                         up,
                         early_up,
                         early_down,

@@ -112,7 +112,7 @@ async fn session(
                         let result = r.as_ref().map(|(_, a, _)| *a).map_err(|c| *c);
                         match s.handle_connected(result, &env(w)) {
                             Action::Tunnel { idle } => {
-                                let Ok((up, _, addr)) = r else {
+                                let Ok((mut up, _, addr)) = r else {
                                     return ((0, 0), None);
                                 };
                                 let to = Some((addr, from));
@@ -129,8 +129,8 @@ async fn session(
                                     }
                                 }
                                 let moved = Box::pin(crate::tunnel::run(
-                                    &client,
-                                    &up,
+                                    &mut client,
+                                    &mut up,
                                     std::mem::take(&mut inbuf),
                                     Vec::new(),
                                     idle,

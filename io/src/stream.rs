@@ -216,6 +216,14 @@ impl Stream {
         Some((version, sni))
     }
 
+    /// The TLS layer, when there is one.
+    pub(crate) fn tls(&mut self) -> Option<&mut TlsStream> {
+        match self {
+            Self::Tls(t) => Some(t),
+            Self::Plain(_) | Self::Sink => None,
+        }
+    }
+
     /// Whether the peer resumed an earlier TLS session (false for plain TCP).
     pub(crate) fn resumed(&self) -> bool {
         match self {
@@ -423,6 +431,77 @@ impl TlsStream {
         let r = buf::write_all(&mut self.tcp, &mut self.tx, limit).await;
         self.tx.clear();
         r
+    }
+}
+
+/// Without waiting: what the copying tunnel (`tunnel.rs`) uses when a TLS layer sits on either
+/// end, so that one task moves bytes both ways, waiting only for the sockets' readiness.
+impl TlsStream {
+    pub(crate) fn socket(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Decrypted bytes into `out`: `Ok(0)` at the end (close_notify or end of file),
+    /// `WouldBlock` when the socket has nothing yet.
+    pub(crate) fn try_read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.plain > 0 {
+                let n = self.conn.reader().read(out)?;
+                self.plain -= n;
+                return Ok(n);
+            }
+            if self.closed {
+                return Ok(0);
+            }
+            if self.rx_pos < self.rx.len() {
+                self.feed().map_err(|e| match e {
+                    FeedError::Io(e) => e,
+                    FeedError::Tls(e) => io::Error::new(io::ErrorKind::InvalidData, e),
+                })?;
+                // Answers rustls owes the peer (a key update) go as soon as the socket takes them.
+                self.try_send()?;
+                continue;
+            }
+            self.rx.clear();
+            self.rx.resize(TLS_READ, 0);
+            self.rx_pos = 0;
+            let r = crate::sys::recv(crate::sys::fd(&self.tcp), &mut self.rx);
+            self.rx.truncate(*r.as_ref().unwrap_or(&0));
+            if r? == 0 {
+                self.closed = true;
+                return Ok(0);
+            }
+        }
+    }
+
+    /// Encrypts what rustls takes of `data` (it holds a bounded amount unsent) and sends what
+    /// the socket takes: the bytes taken, 0 when rustls is full until [`Self::try_send`] empties
+    /// it.
+    pub(crate) fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.conn.writer().write(data)?;
+        self.try_send()?;
+        Ok(n)
+    }
+
+    /// Queues close_notify, the end of this direction.
+    pub(crate) fn close_write(&mut self) {
+        self.conn.send_close_notify();
+    }
+
+    /// Sends queued records as far as the socket takes them: true when none is left.
+    pub(crate) fn try_send(&mut self) -> io::Result<bool> {
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut self.tx)?;
+        }
+        while !self.tx.is_empty() {
+            match crate::sys::send(crate::sys::fd(&self.tcp), &self.tx) {
+                Ok(n) => drop(self.tx.drain(..n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 }
 

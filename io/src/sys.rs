@@ -125,6 +125,20 @@ pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+/// One non-blocking `recv(2)` into `buf`: the bytes read, 0 at the end of the stream.
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable buffer for its length; the descriptor is open.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 /// The pending error of a socket (`SO_ERROR`): the outcome of a non-blocking connect.
 pub(crate) fn socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
     let mut err: libc::c_int = 0;

@@ -214,11 +214,13 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                     (true, false, false, false) => (Transport::Tls, Protocol::Http),
                     (false, true, false, false) => (Transport::Plain, Protocol::RedirectHttps),
                     (false, false, true, false) => (Transport::Plain, Protocol::ForwardHttp),
+                    // An HTTPS proxy (`curl --proxy https://…`): TLS to the proxy itself.
+                    (true, false, true, false) => (Transport::Tls, Protocol::ForwardHttp),
                     (false, false, false, true) => (Transport::Plain, Protocol::Socks5),
                     _ => return Err(loc.at(
                         a.span(),
                         key,
-                        "a listener is one of `tls`, `redirect_https`, `forward` or `socks5`, not several",
+                        "a listener is one of `tls`, `redirect_https`, `forward`, `forward` with `tls`, or `socks5`",
                     )),
                 };
                 if v.iter().any(|l: &Listen| l.addr == addr) {

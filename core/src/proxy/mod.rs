@@ -64,7 +64,7 @@ use crate::balance::request_key;
 use crate::cache::step::{self, Ctx, Lookup, Rules, Served};
 use crate::cache::{CacheStep, Entry, Tee};
 use crate::compress::{self, Encoder};
-use crate::config::{Config, Listen, Protocol, Timeouts, Transport};
+use crate::config::{Config, Listen, Protocol, Timeouts};
 use crate::forward::admit::{admit, admit_addresses, Denial, Settings, Verdict};
 use crate::health::Outcome;
 use crate::http::answer::CacheStatus;
@@ -127,7 +127,6 @@ pub struct Exchange {
     listener: SocketAddr,
     /// The protocol of the listener (HTTP, forward proxy, redirect).
     protocol: Protocol,
-    transport: Transport,
     scheme: &'static str,
     /// The connection's peer, and the client of the current request (the peer, or who a
     /// trusted proxy says it relays), as an address and as text.
@@ -177,7 +176,6 @@ impl Exchange {
         Self {
             listener: listen.addr,
             protocol: listen.protocol,
-            transport: listen.transport,
             scheme: listen.scheme(),
             client: crate::realip::Client::new(client),
             served: 0,
@@ -1156,14 +1154,13 @@ impl Exchange {
             head.version,
         );
         // WebSocket (RFC 6455 §4.1): GET, HTTP/1.1, `Connection: upgrade`, `Upgrade:
-        // websocket`, tunnelled after the 101 when both ends are plain sockets. Other upgrades
-        // are hop-by-hop fields, dropped.
+        // websocket`, tunnelled after the 101 (spliced between plain sockets, copied through
+        // TLS on either side). Other upgrades are hop-by-hop fields, dropped.
         let websocket = head.method == Method::Get
             && head.version == Version::Http11
             && info.connection.upgrade
             && crate::http::find_header(buf, &self.headers, b"upgrade")
-                .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
-            && self.transport == Transport::Plain;
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
         self.req.upgrade = if websocket {
             Upgrade::WebSocket
         } else {
@@ -1405,9 +1402,6 @@ impl Exchange {
             0 => b"/",
             n => &self.target[..n],
         };
-        if u.tls.is_some() {
-            self.req.upgrade = Upgrade::None;
-        }
         let key = request_key(&u.balance, input, path, &self.headers, &self.client.text);
         self.intent = Intent::Proxy { group, key };
         self.req.body_out = match info.body {
