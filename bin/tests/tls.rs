@@ -1092,7 +1092,11 @@ fn an_https_forward_proxy_carries_requests_and_connect_tunnels() {
     // Plain HTTP to the TLS port: answered, in plain HTTP, at once.
     let r = request(
         proxy.addr,
-        format!("GET http://{}/len/1 HTTP/1.1\r\nHost: x\r\n\r\n", origin.addr).as_bytes(),
+        format!(
+            "GET http://{}/len/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
     )
     .unwrap();
     assert_eq!(r.status, 400);

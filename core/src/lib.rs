@@ -7,6 +7,7 @@
 //! them. Keeping the two apart is what lets every rule here be unit-tested byte by byte.
 
 pub mod accesslog;
+pub mod acme;
 pub mod balance;
 pub mod cache;
 pub mod compress;

@@ -123,6 +123,7 @@ fuzz_target!(|data: &[u8]| {
                 hints: None,
                 encoders: Some(&streams),
                 ids: None,
+                acme: None,
             };
             run(cfg, &env, req, resp, now);
             secs += u64::from(steps >> (2 * i) & 3) * 40;

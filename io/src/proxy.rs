@@ -956,6 +956,7 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
         hints: Some(&cfg.hints),
         encoders: Some(&w.encoders),
         ids: Some(&w.ids),
+        acme: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //! Reading the file is the caller's job; this module only sees its text.
 
 mod access_rules;
+mod acme;
 mod cache;
 mod compression;
 mod edits;
@@ -46,6 +47,7 @@ pub use upstream::{
     DEFAULT_HASH_BALANCE_FACTOR, DEFAULT_RETRIES, DEFAULT_UPSTREAM_KEEPALIVE,
 };
 
+pub use acme::{Acme, DEFAULT_RETRY as DEFAULT_ACME_RETRY, LETS_ENCRYPT};
 pub use tls::{CertKeyFiles, Origin, Tls, TlsVersion, UpstreamTls, DEFAULT_HANDSHAKE_TIMEOUT};
 
 use std::net::{IpAddr, SocketAddr};
@@ -72,6 +74,8 @@ pub struct Config {
     pub router: Router<usize>,
     /// Certificates and settings of the listeners marked `tls`.
     pub tls: Option<Tls>,
+    /// Certificates obtained and renewed from an ACME CA, when `[acme]` is present.
+    pub acme: Option<Acme>,
     /// The forward proxy's rules, for listeners marked `forward`.
     pub forward: crate::forward::Forward,
     /// The HTTP cache, when `[cache]` is present.
@@ -198,6 +202,7 @@ impl Config {
             admin: None,
             admin_token: None,
             tls: None,
+            acme: None,
             server: Server {
                 listen: listen.into_iter().map(Listen::plain).collect(),
                 workers: None,
@@ -357,15 +362,17 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     let rate_limits =
         ratelimit::build_rate_limits(loc, &raw.rate_limits, &routes, shared_limits.as_ref())?;
     let rules = access_rules::build_rules(loc, &raw.rules, &routes, &server.listen)?;
+    let acme = acme::build_acme(loc, raw.acme, &server)?;
     let tls = match &raw.tls {
+        None if acme.is_some() => Some(Tls::defaults()),
         None => None,
-        Some(t) => Some(tls::build_tls(loc, t)?),
+        Some(t) => Some(tls::build_tls(loc, t, acme.is_some())?),
     };
     if tls.is_none() {
         if let Some(i) = server.listen.iter().position(|l| l.is_tls()) {
             return Err(loc.nowhere(
                 format!("server.listen[{i}]"),
-                "a TLS listener needs certificates: add a [tls] section with `certificates`",
+                "a TLS listener needs certificates: add a [tls] section with `certificates`, or [acme]",
             ));
         }
     }
@@ -378,6 +385,7 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         cache,
         compression,
         tls,
+        acme,
         forward,
         server,
         admin,

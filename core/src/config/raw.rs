@@ -25,6 +25,7 @@ pub(crate) struct File {
     pub forward: Option<Forward>,
     pub cache: Option<Cache>,
     pub compression: Option<Compression>,
+    pub acme: Option<Spanned<Acme>>,
     pub access_log: Option<AccessLog>,
     pub resolver: Option<Resolver>,
     #[serde(default)]
@@ -32,6 +33,19 @@ pub(crate) struct File {
     pub shared_limits: Option<Spanned<SharedLimits>>,
     #[serde(default)]
     pub rules: Vec<Spanned<AccessRule>>,
+}
+
+/// `[acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Acme {
+    pub email: Option<Spanned<String>>,
+    pub domains: Spanned<Vec<Spanned<String>>>,
+    pub ca: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ca_root: Option<String>,
+    pub challenges: Option<Vec<Spanned<String>>>,
+    pub storage: Option<String>,
+    pub retry: Option<Spanned<Duration>>,
 }
 
 /// `[compression]`.

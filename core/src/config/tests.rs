@@ -738,3 +738,115 @@ fn rate_limits_and_their_shared_store() {
         );
     }
 }
+
+#[test]
+fn acme_section_defaults_and_errors() {
+    const ROUTE: &str =
+        "[upstreams.app]\nservers = [\"127.0.0.1:9\"]\n[[routes]]\nupstream = \"app\"\n";
+    let base = "[server]\nlisten = [\"127.0.0.1:80\", { addr = \"127.0.0.1:443\", tls = true }]\nstate_dir = \"/var/lib/ringway\"\n";
+    let c = Config::parse(
+        "/etc/ringway/t.toml",
+        &format!("{base}[acme]\nemail = \"ops@example.org\"\ndomains = [\"Example.org.\", \"www.example.org\"]\n{ROUTE}"),
+    )
+    .unwrap();
+    let a = c.acme.as_ref().unwrap();
+    assert_eq!(a.domains, ["example.org", "www.example.org"]);
+    assert_eq!(a.contact, ["mailto:ops@example.org"]);
+    assert_eq!(a.ca, [LETS_ENCRYPT]);
+    assert_eq!(
+        a.challenges,
+        [
+            crate::acme::ChallengeKind::Http01,
+            crate::acme::ChallengeKind::TlsAlpn01
+        ]
+    );
+    assert_eq!(a.storage, std::path::Path::new("/var/lib/ringway/acme"));
+    assert_eq!(a.retry, DEFAULT_ACME_RETRY);
+    // A TLS listener needs no [tls] certificates when ACME provides them.
+    assert!(c.tls.as_ref().unwrap().certificates.is_empty());
+    let c = Config::parse(
+        "/etc/ringway/t.toml",
+        &format!("[server]\nlisten = [{{ addr = \"127.0.0.1:443\", tls = true }}]\n[acme]\ndomains = [\"a.test\"]\n\
+         ca = [\"https://127.0.0.1:14000/dir\", \"https://ca2.test/dir\"]\nca_root = \"pebble.pem\"\n\
+         storage = \"certs\"\nretry = \"2s\"\n{ROUTE}"),
+    )
+    .unwrap();
+    let a = c.acme.as_ref().unwrap();
+    assert_eq!(a.challenges, [crate::acme::ChallengeKind::TlsAlpn01]);
+    assert_eq!(a.ca.len(), 2);
+    assert_eq!(
+        a.ca_root.as_deref(),
+        Some(std::path::Path::new("/etc/ringway/pebble.pem"))
+    );
+    assert_eq!(a.storage, std::path::Path::new("/etc/ringway/certs"));
+    assert_eq!(a.retry, Duration::from_secs(2));
+    for (text, line, key, words) in [
+        (
+            "[acme]\ndomains = [\"*.a.test\"]\nstorage = \"s\"\n",
+            Some(11),
+            "acme.domains[0]",
+            "DNS-01",
+        ),
+        (
+            "[acme]\ndomains = []\nstorage = \"s\"\n",
+            Some(11),
+            "acme.domains",
+            "at least one",
+        ),
+        (
+            "[acme]\ndomains = [\"10.0.0.1\"]\nstorage = \"s\"\n",
+            Some(11),
+            "acme.domains[0]",
+            "not an address",
+        ),
+        (
+            "[acme]\ndomains = [\"a.test\", \"A.test\"]\nstorage = \"s\"\n",
+            Some(11),
+            "acme.domains[1]",
+            "twice",
+        ),
+        (
+            "[acme]\ndomains = [\"a.test\"]\n",
+            Some(10),
+            "acme.storage",
+            "state_dir",
+        ),
+        (
+            "[acme]\ndomains = [\"a.test\"]\nstorage = \"s\"\nemail = \"nobody\"\n",
+            Some(13),
+            "acme.email",
+            "email",
+        ),
+        (
+            "[acme]\ndomains = [\"a.test\"]\nstorage = \"s\"\nca = [\"http://ca.test/dir\"]\n",
+            Some(13),
+            "acme.ca[0]",
+            "https://",
+        ),
+        (
+            "[acme]\ndomains = [\"a.test\"]\nstorage = \"s\"\nchallenges = [\"dns-01\"]\n",
+            Some(13),
+            "acme.challenges[0]",
+            "http-01",
+        ),
+        (
+            "[acme]\ndomains = [\"a.test\"]\nstorage = \"s\"\nchallenges = [\"tls-alpn-01\"]\n",
+            Some(13),
+            "acme.challenges[0]",
+            "TLS reverse-proxy listener",
+        ),
+    ] {
+        let text = format!("[server]\nlisten = [\"127.0.0.1:80\"]\n\n\n\n\n\n\n\n{text}{ROUTE}");
+        let e = Config::parse("t.toml", &text).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
+        assert!(e.message.contains(words), "{e}");
+    }
+    // Only a forward listener: nothing the CA can reach.
+    let e = Config::parse(
+        "t.toml",
+        "[server]\nlisten = [{ addr = \"127.0.0.1:3128\", forward = true }]\n[acme]\ndomains = [\"a.test\"]\nstorage = \"s\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "acme");
+    assert!(e.message.contains("must reach ringway"), "{e}");
+}

@@ -81,6 +81,14 @@ impl Tls {
                     key: String::new(),
                 },
             }],
+            ..Self::defaults()
+        }
+    }
+
+    /// The defaults with no certificate of its own: all come from `[acme]`.
+    pub fn defaults() -> Self {
+        Self {
+            certificates: Vec::new(),
             min_version: TlsVersion::Tls12,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             strict_sni: false,
@@ -104,7 +112,7 @@ pub struct UpstreamTls {
 }
 
 impl Locator<'_> {
-    fn origin(&self, span: std::ops::Range<usize>, key: impl Into<String>) -> Origin {
+    pub(crate) fn origin(&self, span: std::ops::Range<usize>, key: impl Into<String>) -> Origin {
         Origin {
             file: self.file.to_string(),
             line: Some(self.line_of(span)),
@@ -125,9 +133,14 @@ impl Locator<'_> {
     }
 }
 
-pub(super) fn build_tls(loc: &Locator<'_>, t: &Spanned<raw::Tls>) -> Result<Tls, ConfigError> {
+/// `acme`: certificates come from ACME too, so `certificates` may be empty.
+pub(super) fn build_tls(
+    loc: &Locator<'_>,
+    t: &Spanned<raw::Tls>,
+    acme: bool,
+) -> Result<Tls, ConfigError> {
     let r = t.get_ref();
-    if r.certificates.get_ref().is_empty() {
+    if r.certificates.get_ref().is_empty() && !acme {
         return Err(loc.at(
             r.certificates.span(),
             "tls.certificates",

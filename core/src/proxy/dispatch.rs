@@ -28,6 +28,8 @@ pub(super) enum Local<'a> {
     Trace,
     /// 301 to https, same host (port replaced) and target.
     Redirect,
+    /// An ACME HTTP-01 validation: the key authorization, as `text/plain`.
+    Challenge(String),
 }
 
 /// The verdict.
@@ -45,6 +47,26 @@ pub(super) enum Dispatch<'c> {
 }
 
 impl<'c> Dispatch<'c> {
+    /// An ACME HTTP-01 validation (RFC 8555 §8.3) in progress for this path: answered on any
+    /// reverse-proxy or redirecting listener before routes, rules and limits, as the CA must
+    /// reach it whatever they say. A token not in progress goes on like any request (an
+    /// origin may answer its own validations).
+    pub(super) fn challenge(
+        protocol: Protocol,
+        method: crate::http::Method,
+        path: &[u8],
+        challenges: Option<&dyn crate::acme::Challenges>,
+    ) -> Option<Local<'c>> {
+        use crate::http::Method;
+        if !matches!(protocol, Protocol::Http | Protocol::RedirectHttps)
+            || !matches!(method, Method::Get | Method::Head)
+        {
+            return None;
+        }
+        let token = crate::acme::challenge_token(path)?;
+        challenges?.http01(token).map(Local::Challenge)
+    }
+
     /// For a request to `host` and normalised `path` on a listener of `protocol` (reverse or
     /// redirect). Also returns the route that matched, for the record.
     pub(super) fn decide(

@@ -119,6 +119,8 @@ pub struct Env<'a> {
     pub encoders: Option<&'a compress::Streams>,
     /// The worker's request ids (none: requests get none).
     pub ids: Option<&'a crate::reqid::Ids>,
+    /// ACME HTTP-01 answers in progress (none: no `[acme]`).
+    pub acme: Option<&'a dyn crate::acme::Challenges>,
 }
 
 /// One client connection's exchanges; see the module documentation.
@@ -1224,6 +1226,9 @@ impl Exchange {
             0 => b"/",
             n => &self.target[..n],
         };
+        if let Some(l) = Dispatch::challenge(self.protocol, r.head.method, path, env.acme) {
+            return self.local(l, host, r, env, now);
+        }
         let (verdict, route) = Dispatch::decide(cfg, self.protocol, host, path);
         self.record.route = route;
         match self.ruled(r, route, env) {
@@ -1369,6 +1374,14 @@ impl Exchange {
                 location = answer::https_location(host, env.cfg.https_port(), &self.target);
                 Answer::page(301, "moved to https", &date).with(&location)
             }
+            Local::Challenge(key_authorization) => Answer::new(
+                200,
+                Content::Bytes {
+                    content_type: Some("text/plain"),
+                    body: key_authorization.as_bytes(),
+                },
+                Some(&date),
+            ),
         };
         self.write_answer(&a, p.header(), self.request_id(env.cfg));
         if discard {

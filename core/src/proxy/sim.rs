@@ -254,6 +254,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
             hints: Some(&hints),
             encoders: None,
             ids: None,
+            acme: None,
         },
         shard: &shard,
         now: start,

@@ -55,6 +55,7 @@ impl T {
             hints: None,
             encoders: None,
             ids: None,
+            acme: None,
         }
     }
 
@@ -421,6 +422,7 @@ fn a_draining_worker_closes_after_the_response() {
         hints: None,
         encoders: None,
         ids: None,
+        acme: None,
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);
@@ -489,6 +491,7 @@ impl C {
             hints: None,
             encoders: None,
             ids: None,
+            acme: None,
         }
     }
 
@@ -698,6 +701,7 @@ fn a_large_body_goes_out_with_the_part_that_came_with_the_head_and_the_rest_is_s
             hints: Some(hints),
             encoders: None,
             ids: None,
+            acme: None,
             ..t.env()
         };
         if i > 0 {
@@ -1038,4 +1042,54 @@ fn a_background_refresh_is_recorded_as_the_proxy_s_own_request() {
     let mut ex = c.exchange(GET_A);
     let _ = C::next(&mut ex);
     assert_eq!(ex.end_record().requester, super::Requester::Client);
+}
+
+struct Tokens;
+
+impl crate::acme::Challenges for Tokens {
+    fn http01(&self, token: &str) -> Option<String> {
+        (token == "tok-1").then(|| "tok-1.thumb".to_string())
+    }
+}
+
+/// ACME HTTP-01: a validation in progress is answered with its key authorization before any
+/// route (and before a deny rule); unknown tokens, other methods and path tricks go on as
+/// ordinary requests.
+#[test]
+fn acme_http01_validations_are_answered_before_routes_and_rules() {
+    let cfg: &'static Config = Box::leak(Box::new(
+        Config::parse(
+            "t.toml",
+            &format!("{CFG}\n[[rules]]\naction = \"deny\"\npaths = [\"/.well-known/\"]\n"),
+        )
+        .unwrap(),
+    ));
+    let answer = |req: &[u8]| {
+        let mut ex = Exchange::new(&cfg.server.listen[0], "192.0.2.1".parse().unwrap());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        ex.begin(cfg, now);
+        let mut env = T::new().env();
+        env.cfg = cfg;
+        env.acme = Some(&Tokens);
+        assert!(matches!(ex.poll_action(), Action::ReadHead { .. }));
+        ex.handle_input(req, &env, now);
+        String::from_utf8_lossy(ex.out()).into_owned()
+    };
+    let r = answer(b"GET /.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(r.contains("Content-Type: text/plain\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\ntok-1.thumb"), "{r}");
+    // Unknown token, a dot segment to reach it, or POST: the deny rule decides as usual.
+    for req in [
+        &b"GET /.well-known/acme-challenge/tok-2 HTTP/1.1\r\nHost: a.test\r\n\r\n"[..],
+        b"POST /.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n",
+        b"GET /.well-known/acme-challenge/tok-1/x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    ] {
+        let r = answer(req);
+        assert!(r.starts_with("HTTP/1.1 403 "), "{r}");
+    }
+    // A normalised path that lands on the token is the token (what the route would see).
+    let r = answer(b"GET /x/../.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert!(r.ends_with("tok-1.thumb"), "{r}");
 }
