@@ -61,6 +61,30 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Certificates from an ACME CA (Let's Encrypt unless --acme-ca says otherwise) for the
+    /// --domain names, with EMAIL as the account's contact: the --listen addresses serve TLS
+    /// with them (default 0.0.0.0:443, with a --redirect-https 0.0.0.0:80 beside it); needs
+    /// --state-dir for the keys and certificates.
+    #[arg(long, value_name = "EMAIL", requires = "domain")]
+    pub acme: Option<String>,
+
+    /// A name to get a certificate for (repeatable), with --acme.
+    #[arg(long, value_name = "NAME", requires = "acme")]
+    pub domain: Vec<String>,
+
+    /// The ACME CA's directory URL (a staging CA, or pebble for tests), with --acme.
+    #[arg(long, value_name = "URL", requires = "acme")]
+    pub acme_ca: Option<String>,
+
+    /// Trust this PEM file's CA certificates for the ACME CA's own HTTPS too, with --acme.
+    #[arg(long, value_name = "FILE", requires = "acme")]
+    pub acme_ca_root: Option<PathBuf>,
+
+    /// A plain listener on ADDR (repeatable) that answers every request with a 301 to https
+    /// (and ACME HTTP-01 validations).
+    #[arg(long, value_name = "ADDR")]
+    pub redirect_https: Vec<String>,
+
     /// Serve SOCKS5 (RFC 1928) on ADDR (repeatable), alone or beside --listen, under the
     /// forward proxy's users (--proxy-auth) and rules: `ringway --socks5 127.0.0.1:1080`.
     #[arg(long, value_name = "ADDR")]

@@ -167,6 +167,7 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             key.clone(),
         ));
     }
+    quick_acme(cli, &mut cfg)?;
     if cli.forward {
         if cli.config.is_some() && cli.listen.is_empty() {
             return Err("--forward applies to the --listen addresses: give --listen".into());
@@ -558,6 +559,70 @@ fn port_list(flag: &str, list: &str) -> Result<ringway_core::forward::PortSet, S
         );
     }
     Ok(ringway_core::forward::PortSet(ports))
+}
+
+/// `--acme`, `--domain`, `--acme-ca`, `--acme-ca-root` and `--redirect-https`.
+fn quick_acme(cli: &Cli, cfg: &mut Config) -> Result<(), String> {
+    use ringway_core::config::{Listen, Protocol, Transport};
+    if cli.config.is_some() && (cli.acme.is_some() || !cli.redirect_https.is_empty()) {
+        return Err(
+            "--acme and --redirect-https are for quick mode; with --config use [acme] and listeners with redirect_https = true"
+                .into(),
+        );
+    }
+    if cli.acme.is_some() {
+        if cli.tls_cert.is_some() {
+            return Err(
+                "--acme and --tls-cert: the certificates come from one or the other".into(),
+            );
+        }
+        if cli.listen.is_empty() {
+            cfg.server.listen = parse_listen(&["0.0.0.0:443".to_string()])?;
+            if cli.redirect_https.is_empty() {
+                let mut l = parse_listen(&["0.0.0.0:80".to_string()])?;
+                l[0].protocol = Protocol::RedirectHttps;
+                cfg.server.listen.extend(l);
+            }
+        }
+        for l in cfg
+            .server
+            .listen
+            .iter_mut()
+            .filter(|l| l.protocol != Protocol::RedirectHttps)
+        {
+            l.transport = Transport::Tls;
+        }
+    }
+    for l in parse_listen(&cli.redirect_https)? {
+        if cfg.server.listen.iter().any(|x| x.addr == l.addr) {
+            return Err(format!("--redirect-https {}: already listened on", l.addr));
+        }
+        cfg.server.listen.push(Listen {
+            protocol: Protocol::RedirectHttps,
+            ..l
+        });
+    }
+    let Some(email) = &cli.acme else {
+        return Ok(());
+    };
+    let storage = cli
+        .state_dir
+        .as_ref()
+        .ok_or("--acme needs --state-dir DIR, where the account key and certificates are kept")?
+        .join("acme");
+    let mut acme = ringway_core::config::Acme::quick(
+        email,
+        &cli.domain,
+        cli.acme_ca.as_deref(),
+        storage,
+        &cfg.server,
+    )?;
+    acme.ca_root = cli.acme_ca_root.clone();
+    cfg.acme = Some(acme);
+    if cfg.tls.is_none() {
+        cfg.tls = Some(ringway_core::config::Tls::defaults());
+    }
+    Ok(())
 }
 
 fn parse_listen(list: &[String]) -> Result<Vec<ringway_core::config::Listen>, String> {

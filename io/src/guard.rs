@@ -43,6 +43,16 @@ pub(crate) fn may_query(server: SocketAddr, configured: bool) -> bool {
     false
 }
 
+/// Whether `host` may be resolved by the system's resolver (the ACME client's CA): with the
+/// guard on, only an address or `localhost`, which need no name server.
+pub(crate) fn may_resolve(host: &str) -> bool {
+    if !on() || host.parse::<IpAddr>().is_ok() || host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    log::error!("{REFUSED} to resolve {host}");
+    false
+}
+
 fn dial_ok(on: bool, addr: SocketAddr) -> bool {
     !on || loopback(addr.ip())
 }

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 mod accesslog;
+mod acme;
 mod admin;
 mod auth;
 mod board;

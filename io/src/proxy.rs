@@ -172,7 +172,12 @@ async fn accept_tls(
     };
     match TlsStream::handshake(tcp, conn, cfg.tls.handshake_timeout, early).await {
         Ok(t) => {
-            let s = Stream::Tls(Box::new(t));
+            let mut s = Stream::Tls(Box::new(t));
+            if s.alpn() == Some(ringway_core::acme::ALPN_PROTOCOL) {
+                // A TLS-ALPN-01 validation: the handshake was all of it (RFC 8737 §3).
+                s.notify_close().await;
+                return Accepted::Failed;
+            }
             let resumed = s.resumed();
             w.count_tls(|c| {
                 c.handshakes += 1;
@@ -956,7 +961,11 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
         hints: Some(&cfg.hints),
         encoders: Some(&w.encoders),
         ids: Some(&w.ids),
-        acme: None,
+        acme: cfg
+            .tls
+            .acme
+            .as_deref()
+            .map(|a| a as &dyn ringway_core::acme::Challenges),
     }
 }
 

@@ -443,6 +443,12 @@ impl Server {
                 })?;
             handles.push(h);
         }
+        // ACME orders start once the workers answer validations.
+        self.keep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acme
+            .start(self.shutdown.clone());
         let mut result = Ok(());
         for h in handles {
             match h.join() {

@@ -216,6 +216,14 @@ impl Stream {
         Some((version, sni))
     }
 
+    /// The protocol ALPN chose, over TLS.
+    pub(crate) fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Self::Tls(t) => t.conn.alpn_protocol(),
+            Self::Plain(_) | Self::Sink => None,
+        }
+    }
+
     /// The TLS layer, when there is one.
     pub(crate) fn tls(&mut self) -> Option<&mut TlsStream> {
         match self {

@@ -37,6 +37,8 @@ pub(crate) struct TlsMaterial {
     pub(crate) handshake_timeout: Duration,
     /// Per upstream group, when it connects over TLS.
     pub(crate) upstreams: Vec<Option<Origination>>,
+    /// Certificates and validations from ACME, when `[acme]` is configured.
+    pub(crate) acme: Option<Arc<crate::acme::Acme>>,
 }
 
 /// How to open TLS connections to one upstream group.
@@ -69,6 +71,8 @@ impl Origination {
 pub(crate) struct Keep {
     ticketer: Option<Arc<dyn ProducesTickets>>,
     cache: Option<(usize, Arc<ServerSessionMemoryCache>)>,
+    /// ACME's certificates, its thread and what it was asked for.
+    pub(crate) acme: Arc<crate::acme::Acme>,
 }
 
 impl Keep {
@@ -76,6 +80,7 @@ impl Keep {
         Self {
             ticketer: None,
             cache: None,
+            acme: crate::acme::Acme::new(),
         }
     }
 }
@@ -83,9 +88,11 @@ impl Keep {
 impl TlsMaterial {
     /// Reads every certificate, key and CA file `cfg` names.
     pub(crate) fn load(cfg: &Config, keep: &mut Keep) -> Result<Self, ConfigError> {
+        keep.acme.want(cfg.acme.as_ref());
+        let acme = cfg.acme.as_ref().map(|_| keep.acme.clone());
         // Read even when no listener uses it yet, so that a bad file is reported now.
         let server = match &cfg.tls {
-            Some(t) => Some(server_config(t, keep)?),
+            Some(t) => Some(server_config(t, keep, acme.clone())?),
             None => None,
         };
         let upstreams = cfg
@@ -102,14 +109,21 @@ impl TlsMaterial {
                     t.handshake_timeout
                 }),
             upstreams,
+            acme,
         })
     }
 }
 
-fn server_config(t: &Tls, keep: &mut Keep) -> Result<Arc<ServerConfig>, ConfigError> {
+fn server_config(
+    t: &Tls,
+    keep: &mut Keep,
+    acme: Option<Arc<crate::acme::Acme>>,
+) -> Result<Arc<ServerConfig>, ConfigError> {
+    let tls_alpn = acme.is_some();
     let mut resolver = SniResolver {
         certs: Vec::new(),
         names: NameIndex::new(),
+        acme,
     };
     for files in &t.certificates {
         let (ck, names) = certified_key(files)?;
@@ -129,6 +143,11 @@ fn server_config(t: &Tls, keep: &mut Keep) -> Result<Arc<ServerConfig>, ConfigEr
     // http/1.0 too: a client that offers only it (`curl --http1.0`) must get HTTP/1.x, not a
     // failed handshake (rustls refuses a client whose ALPN list shares nothing with ours).
     sc.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    if tls_alpn {
+        // TLS-ALPN-01 validations offer only this; no browser does.
+        sc.alpn_protocols
+            .push(ringway_core::acme::ALPN_PROTOCOL.to_vec());
+    }
     sc.session_storage = if t.session_cache == 0 {
         Arc::new(NoServerSessionStorage {})
     } else {
@@ -286,14 +305,39 @@ fn leaf_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
 /// [`NameIndex`]; among them the first whose key can sign with a scheme the client offers wins,
 /// so an ECDSA and an RSA certificate for one name serve each client the best it supports, as
 /// nginx does with two `ssl_certificate`s.
-#[derive(Debug)]
+///
+/// With `[acme]`, its certificates come first for the names it manages, a TLS-ALPN-01
+/// validation handshake gets only its validation certificate, and a handshake no certificate
+/// of the listener's own fits gets the first managed one.
 struct SniResolver {
     certs: Vec<Arc<CertifiedKey>>,
     names: NameIndex,
+    acme: Option<Arc<crate::acme::Acme>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("certs", &self.certs.len())
+            .field("acme", &self.acme.is_some())
+            .finish()
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(acme) = &self.acme {
+            let validation = hello
+                .alpn()
+                .is_some_and(|mut offered| offered.all(|p| p == ringway_core::acme::ALPN_PROTOCOL));
+            if validation {
+                return acme.certificate(hello.server_name(), true, false);
+            }
+            let own = !self.names.candidates(hello.server_name()).is_empty();
+            if let Some(ck) = acme.certificate(hello.server_name(), false, !own) {
+                return Some(ck);
+            }
+        }
         let schemes = hello.signature_schemes();
         let candidates = self.names.candidates(hello.server_name());
         // When none can sign for this client, the first is offered and the handshake fails

@@ -518,6 +518,11 @@ impl Proxy {
         )
     }
 
+    /// Quick mode with exactly `args` (no default listener or worker flags).
+    pub fn start_args(args: &[&str]) -> Self {
+        Self::spawn(None, args)
+    }
+
     pub fn start_with(config: &str, args: &[&str]) -> Self {
         Self::spawn(Some(TempFile::new(config)), args)
     }
@@ -572,12 +577,22 @@ impl Proxy {
         }
     }
 
+    /// What the proxy has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
     /// Waits until the log satisfies `done` (woken by each new line, 10 s at most).
     pub fn wait_log(&self, done: impl Fn(&str) -> bool) {
+        self.wait_log_for(Duration::from_secs(10), done)
+    }
+
+    /// [`wait_log`](Self::wait_log) with another limit.
+    pub fn wait_log_for(&self, limit: Duration, done: impl Fn(&str) -> bool) {
         let guard = self.log.lock().unwrap();
         let (guard, timeout) = self
             .log_grew
-            .wait_timeout_while(guard, Duration::from_secs(10), |log| !done(log))
+            .wait_timeout_while(guard, limit, |log| !done(log))
             .unwrap();
         assert!(!timeout.timed_out(), "not seen in the log:\n{}", *guard);
     }

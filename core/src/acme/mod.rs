@@ -62,3 +62,23 @@ pub fn tls_alpn_digest(key_authorization: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(key_authorization.as_bytes()).into()
 }
+
+/// `der` as PEM under `label` (`CERTIFICATE`, `PRIVATE KEY`), lines of 64 characters.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The renewalInfo URL of a directory, when the CA offers ARI (RFC 9773 §4).
+pub fn renewal_info_url(directory: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(directory).ok()?;
+    v["renewalInfo"]
+        .as_str()
+        .map(|u| u.trim_end_matches('/').to_string())
+}

@@ -546,3 +546,16 @@ fn jwk_thumbprints_follow_rfc_7638() {
     );
     assert_eq!(b64(tls_alpn_digest("t.x")).len(), 43);
 }
+
+#[test]
+fn pem_and_directory_helpers() {
+    let p = pem("CERTIFICATE", &[0u8; 100]);
+    assert!(p.starts_with("-----BEGIN CERTIFICATE-----\nAAAA"));
+    assert!(p.ends_with("\n-----END CERTIFICATE-----\n"));
+    assert!(p.lines().all(|l| l.len() <= 64));
+    assert_eq!(
+        renewal_info_url(br#"{"newNonce":"x","renewalInfo":"https://ca.test/ari/"}"#).as_deref(),
+        Some("https://ca.test/ari")
+    );
+    assert_eq!(renewal_info_url(br#"{"newNonce":"x"}"#), None);
+}

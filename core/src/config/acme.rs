@@ -56,12 +56,16 @@ impl Acme {
         }
         let ca = ca.unwrap_or(LETS_ENCRYPT).to_string();
         Url::parse(&ca).map_err(|e| format!("--acme-ca: {e}"))?;
+        let challenges = default_challenges(server);
+        if challenges.is_empty() {
+            return Err("--acme needs a reverse-proxy listener the CA can reach (--listen with --upstream, or --redirect-https)".into());
+        }
         Ok(Self {
             contact: vec![contact(email).map_err(|e| format!("--acme {email:?}: {e}"))?],
             domains: names,
             ca: vec![ca],
             ca_root: None,
-            challenges: default_challenges(server),
+            challenges,
             storage,
             retry: DEFAULT_RETRY,
             origin,

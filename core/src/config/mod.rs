@@ -47,7 +47,9 @@ pub use upstream::{
     DEFAULT_HASH_BALANCE_FACTOR, DEFAULT_RETRIES, DEFAULT_UPSTREAM_KEEPALIVE,
 };
 
-pub use acme::{Acme, DEFAULT_RETRY as DEFAULT_ACME_RETRY, LETS_ENCRYPT};
+pub use acme::{
+    Acme, DEFAULT_RETRY as DEFAULT_ACME_RETRY, LETS_ENCRYPT, MAX_RETRY as MAX_ACME_RETRY,
+};
 pub use tls::{CertKeyFiles, Origin, Tls, TlsVersion, UpstreamTls, DEFAULT_HANDSHAKE_TIMEOUT};
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,0 +1,513 @@
+//! ACME end to end against pebble (Let's Encrypt's test CA, Debian's `pebble` package) started
+//! by each test on loopback, with `pebble-challtestsrv` as its name server (every name is
+//! 127.0.0.1): first issuance by HTTP-01 and by TLS-ALPN-01 answered by ringway's own
+//! listeners, renewal at a third of a short lifetime, a CA that fails then recovers, a CA list
+//! that falls back, and a restart that reuses the stored certificate. curl checks what is
+//! served against pebble's root.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// pebble and its name server, ended (by PID) when dropped.
+struct Pebble {
+    dir: PathBuf,
+    port: u16,
+    management: u16,
+    children: Vec<Child>,
+    config: PathBuf,
+    dns: u16,
+}
+
+impl Pebble {
+    /// `None` outside CI when pebble is not installed; in CI its absence fails the test.
+    /// Validations go to `http_port` (HTTP-01) and `tls_port` (TLS-ALPN-01) on 127.0.0.1;
+    /// certificates live `validity` seconds.
+    fn start(name: &str, http_port: u16, tls_port: u16, validity: u64) -> Option<Self> {
+        if Command::new("pebble").arg("-h").output().is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "pebble is needed in CI (apt-get install pebble)"
+            );
+            eprintln!("skipped: no pebble here (apt-get install pebble)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("ringway-acme-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // pebble's own HTTPS certificate, from a CA of the test's (the client trusts the CA).
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "pebble test CA");
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        std::fs::write(dir.join("https-ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("https.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.join("https.key"), key.serialize_pem()).unwrap();
+        let (port, management, dns) = (free_port(), free_port(), free_port());
+        let config = dir.join("pebble.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{management}",
+                "certificate": "{d}/https.pem", "privateKey": "{d}/https.key", "httpPort": {http_port},
+                "tlsPort": {tls_port}, "ocspResponderURL": "", "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": {validity}}}}}"#,
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut p = Self {
+            dir,
+            port,
+            management,
+            children: Vec::new(),
+            config,
+            dns,
+        };
+        let names = Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{}", free_port())])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (Debian's pebble package)");
+        p.children.push(names);
+        p.run();
+        Some(p)
+    }
+
+    /// Starts pebble itself (again).
+    fn run(&mut self) {
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&self.config)
+            .args(["-dnsserver", &format!("127.0.0.1:{}", self.dns)])
+            // Validations at once, not after pebble's random sleep.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble");
+        self.children.push(child);
+        wait_listening(self.port, Duration::from_secs(20));
+        wait_listening(self.management, Duration::from_secs(20));
+    }
+
+    fn stop_ca(&mut self) {
+        if let Some(mut c) = self.children.pop() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// The root that signs what pebble issues (made anew at each pebble start).
+    fn root(&self) -> PathBuf {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--noproxy", "*", "--cacert"])
+            .arg(self.dir.join("https-ca.pem"))
+            .arg(format!("https://127.0.0.1:{}/roots/0", self.management))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.dir.join("root.pem");
+        std::fs::write(&path, out.stdout).unwrap();
+        path
+    }
+
+    /// `[acme]` for `domains` at this pebble (or at `ca` first), storing under `storage`.
+    fn section(&self, domains: &[&str], storage: &Path, extra: &str) -> String {
+        format!(
+            "[acme]\nemail = \"ops@example.org\"\ndomains = {domains:?}\nca = [\"{ca}\"]\n\
+             ca_root = \"{root}\"\nstorage = \"{storage}\"\nretry = \"1s\"\n{extra}\n",
+            ca = self.directory(),
+            root = self.dir.join("https-ca.pem").display(),
+            storage = storage.display(),
+        )
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A reverse proxy on a plain and a TLS port to `origin`, with `acme` appended.
+fn config(origin: std::net::SocketAddr, http: u16, tls: u16, acme: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}]\n\
+         workers = 1\npin = false\nshutdown_timeout = \"2s\"\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n{acme}"
+    )
+}
+
+/// curl to `https://NAME:PORT/PATH` at 127.0.0.1, trusting only `root`.
+fn https(name: &str, port: u16, root: &Path, path: &str) -> (bool, Vec<u8>) {
+    let resolve = format!("{name}:{port}:127.0.0.1");
+    let url = format!("https://{name}:{port}{path}");
+    curl(&[
+        "--cacert",
+        &root.display().to_string(),
+        "--resolve",
+        &resolve,
+        &url,
+    ])
+}
+
+/// The serial number of the certificate served for `name`.
+fn served_serial(name: &str, port: u16) -> String {
+    let s = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null \
+             | openssl x509 -noout -serial"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&s.stdout).trim().to_string()
+}
+
+fn obtained(log: &str, name: &str) -> usize {
+    log.matches(&format!("acme: {name}: certificate obtained"))
+        .count()
+}
+
+/// First issuance by HTTP-01 (the plain listener answers pebble's requests), for two names,
+/// each served by SNI; the files are private; a restart serves the stored certificates
+/// without a new order.
+#[test]
+fn http01_issuance_then_a_restart_reuses_the_stored_certificates() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start("http01", http, tls, 3600) else {
+        return;
+    };
+    let origin = Origin::start();
+    let storage = pebble.dir.join("state");
+    let acme = pebble.section(
+        &["a.test", "b.test"],
+        &storage,
+        "challenges = [\"http-01\"]",
+    );
+    let cfg = config(origin.addr, http, tls, &acme);
+    let proxy = Proxy::start(&cfg);
+    proxy.wait_log(|l| obtained(l, "a.test") == 1 && obtained(l, "b.test") == 1);
+    let root = pebble.root();
+    for name in ["a.test", "b.test"] {
+        let (ok, body) = https(name, tls, &root, "/hello");
+        assert!(ok, "{name}");
+        assert_eq!(body, b"ok /hello");
+    }
+    assert_ne!(served_serial("a.test", tls), served_serial("b.test", tls));
+    // A name not managed gets the first managed certificate, which curl refuses for it.
+    let (ok, _) = https("c.test", tls, &root, "/");
+    assert!(!ok);
+    // Private files: keys and certificates 0600, directories 0700.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(storage.join("certs/a.test.key")), 0o600);
+    assert_eq!(mode(storage.join("certs/a.test.crt")), 0o600);
+    assert_eq!(mode(storage.join("certs")), 0o700);
+    let accounts: Vec<_> = std::fs::read_dir(storage.join("accounts"))
+        .unwrap()
+        .collect();
+    assert_eq!(accounts.len(), 1, "one account for the one CA");
+    let serial = served_serial("a.test", tls);
+    drop(proxy);
+    // Restarted: the stored certificates, no order.
+    let proxy = Proxy::start(&cfg);
+    proxy.wait_log(|l| l.matches("using the stored certificate").count() == 2);
+    let (ok, _) = https("a.test", tls, &root, "/");
+    assert!(ok);
+    assert_eq!(served_serial("a.test", tls), serial);
+    assert_eq!(obtained(&proxy.log(), "a.test"), 0, "{}", proxy.log());
+}
+
+/// TLS-ALPN-01 (the TLS listener answers the validation handshake and closes it), then
+/// renewal when a third of a 15-second lifetime is left: a new certificate is served without
+/// a reload, and connections go on being served throughout.
+#[test]
+fn tls_alpn01_issuance_and_renewal_at_a_third_of_the_lifetime() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start("alpn", http, tls, 15) else {
+        return;
+    };
+    let origin = Origin::start();
+    let storage = pebble.dir.join("state");
+    let acme = pebble.section(&["a.test"], &storage, "challenges = [\"tls-alpn-01\"]");
+    let proxy = Proxy::start(&config(origin.addr, http, tls, &acme));
+    proxy.wait_log(|l| obtained(l, "a.test") == 1);
+    let root = pebble.root();
+    let (ok, _) = https("a.test", tls, &root, "/");
+    assert!(ok);
+    let first = served_serial("a.test", tls);
+    // Renewed when about 5 s of 15 are left.
+    proxy.wait_log_for(Duration::from_secs(30), |l| obtained(l, "a.test") >= 2);
+    let (ok, _) = https("a.test", tls, &root, "/");
+    assert!(ok);
+    assert_ne!(served_serial("a.test", tls), first);
+}
+
+/// A CA that cannot be reached: the next in the list is used. A start while the only CA is
+/// down: handshakes fail (no certificate yet), the order is retried with back-off, and once
+/// the CA is up the certificate comes and is served.
+#[test]
+fn a_failing_ca_is_skipped_and_a_down_ca_is_retried_until_it_recovers() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(mut pebble) = Pebble::start("fallback", http, tls, 3600) else {
+        return;
+    };
+    let origin = Origin::start();
+    let dead = format!("https://127.0.0.1:{}/dir", free_port());
+    let acme = pebble
+        .section(&["a.test"], &pebble.dir.join("one"), "")
+        .replace("ca = [", &format!("ca = [\"{dead}\", "));
+    let proxy = Proxy::start(&config(origin.addr, http, tls, &acme));
+    proxy.wait_log(|l| obtained(l, "a.test") == 1);
+    assert!(
+        proxy
+            .log()
+            .contains(&format!("certificate obtained from {}", pebble.directory())),
+        "{}",
+        proxy.log()
+    );
+    drop(proxy);
+    // The CA down at start.
+    pebble.stop_ca();
+    let acme = pebble.section(&["a.test"], &pebble.dir.join("two"), "");
+    let proxy = Proxy::start(&config(origin.addr, http, tls, &acme));
+    proxy.wait_log(|l| l.matches("acme: a.test: no certificate").count() >= 2);
+    let (ok, _) = curl(&[
+        "-k",
+        "--resolve",
+        &format!("a.test:{tls}:127.0.0.1"),
+        &format!("https://a.test:{tls}/"),
+    ]);
+    assert!(!ok, "no certificate to serve yet");
+    pebble.run();
+    proxy.wait_log(|l| obtained(l, "a.test") == 1);
+    let root = pebble.root();
+    let (ok, _) = https("a.test", tls, &root, "/");
+    assert!(ok);
+}
+
+/// HTTP-01 requests for tokens not in progress, and path tricks, are ordinary requests: they
+/// go to the routes like any other (here: the origin).
+#[test]
+fn unknown_validation_tokens_are_ordinary_requests() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start("tokens", http, tls, 3600) else {
+        return;
+    };
+    let origin = Origin::start();
+    let acme = pebble.section(&["a.test"], &pebble.dir.join("state"), "");
+    let proxy = Proxy::start(&config(origin.addr, http, tls, &acme));
+    proxy.wait_log(|l| obtained(l, "a.test") == 1);
+    for path in [
+        "/.well-known/acme-challenge/not-a-token",
+        "/.well-known/acme-challenge/../../etc/passwd",
+        "/.well-known/acme-challenge/%2e%2e",
+    ] {
+        let r = request(
+            std::net::SocketAddr::from(([127, 0, 0, 1], http)),
+            format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            r.status == 200 && r.text().starts_with("ok /"),
+            "{path}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+}
+
+/// Quick mode: `--acme EMAIL --domain NAME` with `--acme-ca`/`--acme-ca-root` for pebble and a
+/// `--redirect-https` listener, which both redirects and answers HTTP-01.
+#[test]
+fn quick_mode_gets_a_certificate_from_flags() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start("quick", http, tls, 3600) else {
+        return;
+    };
+    let origin = Origin::start();
+    let state = pebble.dir.join("state").display().to_string();
+    let ca_root = pebble.dir.join("https-ca.pem").display().to_string();
+    let (listen, redirect) = (format!("127.0.0.1:{tls}"), format!("127.0.0.1:{http}"));
+    let upstream = origin.addr.to_string();
+    let proxy = Proxy::start_args(&[
+        "--upstream",
+        &upstream,
+        "--listen",
+        &listen,
+        "--redirect-https",
+        &redirect,
+        "--acme",
+        "ops@example.org",
+        "--domain",
+        "a.test",
+        "--acme-ca",
+        &pebble.directory(),
+        "--acme-ca-root",
+        &ca_root,
+        "--state-dir",
+        &state,
+        "--workers",
+        "1",
+        "--no-pin",
+    ]);
+    proxy.wait_log(|l| obtained(l, "a.test") == 1);
+    let (ok, body) = https("a.test", tls, &pebble.root(), "/q");
+    assert!(ok);
+    assert_eq!(body, b"ok /q");
+    let r = request(
+        std::net::SocketAddr::from(([127, 0, 0, 1], http)),
+        b"GET /q?x=1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://a.test:{tls}/q?x=1").as_str())
+    );
+}
+
+/// Flags that cannot work are refused before anything starts, saying why.
+#[test]
+fn quick_mode_acme_errors() {
+    for (args, words) in [
+        (
+            &[
+                "--upstream",
+                "127.0.0.1:9",
+                "--acme",
+                "ops@example.org",
+                "--domain",
+                "a.test",
+            ][..],
+            "--state-dir",
+        ),
+        (
+            &[
+                "--upstream",
+                "127.0.0.1:9",
+                "--acme",
+                "nobody",
+                "--domain",
+                "a.test",
+                "--state-dir",
+                "/tmp/x",
+            ][..],
+            "email",
+        ),
+        (
+            &[
+                "--upstream",
+                "127.0.0.1:9",
+                "--acme",
+                "o@e.org",
+                "--domain",
+                "*.a.test",
+                "--state-dir",
+                "/tmp/x",
+            ][..],
+            "DNS-01",
+        ),
+        (
+            &[
+                "--upstream",
+                "127.0.0.1:9",
+                "--acme",
+                "o@e.org",
+                "--domain",
+                "a.test",
+                "--acme-ca",
+                "http://ca/dir",
+                "--state-dir",
+                "/tmp/x",
+            ][..],
+            "https://",
+        ),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{args:?}: {err}");
+    }
+}
+
+/// A reload that adds a name orders its certificate while the first stays served; one that
+/// removes a name stops serving it.
+#[test]
+fn reloads_add_and_remove_names() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start("reload", http, tls, 3600) else {
+        return;
+    };
+    let origin = Origin::start();
+    let storage = pebble.dir.join("state");
+    let one = config(origin.addr, http, tls, &pebble.section(&["a.test"], &storage, ""));
+    let proxy = Proxy::start(&one);
+    proxy.wait_log(|l| obtained(l, "a.test") == 1);
+    let path = proxy.config.as_ref().unwrap().0.clone();
+    let two = config(
+        origin.addr,
+        http,
+        tls,
+        &pebble.section(&["a.test", "b.test"], &storage, ""),
+    );
+    std::fs::write(&path, &two).unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_log(|l| obtained(l, "b.test") == 1);
+    let root = pebble.root();
+    assert!(https("a.test", tls, &root, "/").0);
+    assert!(https("b.test", tls, &root, "/").0);
+    assert_eq!(obtained(&proxy.log(), "a.test"), 1, "a.test kept, not ordered again");
+    let only_b = config(origin.addr, http, tls, &pebble.section(&["b.test"], &storage, ""));
+    std::fs::write(&path, only_b).unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_log(|l| l.matches("reloaded:").count() >= 2);
+    // a.test is no longer managed (once the ACME thread has read the reload): it gets
+    // b.test's certificate, which curl refuses.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while https("a.test", tls, &root, "/").0 {
+        assert!(std::time::Instant::now() < end, "a.test still served");
+    }
+    assert!(https("b.test", tls, &root, "/").0);
+}
