@@ -61,6 +61,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// The TLS --listen addresses require a client certificate signed by a CA in FILE (PEM):
+    /// mutual TLS; the upstream is told its subject and fingerprint.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Certificates from an ACME CA (Let's Encrypt unless --acme-ca says otherwise) for the
     /// --domain names, with EMAIL as the account's contact: the --listen addresses serve TLS
     /// with them (default 0.0.0.0:443, with a --redirect-https 0.0.0.0:80 beside it); needs

@@ -168,6 +168,31 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
         ));
     }
     quick_acme(cli, &mut cfg)?;
+    if let Some(ca) = &cli.tls_client_ca {
+        if cli.config.is_some() {
+            return Err(
+                "--tls-client-ca is for quick mode; with --config set [tls] client_ca and client_auth on listeners"
+                    .into(),
+            );
+        }
+        let origin = ringway_core::config::Origin {
+            file: "--tls-client-ca".into(),
+            line: None,
+            key: String::new(),
+        };
+        match cfg.tls.as_mut() {
+            Some(t) => t.client_ca = Some((ca.clone(), origin)),
+            None => {
+                return Err(
+                    "--tls-client-ca needs TLS listeners: give --tls-cert/--tls-key or --acme"
+                        .into(),
+                )
+            }
+        }
+        for l in cfg.server.listen.iter_mut().filter(|l| l.is_tls()) {
+            l.client_auth = ringway_core::config::ClientAuth::Required;
+        }
+    }
     if cli.forward {
         if cli.config.is_some() && cli.listen.is_empty() {
             return Err("--forward applies to the --listen addresses: give --listen".into());

@@ -482,7 +482,12 @@ fn reloads_add_and_remove_names() {
     };
     let origin = Origin::start();
     let storage = pebble.dir.join("state");
-    let one = config(origin.addr, http, tls, &pebble.section(&["a.test"], &storage, ""));
+    let one = config(
+        origin.addr,
+        http,
+        tls,
+        &pebble.section(&["a.test"], &storage, ""),
+    );
     let proxy = Proxy::start(&one);
     proxy.wait_log(|l| obtained(l, "a.test") == 1);
     let path = proxy.config.as_ref().unwrap().0.clone();
@@ -498,8 +503,17 @@ fn reloads_add_and_remove_names() {
     let root = pebble.root();
     assert!(https("a.test", tls, &root, "/").0);
     assert!(https("b.test", tls, &root, "/").0);
-    assert_eq!(obtained(&proxy.log(), "a.test"), 1, "a.test kept, not ordered again");
-    let only_b = config(origin.addr, http, tls, &pebble.section(&["b.test"], &storage, ""));
+    assert_eq!(
+        obtained(&proxy.log(), "a.test"),
+        1,
+        "a.test kept, not ordered again"
+    );
+    let only_b = config(
+        origin.addr,
+        http,
+        tls,
+        &pebble.section(&["b.test"], &storage, ""),
+    );
     std::fs::write(&path, only_b).unwrap();
     proxy.signal(libc::SIGHUP);
     proxy.wait_log(|l| l.matches("reloaded:").count() >= 2);

@@ -1117,3 +1117,146 @@ fn curl_proxied(args: &[&str]) -> (bool, Vec<u8>) {
     }
     (out.status.success(), out.stdout)
 }
+
+/// Mutual TLS with curl `--cert`: a `required` listener refuses a handshake without a client
+/// certificate or with one from another CA; an `optional` one serves both; the upstream learns
+/// the verdict, subject and fingerprint (and never what the client wrote under those names);
+/// a rule admits by subject.
+#[test]
+fn client_certificates_required_and_optional() {
+    let (dir, ca, origin) = setup();
+    ca.issue(&dir, "alice", &["alice"], false);
+    let other = Ca::new("another CA");
+    other.issue(&dir, "mallory", &["mallory"], false);
+    let (req_port, opt_port) = (free_port(), free_port());
+    let config = format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:{req_port}\", tls = true, client_auth = \"required\" }}, \
+         {{ addr = \"127.0.0.1:{opt_port}\", tls = true, client_auth = \"optional\" }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [{{ cert = \"{a}.crt\", key = \"{a}.key\" }}]\nclient_ca = \"{ca}\"\n\
+         [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n\
+         [[rules]]\naction = \"allow\"\npaths = [\"/admin\"]\nclient_subject = \"^CN=alice$\"\n\
+         [[rules]]\naction = \"deny\"\npaths = [\"/admin\"]\n",
+        a = dir.path("a"),
+        ca = dir.path("ca.pem"),
+        origin = origin.addr,
+    );
+    let _p = Proxy::start(&config);
+    let cacert = dir.path("ca.pem");
+    let get = |port: u16, who: Option<&str>, path: &str, more: &[&str]| {
+        let url = format!("https://a.test:{port}{path}");
+        let resolve = format!("a.test:{port}:127.0.0.1");
+        let (cert, key) = who.map_or((String::new(), String::new()), |w| {
+            (dir.path(&format!("{w}.crt")), dir.path(&format!("{w}.key")))
+        });
+        let mut args = vec!["--cacert", &cacert, "--resolve", &resolve];
+        if who.is_some() {
+            args.extend_from_slice(&["--cert", &cert, "--key", &key]);
+        }
+        args.extend_from_slice(more);
+        args.push(&url);
+        curl(&args)
+    };
+    let forged = [
+        "-H",
+        "X-Client-Verify: SUCCESS",
+        "-H",
+        "X-Client-Cert-Subject: CN=root",
+    ];
+    let (ok, body) = get(req_port, Some("alice"), "/x", &forged);
+    assert!(ok);
+    assert_eq!(body, b"ok /x");
+    let seen = origin.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.header("x-client-verify"), Some("SUCCESS"));
+    assert_eq!(last.header("x-client-cert-subject"), Some("CN=alice"));
+    // The fingerprint is the certificate's SHA-256, as openssl computes it.
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(dir.path("alice.crt"))
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(
+        last.header("x-client-cert-fingerprint"),
+        Some(want.as_str())
+    );
+    assert_eq!(
+        last.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-client-verify"))
+            .count(),
+        1,
+        "the forged field is gone"
+    );
+    // Required: no certificate, or one from another CA, fails the handshake.
+    assert!(!get(req_port, None, "/x", &[]).0);
+    assert!(!get(req_port, Some("mallory"), "/x", &[]).0);
+    // Optional: served without one, and the upstream is told NONE.
+    let (ok, _) = get(opt_port, None, "/y", &forged);
+    assert!(ok);
+    let seen = origin.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.header("x-client-verify"), Some("NONE"));
+    assert_eq!(last.header("x-client-cert-subject"), None);
+    // An unverifiable certificate is refused even where one is optional.
+    assert!(!get(opt_port, Some("mallory"), "/y", &[]).0);
+    // The rule: /admin for alice's certificate only, whatever fields are sent.
+    let (ok, body) = get(opt_port, Some("alice"), "/admin", &[]);
+    assert!(ok);
+    assert_eq!(body, b"ok /admin");
+    let (_, body) = get(opt_port, None, "/admin", &forged);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("refused by a rule"),
+        "no certificate: the deny rule: {body}"
+    );
+}
+
+/// Quick mode `--forward --tls-cert … --tls-client-ca …`: an HTTPS proxy only clients with a
+/// certificate from that CA may use (curl `--proxy-cert`).
+#[test]
+fn an_https_proxy_for_clients_with_certificates_from_flags() {
+    let (dir, ca, origin) = setup();
+    ca.issue(&dir, "proxy", &["proxy.test"], false);
+    ca.issue(&dir, "alice", &["alice"], false);
+    let p = Proxy::start_quick(&[
+        "--forward",
+        "--tls-cert",
+        &dir.path("proxy.crt"),
+        "--tls-key",
+        &dir.path("proxy.key"),
+        "--tls-client-ca",
+        &dir.path("ca.pem"),
+        "--connect-ports",
+        &origin.addr.port().to_string(),
+        "--safe-ports",
+        &origin.addr.port().to_string(),
+    ]);
+    let px = format!("https://proxy.test:{}", p.addr.port());
+    let resolve = format!("proxy.test:{}:127.0.0.1", p.addr.port());
+    let ca_path = dir.path("ca.pem");
+    let url = format!("http://{}/len/10", origin.addr);
+    let base = [
+        "--proxy",
+        &px,
+        "--proxy-cacert",
+        &ca_path,
+        "--resolve",
+        &resolve,
+    ];
+    let (cert, key) = (dir.path("alice.crt"), dir.path("alice.key"));
+    let mut with = base.to_vec();
+    with.extend_from_slice(&["--proxy-cert", &cert, "--proxy-key", &key, &url]);
+    let (ok, body) = curl_proxied(&with);
+    assert!(ok);
+    assert_eq!(body.len(), 10);
+    let mut without = base.to_vec();
+    without.push(&url);
+    assert!(!curl_proxied(&without).0);
+}

@@ -10,6 +10,7 @@ pub mod accesslog;
 pub mod acme;
 pub mod balance;
 pub mod cache;
+pub mod clientcert;
 pub mod compress;
 pub mod config;
 pub mod dns;

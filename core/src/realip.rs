@@ -25,6 +25,28 @@ pub struct Trusted {
     pub field: ChainField,
 }
 
+/// What the listener learnt of the client's certificate (mutual TLS).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Certificate {
+    /// The listener does not ask for one.
+    #[default]
+    NotAsked,
+    /// Asked for (optionally) and none was presented.
+    None,
+    /// Presented and verified against the listener's client CAs.
+    Verified(Box<crate::clientcert::ClientCert>),
+}
+
+impl Certificate {
+    /// The subject of a verified certificate.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Self::Verified(c) => Some(&c.subject),
+            Self::NotAsked | Self::None => None,
+        }
+    }
+}
+
 /// The client of one connection and of its current request.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -36,6 +58,8 @@ pub struct Client {
     pub text: Vec<u8>,
     /// `peer` as text.
     pub peer_text: Vec<u8>,
+    /// The connection's client certificate, on listeners that ask for one.
+    pub cert: Certificate,
 }
 
 impl Client {
@@ -46,6 +70,7 @@ impl Client {
             addr: peer,
             peer_text: text.clone(),
             text,
+            cert: Certificate::NotAsked,
         }
     }
 

@@ -137,6 +137,8 @@ pub struct Rule {
     /// Lower-case header names, each with a regex its value must match (`None`: present).
     pub headers: Vec<(String, Option<Regex>)>,
     pub user_agent: Option<Regex>,
+    /// The verified client certificate's subject must match (no certificate: no match).
+    pub client_subject: Option<Regex>,
     pub routes: Option<Vec<usize>>,
     pub listeners: Option<Vec<SocketAddr>>,
     /// A file of address blocks, read by the caller into `clients` (and again on reload).
@@ -152,6 +154,8 @@ pub struct Seen<'a> {
     /// The normalised path (without the query).
     pub path: &'a [u8],
     pub header: &'a dyn Fn(&[u8]) -> Option<&'a [u8]>,
+    /// The subject of the connection's verified client certificate.
+    pub client_subject: Option<&'a str>,
 }
 
 impl Rule {
@@ -198,6 +202,11 @@ impl Rule {
                 return false;
             }
         }
+        if let Some(re) = &self.client_subject {
+            if !r.client_subject.is_some_and(|s| re.is_match(s.as_bytes())) {
+                return false;
+            }
+        }
         true
     }
 }
@@ -223,6 +232,7 @@ mod tests {
             method: b"GET",
             path,
             header,
+            client_subject: None,
         }
     }
 
@@ -236,6 +246,7 @@ mod tests {
             path_regex: None,
             headers: Vec::new(),
             user_agent: None,
+            client_subject: None,
             routes: None,
             listeners: None,
             clients_file: None,

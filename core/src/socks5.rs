@@ -777,6 +777,7 @@ impl Session {
         Ask {
             client: self.client,
             user: self.user.as_deref(),
+            client_subject: None,
             method,
             tunnel: true,
             ports: Some(&env.cfg.forward.socks_ports),

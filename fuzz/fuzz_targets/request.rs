@@ -35,6 +35,9 @@ fuzz_target!(|data: &[u8]| {
     let mut again = Vec::new();
     assert_eq!(normalise(&target, &policy, &mut again), Ok(n));
     assert_eq!(target, again);
+    let cert = ringway_core::realip::Certificate::Verified(Box::new(
+        ringway_core::clientcert::ClientCert::new("CN=fuzz, O=ringway", &[0xab; 32]),
+    ));
     let fwd = Forwarding {
         policy: ForwardingPolicy::REVERSE,
         client_ip: b"127.0.0.1",
@@ -47,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         revalidate: None,
         edits: None,
         request_id: Some((b"X-Request-Id", b"0123456789abcdef0123456789abcdef")),
+        client_cert: &cert,
     };
     let mut out = Vec::new();
     upstream_request(buf, &head, &headers, &target, info.body, &fwd, &mut out);

@@ -97,23 +97,32 @@ pub(crate) async fn serve(
     };
     let client = match listen.transport {
         Transport::Plain => Stream::Plain(tcp),
-        Transport::Tls => match Box::pin(accept_tls(&w, &cfg, tcp, peer, early.clone())).await {
-            Accepted::Tls(s) => s,
-            Accepted::PlainHttp(tcp) => {
-                // Plain HTTP on a TLS port: core answers it in plain HTTP. Boxed, so that this
-                // task's future holds one connection's state, not two.
-                let mut c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &listen);
-                c.inbuf = early;
-                Box::pin(c.not_tls()).await;
-                return;
+        Transport::Tls => {
+            match Box::pin(accept_tls(&w, &cfg, (tcp, peer, &listen), early.clone())).await {
+                Accepted::Tls(s) => s,
+                Accepted::PlainHttp(tcp) => {
+                    // Plain HTTP on a TLS port: core answers it in plain HTTP. Boxed, so that this
+                    // task's future holds one connection's state, not two.
+                    let mut c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &listen);
+                    c.inbuf = early;
+                    Box::pin(c.not_tls()).await;
+                    return;
+                }
+                Accepted::Failed => return,
             }
-            Accepted::Failed => return,
-        },
+        }
     };
     match listen.protocol {
         // The HTTP/1 driver serves all three: the exchange reads the protocol.
         Protocol::Http | Protocol::RedirectHttps | Protocol::ForwardHttp => {
+            let cert = match listen.client_auth {
+                ringway_core::config::ClientAuth::Off => None,
+                _ => client.client_certificate(),
+            };
             let mut c = Conn::new(w, cfg, client, peer, &listen);
+            if let Some(cert) = cert {
+                c.ex.handle_client_certificate(cert);
+            }
             if listen.transport == Transport::Plain {
                 c.inbuf = early;
             }
@@ -154,11 +163,15 @@ enum Accepted {
 async fn accept_tls(
     w: &Worker,
     cfg: &Generation,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    (tcp, peer, listen): (TcpStream, SocketAddr, &Listen),
     early: Vec<u8>,
 ) -> Accepted {
-    let Some(sc) = cfg.tls.server.clone() else {
+    let Some(sc) = cfg
+        .tls
+        .server
+        .as_ref()
+        .map(|s| s.for_listener(listen.client_auth))
+    else {
         // Not reachable: a configuration with a TLS listener always loads a server config.
         log::error!("TLS listener without certificates; closing {peer}");
         return Accepted::Failed;

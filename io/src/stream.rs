@@ -216,6 +216,18 @@ impl Stream {
         Some((version, sni))
     }
 
+    /// The verified certificate the TLS client presented: its subject and SHA-256 fingerprint.
+    pub(crate) fn client_certificate(&self) -> Option<ringway_core::clientcert::ClientCert> {
+        let Self::Tls(t) = self else { return None };
+        let leaf = t.conn.peer_certificates()?.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf);
+        Some(ringway_core::clientcert::ClientCert::new(
+            &cert.subject().to_string(),
+            digest.as_ref(),
+        ))
+    }
+
     /// The protocol ALPN chose, over TLS.
     pub(crate) fn alpn(&self) -> Option<&[u8]> {
         match self {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringway_core::config::{
-    CertKeyFiles, Config, ConfigError, Origin, Tls, TlsVersion, UpstreamTls,
+    CertKeyFiles, ClientAuth, Config, ConfigError, Origin, Tls, TlsVersion, UpstreamTls,
 };
 use ringway_core::sni::NameIndex;
 use rustls::client::ClientConfig;
@@ -33,7 +33,7 @@ use rustls::RootCertStore;
 /// The TLS side of one configuration generation.
 pub(crate) struct TlsMaterial {
     /// For listeners marked `tls`.
-    pub(crate) server: Option<Arc<ServerConfig>>,
+    pub(crate) server: Option<ServerConfigs>,
     pub(crate) handshake_timeout: Duration,
     /// Per upstream group, when it connects over TLS.
     pub(crate) upstreams: Vec<Option<Origination>>,
@@ -92,7 +92,7 @@ impl TlsMaterial {
         let acme = cfg.acme.as_ref().map(|_| keep.acme.clone());
         // Read even when no listener uses it yet, so that a bad file is reported now.
         let server = match &cfg.tls {
-            Some(t) => Some(server_config(t, keep, acme.clone())?),
+            Some(t) => Some(server_configs(t, &cfg.server.listen, keep, acme.clone())?),
             None => None,
         };
         let upstreams = cfg
@@ -114,11 +114,15 @@ impl TlsMaterial {
     }
 }
 
-fn server_config(
+/// The server configurations of the TLS listeners: one without client certificates, and one
+/// per `client_auth` mode the listeners use; all share the certificates, session cache and
+/// ticket keys.
+fn server_configs(
     t: &Tls,
+    listen: &[ringway_core::config::Listen],
     keep: &mut Keep,
     acme: Option<Arc<crate::acme::Acme>>,
-) -> Result<Arc<ServerConfig>, ConfigError> {
+) -> Result<ServerConfigs, ConfigError> {
     let tls_alpn = acme.is_some();
     let mut resolver = SniResolver {
         certs: Vec::new(),
@@ -133,22 +137,12 @@ fn server_config(
             .names
             .add(i, names.iter().map(String::as_str), !t.strict_sni);
     }
+    let resolver: Arc<dyn ResolvesServerCert> = Arc::new(resolver);
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut sc = ServerConfig::builder_with_protocol_versions(versions)
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    // http/1.0 too: a client that offers only it (`curl --http1.0`) must get HTTP/1.x, not a
-    // failed handshake (rustls refuses a client whose ALPN list shares nothing with ours).
-    sc.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
-    if tls_alpn {
-        // TLS-ALPN-01 validations offer only this; no browser does.
-        sc.alpn_protocols
-            .push(ringway_core::acme::ALPN_PROTOCOL.to_vec());
-    }
-    sc.session_storage = if t.session_cache == 0 {
+    let storage: Arc<dyn rustls::server::StoresServerSessions> = if t.session_cache == 0 {
         Arc::new(NoServerSessionStorage {})
     } else {
         match &keep.cache {
@@ -160,22 +154,97 @@ fn server_config(
             }
         }
     };
-    if t.session_tickets {
-        let ticketer = match &keep.ticketer {
-            Some(tk) => tk.clone(),
-            None => {
-                let tk = aws_lc_rs::Ticketer::new().map_err(|e| {
-                    t.certificates[0]
-                        .origin
-                        .error(format!("cannot create session ticket keys: {e}"))
-                })?;
-                keep.ticketer = Some(tk.clone());
-                tk
-            }
+    let ticketer = match (t.session_tickets, &keep.ticketer) {
+        (false, _) => None,
+        (true, Some(tk)) => Some(tk.clone()),
+        (true, None) => {
+            let tk = aws_lc_rs::Ticketer::new().map_err(|e| ConfigError {
+                file: String::new(),
+                line: None,
+                key: "tls.session_tickets".into(),
+                message: format!("cannot create session ticket keys: {e}"),
+            })?;
+            keep.ticketer = Some(tk.clone());
+            Some(tk)
+        }
+    };
+    let build = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| {
+        let b = ServerConfig::builder_with_protocol_versions(versions);
+        let b = match verifier {
+            None => b.with_no_client_auth(),
+            Some(v) => b.with_client_cert_verifier(v),
         };
-        sc.ticketer = ticketer;
+        let mut sc = b.with_cert_resolver(resolver.clone());
+        // http/1.0 too: a client that offers only it (`curl --http1.0`) must get HTTP/1.x,
+        // not a failed handshake (rustls refuses a client whose ALPN list shares nothing with
+        // ours).
+        sc.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+        if tls_alpn {
+            // TLS-ALPN-01 validations offer only this; no browser does.
+            sc.alpn_protocols
+                .push(ringway_core::acme::ALPN_PROTOCOL.to_vec());
+        }
+        sc.session_storage = storage.clone();
+        if let Some(tk) = &ticketer {
+            sc.ticketer = tk.clone();
+        }
+        Arc::new(sc)
+    };
+    let uses = |mode: ClientAuth| listen.iter().any(|l| l.is_tls() && l.client_auth == mode);
+    let verifier = |optional: bool| -> Result<_, ConfigError> {
+        let (path, origin) = t.client_ca.as_ref().ok_or_else(|| ConfigError {
+            file: String::new(),
+            line: None,
+            key: "tls.client_ca".into(),
+            message: "listeners with client_auth need it".into(),
+        })?;
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(path, origin, "client CA certificate")? {
+            roots.add(cert).map_err(|e| {
+                origin.error(format!("invalid CA certificate in {}: {e}", path.display()))
+            })?;
+        }
+        let b = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+        let b = if optional {
+            b.allow_unauthenticated()
+        } else {
+            b
+        };
+        let v: Arc<dyn rustls::server::danger::ClientCertVerifier> = b
+            .build()
+            .map_err(|e| origin.error(format!("client CAs in {}: {e}", path.display())))?;
+        Ok(v)
+    };
+    Ok(ServerConfigs {
+        optional: match uses(ClientAuth::Optional) {
+            true => Some(build(Some(verifier(true)?))),
+            false => None,
+        },
+        required: match uses(ClientAuth::Required) {
+            true => Some(build(Some(verifier(false)?))),
+            false => None,
+        },
+        plain: build(None),
+    })
+}
+
+/// See [`server_configs`].
+pub(crate) struct ServerConfigs {
+    plain: Arc<ServerConfig>,
+    optional: Option<Arc<ServerConfig>>,
+    required: Option<Arc<ServerConfig>>,
+}
+
+impl ServerConfigs {
+    /// The configuration for a listener asking for client certificates as `auth` says.
+    pub(crate) fn for_listener(&self, auth: ClientAuth) -> Arc<ServerConfig> {
+        match auth {
+            ClientAuth::Off => &self.plain,
+            ClientAuth::Optional => self.optional.as_ref().unwrap_or(&self.plain),
+            ClientAuth::Required => self.required.as_ref().unwrap_or(&self.plain),
+        }
+        .clone()
     }
-    Ok(Arc::new(sc))
 }
 
 fn origination(u: &UpstreamTls) -> Result<Origination, ConfigError> {

@@ -99,6 +99,11 @@ pub(crate) fn build_rules(
             .as_ref()
             .map(|v| regex(v, "user_agent"))
             .transpose()?;
+        let client_subject = r
+            .client_subject
+            .as_ref()
+            .map(|v| regex(v, "client_subject"))
+            .transpose()?;
         let mut headers = Vec::new();
         for (name, v) in r.headers.iter().flatten() {
             if !crate::http::chars::is_token(name.as_bytes()) {
@@ -163,6 +168,7 @@ pub(crate) fn build_rules(
             path_regex,
             headers,
             user_agent,
+            client_subject,
             routes: route_list,
             listeners: listener_list,
             clients_file,

@@ -284,6 +284,22 @@ fn build_rule(loc: &Locator<'_>, i: usize, r: &raw::ForwardRule) -> Result<Rule,
         methods,
         users: r.users.clone().unwrap_or_default(),
         dest_ips: cidrs(&r.dest_ips, "dest_ips")?,
+        client_subject: r
+            .client_subject
+            .as_ref()
+            .map(|s| {
+                regex::RegexBuilder::new(s.get_ref())
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| {
+                        loc.at(
+                            s.span(),
+                            key("client_subject"),
+                            format!("invalid regular expression: {e}"),
+                        )
+                    })
+            })
+            .transpose()?,
     })
 }
 

@@ -37,8 +37,8 @@ pub use resolver::Resolver;
 pub use route::{Action, Route};
 use server::build_server;
 pub use server::{
-    parse_cpu_list, parse_listen_addr, ConnectionLimits, Listen, Protocol, ProxyHeader, Refusal,
-    Server, Transport,
+    parse_cpu_list, parse_listen_addr, ClientAuth, ConnectionLimits, Listen, Protocol, ProxyHeader,
+    Refusal, Server, Transport,
 };
 use timeouts::{build_timeouts, opt_duration};
 pub use timeouts::{Timeouts, MAX_DURATION};
@@ -370,6 +370,18 @@ fn build(loc: &Locator<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         None => None,
         Some(t) => Some(tls::build_tls(loc, t, acme.is_some())?),
     };
+    if let Some(i) = server
+        .listen
+        .iter()
+        .position(|l| l.client_auth != ClientAuth::Off)
+    {
+        if tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            return Err(loc.nowhere(
+                format!("server.listen[{i}].client_auth"),
+                "client certificates are verified against [tls] client_ca: set it to a PEM file of the client CAs",
+            ));
+        }
+    }
     if tls.is_none() {
         if let Some(i) = server.listen.iter().position(|l| l.is_tls()) {
             return Err(loc.nowhere(

@@ -75,6 +75,7 @@ pub(crate) struct AccessRule {
     pub path_regex: Option<Spanned<String>>,
     pub headers: Option<super::access_rules::HeaderConditions>,
     pub user_agent: Option<Spanned<String>>,
+    pub client_subject: Option<Spanned<String>>,
     pub routes: Option<Vec<Spanned<String>>>,
     pub listeners: Option<Vec<Spanned<String>>>,
     pub status: Option<Spanned<u16>>,
@@ -190,6 +191,7 @@ pub(crate) struct ForwardRule {
     pub methods: Option<Vec<Spanned<String>>>,
     pub users: Option<Vec<String>>,
     pub dest_ips: Option<Vec<Spanned<String>>>,
+    pub client_subject: Option<Spanned<String>>,
 }
 
 /// `"IP"` or `["IP", "IP"]`.
@@ -227,6 +229,7 @@ pub(crate) struct ListenTable {
     pub access_log: Option<Spanned<bool>>,
     pub max_connections: Option<Spanned<u32>>,
     pub proxy_protocol: Option<Switch>,
+    pub client_auth: Option<String>,
 }
 
 /// `true`, `false` or a word (`"optional"`).
@@ -246,6 +249,7 @@ pub(crate) struct Tls {
     pub strict_sni: Option<bool>,
     pub session_tickets: Option<bool>,
     pub session_cache: Option<Spanned<usize>>,
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,19 @@ pub struct Listen {
     pub max_connections: Option<u32>,
     /// Whether connections start with a PROXY protocol header (a balancer in front).
     pub proxy_protocol: ProxyHeader,
+    /// Whether TLS clients present a certificate (verified against `[tls] client_ca`).
+    pub client_auth: ClientAuth,
+}
+
+/// A TLS listener's client certificates (mutual TLS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    #[default]
+    Off,
+    /// Asked for; a client without one is served, and the upstream told `NONE`.
+    Optional,
+    /// A handshake without a valid one fails.
+    Required,
 }
 
 /// A listener's PROXY protocol header.
@@ -65,6 +78,7 @@ impl Listen {
             log: true,
             max_connections: None,
             proxy_protocol: ProxyHeader::Off,
+            client_auth: ClientAuth::Off,
         }
     }
 
@@ -223,6 +237,30 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                         "a listener is one of `tls`, `redirect_https`, `forward`, `forward` with `tls`, or `socks5`",
                     )),
                 };
+                let client_auth = match a.get_ref() {
+                    raw::ListenEntry::Full(t) => match t.client_auth.as_ref() {
+                        None => ClientAuth::Off,
+                        Some(_) if transport != Transport::Tls => {
+                            return Err(loc.at(
+                                a.span(),
+                                format!("{key}.client_auth"),
+                                "client certificates need a TLS listener (tls = true)",
+                            ))
+                        }
+                        Some(w) => match w.as_str() {
+                            "required" => ClientAuth::Required,
+                            "optional" => ClientAuth::Optional,
+                            _ => {
+                                return Err(loc.at(
+                                    a.span(),
+                                    format!("{key}.client_auth"),
+                                    "expected \"required\" or \"optional\"",
+                                ))
+                            }
+                        },
+                    },
+                    raw::ListenEntry::Addr(_) => ClientAuth::Off,
+                };
                 if v.iter().any(|l: &Listen| l.addr == addr) {
                     return Err(loc.at(a.span(), key, format!("{addr} is listed twice")));
                 }
@@ -233,6 +271,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
                     log,
                     max_connections,
                     proxy_protocol,
+                    client_auth,
                 });
             }
             v

@@ -850,3 +850,41 @@ fn acme_section_defaults_and_errors() {
     assert_eq!(e.key, "acme");
     assert!(e.message.contains("must reach ringway"), "{e}");
 }
+
+#[test]
+fn client_auth_errors_name_the_listener() {
+    const ROUTE: &str =
+        "[upstreams.app]\nservers = [\"127.0.0.1:9\"]\n[[routes]]\nupstream = \"app\"\n";
+    let tls = "[tls]\ncertificates = [{ cert = \"c\", key = \"k\" }]\n";
+    for (text, key, words) in [
+        (
+            format!("[server]\nlisten = [{{ addr = \"127.0.0.1:80\", client_auth = \"required\" }}]\n{ROUTE}"),
+            "server.listen[0].client_auth",
+            "TLS listener",
+        ),
+        (
+            format!("[server]\nlisten = [{{ addr = \"127.0.0.1:443\", tls = true, client_auth = \"maybe\" }}]\n{tls}{ROUTE}"),
+            "server.listen[0].client_auth",
+            "\"required\" or \"optional\"",
+        ),
+        (
+            format!("[server]\nlisten = [{{ addr = \"127.0.0.1:443\", tls = true, client_auth = \"required\" }}]\n{tls}{ROUTE}"),
+            "server.listen[0].client_auth",
+            "client_ca",
+        ),
+    ] {
+        let e = Config::parse("t.toml", &text).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(words), "{e}");
+    }
+    let c = Config::parse(
+        "/etc/r/t.toml",
+        &format!("[server]\nlisten = [{{ addr = \"127.0.0.1:443\", tls = true, client_auth = \"required\" }}]\n{tls}client_ca = \"clients.pem\"\n{ROUTE}"),
+    )
+    .unwrap();
+    assert_eq!(c.server.listen[0].client_auth, ClientAuth::Required);
+    assert_eq!(
+        c.tls.unwrap().client_ca.unwrap().0,
+        std::path::Path::new("/etc/r/clients.pem")
+    );
+}

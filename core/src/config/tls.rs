@@ -63,6 +63,8 @@ pub struct Tls {
     /// Sessions kept for resumption by session ID (TLS 1.2) and stateful TLS 1.3 resumption;
     /// 0 turns the cache off.
     pub session_cache: usize,
+    /// The CAs client certificates are verified against, on listeners with `client_auth`.
+    pub client_ca: Option<(PathBuf, Origin)>,
 }
 
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +96,7 @@ impl Tls {
             strict_sni: false,
             session_tickets: true,
             session_cache: DEFAULT_SESSION_CACHE,
+            client_ca: None,
         }
     }
 }
@@ -197,6 +200,10 @@ pub(super) fn build_tls(
         strict_sni: r.strict_sni.unwrap_or(false),
         session_tickets: r.session_tickets.unwrap_or(true),
         session_cache,
+        client_ca: r
+            .client_ca
+            .as_ref()
+            .map(|p| (loc.path(p), loc.origin(t.span(), "tls.client_ca"))),
     })
 }
 

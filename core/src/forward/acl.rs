@@ -67,6 +67,9 @@ pub struct Rule {
     pub methods: Vec<String>,
     pub users: Vec<String>,
     pub dest_ips: Vec<Cidr>,
+    /// The subject of the client's verified certificate (a TLS forward listener with
+    /// `client_auth`) must match.
+    pub client_subject: Option<regex::Regex>,
 }
 
 impl PartialEq for Rule {
@@ -84,6 +87,8 @@ impl PartialEq for Rule {
             && self.methods == o.methods
             && self.users == o.users
             && self.dest_ips == o.dest_ips
+            && self.client_subject.as_ref().map(regex::Regex::as_str)
+                == o.client_subject.as_ref().map(regex::Regex::as_str)
     }
 }
 
@@ -99,6 +104,8 @@ pub struct Request<'a> {
     pub user: Option<&'a str>,
     /// The destination's addresses, once resolved (`None` before).
     pub dest: Option<&'a [IpAddr]>,
+    /// The subject of the client's verified certificate.
+    pub client_subject: Option<&'a str>,
 }
 
 impl Rule {
@@ -119,7 +126,11 @@ impl Rule {
                     .methods
                     .iter()
                     .any(|m| m.as_bytes().eq_ignore_ascii_case(r.method)))
-            && (self.users.is_empty() || r.user.is_some_and(|u| self.users.iter().any(|x| x == u)));
+            && (self.users.is_empty() || r.user.is_some_and(|u| self.users.iter().any(|x| x == u)))
+            && self
+                .client_subject
+                .as_ref()
+                .is_none_or(|re| r.client_subject.is_some_and(|s| re.is_match(s)));
         if !holds {
             return Some(false);
         }
@@ -183,6 +194,7 @@ mod tests {
             methods: Vec::new(),
             users: Vec::new(),
             dest_ips: Vec::new(),
+            client_subject: None,
         }
     }
 
@@ -194,6 +206,7 @@ mod tests {
             method: b"GET",
             user: None,
             dest: None,
+            client_subject: None,
         }
     }
 
@@ -287,6 +300,29 @@ mod tests {
         r.dest = Some(&inside);
         assert_eq!(
             evaluate(&rules, &r),
+            Decision::Decided(Verdict::Deny, Some(1))
+        );
+    }
+
+    #[test]
+    fn client_certificate_subjects() {
+        let mut r = rule(Verdict::Allow);
+        r.client_subject = Some(regex::Regex::new("^CN=alice,").unwrap());
+        let rules = [r, rule(Verdict::Deny)];
+        let with = |s| Request {
+            client_subject: s,
+            ..req("203.0.113.9", "example.org", 443)
+        };
+        assert_eq!(
+            evaluate(&rules, &with(Some("CN=alice, O=Example"))),
+            Decision::Decided(Verdict::Allow, Some(0))
+        );
+        assert_eq!(
+            evaluate(&rules, &with(Some("CN=bob, O=Example"))),
+            Decision::Decided(Verdict::Deny, Some(1))
+        );
+        assert_eq!(
+            evaluate(&rules, &with(None)),
             Decision::Decided(Verdict::Deny, Some(1))
         );
     }

@@ -39,6 +39,8 @@ impl<F: Fn(SocketAddr) -> bool> OwnAddresses for F {
 pub struct Ask<'a> {
     pub client: IpAddr,
     pub user: Option<&'a str>,
+    /// The subject of the client's verified certificate (TLS listeners with `client_auth`).
+    pub client_subject: Option<&'a str>,
     /// The request method as sent (`CONNECT` for tunnels), for rules with `methods`.
     pub method: &'a [u8],
     /// A tunnel (CONNECT, SOCKS5): `connect_ports` apply, else `safe_ports`.
@@ -228,6 +230,7 @@ fn rules(
         method: ask.method,
         user: ask.user,
         dest,
+        client_subject: ask.client_subject,
     };
     let rules = &cfg.forward.rules;
     match evaluate(rules, &r) {
@@ -258,6 +261,7 @@ mod tests {
         Ask {
             client: "127.0.0.1".parse().unwrap(),
             user: None,
+            client_subject: None,
             method: if tunnel { b"CONNECT" } else { b"GET" },
             tunnel,
             ports: None,

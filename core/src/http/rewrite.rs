@@ -32,6 +32,10 @@ const SET_ON_REQUEST: &[&[u8]] = &[
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-real-ip",
+    // What a listener asking for client certificates says of them: never the client's word.
+    b"x-client-verify",
+    b"x-client-cert-subject",
+    b"x-client-cert-fingerprint",
 ];
 
 /// `Connection` names kept at hand; more are found by reading the fields again.
@@ -72,6 +76,9 @@ pub struct ForwardingPolicy {
     /// `Proxy-Authorization` is passed on. A forward proxy consumes the credentials meant for
     /// it and never forwards them.
     pub proxy_credentials: bool,
+    /// The client certificate's verdict, subject and fingerprint (`X-Client-Verify`, …), on
+    /// listeners that ask for one: a reverse proxy's servers may rely on them.
+    pub client_cert: bool,
 }
 
 impl ForwardingPolicy {
@@ -82,6 +89,7 @@ impl ForwardingPolicy {
         via: true,
         client_chain: true,
         proxy_credentials: true,
+        client_cert: true,
     };
     /// A forward proxy that says it is one and who the client is (Squid's default).
     pub const TRANSPARENT: Self = Self {
@@ -90,6 +98,7 @@ impl ForwardingPolicy {
         via: true,
         client_chain: true,
         proxy_credentials: false,
+        client_cert: false,
     };
     /// A forward proxy that says it is one, but not who the client is.
     pub const ANONYMOUS: Self = Self {
@@ -98,6 +107,7 @@ impl ForwardingPolicy {
         via: true,
         client_chain: false,
         proxy_credentials: false,
+        client_cert: false,
     };
     /// Nothing that shows a proxy or a client address.
     pub const ELITE: Self = Self {
@@ -106,6 +116,7 @@ impl ForwardingPolicy {
         via: false,
         client_chain: false,
         proxy_credentials: false,
+        client_cert: false,
     };
 }
 
@@ -137,6 +148,8 @@ pub struct Forwarding<'a> {
     pub edits: Option<(&'a crate::edit::FieldRules, crate::edit::Vars<'a>)>,
     /// The request's id field (name, value), replacing any the client sent.
     pub request_id: Option<(&'a [u8], &'a [u8])>,
+    /// The connection's client certificate, told upstream when the policy says so.
+    pub client_cert: &'a crate::realip::Certificate,
 }
 
 /// Response fields holding a URL that may point at the upstream itself.
@@ -303,6 +316,9 @@ pub fn upstream_request(
         if let Some(h) = client_host {
             push_field(out, b"X-Forwarded-Host", h);
         }
+    }
+    if p.client_cert {
+        crate::clientcert::write_fields(fwd.client_cert, out);
     }
     if p.via {
         out.extend_from_slice(match head.version {
@@ -546,6 +562,7 @@ mod tests {
             revalidate: None,
             edits: None,
             request_id: None,
+            client_cert: &crate::realip::Certificate::NotAsked,
         }
     }
 

@@ -79,6 +79,7 @@ impl Exchange {
             method: r.head.method_span.get(buf),
             path,
             header: &header,
+            client_subject: self.client.cert.subject(),
         };
         let (i, action) = crate::rules::evaluate(rules, &seen)?;
         self.record.ruled = Some(i);

@@ -51,11 +51,13 @@ impl Dest {
         &'a self,
         client: IpAddr,
         user: Option<&'a str>,
+        client_subject: Option<&'a str>,
         tunnel: bool,
     ) -> Ask<'a> {
         Ask {
             client,
             user,
+            client_subject,
             method: self.method.as_bytes(),
             tunnel,
             ports: None,

@@ -179,7 +179,13 @@ impl Exchange {
             listener: listen.addr,
             protocol: listen.protocol,
             scheme: listen.scheme(),
-            client: crate::realip::Client::new(client),
+            client: crate::realip::Client {
+                cert: match listen.client_auth {
+                    crate::config::ClientAuth::Off => crate::realip::Certificate::NotAsked,
+                    _ => crate::realip::Certificate::None,
+                },
+                ..crate::realip::Client::new(client)
+            },
             served: 0,
             phase: Phase::Head {
                 began: false,
@@ -206,6 +212,14 @@ impl Exchange {
             pin: pin::Pin::default(),
             auth: crate::forward::auth::Check::None,
             edits: edits::RouteEdits::default(),
+        }
+    }
+
+    /// The client certificate the handshake verified, on a listener with `client_auth`
+    /// (called once, before the first request).
+    pub fn handle_client_certificate(&mut self, cert: crate::clientcert::ClientCert) {
+        if self.client.cert != crate::realip::Certificate::NotAsked {
+            self.client.cert = crate::realip::Certificate::Verified(Box::new(cert));
         }
     }
 
@@ -699,7 +713,7 @@ impl Exchange {
             self.finish(Finish::Close(Close::Now), now);
             return;
         };
-        let ask = d.ask(self.client.addr, user, tunnel);
+        let ask = d.ask(self.client.addr, user, self.client.cert.subject(), tunnel);
         let addrs = match admit_addresses(
             admission(env.cfg),
             &ask,
@@ -1439,6 +1453,7 @@ impl Exchange {
             revalidate: self.cache.validators(),
             edits: None,
             request_id: id.as_ref().map(|(n, v)| (*n, v.as_bytes())),
+            client_cert: &self.client.cert,
         };
         let route = self.record.route.map(|i| &cfg.routes[i]);
         let fwd = match route {
@@ -1575,7 +1590,12 @@ impl Exchange {
             },
         };
         let tunnel = head.method == Method::Connect;
-        let ask = dest.ask(self.client.addr, self.record.user.as_deref(), tunnel);
+        let ask = dest.ask(
+            self.client.addr,
+            self.record.user.as_deref(),
+            self.client.cert.subject(),
+            tunnel,
+        );
         match admit(admission(env.cfg), &ask) {
             Verdict::Resolve { rules_pending } => dest.at = At::Named { rules_pending },
             Verdict::Deny(denial) => {
@@ -1649,6 +1669,7 @@ impl Exchange {
             revalidate: self.cache.validators(),
             edits: None,
             request_id: None,
+            client_cert: &self.client.cert,
         };
         self.out.clear();
         upstream_request(

@@ -1093,3 +1093,84 @@ fn acme_http01_validations_are_answered_before_routes_and_rules() {
     let r = answer(b"GET /x/../.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: a.test\r\n\r\n");
     assert!(r.ends_with("tok-1.thumb"), "{r}");
 }
+
+/// Mutual TLS: on a listener that asks for client certificates the upstream is told the
+/// verdict, subject and fingerprint; what a client sends under those names never passes; a
+/// rule can admit by subject.
+#[test]
+fn client_certificates_reach_the_upstream_and_the_rules_never_the_clients_word() {
+    let cfg: &'static Config = Box::leak(Box::new(
+        Config::parse(
+            "t.toml",
+            "[server]\nlisten = [{ addr = \"127.0.0.1:443\", tls = true, client_auth = \"optional\" }, \"127.0.0.1:80\"]\n\
+             [tls]\ncertificates = [{ cert = \"c.pem\", key = \"k.pem\" }]\nclient_ca = \"ca.pem\"\n\
+             [upstreams.app]\nservers = [\"10.0.0.1:80\"]\n[[routes]]\nupstream = \"app\"\n\
+             [[rules]]\naction = \"deny\"\npaths = [\"/admin\"]\n[[rules]]\naction = \"allow\"\nclient_subject = \"^CN=alice,\"\n",
+        )
+        .unwrap(),
+    ));
+    let env = || {
+        let mut e = T::new().env();
+        e.cfg = cfg;
+        e
+    };
+    // The rules above are "deny /admin" first; put the subject rule first to admit alice.
+    let upstream_head = |listen: usize, cert: Option<&str>, req: &[u8]| {
+        let mut ex = Exchange::new(&cfg.server.listen[listen], "192.0.2.1".parse().unwrap());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        ex.begin(cfg, now);
+        if let Some(s) = cert {
+            ex.handle_client_certificate(crate::clientcert::ClientCert::new(s, &[0xab; 32]));
+        }
+        assert!(matches!(ex.poll_action(), Action::ReadHead { .. }));
+        ex.handle_input(req, &env(), now);
+        String::from_utf8_lossy(ex.out()).into_owned()
+    };
+    let forged = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Client-Verify: SUCCESS\r\nx-client-cert-subject: CN=root\r\nX-Client-Cert-Fingerprint: 00\r\n\r\n";
+    let h = upstream_head(0, Some("CN=alice, O=Example"), forged);
+    assert!(h.contains("X-Client-Verify: SUCCESS\r\n"), "{h}");
+    assert!(
+        h.contains("X-Client-Cert-Subject: CN=alice, O=Example\r\n"),
+        "{h}"
+    );
+    assert!(
+        h.contains(&format!(
+            "X-Client-Cert-Fingerprint: {}\r\n",
+            "ab".repeat(32)
+        )),
+        "{h}"
+    );
+    assert!(!h.contains("CN=root") && !h.contains(": 00\r\n"), "{h}");
+    let h = upstream_head(0, None, forged);
+    assert!(h.contains("X-Client-Verify: NONE\r\n"), "{h}");
+    assert!(!h.contains("SUCCESS") && !h.contains("CN=root"), "{h}");
+    // A plain listener does not ask: nothing said, the client's fields still dropped.
+    let h = upstream_head(1, None, forged);
+    assert!(!h.to_ascii_lowercase().contains("x-client-"), "{h}");
+    // Rules by subject: the first rule denies /admin to everyone, so alice is refused too;
+    // the subject rule admits only a verified certificate, never a forged field.
+    let r = upstream_head(
+        0,
+        Some("CN=alice, O=Example"),
+        b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 403 "), "{r}");
+    let rules = &cfg.rules;
+    let header = |_: &[u8]| None;
+    let seen = |s| crate::rules::Seen {
+        client: "192.0.2.1".parse().unwrap(),
+        listener: cfg.server.listen[0].addr,
+        route: Some(0),
+        method: b"GET",
+        path: b"/x",
+        header: &header,
+        client_subject: s,
+    };
+    assert!(matches!(
+        crate::rules::evaluate(rules, &seen(Some("CN=alice, O=Example"))),
+        Some((1, crate::rules::RuleAction::Allow))
+    ));
+    assert!(crate::rules::evaluate(rules, &seen(Some("CN=mallory, O=x"))).is_none());
+    assert!(crate::rules::evaluate(rules, &seen(None)).is_none());
+}
