@@ -1260,3 +1260,81 @@ fn an_https_proxy_for_clients_with_certificates_from_flags() {
     without.push(&url);
     assert!(!curl_proxied(&without).0);
 }
+
+/// What is offered, checked as testssl.sh would with `openssl s_client`: by default TLS 1.2
+/// and 1.3 with AEAD suites and forward secrecy only (no TLS 1.0/1.1, no CBC, no RSA key
+/// exchange); with `cipher_suites` and `groups` only those. Unknown names are config errors.
+#[test]
+fn offered_protocols_suites_and_groups() {
+    let (dir, _ca, origin) = setup();
+    let p = Proxy::start(&tls_config(origin.addr, &dir, "", ""));
+    let handshake = |p: &Proxy, args: &[&str]| {
+        let out = s_client(p.addr, &[&["-servername", "a.test"], args].concat());
+        out.contains("Cipher is ") && !out.contains("Cipher is (NONE)")
+    };
+    assert!(handshake(&p, &["-tls1_3"]));
+    assert!(handshake(&p, &["-tls1_2"]));
+    for old in ["-tls1_1", "-tls1"] {
+        assert!(
+            !handshake(&p, &[old, "-cipher", "DEFAULT@SECLEVEL=0"]),
+            "{old}"
+        );
+    }
+    for weak in [
+        "ECDHE-ECDSA-AES128-SHA",
+        "AES128-GCM-SHA256",
+        "AES128-SHA",
+        "DES-CBC3-SHA",
+    ] {
+        assert!(!handshake(&p, &["-tls1_2", "-cipher", weak]), "{weak}");
+    }
+    drop(p);
+    let p = Proxy::start(&tls_config(
+        origin.addr,
+        &dir,
+        "cipher_suites = [\"TLS13_AES_256_GCM_SHA384\", \"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"]\ngroups = [\"secp384r1\"]",
+        "",
+    ));
+    assert!(handshake(
+        &p,
+        &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"]
+    ));
+    assert!(!handshake(
+        &p,
+        &["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"]
+    ));
+    assert!(handshake(
+        &p,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"]
+    ));
+    assert!(!handshake(
+        &p,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]
+    ));
+    assert!(handshake(&p, &["-groups", "P-384"]));
+    assert!(!handshake(&p, &["-groups", "X25519"]));
+    drop(p);
+    let check = |extra: &str| {
+        let f = TempFile::new(&tls_config(origin.addr, &dir, extra, ""));
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&f.0)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = check("cipher_suites = [\"RC4_128_MD5\"]");
+    assert!(
+        err.contains("tls.cipher_suites: unknown cipher suite \"RC4_128_MD5\"; known: TLS13_"),
+        "{err}"
+    );
+    let err = check("groups = [\"ffdhe2048\"]");
+    assert!(
+        err.contains("tls.groups: unknown key-exchange group"),
+        "{err}"
+    );
+    // TLS 1.3 allowed but no TLS 1.3 suite listed: said, with the key.
+    let err = check("cipher_suites = [\"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"]");
+    assert!(err.contains("tls.cipher_suites"), "{err}");
+}

@@ -168,8 +168,27 @@ fn server_configs(
             Some(tk)
         }
     };
+    let provider = Arc::new(provider_for(t)?);
+    // Checked now: a suite list that leaves a protocol version without suites is the
+    // operator's error, with the key that caused it.
+    ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| {
+            let o = t.cipher_suites.as_ref().map(|(_, o)| o);
+            match o {
+                Some(o) => o.error(format!("{e} (with min_version {:?})", t.min_version)),
+                None => ConfigError {
+                    file: String::new(),
+                    line: None,
+                    key: "tls".into(),
+                    message: e.to_string(),
+                },
+            }
+        })?;
     let build = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| {
-        let b = ServerConfig::builder_with_protocol_versions(versions);
+        let b = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .expect("checked above");
         let b = match verifier {
             None => b.with_no_client_auth(),
             Some(v) => b.with_client_cert_verifier(v),
@@ -226,6 +245,63 @@ fn server_configs(
         },
         plain: build(None),
     })
+}
+
+/// aws-lc-rs with the suites and groups `[tls]` names, in its order (rustls's defaults where
+/// it names none). An unknown name is an error that lists the known ones.
+fn provider_for(t: &Tls) -> Result<rustls::crypto::CryptoProvider, ConfigError> {
+    let mut p = aws_lc_rs::default_provider();
+    fn pick<T: Copy>(
+        all: &[T],
+        name: impl Fn(&T) -> String,
+        wanted: &(Vec<String>, Origin),
+        what: &str,
+    ) -> Result<Vec<T>, ConfigError> {
+        let (names, origin) = wanted;
+        let mut out = Vec::new();
+        for n in names {
+            match all.iter().find(|x| name(x).eq_ignore_ascii_case(n)) {
+                Some(x) => out.push(*x),
+                None => {
+                    let known: Vec<String> = all.iter().map(&name).collect();
+                    return Err(
+                        origin.error(format!("unknown {what} {n:?}; known: {}", known.join(", ")))
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+    if let Some(w) = &t.cipher_suites {
+        p.cipher_suites = pick(
+            &aws_lc_rs::ALL_CIPHER_SUITES.to_vec(),
+            |s| format!("{:?}", s.suite()),
+            w,
+            "cipher suite",
+        )?;
+        // Each version the listeners accept needs a suite, or its clients all fail.
+        let has =
+            |v: rustls::ProtocolVersion| p.cipher_suites.iter().any(|s| s.version().version == v);
+        if !has(rustls::ProtocolVersion::TLSv1_3) {
+            return Err(w
+                .1
+                .error("lists no TLS 1.3 suite (TLS13_…): TLS 1.3 clients would all fail"));
+        }
+        if t.min_version == TlsVersion::Tls12 && !has(rustls::ProtocolVersion::TLSv1_2) {
+            return Err(w.1.error(
+                "lists no TLS 1.2 suite (TLS_ECDHE_…) while min_version is \"1.2\": add one, or set min_version = \"1.3\"",
+            ));
+        }
+    }
+    if let Some(w) = &t.groups {
+        p.kx_groups = pick(
+            &aws_lc_rs::ALL_KX_GROUPS.to_vec(),
+            |g| format!("{:?}", g.name()),
+            w,
+            "key-exchange group",
+        )?;
+    }
+    Ok(p)
 }
 
 /// See [`server_configs`].

@@ -250,6 +250,8 @@ pub(crate) struct Tls {
     pub session_tickets: Option<bool>,
     pub session_cache: Option<Spanned<usize>>,
     pub client_ca: Option<String>,
+    pub cipher_suites: Option<Spanned<Vec<String>>>,
+    pub groups: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,6 +65,11 @@ pub struct Tls {
     pub session_cache: usize,
     /// The CAs client certificates are verified against, on listeners with `client_auth`.
     pub client_ca: Option<(PathBuf, Origin)>,
+    /// Cipher suites offered, in order, by rustls's names (`TLS13_AES_128_GCM_SHA256`);
+    /// `None`: rustls's defaults. Checked against the provider by io.
+    pub cipher_suites: Option<(Vec<String>, Origin)>,
+    /// Key-exchange groups, in order (`X25519MLKEM768`, `X25519`, `secp256r1`).
+    pub groups: Option<(Vec<String>, Origin)>,
 }
 
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +102,8 @@ impl Tls {
             session_tickets: true,
             session_cache: DEFAULT_SESSION_CACHE,
             client_ca: None,
+            cipher_suites: None,
+            groups: None,
         }
     }
 }
@@ -204,7 +211,22 @@ pub(super) fn build_tls(
             .client_ca
             .as_ref()
             .map(|p| (loc.path(p), loc.origin(t.span(), "tls.client_ca"))),
+        cipher_suites: names_list(loc, &r.cipher_suites, "tls.cipher_suites")?,
+        groups: names_list(loc, &r.groups, "tls.groups")?,
     })
+}
+
+/// A non-empty list of names, with where it was written (io checks the names).
+fn names_list(
+    loc: &Locator<'_>,
+    v: &Option<Spanned<Vec<String>>>,
+    key: &str,
+) -> Result<Option<(Vec<String>, Origin)>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    if v.get_ref().is_empty() {
+        return Err(loc.at(v.span(), key, "expected at least one name"));
+    }
+    Ok(Some((v.get_ref().clone(), loc.origin(v.span(), key))))
 }
 
 pub(super) fn build_upstream_tls(
