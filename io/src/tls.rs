@@ -274,7 +274,7 @@ fn provider_for(t: &Tls) -> Result<rustls::crypto::CryptoProvider, ConfigError> 
     }
     if let Some(w) = &t.cipher_suites {
         p.cipher_suites = pick(
-            &aws_lc_rs::ALL_CIPHER_SUITES.to_vec(),
+            aws_lc_rs::ALL_CIPHER_SUITES,
             |s| format!("{:?}", s.suite()),
             w,
             "cipher suite",
@@ -295,7 +295,7 @@ fn provider_for(t: &Tls) -> Result<rustls::crypto::CryptoProvider, ConfigError> 
     }
     if let Some(w) = &t.groups {
         p.kx_groups = pick(
-            &aws_lc_rs::ALL_KX_GROUPS.to_vec(),
+            aws_lc_rs::ALL_KX_GROUPS,
             |g| format!("{:?}", g.name()),
             w,
             "key-exchange group",
