@@ -1338,3 +1338,52 @@ fn offered_protocols_suites_and_groups() {
     let err = check("cipher_suites = [\"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"]");
     assert!(err.contains("tls.cipher_suites"), "{err}");
 }
+
+/// chromium through an HTTPS proxy (`--proxy-server=https://…`): TLS to the proxy, the page's
+/// request inside it; the proxy's certificate pinned by its key for the browser.
+#[test]
+fn a_headless_browser_uses_the_https_proxy() {
+    let Some(chromium) = browser_unless_skipped() else {
+        return;
+    };
+    let (dir, ca, origin) = setup();
+    ca.issue(&dir, "proxy", &["proxy.test"], false);
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true, forward = true }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [{{ cert = \"{p}.crt\", key = \"{p}.key\" }}]\n\
+         [[forward.rules]]\naction = \"allow\"\ndomains = [\"~^127\\\\.0\\\\.0\\\\.1$\"]\n",
+        p = dir.path("proxy"),
+    ));
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            dir.path("proxy.crt")
+        ))
+        .output()
+        .unwrap();
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
+    let profile = dir.0.join("profile");
+    let url = format!("http://{}/through-the-https-proxy", origin.addr);
+    let out = Command::new(chromium)
+        .args(QUIET_BROWSER)
+        .args([
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--proxy-server=https://proxy.test:{}", p.addr.port()),
+            "--host-resolver-rules=MAP proxy.test 127.0.0.1",
+            &format!("--ignore-certificate-errors-spki-list={spki}"),
+            "--proxy-bypass-list=<-loopback>",
+            "--dump-dom",
+        ])
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("ok /through-the-https-proxy"),
+        "{dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = origin.seen();
+    assert!(seen.iter().any(|s| s.header("via") == Some("1.1 ringway")));
+}
