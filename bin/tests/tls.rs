@@ -93,6 +93,34 @@ impl Ca {
     fn write(&self, dir: &Dir, name: &str) -> PathBuf {
         dir.write(name, &self.cert.pem())
     }
+
+    /// Like [`Ca::issue`] (ECDSA), the leaf naming `ocsp` as its responder (Authority
+    /// Information Access), and the chain file holding the CA after it.
+    fn issue_with_ocsp(&self, dir: &Dir, stem: &str, names: &[&str], ocsp: &str) {
+        use ringway_core::ocsp::tlv;
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        let method = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+        let aia = tlv(
+            0x30,
+            &tlv(
+                0x30,
+                &[tlv(0x06, &method), tlv(0x86, ocsp.as_bytes())].concat(),
+            ),
+        );
+        p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+            aia,
+        )];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        dir.write(
+            &format!("{stem}.crt"),
+            &format!("{}{}", cert.pem(), self.cert.pem()),
+        );
+        dir.write(&format!("{stem}.key"), &key.serialize_pem());
+    }
 }
 
 fn tls_config(origin: SocketAddr, dir: &Dir, extra_tls: &str, extra: &str) -> String {
@@ -1386,4 +1414,179 @@ fn a_headless_browser_uses_the_https_proxy() {
     );
     let seen = origin.seen();
     assert!(seen.iter().any(|s| s.header("via") == Some("1.1 ringway")));
+}
+
+/// An OCSP responder on loopback: each POSTed request is answered by `openssl ocsp` from an
+/// index of the test CA's certificates (status V valid, R revoked), so the responses are
+/// real, signed by the CA, with a `nextUpdate` an hour away.
+struct OcspResponder {
+    url: String,
+    asked: Arc<AtomicUsize>,
+}
+
+impl OcspResponder {
+    fn start_on(dir: &Dir, index: &str, port: u16) -> Self {
+        let index_path = dir.write("index.txt", index);
+        dir.write("index.txt.attr", "unique_subject = no\n");
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let url = format!("http://127.0.0.1:{}/ocsp", l.local_addr().unwrap().port());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        let d = dir.0.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head, then Content-Length bytes.
+                let body = loop {
+                    let n = s.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                };
+                let Some(body) = body else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::fs::write(d.join("req.der"), body).unwrap();
+                let ok = Command::new("openssl")
+                    .args(["ocsp", "-index"])
+                    .arg(&index_path)
+                    .arg("-CA")
+                    .arg(d.join("ca.pem"))
+                    .arg("-rsigner")
+                    .arg(d.join("ca.pem"))
+                    .arg("-rkey")
+                    .arg(d.join("ca.key"))
+                    .arg("-reqin")
+                    .arg(d.join("req.der"))
+                    .arg("-respout")
+                    .arg(d.join("resp.der"))
+                    .args(["-nmin", "60"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                let resp = if ok {
+                    std::fs::read(d.join("resp.der")).unwrap()
+                } else {
+                    Vec::new()
+                };
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    resp.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(&resp);
+                let _ = s.write_all(&out);
+            }
+        });
+        Self { url, asked }
+    }
+}
+
+/// The index line of a certificate for `openssl ocsp`.
+fn index_line(dir: &Dir, stem: &str, status: char) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "x509", "-noout", "-serial", "-subject", "-nameopt", "compat", "-in",
+        ])
+        .arg(dir.path(&format!("{stem}.crt")))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let serial = text
+        .lines()
+        .find_map(|l| l.strip_prefix("serial="))
+        .unwrap()
+        .trim()
+        .to_string();
+    let subject = text
+        .lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .unwrap()
+        .trim()
+        .to_string();
+    let revoked = if status == 'R' { "250101000000Z" } else { "" };
+    format!("{status}\t351231000000Z\t{revoked}\t{serial}\tunknown\t{subject}\n")
+}
+
+/// OCSP stapling: certificates whose leaf names a responder get its answer stapled (`openssl
+/// s_client -status` sees it), fetched off the workers; a revoked certificate gets nothing
+/// stapled and a warning says why; handshakes never wait for the responder.
+#[test]
+fn ocsp_answers_are_stapled_and_bad_ones_are_not() {
+    let (dir, ca, origin) = setup();
+    // The responder's address must be in the certificates before it starts: take the port.
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let url = format!("http://127.0.0.1:{port}/ocsp");
+    ca.issue_with_ocsp(&dir, "good", &["good.test"], &url);
+    ca.issue_with_ocsp(&dir, "bad", &["bad.test"], &url);
+    dir.write("ca.key", &ca.key.serialize_pem());
+    let index = format!(
+        "{}{}",
+        index_line(&dir, "good", 'V'),
+        index_line(&dir, "bad", 'R')
+    );
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [{{ cert = \"{g}.crt\", key = \"{g}.key\" }}, {{ cert = \"{b}.crt\", key = \"{b}.key\" }}]\n\
+         [upstreams.app]\nservers = [\"{o}\"]\n[[routes]]\nupstream = \"app\"\n",
+        g = dir.path("good"),
+        b = dir.path("bad"),
+        o = origin.addr,
+    ));
+    // No responder yet: handshakes go on, with nothing stapled, and the failure is logged.
+    p.wait_log(|l| l.contains("ocsp: ") && l.contains("asking again in 300 s"));
+    let out = s_client(p.addr, &["-servername", "good.test", "-status"]);
+    assert!(out.contains("Cipher is "), "{out}");
+    assert!(out.contains("OCSP response: no response sent"), "{out}");
+    let r = OcspResponder::start_on(&dir, &index, port);
+    assert_eq!(r.url, url);
+    // The next try is 5 minutes away: a restart asks at once.
+    drop(p);
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [{{ cert = \"{g}.crt\", key = \"{g}.key\" }}, {{ cert = \"{b}.crt\", key = \"{b}.key\" }}]\n\
+         [upstreams.app]\nservers = [\"{o}\"]\n[[routes]]\nupstream = \"app\"\n",
+        g = dir.path("good"),
+        b = dir.path("bad"),
+        o = origin.addr,
+    ));
+    p.wait_log(|l| l.contains("revoked"));
+    let end = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = s_client(p.addr, &["-servername", "good.test", "-status"]);
+        if out.contains("OCSP Response Status: successful") || Instant::now() > end {
+            break out;
+        }
+    };
+    assert!(out.contains("OCSP Response Status: successful"), "{out}");
+    assert!(out.contains("Cert Status: good"), "{out}");
+    assert!(out.contains("Next Update:"), "{out}");
+    let out = s_client(p.addr, &["-servername", "bad.test", "-status"]);
+    assert!(out.contains("OCSP response: no response sent"), "{out}");
+    assert!(r.asked.load(Ordering::SeqCst) >= 2);
+    // curl checks the stapled answer too.
+    let (ok, _) = curl_name(
+        &p,
+        &dir.0.join("ca.pem"),
+        "good.test",
+        "/",
+        &["--cert-status"],
+    );
+    assert!(ok);
 }

@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod limit;
 pub mod metrics;
+pub mod ocsp;
 pub mod proxy;
 pub mod proxyproto;
 pub mod realip;

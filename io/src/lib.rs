@@ -32,6 +32,7 @@ mod limitsync;
 mod listener;
 mod metrics;
 mod names;
+mod ocsp;
 mod proxy;
 mod proxyheader;
 mod relay;

@@ -443,12 +443,12 @@ impl Server {
                 })?;
             handles.push(h);
         }
-        // ACME orders start once the workers answer validations.
-        self.keep
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .acme
-            .start(self.shutdown.clone());
+        // ACME orders start once the workers answer validations; OCSP answers are fetched.
+        {
+            let keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
+            keep.acme.start(self.shutdown.clone());
+            keep.ocsp.start(self.shutdown.clone());
+        }
         let mut result = Ok(());
         for h in handles {
             match h.join() {

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ringway_core::config::{
     CertKeyFiles, ClientAuth, Config, ConfigError, Origin, Tls, TlsVersion, UpstreamTls,
 };
@@ -73,6 +74,8 @@ pub(crate) struct Keep {
     cache: Option<(usize, Arc<ServerSessionMemoryCache>)>,
     /// ACME's certificates, its thread and what it was asked for.
     pub(crate) acme: Arc<crate::acme::Acme>,
+    /// OCSP answers for the configured certificates, and its thread.
+    pub(crate) ocsp: Arc<crate::ocsp::Stapler>,
 }
 
 impl Keep {
@@ -81,6 +84,7 @@ impl Keep {
             ticketer: None,
             cache: None,
             acme: crate::acme::Acme::new(),
+            ocsp: crate::ocsp::Stapler::new(),
         }
     }
 }
@@ -88,18 +92,23 @@ impl Keep {
 impl TlsMaterial {
     /// Reads every certificate, key and CA file `cfg` names.
     pub(crate) fn load(cfg: &Config, keep: &mut Keep) -> Result<Self, ConfigError> {
-        keep.acme.want(cfg.acme.as_ref());
         let acme = cfg.acme.as_ref().map(|_| keep.acme.clone());
         // Read even when no listener uses it yet, so that a bad file is reported now.
-        let server = match &cfg.tls {
-            Some(t) => Some(server_configs(t, &cfg.server.listen, keep, acme.clone())?),
-            None => None,
+        let (server, stapled) = match &cfg.tls {
+            Some(t) => {
+                let (s, slots) = server_configs(t, &cfg.server.listen, keep, acme.clone())?;
+                (Some(s), slots)
+            }
+            None => (None, Vec::new()),
         };
         let upstreams = cfg
             .upstreams
             .iter()
             .map(|u| u.tls.as_ref().map(origination).transpose())
             .collect::<Result<_, _>>()?;
+        // Only a configuration that loaded whole is handed to the background threads.
+        keep.acme.want(cfg.acme.as_ref());
+        keep.ocsp.set(stapled);
         Ok(Self {
             server,
             handshake_timeout: cfg
@@ -122,7 +131,7 @@ fn server_configs(
     listen: &[ringway_core::config::Listen],
     keep: &mut Keep,
     acme: Option<Arc<crate::acme::Acme>>,
-) -> Result<ServerConfigs, ConfigError> {
+) -> Result<(ServerConfigs, Vec<crate::ocsp::Slot>), ConfigError> {
     let tls_alpn = acme.is_some();
     let mut resolver = SniResolver {
         certs: Vec::new(),
@@ -132,11 +141,16 @@ fn server_configs(
     for files in &t.certificates {
         let (ck, names) = certified_key(files)?;
         let i = resolver.certs.len();
-        resolver.certs.push(Arc::new(ck));
+        resolver.certs.push(Arc::new(ArcSwap::from_pointee(ck)));
         resolver
             .names
             .add(i, names.iter().map(String::as_str), !t.strict_sni);
     }
+    let stapled = resolver
+        .certs
+        .iter()
+        .filter_map(crate::ocsp::Slot::of)
+        .collect();
     let resolver: Arc<dyn ResolvesServerCert> = Arc::new(resolver);
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -234,7 +248,7 @@ fn server_configs(
             .map_err(|e| origin.error(format!("client CAs in {}: {e}", path.display())))?;
         Ok(v)
     };
-    Ok(ServerConfigs {
+    let configs = ServerConfigs {
         optional: match uses(ClientAuth::Optional) {
             true => Some(build(Some(verifier(true)?))),
             false => None,
@@ -244,7 +258,8 @@ fn server_configs(
             false => None,
         },
         plain: build(None),
-    })
+    };
+    Ok((configs, stapled))
 }
 
 /// aws-lc-rs with the suites and groups `[tls]` names, in its order (rustls's defaults where
@@ -455,7 +470,8 @@ fn leaf_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
 /// validation handshake gets only its validation certificate, and a handshake no certificate
 /// of the listener's own fits gets the first managed one.
 struct SniResolver {
-    certs: Vec<Arc<CertifiedKey>>,
+    /// Each behind an `ArcSwap`: OCSP answers are stapled into them without a reload.
+    certs: Vec<Arc<ArcSwap<CertifiedKey>>>,
     names: NameIndex,
     acme: Option<Arc<crate::acme::Acme>>,
 }
@@ -490,8 +506,8 @@ impl ResolvesServerCert for SniResolver {
         let chosen = candidates
             .iter()
             .copied()
-            .find(|&i| self.certs[i].key.choose_scheme(schemes).is_some())
+            .find(|&i| self.certs[i].load().key.choose_scheme(schemes).is_some())
             .or_else(|| candidates.first().copied())?;
-        Some(self.certs[chosen].clone())
+        Some(self.certs[chosen].load_full())
     }
 }
