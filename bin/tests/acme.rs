@@ -10,7 +10,8 @@ mod support;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::*;
 
@@ -524,4 +525,148 @@ fn reloads_add_and_remove_names() {
         assert!(std::time::Instant::now() < end, "a.test still served");
     }
     assert!(https("b.test", tls, &root, "/").0);
+}
+
+/// A directory in front of pebble (which has no ARI) that adds `renewalInfo`, served here:
+/// the first window asked for is already open (renew now), later ones a day away.
+struct AriFront {
+    url: String,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl AriFront {
+    fn start(pebble: &Pebble) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--noproxy", "*", "--cacert"])
+            .arg(pebble.dir.join("https-ca.pem"))
+            .arg(pebble.directory())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut dir: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        dir["renewalInfo"] = format!("https://127.0.0.1:{port}/ari").into();
+        let dir = dir.to_string();
+        let chain: Vec<_> =
+            rustls::pki_types::CertificateDer::pem_file_iter(pebble.dir.join("https.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(pebble.dir.join("https.key")).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        );
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+                let mut t = rustls::StreamOwned::new(conn, s);
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut t, &mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => break,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let body = if path == "/dir" {
+                    dir.clone()
+                } else if let Some(id) = path.strip_prefix("/ari/") {
+                    let mut a = seen.lock().unwrap();
+                    a.push(id.to_string());
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    let (start, end) = if a.len() == 1 {
+                        (now - 3600, now - 60)
+                    } else {
+                        (now + 86_400, now + 2 * 86_400)
+                    };
+                    format!(
+                        r#"{{"suggestedWindow":{{"start":"{}","end":"{}"}}}}"#,
+                        rfc3339(start),
+                        rfc3339(end)
+                    )
+                } else {
+                    String::new()
+                };
+                let status = if body.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "200 OK"
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = std::io::Write::write_all(&mut t, resp.as_bytes());
+                t.conn.send_close_notify();
+                let _ = std::io::Write::flush(&mut t);
+            }
+        });
+        Self {
+            url: format!("https://127.0.0.1:{port}/dir"),
+            asked,
+        }
+    }
+}
+
+fn rfc3339(secs: u64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// ACME Renewal Information (RFC 9773): a CA whose window for a fresh certificate is already
+/// open gets it renewed at once, the order naming the certificate it replaces; the next
+/// window (a day away) is waited for. The id asked for is the one RFC 9773 §4.1 defines.
+#[test]
+fn renewal_driven_by_ari() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start("ari", http, tls, 3600) else {
+        return;
+    };
+    let front = AriFront::start(&pebble);
+    let origin = Origin::start();
+    let acme = pebble
+        .section(&["a.test"], &pebble.dir.join("state"), "")
+        .replace(&pebble.directory(), &front.url);
+    let proxy = Proxy::start(&config(origin.addr, http, tls, &acme));
+    proxy.wait_log(|l| obtained(l, "a.test") == 2);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while front.asked.lock().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < end,
+            "ARI asked again after the renewal"
+        );
+        std::thread::yield_now();
+    }
+    let asked = front.asked.lock().unwrap().clone();
+    // Each id is base64url(AKI keyIdentifier) "." base64url(serial); the two certificates
+    // share the issuer and differ in serial.
+    let (aki0, serial0) = asked[0].split_once('.').unwrap();
+    let (aki1, serial1) = asked[1].split_once('.').unwrap();
+    assert_eq!(aki0, aki1);
+    assert_ne!(serial0, serial1);
+    assert!(asked.iter().all(|id| id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))));
+    // The second certificate is the one served.
+    let root = pebble.root();
+    assert!(https("a.test", tls, &root, "/").0);
+    assert_eq!(obtained(&proxy.log(), "a.test"), 2);
 }
