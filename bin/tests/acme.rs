@@ -670,3 +670,52 @@ fn renewal_driven_by_ari() {
     assert!(https("a.test", tls, &root, "/").0);
     assert_eq!(obtained(&proxy.log(), "a.test"), 2);
 }
+
+/// On demand: a handshake for a name `on_demand` allows starts an order (that handshake
+/// fails, the next is served); names outside the list never do; the hourly budget holds;
+/// after a restart the stored certificate is used without an order.
+#[test]
+fn certificates_on_demand_within_the_allowed_names_and_budget() {
+    let (http, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start("ondemand", http, tls, 3600) else {
+        return;
+    };
+    let origin = Origin::start();
+    let storage = pebble.dir.join("state");
+    let acme = pebble
+        .section(
+            &[],
+            &storage,
+            "on_demand = [\".shop.test\"]\non_demand_per_hour = 2",
+        )
+        .replace("domains = []\n", "");
+    let cfg = config(origin.addr, http, tls, &acme);
+    let proxy = Proxy::start(&cfg);
+    let root = pebble.root();
+    assert!(
+        !https("a.shop.test", tls, &root, "/").0,
+        "no certificate yet"
+    );
+    proxy.wait_log(|l| obtained(l, "a.shop.test") == 1);
+    let (ok, body) = https("a.shop.test", tls, &root, "/od");
+    assert!(ok);
+    assert_eq!(body, b"ok /od");
+    assert!(!https("b.shop.test", tls, &root, "/").0);
+    proxy.wait_log(|l| obtained(l, "b.shop.test") == 1);
+    // The third name in the hour is refused, and said so.
+    assert!(!https("c.shop.test", tls, &root, "/").0);
+    proxy.wait_log(|l| l.contains("acme: c.shop.test: not ordered on demand"));
+    // Outside the list: nothing is ordered.
+    assert!(!https("shop.other", tls, &root, "/").0);
+    assert!(!https("evil-shop.test", tls, &root, "/").0);
+    drop(proxy);
+    let log = std::fs::read_dir(storage.join("certs")).unwrap().count();
+    assert_eq!(log, 4, "two names, a certificate and a key each");
+    // Restarted: the stored certificate, no order (the budget is not spent by it).
+    let proxy = Proxy::start(&cfg);
+    assert!(!https("a.shop.test", tls, &root, "/").0);
+    proxy.wait_log(|l| l.contains("acme: a.shop.test: on demand, using the stored certificate"));
+    assert!(https("a.shop.test", tls, &root, "/").0);
+    assert_eq!(obtained(&proxy.log(), "a.shop.test"), 0);
+    assert!(!proxy.log().contains("shop.other") && !proxy.log().contains("evil-shop"));
+}

@@ -46,6 +46,8 @@ struct Published {
     default: Option<Arc<CertifiedKey>>,
     alpn: HashMap<String, Arc<CertifiedKey>>,
     tokens: HashMap<String, String>,
+    /// Names a handshake may have ordered.
+    on_demand: Option<Arc<decide::demand::OnDemand>>,
 }
 
 /// ACME's state shared by the configuration generations (kept across reloads in `tls::Keep`).
@@ -53,6 +55,8 @@ pub(crate) struct Acme {
     published: ArcSwap<Published>,
     control: Mutex<Control>,
     wake: Condvar,
+    /// Names handshakes asked for on demand, for the thread (at most `MAX_WAITING`).
+    waiting: Mutex<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -77,6 +81,7 @@ impl Acme {
             published: ArcSwap::from_pointee(Published::default()),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
+            waiting: Mutex::new(Vec::new()),
         })
     }
 
@@ -115,7 +120,8 @@ impl Acme {
 
     /// The certificate for a handshake: TLS-ALPN-01 validations get theirs (and only those);
     /// others the managed certificate of their SNI name, or `None` to let the listener's own
-    /// certificates decide. `fallback`: the first managed certificate when nothing else fits.
+    /// certificates decide. `fallback` (no certificate of the listener's own fits): a name
+    /// allowed on demand is ordered, any other gets the first managed certificate.
     pub(crate) fn certificate(
         &self,
         sni: Option<&str>,
@@ -127,10 +133,27 @@ impl Acme {
         if validation {
             return p.alpn.get(name.as_deref()?).cloned();
         }
-        match name.and_then(|n| p.certs.get(&n).cloned()) {
-            Some(c) => Some(c),
-            None if fallback => p.default.clone(),
-            None => None,
+        if let Some(c) = name.as_ref().and_then(|n| p.certs.get(n)) {
+            return Some(c.clone());
+        }
+        // A name that may be ordered on demand (and that no certificate of the listener's own
+        // holds): asked for, and this handshake fails (no certificate for it yet); the next
+        // after the order is served.
+        let ask = fallback.then_some(()).and(p.on_demand.as_ref()).zip(sni);
+        if let Some(name) = ask.and_then(|(o, s)| o.allows(s)) {
+            self.demand(name);
+            return None;
+        }
+        fallback.then(|| p.default.clone()).flatten()
+    }
+
+    /// Hands `name` to the thread (the only lock a handshake may take, and only for a name
+    /// `on_demand` allows that has no certificate yet).
+    fn demand(&self, name: String) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() < decide::demand::MAX_WAITING && !w.contains(&name) {
+            w.push(name);
+            self.wake.notify_all();
         }
     }
 
@@ -164,6 +187,9 @@ struct Manager {
     acme: Arc<Acme>,
     shutdown: Arc<AtomicBool>,
     slots: HashMap<String, Slot>,
+    /// Names ordered (or found stored) on demand, and the orders of the last hour.
+    demanded: std::collections::HashSet<String>,
+    budget: decide::demand::Budget,
 }
 
 impl Manager {
@@ -172,6 +198,8 @@ impl Manager {
             acme,
             shutdown,
             slots: HashMap::new(),
+            demanded: Default::default(),
+            budget: Default::default(),
         }
     }
 
@@ -192,15 +220,21 @@ impl Manager {
                 self.reconcile(settings.as_ref());
             }
             let Some(s) = &settings else {
+                self.acme
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 self.wait(Duration::from_secs(1));
                 continue;
             };
+            self.take_demands(s);
             let now = SystemTime::now();
-            let due: Vec<String> = s
-                .domains
+            let due: Vec<String> = self
+                .slots
                 .iter()
-                .filter(|d| self.slots.get(*d).is_some_and(|slot| slot.next <= now))
-                .cloned()
+                .filter(|(_, slot)| slot.next <= now)
+                .map(|(n, _)| n.clone())
                 .collect();
             for name in due {
                 if self.shutdown.load(Ordering::Relaxed) {
@@ -217,18 +251,62 @@ impl Manager {
     }
 
     fn wait(&self, d: Duration) {
-        if d.is_zero() {
+        if d.is_zero() || !self.acme.waiting.lock().map_or(true, |w| w.is_empty()) {
             return;
         }
         let c = self.acme.control.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.acme.wake.wait_timeout(c, d);
     }
 
+    /// Names handshakes asked for: a stored certificate is served at once; otherwise an order
+    /// starts if the hour's budget allows.
+    fn take_demands(&mut self, s: &Settings) {
+        let names =
+            std::mem::take(&mut *self.acme.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(od) = &s.on_demand else { return };
+        for name in names {
+            if self.slots.contains_key(&name) || od.allows(&name).is_none() {
+                continue;
+            }
+            let now = SystemTime::now();
+            let stored = load_stored(&s.storage, &name).ok().flatten();
+            if stored.is_none() && !self.budget.take(unix(now), od.per_hour) {
+                log::warn!(
+                    "acme: {name}: not ordered on demand: {} orders in the last hour already (on_demand_per_hour)",
+                    od.per_hour
+                );
+                continue;
+            }
+            let mut slot = Slot {
+                held: None,
+                next: now,
+                backoff: Backoff::new(s.retry, ringway_core::config::MAX_ACME_RETRY),
+            };
+            match stored {
+                Some((ck, held)) => {
+                    log::info!("acme: {name}: on demand, using the stored certificate");
+                    self.publish(&name, Some(ck), s);
+                    slot.next = renew_time(&held, now);
+                    slot.held = Some(held);
+                }
+                None => log::info!("acme: {name}: ordering on demand"),
+            }
+            self.demanded.insert(name.clone());
+            self.slots.insert(name, slot);
+        }
+    }
+
     /// Names added get a slot (their stored certificate, if any, published at once); names
     /// removed are withdrawn.
     fn reconcile(&mut self, s: Option<&Settings>) {
         let wanted: Vec<String> = s.map(|s| s.domains.clone()).unwrap_or_default();
-        self.slots.retain(|n, _| wanted.contains(n));
+        // Names ordered on demand stay while the list still allows them.
+        let od = s.and_then(|s| s.on_demand.clone());
+        self.demanded
+            .retain(|n| od.as_ref().is_some_and(|o| o.allows(n).is_some()));
+        let demanded = self.demanded.clone();
+        self.slots
+            .retain(|n, _| wanted.contains(n) || demanded.contains(n));
         let now = SystemTime::now();
         for name in &wanted {
             if self.slots.contains_key(name) {
@@ -257,9 +335,12 @@ impl Manager {
         }
         let keep: Vec<String> = wanted.clone();
         let first = wanted.first().cloned();
+        let od = od.map(Arc::new);
         self.acme.update(|p| {
-            p.certs.retain(|n, _| keep.contains(n));
+            p.certs
+                .retain(|n, _| keep.contains(n) || demanded.contains(n));
             p.default = first.as_ref().and_then(|f| p.certs.get(f).cloned());
+            p.on_demand = od.clone();
         });
     }
 

@@ -15,6 +15,7 @@
 //!   proxy's plain listeners (redirecting ones included) before routes and rules.
 //! - [`tls_alpn`]: the TLS-ALPN-01 protocol name, answered by the TLS listeners.
 
+pub mod demand;
 mod order;
 pub mod renew;
 mod reply;
@@ -81,4 +82,19 @@ pub fn renewal_info_url(directory: &[u8]) -> Option<String> {
     v["renewalInfo"]
         .as_str()
         .map(|u| u.trim_end_matches('/').to_string())
+}
+
+/// `name` as a certificate can be issued for it by HTTP-01 or TLS-ALPN-01: lower case, without
+/// a trailing dot; `None` for wildcards, addresses and anything that is not a DNS name.
+pub fn domain_name(name: &str) -> Option<String> {
+    let d = name.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let ok = d.len() <= 253 && d.parse::<std::net::IpAddr>().is_err() && d.split('.').all(label_ok);
+    ok.then_some(d)
 }

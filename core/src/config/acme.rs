@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::tls::Origin;
 use super::{opt_duration, raw, ConfigError, Locator, Protocol, Server, Transport};
+use crate::acme::demand::OnDemand;
 use crate::acme::{ChallengeKind, Url};
 
 /// Let's Encrypt's production directory: the default CA.
@@ -26,8 +27,13 @@ pub struct Acme {
     pub storage: PathBuf,
     /// The first wait after a failed order; it doubles with each failure in a row, to a day.
     pub retry: Duration,
+    /// Names ordered when a handshake first asks for them.
+    pub on_demand: Option<OnDemand>,
     pub origin: Origin,
 }
+
+/// Orders on demand an hour, unless `on_demand_per_hour` says otherwise.
+pub const DEFAULT_ON_DEMAND_PER_HOUR: u32 = 20;
 
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(60);
 /// The longest wait between tries of a failing order.
@@ -68,6 +74,7 @@ impl Acme {
             challenges,
             storage,
             retry: DEFAULT_RETRY,
+            on_demand: None,
             origin,
         })
     }
@@ -117,17 +124,7 @@ fn domain(d: &str) -> Result<String, &'static str> {
     if d.parse::<std::net::IpAddr>().is_ok() {
         return Err("expected a DNS name, not an address");
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if d.len() > 253 || !d.split('.').all(label_ok) {
-        return Err("expected a DNS name like example.org");
-    }
-    Ok(d)
+    crate::acme::domain_name(&d).ok_or("expected a DNS name like example.org")
 }
 
 pub(super) fn build_acme(
@@ -145,7 +142,8 @@ pub(super) fn build_acme(
         contact_list.push(contact(e.get_ref()).map_err(|m| loc.at(e.span(), "acme.email", m))?);
     }
     let mut domains = Vec::new();
-    for (i, d) in r.domains.get_ref().iter().enumerate() {
+    let listed: &[toml::Spanned<String>] = r.domains.as_ref().map_or(&[], |d| d.get_ref());
+    for (i, d) in listed.iter().enumerate() {
         let key = format!("acme.domains[{i}]");
         let name = domain(d.get_ref()).map_err(|m| loc.at(d.span(), &key, m))?;
         if domains.contains(&name) {
@@ -153,11 +151,39 @@ pub(super) fn build_acme(
         }
         domains.push(name);
     }
-    if domains.is_empty() {
+    let on_demand = match &r.on_demand {
+        None => None,
+        Some(list) => {
+            let mut set = crate::forward::DomainSet::default();
+            for (i, e) in list.iter().enumerate() {
+                let text = e.get_ref();
+                if crate::acme::domain_name(text.strip_prefix('.').unwrap_or(text)).is_none() {
+                    return Err(loc.at(
+                        e.span(),
+                        format!("acme.on_demand[{i}]"),
+                        "expected a name (example.org) or a domain and its names (.example.org)",
+                    ));
+                }
+                set.insert(text);
+            }
+            let per_hour = match &r.on_demand_per_hour {
+                None => DEFAULT_ON_DEMAND_PER_HOUR,
+                Some(n) if *n.get_ref() > 0 => *n.get_ref(),
+                Some(n) => {
+                    return Err(loc.at(n.span(), "acme.on_demand_per_hour", "expected at least 1"))
+                }
+            };
+            Some(OnDemand {
+                domains: set,
+                per_hour,
+            })
+        }
+    };
+    if domains.is_empty() && on_demand.is_none() {
         return Err(loc.at(
-            r.domains.span(),
+            r.domains.as_ref().map_or(span.clone(), |d| d.span()),
             "acme.domains",
-            "expected at least one name",
+            "expected at least one name (or on_demand)",
         ));
     }
     let ca = match &r.ca {
@@ -235,6 +261,7 @@ pub(super) fn build_acme(
         challenges,
         storage,
         retry: retry.min(MAX_RETRY),
+        on_demand,
         origin: loc.origin(span, "acme"),
     }))
 }

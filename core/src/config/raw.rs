@@ -40,12 +40,14 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Acme {
     pub email: Option<Spanned<String>>,
-    pub domains: Spanned<Vec<Spanned<String>>>,
+    pub domains: Option<Spanned<Vec<Spanned<String>>>>,
     pub ca: Option<Spanned<Vec<Spanned<String>>>>,
     pub ca_root: Option<String>,
     pub challenges: Option<Vec<Spanned<String>>>,
     pub storage: Option<String>,
     pub retry: Option<Spanned<Duration>>,
+    pub on_demand: Option<Vec<Spanned<String>>>,
+    pub on_demand_per_hour: Option<Spanned<u32>>,
 }
 
 /// `[compression]`.
