@@ -1200,3 +1200,87 @@ fn a_cookie_renewed_on_a_304_goes_to_that_client_only() {
     }
     assert_eq!(o.count("/page"), 2);
 }
+
+/// RFC 9213: the reverse proxy's cache obeys `CDN-Cache-Control` (or the fields `targeted`
+/// names) over `Cache-Control`, passes the field on, and the forward proxy's cache (not a CDN)
+/// ignores it.
+#[test]
+fn targeted_cache_control_for_this_cache_only() {
+    let o = Scripted::start();
+    // Browsers: do not store; this cache: a minute.
+    o.set(
+        "/t",
+        answer(
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=60"),
+            ],
+            "t {n}",
+        ),
+    );
+    // Browsers: an hour; this cache: nothing.
+    o.set(
+        "/u",
+        answer(
+            &[
+                ("Cache-Control", "max-age=3600"),
+                ("CDN-Cache-Control", "no-store"),
+            ],
+            "u {n}",
+        ),
+    );
+    // A name of our own first in the list.
+    o.set(
+        "/v",
+        answer(
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "no-store"),
+                ("Edge-Cache-Control", "max-age=60"),
+            ],
+            "v {n}",
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    for _ in 0..3 {
+        let r = get(&p, "/t", "");
+        assert_eq!(r.text(), "t 1");
+        assert_eq!(
+            r.header("cdn-cache-control"),
+            Some("max-age=60"),
+            "passed on"
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert_eq!(get(&p, "/u", "").text().len(), 3);
+    }
+    assert_eq!(o.count("/t"), 1);
+    assert_eq!(o.count("/u"), 3);
+    drop(p);
+    let p = Proxy::start(&cache_config(
+        o.addr,
+        1,
+        "targeted = [\"Edge-Cache-Control\", \"CDN-Cache-Control\"]",
+    ));
+    for _ in 0..3 {
+        assert_eq!(get(&p, "/v", "").text(), "v 1");
+    }
+    drop(p);
+    // The forward proxy: CDN-Cache-Control is not for it; Cache-Control says no-store.
+    let p = Proxy::start_quick(&["--forward", "--cache", "16m"]);
+    let url = format!("http://{}/t", o.addr);
+    for _ in 0..2 {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-x",
+                &format!("http://{}", p.addr),
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("t "));
+    }
+    assert_eq!(o.count("/t"), 3, "the forward proxy stored nothing");
+}

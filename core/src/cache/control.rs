@@ -213,6 +213,194 @@ fn apply(d: &mut Directives, name: &[u8], arg: Option<&[u8]>) {
     }
 }
 
+/// The directives of a targeted field (RFC 9213 §2: `CDN-Cache-Control`), whose value is a
+/// Structured Fields Dictionary (RFC 8941 §3.2): `None` when the field lines do not parse as
+/// one, or hold no member, so that the cache falls back to `Cache-Control` (§2.1). Booleans
+/// `?0` turn a directive off, integers are delta-seconds, strings are field lists
+/// (`private="set-cookie"`); parameters are ignored.
+pub fn targeted<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<Directives> {
+    let mut joined = Vec::new();
+    for v in values {
+        if !joined.is_empty() {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(v);
+    }
+    let members = sf_dictionary(&joined)?;
+    if members.is_empty() {
+        return None;
+    }
+    let mut d = Directives::default();
+    for (name, value) in &members {
+        match value {
+            SfValue::Bool(false) => {}
+            SfValue::Bool(true) => apply(&mut d, name, None),
+            SfValue::Integer(n) if *n < 0 => apply(&mut d, name, Some(b"x")),
+            SfValue::Integer(n) => apply(&mut d, name, Some(n.to_string().as_bytes())),
+            SfValue::Text(t) => apply(&mut d, name, Some(t)),
+        }
+    }
+    Some(d)
+}
+
+/// A dictionary member's value, as far as cache directives go.
+enum SfValue {
+    Bool(bool),
+    Integer(i64),
+    /// A token or a string (its content).
+    Text(Vec<u8>),
+}
+
+/// RFC 8941 §4.2.2, for the bare items cache directives use (inner lists and byte sequences
+/// are read and ignored as directives; anything else that does not parse rejects the field).
+fn sf_dictionary(v: &[u8]) -> Option<Vec<(Vec<u8>, SfValue)>> {
+    let mut out: Vec<(Vec<u8>, SfValue)> = Vec::new();
+    let mut i = 0;
+    let n = v.len();
+    let sp = |i: &mut usize| {
+        while *i < n && v[*i] == b' ' {
+            *i += 1;
+        }
+    };
+    let ows = |i: &mut usize| {
+        while *i < n && matches!(v[*i], b' ' | b'\t') {
+            *i += 1;
+        }
+    };
+    sp(&mut i);
+    while i < n {
+        let key = sf_key(v, &mut i)?;
+        let value = if i < n && v[i] == b'=' {
+            i += 1;
+            if i < n && v[i] == b'(' {
+                // An inner list: skipped to its end.
+                let end = v[i..].iter().position(|&c| c == b')')? + i + 1;
+                i = end;
+                SfValue::Bool(false)
+            } else {
+                sf_bare_item(v, &mut i)?
+            }
+        } else {
+            SfValue::Bool(true)
+        };
+        // Parameters: `;key[=item]`, ignored.
+        while i < n && v[i] == b';' {
+            i += 1;
+            sp(&mut i);
+            sf_key(v, &mut i)?;
+            if i < n && v[i] == b'=' {
+                i += 1;
+                sf_bare_item(v, &mut i)?;
+            }
+        }
+        // A repeated key: the last wins (RFC 8941 §4.2.2).
+        out.retain(|(k, _)| *k != key);
+        out.push((key, value));
+        ows(&mut i);
+        if i == n {
+            break;
+        }
+        if v[i] != b',' {
+            return None;
+        }
+        i += 1;
+        ows(&mut i);
+        if i == n {
+            return None; // a trailing comma
+        }
+    }
+    Some(out)
+}
+
+fn sf_key(v: &[u8], i: &mut usize) -> Option<Vec<u8>> {
+    let first = *v.get(*i)?;
+    if !(first.is_ascii_lowercase() || first == b'*') {
+        return None;
+    }
+    let s = *i;
+    while *i < v.len()
+        && (v[*i].is_ascii_lowercase() || v[*i].is_ascii_digit() || b"_-.*".contains(&v[*i]))
+    {
+        *i += 1;
+    }
+    Some(v[s..*i].to_vec())
+}
+
+fn sf_bare_item(v: &[u8], i: &mut usize) -> Option<SfValue> {
+    let c = *v.get(*i)?;
+    match c {
+        b'?' => {
+            let b = *v.get(*i + 1)?;
+            *i += 2;
+            match b {
+                b'0' => Some(SfValue::Bool(false)),
+                b'1' => Some(SfValue::Bool(true)),
+                _ => None,
+            }
+        }
+        b'-' | b'0'..=b'9' => {
+            let s = *i;
+            *i += 1;
+            while *i < v.len() && v[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            if *i < v.len() && v[*i] == b'.' {
+                // A decimal: not a directive argument; read and kept as text.
+                *i += 1;
+                while *i < v.len() && v[*i].is_ascii_digit() {
+                    *i += 1;
+                }
+                return Some(SfValue::Text(v[s..*i].to_vec()));
+            }
+            let digits = &v[s..*i];
+            if digits == b"-" || digits.len() > 16 {
+                return None;
+            }
+            std::str::from_utf8(digits)
+                .ok()?
+                .parse()
+                .ok()
+                .map(SfValue::Integer)
+        }
+        b'"' => {
+            *i += 1;
+            let mut t = Vec::new();
+            loop {
+                let c = *v.get(*i)?;
+                *i += 1;
+                match c {
+                    b'\\' => {
+                        let e = *v.get(*i)?;
+                        if e != b'"' && e != b'\\' {
+                            return None;
+                        }
+                        t.push(e);
+                        *i += 1;
+                    }
+                    b'"' => return Some(SfValue::Text(t)),
+                    0x20..=0x7e => t.push(c),
+                    _ => return None,
+                }
+            }
+        }
+        b':' => {
+            let end = v[*i + 1..].iter().position(|&c| c == b':')? + *i + 2;
+            *i = end;
+            Some(SfValue::Bool(false))
+        }
+        c if c.is_ascii_alphabetic() || c == b'*' => {
+            let s = *i;
+            while *i < v.len()
+                && (crate::http::chars::is_token(&v[*i..*i + 1]) || b":/".contains(&v[*i]))
+            {
+                *i += 1;
+            }
+            Some(SfValue::Text(v[s..*i].to_vec()))
+        }
+        _ => None,
+    }
+}
+
 /// A directive seen twice keeps the smaller value (caching less).
 fn merge(slot: &mut Option<u64>, v: u64) {
     *slot = Some(slot.map_or(v, |o| o.min(v)));

@@ -45,6 +45,9 @@ pub struct CacheRules {
     /// Longest wait for another request's fetch of the same key (nginx's
     /// `proxy_cache_lock_timeout`); then a request fetches for itself.
     pub lock_timeout: std::time::Duration,
+    /// The targeted fields this cache obeys (RFC 9213), lower case, in order: the first one a
+    /// response carries with a valid value replaces its `Cache-Control` and `Expires` here.
+    pub targeted: Vec<Vec<u8>>,
 }
 
 impl Default for CacheRules {
@@ -60,6 +63,7 @@ impl Default for CacheRules {
             use_stale: UseStale::default(),
             max_object: 8 << 20,
             lock_timeout: std::time::Duration::from_secs(5),
+            targeted: vec![b"cdn-cache-control".to_vec()],
         }
     }
 }
@@ -92,6 +96,9 @@ pub struct CacheConfig {
     pub rules: CacheRules,
     /// Forward-proxy listeners cache too (keyed by absolute URI).
     pub forward: bool,
+    /// The rules of the forward proxy's cache: `rules` without targeted fields (a cache in
+    /// front of people is not the CDN `CDN-Cache-Control` speaks to).
+    pub forward_rules: CacheRules,
 }
 
 /// One worker's shard of the configured cache size (`None`: no `[cache]`, nothing stored):

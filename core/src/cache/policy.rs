@@ -45,7 +45,14 @@ pub enum Vary {
 }
 
 /// Reads what the cache needs from a response head (`buf` holds it, `headers` its fields).
-pub fn read_response(status: u16, buf: &[u8], headers: &[Header]) -> ResponseMeta {
+/// `targeted`: the cache's target list (RFC 9213), lower-case field names in order; the first
+/// present with a valid value replaces `Cache-Control` and `Expires`.
+pub fn read_response(
+    status: u16,
+    buf: &[u8],
+    headers: &[Header],
+    targeted: &[Vec<u8>],
+) -> ResponseMeta {
     let mut m = ResponseMeta {
         status,
         cc: control::parse(values(buf, headers, b"cache-control")),
@@ -97,6 +104,13 @@ pub fn read_response(status: u16, buf: &[u8], headers: &[Header]) -> ResponseMet
     if let Vary::Fields(fs) = &mut m.vary {
         fs.sort();
         fs.dedup();
+    }
+    for name in targeted {
+        if let Some(cc) = control::targeted(values(buf, headers, name)) {
+            m.cc = cc;
+            m.expires = Expires::Absent;
+            break;
+        }
     }
     m
 }
@@ -613,7 +627,7 @@ mod tests {
         let b = head.as_bytes();
         let mut hs = Vec::new();
         let h = parse_response(b, &mut hs, &Limits::default()).unwrap();
-        read_response(h.status, b, &hs)
+        read_response(h.status, b, &hs, &[b"cdn-cache-control".to_vec()])
     }
 
     fn req(head: &str) -> RequestMeta {
@@ -628,6 +642,77 @@ mod tests {
 
     fn rules() -> CacheRules {
         CacheRules::default()
+    }
+
+    /// RFC 9213: the first targeted field with a valid value replaces Cache-Control and
+    /// Expires for this cache; an invalid one is as if absent; others are not looked at.
+    #[test]
+    fn targeted_cache_control() {
+        let req = RequestMeta::default();
+        let head = |extra: &str| format!("HTTP/1.1 200 OK\r\nDate: {DATE}\r\n{extra}\r\n");
+        let r = resp(&head(
+            "Cache-Control: no-store\r\nCDN-Cache-Control: max-age=600\r\n",
+        ));
+        assert_eq!(storable(Method::Get, &req, &r, T, &rules()), Ok(600));
+        let r = resp(&head(
+            "Cache-Control: max-age=600\r\nCDN-Cache-Control: no-store\r\n",
+        ));
+        assert_eq!(
+            storable(Method::Get, &req, &r, T, &rules()),
+            Err("no-store")
+        );
+        // Expires is ignored with it: only the targeted lifetime counts.
+        let r = resp(&head(
+            "Expires: Mon, 12 Jan 1970 14:46:40 GMT\r\nCDN-Cache-Control: max-age=30, must-revalidate\r\n",
+        ));
+        assert_eq!(lifetime(&r, T, &rules()), 30);
+        assert!(r.cc.must_revalidate);
+        // Two lines are one dictionary; the last of a repeated key wins.
+        let r = resp(&head(
+            "CDN-Cache-Control: max-age=30\r\nCDN-Cache-Control: max-age=90, private=?0\r\n",
+        ));
+        assert_eq!(storable(Method::Get, &req, &r, T, &rules()), Ok(90));
+        // A string argument is a field list: those fields are not stored.
+        let r = resp(&head(
+            "CDN-Cache-Control: max-age=60, private=\"set-cookie\"\r\n",
+        ));
+        assert!(r.cc.qualified && !r.cc.private);
+        // Not a structured dictionary: ignored, Cache-Control applies.
+        for bad in [
+            "Max-Age=60",
+            "max-age=60,",
+            "max-age = 60",
+            "max-age=60;;",
+            "max-age=\"60",
+            "max-age=6O",
+            "",
+        ] {
+            let r = resp(&head(&format!(
+                "Cache-Control: max-age=5\r\nCDN-Cache-Control: {bad}\r\n"
+            )));
+            assert_eq!(lifetime(&r, T, &rules()), 5, "{bad:?}");
+        }
+        // Parameters are allowed and ignored.
+        let r = resp(&head(
+            "CDN-Cache-Control: max-age=60;x=1, stale-if-error=30\r\n",
+        ));
+        assert_eq!((r.cc.max_age, r.cc.stale_if_error), (Some(60), Some(30)));
+        // The target list decides which field, in its order; a cache without one ignores them.
+        let b = head(
+            "Cache-Control: max-age=5\r\nCDN-Cache-Control: max-age=60\r\nRingway-Cache-Control: max-age=120\r\n",
+        );
+        let mut hs = Vec::new();
+        let h = parse_response(b.as_bytes(), &mut hs, &Limits::default()).unwrap();
+        let read = |t: &[&str]| {
+            let t: Vec<Vec<u8>> = t.iter().map(|s| s.as_bytes().to_vec()).collect();
+            read_response(h.status, b.as_bytes(), &hs, &t).cc.max_age
+        };
+        assert_eq!(
+            read(&["ringway-cache-control", "cdn-cache-control"]),
+            Some(120)
+        );
+        assert_eq!(read(&["cdn-cache-control"]), Some(60));
+        assert_eq!(read(&[]), Some(5));
     }
 
     #[test]

@@ -566,7 +566,7 @@ impl CacheStep {
         if !matches!(method, Method::Get | Method::Head) || self.fwd == "fwd=bypass" {
             return None;
         }
-        let meta = read_response(rh.status, buf, headers);
+        let meta = read_response(rh.status, buf, headers, &cr.targeted);
         if let Some(s) = &stale {
             if s.revalidating && rh.status == 304 {
                 return Some(self.refreshed_by_304(ctx, cr, &s.entry, &meta, buf, headers));
@@ -881,7 +881,7 @@ impl CacheStep {
             max_headers: 1000,
         };
         let rh = parse_response(&full, &mut hs, &limits).ok()?;
-        let meta = read_response(rh.status, &full, &hs);
+        let meta = read_response(rh.status, &full, &hs, &cr.targeted);
         if meta.cc.no_store || meta.cc.private || meta.cc.malformed {
             return None;
         }
@@ -892,7 +892,7 @@ impl CacheStep {
                 .map(|h| h.value.get(&full));
             answer::strip_fields(&mut head, &super::control::unstored_fields(cc));
         }
-        let r304 = read_response(304, buf, headers);
+        let r304 = read_response(304, buf, headers, &cr.targeted);
         Some(Entry {
             key: e.key.clone(),
             vary: e.vary.clone(),

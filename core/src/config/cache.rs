@@ -87,21 +87,48 @@ pub(crate) fn build_cache(
     };
     let lock_timeout =
         super::timeouts::opt_duration(loc, "cache.lock_timeout", c.lock_timeout, d.lock_timeout)?;
+    let targeted = match &c.targeted {
+        None => d.targeted.clone(),
+        Some(list) => {
+            let mut v = Vec::new();
+            for (i, n) in list.iter().enumerate() {
+                let name = n.get_ref().trim().to_ascii_lowercase();
+                if !crate::http::chars::is_token(name.as_bytes())
+                    || name == "cache-control"
+                    || name == "expires"
+                {
+                    return Err(loc.at(
+                        n.span(),
+                        format!("cache.targeted[{i}]"),
+                        "expected a field name like \"CDN-Cache-Control\" (not Cache-Control itself)",
+                    ));
+                }
+                v.push(name.into_bytes());
+            }
+            v
+        }
+    };
+    let rules = CacheRules {
+        valid,
+        override_origin: c.valid_overrides_origin.unwrap_or(false),
+        store_set_cookie: c.store_set_cookie.unwrap_or(false),
+        heuristic: c.heuristic.unwrap_or(true),
+        heuristic_max,
+        heuristic_credentials: c.heuristic_credentials.unwrap_or(false),
+        client_no_cache,
+        use_stale,
+        max_object,
+        lock_timeout,
+        targeted,
+    };
     Ok(Some(CacheConfig {
         size,
         forward: c.forward.unwrap_or(true),
-        rules: CacheRules {
-            valid,
-            override_origin: c.valid_overrides_origin.unwrap_or(false),
-            store_set_cookie: c.store_set_cookie.unwrap_or(false),
-            heuristic: c.heuristic.unwrap_or(true),
-            heuristic_max,
-            heuristic_credentials: c.heuristic_credentials.unwrap_or(false),
-            client_no_cache,
-            use_stale,
-            max_object,
-            lock_timeout,
+        forward_rules: CacheRules {
+            targeted: Vec::new(),
+            ..rules.clone()
         },
+        rules,
     }))
 }
 

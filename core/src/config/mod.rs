@@ -257,6 +257,10 @@ impl Config {
             size,
             rules: crate::cache::CacheRules::default(),
             forward: true,
+            forward_rules: crate::cache::CacheRules {
+                targeted: Vec::new(),
+                ..Default::default()
+            },
         };
         for r in &mut self.routes {
             if matches!(r.action, Action::Proxy { .. }) {
@@ -296,9 +300,11 @@ impl crate::cache::step::RulesSource for Config {
     fn rules(&self, r: crate::cache::step::Rules) -> Option<&crate::cache::CacheRules> {
         match r {
             crate::cache::step::Rules::Route(i) => self.routes.get(i)?.cache.as_ref(),
-            crate::cache::step::Rules::Forward => {
-                self.cache.as_ref().filter(|c| c.forward).map(|c| &c.rules)
-            }
+            crate::cache::step::Rules::Forward => self
+                .cache
+                .as_ref()
+                .filter(|c| c.forward)
+                .map(|c| &c.forward_rules),
         }
     }
 }

@@ -149,6 +149,7 @@ pub(crate) struct Cache {
     pub use_stale: Option<Vec<Spanned<String>>>,
     pub lock_timeout: Option<Spanned<Duration>>,
     pub forward: Option<bool>,
+    pub targeted: Option<Vec<Spanned<String>>>,
 }
 
 /// A byte size: a number of bytes, or `"256m"`, `"64k"`, `"2g"`.
