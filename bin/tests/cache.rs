@@ -1284,3 +1284,52 @@ fn targeted_cache_control_for_this_cache_only() {
     }
     assert_eq!(o.count("/t"), 3, "the forward proxy stored nothing");
 }
+
+/// RFC 9111 §4.3.5: a `200` to a HEAD that revalidates a stored GET freshens it when it
+/// describes it (same validators), so the next GET is a hit; one that describes another
+/// response makes the stored one unusable, so the next GET goes to the origin.
+#[test]
+fn head_responses_freshen_or_retire_the_stored_get() {
+    let o = Scripted::start();
+    let lm = "Mon, 01 Dec 2026 00:00:00 GMT";
+    o.set(
+        "/h",
+        answer(
+            &[("Cache-Control", "max-age=0"), ("Last-Modified", lm)],
+            "h {n}",
+        ),
+    );
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    assert_eq!(get(&p, "/h", "").text(), "h 1");
+    // The origin now allows a minute; a HEAD revalidates (the origin answers 200, not 304).
+    o.set(
+        "/h",
+        answer(
+            &[("Cache-Control", "max-age=60"), ("Last-Modified", lm)],
+            "h {n}",
+        ),
+    );
+    let mut c = Client::connect(p.addr);
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+    assert_eq!(c.response("HEAD").unwrap().status, 200);
+    assert_eq!(o.count("/h"), 2);
+    let r = get(&p, "/h", "");
+    assert_eq!(r.text(), "h 1", "freshened by the HEAD: a hit");
+    assert!(status_of(&r).contains("hit"), "{r:?}");
+    assert_eq!(o.count("/h"), 2);
+    // Changed at the origin: a HEAD (client no-cache: revalidated) learns of it and the stored
+    // response is retired.
+    o.set(
+        "/h",
+        answer(
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("Last-Modified", "Tue, 02 Dec 2026 00:00:00 GMT"),
+            ],
+            "new {n}",
+        ),
+    );
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: cache.test\r\nCache-Control: no-cache\r\n\r\n");
+    assert_eq!(c.response("HEAD").unwrap().status, 200);
+    assert_eq!(get(&p, "/h", "").text(), "new 4");
+}

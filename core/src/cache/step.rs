@@ -578,6 +578,29 @@ impl CacheStep {
                 });
             }
         }
+        if method == Method::Head {
+            // RFC 9111 §4.3.5: a 200 to HEAD freshens the stored GET it describes (the same
+            // validators, and length when it says one), as a 304 would; one that describes
+            // another response makes the stored one unusable.
+            if let (Some(s), 200) = (&stale, rh.status) {
+                let length = crate::http::find_header(buf, headers, b"content-length")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
+                let freshened = head_describes(&s.entry, &meta, length)
+                    .then(|| self.refreshed(&s.entry, buf, headers, ctx.secs, cr))
+                    .flatten();
+                let mut shard = ctx.cache.shard.borrow_mut();
+                match freshened {
+                    Some(f) => {
+                        shard.insert_rc(Rc::new(f));
+                    }
+                    None => {
+                        shard.remove(&self.key);
+                    }
+                }
+            }
+            self.phase = CachePhase::Passing { rules };
+            return None;
+        }
         match storable(method, &self.req, &meta, ctx.secs, cr) {
             Ok(lifetime) => {
                 let pending = self.pending(ctx, cr, (meta, lifetime), (buf, rh, headers), asked);
@@ -910,6 +933,26 @@ impl CacheStep {
             encoded: Default::default(),
         })
     }
+}
+
+/// Whether a 200 to HEAD describes stored response `e` (RFC 9111 §4.3.5): it carries a
+/// validator, every validator it carries matches the stored one, and the length it says (if
+/// any) is the stored body's.
+fn head_describes(e: &Entry, head: &ResponseMeta, length: Option<usize>) -> bool {
+    let etag = match (&head.etag, &e.etag) {
+        (None, _) => None,
+        (Some(h), Some(s)) => Some(h[..] == s[..]),
+        (Some(_), None) => Some(false),
+    };
+    let modified = match (head.last_modified, e.last_modified) {
+        (None, _) => None,
+        (Some(h), s) => Some(Some(h) == s),
+    };
+    let validated = match (etag, modified) {
+        (None, None) => false,
+        (a, b) => a.unwrap_or(true) && b.unwrap_or(true),
+    };
+    validated && length.is_none_or(|n| n == e.body.len())
 }
 
 /// How stored response `e` answers a request with `req`'s conditions and ranges: `304` when
