@@ -69,6 +69,8 @@ fn entry(key: usize, body: usize) -> Entry {
         cc: Directives::default(),
         epoch: 0,
         private_dest: false,
+        tags: Box::new([]),
+        purged_at: Default::default(),
         encoded: Default::default(),
     }
 }
@@ -240,5 +242,39 @@ fn shard_ops(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, shard_ops);
+/// Tag purge on a shard of 1,000,000 entries (each tagged `group-N` for N in 0..1000, so a tag
+/// names 1,000 of them): a soft purge walks and marks them (repeatable); a hard purge removes
+/// them (the shard refilled between iterations).
+fn tag_purges(c: &mut Criterion) {
+    let tagged = |k: usize| Entry {
+        tags: vec![format!("group-{}", k % 1000)
+            .into_bytes()
+            .into_boxed_slice()]
+        .into(),
+        ..entry(k, 0)
+    };
+    let mut shard = Shard::new(4 << 30);
+    for k in 0..1_000_000 {
+        shard.insert(tagged(k));
+    }
+    c.bench_function("soft purge of 1,000 of 1,000,000 entries by tag", |b| {
+        b.iter(|| black_box(shard.purge_tag(b"group-7", true, 1)))
+    });
+    c.bench_function("hard purge of 1,000 of 1,000,000 entries by tag", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                for k in (7..1_000_000).step_by(1000) {
+                    shard.insert(tagged(k));
+                }
+                let t = std::time::Instant::now();
+                black_box(shard.purge_tag(b"group-7", false, 1));
+                spent += t.elapsed();
+            }
+            spent
+        })
+    });
+}
+
+criterion_group!(benches, shard_ops, tag_purges);
 criterion_main!(benches);

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let rq = read_request(req, &rh);
-    let meta = read_response(head.status, resp, &hs);
+    let meta = read_response(head.status, resp, &hs, &[b"cdn-cache-control".to_vec()]);
     let rules = CacheRules {
         valid: vec![(vec![200, 404], 600), (Vec::new(), 5)],
         ..CacheRules::default()

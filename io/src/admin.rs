@@ -262,29 +262,47 @@ impl Status {
 
 /// `POST /cache/purge?url=URL` removes the responses stored for URL from every worker's shard
 /// (at once: its invalidation counter moves; the memory is freed within the workers' next
-/// tick); `?prefix=URL` every key that starts with it. Answers with how many were removed.
+/// tick); `?prefix=URL` every key that starts with it; `?tag=TAG` every response tagged TAG
+/// (`Cache-Tag`, `Surrogate-Key`). `POST /cache/soft-purge?…` (the same three) marks them
+/// stale instead. Answers, once every worker has done it, with how many there were.
 fn purge(status: &Status, target: &[u8]) -> (u16, String, &'static str) {
-    let query = &target[b"/cache/purge?".len()..];
-    let (prefix, raw) = if let Some(v) = query.strip_prefix(b"url=") {
-        (false, v)
+    use crate::cache::PurgeBy;
+    let soft = target.starts_with(b"/cache/soft-purge?");
+    let query = match soft {
+        true => &target[b"/cache/soft-purge?".len()..],
+        false => &target[b"/cache/purge?".len()..],
+    };
+    let (what, raw) = if let Some(v) = query.strip_prefix(b"url=") {
+        (PurgeBy::Url, v)
     } else if let Some(v) = query.strip_prefix(b"prefix=") {
-        (true, v)
+        (PurgeBy::Prefix, v)
+    } else if let Some(v) = query.strip_prefix(b"tag=") {
+        (PurgeBy::Tag, v)
     } else {
         return (
             400,
-            "expected ?url=URL or ?prefix=URL\n".into(),
+            "expected ?url=URL, ?prefix=URL or ?tag=TAG\n".into(),
             "text/plain",
         );
     };
-    let url = crate::cache::percent_decode(raw);
-    let Some(key) = ringway_core::cache::policy::key_of_url(&url, prefix) else {
-        return (
-            400,
-            "expected an http:// or https:// URL with a host\n".into(),
-            "text/plain",
-        );
+    let decoded = crate::cache::percent_decode(raw);
+    let key = match what {
+        PurgeBy::Tag if decoded.is_empty() || decoded.len() > ringway_core::cache::MAX_TAG_LEN => {
+            return (400, "expected a tag\n".into(), "text/plain");
+        }
+        PurgeBy::Tag => decoded,
+        _ => match ringway_core::cache::policy::key_of_url(&decoded, what == PurgeBy::Prefix) {
+            Some(key) => key,
+            None => {
+                return (
+                    400,
+                    "expected an http:// or https:// URL with a host\n".into(),
+                    "text/plain",
+                )
+            }
+        },
     };
-    if !prefix {
+    if what == PurgeBy::Url && !soft {
         status.epochs.bump(&key);
     }
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -292,13 +310,15 @@ fn purge(status: &Status, target: &[u8]) -> (u16, String, &'static str) {
     for w in &status.purges {
         let p = crate::cache::Purge {
             target: key.clone(),
-            prefix,
+            what,
+            soft,
             reply: tx.clone(),
         };
         if w.send(p).is_ok() {
             asked += 1;
         }
     }
+    status.wake_workers();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let mut purged = 0;
     let mut answered = 0;
@@ -311,8 +331,12 @@ fn purge(status: &Status, target: &[u8]) -> (u16, String, &'static str) {
             Err(_) => break,
         }
     }
+    let (name, mode) = match (what, soft) {
+        (PurgeBy::Tag, s) => ("tag", if s { "soft" } else { "hard" }),
+        (_, s) => ("key", if s { "soft" } else { "hard" }),
+    };
     let body = format!(
-        "{{\"purged\":{purged},\"workers\":{answered},\"key\":{}}}\n",
+        "{{\"purged\":{purged},\"workers\":{answered},\"{name}\":{},\"mode\":\"{mode}\"}}\n",
         quote(&String::from_utf8_lossy(&key))
     );
     (200, body, "application/json")
@@ -395,7 +419,11 @@ pub(crate) fn run(listener: TcpListener, status: Arc<Status>, shutdown: Arc<Atom
                     BUSY.fetch_sub(1, Ordering::AcqRel);
                 }
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            // Until a connection waits (answered at once) or the next shutdown check.
+            Err(_) => {
+                use std::os::fd::AsFd;
+                crate::sys::wait_readable(listener.as_fd(), Duration::from_millis(50));
+            }
         }
     }
 }
@@ -464,7 +492,9 @@ fn answer(mut s: TcpStream, status: &Status) {
         (b"GET" | b"HEAD", b"/") => (200, PAGE.to_string(), "text/html; charset=utf-8"),
         (b"GET" | b"HEAD", b"/status") => (200, status.json(), "application/json"),
         (b"GET" | b"HEAD", b"/metrics") => (200, status.metrics(), crate::metrics::CONTENT_TYPE),
-        (b"POST" | b"PURGE", p) if p.starts_with(b"/cache/purge?") => {
+        (b"POST" | b"PURGE", p)
+            if p.starts_with(b"/cache/purge?") || p.starts_with(b"/cache/soft-purge?") =>
+        {
             if allowed() { purge(status, p) } else { refused() }
         }
         (b"POST", p) if p.starts_with(b"/servers/drain?") || p.starts_with(b"/servers/undrain?") => {
@@ -481,7 +511,7 @@ fn answer(mut s: TcpStream, status: &Status) {
         ),
         _ => (
             405,
-            "GET /, /status or /metrics; POST /cache/purge?url=URL (or ?prefix=URL), /servers/drain?group=G&server=ADDR, /servers/undrain?…\n".to_string(),
+            "GET /, /status or /metrics; POST /cache/purge?url=URL (or ?prefix=URL, ?tag=TAG), /cache/soft-purge?…, /servers/drain?group=G&server=ADDR, /servers/undrain?…\n".to_string(),
             "text/plain",
         ),
     };

@@ -15,10 +15,19 @@ use crate::sys::HitBuf;
 /// A purge the admin listener asks of every worker; each replies with how many stored
 /// responses it removed.
 pub(crate) struct Purge {
-    /// A cache key (absolute URI), or a prefix of keys.
+    /// A cache key (absolute URI), a prefix of keys, or a tag.
     pub(crate) target: Vec<u8>,
-    pub(crate) prefix: bool,
+    pub(crate) what: PurgeBy,
+    /// Marked stale instead of removed.
+    pub(crate) soft: bool,
     pub(crate) reply: crossbeam_channel::Sender<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PurgeBy {
+    Url,
+    Prefix,
+    Tag,
 }
 
 /// The stored bytes a hit sends: `range` of the entry's body, as stored or in `coding`.

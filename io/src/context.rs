@@ -122,6 +122,38 @@ impl Worker {
         }
     }
 
+    /// Carries out a purge from the admin listener on this worker's shard: how many stored
+    /// responses it removed (or, soft, marked stale).
+    pub(crate) fn purge(&self, p: &crate::cache::Purge) -> usize {
+        use crate::cache::PurgeBy;
+        let now = ringway_core::proxy::DateSource::date_line(self).secs();
+        let mut shard = self.cache.borrow_mut();
+        match (p.what, p.soft) {
+            (PurgeBy::Tag, soft) => shard.purge_tag(&p.target, soft, now),
+            (PurgeBy::Prefix, false) => shard.remove_prefix(&p.target),
+            (PurgeBy::Prefix, true) => shard.soften_prefix(&p.target, now),
+            (PurgeBy::Url, soft) => {
+                // The URL's forward entry, and what each upstream group stored for it.
+                let cfg = self.current();
+                let keys = std::iter::once(p.target.clone()).chain(
+                    cfg.upstreams
+                        .iter()
+                        .map(|u| ringway_core::cache::policy::key_in_space(&p.target, &u.name)),
+                );
+                let mut n = 0;
+                for k in keys {
+                    n += if soft {
+                        shard.soften(&k, now)
+                    } else {
+                        self.epochs.bump(&k);
+                        shard.remove(&k)
+                    };
+                }
+                n
+            }
+        }
+    }
+
     /// After a burst of connections, once none is left: gives the heap's free memory back to
     /// the system (glibc keeps freed small blocks otherwise, so RSS never came down).
     pub(crate) fn trim_when_idle(&self) {

@@ -3,6 +3,7 @@
 //! watcher task every 50 ms (a short mutex hold); readers (the admin status page today, metrics
 //! later) sum them.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use ringway_core::config::Config;
@@ -44,6 +45,8 @@ pub(crate) struct Status {
     pub(crate) epochs: Arc<ringway_core::cache::Epochs>,
     /// One channel per worker for purges from the admin listener.
     pub(crate) purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+    /// One socket per worker that wakes it for them (a byte written; see `worker::run`).
+    pub(crate) wakers: Vec<std::os::unix::net::UnixStream>,
     /// The access log's counters (lines written, dropped).
     pub(crate) log: crate::accesslog::Log,
     /// Per worker: what its exchanges added up to, and its own figures.
@@ -80,11 +83,23 @@ pub(crate) struct Published {
 }
 
 impl Status {
+    /// Wakes every worker now, rather than at its next 50 ms tick: a purge is done on all of
+    /// them before the admin listener answers, within a millisecond or so. One byte per worker,
+    /// on this rare path only.
+    pub(crate) fn wake_workers(&self) {
+        for w in &self.wakers {
+            let _ = (&*w).write(&[1]);
+        }
+    }
+
     pub(crate) fn new(
         workers: usize,
         cfg: Config,
         board: Arc<Board>,
-        purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+        (purges, wakers): (
+            Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+            Vec<std::os::unix::net::UnixStream>,
+        ),
         log: crate::accesslog::Log,
     ) -> Self {
         Self {
@@ -104,6 +119,7 @@ impl Status {
             cache: Mutex::new(vec![Default::default(); workers]),
             epochs: Arc::default(),
             purges,
+            wakers,
             workers: Mutex::new(vec![Vec::new(); workers]),
             tls: Mutex::new(vec![TlsCounts::default(); workers]),
             requests: Mutex::new(vec![RequestCounts::default(); workers]),

@@ -24,7 +24,10 @@ pub struct Server {
     shutdown: Arc<AtomicBool>,
     reload_tx: Vec<crossbeam_channel::Sender<Update>>,
     reload_rx: Vec<crossbeam_channel::Receiver<Update>>,
-    purge_rx: Vec<crossbeam_channel::Receiver<crate::cache::Purge>>,
+    purge_rx: Vec<(
+        crossbeam_channel::Receiver<crate::cache::Purge>,
+        std::os::unix::net::UnixStream,
+    )>,
     admin: Option<TcpListener>,
     status: Arc<Status>,
     board: Arc<Board>,
@@ -282,7 +285,24 @@ impl Server {
             handoff.push(("admin".to_string(), std::os::fd::OwnedFd::from(d)));
         }
         let board = Arc::new(Board::new(&cfg, &Default::default()));
-        let (purge_tx, purge_rx) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        let (purge_tx, purge_rx): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        // A socket pair per worker: the admin listener writes a byte to wake it for a purge.
+        let (wakers, wake_rx): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| std::os::unix::net::UnixStream::pair())
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|source| {
+                StartError::Bind(BindError {
+                    addr: bound.first().copied().unwrap_or(([0, 0, 0, 0], 0).into()),
+                    source,
+                })
+            })?
+            .into_iter()
+            .unzip();
+        for w in &wakers {
+            let _ = w.set_nonblocking(true);
+        }
+        let purge_rx = purge_rx.into_iter().zip(wake_rx).collect();
         let (log, log_writer) =
             crate::accesslog::Log::start(cfg.access_log.as_ref().map(|a| a.target.clone()))
                 .map_err(|source| {
@@ -295,7 +315,7 @@ impl Server {
             workers,
             cfg.clone(),
             board.clone(),
-            purge_tx,
+            (purge_tx, wakers),
             log.clone(),
         ));
         status.set_name_counters(names.lookups.clone(), names.failures.clone());
@@ -417,7 +437,7 @@ impl Server {
             .zip(self.cpus)
             .zip(reload_rx)
             .zip(self.purge_rx);
-        for (id, (((listeners, cpu), reloads), purges)) in workers.enumerate() {
+        for (id, (((listeners, cpu), reloads), (purges, wake))) in workers.enumerate() {
             let first = Update {
                 cfg: self.cfg.clone(),
                 board: board.clone(),
@@ -435,6 +455,7 @@ impl Server {
                         reloads,
                         status,
                         purges,
+                        wake,
                         workers: count,
                         log,
                         gate,

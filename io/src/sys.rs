@@ -22,6 +22,25 @@ pub(crate) fn fd(s: &monoio::net::TcpStream) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }
 }
 
+pub(crate) fn unix_fd(s: &monoio::net::UnixStream) -> BorrowedFd<'_> {
+    // SAFETY: the stream owns its descriptor and keeps it open while it lives; the borrow is
+    // tied to the stream's.
+    unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }
+}
+
+/// Waits (blocking the calling thread, at most `timeout`) until `fd` is readable: for the
+/// admin listener's thread, which must notice new connections at once and shutdown soon.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `p` is one valid pollfd for the duration of the call; the descriptor is open.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
 /// A non-blocking, close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     pipe_with(libc::O_NONBLOCK | libc::O_CLOEXEC)

@@ -30,6 +30,8 @@ pub(crate) struct Links {
     pub(crate) reloads: crossbeam_channel::Receiver<Update>,
     pub(crate) status: Arc<Status>,
     pub(crate) purges: crossbeam_channel::Receiver<crate::cache::Purge>,
+    /// Readable when the admin listener has sent purges (see `Status::wake_workers`).
+    pub(crate) wake: std::os::unix::net::UnixStream,
     /// How many workers share the cache budget.
     pub(crate) workers: usize,
     pub(crate) log: crate::accesslog::Log,
@@ -49,6 +51,7 @@ pub(crate) fn run(
         reloads,
         status,
         purges,
+        wake,
         workers,
         log,
         gate,
@@ -87,26 +90,23 @@ pub(crate) fn run(
             };
             accepting.push(monoio::spawn(accept_loop(w.clone(), l, at)));
         }
+        let _ = wake.set_nonblocking(true);
+        let wake = monoio::net::UnixStream::from_std(wake)?;
         while !shutdown.load(Ordering::Relaxed) {
-            monoio::time::sleep(SHUTDOWN_POLL).await;
+            // The tick, or sooner when the admin listener wakes it (a purge).
+            let woken = monoio::select! {
+                _ = monoio::time::sleep(SHUTDOWN_POLL) => false,
+                _ = wake.readable(true) => true,
+            };
+            if woken {
+                let mut b = [0u8; 64];
+                while crate::sys::recv(crate::sys::unix_fd(&wake), &mut b).is_ok_and(|n| n > 0) {}
+            }
             while let Ok(update) = reloads.try_recv() {
                 w.install(update);
             }
             while let Ok(p) = purges.try_recv() {
-                let mut shard = w.cache.borrow_mut();
-                let n = if p.prefix {
-                    shard.remove_prefix(&p.target)
-                } else {
-                    // The URL's forward entry, and what each upstream group stored for it.
-                    let mut n = shard.remove(&p.target);
-                    for u in &w.current().upstreams {
-                        let k = ringway_core::cache::policy::key_in_space(&p.target, &u.name);
-                        w.epochs.bump(&k);
-                        n += shard.remove(&k);
-                    }
-                    n
-                };
-                let _ = p.reply.send(n);
+                let _ = p.reply.send(w.purge(&p));
             }
             w.trim_when_idle();
             if let Some(a) = &w.current().access_log {

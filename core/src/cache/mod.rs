@@ -48,6 +48,42 @@ pub struct CacheRules {
     /// The targeted fields this cache obeys (RFC 9213), lower case, in order: the first one a
     /// response carries with a valid value replaces its `Cache-Control` and `Expires` here.
     pub targeted: Vec<Vec<u8>>,
+    /// Fields whose values tag a stored response for purging (lower case): `Cache-Tag`
+    /// (Cloudflare's, comma-separated) and `Surrogate-Key` (Fastly's, space-separated).
+    pub tag_fields: Vec<Vec<u8>>,
+    /// The tag fields are not passed to clients (nor kept in what is stored).
+    pub strip_tags: bool,
+}
+
+/// Most tags kept per response, and the longest tag: a response with more has the rest ignored.
+pub const MAX_TAGS: usize = 128;
+pub const MAX_TAG_LEN: usize = 1024;
+
+/// The tags of a response: the values of `fields`, split at commas and whitespace, each once.
+pub fn tags(buf: &[u8], headers: &[crate::http::Header], fields: &[Vec<u8>]) -> Vec<Box<[u8]>> {
+    let mut out: Vec<Box<[u8]>> = Vec::new();
+    for h in headers {
+        if !fields
+            .iter()
+            .any(|f| h.name.get(buf).eq_ignore_ascii_case(f))
+        {
+            continue;
+        }
+        for t in h
+            .value
+            .get(buf)
+            .split(|&b| b == b',' || b == b' ' || b == b'\t')
+            .filter(|t| !t.is_empty() && t.len() <= MAX_TAG_LEN)
+        {
+            if out.len() == MAX_TAGS {
+                return out;
+            }
+            if !out.iter().any(|o| &o[..] == t) {
+                out.push(t.into());
+            }
+        }
+    }
+    out
 }
 
 impl Default for CacheRules {
@@ -64,6 +100,8 @@ impl Default for CacheRules {
             max_object: 8 << 20,
             lock_timeout: std::time::Duration::from_secs(5),
             targeted: vec![b"cdn-cache-control".to_vec()],
+            tag_fields: vec![b"cache-tag".to_vec(), b"surrogate-key".to_vec()],
+            strip_tags: true,
         }
     }
 }

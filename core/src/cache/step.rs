@@ -82,6 +82,7 @@ struct Pending {
     max_object: u64,
     /// The worker's count of copies in flight, which the tee joins.
     collecting: Rc<super::Collecting>,
+    tags: Vec<Box<[u8]>>,
 }
 
 /// The request's claim on fetching its key for the worker.
@@ -336,7 +337,7 @@ impl CacheStep {
         e: Rc<Entry>,
     ) -> Lookup {
         let f = Freshness {
-            lifetime: e.lifetime,
+            lifetime: e.lifetime_now(),
             age: e.age(ctx.secs),
             no_cache: e.cc.no_cache,
             must_revalidate: e.cc.must_revalidate
@@ -511,8 +512,10 @@ impl CacheStep {
             && !r.no_cache()
             && r.cc.max_age.is_none()
             && r.cc.min_fresh.is_none()
-            && f.age > f.lifetime
+            // Stale from the second its age reaches its lifetime (RFC 9111 §4.2).
+            && f.age >= f.lifetime
             && f.age - f.lifetime <= window
+            // Once fresh (a soft purge ends that early), or revalidatable.
             && (e.etag.is_some() || e.last_modified.is_some() || e.lifetime > 0)
     }
 
@@ -698,6 +701,10 @@ impl CacheStep {
                 .map(|h| h.value.get(buf));
             answer::strip_fields(&mut head, &super::control::unstored_fields(cc));
         }
+        let tags = super::tags(buf, headers, &cr.tag_fields);
+        if cr.strip_tags && !cr.tag_fields.is_empty() {
+            answer::strip_fields(&mut head, &cr.tag_fields);
+        }
         let mut vary = Vec::new();
         if let Vary::Fields(names) = &meta.vary {
             let mut v = Vec::new();
@@ -715,6 +722,7 @@ impl CacheStep {
             vary,
             max_object: cr.max_object,
             collecting: ctx.cache.shard.borrow().collecting(),
+            tags,
         }
     }
 
@@ -789,6 +797,8 @@ impl CacheStep {
             epoch: self.epoch,
             private_dest,
             encoded: Default::default(),
+            tags: p.tags.into_boxed_slice(),
+            purged_at: Default::default(),
         });
         ctx.cache.shard.borrow_mut().insert_rc(e.clone());
         Ok(e)
@@ -868,7 +878,7 @@ impl CacheStep {
         if status.is_some_and(|s| cr.use_stale.statuses.contains(&s)) {
             return true;
         }
-        let staleness = e.age(secs).saturating_sub(e.lifetime);
+        let staleness = e.age(secs).saturating_sub(e.lifetime_now());
         let window =
             e.cc.stale_if_error
                 .into_iter()
@@ -931,6 +941,9 @@ impl CacheStep {
             epoch: self.epoch,
             private_dest: e.private_dest,
             encoded: Default::default(),
+            // Refreshed by the origin: fresh again, whatever a soft purge said.
+            tags: e.tags.clone(),
+            purged_at: Default::default(),
         })
     }
 }

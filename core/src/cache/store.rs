@@ -104,6 +104,11 @@ pub struct Entry {
     /// worker) and counted in the shard's budget from then on ([`Shard::grow`]). Set once,
     /// never changed: io may write from it while the entry lives.
     pub encoded: Encoded,
+    /// The tags its response carried (`Cache-Tag`, `Surrogate-Key`): purged by them.
+    pub tags: Box<[Box<[u8]>]>,
+    /// Soft-purged at this time (seconds): stale from then on, still usable where staleness
+    /// is allowed (`stale-while-revalidate`, `stale-if-error`).
+    pub purged_at: std::cell::Cell<Option<u64>>,
 }
 
 /// A stored body's encoded copies, one slot per [`Coding`].
@@ -142,10 +147,28 @@ impl Entry {
                 .iter()
                 .map(|(n, v)| n.len() + v.len() + 32)
                 .sum::<usize>()
+            + self.tags.iter().map(|t| 2 * t.len() + 48).sum::<usize>()
     }
 
     pub fn age(&self, now: u64) -> u64 {
         super::policy::current_age(self.initial_age, self.response_time, now)
+    }
+
+    /// The freshness lifetime, cut to the age it had when it was soft-purged.
+    pub fn lifetime_now(&self) -> u64 {
+        match self.purged_at.get() {
+            Some(at) => self.lifetime.min(self.age(at)),
+            None => self.lifetime,
+        }
+    }
+
+    /// Marks it stale from `now` on (a soft purge); whether it was fresh until now.
+    pub fn soften(&self, now: u64) -> bool {
+        if self.purged_at.get().is_some() {
+            return false;
+        }
+        self.purged_at.set(Some(now));
+        true
     }
 }
 
@@ -206,6 +229,12 @@ pub struct Shard {
     fills_ended: u64,
     /// Body copies in flight (a quarter of the budget at most).
     collecting: std::rc::Rc<super::Collecting>,
+    /// Entries by tag, as (slot, generation): a position whose slot moved on is skipped and
+    /// dropped when the tag is purged, or when the index is rebuilt ([`Shard::index_tag`]).
+    tags: HashMap<Box<[u8]>, Vec<(u32, u32)>>,
+    /// Positions in `tags`, and how many of them belong to stored entries.
+    tag_refs: usize,
+    live_tag_refs: usize,
 }
 
 impl Shard {
@@ -227,6 +256,9 @@ impl Shard {
             ended: Vec::new(),
             fills_ended: 0,
             collecting: std::rc::Rc::new(super::Collecting::new(budget / 4)),
+            tags: HashMap::new(),
+            tag_refs: 0,
+            live_tag_refs: 0,
         }
     }
 
@@ -415,11 +447,17 @@ impl Shard {
         };
         let s = &mut self.slots[id as usize];
         s.gen = s.gen.wrapping_add(1);
+        let gen = s.gen;
+        for t in entry.tags.iter() {
+            self.tags.entry(t.clone()).or_default().push((id, gen));
+        }
+        self.tag_refs += entry.tags.len();
+        self.live_tag_refs += entry.tags.len();
+        let s = &mut self.slots[id as usize];
         s.entry = Some(entry);
         s.freq = 0;
         s.main = main;
         s.size = size;
-        let gen = s.gen;
         if main {
             self.main.push_back((id, gen));
         } else {
@@ -429,6 +467,7 @@ impl Shard {
         self.used += size;
         self.map.entry(key).or_default().push(id);
         self.stats.stores += 1;
+        self.index_tag();
         true
     }
 
@@ -477,6 +516,83 @@ impl Shard {
         ids.len()
     }
 
+    /// Purges the entries tagged `tag`: removed, or with `soft` marked stale from `now` on
+    /// (still served where staleness is allowed, revalidated otherwise). How many.
+    pub fn purge_tag(&mut self, tag: &[u8], soft: bool, now: u64) -> usize {
+        let Some(mut positions) = self.tags.remove(tag) else {
+            return 0;
+        };
+        self.tag_refs -= positions.len();
+        positions.retain(|&(id, gen)| {
+            let s = &self.slots[id as usize];
+            s.gen == gen
+                && s.entry
+                    .as_ref()
+                    .is_some_and(|e| e.tags.iter().any(|t| &t[..] == tag))
+        });
+        let n = positions.len();
+        if soft {
+            for &(id, _) in &positions {
+                if let Some(e) = &self.slots[id as usize].entry {
+                    e.soften(now);
+                }
+            }
+            self.tag_refs += positions.len();
+            self.tags.insert(tag.into(), positions);
+        } else {
+            for &(id, _) in &positions {
+                self.drop_slot(id);
+            }
+            self.stats.invalidations += n as u64;
+        }
+        self.index_tag();
+        n
+    }
+
+    /// Rebuilds the tag index once positions of entries no longer stored outnumber the live
+    /// ones: the index stays within twice what it must hold, at an amortised constant cost.
+    fn index_tag(&mut self) {
+        if self.tag_refs <= 2 * self.live_tag_refs + 1024 {
+            return;
+        }
+        self.tags.clear();
+        for (id, s) in self.slots.iter().enumerate() {
+            if let Some(e) = &s.entry {
+                for t in e.tags.iter() {
+                    self.tags
+                        .entry(t.clone())
+                        .or_default()
+                        .push((id as u32, s.gen));
+                }
+            }
+        }
+        self.tag_refs = self.live_tag_refs;
+    }
+
+    /// Marks every variant stored under `key` stale from `now` on (a soft purge); how many.
+    pub fn soften(&mut self, key: &[u8], now: u64) -> usize {
+        let Some(ids) = self.map.get(key) else {
+            return 0;
+        };
+        for &id in ids {
+            if let Some(e) = &self.slots[id as usize].entry {
+                e.soften(now);
+            }
+        }
+        ids.len()
+    }
+
+    /// [`soften`](Self::soften) for every key whose URI starts with `prefix`.
+    pub fn soften_prefix(&mut self, prefix: &[u8], now: u64) -> usize {
+        let keys: Vec<Box<[u8]>> = self
+            .map
+            .keys()
+            .filter(|k| super::policy::key_uri(k).starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.iter().map(|k| self.soften(k, now)).sum()
+    }
+
     /// Removes every entry whose URI (its key without the space, see
     /// [`policy::key_uri`](super::policy::key_uri)) starts with `prefix`; how many there were.
     pub fn remove_prefix(&mut self, prefix: &[u8]) -> usize {
@@ -493,6 +609,7 @@ impl Shard {
     fn drop_slot(&mut self, id: u32) {
         let s = &mut self.slots[id as usize];
         let Some(e) = s.entry.take() else { return };
+        self.live_tag_refs -= e.tags.len();
         self.used -= s.size;
         if !s.main {
             self.small_bytes -= s.size;
@@ -598,6 +715,8 @@ mod tests {
             cc: Directives::default(),
             epoch,
             private_dest: false,
+            tags: Box::new([]),
+            purged_at: Default::default(),
             encoded: Default::default(),
         }
     }
@@ -720,5 +839,50 @@ mod tests {
             1,
             "the unvaried entry no longer answers first"
         );
+    }
+
+    #[test]
+    fn tags_purge_hard_and_soft_and_the_index_stays_bounded() {
+        let mut s = Shard::new(10_000_000);
+        let epochs = Epochs::default();
+        let tagged = |k: &str, tags: &[&str]| Entry {
+            tags: tags.iter().map(|t| t.as_bytes().into()).collect(),
+            ..entry(k, 10, 0)
+        };
+        s.insert(tagged("a", &["red", "all"]));
+        s.insert(tagged("b", &["blue", "all"]));
+        s.insert(tagged("c", &[]));
+        assert_eq!(s.purge_tag(b"red", false, 100), 1);
+        assert!(s.variants(b"a", &epochs).is_empty());
+        assert_eq!(s.purge_tag(b"red", false, 100), 0, "gone with the entry");
+        // Soft: kept, stale from the purge on (its age then caps its lifetime).
+        assert_eq!(s.purge_tag(b"all", true, 30), 1);
+        let b = s.variants(b"b", &epochs)[0].1.clone();
+        assert_eq!(b.lifetime_now(), 30);
+        assert_eq!(
+            s.purge_tag(b"all", true, 50),
+            1,
+            "still tagged, still counted"
+        );
+        assert_eq!(b.lifetime_now(), 30, "the first soft purge's time stays");
+        // A replaced entry's old position is skipped, not purged twice.
+        s.insert(tagged("b", &["all"]));
+        assert_eq!(s.purge_tag(b"all", false, 60), 1);
+        assert_eq!(s.variants(b"c", &epochs).len(), 1);
+        // Churn: the index holds at most about twice what is stored.
+        for i in 0..10_000 {
+            s.insert(tagged("k", &[&format!("t{i}")]));
+        }
+        assert!(
+            s.tag_refs <= 2 * s.live_tag_refs + 1024 + 1,
+            "{} {}",
+            s.tag_refs,
+            s.live_tag_refs
+        );
+        assert!(s.tags.len() <= 1024 + 2);
+        // Soft purge by key and by prefix.
+        s.insert(tagged("http://x/a", &[]));
+        assert_eq!(s.soften(b"http://x/a", 5), 1);
+        assert_eq!(s.soften_prefix(b"http://nothing/", 5), 0);
     }
 }

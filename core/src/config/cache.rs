@@ -108,6 +108,24 @@ pub(crate) fn build_cache(
             v
         }
     };
+    let tag_fields = match &c.tag_headers {
+        None => d.tag_fields.clone(),
+        Some(list) => {
+            let mut v = Vec::new();
+            for (i, n) in list.iter().enumerate() {
+                let name = n.get_ref().trim().to_ascii_lowercase();
+                if !crate::http::chars::is_token(name.as_bytes()) {
+                    return Err(loc.at(
+                        n.span(),
+                        format!("cache.tag_headers[{i}]"),
+                        "expected a field name like \"Cache-Tag\"",
+                    ));
+                }
+                v.push(name.into_bytes());
+            }
+            v
+        }
+    };
     let rules = CacheRules {
         valid,
         override_origin: c.valid_overrides_origin.unwrap_or(false),
@@ -120,12 +138,16 @@ pub(crate) fn build_cache(
         max_object,
         lock_timeout,
         targeted,
+        tag_fields,
+        strip_tags: c.strip_tags.unwrap_or(true),
     };
     Ok(Some(CacheConfig {
         size,
         forward: c.forward.unwrap_or(true),
+        // Responses reach the forward proxy's clients as the origin sent them.
         forward_rules: CacheRules {
             targeted: Vec::new(),
+            strip_tags: false,
             ..rules.clone()
         },
         rules,

@@ -259,6 +259,7 @@ impl Config {
             forward: true,
             forward_rules: crate::cache::CacheRules {
                 targeted: Vec::new(),
+                strip_tags: false,
                 ..Default::default()
             },
         };

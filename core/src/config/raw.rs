@@ -150,6 +150,8 @@ pub(crate) struct Cache {
     pub lock_timeout: Option<Spanned<Duration>>,
     pub forward: Option<bool>,
     pub targeted: Option<Vec<Spanned<String>>>,
+    pub tag_headers: Option<Vec<Spanned<String>>>,
+    pub strip_tags: Option<bool>,
 }
 
 /// A byte size: a number of bytes, or `"256m"`, `"64k"`, `"2g"`.

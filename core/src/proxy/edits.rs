@@ -269,8 +269,16 @@ impl<'r> Relayed<'r> {
         buf: &[u8],
         headers: &[Header],
     ) -> Self {
+        // The route's dropped fields, and the cache's tag fields when it keeps them from
+        // clients.
         let dropped = route
-            .map(|r| r.response_headers.dropped().collect())
+            .map(|r| {
+                let tags = r.cache.iter().filter(|c| c.strip_tags);
+                r.response_headers
+                    .dropped()
+                    .chain(tags.flat_map(|c| c.tag_fields.iter().map(Vec::as_slice)))
+                    .collect()
+            })
             .unwrap_or_default();
         let urls = route.is_some_and(|r| r.rewrite_location)
             && headers.iter().any(|h| {
