@@ -1445,3 +1445,70 @@ fn tag_and_soft_purges_reach_every_worker() {
         );
     }
 }
+
+/// A response that follows interim ones (102, then 103, each in its own packet) is stored
+/// alike by the reverse proxy and the forward proxy, for HTTP/1.1 and HTTP/1.0 clients.
+#[test]
+fn responses_after_interim_ones_are_stored_in_both_modes() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = l.local_addr().unwrap();
+    let fetched = Arc::new(Mutex::new(0usize));
+    let count = fetched.clone();
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let count = count.clone();
+            thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        *count.lock().unwrap() += 1;
+                        for part in [
+                            &b"HTTP/1.1 102 Processing\r\n\r\n"[..],
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+                            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+                        ] {
+                            if c.write_all(part).is_err() {
+                                return;
+                            }
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let reverse = Proxy::start(&cache_config(origin, 1, ""));
+    let forward = Proxy::start_quick(&["--forward", "--cache", "16m"]);
+    // Everything until the proxy closes: interim responses (to HTTP/1.1), then the final one.
+    let exchange = |to: SocketAddr, req: String| {
+        let mut s = TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    for (path, v) in [("/r11", "1.1"), ("/r10", "1.0")] {
+        for _ in 0..3 {
+            let r = exchange(
+                reverse.addr,
+                format!("GET {path} HTTP/{v}\r\nHost: cache.test\r\nConnection: close\r\n\r\n"),
+            );
+            assert!(r.contains(" 200 ") && r.ends_with("\r\n\r\nok"), "{r}");
+            let r = exchange(
+                forward.addr,
+                format!("GET http://{origin}/f{path} HTTP/{v}\r\nHost: {origin}\r\nConnection: close\r\n\r\n"),
+            );
+            assert!(r.contains(" 200 ") && r.ends_with("\r\n\r\nok"), "{r}");
+        }
+    }
+    assert_eq!(*fetched.lock().unwrap(), 4, "one fetch per path and mode");
+}
