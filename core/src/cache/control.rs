@@ -36,6 +36,9 @@ pub struct Directives {
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
     pub immutable: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3): stored only by a cache that knows the status's
+    /// caching rules, and then its `no-store` is ignored.
+    pub must_understand: bool,
     /// A member did not follow the grammar (`no-cache; no-store`, `private;`): what it meant
     /// cannot be known, so the restrictive reading wins and a response is not stored.
     pub malformed: bool,
@@ -192,6 +195,8 @@ fn apply(d: &mut Directives, name: &[u8], arg: Option<&[u8]>) {
         d.only_if_cached = true;
     } else if is(b"immutable") {
         d.immutable = true;
+    } else if is(b"must-understand") {
+        d.must_understand = true;
     } else if is(b"max-stale") {
         match arg {
             None => d.max_stale_any = true,

@@ -195,6 +195,13 @@ fn values<'a>(
         .map(move |h| h.value.get(buf))
 }
 
+/// The final statuses whose semantics and caching rules RFC 9110 defines and this cache
+/// implements, for `must-understand`.
+pub const UNDERSTOOD: [u16; 36] = [
+    200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308, 400, 401, 402, 403, 404, 405,
+    406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 426, 500, 501,
+];
+
 /// Statuses whose responses may be given heuristic freshness (RFC 9110 §15.1).
 pub const HEURISTIC: [u16; 12] = [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
@@ -216,7 +223,13 @@ pub fn storable(
     if !(200..600).contains(&resp.status) || resp.status == 206 || resp.status == 304 {
         return Err("status");
     }
-    if req.cc.no_store || resp.cc.no_store {
+    // must-understand: a status whose caching rules this cache knows (RFC 9110's) is stored
+    // despite the `no-store` meant for caches that do not; any other is not stored at all.
+    let understood = resp.cc.must_understand && UNDERSTOOD.contains(&resp.status);
+    if resp.cc.must_understand && !understood {
+        return Err("must-understand");
+    }
+    if req.cc.no_store || (resp.cc.no_store && !understood) {
         return Err("no-store");
     }
     if resp.cc.malformed {
@@ -642,6 +655,46 @@ mod tests {
 
     fn rules() -> CacheRules {
         CacheRules::default()
+    }
+
+    /// must-understand (RFC 9111 §5.2.2.3): a known status is stored despite `no-store`; an
+    /// unknown one is not stored at all.
+    #[test]
+    fn must_understand() {
+        let req = RequestMeta::default();
+        let r = resp(&format!(
+            "HTTP/1.1 200 OK\r\nDate: {DATE}\r\nCache-Control: max-age=60, must-understand, no-store\r\n\r\n"
+        ));
+        assert_eq!(storable(Method::Get, &req, &r, T, &rules()), Ok(60));
+        let r = resp(&format!(
+            "HTTP/1.1 299 Whatever\r\nDate: {DATE}\r\nCache-Control: max-age=60, must-understand\r\n\r\n"
+        ));
+        assert_eq!(
+            storable(Method::Get, &req, &r, T, &rules()),
+            Err("must-understand")
+        );
+        // Without it, no-store holds; and a request's no-store always does.
+        let r = resp(&format!(
+            "HTTP/1.1 200 OK\r\nDate: {DATE}\r\nCache-Control: max-age=60, no-store\r\n\r\n"
+        ));
+        assert_eq!(
+            storable(Method::Get, &req, &r, T, &rules()),
+            Err("no-store")
+        );
+        let no_store = RequestMeta {
+            cc: Directives {
+                no_store: true,
+                ..Directives::default()
+            },
+            ..RequestMeta::default()
+        };
+        let r = resp(&format!(
+            "HTTP/1.1 200 OK\r\nDate: {DATE}\r\nCache-Control: max-age=60, must-understand, no-store\r\n\r\n"
+        ));
+        assert_eq!(
+            storable(Method::Get, &no_store, &r, T, &rules()),
+            Err("no-store")
+        );
     }
 
     /// RFC 9213: the first targeted field with a valid value replaces Cache-Control and

@@ -915,7 +915,8 @@ impl CacheStep {
         };
         let rh = parse_response(&full, &mut hs, &limits).ok()?;
         let meta = read_response(rh.status, &full, &hs, &cr.targeted);
-        if meta.cc.no_store || meta.cc.private || meta.cc.malformed {
+        let understood = meta.cc.must_understand && policy::UNDERSTOOD.contains(&meta.status);
+        if (meta.cc.no_store && !understood) || meta.cc.private || meta.cc.malformed {
             return None;
         }
         if meta.cc.qualified {
