@@ -1474,6 +1474,8 @@ fn responses_after_interim_ones_are_stored_in_both_modes() {
                             if c.write_all(part).is_err() {
                                 return;
                             }
+                            // Not a wait for the proxy: a gap so that each part arrives (and
+                            // is read) on its own, as from a slow origin.
                             thread::sleep(Duration::from_millis(20));
                         }
                     }
