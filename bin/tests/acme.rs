@@ -171,7 +171,7 @@ impl Drop for Pebble {
 fn config(origin: std::net::SocketAddr, http: u16, tls: u16, acme: &str) -> String {
     format!(
         "[server]\nlisten = [\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}]\n\
-         workers = 1\npin = false\nshutdown_timeout = \"2s\"\n\
+         workers = 1\npin = false\nshutdown_timeout = \"2s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstreams.app]\nservers = [\"{origin}\"]\n[[routes]]\nupstream = \"app\"\n{acme}"
     )
 }
@@ -233,6 +233,27 @@ fn http01_issuance_then_a_restart_reuses_the_stored_certificates() {
         assert_eq!(body, b"ok /hello");
     }
     assert_ne!(served_serial("a.test", tls), served_serial("b.test", tls));
+    // The metrics say when each expires, and how the orders went.
+    let m = admin_get(admin_addr(&proxy), "/metrics");
+    let expiry = sample(
+        &m,
+        "ringway_acme_certificate_expiry_seconds",
+        "name=\"a.test\"",
+    )
+    .expect("a.test's expiry");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert!(expiry > now && expiry < now + 7200.0, "{expiry}");
+    assert_eq!(
+        sample(&m, "ringway_acme_orders_total", "result=\"ok\""),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, "ringway_acme_orders_total", "result=\"failed\""),
+        Some(0.0)
+    );
     // A name not managed gets the first managed certificate, which curl refuses for it.
     let (ok, _) = https("c.test", tls, &root, "/");
     assert!(!ok);

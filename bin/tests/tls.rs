@@ -1543,7 +1543,7 @@ fn ocsp_answers_are_stapled_and_bad_ones_are_not() {
     );
     let p = Proxy::start(&format!(
         "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true }}]\nworkers = 1\npin = false\n\
-         [tls]\ncertificates = [{{ cert = \"{g}.crt\", key = \"{g}.key\" }}, {{ cert = \"{b}.crt\", key = \"{b}.key\" }}]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncertificates = [{{ cert = \"{g}.crt\", key = \"{g}.key\" }}, {{ cert = \"{b}.crt\", key = \"{b}.key\" }}]\n\
          [upstreams.app]\nservers = [\"{o}\"]\n[[routes]]\nupstream = \"app\"\n",
         g = dir.path("good"),
         b = dir.path("bad"),
@@ -1560,7 +1560,7 @@ fn ocsp_answers_are_stapled_and_bad_ones_are_not() {
     drop(p);
     let p = Proxy::start(&format!(
         "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true }}]\nworkers = 1\npin = false\n\
-         [tls]\ncertificates = [{{ cert = \"{g}.crt\", key = \"{g}.key\" }}, {{ cert = \"{b}.crt\", key = \"{b}.key\" }}]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncertificates = [{{ cert = \"{g}.crt\", key = \"{g}.key\" }}, {{ cert = \"{b}.crt\", key = \"{b}.key\" }}]\n\
          [upstreams.app]\nservers = [\"{o}\"]\n[[routes]]\nupstream = \"app\"\n",
         g = dir.path("good"),
         b = dir.path("bad"),
@@ -1580,6 +1580,13 @@ fn ocsp_answers_are_stapled_and_bad_ones_are_not() {
     let out = s_client(p.addr, &["-servername", "bad.test", "-status"]);
     assert!(out.contains("OCSP response: no response sent"), "{out}");
     assert!(r.asked.load(Ordering::SeqCst) >= 2);
+    let m = admin_get(admin_addr(&p), "/metrics");
+    assert_eq!(
+        sample(&m, "ringway_ocsp_stapled_certificates", ""),
+        Some(1.0)
+    );
+    assert!(sample(&m, "ringway_ocsp_fetches_total", "result=\"ok\"").unwrap() >= 1.0);
+    assert!(sample(&m, "ringway_ocsp_fetches_total", "result=\"failed\"").unwrap() >= 1.0);
     // curl checks the stapled answer too.
     let (ok, _) = curl_name(
         &p,

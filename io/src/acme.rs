@@ -48,6 +48,8 @@ struct Published {
     tokens: HashMap<String, String>,
     /// Names a handshake may have ordered.
     on_demand: Option<Arc<decide::demand::OnDemand>>,
+    /// Each served certificate's expiry (Unix seconds), for the metrics.
+    expiry: HashMap<String, u64>,
 }
 
 /// ACME's state shared by the configuration generations (kept across reloads in `tls::Keep`).
@@ -57,6 +59,8 @@ pub(crate) struct Acme {
     wake: Condvar,
     /// Names handshakes asked for on demand, for the thread (at most `MAX_WAITING`).
     waiting: Mutex<Vec<String>>,
+    /// Orders that gave a certificate, and that failed (every CA tried).
+    pub(crate) orders: [std::sync::atomic::AtomicU64; 2],
 }
 
 #[derive(Default)]
@@ -82,7 +86,21 @@ impl Acme {
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             waiting: Mutex::new(Vec::new()),
+            orders: Default::default(),
         })
+    }
+
+    /// The served certificates' names and expiry times, for the metrics.
+    pub(crate) fn expiries(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .published
+            .load()
+            .expiry
+            .iter()
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The configuration's `[acme]` (at start and on every reload).
@@ -285,7 +303,7 @@ impl Manager {
             match stored {
                 Some((ck, held)) => {
                     log::info!("acme: {name}: on demand, using the stored certificate");
-                    self.publish(&name, Some(ck), s);
+                    self.publish(&name, ck, &held, s);
                     slot.next = renew_time(&held, now);
                     slot.held = Some(held);
                 }
@@ -324,7 +342,7 @@ impl Manager {
                         "acme: {name}: using the stored certificate (valid until {})",
                         ringway_core::http::date::utc_text(held.validity.not_after)
                     );
-                    self.publish(name, Some(ck), s);
+                    self.publish(name, ck, &held, s);
                     slot.next = renew_time(&held, now);
                     slot.held = Some(held);
                 }
@@ -339,17 +357,19 @@ impl Manager {
         self.acme.update(|p| {
             p.certs
                 .retain(|n, _| keep.contains(n) || demanded.contains(n));
+            p.expiry
+                .retain(|n, _| keep.contains(n) || demanded.contains(n));
             p.default = first.as_ref().and_then(|f| p.certs.get(f).cloned());
             p.on_demand = od.clone();
         });
     }
 
-    fn publish(&self, name: &str, ck: Option<Arc<CertifiedKey>>, s: &Settings) {
+    fn publish(&self, name: &str, ck: Arc<CertifiedKey>, held: &Held, s: &Settings) {
         let first = s.domains.first().cloned();
+        let expiry = held.validity.not_after;
         self.acme.update(|p| {
-            if let Some(ck) = &ck {
-                p.certs.insert(name.to_string(), ck.clone());
-            }
+            p.certs.insert(name.to_string(), ck.clone());
+            p.expiry.insert(name.to_string(), expiry);
             p.default = first.as_ref().and_then(|f| p.certs.get(f).cloned());
         });
     }
@@ -380,13 +400,15 @@ impl Manager {
                     "acme: {name}: certificate obtained from {ca} (valid until {})",
                     ringway_core::http::date::utc_text(held.validity.not_after)
                 );
-                self.publish(name, Some(ck), s);
+                self.publish(name, ck, &held, s);
+                self.acme.orders[0].fetch_add(1, Ordering::Relaxed);
                 let slot = self.slots.get_mut(name).expect("checked above");
                 slot.backoff.succeeded();
                 slot.next = renew_time(&held, SystemTime::now());
                 slot.held = Some(held);
             }
             Err(e) => {
+                self.acme.orders[1].fetch_add(1, Ordering::Relaxed);
                 let slot = self.slots.get_mut(name).expect("checked above");
                 let wait = slot.backoff.failed();
                 log::warn!(

@@ -47,6 +47,9 @@ pub(crate) struct Status {
     pub(crate) purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
     /// One socket per worker that wakes it for them (a byte written; see `worker::run`).
     pub(crate) wakers: Vec<std::os::unix::net::UnixStream>,
+    /// ACME's and OCSP stapling's state, for the metrics.
+    pub(crate) acme: Arc<crate::acme::Acme>,
+    pub(crate) ocsp: Arc<crate::ocsp::Stapler>,
     /// The access log's counters (lines written, dropped).
     pub(crate) log: crate::accesslog::Log,
     /// Per worker: what its exchanges added up to, and its own figures.
@@ -101,6 +104,7 @@ impl Status {
             Vec<std::os::unix::net::UnixStream>,
         ),
         log: crate::accesslog::Log,
+        (acme, ocsp): (Arc<crate::acme::Acme>, Arc<crate::ocsp::Stapler>),
     ) -> Self {
         Self {
             gate: Arc::new(crate::gate::Gate::new(cfg.server.listen.len())),
@@ -120,6 +124,8 @@ impl Status {
             epochs: Arc::default(),
             purges,
             wakers,
+            acme,
+            ocsp,
             workers: Mutex::new(vec![Vec::new(); workers]),
             tls: Mutex::new(vec![TlsCounts::default(); workers]),
             requests: Mutex::new(vec![RequestCounts::default(); workers]),

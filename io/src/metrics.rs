@@ -38,6 +38,10 @@ struct Scrape {
     /// With `[shared_limits]`: Redis reached in the last round, rounds ok and failed, and
     /// each shared limit's requests decided on this box alone.
     shared: Option<SharedScrape>,
+    /// With `[acme]`: each served certificate's expiry, and orders that succeeded and failed.
+    acme: Option<(Vec<(String, u64)>, [u64; 2])>,
+    /// Certificates with an OCSP answer stapled, and fetches that succeeded and failed.
+    ocsp: (u64, [u64; 2]),
 }
 
 #[derive(Debug)]
@@ -457,6 +461,43 @@ impl Collector for Scrape {
             MetricType::Gauge,
             [(Labels::new(), ConstGauge::new(self.started))],
         )?;
+        if let Some((expiries, orders)) = &self.acme {
+            family(
+                &mut e,
+                "ringway_acme_certificate_expiry_seconds",
+                "When each certificate ringway obtained by ACME expires (Unix time).",
+                MetricType::Gauge,
+                expiries.iter().map(|(n, t)| (l(&[("name", n)]), gauge(*t))),
+            )?;
+            family(
+                &mut e,
+                "ringway_acme_orders",
+                "ACME orders that gave a certificate (ok) and that failed at every CA (failed).",
+                MetricType::Counter,
+                [("ok", orders[0]), ("failed", orders[1])]
+                    .into_iter()
+                    .map(|(r, n)| (l(&[("result", r)]), counter(n))),
+            )?;
+        }
+        let (stapled, fetches) = self.ocsp;
+        if stapled > 0 || fetches != [0, 0] {
+            family(
+                &mut e,
+                "ringway_ocsp_stapled_certificates",
+                "Configured certificates with a current OCSP answer stapled.",
+                MetricType::Gauge,
+                [(Labels::new(), gauge(stapled))],
+            )?;
+            family(
+                &mut e,
+                "ringway_ocsp_fetches",
+                "OCSP answers fetched and stapled (ok), and fetches that failed or were refused.",
+                MetricType::Counter,
+                [("ok", fetches[0]), ("failed", fetches[1])]
+                    .into_iter()
+                    .map(|(r, n)| (l(&[("result", r)]), counter(n))),
+            )?;
+        }
         family(
             &mut e,
             "ringway_build_info",
@@ -481,8 +522,17 @@ impl Status {
         let cache = self.cache_sum();
         let mut servers = Vec::new();
         let mut shared = None;
+        let mut acme = None;
         if let Ok(cur) = self.current.lock() {
             let (cfg, board) = (&cur.0, &cur.1);
+            if cfg.acme.is_some() {
+                use std::sync::atomic::Ordering::Relaxed;
+                let o = &self.acme.orders;
+                acme = Some((
+                    self.acme.expiries(),
+                    [o[0].load(Relaxed), o[1].load(Relaxed)],
+                ));
+            }
             if cfg.shared_limits.is_some() {
                 use std::sync::atomic::Ordering::Relaxed;
                 let c = &self.shared_limits;
@@ -531,6 +581,14 @@ impl Status {
                 n => n,
             },
             started: self.started,
+            acme,
+            ocsp: (
+                self.ocsp.stapled(),
+                [
+                    self.ocsp.fetches[0].load(Relaxed),
+                    self.ocsp.fetches[1].load(Relaxed),
+                ],
+            ),
             refused: self.gate.refused.each_ref().map(|n| n.load(Relaxed)),
             shared,
             names: self

@@ -88,6 +88,8 @@ struct Known {
 pub(crate) struct Stapler {
     control: Mutex<Control>,
     wake: Condvar,
+    /// Answers fetched and stapled, and fetches that failed or were refused.
+    pub(crate) fetches: [std::sync::atomic::AtomicU64; 2],
 }
 
 #[derive(Default)]
@@ -104,7 +106,17 @@ impl Stapler {
         Arc::new(Self {
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
+            fetches: Default::default(),
         })
+    }
+
+    /// How many of the configured certificates carry an answer now.
+    pub(crate) fn stapled(&self) -> u64 {
+        let c = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        c.slots
+            .iter()
+            .filter(|s| s.key.load().ocsp.is_some())
+            .count() as u64
     }
 
     /// The certificates of the configuration now in force (at start and every reload). Those
@@ -168,6 +180,7 @@ impl Stapler {
                 let now = unix();
                 let staple_now = match result {
                     Ok((der, cur)) => {
+                        self.fetches[0].fetch_add(1, Ordering::Relaxed);
                         log::debug!("ocsp: {}: good until {:?}", slot.url, cur.next_update);
                         known.next = cur.refresh_at(now);
                         known.failures = 0;
@@ -175,6 +188,7 @@ impl Stapler {
                         Some(der)
                     }
                     Err(e) => {
+                        self.fetches[1].fetch_add(1, Ordering::Relaxed);
                         let wait = (RETRY_FIRST << known.failures.min(4)).min(RETRY_MAX);
                         known.failures += 1;
                         known.next = now + wait;

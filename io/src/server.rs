@@ -317,6 +317,7 @@ impl Server {
             board.clone(),
             (purge_tx, wakers),
             log.clone(),
+            (keep.acme.clone(), keep.ocsp.clone()),
         ));
         status.set_name_counters(names.lookups.clone(), names.failures.clone());
         Ok(Self {
