@@ -39,10 +39,13 @@ struct Scrape {
     /// each shared limit's requests decided on this box alone.
     shared: Option<SharedScrape>,
     /// With `[acme]`: each served certificate's expiry, and orders that succeeded and failed.
-    acme: Option<(Vec<(String, u64)>, [u64; 2])>,
+    acme: Option<AcmeScrape>,
     /// Certificates with an OCSP answer stapled, and fetches that succeeded and failed.
     ocsp: (u64, [u64; 2]),
 }
+
+/// (name, expiry) of each certificate ACME serves, and its orders (ok, failed).
+type AcmeScrape = (Vec<(String, u64)>, [u64; 2]);
 
 #[derive(Debug)]
 struct SharedScrape {
