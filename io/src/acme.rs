@@ -461,8 +461,14 @@ impl Manager {
                 Ok(chain) => {
                     let key_pem = key.serialize_pem();
                     let (ck, held) = certified(chain.as_bytes(), key_pem.as_bytes(), name)?;
-                    store(&s.storage, name, &chain, &key_pem)
-                        .map_err(|e| format!("storing the certificate: {e}"))?;
+                    // Served even when it cannot be kept: ordering again would spend the
+                    // CA's rate limit on a certificate we have. The next start orders anew.
+                    if let Err(e) = store(&s.storage, name, &chain, &key_pem) {
+                        log::warn!(
+                            "acme: {name}: the certificate cannot be stored in {}: {e}; served from memory",
+                            s.storage.display()
+                        );
+                    }
                     return Ok((ck, held, ca.clone()));
                 }
                 Err(e) => errors.push(format!("{ca}: {e}")),
