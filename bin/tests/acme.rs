@@ -15,14 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::*;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// pebble and its name server, ended (by PID) when dropped.
 struct Pebble {
     dir: PathBuf,

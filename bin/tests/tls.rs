@@ -343,14 +343,6 @@ fn json_number(doc: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn plain_listener_redirects_to_https() {
     let (dir, _ca, origin) = setup();

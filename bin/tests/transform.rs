@@ -359,14 +359,6 @@ impl Drop for Haproxy {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// curl through `port` until haproxy answers (it starts in the background).
 fn through(port: u16, args: &[&str]) -> (String, String) {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);

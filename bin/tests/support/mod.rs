@@ -1113,6 +1113,15 @@ pub fn wait_listening(port: u16, limit: Duration) {
     }
 }
 
+/// A loopback port free now (for a server whose port must be known before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
     let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
     let r = request(admin, req.as_bytes()).expect("the admin listener answers");
