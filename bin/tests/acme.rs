@@ -732,3 +732,42 @@ fn certificates_on_demand_within_the_allowed_names_and_budget() {
     assert_eq!(obtained(&proxy.log(), "a.shop.test"), 0);
     assert!(!proxy.log().contains("shop.other") && !proxy.log().contains("evil-shop"));
 }
+
+/// A storage directory that cannot be written is an error at start, naming it, not a failure
+/// found at the first order.
+#[test]
+fn unusable_storage_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("ringway-acme-ro-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A file where the directory should be: whoever runs the test (root too) cannot use it.
+    let blocked = dir.join("state");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "--upstream",
+            "127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-pin",
+            "--workers",
+            "1",
+        ])
+        .args([
+            "--acme",
+            "ops@example.org",
+            "--domain",
+            "a.test",
+            "--state-dir",
+        ])
+        .arg(&blocked)
+        .env("RINGWAY_LOOPBACK_ONLY", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("acme.storage") && err.contains("state/acme"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

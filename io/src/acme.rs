@@ -861,6 +861,13 @@ fn store(storage: &Path, name: &str, chain: &str, key: &str) -> std::io::Result<
     write_private(&crt, chain.as_bytes())
 }
 
+/// Makes the storage directory (0700) and checks that files can be written in it.
+pub(crate) fn prepare_storage(storage: &Path) -> std::io::Result<()> {
+    let probe = storage.join(".ringway-write-check");
+    write_private(&probe, b"")?;
+    std::fs::remove_file(probe)
+}
+
 /// Writes `data` to `path` (mode 0600, its directories 0700) through a temporary file.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

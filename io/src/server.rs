@@ -251,6 +251,15 @@ impl Server {
             .collect();
         let mut keep = Keep::new();
         let tls = Arc::new(TlsMaterial::load(&cfg, &mut keep).map_err(StartError::Tls)?);
+        if let Some(a) = &cfg.acme {
+            // Where keys and certificates go must be usable now, not at the first order.
+            crate::acme::prepare_storage(&a.storage).map_err(|e| {
+                StartError::Tls(
+                    a.origin
+                        .error(format!("acme.storage {}: {e}", a.storage.display())),
+                )
+            })?;
+        }
         let addrs: Vec<SocketAddr> = cfg.server.listen.iter().map(|l| l.addr).collect();
         let listeners = bind_all(&addrs, workers, inherited).map_err(StartError::Bind)?;
         let mut cfg = cfg;
