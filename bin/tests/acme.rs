@@ -246,6 +246,12 @@ fn http01_issuance_then_a_restart_reuses_the_stored_certificates() {
         sample(&m, "ringway_acme_orders_total", "result=\"failed\""),
         Some(0.0)
     );
+    let status = admin_get(admin_addr(&proxy), "/status");
+    assert!(
+        status.contains("\"acme\":[{\"name\":\"a.test\",\"expires\":"),
+        "{status}"
+    );
+    assert!(status.contains("\"name\":\"a.test\"") && status.contains("\"name\":\"b.test\""));
     // A name not managed gets the first managed certificate, which curl refuses for it.
     let (ok, _) = https("c.test", tls, &root, "/");
     assert!(!ok);

@@ -182,6 +182,15 @@ impl Status {
             "tls": {
                 "handshakes": tls.handshakes, "resumed": tls.resumed, "failed": tls.failed,
                 "plain_http": tls.plain_http,
+                "acme": self.acme.expiries().iter().map(|(name, t)| json!({
+                    "name": name,
+                    "expires": ringway_core::http::date::utc_text(*t),
+                })).collect::<Vec<_>>(),
+                "acme_orders": {
+                    "ok": self.acme.orders[0].load(Relaxed),
+                    "failed": self.acme.orders[1].load(Relaxed),
+                },
+                "ocsp_stapled": self.ocsp.stapled(),
             },
             "ringway": env!("CARGO_PKG_VERSION"),
             "uptime": uptime.max(0.0).round() as u64,
