@@ -1589,3 +1589,62 @@ fn ocsp_answers_are_stapled_and_bad_ones_are_not() {
     );
     assert!(ok);
 }
+
+/// A tunnel inside an HTTPS proxy connection that nothing moves through is closed after
+/// `tunnel_idle` (the copying tunnel keeps the idle limit the spliced one has), with
+/// close_notify; a client that closes mid-tunnel ends it.
+#[test]
+fn an_idle_tunnel_inside_tls_is_closed() {
+    let (dir, test_ca, origin) = setup();
+    test_ca.issue(&dir, "proxy", &["proxy.test"], false);
+    let port = origin.addr.port();
+    let p = Proxy::start(&format!(
+        "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", tls = true, forward = true }}]\nworkers = 1\npin = false\n\
+         [tls]\ncertificates = [{{ cert = \"{c}.crt\", key = \"{c}.key\" }}]\n\
+         [forward]\nconnect_ports = [{port}]\ntunnel_idle = \"1s\"\n",
+        c = dir.path("proxy"),
+    ));
+    let ca = dir.0.join("ca.pem");
+    let open = || {
+        let (conn, tcp) = handshaken(p.addr, &ca, "proxy.test");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.write_all(format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", origin.addr).as_bytes())
+            .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).unwrap(), 1);
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s
+    };
+    // Clients that leave mid-tunnel, with a request half sent.
+    for _ in 0..10 {
+        let mut s = open();
+        s.write_all(b"GET /slow/2000 HTTP/1.1\r\n").unwrap();
+        drop(s);
+    }
+    // Idle: the proxy ends it (close_notify, then the close) well before our 10 s read timeout.
+    let mut s = open();
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(r.is_ok(), "the proxy closed the idle tunnel cleanly: {r:?}");
+    assert!(rest.is_empty());
+    // Still serving.
+    let mut s = open();
+    s.write_all(b"GET /len/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.contains("Content-Length: 3\r\n"),
+        "{got}"
+    );
+}

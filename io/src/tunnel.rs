@@ -344,6 +344,14 @@ async fn copy(
             break;
         }
     }
+    // Ended by the idle limit: a TLS end still open is told so (close_notify, sent if the
+    // socket takes it now), so that its peer sees an end, not a truncation.
+    for (end, half) in [(&mut c, &down), (&mut u, &up)] {
+        if let (End::Tls(t), false) = (end, half.notified || half.done) {
+            t.close_write();
+            let _ = t.try_send();
+        }
+    }
     (up.moved, down.moved)
 }
 
