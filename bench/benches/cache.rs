@@ -10,7 +10,8 @@ use std::collections::HashMap;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use ringway_core::cache::control::Directives;
-use ringway_core::cache::{Entry, Epochs, Shard};
+use ringway_core::cache::{Entry, Select, Shard, Table};
+use std::sync::Arc;
 
 /// SplitMix64.
 struct Rng(u64);
@@ -70,7 +71,7 @@ fn entry(key: usize, body: usize) -> Entry {
         epoch: 0,
         private_dest: false,
         tags: Box::new([]),
-        purged_at: Default::default(),
+        state: Default::default(),
         encoded: Default::default(),
     }
 }
@@ -185,8 +186,7 @@ fn hit_ratios() {
         };
         for pct in [1, 5, 10] {
             let budget = distinct * pct / 100;
-            let epochs = Epochs::default();
-            let mut shard = Shard::new(budget);
+            let mut shard = Shard::new(budget, Arc::new(Table::new(budget as u64)));
             let mut lru = Lru::new(budget);
             let (mut h_s3, mut h_lru) = (0usize, 0usize);
             for &k in &reqs {
@@ -194,12 +194,12 @@ fn hit_ratios() {
                 // The shard counts sizes with its own overhead; the LRU gets the same size.
                 let size = e.size();
                 let key = e.key.clone();
-                match shard.variants(&key, &epochs).first() {
-                    Some((id, _)) => {
-                        shard.touch(*id);
+                match shard.table().select(&key, |_| true) {
+                    Select::Found(e) => {
+                        e.state.touch();
                         h_s3 += 1;
                     }
-                    None => {
+                    _ => {
                         shard.insert(e);
                     }
                 }
@@ -219,18 +219,19 @@ fn hit_ratios() {
 
 fn shard_ops(c: &mut Criterion) {
     hit_ratios();
-    let epochs = Epochs::default();
-    let mut shard = Shard::new(64 << 20);
+    let mut shard = Shard::new(64 << 20, Arc::new(Table::new(64 << 20)));
     for k in 0..10_000 {
         shard.insert(entry(k, 1024));
     }
     let key = entry(42, 0).key;
     c.bench_function("shard lookup hit", |b| {
         b.iter(|| {
-            let v = shard.variants(black_box(&key), &epochs);
-            let id = v[0].0;
-            shard.touch(id);
-            black_box(v.len())
+            let Select::Found(e) = shard.table().select(black_box(&key), |_| true) else {
+                unreachable!("stored")
+            };
+            e.state.touch();
+            shard.count_hit();
+            black_box(e.body.len())
         })
     });
     let mut k = 1_000_000;
@@ -253,7 +254,7 @@ fn tag_purges(c: &mut Criterion) {
         .into(),
         ..entry(k, 0)
     };
-    let mut shard = Shard::new(4 << 30);
+    let mut shard = Shard::new(4 << 30, Arc::new(Table::new(4 << 30)));
     for k in 0..1_000_000 {
         shard.insert(tagged(k));
     }

@@ -1514,3 +1514,129 @@ fn responses_after_interim_ones_are_stored_in_both_modes() {
     }
     assert_eq!(*fetched.lock().unwrap(), 4, "one fetch per path and mode");
 }
+
+/// The requests each worker has ended (from `/metrics`).
+fn requests_per_worker(admin: SocketAddr) -> Vec<u64> {
+    support::admin_get(admin, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("ringway_worker_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Waits (up to 5 s: workers publish every 50 ms) until `/status` says `field` is `want`.
+fn wait_cache_figure(admin: SocketAddr, field: &str, want: u64) {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let s = support::admin_get(admin, "/status");
+        let v: serde_json::Value = serde_json::from_str(&s).expect("status is JSON");
+        if v["cache"][field].as_u64() == Some(want) {
+            return;
+        }
+        last = v["cache"].to_string();
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cache {field} never reached {want}: {last}");
+}
+
+#[test]
+fn one_fetch_and_one_copy_per_box() {
+    for workers in [2, 4] {
+        let o = Scripted::start();
+        o.set(
+            "/seq",
+            answer(&[("Cache-Control", "max-age=600")], "seq {n}"),
+        );
+        let p = Proxy::start(&cache_config(o.addr, workers, "lock_timeout = \"10s\""));
+        let admin = admin_addr(&p);
+        // Sequential misses on fresh connections, which the kernel spreads over the workers:
+        // the first fetches, every other one is a hit, whichever worker it lands on.
+        for i in 0..40 {
+            let r = get(&p, "/seq", "");
+            assert_eq!(r.text(), "seq 1", "request {i} with {workers} workers");
+            if i > 0 {
+                assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+            }
+        }
+        let mut spread = requests_per_worker(admin);
+        for _ in 0..100 {
+            if spread.iter().sum::<u64>() >= 40 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+            spread = requests_per_worker(admin);
+        }
+        assert_eq!(spread.len(), workers);
+        assert!(
+            spread.iter().filter(|&&n| n > 0).count() >= 2,
+            "the requests reached one worker only: {spread:?}"
+        );
+        assert_eq!(o.count("/seq"), 1, "{workers} workers, one fetch");
+        // One copy: one entry on the box, counted once.
+        wait_cache_figure(admin, "entries", 1);
+
+        // Parallel misses on every worker: one fetch; the waiters on other workers are woken
+        // when it ends, not at their lock timeout.
+        let gate = Arc::new(Gate::default());
+        let mut a = answer(&[("Cache-Control", "max-age=600")], "par {n}");
+        a.gate = Some(gate.clone());
+        o.set("/par", a);
+        let addr = p.addr;
+        let sent = Arc::new(std::sync::Barrier::new(41));
+        let hs: Vec<_> = (0..40)
+            .map(|_| {
+                let sent = sent.clone();
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    c.send(b"GET /par HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+                    sent.wait();
+                    c.response("GET").map(|r| (r.status, r.text()))
+                })
+            })
+            .collect();
+        sent.wait();
+        o.wait_count("/par", 1);
+        thread::sleep(Duration::from_millis(200));
+        let opened = std::time::Instant::now();
+        gate.open();
+        for h in hs {
+            assert_eq!(h.join().unwrap().expect("an answer"), (200, "par 1".into()));
+        }
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "waiters were woken late: {:?}",
+            opened.elapsed()
+        );
+        assert_eq!(
+            o.count("/par"),
+            1,
+            "40 parallel misses on {workers} workers"
+        );
+        wait_cache_figure(admin, "entries", 2);
+
+        // A purge removes the one copy (counted once), and the next misses fetch once.
+        let (ok, out) = curl(&[
+            "-X",
+            "POST",
+            &format!("http://{admin}/cache/purge?url=http://cache.test/seq"),
+        ]);
+        let out = String::from_utf8_lossy(&out).to_string();
+        assert!(ok && out.contains("\"purged\":1"), "{out}");
+        for _ in 0..20 {
+            assert_eq!(get(&p, "/seq", "").text(), "seq 2");
+        }
+        assert_eq!(o.count("/seq"), 2);
+        // An unsafe request on one worker: stale on all of them, fetched again once.
+        let post = request(
+            p.addr,
+            b"POST /seq HTTP/1.1\r\nHost: cache.test\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        )
+        .unwrap();
+        assert_eq!(post.status, 200);
+        for _ in 0..20 {
+            assert_eq!(get(&p, "/seq", "").text(), "seq 4");
+        }
+        assert_eq!(o.count("/seq"), 4, "the POST, then one fetch");
+        wait_cache_figure(admin, "entries", 2);
+    }
+}

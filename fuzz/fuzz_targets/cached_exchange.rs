@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use ringway_core::cache::{Epochs, Shard};
+use ringway_core::cache::{Shard, Table};
 use ringway_core::config::Config;
 use ringway_core::http::date::DateLine;
 use ringway_core::http::{parse_response, Limits};
@@ -83,7 +83,7 @@ fn run(cfg: &Config, env: &Env<'_>, req: &[u8], resp: &[u8], now: Instant) {
             Action::Record { .. } | Action::Release { .. } | Action::Refresh { .. } => {}
             Action::EndFill { key } => {
                 if let Some(c) = env.cache {
-                    c.shard.borrow_mut().end_fill(&key);
+                    c.shard.borrow().table().end_fill(&key);
                 }
             }
             Action::Finish(_) => return,
@@ -103,9 +103,9 @@ fuzz_target!(|data: &[u8]| {
         static CONFIG: Config = Config::parse("fuzz.toml", CFG).unwrap();
     }
     CONFIG.with(|cfg| {
-        let shard = RefCell::new(Shard::new(1 << 20));
+        let table = std::sync::Arc::new(Table::new(1 << 20));
+        let shard = RefCell::new(Shard::new(1 << 20, table.clone()));
         let streams = ringway_core::compress::Streams::default();
-        let epochs = Epochs::default();
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         let mut secs = 1_000_000_000u64;
@@ -118,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
                 auth: None,
                 cache: Some(CacheRef {
                     shard: &shard,
-                    epochs: &epochs,
+                    table: &table,
                 }),
                 hints: None,
                 encoders: Some(&streams),

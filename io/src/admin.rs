@@ -312,18 +312,18 @@ fn purge(status: &Status, target: &[u8]) -> (u16, String, &'static str) {
         },
     };
     if what == PurgeBy::Url && !soft {
-        status.epochs.bump(&key);
+        status.table.epochs.bump(&key);
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut asked = 0;
-    for w in &status.purges {
+    for w in &status.mail {
         let p = crate::cache::Purge {
             target: key.clone(),
             what,
             soft,
             reply: tx.clone(),
         };
-        if w.send(p).is_ok() {
+        if w.send(crate::cache::Mail::Purge(p)).is_ok() {
             asked += 1;
         }
     }

@@ -1,8 +1,8 @@
-//! The cache's mechanism: one [`Shard`] per worker (kept across reloads), the invalidation
-//! counters every worker shares, purges from the admin listener, and the vectored write of a
-//! hit (its head from the exchange, its body from the store, in one `writev`).
+//! The cache's mechanism: the box's table and one shard per worker (kept across reloads),
+//! purges from the admin listener and fill ends from other workers ([`Mail`]), and the vectored
+//! write of a hit (its head from the exchange, its body from the store, in one `writev`).
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
@@ -11,6 +11,14 @@ use ringway_core::cache::Entry;
 use crate::deadline::IoFail;
 use crate::deadline::Limit;
 use crate::sys::HitBuf;
+
+/// What reaches a worker from outside its thread (with a byte on its wake socket).
+pub(crate) enum Mail {
+    /// From the admin listener.
+    Purge(Purge),
+    /// A fill another worker ran has ended: requests waiting here for the key look again.
+    FillEnded(Box<[u8]>),
+}
 
 /// A purge the admin listener asks of every worker; each replies with how many stored
 /// responses it removed.
@@ -33,7 +41,7 @@ pub(crate) enum PurgeBy {
 /// The stored bytes a hit sends: `range` of the entry's body, as stored or in `coding`.
 #[derive(Clone)]
 pub(crate) struct Hit {
-    pub(crate) entry: Rc<Entry>,
+    pub(crate) entry: Arc<Entry>,
     pub(crate) coding: Option<ringway_core::compress::Coding>,
     pub(crate) range: std::ops::Range<usize>,
 }

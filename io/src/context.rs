@@ -35,13 +35,13 @@ pub(crate) struct Worker {
     busy_since_trim: Cell<bool>,
     /// This worker's cache shard (kept across reloads; its budget follows the config).
     pub(crate) cache: RefCell<ringway_core::cache::Shard>,
-    /// The invalidation counters all shards share.
-    pub(crate) epochs: std::sync::Arc<ringway_core::cache::Epochs>,
+    /// The box's stored responses (every worker's).
+    pub(crate) table: std::sync::Arc<ringway_core::cache::Table>,
+    /// Where other workers are told that a fill they wait for has ended.
+    status: std::sync::Arc<crate::counters::Status>,
     /// Workers sharing the cache budget.
     workers: usize,
-    /// Exchanges waiting for another's fetch of a cache key, and the shard's count of ended
-    /// fetches when they were last woken.
-    /// Requests waiting for another's fetch, by cache key.
+    /// Requests on this worker waiting for a fetch of a cache key (on any worker), by key.
     fill_waiters: RefCell<std::collections::HashMap<Box<[u8]>, Vec<std::task::Waker>>>,
     /// Idle pipes for splice.
     pub(crate) pipes: crate::splice::Pipes,
@@ -75,14 +75,18 @@ impl Worker {
     pub(crate) fn new(
         id: usize,
         update: Update,
-        epochs: std::sync::Arc<ringway_core::cache::Epochs>,
+        status: std::sync::Arc<crate::counters::Status>,
         workers: usize,
         log: crate::accesslog::WorkerLog,
     ) -> Self {
         let budget = ringway_core::cache::shard_budget(update.cfg.cache.as_ref(), workers);
         Self {
-            cache: RefCell::new(ringway_core::cache::Shard::new(budget)),
-            epochs,
+            cache: RefCell::new(ringway_core::cache::Shard::new(
+                budget,
+                status.table.clone(),
+            )),
+            table: status.table.clone(),
+            status,
             workers,
             fill_waiters: RefCell::new(std::collections::HashMap::new()),
             pipes: crate::splice::Pipes::default(),
@@ -145,8 +149,8 @@ impl Worker {
                     n += if soft {
                         shard.soften(&k, now)
                     } else {
-                        self.epochs.bump(&k);
-                        shard.remove(&k)
+                        self.table.epochs.bump(&k);
+                        shard.purge(&k)
                     };
                 }
                 n
@@ -202,28 +206,45 @@ impl Worker {
         self.requests.set(c);
     }
 
-    /// Wakes the exchanges waiting on cache fetches when one has ended since the last call
-    /// (each looks at its own key again).
-    pub(crate) fn wake_fills(&self) {
-        let ended = self.cache.borrow_mut().take_ended();
-        if ended.is_empty() {
+    /// Ends this worker's fill of `key`: the requests waiting for it, here and on other
+    /// workers, look again (only the waiters of that key: waking every waiter on each fill
+    /// made thousands of requests parked on one slow key cost every other fill a pass over
+    /// all of them). A worker elsewhere hears by mail: one message and one byte on its wake
+    /// socket, only when requests there wait.
+    pub(crate) fn end_fill(&self, key: Vec<u8>) {
+        let waiting = self.table.end_fill(&key);
+        if waiting == 0 {
             return;
         }
-        let mut waiters = self.fill_waiters.borrow_mut();
-        for key in ended {
-            for w in waiters.remove(&key).into_iter().flatten() {
-                w.wake();
+        let key = key.into_boxed_slice();
+        for id in 0..self.workers {
+            if waiting & (1 << (id % 64)) == 0 {
+                continue;
+            }
+            if id == self.id {
+                self.wake_waiters(&key);
+            } else {
+                self.status
+                    .send(id, crate::cache::Mail::FillEnded(key.clone()));
             }
         }
     }
 
-    /// Resolves once no exchange on this worker is fetching `key`.
+    /// Wakes the requests on this worker waiting for a fill of `key`.
+    pub(crate) fn wake_waiters(&self, key: &[u8]) {
+        let woken = self.fill_waiters.borrow_mut().remove(key);
+        for w in woken.into_iter().flatten() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once no exchange on the box is fetching `key`.
     pub(crate) fn fill_done<'a>(
         &'a self,
         key: &'a [u8],
     ) -> impl std::future::Future<Output = ()> + 'a {
         std::future::poll_fn(move |cx| {
-            if self.cache.borrow().filling(key) {
+            if self.table.wait_fill(key, self.id) {
                 let mut waiters = self.fill_waiters.borrow_mut();
                 let list = match waiters.get_mut(key) {
                     Some(l) => l,

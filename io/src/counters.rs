@@ -41,10 +41,11 @@ pub(crate) struct Status {
     pub(crate) requests: Mutex<Vec<RequestCounts>>,
     pub(crate) current: Mutex<(Config, Arc<Board>)>,
     pub(crate) cache: Mutex<Vec<ringway_core::cache::Stats>>,
-    /// Invalidation counters every worker's cache shard reads.
-    pub(crate) epochs: Arc<ringway_core::cache::Epochs>,
-    /// One channel per worker for purges from the admin listener.
-    pub(crate) purges: Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+    /// The box's stored responses, shared by every worker (and its invalidation counters).
+    pub(crate) table: Arc<ringway_core::cache::Table>,
+    /// One channel per worker for purges from the admin listener and fill ends from other
+    /// workers.
+    pub(crate) mail: Vec<crossbeam_channel::Sender<crate::cache::Mail>>,
     /// One socket per worker that wakes it for them (a byte written; see `worker::run`).
     pub(crate) wakers: Vec<std::os::unix::net::UnixStream>,
     /// ACME's and OCSP stapling's state, for the metrics.
@@ -95,12 +96,19 @@ impl Status {
         }
     }
 
+    /// Sends `mail` to worker `id` and wakes it.
+    pub(crate) fn send(&self, id: usize, mail: crate::cache::Mail) {
+        if self.mail[id].send(mail).is_ok() {
+            let _ = (&self.wakers[id]).write(&[1]);
+        }
+    }
+
     pub(crate) fn new(
         workers: usize,
         cfg: Config,
         board: Arc<Board>,
-        (purges, wakers): (
-            Vec<crossbeam_channel::Sender<crate::cache::Purge>>,
+        (mail, wakers): (
+            Vec<crossbeam_channel::Sender<crate::cache::Mail>>,
             Vec<std::os::unix::net::UnixStream>,
         ),
         log: crate::accesslog::Log,
@@ -121,8 +129,10 @@ impl Status {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             cache: Mutex::new(vec![Default::default(); workers]),
-            epochs: Arc::default(),
-            purges,
+            table: Arc::new(ringway_core::cache::Table::new(
+                cfg.cache.as_ref().map_or(0, |c| c.size),
+            )),
+            mail,
             wakers,
             acme,
             ocsp,

@@ -378,10 +378,9 @@ impl Conn {
                     }
                 }
                 Action::EndFill { key } => {
-                    // In the worker's shard even if a reload has just removed `[cache]`: a
+                    // In the box's table even if a reload has just removed `[cache]`: a
                     // claim on a fetch is always given back.
-                    self.w.cache.borrow_mut().end_fill(&key);
-                    self.w.wake_fills();
+                    self.w.end_fill(key);
                 }
                 Action::Refresh { head, key } => {
                     monoio::spawn(refresh(self.w.clone(), self.listen, self.peer, head, key));
@@ -558,7 +557,6 @@ impl Conn {
                         self.ex
                             .handle_upstream_input(&self.ubuf, &env(&self.w, &cfg), self.now);
                     self.ubuf.drain(..n);
-                    self.w.wake_fills();
                 }
                 Action::RelayResponse(plan) if plan.body.is_done() && plan.stages.is_empty() => {
                     // Nothing left to move: the body went out with the head, or it has none.
@@ -570,7 +568,6 @@ impl Conn {
                         &env(&self.w, &cfg),
                         self.now,
                     );
-                    self.w.wake_fills();
                 }
                 Action::RelayResponse(mut plan) => {
                     plan.splice = plan.splice && self.client_can_splice();
@@ -596,7 +593,6 @@ impl Conn {
                     let now = self.tick();
                     self.ex
                         .handle_response_body(r, leftover, stages, &env(&self.w, &cfg), now);
-                    self.w.wake_fills();
                 }
                 Action::FetchBody(mut plan) => {
                     // The whole body into the tee first, at the upstream's pace; the client gets
@@ -620,7 +616,6 @@ impl Conn {
                     let now = self.tick();
                     self.ex
                         .handle_body_fetched(r, leftover, stages, &env(&self.w, &cfg), now);
-                    self.w.wake_fills();
                 }
                 Action::Release { to, then } => {
                     let up = self.up.take();
@@ -969,7 +964,7 @@ fn env<'a>(w: &'a Worker, cfg: &'a Generation) -> Env<'a> {
         auth: Some(&cfg.auth),
         cache: cfg.cache.as_ref().map(|_| CacheRef {
             shard: &w.cache,
-            epochs: &w.epochs,
+            table: &w.table,
         }),
         hints: Some(&cfg.hints),
         encoders: Some(&w.encoders),

@@ -25,7 +25,7 @@ pub struct Server {
     reload_tx: Vec<crossbeam_channel::Sender<Update>>,
     reload_rx: Vec<crossbeam_channel::Receiver<Update>>,
     purge_rx: Vec<(
-        crossbeam_channel::Receiver<crate::cache::Purge>,
+        crossbeam_channel::Receiver<crate::cache::Mail>,
         std::os::unix::net::UnixStream,
     )>,
     admin: Option<TcpListener>,
@@ -296,7 +296,8 @@ impl Server {
         let board = Arc::new(Board::new(&cfg, &Default::default()));
         let (purge_tx, purge_rx): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
-        // A socket pair per worker: the admin listener writes a byte to wake it for a purge.
+        // A socket pair per worker: a byte written wakes it for its mail (a purge from the
+        // admin listener, a fill another worker ended).
         let (wakers, wake_rx): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| std::os::unix::net::UnixStream::pair())
             .collect::<io::Result<Vec<_>>>()
@@ -447,7 +448,7 @@ impl Server {
             .zip(self.cpus)
             .zip(reload_rx)
             .zip(self.purge_rx);
-        for (id, (((listeners, cpu), reloads), (purges, wake))) in workers.enumerate() {
+        for (id, (((listeners, cpu), reloads), (mail, wake))) in workers.enumerate() {
             let first = Update {
                 cfg: self.cfg.clone(),
                 board: board.clone(),
@@ -464,7 +465,7 @@ impl Server {
                         shutdown,
                         reloads,
                         status,
-                        purges,
+                        mail,
                         wake,
                         workers: count,
                         log,

@@ -29,8 +29,8 @@ pub(crate) struct Links {
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) reloads: crossbeam_channel::Receiver<Update>,
     pub(crate) status: Arc<Status>,
-    pub(crate) purges: crossbeam_channel::Receiver<crate::cache::Purge>,
-    /// Readable when the admin listener has sent purges (see `Status::wake_workers`).
+    pub(crate) mail: crossbeam_channel::Receiver<crate::cache::Mail>,
+    /// Readable when mail was sent (see `Status::send`).
     pub(crate) wake: std::os::unix::net::UnixStream,
     /// How many workers share the cache budget.
     pub(crate) workers: usize,
@@ -50,7 +50,7 @@ pub(crate) fn run(
         shutdown,
         reloads,
         status,
-        purges,
+        mail,
         wake,
         workers,
         log,
@@ -75,7 +75,7 @@ pub(crate) fn run(
     let w = Rc::new(Worker::new(
         id,
         first,
-        status.epochs.clone(),
+        status.clone(),
         workers,
         crate::accesslog::WorkerLog::new(log),
     ));
@@ -93,7 +93,7 @@ pub(crate) fn run(
         let _ = wake.set_nonblocking(true);
         let wake = monoio::net::UnixStream::from_std(wake)?;
         while !shutdown.load(Ordering::Relaxed) {
-            // The tick, or sooner when the admin listener wakes it (a purge).
+            // The tick, or sooner when woken for mail (a purge, a fill another worker ended).
             let woken = monoio::select! {
                 _ = monoio::time::sleep(SHUTDOWN_POLL) => false,
                 _ = wake.readable(true) => true,
@@ -105,8 +105,13 @@ pub(crate) fn run(
             while let Ok(update) = reloads.try_recv() {
                 w.install(update);
             }
-            while let Ok(p) = purges.try_recv() {
-                let _ = p.reply.send(w.purge(&p));
+            while let Ok(m) = mail.try_recv() {
+                match m {
+                    crate::cache::Mail::Purge(p) => {
+                        let _ = p.reply.send(w.purge(&p));
+                    }
+                    crate::cache::Mail::FillEnded(key) => w.wake_waiters(&key),
+                }
             }
             w.trim_when_idle();
             if let Some(a) = &w.current().access_log {

@@ -568,6 +568,14 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     }
     drop(floor_procs);
     if !hits.is_empty() {
+        let varnish = if on_path("varnishd") {
+            Some(Varnish::start(&dir, &proxy_cpus, origin_port)?)
+        } else {
+            println!(
+                "\n(Varnish column skipped: varnishd is not installed; apt-get install varnish)"
+            );
+            None
+        };
         cache_hits(
             &hits,
             rounds,
@@ -576,6 +584,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             (nginx_port, ringway_port),
             &nginx_pids,
             &ringway_pids,
+            varnish.as_ref(),
         )?;
     }
     let want_squid = filter.is_empty() || filter.iter().any(|f| f == "forward");
@@ -638,8 +647,63 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The cache-hit cases: nginx's `proxy_cache` hit, ringway's hit and the floor (nginx serving
-/// the bytes itself), each round in a rotating order, after one request has stored the object.
+/// Varnish (`loadtest/varnish.vcl`) in the foreground on the proxies' CPUs; stopped, with its
+/// cache process, when dropped.
+struct Varnish {
+    port: u16,
+    manager: Child,
+    dir: PathBuf,
+}
+
+impl Varnish {
+    fn start(dir: &Path, cpus: &str, origin_port: u16) -> Result<Self, String> {
+        let port = free_port()?;
+        let vcl =
+            include_str!("../varnish.vcl").replace("{{ORIGIN_PORT}}", &origin_port.to_string());
+        std::fs::write(dir.join("varnish.vcl"), vcl).map_err(|e| e.to_string())?;
+        let work = dir.join("varnish");
+        let manager = Command::new("taskset")
+            .args(["-c", cpus, "varnishd", "-F", "-a"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-f")
+            .arg(dir.join("varnish.vcl"))
+            .arg("-n")
+            .arg(&work)
+            .args(["-s", "malloc,256m", "-p", "thread_pools=1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting varnishd: {e}"))?;
+        let v = Self {
+            port,
+            manager,
+            dir: work,
+        };
+        wait_http(port, "varnish")?;
+        Ok(v)
+    }
+
+    /// The manager and its cache process.
+    fn pids(&self) -> Vec<u32> {
+        with_children(self.manager.id())
+    }
+}
+
+impl Drop for Varnish {
+    fn drop(&mut self) {
+        // The cache process first (by PID: it is ours), then the manager.
+        for p in self.pids().into_iter().skip(1) {
+            let _ = Command::new("kill").arg(p.to_string()).status();
+        }
+        let _ = self.manager.kill();
+        let _ = self.manager.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cache-hit cases: nginx's `proxy_cache` hit, ringway's hit, Varnish's hit (when it is
+/// installed) and the floor (nginx serving the bytes itself), each round in a rotating order,
+/// after one request has stored the object.
+#[allow(clippy::too_many_arguments)]
 fn cache_hits(
     cases: &[Case],
     rounds: usize,
@@ -648,11 +712,20 @@ fn cache_hits(
     (nginx_port, ringway_port): (u16, u16),
     nginx_pids: &[u32],
     ringway_pids: &[u32],
+    varnish: Option<&Varnish>,
 ) -> Result<(), String> {
-    println!("\n| case | floor req/s | nginx hit req/s | ringway hit req/s | req/s ratio | floor CPU µs/req | nginx hit CPU µs/req | ringway hit CPU µs/req | CPU ratio to nginx hit | CPU ratio to floor | errors f/n/r |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let varnish_pids = varnish.map(Varnish::pids).unwrap_or_default();
+    println!("\n| case | floor req/s | nginx hit req/s | ringway hit req/s | varnish hit req/s | req/s ratio | floor CPU µs/req | nginx hit CPU µs/req | ringway hit CPU µs/req | varnish hit CPU µs/req | CPU ratio to nginx hit | CPU ratio to varnish hit | CPU ratio to floor | errors f/n/r/v |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cases {
-        for port in [nginx_port, ringway_port] {
+        for port in [
+            Some(nginx_port),
+            Some(ringway_port),
+            varnish.map(|v| v.port),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let _ = wrk::run(
                 load_cpus,
                 &format!("http://127.0.0.1:{port}/cached/{}", c.body),
@@ -676,13 +749,19 @@ fn cache_hits(
                 wrk: w,
             })
         };
-        let (mut fl, mut ng, mut rw) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fl, mut ng, mut rw, mut vn) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let peers = if varnish.is_some() { 4 } else { 3 };
         for round in 0..rounds {
-            for k in 0..3 {
-                match (round + k) % 3 {
+            for k in 0..peers {
+                match (round + k) % peers {
                     0 => fl.push(run(nginx_port, "floor/", nginx_pids)?),
                     1 => ng.push(run(nginx_port, "cached/", nginx_pids)?),
-                    _ => rw.push(run(ringway_port, "cached/", ringway_pids)?),
+                    2 => rw.push(run(ringway_port, "cached/", ringway_pids)?),
+                    _ => {
+                        if let Some(v) = varnish {
+                            vn.push(run(v.port, "cached/", &varnish_pids)?);
+                        }
+                    }
                 }
             }
         }
@@ -695,8 +774,22 @@ fn cache_hits(
         let rps = ratios(&rw, &ng, &|s| s.wrk.rps);
         let cpu_ng = ratios(&rw, &ng, &|s| s.cpu_us_per_req);
         let cpu_fl = ratios(&rw, &fl, &|s| s.cpu_us_per_req);
+        let cpu_vn = ratios(&rw, &vn, &|s| s.cpu_us_per_req);
+        let (vn_rps, vn_cpu, vn_ratio) = if vn.is_empty() {
+            ("—".to_string(), "—".to_string(), "—".to_string())
+        } else {
+            (
+                format!("{:.0}", med(&vn, &|s| s.wrk.rps)),
+                format!("{:.1}", med(&vn, &|s| s.cpu_us_per_req)),
+                format!(
+                    "**{:.2}** ({})",
+                    median(&mut cpu_vn.clone()),
+                    spread(&cpu_vn)
+                ),
+            )
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | **{:.2}** ({}) | {:.1} | {:.1} | {:.1} | **{:.2}** ({}) | **{:.2}** ({}) | {}/{}/{} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {vn_rps} | **{:.2}** ({}) | {:.1} | {:.1} | {:.1} | {vn_cpu} | **{:.2}** ({}) | {vn_ratio} | **{:.2}** ({}) | {}/{}/{}/{} |",
             c.name(),
             med(&fl, &|s| s.wrk.rps),
             med(&ng, &|s| s.wrk.rps),
@@ -713,6 +806,7 @@ fn cache_hits(
             fl.iter().map(|s| s.wrk.errors).sum::<u64>(),
             ng.iter().map(|s| s.wrk.errors).sum::<u64>(),
             rw.iter().map(|s| s.wrk.errors).sum::<u64>(),
+            vn.iter().map(|s| s.wrk.errors).sum::<u64>(),
         );
     }
     Ok(())

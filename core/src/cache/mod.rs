@@ -6,15 +6,18 @@ pub mod control;
 pub mod policy;
 pub mod step;
 pub mod store;
+pub mod table;
 
 pub use step::CacheStep;
 pub use store::{Entry, Epochs, Select, Shard, Stats};
+pub use table::Table;
 
-/// The worker's cache as an exchange sees it.
+/// The cache as an exchange sees it: the box's table, and its worker's shard (what it stores
+/// is counted there).
 #[derive(Clone, Copy)]
 pub struct CacheRef<'a> {
     pub shard: &'a std::cell::RefCell<Shard>,
-    pub epochs: &'a Epochs,
+    pub table: &'a Table,
 }
 
 use crate::http::body::Stage;

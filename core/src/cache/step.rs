@@ -5,12 +5,13 @@
 //! turns verdicts into actions and answers, and never reaches into this state.
 //!
 //! The rules themselves are in [`policy`](super::policy); the claim on a key (request
-//! coalescing) is the shard's (`try_fill`, `end_fill`). A claim is given back through the
+//! coalescing) is the box table's (`try_fill`, `end_fill`). A claim is given back through the
 //! exchange's action stream ([`CacheStep::release`] hands the key over), so io wakes the
 //! requests waiting for it at once.
 
 use std::io::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::policy::{
@@ -65,7 +66,7 @@ enum CachePhase {
 /// A stored response kept while the origin is asked.
 #[derive(Debug)]
 struct Stale {
-    entry: Rc<Entry>,
+    entry: Arc<Entry>,
     /// Its validators went upstream: a `304` refreshes it.
     revalidating: bool,
 }
@@ -127,7 +128,7 @@ pub struct Asked<'a> {
 /// A stored response to answer with, and why.
 #[derive(Clone, Debug)]
 pub struct Served {
-    pub entry: Rc<Entry>,
+    pub entry: Arc<Entry>,
     /// `Cache-Status` detail: `None` for a plain hit, else why a stored response stands in for
     /// the origin's (`fwd=stale; fwd-status=304`, `hit; detail=stale-while-revalidate`, …).
     pub detail: Option<&'static str>,
@@ -293,7 +294,7 @@ impl CacheStep {
             q.cc.max_age = None;
         }
         self.request_time = ctx.secs;
-        self.epoch = ctx.cache.epochs.get(&self.key);
+        self.epoch = ctx.cache.table.epochs.get(&self.key);
         if r.body || self.req.other_conditional {
             // Left to the origin, and what comes back is not stored.
             self.fwd = "fwd=bypass";
@@ -301,19 +302,15 @@ impl CacheStep {
         }
         self.phase = CachePhase::Forwarded { rules, stale: None };
         let mut tmp = Vec::new();
-        let found = ctx
-            .cache
-            .shard
-            .borrow_mut()
-            .select(&self.key, ctx.cache.epochs, |e| {
-                (!e.private_dest || r.private_ok)
-                    && e.vary.iter().all(|(name, v)| {
-                        vary_value(r.head, r.headers, name, &mut tmp);
-                        tmp[..] == v[..]
-                    })
-            });
+        let found = ctx.cache.table.select(&self.key, |e| {
+            (!e.private_dest || r.private_ok)
+                && e.vary.iter().all(|(name, v)| {
+                    vary_value(r.head, r.headers, name, &mut tmp);
+                    tmp[..] == v[..]
+                })
+        });
         match found {
-            Select::Found(id, e) => self.found(ctx, cr, r, id, e),
+            Select::Found(e) => self.found(ctx, cr, r, e),
             miss => {
                 ctx.cache.shard.borrow_mut().count_miss();
                 self.fwd = if matches!(miss, Select::None) {
@@ -328,14 +325,7 @@ impl CacheStep {
 
     /// A stored response `e` (entry `id`) matches the request: served fresh, served stale
     /// while it is refreshed, or revalidated first.
-    fn found(
-        &mut self,
-        ctx: Ctx<'_>,
-        cr: &CacheRules,
-        r: Asked<'_>,
-        id: u32,
-        e: Rc<Entry>,
-    ) -> Lookup {
+    fn found(&mut self, ctx: Ctx<'_>, cr: &CacheRules, r: Asked<'_>, e: Arc<Entry>) -> Lookup {
         let f = Freshness {
             lifetime: e.lifetime_now(),
             age: e.age(ctx.secs),
@@ -346,7 +336,8 @@ impl CacheStep {
         };
         match usable(&f, &self.req) {
             Usable::Fresh | Usable::Stale => {
-                ctx.cache.shard.borrow_mut().touch(id);
+                e.state.touch();
+                ctx.cache.shard.borrow_mut().count_hit();
                 Lookup::Serve(Served {
                     entry: e,
                     detail: None,
@@ -355,9 +346,9 @@ impl CacheStep {
             Usable::Revalidate if self.may_serve_while_revalidating(&e, &f) => {
                 // stale-while-revalidate (RFC 5861): the stale response now, and one refresh
                 // in the background (the first request to see it claims the fetch).
-                let mut shard = ctx.cache.shard.borrow_mut();
-                shard.touch(id);
-                if shard.try_fill(&self.key) {
+                e.state.touch();
+                ctx.cache.shard.borrow_mut().count_hit();
+                if ctx.cache.table.try_fill(&self.key) {
                     self.refresh = Claim::Held;
                     self.head.clear();
                     self.head.extend_from_slice(r.head);
@@ -379,7 +370,7 @@ impl CacheStep {
         &mut self,
         ctx: Ctx<'_>,
         cr: &CacheRules,
-        e: Rc<Entry>,
+        e: Arc<Entry>,
         f: &Freshness,
         r: Asked<'_>,
     ) -> Lookup {
@@ -450,7 +441,7 @@ impl CacheStep {
             self.claim = Claim::Held;
             return Lookup::Forward;
         }
-        if ctx.cache.shard.borrow_mut().try_fill(&self.key) {
+        if ctx.cache.table.try_fill(&self.key) {
             self.claim = Claim::Held;
             return Lookup::Forward;
         }
@@ -594,7 +585,7 @@ impl CacheStep {
                 let mut shard = ctx.cache.shard.borrow_mut();
                 match freshened {
                     Some(f) => {
-                        shard.insert_rc(Rc::new(f));
+                        shard.insert_rc(Arc::new(f));
                     }
                     None => {
                         shard.remove(&self.key);
@@ -627,12 +618,12 @@ impl CacheStep {
     /// After a successful unsafe request: the target, and what `Location` and
     /// `Content-Location` name on the same origin, are stale everywhere.
     fn invalidate(&self, ctx: Ctx<'_>, buf: &[u8], headers: &[Header]) {
-        ctx.cache.epochs.bump(&self.key);
+        ctx.cache.table.epochs.bump(&self.key);
         let mut other = Vec::new();
         for name in [&b"location"[..], b"content-location"] {
             if let Some(v) = crate::http::find_header(buf, headers, name) {
                 if policy::same_origin_key(&self.key, v, &mut other) {
-                    ctx.cache.epochs.bump(&other);
+                    ctx.cache.table.epochs.bump(&other);
                 }
             }
         }
@@ -644,7 +635,7 @@ impl CacheStep {
         &mut self,
         ctx: Ctx<'_>,
         cr: &CacheRules,
-        e: &Rc<Entry>,
+        e: &Arc<Entry>,
         meta: &ResponseMeta,
         buf: &[u8],
         headers: &[Header],
@@ -671,7 +662,7 @@ impl CacheStep {
         };
         let entry = match fresh {
             Some(f) => {
-                let f = Rc::new(f);
+                let f = Arc::new(f);
                 ctx.cache.shard.borrow_mut().insert_rc(f.clone());
                 f
             }
@@ -774,7 +765,7 @@ impl CacheStep {
         ctx: Ctx<'_>,
         body: Vec<u8>,
         private_dest: bool,
-    ) -> Result<Rc<Entry>, Vec<u8>> {
+    ) -> Result<Arc<Entry>, Vec<u8>> {
         let CachePhase::Storing { rules, pending: p } = std::mem::take(&mut self.phase) else {
             return Err(body);
         };
@@ -782,7 +773,7 @@ impl CacheStep {
         if body.len() as u64 > p.max_object {
             return Err(body);
         }
-        let e = Rc::new(Entry {
+        let e = Arc::new(Entry {
             key: self.key.clone().into_boxed_slice(),
             vary: p.vary.into_boxed_slice(),
             head: p.head.into_boxed_slice(),
@@ -798,7 +789,7 @@ impl CacheStep {
             private_dest,
             encoded: Default::default(),
             tags: p.tags.into_boxed_slice(),
-            purged_at: Default::default(),
+            state: Default::default(),
         });
         ctx.cache.shard.borrow_mut().insert_rc(e.clone());
         Ok(e)
@@ -944,7 +935,7 @@ impl CacheStep {
             encoded: Default::default(),
             // Refreshed by the origin: fresh again, whatever a soft purge said.
             tags: e.tags.clone(),
-            purged_at: Default::default(),
+            state: Default::default(),
         })
     }
 }

@@ -9,16 +9,18 @@
 //! counter increment, no list surgery. `bench/benches/cache.rs` compares hit ratios with LRU on
 //! a Zipf trace.
 //!
-//! The shard is owned by one thread. Invalidations reach every shard at once through
+//! The shard is owned by one worker and keeps the entries that worker stored; every worker
+//! finds them through the box's [`Table`]. Invalidations reach every entry at once through
 //! [`Epochs`], a table of counters shared by the process: an entry remembers the counter of its
 //! key's bucket when its fetch started, and is dropped at lookup when the counter has moved on.
 //! The hit path reads that counter (a plain load, no read-modify-write); only unsafe requests
 //! and purges write it.
 
-use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::table::Table;
 
 use super::control::Directives;
 use crate::compress::Coding;
@@ -52,14 +54,19 @@ impl Epochs {
         self.buckets[self.bucket(key)].load(Ordering::Acquire)
     }
 
+    /// The process's keyed hash of `key` (SipHash with the secret drawn at start).
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.secret.hash_one(key)
+    }
+
     /// Invalidates whatever any shard holds under `key` (and, rarely, keys sharing its bucket).
     pub fn bump(&self, key: &[u8]) {
         self.buckets[self.bucket(key)].fetch_add(1, Ordering::AcqRel);
     }
 
     fn bucket(&self, key: &[u8]) -> usize {
-        use std::hash::BuildHasher;
-        (self.secret.hash_one(key) as usize) & (EPOCH_BUCKETS - 1)
+        (self.hash(key) as usize) & (EPOCH_BUCKETS - 1)
     }
 }
 
@@ -100,20 +107,82 @@ pub struct Entry {
     /// Fetched by the forward proxy from a private address: served only to clients that may
     /// reach such addresses themselves.
     pub private_dest: bool,
-    /// The body encoded by each coding, made at the first hit that asked for it (on this
-    /// worker) and counted in the shard's budget from then on ([`Shard::grow`]). Set once,
-    /// never changed: io may write from it while the entry lives.
+    /// The body encoded by each coding, made at the first hit that asked for it (on any
+    /// worker) and counted in the storing shard's budget from then on ([`Shard::grow`]). Set
+    /// once, never changed: io may write from it while the entry lives.
     pub encoded: Encoded,
     /// The tags its response carried (`Cache-Tag`, `Surrogate-Key`): purged by them.
     pub tags: Box<[Box<[u8]>]>,
-    /// Soft-purged at this time (seconds): stale from then on, still usable where staleness
-    /// is allowed (`stale-while-revalidate`, `stale-if-error`).
-    pub purged_at: std::cell::Cell<Option<u64>>,
+    /// What changes while it is stored (any worker may change it).
+    pub state: State,
+}
+
+/// The parts of a stored entry that change, each an atomic any worker may write.
+#[derive(Debug)]
+pub struct State {
+    /// Soft-purged at this time (seconds; `u64::MAX`: not purged): stale from then on, still
+    /// usable where staleness is allowed (`stale-while-revalidate`, `stale-if-error`).
+    purged_at: AtomicU64,
+    /// Uses since its queue last looked (S3-FIFO's 2-bit counter).
+    freq: AtomicU8,
+    /// Taken out of the table: no longer found; its shard frees it when it gets to it.
+    gone: AtomicBool,
+    /// Bytes of encoded copies counted in the storing shard's ledger ([`CLOSED`] once freed).
+    extra: AtomicU64,
+    /// The storing shard's count of encoded bytes.
+    ledger: OnceLock<Arc<AtomicI64>>,
+}
+
+/// `State::extra` of a freed entry: encoded copies made after it are counted nowhere.
+const CLOSED: u64 = 1 << 63;
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            purged_at: AtomicU64::new(u64::MAX),
+            freq: AtomicU8::new(0),
+            gone: AtomicBool::new(false),
+            extra: AtomicU64::new(0),
+            ledger: OnceLock::new(),
+        }
+    }
+}
+
+impl State {
+    pub fn gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a use (written only while the counter is below its cap: a hot entry's line is
+    /// then only read by the workers hitting it).
+    pub fn touch(&self) {
+        let f = self.freq.load(Ordering::Relaxed);
+        if f < 3 {
+            self.freq.store(f + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn freq(&self) -> u8 {
+        self.freq.load(Ordering::Relaxed)
+    }
+
+    fn set_freq(&self, f: u8) {
+        self.freq.store(f, Ordering::Relaxed);
+    }
+
+    pub fn purged_at(&self) -> Option<u64> {
+        let at = self.purged_at.load(Ordering::Relaxed);
+        (at != u64::MAX).then_some(at)
+    }
 }
 
 /// A stored body's encoded copies, one slot per [`Coding`].
 #[derive(Debug, Default)]
-pub struct Encoded([OnceCell<Box<[u8]>>; 3]);
+pub struct Encoded([OnceLock<Box<[u8]>>; 3]);
 
 impl Encoded {
     pub fn get(&self, c: Coding) -> Option<&[u8]> {
@@ -156,7 +225,7 @@ impl Entry {
 
     /// The freshness lifetime, cut to the age it had when it was soft-purged.
     pub fn lifetime_now(&self) -> u64 {
-        match self.purged_at.get() {
+        match self.state.purged_at() {
             Some(at) => self.lifetime.min(self.age(at)),
             None => self.lifetime,
         }
@@ -164,19 +233,22 @@ impl Entry {
 
     /// Marks it stale from `now` on (a soft purge); whether it was fresh until now.
     pub fn soften(&self, now: u64) -> bool {
-        if self.purged_at.get().is_some() {
-            return false;
-        }
-        self.purged_at.set(Some(now));
-        true
+        self.state
+            .purged_at
+            .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Bytes of its encoded copies.
+    fn extra(&self) -> usize {
+        (self.state.extra.load(Ordering::Relaxed) & !CLOSED) as usize
     }
 }
 
 struct Slot {
-    entry: Option<Rc<Entry>>,
+    entry: Option<Arc<Entry>>,
     /// Bumped each time the slot is reused, so stale queue positions are recognised.
     gen: u32,
-    freq: u8,
     main: bool,
     size: usize,
 }
@@ -188,7 +260,7 @@ pub enum Select {
     None,
     /// Responses are stored under the key, but none for this request's `Vary` values.
     NoVariant,
-    Found(u32, Rc<Entry>),
+    Found(Arc<Entry>),
 }
 
 /// What a shard counts (published in the admin status).
@@ -205,14 +277,14 @@ pub struct Stats {
     pub collecting: u64,
 }
 
-/// Most variants kept per key (responses with `Vary`); the oldest goes first.
-const MAX_VARIANTS: usize = 16;
-
-/// One worker's stored responses; see the module documentation.
+/// One worker's share of the box's stored responses: the entries it stored, counted in its
+/// budget and evicted by its queues; see the module documentation.
 pub struct Shard {
+    table: Arc<Table>,
     budget: usize,
     used: usize,
     small_bytes: usize,
+    /// This shard's entries by key.
     map: HashMap<Box<[u8]>, Vec<u32>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -221,12 +293,8 @@ pub struct Shard {
     ghost: VecDeque<u64>,
     ghost_set: HashSet<u64>,
     stats: Stats,
-    /// Keys an exchange is fetching from the origin now (request coalescing).
-    fills: HashSet<Box<[u8]>>,
-    /// Keys whose fill ended since io last asked ([`Shard::take_ended`]).
-    ended: Vec<Box<[u8]>>,
-    /// Fills ended so far (io wakes waiting exchanges when it moves).
-    fills_ended: u64,
+    /// Bytes of encoded copies of this shard's entries, made by any worker.
+    extra: Arc<AtomicI64>,
     /// Body copies in flight (a quarter of the budget at most).
     collecting: std::rc::Rc<super::Collecting>,
     /// Entries by tag, as (slot, generation): a position whose slot moved on is skipped and
@@ -238,9 +306,10 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A shard that holds at most `budget` bytes.
-    pub fn new(budget: usize) -> Self {
+    /// A shard that holds at most `budget` bytes of the entries in `table`.
+    pub fn new(budget: usize, table: Arc<Table>) -> Self {
         Self {
+            table,
             budget,
             used: 0,
             small_bytes: 0,
@@ -252,9 +321,7 @@ impl Shard {
             ghost: VecDeque::new(),
             ghost_set: HashSet::new(),
             stats: Stats::default(),
-            fills: HashSet::new(),
-            ended: Vec::new(),
-            fills_ended: 0,
+            extra: Arc::default(),
             collecting: std::rc::Rc::new(super::Collecting::new(budget / 4)),
             tags: HashMap::new(),
             tag_refs: 0,
@@ -262,38 +329,9 @@ impl Shard {
         }
     }
 
-    /// Claims the fetch of `key` for the caller; false when another exchange holds it.
-    pub fn try_fill(&mut self, key: &[u8]) -> bool {
-        if self.fills.contains(key) {
-            return false;
-        }
-        self.fills.insert(key.into());
-        true
-    }
-
-    /// Whether an exchange is fetching `key`.
-    pub fn filling(&self, key: &[u8]) -> bool {
-        self.fills.contains(key)
-    }
-
-    /// The fetch of `key` ended (stored, not storable, or failed).
-    pub fn end_fill(&mut self, key: &[u8]) {
-        if let Some(k) = self.fills.take(key) {
-            self.fills_ended += 1;
-            self.ended.push(k);
-        }
-    }
-
-    /// The keys whose fill ended since the last call: io wakes the requests waiting for those
-    /// keys only (waking every waiter on each fill made thousands of requests parked on one
-    /// slow key cost every other fill a pass over all of them).
-    pub fn take_ended(&mut self) -> Vec<Box<[u8]>> {
-        std::mem::take(&mut self.ended)
-    }
-
-    /// How many fills have ended so far.
-    pub fn fills_ended(&self) -> u64 {
-        self.fills_ended
+    /// The box's table this shard stores into.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
     /// The count of body copies in flight, for the tees of this shard's fills.
@@ -312,74 +350,29 @@ impl Shard {
         self.evict_to(budget);
     }
 
+    /// Bytes held: the entries as stored, and the encoded copies any worker made of them.
+    fn used(&self) -> usize {
+        self.used + self.extra.load(Ordering::Relaxed).max(0) as usize
+    }
+
     pub fn stats(&self) -> Stats {
+        let live = |id: &u32| {
+            self.slots[*id as usize]
+                .entry
+                .as_ref()
+                .is_some_and(|e| !e.state.gone())
+        };
         Stats {
-            entries: self.map.values().map(|v| v.len() as u64).sum(),
-            bytes: self.used as u64,
+            entries: self.map.values().flatten().filter(|id| live(id)).count() as u64,
+            bytes: self.used() as u64,
             collecting: self.collecting.bytes() as u64,
             ..self.stats
         }
     }
 
-    /// The first stored response under `key` that is still valid (`epochs`) and that `selects`
-    /// (the caller's `Vary` match), without allocating. Count a use with [`Shard::touch`].
-    pub fn select(
-        &mut self,
-        key: &[u8],
-        epochs: &Epochs,
-        mut selects: impl FnMut(&Entry) -> bool,
-    ) -> Select {
-        let Some(ids) = self.map.get(key) else {
-            return Select::None;
-        };
-        let epoch = epochs.get(key);
-        let mut found = Select::NoVariant;
-        for &id in ids {
-            let Some(e) = &self.slots[id as usize].entry else {
-                continue;
-            };
-            if e.epoch != epoch {
-                self.remove(key);
-                return Select::None;
-            }
-            if matches!(found, Select::NoVariant) && selects(e) {
-                found = Select::Found(id, e.clone());
-            }
-        }
-        found
-    }
-
-    /// The stored responses under `key` that are still valid (`epochs`). Counts a use of the
-    /// one the caller takes with [`Shard::touch`].
-    pub fn variants(&mut self, key: &[u8], epochs: &Epochs) -> Vec<(u32, Rc<Entry>)> {
-        let Some(ids) = self.map.get(key) else {
-            self.stats.misses += 1;
-            return Vec::new();
-        };
-        let epoch = epochs.get(key);
-        let mut found = Vec::with_capacity(ids.len());
-        let mut invalid = false;
-        for &id in ids {
-            if let Some(e) = &self.slots[id as usize].entry {
-                if e.epoch == epoch {
-                    found.push((id, e.clone()));
-                } else {
-                    invalid = true;
-                }
-            }
-        }
-        if invalid {
-            self.remove(key);
-            found.clear();
-        }
-        found
-    }
-
-    /// Counts a hit on variant `id` (found with [`Shard::variants`]).
-    pub fn touch(&mut self, id: u32) {
+    /// Counts a lookup that served a stored response.
+    pub fn count_hit(&mut self) {
         self.stats.hits += 1;
-        let s = &mut self.slots[id as usize];
-        s.freq = (s.freq + 1).min(3);
     }
 
     /// Counts a lookup that found nothing usable.
@@ -390,45 +383,19 @@ impl Shard {
     /// Stores `entry`, replacing a variant with the same selecting values; false when it is
     /// larger than an eighth of the budget (one object never flushes the shard).
     pub fn insert(&mut self, entry: Entry) -> bool {
-        self.insert_rc(Rc::new(entry))
+        self.insert_rc(Arc::new(entry))
     }
 
     /// [`insert`](Self::insert) for an entry the caller keeps a handle to.
-    pub fn insert_rc(&mut self, entry: Rc<Entry>) -> bool {
+    pub fn insert_rc(&mut self, entry: Arc<Entry>) -> bool {
         let size = entry.size();
         if size > self.budget / 8 {
             return false;
         }
-        // The variant it replaces, and the oldest ones beyond the limit.
-        if let Some(ids) = self.map.get(&entry.key) {
-            let old: Vec<u32> = ids
-                .iter()
-                .copied()
-                .filter(|&id| {
-                    // The same variant; one of an older epoch; or one stored under another
-                    // `Vary` (the newest response says which fields select, RFC 9111 §4.1: an
-                    // unvaried older entry must not keep answering ahead of varied ones).
-                    self.slots[id as usize].entry.as_ref().is_some_and(|e| {
-                        e.vary == entry.vary
-                            || e.epoch != entry.epoch
-                            || !e
-                                .vary
-                                .iter()
-                                .map(|s| &s.0)
-                                .eq(entry.vary.iter().map(|s| &s.0))
-                    })
-                })
-                .collect();
-            for id in old {
-                self.drop_slot(id);
-            }
-            if let Some(ids) = self.map.get(&entry.key) {
-                if ids.len() >= MAX_VARIANTS {
-                    self.drop_slot(ids[0]);
-                }
-            }
-        }
+        self.table.publish(&entry);
+        self.free_gone(&entry.key);
         self.evict_to(self.budget.saturating_sub(size));
+        let _ = entry.state.ledger.set(self.extra.clone());
         let h = hash(&entry.key);
         let main = self.ghost_set.remove(&h);
         let key = entry.key.clone();
@@ -438,7 +405,6 @@ impl Shard {
                 self.slots.push(Slot {
                     entry: None,
                     gen: 0,
-                    freq: 0,
                     main: false,
                     size: 0,
                 });
@@ -455,7 +421,6 @@ impl Shard {
         self.live_tag_refs += entry.tags.len();
         let s = &mut self.slots[id as usize];
         s.entry = Some(entry);
-        s.freq = 0;
         s.main = main;
         s.size = size;
         if main {
@@ -471,53 +436,84 @@ impl Shard {
         true
     }
 
-    /// Keeps `bytes`, `entry`'s body encoded with `coding`, counted as part of it; the bytes
-    /// back when the entry is no longer stored, or they would not fit.
+    /// Keeps `bytes`, `entry`'s body encoded with `coding`, counted as part of it in the budget
+    /// of the shard that stored it (whichever worker made the copy); the bytes back when the
+    /// entry is no longer stored, or they would not fit.
     pub fn grow(
         &mut self,
-        entry: &Rc<Entry>,
+        entry: &Arc<Entry>,
         coding: Coding,
         bytes: Box<[u8]>,
     ) -> Result<(), Box<[u8]>> {
         let n = bytes.len();
-        let Some(id) = self.map.get(&entry.key).and_then(|ids| {
-            ids.iter().copied().find(|&id| {
-                self.slots[id as usize]
-                    .entry
-                    .as_ref()
-                    .is_some_and(|e| Rc::ptr_eq(e, entry))
-            })
-        }) else {
+        let Some(ledger) = entry.state.ledger.get() else {
             return Err(bytes);
         };
-        let s = &mut self.slots[id as usize];
-        if s.size + n > self.budget / 8 {
+        if entry.state.gone() || entry.size() + entry.extra() + n > self.budget / 8 {
             return Err(bytes);
         }
         entry.encoded.0[coding.index()].set(bytes)?;
-        s.size += n;
-        if !s.main {
-            self.small_bytes += n;
+        let counted = entry
+            .state
+            .extra
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| {
+                (x & CLOSED == 0).then_some(x + n as u64)
+            })
+            .is_ok();
+        if counted {
+            ledger.fetch_add(n as i64, Ordering::AcqRel);
+            if Arc::ptr_eq(ledger, &self.extra) {
+                self.evict_to(self.budget);
+            }
         }
-        self.used += n;
-        self.evict_to(self.budget);
         Ok(())
     }
 
-    /// Removes every variant stored under `key`; how many there were.
+    /// Takes every variant stored under `key` out of the box's table, whichever worker stored
+    /// it (an invalidation); how many there were.
     pub fn remove(&mut self, key: &[u8]) -> usize {
+        let n = self.table.remove(key);
+        self.free_gone(key);
+        self.stats.invalidations += n as u64;
+        n
+    }
+
+    /// Removes this shard's entries under `key` (a purge, which every worker runs); how many.
+    pub fn purge(&mut self, key: &[u8]) -> usize {
         let Some(ids) = self.map.get(key).cloned() else {
             return 0;
         };
+        let mut n = 0;
         for &id in &ids {
+            if let Some(e) = &self.slots[id as usize].entry {
+                n += self.table.remove_entry(e) as usize;
+            }
             self.drop_slot(id);
         }
-        self.stats.invalidations += ids.len() as u64;
-        ids.len()
+        self.stats.invalidations += n as u64;
+        n
     }
 
-    /// Purges the entries tagged `tag`: removed, or with `soft` marked stale from `now` on
-    /// (still served where staleness is allowed, revalidated otherwise). How many.
+    /// Frees this shard's slots under `key` whose entries were taken out of the table.
+    fn free_gone(&mut self, key: &[u8]) {
+        let Some(ids) = self.map.get(key) else { return };
+        let gone: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| {
+                self.slots[id as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.state.gone())
+            })
+            .collect();
+        for id in gone {
+            self.drop_slot(id);
+        }
+    }
+
+    /// Purges this shard's entries tagged `tag`: removed, or with `soft` marked stale from
+    /// `now` on (still served where staleness is allowed, revalidated otherwise). How many.
     pub fn purge_tag(&mut self, tag: &[u8], soft: bool, now: u64) -> usize {
         let Some(mut positions) = self.tags.remove(tag) else {
             return 0;
@@ -528,7 +524,7 @@ impl Shard {
             s.gen == gen
                 && s.entry
                     .as_ref()
-                    .is_some_and(|e| e.tags.iter().any(|t| &t[..] == tag))
+                    .is_some_and(|e| !e.state.gone() && e.tags.iter().any(|t| &t[..] == tag))
         });
         let n = positions.len();
         if soft {
@@ -541,6 +537,9 @@ impl Shard {
             self.tags.insert(tag.into(), positions);
         } else {
             for &(id, _) in &positions {
+                if let Some(e) = &self.slots[id as usize].entry {
+                    self.table.remove_entry(e);
+                }
                 self.drop_slot(id);
             }
             self.stats.invalidations += n as u64;
@@ -569,53 +568,63 @@ impl Shard {
         self.tag_refs = self.live_tag_refs;
     }
 
-    /// Marks every variant stored under `key` stale from `now` on (a soft purge); how many.
+    /// Marks this shard's variants under `key` stale from `now` on (a soft purge); how many.
     pub fn soften(&mut self, key: &[u8], now: u64) -> usize {
         let Some(ids) = self.map.get(key) else {
             return 0;
         };
+        let mut n = 0;
         for &id in ids {
             if let Some(e) = &self.slots[id as usize].entry {
-                e.soften(now);
+                if !e.state.gone() {
+                    e.soften(now);
+                    n += 1;
+                }
             }
         }
-        ids.len()
+        n
+    }
+
+    fn keys_under(&self, prefix: &[u8]) -> Vec<Box<[u8]>> {
+        self.map
+            .keys()
+            .filter(|k| super::policy::key_uri(k).starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     /// [`soften`](Self::soften) for every key whose URI starts with `prefix`.
     pub fn soften_prefix(&mut self, prefix: &[u8], now: u64) -> usize {
-        let keys: Vec<Box<[u8]>> = self
-            .map
-            .keys()
-            .filter(|k| super::policy::key_uri(k).starts_with(prefix))
-            .cloned()
-            .collect();
+        let keys = self.keys_under(prefix);
         keys.iter().map(|k| self.soften(k, now)).sum()
     }
 
-    /// Removes every entry whose URI (its key without the space, see
+    /// Removes this shard's entries whose URI (the key without the space, see
     /// [`policy::key_uri`](super::policy::key_uri)) starts with `prefix`; how many there were.
     pub fn remove_prefix(&mut self, prefix: &[u8]) -> usize {
-        let keys: Vec<Box<[u8]>> = self
-            .map
-            .keys()
-            .filter(|k| super::policy::key_uri(k).starts_with(prefix))
-            .cloned()
-            .collect();
-        keys.iter().map(|k| self.remove(k)).sum()
+        let keys = self.keys_under(prefix);
+        keys.iter().map(|k| self.purge(k)).sum()
     }
 
-    /// Frees slot `id` (its queue position is skipped when reached).
+    /// Frees slot `id` (its queue position is skipped when reached), taking its entry out of
+    /// the table if it is still there.
     fn drop_slot(&mut self, id: u32) {
         let s = &mut self.slots[id as usize];
         let Some(e) = s.entry.take() else { return };
-        self.live_tag_refs -= e.tags.len();
-        self.used -= s.size;
-        if !s.main {
-            self.small_bytes -= s.size;
-        }
+        let size = s.size;
+        let main = s.main;
         s.gen = s.gen.wrapping_add(1);
+        self.live_tag_refs -= e.tags.len();
+        self.used -= size;
+        if !main {
+            self.small_bytes -= size;
+        }
         self.free.push(id);
+        if !e.state.gone() {
+            self.table.remove_entry(&e);
+        }
+        let extra = e.state.extra.swap(CLOSED, Ordering::AcqRel) & !CLOSED;
+        self.extra.fetch_sub(extra as i64, Ordering::AcqRel);
         if let Some(ids) = self.map.get_mut(&e.key) {
             ids.retain(|&i| i != id);
             if ids.is_empty() {
@@ -626,7 +635,7 @@ impl Shard {
 
     /// Evicts until at most `target` bytes are used.
     fn evict_to(&mut self, target: usize) {
-        while self.used > target {
+        while self.used() > target {
             let small_target = self.budget / 10;
             let from_small = self.small_bytes > small_target || self.main.is_empty();
             if from_small {
@@ -640,21 +649,26 @@ impl Shard {
     }
 
     /// The small queue's head: promoted to main when it was hit, else evicted (its hash to the
-    /// ghost list). False when the queue is empty.
+    /// ghost list). An entry already taken out of the table is freed. False when the queue is
+    /// empty.
     fn evict_small(&mut self) -> bool {
         while let Some((id, gen)) = self.small.pop_front() {
-            let s = &mut self.slots[id as usize];
-            if s.gen != gen || s.entry.is_none() {
+            let Some(e) = self.live(id, gen) else {
                 continue;
+            };
+            if e.state.gone() {
+                self.drop_slot(id);
+                return true;
             }
-            if s.freq > 0 {
-                s.freq = 0;
+            if e.state.freq() > 0 {
+                e.state.set_freq(0);
+                let s = &mut self.slots[id as usize];
                 s.main = true;
                 self.small_bytes -= s.size;
                 self.main.push_back((id, gen));
                 continue;
             }
-            let h = s.entry.as_ref().map_or(0, |e| hash(&e.key));
+            let h = hash(&e.key);
             self.drop_slot(id);
             self.stats.evictions += 1;
             self.remember(h);
@@ -666,12 +680,16 @@ impl Shard {
     /// The main queue's head: reinserted with one less use when it had any, else evicted.
     fn evict_main(&mut self) -> bool {
         while let Some((id, gen)) = self.main.pop_front() {
-            let s = &mut self.slots[id as usize];
-            if s.gen != gen || s.entry.is_none() {
+            let Some(e) = self.live(id, gen) else {
                 continue;
+            };
+            if e.state.gone() {
+                self.drop_slot(id);
+                return true;
             }
-            if s.freq > 0 {
-                s.freq -= 1;
+            let f = e.state.freq();
+            if f > 0 {
+                e.state.set_freq(f - 1);
                 self.main.push_back((id, gen));
                 continue;
             }
@@ -680,6 +698,12 @@ impl Shard {
             return true;
         }
         false
+    }
+
+    /// The entry at a queue position, unless the slot has moved on.
+    fn live(&self, id: u32, gen: u32) -> Option<Arc<Entry>> {
+        let s = &self.slots[id as usize];
+        s.entry.clone().filter(|_| s.gen == gen)
     }
 
     /// Adds a hash to the ghost list, bounded to as many entries as the main queue holds.
@@ -697,7 +721,7 @@ impl Shard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn entry(key: &str, body: usize, epoch: u64) -> Entry {
@@ -716,15 +740,26 @@ mod tests {
             epoch,
             private_dest: false,
             tags: Box::new([]),
-            purged_at: Default::default(),
+            state: Default::default(),
             encoded: Default::default(),
+        }
+    }
+
+    fn shard(budget: usize) -> Shard {
+        Shard::new(budget, Arc::new(Table::new(budget as u64)))
+    }
+
+    /// The valid stored responses under `key`, as a lookup finds them.
+    fn found(s: &Shard, key: &str) -> Option<Arc<Entry>> {
+        match s.table().select(key.as_bytes(), |_| true) {
+            Select::Found(e) => Some(e),
+            _ => None,
         }
     }
 
     #[test]
     fn budget_holds_and_counts_are_exact() {
-        let mut s = Shard::new(100_000);
-        let epochs = Epochs::default();
+        let mut s = shard(100_000);
         for i in 0..1000 {
             assert!(s.insert(entry(&format!("k{i}"), 1000, 0)));
             assert!(s.used <= s.budget, "used {} at {i}", s.used);
@@ -738,7 +773,8 @@ mod tests {
         assert_eq!(st.bytes as usize, counted);
         assert_eq!(st.entries as usize, s.map.len());
         assert!(st.evictions > 900);
-        assert!(!s.variants(b"k999", &epochs).is_empty());
+        assert!(found(&s, "k999").is_some());
+        assert!(found(&s, "k0").is_none(), "evicted ones leave the table");
         assert!(
             !s.insert(entry("huge", 20_000, 0)),
             "over an eighth of the budget"
@@ -747,46 +783,72 @@ mod tests {
 
     #[test]
     fn a_hit_object_survives_a_scan() {
-        let mut s = Shard::new(50_000);
-        let epochs = Epochs::default();
+        let mut s = shard(50_000);
         s.insert(entry("hot", 1000, 0));
         for i in 0..500 {
-            if let Some((id, _)) = s.variants(b"hot", &epochs).first().cloned() {
-                s.touch(id);
+            if let Some(e) = found(&s, "hot") {
+                e.state.touch();
             }
             s.insert(entry(&format!("scan{i}"), 1000, 0));
         }
         assert!(
-            !s.variants(b"hot", &epochs).is_empty(),
+            found(&s, "hot").is_some(),
             "the hot object was evicted by a scan"
         );
     }
 
     #[test]
-    fn epochs_invalidate_everywhere() {
-        let epochs = Epochs::default();
-        let mut a = Shard::new(100_000);
-        let mut b = Shard::new(100_000);
-        a.insert(entry("k", 10, epochs.get(b"k")));
-        b.insert(entry("k", 10, epochs.get(b"k")));
-        epochs.bump(b"k");
-        assert!(a.variants(b"k", &epochs).is_empty());
-        assert!(b.variants(b"k", &epochs).is_empty());
-        assert_eq!(a.stats().entries, 0);
+    fn one_copy_per_box_whichever_worker_stored_it() {
+        let table = Arc::new(Table::new(1 << 20));
+        let mut a = Shard::new(100_000, table.clone());
+        let mut b = Shard::new(100_000, table.clone());
+        a.insert(entry("k", 10, table.epochs.get(b"k")));
+        // Worker b finds a's entry; storing it again replaces a's (one copy).
+        assert!(found(&b, "k").is_some());
+        b.insert(entry("k", 10, table.epochs.get(b"k")));
+        assert_eq!(table.variants(b"k").len(), 1);
+        assert_eq!(a.stats().entries, 0, "a's copy is gone");
+        assert_eq!(b.stats().entries, 1);
+        // a frees the replaced slot when its queue reaches it.
+        for i in 0..200 {
+            a.insert(entry(&format!("x{i}"), 1000, 0));
+        }
+        assert!(!a.map.contains_key(&b"k"[..]));
+        assert!(found(&b, "k").is_some(), "a's eviction leaves b's entry");
+        // Invalidation: gone for everyone at once.
+        table.epochs.bump(b"k");
+        assert!(found(&a, "k").is_none() && found(&b, "k").is_none());
+        assert_eq!(b.stats().entries, 0);
         // Stored after the bump with a fetch that started before it: invalid at once.
         b.insert(entry("k", 10, 0));
-        assert!(b.variants(b"k", &epochs).is_empty());
+        assert!(found(&b, "k").is_none());
+        // A purge is run by every worker; each counts what it stored.
+        a.insert(entry("p", 10, 0));
+        assert_eq!(b.purge(b"p"), 0);
+        assert!(found(&b, "p").is_some());
+        assert_eq!(a.purge(b"p"), 1);
+        assert!(found(&b, "p").is_none());
     }
 
     #[test]
-    fn an_ended_fill_names_its_key_only() {
-        let mut s = Shard::new(100_000);
-        assert!(s.try_fill(b"slow") && s.try_fill(b"fast"));
-        assert!(!s.try_fill(b"fast"));
-        s.end_fill(b"fast");
-        s.end_fill(b"never-claimed");
-        assert_eq!(s.take_ended(), vec![Box::<[u8]>::from(&b"fast"[..])]);
-        assert!(s.take_ended().is_empty() && s.filling(b"slow"));
+    fn encoded_copies_count_in_the_storing_shard() {
+        let table = Arc::new(Table::new(1 << 20));
+        let mut a = Shard::new(100_000, table.clone());
+        let mut b = Shard::new(100_000, table.clone());
+        a.insert(entry("k", 1000, 0));
+        let e = found(&a, "k").unwrap();
+        let before = a.stats().bytes;
+        assert!(b.grow(&e, Coding::Gzip, vec![0; 300].into()).is_ok());
+        assert_eq!(a.stats().bytes, before + 300);
+        assert_eq!(b.stats().bytes, 0);
+        assert!(
+            b.grow(&e, Coding::Gzip, vec![0; 10].into()).is_err(),
+            "made once"
+        );
+        assert_eq!(a.purge(b"k"), 1);
+        assert_eq!(a.stats().bytes, 0, "freed with the entry");
+        assert!(b.grow(&e, Coding::Br, vec![0; 10].into()).is_err());
+        assert_eq!(a.stats().bytes, 0);
     }
 
     #[test]
@@ -804,8 +866,7 @@ mod tests {
 
     #[test]
     fn purge_and_prefix() {
-        let mut s = Shard::new(100_000);
-        let epochs = Epochs::default();
+        let mut s = shard(100_000);
         for k in ["http://a/x/1", "http://a/x/2", "http://a/y"] {
             s.insert(entry(k, 10, 0));
         }
@@ -813,13 +874,12 @@ mod tests {
         assert_eq!(s.remove(b"http://a/y"), 1);
         assert_eq!(s.stats().entries, 0);
         assert_eq!(s.stats().bytes, 0);
-        assert!(s.variants(b"http://a/y", &epochs).is_empty());
+        assert!(found(&s, "http://a/y").is_none());
     }
 
     #[test]
     fn variants_replace_their_own_kind() {
-        let mut s = Shard::new(100_000);
-        let epochs = Epochs::default();
+        let mut s = shard(100_000);
         let with = |v: &str| Entry {
             vary: vec![(b"accept-encoding"[..].into(), v.as_bytes().into())].into(),
             ..entry("k", 10, 0)
@@ -827,15 +887,16 @@ mod tests {
         s.insert(with("gzip"));
         s.insert(with("br"));
         s.insert(with("gzip"));
-        assert_eq!(s.variants(b"k", &epochs).len(), 2);
+        assert_eq!(s.table().variants(b"k").len(), 2);
+        assert_eq!(s.stats().entries, 2);
         // The origin starts (or stops) varying: what was stored under the old Vary goes.
-        let mut s = Shard::new(100_000);
+        let mut s = shard(100_000);
         s.insert(entry("k", 10, 0));
         s.insert(with("gzip"));
-        let v = s.variants(b"k", &epochs);
+        let v = s.table().variants(b"k");
         assert_eq!(v.len(), 1);
         assert_eq!(
-            v[0].1.vary.len(),
+            v[0].vary.len(),
             1,
             "the unvaried entry no longer answers first"
         );
@@ -843,8 +904,7 @@ mod tests {
 
     #[test]
     fn tags_purge_hard_and_soft_and_the_index_stays_bounded() {
-        let mut s = Shard::new(10_000_000);
-        let epochs = Epochs::default();
+        let mut s = shard(10_000_000);
         let tagged = |k: &str, tags: &[&str]| Entry {
             tags: tags.iter().map(|t| t.as_bytes().into()).collect(),
             ..entry(k, 10, 0)
@@ -853,11 +913,11 @@ mod tests {
         s.insert(tagged("b", &["blue", "all"]));
         s.insert(tagged("c", &[]));
         assert_eq!(s.purge_tag(b"red", false, 100), 1);
-        assert!(s.variants(b"a", &epochs).is_empty());
+        assert!(found(&s, "a").is_none());
         assert_eq!(s.purge_tag(b"red", false, 100), 0, "gone with the entry");
         // Soft: kept, stale from the purge on (its age then caps its lifetime).
         assert_eq!(s.purge_tag(b"all", true, 30), 1);
-        let b = s.variants(b"b", &epochs)[0].1.clone();
+        let b = found(&s, "b").unwrap();
         assert_eq!(b.lifetime_now(), 30);
         assert_eq!(
             s.purge_tag(b"all", true, 50),
@@ -868,7 +928,7 @@ mod tests {
         // A replaced entry's old position is skipped, not purged twice.
         s.insert(tagged("b", &["all"]));
         assert_eq!(s.purge_tag(b"all", false, 60), 1);
-        assert_eq!(s.variants(b"c", &epochs).len(), 1);
+        assert!(found(&s, "c").is_some());
         // Churn: the index holds at most about twice what is stored.
         for i in 0..10_000 {
             s.insert(tagged("k", &[&format!("t{i}")]));

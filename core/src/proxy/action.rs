@@ -1,6 +1,6 @@
 //! What an [`Exchange`](super::Exchange) asks io to do next.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{Entry, Tee};
@@ -29,7 +29,7 @@ pub enum Action {
     /// reads steadily: each write may wait `idle` for the client to take bytes (`send`, the
     /// time between two writes, as for a relayed body), not one deadline for the whole.
     WriteStored {
-        entry: Rc<Entry>,
+        entry: Arc<Entry>,
         /// The body as stored, or its copy in this coding (`Entry::bytes`).
         coding: Option<crate::compress::Coding>,
         range: std::ops::Range<usize>,

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::cache::{Entry, Shard};
 use crate::compress::{encode_whole, Coding, Compression, Facts, StreamSlot, Streams, Verdict};
@@ -198,7 +198,7 @@ impl RouteEdits {
         route: Option<&Route>,
         c: &Compression,
         (status, whole): (u16, bool),
-        e: &Rc<Entry>,
+        e: &Arc<Entry>,
         shard: Option<&std::cell::RefCell<Shard>>,
     ) -> StoredEncoding {
         let replacing = route.and_then(|r| r.body_replace.as_ref());

@@ -46,7 +46,7 @@ pub use record::{EndRecord, RequestCounts, Requester, Text, Texts, MAX_TEXT};
 pub use timer::{Timer, Timers};
 
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attempts::{Attempts, Facts, Next, Origin, Report, Stage};
@@ -152,7 +152,7 @@ pub struct Exchange {
     /// The cache's part of the current request.
     cache: CacheStep,
     /// A stored response being written: its body (this part of it) goes after `out`.
-    hit: Option<(Rc<Entry>, Option<compress::Coding>, std::ops::Range<usize>)>,
+    hit: Option<(Arc<Entry>, Option<compress::Coding>, std::ops::Range<usize>)>,
     record: EndRecord,
     /// Heads (and small bodies) this proxy writes, to the client or the upstream.
     out: Vec<u8>,
@@ -1038,7 +1038,7 @@ impl Exchange {
 
     /// Stores the response whose body is `body`, as the cache decided: the entry, or the body
     /// back when nothing was stored.
-    fn store_body(&mut self, body: Vec<u8>, env: &Env<'_>) -> Result<Rc<Entry>, Vec<u8>> {
+    fn store_body(&mut self, body: Vec<u8>, env: &Env<'_>) -> Result<Arc<Entry>, Vec<u8>> {
         let private_dest = self
             .intent
             .dest()

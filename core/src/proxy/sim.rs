@@ -219,8 +219,8 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
     let start = Instant::now();
     let cfg =
         Config::parse("sim.toml", &config_text(sim)).expect("the simulation's config is valid");
-    let shard = std::cell::RefCell::new(crate::cache::Shard::new(4 << 20));
-    let epochs = crate::cache::Epochs::default();
+    let table = std::sync::Arc::new(crate::cache::Table::new(4 << 20));
+    let shard = std::cell::RefCell::new(crate::cache::Shard::new(4 << 20, table.clone()));
     let hints = std::cell::RefCell::new(super::SizeHints::new(cfg.routes.len()));
     let date = DateLine::at(1_700_000_000);
     // The client's bytes: generated requests, or raw fuzz input.
@@ -249,7 +249,7 @@ fn run(c: &mut dyn Choices, raw_client: Option<&[u8]>, sim: Sim) {
             auth: None,
             cache: (sim == Sim::Cached).then_some(CacheRef {
                 shard: &shard,
-                epochs: &epochs,
+                table: &table,
             }),
             hints: Some(&hints),
             encoders: None,
@@ -326,7 +326,7 @@ impl World<'_, '_> {
             if self.sim == Sim::Cached && self.c.chance(15) {
                 // Another connection is fetching one of the targets.
                 let key = format!("~app\0http://sim/app/c{}", self.c.below(3)).into_bytes();
-                if self.shard.borrow_mut().try_fill(&key) {
+                if self.shard.borrow().table().try_fill(&key) {
                     self.foreign = Some(key);
                 }
             }
@@ -385,10 +385,10 @@ impl World<'_, '_> {
             Action::VerifyPassword { .. } => unreachable!("the simulation has no proxy users"),
             Action::EndFill { key } => {
                 assert!(
-                    self.shard.borrow().filling(&key),
+                    self.shard.borrow().table().filling(&key),
                     "gives back a claim it holds"
                 );
-                self.shard.borrow_mut().end_fill(&key);
+                self.shard.borrow().table().end_fill(&key);
             }
             Action::Refresh { .. } => unreachable!("no stale-while-revalidate here"),
             Action::DiscardBody(mut plan) => {
@@ -510,7 +510,7 @@ impl World<'_, '_> {
         assert_eq!(ex.cache_key(), key, "waits for the key it asked for");
         if self.c.chance(50) {
             // The other fetch ends.
-            self.shard.borrow_mut().end_fill(&key);
+            self.shard.borrow().table().end_fill(&key);
             self.foreign = None;
             ex.handle_fill_done(&self.env, self.now);
         } else {
@@ -676,12 +676,12 @@ impl World<'_, '_> {
         for k in 0..3 {
             let key = format!("~app\0http://sim/app/c{k}").into_bytes();
             assert!(
-                !self.shard.borrow().filling(&key) || self.foreign.as_ref() == Some(&key),
+                !self.shard.borrow().table().filling(&key) || self.foreign.as_ref() == Some(&key),
                 "an exchange ended holding the fetch of c{k}"
             );
         }
         if let Some(key) = self.foreign.take() {
-            self.shard.borrow_mut().end_fill(&key);
+            self.shard.borrow().table().end_fill(&key);
         }
         self.up = None;
         self.ubuf.clear();

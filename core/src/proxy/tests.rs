@@ -450,7 +450,7 @@ thread_local! {
 struct C {
     cfg: &'static Config,
     shard: &'static std::cell::RefCell<crate::cache::Shard>,
-    epochs: &'static crate::cache::Epochs,
+    table: &'static crate::cache::Table,
     clock: &'static Clock,
     now: Instant,
 }
@@ -465,14 +465,16 @@ impl C {
         let text = format!("{CFG}\n[cache]\nsize = \"8m\"\n{extra}\n");
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
-        let shard: &'static _ = Box::leak(Box::new(std::cell::RefCell::new(
-            crate::cache::Shard::new(1 << 20),
-        )));
+        let shard: &'static _ =
+            Box::leak(Box::new(std::cell::RefCell::new(crate::cache::Shard::new(
+                1 << 20,
+                std::sync::Arc::new(crate::cache::Table::new(1 << 20)),
+            ))));
         SHARD.with(|s| s.set(Some(shard)));
         Self {
             cfg: Box::leak(Box::new(Config::parse("t.toml", &text).unwrap())),
             shard,
-            epochs: Box::leak(Box::default()),
+            table: Box::leak(Box::new(shard.borrow().table().clone())),
             clock: Box::leak(Box::new(Clock(std::cell::Cell::new(1_000_000)))),
             now,
         }
@@ -486,7 +488,7 @@ impl C {
             auth: None,
             cache: Some(CacheRef {
                 shard: self.shard,
-                epochs: self.epochs,
+                table: self.table,
             }),
             hints: None,
             encoders: None,
@@ -511,8 +513,11 @@ impl C {
                 // As io does: the claim ends in the worker's shard.
                 Action::EndFill { key } => {
                     let shard = SHARD.with(std::cell::Cell::get).expect("a cached test");
-                    assert!(shard.borrow().filling(&key), "gives back a claim it holds");
-                    shard.borrow_mut().end_fill(&key);
+                    assert!(
+                        shard.borrow().table().filling(&key),
+                        "gives back a claim it holds"
+                    );
+                    shard.borrow().table().end_fill(&key);
                 }
                 a => return a,
             }
@@ -656,7 +661,7 @@ fn a_second_miss_waits_for_the_first_fetch() {
     let resp = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 1\r\n\r\nx";
     first.handle_upstream_input(resp, &env, c.now);
     assert!(
-        !c.shard.borrow().filling(b"http://x/a"),
+        !c.shard.borrow().table().filling(b"http://x/a"),
         "stored: the claim is given back"
     );
     second.handle_fill_done(&env, c.now);
