@@ -1638,5 +1638,43 @@ fn one_fetch_and_one_copy_per_box() {
         }
         assert_eq!(o.count("/seq"), 4, "the POST, then one fetch");
         wait_cache_figure(admin, "entries", 2);
+
+        // stale-while-revalidate on every worker: all served stale at once, one refresh for
+        // the box.
+        o.set(
+            "/swr",
+            answer(
+                &[
+                    ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
+                    ("Age", "5"),
+                    ("ETag", "\"s1\""),
+                ],
+                "swr {n}",
+            ),
+        );
+        assert_eq!(get(&p, "/swr", "").text(), "swr 1");
+        let gate = Arc::new(Gate::default());
+        let mut held = answer(
+            &[("Cache-Control", "max-age=60"), ("ETag", "\"s1\"")],
+            "swr {n}",
+        );
+        held.gate = Some(gate.clone());
+        o.set("/swr", held);
+        for _ in 0..20 {
+            let r = get(&p, "/swr", "");
+            assert_eq!(r.text(), "swr 1");
+            assert!(status_of(&r).contains("stale-while-revalidate"), "{r:?}");
+        }
+        o.wait_count("/swr", 2);
+        gate.open();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !status_of(&get(&p, "/swr", "")).starts_with("ringway; hit; ttl=") {
+            assert!(std::time::Instant::now() < end, "the refresh is stored");
+        }
+        assert_eq!(
+            o.count("/swr"),
+            2,
+            "one background refresh on {workers} workers"
+        );
     }
 }

@@ -129,8 +129,17 @@ pub struct State {
     gone: AtomicBool,
     /// Bytes of encoded copies counted in the storing shard's ledger ([`CLOSED`] once freed).
     extra: AtomicU64,
-    /// The storing shard's count of encoded bytes.
-    ledger: OnceLock<Arc<AtomicI64>>,
+    /// The storing shard's counts that other workers change.
+    ledger: OnceLock<Arc<Ledger>>,
+}
+
+/// What other workers change in a shard's counts: its entries' encoded copies (made at hits on
+/// any worker) and how many of its entries are still in the table (any worker may take one
+/// out). Written once per copy made or entry taken out, never on a hit.
+#[derive(Debug, Default)]
+struct Ledger {
+    extra: AtomicI64,
+    live: AtomicI64,
 }
 
 /// `State::extra` of a freed entry: encoded copies made after it are counted nowhere.
@@ -153,8 +162,13 @@ impl State {
         self.gone.load(Ordering::Relaxed)
     }
 
+    /// Marks it taken out of the table (once; its shard's count of live entries follows).
     pub(super) fn set_gone(&self) {
-        self.gone.store(true, Ordering::Relaxed);
+        if !self.gone.swap(true, Ordering::AcqRel) {
+            if let Some(l) = self.ledger.get() {
+                l.live.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Counts a use (written only while the counter is below its cap: a hot entry's line is
@@ -293,8 +307,9 @@ pub struct Shard {
     ghost: VecDeque<u64>,
     ghost_set: HashSet<u64>,
     stats: Stats,
-    /// Bytes of encoded copies of this shard's entries, made by any worker.
-    extra: Arc<AtomicI64>,
+    /// Encoded copies of this shard's entries (made by any worker), and how many of its
+    /// entries are still in the table.
+    ledger: Arc<Ledger>,
     /// Body copies in flight (a quarter of the budget at most).
     collecting: std::rc::Rc<super::Collecting>,
     /// Entries by tag, as (slot, generation): a position whose slot moved on is skipped and
@@ -321,7 +336,7 @@ impl Shard {
             ghost: VecDeque::new(),
             ghost_set: HashSet::new(),
             stats: Stats::default(),
-            extra: Arc::default(),
+            ledger: Arc::default(),
             collecting: std::rc::Rc::new(super::Collecting::new(budget / 4)),
             tags: HashMap::new(),
             tag_refs: 0,
@@ -352,18 +367,12 @@ impl Shard {
 
     /// Bytes held: the entries as stored, and the encoded copies any worker made of them.
     fn used(&self) -> usize {
-        self.used + self.extra.load(Ordering::Relaxed).max(0) as usize
+        self.used + self.ledger.extra.load(Ordering::Relaxed).max(0) as usize
     }
 
     pub fn stats(&self) -> Stats {
-        let live = |id: &u32| {
-            self.slots[*id as usize]
-                .entry
-                .as_ref()
-                .is_some_and(|e| !e.state.gone())
-        };
         Stats {
-            entries: self.map.values().flatten().filter(|id| live(id)).count() as u64,
+            entries: self.ledger.live.load(Ordering::Relaxed).max(0) as u64,
             bytes: self.used() as u64,
             collecting: self.collecting.bytes() as u64,
             ..self.stats
@@ -392,10 +401,13 @@ impl Shard {
         if size > self.budget / 8 {
             return false;
         }
+        if entry.state.ledger.set(self.ledger.clone()).is_err() {
+            return false;
+        }
+        self.ledger.live.fetch_add(1, Ordering::Relaxed);
         self.table.publish(&entry);
         self.free_gone(&entry.key);
         self.evict_to(self.budget.saturating_sub(size));
-        let _ = entry.state.ledger.set(self.extra.clone());
         let h = hash(&entry.key);
         let main = self.ghost_set.remove(&h);
         let key = entry.key.clone();
@@ -461,8 +473,8 @@ impl Shard {
             })
             .is_ok();
         if counted {
-            ledger.fetch_add(n as i64, Ordering::AcqRel);
-            if Arc::ptr_eq(ledger, &self.extra) {
+            ledger.extra.fetch_add(n as i64, Ordering::AcqRel);
+            if Arc::ptr_eq(ledger, &self.ledger) {
                 self.evict_to(self.budget);
             }
         }
@@ -622,9 +634,10 @@ impl Shard {
         self.free.push(id);
         if !e.state.gone() {
             self.table.remove_entry(&e);
+            e.state.set_gone();
         }
         let extra = e.state.extra.swap(CLOSED, Ordering::AcqRel) & !CLOSED;
-        self.extra.fetch_sub(extra as i64, Ordering::AcqRel);
+        self.ledger.extra.fetch_sub(extra as i64, Ordering::AcqRel);
         if let Some(ids) = self.map.get_mut(&e.key) {
             ids.retain(|&i| i != id);
             if ids.is_empty() {

@@ -13,7 +13,7 @@
 //! (a replacement, an invalidation, a purge), which marks it gone, and the worker that stored it
 //! frees its slot when its queue reaches it or at the next purge it runs.
 //!
-//! **Fills.** A miss claims its key's fill in a small table of atomic slots (the key's 64-bit
+//! **Fills.** A miss claims its key's fill in a table of 16,384 atomic slots (the key's 64-bit
 //! hash, compared and swapped): a second miss anywhere on the box waits for the first
 //! (`proxy_cache_lock`), registering its worker in the slot's mask, and the worker that ends the
 //! fill is told which workers to wake. io carries the wake-up across workers.
@@ -31,8 +31,8 @@ use super::store::{Entry, Epochs, Select};
 const MAX_VARIANTS: usize = 16;
 
 /// Fill slots (a power of two) and how many adjacent slots a key may take.
-const CLAIMS: usize = 1 << 12;
-const PROBES: usize = 4;
+const CLAIMS: usize = 1 << 14;
+const PROBES: usize = 8;
 
 type Bucket = Vec<Arc<Entry>>;
 
