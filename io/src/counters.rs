@@ -88,8 +88,8 @@ pub(crate) struct Published {
 
 impl Status {
     /// Wakes every worker now, rather than at its next 50 ms tick: a purge is done on all of
-    /// them before the admin listener answers, within a millisecond or so. One byte per worker,
-    /// on this rare path only.
+    /// them before the admin listener answers, and a reload installed on all of them, within a
+    /// millisecond or so. One byte per worker, on these rare paths only.
     pub(crate) fn wake_workers(&self) {
         for w in &self.wakers {
             let _ = (&*w).write(&[1]);

@@ -130,6 +130,9 @@ impl ReloadHandle {
                 tls: tls.clone(),
             });
         }
+        // Every worker installs it now, not at its next tick: a reload takes effect on all of
+        // them within a millisecond or so, not over 50 ms of mixed answers.
+        self.status.wake_workers();
         Ok(())
     }
 }
