@@ -689,6 +689,13 @@ fn long_chunks_and_close_delimited_bodies_arrive_whole_when_spliced() {
         (900_000, 100_000),
         (500_000, 40_000),
         (300_000, 7000),
+        // Re-framed through the buffer, payload runs gathered by writev (long ones) or copied
+        // (short ones): each side of the threshold, and a chunk per byte.
+        (262_144, 4096),
+        (100_000, 511),
+        (100_000, 512),
+        (100_000, 513),
+        (20_000, 1),
     ] {
         let path = format!("/seqchunked/{n}/{chunk}");
         c.send(&get(&path));
@@ -696,6 +703,12 @@ fn long_chunks_and_close_delimited_bodies_arrive_whole_when_spliced() {
         assert_eq!(r.header("transfer-encoding"), Some("chunked"));
         check(&r, n, &path);
     }
+    // A client that is not reading yet: the socket fills mid-`writev` and the rest goes on
+    // from where the kernel stopped.
+    c.send(&get("/seqchunked/30000000/4096"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = c.response("GET").expect("a response");
+    check(&r, 30_000_000, "30 MB in 4 KiB chunks, read late");
     // Close-delimited from the origin: chunked to an HTTP/1.1 client, the connection kept.
     c.send(&get("/seqclose/700000"));
     let r = c.response("GET").expect("a response");

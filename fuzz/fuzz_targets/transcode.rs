@@ -1,32 +1,49 @@
 //! A body relayed the way io relays it, with runs spliced wherever the transcoder allows (in
 //! pieces the input picks), against the same body relayed through the buffer only: the bytes
 //! the next hop gets must carry the same payload, the same bytes must be left for the next
-//! message, and the same errors must come out. Nothing may panic.
+//! message, and the same errors must come out. A gathered relay (`step_gathered`, as io
+//! writes to plain sockets) must send exactly what the copying one sends. Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringway_core::http::body::{BodyError, Transcoder};
+use ringway_core::http::body::{BodyError, Piece, Transcoder};
 use ringway_core::http::framing::BodyKind;
 
 /// Relays `bytes` (the whole input, then end of file when `eof`); `read` picks each read's
 /// size, `splice` each spliced piece's (0: never splice). Returns the output, the payload
 /// total, and what was left unconsumed or the error.
 fn relay(
-    input: BodyKind,
-    output: BodyKind,
+    (input, output): (BodyKind, BodyKind),
     bytes: &[u8],
     read: &mut dyn FnMut() -> usize,
     splice: &mut dyn FnMut() -> usize,
+    gather: bool,
 ) -> (Vec<u8>, u64, Result<usize, BodyError>) {
     let mut t = Transcoder::new(input, output);
     let (mut buf, mut sent, mut fed) = (Vec::new(), Vec::new(), 0);
+    let mut pieces = Vec::new();
     loop {
         let mut out = Vec::new();
-        match t.step(&buf, &mut out) {
-            Ok(s) => {
+        let stepped = if gather {
+            t.step_gathered(&buf, &mut out, &mut pieces).map(|consumed| {
+                for p in &pieces {
+                    match p {
+                        Piece::Input(r) => sent.extend_from_slice(&buf[r.clone()]),
+                        Piece::Out(r) => sent.extend_from_slice(&out[r.clone()]),
+                    }
+                }
+                consumed
+            })
+        } else {
+            t.step(&buf, &mut out).map(|s| {
                 sent.extend_from_slice(&buf[s.pass.clone()]);
                 sent.extend_from_slice(&out);
-                buf.drain(..s.consumed);
+                s.consumed
+            })
+        };
+        match stepped {
+            Ok(consumed) => {
+                buf.drain(..consumed);
             }
             Err(e) => return (sent, t.total(), Err(e)),
         }
@@ -72,11 +89,11 @@ fn payload(output: BodyKind, sent: &[u8]) -> Vec<u8> {
     }
     let (mut every, mut never) = (|| 1 << 20, || 0);
     let (p, _, left) = relay(
-        BodyKind::Chunked,
-        BodyKind::Close,
+        (BodyKind::Chunked, BodyKind::Close),
         sent,
         &mut every,
         &mut never,
+        false,
     );
     assert_eq!(
         left,
@@ -120,9 +137,17 @@ fuzz_target!(|data: &[u8]| {
         usize::from(sizes[i.get() % sizes.len()]) * scale + 1
     };
     let (mut whole, mut never) = (|| 1 << 20, || 0);
-    let (plain, plain_total, plain_left) = relay(input, output, &body, &mut whole, &mut never);
+    let (plain, plain_total, plain_left) =
+        relay((input, output), &body, &mut whole, &mut never, false);
     let (mut reads, mut splices) = (|| pick(509), || pick(131));
-    let (spliced, total, left) = relay(input, output, &body, &mut reads, &mut splices);
+    let (spliced, total, left) = relay((input, output), &body, &mut reads, &mut splices, false);
+    // The same reads, copied and gathered: the same bytes out.
+    let (mut none, mut reads) = (|| 0, || pick(509));
+    i.set(0);
+    let copied = relay((input, output), &body, &mut reads, &mut none, false);
+    i.set(0);
+    let gathered = relay((input, output), &body, &mut reads, &mut none, true);
+    assert_eq!(copied, gathered);
     assert_eq!(left, plain_left);
     if left.is_ok() {
         assert_eq!(total, plain_total);

@@ -221,9 +221,25 @@ pub(crate) async fn relay(
     }
     let mut tmp = Vec::new();
     let mut pipe: Option<Pipe> = None;
+    // Re-framed bodies to a plain socket go out gathered: payload from the input buffer and
+    // framing from `scratch` in one `writev`, instead of copying the payload into `scratch`.
+    let gather = stage.is_none() && matches!(to.as_deref(), Some(Stream::Plain(_)));
+    let mut pieces = Vec::new();
     loop {
         scratch.clear();
         let (consumed, pass) = match stage.as_deref_mut() {
+            None if gather => {
+                let n = body
+                    .step_gathered(buf, scratch, &mut pieces)
+                    .map_err(|e| src(RelayFail::Body(e)))?;
+                if let Some(d) = to.as_deref_mut().and_then(Stream::tcp) {
+                    write_gathered(d, buf, scratch, &pieces, t.write)
+                        .await
+                        .map_err(dst)?;
+                }
+                scratch.clear();
+                (n, 0..0)
+            }
             None => {
                 let s = body
                     .step(buf, scratch)
@@ -304,6 +320,38 @@ pub(crate) async fn relay(
             return Ok(body.total());
         }
     }
+}
+
+/// Writes `pieces` (ranges of `input` and `out`, see `Transcoder::step_gathered`) completely,
+/// by `writev`; both buffers come back as they were.
+async fn write_gathered(
+    to: &mut TcpStream,
+    input: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    pieces: &[ringway_core::http::body::Piece],
+    limit: impl crate::deadline::Limit,
+) -> Result<(), IoFail> {
+    use monoio::io::AsyncWriteRent;
+    use ringway_core::http::body::Piece;
+    let total: usize = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Input(r) | Piece::Out(r) => r.len(),
+        })
+        .sum();
+    let mut off = 0;
+    while off < total {
+        let g = crate::sys::GatherBuf::new(std::mem::take(input), std::mem::take(out), pieces, off);
+        let (res, g) = limit.run(to.writev(g)).await?;
+        (*input, *out) = g.into_parts();
+        match res {
+            Ok(0) => return Err(IoFail::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Returns a pipe a relay emptied to the worker's spares.

@@ -7,8 +7,9 @@
 //!   that owns it ([`BorrowedFd`]), which outlives the call.
 //! - A buffer passed in is valid for its length: it is a Rust slice.
 //! - Descriptors made here are owned at once ([`OwnedFd`]), so each is closed exactly once.
-//! - The iovecs of a [`HitBuf`] point into memory the value owns and never changes while it
-//!   lives; the array is boxed, so its address does not move with the value.
+//! - The iovecs of a [`HitBuf`] and a [`GatherBuf`] point into memory the value owns and never
+//!   changes while it lives; the arrays are heap blocks, so their addresses do not move with
+//!   the value.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -256,6 +257,68 @@ unsafe impl IoVecBuf for HitBuf {
 
     fn read_iovec_len(&self) -> usize {
         2
+    }
+}
+
+/// What a gathered relay step sends (`Transcoder::step_gathered`) as one `writev`: its pieces,
+/// ranges of the relay's input buffer and of its framing buffer, from byte `off` of their
+/// concatenation. Both buffers are owned by the value while the kernel reads them.
+pub(crate) struct GatherBuf {
+    input: Vec<u8>,
+    out: Vec<u8>,
+    iov: Vec<libc::iovec>,
+}
+
+/// Most iovecs one `writev` takes (`IOV_MAX`); the rest go by the next call.
+const IOV_MAX: usize = 1024;
+
+impl GatherBuf {
+    pub(crate) fn new(
+        input: Vec<u8>,
+        out: Vec<u8>,
+        pieces: &[ringway_core::http::body::Piece],
+        mut off: usize,
+    ) -> Self {
+        use ringway_core::http::body::Piece;
+        let mut iov = Vec::with_capacity(pieces.len().min(IOV_MAX));
+        for p in pieces {
+            let (src, r) = match p {
+                Piece::Input(r) => (&input, r),
+                Piece::Out(r) => (&out, r),
+            };
+            if off >= r.len() {
+                off -= r.len();
+                continue;
+            }
+            let bytes = &src[r.start + off..r.end];
+            off = 0;
+            iov.push(libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            });
+            if iov.len() == IOV_MAX {
+                break;
+            }
+        }
+        Self { input, out, iov }
+    }
+
+    /// The two buffers back.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Vec<u8>) {
+        (self.input, self.out)
+    }
+}
+
+// SAFETY: the iovecs point into `input` and `out`, whose heap blocks the value owns and never
+// changes while it lives (moving a `Vec` does not move its block); the iovec array is a `Vec`'s
+// block too, so its address is stable.
+unsafe impl IoVecBuf for GatherBuf {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len()
     }
 }
 

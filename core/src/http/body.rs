@@ -80,6 +80,59 @@ pub const FRAMING_READ: usize = 64;
 /// through the buffer cost less than a splice in, a framing write and a splice out.
 pub const SPLICE_RUN: u64 = 32 * 1024;
 
+/// Shortest payload run [`Transcoder::step_gathered`] leaves in the input: a shorter one costs
+/// less to copy than an iovec costs the kernel.
+pub const GATHER_MIN: usize = 512;
+
+/// One part of what [`Transcoder::step_gathered`] sends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes of the input, as they are.
+    Input(Range<usize>),
+    /// Bytes the step wrote to `out` (framing, short payload runs).
+    Out(Range<usize>),
+}
+
+/// Collects a gathered step's pieces.
+struct Gather<'a> {
+    /// Address of the input's first byte: payload slices are subslices of it.
+    base: usize,
+    out: &'a mut Vec<u8>,
+    pieces: &'a mut Vec<Piece>,
+}
+
+impl Gather<'_> {
+    /// Extends the last piece when it is `out`'s and ends where `out` does.
+    fn wrote(&mut self, start: usize) {
+        let end = self.out.len();
+        match self.pieces.last_mut() {
+            Some(Piece::Out(r)) if r.end == start => r.end = end,
+            _ => self.pieces.push(Piece::Out(start..end)),
+        }
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        let start = self.out.len();
+        self.out.extend_from_slice(b);
+        self.wrote(start);
+    }
+
+    fn header(&mut self, n: usize) {
+        let start = self.out.len();
+        write_chunk_header(n, self.out);
+        self.wrote(start);
+    }
+
+    /// A run of payload, `d` a subslice of the input.
+    fn data(&mut self, d: &[u8]) {
+        if d.len() < GATHER_MIN {
+            return self.bytes(d);
+        }
+        let start = d.as_ptr() as usize - self.base;
+        self.pieces.push(Piece::Input(start..start + d.len()));
+    }
+}
+
 /// What one [`Transcoder::step`] found in the input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
@@ -223,6 +276,59 @@ impl Transcoder {
             consumed,
             pass: 0..0,
         })
+    }
+
+    /// Like [`step`](Self::step), for a writer that gathers (`writev`): what to send is
+    /// `pieces` in order, each a range of `input` or of `out`. Payload runs of at least
+    /// [`GATHER_MIN`] bytes stay in `input` (not copied); framing and shorter runs are written
+    /// to `out`. The bytes sent are the same as `step`'s.
+    pub fn step_gathered(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        pieces: &mut Vec<Piece>,
+    ) -> Result<usize, BodyError> {
+        pieces.clear();
+        let identity = !self.chunked_out && !matches!(self.dec, Decode::Chunked(_));
+        if identity {
+            let s = self.step(input, out)?;
+            if !s.pass.is_empty() {
+                pieces.push(Piece::Input(s.pass));
+            }
+            return Ok(s.consumed);
+        }
+        let chunked_out = self.chunked_out;
+        let mut due = std::mem::take(&mut self.crlf_due);
+        let mut g = Gather {
+            base: input.as_ptr() as usize,
+            out,
+            pieces,
+        };
+        let consumed = self.decode(input, |d| {
+            if d.is_empty() {
+                return;
+            }
+            if due {
+                g.bytes(b"\r\n");
+                due = false;
+            }
+            if chunked_out {
+                g.header(d.len());
+                g.data(d);
+                g.bytes(b"\r\n");
+            } else {
+                g.data(d);
+            }
+        })?;
+        if self.done && chunked_out {
+            if due {
+                g.bytes(b"\r\n");
+                due = false;
+            }
+            g.bytes(LAST_CHUNK);
+        }
+        self.crlf_due = due;
+        Ok(consumed)
     }
 
     /// Like [`step`](Self::step), with the payload passed through `stage` before it is framed
@@ -387,6 +493,68 @@ pub fn check_chunked_prefix(bytes: &[u8]) -> Result<(), ChunkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `step_gathered` sends, put together.
+    fn gathered(t: &mut Transcoder, input: &[u8]) -> (Vec<u8>, usize, usize) {
+        let (mut out, mut pieces) = (Vec::new(), Vec::new());
+        let consumed = t.step_gathered(input, &mut out, &mut pieces).unwrap();
+        let mut sent = Vec::new();
+        let mut refs = 0;
+        for p in &pieces {
+            match p {
+                Piece::Input(r) => {
+                    refs += 1;
+                    sent.extend_from_slice(&input[r.clone()])
+                }
+                Piece::Out(r) => sent.extend_from_slice(&out[r.clone()]),
+            }
+        }
+        (sent, consumed, refs)
+    }
+
+    #[test]
+    fn a_gathered_step_sends_what_a_step_sends_without_copying_long_runs() {
+        let mut body = Vec::new();
+        for (i, n) in [4096usize, 10, 600, 511, 512, 70_000, 1].iter().enumerate() {
+            body.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            body.extend(std::iter::repeat_n(b'a' + i as u8, *n));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        for out_kind in [BodyKind::Chunked, BodyKind::Close] {
+            for piece in [1, 7, 513, 4096, 65536, body.len()] {
+                let (mut a, mut b) = (
+                    Transcoder::new(BodyKind::Chunked, out_kind),
+                    Transcoder::new(BodyKind::Chunked, out_kind),
+                );
+                let (mut sent_a, mut sent_b) = (Vec::new(), Vec::new());
+                let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
+                let mut refs = 0;
+                for c in body.chunks(piece) {
+                    buf_a.extend_from_slice(c);
+                    buf_b.extend_from_slice(c);
+                    let mut out = Vec::new();
+                    let s = a.step(&buf_a, &mut out).unwrap();
+                    sent_a.extend_from_slice(&buf_a[s.pass.clone()]);
+                    sent_a.extend_from_slice(&out);
+                    buf_a.drain(..s.consumed);
+                    let (g, consumed, r) = gathered(&mut b, &buf_b);
+                    refs += r;
+                    sent_b.extend_from_slice(&g);
+                    buf_b.drain(..consumed);
+                }
+                assert!(a.is_done() && b.is_done());
+                assert_eq!(sent_a, sent_b, "{out_kind:?} in pieces of {piece}");
+                if piece >= 4096 {
+                    assert!(refs >= 3, "long runs are not copied ({piece}: {refs})");
+                }
+            }
+        }
+        // Identity: the input as it is.
+        let mut t = Transcoder::new(BodyKind::Length(5), BodyKind::Length(5));
+        let (sent, consumed, refs) = gathered(&mut t, b"hello, next");
+        assert_eq!((&sent[..], consumed, refs), (&b"hello"[..], 5, 1));
+    }
 
     /// Feeds `input` in pieces of `piece` bytes; returns what would be written and what is left.
     fn run(
