@@ -225,6 +225,7 @@ pub(crate) async fn relay(
     // framing from `scratch` in one `writev`, instead of copying the payload into `scratch`.
     let gather = stage.is_none() && matches!(to.as_deref(), Some(Stream::Plain(_)));
     let mut pieces = Vec::new();
+    let mut pending: Option<std::io::Error> = None;
     loop {
         scratch.clear();
         let (consumed, pass) = match stage.as_deref_mut() {
@@ -300,10 +301,34 @@ pub(crate) async fn relay(
                 continue;
             }
         }
+        if let Some(e) = pending.take() {
+            return Err(src(RelayFail::Io(IoFail::Io(e))));
+        }
         let n = from
             .read_append(buf, body.want(), t.read)
             .await
             .map_err(|e| src(RelayFail::Io(e)))?;
+        if n > 0 {
+            // What else has arrived, read now without waiting (as an epoll loop reads until
+            // EAGAIN): one step and one write for all of it, instead of a write, and a wake-up
+            // of the reader, per piece the kernel happened to complete the read with. An error
+            // is kept for the next read; an end of stream is found by it.
+            if let Some(f) = from.tcp() {
+                let mut left = body.want().saturating_sub(n);
+                while left > 0 && buf.len() < buf.capacity() {
+                    match crate::sys::recv_append(crate::sys::fd(f), buf, left) {
+                        Ok(0) => break,
+                        Ok(k) => left -= k,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            pending = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         if n == 0 {
             scratch.clear();
             match stage.as_deref_mut() {

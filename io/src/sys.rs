@@ -159,6 +159,29 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+/// One non-blocking `recv(2)` appending at most `max` bytes to `buf`'s spare capacity: the
+/// bytes read (0 at the end of the stream, or when there is no room).
+pub(crate) fn recv_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(max);
+    if want == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the spare capacity is valid for writes of `want` bytes; the descriptor is open.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            want,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: recv initialised the first `n` bytes of the spare capacity (n <= want).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// The pending error of a socket (`SO_ERROR`): the outcome of a non-blocking connect.
 pub(crate) fn socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
     let mut err: libc::c_int = 0;
