@@ -350,9 +350,9 @@ impl Conn {
                         &mut self.scratch,
                         None,
                     ));
-                    let r = within(whole, async {
+                    let r = Box::pin(within(whole, async {
                         moving.await.map_err(|e| e.into_body_fail())
-                    })
+                    }))
                     .await;
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
@@ -456,7 +456,10 @@ impl Conn {
                         }
                         Ok(0)
                     };
-                    let r = within(whole, reading).await.map(drop);
+                    // Boxed, as the other body moves: a timer's future is large (3.3 KiB with
+                    // this read inline), and every connection's task, idle ones included,
+                    // would hold that much for the rare state that needs it.
+                    let r = Box::pin(within(whole, reading)).await.map(drop);
                     let now = self.tick();
                     self.ex.handle_body_buffered(r, &env(&self.w, &cfg), now);
                 }
@@ -545,7 +548,7 @@ impl Conn {
                         &mut self.scratch,
                         &self.w.pipes,
                     ));
-                    let r = within(whole, moving).await;
+                    let r = Box::pin(within(whole, moving)).await;
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
