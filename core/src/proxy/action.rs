@@ -123,6 +123,52 @@ pub enum Action {
     Finish(Finish),
 }
 
+/// A side effect the exchange hands out before its state's own action: one of the actions
+/// `Record`, `Release`, `EndFill` and `Refresh`, queued in this small type of its own so that
+/// a connection's queue of them costs a few dozen bytes a slot, not the largest action's size
+/// (the queue lives as long as the connection, idle ones included).
+#[derive(Debug)]
+pub(crate) enum Effect {
+    Record {
+        to: UpstreamKey,
+        outcome: Option<Outcome>,
+        error: Option<Box<Error>>,
+        at: std::time::Instant,
+    },
+    Release {
+        to: UpstreamKey,
+        then: Reuse,
+    },
+    EndFill {
+        key: Vec<u8>,
+    },
+    Refresh {
+        head: Vec<u8>,
+        key: Vec<u8>,
+    },
+}
+
+impl From<Effect> for Action {
+    fn from(e: Effect) -> Self {
+        match e {
+            Effect::Record {
+                to,
+                outcome,
+                error,
+                at,
+            } => Action::Record {
+                to,
+                outcome,
+                error: error.map(|e| *e),
+                at,
+            },
+            Effect::Release { to, then } => Action::Release { to, then },
+            Effect::EndFill { key } => Action::EndFill { key },
+            Effect::Refresh { head, key } => Action::Refresh { head, key },
+        }
+    }
+}
+
 /// Which connection `Connect` may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {

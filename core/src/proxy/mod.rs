@@ -148,7 +148,7 @@ pub struct Exchange {
     /// The tunnel idle timeout of the request's config.
     tunnel_idle: Duration,
     /// Side effects (`Record`, `Release`) to hand out before the state's own action.
-    effects: std::collections::VecDeque<Action>,
+    effects: std::collections::VecDeque<action::Effect>,
     /// The cache's part of the current request.
     cache: CacheStep,
     /// A stored response being written: its body (this part of it) goes after `out`.
@@ -268,8 +268,8 @@ impl Exchange {
 
     /// What io must do next. Each action is handed out once; io performs it and reports back.
     pub fn poll_action(&mut self) -> Action {
-        if let Some(a) = self.effects.pop_front() {
-            return a;
+        if let Some(e) = self.effects.pop_front() {
+            return e.into();
         }
         match self.phase {
             // A connection that has not sent its first request is not idle: a draining worker
@@ -870,7 +870,7 @@ impl Exchange {
 
     /// What becomes of the upstream connection: `reuse` when nothing of it is left unread and
     /// it may carry another request; `overrun` when the server sent more than was asked for.
-    fn release(&mut self, reuse: bool, overrun: bool) -> Action {
+    fn release(&mut self, reuse: bool, overrun: bool) -> action::Effect {
         let to = self.upstream_key();
         let pin = self.pin.release(to, reuse && !overrun);
         let then = match (overrun, reuse, pin) {
@@ -879,7 +879,7 @@ impl Exchange {
             (_, true, true) => Reuse::Pin,
             (_, true, false) => Reuse::Pool,
         };
-        Action::Release { to, then }
+        action::Effect::Release { to, then }
     }
 
     // ---- the cache -------------------------------------------------------------------------
@@ -1032,7 +1032,7 @@ impl Exchange {
     /// nothing more will be stored.
     fn end_fill(&mut self) {
         if let Some(key) = self.cache.release() {
-            self.effects.push_back(Action::EndFill { key });
+            self.effects.push_back(action::Effect::EndFill { key });
         }
     }
 
@@ -2124,11 +2124,16 @@ impl Exchange {
         self.intent.upstream_key(self.tries.server)
     }
 
-    fn record_action(&self, outcome: Option<Outcome>, error: Option<Error>, at: Instant) -> Action {
-        Action::Record {
+    fn record_action(
+        &self,
+        outcome: Option<Outcome>,
+        error: Option<Error>,
+        at: Instant,
+    ) -> action::Effect {
+        action::Effect::Record {
             to: self.upstream_key(),
             outcome,
-            error,
+            error: error.map(Box::new),
             at,
         }
     }
@@ -2214,7 +2219,8 @@ impl Exchange {
         // claim on a fetch, start the refresh this request claimed.
         self.end_fill();
         if let Some((head, key)) = self.cache.take_refresh() {
-            self.effects.push_back(Action::Refresh { head, key });
+            self.effects
+                .push_back(action::Effect::Refresh { head, key });
         }
         self.timers.clear();
         self.phase = Phase::Done(f);
