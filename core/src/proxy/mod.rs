@@ -123,6 +123,10 @@ pub struct Env<'a> {
     pub acme: Option<&'a dyn crate::acme::Challenges>,
 }
 
+/// The response head buffer's first capacity (most heads fit; `begin` shrinks a grown one
+/// back to it).
+const OUT_FIRST: usize = 512;
+
 /// One client connection's exchanges; see the module documentation.
 pub struct Exchange {
     /// The listener's address (rules may name it).
@@ -203,11 +207,13 @@ impl Exchange {
             hit: None,
             tunnel_idle: Duration::ZERO,
             record: EndRecord::default(),
-            out: Vec::with_capacity(1024),
+            // First sizes that fit most heads (a longer one grows them, once per connection):
+            // every connection holds them while idle.
+            out: Vec::with_capacity(OUT_FIRST),
             target: Vec::new(),
             path_len: 0,
-            headers: Vec::with_capacity(32),
-            uheaders: Vec::with_capacity(32),
+            headers: Vec::with_capacity(16),
+            uheaders: Vec::with_capacity(16),
             head_read: None,
             pin: pin::Pin::default(),
             auth: crate::forward::auth::Check::None,
@@ -262,7 +268,7 @@ impl Exchange {
         };
         self.timers.arm(first, &self.timeouts, now);
         if self.out.capacity() > 4 * 1024 {
-            self.out = Vec::with_capacity(1024);
+            self.out = Vec::with_capacity(OUT_FIRST);
         }
     }
 
