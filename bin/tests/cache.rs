@@ -1613,6 +1613,26 @@ fn one_fetch_and_one_copy_per_box() {
             "40 parallel misses on {workers} workers"
         );
         wait_cache_figure(admin, "entries", 2);
+        // The waits are counted (each client sent before the origin answered; the ones the
+        // proxy had read by then waited).
+        let mut waits = 0;
+        for _ in 0..100 {
+            let v: serde_json::Value =
+                serde_json::from_str(&support::admin_get(admin, "/status")).unwrap();
+            waits = v["cache"]["waits"].as_u64().unwrap_or(0);
+            if waits >= 20 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!((20..=39).contains(&waits), "{waits} lookups waited");
+        let m = support::admin_get(admin, "/metrics");
+        let counted: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("ringway_cache_fill_waits_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!((waits..=39).contains(&counted), "{m}");
 
         // A purge removes the one copy (counted once), and the next misses fetch once.
         let (ok, out) = curl(&[

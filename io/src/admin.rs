@@ -53,6 +53,7 @@ impl Status {
             cache.stores += c.stores;
             cache.evictions += c.evictions;
             cache.invalidations += c.invalidations;
+            cache.waits += c.waits;
             cache.collecting += c.collecting;
         }
         cache
@@ -173,6 +174,7 @@ impl Status {
                 "entries": cache.entries, "bytes": cache.bytes, "collecting": cache.collecting,
                 "hits": cache.hits, "misses": cache.misses, "stores": cache.stores,
                 "evictions": cache.evictions, "invalidations": cache.invalidations,
+                "waits": cache.waits,
             },
             "config": {"version": version, "reloads": ok, "rejected": self.reloads_failed.load(Relaxed)},
             "access_log": {

@@ -329,6 +329,11 @@ impl Collector for Scrape {
                 "Responses invalidated (unsafe methods, purges).",
                 c.invalidations,
             ),
+            (
+                "ringway_cache_fill_waits",
+                "Lookups that waited for another request's fetch of the same key, on any worker (request coalescing).",
+                c.waits,
+            ),
         ] {
             family(
                 &mut e,

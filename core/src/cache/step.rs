@@ -450,6 +450,7 @@ impl CacheStep {
         }
         self.head.clear();
         self.head.extend_from_slice(r.head);
+        ctx.cache.shard.borrow_mut().count_wait();
         Lookup::Wait(cr.lock_timeout)
     }
 

@@ -287,6 +287,8 @@ pub struct Stats {
     pub stores: u64,
     pub evictions: u64,
     pub invalidations: u64,
+    /// Lookups that waited for another request's fetch of the same key (on any worker).
+    pub waits: u64,
     /// Bytes of body copies being collected for the cache (not yet stored).
     pub collecting: u64,
 }
@@ -387,6 +389,11 @@ impl Shard {
     /// Counts a lookup that found nothing usable.
     pub fn count_miss(&mut self) {
         self.stats.misses += 1;
+    }
+
+    /// Counts a lookup that waits for another request's fetch.
+    pub fn count_wait(&mut self) {
+        self.stats.waits += 1;
     }
 
     /// Stores `entry`, replacing a variant with the same selecting values; false when it is
