@@ -1526,17 +1526,27 @@ fn requests_per_worker(admin: SocketAddr) -> Vec<u64> {
 
 /// Waits (up to 5 s: workers publish every 50 ms) until `/status` says `field` is `want`.
 fn wait_cache_figure(admin: SocketAddr, field: &str, want: u64) {
+    wait_status(admin, &format!("/cache/{field}"), want);
+}
+
+/// Waits (up to 5 s: workers publish every 50 ms) until the `/status` figure at `pointer` (a
+/// JSON pointer) is `want`: a poll with a deadline, the only way to see a published figure.
+fn wait_status(admin: SocketAddr, pointer: &str, want: u64) {
     let mut last = String::new();
-    for _ in 0..100 {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < end {
         let s = support::admin_get(admin, "/status");
         let v: serde_json::Value = serde_json::from_str(&s).expect("status is JSON");
-        if v["cache"][field].as_u64() == Some(want) {
+        if v.pointer(pointer).and_then(serde_json::Value::as_u64) == Some(want) {
             return;
         }
-        last = v["cache"].to_string();
+        last = v
+            .pointer(pointer)
+            .map(ToString::to_string)
+            .unwrap_or_default();
         thread::sleep(Duration::from_millis(50));
     }
-    panic!("cache {field} never reached {want}: {last}");
+    panic!("{pointer} never reached {want}: {last}");
 }
 
 #[test]
@@ -1558,14 +1568,8 @@ fn one_fetch_and_one_copy_per_box() {
                 assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
             }
         }
-        let mut spread = requests_per_worker(admin);
-        for _ in 0..100 {
-            if spread.iter().sum::<u64>() >= 40 {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-            spread = requests_per_worker(admin);
-        }
+        wait_status(admin, "/requests/total", 40);
+        let spread = requests_per_worker(admin);
         assert_eq!(spread.len(), workers);
         assert!(
             spread.iter().filter(|&&n| n > 0).count() >= 2,

@@ -703,12 +703,22 @@ fn long_chunks_and_close_delimited_bodies_arrive_whole_when_spliced() {
         assert_eq!(r.header("transfer-encoding"), Some("chunked"));
         check(&r, n, &path);
     }
-    // A client that is not reading yet: the socket fills mid-`writev` and the rest goes on
-    // from where the kernel stopped.
-    c.send(&get("/seqchunked/30000000/4096"));
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let r = c.response("GET").expect("a response");
-    check(&r, 30_000_000, "30 MB in 4 KiB chunks, read late");
+    // A client with a 4 KiB receive buffer: the proxy's socket fills mid-`writev` again and
+    // again, and each write goes on from where the kernel stopped.
+    let small = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&proxy.addr.into()).unwrap();
+        std::net::TcpStream::from(s)
+    };
+    let mut slow = Client::from_stream(small);
+    slow.send(&get("/seqchunked/30000000/4096"));
+    let r = slow.response("GET").expect("a response");
+    check(
+        &r,
+        30_000_000,
+        "30 MB in 4 KiB chunks to a small receive buffer",
+    );
     // Close-delimited from the origin: chunked to an HTTP/1.1 client, the connection kept.
     c.send(&get("/seqclose/700000"));
     let r = c.response("GET").expect("a response");
