@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Memory per idle keep-alive connection, and RSS after repeated rounds, for ringway and nginx.
 
-Usage: python3 loadtest/idle_memory.py [--conns N] [--rounds R] [--ringway PATH ...]
+Usage: python3 loadtest/idle_memory.py [--conns N] [--rounds R] [--park-wait S] [--burst]
+                                        [--ringway PATH ...]
 
 For each proxy (one worker, pinned to CPU 0): a loopback origin answers `ok`; N clients each
 send one proxied GET on a keep-alive connection, read the answer and stay connected. Memory
 per idle connection is the proxy's RSS with the N connections open minus its RSS before, over
-N. Then R rounds of N connections are opened, used once and closed, and the RSS after each
-round (once the proxy has gone idle) shows whether memory comes back. Loopback only; every
-loop is bounded.
+N: once just after the last answer, and again after S seconds more (ringway parks connections
+quiet for `timeouts.park`, 1 s by default). With --burst every held connection then sends one
+more request before any answer is read, and the answers are counted. Then R rounds of N
+connections are opened, used once and closed, and the RSS after each round (once the proxy has
+gone idle) shows whether memory comes back. Beyond 20,000 connections the clients bind to
+127.0.0.2, 127.0.0.3 ... (the ephemeral ports of one address run out), and the open-files
+limit is raised (as root). Loopback only; every loop is bounded.
 """
 
 import argparse
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -87,11 +93,36 @@ def one_request(s):
 
 def open_clients(port, n):
     socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    for i in range(n):
+        s = socket.socket()
+        s.settimeout(10)
+        # The port is chosen at connect (IP_BIND_ADDRESS_NO_PORT), unique per 4-tuple.
+        s.setsockopt(socket.IPPROTO_IP, 24, 1)
+        s.bind((f"127.0.0.{1 + i // 20000}", 0))
+        s.connect(("127.0.0.1", port))
         one_request(s)
         socks.append(s)
     return socks
+
+
+def burst(socks):
+    """One more request on every connection, all sent before any answer is read."""
+    start = time.time()
+    for s in socks:
+        s.sendall(b"GET /burst HTTP/1.1\r\nHost: t\r\n\r\n")
+    ok = 0
+    for s in socks:
+        data = b""
+        try:
+            while not data.endswith(b"ok"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        ok += data.startswith(b"HTTP/1.1 200") and data.endswith(b"ok")
+    return ok, time.time() - start
 
 
 def settle(pids, limit=5.0):
@@ -106,7 +137,7 @@ def settle(pids, limit=5.0):
     return last
 
 
-def measure(name, start, conns, rounds):
+def measure(name, start, conns, rounds, park_wait, with_burst):
     port = free_port()
     proc, pids_of = start(port)
     try:
@@ -117,8 +148,15 @@ def measure(name, start, conns, rounds):
         pids = pids_of()
         base = settle(pids)
         socks = open_clients(port, conns)
+        busy = settle(pids)
+        time.sleep(park_wait)
         held = settle(pids)
+        per_busy = (busy - base) * 1024 / conns
         per_conn = (held - base) * 1024 / conns
+        burst_line = ""
+        if with_burst:
+            ok, secs = burst(socks)
+            burst_line = f"; burst: {ok}/{conns} answered in {secs:.1f} s"
         for s in socks:
             s.close()
         after = [settle(pids)]
@@ -128,8 +166,10 @@ def measure(name, start, conns, rounds):
                 s.close()
             after.append(settle(pids))
         print(
-            f"{name}: RSS idle {base} KiB, with {conns} idle keep-alive connections {held} KiB "
-            f"= {per_conn:.0f} B/connection; RSS after each round of {conns}: "
+            f"{name}: RSS idle {base} KiB, with {conns} idle keep-alive connections "
+            f"{busy} KiB = {per_busy:.0f} B/connection just after their answers, "
+            f"{held} KiB = {per_conn:.0f} B/connection {park_wait} s later{burst_line}; "
+            f"RSS after each round of {conns}: "
             + ", ".join(f"{a} KiB" for a in after)
         )
     finally:
@@ -146,7 +186,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ringway", nargs="+", default=["target/release/ringway"])
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--park-wait", type=float, default=2.0)
+    ap.add_argument("--burst", action="store_true")
     a = ap.parse_args()
+
+    # Each connection is a descriptor here and one in the proxy (which inherits the limit).
+    need = a.conns + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
+        except (ValueError, OSError):
+            sys.exit(f"{a.conns} connections need {need} open files; the hard limit is {hard} "
+                     "and cannot be raised here (raising it needs CAP_SYS_RESOURCE)")
 
     origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     origin.daemon_threads = True
@@ -154,32 +206,43 @@ def main():
     up = f"127.0.0.1:{origin.server_address[1]}"
     tmp = tempfile.mkdtemp(prefix="ringway-idle-")
 
+    # The burst is answered by the proxies themselves (`/burst`): 100k requests at once through
+    # to this Python origin would measure the origin.
     for path in a.ringway:
         def start(port, path=path):
+            conf = os.path.join(tmp, "ringway.toml")
+            with open(conf, "w") as f:
+                f.write(
+                    f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\npin = false\n'
+                    f'[upstreams.o]\nservers = ["{up}"]\n'
+                    f'[[routes]]\npath = "/burst"\nrespond = {{ status = 200, body = "ok" }}\n'
+                    f'[[routes]]\npath = "/"\nupstream = "o"\n'
+                )
             p = subprocess.Popen(
-                ["taskset", "-c", "0", path, "--listen", f"127.0.0.1:{port}",
-                 "--workers", "1", "--no-pin", "--upstream", up, "--log-level", "error"],
+                ["taskset", "-c", "0", path, "--config", conf, "--log-level", "error"],
                 stderr=subprocess.DEVNULL,
             )
             return p, lambda: [p.pid]
-        measure(f"ringway {path}", start, a.conns, a.rounds)
+        measure(f"ringway {path}", start, a.conns, a.rounds, a.park_wait, a.burst)
 
     if not a.no_nginx:
         def start(port):
             conf = os.path.join(tmp, "nginx.conf")
             with open(conf, "w") as f:
                 f.write(
-                    f"worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/err warn;\n"
+                    f"worker_processes 1; worker_rlimit_nofile {a.conns * 3 + 1024};\n"
+                    f"pid {tmp}/nginx.pid; error_log {tmp}/err warn;\n"
                     f"daemon off; events {{ worker_connections {a.conns * 3}; }}\n"
                     f"http {{ access_log off; keepalive_timeout 75s; keepalive_requests 1000000;\n"
                     f"  upstream o {{ server {up}; keepalive 1024; }}\n"
-                    f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://o;\n"
+                    f"  server {{ listen 127.0.0.1:{port}; location /burst {{ return 200 ok; }}\n"
+                    f"    location / {{ proxy_pass http://o;\n"
                     f"    proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
                 )
             p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf, "-p", tmp],
                                  stderr=subprocess.DEVNULL)
             return p, lambda: [p.pid] + children(p.pid)
-        measure("nginx", start, a.conns, a.rounds)
+        measure("nginx", start, a.conns, a.rounds, a.park_wait, a.burst)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,12 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE")]
     pub max_body: Option<String>,
 
+    /// Park kept-alive client connections quiet this long (`500ms`, `5s`): their buffers and
+    /// request state are freed until their next request; `off` keeps them. Overrides
+    /// `timeouts.park` [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub park: Option<String>,
+
     /// Number of worker threads [default: one per CPU this process may use].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,

@@ -322,6 +322,11 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
             ));
         }
     }
+    if let Some(p) = &cli.park {
+        cfg.timeouts.park = ringway_core::config::parse_park(p).ok_or_else(|| {
+            format!("--park {p:?}: expected off or a duration from 1ms to 24h, like 500ms or 5s")
+        })?;
+    }
     if let Some(n) = cli.max_conns_per_ip {
         if n == 0 {
             return Err("--max-conns-per-ip: expected at least 1".into());

@@ -785,3 +785,145 @@ fn an_origin_stalling_inside_a_spliced_chunk_times_out_without_blocking_the_work
     // The origin never closes on its own: the proxy ended the relay, after upstream_read.
     assert!(started.elapsed() >= Duration::from_millis(600));
 }
+
+/// Quiet kept-alive connections park (their exchange, buffers and request-path future freed;
+/// the socket kept) and wake on their next request. A burst on all of them is answered, two
+/// pipelined requests to a parked connection are answered in order, requests sent just as
+/// connections park are not lost, a client gone while parked is forgotten, and shutdown
+/// closes parked connections at once.
+#[test]
+fn quiet_connections_park_and_wake() {
+    const N: usize = 200;
+    let origin = Origin::start();
+    let mut proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\npark = \"50ms\"\nkeepalive = \"30s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ));
+    let admin = admin_addr(&proxy);
+    let parked = |n: usize| {
+        wait_metric(
+            admin,
+            "ringway_connections_parked",
+            "worker=\"0\"",
+            n as f64,
+        )
+    };
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::connect(proxy.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&get(&format!("/a{i}")));
+        assert_eq!(c.response("GET").unwrap().text(), format!("ok /a{i}"));
+    }
+    parked(N);
+    // Every parked connection gets a request before any answer is read.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&get(&format!("/b{i}")));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.response("GET").expect("answered after parking");
+        assert_eq!((r.status, r.text()), (200, format!("ok /b{i}")));
+    }
+    parked(N);
+    clients[0].send(&[get("/p1"), get("/p2")].concat());
+    assert_eq!(clients[0].response("GET").unwrap().text(), "ok /p1");
+    assert_eq!(clients[0].response("GET").unwrap().text(), "ok /p2");
+    // Requests sent around the moment of parking (40 to 60 ms after the last answer, a
+    // different delay on each connection): none lost to the read that parking cancels.
+    let movers: Vec<Client> = clients.drain(..100).collect();
+    let threads: Vec<_> = movers
+        .into_iter()
+        .enumerate()
+        .collect::<Vec<_>>()
+        .chunks(25)
+        .map(|chunk| {
+            let chunk: Vec<(usize, Client)> = chunk.iter().map(|(i, c)| (*i, clone(c))).collect();
+            std::thread::spawn(move || {
+                for (i, mut c) in chunk {
+                    c.send(&get(&format!("/c{i}")));
+                    assert_eq!(c.response("GET").unwrap().status, 200);
+                    std::thread::sleep(Duration::from_micros(40_000 + 200 * i as u64));
+                    c.send(&get(&format!("/d{i}")));
+                    let r = c.response("GET").expect("answered at the parking moment");
+                    assert_eq!(r.text(), format!("ok /d{i}"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // The 100 connections of the threads were closed by them; the others stay parked.
+    parked(N - 100);
+    drop(clients.drain(..50));
+    parked(N - 150);
+    proxy.signal(libc::SIGTERM);
+    let started = Instant::now();
+    assert!(clients[0].closed_within(Duration::from_secs(3)));
+    let status = proxy.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "parked connections close at shutdown, not at its 5 s timeout"
+    );
+}
+
+/// A client on a connection of its own (the same socket).
+fn clone(c: &Client) -> Client {
+    Client::from_stream(c.w.try_clone().unwrap())
+}
+
+/// A parked connection still closes at the keep-alive deadline it parked with, and a
+/// connection that sends stray line breaks does not park but keeps that deadline too.
+#[test]
+fn parked_connections_close_at_the_keepalive_deadline() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(
+        origin.addr,
+        "[timeouts]\npark = \"50ms\"\nkeepalive = \"600ms\"\n",
+    ));
+    for stray in [false, true] {
+        let mut c = Client::connect(proxy.addr);
+        c.send(&get("/"));
+        assert_eq!(c.response("GET").unwrap().status, 200);
+        let answered = Instant::now();
+        if stray {
+            c.send(b"\r\n");
+        }
+        assert!(c.closed_within(Duration::from_secs(5)));
+        let after = answered.elapsed();
+        assert!(
+            after >= Duration::from_millis(550),
+            "closed after {after:?}"
+        );
+    }
+}
+
+/// `--park` in quick mode: connections park after the time given; a bad value is named.
+#[test]
+fn park_flag() {
+    let origin = Origin::start();
+    let out = std::process::Command::new(bin())
+        .args(["--upstream", &origin.addr.to_string(), "--park", "soon"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--park \"soon\": expected off or a duration"),
+        "{err}"
+    );
+    let proxy = Proxy::start_quick(&[
+        "--upstream",
+        &origin.addr.to_string(),
+        "--park",
+        "20ms",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_addr(&proxy);
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/"));
+    assert_eq!(c.response("GET").unwrap().status, 200);
+    wait_metric(admin, "ringway_connections_parked", "worker=\"0\"", 1.0);
+    c.send(&get("/again"));
+    assert_eq!(c.response("GET").unwrap().text(), "ok /again");
+}

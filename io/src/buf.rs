@@ -7,10 +7,10 @@
 //! `Vec` back and closes the connection.
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use crate::deadline::{IoFail, Limit};
+use crate::deadline::{Deadline, IoFail, Limit};
 
 /// Size of the read buffers an exchange uses. Heads up to the configured limit grow past it.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -39,6 +39,41 @@ pub(crate) async fn read_append(
     let (res, owned) = limit.run(s.read(owned)).await?;
     *buf = owned.into_inner();
     res.map_err(IoFail::Io)
+}
+
+/// Reads like [`read_append`] until `deadline`. When it passes, the read is cancelled and its
+/// completion awaited, so bytes the kernel had already placed are kept, not lost with the
+/// buffer: `IoFail::Timeout` only when nothing was read. `canceller` is the connection's (it
+/// is replaced after a cancel).
+pub(crate) async fn read_append_or_cancel(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: &Deadline,
+    canceller: &mut Canceller,
+) -> Result<usize, IoFail> {
+    let len = buf.len();
+    if buf.capacity() == len {
+        buf.reserve(4096);
+    }
+    let end = buf.capacity();
+    let owned = std::mem::take(buf).slice_mut(len..end);
+    let mut read = std::pin::pin!(s.cancelable_read(owned, canceller.handle()));
+    let done = monoio::select! {
+        r = &mut read => Some(r),
+        _ = deadline.elapsed() => None,
+    };
+    let (res, owned) = match done {
+        Some(r) => r,
+        None => {
+            *canceller = std::mem::take(canceller).cancel();
+            read.await
+        }
+    };
+    *buf = owned.into_inner();
+    match res {
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Err(IoFail::Timeout),
+        r => r.map_err(IoFail::Io),
+    }
 }
 
 /// Writes `buf[range]` completely.

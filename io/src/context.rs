@@ -20,6 +20,9 @@ pub(crate) struct Worker {
     current: RefCell<Rc<Generation>>,
     pub(crate) drain: Drain,
     active: Cell<usize>,
+    /// Of those, connections parked (quiet keep-alive connections holding only their socket),
+    /// with their keep-alive deadlines.
+    pub(crate) lot: crate::parking::Lot<crate::proxy::Kept>,
     /// TLS handshakes on this worker's listeners (published with the status).
     pub(crate) tls_counts: Cell<TlsCounts>,
     /// Requests by how they ended (published with the status).
@@ -78,9 +81,10 @@ impl Worker {
         status: std::sync::Arc<crate::counters::Status>,
         workers: usize,
         log: crate::accesslog::WorkerLog,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let budget = ringway_core::cache::shard_budget(update.cfg.cache.as_ref(), workers);
-        Self {
+        let lot = crate::parking::Lot::new()?;
+        Ok(Self {
             cache: RefCell::new(ringway_core::cache::Shard::new(
                 budget,
                 status.table.clone(),
@@ -93,6 +97,7 @@ impl Worker {
             log,
             tally: RefCell::default(),
             accepted: Cell::new(0),
+            lot,
             proxy_header_failures: Cell::new(0),
             encoders: Default::default(),
             ids: Default::default(),
@@ -106,7 +111,7 @@ impl Worker {
             bufs: RefCell::new(Vec::new()),
             dns: RefCell::new(crate::dns::Cache::default()),
             busy_since_trim: Cell::new(false),
-        }
+        })
     }
 
     /// An empty buffer of [`BUF_SIZE`] bytes' capacity, from the spares when there is one.
@@ -158,10 +163,11 @@ impl Worker {
         }
     }
 
-    /// After a burst of connections, once none is left: gives the heap's free memory back to
-    /// the system (glibc keeps freed small blocks otherwise, so RSS never came down).
+    /// After a burst of connections, once none is left busy (closed or parked): gives the
+    /// heap's free memory back to the system (glibc keeps freed small blocks otherwise, so RSS
+    /// never came down).
     pub(crate) fn trim_when_idle(&self) {
-        if self.active.get() > 0 {
+        if self.active.get() > self.lot.len() {
             self.busy_since_trim.set(true);
             return;
         }
@@ -297,6 +303,7 @@ impl Worker {
             tally: self.tally.borrow().clone(),
             worker: crate::metrics::WorkerSnap {
                 open: self.active.get() as u64,
+                parked: self.lot.len() as u64,
                 accepted: self.accepted.get(),
                 proxy_header_failures: self.proxy_header_failures.get(),
                 requests: requests.total,

@@ -94,6 +94,11 @@ impl Deadline {
         }
     }
 
+    /// Resolves when the deadline passes.
+    pub(crate) fn elapsed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.sleep.borrow_mut().as_mut().poll(cx))
+    }
+
     /// Moves the deadline to `at` (`None`: now, so an operation that has to wait times out).
     pub(crate) fn set(&self, at: Option<Instant>, now: Instant) {
         let at = monoio::time::Instant::from_std(at.unwrap_or(now));

@@ -58,6 +58,7 @@ struct SharedScrape {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct WorkerSnap {
     pub(crate) open: u64,
+    pub(crate) parked: u64,
     pub(crate) accepted: u64,
     pub(crate) proxy_header_failures: u64,
     pub(crate) requests: u64,
@@ -269,6 +270,15 @@ impl Collector for Scrape {
             "Client connections open per worker.",
             MetricType::Gauge,
             per_worker(|w| w.open)
+                .into_iter()
+                .map(|(l, n)| (l, gauge(n))),
+        )?;
+        family(
+            &mut e,
+            "ringway_connections_parked",
+            "Client connections parked per worker: quiet keep-alive connections that hold only their socket (timeouts.park).",
+            MetricType::Gauge,
+            per_worker(|w| w.parked)
                 .into_iter()
                 .map(|(l, n)| (l, gauge(n))),
         )?;

@@ -6,7 +6,9 @@
 //! handled one after another, so pipelined requests are answered in order by construction. Each
 //! exchange ends in one place ([`Conn::end`]), with core's [`EndRecord`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -14,8 +16,8 @@ use monoio::net::TcpStream;
 use ringway_core::config::{Listen, Protocol, Transport};
 use ringway_core::http::body::{BodyError, Stage};
 use ringway_core::proxy::{
-    Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Requester,
-    Reuse, UpstreamError, Via, CONTINUE,
+    Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Parked,
+    Requester, Reuse, UpstreamError, Via, CONTINUE,
 };
 use ringway_core::upstream::UpstreamKey;
 
@@ -61,21 +63,160 @@ struct Conn {
     deadline: Deadline,
     /// The client socket has been made non-blocking, as splicing needs (once per connection).
     client_nonblocking: bool,
+    /// Cancels the wait for the next request when the connection parks (see `read_idle`).
+    canceller: monoio::io::Canceller,
+}
+
+/// What a parked connection keeps: its socket, and what rebuilds its `Conn` (with core's
+/// [`Parked`]).
+struct Idle {
+    tcp: TcpStream,
+    /// The client (the one a PROXY header named, if any).
+    peer: SocketAddr,
+    nonblocking: bool,
 }
 
 /// Serves one accepted client connection until it closes: its transport established (the TLS
 /// handshake on a TLS listener), then the listener's protocol spoken on it.
+///
+/// When the connection parks, this task ends: the worker keeps the socket and a [`Kept`]
+/// (see parking.rs), and a new task serves the connection when it is readable.
 pub(crate) async fn serve(
     w: Rc<Worker>,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     listen: Listen,
     pass: crate::gate::Pass,
 ) {
-    // The connection's place under the connection limits, given back when it ends.
-    let _pass = pass;
+    // `pass`: the connection's place under the connection limits, given back when it ends.
+    let active = w.enter();
+    // Boxed: the exchanges' box is the larger part, and this one is freed before it is made.
+    let Some(s) = Box::pin(start(w.clone(), tcp, peer, listen)).await else {
+        return;
+    };
+    if let Some((parked, idle)) = s.await {
+        let place = Place {
+            listen,
+            _pass: pass,
+            _active: active,
+        };
+        park(&w, idle, parked, place);
+    }
+}
+
+/// What keeps a connection's place while it is open, parked or not: its listener, and (held
+/// until it closes) its place under the connection limits and in the worker's count.
+struct Place {
+    listen: Listen,
+    _pass: crate::gate::Pass,
+    _active: crate::context::Active,
+}
+
+/// What the worker keeps of a parked connection besides its socket.
+pub(crate) struct Kept {
+    peer: SocketAddr,
+    parked: Parked,
+    nonblocking: bool,
+    place: Place,
+}
+
+/// Parks a connection (core's `Finish::Park`): its socket and [`Kept`] go to the worker's lot
+/// until the socket is readable ([`unpark`]) or the keep-alive deadline passes or the worker
+/// drains (it closes, as an idle connection does). Nothing is read meanwhile, so nothing can be
+/// lost: the exchange rebuilt reads the bytes.
+fn park(w: &Worker, idle: Idle, parked: Parked, place: Place) {
+    if w.drain.is_set() {
+        return;
+    }
+    // A descriptor of its own for the lot (one syscall): the stream's goes with it, whatever
+    // operation record may still hold it.
+    let fd = match crate::sys::fd(&idle.tcp).try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("parking a connection: {e}");
+            return;
+        }
+    };
+    drop(idle.tcp);
+    let until = parked.until();
+    let kept = Kept {
+        peer: idle.peer,
+        parked,
+        nonblocking: idle.nonblocking,
+        place,
+    };
+    // Refused (the kernel would not watch it): it closes, as an idle connection may.
+    let _ = w.lot.park(fd, until, kept);
+}
+
+/// The worker's unparking task: serves each parked connection that turns readable on a new
+/// task, until the worker drains.
+pub(crate) async fn unpark(w: Rc<Worker>) {
+    // The lot's epoll instance, awaited on the ring like a socket.
+    let ready = match w
+        .lot
+        .readiness()
+        .try_clone_to_owned()
+        .and_then(|fd| monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("parked connections cannot be woken ({e}); they close at their deadline");
+            return;
+        }
+    };
+    let drain = w.drain.clone();
+    let mut woken = Vec::new();
+    loop {
+        monoio::select! {
+            r = ready.readable(false) => if let Err(e) = r {
+                log::warn!("parked connections: {e}");
+                monoio::time::sleep(std::time::Duration::from_millis(100)).await;
+            },
+            _ = drain.wait() => return,
+        }
+        w.lot.ready(&mut woken);
+        for (fd, kept) in woken.drain(..) {
+            monoio::spawn(resume(w.clone(), fd, kept));
+        }
+    }
+}
+
+/// Serves a parked connection that turned readable.
+async fn resume(w: Rc<Worker>, fd: std::os::fd::OwnedFd, kept: Kept) {
+    let tcp = match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+        Ok(t) => t,
+        Err(e) => {
+            log::warn!("resuming a parked connection: {e}");
+            return;
+        }
+    };
+    let Kept {
+        peer,
+        parked,
+        nonblocking,
+        place,
+    } = kept;
+    let idle = Idle {
+        tcp,
+        peer,
+        nonblocking,
+    };
+    let s = session(Conn::resume(w.clone(), &place.listen, idle, parked));
+    if let Some((parked, idle)) = s.await {
+        park(&w, idle, parked, place);
+    }
+}
+
+/// Establishes the transport and serves the protocols other than HTTP/1; for HTTP/1, the
+/// connection's exchanges, begun.
+async fn start(
+    w: Rc<Worker>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    listen: Listen,
+) -> Option<Session> {
     // TCP_NODELAY is inherited from the listening socket (see listener.rs).
-    let _active = w.enter();
     let cfg = w.current();
     // Behind a balancer: the client its PROXY header names, and what followed the header.
     let (peer, early) = match listen.proxy_protocol {
@@ -91,7 +232,7 @@ pub(crate) async fn serve(
             Err(e) => {
                 log::debug!("client {peer}: {e}");
                 w.count_proxy_header_failure();
-                return;
+                return None;
             }
         },
     };
@@ -102,13 +243,13 @@ pub(crate) async fn serve(
                 Accepted::Tls(s) => s,
                 Accepted::PlainHttp(tcp) => {
                     // Plain HTTP on a TLS port: core answers it in plain HTTP. Boxed, so that this
-                    // task's future holds one connection's state, not two.
+                    // future holds one connection's state, not two.
                     let mut c = Conn::new(w, cfg, Stream::Plain(tcp), peer, &listen);
                     c.inbuf = early;
                     Box::pin(c.not_tls()).await;
-                    return;
+                    return None;
                 }
-                Accepted::Failed => return,
+                Accepted::Failed => return None,
             }
         }
     };
@@ -126,14 +267,16 @@ pub(crate) async fn serve(
             if listen.transport == Transport::Plain {
                 c.inbuf = early;
             }
-            c.run().await
+            c.begin();
+            Some(session(c))
         }
         Protocol::Socks5 => {
             let early = match listen.transport {
                 Transport::Plain => early,
                 Transport::Tls => Vec::new(),
             };
-            Box::pin(crate::socks::serve(w, cfg, client, peer, &listen, early)).await
+            Box::pin(crate::socks::serve(w, cfg, client, peer, &listen, early)).await;
+            None
         }
     }
 }
@@ -147,7 +290,18 @@ async fn refresh(w: Rc<Worker>, listen: Listen, peer: SocketAddr, head: Vec<u8>,
     let mut c = Conn::new(w, cfg, Stream::Sink, peer, &listen);
     c.inbuf = head;
     c.ex.own_fill(key);
+    c.begin();
     c.run().await;
+}
+
+/// A connection's exchanges until it closes or parks (boxed: see `serve`).
+type Session = Pin<Box<dyn Future<Output = Option<(Parked, Idle)>>>>;
+
+fn session(mut c: Conn) -> Session {
+    Box::pin(async move {
+        let parked = c.run().await?;
+        c.into_idle().map(|idle| (parked, idle))
+    })
 }
 
 /// How the TLS handshake on an accepted connection ended.
@@ -222,6 +376,27 @@ impl Conn {
         peer: SocketAddr,
         listen: &Listen,
     ) -> Self {
+        let ex = Exchange::new(listen, peer.ip());
+        Self::with(w, cfg, client, peer, listen, ex)
+    }
+
+    /// A parked connection's, rebuilt when its socket turned readable.
+    fn resume(w: Rc<Worker>, listen: &Listen, idle: Idle, parked: Parked) -> Self {
+        let cfg = w.current();
+        let ex = Exchange::unpark(listen, parked, &cfg, Instant::now());
+        let mut c = Self::with(w, cfg, Stream::Plain(idle.tcp), idle.peer, listen, ex);
+        c.client_nonblocking = idle.nonblocking;
+        c
+    }
+
+    fn with(
+        w: Rc<Worker>,
+        cfg: Rc<Generation>,
+        client: Stream,
+        peer: SocketAddr,
+        listen: &Listen,
+        ex: Exchange,
+    ) -> Self {
         let now = Instant::now();
         Conn {
             w,
@@ -229,7 +404,7 @@ impl Conn {
             client,
             peer,
             listen: *listen,
-            ex: Exchange::new(listen, peer.ip()),
+            ex,
             inbuf: Vec::with_capacity(IDLE_BUF),
             ubuf: Vec::new(),
             scratch: Vec::new(),
@@ -239,32 +414,55 @@ impl Conn {
             now,
             deadline: Deadline::new(now),
             client_nonblocking: false,
+            canceller: monoio::io::Canceller::new(),
         }
     }
 
-    async fn run(&mut self) {
+    /// Begins the next exchange, with the configuration of now.
+    fn begin(&mut self) {
+        self.cfg = self.w.current();
+        // The clock as the last operation left it: nothing waits between two exchanges.
+        let now = self.now;
+        self.ex.begin(&self.cfg, now);
+    }
+
+    /// Runs exchanges (the first begun by the caller) until the connection closes (`None`) or
+    /// parks (core's `Finish::Park`: what it keeps).
+    async fn run(&mut self) -> Option<Parked> {
         loop {
-            self.cfg = self.w.current();
-            // The clock as the last operation left it: nothing waits between two exchanges.
-            let now = self.now;
-            self.ex.begin(&self.cfg, now);
-            // Not boxed: the wait for the next request is the exchange's first operation, so
-            // an idle connection holds its future (640 bytes) either way, and a box would cost
-            // an allocation per request. It is small because every operation on the request
-            // path shares the connection's one timer and the rare, large ones are boxed.
+            // Not boxed: the wait for the next request is the exchange's first operation, and
+            // a box would cost an allocation per request. It is small because every operation
+            // on the request path shares the connection's one timer and the rare, large ones
+            // are boxed.
             let finish = self.exchange().await;
             self.end();
             match finish {
-                Finish::KeepAlive if !self.w.drain.is_set() => self.idle(),
-                Finish::KeepAlive => return,
+                Finish::KeepAlive if !self.w.drain.is_set() => {
+                    self.idle();
+                    self.begin();
+                }
+                Finish::KeepAlive => return None,
+                Finish::Park => return Some(self.ex.park(self.now)),
                 Finish::Close(how) => {
                     // Boxed: the lingering close's future (1.8 KiB, its reads carry timers)
-                    // would otherwise be part of every connection's task, idle ones included.
+                    // would otherwise be part of every connection's task.
                     Box::pin(self.close(how)).await;
-                    return;
+                    return None;
                 }
             }
         }
+    }
+
+    /// What a parked connection keeps (plain sockets only: core parks no other).
+    fn into_idle(self) -> Option<Idle> {
+        let Stream::Plain(tcp) = self.client else {
+            return None;
+        };
+        Some(Idle {
+            tcp,
+            peer: self.peer,
+            nonblocking: self.client_nonblocking,
+        })
     }
 
     /// Answers a plain HTTP request that arrived on a TLS port, then closes.
@@ -670,7 +868,7 @@ impl Conn {
         let r = if idle {
             let drain = self.w.drain.clone();
             monoio::select! {
-                r = self.client.read_append(&mut self.inbuf, usize::MAX, wait) => Some(r),
+                r = self.client.read_idle(&mut self.inbuf, wait, &mut self.canceller) => Some(r),
                 _ = drain.wait() => None,
             }
         } else {

@@ -100,6 +100,21 @@ impl Stream {
         }
     }
 
+    /// Reads the next request's first bytes: on a plain socket a read that the deadline
+    /// cancels keeps what it had read ([`buf::read_append_or_cancel`]), since the connection
+    /// may park and go on, not close.
+    pub(crate) async fn read_idle(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: &crate::deadline::Deadline,
+        canceller: &mut monoio::io::Canceller,
+    ) -> Result<usize, IoFail> {
+        match self {
+            Self::Plain(s) => buf::read_append_or_cancel(s, buf, deadline, canceller).await,
+            _ => self.read_append(buf, usize::MAX, deadline).await,
+        }
+    }
+
     /// Writes `buf[range]` completely.
     pub(crate) async fn write_range(
         &mut self,

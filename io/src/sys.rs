@@ -225,6 +225,54 @@ pub(crate) fn raise_open_files() -> io::Result<((u64, u64), (u64, u64))> {
     Ok((before, (r.rlim_cur, r.rlim_max)))
 }
 
+/// A new epoll instance (for parked connections: parking.rs).
+pub(crate) fn epoll() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes no pointer; a non-negative result is a new descriptor.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches `fd` on `ep` for input (or its peer closing), reported with `key`.
+pub(crate) fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, key: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        u64: key,
+    };
+    // SAFETY: both descriptors are open (borrowed); `ev` is a valid event for the call.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev) } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Stops watching `fd` on `ep`.
+pub(crate) fn epoll_del(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
+    // SAFETY: both descriptors are open (borrowed); DEL ignores the event pointer.
+    unsafe {
+        libc::epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+/// The keys of up to `keys.capacity()` watched descriptors that are ready now (no waiting).
+pub(crate) fn epoll_ready(ep: BorrowedFd<'_>, keys: &mut Vec<u64>) {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
+    // SAFETY: `events` holds 256 entries for the kernel to fill; timeout 0 never blocks.
+    let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), 256, 0) };
+    for e in events.iter().take(n.max(0) as usize) {
+        keys.push(e.u64);
+    }
+}
+
 /// Gives the heap's free memory back to the system (glibc keeps freed small blocks otherwise).
 pub(crate) fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -78,7 +78,7 @@ pub(crate) fn run(
         status.clone(),
         workers,
         crate::accesslog::WorkerLog::new(log),
-    ));
+    )?);
     rt.block_on(async move {
         let mut accepting = Vec::new();
         for (i, l) in listeners {
@@ -90,6 +90,7 @@ pub(crate) fn run(
             };
             accepting.push(monoio::spawn(accept_loop(w.clone(), l, at)));
         }
+        monoio::spawn(crate::proxy::unpark(w.clone()));
         let _ = wake.set_nonblocking(true);
         let wake = monoio::net::UnixStream::from_std(wake)?;
         while !shutdown.load(Ordering::Relaxed) {
@@ -113,6 +114,7 @@ pub(crate) fn run(
                     crate::cache::Mail::FillEnded(key) => w.wake_waiters(&key),
                 }
             }
+            w.lot.expire(Instant::now());
             w.trim_when_idle();
             if let Some(a) = &w.current().access_log {
                 w.log.tick(a.flush, Instant::now());
@@ -120,6 +122,7 @@ pub(crate) fn run(
             status.publish(id, w.published());
         }
         w.drain.trigger();
+        w.lot.expire_all();
         for a in accepting {
             a.await;
         }

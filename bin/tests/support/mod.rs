@@ -1141,6 +1141,21 @@ pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
+/// Waits (5 s at most) until `/metrics` shows `name{labels}` at `want`. Workers publish their
+/// figures every 50 ms, with no event a test could wait on, so this polls at that pace.
+pub fn wait_metric(admin: std::net::SocketAddr, name: &str, labels: &str, want: f64) {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    while Instant::now() < end {
+        last = sample(&admin_get(admin, "/metrics"), name, labels);
+        if last == Some(want) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{name}{{{labels}}} never reached {want}: {last:?}");
+}
+
 pub fn admin_addr(p: &Proxy) -> std::net::SocketAddr {
     p.wait_log(|l| l.contains("admin status on http://"));
     let log = p.log.lock().unwrap().clone();

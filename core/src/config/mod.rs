@@ -41,7 +41,7 @@ pub use server::{
     Refusal, Server, Transport,
 };
 use timeouts::{build_timeouts, opt_duration};
-pub use timeouts::{Timeouts, MAX_DURATION};
+pub use timeouts::{parse_park, Timeouts, MAX_DURATION};
 pub use upstream::{
     parse_server_addr, parse_server_name, Balance, HashKey, NamedServer, Upstream, UpstreamServer,
     DEFAULT_HASH_BALANCE_FACTOR, DEFAULT_RETRIES, DEFAULT_UPSTREAM_KEEPALIVE,

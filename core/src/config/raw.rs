@@ -327,6 +327,7 @@ pub(crate) struct Timeouts {
     pub client_body: Option<Spanned<Duration>>,
     pub client_body_total: Option<Spanned<Duration>>,
     pub keepalive: Option<Spanned<Duration>>,
+    pub park: Option<Spanned<Duration>>,
     pub send: Option<Spanned<Duration>>,
     pub upstream_connect: Option<Spanned<Duration>>,
     pub upstream_read: Option<Spanned<Duration>>,

@@ -17,6 +17,9 @@ pub struct Timeouts {
     pub client_body_total: Option<Duration>,
     /// Idle time allowed between requests on a client connection (nginx `keepalive_timeout`).
     pub keepalive: Duration,
+    /// How long a kept-alive connection stays quiet before it parks: its buffers and request
+    /// state are freed and only its socket is kept until the next request (`None`: never).
+    pub park: Option<Duration>,
     /// Between two writes to the client (nginx `send_timeout`).
     pub send: Duration,
     pub upstream_connect: Duration,
@@ -39,6 +42,9 @@ impl Default for Timeouts {
             client_body: Duration::from_secs(60),
             client_body_total: None,
             keepalive: Duration::from_secs(75),
+            // Long enough that a page's requests on one connection never park between them,
+            // short enough that a burst of connections costs its memory for about a second.
+            park: Some(Duration::from_secs(1)),
             send: Duration::from_secs(60),
             upstream_connect: Duration::from_secs(10),
             upstream_read: Duration::from_secs(60),
@@ -70,6 +76,21 @@ pub(crate) fn build_timeouts(loc: &Locator<'_>, t: raw::Timeouts) -> Result<Time
             )?),
         },
         keepalive: opt_duration(loc, "timeouts.keepalive", t.keepalive, d.keepalive)?,
+        park: match t.park {
+            None => d.park,
+            Some(v) if matches!(v.get_ref(), raw::Duration::Text(s) if s.trim() == "off") => None,
+            Some(v) => Some(
+                parse_duration(v.get_ref())
+                    .filter(|d| (Duration::from_millis(1)..=MAX_DURATION).contains(d))
+                    .ok_or_else(|| {
+                        loc.at(
+                            v.span(),
+                            "timeouts.park",
+                            "expected \"off\" or a duration from 1ms to 24h, like \"500ms\" or \"5s\"",
+                        )
+                    })?,
+            ),
+        },
         send: opt_duration(loc, "timeouts.send", t.send, d.send)?,
         upstream_connect: opt_duration(
             loc,
@@ -122,6 +143,16 @@ pub(crate) fn opt_duration(
                 )
             }),
     }
+}
+
+/// `timeouts.park` as written on a command line: `off`, or a duration from 1 ms to 24 h.
+pub fn parse_park(t: &str) -> Option<Option<Duration>> {
+    if t.trim() == "off" {
+        return Some(None);
+    }
+    parse_duration(&raw::Duration::Text(t.to_string()))
+        .filter(|d| (Duration::from_millis(1)..=MAX_DURATION).contains(d))
+        .map(Some)
 }
 
 pub(crate) fn parse_duration(d: &raw::Duration) -> Option<Duration> {

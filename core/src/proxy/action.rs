@@ -341,6 +341,11 @@ pub enum Finish {
     /// Read the next request.
     KeepAlive,
     Close(Close),
+    /// The kept-alive connection was quiet for `timeouts.park`: io keeps its socket and
+    /// [`Exchange::park`](super::Exchange::park)'s state, nothing else, until the socket is
+    /// readable (then [`Exchange::unpark`](super::Exchange::unpark)) or the keep-alive
+    /// deadline passes (then it closes, as an idle connection does).
+    Park,
 }
 
 /// How the client connection is closed.

@@ -21,6 +21,7 @@ mod forwarded;
 mod guard;
 mod hints;
 mod intent;
+mod park;
 mod persist;
 mod phase;
 mod pin;
@@ -42,6 +43,7 @@ pub use action::{Action, BodyPlan, Close, Finish, Reuse, Stages, Via};
 pub const INLINE_HIT: usize = 16 * 1024;
 pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use hints::{SizeHints, HEAD_READ, SPLICE_MIN, SPLICE_MIN_UPLOAD};
+pub use park::Parked;
 pub use record::{EndRecord, RequestCounts, Requester, Text, Texts, MAX_TEXT};
 pub use timer::{Timer, Timers};
 
@@ -267,6 +269,7 @@ impl Exchange {
             Timer::KeepAlive
         };
         self.timers.arm(first, &self.timeouts, now);
+        self.arm_park(now);
         if self.out.capacity() > 4 * 1024 {
             self.out = Vec::with_capacity(OUT_FIRST);
         }
@@ -450,7 +453,7 @@ impl Exchange {
     pub fn deadline(&self) -> Option<Instant> {
         let timer = match self.phase {
             Phase::Head { began, .. } if began || self.served == 0 => Timer::ClientHeader,
-            Phase::Head { .. } => Timer::KeepAlive,
+            Phase::Head { .. } => return self.idle_deadline(),
             Phase::Write(_) => Timer::Send,
             Phase::Connect(_) => Timer::UpstreamConnect,
             Phase::SendRequest => Timer::UpstreamWrite,
@@ -519,6 +522,8 @@ impl Exchange {
                 self.request(input, end, env, now)
             }
             Ok(Scan::Partial) => {
+                // Bytes wait in io's buffer: the connection is not quiet.
+                self.timers.stop(Timer::Park);
                 if !began && self.scanner.started(input) {
                     self.phase = Phase::Head {
                         began: true,
@@ -624,6 +629,7 @@ impl Exchange {
                 self.reject(408, "timed out reading the request head", env, now);
                 self.record.error = Some(Error::HeadTimeout);
             }
+            Phase::Head { .. } if self.park_due(now) => self.park_now(now),
             Phase::Head { .. } => self.finish(Finish::Close(Close::Now), now),
             Phase::Write(_) => self.handle_client_written(false, now),
             Phase::Connect(_) => {

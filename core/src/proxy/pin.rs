@@ -27,6 +27,11 @@ fn connection_scheme(value: &[u8]) -> bool {
 }
 
 impl Pin {
+    /// Whether io holds an upstream connection for this client alone.
+    pub(super) fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// A new request: it binds its connection when it carries NTLM or Negotiate credentials.
     pub(super) fn request(&mut self, buf: &[u8], headers: &[Header]) {
         self.bound = headers.iter().any(|h| {

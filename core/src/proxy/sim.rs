@@ -320,9 +320,12 @@ impl World<'_, '_> {
         let listen = self.env.cfg.server.listen[0];
         let mut ex = Exchange::new(&listen, "192.0.2.7".parse().unwrap());
         let (mut answered, mut records) = (Vec::new(), Vec::new());
+        let mut resumed = false;
         for exchanges in 0.. {
-            assert!(exchanges < 64, "more exchanges than requests");
-            ex.begin(self.env.cfg, self.now);
+            assert!(exchanges < 256, "more exchanges than requests");
+            if !std::mem::take(&mut resumed) {
+                ex.begin(self.env.cfg, self.now);
+            }
             if self.sim == Sim::Cached && self.c.chance(15) {
                 // Another connection is fetching one of the targets.
                 let key = format!("~app\0http://sim/app/c{}", self.c.below(3)).into_bytes();
@@ -345,6 +348,12 @@ impl World<'_, '_> {
                 answered.push(record.method.unwrap_or(Method::Get));
                 records.push(record.clone());
             }
+            if finish == Finish::Park {
+                // Parked, and woken by the client's next bytes (or its close).
+                ex = Exchange::unpark(&listen, ex.park(self.now), self.env.cfg, self.now);
+                resumed = true;
+                continue;
+            }
             if finish != Finish::KeepAlive {
                 break;
             }
@@ -356,7 +365,7 @@ impl World<'_, '_> {
     fn step(&mut self, ex: &mut Exchange, action: Action) -> Option<Finish> {
         let (env, now) = (self.env, self.now);
         match action {
-            Action::ReadHead { read_first, .. } => self.read_head(ex, read_first),
+            Action::ReadHead { read_first, idle } => self.read_head(ex, read_first, idle),
             Action::WriteClient => {
                 let _ = deadline(ex);
                 self.to_client.extend_from_slice(ex.out());
@@ -445,8 +454,12 @@ impl World<'_, '_> {
         ex.handle_timeout(&self.env, self.now);
     }
 
-    fn read_head(&mut self, ex: &mut Exchange, read_first: bool) {
+    fn read_head(&mut self, ex: &mut Exchange, read_first: bool, idle: bool) {
         if read_first {
+            if idle && self.c.chance(5) {
+                // The client pauses between requests: the connection parks (or times out).
+                return self.time_out(ex);
+            }
             if self.cpos < self.client.len() {
                 let k = piece(self.c, self.client.len() - self.cpos);
                 self.inbuf

@@ -33,9 +33,11 @@ pub enum Timer {
     Tarpit,
     /// A rate limit's delay before the request goes on.
     RateDelay,
+    /// A kept-alive connection quiet this long parks (see `park.rs`).
+    Park,
 }
 
-const ALL: [Timer; 10] = [
+const ALL: [Timer; 11] = [
     Timer::ClientHeader,
     Timer::KeepAlive,
     Timer::Send,
@@ -46,6 +48,7 @@ const ALL: [Timer; 10] = [
     Timer::Resolve,
     Timer::Tarpit,
     Timer::RateDelay,
+    Timer::Park,
 ];
 
 impl Timer {
@@ -62,6 +65,7 @@ impl Timer {
             Self::UpstreamConnect => t.upstream_connect,
             Self::UpstreamWrite => t.upstream_write,
             Self::UpstreamRead => t.upstream_read,
+            Self::Park => t.park.unwrap_or(Duration::ZERO),
             // Armed with their own durations (`arm_for`).
             Self::CacheLock | Self::Resolve | Self::Tarpit | Self::RateDelay => Duration::ZERO,
         }
@@ -85,6 +89,11 @@ impl Timers {
         if self.at[timer.index()].is_none() {
             self.arm(timer, t, now);
         }
+    }
+
+    /// Arms `timer` to fire at `at`.
+    pub fn arm_at(&mut self, timer: Timer, at: Instant) {
+        self.at[timer.index()] = Some(at);
     }
 
     /// Arms `timer` to fire `d` after `now`.
