@@ -204,6 +204,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_pin: bool,
 
+    /// Run the workers on epoll instead of io_uring (as they do where the kernel or a sandbox
+    /// refuses io_uring). Overrides `server.io_uring`.
+    #[arg(long)]
+    pub no_io_uring: bool,
+
     /// Write the process ID here while running (overrides `server.pid_file`); `ringway reload`
     /// reads it.
     #[arg(long, value_name = "FILE", global = true)]

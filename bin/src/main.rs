@@ -263,6 +263,9 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
     if cli.no_pin {
         cfg.server.pin = false;
     }
+    if cli.no_io_uring {
+        cfg.server.io_uring = false;
+    }
     if let Some(a) = &cli.admin {
         // A bare port is the loopback address's.
         let addr = ringway_core::config::parse_listen_addr(a)
@@ -1130,8 +1133,14 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
                     addrs(&r.listen)
                 );
             }
-            if s.workers != r.workers || s.cpus != r.cpus || s.pin != r.pin {
-                log::warn!("reload: server.workers, cpus and pin take effect only after a restart");
+            if s.workers != r.workers
+                || s.cpus != r.cpus
+                || s.pin != r.pin
+                || s.io_uring != r.io_uring
+            {
+                log::warn!(
+                    "reload: server.workers, cpus, pin and io_uring take effect only after a restart"
+                );
             }
             if let Err(e) = reloader.reload(&cfg) {
                 log::error!("reload rejected, keeping the running config: {e}");
@@ -1149,6 +1158,7 @@ fn reload_now(cli: &Cli, reloader: &ringway_io::ReloadHandle, running: &mut Conf
             running.server.workers = in_effect.workers;
             running.server.cpus = in_effect.cpus;
             running.server.pin = in_effect.pin;
+            running.server.io_uring = in_effect.io_uring;
         }
     }
 }

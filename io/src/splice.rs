@@ -155,7 +155,7 @@ pub(crate) async fn fill(
                 let Some(wait) = waits.read() else {
                     return Err(SpliceError::Source(IoFail::Timeout));
                 };
-                match monoio::time::timeout(wait, from.readable(true)).await {
+                match monoio::time::timeout(wait, from.readable(false)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(SpliceError::Source(IoFail::Io(e))),
                     // Waited the whole time: ask again (a tunnel's other direction may have
@@ -192,7 +192,7 @@ pub(crate) async fn drain(
             }
             Ok(m) => left -= m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(waits.write(), to.writable(true)).await {
+                match monoio::time::timeout(waits.write(), to.writable(false)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(SpliceError::Destination(IoFail::Io(e))),
                     Err(_) => return Err(SpliceError::Destination(IoFail::Timeout)),

@@ -122,7 +122,7 @@ async fn write_all(to: &TcpStream, mut data: &[u8], wait: Duration) -> io::Resul
         };
         match e.kind() {
             io::ErrorKind::WouldBlock => {
-                monoio::time::timeout(wait, to.writable(true))
+                monoio::time::timeout(wait, to.writable(false))
                     .await
                     .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
             }
@@ -359,11 +359,11 @@ async fn copy(
 async fn ready(s: &TcpStream, read: bool, write: bool) {
     match (read, write) {
         (true, true) => monoio::select! {
-            _ = s.readable(true) => {},
-            _ = s.writable(true) => {},
+            _ = s.readable(false) => {},
+            _ = s.writable(false) => {},
         },
-        (true, false) => drop(s.readable(true).await),
-        (false, true) => drop(s.writable(true).await),
+        (true, false) => drop(s.readable(false).await),
+        (false, true) => drop(s.writable(false).await),
         (false, false) => std::future::pending().await,
     }
 }

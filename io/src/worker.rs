@@ -61,14 +61,27 @@ pub(crate) fn run(
             log::warn!("worker {id}: could not pin to CPU {}", core.id);
         }
     }
-    let mut rt = build_runtime(id)?;
+    let mut rt = if first.cfg.server.io_uring {
+        build_runtime(id)?
+    } else {
+        FusionRuntime::Legacy(
+            RuntimeBuilder::<LegacyDriver>::new()
+                .enable_timer()
+                .build()?,
+        )
+    };
     if id == 0 {
-        if let FusionRuntime::Legacy(_) = rt {
+        if !first.cfg.server.io_uring {
+            log::info!("workers run on epoll (server.io_uring = false)");
+        } else if let FusionRuntime::Legacy(_) = rt {
             log::warn!("io_uring is not available here (kernel, seccomp or io_uring_disabled); running on the epoll driver");
         } else {
             log::info!("workers run on io_uring");
         }
     }
+    // monoio's epoll driver expects non-blocking sockets (its own accept makes them so; ours
+    // does not): a blocking one would stall the worker on its first read with nothing to read.
+    let nonblocking = matches!(rt, FusionRuntime::Legacy(_));
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
     let listens = first.cfg.server.listen.clone();
@@ -87,6 +100,7 @@ pub(crate) fn run(
                 index: i,
                 listen: listens[i],
                 gate: gate.clone(),
+                nonblocking,
             };
             accepting.push(monoio::spawn(accept_loop(w.clone(), l, at)));
         }
@@ -97,7 +111,7 @@ pub(crate) fn run(
             // The tick, or sooner when woken for mail (a purge, a fill another worker ended).
             let woken = monoio::select! {
                 _ = monoio::time::sleep(SHUTDOWN_POLL) => false,
-                _ = wake.readable(true) => true,
+                _ = wake.readable(false) => true,
             };
             if woken {
                 let mut b = [0u8; 64];
@@ -140,6 +154,14 @@ pub(crate) fn run(
         w.log.tick(Duration::ZERO, Instant::now());
         Ok(())
     })
+}
+
+/// An accepted socket as the worker's driver wants it.
+fn adopt(s: std::net::TcpStream, nonblocking: bool) -> io::Result<monoio::net::TcpStream> {
+    if nonblocking {
+        s.set_nonblocking(true)?;
+    }
+    monoio::net::TcpStream::from_std(s)
 }
 
 /// A connection over a limit: a canned `503` written at once if the socket takes it (plain
@@ -194,6 +216,8 @@ struct Accepting {
     index: usize,
     listen: Listen,
     gate: Arc<crate::gate::Gate>,
+    /// Accepted sockets are made non-blocking (the epoll driver).
+    nonblocking: bool,
 }
 
 /// Connections taken per readiness before the accept loop yields.
@@ -215,7 +239,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, at: Accepting) {
         // Every connection waiting, up to a batch (then the others get a turn).
         for _ in 0..ACCEPT_BATCH {
             let (stream, peer) = match crate::sys::accept_ready(&listener) {
-                Ok(Some((s, peer))) => match monoio::net::TcpStream::from_std(s) {
+                Ok(Some((s, peer))) => match adopt(s, at.nonblocking) {
                     Ok(s) => (s, peer),
                     Err(e) => {
                         log::warn!("accept: {e}");

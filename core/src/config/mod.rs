@@ -210,6 +210,7 @@ impl Config {
                 workers: None,
                 cpus: None,
                 pin: true,
+                io_uring: true,
                 shutdown_timeout: Duration::from_secs(30),
                 pid_file: None,
                 state_dir: None,

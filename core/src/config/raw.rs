@@ -297,6 +297,7 @@ pub(crate) struct Server {
     pub workers: Option<Spanned<usize>>,
     pub cpus: Option<Spanned<String>>,
     pub pin: Option<bool>,
+    pub io_uring: Option<bool>,
     pub shutdown_timeout: Option<Spanned<Duration>>,
     pub pid_file: Option<String>,
     pub state_dir: Option<String>,

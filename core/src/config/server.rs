@@ -130,6 +130,9 @@ pub struct Server {
     /// CPUs to pin workers to, in order; `None`: all allowed CPUs.
     pub cpus: Option<Vec<usize>>,
     pub pin: bool,
+    /// Whether workers run on io_uring when the kernel allows it (`false`: on epoll, as on
+    /// kernels or sandboxes without io_uring).
+    pub io_uring: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     /// Where the running process writes its PID (for `ringway reload`).
@@ -394,6 +397,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
         workers,
         cpus,
         pin: s.pin.unwrap_or(true),
+        io_uring: s.io_uring.unwrap_or(true),
         shutdown_timeout,
         // Relative to the config file, as every path in it.
         pid_file: s

@@ -113,8 +113,10 @@ pub fn diff(from: &Config, to: &Config) -> Vec<String> {
         ));
     }
     let (a, b) = (&from.server, &to.server);
-    if (a.workers, &a.cpus, a.pin) != (b.workers, &b.cpus, b.pin) {
-        out.push("server.workers, cpus or pin changed (takes effect after a restart)".into());
+    if (a.workers, &a.cpus, a.pin, a.io_uring) != (b.workers, &b.cpus, b.pin, b.io_uring) {
+        out.push(
+            "server.workers, cpus, pin or io_uring changed (takes effect after a restart)".into(),
+        );
     }
     if from.admin != to.admin {
         out.push(format!(
