@@ -62,6 +62,7 @@ pub(crate) async fn read_append_or_cancel(
         r = &mut read => Some(r),
         _ = deadline.elapsed() => None,
     };
+    let cancelled = done.is_none();
     let (res, owned) = match done {
         Some(r) => r,
         None => {
@@ -71,7 +72,10 @@ pub(crate) async fn read_append_or_cancel(
     };
     *buf = owned.into_inner();
     match res {
-        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Err(IoFail::Timeout),
+        // A cancelled read ends with ECANCELED, or EINTR when the kernel had it in progress.
+        Err(e) if cancelled && matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => {
+            Err(IoFail::Timeout)
+        }
         r => r.map_err(IoFail::Io),
     }
 }

@@ -377,14 +377,28 @@ impl Conn {
         listen: &Listen,
     ) -> Self {
         let ex = Exchange::new(listen, peer.ip());
-        Self::with(w, cfg, client, peer, listen, ex)
+        Self::with(
+            w,
+            cfg,
+            client,
+            peer,
+            listen,
+            ex,
+            Vec::with_capacity(IDLE_BUF),
+        )
     }
 
     /// A parked connection's, rebuilt when its socket turned readable.
     fn resume(w: Rc<Worker>, listen: &Listen, idle: Idle, parked: Parked) -> Self {
         let cfg = w.current();
         let ex = Exchange::unpark(listen, parked, &cfg, Instant::now());
-        let mut c = Self::with(w, cfg, Stream::Plain(idle.tcp), idle.peer, listen, ex);
+        // The socket is readable: what it holds is taken now, by a system call instead of an
+        // operation on the ring and a turn of the loop (the exchange scans the buffer before it
+        // reads). Nothing (the peer closed) or an error: the exchange's own read finds it.
+        let mut inbuf = Vec::with_capacity(IDLE_BUF);
+        let _ = crate::sys::recv_append(crate::sys::fd(&idle.tcp), &mut inbuf, IDLE_BUF);
+        let client = Stream::Plain(idle.tcp);
+        let mut c = Self::with(w, cfg, client, idle.peer, listen, ex, inbuf);
         c.client_nonblocking = idle.nonblocking;
         c
     }
@@ -396,6 +410,7 @@ impl Conn {
         peer: SocketAddr,
         listen: &Listen,
         ex: Exchange,
+        inbuf: Vec<u8>,
     ) -> Self {
         let now = Instant::now();
         Conn {
@@ -405,7 +420,7 @@ impl Conn {
             peer,
             listen: *listen,
             ex,
-            inbuf: Vec::with_capacity(IDLE_BUF),
+            inbuf,
             ubuf: Vec::new(),
             scratch: Vec::new(),
             up: None,

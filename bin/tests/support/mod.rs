@@ -540,6 +540,12 @@ impl Proxy {
         if std::env::var_os("RINGWAY_TEST_EPOLL").is_some() {
             cmd.arg("--no-io-uring");
         }
+        // The suite with every kept-alive connection parked between its requests (`1ms`).
+        if let Some(p) = std::env::var_os("RINGWAY_TEST_PARK") {
+            if !args.contains(&"--park") {
+                cmd.arg("--park").arg(p);
+            }
+        }
         let mut child = cmd
             .args(args)
             .stdout(Stdio::null())
