@@ -927,3 +927,28 @@ fn park_flag() {
     c.send(&get("/again"));
     assert_eq!(c.response("GET").unwrap().text(), "ok /again");
 }
+
+/// A parked connection wakes under the configuration of that moment: a reload while it is
+/// parked reaches its next request.
+#[test]
+fn a_parked_connection_wakes_under_the_reloaded_config() {
+    let origin = Origin::start();
+    let cfg = config_for(
+        origin.addr,
+        "[timeouts]\npark = \"20ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let proxy = Proxy::start(&cfg);
+    let admin = admin_addr(&proxy);
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/x"));
+    assert_eq!(c.response("GET").unwrap().text(), "ok /x");
+    wait_metric(admin, "ringway_connections_parked", "worker=\"0\"", 1.0);
+    let path = proxy.config.as_ref().unwrap().0.clone();
+    let reloaded =
+        cfg + "[[routes]]\npath = \"/x\"\nrespond = { status = 200, body = \"reloaded\" }\n";
+    std::fs::write(&path, reloaded).unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_log(|l| l.contains("reloaded: 2 route(s)"));
+    c.send(&get("/x"));
+    assert_eq!(c.response("GET").unwrap().text(), "reloaded");
+}
