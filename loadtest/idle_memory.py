@@ -19,6 +19,7 @@ limit is raised (as root). Loopback only; every loop is bounded.
 import argparse
 import os
 import resource
+import ssl
 import socket
 import subprocess
 import sys
@@ -91,6 +92,10 @@ def one_request(s):
         raise OSError(data[:40])
 
 
+# Set by --tls: clients speak TLS (no verification: a throwaway self-signed certificate).
+TLS = None
+
+
 def open_clients(port, n):
     socks = []
     for i in range(n):
@@ -100,6 +105,8 @@ def open_clients(port, n):
         s.setsockopt(socket.IPPROTO_IP, 24, 1)
         s.bind((f"127.0.0.{1 + i // 20000}", 0))
         s.connect(("127.0.0.1", port))
+        if TLS:
+            s = TLS.wrap_socket(s, server_hostname="localhost")
         one_request(s)
         socks.append(s)
     return socks
@@ -188,6 +195,7 @@ def main():
     ap.add_argument("--no-nginx", action="store_true")
     ap.add_argument("--park-wait", type=float, default=2.0)
     ap.add_argument("--burst", action="store_true")
+    ap.add_argument("--tls", action="store_true", help="TLS listeners (TLS 1.3, ECDSA P-256)")
     a = ap.parse_args()
 
     # Each connection is a descriptor here and one in the proxy (which inherits the limit).
@@ -205,6 +213,16 @@ def main():
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     up = f"127.0.0.1:{origin.server_address[1]}"
     tmp = tempfile.mkdtemp(prefix="ringway-idle-")
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    if a.tls:
+        global TLS
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "1", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+        TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        TLS.check_hostname = False
+        TLS.verify_mode = ssl.CERT_NONE
 
     # The burst is answered by the proxies themselves (`/burst`): 100k requests at once through
     # to this Python origin would measure the origin.
@@ -213,8 +231,12 @@ def main():
             conf = os.path.join(tmp, "ringway.toml")
             with open(conf, "w") as f:
                 f.write(
-                    f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\npin = false\n'
-                    f'[upstreams.o]\nservers = ["{up}"]\n'
+                    (f'[server]\nlisten = [{{ addr = "127.0.0.1:{port}", tls = true }}]\n'
+                     f'workers = 1\npin = false\n[tls]\n'
+                     f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+                     if a.tls else
+                     f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\npin = false\n')
+                    + f'[upstreams.o]\nservers = ["{up}"]\n'
                     f'[[routes]]\npath = "/burst"\nrespond = {{ status = 200, body = "ok" }}\n'
                     f'[[routes]]\npath = "/"\nupstream = "o"\n'
                 )
@@ -235,7 +257,10 @@ def main():
                     f"daemon off; events {{ worker_connections {a.conns * 3}; }}\n"
                     f"http {{ access_log off; keepalive_timeout 75s; keepalive_requests 1000000;\n"
                     f"  upstream o {{ server {up}; keepalive 1024; }}\n"
-                    f"  server {{ listen 127.0.0.1:{port}; location /burst {{ return 200 ok; }}\n"
+                    f"  server {{ listen 127.0.0.1:{port}{' ssl' if a.tls else ''};\n"
+                    + (f"    ssl_certificate {cert}; ssl_certificate_key {key};\n"
+                       f"    ssl_session_cache shared:S:10m;\n" if a.tls else "")
+                    + f"    location /burst {{ return 200 ok; }}\n"
                     f"    location / {{ proxy_pass http://o;\n"
                     f"    proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
                 )

@@ -225,6 +225,21 @@ pub(crate) fn raise_open_files() -> io::Result<((u64, u64), (u64, u64))> {
     Ok((before, (r.rlim_cur, r.rlim_max)))
 }
 
+/// Sends a delayed ACK now (TCP_QUICKACK), if one is pending.
+pub(crate) fn quickack(fd: BorrowedFd<'_>) {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the option; the descriptor is open (borrowed).
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// A new epoll instance (for parked connections: parking.rs).
 pub(crate) fn epoll() -> io::Result<OwnedFd> {
     // SAFETY: epoll_create1 takes no pointer; a non-negative result is a new descriptor.
