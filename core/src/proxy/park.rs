@@ -101,10 +101,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::http::date::DateLine;
     use crate::proxy::{Action, Close, Env};
-
-    static DATE: std::sync::LazyLock<DateLine> = std::sync::LazyLock::new(|| DateLine::at(0));
 
     struct T {
         cfg: &'static Config,
@@ -129,17 +126,7 @@ mod tests {
         }
 
         fn env(&self) -> Env<'static> {
-            Env {
-                cfg: self.cfg,
-                date: &*DATE,
-                draining: false,
-                auth: None,
-                cache: None,
-                hints: None,
-                encoders: None,
-                ids: None,
-                acme: None,
-            }
+            crate::proxy::tests::bare_env(self.cfg)
         }
 
         fn next(&mut self) -> Action {

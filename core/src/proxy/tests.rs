@@ -29,6 +29,21 @@ respond = { status = 200, body = "hi" }
 
 static DATE: std::sync::LazyLock<DateLine> = std::sync::LazyLock::new(|| DateLine::at(0));
 
+/// The environment of an exchange with no cache, authentication or other worker service.
+pub(super) fn bare_env(cfg: &'static Config) -> Env<'static> {
+    Env {
+        cfg,
+        date: &*DATE,
+        draining: false,
+        auth: None,
+        cache: None,
+        hints: None,
+        encoders: None,
+        ids: None,
+        acme: None,
+    }
+}
+
 struct T {
     cfg: &'static Config,
     ex: Exchange,
@@ -46,17 +61,7 @@ impl T {
     }
 
     fn env(&self) -> Env<'static> {
-        Env {
-            cfg: self.cfg,
-            date: &*DATE,
-            draining: false,
-            auth: None,
-            cache: None,
-            hints: None,
-            encoders: None,
-            ids: None,
-            acme: None,
-        }
+        bare_env(self.cfg)
     }
 
     /// Feeds a whole request; returns bytes consumed.
