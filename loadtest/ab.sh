@@ -3,7 +3,7 @@
 # each binary in turn as a one-worker reverse proxy pinned to CPU 0 (quick mode, --upstream),
 # wrk and the origin on CPU 1, ROUNDS alternations per path; prints CPU µs per request (the
 # proxy's utime+stime from /proc over the run) and req/s. The origin is nginx serving files
-# (/100b, /8k, /24k, /40k, /64k, /1m) and `ringway-loadtest origin` for the other framings
+# (/100b, /8k, /24k, /40k, /48k, /64k, /1m) and `ringway-loadtest origin` for the other framings
 # (/chunked/N/C, /close/N). `floor` as a binary is the copy floor (`ringway-loadtest floor
 # --copy`; FLOOR=splice for the splice floor). SPLIT=1 adds the user and system parts of each
 # CPU figure (µs per request), which tell the proxy's own code from the kernel's work.
@@ -45,7 +45,7 @@ wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/nul
 
 chmod 755 "$DIR" # nginx workers run as nobody
 mkdir -p "$DIR/www"
-for f in 100b:100 8k:8192 24k:24576 40k:40960 64k:65536 1m:1048576; do
+for f in 100b:100 8k:8192 24k:24576 40k:40960 48k:49152 64k:65536 1m:1048576; do
   head -c "${f#*:}" /dev/zero | tr '\0' x >"$DIR/www/${f%%:*}"
 done
 python3 - "$DIR/www" <<'PY'

@@ -1686,3 +1686,81 @@ fn one_fetch_and_one_copy_per_box() {
         );
     }
 }
+
+/// A large stored body goes out by reference to its pages (io/src/pages.rs): what a client
+/// receives is the body it asked for, even when the entry is purged and replaced, and its
+/// memory unmapped and mapped again for other bodies, while the client has not read it yet.
+#[test]
+fn large_hits_go_out_by_reference_and_never_change_under_a_slow_reader() {
+    let o = Scripted::start();
+    const LEN: usize = 256 * 1024;
+    let body = |c: char| c.to_string().repeat(LEN);
+    o.set(
+        "/v",
+        answer(&[("Cache-Control", "max-age=600")], &body('A')),
+    );
+    for (i, c) in ('a'..='h').enumerate() {
+        o.set(
+            &format!("/other{i}"),
+            answer(&[("Cache-Control", "max-age=600")], &body(c)),
+        );
+    }
+    let p = Proxy::start(&cache_config(o.addr, 1, ""));
+    let admin = admin_addr(&p);
+    assert_eq!(get(&p, "/v", "").body, body('A').as_bytes());
+    support::wait_metric(admin, "ringway_cache_bodies_by_reference", "", 1.0);
+    // Hits, on fresh connections and kept-alive ones, whole and in ranges.
+    for _ in 0..3 {
+        let r = get(&p, "/v", "");
+        assert!(status_of(&r).contains("hit"));
+        assert!(r.body == body('A').as_bytes());
+    }
+    let mut c = Client::connect(p.addr);
+    for i in 0..4 {
+        c.send(b"GET /v HTTP/1.1\r\nHost: cache.test\r\nRange: bytes=1000-99999\r\n\r\nGET /v HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+        let r = c.response("GET").unwrap();
+        assert_eq!((r.status, r.body.len()), (206, 99_000), "round {i}");
+        assert!(r.body.iter().all(|&b| b == b'A'));
+        let r = c.response("GET").unwrap();
+        assert!(r.body == body('A').as_bytes(), "round {i}");
+    }
+
+    // A client with a small receive buffer asks and reads nothing: the body waits in the
+    // proxy's socket, as references to the stored pages, after the hit is done with them.
+    let slow = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&p.addr.into()).unwrap();
+        TcpStream::from(s)
+    };
+    let mut slow = Client::from_stream(slow);
+    slow.send(b"GET /v HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+    // Its request is done when the whole hit is in the proxy's socket (12 requests before).
+    wait_status(admin, "/requests/total", 13);
+    // Meanwhile the entry is purged and stored anew with other bytes, and other bodies are
+    // stored and purged, their pages mapped where the first one's were.
+    o.set(
+        "/v",
+        answer(&[("Cache-Control", "max-age=600")], &body('B')),
+    );
+    let purge = |q: &str| {
+        let (ok, out) = curl(&["-X", "PURGE", &format!("http://{admin}/cache/purge?{q}")]);
+        assert!(ok, "{}", String::from_utf8_lossy(&out));
+    };
+    purge("url=http://cache.test/v");
+    for round in 0..3 {
+        for i in 0..8 {
+            let r = get(&p, &format!("/other{i}"), "");
+            assert_eq!(r.body.len(), LEN, "round {round}");
+        }
+        purge("prefix=http://cache.test/other");
+    }
+    assert!(get(&p, "/v", "").body == body('B').as_bytes());
+    let r = slow.response("GET").expect("the slow client's answer");
+    assert_eq!(r.body.len(), LEN);
+    assert!(
+        r.body.iter().all(|&b| b == b'A'),
+        "the slow client got changed bytes"
+    );
+    assert_eq!(o.count("/v"), 2);
+}

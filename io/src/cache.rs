@@ -10,7 +10,8 @@ use ringway_core::cache::Entry;
 
 use crate::deadline::IoFail;
 use crate::deadline::Limit;
-use crate::sys::HitBuf;
+use crate::splice::Pipes;
+use crate::sys::{self, HitBuf, Mapping};
 
 /// What reaches a worker from outside its thread (with a byte on its wake socket).
 pub(crate) enum Mail {
@@ -50,6 +51,76 @@ impl Hit {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.entry.bytes(self.coding)[self.range.clone()]
     }
+
+    /// The mapping its bytes are in, when they are the stored body placed in pages of its own
+    /// (pages.rs) and enough of them to be worth sending by reference.
+    pub(crate) fn mapping(&self) -> Option<&Mapping> {
+        let encoded = self.coding.and_then(|c| self.entry.encoded.get(c));
+        if encoded.is_some() || self.range.len() < crate::pages::MIN {
+            return None;
+        }
+        crate::pages::mapping(&self.entry.body)
+    }
+}
+
+/// How [`splice_hit`] ended.
+pub(crate) enum Spliced {
+    Sent,
+    /// The kernel refused the first move (nothing reached the socket): write it instead.
+    Unsupported,
+    Failed,
+}
+
+/// Writes `head` then `range` of the body in `m` on a non-blocking plain socket without copying
+/// the body (pages.rs): the head is written into a pipe, the body's pages are put behind it by
+/// reference, and the pipe is spliced into the socket, a pipe's worth at a time. Each wait for
+/// room in the socket may last `write`.
+pub(crate) async fn splice_hit(
+    s: &TcpStream,
+    head: &[u8],
+    m: &Mapping,
+    range: std::ops::Range<usize>,
+    pipes: &Pipes,
+    write: std::time::Duration,
+) -> Spliced {
+    let Ok(pipe) = pipes.take() else {
+        return Spliced::Unsupported;
+    };
+    let waits = crate::splice::Fixed { read: write, write };
+    let (mut h, mut b) = (0, range.start);
+    let mut sent = false;
+    while h < head.len() || b < range.end {
+        let mut held = 0;
+        loop {
+            let r = if h < head.len() {
+                sys::write(pipe.w(), &head[h..]).inspect(|n| h += n)
+            } else if b < range.end {
+                sys::vmsplice(pipe.w(), m, b..range.end).inspect(|n| b += n)
+            } else {
+                break;
+            };
+            match r {
+                Ok(0) => break,
+                Ok(n) => held += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if !sent => {
+                    log::debug!("hit by reference refused, written instead: {e}");
+                    return Spliced::Unsupported;
+                }
+                Err(_) => return Spliced::Failed,
+            }
+        }
+        if held == 0 {
+            return Spliced::Failed;
+        }
+        sent = true;
+        if crate::splice::drain(&pipe, s, held, &waits).await.is_err() {
+            return Spliced::Failed;
+        }
+    }
+    pipes.give(pipe);
+    Spliced::Sent
 }
 
 /// Writes `head` then the body of `entry` on a plain socket, in as few `writev`s as the socket

@@ -85,10 +85,10 @@ impl Worker {
         let budget = ringway_core::cache::shard_budget(update.cfg.cache.as_ref(), workers);
         let lot = crate::parking::Lot::new()?;
         Ok(Self {
-            cache: RefCell::new(ringway_core::cache::Shard::new(
-                budget,
-                status.table.clone(),
-            )),
+            cache: RefCell::new(
+                ringway_core::cache::Shard::new(budget, status.table.clone())
+                    .with_place(crate::pages::place),
+            ),
             table: status.table.clone(),
             status,
             workers,

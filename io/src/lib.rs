@@ -33,6 +33,7 @@ mod listener;
 mod metrics;
 mod names;
 mod ocsp;
+mod pages;
 mod parking;
 mod proxy;
 mod proxyheader;

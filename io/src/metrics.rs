@@ -318,6 +318,11 @@ impl Collector for Scrape {
         for (name, help, v) in [
             ("ringway_cache_entries", "Responses stored now.", c.entries),
             ("ringway_cache_bytes", "Bytes stored now.", c.bytes),
+            (
+                "ringway_cache_bodies_by_reference",
+                "Stored bodies held in pages of their own, which hits send without copying.",
+                crate::pages::placed() as u64,
+            ),
         ] {
             family(
                 &mut e,

@@ -22,6 +22,7 @@ use ringway_core::proxy::{
 use ringway_core::upstream::UpstreamKey;
 
 use crate::buf::{ensure_capacity, BUF_SIZE};
+use crate::cache::Spliced;
 use crate::context::Worker;
 use crate::deadline::IoFail;
 use crate::deadline::{Deadline, Limit};
@@ -532,9 +533,15 @@ impl Conn {
                         coding,
                         range,
                     };
-                    let ok = Box::pin(self.client.write_stored(self.ex.out(), hit, idle))
-                        .await
-                        .is_ok();
+                    let ok = match self.splice_hit(&hit, idle).await {
+                        Spliced::Sent => true,
+                        Spliced::Failed => false,
+                        Spliced::Unsupported => {
+                            Box::pin(self.client.write_stored(self.ex.out(), hit, idle))
+                                .await
+                                .is_ok()
+                        }
+                    };
                     ensure_capacity(self.ex.out(), 1024);
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
@@ -860,6 +867,22 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Sends a hit whose body is in pages of its own by reference (pages.rs), on a plain
+    /// connection; `Unsupported` (nothing sent) otherwise.
+    async fn splice_hit(&mut self, hit: &crate::cache::Hit, idle: std::time::Duration) -> Spliced {
+        let Some(m) = hit.mapping() else {
+            return Spliced::Unsupported;
+        };
+        if !self.client_can_splice() {
+            return Spliced::Unsupported;
+        }
+        let Some(s) = self.client.tcp() else {
+            return Spliced::Unsupported;
+        };
+        let head = self.ex.out();
+        crate::cache::splice_hit(s, head, m, hit.range.clone(), &self.w.pipes, idle).await
     }
 
     /// Makes the client socket non-blocking before its first splice (splice.rs). False when

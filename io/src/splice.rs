@@ -35,6 +35,11 @@ pub(crate) struct Pipe {
 }
 
 impl Pipe {
+    /// The write end.
+    pub(crate) fn w(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.w.as_fd()
+    }
+
     fn new() -> io::Result<Self> {
         let (r, w) = sys::pipe()?;
         // A larger pipe moves a large body in fewer rounds.

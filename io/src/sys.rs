@@ -546,3 +546,102 @@ pub(crate) fn accept_ready(
         Err(e) => Err(e),
     }
 }
+
+/// One stored body in pages of its own (`pages.rs`): an anonymous private mapping made for it,
+/// written once by [`Mapping::copy_of`] and only read afterwards, unmapped when it is dropped.
+/// The kernel may hold references to its pages (a [`vmsplice`] into a pipe, then a socket's
+/// send queue) after that; unmapped pages keep their bytes until the last reference goes, and
+/// the allocator never hands them to anything else, so what the kernel sends is always the body.
+pub(crate) struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    map_len: usize,
+}
+
+// SAFETY: the mapping is written only inside `copy_of`, before the value exists; afterwards
+// every access is a read, from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: shared access is read-only.
+unsafe impl Sync for Mapping {}
+
+/// The size of a memory page.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf with a constant name reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096).max(1)
+}
+
+impl Mapping {
+    /// A new mapping holding a copy of `b` (its pages populated at once, not faulted in one by
+    /// one as they are written).
+    pub(crate) fn copy_of(b: &[u8], page: usize) -> io::Result<Self> {
+        let map_len = b.len().max(1).div_ceil(page) * page;
+        // SAFETY: a fresh anonymous mapping; no existing memory is named.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or(io::ErrorKind::OutOfMemory)?;
+        // SAFETY: the mapping is `map_len >= b.len()` writable bytes, new, and overlaps nothing.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), ptr.as_ptr(), b.len()) };
+        Ok(Self {
+            ptr,
+            len: b.len(),
+            map_len,
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes from `ptr` are mapped, initialised and never written again while
+        // the value lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Bytes mapped (whole pages).
+    pub(crate) fn map_len(&self) -> usize {
+        self.map_len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `copy_of`, unmapped once; no reference into it outlives
+        // the value (`bytes` borrows it), and the kernel's own references keep their pages.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
+    }
+}
+
+/// Puts `range` of `m`'s bytes into the pipe whose write end is `pipe_w`, by reference
+/// (`vmsplice(2)` without copying), non-blocking: the bytes it took (`WouldBlock` when the
+/// pipe is full). Safe because of what [`Mapping`] promises: the referenced pages never change.
+pub(crate) fn vmsplice(
+    pipe_w: BorrowedFd<'_>,
+    m: &Mapping,
+    range: std::ops::Range<usize>,
+) -> io::Result<usize> {
+    let b = &m.bytes()[range];
+    let iov = libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    };
+    // SAFETY: one iovec over mapped, initialised bytes that outlive the call; the pipe keeps
+    // page references, which stay valid after an unmap (see `Mapping`).
+    let n = unsafe { libc::vmsplice(pipe_w.as_raw_fd(), &iov, 1, libc::SPLICE_F_NONBLOCK) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// One `write(2)` of `data` to `fd` (a non-blocking pipe): the bytes taken.
+pub(crate) fn write(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a valid buffer for its length; the descriptor is open.
+    let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}

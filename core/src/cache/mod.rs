@@ -2,12 +2,14 @@
 //! `Cache-Control` ([`control`]), and one worker's storage ([`store`]). The exchange
 //! (`proxy/`) asks these at each step; io owns one [`Shard`] per worker and writes hits.
 
+pub mod body;
 pub mod control;
 pub mod policy;
 pub mod step;
 pub mod store;
 pub mod table;
 
+pub use body::{Body, Pages};
 pub use step::CacheStep;
 pub use store::{Entry, Epochs, Select, Shard, Stats};
 pub use table::Table;

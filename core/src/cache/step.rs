@@ -778,7 +778,7 @@ impl CacheStep {
             key: self.key.clone().into_boxed_slice(),
             vary: p.vary.into_boxed_slice(),
             head: p.head.into_boxed_slice(),
-            body: body.into_boxed_slice(),
+            body: ctx.cache.shard.borrow().place(body),
             status: p.meta.status,
             response_time: p.response_time,
             initial_age: p.initial_age,

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::body::Body;
 use super::table::Table;
 
 use super::control::Directives;
@@ -92,7 +93,7 @@ pub struct Entry {
     /// Status line and header lines, each ending in CRLF, without framing, hop-by-hop fields
     /// or `Age`; the head of a hit is this, then `Age`, `Content-Length` and the rest.
     pub head: Box<[u8]>,
-    pub body: Box<[u8]>,
+    pub body: Body,
     pub status: u16,
     pub response_time: u64,
     /// RFC 9111 §4.2.3 `corrected_initial_age`.
@@ -223,7 +224,7 @@ impl Entry {
             + OVERHEAD
             + self.key.len()
             + self.head.len()
-            + self.body.len()
+            + self.body.footprint()
             + self.etag.as_ref().map_or(0, |e| e.len())
             + self
                 .vary
@@ -320,7 +321,12 @@ pub struct Shard {
     /// Positions in `tags`, and how many of them belong to stored entries.
     tag_refs: usize,
     live_tag_refs: usize,
+    place: Place,
 }
+
+/// Where a shard puts the body of a response it is about to store (io's choice; on the heap
+/// unless io says otherwise).
+pub type Place = fn(Vec<u8>) -> Body;
 
 impl Shard {
     /// A shard that holds at most `budget` bytes of the entries in `table`.
@@ -343,7 +349,19 @@ impl Shard {
             tags: HashMap::new(),
             tag_refs: 0,
             live_tag_refs: 0,
+            place: Body::heap,
         }
+    }
+
+    /// Bodies to be stored go where `place` puts them.
+    pub fn with_place(mut self, place: Place) -> Self {
+        self.place = place;
+        self
+    }
+
+    /// Where a body about to be stored goes.
+    pub fn place(&self, body: Vec<u8>) -> Body {
+        (self.place)(body)
     }
 
     /// The box's table this shard stores into.
@@ -799,6 +817,65 @@ pub(crate) mod tests {
             !s.insert(entry("huge", 20_000, 0)),
             "over an eighth of the budget"
         );
+    }
+
+    /// Pages of io's kind: the body in whole pages of 4 KiB, dropped once.
+    struct Paged(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl crate::cache::Pages for Paged {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn footprint(&self) -> usize {
+            self.0.len().div_ceil(4096) * 4096
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    impl Drop for Paged {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn placed_bodies_count_their_pages_and_are_freed_with_their_entry() {
+        static DROPPED: std::sync::OnceLock<Arc<std::sync::atomic::AtomicUsize>> =
+            std::sync::OnceLock::new();
+        let dropped = DROPPED.get_or_init(Arc::default).clone();
+        fn place(b: Vec<u8>) -> Body {
+            match b.len() >= 1000 {
+                true => Body::Pages(Arc::new(Paged(b, DROPPED.get().unwrap().clone()))),
+                false => Body::heap(b),
+            }
+        }
+        let mut s = shard(100_000).with_place(place);
+        let body = s.place(vec![b'p'; 5000]);
+        assert!(body.pages().is_some() && s.place(vec![1; 10]).pages().is_none());
+        assert_eq!(
+            (&body[..4], body.len(), body.footprint()),
+            (&b"pppp"[..], 5000, 8192)
+        );
+        let mut e = entry("paged", 0, 0);
+        e.body = body;
+        let heap_size = entry("paged", 5000, 0).size();
+        assert_eq!(e.size(), heap_size + 8192 - 5000, "whole pages are counted");
+        assert!(s.insert(e));
+        assert_eq!(s.stats().bytes as usize, heap_size + 3192);
+        // A revalidated entry shares its predecessor's pages.
+        let again = found(&s, "paged").unwrap().body.clone();
+        assert!(Arc::ptr_eq(
+            again.pages().unwrap(),
+            found(&s, "paged").unwrap().body.pages().unwrap()
+        ));
+        drop(again);
+        for i in 0..200 {
+            s.insert(entry(&format!("k{i}"), 1000, 0));
+        }
+        assert!(found(&s, "paged").is_none());
+        assert_eq!(dropped.load(Ordering::Relaxed), 1, "evicted: its pages go");
     }
 
     #[test]

@@ -445,9 +445,12 @@ mod tests {
             no_delay: u32::MAX,
         };
         assert_eq!(table.size(), 64 * 8);
-        for i in 0..10_000u32 {
-            assert_eq!(table.check(&i.to_be_bytes(), &rate, start), Verdict::Pass);
-        }
+        // A new key passes unless its 20-bit tag equals one of the four it probes (a chance of
+        // 4 in 2^20 per key, 4% per run of 10,000): then it shares that key's bucket.
+        let refused = (0..10_000u32)
+            .filter(|i| table.check(&i.to_be_bytes(), &rate, start) != Verdict::Pass)
+            .count();
+        assert!(refused <= 3, "{refused} new keys refused");
         assert!(table.evicted() > 9000);
         // A key that was evicted starts afresh (the price of a bounded table).
         let mut again = 0;
