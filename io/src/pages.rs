@@ -26,9 +26,10 @@ use ringway_core::cache::{Body, Pages};
 use crate::sys::{self, Mapping};
 
 /// Bodies from this size on are placed (and sent by reference). Below it one `writev` of
-/// head and body costs less than the extra pipe write, `vmsplice` and `splice`: at 8 KiB the
-/// two cost the same, at 32 KiB sending by reference took 0.4× the CPU (a loopback probe,
-/// docs/benchmarks-log.md run 36).
+/// head and body costs about what the extra pipe write, `vmsplice` and `splice` save: at
+/// 8 KiB the two cost the same, at 64 KiB sending by reference took 0.4× the CPU, and
+/// in between the gain is within the noise (`loadtest/zerocopy_probe.c`; `ab.sh` on
+/// `/cached/40k`: 0.82–1.08×; docs/benchmarks-log.md run 36).
 pub(crate) const MIN: usize = 32 * 1024;
 
 /// Bodies placed now, in the whole process.
