@@ -99,6 +99,11 @@ fn scripted_origin() -> Scripted {
                             "Cache-Control: max-age=60\r\nETag: \"c1\"\r\n",
                             &json(64 * 1024),
                         ),
+                        "/cached-big.json" => fixed(
+                            "application/json",
+                            "Cache-Control: max-age=60\r\n",
+                            &json(4 << 20),
+                        ),
                         "/image.png" => fixed("image/png", "", &json(4096)),
                         "/pre.txt" => {
                             let mut e = flate2::write::GzEncoder::new(
@@ -316,6 +321,44 @@ fn a_stored_response_is_encoded_once_and_served_with_its_length() {
     assert!(head.starts_with("http/1.1 206"), "{head}");
     assert_eq!(body, &json(64 * 1024)[..10]);
     assert!(field(&head, "content-encoding").is_none(), "{head}");
+}
+
+/// Large encoded copies live in pages of their own like large stored bodies, and hits on them
+/// go out by reference (io/src/pages.rs).
+#[test]
+fn large_encoded_copies_are_sent_by_reference() {
+    let o = scripted_origin();
+    let cfg = config_for(
+        o.addr,
+        "[cache]\nsize = \"256m\"\n[compression]\ncodings = [\"zstd\", \"br\", \"gzip\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .replace("upstream = \"app\"\n", "upstream = \"app\"\ncache = true\n");
+    let p = Proxy::start(&cfg);
+    let admin = support::admin_addr(&p);
+    let want = json(4 << 20);
+    let (_, body) = fetch(&p, "/cached-big.json", "identity", &[]);
+    assert!(body == want);
+    let mut placed = 1;
+    for enc in ["gzip", "zstd", "br"] {
+        // The first hit makes the copy, the next ones are served from it.
+        for round in 0..3 {
+            let (head, body) = fetch(&p, "/cached-big.json", enc, &[]);
+            assert!(body == want, "{enc}, round {round}");
+            assert!(has(&head, &format!("content-encoding: {enc}")), "{head}");
+            let len: usize = field(&head, "content-length").unwrap().parse().unwrap();
+            if round == 0 && len >= 32 * 1024 {
+                placed += 1;
+            }
+        }
+    }
+    assert!(placed > 1, "no copy large enough to place");
+    support::wait_metric(
+        admin,
+        "ringway_cache_bodies_by_reference",
+        "",
+        placed as f64,
+    );
 }
 
 #[test]

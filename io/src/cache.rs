@@ -52,14 +52,13 @@ impl Hit {
         &self.entry.bytes(self.coding)[self.range.clone()]
     }
 
-    /// The mapping its bytes are in, when they are the stored body placed in pages of its own
-    /// (pages.rs) and enough of them to be worth sending by reference.
+    /// The mapping its bytes are in, when they are in pages of their own (the stored body or
+    /// an encoded copy, pages.rs) and enough of them to be worth sending by reference.
     pub(crate) fn mapping(&self) -> Option<&Mapping> {
-        let encoded = self.coding.and_then(|c| self.entry.encoded.get(c));
-        if encoded.is_some() || self.range.len() < crate::pages::MIN {
+        if self.range.len() < crate::pages::MIN {
             return None;
         }
-        crate::pages::mapping(&self.entry.body)
+        crate::pages::mapping(self.entry.body_for(self.coding))
     }
 }
 

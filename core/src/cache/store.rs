@@ -197,11 +197,11 @@ impl State {
 
 /// A stored body's encoded copies, one slot per [`Coding`].
 #[derive(Debug, Default)]
-pub struct Encoded([OnceLock<Box<[u8]>>; 3]);
+pub struct Encoded([OnceLock<Body>; 3]);
 
 impl Encoded {
-    pub fn get(&self, c: Coding) -> Option<&[u8]> {
-        self.0[c.index()].get().map(|b| &b[..])
+    pub fn get(&self, c: Coding) -> Option<&Body> {
+        self.0[c.index()].get()
     }
 }
 
@@ -212,6 +212,11 @@ const OVERHEAD: usize = 160;
 impl Entry {
     /// The body as stored, or encoded with `coding` (which must have been made).
     pub fn bytes(&self, coding: Option<Coding>) -> &[u8] {
+        self.body_for(coding)
+    }
+
+    /// The stored body, or its copy encoded with `coding` when that was made.
+    pub fn body_for(&self, coding: Option<Coding>) -> &Body {
         match coding.and_then(|c| self.encoded.get(c)) {
             Some(b) => b,
             None => &self.body,
@@ -482,14 +487,18 @@ impl Shard {
         coding: Coding,
         bytes: Box<[u8]>,
     ) -> Result<(), Box<[u8]>> {
-        let n = bytes.len();
         let Some(ledger) = entry.state.ledger.get() else {
             return Err(bytes);
         };
-        if entry.state.gone() || entry.size() + entry.extra() + n > self.budget / 8 {
+        if entry.state.gone() || entry.size() + entry.extra() + bytes.len() > self.budget / 8 {
             return Err(bytes);
         }
-        entry.encoded.0[coding.index()].set(bytes)?;
+        let body = self.place(bytes.into_vec());
+        let n = body.footprint();
+        // Another worker made the same copy first: this one is only written.
+        entry.encoded.0[coding.index()]
+            .set(body)
+            .map_err(|b: Body| -> Box<[u8]> { b[..].into() })?;
         let counted = entry
             .state
             .extra
