@@ -1764,3 +1764,48 @@ fn large_hits_go_out_by_reference_and_never_change_under_a_slow_reader() {
     );
     assert_eq!(o.count("/v"), 2);
 }
+
+/// A reload that grows the cache grows its lookup table while the workers serve: what was
+/// stored stays stored, purges and new stores work on the new table.
+#[test]
+fn a_reload_that_grows_the_cache_grows_its_table() {
+    let o = Scripted::start();
+    for i in 0..40 {
+        o.set(
+            &format!("/k{i}"),
+            answer(&[("Cache-Control", "max-age=600")], &format!("k{i} {{n}}")),
+        );
+    }
+    let cfg = cache_config(o.addr, 2, "");
+    let p = Proxy::start(&cfg);
+    let admin = admin_addr(&p);
+    for i in 0..40 {
+        assert_eq!(get(&p, &format!("/k{i}"), "").text(), format!("k{i} 1"));
+    }
+    // 64 MiB: a bucket per 4 KiB.
+    wait_status(admin, "/cache/table_buckets", 16_384);
+    let path = p.config.as_ref().unwrap().0.clone();
+    std::fs::write(&path, cfg.replace("size = \"64m\"", "size = \"1g\"")).unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_log(|l| l.contains("lookup table grown to 262144 buckets"));
+    wait_status(admin, "/cache/table_buckets", 262_144);
+    for i in 0..40 {
+        let r = get(&p, &format!("/k{i}"), "");
+        assert_eq!(r.text(), format!("k{i} 1"));
+        assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+    }
+    let (ok, out) = curl(&[
+        "-X",
+        "PURGE",
+        &format!("http://{admin}/cache/purge?url=http://cache.test/k0"),
+    ]);
+    assert!(ok, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(get(&p, "/k0", "").text(), "k0 2");
+    assert_eq!(get(&p, "/k0", "").text(), "k0 2", "stored in the new table");
+    // Shrinking the cache leaves the table as it is.
+    std::fs::write(&path, &cfg).unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_log(|l| l.matches("reloaded").count() >= 2);
+    wait_status(admin, "/cache/table_buckets", 262_144);
+    assert_eq!(get(&p, "/k5", "").text(), "k5 1");
+}

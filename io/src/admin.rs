@@ -174,7 +174,7 @@ impl Status {
                 "entries": cache.entries, "bytes": cache.bytes, "collecting": cache.collecting,
                 "hits": cache.hits, "misses": cache.misses, "stores": cache.stores,
                 "evictions": cache.evictions, "invalidations": cache.invalidations,
-                "waits": cache.waits,
+                "waits": cache.waits, "table_buckets": self.table.buckets(),
             },
             "config": {"version": version, "reloads": ok, "rejected": self.reloads_failed.load(Relaxed)},
             "access_log": {

@@ -120,6 +120,16 @@ impl ReloadHandle {
                 .unwrap_or_default();
             Arc::new(Board::new(cfg, &drained))
         };
+        if let Some(c) = &cfg.cache {
+            // Off the workers, which go on serving while the entries move (Table::fit).
+            if self.status.table.fit(c.size) {
+                log::info!(
+                    "cache: lookup table grown to {} buckets for {} bytes",
+                    self.status.table.buckets(),
+                    c.size
+                );
+            }
+        }
         self.status.set_current(cfg.clone(), board.clone());
         self.log
             .retarget(cfg.access_log.as_ref().map(|a| a.target.clone()));

@@ -164,12 +164,15 @@ impl State {
     }
 
     /// Marks it taken out of the table (once; its shard's count of live entries follows).
-    pub(super) fn set_gone(&self) {
-        if !self.gone.swap(true, Ordering::AcqRel) {
+    /// Marks it gone; whether it was not already.
+    pub(super) fn set_gone(&self) -> bool {
+        let first = !self.gone.swap(true, Ordering::AcqRel);
+        if first {
             if let Some(l) = self.ledger.get() {
                 l.live.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        first
     }
 
     /// Counts a use (written only while the counter is below its cap: a hot entry's line is

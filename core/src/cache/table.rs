@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::store::{Entry, Epochs, Select};
 
@@ -35,12 +35,16 @@ const CLAIMS: usize = 1 << 14;
 const PROBES: usize = 8;
 
 type Bucket = Vec<Arc<Entry>>;
+type Buckets = Box<[ArcSwapOption<Bucket>]>;
 
 /// See the module documentation.
 pub struct Table {
     /// Invalidation counters (an unsafe request's target is stale everywhere at once).
     pub epochs: Epochs,
-    buckets: Box<[ArcSwapOption<Bucket>]>,
+    /// Replaced as a whole when a reload grows the cache ([`Table::fit`]).
+    buckets: ArcSwap<Buckets>,
+    /// While [`Table::fit`] moves entries: the array being replaced, which changes also go to.
+    moving: ArcSwapOption<Buckets>,
     claims: Box<[Claim]>,
 }
 
@@ -60,23 +64,117 @@ impl Default for Table {
 
 impl Table {
     /// A table sized for about `budget` bytes of responses (one bucket per 4 KiB, at least
-    /// 4,096 and at most 4 M buckets; a reload that grows the cache keeps the size and only
-    /// makes buckets longer).
+    /// 4,096 and at most 4 M buckets; [`fit`](Self::fit) grows it).
     pub fn new(budget: u64) -> Self {
-        let n = usize::try_from(budget / 4096)
-            .unwrap_or(usize::MAX)
-            .clamp(1 << 12, 1 << 22)
-            .next_power_of_two();
         Self {
             epochs: Epochs::default(),
-            buckets: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            buckets: ArcSwap::from_pointee(empty(buckets_for(budget))),
+            moving: ArcSwapOption::empty(),
             claims: (0..CLAIMS).map(|_| Claim::default()).collect(),
         }
     }
 
-    fn bucket(&self, key: &[u8]) -> &ArcSwapOption<Bucket> {
+    /// Buckets it has now.
+    pub fn buckets(&self) -> usize {
+        self.buckets.load().len()
+    }
+
+    /// Grows the table for a cache of `budget` bytes when it has fewer buckets than that
+    /// needs (a reload that grew the cache; shrinking is never needed, a larger table only
+    /// holds shorter lists). Whether it grew. Off the request path (the reloading thread),
+    /// without stopping the workers:
+    ///
+    /// 1. the current array is marked as moving: from then on every change (a store, a
+    ///    removal) is made in it as well as in the current array ([`change`](Self::change));
+    /// 2. a new array is filled with the entries of the current one;
+    /// 3. it replaces the current one (lookups from then on use it);
+    /// 4. the old array is copied again, adding what was stored into it between 2 and 3;
+    /// 5. the moving mark is cleared.
+    ///
+    /// A removal made while entries move takes the entry out of both arrays and marks it gone,
+    /// so no copy brings it back; a copy made just before may leave it in the new array, gone:
+    /// it is never found ([`select`](Self::select) skips gone entries) and goes when its bucket
+    /// next changes.
+    pub fn fit(&self, budget: u64) -> bool {
+        let want = buckets_for(budget);
+        let old = self.buckets.load_full();
+        if want <= old.len() {
+            return false;
+        }
+        // One resize at a time.
+        let was = self
+            .moving
+            .compare_and_swap(&None::<Arc<Buckets>>, Some(old.clone()));
+        if was.is_some() {
+            return false;
+        }
+        let new = Arc::new(empty(want));
+        self.copy(&old, &new);
+        let prev = self.buckets.compare_and_swap(&old, new.clone());
+        let grown = Arc::ptr_eq(&prev, &old);
+        if grown {
+            self.copy(&old, &new);
+        }
+        self.moving.store(None);
+        grown
+    }
+
+    /// Adds to `to` every live entry of `from` that `to` has no response for under its key
+    /// and `Vary` values.
+    fn copy(&self, from: &Buckets, to: &Buckets) {
+        for b in from.iter() {
+            let Some(list) = b.load_full() else { continue };
+            for e in list.iter().filter(|e| !e.state.gone()) {
+                let same = |x: &Arc<Entry>| x.key == e.key && x.vary == e.vary;
+                slot(to, self.epochs.hash(&e.key)).rcu(|cur| {
+                    let has = cur
+                        .as_deref()
+                        .is_some_and(|l| l.iter().any(|x| same(x) && !x.state.gone()));
+                    if has {
+                        return cur.clone();
+                    }
+                    // An older copy of the same response taken out meanwhile makes way.
+                    let mut list: Bucket = cur.as_deref().map_or_else(Vec::new, |l| {
+                        l.iter().filter(|x| !same(x)).cloned().collect()
+                    });
+                    list.push(e.clone());
+                    Some(Arc::new(list))
+                });
+            }
+        }
+    }
+
+    /// Reads `key`'s bucket in the current array.
+    fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Bucket>) -> R) -> R {
         let h = self.epochs.hash(key);
-        &self.buckets[(h >> 32) as usize & (self.buckets.len() - 1)]
+        let arr = self.buckets.load();
+        let b = slot(&arr, h).load();
+        f(b.as_deref())
+    }
+
+    /// Changes `key`'s bucket with `f` in the current array; while [`fit`](Self::fit) moves
+    /// entries, in the array being replaced too, and again in the new array if the arrays were
+    /// swapped meanwhile (`f` must do no harm run twice).
+    fn change(&self, key: &[u8], mut f: impl FnMut(&ArcSwapOption<Bucket>)) {
+        let h = self.epochs.hash(key);
+        let mut arr = self.buckets.load_full();
+        loop {
+            // Read before the change: when no resize is moving entries now, one that starts
+            // later copies what this change left, and one that ended before has finished
+            // copying into `arr`; when one is, the old array is changed too.
+            let moving = self.moving.load_full();
+            f(slot(&arr, h));
+            if let Some(old) = moving {
+                if !Arc::ptr_eq(&old, &arr) {
+                    f(slot(&old, h));
+                }
+            }
+            let now = self.buckets.load_full();
+            if Arc::ptr_eq(&now, &arr) {
+                return;
+            }
+            arr = now;
+        }
     }
 
     /// The first stored response under `key` that is still valid (`epochs`) and that `selects`
@@ -85,12 +183,9 @@ impl Table {
         let epoch = self.epochs.get(key);
         let mut found = Select::None;
         let mut stale = false;
-        {
-            let bucket = self.bucket(key).load();
-            let Some(list) = bucket.as_deref() else {
-                return Select::None;
-            };
-            for e in list.iter().filter(|e| &e.key[..] == key) {
+        self.read(key, |list| {
+            let Some(list) = list else { return };
+            for e in list.iter().filter(|e| &e.key[..] == key && !e.state.gone()) {
                 if e.epoch != epoch {
                     stale = true;
                     break;
@@ -102,7 +197,7 @@ impl Table {
                     found = Select::Found(e.clone());
                 }
             }
-        }
+        });
         if stale {
             self.remove(key);
             return Select::None;
@@ -112,9 +207,13 @@ impl Table {
 
     /// Every stored response under `key` (valid or not).
     pub fn variants(&self, key: &[u8]) -> Vec<Arc<Entry>> {
-        let bucket = self.bucket(key).load();
-        bucket.as_deref().map_or_else(Vec::new, |l| {
-            l.iter().filter(|e| &e.key[..] == key).cloned().collect()
+        self.read(key, |list| {
+            list.map_or_else(Vec::new, |l| {
+                l.iter()
+                    .filter(|e| &e.key[..] == key && !e.state.gone())
+                    .cloned()
+                    .collect()
+            })
         })
     }
 
@@ -122,8 +221,14 @@ impl Table {
     /// older epoch, or one stored under another `Vary` (the newest response says which fields
     /// select, RFC 9111 §4.1); and the oldest beyond [`MAX_VARIANTS`]. Those are marked gone.
     pub fn publish(&self, entry: &Arc<Entry>) {
-        let replaced = |e: &Entry| {
-            e.key == entry.key
+        self.change(&entry.key, |bucket| Self::publish_in(bucket, entry));
+    }
+
+    fn publish_in(bucket: &ArcSwapOption<Bucket>, entry: &Arc<Entry>) {
+        // The entry itself is never replaced: a publish made again (`change`) finds it there.
+        let replaced = |e: &Arc<Entry>| {
+            !Arc::ptr_eq(e, entry)
+                && e.key == entry.key
                 && (e.vary == entry.vary
                     || e.epoch != entry.epoch
                     || !e
@@ -132,9 +237,12 @@ impl Table {
                         .map(|s| &s.0)
                         .eq(entry.vary.iter().map(|s| &s.0)))
         };
-        let old = self.bucket(&entry.key).rcu(|cur| {
+        let old = bucket.rcu(|cur| {
             let mut list: Bucket = cur.as_deref().map_or_else(Vec::new, |l| {
-                l.iter().filter(|e| !replaced(e)).cloned().collect()
+                l.iter()
+                    .filter(|e| !replaced(e) && !Arc::ptr_eq(e, entry))
+                    .cloned()
+                    .collect()
             });
             let same = list.iter().filter(|e| e.key == entry.key).count();
             if same >= MAX_VARIANTS {
@@ -147,7 +255,10 @@ impl Table {
         });
         // What the swap took out (computed again from the list it replaced).
         let Some(old) = old else { return };
-        let kept: Vec<&Arc<Entry>> = old.iter().filter(|e| !replaced(e)).collect();
+        let kept: Vec<&Arc<Entry>> = old
+            .iter()
+            .filter(|e| !replaced(e) && !Arc::ptr_eq(e, entry))
+            .collect();
         for e in old.iter().filter(|e| replaced(e)) {
             e.state.set_gone();
         }
@@ -169,21 +280,22 @@ impl Table {
     }
 
     fn take_out(&self, key: &[u8], out: impl Fn(&Arc<Entry>) -> bool) -> usize {
-        let bucket = self.bucket(key);
-        if !bucket.load().as_deref().is_some_and(|l| l.iter().any(&out)) {
-            return 0;
-        }
-        let old = bucket.rcu(|cur| {
-            let list: Bucket = cur.as_deref().map_or_else(Vec::new, |l| {
-                l.iter().filter(|e| !out(e)).cloned().collect()
-            });
-            (!list.is_empty()).then(|| Arc::new(list))
-        });
+        // Each entry counted once, by whoever marks it gone first.
         let mut n = 0;
-        for e in old.iter().flat_map(|l| l.iter()).filter(|e| out(e)) {
-            e.state.set_gone();
-            n += 1;
-        }
+        self.change(key, |bucket| {
+            if !bucket.load().as_deref().is_some_and(|l| l.iter().any(&out)) {
+                return;
+            }
+            let old = bucket.rcu(|cur| {
+                let list: Bucket = cur.as_deref().map_or_else(Vec::new, |l| {
+                    l.iter().filter(|e| !out(e)).cloned().collect()
+                });
+                (!list.is_empty()).then(|| Arc::new(list))
+            });
+            for e in old.iter().flat_map(|l| l.iter()).filter(|e| out(e)) {
+                n += usize::from(e.state.set_gone());
+            }
+        });
         n
     }
 
@@ -256,6 +368,23 @@ impl Table {
     }
 }
 
+/// Buckets for a cache of `budget` bytes: one per 4 KiB, a power of two from 4,096 to 4 M.
+fn buckets_for(budget: u64) -> usize {
+    usize::try_from(budget / 4096)
+        .unwrap_or(usize::MAX)
+        .clamp(1 << 12, 1 << 22)
+        .next_power_of_two()
+}
+
+fn empty(n: usize) -> Buckets {
+    (0..n).map(|_| ArcSwapOption::empty()).collect()
+}
+
+/// The bucket of a key whose hash is `h`.
+fn slot(arr: &Buckets, h: u64) -> &ArcSwapOption<Bucket> {
+    &arr[(h >> 32) as usize & (arr.len() - 1)]
+}
+
 // The table is shared by worker threads: its tests use threads as io does (core itself never
 // spawns one).
 #[cfg(test)]
@@ -291,6 +420,77 @@ mod tests {
         t.publish(&g);
         assert!(!t.remove_entry(&f));
         assert!(t.remove_entry(&g) && t.variants(b"http://a/x").is_empty());
+    }
+
+    #[test]
+    fn a_reload_grows_the_table_and_keeps_what_is_stored() {
+        let t = Table::new(1 << 20);
+        assert_eq!(t.buckets(), 4096);
+        let keys: Vec<String> = (0..10_000).map(|i| format!("http://a/{i}")).collect();
+        for k in &keys {
+            t.publish(&Arc::new(entry(k, 10, t.epochs.get(k.as_bytes()))));
+        }
+        assert!(!t.fit(1 << 20), "no smaller, no same size");
+        assert!(t.fit(256 << 20));
+        assert_eq!(t.buckets(), 65_536);
+        assert!(keys.iter().all(|k| t.variants(k.as_bytes()).len() == 1));
+        // Invalidations and removals work on the new array.
+        t.epochs.bump(keys[0].as_bytes());
+        assert!(matches!(
+            t.select(keys[0].as_bytes(), |_| true),
+            Select::None
+        ));
+        assert_eq!(t.remove(keys[1].as_bytes()), 1);
+        assert!(matches!(
+            t.select(keys[2].as_bytes(), |_| true),
+            Select::Found(_)
+        ));
+        assert!(t.fit(u64::MAX) && t.buckets() == 1 << 22);
+    }
+
+    /// Stores and purges on other threads while the table grows several times: nothing stored
+    /// is lost, nothing purged comes back.
+    #[test]
+    fn growing_under_changes_loses_nothing() {
+        let t = Arc::new(Table::new(0));
+        let writer = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for i in 0..40_000 {
+                    let k = format!("http://a/{i}");
+                    let e = Arc::new(entry(&k, 1, t.epochs.get(k.as_bytes())));
+                    t.publish(&e);
+                    if i % 3 == 0 {
+                        assert_eq!(t.remove(k.as_bytes()), 1, "{k}");
+                    }
+                    if i % 5 == 0 {
+                        // A newer response replaces it.
+                        t.publish(&Arc::new(entry(&k, 2, t.epochs.get(k.as_bytes()))));
+                    }
+                }
+            })
+        };
+        let mut grown = 0;
+        for shift in 25..32 {
+            grown += usize::from(t.fit(1 << shift));
+            std::thread::yield_now();
+        }
+        writer.join().unwrap();
+        assert!(grown >= 5, "grew {grown} times");
+        for i in 0..40_000 {
+            let k = format!("http://a/{i}");
+            let found = match t.select(k.as_bytes(), |_| true) {
+                Select::Found(e) => Some(e.body.len()),
+                _ => None,
+            };
+            let want = match (i % 3 == 0, i % 5 == 0) {
+                (_, true) => Some(2),
+                (true, false) => None,
+                (false, false) => Some(1),
+            };
+            assert_eq!(found, want, "{k}");
+            assert!(t.variants(k.as_bytes()).len() <= 1, "{k}");
+        }
     }
 
     #[test]
