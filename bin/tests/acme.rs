@@ -58,17 +58,21 @@ impl Pebble {
         std::fs::write(dir.join("https.key"), key.serialize_pem()).unwrap();
         let (port, management, dns) = (free_port(), free_port(), free_port());
         let config = dir.join("pebble.json");
-        std::fs::write(
-            &config,
+        let (d, c) = (dir.clone(), config.clone());
+        let write_config = move |port: u16, management: u16| {
+            std::fs::write(
+            &c,
             format!(
                 r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{management}",
                 "certificate": "{d}/https.pem", "privateKey": "{d}/https.key", "httpPort": {http_port},
                 "tlsPort": {tls_port}, "ocspResponderURL": "", "externalAccountBindingRequired": false,
                 "certificateValidityPeriod": {validity}}}}}"#,
-                d = dir.display()
+                d = d.display()
             ),
         )
-        .unwrap();
+        .unwrap()
+        };
+        write_config(port, management);
         let mut p = Self {
             dir,
             port,
@@ -87,12 +91,21 @@ impl Pebble {
             .spawn()
             .expect("pebble-challtestsrv (Debian's pebble package)");
         p.children.push(names);
-        p.run();
-        Some(p)
+        // A port free when asked may be taken before pebble binds it (another test's
+        // connection): pebble then exits, and is started again on other ports.
+        for _ in 0..3 {
+            if p.run() {
+                return Some(p);
+            }
+            let _ = p.children.pop().map(|mut c| c.wait());
+            (p.port, p.management) = (free_port(), free_port());
+            write_config(p.port, p.management);
+        }
+        panic!("pebble did not start");
     }
 
-    /// Starts pebble itself (again).
-    fn run(&mut self) {
+    /// Starts pebble itself (again); false when it exited instead of listening.
+    fn run(&mut self) -> bool {
         let child = Command::new("pebble")
             .arg("-config")
             .arg(&self.config)
@@ -104,8 +117,21 @@ impl Pebble {
             .spawn()
             .expect("pebble");
         self.children.push(child);
-        wait_listening(self.port, Duration::from_secs(20));
-        wait_listening(self.management, Duration::from_secs(20));
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        for port in [self.port, self.management] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                let exited = self.children.last_mut().map(|c| c.try_wait());
+                if matches!(exited, Some(Ok(Some(_)))) {
+                    return false;
+                }
+                assert!(
+                    std::time::Instant::now() < end,
+                    "pebble is not listening on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        true
     }
 
     fn stop_ca(&mut self) {
@@ -337,7 +363,7 @@ fn a_failing_ca_is_skipped_and_a_down_ca_is_retried_until_it_recovers() {
         &format!("https://a.test:{tls}/"),
     ]);
     assert!(!ok, "no certificate to serve yet");
-    pebble.run();
+    assert!(pebble.run(), "pebble started again on its ports");
     proxy.wait_log(|l| obtained(l, "a.test") == 1);
     let root = pebble.root();
     let (ok, _) = https("a.test", tls, &root, "/");
