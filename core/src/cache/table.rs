@@ -157,19 +157,20 @@ impl Table {
     /// swapped meanwhile (`f` must do no harm run twice).
     fn change(&self, key: &[u8], mut f: impl FnMut(&ArcSwapOption<Bucket>)) {
         let h = self.epochs.hash(key);
-        let mut arr = self.buckets.load_full();
+        // Guards, not clones: no write to the array's shared reference count per change.
+        let mut arr = self.buckets.load();
         loop {
             // Read before the change: when no resize is moving entries now, one that starts
             // later copies what this change left, and one that ended before has finished
             // copying into `arr`; when one is, the old array is changed too.
-            let moving = self.moving.load_full();
+            let moving = self.moving.load();
             f(slot(&arr, h));
-            if let Some(old) = moving {
-                if !Arc::ptr_eq(&old, &arr) {
-                    f(slot(&old, h));
+            if let Some(old) = moving.as_ref() {
+                if !Arc::ptr_eq(old, &arr) {
+                    f(slot(old, h));
                 }
             }
-            let now = self.buckets.load_full();
+            let now = self.buckets.load();
             if Arc::ptr_eq(&now, &arr) {
                 return;
             }
