@@ -104,3 +104,29 @@ pub(crate) fn mapping(b: &Body) -> Option<&Mapping> {
 pub(crate) fn placed() -> usize {
     PLACED.load(Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_bodies_are_placed_in_whole_pages_and_unmapped_when_dropped() {
+        let small = place(vec![1; MIN - 1]);
+        assert!(small.pages().is_none() && mapping(&small).is_none());
+        let before = placed();
+        let body: Vec<u8> = (0..MIN + 10).map(|i| (i % 251) as u8).collect();
+        let b = place(body.clone());
+        let m = mapping(&b).expect("placed");
+        assert_eq!(m.bytes(), &body[..]);
+        assert_eq!(&b[..], &body[..]);
+        assert_eq!(b.footprint() % page(), 0);
+        assert!(b.footprint() >= body.len() && b.footprint() < body.len() + page());
+        assert_eq!(placed(), before + 1);
+        // Shared by clones (a revalidated entry), unmapped with the last.
+        let c = b.clone();
+        drop(b);
+        assert_eq!(placed(), before + 1);
+        drop(c);
+        assert_eq!(placed(), before);
+    }
+}
