@@ -117,21 +117,12 @@ impl Pebble {
             .spawn()
             .expect("pebble");
         self.children.push(child);
-        let end = std::time::Instant::now() + Duration::from_secs(20);
-        for port in [self.port, self.management] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                let exited = self.children.last_mut().map(|c| c.try_wait());
-                if matches!(exited, Some(Ok(Some(_)))) {
-                    return false;
-                }
-                assert!(
-                    std::time::Instant::now() < end,
-                    "pebble is not listening on {port}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        true
+        let (port, management) = (self.port, self.management);
+        let pebble = self.children.last_mut().expect("pushed");
+        let mut alive = || matches!(pebble.try_wait(), Ok(None));
+        [port, management]
+            .into_iter()
+            .all(|p| wait_listening_while(p, Duration::from_secs(20), &mut alive))
     }
 
     fn stop_ca(&mut self) {

@@ -1117,11 +1117,25 @@ pub fn file_until(path: &std::path::Path, limit: Duration, done: impl Fn(&str) -
 /// Waits until something listens on `port` (a helper started in the background), within
 /// `limit`.
 pub fn wait_listening(port: u16, limit: Duration) {
+    assert!(
+        wait_listening_while(port, limit, || true),
+        "nothing listens on port {port}"
+    );
+}
+
+/// Waits until something listens on `port`, within `limit`, for as long as `alive` says the
+/// helper that should listen there still runs: false when it stopped first. Nothing tells when
+/// another process starts listening, so this polls (every 20 ms) up to its deadline.
+pub fn wait_listening_while(port: u16, limit: Duration, mut alive: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if !alive() {
+            return false;
+        }
         assert!(Instant::now() < end, "nothing listens on port {port}");
         thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// A loopback port free now (for a server whose port must be known before it starts).
