@@ -419,15 +419,8 @@ fn a_refused_request_closes_and_nothing_after_it_is_read() {
 fn a_draining_worker_closes_after_the_response() {
     let mut t = T::new();
     let env = Env {
-        cfg: t.cfg,
-        date: &*DATE,
         draining: true,
-        auth: None,
-        cache: None,
-        hints: None,
-        encoders: None,
-        ids: None,
-        acme: None,
+        ..bare_env(t.cfg)
     };
     assert!(matches!(t.ex.poll_action(), Action::ReadHead { .. }));
     t.ex.handle_input(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", &env, t.now);
