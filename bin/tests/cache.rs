@@ -1809,3 +1809,40 @@ fn a_reload_that_grows_the_cache_grows_its_table() {
     wait_status(admin, "/cache/table_buckets", 262_144);
     assert_eq!(get(&p, "/k5", "").text(), "k5 1");
 }
+
+/// A client that stops reading a large hit (sent by reference) is dropped after `send`, and
+/// the proxy goes on serving others.
+#[test]
+fn a_client_that_stops_reading_a_large_hit_is_dropped_after_the_send_timeout() {
+    const LEN: usize = 6 << 20;
+    let o = Scripted::start();
+    o.set(
+        "/huge",
+        answer(&[("Cache-Control", "max-age=600")], &"z".repeat(LEN)),
+    );
+    let cfg = cache_config(o.addr, 1, "[timeouts]\nsend = \"300ms\"");
+    let p = Proxy::start(&cfg);
+    let admin = admin_addr(&p);
+    assert_eq!(get(&p, "/huge", "").body_len as usize, LEN);
+    let stalled = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&p.addr.into()).unwrap();
+        TcpStream::from(s)
+    };
+    let mut stalled = Client::from_stream(stalled);
+    stalled.send(b"GET /huge HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+    // Its request ends (the proxy gave up on it) while it has read nothing.
+    wait_status(admin, "/requests/total", 2);
+    assert_eq!(
+        get(&p, "/huge", "").body_len as usize,
+        LEN,
+        "others are still served"
+    );
+    let r = stalled.response("GET");
+    assert!(
+        r.is_none_or(|r| (r.body_len as usize) < LEN),
+        "the stalled client got the whole body"
+    );
+    assert_eq!(o.count("/huge"), 1);
+}
