@@ -130,8 +130,9 @@ pub struct Tally {
     pub listeners: HashMap<SocketAddr, Classes>,
     /// By route name.
     pub routes: HashMap<Box<str>, Classes>,
-    /// By (group name, server address).
-    pub servers: HashMap<(Box<str>, SocketAddr), ServerTally>,
+    /// By group name, then server address (two levels, so that counting a response looks the
+    /// group up by `&str`, with no key allocated per request).
+    pub servers: HashMap<Box<str>, HashMap<SocketAddr, ServerTally>>,
     pub request_time: Histogram,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -162,6 +163,13 @@ pub struct Labels<'a> {
 }
 
 impl Tally {
+    /// Each upstream server's tally, with its group's name and its address.
+    pub fn server_tallies(&self) -> impl Iterator<Item = ((&str, SocketAddr), &ServerTally)> {
+        self.servers
+            .iter()
+            .flat_map(|(g, m)| m.iter().map(move |(a, s)| ((&**g, *a), s)))
+    }
+
     /// Counts one exchange.
     pub fn count(&mut self, r: &EndRecord, at: Labels<'_>) {
         let class = usize::from(r.status / 100).min(5);
@@ -173,8 +181,11 @@ impl Tally {
             }
         }
         if let Some((group, addr)) = at.server {
-            let key = (Box::<str>::from(group), addr);
-            let s = self.servers.entry(key).or_default();
+            let by_addr = match self.servers.get_mut(group) {
+                Some(m) => m,
+                None => self.servers.entry(group.into()).or_default(),
+            };
+            let s = by_addr.entry(addr).or_default();
             if r.upstream_head.is_some() {
                 s.classes[class] += 1;
             } else if matches!(&r.error, Some(e) if e.fault() == crate::proxy::Fault::Upstream) {
@@ -232,8 +243,13 @@ impl Tally {
         for (k, v) in &o.routes {
             classes(self.routes.entry(k.clone()).or_default(), v);
         }
-        for (k, v) in &o.servers {
-            let s = self.servers.entry(k.clone()).or_default();
+        for ((group, addr), v) in o.server_tallies() {
+            let s = self
+                .servers
+                .entry(group.into())
+                .or_default()
+                .entry(addr)
+                .or_default();
             classes(&mut s.classes, &v.classes);
             s.failures += v.failures;
             s.new_connections += v.new_connections;
@@ -351,7 +367,7 @@ mod tests {
         sum.add(&w);
         assert_eq!(sum.listeners[&listener], [0, 0, 2, 0, 2, 2]);
         assert_eq!(sum.routes["/"], [0, 0, 2, 0, 0, 2]);
-        let s = sum.servers[&("app".into(), origin)];
+        let s = sum.servers["app"][&origin];
         assert_eq!(s.classes, [0, 0, 2, 0, 0, 0]);
         assert_eq!(
             (s.failures, s.new_connections, s.reused_connections),

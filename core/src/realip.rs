@@ -64,14 +64,39 @@ pub struct Client {
 
 impl Client {
     pub fn new(peer: IpAddr) -> Self {
-        let text = peer.to_string().into_bytes();
+        Self::with_buffers(peer, Vec::new(), Vec::new())
+    }
+
+    /// As [`Client::new`], writing the texts into buffers a previous connection left (no
+    /// allocation when they are large enough).
+    pub fn with_buffers(peer: IpAddr, mut text: Vec<u8>, mut peer_text: Vec<u8>) -> Self {
+        write_addr(&mut peer_text, peer);
+        text.clear();
+        text.extend_from_slice(&peer_text);
         Self {
             peer,
             addr: peer,
-            peer_text: text.clone(),
+            peer_text,
             text,
             cert: Certificate::NotAsked,
         }
+    }
+
+    /// No client (what a finished exchange keeps once its buffers are taken).
+    pub fn none() -> Self {
+        let peer = IpAddr::from([0, 0, 0, 0]);
+        Self {
+            peer,
+            addr: peer,
+            peer_text: Vec::new(),
+            text: Vec::new(),
+            cert: Certificate::NotAsked,
+        }
+    }
+
+    /// Gives back the texts' buffers (for the next connection).
+    pub fn into_buffers(self) -> (Vec<u8>, Vec<u8>) {
+        (self.text, self.peer_text)
     }
 
     /// Finds the client of a request: `Some` when it is not the peer.
@@ -83,11 +108,19 @@ impl Client {
         };
         if found != self.addr {
             self.addr = found;
-            self.text.clear();
-            self.text.extend_from_slice(found.to_string().as_bytes());
+            write_addr(&mut self.text, found);
         }
         (found != self.peer).then_some(found)
     }
+}
+
+/// `addr` as text into `buf` (replacing what it held), without a `String` in between.
+fn write_addr(buf: &mut Vec<u8>, addr: IpAddr) {
+    use std::io::Write;
+    buf.clear();
+    // The longest address (IPv6 with an embedded IPv4 part) is 45 bytes.
+    buf.reserve(48);
+    let _ = write!(buf, "{addr}");
 }
 
 /// Walks the chain from the right (the hop nearest to us) past trusted addresses.

@@ -100,7 +100,8 @@ impl Status {
                         .label();
                         let t = tally
                             .servers
-                            .get(&(Box::<str>::from(u.name.as_str()), server.addr))
+                            .get(u.name.as_str())
+                            .and_then(|m| m.get(&server.addr))
                             .copied()
                             .unwrap_or_default();
                         let mut v = json!({

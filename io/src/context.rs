@@ -32,6 +32,8 @@ pub(crate) struct Worker {
     /// Spare read buffers ([`BUF_SIZE`]), lent to connections for the length of an exchange,
     /// so that an idle connection holds none.
     bufs: RefCell<Vec<Vec<u8>>>,
+    /// What closed connections allocated, for the next ones (see [`ConnSpares`]).
+    conn_spares: RefCell<Vec<ConnSpares>>,
     /// Resolved names for the forward proxy (kept across reloads).
     pub(crate) dns: RefCell<crate::dns::Cache>,
     /// Connections were served since the heap was last trimmed.
@@ -64,6 +66,17 @@ pub(crate) struct Worker {
 
 /// Most spare buffers a worker keeps (1 MiB); more are freed.
 const SPARE_BUFS: usize = 64;
+
+/// A closed connection's allocations (its exchange's buffers and its input buffer), kept for
+/// the next connection, so that accepting one allocates little: a connection per request paid
+/// a dozen allocations and as many frees (`ringway_core::proxy::Spares`).
+pub(crate) struct ConnSpares {
+    pub(crate) ex: ringway_core::proxy::Spares,
+    pub(crate) inbuf: Vec<u8>,
+}
+
+/// Most connection spares a worker keeps (about 3 KiB each); more are freed.
+const CONN_SPARES: usize = 64;
 
 /// Counts a connection as active for as long as it lives.
 pub(crate) struct Active(Rc<Worker>);
@@ -109,6 +122,7 @@ impl Worker {
             requests: Cell::new(RequestCounts::default()),
             date: Cell::new(DateLine::at(unix_now())),
             bufs: RefCell::new(Vec::new()),
+            conn_spares: RefCell::new(Vec::new()),
             dns: RefCell::new(crate::dns::Cache::default()),
             busy_since_trim: Cell::new(false),
         })
@@ -120,6 +134,19 @@ impl Worker {
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    }
+
+    /// A closed connection's allocations, if one is kept.
+    pub(crate) fn take_conn_spares(&self) -> Option<ConnSpares> {
+        self.conn_spares.borrow_mut().pop()
+    }
+
+    /// Keeps a closing connection's allocations for the next one (or frees them).
+    pub(crate) fn give_conn_spares(&self, s: ConnSpares) {
+        let mut spares = self.conn_spares.borrow_mut();
+        if spares.len() < CONN_SPARES {
+            spares.push(s);
+        }
     }
 
     /// Takes back a buffer a connection no longer needs (emptied), or frees it.
@@ -173,6 +200,7 @@ impl Worker {
         }
         if self.busy_since_trim.replace(false) {
             self.bufs.borrow_mut().clear();
+            self.conn_spares.borrow_mut().clear();
             crate::sys::trim_heap();
         }
     }

@@ -152,11 +152,10 @@ impl Collector for Scrape {
                 .into_iter()
                 .flat_map(|(r, c)| classes(l(&[("route", r)]), c)),
         )?;
-        let mut servers: Vec<_> = t.servers.iter().collect();
-        servers.sort_by(|a, b| a.0.cmp(b.0));
-        let server = |(g, a): &(Box<str>, std::net::SocketAddr)| {
-            l(&[("group", g), ("server", &a.to_string())])
-        };
+        let mut servers: Vec<_> = t.server_tallies().collect();
+        servers.sort_by(|a, b| a.0.cmp(&b.0));
+        let server =
+            |(g, a): &(&str, std::net::SocketAddr)| l(&[("group", g), ("server", &a.to_string())]);
         family(
             &mut e,
             "ringway_upstream_responses",

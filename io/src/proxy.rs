@@ -17,13 +17,13 @@ use ringway_core::config::{Listen, Protocol, Transport};
 use ringway_core::http::body::{BodyError, Stage};
 use ringway_core::proxy::{
     Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Parked,
-    Requester, Reuse, UpstreamError, Via, CONTINUE,
+    Requester, Reuse, Spares, UpstreamError, Via, CONTINUE,
 };
 use ringway_core::upstream::UpstreamKey;
 
 use crate::buf::{ensure_capacity, BUF_SIZE};
 use crate::cache::Spliced;
-use crate::context::Worker;
+use crate::context::{ConnSpares, Worker};
 use crate::deadline::IoFail;
 use crate::deadline::{Deadline, Limit};
 use crate::generation::{Generation, InFlight};
@@ -66,6 +66,27 @@ struct Conn {
     client_nonblocking: bool,
     /// Cancels the wait for the next request when the connection parks (see `read_idle`).
     canceller: monoio::io::Canceller,
+}
+
+impl Drop for Conn {
+    /// The exchange's buffers and the input buffer go to the worker for the next connection
+    /// (emptied; grown ones are freed).
+    fn drop(&mut self) {
+        // The upstream read buffer, borrowed for an exchange that closed the connection.
+        let ubuf = std::mem::take(&mut self.ubuf);
+        if ubuf.capacity() > 0 {
+            self.w.give_buf(ubuf);
+        }
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        inbuf.clear();
+        if inbuf.capacity() != IDLE_BUF {
+            inbuf = Vec::new();
+        }
+        self.w.give_conn_spares(ConnSpares {
+            ex: self.ex.take_spares(),
+            inbuf,
+        });
+    }
 }
 
 /// What a parked connection keeps: its socket, and what rebuilds its `Conn` (with core's
@@ -266,7 +287,8 @@ async fn start(
                 c.ex.handle_client_certificate(cert);
             }
             if listen.transport == Transport::Plain {
-                c.inbuf = early;
+                // What followed a PROXY header, into the connection's own buffer.
+                c.inbuf.extend_from_slice(&early);
             }
             c.begin();
             Some(session(c))
@@ -377,26 +399,33 @@ impl Conn {
         peer: SocketAddr,
         listen: &Listen,
     ) -> Self {
-        let ex = Exchange::new(listen, peer.ip());
-        Self::with(
-            w,
-            cfg,
-            client,
-            peer,
-            listen,
-            ex,
-            Vec::with_capacity(IDLE_BUF),
-        )
+        let (ex, inbuf) = match w.take_conn_spares() {
+            Some(mut s) => {
+                s.inbuf.reserve(IDLE_BUF);
+                (Exchange::with_spares(listen, peer.ip(), s.ex), s.inbuf)
+            }
+            None => (
+                Exchange::new(listen, peer.ip()),
+                Vec::with_capacity(IDLE_BUF),
+            ),
+        };
+        Self::with(w, cfg, client, peer, listen, ex, inbuf)
     }
 
     /// A parked connection's, rebuilt when its socket turned readable.
     fn resume(w: Rc<Worker>, listen: &Listen, idle: Idle, parked: Parked) -> Self {
         let cfg = w.current();
-        let ex = Exchange::unpark(listen, parked, &cfg, Instant::now());
+        let (spares, mut inbuf) = match w.take_conn_spares() {
+            Some(mut s) => {
+                s.inbuf.reserve(IDLE_BUF);
+                (s.ex, s.inbuf)
+            }
+            None => (Spares::default(), Vec::with_capacity(IDLE_BUF)),
+        };
+        let ex = Exchange::unpark(listen, parked, &cfg, Instant::now(), spares);
         // The socket is readable: what it holds is taken now, by a system call instead of an
         // operation on the ring and a turn of the loop (the exchange scans the buffer before it
         // reads). Nothing (the peer closed) or an error: the exchange's own read finds it.
-        let mut inbuf = Vec::with_capacity(IDLE_BUF);
         let _ = crate::sys::recv_append(crate::sys::fd(&idle.tcp), &mut inbuf, IDLE_BUF);
         let client = Stream::Plain(idle.tcp);
         let mut c = Self::with(w, cfg, client, idle.peer, listen, ex, inbuf);
@@ -461,8 +490,11 @@ impl Conn {
                 Finish::Park => return Some(self.ex.park(self.now)),
                 Finish::Close(how) => {
                     // Boxed: the lingering close's future (1.8 KiB, its reads carry timers)
-                    // would otherwise be part of every connection's task.
-                    Box::pin(self.close(how)).await;
+                    // would otherwise be part of every connection's task. Only when there is
+                    // something to wait for: a plain connection's close is its socket's.
+                    if self.close_waits(how) {
+                        Box::pin(self.close(how)).await;
+                    }
                     return None;
                 }
             }
@@ -470,8 +502,8 @@ impl Conn {
     }
 
     /// What a parked connection keeps (plain sockets only: core parks no other).
-    fn into_idle(self) -> Option<Idle> {
-        let Stream::Plain(tcp) = self.client else {
+    fn into_idle(mut self) -> Option<Idle> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.client, Stream::Sink) else {
             return None;
         };
         Some(Idle {
@@ -1067,6 +1099,16 @@ impl Conn {
     }
 
     /// Ends the connection as the exchange said.
+    /// Closing waits for something: a TLS close_notify to go out, or the client's last bytes
+    /// to be drained ([`Conn::close`]).
+    fn close_waits(&self, how: Close) -> bool {
+        match how {
+            Close::Now => false,
+            Close::Notify if self.inbuf.is_empty() => matches!(self.client, Stream::Tls(_)),
+            Close::Notify | Close::Linger => true,
+        }
+    }
+
     async fn close(&mut self, how: Close) {
         match how {
             Close::Now => {}

@@ -31,6 +31,7 @@ mod response;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
 pub mod sim;
+mod spares;
 #[cfg(test)]
 mod tests;
 mod timer;
@@ -45,6 +46,7 @@ pub use error::{BodyFail, Error, Fault, UpstreamError};
 pub use hints::{SizeHints, HEAD_READ, SPLICE_MIN, SPLICE_MIN_UPLOAD};
 pub use park::Parked;
 pub use record::{EndRecord, RequestCounts, Requester, Text, Texts, MAX_TEXT};
+pub use spares::Spares;
 pub use timer::{Timer, Timers};
 
 use std::net::{IpAddr, SocketAddr};
@@ -181,6 +183,11 @@ impl Exchange {
     /// The exchanges of a connection accepted by `listen` from `client` (the address the
     /// connection came from, or the one a PROXY header names).
     pub fn new(listen: &Listen, client: IpAddr) -> Self {
+        Self::with_spares(listen, client, Spares::default())
+    }
+
+    /// An exchange with no buffer allocated yet (`with_spares` gives it its buffers).
+    fn build(listen: &Listen, client: crate::realip::Client) -> Self {
         Self {
             listener: listen.addr,
             protocol: listen.protocol,
@@ -190,7 +197,7 @@ impl Exchange {
                     crate::config::ClientAuth::Off => crate::realip::Certificate::NotAsked,
                     _ => crate::realip::Certificate::None,
                 },
-                ..crate::realip::Client::new(client)
+                ..client
             },
             served: 0,
             phase: Phase::Head {
@@ -204,18 +211,16 @@ impl Exchange {
             intent: Intent::None,
             tries: Attempts::default(),
             up: Upstream::default(),
-            effects: std::collections::VecDeque::with_capacity(4),
+            effects: std::collections::VecDeque::new(),
             cache: CacheStep::default(),
             hit: None,
             tunnel_idle: Duration::ZERO,
             record: EndRecord::default(),
-            // First sizes that fit most heads (a longer one grows them, once per connection):
-            // every connection holds them while idle.
-            out: Vec::with_capacity(OUT_FIRST),
+            out: Vec::new(),
             target: Vec::new(),
             path_len: 0,
-            headers: Vec::with_capacity(16),
-            uheaders: Vec::with_capacity(16),
+            headers: Vec::new(),
+            uheaders: Vec::new(),
             head_read: None,
             pin: pin::Pin::default(),
             auth: crate::forward::auth::Check::None,

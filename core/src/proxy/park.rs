@@ -87,8 +87,15 @@ impl Exchange {
 
     /// The exchange of a parked connection whose socket turned readable, waiting for its next
     /// request under the keep-alive deadline it parked with, with the configuration of now.
-    pub fn unpark(listen: &Listen, parked: Parked, cfg: &Config, now: Instant) -> Exchange {
-        let mut ex = Exchange::new(listen, parked.peer);
+    /// Built in `spares` (see [`Exchange::with_spares`]).
+    pub fn unpark(
+        listen: &Listen,
+        parked: Parked,
+        cfg: &Config,
+        now: Instant,
+        spares: super::Spares,
+    ) -> Exchange {
+        let mut ex = Exchange::with_spares(listen, parked.peer, spares);
         ex.served = parked.served;
         ex.begin(cfg, now);
         ex.timers.arm_at(Timer::KeepAlive, parked.until);
@@ -175,7 +182,8 @@ mod tests {
         // Woken: the keep-alive deadline is the one it parked with, and the next request is
         // served and counted as the second.
         t.now = start + Duration::from_secs(30);
-        t.ex = Exchange::unpark(&t.cfg.server.listen[0], parked, t.cfg, t.now);
+        let spares = t.ex.take_spares();
+        t.ex = Exchange::unpark(&t.cfg.server.listen[0], parked, t.cfg, t.now, spares);
         assert_eq!(
             t.ex.timers.deadline(Timer::KeepAlive),
             Some(start + Duration::from_secs(75))

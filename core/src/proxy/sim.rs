@@ -350,7 +350,10 @@ impl World<'_, '_> {
             }
             if finish == Finish::Park {
                 // Parked, and woken by the client's next bytes (or its close).
-                ex = Exchange::unpark(&listen, ex.park(self.now), self.env.cfg, self.now);
+                // Rebuilt in the closed exchange's buffers, as io does with a worker's spares.
+                let parked = ex.park(self.now);
+                let spares = ex.take_spares();
+                ex = Exchange::unpark(&listen, parked, self.env.cfg, self.now, spares);
                 resumed = true;
                 continue;
             }
