@@ -952,3 +952,55 @@ fn a_parked_connection_wakes_under_the_reloaded_config() {
     c.send(&get("/x"));
     assert_eq!(c.response("GET").unwrap().text(), "reloaded");
 }
+
+/// A connection is built in what closed connections left (the worker's spares): nothing of a
+/// previous connection's client shows through. Connections from 40 source addresses, one
+/// request each, some with heads so large that their buffers are not kept, and kept-alive
+/// connections that park (after 1 ms) and wake later: the origin sees each request's own
+/// client, and the access log each connection's own address.
+#[test]
+fn a_new_connection_carries_nothing_of_the_last() {
+    use socket2::{Domain, Socket, Type};
+    let origin = Origin::start();
+    let proxy = Proxy::start_quick(&["--upstream", &origin.addr.to_string(), "--park", "1ms"]);
+    let source = |i: u32| format!("127.0.0.{}", 2 + i % 40);
+    let mut kept = Vec::new();
+    for i in 0..120u32 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let from: std::net::SocketAddr = format!("{}:0", source(i)).parse().unwrap();
+        s.bind(&from.into()).unwrap();
+        s.connect(&proxy.addr.into()).unwrap();
+        let mut c = Client::from_stream(s.into());
+        let pad = if i % 7 == 3 {
+            format!("X-Pad: {}\r\n{}", "p".repeat(6000), "X-H: 1\r\n".repeat(40))
+        } else {
+            String::new()
+        };
+        let close = if i % 5 == 0 {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
+        c.send(format!("GET /who/{i} HTTP/1.1\r\nHost: t\r\n{pad}{close}\r\n").as_bytes());
+        let r = c.response("GET").unwrap();
+        assert_eq!(r.text(), format!("ok /who/{i}"));
+        if i % 5 == 0 {
+            kept.push((c, i));
+        }
+    }
+    // Every kept-alive connection has parked by now (its exchange's buffers went to the
+    // spares and others were built in them); its next request wakes it in other spares.
+    for (c, i) in &mut kept {
+        c.send(format!("GET /again/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(c.response("GET").unwrap().text(), format!("ok /again/{i}"));
+    }
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 120 + kept.len());
+    for s in &seen {
+        let i: u32 = s.path.rsplit('/').next().unwrap().parse().unwrap();
+        // X-Forwarded-For from the peer's text, X-Real-IP from the client's.
+        for field in ["x-forwarded-for", "x-real-ip"] {
+            assert_eq!(s.header(field), Some(source(i).as_str()), "{}", s.path);
+        }
+    }
+}
