@@ -433,12 +433,13 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 w.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
             }
             _ => {
+                // One write: `write!` on the socket would send each piece of the format on its
+                // own, and `kill` between two of them cut a response in half (seen once in
+                // `fleet_changes_under_load_lose_nothing`, which expects a crash to land
+                // between responses).
                 let b = format!("ok {path}");
-                write!(
-                    w,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
-                    b.len()
-                )?;
+                let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len());
+                w.write_all(r.as_bytes())?;
             }
         }
     }
