@@ -949,6 +949,15 @@ fn a_parked_connection_wakes_under_the_reloaded_config() {
     std::fs::write(&path, reloaded).unwrap();
     proxy.signal(libc::SIGHUP);
     proxy.wait_log(|l| l.contains("reloaded: 2 route(s)"));
+    // The line is written when the configuration is sent to the worker, which installs it a
+    // moment later: a new connection shows when it has (the parked one stays parked).
+    let until = Instant::now() + Duration::from_secs(5);
+    while request(proxy.addr, &get("/x")).map(|r| r.text()) != Some("reloaded".into()) {
+        assert!(
+            Instant::now() < until,
+            "the reload never reached the worker"
+        );
+    }
     c.send(&get("/x"));
     assert_eq!(c.response("GET").unwrap().text(), "reloaded");
 }
