@@ -72,6 +72,7 @@ impl Client {
     pub fn with_buffers(peer: IpAddr, mut text: Vec<u8>, mut peer_text: Vec<u8>) -> Self {
         write_addr(&mut peer_text, peer);
         text.clear();
+        text.reserve(ADDR_TEXT);
         text.extend_from_slice(&peer_text);
         Self {
             peer,
@@ -114,12 +115,14 @@ impl Client {
     }
 }
 
+/// Room for any address as text (the longest, IPv6 with an embedded IPv4 part, is 45 bytes).
+const ADDR_TEXT: usize = 48;
+
 /// `addr` as text into `buf` (replacing what it held), without a `String` in between.
 fn write_addr(buf: &mut Vec<u8>, addr: IpAddr) {
     use std::io::Write;
     buf.clear();
-    // The longest address (IPv6 with an embedded IPv4 part) is 45 bytes.
-    buf.reserve(48);
+    buf.reserve(ADDR_TEXT);
     let _ = write!(buf, "{addr}");
 }
 

@@ -89,6 +89,16 @@ impl Drop for Conn {
     }
 }
 
+/// A closed connection's allocations, from the worker's spares or new: the exchange's, and an
+/// empty input buffer of [`IDLE_BUF`].
+fn spares(w: &Worker) -> (Spares, Vec<u8>) {
+    let (ex, mut inbuf) = w
+        .take_conn_spares()
+        .map_or_else(|| (Spares::default(), Vec::new()), |s| (s.ex, s.inbuf));
+    inbuf.reserve(IDLE_BUF);
+    (ex, inbuf)
+}
+
 /// What a parked connection keeps: its socket, and what rebuilds its `Conn` (with core's
 /// [`Parked`]).
 struct Idle {
@@ -399,29 +409,15 @@ impl Conn {
         peer: SocketAddr,
         listen: &Listen,
     ) -> Self {
-        let (ex, inbuf) = match w.take_conn_spares() {
-            Some(mut s) => {
-                s.inbuf.reserve(IDLE_BUF);
-                (Exchange::with_spares(listen, peer.ip(), s.ex), s.inbuf)
-            }
-            None => (
-                Exchange::new(listen, peer.ip()),
-                Vec::with_capacity(IDLE_BUF),
-            ),
-        };
+        let (spares, inbuf) = spares(&w);
+        let ex = Exchange::with_spares(listen, peer.ip(), spares);
         Self::with(w, cfg, client, peer, listen, ex, inbuf)
     }
 
     /// A parked connection's, rebuilt when its socket turned readable.
     fn resume(w: Rc<Worker>, listen: &Listen, idle: Idle, parked: Parked) -> Self {
         let cfg = w.current();
-        let (spares, mut inbuf) = match w.take_conn_spares() {
-            Some(mut s) => {
-                s.inbuf.reserve(IDLE_BUF);
-                (s.ex, s.inbuf)
-            }
-            None => (Spares::default(), Vec::with_capacity(IDLE_BUF)),
-        };
+        let (spares, mut inbuf) = spares(&w);
         let ex = Exchange::unpark(listen, parked, &cfg, Instant::now(), spares);
         // The socket is readable: what it holds is taken now, by a system call instead of an
         // operation on the ring and a turn of the loop (the exchange scans the buffer before it
@@ -1098,7 +1094,6 @@ impl Conn {
         }
     }
 
-    /// Ends the connection as the exchange said.
     /// Closing waits for something: a TLS close_notify to go out, or the client's last bytes
     /// to be drained ([`Conn::close`]).
     fn close_waits(&self, how: Close) -> bool {
@@ -1109,6 +1104,7 @@ impl Conn {
         }
     }
 
+    /// Ends the connection as the exchange said.
     async fn close(&mut self, how: Close) {
         match how {
             Close::Now => {}
