@@ -1141,11 +1141,34 @@ pub fn wait_listening_while(port: u16, limit: Duration, mut alive: impl FnMut() 
 
 /// A loopback port free now (for a server whose port must be known before it starts).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the ephemeral range: a port the kernel hands out for `:0` is also the source port
+    // of some other test's next outgoing connection, which took one between the pick and the
+    // bind now and then (CI: "cannot listen on 127.0.0.1:42191: Address already in use").
+    // Ports under the range are only ever taken by a bind that names them; each test process
+    // walks its own sequence of them, checking that each is free.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    const FIRST: usize = 10_000;
+    if low <= FIRST + 1000 {
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let span = low - FIRST;
+    let start = (std::process::id() as usize).wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n * 97) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port under {low}");
 }
 
 pub fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
