@@ -10,6 +10,10 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
+use std::cell::RefCell;
+
+use ringway_core::http::body::Piece;
+
 use crate::deadline::{Deadline, IoFail, Limit};
 
 /// Size of the read buffers an exchange uses. Heads up to the configured limit grow past it.
@@ -110,6 +114,71 @@ pub(crate) async fn write_all(
 pub(crate) fn ensure_capacity(buf: &mut Vec<u8>, cap: usize) {
     if buf.capacity() < cap {
         buf.reserve(cap - buf.len());
+    }
+}
+
+/// Most spare buffers a worker keeps of each size (1 MiB of head buffers, 4 MiB of relay
+/// buffers); more are freed.
+const SPARES: usize = 64;
+
+/// A worker's spare buffers, lent to connections only while bytes are in them: head buffers
+/// ([`BUF_SIZE`]) for the length of an exchange, relay buffers ([`RELAY_BUF`]) from the moment
+/// a body's bytes have arrived until they are written on (see `relay.rs`). Both stacks are
+/// last in, first out, so the buffer a read gets is the one a write finished with last, still
+/// in the CPU's caches; and a connection waiting for its upstream holds none.
+#[derive(Default)]
+pub(crate) struct Bufs {
+    heads: RefCell<Vec<Vec<u8>>>,
+    relays: RefCell<Vec<Vec<u8>>>,
+    pieces: RefCell<Vec<Vec<Piece>>>,
+}
+
+impl Bufs {
+    /// An empty buffer of at least [`BUF_SIZE`].
+    pub(crate) fn take(&self) -> Vec<u8> {
+        let b = self.heads.borrow_mut().pop();
+        b.or_else(|| self.relays.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    }
+
+    /// An empty buffer of [`RELAY_BUF`].
+    pub(crate) fn take_relay(&self) -> Vec<u8> {
+        let b = self.relays.borrow_mut().pop();
+        b.unwrap_or_else(|| Vec::with_capacity(RELAY_BUF))
+    }
+
+    /// Takes back a buffer no longer needed (emptied), or frees it.
+    pub(crate) fn give(&self, mut buf: Vec<u8>) {
+        let stack = match buf.capacity() {
+            RELAY_BUF => &self.relays,
+            c if (BUF_SIZE..RELAY_BUF).contains(&c) => &self.heads,
+            _ => return,
+        };
+        let mut stack = stack.borrow_mut();
+        if stack.len() < SPARES {
+            buf.clear();
+            stack.push(buf);
+        }
+    }
+
+    /// A relay's list of pieces to gather (see `Transcoder::step_gathered`).
+    pub(crate) fn take_pieces(&self) -> Vec<Piece> {
+        self.pieces.borrow_mut().pop().unwrap_or_default()
+    }
+
+    pub(crate) fn give_pieces(&self, mut p: Vec<Piece>) {
+        let mut stack = self.pieces.borrow_mut();
+        if stack.len() < SPARES && p.capacity() <= 256 {
+            p.clear();
+            stack.push(p);
+        }
+    }
+
+    /// Frees them all (when the worker goes idle).
+    pub(crate) fn clear(&self) {
+        self.heads.borrow_mut().clear();
+        self.relays.borrow_mut().clear();
+        self.pieces.borrow_mut().clear();
     }
 }
 

@@ -7,7 +7,6 @@ use std::rc::Rc;
 
 use ringway_core::http::date::DateLine;
 
-use crate::buf::BUF_SIZE;
 use crate::counters::TlsCounts;
 use crate::drain::Drain;
 use crate::generation::{Generation, Update};
@@ -29,9 +28,9 @@ pub(crate) struct Worker {
     pub(crate) requests: Cell<RequestCounts>,
     /// The `Date` line, formatted at most once per second.
     date: Cell<DateLine>,
-    /// Spare read buffers ([`BUF_SIZE`]), lent to connections for the length of an exchange,
-    /// so that an idle connection holds none.
-    bufs: RefCell<Vec<Vec<u8>>>,
+    /// Spare read buffers, lent to connections while bytes are in them, so that an idle
+    /// connection holds none.
+    pub(crate) bufs: crate::buf::Bufs,
     /// What closed connections allocated, for the next ones (see [`ConnSpares`]).
     conn_spares: RefCell<Vec<ConnSpares>>,
     /// Resolved names for the forward proxy (kept across reloads).
@@ -63,9 +62,6 @@ pub(crate) struct Worker {
     /// Where this worker's request ids come from.
     pub(crate) ids: ringway_core::reqid::Ids,
 }
-
-/// Most spare buffers a worker keeps (1 MiB); more are freed.
-const SPARE_BUFS: usize = 64;
 
 /// A closed connection's allocations (its exchange's buffers and its input buffer), kept for
 /// the next connection, so that accepting one allocates little: a connection per request paid
@@ -121,19 +117,16 @@ impl Worker {
             tls_counts: Cell::new(TlsCounts::default()),
             requests: Cell::new(RequestCounts::default()),
             date: Cell::new(DateLine::at(unix_now())),
-            bufs: RefCell::new(Vec::new()),
+            bufs: crate::buf::Bufs::default(),
             conn_spares: RefCell::new(Vec::new()),
             dns: RefCell::new(crate::dns::Cache::default()),
             busy_since_trim: Cell::new(false),
         })
     }
 
-    /// An empty buffer of [`BUF_SIZE`] bytes' capacity, from the spares when there is one.
+    /// An empty buffer of [`crate::buf::BUF_SIZE`] bytes' capacity, from the spares when there is one.
     pub(crate) fn take_buf(&self) -> Vec<u8> {
-        self.bufs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+        self.bufs.take()
     }
 
     /// A closed connection's allocations, if one is kept.
@@ -150,12 +143,8 @@ impl Worker {
     }
 
     /// Takes back a buffer a connection no longer needs (emptied), or frees it.
-    pub(crate) fn give_buf(&self, mut buf: Vec<u8>) {
-        let mut spares = self.bufs.borrow_mut();
-        if spares.len() < SPARE_BUFS && (BUF_SIZE..=4 * BUF_SIZE).contains(&buf.capacity()) {
-            buf.clear();
-            spares.push(buf);
-        }
+    pub(crate) fn give_buf(&self, buf: Vec<u8>) {
+        self.bufs.give(buf);
     }
 
     /// Carries out a purge from the admin listener on this worker's shard: how many stored
@@ -199,7 +188,7 @@ impl Worker {
             return;
         }
         if self.busy_since_trim.replace(false) {
-            self.bufs.borrow_mut().clear();
+            self.bufs.clear();
             self.conn_spares.borrow_mut().clear();
             crate::sys::trim_heap();
         }

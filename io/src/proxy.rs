@@ -597,11 +597,13 @@ impl Conn {
                         m,
                         &mut self.scratch,
                         None,
+                        &self.w.bufs,
                     ));
                     let r = Box::pin(within(whole, async {
                         moving.await.map_err(|e| e.into_body_fail())
                     }))
                     .await;
+                    self.inbuf.reserve(IDLE_BUF);
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
@@ -794,9 +796,10 @@ impl Conn {
                         plan,
                         None,
                         &mut self.scratch,
-                        &self.w.pipes,
+                        &self.w,
                     ));
                     let r = Box::pin(within(whole, moving)).await;
+                    self.inbuf.reserve(IDLE_BUF);
                     let now = self.tick();
                     self.ex.handle_request_body(r, &env(&self.w, &cfg), now);
                 }
@@ -837,7 +840,7 @@ impl Conn {
                         plan,
                         stage,
                         &mut self.scratch,
-                        &self.w.pipes,
+                        &self.w,
                     ))
                     .await;
                     let leftover = self.ubuf.len();
@@ -860,9 +863,17 @@ impl Conn {
                         stage,
                         t,
                     };
-                    let r = Box::pin(relay(up, &mut self.ubuf, None, m, &mut self.scratch, None))
-                        .await
-                        .map_err(|e| e.into_body_fail());
+                    let r = Box::pin(relay(
+                        up,
+                        &mut self.ubuf,
+                        None,
+                        m,
+                        &mut self.scratch,
+                        None,
+                        &self.w.bufs,
+                    ))
+                    .await
+                    .map_err(|e| e.into_body_fail());
                     let leftover = self.ubuf.len();
                     let now = self.tick();
                     self.ex
@@ -1144,8 +1155,9 @@ async fn move_body(
     mut plan: BodyPlan,
     stage: Option<&mut dyn Stage>,
     scratch: &mut Vec<u8>,
-    pipes: &crate::splice::Pipes,
+    w: &Worker,
 ) -> Result<u64, BodyFail> {
+    let (pipes, bufs) = (&w.pipes, &w.bufs);
     let t = timeouts(&plan);
     let r = match (plan.splice && stage.is_none(), from.tcp(), to.tcp()) {
         (true, Some(f), Some(d)) => {
@@ -1161,7 +1173,7 @@ async fn move_body(
                 stage,
                 t,
             };
-            relay(from, buf, Some(to), m, scratch, pipes).await
+            relay(from, buf, Some(to), m, scratch, pipes, bufs).await
         }
     };
     r.map_err(|e| e.into_body_fail())

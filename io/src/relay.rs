@@ -13,7 +13,9 @@ use monoio::net::TcpStream;
 use ringway_core::http::body::{BodyError, Stage, Transcoder};
 use ringway_core::proxy::BodyFail;
 
-use crate::buf::write_range;
+use ringway_core::http::body::Piece;
+
+use crate::buf::{write_range, Bufs, RELAY_BUF};
 use crate::deadline::IoFail;
 use crate::splice::{drain, fill, splice, Fixed, Pipe, Pipes, SpliceError};
 use crate::stream::Stream;
@@ -203,38 +205,62 @@ pub(crate) struct Moving<'a, 's> {
 /// Relays one body from `from` (whose first bytes may already be in `buf`) to `to`, or
 /// discards it when `to` is `None`, framed as core's [`Transcoder`] says; through `stage` first
 /// when there is one (the body seam: a cache tee or a compressor). Returns the payload bytes
-/// moved. Bytes in `buf` past the body stay there. With `pipes`, no stage and plain sockets at
+/// it moved. Bytes in `buf` past the body stay there. With `pipes`, no stage and plain sockets at
 /// both ends, the runs of payload the transcoder allows are spliced between the framing.
+///
+/// A body from a plain socket is read into the worker's relay buffers (`bufs`) when its bytes
+/// have arrived; `buf` may be left without capacity, or with another buffer's, when it returns.
 pub(crate) async fn relay(
+    from: &mut Stream,
+    buf: &mut Vec<u8>,
+    to: Option<&mut Stream>,
+    m: Moving<'_, '_>,
+    scratch: &mut Vec<u8>,
+    pipes: Option<&Pipes>,
+    bufs: &Bufs,
+) -> Result<u64, RelayError> {
+    // A transcoder may come with part of its body already framed (the bytes that went out
+    // with the response head): only what this relay moves is returned.
+    let before = m.body.total();
+    let mut pieces = bufs.take_pieces();
+    let r = relay_in(from, buf, to, m, scratch, pipes, bufs, &mut pieces).await;
+    bufs.give_pieces(pieces);
+    r.map(|total| total - before)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_in(
     from: &mut Stream,
     buf: &mut Vec<u8>,
     mut to: Option<&mut Stream>,
     m: Moving<'_, '_>,
     scratch: &mut Vec<u8>,
     pipes: Option<&Pipes>,
+    bufs: &Bufs,
+    pieces: &mut Vec<Piece>,
 ) -> Result<u64, RelayError> {
     let Moving { body, mut stage, t } = m;
-    // Between requests a connection keeps only a small input buffer (proxy.rs, `idle`): a
-    // body gets a large one, so that it moves in large reads.
-    if !body.is_done() {
-        crate::buf::ensure_capacity(buf, crate::buf::RELAY_BUF);
+    // A body from a TLS stream moves through the connection's buffer, grown for it; one from
+    // a plain socket through the worker's relay buffers, taken when its bytes have arrived
+    // (`read_arrived`).
+    if !body.is_done() && from.tcp().is_none() {
+        crate::buf::ensure_capacity(buf, RELAY_BUF);
     }
     let mut tmp = Vec::new();
     let mut pipe: Option<Pipe> = None;
     // Re-framed bodies to a plain socket go out gathered: payload from the input buffer and
     // framing from `scratch` in one `writev`, instead of copying the payload into `scratch`.
     let gather = stage.is_none() && matches!(to.as_deref(), Some(Stream::Plain(_)));
-    let mut pieces = Vec::new();
     let mut pending: Option<std::io::Error> = None;
     loop {
         scratch.clear();
         let (consumed, pass) = match stage.as_deref_mut() {
             None if gather => {
                 let n = body
-                    .step_gathered(buf, scratch, &mut pieces)
+                    .step_gathered(buf, scratch, pieces)
                     .map_err(|e| src(RelayFail::Body(e)))?;
                 if let Some(d) = to.as_deref_mut().and_then(Stream::tcp) {
-                    write_gathered(d, buf, scratch, &pieces, t.write)
+                    write_gathered(d, buf, scratch, pieces, t.write)
                         .await
                         .map_err(dst)?;
                 }
@@ -304,31 +330,11 @@ pub(crate) async fn relay(
         if let Some(e) = pending.take() {
             return Err(src(RelayFail::Io(IoFail::Io(e))));
         }
-        let n = from
-            .read_append(buf, body.want(), t.read)
-            .await
-            .map_err(|e| src(RelayFail::Io(e)))?;
-        if n > 0 {
-            // What else has arrived, read now without waiting (as an epoll loop reads until
-            // EAGAIN): one step and one write for all of it, instead of a write, and a wake-up
-            // of the reader, per piece the kernel happened to complete the read with. An error
-            // is kept for the next read; an end of stream is found by it.
-            if let Some(f) = from.tcp() {
-                let mut left = body.want().saturating_sub(n);
-                while left > 0 && buf.len() < buf.capacity() {
-                    match crate::sys::recv_append(crate::sys::fd(f), buf, left) {
-                        Ok(0) => break,
-                        Ok(k) => left -= k,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            pending = Some(e);
-                            break;
-                        }
-                    }
-                }
-            }
+        let n = match from.tcp() {
+            Some(f) => read_arrived(f, buf, body.want(), t.read, bufs, &mut pending).await,
+            None => from.read_append(buf, body.want(), t.read).await,
         }
+        .map_err(|e| src(RelayFail::Io(e)))?;
         if n == 0 {
             scratch.clear();
             match stage.as_deref_mut() {
@@ -357,7 +363,6 @@ async fn write_gathered(
     limit: impl crate::deadline::Limit,
 ) -> Result<(), IoFail> {
     use monoio::io::AsyncWriteRent;
-    use ringway_core::http::body::Piece;
     let total: usize = pieces
         .iter()
         .map(|p| match p {
@@ -383,5 +388,62 @@ async fn write_gathered(
 fn give_back(pipes: Option<&Pipes>, pipe: Option<Pipe>) {
     if let (Some(pool), Some(p)) = (pipes, pipe) {
         pool.give(p);
+    }
+}
+
+/// Reads at most `want` bytes of a body from `from` into `buf` (the relay's buffer) without
+/// holding a buffer while nothing has arrived: an empty `buf` goes back to the worker's spares,
+/// the wait is for readiness alone, and a relay buffer is taken from the spares once there
+/// are bytes: the one a relay let go of last, still in the caches. Then it reads what has
+/// arrived, until a read comes back short (the queue is empty: no extra call to learn it),
+/// `buf` is full or `want` is met. An error after some bytes is kept in `pending` for the
+/// next call. 0: the end of the stream.
+///
+/// A read posted with its buffer, as monoio's reads are, pins that buffer for as long as the
+/// peer takes: at 256 connections relaying chunked bodies, 256 buffers of 64 KiB, whose
+/// lines the copies in and out of the kernel then missed in the caches (docs/benchmarks-log.md,
+/// run 39). This is what a provided-buffer ring does in the kernel, done with a poll.
+async fn read_arrived(
+    from: &TcpStream,
+    buf: &mut Vec<u8>,
+    want: usize,
+    limit: impl crate::deadline::Limit,
+    bufs: &Bufs,
+    pending: &mut Option<std::io::Error>,
+) -> Result<usize, IoFail> {
+    use crate::deadline::Limit as _;
+    let limit = limit.fixed();
+    loop {
+        if buf.is_empty() {
+            bufs.give(std::mem::take(buf));
+            *buf = bufs.take_relay();
+        } else if buf.capacity() < RELAY_BUF {
+            crate::buf::ensure_capacity(buf, RELAY_BUF);
+        }
+        let mut got = 0;
+        loop {
+            let room = (buf.capacity() - buf.len()).min(want - got);
+            if room == 0 {
+                return Ok(got);
+            }
+            match crate::sys::recv_append(crate::sys::fd(from), buf, room) {
+                Ok(0) => return Ok(got),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => return Ok(got),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if got > 0 => {
+                    *pending = Some(e);
+                    return Ok(got);
+                }
+                Err(e) => return Err(IoFail::Io(e)),
+            }
+        }
+        if buf.is_empty() {
+            bufs.give(std::mem::take(buf));
+        }
+        // Not relaxed: on the epoll driver, the readiness our own `recv` used up is asked of
+        // the kernel again rather than trusted (monoio's `readable`).
+        limit.run(from.readable(false)).await?.map_err(IoFail::Io)?;
     }
 }

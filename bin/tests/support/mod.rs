@@ -33,7 +33,8 @@ impl Seen {
 /// A loopback HTTP/1.1 origin whose behaviour is chosen by the request path:
 /// `/len/N` (N bytes, Content-Length), `/chunked/N`, `/close/N` (close-delimited),
 /// `/seq/N/H` (N position-dependent bytes after a head padded by H bytes), `/seqchunked/N/C[/T]`
-/// and `/seqclose/N` (the same bytes chunked or close-delimited), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
+/// and `/seqclose/N` (the same bytes chunked or close-delimited), `/tag/MODE/T/N/C/MS` (bytes
+/// that differ by tag, chunked or close-delimited, dripped), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
 /// `/close-after`, `/204`, `/continue` (sends 103 first), `/stray/MS/ID` (`own ID`, then MS ms
 /// later an unrequested `stray ID` response), `/interim-flood` (1xx without end); anything
 /// else: `ok <path>`.
@@ -218,6 +219,12 @@ pub fn seq_byte(i: u64) -> u8 {
     (i % 251) as u8
 }
 
+/// The byte at `i` of a `/tag/` body tagged `tag`: two bodies of different tags differ at
+/// every position, so bytes of one response that reach another show.
+pub fn tag_byte(tag: u64, i: u64) -> u8 {
+    seq_byte(i) ^ (tag as u8)
+}
+
 fn write_pattern(w: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
     let chunk = vec![b'x'; 64 * 1024];
     while n > 0 {
@@ -316,6 +323,43 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                     return Ok(());
                 }
                 w.write_all(&wire)?;
+            }
+            "tag" => {
+                // `/tag/MODE/T/N/C/MS`: N bytes of `tag_byte(T, i)`, in chunks of C (MODE
+                // `chunked`) or delimited by the close (`close`), with a pause of MS ms after
+                // each write (a dripping origin).
+                let (tag, n, c, ms) = (arg(3), arg(4), arg(5).max(1), arg(6));
+                let chunked = parts.get(2) == Some(&"chunked");
+                w.write_all(if chunked {
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+                })?;
+                let body: Vec<u8> = (0..n).map(|i| tag_byte(tag, i)).collect();
+                let mut wire = Vec::with_capacity(body.len() + body.len() / 8 + 16);
+                for part in body.chunks(c as usize) {
+                    if chunked {
+                        write!(wire, "{:x}\r\n", part.len())?;
+                    }
+                    wire.extend_from_slice(part);
+                    if chunked {
+                        wire.extend_from_slice(b"\r\n");
+                    }
+                }
+                if chunked {
+                    wire.extend_from_slice(b"0\r\n\r\n");
+                }
+                // Pieces of C + 3 bytes of the wire: the cuts between writes wander through
+                // the framing, so reads end inside size lines and CRLFs.
+                for piece in wire.chunks(c as usize + 3) {
+                    w.write_all(piece)?;
+                    if ms > 0 {
+                        thread::sleep(Duration::from_millis(ms));
+                    }
+                }
+                if !chunked {
+                    return Ok(());
+                }
             }
             "seqclose" => {
                 // `/seqclose/N`: `/seq/` bytes delimited by the origin closing.
