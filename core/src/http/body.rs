@@ -255,6 +255,8 @@ impl Transcoder {
             });
         }
         let chunked_out = self.chunked_out;
+        // A body already done (its last chunk written) gets nothing more.
+        let was_done = self.done;
         // The CRLF a spliced chunk still owes goes out with the next framing written.
         let mut due = std::mem::take(&mut self.crlf_due);
         let consumed = self.decode(input, |d| {
@@ -264,7 +266,7 @@ impl Transcoder {
             }
             frame(chunked_out, d, out)
         })?;
-        if self.done && chunked_out {
+        if self.done && !was_done && chunked_out {
             if due {
                 out.extend_from_slice(b"\r\n");
                 due = false;
@@ -298,6 +300,7 @@ impl Transcoder {
             return Ok(s.consumed);
         }
         let chunked_out = self.chunked_out;
+        let was_done = self.done;
         let mut due = std::mem::take(&mut self.crlf_due);
         let mut g = Gather {
             base: input.as_ptr() as usize,
@@ -320,7 +323,7 @@ impl Transcoder {
                 g.data(d);
             }
         })?;
-        if self.done && chunked_out {
+        if self.done && !was_done && chunked_out {
             if due {
                 g.bytes(b"\r\n");
                 due = false;

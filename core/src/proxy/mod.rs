@@ -376,7 +376,10 @@ impl Exchange {
     /// store has room for it, else relayed (through the cache's tee when it is stored), spliced
     /// when no stage sees the bytes and the body is long enough.
     fn relay_action(&mut self) -> Action {
-        let body = Transcoder::new(self.up.relay, self.up.body_out);
+        let body = match self.up.begun.take() {
+            Some(t) => t,
+            None => Transcoder::new(self.up.relay, self.up.body_out),
+        };
         let (read_idle, write_idle) = (self.timeouts.upstream_read, self.timeouts.send);
         // An encoded body is relayed through the encoder (the cache's tee, before it, keeps
         // the identity bytes), never fetched ahead: the client's copy is not the stored one.
@@ -2040,6 +2043,19 @@ impl Exchange {
         };
         self.out.extend_from_slice(&input[end..end + inline]);
         self.record.response_body = inline as u64;
+        let begun = match (encode, &replace, ri.body) {
+            (None, None, BodyKind::Chunked | BodyKind::Close) if !self.cache.storing() => {
+                self.reframe_with_head(ri.body, to_client, &input[end..])
+            }
+            _ => None,
+        };
+        let inline = match &begun {
+            Some((t, consumed)) => {
+                self.record.response_body = t.total();
+                *consumed
+            }
+            None => inline,
+        };
         if let Some(h) = env.hints {
             let len = match (ri.body, to_client) {
                 (BodyKind::Length(n), BodyKind::Length(_)) if !self.cache.storing() => Some(n),
@@ -2063,6 +2079,7 @@ impl Exchange {
             then: persist.finish(true),
             encode: encode.map(|c| Encoder::open(c, env.cfg.compression.levels, ri.body, slot)),
             replace,
+            begun: begun.map(|(t, _)| t),
         };
         self.record.status = rh.status;
         self.record.response_head = Some(now);
@@ -2094,6 +2111,39 @@ impl Exchange {
             r => BodyKind::Length(r),
         };
         (k as usize, relay)
+    }
+
+    /// The part of a chunked or close-delimited response body that arrived with the head goes
+    /// out with it, framed for the client, as a length-framed body's does
+    /// ([`inline_response_body`](Self::inline_response_body)): one write instead of two, and
+    /// a body that arrived whole is done with the head. Returns the transcoder that framed it,
+    /// for the relay to go on with, and the input it consumed; `None` when nothing arrived or
+    /// the framing is bad (the relay then finds and reports it, as before).
+    fn reframe_with_head(
+        &mut self,
+        body: BodyKind,
+        to_client: BodyKind,
+        buffered: &[u8],
+    ) -> Option<(Transcoder, usize)> {
+        if buffered.is_empty() {
+            return None;
+        }
+        let mut t = Transcoder::new(body, to_client);
+        let mark = self.out.len();
+        match t.step(buffered, &mut self.out) {
+            Ok(s) if s.consumed > 0 => {
+                // Identity framing both ways passes the bytes through untouched; they go
+                // before anything `step` appended, and it appended nothing.
+                if !s.pass.is_empty() {
+                    self.out.extend_from_slice(&buffered[s.pass]);
+                }
+                Some((t, s.consumed))
+            }
+            _ => {
+                self.out.truncate(mark);
+                None
+            }
+        }
     }
 
     /// An attempt failed at `stage` before the response reached the client: record it, then

@@ -120,6 +120,9 @@ pub(super) struct Upstream {
     pub(super) encode: Option<Encoder>,
     /// The substitution it goes through before (`body_replace`).
     pub(super) replace: Option<crate::subst::Replacer>,
+    /// The transcoder that framed the part of a chunked or close-delimited body that went out
+    /// with the head; the relay goes on with it.
+    pub(super) begun: Option<crate::http::body::Transcoder>,
 }
 
 impl Default for Upstream {
@@ -132,6 +135,7 @@ impl Default for Upstream {
             then: Finish::Close(Close::Now),
             encode: None,
             replace: None,
+            begun: None,
         }
     }
 }

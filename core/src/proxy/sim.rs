@@ -741,6 +741,8 @@ fn body(
         pos: spos,
         stall,
     } = feed;
+    // Only what this relay moves counts (part of the body may have gone with the head).
+    let before = plan.body.total();
     let mut out = Vec::new();
     let mut tmp = Vec::new();
     loop {
@@ -764,7 +766,7 @@ fn body(
         }
         buf.drain(..consumed);
         if plan.body.is_done() {
-            return Ok(plan.body.total());
+            return Ok(plan.body.total() - before);
         }
         if *spos == src.len() {
             if stall {
@@ -779,7 +781,7 @@ fn body(
             if let Some(sink) = sink.as_deref_mut() {
                 sink.extend_from_slice(&out);
             }
-            return Ok(plan.body.total());
+            return Ok(plan.body.total() - before);
         }
         let k = piece(c, src.len() - *spos).min(plan.body.want());
         buf.extend_from_slice(&src[*spos..*spos + k]);
