@@ -66,17 +66,7 @@ fn one(ex: &mut Exchange, env: &Env<'_>, response: &[u8], now: Instant) -> usize
 fn keep_alive(c: &mut Criterion) {
     let cfg = Config::parse("bench.toml", CFG).expect("config");
     let date = DateLine::at(1_796_392_800);
-    let env = Env {
-        cfg: &cfg,
-        date: &date,
-        draining: false,
-        auth: None,
-        cache: None,
-        hints: None,
-        encoders: None,
-        ids: None,
-        acme: None,
-    };
+    let env = Env::bare(&cfg, &date);
     let response = [RESPONSE_HEAD, &[b'x'; 100]].concat();
     let mut ex = Exchange::new(&cfg.server.listen[0], "127.0.0.1".parse().unwrap());
     #[allow(clippy::disallowed_methods)]

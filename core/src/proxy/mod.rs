@@ -127,6 +127,24 @@ pub struct Env<'a> {
     pub acme: Option<&'a dyn crate::acme::Challenges>,
 }
 
+impl<'a> Env<'a> {
+    /// An environment with no worker service: no cache, authentication, size hints,
+    /// compression count, request ids or ACME; not draining.
+    pub fn bare(cfg: &'a Config, date: &'a dyn DateSource) -> Self {
+        Env {
+            cfg,
+            date,
+            draining: false,
+            auth: None,
+            cache: None,
+            hints: None,
+            encoders: None,
+            ids: None,
+            acme: None,
+        }
+    }
+}
+
 /// The response head buffer's first capacity (most heads fit; `begin` shrinks a grown one
 /// back to it).
 const OUT_FIRST: usize = 512;

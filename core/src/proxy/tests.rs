@@ -31,17 +31,7 @@ static DATE: std::sync::LazyLock<DateLine> = std::sync::LazyLock::new(|| DateLin
 
 /// The environment of an exchange with no cache, authentication or other worker service.
 pub(super) fn bare_env(cfg: &'static Config) -> Env<'static> {
-    Env {
-        cfg,
-        date: &*DATE,
-        draining: false,
-        auth: None,
-        cache: None,
-        hints: None,
-        encoders: None,
-        ids: None,
-        acme: None,
-    }
+    Env::bare(cfg, &*DATE)
 }
 
 struct T {
@@ -95,6 +85,14 @@ impl T {
         self.ex.handle_connected(false, self.now);
         assert!(matches!(self.next(), Action::SendRequest));
         self.ex.handle_request_sent(self.now);
+    }
+
+    /// `GET /` sent to server 0, its response awaited.
+    fn sent() -> Self {
+        let mut t = T::new();
+        t.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        t.pick(0);
+        t
     }
 
     fn response(&mut self, bytes: &[u8]) -> usize {
@@ -154,9 +152,7 @@ fn the_upstream_gets_the_rewritten_head_and_a_small_body_inline() {
 
 #[test]
 fn a_response_is_reframed_and_persistence_decided() {
-    let mut t = T::new();
-    t.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    t.pick(0);
+    let mut t = T::sent();
     let resp = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until close";
     let n = t.response(resp);
     assert_eq!(n, resp.len(), "the head, and the body that came with it");
@@ -194,9 +190,7 @@ fn a_response_is_reframed_and_persistence_decided() {
 
 #[test]
 fn a_chunked_body_that_came_with_the_head_goes_with_it() {
-    let mut t = T::new();
-    t.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    t.pick(0);
+    let mut t = T::sent();
     // Whole: the head, one chunk in two extensions' worth of framing, the last chunk and a
     // trailer; then a byte past the body.
     let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\nZ";
@@ -223,9 +217,7 @@ fn a_chunked_body_that_came_with_the_head_goes_with_it() {
 
     // Part of it: the framing is carried on by the relay (a chunk cut in its data and a size
     // line cut short stay consistent), and the payload counted once.
-    let mut t = T::new();
-    t.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    t.pick(0);
+    let mut t = T::sent();
     let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc";
     assert_eq!(t.response(resp), resp.len());
     assert!(matches!(t.next(), Action::WriteClient));
@@ -243,9 +235,7 @@ fn a_chunked_body_that_came_with_the_head_goes_with_it() {
 
     // Bad framing with the head: nothing of it goes out with the head; the relay finds it and
     // the exchange reports it as it always has.
-    let mut t = T::new();
-    t.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    t.pick(0);
+    let mut t = T::sent();
     let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc";
     assert_eq!(t.response(resp), resp.len() - 7, "the head only");
     assert!(matches!(t.next(), Action::WriteClient));
