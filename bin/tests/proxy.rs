@@ -1018,26 +1018,25 @@ fn a_new_connection_carries_nothing_of_the_last() {
 /// the worker's relay buffers, taken when bytes have arrived and given back before each wait:
 /// the buffers pass between connections all the time. 96 connections on one worker, more than
 /// it keeps spare buffers for, each fetch a body of its own tag (differing from every other
-/// at every byte): fast ones, dripping ones that wait between pieces holding no buffer, large
+/// at every byte): fast ones, dripping ones whose relays wait between pieces holding no buffer, large
 /// and small, chunked and close-delimited. Each client gets exactly its own bytes.
 #[test]
 fn relayed_bodies_share_the_worker_buffers_and_keep_their_own_bytes() {
     let origin = Origin::start();
     let proxy = Proxy::start(&config_for(origin.addr, ""));
-    let started = Instant::now();
     let clients: Vec<_> = (0..96u64)
         .map(|tag| {
             let addr = proxy.addr;
             std::thread::spawn(move || {
                 let mode = if tag % 3 == 0 { "close" } else { "chunked" };
                 // Sizes from 1 byte to 600 KB; chunk sizes either side of the gather
-                // threshold; every fourth drips 2 ms after each piece.
+                // threshold; every fourth drips (the origin yields after each piece).
                 let n = [1, 5000, 70_000, 600_000][(tag % 4) as usize] + tag;
                 let c = [1000, 4096, 511, 40_000][((tag / 4) % 4) as usize];
-                let ms = if tag % 4 == 1 { 2 } else { 0 };
+                let drip = u8::from(tag % 4 == 1);
                 let mut client = Client::connect(addr);
                 for round in 0..2 {
-                    let path = format!("/tag/{mode}/{tag}/{n}/{c}/{ms}");
+                    let path = format!("/tag/{mode}/{tag}/{n}/{c}/{drip}");
                     client.send(&get(&path));
                     let r = client.response("GET").expect("a response");
                     assert_eq!(r.status, 200, "{path}");
@@ -1052,5 +1051,4 @@ fn relayed_bodies_share_the_worker_buffers_and_keep_their_own_bytes() {
     for c in clients {
         c.join().expect("every client gets its own bytes");
     }
-    assert!(started.elapsed() < Duration::from_secs(60));
 }

@@ -33,7 +33,7 @@ impl Seen {
 /// A loopback HTTP/1.1 origin whose behaviour is chosen by the request path:
 /// `/len/N` (N bytes, Content-Length), `/chunked/N`, `/close/N` (close-delimited),
 /// `/seq/N/H` (N position-dependent bytes after a head padded by H bytes), `/seqchunked/N/C[/T]`
-/// and `/seqclose/N` (the same bytes chunked or close-delimited), `/tag/MODE/T/N/C/MS` (bytes
+/// and `/seqclose/N` (the same bytes chunked or close-delimited), `/tag/MODE/T/N/C/D` (bytes
 /// that differ by tag, chunked or close-delimited, dripped), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
 /// `/close-after`, `/204`, `/continue` (sends 103 first), `/stray/MS/ID` (`own ID`, then MS ms
 /// later an unrequested `stray ID` response), `/interim-flood` (1xx without end); anything
@@ -325,10 +325,11 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 w.write_all(&wire)?;
             }
             "tag" => {
-                // `/tag/MODE/T/N/C/MS`: N bytes of `tag_byte(T, i)`, in chunks of C (MODE
-                // `chunked`) or delimited by the close (`close`), with a pause of MS ms after
-                // each write (a dripping origin).
-                let (tag, n, c, ms) = (arg(3), arg(4), arg(5).max(1), arg(6));
+                // `/tag/MODE/T/N/C/D`: N bytes of `tag_byte(T, i)`, in chunks of C (MODE
+                // `chunked`) or delimited by the close (`close`); with D = 1 the origin gives
+                // up its thread after each write, so that the proxy finds the socket empty
+                // between pieces more often (a dripping origin, paced by the scheduler).
+                let (tag, n, c, drip) = (arg(3), arg(4), arg(5).max(1), arg(6) == 1);
                 let chunked = parts.get(2) == Some(&"chunked");
                 w.write_all(if chunked {
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -353,8 +354,8 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 // the framing, so reads end inside size lines and CRLFs.
                 for piece in wire.chunks(c as usize + 3) {
                     w.write_all(piece)?;
-                    if ms > 0 {
-                        thread::sleep(Duration::from_millis(ms));
+                    if drip {
+                        thread::yield_now();
                     }
                 }
                 if !chunked {
