@@ -48,13 +48,13 @@ def free_port():
     return p
 
 
-def rss_kib(pids):
+def rss_kib(pids, field="VmRSS:"):
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
         except FileNotFoundError:
             pass
@@ -163,7 +163,8 @@ def measure(name, start, conns, rounds, park_wait, with_burst):
         burst_line = ""
         if with_burst:
             ok, secs = burst(socks)
-            burst_line = f"; burst: {ok}/{conns} answered in {secs:.1f} s"
+            burst_line = (f"; burst: {ok}/{conns} answered in {secs:.1f} s, "
+                          f"RSS then {rss_kib(pids)} KiB")
         for s in socks:
             s.close()
         after = [settle(pids)]
@@ -178,6 +179,7 @@ def measure(name, start, conns, rounds, park_wait, with_burst):
             f"{held} KiB = {per_conn:.0f} B/connection {park_wait} s later{burst_line}; "
             f"RSS after each round of {conns}: "
             + ", ".join(f"{a} KiB" for a in after)
+            + f"; peak RSS {rss_kib(pids, 'VmHWM:')} KiB"
         )
     finally:
         proc.terminate()

@@ -34,8 +34,12 @@ pub(crate) fn run_with(
     close: bool,
     script: Option<&std::path::Path>,
 ) -> Result<WrkResult, String> {
+    // One wrk thread per load CPU: on the 2-core machine that is one, as before; on a
+    // many-core machine (`compare --workers N`) one thread cannot load N workers.
+    let threads = cpu_count(cpus).clamp(1, conns.max(1));
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", cpus, "wrk", "-t1", "--latency"])
+    cmd.args(["-c", cpus, "wrk", "--latency"])
+        .arg(format!("-t{threads}"))
         .arg(format!("-c{conns}"))
         .arg(format!("-d{secs}s"));
     if close {
@@ -54,6 +58,19 @@ pub(crate) fn run_with(
         ));
     }
     parse(&text).ok_or_else(|| format!("cannot read wrk output:\n{text}"))
+}
+
+/// How many CPUs a taskset list names ("1", "8-15", "0,2-3").
+fn cpu_count(cpus: &str) -> usize {
+    cpus.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum()
 }
 
 /// Full TLS handshakes: `clients` copies of `openssl s_time -new` (a new session on every
@@ -140,6 +157,13 @@ pub(crate) fn parse(text: &str) -> Option<WrkResult> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn counts_the_cpus_of_a_taskset_list() {
+        assert_eq!(super::cpu_count("1"), 1);
+        assert_eq!(super::cpu_count("8-15"), 8);
+        assert_eq!(super::cpu_count("0,2-3"), 3);
+    }
+
     #[test]
     fn parses_a_report() {
         let text = "Running 5s test @ http://127.0.0.1:9/\n  1 threads and 16 connections\n\
