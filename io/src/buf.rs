@@ -126,11 +126,22 @@ const SPARES: usize = 64;
 /// a body's bytes have arrived until they are written on (see `relay.rs`). Both stacks are
 /// last in, first out, so the buffer a read gets is the one a write finished with last, still
 /// in the CPU's caches; and a connection waiting for its upstream holds none.
+///
+/// When a stack is empty (more connections hold a buffer at once than the worker keeps), a
+/// buffer is allocated: the fall-back, counted in `fresh` (`ringway_buffers_allocated_total`).
 #[derive(Default)]
 pub(crate) struct Bufs {
     heads: RefCell<Vec<Vec<u8>>>,
     relays: RefCell<Vec<Vec<u8>>>,
     pieces: RefCell<Vec<Vec<Piece>>>,
+    fresh: std::cell::Cell<Fresh>,
+}
+
+/// Buffers a worker allocated because it had no spare one, by size.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Fresh {
+    pub(crate) heads: u64,
+    pub(crate) relays: u64,
 }
 
 impl Bufs {
@@ -138,13 +149,37 @@ impl Bufs {
     pub(crate) fn take(&self) -> Vec<u8> {
         let b = self.heads.borrow_mut().pop();
         b.or_else(|| self.relays.borrow_mut().pop())
-            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+            .unwrap_or_else(|| {
+                self.count(|f| f.heads += 1);
+                Vec::with_capacity(BUF_SIZE)
+            })
     }
 
     /// An empty buffer of [`RELAY_BUF`].
     pub(crate) fn take_relay(&self) -> Vec<u8> {
         let b = self.relays.borrow_mut().pop();
-        b.unwrap_or_else(|| Vec::with_capacity(RELAY_BUF))
+        b.unwrap_or_else(|| {
+            self.count(|f| f.relays += 1);
+            Vec::with_capacity(RELAY_BUF)
+        })
+    }
+
+    /// Grows a buffer that holds bytes (a head buffer with a body's first bytes behind the
+    /// head) to [`RELAY_BUF`]: an allocation outside the stacks, counted as a relay buffer's.
+    pub(crate) fn grow_relay(&self, buf: &mut Vec<u8>) {
+        self.count(|f| f.relays += 1);
+        ensure_capacity(buf, RELAY_BUF);
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Fresh)) {
+        let mut n = self.fresh.get();
+        f(&mut n);
+        self.fresh.set(n);
+    }
+
+    /// Buffers allocated so far because none was spare.
+    pub(crate) fn fresh(&self) -> Fresh {
+        self.fresh.get()
     }
 
     /// Takes back a buffer no longer needed (emptied), or frees it.

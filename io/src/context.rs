@@ -326,6 +326,7 @@ impl Worker {
                 requests: requests.total,
                 dns_lookups: dns.lookups,
                 dns_failures: dns.failures,
+                fresh: self.bufs.fresh(),
             },
         }
     }

@@ -64,6 +64,7 @@ pub(crate) struct WorkerSnap {
     pub(crate) requests: u64,
     pub(crate) dns_lookups: u64,
     pub(crate) dns_failures: u64,
+    pub(crate) fresh: crate::buf::Fresh,
 }
 
 type Labels = Vec<(&'static str, Cow<'static, str>)>;
@@ -289,6 +290,19 @@ impl Collector for Scrape {
             per_worker(|w| w.accepted)
                 .into_iter()
                 .map(|(l, n)| (l, counter(n))),
+        )?;
+        family(
+            &mut e,
+            "ringway_buffers_allocated",
+            "Buffers a worker allocated because none of its spares was free (it keeps 64 of each \
+             kind): head buffers (16 KiB, one per exchange reading or writing a head) and relay \
+             buffers (64 KiB, one per body whose bytes are in flight).",
+            MetricType::Counter,
+            self.workers.iter().enumerate().flat_map(|(i, w)| {
+                let i = i.to_string();
+                [("head", w.fresh.heads), ("relay", w.fresh.relays)]
+                    .map(|(k, n)| (l(&[("worker", &i), ("kind", k)]), counter(n)))
+            }),
         )?;
         let tls = &self.tls;
         family(

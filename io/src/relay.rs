@@ -418,7 +418,7 @@ async fn read_arrived(
             bufs.give(std::mem::take(buf));
             *buf = bufs.take_relay();
         } else if buf.capacity() < RELAY_BUF {
-            crate::buf::ensure_capacity(buf, RELAY_BUF);
+            bufs.grow_relay(buf);
         }
         let mut got = 0;
         loop {

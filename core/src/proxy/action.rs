@@ -39,7 +39,7 @@ pub enum Action {
     /// `handle_client_written`. `out()` keeps the request head for a possible resend.
     WriteContinue,
     /// Read the request body from the client and throw it away, then `handle_request_body`.
-    DiscardBody(BodyPlan),
+    DiscardBody(Box<BodyPlan>),
     /// Choose a server of upstream `group` for the balancing key `key`, skipping
     /// `tried()`, then `handle_pick`. io adds the active-check verdicts and counts the
     /// request in flight until the next `Pick` or the end.
@@ -88,7 +88,7 @@ pub enum Action {
     /// `handle_request_sent` or `handle_upstream_error`.
     SendRequest,
     /// Relay the request body from the client to the upstream, then `handle_request_body`.
-    SendBody(BodyPlan),
+    SendBody(Box<BodyPlan>),
     /// Hand everything buffered from the upstream to `handle_upstream_input`; when
     /// `read_first`, read more first (bounded by the deadline; `handle_upstream_error` /
     /// `handle_timeout` when that fails). `max`: read at most this much when nothing of the
@@ -99,10 +99,10 @@ pub enum Action {
     },
     /// Relay the response body from the upstream through the body sinks to the client, then
     /// `handle_response_body`.
-    RelayResponse(BodyPlan),
+    RelayResponse(Box<BodyPlan>),
     /// Read the whole response body from the upstream into the plan's tee (a fill the cache
     /// stores), writing nothing to the client yet, then `handle_body_fetched`.
-    FetchBody(BodyPlan),
+    FetchBody(Box<BodyPlan>),
     /// Hand back the upstream connection to `to` as `then` says. Then poll again.
     Release { to: UpstreamKey, then: Reuse },
     /// This exchange's claim on fetching the cache key `key` ends: end it in the worker's

@@ -311,14 +311,14 @@ impl Exchange {
                 idle: !began && self.served > 0,
                 read_first,
             },
-            Phase::Discard(_) => Action::DiscardBody(BodyPlan {
+            Phase::Discard(_) => Action::DiscardBody(Box::new(BodyPlan {
                 body: Transcoder::new(self.req.body, BodyKind::None),
                 splice: false,
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.send,
                 whole: self.timeouts.client_body_total,
                 stages: Stages::default(),
-            }),
+            })),
             Phase::Write(Written::Continue) => Action::WriteContinue,
             Phase::Write(_) => match &self.hit {
                 Some((e, coding, range)) => Action::WriteStored {
@@ -353,14 +353,14 @@ impl Exchange {
                 }
             }
             Phase::SendRequest => Action::SendRequest,
-            Phase::SendBody => Action::SendBody(BodyPlan {
+            Phase::SendBody => Action::SendBody(Box::new(BodyPlan {
                 body: Transcoder::new(self.req.body, self.req.body_out).with_max(self.req.max_body),
                 splice: spliceable(self.req.body, self.req.body_out, SPLICE_MIN_UPLOAD),
                 read_idle: self.timeouts.client_body,
                 write_idle: self.timeouts.upstream_write,
                 whole: self.timeouts.client_body_total,
                 stages: Stages::default(),
-            }),
+            })),
             Phase::ReadResponse { read_first } => Action::ReadResponseHead {
                 read_first,
                 max: self.head_read,
@@ -408,21 +408,21 @@ impl Exchange {
             _ => None,
         };
         if let Some(tee) = fetch {
-            return Action::FetchBody(BodyPlan {
+            return Action::FetchBody(Box::new(BodyPlan {
                 body,
                 splice: false,
                 read_idle,
                 write_idle,
                 whole: None,
                 stages: Stages::new(Some(tee), None, None),
-            });
+            }));
         }
         let expect = match self.up.relay {
             BodyKind::Length(n) => Some(n),
             _ => None,
         };
         let stages = Stages::new(self.cache.tee(expect), encode, replace);
-        Action::RelayResponse(BodyPlan {
+        Action::RelayResponse(Box::new(BodyPlan {
             body,
             // Spliced by the whole body's length: part of it may have gone out with the head.
             splice: spliceable(self.up.body_in, self.up.body_out, SPLICE_MIN)
@@ -432,7 +432,7 @@ impl Exchange {
             write_idle,
             whole: None,
             stages,
-        })
+        }))
     }
 
     /// Waits for the destination's addresses: the whole resolution (every query, retry and

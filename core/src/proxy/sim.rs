@@ -440,8 +440,8 @@ impl World<'_, '_> {
             Action::ReadResponseHead { read_first, max } => {
                 self.read_response_head(ex, read_first, max)
             }
-            Action::RelayResponse(plan) => self.response_body(ex, plan, true),
-            Action::FetchBody(plan) => self.response_body(ex, plan, false),
+            Action::RelayResponse(plan) => self.response_body(ex, *plan, true),
+            Action::FetchBody(plan) => self.response_body(ex, *plan, false),
             Action::Release { to, then } => self.release(to, then),
             Action::Finish(f) => {
                 self.finish();
