@@ -1059,7 +1059,7 @@ fn relayed_bodies_share_the_worker_buffers_and_keep_their_own_bytes() {
 /// (more than 64 relay buffers, counted in `ringway_buffers_allocated_total`). On epoll a
 /// relay writes as soon as it has read and gives its buffer back, so they share a few and the
 /// test only checks the count moved. Then every client reads exactly its own bytes: no body
-/// lost, truncated or mixed.
+/// lost, truncated or mixed; and a connection kept alive through all of it gets its own.
 #[test]
 fn relay_buffers_running_out_are_allocated_counted_and_lose_nothing() {
     const CLIENTS: u64 = 96;
@@ -1070,6 +1070,16 @@ fn relay_buffers_running_out_are_allocated_counted_and_lose_nothing() {
         "[admin]\nlisten = \"127.0.0.1:0\"\n",
     ));
     let admin = admin_addr(&proxy);
+    // A kept-alive connection that waits through all of it (parked after 1 s), then asks again.
+    let mut idle = Client::connect(proxy.addr);
+    let body = |c: &mut Client, tag: u64, n: u64| {
+        c.send(&get(&format!("/tag/close/{tag}/{n}/4096/0")));
+        let r = c.response("GET").expect("a response");
+        assert_eq!((r.status, r.body_len), (200, n), "client {tag}");
+        let bad = (0..r.body.len() as u64).find(|&i| r.body[i as usize] != tag_byte(tag, i));
+        assert_eq!(bad, None, "client {tag}: first byte not its own");
+    };
+    body(&mut idle, 500, 70_000);
     let mut clients: Vec<Client> = (0..CLIENTS)
         .map(|tag| {
             let mut c = Client::connect(proxy.addr);
@@ -1094,4 +1104,5 @@ fn relay_buffers_running_out_are_allocated_counted_and_lose_nothing() {
         let bad = (0..kept).find(|&i| r.body[i as usize] != tag_byte(tag, i));
         assert_eq!(bad, None, "client {tag}: first byte not its own");
     }
+    body(&mut idle, 501, 600_000);
 }
