@@ -13,6 +13,7 @@
 #   loadtest/ab.sh nginx target/release/ringway /64k   (nginx tuned as in nginx-proxy.conf)
 #   BODY=65536 loadtest/ab.sh old new /len/100          (uploads: POST with a BODY-byte body)
 #   CLOSE=1 loadtest/ab.sh old new /100b                (a connection per request)
+#   THREADS=8 ...                                         (wrk threads, all on CPU 1; default 1)
 #   SPLIT=1 loadtest/ab.sh floor target/release/ringway /100b   (user/system against the floor)
 #   EXTRA="--cache 64m" loadtest/ab.sh old new /cached/100b     (cache hits: /cached/ is fresh
 #                                                                 for an hour at the origin)
@@ -24,7 +25,7 @@
 # Needs nginx, wrk, taskset and a release build of ringway-loadtest. Loopback only; every
 # process it starts is stopped by PID when it ends.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n "2,17p" "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n "2,18p" "$0"; exit 2; }
 A=$1 B=$2
 shift 2
 PATHS=("$@")
@@ -106,10 +107,10 @@ EOF
     printf '%s %s: %s bytes per response\n' "$bin" "$path" \
       "$(curl -s -H "Accept-Encoding: ${ENC:-gzip}" "http://127.0.0.1:$PROXY$path" | wc -c)" >&2
   fi
-  taskset -c 1 wrk "${WRK_ARGS[@]}" -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PROXY$path" >/dev/null
+  taskset -c 1 wrk "${WRK_ARGS[@]}" -t"${THREADS:-1}" -c"$CONNS" -d1s "http://127.0.0.1:$PROXY$path" >/dev/null
   local ua sa ub sb out reqs
   read -r ua sa < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  out=$(taskset -c 1 wrk "${WRK_ARGS[@]}" -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY$path")
+  out=$(taskset -c 1 wrk "${WRK_ARGS[@]}" -t"${THREADS:-1}" -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY$path")
   read -r ub sb < <(awk '{print $14, $15}' "/proc/$pid/stat")
   kill "$pid"
   wait "$pid" 2>/dev/null || true
