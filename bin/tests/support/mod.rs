@@ -1238,12 +1238,27 @@ pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
 /// Waits (5 s at most) until `/metrics` shows `name{labels}` at `want`. Workers publish their
 /// figures every 50 ms, with no event a test could wait on, so this polls at that pace.
 pub fn wait_metric(admin: std::net::SocketAddr, name: &str, labels: &str, want: f64) {
-    wait_metric_until(admin, name, labels, |v| v == want, want);
+    wait_metric_until(
+        admin,
+        name,
+        labels,
+        |v| v == want,
+        want,
+        Duration::from_secs(5),
+    );
 }
 
-/// Waits until the sample `name{labels}` is at least `want` (a counter passing a mark).
+/// Waits (30 s at most: it may wait for hundreds of MB to move) until the sample
+/// `name{labels}` is at least `want` (a counter passing a mark).
 pub fn wait_metric_at_least(admin: std::net::SocketAddr, name: &str, labels: &str, want: f64) {
-    wait_metric_until(admin, name, labels, |v| v >= want, want);
+    wait_metric_until(
+        admin,
+        name,
+        labels,
+        |v| v >= want,
+        want,
+        Duration::from_secs(30),
+    );
 }
 
 fn wait_metric_until(
@@ -1252,8 +1267,9 @@ fn wait_metric_until(
     labels: &str,
     done: impl Fn(f64) -> bool,
     want: f64,
+    limit: Duration,
 ) {
-    let end = Instant::now() + Duration::from_secs(5);
+    let end = Instant::now() + limit;
     let mut last = None;
     while Instant::now() < end {
         last = sample(&admin_get(admin, "/metrics"), name, labels);
