@@ -17,7 +17,7 @@ use ringway_core::config::{Listen, Protocol, Transport};
 use ringway_core::http::body::{BodyError, Stage};
 use ringway_core::proxy::{
     Action, BodyFail, BodyPlan, CacheRef, Close, EndRecord, Env, Exchange, Finish, Parked,
-    Requester, Reuse, Spares, UpstreamError, Via, CONTINUE,
+    Requester, Reuse, Spares, UpstreamError, Via, CONTINUE, OUT_FIRST,
 };
 use ringway_core::upstream::UpstreamKey;
 
@@ -547,7 +547,7 @@ impl Conn {
                 Action::WriteClient => {
                     let wait = arm(&self.deadline, &self.ex, self.now);
                     let ok = self.client.write_all(self.ex.out(), wait).await.is_ok();
-                    ensure_capacity(self.ex.out(), 1024);
+                    ensure_capacity(self.ex.out(), OUT_FIRST);
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
@@ -571,7 +571,7 @@ impl Conn {
                                 .is_ok()
                         }
                     };
-                    ensure_capacity(self.ex.out(), 1024);
+                    ensure_capacity(self.ex.out(), OUT_FIRST);
                     let now = self.tick();
                     self.ex.handle_client_written(ok, now);
                 }
@@ -774,7 +774,7 @@ impl Conn {
                     let wait = arm(&self.deadline, &self.ex, self.now);
                     let up = self.up.as_mut().expect("connected before sending");
                     let r = up.write_all(self.ex.out(), wait).await;
-                    ensure_capacity(self.ex.out(), 1024);
+                    ensure_capacity(self.ex.out(), OUT_FIRST);
                     let now = self.tick();
                     match r {
                         Ok(()) => self.ex.handle_request_sent(now),

@@ -146,8 +146,8 @@ impl<'a> Env<'a> {
 }
 
 /// The response head buffer's first capacity (most heads fit; `begin` shrinks a grown one
-/// back to it).
-const OUT_FIRST: usize = 512;
+/// back to it). io gives it back this capacity when a cancelled write took the buffer.
+pub const OUT_FIRST: usize = 512;
 
 /// One client connection's exchanges; see the module documentation.
 pub struct Exchange {
