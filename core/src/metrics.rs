@@ -123,16 +123,22 @@ pub struct ServerTally {
     pub header: Histogram,
 }
 
+/// The tally's maps. Their keys come from the configuration (listeners, routes, groups and
+/// their servers, limits, rules), never from a request, so a fast hash serves: SipHash was
+/// four hashes and about 1,000 instructions per counted request (callgrind,
+/// docs/benchmarks-log.md run 41).
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A worker's counts since it started (a reload does not reset them).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tally {
     /// By listener address.
-    pub listeners: HashMap<SocketAddr, Classes>,
+    pub listeners: Map<SocketAddr, Classes>,
     /// By route name.
-    pub routes: HashMap<Box<str>, Classes>,
+    pub routes: Map<Box<str>, Classes>,
     /// By group name, then server address (two levels, so that counting a response looks the
     /// group up by `&str`, with no key allocated per request).
-    pub servers: HashMap<Box<str>, HashMap<SocketAddr, ServerTally>>,
+    pub servers: Map<Box<str>, Map<SocketAddr, ServerTally>>,
     pub request_time: Histogram,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -141,11 +147,11 @@ pub struct Tally {
     /// By [`CACHE_LABELS`].
     pub cache: [u64; 6],
     /// Forward-proxy refusals by reason (`Denial::kind`).
-    pub denials: HashMap<&'static str, u64>,
+    pub denials: Map<&'static str, u64>,
     /// Requests refused by a rate limit, by its name.
-    pub limited: HashMap<Box<str>, u64>,
+    pub limited: Map<Box<str>, u64>,
     /// Requests a `[[rules]]` entry decided, by its name and action.
-    pub rules: HashMap<(Box<str>, &'static str), u64>,
+    pub rules: Map<(Box<str>, &'static str), u64>,
 }
 
 /// Where an exchange was, for its labels (io looks the names up in the configuration it ran

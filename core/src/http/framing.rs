@@ -138,7 +138,7 @@ fn scan(buf: &[u8], headers: &[Header]) -> Result<Scan, FramingError> {
     for h in headers {
         let name = h.name.get(buf);
         let value = h.value.get(buf);
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if super::name_is(name, b"content-length") {
             for item in value.split(|&b| b == b',') {
                 let n = parse_length(super::trim_ows(item))?;
                 match s.length {
@@ -146,7 +146,7 @@ fn scan(buf: &[u8], headers: &[Header]) -> Result<Scan, FramingError> {
                     _ => s.length = Some(n),
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if super::name_is(name, b"transfer-encoding") {
             s.transfer_encoding = true;
             let mut any = false;
             for coding in list_items(value) {
@@ -164,7 +164,7 @@ fn scan(buf: &[u8], headers: &[Header]) -> Result<Scan, FramingError> {
                 s.last_is_chunked = false;
                 s.empty_coding = true;
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if super::name_is(name, b"connection") {
             for opt in list_items(value) {
                 if opt.eq_ignore_ascii_case(b"close") {
                     s.connection.close = true;
@@ -174,10 +174,10 @@ fn scan(buf: &[u8], headers: &[Header]) -> Result<Scan, FramingError> {
                     s.connection.upgrade = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"host") {
+        } else if super::name_is(name, b"host") {
             s.hosts += 1;
             s.host = Some(h.value);
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if super::name_is(name, b"expect") {
             s.expect = Some(h.value);
         }
     }

@@ -137,6 +137,44 @@ pub struct ResponseHead {
     pub len: usize,
 }
 
+/// Whether a parsed field name is `lower`, in any case. `name` holds only tchar bytes (the
+/// parser checked them) and `lower` only lower-case letters, digits and `-`: setting bit 5
+/// (`| 0x20`) folds ASCII upper case to lower and leaves those alone, and no other tchar
+/// becomes one of them, so eight bytes compare at once. The byte-by-byte
+/// `eq_ignore_ascii_case` was most of what scanning a head's framing fields cost (callgrind,
+/// docs/benchmarks-log.md run 41).
+#[inline]
+pub fn name_is(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    debug_assert!(lower
+        .iter()
+        .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    let word =
+        |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("eight bytes"));
+    if n < 8 {
+        return name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b);
+    }
+    let mut i = 0;
+    while i + 8 < n {
+        if word(name, i) | FOLD != word(lower, i) {
+            return false;
+        }
+        i += 8;
+    }
+    // The last eight bytes, overlapping the word before when `n` is not a multiple of 8.
+    word(name, n - 8) | FOLD == word(lower, n - 8)
+}
+
+/// Whether a parsed field name is one of `set` (see [`name_is`] for what both may hold).
+#[inline]
+pub fn name_in(set: &[&[u8]], name: &[u8]) -> bool {
+    set.iter().any(|s| name_is(name, s))
+}
+
 /// Finds the first header named `name` (ASCII case-insensitive).
 pub fn find_header<'b>(buf: &'b [u8], headers: &[Header], name: &[u8]) -> Option<&'b [u8]> {
     headers
@@ -162,4 +200,44 @@ pub fn trim_ows(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chars::TCHAR;
+
+    #[test]
+    fn name_is_agrees_with_eq_ignore_ascii_case_for_every_tchar() {
+        let names: &[&[u8]] = &[
+            b"te",
+            b"host",
+            b"x-forwarded-for",
+            b"connection",
+            b"content-length",
+            b"transfer-encoding",
+            b"if-unmodified-since",
+            b"x-client-cert-fingerprint",
+            b"a1-b2",
+        ];
+        for &lower in names {
+            assert!(super::name_is(lower, lower));
+            assert!(super::name_is(&lower.to_ascii_uppercase(), lower));
+            // Every tchar in every position, and each name one byte shorter and longer.
+            for at in 0..lower.len() {
+                for b in (0..=255u8).filter(|&b| TCHAR[b as usize]) {
+                    let mut name = lower.to_vec();
+                    name[at] = b;
+                    assert_eq!(
+                        super::name_is(&name, lower),
+                        name.eq_ignore_ascii_case(lower),
+                        "{:?} against {:?}",
+                        String::from_utf8_lossy(&name),
+                        String::from_utf8_lossy(lower)
+                    );
+                }
+            }
+            assert!(!super::name_is(&lower[1..], lower));
+            assert!(!super::name_is(&[lower, b"x"].concat(), lower));
+        }
+    }
 }

@@ -155,8 +155,8 @@ impl HeadScanner {
             self.check_start_line(buf)?;
         }
         let from = self.scanned.saturating_sub(3).max(self.start);
-        if let Some(i) = end_of_head().find(&buf[from..]) {
-            let end = from + i + 4;
+        if let Some(i) = super::simd::find_blank_line(buf, from) {
+            let end = i + 4;
             if end - self.start > limits.max_head {
                 return Err(self.overflow(buf, limits));
             }
@@ -209,14 +209,6 @@ impl HeadScanner {
             ParseError::HeadTooLarge
         }
     }
-}
-
-/// The searcher for CRLF CRLF, built once: building a `memmem::Finder` per call was a quarter
-/// of the cost of parsing a typical request.
-fn end_of_head() -> &'static memchr::memmem::Finder<'static> {
-    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
-        std::sync::OnceLock::new();
-    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
 }
 
 /// A cursor over one complete head.
