@@ -20,11 +20,14 @@ use crate::deadline::{Deadline, IoFail, Limit};
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
 
 /// The buffer a body that is not spliced moves through (chunked and close-delimited framing
-/// between spliced runs, bodies over TLS, bodies through a stage). Four times `BUF_SIZE`
-/// halved the CPU per response of 1 MiB in 4 KiB chunks (850 → 420–450 µs; nginx with
-/// `proxy_buffers 8 16k`: 385–460) by moving a body in a quarter of the reads and writes. Held
-/// only while a body moves: an idle connection gives it back to the worker's spares.
-pub(crate) const RELAY_BUF: usize = 4 * BUF_SIZE;
+/// between spliced runs, bodies over TLS, bodies through a stage): 128 KiB, nginx's
+/// `proxy_buffers 8 16k` in one piece. Four times `BUF_SIZE` halved the CPU per response of
+/// 1 MiB in 4 KiB chunks against one (850 → 420–450 µs); eight times took a further quarter
+/// off 256 KiB in 4 KiB chunks at 256 connections (0.53–0.81 of the CPU), where each read
+/// freed the origin's window in smaller steps and each step woke its writer (docs/benchmarks.md,
+/// run 41). Held only while a body's bytes are in it (`relay::read_arrived`): a relay waiting
+/// for its upstream, and an idle connection, hold none.
+pub(crate) const RELAY_BUF: usize = 8 * BUF_SIZE;
 
 /// Reads once into `buf[len..len + max]` (bounded by capacity), appending. Returns bytes read;
 /// 0 means the peer closed.
@@ -117,7 +120,7 @@ pub(crate) fn ensure_capacity(buf: &mut Vec<u8>, cap: usize) {
     }
 }
 
-/// Most spare buffers a worker keeps of each size (1 MiB of head buffers, 4 MiB of relay
+/// Most spare buffers a worker keeps of each size (1 MiB of head buffers, 8 MiB of relay
 /// buffers); more are freed.
 const SPARES: usize = 64;
 

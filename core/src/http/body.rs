@@ -184,7 +184,8 @@ impl Transcoder {
     }
 
     /// Most bytes worth reading next: the rest of a known length; in a long chunk its rest
-    /// and the next size line ([`FRAMING_READ`]); else unbounded.
+    /// and the next size line ([`FRAMING_READ`]); in a close-delimited body, what is left of
+    /// its first [`SPLICE_RUN`]; else unbounded.
     pub fn want(&self) -> usize {
         match self.dec {
             Decode::Length(rem) => rem.min(usize::MAX as u64) as usize,
@@ -193,6 +194,10 @@ impl Transcoder {
             Decode::Chunked(ref d) if d.chunk_size() >= SPLICE_RUN => {
                 (d.data_left() as usize).saturating_add(FRAMING_READ)
             }
+            // A close-delimited body is spliced from its first SPLICE_RUN on: read no more
+            // than that through the buffer (a read as large as the buffer copied up to four
+            // times as much before the splice began).
+            Decode::Close if self.total < SPLICE_RUN => (SPLICE_RUN - self.total) as usize,
             _ => usize::MAX,
         }
     }
@@ -700,6 +705,20 @@ mod tests {
             Transcoder::new(BodyKind::Length(1 << 20), BodyKind::Length(1 << 20)).splice_run(),
             None
         );
+    }
+
+    #[test]
+    fn a_close_delimited_body_is_read_up_to_where_its_splice_may_begin() {
+        let mut t = Transcoder::new(BodyKind::Close, BodyKind::Chunked);
+        assert_eq!(t.want(), SPLICE_RUN as usize);
+        let mut out = Vec::new();
+        assert_eq!(t.step(&[b'a'; 1000], &mut out).unwrap().consumed, 1000);
+        assert_eq!(t.want(), SPLICE_RUN as usize - 1000);
+        assert_eq!(t.splice_run(), None);
+        let rest = vec![b'a'; SPLICE_RUN as usize - 1000];
+        assert_eq!(t.step(&rest, &mut out).unwrap().consumed, rest.len());
+        assert_eq!(t.splice_run(), Some(u64::MAX));
+        assert_eq!(t.want(), usize::MAX, "unbounded once the splice may begin");
     }
 
     #[test]
