@@ -13,12 +13,15 @@
 #   MODES="ka close" SECS=6 CONNS=16 TOP=25 loadtest/instructions.sh old new
 #       (MODES: ka = keep-alive, close = a connection per request; TOP: also print the
 #        functions with the most instructions of their own, per request)
+#   URL=/chunked/262144/4096 MODES=ka loadtest/instructions.sh old new
+#       (URL: /100b from nginx by default; /chunked/N/C and /close/N from `ringway-loadtest
+#        origin`, which needs its release build)
 #
 # Needs valgrind, nginx, wrk and taskset. Loopback only; every process it starts is stopped by
 # PID when it ends. The callgrind files stay in OUT (default: a temporary directory, removed).
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n "2,18p" "$0"; exit 2; }
-MODES=${MODES:-ka close} SECS=${SECS:-6} CONNS=${CONNS:-16} TOP=${TOP:-0}
+MODES=${MODES:-ka close} SECS=${SECS:-6} CONNS=${CONNS:-16} TOP=${TOP:-0} URL=${URL:-/100b}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/ringway-instr.XXXXXX)
 OUT=${OUT:-}
@@ -40,6 +43,14 @@ sed -e "s#{{DIR}}#$DIR#g; s#{{LISTEN}}#127.0.0.1:$ORIGIN#; s#{{WORKERS}}#1#" \
   "$ROOT/loadtest/nginx-origin.conf" >"$DIR/origin.conf"
 taskset -c 1 nginx -c "$DIR/origin.conf" -p "$DIR"
 wait_port "$ORIGIN"
+case $URL in
+/chunked/* | /close/*)
+  ORIGIN=$(free_port)
+  taskset -c 1 "$ROOT/target/release/ringway-loadtest" origin --listen "127.0.0.1:$ORIGIN" &
+  PIDS+=($!)
+  wait_port "$ORIGIN"
+  ;;
+esac
 
 # BIN NAME LOAD [wrk args...] -> total instructions and requests (LOAD 0: none sent)
 count() {
@@ -52,7 +63,7 @@ count() {
   PIDS+=("$pid")
   wait_port "$PROXY"
   if [ "$load" = 1 ]; then
-    n=$(taskset -c 1 wrk "$@" -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY/100b" |
+    n=$(taskset -c 1 wrk "$@" -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY$URL" |
       awk '/requests in/{print $1}')
   fi
   kill "$pid"
@@ -62,6 +73,8 @@ count() {
   echo "$(awk '/^(summary|totals):/{print $2; exit}' "$DIR/$name.cg") $n"
 }
 
+echo "$URL, $CONNS connections"
+echo
 echo "| binary | mode | instructions per request | requests counted |"
 echo "|---|---|---|---|"
 i=0

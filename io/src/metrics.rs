@@ -296,7 +296,7 @@ impl Collector for Scrape {
             "ringway_buffers_allocated",
             "Buffers a worker allocated because none of its spares was free (it keeps 64 of each \
              kind): head buffers (16 KiB, one per exchange reading or writing a head) and relay \
-             buffers (64 KiB, one per body whose bytes are in flight).",
+             buffers (128 KiB, one per body whose bytes are in flight).",
             MetricType::Counter,
             self.workers.iter().enumerate().flat_map(|(i, w)| {
                 let i = i.to_string();

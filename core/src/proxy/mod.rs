@@ -2148,6 +2148,12 @@ impl Exchange {
         }
         let mut t = Transcoder::new(body, to_client);
         let mark = self.out.len();
+        // Room for all of it at once: grown by `step`'s appends, the head buffer was
+        // reallocated and copied five or six times for 16 KiB of chunks (from `OUT_FIRST`,
+        // which `begin` returns it to), a tenth of ringway's own CPU per chunked response
+        // (docs/benchmarks-log.md, run 41). The framing re-written for the client is at most
+        // a few bytes longer than the input's.
+        self.out.reserve(buffered.len() + 64);
         match t.step(buffered, &mut self.out) {
             Ok(s) if s.consumed > 0 => {
                 // Identity framing both ways passes the bytes through untouched; they go
