@@ -25,16 +25,8 @@ MODES=${MODES:-ka close} SECS=${SECS:-6} CONNS=${CONNS:-16} TOP=${TOP:-0} URL=${
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/ringway-instr.XXXXXX)
 OUT=${OUT:-}
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$DIR/origin-nginx.pid" ] && kill "$(cat "$DIR/origin-nginx.pid")" 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-
+# shellcheck source=loadtest/common.sh
+. "$ROOT/loadtest/common.sh"
 chmod 755 "$DIR" # nginx workers run as nobody
 mkdir -p "$DIR/www"
 head -c 100 /dev/zero | tr '\0' x >"$DIR/www/100b"
@@ -61,7 +53,7 @@ count() {
     >"$DIR/$name.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
-  wait_port "$PROXY"
+  wait_port "$PROXY" 400 # valgrind starts slowly
   if [ "$load" = 1 ]; then
     n=$(taskset -c 1 wrk "$@" -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY$URL" |
       awk '/requests in/{print $1}')

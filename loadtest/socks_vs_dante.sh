@@ -18,15 +18,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RINGWAY=${RINGWAY:-$ROOT/target/release/ringway}
 LOADTEST=${LOADTEST:-$ROOT/target/release/ringway-loadtest}
 DIR=$(mktemp -d /tmp/ringway-socks.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$DIR/origin-nginx.pid" ] && kill "$(cat "$DIR/origin-nginx.pid")" 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=loadtest/common.sh
+. "$ROOT/loadtest/common.sh"
 busy0() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 
 chmod 755 "$DIR"
