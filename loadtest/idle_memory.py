@@ -17,8 +17,10 @@ limit is raised (as root). Loopback only; every loop is bounded.
 """
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import ssl
 import socket
 import subprocess
@@ -215,6 +217,7 @@ def main():
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     up = f"127.0.0.1:{origin.server_address[1]}"
     tmp = tempfile.mkdtemp(prefix="ringway-idle-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
     if a.tls:
         global TLS

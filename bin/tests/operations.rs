@@ -635,6 +635,8 @@ fn versions_are_kept_compared_and_rolled_back() {
     assert!(!ok);
     assert!(out.contains("no version 9 (kept: 1, 2, 3)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
+    // The proxy is killed, not stopped, so it leaves its pid file (one per run was left in /tmp).
+    let _ = std::fs::remove_file(&pid);
 }
 
 /// An origin that answers any request with `101` and then echoes every byte: a WebSocket's
