@@ -760,6 +760,49 @@ fn long_chunks_and_close_delimited_bodies_arrive_whole_when_spliced() {
     assert_eq!(c.response("POST").unwrap().text(), format!("{len} {sum}"));
 }
 
+/// A chunked body whose long chunks are spliced together with the framing between them
+/// (the framing read back out of the pipe): every byte arrives in order, whatever piece sizes
+/// the origin writes in (reads then end inside size lines, extensions and the trailer); the
+/// upstream connection is reused after a clean body and dropped after one followed by bytes
+/// nobody asked for, which never reach the client.
+#[test]
+fn chunk_framing_spliced_along_with_long_chunks_is_read_back_and_checked() {
+    use support::MIX_CHUNKS;
+    let origin = Origin::start();
+    let proxy = Proxy::start(&config_for(origin.addr, ""));
+    let total: u64 = MIX_CHUNKS.iter().sum();
+    let mut c = Client::connect(proxy.addr);
+    for piece in [0, 1000, 4099, 65_539] {
+        let path = format!("/mixchunked/{piece}");
+        c.send(&get(&path));
+        let r = c.response("GET").expect("a response");
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{path}");
+        assert_eq!((r.status, r.body_len), (200, total), "{path}");
+        let bad = r
+            .body
+            .iter()
+            .enumerate()
+            .find(|&(i, &b)| b != seq_byte(i as u64));
+        assert_eq!(bad, None, "{path}: first wrong byte");
+    }
+    assert_eq!(
+        origin.connections(),
+        1,
+        "clean bodies leave the upstream connection reusable"
+    );
+    c.send(&get("/mixchunked/0/stray"));
+    let r = c.response("GET").expect("a response");
+    assert_eq!((r.status, r.body_len), (200, total));
+    c.send(&get("/seq/5/0"));
+    let r = c.response("GET").expect("the next response");
+    assert_eq!((r.status, r.body_len), (200, 5), "not the stray response");
+    assert_eq!(
+        origin.connections(),
+        2,
+        "bytes past a body: that upstream connection is not used again"
+    );
+}
+
 /// An origin that stalls inside a long chunk while it is being spliced: the relay gives up
 /// after `upstream_read`, the client gets no last chunk (so it can tell), and the worker goes on
 /// serving others meanwhile (the splice waits for readiness; it never blocks the thread).

@@ -10,14 +10,14 @@
 use std::time::Duration;
 
 use monoio::net::TcpStream;
-use ringway_core::http::body::{BodyError, Stage, Transcoder};
+use ringway_core::http::body::{BodyError, Stage, Transcoder, FRAMING_READ};
 use ringway_core::proxy::BodyFail;
 
 use ringway_core::http::body::Piece;
 
 use crate::buf::{write_range, Bufs, RELAY_BUF};
 use crate::deadline::IoFail;
-use crate::splice::{drain, fill, splice, Fixed, Pipe, Pipes, SpliceError};
+use crate::splice::{drain, fill, put_ahead, splice, Fixed, Pipe, Pipes, SpliceError};
 use crate::stream::Stream;
 
 /// Which end of a relay failed.
@@ -129,69 +129,133 @@ fn spliced_error(e: SpliceError) -> RelayError {
     }
 }
 
-/// Splices the run of payload core's [`Transcoder::splice_run`] allows (the rest of a long
-/// chunk, or a long close-delimited body to its end) from `from` to `to`, after the framing
-/// [`Transcoder::spliced`] writes for it. True when the source ended (inside a chunk: early,
-/// which `finish_at_eof` then reports; the chunk was announced whole, so the next hop sees
-/// the truncation).
+/// Splices a close-delimited body from its first [`SPLICE_RUN`] bytes to its end, a pipe's
+/// worth at a time, each after the framing [`Transcoder::spliced`] writes for it (chunked
+/// for an HTTP/1.1 client). Ends at the source's end of file.
 ///
 /// The framing goes out by its own write. Writing it into the pipe ahead of the data, so that
 /// both leave in one splice, measured twice the CPU per response (1 MiB in 64 KiB chunks:
 /// 400–630 µs against 280–340): the small pipe buffer ahead of the socket pages made the
 /// kernel build and deliver far more segments (softirq time tripled).
-async fn splice_run(
+///
+/// [`SPLICE_RUN`]: ringway_core::http::body::SPLICE_RUN
+async fn splice_to_end(
     from: &TcpStream,
     to: &mut TcpStream,
     body: &mut Transcoder,
-    run: u64,
     pipe: &Pipe,
     scratch: &mut Vec<u8>,
-    t: RelayTimeouts,
-) -> Result<bool, RelayError> {
-    let waits = Fixed {
-        read: t.read,
-        write: t.write,
-    };
-    // A chunk's run is known whole: one chunk header for all of it, however the bytes
-    // arrive. A close-delimited run is framed a pipe's worth at a time.
-    let known = run != u64::MAX;
-    if known {
-        frame_run(to, body, run, scratch, t).await?;
-    }
-    let mut left = run;
-    while left > 0 {
-        let want = left.min(usize::MAX as u64) as usize;
-        let n = fill(from, pipe, want, &waits)
+    waits: &Fixed,
+) -> Result<(), RelayError> {
+    loop {
+        let n = fill(from, pipe, usize::MAX, waits)
             .await
             .map_err(spliced_error)?;
         if n == 0 {
-            return Ok(true);
+            return Ok(());
         }
-        if known {
-            left -= n as u64;
-        } else {
-            frame_run(to, body, n as u64, scratch, t).await?;
-        }
-        drain(pipe, to, n, &waits).await.map_err(spliced_error)?;
+        scratch.clear();
+        body.spliced(n as u64, scratch);
+        crate::splice::put(to, scratch, waits)
+            .await
+            .map_err(spliced_error)?;
+        drain(pipe, to, n, waits).await.map_err(spliced_error)?;
     }
-    Ok(false)
 }
 
-/// Writes the framing core gives for `n` payload bytes about to be spliced.
-async fn frame_run(
+/// Splices a chunked body's long chunks, and takes the framing between them, through one
+/// pipe: each splice in takes up to a relay buffer's worth of the body as it arrived, data
+/// and framing alike. A chunk's data goes on by splice after the header
+/// [`Transcoder::spliced`] writes for it (its rest, announced whole); the framing after it is
+/// read out of the pipe and stepped as a buffered read would be. True when the source ended
+/// inside the body (inside a chunk the next hop sees the truncation: it was announced whole).
+/// False when the run is over (the body is done, or a short chunk or framing that needs more
+/// bytes comes next): what the pipe still held is in `buf` then, as if read from the socket.
+///
+/// Splicing one chunk at a time from the socket, with a read of the framing after each,
+/// took two reads of the origin's socket per chunk, each freeing a little of its window:
+/// 1 MiB in 64 KiB chunks at 256 connections cost 1.8–2.1x nginx's CPU, most of it the
+/// kernel sending the origin's next segments from our system calls (docs/benchmarks-log.md,
+/// run 42).
+#[allow(clippy::too_many_arguments)]
+async fn splice_chunks(
+    from: &TcpStream,
     to: &mut TcpStream,
     body: &mut Transcoder,
-    n: u64,
+    pipe: &Pipe,
+    buf: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
-    t: RelayTimeouts,
-) -> Result<(), RelayError> {
+    bufs: &Bufs,
+    waits: &Fixed,
+) -> Result<bool, RelayError> {
+    // Bytes in the pipe.
+    let mut held = 0;
     scratch.clear();
-    body.spliced(n, scratch);
-    if !scratch.is_empty() {
-        let k = scratch.len();
-        write_range(to, scratch, 0..k, t.write).await.map_err(dst)?;
+    loop {
+        let run = body.chunk_left();
+        body.spliced(run, scratch);
+        put_ahead(to, scratch, waits).await.map_err(spliced_error)?;
+        scratch.clear();
+        let mut left = run;
+        while left > 0 {
+            if held == 0 {
+                held = fill(from, pipe, RELAY_BUF, waits)
+                    .await
+                    .map_err(spliced_error)?;
+                if held == 0 {
+                    return Ok(true);
+                }
+            }
+            let n = left.min(held as u64) as usize;
+            drain(pipe, to, n, waits).await.map_err(spliced_error)?;
+            left -= n as u64;
+            held -= n;
+        }
+        if held == 0 {
+            held = fill(from, pipe, RELAY_BUF, waits)
+                .await
+                .map_err(spliced_error)?;
+            if held == 0 {
+                return Ok(true);
+            }
+        }
+        let k = held.min(FRAMING_READ);
+        out_of_pipe(pipe, buf, k, bufs)?;
+        held -= k;
+        let s = body
+            .step(buf, scratch)
+            .map_err(|e| src(RelayFail::Body(e)))?;
+        debug_assert!(s.pass.is_empty(), "chunked input passes nothing untouched");
+        buf.drain(..s.consumed);
+        if body.splice_run().is_none() {
+            out_of_pipe(pipe, buf, held, bufs)?;
+            return put_ahead_done(to, scratch, waits).await.map(|()| false);
+        }
     }
-    Ok(())
+}
+
+/// Writes framing that nothing spliced follows.
+async fn put_ahead_done(
+    to: &TcpStream,
+    scratch: &mut Vec<u8>,
+    waits: &Fixed,
+) -> Result<(), RelayError> {
+    let r = crate::splice::put(to, scratch, waits).await;
+    scratch.clear();
+    r.map_err(spliced_error)
+}
+
+/// Moves `n` bytes from `pipe` to the end of `buf`, in a relay buffer from the worker's spares
+/// when `buf` holds none.
+fn out_of_pipe(pipe: &Pipe, buf: &mut Vec<u8>, n: usize, bufs: &Bufs) -> Result<(), RelayError> {
+    if n == 0 {
+        return Ok(());
+    }
+    if buf.is_empty() && buf.capacity() < RELAY_BUF {
+        bufs.give(std::mem::take(buf));
+        *buf = bufs.take_relay();
+    }
+    crate::splice::take_out(pipe, buf, n).map_err(|e| src(RelayFail::Io(IoFail::Io(e))))
 }
 
 /// The body a relay moves: its framing, the stage it passes through (a cache tee, later a
@@ -311,7 +375,17 @@ async fn relay_in(
                     );
                 }
                 let p = pipe.as_ref().expect("taken above");
-                if splice_run(f, d, body, run, p, scratch, t).await? {
+                let waits = Fixed {
+                    read: t.read,
+                    write: t.write,
+                };
+                let ended = match run {
+                    u64::MAX => splice_to_end(f, d, body, p, scratch, &waits)
+                        .await
+                        .map(|()| true)?,
+                    _ => splice_chunks(f, d, body, p, buf, scratch, bufs, &waits).await?,
+                };
+                if ended {
                     scratch.clear();
                     body.finish_at_eof(scratch)
                         .map_err(|e| src(RelayFail::Body(e)))?;

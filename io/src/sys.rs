@@ -133,13 +133,23 @@ pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) {
 
 /// One non-blocking `send(2)` of `data` (no SIGPIPE): the bytes taken.
 pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    send_flags(fd, data, 0)
+}
+
+/// [`send`] with `MSG_MORE`: the kernel holds the bytes for what is sent next (a splice's
+/// pages), so that both leave in the same segments, even with `TCP_NODELAY`.
+pub(crate) fn send_more(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    send_flags(fd, data, libc::MSG_MORE)
+}
+
+fn send_flags(fd: BorrowedFd<'_>, data: &[u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: `data` is a valid buffer for its length; the descriptor is open.
     let n = unsafe {
         libc::send(
             fd.as_raw_fd(),
             data.as_ptr().cast(),
             data.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | flags,
         )
     };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
@@ -178,6 +188,22 @@ pub(crate) fn recv_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> 
     };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     // SAFETY: recv initialised the first `n` bytes of the spare capacity (n <= want).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// One `read(2)` from `fd` (a non-blocking pipe) appending at most `max` bytes to `buf`'s
+/// spare capacity: the bytes read (0 at the end, or when there is no room).
+pub(crate) fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(max);
+    if want == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the spare capacity is valid for writes of `want` bytes; the descriptor is open.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: read initialised the first `n` bytes of the spare capacity (n <= want).
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }

@@ -235,6 +235,10 @@ fn write_pattern(w: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The chunk sizes of `/mixchunked/`: long ones (spliced), short ones between them (through
+/// the buffers), a long chunk right after a short one, and one byte.
+pub const MIX_CHUNKS: [u64; 9] = [70_000, 3, 40_000, 33_000, 100, 200_000, 1, 65_536, 32_767];
+
 fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
@@ -360,6 +364,38 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 }
                 if !chunked {
                     return Ok(());
+                }
+            }
+            "mixchunked" => {
+                // `/mixchunked/P[/stray]`: `/seq/` bytes in chunks of mixed sizes, long and
+                // short, one with a long extension, ending in a trailer; written in pieces of P
+                // bytes (0: at once) so that reads end anywhere in the framing. With `stray`,
+                // bytes no request asked for follow the body in the same write.
+                w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+                let mut wire = Vec::new();
+                let mut at = 0u64;
+                for (i, len) in MIX_CHUNKS.iter().enumerate() {
+                    write!(wire, "{len:x}")?;
+                    if i == 2 {
+                        write!(wire, ";name=\"{}\"", "e".repeat(200))?;
+                    }
+                    wire.extend_from_slice(b"\r\n");
+                    wire.extend((at..at + len).map(seq_byte));
+                    wire.extend_from_slice(b"\r\n");
+                    at += len;
+                }
+                wire.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+                if parts.get(3) == Some(&"stray") {
+                    wire.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray");
+                }
+                match arg(2) as usize {
+                    0 => w.write_all(&wire)?,
+                    p => {
+                        for piece in wire.chunks(p) {
+                            w.write_all(piece)?;
+                            w.flush()?;
+                        }
+                    }
                 }
             }
             "seqclose" => {

@@ -223,6 +223,15 @@ impl Transcoder {
         }
     }
 
+    /// Payload bytes of the current chunk still to come (chunked input; 0 between chunks and
+    /// for other framings): what may move next without being looked at.
+    pub fn chunk_left(&self) -> u64 {
+        match &self.dec {
+            Decode::Chunked(d) => d.data_left(),
+            _ => 0,
+        }
+    }
+
     /// `n` payload bytes (at most [`splice_run`](Self::splice_run)) are about to go on by
     /// splice: counts them and appends the framing that goes before them (for chunked output,
     /// the CRLF owed by the previous spliced chunk and this chunk's size line).
