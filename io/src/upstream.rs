@@ -322,3 +322,57 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ages of a slot's idle connections at `now`, oldest first, in seconds.
+    fn ages(pool: &mut Pool, key: UpstreamKey, now: Instant) -> Vec<u64> {
+        let (slot, _) = pool.slot(key);
+        slot.idle
+            .iter()
+            .map(|c| now.duration_since(c.since).as_secs())
+            .collect()
+    }
+
+    /// `put` drops the connections idle for `max_age` or longer from the front (the oldest),
+    /// keeps the rest, and evicts the oldest when the slot is full; destination connections
+    /// are counted as they come and go.
+    #[test]
+    fn put_drops_expired_connections_from_the_front_and_evicts_the_oldest() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let server = UpstreamKey::Server {
+            group: 0,
+            server: 0,
+        };
+        let mut pool = Pool::new([(1, 3)].into_iter(), Duration::from_secs(10));
+        for s in [0, 1, 2] {
+            pool.put(server, Stream::Sink, at(s));
+        }
+        assert_eq!(ages(&mut pool, server, at(2)), [2, 1, 0]);
+        // At 11 s the first (11 s idle) and second (10 s) have expired, the third (9 s) not.
+        pool.put(server, Stream::Sink, at(11));
+        assert_eq!(ages(&mut pool, server, at(11)), [9, 0]);
+        // Full at three: the oldest goes to make room.
+        pool.put(server, Stream::Sink, at(12));
+        pool.put(server, Stream::Sink, at(13));
+        assert_eq!(ages(&mut pool, server, at(13)), [2, 1, 0]);
+        // Everything expired: all dropped before the new one goes in.
+        pool.put(server, Stream::Sink, at(30));
+        assert_eq!(ages(&mut pool, server, at(30)), [0]);
+
+        let dest = UpstreamKey::Destination {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            from: None,
+        };
+        for s in [0, 5, 6] {
+            pool.put(dest, Stream::Sink, at(s));
+        }
+        assert_eq!(pool.destination_idle, 3);
+        pool.put(dest, Stream::Sink, at(15));
+        assert_eq!(ages(&mut pool, dest, at(15)), [9, 0]);
+        assert_eq!(pool.destination_idle, 2, "the two dropped are counted out");
+    }
+}
