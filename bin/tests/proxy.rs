@@ -665,6 +665,17 @@ fn large_bodies_on_a_route_arrive_whole_as_its_head_reads_shorten() {
     }
 }
 
+/// A 200 response whose body is `n` bytes of `seq_byte`, each at its place.
+fn assert_seq_body(r: &Response, n: u64, what: &str) {
+    assert_eq!((r.status, r.body_len), (200, n), "{what}");
+    let bad = r
+        .body
+        .iter()
+        .enumerate()
+        .find(|&(i, &b)| b != seq_byte(i as u64));
+    assert_eq!(bad, None, "{what}: first wrong byte");
+}
+
 /// Chunked and close-delimited bodies: long chunks and long close-delimited bodies are spliced
 /// between the framing the proxy writes (core's `Transcoder::splice_run`). Every byte arrives,
 /// in order, as valid chunked framing for HTTP/1.1 and close-delimited for HTTP/1.0; an origin
@@ -674,15 +685,7 @@ fn large_bodies_on_a_route_arrive_whole_as_its_head_reads_shorten() {
 fn long_chunks_and_close_delimited_bodies_arrive_whole_when_spliced() {
     let origin = Origin::start();
     let proxy = Proxy::start(&config_for(origin.addr, ""));
-    let check = |r: &Response, n: u64, what: &str| {
-        assert_eq!((r.status, r.body_len), (200, n), "{what}");
-        let bad = r
-            .body
-            .iter()
-            .enumerate()
-            .find(|&(i, &b)| b != seq_byte(i as u64));
-        assert_eq!(bad, None, "{what}: first wrong byte");
-    };
+    let check = assert_seq_body;
     let mut c = Client::connect(proxy.addr);
     for (n, chunk) in [
         (1 << 20, 1 << 20),
@@ -777,13 +780,7 @@ fn chunk_framing_spliced_along_with_long_chunks_is_read_back_and_checked() {
         c.send(&get(&path));
         let r = c.response("GET").expect("a response");
         assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{path}");
-        assert_eq!((r.status, r.body_len), (200, total), "{path}");
-        let bad = r
-            .body
-            .iter()
-            .enumerate()
-            .find(|&(i, &b)| b != seq_byte(i as u64));
-        assert_eq!(bad, None, "{path}: first wrong byte");
+        assert_seq_body(&r, total, &path);
     }
     assert_eq!(
         origin.connections(),
@@ -801,6 +798,29 @@ fn chunk_framing_spliced_along_with_long_chunks_is_read_back_and_checked() {
         2,
         "bytes past a body: that upstream connection is not used again"
     );
+    // The other way: a chunked upload with long chunks, and a request pipelined behind it in
+    // the same write, which must be answered next, not lost in the pipe.
+    let mut req = b"POST /sum HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let (mut len, mut sum) = (0u64, 0u64);
+    for (i, &k) in MIX_CHUNKS.iter().enumerate() {
+        req.extend_from_slice(format!("{k:x}").as_bytes());
+        if i == 2 {
+            req.extend_from_slice(format!(";e={}", "x".repeat(100)).as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        for j in 0..k {
+            let b = seq_byte(len + j);
+            req.push(b);
+            sum += u64::from(b);
+        }
+        len += k;
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    req.extend_from_slice(&get("/after-upload"));
+    c.send(&req);
+    assert_eq!(c.response("POST").unwrap().text(), format!("{len} {sum}"));
+    assert_eq!(c.response("GET").unwrap().text(), "ok /after-upload");
 }
 
 /// An origin that stalls inside a long chunk while it is being spliced: the relay gives up

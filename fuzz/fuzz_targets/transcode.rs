@@ -118,7 +118,7 @@ fn piped(
                 t.spliced(run, &mut out);
                 sent.append(&mut out);
                 let mut left = run;
-                while left > 0 {
+                loop {
                     if pipe.is_empty() {
                         let k = fill().max(1).min(bytes.len() - fed);
                         if k == 0 {
@@ -127,17 +127,12 @@ fn piped(
                         pipe.extend(&bytes[fed..fed + k]);
                         fed += k;
                     }
+                    if left == 0 {
+                        break;
+                    }
                     let n = (left.min(pipe.len() as u64)) as usize;
                     sent.extend(pipe.drain(..n));
                     left -= n as u64;
-                }
-                if pipe.is_empty() {
-                    let k = fill().max(1).min(bytes.len() - fed);
-                    if k == 0 {
-                        break 'relay;
-                    }
-                    pipe.extend(&bytes[fed..fed + k]);
-                    fed += k;
                 }
                 let k = pipe.len().min(FRAMING_READ);
                 buf.extend(pipe.drain(..k));

@@ -196,8 +196,9 @@ async fn splice_chunks(
         body.spliced(run, scratch);
         put_ahead(to, scratch, waits).await.map_err(spliced_error)?;
         scratch.clear();
+        // The run, then (with the pipe refilled if it ran dry) the framing after it.
         let mut left = run;
-        while left > 0 {
+        loop {
             if held == 0 {
                 held = fill(from, pipe, RELAY_BUF, waits)
                     .await
@@ -206,18 +207,13 @@ async fn splice_chunks(
                     return Ok(true);
                 }
             }
+            if left == 0 {
+                break;
+            }
             let n = left.min(held as u64) as usize;
             drain(pipe, to, n, waits).await.map_err(spliced_error)?;
             left -= n as u64;
             held -= n;
-        }
-        if held == 0 {
-            held = fill(from, pipe, RELAY_BUF, waits)
-                .await
-                .map_err(spliced_error)?;
-            if held == 0 {
-                return Ok(true);
-            }
         }
         let k = held.min(FRAMING_READ);
         out_of_pipe(pipe, buf, k, bufs)?;

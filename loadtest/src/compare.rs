@@ -392,6 +392,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         (("chunked, 64 KiB chunks,", "chunked/1048576/65536"), 16),
         (("chunked, 64 KiB chunks,", "chunked/1048576/65536"), 256),
         (("chunked, 4 KiB chunks,", "chunked/1048576/4096"), 16),
+        (("chunked, 4 KiB chunks,", "chunked/1048576/4096"), 256),
         (("close-delimited", "close/1048576"), 16),
     ] {
         all.push(Case {
