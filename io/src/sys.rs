@@ -192,6 +192,39 @@ pub(crate) fn recv_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> 
     Ok(n)
 }
 
+/// One non-blocking `recv(2)` with `MSG_PEEK` appending at most `max` bytes to `buf`'s spare
+/// capacity: the bytes the socket holds, left there (0 at the end of the stream).
+pub(crate) fn peek_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(max);
+    if want == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the spare capacity is valid for writes of `want` bytes; the descriptor is open.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            want,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: recv initialised the first `n` bytes of the spare capacity (n <= want).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// The bytes waiting in a socket's receive queue (`FIONREAD`).
+pub(crate) fn pending(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the descriptor is open; `n` is valid for the int FIONREAD writes.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// One `read(2)` from `fd` (a non-blocking pipe) appending at most `max` bytes to `buf`'s
 /// spare capacity: the bytes read (0 at the end, or when there is no room).
 pub(crate) fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {

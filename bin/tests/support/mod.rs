@@ -34,7 +34,7 @@ impl Seen {
 /// `/len/N` (N bytes, Content-Length), `/chunked/N`, `/close/N` (close-delimited),
 /// `/seq/N/H` (N position-dependent bytes after a head padded by H bytes), `/seqchunked/N/C[/T]`
 /// and `/seqclose/N` (the same bytes chunked or close-delimited), `/tag/MODE/T/N/C/D` (bytes
-/// that differ by tag, chunked or close-delimited, dripped), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
+/// that differ by tag, chunked, chunked with extensions (`chunkedx`) or close-delimited, dripped), `/slow/MS`, `/echo`, `/sum` (byte count and sum of the body), `/bad-response`,
 /// `/close-after`, `/204`, `/continue` (sends 103 first), `/stray/MS/ID` (`own ID`, then MS ms
 /// later an unrequested `stray ID` response), `/interim-flood` (1xx without end); anything
 /// else: `ok <path>`.
@@ -334,7 +334,14 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 // up its thread after each write, so that the proxy finds the socket empty
                 // between pieces more often (a dripping origin, paced by the scheduler).
                 let (tag, n, c, drip) = (arg(3), arg(4), arg(5).max(1), arg(6) == 1);
-                let chunked = parts.get(2) == Some(&"chunked");
+                // `chunkedx`: each size line with an extension, so the proxy re-frames the
+                // body through its buffers rather than passing it on unchanged.
+                let ext = if parts.get(2) == Some(&"chunkedx") {
+                    ";x"
+                } else {
+                    ""
+                };
+                let chunked = parts.get(2).is_some_and(|m| m.starts_with("chunked"));
                 w.write_all(if chunked {
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                 } else {
@@ -344,7 +351,7 @@ fn serve_origin(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> std::io::Result<(
                 let mut wire = Vec::with_capacity(body.len() + body.len() / 8 + 16);
                 for part in body.chunks(c as usize) {
                     if chunked {
-                        write!(wire, "{:x}\r\n", part.len())?;
+                        write!(wire, "{:x}{ext}\r\n", part.len())?;
                     }
                     wire.extend_from_slice(part);
                     if chunked {

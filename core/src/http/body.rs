@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use super::chunked::{write_chunk_header, ChunkError, ChunkedDecoder, LAST_CHUNK};
+use super::chunked::{write_chunk_header, Canonical, ChunkError, ChunkedDecoder, LAST_CHUNK};
 use super::framing::BodyKind;
 
 /// A stage a body passes through between its decoding and its framing toward the next hop:
@@ -69,6 +69,19 @@ pub struct Transcoder {
     crlf_due: bool,
     /// The most payload accepted; more is [`BodyError::TooLarge`] before any of it is passed.
     max: Option<u64>,
+    /// The chunk the output has open is the input's current one, passed unchanged
+    /// ([`pass_through`](Transcoder::pass_through)): its data and the CRLF after it go on as
+    /// they come.
+    raw: bool,
+}
+
+/// What [`Transcoder::pass_through`] lets go on unchanged: of the input's next bytes, `skip`
+/// are taken and dropped (the CRLF after a chunk the output already closed), then `raw` go on
+/// as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    pub skip: usize,
+    pub raw: usize,
 }
 
 /// What to read for the framing after a long chunk (one that was spliced): the CRLF and the
@@ -162,6 +175,7 @@ impl Transcoder {
             total: 0,
             crlf_due: false,
             max: None,
+            raw: false,
         }
     }
 
@@ -239,6 +253,15 @@ impl Transcoder {
         if n == 0 {
             return;
         }
+        if self.raw {
+            // The chunk's size line went on unchanged (`pass_through`): its data follows as it
+            // is, and the CRLF after it is owed once it is over.
+            if let Decode::Chunked(d) = &mut self.dec {
+                d.skip_data(n);
+            }
+            self.total += n;
+            return;
+        }
         if let Decode::Chunked(d) = &mut self.dec {
             d.skip_data(n);
         }
@@ -250,6 +273,96 @@ impl Transcoder {
         }
     }
 
+    /// A chunked body passed on where its framing is already as this proxy writes it (chunked
+    /// in and out, no limit, no stage): `next` is what the input holds next, looked at but not
+    /// taken. Returns what of it goes on unchanged, after whatever was appended to `out` (a
+    /// CRLF a spliced chunk owed; a size line for the rest of a chunk whose first part went out
+    /// re-framed); the decoder has taken `skip + raw` bytes. `Some` with nothing when `next`
+    /// ends before the next framing element can be told; `None` when that element is written
+    /// otherwise (an extension, upper-case hex, a trailer, bad framing: [`step`](Self::step)
+    /// takes it from here, and reports what is bad), or the body is not passed this way.
+    ///
+    /// It stops after the size line of a chunk of [`SPLICE_RUN`] or more: that chunk's data may
+    /// be spliced without being looked at ([`spliced`](Self::spliced) then writes no size line
+    /// for it). While a chunk passed this way is open ([`chunk_left`](Self::chunk_left) > 0)
+    /// only these two may be called: its data must go on unchanged to its end.
+    pub fn pass_through(&mut self, next: &[u8], out: &mut Vec<u8>) -> Option<Pass> {
+        if !self.may_pass_through() {
+            return None;
+        }
+        let Decode::Chunked(d) = &self.dec else {
+            return None;
+        };
+        let run = d.canonical_run(next, SPLICE_RUN);
+        let n = match run {
+            Canonical::Short(0) => return Some(Pass { skip: 0, raw: 0 }),
+            Canonical::Foreign(0) => return None,
+            run => run.len(),
+        };
+        let (left, after_data) = (d.data_left(), d.after_data());
+        let mut skip = 0;
+        if left > 0 && !self.raw {
+            // The rest of a chunk begun otherwise: announced here, ended by the input's CRLF.
+            self.pay_crlf(out);
+            write_chunk_header(left as usize, out);
+        } else if after_data && !self.raw && !self.crlf_due {
+            // The output closed this chunk itself: the input's CRLF is not sent again.
+            skip = 2;
+        } else if !after_data && left == 0 {
+            // At a size line: a CRLF the output owes goes first.
+            self.pay_crlf(out);
+        }
+        // Before the CRLF after a chunk, it pays what the output owes.
+        self.crlf_due = false;
+        let taken = self.decode(&next[..n], |_| {});
+        debug_assert_eq!(taken, Ok(n), "canonical framing decodes whole");
+        let Decode::Chunked(d) = &self.dec else {
+            return None;
+        };
+        self.raw = d.data_left() > 0 || d.after_data();
+        Some(Pass {
+            skip,
+            raw: n - skip,
+        })
+    }
+
+    /// Whether [`pass_through`](Self::pass_through) may pass anything of this body: chunked in
+    /// and out, no limit, not done.
+    pub fn may_pass_through(&self) -> bool {
+        self.chunked_out
+            && !self.done
+            && self.max.is_none()
+            && matches!(self.dec, Decode::Chunked(_))
+    }
+
+    /// Whether the input stands where [`pass_through`](Self::pass_through) can start: between
+    /// framing elements or inside a chunk's data (not partway through a size line), after a
+    /// short chunk (a long one's data is spliced without a look, [`splice_run`](Self::splice_run)).
+    pub fn pass_ready(&self) -> bool {
+        matches!(&self.dec, Decode::Chunked(d) if d.at_boundary() && d.chunk_size() < SPLICE_RUN)
+    }
+
+    /// Inside the data of a chunk passed unchanged: only [`pass_through`](Self::pass_through)
+    /// or [`spliced`](Self::spliced) may go on.
+    pub fn passing_chunk(&self) -> bool {
+        self.raw && self.chunk_left() > 0
+    }
+
+    /// Leaves a chunk passed unchanged for the other ways on: its data is over (see
+    /// [`pass_through`](Self::pass_through)), and the CRLF after it is owed.
+    /// Inside its data it stays: only `pass_through` and `spliced` may go on with it, and a
+    /// step with no input does nothing.
+    fn end_raw(&mut self, input: &[u8]) {
+        if self.raw && self.chunk_left() == 0 {
+            self.raw = false;
+            self.crlf_due = true;
+        }
+        debug_assert!(
+            !self.raw || input.is_empty(),
+            "a chunk passed unchanged goes on so to its end"
+        );
+    }
+
     fn pay_crlf(&mut self, out: &mut Vec<u8>) {
         if std::mem::take(&mut self.crlf_due) {
             out.extend_from_slice(b"\r\n");
@@ -259,6 +372,7 @@ impl Transcoder {
     /// Consumes body bytes from `input` (everything received and not yet consumed). Bytes to
     /// send on are `input[step.pass]`, then whatever was appended to `out`.
     pub fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, BodyError> {
+        self.end_raw(input);
         let identity = !self.chunked_out && !matches!(self.dec, Decode::Chunked(_));
         if identity {
             // Nothing to re-frame: the bytes go on from the caller's buffer (or by splice).
@@ -304,6 +418,7 @@ impl Transcoder {
         out: &mut Vec<u8>,
         pieces: &mut Vec<Piece>,
     ) -> Result<usize, BodyError> {
+        self.end_raw(input);
         pieces.clear();
         let identity = !self.chunked_out && !matches!(self.dec, Decode::Chunked(_));
         if identity {
@@ -358,6 +473,7 @@ impl Transcoder {
         tmp: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<usize, BodyError> {
+        self.end_raw(input);
         let was_done = self.done;
         tmp.clear();
         let consumed = self.decode(input, |d| stage.data(d, tmp))?;
@@ -431,6 +547,8 @@ impl Transcoder {
     /// The sender closed its side. A close-delimited body ends here (its last chunk, if any,
     /// is appended to `out`); any other unfinished body was truncated.
     pub fn finish_at_eof(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        // A chunk passed unchanged and cut short: the body is truncated, as any other.
+        self.raw = false;
         if self.done {
             return Ok(());
         }
@@ -831,6 +949,220 @@ mod tests {
         let s = t.step(b"5\r\nhello\r\n0\r\n\r\n", &mut out).unwrap();
         assert!(t.is_done());
         assert_eq!(s.consumed, 15);
+    }
+
+    /// Relays a chunked body as io does where its framing may pass unchanged: whenever the
+    /// buffer is empty and the decoder stands between framing elements, up to `peek` of the
+    /// next bytes are looked at and what `pass_through` allows goes on after its `out`; the
+    /// rest goes through reads of up to `read` bytes and `step`. The first `head` bytes are in
+    /// the buffer before anything is looked at (as those that arrived with a response's head).
+    /// Returns what was sent, how many bytes went on unchanged, and what is left.
+    fn passed(
+        bytes: &[u8],
+        head: usize,
+        read: usize,
+        peek: usize,
+    ) -> (Vec<u8>, usize, Result<usize, BodyError>) {
+        let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Chunked);
+        let first = head.min(bytes.len());
+        let (mut buf, mut sent, mut fed, mut raw) = (bytes[..first].to_vec(), Vec::new(), first, 0);
+        let mut passing = t.may_pass_through();
+        loop {
+            let mut out = Vec::new();
+            match t.step(&buf, &mut out) {
+                Ok(s) => {
+                    sent.extend_from_slice(&buf[s.pass.clone()]);
+                    sent.extend_from_slice(&out);
+                    buf.drain(..s.consumed);
+                }
+                Err(e) => return (sent, raw, Err(e)),
+            }
+            if t.is_done() {
+                return (sent, raw, Ok(buf.len() + bytes.len() - fed));
+            }
+            while buf.is_empty() && passing && t.pass_ready() && fed < bytes.len() {
+                let next = &bytes[fed..(fed + peek).min(bytes.len())];
+                let mut out = Vec::new();
+                match t.pass_through(next, &mut out) {
+                    None => passing = false,
+                    Some(Pass { skip: 0, raw: 0 }) => break,
+                    Some(p) => {
+                        sent.extend_from_slice(&out);
+                        sent.extend_from_slice(&next[p.skip..p.skip + p.raw]);
+                        raw += p.raw;
+                        fed += p.skip + p.raw;
+                        if t.is_done() {
+                            return (sent, raw, Ok(bytes.len() - fed));
+                        }
+                        // A long chunk's size line went on: its data is spliced, as io does.
+                        if let Some(run) = t.splice_run() {
+                            let k = run.min((bytes.len() - fed) as u64) as usize;
+                            let mut out = Vec::new();
+                            // io's relay loop steps its (empty) buffer before it splices.
+                            assert!(
+                                t.step(&[], &mut out).is_ok_and(|s| s.consumed == 0)
+                                    && out.is_empty()
+                            );
+                            t.spliced(k as u64, &mut out);
+                            sent.extend_from_slice(&out);
+                            sent.extend_from_slice(&bytes[fed..fed + k]);
+                            fed += k;
+                        }
+                    }
+                }
+            }
+            if fed == bytes.len() {
+                let mut out = Vec::new();
+                let r = t.finish_at_eof(&mut out);
+                sent.extend_from_slice(&out);
+                return (sent, raw, r.map(|()| 0));
+            }
+            let k = read.min(bytes.len() - fed).min(t.want());
+            buf.extend_from_slice(&bytes[fed..fed + k]);
+            fed += k;
+        }
+    }
+
+    /// Chunks of `sizes`, each size line as `line` writes it.
+    fn chunked_body(sizes: &[usize], line: impl Fn(usize, usize) -> String, end: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            body.extend_from_slice(line(i, n).as_bytes());
+            body.extend((0..n).map(|j| (i * 31 + j) as u8));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(end);
+        body
+    }
+
+    #[test]
+    fn framing_as_this_proxy_writes_it_passes_unchanged_and_the_rest_is_reframed() {
+        let sizes = [4096, 10, 600, 1, 33_000, 4096, 70_000, 7, 4096];
+        let canonical = chunked_body(&sizes, |_, n| format!("{n:x}\r\n"), b"0\r\n\r\nnext");
+        // Some size lines written otherwise (an extension, upper case, a leading zero), and
+        // a trailer at the end.
+        let mixed = chunked_body(
+            &sizes,
+            |i, n| match i {
+                2 => format!("{n:x};ext=1\r\n"),
+                4 => format!("{n:X}\r\n"),
+                6 => format!("0{n:x}\r\n"),
+                _ => format!("{n:x}\r\n"),
+            },
+            b"0\r\nX-T: 1\r\n\r\nnext",
+        );
+        let total: usize = sizes.iter().sum();
+        for (body, whole) in [(&canonical, true), (&mixed, false)] {
+            let (plain, _) = run(BodyKind::Chunked, BodyKind::Close, body, 1 << 20, true);
+            assert_eq!(plain.len(), total);
+            // Bytes with the head: none, part of a size line, a chunk's data to its end (4102)
+            // and to before it, more than one chunk.
+            for (head, read) in [
+                (0, 1),
+                (0, 5),
+                (0, 4096),
+                (5, 5),
+                (4102, 4096),
+                (4100, 1),
+                (70_000, 7),
+            ] {
+                for peek in [1, 2, 3, 7, 4099, 131_072] {
+                    let what =
+                        format!("head {head}, whole {whole}, reads of {read}, peeks of {peek}");
+                    let (sent, raw, left) = passed(body, head, read, peek);
+                    assert_eq!(left, Ok(4), "{what}: the next message is left");
+                    let (payload, rest) =
+                        run(BodyKind::Chunked, BodyKind::Close, &sent, 1 << 20, true);
+                    assert_eq!(rest, Ok(0), "{what}: the output's framing is whole");
+                    assert!(payload == plain, "{what}: another payload");
+                    assert!(raw > 0, "{what}: something went on unchanged");
+                }
+            }
+        }
+        // Short chunks framed this way, nothing with the head, peeks that hold a size line:
+        // from the first byte to the last, nothing is re-framed.
+        let short = chunked_body(
+            &[4096, 10, 600, 1, 4096, 7],
+            |_, n| format!("{n:x}\r\n"),
+            b"0\r\n\r\n",
+        );
+        for (read, peek) in [(1, 8), (5, 4099), (4096, 131_072)] {
+            let (sent, raw, left) = passed(&short, 0, read, peek);
+            assert_eq!(
+                (left, raw),
+                (Ok(0), short.len()),
+                "reads {read}, peeks {peek}"
+            );
+            assert!(
+                sent == short,
+                "reads {read}, peeks {peek}: not byte for byte"
+            );
+        }
+        // Bad framing: the same error as through the buffers, wherever the pass stops.
+        for bad in [
+            &b"10\r\n0123456789abcdefXX"[..],
+            b"10\r\n0123456789abcdef\r\nzz\r\n",
+            b"g\r\n",
+        ] {
+            let (_, plain_left) = run(BodyKind::Chunked, BodyKind::Chunked, bad, 1 << 20, true);
+            for peek in [1, 3, 64] {
+                assert_eq!(passed(bad, 0, 4, peek).2, plain_left, "{bad:?}");
+            }
+        }
+        // Cut short inside a chunk passed unchanged: truncated.
+        let (_, _, left) = passed(&canonical[..5000], 0, 64, 4099);
+        assert_eq!(left, Err(BodyError::Truncated));
+        // Not for a limited body, nor for output that is not chunked.
+        let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Chunked).with_max(Some(10));
+        assert!(!t.may_pass_through() && t.pass_through(&canonical, &mut Vec::new()).is_none());
+        let t = Transcoder::new(BodyKind::Chunked, BodyKind::Close);
+        assert!(!t.may_pass_through());
+    }
+
+    /// Mutated bodies, passed unchanged where they may be and re-framed where not, against the
+    /// same bodies through the buffers only: the same payload, the same error, the same bytes
+    /// left for the next message, and whole framing out.
+    #[test]
+    fn mutated_bodies_passed_through_agree_with_the_buffered_relay() {
+        let base = chunked_body(
+            &[3, 4096, 40, 1, 300],
+            |_, n| format!("{n:x}\r\n"),
+            b"0\r\n\r\nnx",
+        );
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut body = base.clone();
+            for _ in 0..1 + rand() % 3 {
+                let at = (rand() as usize) % body.len();
+                match rand() % 3 {
+                    0 => body[at] = b"0123456789abcdefABCDEF\r\n;x: "[(rand() % 27) as usize],
+                    1 => {
+                        body.remove(at);
+                    }
+                    _ => body.insert(at, b"0a\r\n;"[(rand() % 5) as usize]),
+                }
+            }
+            let (plain, plain_left) = run(BodyKind::Chunked, BodyKind::Close, &body, 1 << 20, true);
+            let (read, peek) = (1 + (rand() % 5000) as usize, 1 + (rand() % 5000) as usize);
+            let head = (rand() % 5000) as usize;
+            let (sent, _, left) = passed(&body, head, read, peek);
+            let what = format!(
+                "{} bytes, head {head}, reads {read}, peeks {peek}",
+                body.len()
+            );
+            assert_eq!(left, plain_left, "{what}");
+            if left.is_ok() {
+                let (payload, rest) = run(BodyKind::Chunked, BodyKind::Close, &sent, 1 << 20, true);
+                assert_eq!(rest, Ok(0), "{what}: the output's framing is whole");
+                assert!(payload == plain, "{what}: another payload");
+            }
+        }
     }
 
     #[test]

@@ -136,6 +136,21 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Between framing elements or inside data: where [`canonical_run`](Self::canonical_run)
+    /// can start.
+    pub fn at_boundary(&self) -> bool {
+        match self.state {
+            State::Data | State::DataCr => true,
+            State::Size => self.digits == 0 && self.line_len == 0,
+            _ => false,
+        }
+    }
+
+    /// A chunk's data is over and the CRLF after it comes next (none of it seen yet).
+    pub fn after_data(&self) -> bool {
+        self.state == State::DataCr
+    }
+
     /// The size of the current chunk, or of the last one while its framing is read.
     pub fn chunk_size(&self) -> u64 {
         self.size
@@ -151,6 +166,61 @@ impl ChunkedDecoder {
         self.remaining -= n.min(self.remaining);
         if self.remaining == 0 {
             self.state = State::DataCr;
+        }
+    }
+
+    /// How many of `next` (the input's next bytes, from where the decoder stands) are body data
+    /// and framing exactly as [`write_chunk_header`] and [`LAST_CHUNK`] write them: whole size
+    /// lines of lower-case hex without leading zeros or extensions, the CRLF after each chunk's
+    /// data, a last chunk without trailers. It stops before the first framing element that
+    /// `next` does not hold whole, and before one written otherwise (`Canonical::Foreign`);
+    /// and after the size line of a chunk of `long` bytes or more (its data may be spliced
+    /// without being looked at). Only from a size line's start, inside data, or before the CRLF
+    /// after it; elsewhere (inside framing) nothing is.
+    pub fn canonical_run(&self, next: &[u8], long: u64) -> Canonical {
+        let (mut state, mut left, mut i) = (self.state, self.remaining, 0);
+        if !self.at_boundary() {
+            return Canonical::Foreign(0);
+        }
+        loop {
+            let rest = &next[i..];
+            match state {
+                State::Data => {
+                    let n = left.min(rest.len() as u64);
+                    i += n as usize;
+                    left -= n;
+                    if left > 0 {
+                        return Canonical::Short(i);
+                    }
+                    state = State::DataCr;
+                }
+                State::DataCr => match rest {
+                    [b'\r', b'\n', ..] => {
+                        i += 2;
+                        state = State::Size;
+                    }
+                    [] | [b'\r'] => return Canonical::Short(i),
+                    _ => return Canonical::Foreign(i),
+                },
+                State::Size => match canonical_size_line(rest) {
+                    Some(Ok((0, len))) => {
+                        return match &rest[len..] {
+                            [b'\r', b'\n', ..] => Canonical::Done(i + len + 2),
+                            [] | [b'\r'] => Canonical::Short(i),
+                            _ => Canonical::Foreign(i),
+                        }
+                    }
+                    Some(Ok((size, len))) if size >= long => return Canonical::Short(i + len),
+                    Some(Ok((size, len))) => {
+                        i += len;
+                        left = size;
+                        state = State::Data;
+                    }
+                    Some(Err(())) => return Canonical::Foreign(i),
+                    None => return Canonical::Short(i),
+                },
+                _ => return Canonical::Foreign(i),
+            }
         }
     }
 
@@ -294,6 +364,60 @@ fn plain_size_line(rest: &[u8]) -> Option<(u64, usize)> {
     (1..=MAX_CHUNK_SIZE)
         .contains(&size)
         .then_some((size, digits + 2))
+}
+
+/// What [`ChunkedDecoder::canonical_run`] found: the bytes that may pass unchanged, and why it
+/// stopped there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Canonical {
+    /// The input ran out (inside data, or inside a framing element that may yet turn out
+    /// canonical).
+    Short(usize),
+    /// The next framing element is written otherwise (or is bad: the decoder says which).
+    Foreign(usize),
+    /// The body ends with these bytes.
+    Done(usize),
+}
+
+impl Canonical {
+    /// The bytes that may pass unchanged.
+    pub fn len(self) -> usize {
+        match self {
+            Self::Short(n) | Self::Foreign(n) | Self::Done(n) => n,
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A size line as [`write_chunk_header`] writes it at the start of `rest`: `Ok((size, length))`;
+/// `Err` when it is written otherwise (upper-case hex, a leading zero, an extension, more than
+/// 15 digits, a size past [`MAX_CHUNK_SIZE`]); `None` when `rest` ends before it could tell.
+fn canonical_size_line(rest: &[u8]) -> Option<Result<(u64, usize), ()>> {
+    let digits = rest
+        .iter()
+        .take(16)
+        .take_while(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        .count();
+    if digits > 15 || (digits > 1 && rest[0] == b'0') {
+        return Some(Err(()));
+    }
+    match rest.get(digits..digits + 2) {
+        _ if digits == 0 && rest.is_empty() => return None,
+        _ if digits == 0 => return Some(Err(())),
+        Some(b"\r\n") if digits > 0 => {}
+        None if rest.len() == digits || rest[digits..] == *b"\r" => return None,
+        _ => return Some(Err(())),
+    }
+    let size = rest[..digits].iter().fold(0u64, |n, &b| {
+        n << 4 | u64::from((b as char).to_digit(16).unwrap_or(0))
+    });
+    if size > MAX_CHUNK_SIZE {
+        return Some(Err(()));
+    }
+    Some(Ok((size, digits + 2)))
 }
 
 /// Appends the framing that goes before `len` bytes of chunk data: `HEX CRLF`.
