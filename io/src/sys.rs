@@ -172,43 +172,27 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// One non-blocking `recv(2)` appending at most `max` bytes to `buf`'s spare capacity: the
 /// bytes read (0 at the end of the stream, or when there is no room).
 pub(crate) fn recv_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    let want = spare.len().min(max);
-    if want == 0 {
-        return Ok(0);
-    }
-    // SAFETY: the spare capacity is valid for writes of `want` bytes; the descriptor is open.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            want,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-    // SAFETY: recv initialised the first `n` bytes of the spare capacity (n <= want).
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
+    recv_into_spare(fd, buf, max, libc::MSG_DONTWAIT)
 }
 
-/// One non-blocking `recv(2)` with `MSG_PEEK` appending at most `max` bytes to `buf`'s spare
-/// capacity: the bytes the socket holds, left there (0 at the end of the stream).
+/// [`recv_append`] with `MSG_PEEK`: the bytes the socket holds, copied and left there.
 pub(crate) fn peek_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    recv_into_spare(fd, buf, max, libc::MSG_DONTWAIT | libc::MSG_PEEK)
+}
+
+fn recv_into_spare(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let want = spare.len().min(max);
     if want == 0 {
         return Ok(0);
     }
     // SAFETY: the spare capacity is valid for writes of `want` bytes; the descriptor is open.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            want,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want, flags) };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     // SAFETY: recv initialised the first `n` bytes of the spare capacity (n <= want).
     unsafe { buf.set_len(buf.len() + n) };
