@@ -850,7 +850,14 @@ fn ntlm_origin() -> std::net::SocketAddr {
                             user = Some(v.trim().to_string());
                         }
                     }
+                    let big = head.starts_with("GET /big ") || head.contains("/big HTTP/1.1");
                     let out = match &user {
+                        // `/big`: 300 KB (spliced to its exact end), then bytes no request
+                        // asked for, in the same write.
+                        Some(u) if big => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n{}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray",
+                            u.chars().next().unwrap_or('x').to_string().repeat(300_000)
+                        ),
                         Some(u) => {
                             let body = format!("page of {u}");
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
@@ -907,6 +914,26 @@ fn connection_bound_logins_stay_with_their_client() {
             &format!("GET {target} HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
         );
         assert!(r.ends_with("page of alice"), "{r}");
+        // An upstream that sends bytes past a body on her connection: they never reach her
+        // as the answer to her next request.
+        let base = target.trim_end_matches('/');
+        let r = exchange_on(
+            &mut alice,
+            &format!("GET {base}/big HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+        );
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.len() > 300_000,
+            "{}",
+            &r[..r.len().min(200)]
+        );
+        let r = exchange_on(
+            &mut alice,
+            &format!("GET {target} HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+        );
+        assert!(
+            !r.ends_with("stray"),
+            "the stray bytes were taken for a response: {r}"
+        );
         // …and nobody else ever gets her connection.
         for _ in 0..10 {
             let r = raw(

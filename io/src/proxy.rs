@@ -747,11 +747,25 @@ impl Conn {
                 }
                 Action::Connect { to, via, proxy } => {
                     if via == Via::Pinned {
+                        // Checked as the pool checks its own: one the upstream closed, or one
+                        // holding bytes no request asked for (past a body spliced to its exact
+                        // end), is dropped, and the request goes on a fresh connection (a
+                        // connection-bound login is then asked for again). Over TLS a record
+                        // may be the TLS layer's own: kept.
                         if let Some(s) = self.pinned.take_if(|p| p.0 == to) {
-                            self.up = Some((*s).1);
-                            self.ubuf.clear();
-                            self.ex.handle_connected(true, self.now);
-                            continue;
+                            use crate::stream::Idle as State;
+                            let usable = match s.1.idle_state() {
+                                State::Quiet => true,
+                                State::Closed => false,
+                                State::Unrequested => !matches!(s.1, Stream::Plain(_)),
+                            };
+                            if usable {
+                                self.up = Some((*s).1);
+                                self.ubuf.clear();
+                                self.ex.handle_connected(true, self.now);
+                                continue;
+                            }
+                            log::warn!("pinned upstream connection closed or sent bytes no request asked for; dropped");
                         }
                     }
                     if !(via == Via::Pooled && self.connect_pooled(&cfg, to)) {
