@@ -153,4 +153,30 @@ mod tests {
             .to_string()
             .starts_with(&format!("cannot listen on {addr}: ")));
     }
+
+    #[test]
+    fn the_accept_queue_is_counted_so_that_no_accept_finds_it_empty() {
+        let none = &mut crate::upgrade::Inherited::default();
+        let l = bind_all(&["127.0.0.1:0".parse().unwrap()], 1, none).unwrap();
+        let listener = &l[0][0].1;
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(crate::sys::accept_queued(listener), Some(0));
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        // The handshakes complete in the kernel; the count follows them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while crate::sys::accept_queued(listener) != Some(3) {
+            assert!(std::time::Instant::now() < deadline, "3 never queued");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for left in (0..3).rev() {
+            let accepted = crate::sys::accept_ready(listener).unwrap();
+            assert!(accepted.is_some());
+            assert_eq!(crate::sys::accept_queued(listener), Some(left));
+        }
+        assert!(crate::sys::accept_ready(listener).unwrap().is_none());
+        // A socket that is not a listener gives no count (the loop then takes a batch).
+        assert_eq!(crate::sys::accept_queued(&clients[0]), None);
+    }
 }

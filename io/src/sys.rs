@@ -567,6 +567,30 @@ pub(crate) fn adopt(n: RawFd, kind: Handed) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
+/// How many connections wait in a listening TCP socket's accept queue (Linux reports it in
+/// `tcpi_unacked` of `TCP_INFO` for a listener, read without the socket lock). `None` where the
+/// socket does not say (not TCP). The accept loop takes that many and no more: an `accept4`
+/// that finds the queue empty is not free, since Linux allocates the new socket and its file
+/// before it looks and frees both on `EAGAIN` (nearly the cost of a successful accept).
+pub(crate) fn accept_queued(listener: &impl AsRawFd) -> Option<usize> {
+    // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the borrow; `info` and `len` are valid for the writes.
+    let r = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // include/net/tcp_states.h; `tcpi_unacked` ends at byte 28.
+    const TCP_LISTEN: u8 = 10;
+    (r == 0 && info.tcpi_state == TCP_LISTEN && len >= 28).then_some(info.tcpi_unacked as usize)
+}
+
 /// Takes a connection waiting on a listening socket (nonblocking: `None` when there is none,
 /// or another process sharing the socket took it first), close-on-exec. Used after the socket
 /// was seen readable: waiting for readiness consumes nothing, so a worker that stops

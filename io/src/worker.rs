@@ -236,8 +236,11 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, at: Accepting) {
             },
             _ = drain.wait() => break,
         }
-        // Every connection waiting, up to a batch (then the others get a turn).
-        for _ in 0..ACCEPT_BATCH {
+        // Every connection waiting, up to a batch (then the others get a turn), counted first
+        // so that no accept finds the queue empty (`sys::accept_queued`). At least one: the
+        // socket was readable, and a count of none (or none given) must not spin the loop.
+        let waiting = crate::sys::accept_queued(&listener).unwrap_or(ACCEPT_BATCH);
+        for _ in 0..waiting.clamp(1, ACCEPT_BATCH) {
             let (stream, peer) = match crate::sys::accept_ready(&listener) {
                 Ok(Some((s, peer))) => match adopt(s, at.nonblocking) {
                     Ok(s) => (s, peer),
