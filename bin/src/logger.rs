@@ -21,15 +21,18 @@ impl log::Log for Stderr {
             .map_or(0, |d| d.as_secs());
         let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
         let s = secs % 86_400;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z {:5} {}",
+        // Formatted first, written with one write(2): stderr is unbuffered, and a line written
+        // piece by piece interleaves with another process's on the same pipe (the old and the
+        // new process during a binary upgrade). A pipe keeps a write of up to 4 KiB whole.
+        let line = format!(
+            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z {:5} {}\n",
             s / 3600,
             s / 60 % 60,
             s % 60,
             r.level(),
             r.args()
         );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {}
