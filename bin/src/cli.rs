@@ -209,6 +209,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_io_uring: bool,
 
+    /// Accept connections with a readiness wait and accept4 each, as where the kernel has no
+    /// multishot accept (before Linux 5.19). Overrides `server.multishot_accept`.
+    #[arg(long)]
+    pub no_multishot_accept: bool,
+
     /// Write the process ID here while running (overrides `server.pid_file`); `ringway reload`
     /// reads it.
     #[arg(long, value_name = "FILE", global = true)]

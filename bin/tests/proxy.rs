@@ -1261,3 +1261,46 @@ fn relay_buffers_running_out_are_allocated_counted_and_lose_nothing() {
     }
     body(&mut idle, 501, 600_000);
 }
+
+/// Connections are accepted by one multishot io_uring operation per listener where the kernel
+/// has it, and on readiness with an `accept4` each under `--no-multishot-accept` (as where it
+/// has not, and on the epoll driver): either way a burst of connections, each asking once and
+/// closing, is served in full, and every one is counted accepted.
+#[test]
+fn a_burst_of_connections_is_accepted_with_and_without_multishot_accept() {
+    let origin = Origin::start();
+    let up = origin.addr.to_string();
+    let epoll = std::env::var_os("RINGWAY_TEST_EPOLL").is_some();
+    for off in [false, true] {
+        let mut args = vec!["--upstream", up.as_str()];
+        if off {
+            args.push("--no-multishot-accept");
+        }
+        let proxy = Proxy::start_quick(&args);
+        let how = if off || epoll {
+            "listeners accept on readiness"
+        } else {
+            "listeners accept with one multishot io_uring operation each"
+        };
+        proxy.wait_log(|l| l.contains(how));
+        let addr = proxy.addr;
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    (0..40)
+                        .filter(|i| {
+                            let req = format!(
+                                "GET /burst/{t}/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                            );
+                            request(addr, req.as_bytes()).is_some_and(|r| r.status == 200)
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(ok, 320, "multishot off: {off}");
+        let log = proxy.log();
+        assert!(!log.contains("accept:"), "{log}");
+    }
+}

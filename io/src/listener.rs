@@ -179,4 +179,74 @@ mod tests {
         // A socket that is not a listener gives no count (the loop then takes a batch).
         assert_eq!(crate::sys::accept_queued(&clients[0]), None);
     }
+
+    /// The multishot accept (monoio's copy): each connection comes out once, and a cancel
+    /// loses none: what the kernel accepted before it comes out, the rest stays queued for
+    /// whoever accepts next (the new process, in a binary upgrade). Dropped with connections
+    /// not taken, it closes them.
+    #[test]
+    fn a_multishot_accept_hands_out_every_connection_and_a_cancel_loses_none() {
+        use std::io::Read;
+        let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        else {
+            return; // no io_uring here: the readiness loop is all there is
+        };
+        let none = &mut crate::upgrade::Inherited::default();
+        let l = bind_all(&["127.0.0.1:0".parse().unwrap()], 1, none).unwrap();
+        let listener = &l[0][0].1;
+        let port = listener.local_addr().unwrap().port();
+        let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        rt.block_on(async {
+            let mut multi = monoio::ringway::AcceptMulti::new(listener).unwrap();
+            let clients: Vec<_> = (0..3).map(|_| connect()).collect();
+            let mut peers = Vec::new();
+            for _ in 0..3 {
+                let fd = multi.next().await.unwrap().unwrap();
+                let s = std::net::TcpStream::from(fd);
+                peers.push(s.peer_addr().unwrap());
+            }
+            let mut ours: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+            ours.sort();
+            peers.sort();
+            assert_eq!(peers, ours);
+            // Cancelled with connections arriving: each is either handed out before the end
+            // or still in the listener's queue.
+            let late: Vec<_> = (0..4).map(|_| connect()).collect();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            multi.cancel();
+            let mut out = 0;
+            while let Some(r) = multi.next().await {
+                if r.is_ok() {
+                    out += 1;
+                }
+            }
+            let queued = crate::sys::accept_queued(listener).unwrap();
+            assert_eq!(
+                out + queued,
+                late.len(),
+                "{out} handed out, {queued} queued"
+            );
+            while crate::sys::accept_ready(listener).unwrap().is_some() {}
+            // Dropped holding a connection nobody took: its client sees it closed (unless the
+            // kernel had not accepted it yet: then it waits in the listener's queue).
+            let mut multi = monoio::ringway::AcceptMulti::new(listener).unwrap();
+            let _c = connect();
+            let _taken = multi.next().await.unwrap().unwrap();
+            let mut orphan = connect();
+            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(multi);
+            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if crate::sys::accept_queued(listener) == Some(0) {
+                orphan
+                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let n = orphan.read(&mut [0u8; 1]);
+                let closed = matches!(n, Ok(0))
+                    || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+                assert!(closed, "a connection accepted and not taken was left open");
+            }
+        });
+    }
 }

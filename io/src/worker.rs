@@ -5,6 +5,7 @@
 //! shutdown flag, which a watcher task polls off the request path.
 
 use std::io;
+use std::net::SocketAddr;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +83,14 @@ pub(crate) fn run(
     // monoio's epoll driver expects non-blocking sockets (its own accept makes them so; ours
     // does not): a blocking one would stall the worker on its first read with nothing to read.
     let nonblocking = matches!(rt, FusionRuntime::Legacy(_));
+    let multishot = first.cfg.server.multishot_accept && !nonblocking;
+    if id == 0 {
+        if multishot {
+            log::info!("listeners accept with one multishot io_uring operation each");
+        } else {
+            log::info!("listeners accept on readiness, one accept4 per connection");
+        }
+    }
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
     let listens = first.cfg.server.listen.clone();
@@ -101,6 +110,7 @@ pub(crate) fn run(
                 listen: listens[i],
                 gate: gate.clone(),
                 nonblocking,
+                multishot,
             };
             accepting.push(monoio::spawn(accept_loop(w.clone(), l, at)));
         }
@@ -218,14 +228,18 @@ struct Accepting {
     gate: Arc<crate::gate::Gate>,
     /// Accepted sockets are made non-blocking (the epoll driver).
     nonblocking: bool,
+    /// Accept with one multishot operation (io_uring, `server.multishot_accept`).
+    multishot: bool,
 }
 
 /// Connections taken per readiness before the accept loop yields.
 const ACCEPT_BATCH: usize = 32;
 
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener, at: Accepting) {
+    if at.multishot && accept_multishot(&w, &listener, &at).await {
+        return;
+    }
     let drain = w.drain.clone();
-    let listen = at.listen;
     loop {
         // Readiness, then accept: a wait for readiness that the drain cancels takes nothing
         // (an accept cancelled after the kernel completed it would lose that connection).
@@ -257,12 +271,87 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, at: Accepting) {
                     break;
                 }
             };
-            match at.gate.enter(&w.current(), at.index, peer.ip()) {
-                Ok(pass) => {
-                    monoio::spawn(serve(w.clone(), stream, peer, listen, pass));
+            take(&w, &at, stream, peer);
+        }
+    }
+}
+
+/// Accepts with one multishot operation until the worker drains (`true`), or `false` where
+/// the kernel refuses it (the readiness loop takes over; said once in the log). One
+/// submission serves every connection: no readiness wait, no `accept4` or count per
+/// connection, and the kernel accepts only while its queue holds one (`IORING_CQE_F_SOCK_NONEMPTY`).
+/// A drain cancels it, then serves what the kernel accepted before the cancel took effect: no
+/// connection the kernel handed over is lost.
+async fn accept_multishot(w: &Rc<Worker>, listener: &TcpListener, at: &Accepting) -> bool {
+    static FELL_BACK: AtomicBool = AtomicBool::new(false);
+    let drain = w.drain.clone();
+    let Some(mut multi) = monoio::ringway::AcceptMulti::new(listener) else {
+        return false;
+    };
+    let mut accepted_any = false;
+    loop {
+        let next = monoio::select! {
+            r = multi.next() => Some(r),
+            _ = drain.wait() => None,
+        };
+        match next {
+            Some(Some(Ok(fd))) => {
+                accepted_any = true;
+                accepted(w, at, fd);
+            }
+            Some(Some(Err(e))) if e.raw_os_error() == Some(libc::EINVAL) && !accepted_any => {
+                if !FELL_BACK.swap(true, Ordering::Relaxed) {
+                    log::info!("multishot accept refused ({e}); accepting on readiness");
                 }
-                Err(_) => refuse(&w, stream, listen),
+                return false;
+            }
+            // The client gave up before it was taken: nothing to serve.
+            Some(Some(Err(e))) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+            Some(Some(Err(e))) => {
+                // Typically EMFILE: back off instead of spinning (the operation may end; the
+                // next `None` starts another).
+                log::warn!("accept: {e}");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // The kernel ended it (after an error): another, unless the worker drains.
+            Some(None) => match monoio::ringway::AcceptMulti::new(listener) {
+                Some(m) if !drain.is_set() => multi = m,
+                _ => return true,
+            },
+            None => {
+                multi.cancel();
+                while let Some(r) = multi.next().await {
+                    if let Ok(fd) = r {
+                        accepted(w, at, fd);
+                    }
+                }
+                return true;
             }
         }
+    }
+}
+
+/// A connection a multishot accept took: its peer asked for (the operation cannot say), then
+/// served as any other.
+fn accepted(w: &Rc<Worker>, at: &Accepting, fd: std::os::fd::OwnedFd) {
+    let s = std::net::TcpStream::from(fd);
+    let peer = match s.peer_addr() {
+        Ok(p) => p,
+        // Reset before we asked: nothing to serve.
+        Err(_) => return,
+    };
+    match adopt(s, at.nonblocking) {
+        Ok(stream) => take(w, at, stream, peer),
+        Err(e) => log::warn!("accept: {e}"),
+    }
+}
+
+/// Serves an accepted connection, or refuses it where a connection limit says so.
+fn take(w: &Rc<Worker>, at: &Accepting, stream: monoio::net::TcpStream, peer: SocketAddr) {
+    match at.gate.enter(&w.current(), at.index, peer.ip()) {
+        Ok(pass) => {
+            monoio::spawn(serve(w.clone(), stream, peer, at.listen, pass));
+        }
+        Err(_) => refuse(w, stream, at.listen),
     }
 }

@@ -211,6 +211,7 @@ impl Config {
                 cpus: None,
                 pin: true,
                 io_uring: true,
+                multishot_accept: true,
                 shutdown_timeout: Duration::from_secs(30),
                 pid_file: None,
                 state_dir: None,

@@ -298,6 +298,7 @@ pub(crate) struct Server {
     pub cpus: Option<Spanned<String>>,
     pub pin: Option<bool>,
     pub io_uring: Option<bool>,
+    pub multishot_accept: Option<bool>,
     pub shutdown_timeout: Option<Spanned<Duration>>,
     pub pid_file: Option<String>,
     pub state_dir: Option<String>,

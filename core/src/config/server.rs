@@ -133,6 +133,9 @@ pub struct Server {
     /// Whether workers run on io_uring when the kernel allows it (`false`: on epoll, as on
     /// kernels or sandboxes without io_uring).
     pub io_uring: bool,
+    /// Whether listeners on io_uring accept with one multishot accept operation (where the
+    /// kernel has it: Linux 5.19) instead of a readiness wait and `accept4` per connection.
+    pub multishot_accept: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     /// Where the running process writes its PID (for `ringway reload`).
@@ -398,6 +401,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
         cpus,
         pin: s.pin.unwrap_or(true),
         io_uring: s.io_uring.unwrap_or(true),
+        multishot_accept: s.multishot_accept.unwrap_or(true),
         shutdown_timeout,
         // Relative to the config file, as every path in it.
         pid_file: s

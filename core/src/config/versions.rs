@@ -113,9 +113,12 @@ pub fn diff(from: &Config, to: &Config) -> Vec<String> {
         ));
     }
     let (a, b) = (&from.server, &to.server);
-    if (a.workers, &a.cpus, a.pin, a.io_uring) != (b.workers, &b.cpus, b.pin, b.io_uring) {
+    if (a.workers, &a.cpus, a.pin, a.io_uring, a.multishot_accept)
+        != (b.workers, &b.cpus, b.pin, b.io_uring, b.multishot_accept)
+    {
         out.push(
-            "server.workers, cpus, pin or io_uring changed (takes effect after a restart)".into(),
+            "server.workers, cpus, pin, io_uring or multishot_accept changed (takes effect after a restart)"
+                .into(),
         );
     }
     if from.admin != to.admin {
