@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringway_core::http::body::{BodyError, Pass, Piece, Transcoder, FRAMING_READ};
+use ringway_core::http::body::{model, BodyError, Piece, Transcoder, FRAMING_READ};
 use ringway_core::http::framing::BodyKind;
 
 /// Relays `bytes` (the whole input, then end of file when `eof`); `read` picks each read's
@@ -163,73 +163,16 @@ fn piped(
     (sent, t.total(), r.map(|()| 0))
 }
 
-/// A chunked body relayed as io's `pass_chunks` does: the first `head` bytes are stepped (as
-/// those that arrive with a response's head); then whenever the buffer is empty and the
-/// decoder stands between framing elements, up to `peek()` of the next bytes are looked at
-/// and what `pass_through` allows goes on after its `out`; the rest goes through reads and
-/// `step`. Returns what `relay` returns.
+/// A chunked body relayed as io's `pass_chunks` does (core's `body::model::passed`, which the
+/// unit tests use too). Returns what `relay` returns.
 fn passed(
     bytes: &[u8],
     head: usize,
     read: &mut dyn FnMut() -> usize,
     peek: &mut dyn FnMut() -> usize,
 ) -> (Vec<u8>, u64, Result<usize, BodyError>) {
-    let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Chunked);
-    let mut fed = head.min(bytes.len());
-    let (mut buf, mut sent) = (bytes[..fed].to_vec(), Vec::new());
-    let mut passing = t.may_pass_through();
-    loop {
-        let mut out = Vec::new();
-        match t.step(&buf, &mut out) {
-            Ok(s) => {
-                sent.extend_from_slice(&buf[s.pass.clone()]);
-                sent.extend_from_slice(&out);
-                buf.drain(..s.consumed);
-            }
-            Err(e) => return (sent, t.total(), Err(e)),
-        }
-        if t.is_done() {
-            return (sent, t.total(), Ok(buf.len() + bytes.len() - fed));
-        }
-        while buf.is_empty() && passing && t.pass_ready() && fed < bytes.len() {
-            let next = &bytes[fed..(fed + peek().max(1)).min(bytes.len())];
-            let mut out = Vec::new();
-            match t.pass_through(next, &mut out) {
-                None => passing = false,
-                Some(Pass { skip: 0, raw: 0 }) => break,
-                Some(p) => {
-                    sent.extend_from_slice(&out);
-                    sent.extend_from_slice(&next[p.skip..p.skip + p.raw]);
-                    fed += p.skip + p.raw;
-                    if t.is_done() {
-                        return (sent, t.total(), Ok(bytes.len() - fed));
-                    }
-                    // A long chunk's size line went on: its data is spliced, as io does.
-                    if let Some(run) = t.splice_run() {
-                        let k = run.min((bytes.len() - fed) as u64) as usize;
-                        let mut out = Vec::new();
-                        // io's relay loop steps its (empty) buffer before it splices.
-                        assert!(
-                            t.step(&[], &mut out).is_ok_and(|s| s.consumed == 0) && out.is_empty()
-                        );
-                        t.spliced(k as u64, &mut out);
-                        sent.extend_from_slice(&out);
-                        sent.extend_from_slice(&bytes[fed..fed + k]);
-                        fed += k;
-                    }
-                }
-            }
-        }
-        if fed == bytes.len() {
-            let mut out = Vec::new();
-            let r = t.finish_at_eof(&mut out);
-            sent.extend_from_slice(&out);
-            return (sent, t.total(), r.map(|()| 0));
-        }
-        let k = read().max(1).min(bytes.len() - fed).min(t.want());
-        buf.extend_from_slice(&bytes[fed..fed + k]);
-        fed += k;
-    }
+    let r = model::passed(bytes, head, read, peek);
+    (r.sent, r.total, r.left)
 }
 
 /// The payload of what was sent: decoded when it was framed as chunked.

@@ -625,6 +625,9 @@ pub fn check_chunked_prefix(bytes: &[u8]) -> Result<(), ChunkError> {
     Ok(())
 }
 
+#[cfg(any(test, feature = "sim"))]
+pub mod model;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -951,76 +954,16 @@ mod tests {
         assert_eq!(s.consumed, 15);
     }
 
-    /// Relays a chunked body as io does where its framing may pass unchanged: whenever the
-    /// buffer is empty and the decoder stands between framing elements, up to `peek` of the
-    /// next bytes are looked at and what `pass_through` allows goes on after its `out`; the
-    /// rest goes through reads of up to `read` bytes and `step`. The first `head` bytes are in
-    /// the buffer before anything is looked at (as those that arrived with a response's head).
-    /// Returns what was sent, how many bytes went on unchanged, and what is left.
+    /// io's pass-through (`model::passed`) with reads of `read` and looks of `peek` bytes:
+    /// what was sent, how many bytes went on unchanged, and what is left.
     fn passed(
         bytes: &[u8],
         head: usize,
         read: usize,
         peek: usize,
     ) -> (Vec<u8>, usize, Result<usize, BodyError>) {
-        let mut t = Transcoder::new(BodyKind::Chunked, BodyKind::Chunked);
-        let first = head.min(bytes.len());
-        let (mut buf, mut sent, mut fed, mut raw) = (bytes[..first].to_vec(), Vec::new(), first, 0);
-        let mut passing = t.may_pass_through();
-        loop {
-            let mut out = Vec::new();
-            match t.step(&buf, &mut out) {
-                Ok(s) => {
-                    sent.extend_from_slice(&buf[s.pass.clone()]);
-                    sent.extend_from_slice(&out);
-                    buf.drain(..s.consumed);
-                }
-                Err(e) => return (sent, raw, Err(e)),
-            }
-            if t.is_done() {
-                return (sent, raw, Ok(buf.len() + bytes.len() - fed));
-            }
-            while buf.is_empty() && passing && t.pass_ready() && fed < bytes.len() {
-                let next = &bytes[fed..(fed + peek).min(bytes.len())];
-                let mut out = Vec::new();
-                match t.pass_through(next, &mut out) {
-                    None => passing = false,
-                    Some(Pass { skip: 0, raw: 0 }) => break,
-                    Some(p) => {
-                        sent.extend_from_slice(&out);
-                        sent.extend_from_slice(&next[p.skip..p.skip + p.raw]);
-                        raw += p.raw;
-                        fed += p.skip + p.raw;
-                        if t.is_done() {
-                            return (sent, raw, Ok(bytes.len() - fed));
-                        }
-                        // A long chunk's size line went on: its data is spliced, as io does.
-                        if let Some(run) = t.splice_run() {
-                            let k = run.min((bytes.len() - fed) as u64) as usize;
-                            let mut out = Vec::new();
-                            // io's relay loop steps its (empty) buffer before it splices.
-                            assert!(
-                                t.step(&[], &mut out).is_ok_and(|s| s.consumed == 0)
-                                    && out.is_empty()
-                            );
-                            t.spliced(k as u64, &mut out);
-                            sent.extend_from_slice(&out);
-                            sent.extend_from_slice(&bytes[fed..fed + k]);
-                            fed += k;
-                        }
-                    }
-                }
-            }
-            if fed == bytes.len() {
-                let mut out = Vec::new();
-                let r = t.finish_at_eof(&mut out);
-                sent.extend_from_slice(&out);
-                return (sent, raw, r.map(|()| 0));
-            }
-            let k = read.min(bytes.len() - fed).min(t.want());
-            buf.extend_from_slice(&bytes[fed..fed + k]);
-            fed += k;
-        }
+        let r = super::model::passed(bytes, head, &mut || read, &mut || peek);
+        (r.sent, r.raw, r.left)
     }
 
     /// Chunks of `sizes`, each size line as `line` writes it.
