@@ -121,6 +121,7 @@ pub(crate) fn bind_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn same_port_for_all_workers_and_conflicts_detected() {
@@ -168,7 +169,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while crate::sys::accept_queued(listener) != Some(3) {
             assert!(std::time::Instant::now() < deadline, "3 never queued");
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            crate::sys::wait_readable(listener.as_fd(), std::time::Duration::from_millis(10));
         }
         for left in (0..3).rev() {
             let accepted = crate::sys::accept_ready(listener).unwrap();
@@ -186,7 +187,6 @@ mod tests {
     /// not taken, it closes them.
     #[test]
     fn a_multishot_accept_hands_out_every_connection_and_a_cancel_loses_none() {
-        use std::io::Read;
         let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .build()
@@ -212,9 +212,8 @@ mod tests {
             peers.sort();
             assert_eq!(peers, ours);
             // Cancelled with connections arriving: each is either handed out before the end
-            // or still in the listener's queue.
+            // or still in the listener's queue, where the next accept finds it.
             let late: Vec<_> = (0..4).map(|_| connect()).collect();
-            std::thread::sleep(std::time::Duration::from_millis(50));
             multi.cancel();
             let mut out = 0;
             while let Some(r) = multi.next().await {
@@ -222,31 +221,43 @@ mod tests {
                     out += 1;
                 }
             }
-            let queued = crate::sys::accept_queued(listener).unwrap();
+            let mut queued = 0;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while out + queued < late.len() && std::time::Instant::now() < deadline {
+                crate::sys::wait_readable(listener.as_fd(), std::time::Duration::from_millis(10));
+                while crate::sys::accept_ready(listener).unwrap().is_some() {
+                    queued += 1;
+                }
+            }
             assert_eq!(
                 out + queued,
                 late.len(),
                 "{out} handed out, {queued} queued"
             );
-            while crate::sys::accept_ready(listener).unwrap().is_some() {}
-            // Dropped holding a connection nobody took: its client sees it closed (unless the
-            // kernel had not accepted it yet: then it waits in the listener's queue).
+            // Dropped holding a connection the kernel accepted and nobody took: its client
+            // sees it closed.
             let mut multi = monoio::ringway::AcceptMulti::new(listener).unwrap();
             let _c = connect();
             let _taken = multi.next().await.unwrap().unwrap();
-            let mut orphan = connect();
-            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
-            drop(multi);
-            monoio::time::sleep(std::time::Duration::from_millis(50)).await;
-            if crate::sys::accept_queued(listener) == Some(0) {
-                orphan
-                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                    .unwrap();
-                let n = orphan.read(&mut [0u8; 1]);
-                let closed = matches!(n, Ok(0))
-                    || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
-                assert!(closed, "a connection accepted and not taken was left open");
+            let mut orphan = monoio::net::TcpStream::from_std(connect()).unwrap();
+            // The kernel takes it off the queue when the ring next runs.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while crate::sys::accept_queued(listener) != Some(0) {
+                assert!(std::time::Instant::now() < deadline, "never accepted");
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
+            drop(multi);
+            let read = monoio::time::timeout(
+                std::time::Duration::from_secs(5),
+                monoio::io::AsyncReadRent::read(&mut orphan, vec![0u8; 1]),
+            )
+            .await;
+            let closed = match read {
+                Ok((Ok(0), _)) => true,
+                Ok((Err(e), _)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                _ => false,
+            };
+            assert!(closed, "a connection accepted and not taken was left open");
         });
     }
 }
