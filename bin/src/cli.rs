@@ -214,6 +214,12 @@ pub struct Cli {
     #[arg(long)]
     pub no_multishot_accept: bool,
 
+    /// Read keep-alive client connections with one receive per request, as where the kernel
+    /// has no multishot receive into provided buffers (before Linux 6.0). Overrides
+    /// `server.recv_ring`.
+    #[arg(long)]
+    pub no_recv_ring: bool,
+
     /// Write the process ID here while running (overrides `server.pid_file`); `ringway reload`
     /// reads it.
     #[arg(long, value_name = "FILE", global = true)]

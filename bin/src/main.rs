@@ -269,6 +269,9 @@ fn load_from(cli: &Cli, source: Option<Source>) -> Result<(Config, Option<Source
     if cli.no_multishot_accept {
         cfg.server.multishot_accept = false;
     }
+    if cli.no_recv_ring {
+        cfg.server.recv_ring = false;
+    }
     if let Some(a) = &cli.admin {
         // A bare port is the loopback address's.
         let addr = ringway_core::config::parse_listen_addr(a)

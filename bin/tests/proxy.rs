@@ -1304,3 +1304,71 @@ fn a_burst_of_connections_is_accepted_with_and_without_multishot_accept() {
         assert!(!log.contains("accept:"), "{log}");
     }
 }
+
+/// Keep-alive connections on io_uring read through one multishot receive each, into the
+/// worker's ring of provided buffers, and with one receive per request under
+/// `--no-recv-ring` (as on the epoll driver and kernels without it). Either way: requests one
+/// at a time, pipelined in one write, a head dripped a few bytes at a time, and a request whose
+/// body (larger than a ring buffer) follows its head in the same write (the receive is settled
+/// before the body is read) are all answered, in order, on the same connection.
+#[test]
+fn keep_alive_connections_are_read_through_the_ring_and_without_it() {
+    let origin = Origin::start();
+    let up = origin.addr.to_string();
+    let epoll = std::env::var_os("RINGWAY_TEST_EPOLL").is_some();
+    for off in [false, true] {
+        let mut args = vec!["--upstream", up.as_str()];
+        if off {
+            args.push("--no-recv-ring");
+        }
+        let proxy = Proxy::start_quick(&args);
+        let how = if off || epoll {
+            "keep-alive connections read with one receive per request"
+        } else {
+            "keep-alive connections read through one multishot receive each"
+        };
+        proxy.wait_log(|l| l.contains(how));
+        let addr = proxy.addr;
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: t\r\n\r\n");
+                    for i in 0..30 {
+                        let p = format!("/ka/{t}/{i}");
+                        c.send(get(&p).as_bytes());
+                        let r = c.response("GET").expect("answered");
+                        assert_eq!((r.status, r.text()), (200, format!("ok {p}")));
+                    }
+                    let pipelined: String =
+                        (0..5).map(|i| get(&format!("/pipe/{t}/{i}"))).collect();
+                    c.send(pipelined.as_bytes());
+                    for i in 0..5 {
+                        let r = c.response("GET").expect("answered");
+                        assert_eq!(r.text(), format!("ok /pipe/{t}/{i}"));
+                    }
+                    for b in get(&format!("/drip/{t}")).as_bytes().chunks(3) {
+                        c.send(b);
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    assert_eq!(c.response("GET").unwrap().text(), format!("ok /drip/{t}"));
+                    let body: Vec<u8> = (0..5000u32).map(|k| (k * 7 + t) as u8).collect();
+                    let mut req = format!(
+                        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    req.extend_from_slice(&body);
+                    req.extend_from_slice(get(&format!("/after/{t}")).as_bytes());
+                    c.send(&req);
+                    let r = c.response("POST").expect("answered");
+                    assert_eq!((r.status, &r.body), (200, &body));
+                    assert_eq!(c.response("GET").unwrap().text(), format!("ok /after/{t}"));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}

@@ -57,6 +57,10 @@ pub(crate) struct Worker {
     accepted: Cell<u64>,
     /// Connections closed for a missing or malformed PROXY protocol header.
     proxy_header_failures: Cell<u64>,
+    /// Keep-alive connections read through a multishot receive (multirecv.rs).
+    pub(crate) recv_ring: Cell<bool>,
+    /// Reads that found the ring of provided buffers empty and went the old way.
+    recv_ring_empty: Cell<u64>,
     /// Compressing streams open on this worker (`[compression] max_streams`).
     pub(crate) encoders: ringway_core::compress::Streams,
     /// Where this worker's request ids come from.
@@ -108,6 +112,8 @@ impl Worker {
             accepted: Cell::new(0),
             lot,
             proxy_header_failures: Cell::new(0),
+            recv_ring: Cell::new(false),
+            recv_ring_empty: Cell::new(0),
             encoders: Default::default(),
             ids: Default::default(),
             id,
@@ -323,6 +329,7 @@ impl Worker {
                 parked: self.lot.len() as u64,
                 accepted: self.accepted.get(),
                 proxy_header_failures: self.proxy_header_failures.get(),
+                recv_ring_empty: self.recv_ring_empty.get(),
                 requests: requests.total,
                 dns_lookups: dns.lookups,
                 dns_failures: dns.failures,
@@ -343,6 +350,10 @@ impl Worker {
     pub(crate) fn count_proxy_header_failure(&self) {
         self.proxy_header_failures
             .set(self.proxy_header_failures.get() + 1);
+    }
+
+    pub(crate) fn count_recv_ring_empty(&self) {
+        self.recv_ring_empty.set(self.recv_ring_empty.get() + 1);
     }
 
     pub(crate) fn enter(self: &Rc<Self>) -> Active {

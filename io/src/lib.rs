@@ -31,6 +31,7 @@ mod health;
 mod limitsync;
 mod listener;
 mod metrics;
+mod multirecv;
 mod names;
 mod ocsp;
 mod pages;

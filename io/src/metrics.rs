@@ -61,6 +61,7 @@ pub(crate) struct WorkerSnap {
     pub(crate) parked: u64,
     pub(crate) accepted: u64,
     pub(crate) proxy_header_failures: u64,
+    pub(crate) recv_ring_empty: u64,
     pub(crate) requests: u64,
     pub(crate) dns_lookups: u64,
     pub(crate) dns_failures: u64,
@@ -437,6 +438,16 @@ impl Collector for Scrape {
             [(
                 Labels::new(),
                 counter(self.workers.iter().map(|w| w.proxy_header_failures).sum()),
+            )],
+        )?;
+        family(
+            &mut e,
+            "ringway_recv_ring_exhausted",
+            "Keep-alive client reads that found the worker's ring of provided buffers empty and read with a receive of their own.",
+            MetricType::Counter,
+            [(
+                Labels::new(),
+                counter(self.workers.iter().map(|w| w.recv_ring_empty).sum()),
             )],
         )?;
         let mut rules: Vec<_> = t.rules.iter().collect();

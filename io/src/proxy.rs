@@ -67,6 +67,11 @@ struct Conn {
     client_nonblocking: bool,
     /// Cancels the wait for the next request when the connection parks (see `read_idle`).
     canceller: monoio::io::Canceller,
+    /// The client's reader while one multishot receive runs on its socket (multirecv.rs):
+    /// from the second request of a plain connection on, where the worker has the ring.
+    reader: Option<monoio::ringway::RecvMulti>,
+    /// The connection has served a request and is kept alive.
+    kept_alive: bool,
 }
 
 impl Drop for Conn {
@@ -427,6 +432,7 @@ impl Conn {
         let client = Stream::Plain(idle.tcp);
         let mut c = Self::with(w, cfg, client, idle.peer, listen, ex, inbuf);
         c.client_nonblocking = idle.nonblocking;
+        c.kept_alive = true;
         c
     }
 
@@ -457,6 +463,8 @@ impl Conn {
             deadline: Deadline::new(now),
             client_nonblocking: false,
             canceller: monoio::io::Canceller::new(),
+            reader: None,
+            kept_alive: false,
         }
     }
 
@@ -480,6 +488,7 @@ impl Conn {
             self.end();
             match finish {
                 Finish::KeepAlive if !self.w.drain.is_set() => {
+                    self.kept_alive = true;
                     self.idle();
                     self.begin();
                 }
@@ -500,6 +509,15 @@ impl Conn {
 
     /// What a parked connection keeps (plain sockets only: core parks no other).
     fn into_idle(mut self) -> Option<Idle> {
+        // A connection parks after a wait for its next request that ended the receive
+        // (multirecv::read); one still running would hold bytes the parked socket has not.
+        if self.reader.is_some() {
+            log::error!(
+                "client {}: parked with its receive running; closed",
+                self.peer
+            );
+            return None;
+        }
         let Stream::Plain(tcp) = std::mem::replace(&mut self.client, Stream::Sink) else {
             return None;
         };
@@ -534,7 +552,11 @@ impl Conn {
     async fn exchange(&mut self) -> Finish {
         let cfg = self.cfg.clone();
         loop {
-            match self.ex.poll_action() {
+            let action = self.ex.poll_action();
+            if self.reader.is_some() && reads_client(&action) {
+                crate::multirecv::settle(&mut self.reader, &mut self.inbuf).await;
+            }
+            match action {
                 Action::ReadHead { idle, read_first } => {
                     if read_first && !self.read_client(idle, &cfg).await {
                         continue;
@@ -968,7 +990,35 @@ impl Conn {
     /// (closed, timed out, draining) instead.
     async fn read_client(&mut self, idle: bool, cfg: &Generation) -> bool {
         let wait = arm(&self.deadline, &self.ex, self.now);
-        let r = if idle {
+        // A keep-alive connection's next request through its multishot receive (multirecv.rs),
+        // and the rest of a head that began there; else (or when the ring is empty) a receive.
+        let mut ring = None;
+        if let (Stream::Plain(tcp), true) = (
+            &self.client,
+            self.reader.is_some() || (idle && self.kept_alive && self.w.recv_ring.get()),
+        ) {
+            let read = crate::multirecv::read(&mut self.reader, tcp, &mut self.inbuf, wait);
+            let got = if idle {
+                let drain = self.w.drain.clone();
+                monoio::select! {
+                    r = read => r.map(Some),
+                    _ = drain.wait() => Ok(None),
+                }
+            } else {
+                read.await.map(Some)
+            };
+            ring = match got {
+                Ok(r) => Some(r),
+                Err(crate::multirecv::Elsewhere::RingEmpty) => {
+                    self.w.count_recv_ring_empty();
+                    None
+                }
+                Err(crate::multirecv::Elsewhere::Unavailable) => None,
+            };
+        }
+        let r = if let Some(r) = ring {
+            r
+        } else if idle {
             let drain = self.w.drain.clone();
             monoio::select! {
                 r = self.client.read_idle(&mut self.inbuf, wait, &mut self.canceller) => Some(r),
@@ -1169,6 +1219,38 @@ impl Conn {
                 _ => break,
             }
         }
+    }
+}
+
+/// Whether `action` reads the client's socket other than for a head, or leaves it to be
+/// closed gracefully or parked: a multishot receive on it is settled first (multirecv.rs).
+/// Every action is named, so that a new one is decided here.
+fn reads_client(action: &Action) -> bool {
+    match action {
+        Action::DiscardBody(_)
+        | Action::Resolve { .. }
+        | Action::ReadBody { .. }
+        | Action::Tunnel { .. }
+        | Action::SendBody(_)
+        | Action::Finish(Finish::Park | Finish::Close(Close::Notify | Close::Linger)) => true,
+        Action::ReadHead { .. }
+        | Action::WriteClient
+        | Action::WriteStored { .. }
+        | Action::WriteContinue
+        | Action::Pick { .. }
+        | Action::Record { .. }
+        | Action::WaitFill
+        | Action::Hold
+        | Action::Connect { .. }
+        | Action::SendRequest
+        | Action::ReadResponseHead { .. }
+        | Action::RelayResponse(_)
+        | Action::FetchBody(_)
+        | Action::Release { .. }
+        | Action::EndFill { .. }
+        | Action::Refresh { .. }
+        | Action::VerifyPassword { .. }
+        | Action::Finish(Finish::KeepAlive | Finish::Close(Close::Now)) => false,
     }
 }
 

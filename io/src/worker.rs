@@ -91,6 +91,7 @@ pub(crate) fn run(
             log::info!("listeners accept on readiness, one accept4 per connection");
         }
     }
+    let recv_ring = first.cfg.server.recv_ring && !nonblocking;
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
     let listens = first.cfg.server.listen.clone();
@@ -102,6 +103,16 @@ pub(crate) fn run(
         crate::accesslog::WorkerLog::new(log),
     )?);
     rt.block_on(async move {
+        // The ring of provided buffers is set up on the driver, inside the runtime.
+        w.recv_ring
+            .set(recv_ring && crate::multirecv::set_up(id));
+        if id == 0 {
+            if w.recv_ring.get() {
+                log::info!("keep-alive connections read through one multishot receive each, into provided buffers");
+            } else {
+                log::info!("keep-alive connections read with one receive per request");
+            }
+        }
         let mut accepting = Vec::new();
         for (i, l) in listeners {
             let l = TcpListener::from_std(l)?;

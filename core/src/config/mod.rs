@@ -212,6 +212,7 @@ impl Config {
                 pin: true,
                 io_uring: true,
                 multishot_accept: true,
+                recv_ring: true,
                 shutdown_timeout: Duration::from_secs(30),
                 pid_file: None,
                 state_dir: None,

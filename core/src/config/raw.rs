@@ -299,6 +299,7 @@ pub(crate) struct Server {
     pub pin: Option<bool>,
     pub io_uring: Option<bool>,
     pub multishot_accept: Option<bool>,
+    pub recv_ring: Option<bool>,
     pub shutdown_timeout: Option<Spanned<Duration>>,
     pub pid_file: Option<String>,
     pub state_dir: Option<String>,

@@ -136,6 +136,9 @@ pub struct Server {
     /// Whether listeners on io_uring accept with one multishot accept operation (where the
     /// kernel has it: Linux 5.19) instead of a readiness wait and `accept4` per connection.
     pub multishot_accept: bool,
+    /// Whether keep-alive client connections on io_uring read through one multishot receive
+    /// into a ring of provided buffers (Linux 6.0) instead of a receive per request.
+    pub recv_ring: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     /// Where the running process writes its PID (for `ringway reload`).
@@ -402,6 +405,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
         pin: s.pin.unwrap_or(true),
         io_uring: s.io_uring.unwrap_or(true),
         multishot_accept: s.multishot_accept.unwrap_or(true),
+        recv_ring: s.recv_ring.unwrap_or(true),
         shutdown_timeout,
         // Relative to the config file, as every path in it.
         pid_file: s

@@ -113,11 +113,23 @@ pub fn diff(from: &Config, to: &Config) -> Vec<String> {
         ));
     }
     let (a, b) = (&from.server, &to.server);
-    if (a.workers, &a.cpus, a.pin, a.io_uring, a.multishot_accept)
-        != (b.workers, &b.cpus, b.pin, b.io_uring, b.multishot_accept)
-    {
+    if (
+        a.workers,
+        &a.cpus,
+        a.pin,
+        a.io_uring,
+        a.multishot_accept,
+        a.recv_ring,
+    ) != (
+        b.workers,
+        &b.cpus,
+        b.pin,
+        b.io_uring,
+        b.multishot_accept,
+        b.recv_ring,
+    ) {
         out.push(
-            "server.workers, cpus, pin, io_uring or multishot_accept changed (takes effect after a restart)"
+            "server.workers, cpus, pin, io_uring, multishot_accept or recv_ring changed (takes effect after a restart)"
                 .into(),
         );
     }

@@ -68,3 +68,79 @@ impl Drop for AcceptMulti {
         UringInner::drop_accept_multi(&self.ring, self.index);
     }
 }
+
+/// Sets up, on this thread's io_uring driver, the ring of provided buffers that
+/// [`RecvMulti`] receives into: `count` buffers (a power of two, at most 32,768) of `size`
+/// bytes, their pages touched only when the kernel first fills them. `Ok(false)` outside a
+/// runtime on the io_uring driver, or when a ring is set up already; an error when the kernel
+/// refuses it (before Linux 5.19).
+pub fn recv_ring(count: u16, size: u32) -> io::Result<bool> {
+    if !CURRENT.is_set() {
+        return Ok(false);
+    }
+    CURRENT.with(|inner| match inner {
+        Inner::Uring(ring) => UringInner::recv_ring_init(ring, count, size),
+        #[allow(unreachable_patterns)]
+        _ => Ok(false),
+    })
+}
+
+/// A multishot receive (`IORING_OP_RECV` with `IORING_RECV_MULTISHOT`, Linux 6.0) on a
+/// socket, into the buffers of the ring [`recv_ring`] set up: one submission, then one
+/// completion each time bytes arrive, with no operation, poll or buffer of the socket's own
+/// in between. Bytes are copied out to the caller's buffer and the ring's buffer given back at
+/// once.
+///
+/// The kernel ends it at the peer's end of stream (a read of 0), on an error, when the ring
+/// has no buffer left (`ENOBUFS`: read the socket another way, then start another), and, in
+/// the driver, when its owner has left [`RECEIVING_MAX_QUEUED`] results untaken: the bytes
+/// after those stay in the socket under TCP's flow control. Nothing received is lost: what
+/// came before the end still comes out of [`read`](Self::read).
+pub struct RecvMulti {
+    ring: Rc<UnsafeCell<UringInner>>,
+    index: usize,
+}
+
+impl RecvMulti {
+    /// Starts receiving on `socket`, which must stay open while this lives. `None` outside a
+    /// runtime on the io_uring driver or before [`recv_ring`].
+    pub fn new(socket: &impl AsRawFd) -> Option<Self> {
+        if !CURRENT.is_set() {
+            return None;
+        }
+        CURRENT.with(|inner| match inner {
+            Inner::Uring(ring) => Some(Self {
+                index: UringInner::recv_multi(ring, socket.as_raw_fd())?,
+                ring: ring.clone(),
+            }),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        })
+    }
+
+    /// Appends the next bytes received to `out`: `Some(Ok(n))` (0 at the peer's end of
+    /// stream), the error the kernel gave, or `None` once the receive has ended.
+    pub async fn read(&mut self, out: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        poll_fn(|cx| UringInner::poll_recv_multi(&self.ring, self.index, out, Some(cx))).await
+    }
+
+    /// As [`read`](Self::read), without waiting: `Err(())` when nothing has arrived yet.
+    pub fn try_read(&mut self, out: &mut Vec<u8>) -> Result<Option<io::Result<usize>>, ()> {
+        match UringInner::poll_recv_multi(&self.ring, self.index, out, None) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => Err(()),
+        }
+    }
+
+    /// Asks the kernel to stop receiving. What it received before the cancel took effect
+    /// still comes from [`read`](Self::read), then `None`.
+    pub fn cancel(&mut self) {
+        UringInner::cancel_recv_multi(&self.ring, self.index);
+    }
+}
+
+impl Drop for RecvMulti {
+    fn drop(&mut self) {
+        UringInner::drop_recv_multi(&self.ring, self.index);
+    }
+}

@@ -25,7 +25,42 @@ pub(crate) enum Lifecycle {
 
     /// ringway: a multishot accept, whose completions queue until they are taken.
     Accepting(Box<Accepting>),
+
+    /// ringway: a multishot receive into the ring's provided buffers, whose completions queue
+    /// until they are taken.
+    Receiving(Box<Receiving>),
 }
+
+/// ringway: what the driver does after a completion, beyond waking its owner.
+pub(crate) enum After {
+    Nothing,
+    /// Give this provided buffer back to the ring: its owner is gone.
+    Recycle(u16),
+    /// Ask the kernel to end this operation: its owner has not taken what it queued.
+    Cancel,
+}
+
+/// ringway: the record of a multishot receive (`crate::ringway::RecvMulti`).
+#[derive(Default)]
+pub(crate) struct Receiving {
+    /// Results in the order the kernel gave them: bytes received (in the provided buffer
+    /// whose id is second; 0 bytes, the peer's end of stream), or an error.
+    pub(crate) results: std::collections::VecDeque<(io::Result<u32>, u16)>,
+    pub(crate) waker: Option<Waker>,
+    /// The last completion (without `IORING_CQE_F_MORE`) came: no more will.
+    pub(crate) ended: bool,
+    /// A cancel was asked for (by the owner, or because too much was queued).
+    pub(crate) cancelling: bool,
+    /// The owner is gone: buffers that arrive go back to the ring, and the record is removed
+    /// with the last completion.
+    pub(crate) detached: bool,
+}
+
+/// ringway: how many received buffers a multishot receive may queue before the driver ends it.
+/// The bytes after them stay in the socket, under TCP's flow control, until the owner reads
+/// again: a peer that sends while its connection is busy holds at most this many of the ring's
+/// buffers.
+pub(crate) const RECEIVING_MAX_QUEUED: usize = 4;
 
 /// ringway: the record of a multishot accept (`crate::ringway::AcceptMulti`).
 #[derive(Default)]
@@ -41,7 +76,7 @@ pub(crate) struct Accepting {
 }
 
 impl<'a> Ref<'a, Lifecycle> {
-    pub(crate) fn complete(mut self, result: io::Result<u32>, flags: u32) {
+    pub(crate) fn complete(mut self, result: io::Result<u32>, flags: u32) -> After {
         let ref_mut = &mut *self;
         match ref_mut {
             Lifecycle::Submitted => {
@@ -71,7 +106,7 @@ impl<'a> Ref<'a, Lifecycle> {
                     if !more {
                         self.remove();
                     }
-                    return;
+                    return After::Nothing;
                 }
                 a.results.push_back(result);
                 a.ended |= !more;
@@ -79,7 +114,27 @@ impl<'a> Ref<'a, Lifecycle> {
                     w.wake();
                 }
             }
+            Lifecycle::Receiving(r) => {
+                let more = io_uring::cqueue::more(flags);
+                let bid = io_uring::cqueue::buffer_select(flags);
+                if r.detached {
+                    if !more {
+                        self.remove();
+                    }
+                    return bid.map_or(After::Nothing, After::Recycle);
+                }
+                r.results.push_back((result, bid.unwrap_or(u16::MAX)));
+                r.ended |= !more;
+                if let Some(w) = r.waker.take() {
+                    w.wake();
+                }
+                if more && !r.cancelling && r.results.len() >= RECEIVING_MAX_QUEUED {
+                    r.cancelling = true;
+                    return After::Cancel;
+                }
+            }
         }
+        After::Nothing
     }
 
     #[allow(clippy::needless_pass_by_ref_mut)]
@@ -102,6 +157,7 @@ impl<'a> Ref<'a, Lifecycle> {
         match self.remove() {
             Lifecycle::Completed(result, flags) => Poll::Ready(CompletionMeta { result, flags }),
             Lifecycle::Accepting(_) => unreachable!("a multishot accept polled as an operation"),
+            Lifecycle::Receiving(_) => unreachable!("a multishot receive polled as an operation"),
             _ => unsafe { std::hint::unreachable_unchecked() },
         }
     }
@@ -124,6 +180,7 @@ impl<'a> Ref<'a, Lifecycle> {
             }
             Lifecycle::Ignored(..) => unsafe { std::hint::unreachable_unchecked() },
             Lifecycle::Accepting(_) => unreachable!("a multishot accept dropped as an operation"),
+            Lifecycle::Receiving(_) => unreachable!("a multishot receive dropped as an operation"),
         }
         true
     }

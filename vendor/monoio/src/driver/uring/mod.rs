@@ -11,7 +11,7 @@ use std::{
 };
 
 use io_uring::{cqueue, opcode, types::Timespec, IoUring};
-use lifecycle::Lifecycle;
+use lifecycle::{After, Lifecycle};
 
 use super::{
     op::{CompletionMeta, Op, OpAble},
@@ -82,6 +82,12 @@ pub(crate) struct UringInner {
 
     // Uring support ext_arg
     ext_arg: bool,
+
+    /// ringway: the ring of provided buffers multishot receives take from, once set up.
+    pbuf: Option<PBufRing>,
+
+    /// ringway: operations a completion asked to cancel, pushed after the completions.
+    cancels: Vec<usize>,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
@@ -112,6 +118,8 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             uring,
+            pbuf: None,
+            cancels: Vec::new(),
         }));
 
         Ok(IoUringDriver {
@@ -146,6 +154,8 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             uring,
+            pbuf: None,
+            cancels: Vec::new(),
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
             waker_receiver,
@@ -391,7 +401,33 @@ impl UringInner {
                     self.poll.tick(Some(Duration::ZERO))?;
                 }
                 _ if index >= MIN_REVERSED_USERDATA => (),
-                _ => self.ops.complete(index as _, resultify(&cqe), cqe.flags()),
+                _ => match self.ops.complete(index as _, resultify(&cqe), cqe.flags()) {
+                    After::Nothing => {}
+                    After::Recycle(bid) => {
+                        if let Some(p) = self.pbuf.as_mut() {
+                            p.recycle(bid);
+                        }
+                    }
+                    After::Cancel => self.cancels.push(index as usize),
+                },
+            }
+        }
+        // ringway: cancels the completions asked for, pushed once the completion queue is
+        // released. Not from inside the loop: a completion may drop an operation's data, and
+        // with it a descriptor whose close is pushed through a submission queue of its own,
+        // which a queue held across the loop would overwrite when dropped.
+        while let Some(index) = self.cancels.pop() {
+            let cancel = opcode::AsyncCancel::new(index as u64)
+                .build()
+                .user_data(CANCEL_USERDATA);
+            // SAFETY: the entry names no memory. A full queue leaves the operation running;
+            // its next completion asks again.
+            if unsafe { self.uring.submission().push(&cancel) }.is_err() {
+                if let Some(mut l) = self.ops.slab.get(index) {
+                    if let Lifecycle::Receiving(r) = &mut *l {
+                        r.cancelling = false;
+                    }
+                }
             }
         }
         Ok(())
@@ -557,10 +593,7 @@ impl UringInner {
     /// close-on-exec); its record's index.
     pub(crate) fn accept_multi(this: &Rc<UnsafeCell<UringInner>>, fd: RawFd) -> usize {
         let inner = unsafe { &mut *this.get() };
-        let index = inner
-            .ops
-            .slab
-            .insert(Lifecycle::Accepting(Box::default()));
+        let index = inner.ops.slab.insert(Lifecycle::Accepting(Box::default()));
         let sqe = opcode::AcceptMulti::new(io_uring::types::Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
             .build()
@@ -629,6 +662,132 @@ impl UringInner {
         unsafe { Self::cancel_op(this, index) }
     }
 
+    /// ringway: sets up the ring of provided buffers that multishot receives take from:
+    /// `count` buffers (a power of two) of `size` bytes. False when one is set up already.
+    pub(crate) fn recv_ring_init(
+        this: &Rc<UnsafeCell<UringInner>>,
+        count: u16,
+        size: u32,
+    ) -> io::Result<bool> {
+        let inner = unsafe { &mut *this.get() };
+        if inner.pbuf.is_some() {
+            return Ok(false);
+        }
+        let ring = PBufRing::new(count, size)?;
+        // SAFETY: the ring's entries and buffers live in `inner.pbuf` until after the ring is
+        // unregistered (UringInner's drop).
+        unsafe {
+            inner
+                .uring
+                .submitter()
+                .register_buf_ring(ring.entries as u64, count, ring.group)?;
+        }
+        inner.pbuf = Some(ring);
+        Ok(true)
+    }
+
+    /// ringway: starts a multishot receive on the socket `fd` into the ring's provided
+    /// buffers; its record's index. `None` when no ring of provided buffers is set up.
+    pub(crate) fn recv_multi(this: &Rc<UnsafeCell<UringInner>>, fd: RawFd) -> Option<usize> {
+        let inner = unsafe { &mut *this.get() };
+        let group = inner.pbuf.as_ref()?.group;
+        let index = inner.ops.slab.insert(Lifecycle::Receiving(Box::default()));
+        let sqe = opcode::RecvMulti::new(io_uring::types::Fd(fd), group)
+            .build()
+            .user_data(index as u64);
+        // SAFETY: the entry names no memory of ours; the kernel picks a provided buffer.
+        if unsafe { inner.uring.submission().push(&sqe) }.is_err() {
+            let _ = inner.submit();
+            // SAFETY: as above; a ring just submitted has room.
+            let _ = unsafe { inner.uring.submission().push(&sqe) };
+        }
+        Some(index)
+    }
+
+    /// ringway: the next of a multishot receive's results, its bytes appended to `out` and
+    /// the buffer given back to the ring; `None` once it has ended. `wait`: register the
+    /// task's waker when nothing is queued (else `Pending` registers nothing).
+    pub(crate) fn poll_recv_multi(
+        this: &Rc<UnsafeCell<UringInner>>,
+        index: usize,
+        out: &mut Vec<u8>,
+        cx: Option<&mut Context<'_>>,
+    ) -> Poll<Option<io::Result<usize>>> {
+        let inner = unsafe { &mut *this.get() };
+        let Some(mut lifecycle) = inner.ops.slab.get(index) else {
+            return Poll::Ready(None);
+        };
+        let Lifecycle::Receiving(r) = &mut *lifecycle else {
+            return Poll::Ready(None);
+        };
+        if let Some((res, bid)) = r.results.pop_front() {
+            return Poll::Ready(Some(res.map(|n| {
+                let n = n as usize;
+                if let Some(p) = inner.pbuf.as_mut() {
+                    if n > 0 {
+                        out.extend_from_slice(p.buf(bid, n));
+                    }
+                    if bid != u16::MAX {
+                        p.recycle(bid);
+                    }
+                }
+                n
+            })));
+        }
+        if r.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(cx) = cx {
+            match &r.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => r.waker = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
+    }
+
+    /// ringway: asks the kernel to end a multishot receive. What it received before still
+    /// comes, then the end.
+    pub(crate) fn cancel_recv_multi(this: &Rc<UnsafeCell<UringInner>>, index: usize) {
+        let inner = unsafe { &mut *this.get() };
+        if let Some(mut l) = inner.ops.slab.get(index) {
+            if let Lifecycle::Receiving(r) = &mut *l {
+                if r.ended || r.cancelling {
+                    return;
+                }
+                r.cancelling = true;
+            }
+        }
+        unsafe { Self::cancel_op(this, index) }
+    }
+
+    /// ringway: the owner of a multishot receive is gone. Buffers queued or still to come go
+    /// back to the ring; the record goes with the last completion.
+    pub(crate) fn drop_recv_multi(this: &Rc<UnsafeCell<UringInner>>, index: usize) {
+        let inner = unsafe { &mut *this.get() };
+        let Some(mut lifecycle) = inner.ops.slab.get(index) else {
+            return;
+        };
+        let Lifecycle::Receiving(r) = &mut *lifecycle else {
+            return;
+        };
+        for (_, bid) in r.results.drain(..) {
+            if let (Some(p), true) = (inner.pbuf.as_mut(), bid != u16::MAX) {
+                p.recycle(bid);
+            }
+        }
+        if r.ended {
+            lifecycle.remove();
+            return;
+        }
+        r.detached = true;
+        r.waker = None;
+        let cancelling = std::mem::replace(&mut r.cancelling, true);
+        if !cancelling {
+            unsafe { Self::cancel_op(this, index) }
+        }
+    }
+
     pub(crate) unsafe fn cancel_op(this: &Rc<UnsafeCell<UringInner>>, index: usize) {
         let inner = &mut *this.get();
         let cancel = opcode::AsyncCancel::new(index as u64)
@@ -678,6 +837,11 @@ impl Drop for IoUringDriver {
 
 impl Drop for UringInner {
     fn drop(&mut self) {
+        // ringway: no receive may pick a provided buffer once the ring is gone; the buffers'
+        // memory goes with `pbuf`, after this.
+        if let Some(p) = &self.pbuf {
+            let _ = self.uring.submitter().unregister_buf_ring(p.group);
+        }
         // no need to wait for completion, as the kernel will clean up the ring asynchronically.
         let _ = self.uring.submitter().submit();
         unsafe {
@@ -696,9 +860,9 @@ impl Ops {
         self.slab.insert(Lifecycle::Submitted)
     }
 
-    fn complete(&mut self, index: usize, result: io::Result<u32>, flags: u32) {
+    fn complete(&mut self, index: usize, result: io::Result<u32>, flags: u32) -> After {
         let lifecycle = unsafe { self.slab.get(index).unwrap_unchecked() };
-        lifecycle.complete(result, flags);
+        lifecycle.complete(result, flags)
     }
 }
 
@@ -710,5 +874,101 @@ fn resultify(cqe: &cqueue::Entry) -> io::Result<u32> {
         Ok(res as u32)
     } else {
         Err(io::Error::from_raw_os_error(-res))
+    }
+}
+
+/// ringway: a ring of provided buffers (`IORING_REGISTER_PBUF_RING`, Linux 5.19) that multishot
+/// receives take from. A buffer is the kernel's from when it is in the ring until the
+/// completion that names it; then ours until `recycle` puts it back.
+pub(crate) struct PBufRing {
+    /// `count` entries, page-aligned, shared with the kernel; the tail is in the first.
+    entries: *mut io_uring::types::BufRingEntry,
+    bufs: *mut u8,
+    count: u16,
+    size: u32,
+    /// Our copy of the tail: entries added so far.
+    tail: u16,
+    pub(crate) group: u16,
+}
+
+impl PBufRing {
+    /// The buffer group id: one ring per driver.
+    const GROUP: u16 = 0x7277;
+
+    fn layouts(count: u16, size: u32) -> (std::alloc::Layout, std::alloc::Layout) {
+        let page = 4096;
+        let entries = std::alloc::Layout::from_size_align(
+            count as usize * std::mem::size_of::<io_uring::types::BufRingEntry>(),
+            page,
+        )
+        .expect("a ring of provided buffers fits in memory");
+        let bufs = std::alloc::Layout::from_size_align(count as usize * size as usize, page)
+            .expect("provided buffers fit in memory");
+        (entries, bufs)
+    }
+
+    fn new(count: u16, size: u32) -> io::Result<Self> {
+        if !count.is_power_of_two() || size == 0 {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let (le, lb) = Self::layouts(count, size);
+        // SAFETY: both layouts have a non-zero size. The buffers' pages are touched only when
+        // the kernel first fills them.
+        let entries = unsafe { std::alloc::alloc_zeroed(le) } as *mut io_uring::types::BufRingEntry;
+        let bufs = unsafe { std::alloc::alloc(lb) };
+        if entries.is_null() || bufs.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut ring = Self {
+            entries,
+            bufs,
+            count,
+            size,
+            tail: 0,
+            group: Self::GROUP,
+        };
+        for bid in 0..count {
+            ring.recycle(bid);
+        }
+        Ok(ring)
+    }
+
+    /// The first `n` bytes of buffer `bid`, which a completion handed to us.
+    fn buf(&self, bid: u16, n: usize) -> &[u8] {
+        assert!(bid < self.count && n <= self.size as usize);
+        // SAFETY: in bounds (above); the kernel wrote `n` bytes there and no longer owns it.
+        unsafe { std::slice::from_raw_parts(self.bufs.add(bid as usize * self.size as usize), n) }
+    }
+
+    /// Gives buffer `bid` back to the kernel.
+    fn recycle(&mut self, bid: u16) {
+        if bid >= self.count {
+            return;
+        }
+        let mask = self.count - 1;
+        // SAFETY: the slot at the tail is ours to fill (the kernel reads only up to the tail
+        // it sees), and `entries` has `count` of them.
+        unsafe {
+            let e = &mut *self.entries.add((self.tail & mask) as usize);
+            e.set_addr(self.bufs.add(bid as usize * self.size as usize) as u64);
+            e.set_len(self.size);
+            e.set_bid(bid);
+            self.tail = self.tail.wrapping_add(1);
+            let tail = io_uring::types::BufRingEntry::tail(self.entries)
+                as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for PBufRing {
+    fn drop(&mut self) {
+        let (le, lb) = Self::layouts(self.count, self.size);
+        // SAFETY: allocated with these layouts in `new`; the ring was unregistered before
+        // (UringInner's drop), so the kernel no longer writes into them.
+        unsafe {
+            std::alloc::dealloc(self.entries as *mut u8, le);
+            std::alloc::dealloc(self.bufs, lb);
+        }
     }
 }

@@ -1,0 +1,300 @@
+//! A keep-alive client's reads through one multishot receive (io_uring, provided buffers).
+//!
+//! A read posted on the ring for each request costs a submission, a receive the kernel tries
+//! at once and that finds nothing (the client has not sent its next request yet), a poll armed
+//! on the socket, then the receive again when bytes arrive. A keep-alive connection instead
+//! keeps one multishot receive (`monoio::ringway::RecvMulti`) from its second request on: each
+//! time bytes arrive the kernel takes a buffer from the worker's ring of provided buffers,
+//! receives into it and posts a completion; the bytes are copied to the connection's input
+//! buffer and the buffer goes back to the ring. No submission, no failing receive, no poll
+//! armed per request; and no buffer held by a connection that waits.
+//!
+//! While it runs it is the only reader of the socket: before anything else reads the client
+//! (a body, a tunnel, the lingering close, the check that a client waiting for a name lookup is
+//! still there), [`settle`] cancels it and appends what it had received to the input buffer,
+//! which those readers take first anyway (bytes that came with the head). It ends by itself at
+//! the client's end of stream, on an error, when the ring has no free buffer (`ENOBUFS`: this
+//! read then goes the old way, counted in `ringway_recv_ring_exhausted`), and when four
+//! results wait untaken (a client sending while its request is served: the bytes after them
+//! wait in the socket, under TCP's flow control); the next read starts another.
+
+use monoio::net::TcpStream;
+use monoio::ringway::RecvMulti;
+
+use crate::deadline::{Deadline, IoFail};
+
+/// Buffers in each worker's ring: 512 of 2 KiB, 1 MiB in all, touched only as the kernel fills
+/// them. A request head of up to 2 KiB arrives in one.
+pub(crate) const RING_BUFS: u16 = 512;
+pub(crate) const RING_BUF_SIZE: u32 = 2048;
+
+/// Sets up the worker's ring of provided buffers (io_uring only; `server.recv_ring`). False
+/// when the kernel refuses it (before Linux 5.19) or the worker runs on epoll.
+pub(crate) fn set_up(id: usize) -> bool {
+    match monoio::ringway::recv_ring(RING_BUFS, RING_BUF_SIZE) {
+        Ok(ok) => ok,
+        Err(e) => {
+            if id == 0 {
+                log::warn!("io_uring refused a ring of provided buffers ({e}); keep-alive connections read with one receive per request");
+            }
+            false
+        }
+    }
+}
+
+/// Why a read did not go through the multishot receive: the caller reads the socket itself.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Elsewhere {
+    /// The receive could not start (no ring on this driver).
+    Unavailable,
+    /// The ring had no free buffer (`ENOBUFS`); counted in `ringway_recv_ring_exhausted`.
+    RingEmpty,
+}
+
+/// Reads the client's next bytes into `buf` through `reader`, started if there is none, until
+/// `deadline`. When the deadline passes, the receive is cancelled and what it had received is
+/// kept: `IoFail::Timeout` only when that was nothing, and the reader is then gone, so that
+/// the socket can be parked.
+pub(crate) async fn read(
+    reader: &mut Option<RecvMulti>,
+    tcp: &TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: &Deadline,
+) -> Result<Result<usize, IoFail>, Elsewhere> {
+    loop {
+        let r = match reader {
+            Some(r) => r,
+            None => reader.insert(RecvMulti::new(tcp).ok_or(Elsewhere::Unavailable)?),
+        };
+        let got = monoio::select! {
+            got = r.read(buf) => Some(got),
+            _ = deadline.elapsed() => None,
+        };
+        let Some(got) = got else {
+            let n = settle(reader, buf).await;
+            return Ok(if n > 0 { Ok(n) } else { Err(IoFail::Timeout) });
+        };
+        match got {
+            Some(Ok(n)) => return Ok(Ok(n)),
+            Some(Err(e)) => match e.raw_os_error() {
+                // The ring had no free buffer: this read goes the old way; the next starts
+                // another receive.
+                Some(libc::ENOBUFS) => {
+                    *reader = None;
+                    return Err(Elsewhere::RingEmpty);
+                }
+                // Ended by the driver (four results were waiting): start another.
+                Some(libc::ECANCELED) => *reader = None,
+                _ => {
+                    *reader = None;
+                    return Ok(Err(IoFail::Io(e)));
+                }
+            },
+            // Ended: start another.
+            None => *reader = None,
+        }
+    }
+}
+
+/// Ends `reader`, if there is one, appending to `buf` everything it had received; the bytes
+/// appended. After it, the socket may be read, spliced or parked.
+pub(crate) async fn settle(reader: &mut Option<RecvMulti>, buf: &mut Vec<u8>) -> usize {
+    let Some(mut r) = reader.take() else {
+        return 0;
+    };
+    r.cancel();
+    let mut n = 0;
+    // An error or the end of stream among them is what the next read of the socket finds
+    // again.
+    while let Some(got) = r.read(buf).await {
+        if let Ok(k) = got {
+            n += k;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    /// A runtime on io_uring with a ring of `count` provided buffers of `size` bytes; `None`
+    /// where the kernel has neither (the suite's epoll pass covers the other path).
+    fn runtime(
+        count: u16,
+        size: u32,
+    ) -> Option<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .ok()?;
+        rt.block_on(async { monoio::ringway::recv_ring(count, size) })
+            .ok()
+            .filter(|&ok| ok)?;
+        Some(rt)
+    }
+
+    /// A connected pair: the client's blocking std socket, the server's monoio stream.
+    fn pair() -> (std::net::TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, TcpStream::from_std(s).unwrap())
+    }
+
+    /// A receive of the socket itself (non-blocking), appending up to `max` bytes.
+    fn recv_more(tcp: &TcpStream, got: &mut Vec<u8>, max: usize) -> usize {
+        got.reserve(max);
+        crate::sys::recv_append(crate::sys::fd(tcp), got, max).unwrap_or(0)
+    }
+
+    fn far() -> Deadline {
+        Deadline::new(Instant::now() + Duration::from_secs(10))
+    }
+
+    /// Reads until `want` bytes are in `got`: through the receive, or the socket itself when
+    /// the ring is empty (as the connection does); how many reads went the other way.
+    async fn read_until(
+        reader: &mut Option<RecvMulti>,
+        tcp: &TcpStream,
+        got: &mut Vec<u8>,
+        want: usize,
+    ) -> usize {
+        let mut elsewhere = 0;
+        while got.len() < want {
+            match read(reader, tcp, got, &far()).await {
+                Ok(Ok(n)) => assert!(n > 0, "end of stream after {} of {want}", got.len()),
+                Ok(Err(e)) => panic!("{e:?}"),
+                Err(Elsewhere::Unavailable) => panic!("no receive"),
+                Err(Elsewhere::RingEmpty) => {
+                    elsewhere += 1;
+                    recv_more(tcp, got, want - got.len());
+                }
+            }
+        }
+        elsewhere
+    }
+
+    /// One connection, a ring of four 64-byte buffers, 400 messages of 1 to 300 bytes: every
+    /// byte arrives once and in order while each buffer goes round the ring hundreds of times.
+    #[test]
+    fn a_connection_reads_every_byte_in_order_across_many_ring_refills() {
+        let Some(mut rt) = runtime(4, 64) else {
+            return;
+        };
+        rt.block_on(async {
+            let (mut client, server) = pair();
+            let mut reader = None;
+            let (mut sent, mut got) = (Vec::new(), Vec::new());
+            for i in 0..400usize {
+                let msg: Vec<u8> = (0..1 + i * 37 % 300).map(|k| (i + k) as u8).collect();
+                client.write_all(&msg).unwrap();
+                sent.extend_from_slice(&msg);
+                read_until(&mut reader, &server, &mut got, sent.len()).await;
+            }
+            assert_eq!(got, sent);
+            assert!(sent.len() > 64 * 4 * 100, "{} bytes", sent.len());
+            // The client's end of stream is a read of 0.
+            drop(client);
+            let r = read(&mut reader, &server, &mut got, &far()).await;
+            assert!(matches!(r, Ok(Ok(0))), "{r:?}");
+        });
+    }
+
+    /// A connection that sends while nobody reads it holds at most four buffers (the driver
+    /// ends its receive; the rest waits in the socket). When that empties the ring, another
+    /// connection's read is told so and reads its socket itself, and nothing of either is lost.
+    #[test]
+    fn an_empty_ring_sends_reads_the_other_way_and_loses_nothing() {
+        let Some(mut rt) = runtime(4, 64) else {
+            return;
+        };
+        rt.block_on(async {
+            let (mut ca, a) = pair();
+            let (mut cb, b) = pair();
+            let mut ra = Some(RecvMulti::new(&a).unwrap());
+            let mut rb = None;
+            let sent_a: Vec<u8> = (0..5000).map(|k| (k % 251) as u8).collect();
+            ca.write_all(&sent_a).unwrap();
+            // Nobody reads `a`: its receive takes the ring's four buffers and is ended.
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                cb.write_all(b"hello").unwrap();
+                let mut got = Vec::new();
+                let r = read(&mut rb, &b, &mut got, &far()).await;
+                if matches!(r, Err(Elsewhere::RingEmpty)) {
+                    // The bytes stayed in the socket.
+                    crate::sys::wait_readable(crate::sys::fd(&b), Duration::from_secs(5));
+                    recv_more(&b, &mut got, 64);
+                    assert_eq!(got, b"hello");
+                    break;
+                }
+                assert!(matches!(r, Ok(Ok(5))), "{r:?}");
+                assert_eq!(got, b"hello");
+                assert!(Instant::now() < until, "the ring never ran out");
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut got_a = Vec::new();
+            read_until(&mut ra, &a, &mut got_a, sent_a.len()).await;
+            assert_eq!(got_a, sent_a);
+            // The buffers are back: `b` reads through the ring again.
+            cb.write_all(b"again").unwrap();
+            let mut got = Vec::new();
+            assert_eq!(read_until(&mut rb, &b, &mut got, 5).await, 0);
+            assert_eq!(got, b"again");
+        });
+    }
+
+    /// Settling a receive while the client sends: what the receive had is appended, the rest
+    /// is still in the socket; together, every byte once and in order. A receive dropped with
+    /// results untaken gives their buffers back.
+    #[test]
+    fn a_settled_or_dropped_receive_loses_no_byte_and_no_buffer() {
+        let Some(mut rt) = runtime(8, 64) else {
+            return;
+        };
+        rt.block_on(async {
+            let (mut client, server) = pair();
+            let sent: Vec<u8> = (0..20_000).map(|k| (k % 253) as u8).collect();
+            let writer = {
+                let sent = sent.clone();
+                std::thread::spawn(move || {
+                    for c in sent.chunks(100) {
+                        client.write_all(c).unwrap();
+                    }
+                    client
+                })
+            };
+            let mut reader = None;
+            let mut got = Vec::new();
+            read_until(&mut reader, &server, &mut got, 1000).await;
+            let n = got.len();
+            let appended = settle(&mut reader, &mut got).await;
+            assert_eq!(got.len(), n + appended);
+            assert!(reader.is_none());
+            let fd = crate::sys::fd(&server);
+            while got.len() < sent.len() {
+                assert!(crate::sys::wait_readable(fd, Duration::from_secs(5)));
+                let want = sent.len() - got.len();
+                recv_more(&server, &mut got, want);
+            }
+            assert_eq!(got, sent);
+            let mut client = writer.join().unwrap();
+            // Dropped holding results: their buffers go back to the ring.
+            let mut r = Some(RecvMulti::new(&server).unwrap());
+            client.write_all(&[7; 400]).unwrap();
+            // The ring runs when the loop waits: the receive takes what it may.
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            drop(r.take());
+            let mut rest = Vec::new();
+            while recv_more(&server, &mut rest, 400) > 0 {}
+            // Eight buffers of 64 bytes for 8 x 64 bytes, none of them lost to the drop.
+            client.write_all(&[9; 512]).unwrap();
+            let mut got = Vec::new();
+            assert_eq!(read_until(&mut r, &server, &mut got, 512).await, 0);
+            assert_eq!(got, [9; 512]);
+        });
+    }
+}
