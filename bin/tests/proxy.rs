@@ -1372,3 +1372,69 @@ fn keep_alive_connections_are_read_through_the_ring_and_without_it() {
         }
     }
 }
+
+/// A ring of provided buffers too small for the load (`server.recv_ring_buffers = 16`, 48
+/// keep-alive connections sending pipelined batches of about 3 KiB at once): reads that find
+/// it empty take a receive of their own and are counted in
+/// `ringway_recv_ring_exhausted_total`, and every request on every connection is answered, in
+/// order. Rounds until the ring has run out at least once (at most 30).
+#[test]
+fn an_exhausted_ring_of_provided_buffers_loses_no_request_and_is_counted() {
+    if std::env::var_os("RINGWAY_TEST_EPOLL").is_some() {
+        return; // no ring on the epoll driver: the suite's io_uring pass covers this
+    }
+    let origin = Origin::start();
+    let config = config_for(origin.addr, "[admin]\nlisten = \"127.0.0.1:0\"\n").replacen(
+        "[server]\n",
+        "[server]\nrecv_ring_buffers = 16\n",
+        1,
+    );
+    let proxy = Proxy::start(&config);
+    let admin = admin_addr(&proxy);
+    proxy.wait_log(|l| l.contains("keep-alive connections read"));
+    if !proxy
+        .log()
+        .contains("keep-alive connections read through one multishot receive each")
+    {
+        return; // io_uring or the ring refused here: the log says so, and nothing runs out
+    }
+    const CONNS: usize = 48;
+    const BATCH: usize = 20;
+    let addr = proxy.addr;
+    let mut clients: Vec<Client> = (0..CONNS).map(|_| Client::connect(addr)).collect();
+    for (t, c) in clients.iter_mut().enumerate() {
+        // The first request: from the second on, the connection reads through the ring.
+        c.send(format!("GET /first/{t} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(c.response("GET").unwrap().status, 200);
+    }
+    let pad = "p".repeat(100);
+    for round in 0..30 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(CONNS));
+        let threads: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut c)| {
+                let (barrier, pad) = (barrier.clone(), pad.clone());
+                std::thread::spawn(move || {
+                    let batch: String = (0..BATCH)
+                        .map(|i| format!("GET /r{round}/{t}/{i}/{pad} HTTP/1.1\r\nHost: t\r\n\r\n"))
+                        .collect();
+                    barrier.wait();
+                    c.send(batch.as_bytes());
+                    for i in 0..BATCH {
+                        let r = c.response("GET").expect("answered");
+                        assert_eq!(r.text(), format!("ok /r{round}/{t}/{i}/{pad}"));
+                    }
+                    c
+                })
+            })
+            .collect();
+        clients = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // Workers publish their figures every 50 ms: a round's count shows by the next.
+        let m = admin_get(admin, "/metrics");
+        if sample(&m, "ringway_recv_ring_exhausted_total", "").unwrap_or(0.0) > 0.0 {
+            return;
+        }
+    }
+    wait_metric_at_least(admin, "ringway_recv_ring_exhausted_total", "", 1.0);
+}

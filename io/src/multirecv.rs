@@ -23,15 +23,15 @@ use monoio::ringway::RecvMulti;
 
 use crate::deadline::{Deadline, IoFail};
 
-/// Buffers in each worker's ring: 512 of 2 KiB, 1 MiB in all, touched only as the kernel fills
-/// them. A request head of up to 2 KiB arrives in one.
-pub(crate) const RING_BUFS: u16 = 512;
+/// The size of each buffer in a worker's ring (`server.recv_ring_buffers` of them, 512 by
+/// default: 1 MiB, touched only as the kernel fills them). A request head of up to 2 KiB
+/// arrives in one.
 pub(crate) const RING_BUF_SIZE: u32 = 2048;
 
-/// Sets up the worker's ring of provided buffers (io_uring only; `server.recv_ring`). False
-/// when the kernel refuses it (before Linux 5.19) or the worker runs on epoll.
-pub(crate) fn set_up(id: usize) -> bool {
-    match monoio::ringway::recv_ring(RING_BUFS, RING_BUF_SIZE) {
+/// Sets up the worker's ring of `count` provided buffers (io_uring only; `server.recv_ring`).
+/// False when the kernel refuses it (before Linux 5.19) or the worker runs on epoll.
+pub(crate) fn set_up(id: usize, count: u16) -> bool {
+    match monoio::ringway::recv_ring(count, RING_BUF_SIZE) {
         Ok(ok) => ok,
         Err(e) => {
             if id == 0 {

@@ -91,7 +91,8 @@ pub(crate) fn run(
             log::info!("listeners accept on readiness, one accept4 per connection");
         }
     }
-    let recv_ring = first.cfg.server.recv_ring && !nonblocking;
+    let recv_ring =
+        (first.cfg.server.recv_ring && !nonblocking).then_some(first.cfg.server.recv_ring_buffers);
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
     let listens = first.cfg.server.listen.clone();
@@ -105,7 +106,7 @@ pub(crate) fn run(
     rt.block_on(async move {
         // The ring of provided buffers is set up on the driver, inside the runtime.
         w.recv_ring
-            .set(recv_ring && crate::multirecv::set_up(id));
+            .set(recv_ring.is_some_and(|n| crate::multirecv::set_up(id, n)));
         if id == 0 {
             if w.recv_ring.get() {
                 log::info!("keep-alive connections read through one multishot receive each, into provided buffers");

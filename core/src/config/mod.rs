@@ -213,6 +213,7 @@ impl Config {
                 io_uring: true,
                 multishot_accept: true,
                 recv_ring: true,
+                recv_ring_buffers: server::DEFAULT_RECV_RING_BUFFERS,
                 shutdown_timeout: Duration::from_secs(30),
                 pid_file: None,
                 state_dir: None,

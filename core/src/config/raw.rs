@@ -300,6 +300,7 @@ pub(crate) struct Server {
     pub io_uring: Option<bool>,
     pub multishot_accept: Option<bool>,
     pub recv_ring: Option<bool>,
+    pub recv_ring_buffers: Option<Spanned<u64>>,
     pub shutdown_timeout: Option<Spanned<Duration>>,
     pub pid_file: Option<String>,
     pub state_dir: Option<String>,

@@ -122,6 +122,10 @@ impl Listen {
     }
 }
 
+/// Buffers in a worker's ring of provided buffers when `server.recv_ring_buffers` is not set:
+/// 512 of 2 KiB, 1 MiB per worker.
+pub const DEFAULT_RECV_RING_BUFFERS: u16 = 512;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     pub listen: Vec<Listen>,
@@ -139,6 +143,8 @@ pub struct Server {
     /// Whether keep-alive client connections on io_uring read through one multishot receive
     /// into a ring of provided buffers (Linux 6.0) instead of a receive per request.
     pub recv_ring: bool,
+    /// Buffers of 2 KiB in each worker's ring of provided buffers (a power of two).
+    pub recv_ring_buffers: u16,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     /// Where the running process writes its PID (for `ringway reload`).
@@ -296,6 +302,19 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
         }
         w => w.map(|w| *w.get_ref()),
     };
+    let recv_ring_buffers = match s.recv_ring_buffers {
+        None => DEFAULT_RECV_RING_BUFFERS,
+        Some(n) => match u16::try_from(*n.get_ref()) {
+            Ok(b) if b.is_power_of_two() && (16..=32768).contains(&b) => b,
+            _ => {
+                return Err(loc.at(
+                    n.span(),
+                    "server.recv_ring_buffers",
+                    "expected a power of two from 16 to 32768",
+                ))
+            }
+        },
+    };
     let cpus = match s.cpus {
         None => None,
         Some(c) => {
@@ -406,6 +425,7 @@ pub(crate) fn build_server(loc: &Locator<'_>, s: raw::Server) -> Result<Server, 
         io_uring: s.io_uring.unwrap_or(true),
         multishot_accept: s.multishot_accept.unwrap_or(true),
         recv_ring: s.recv_ring.unwrap_or(true),
+        recv_ring_buffers,
         shutdown_timeout,
         // Relative to the config file, as every path in it.
         pid_file: s

@@ -86,6 +86,16 @@ fn errors_name_file_line_and_key() {
         err("[timeouts]\n\nkeepalive = \"10 parsecs\"\n[[routes]]\nrespond = { status = 200 }\n");
     assert_eq!((e.line, e.key.as_str()), (Some(3), "timeouts.keepalive"));
 
+    for bad in ["0", "100", "65536", "8"] {
+        let e = err(&format!("[server]\n\nrecv_ring_buffers = {bad}\n"));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(3), "server.recv_ring_buffers"),
+            "{bad}"
+        );
+        assert!(e.message.contains("a power of two from 16 to 32768"), "{e}");
+    }
+
     let e = err("[server]\nworkers = \"two\"\n");
     assert_eq!(e.line, Some(2));
     assert_eq!(e.key, "server.workers");

@@ -120,6 +120,7 @@ pub fn diff(from: &Config, to: &Config) -> Vec<String> {
         a.io_uring,
         a.multishot_accept,
         a.recv_ring,
+        a.recv_ring_buffers,
     ) != (
         b.workers,
         &b.cpus,
@@ -127,9 +128,10 @@ pub fn diff(from: &Config, to: &Config) -> Vec<String> {
         b.io_uring,
         b.multishot_accept,
         b.recv_ring,
+        b.recv_ring_buffers,
     ) {
         out.push(
-            "server.workers, cpus, pin, io_uring, multishot_accept or recv_ring changed (takes effect after a restart)"
+            "server.workers, cpus, pin, io_uring, multishot_accept, recv_ring or recv_ring_buffers changed (takes effect after a restart)"
                 .into(),
         );
     }
