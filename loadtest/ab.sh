@@ -15,6 +15,8 @@
 #   CLOSE=1 loadtest/ab.sh old new /100b                (a connection per request)
 #   THREADS=8 ...                                         (wrk threads, all on CPU 1; default 1)
 #   SPLIT=1 loadtest/ab.sh floor target/release/ringway /100b   (user/system against the floor)
+#   OPS=1 loadtest/ab.sh old new /100b   (io_uring submissions and poll arms per request on
+#                                          the proxy, `perf stat` on its tracepoints; needs perf)
 #   EXTRA="--cache 64m" loadtest/ab.sh old new /cached/100b     (cache hits: /cached/ is fresh
 #                                                                 for an hour at the origin)
 #   GZIP=1 EXTRA=--compress loadtest/ab.sh nginx target/release/ringway /json64k
@@ -25,7 +27,7 @@
 # Needs nginx, wrk, taskset and a release build of ringway-loadtest. Loopback only; every
 # process it starts is stopped by PID when it ends.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n "2,18p" "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n "2,28p" "$0"; exit 2; }
 A=$1 B=$2
 shift 2
 PATHS=("$@")
@@ -101,21 +103,36 @@ EOF
       "$(curl -s -H "Accept-Encoding: ${ENC:-gzip}" "http://127.0.0.1:$PROXY$path" | wc -c)" >&2
   fi
   taskset -c 1 wrk "${WRK_ARGS[@]}" -t"${THREADS:-1}" -c"$CONNS" -d1s "http://127.0.0.1:$PROXY$path" >/dev/null
-  local ua sa ub sb out reqs
+  local ua sa ub sb out reqs perf="" subm=0 arms=0
+  if [ "${OPS:-0}" = 1 ]; then
+    perf stat -x, -e io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm -p "$pid" \
+      -o "$DIR/ops" &
+    perf=$!
+  fi
   read -r ua sa < <(awk '{print $14, $15}' "/proc/$pid/stat")
   out=$(taskset -c 1 wrk "${WRK_ARGS[@]}" -t"${THREADS:-1}" -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$PROXY$path")
   read -r ub sb < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  if [ -n "$perf" ]; then
+    kill -INT "$perf"
+    wait "$perf" 2>/dev/null || true
+    subm=$(awk -F, '/io_uring_submit_req/{print $1}' "$DIR/ops")
+    arms=$(awk -F, '/io_uring_poll_arm/{print $1}' "$DIR/ops")
+  fi
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   reqs=$(awk '/requests in/{print $1}' <<<"$out")
-  # Clock ticks (1/100 s) to µs per request: total, req/s, user, system.
-  awk -v u=$((ub - ua)) -v k=$((sb - sa)) -v r="$reqs" -v s="$SECS" \
-    'BEGIN { printf "%.1f %.0f %.2f %.2f", (u + k) * 1e4 / r, r / s, u * 1e4 / r, k * 1e4 / r }'
+  # Clock ticks (1/100 s) to µs per request: total, req/s, user, system; then ring
+  # submissions and poll arms per request (OPS=1; perf counts a little past wrk's end).
+  awk -v u=$((ub - ua)) -v k=$((sb - sa)) -v r="$reqs" -v s="$SECS" -v o="${subm:-0}" -v a="${arms:-0}" \
+    'BEGIN { printf "%.1f %.0f %.2f %.2f %.2f %.2f", (u + k) * 1e4 / r, r / s, u * 1e4 / r, k * 1e4 / r, o / r, a / r }'
   # The next binary binds the same port: wait until this one has let it go.
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PROXY") 2>/dev/null || break; sleep 0.05; done
 }
 
-if [ "${SPLIT:-0}" = 1 ]; then
+if [ "${OPS:-0}" = 1 ]; then
+  echo "| path | round | A CPU µs/req | B CPU µs/req | B/A | A req/s | B req/s | A ring submissions/req | A poll arms/req | B ring submissions/req | B poll arms/req |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+elif [ "${SPLIT:-0}" = 1 ]; then
   echo "| path | round | A CPU µs/req | B CPU µs/req | B/A | A req/s | B req/s | A user | A sys | B user | B sys |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
 else
@@ -125,14 +142,15 @@ fi
 for path in "${PATHS[@]}"; do
   for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) -eq 1 ]; then
-      read -r ca ra ua ka <<<"$(run "$A" "$path")"
-      read -r cb rb ub kb <<<"$(run "$B" "$path")"
+      read -r ca ra ua ka oa pa <<<"$(run "$A" "$path")"
+      read -r cb rb ub kb ob pb <<<"$(run "$B" "$path")"
     else
-      read -r cb rb ub kb <<<"$(run "$B" "$path")"
-      read -r ca ra ua ka <<<"$(run "$A" "$path")"
+      read -r cb rb ub kb ob pb <<<"$(run "$B" "$path")"
+      read -r ca ra ua ka oa pa <<<"$(run "$A" "$path")"
     fi
     split=""
     [ "${SPLIT:-0}" = 1 ] && split=" $ua | $ka | $ub | $kb |"
+    [ "${OPS:-0}" = 1 ] && split=" $oa | $pa | $ob | $pb |"
     awk -v p="$path" -v r="$r" -v ca="$ca" -v cb="$cb" -v ra="$ra" -v rb="$rb" -v x="$split" \
       'BEGIN { printf "| %s | %d | %s | %s | %.2f | %s | %s |%s\n", p, r, ca, cb, cb / ca, ra, rb, x }'
   done
