@@ -1268,41 +1268,32 @@ fn relay_buffers_running_out_are_allocated_counted_and_lose_nothing() {
 /// closing, is served in full, and every one is counted accepted.
 #[test]
 fn a_burst_of_connections_is_accepted_with_and_without_multishot_accept() {
-    let origin = Origin::start();
-    let up = origin.addr.to_string();
-    let epoll = std::env::var_os("RINGWAY_TEST_EPOLL").is_some();
-    for off in [false, true] {
-        let mut args = vec!["--upstream", up.as_str()];
-        if off {
-            args.push("--no-multishot-accept");
-        }
-        let proxy = Proxy::start_quick(&args);
-        let how = if off || epoll {
-            "listeners accept on readiness"
-        } else {
-            "listeners accept with one multishot io_uring operation each"
-        };
-        proxy.wait_log(|l| l.contains(how));
-        let addr = proxy.addr;
-        let threads: Vec<_> = (0..8)
-            .map(|t| {
-                std::thread::spawn(move || {
-                    (0..40)
-                        .filter(|i| {
-                            let req = format!(
-                                "GET /burst/{t}/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                            );
-                            request(addr, req.as_bytes()).is_some_and(|r| r.status == 200)
-                        })
-                        .count()
+    with_and_without(
+        "--no-multishot-accept",
+        "listeners accept with one multishot io_uring operation each",
+        "listeners accept on readiness",
+        |proxy, off| {
+            let addr = proxy.addr;
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    std::thread::spawn(move || {
+                        (0..40)
+                            .filter(|i| {
+                                let req = format!(
+                                    "GET /burst/{t}/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                                );
+                                request(addr, req.as_bytes()).is_some_and(|r| r.status == 200)
+                            })
+                            .count()
+                    })
                 })
-            })
-            .collect();
-        let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        assert_eq!(ok, 320, "multishot off: {off}");
-        let log = proxy.log();
-        assert!(!log.contains("accept:"), "{log}");
-    }
+                .collect();
+            let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(ok, 320, "multishot off: {off}");
+            let log = proxy.log();
+            assert!(!log.contains("accept:"), "{log}");
+        },
+    );
 }
 
 /// Keep-alive connections on io_uring read through one multishot receive each, into the
@@ -1313,63 +1304,73 @@ fn a_burst_of_connections_is_accepted_with_and_without_multishot_accept() {
 /// before the body is read) are all answered, in order, on the same connection.
 #[test]
 fn keep_alive_connections_are_read_through_the_ring_and_without_it() {
+    with_and_without(
+        "--no-recv-ring",
+        "keep-alive connections read through one multishot receive each",
+        "keep-alive connections read with one receive per request",
+        |proxy, _| {
+            let addr = proxy.addr;
+            let threads: Vec<_> = (0..6)
+                .map(|t| {
+                    std::thread::spawn(move || {
+                        let mut c = Client::connect(addr);
+                        let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: t\r\n\r\n");
+                        for i in 0..30 {
+                            let p = format!("/ka/{t}/{i}");
+                            c.send(get(&p).as_bytes());
+                            let r = c.response("GET").expect("answered");
+                            assert_eq!((r.status, r.text()), (200, format!("ok {p}")));
+                        }
+                        let pipelined: String =
+                            (0..5).map(|i| get(&format!("/pipe/{t}/{i}"))).collect();
+                        c.send(pipelined.as_bytes());
+                        for i in 0..5 {
+                            let r = c.response("GET").expect("answered");
+                            assert_eq!(r.text(), format!("ok /pipe/{t}/{i}"));
+                        }
+                        for b in get(&format!("/drip/{t}")).as_bytes().chunks(3) {
+                            c.send(b);
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                        assert_eq!(c.response("GET").unwrap().text(), format!("ok /drip/{t}"));
+                        let body: Vec<u8> = (0..5000u32).map(|k| (k * 7 + t) as u8).collect();
+                        let mut req = format!(
+                            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        req.extend_from_slice(&body);
+                        req.extend_from_slice(get(&format!("/after/{t}")).as_bytes());
+                        c.send(&req);
+                        let r = c.response("POST").expect("answered");
+                        assert_eq!((r.status, &r.body), (200, &body));
+                        assert_eq!(c.response("GET").unwrap().text(), format!("ok /after/{t}"));
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        },
+    );
+}
+
+/// Runs `check` on a quick-mode proxy in front of an origin with an io_uring feature on, then
+/// with `flag` turning it off, each after the start-up log's line says which (`on`, `off`; the
+/// epoll driver of the suite's second pass has it off both times).
+fn with_and_without(flag: &str, on: &str, off: &str, check: impl Fn(&Proxy, bool)) {
     let origin = Origin::start();
     let up = origin.addr.to_string();
     let epoll = std::env::var_os("RINGWAY_TEST_EPOLL").is_some();
-    for off in [false, true] {
+    for turned_off in [false, true] {
         let mut args = vec!["--upstream", up.as_str()];
-        if off {
-            args.push("--no-recv-ring");
+        if turned_off {
+            args.push(flag);
         }
         let proxy = Proxy::start_quick(&args);
-        let how = if off || epoll {
-            "keep-alive connections read with one receive per request"
-        } else {
-            "keep-alive connections read through one multishot receive each"
-        };
+        let how = if turned_off || epoll { off } else { on };
         proxy.wait_log(|l| l.contains(how));
-        let addr = proxy.addr;
-        let threads: Vec<_> = (0..6)
-            .map(|t| {
-                std::thread::spawn(move || {
-                    let mut c = Client::connect(addr);
-                    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: t\r\n\r\n");
-                    for i in 0..30 {
-                        let p = format!("/ka/{t}/{i}");
-                        c.send(get(&p).as_bytes());
-                        let r = c.response("GET").expect("answered");
-                        assert_eq!((r.status, r.text()), (200, format!("ok {p}")));
-                    }
-                    let pipelined: String =
-                        (0..5).map(|i| get(&format!("/pipe/{t}/{i}"))).collect();
-                    c.send(pipelined.as_bytes());
-                    for i in 0..5 {
-                        let r = c.response("GET").expect("answered");
-                        assert_eq!(r.text(), format!("ok /pipe/{t}/{i}"));
-                    }
-                    for b in get(&format!("/drip/{t}")).as_bytes().chunks(3) {
-                        c.send(b);
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                    assert_eq!(c.response("GET").unwrap().text(), format!("ok /drip/{t}"));
-                    let body: Vec<u8> = (0..5000u32).map(|k| (k * 7 + t) as u8).collect();
-                    let mut req = format!(
-                        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    req.extend_from_slice(&body);
-                    req.extend_from_slice(get(&format!("/after/{t}")).as_bytes());
-                    c.send(&req);
-                    let r = c.response("POST").expect("answered");
-                    assert_eq!((r.status, &r.body), (200, &body));
-                    assert_eq!(c.response("GET").unwrap().text(), format!("ok /after/{t}"));
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        check(&proxy, turned_off);
     }
 }
 
