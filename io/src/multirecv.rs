@@ -15,8 +15,11 @@
 //! which those readers take first anyway (bytes that came with the head). It ends by itself at
 //! the client's end of stream, on an error, when the ring has no free buffer (`ENOBUFS`: this
 //! read then goes the old way, counted in `ringway_recv_ring_exhausted`), and when four
-//! results wait untaken (a client sending while its request is served: the bytes after them
-//! wait in the socket, under TCP's flow control); the next read starts another.
+//! results wait untaken (a client sending while its request is served); the next read starts
+//! another. One pass of the kernel's receive takes all that the socket holds, so a client that
+//! sends much while its request is served (a body with its head, a pipelined flood) holds that
+//! many buffers until its connection reads or settles; the ring's size bounds it, and when the
+//! ring runs out the other connections read the old way, as before it existed.
 
 use monoio::net::TcpStream;
 use monoio::ringway::RecvMulti;
@@ -203,9 +206,10 @@ mod tests {
         });
     }
 
-    /// A connection that sends while nobody reads it holds at most four buffers (the driver
-    /// ends its receive; the rest waits in the socket). When that empties the ring, another
-    /// connection's read is told so and reads its socket itself, and nothing of either is lost.
+    /// A connection that sends while nobody reads it takes buffers until the ring is empty (one
+    /// pass of the kernel's receive takes what the socket holds; the rest waits there). Then
+    /// another connection's read is told so and reads its socket itself, and nothing of either
+    /// is lost.
     #[test]
     fn an_empty_ring_sends_reads_the_other_way_and_loses_nothing() {
         let Some(mut rt) = runtime(4, 64) else {
@@ -218,7 +222,7 @@ mod tests {
             let mut rb = None;
             let sent_a: Vec<u8> = (0..5000).map(|k| (k % 251) as u8).collect();
             ca.write_all(&sent_a).unwrap();
-            // Nobody reads `a`: its receive takes the ring's four buffers and is ended.
+            // Nobody reads `a`: its receive takes the ring's four buffers and ends.
             let until = Instant::now() + Duration::from_secs(5);
             loop {
                 cb.write_all(b"hello").unwrap();

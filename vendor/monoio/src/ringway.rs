@@ -91,11 +91,13 @@ pub fn recv_ring(count: u16, size: u32) -> io::Result<bool> {
 /// in between. Bytes are copied out to the caller's buffer and the ring's buffer given back at
 /// once.
 ///
-/// The kernel ends it at the peer's end of stream (a read of 0), on an error, when the ring
-/// has no buffer left (`ENOBUFS`: read the socket another way, then start another), and, in
-/// the driver, when its owner has left [`RECEIVING_MAX_QUEUED`] results untaken: the bytes
-/// after those stay in the socket under TCP's flow control. Nothing received is lost: what
-/// came before the end still comes out of [`read`](Self::read).
+/// The kernel ends it at the peer's end of stream (a read of 0), on an error, and when the
+/// ring has no buffer left (`ENOBUFS`: read the socket another way, then start another); the
+/// driver ends it when its owner has left four results untaken. One pass of the kernel takes
+/// everything the socket holds (as many buffers as that needs, while the ring has them), so
+/// the four bound only what later passes take: the bytes after that stay in the socket under
+/// TCP's flow control. Nothing received is lost: what came before the end still comes out of
+/// [`read`](Self::read).
 pub struct RecvMulti {
     ring: Rc<UnsafeCell<UringInner>>,
     index: usize,

@@ -58,8 +58,8 @@ pub(crate) struct Receiving {
 
 /// ringway: how many received buffers a multishot receive may queue before the driver ends it.
 /// The bytes after them stay in the socket, under TCP's flow control, until the owner reads
-/// again: a peer that sends while its connection is busy holds at most this many of the ring's
-/// buffers.
+/// again. One pass of the kernel's receive takes all that the socket holds, however many
+/// buffers that is: this stops the passes after it.
 pub(crate) const RECEIVING_MAX_QUEUED: usize = 4;
 
 /// ringway: the record of a multishot accept (`crate::ringway::AcceptMulti`).
