@@ -629,6 +629,13 @@ impl Proxy {
         if std::env::var_os("RINGWAY_TEST_EPOLL").is_some() {
             cmd.arg("--no-io-uring");
         }
+        // The suite on io_uring with keep-alive connections read one receive per request, as
+        // where the kernel refuses the ring of provided buffers.
+        if std::env::var_os("RINGWAY_TEST_NO_RECV_RING").is_some()
+            && !args.contains(&"--no-recv-ring")
+        {
+            cmd.arg("--no-recv-ring");
+        }
         // The suite with every kept-alive connection parked between its requests (`1ms`).
         if let Some(p) = std::env::var_os("RINGWAY_TEST_PARK") {
             if !args.contains(&"--park") {
