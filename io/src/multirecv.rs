@@ -139,10 +139,13 @@ mod tests {
         Some(rt)
     }
 
-    /// A connected pair: the client's blocking std socket, the server's monoio stream.
+    /// A connected pair: the client's blocking std socket, the server's monoio stream. The
+    /// client sends each write at once (no Nagle: a small write behind unacknowledged bytes
+    /// would wait for the server's delayed ACK).
     fn pair() -> (std::net::TcpStream, TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        c.set_nodelay(true).unwrap();
         let (s, _) = l.accept().unwrap();
         (c, TcpStream::from_std(s).unwrap())
     }
@@ -286,11 +289,23 @@ mod tests {
             }
             assert_eq!(got, sent);
             let mut client = writer.join().unwrap();
-            // Dropped holding results: their buffers go back to the ring.
+            // Dropped holding results: their buffers go back to the ring. One pass of the
+            // receive takes the 400 bytes (7 buffers); the first result taken says it ran, and
+            // the other six are queued when it is dropped.
             let mut r = Some(RecvMulti::new(&server).unwrap());
             client.write_all(&[7; 400]).unwrap();
-            // The ring runs when the loop waits: the receive takes what it may.
-            monoio::time::sleep(Duration::from_millis(20)).await;
+            let until = Instant::now() + Duration::from_secs(5);
+            let mut first = Vec::new();
+            loop {
+                match r.as_mut().unwrap().try_read(&mut first) {
+                    Ok(Some(Ok(n))) if n > 0 => break,
+                    Err(()) => {
+                        assert!(Instant::now() < until, "nothing received");
+                        monoio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
             drop(r.take());
             let mut rest = Vec::new();
             while recv_more(&server, &mut rest, 400) > 0 {}
