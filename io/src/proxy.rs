@@ -1224,7 +1224,9 @@ impl Conn {
 
 /// Whether `action` reads the client's socket other than for a head, or leaves it to be
 /// closed gracefully or parked: a multishot receive on it is settled first (multirecv.rs).
-/// Every action is named, so that a new one is decided here.
+/// A tarpit's hold too: what a held client sends then stays in its socket, under TCP's flow
+/// control, instead of in the worker's ring. Every action is named, so that a new one is
+/// decided here.
 fn reads_client(action: &Action) -> bool {
     match action {
         Action::DiscardBody(_)
@@ -1232,6 +1234,7 @@ fn reads_client(action: &Action) -> bool {
         | Action::ReadBody { .. }
         | Action::Tunnel { .. }
         | Action::SendBody(_)
+        | Action::Hold
         | Action::Finish(Finish::Park | Finish::Close(Close::Notify | Close::Linger)) => true,
         Action::ReadHead { .. }
         | Action::WriteClient
@@ -1240,7 +1243,6 @@ fn reads_client(action: &Action) -> bool {
         | Action::Pick { .. }
         | Action::Record { .. }
         | Action::WaitFill
-        | Action::Hold
         | Action::Connect { .. }
         | Action::SendRequest
         | Action::ReadResponseHead { .. }
