@@ -1328,9 +1328,16 @@ fn keep_alive_connections_are_read_through_the_ring_and_without_it() {
                             let r = c.response("GET").expect("answered");
                             assert_eq!(r.text(), format!("ok /pipe/{t}/{i}"));
                         }
-                        for b in get(&format!("/drip/{t}")).as_bytes().chunks(3) {
+                        // A few bytes at a time, each piece given time to arrive on its own:
+                        // the proxy must not answer a head until it is whole.
+                        let head = get(&format!("/drip/{t}"));
+                        let pieces: Vec<_> = head.as_bytes().chunks(3).collect();
+                        for (i, b) in pieces.iter().enumerate() {
                             c.send(b);
-                            std::thread::sleep(std::time::Duration::from_millis(2));
+                            if i + 1 < pieces.len() {
+                                let early = c.readable_within(std::time::Duration::from_millis(2));
+                                assert!(!early, "answered a head that was not whole");
+                            }
                         }
                         assert_eq!(c.response("GET").unwrap().text(), format!("ok /drip/{t}"));
                         let body: Vec<u8> = (0..5000u32).map(|k| (k * 7 + t) as u8).collect();
