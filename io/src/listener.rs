@@ -172,8 +172,10 @@ mod tests {
             crate::sys::wait_readable(listener.as_fd(), std::time::Duration::from_millis(10));
         }
         for left in (0..3).rev() {
-            let accepted = crate::sys::accept_ready(listener).unwrap();
-            assert!(accepted.is_some());
+            let (s, peer) = crate::sys::accept_ready(listener).unwrap().unwrap();
+            // Non-blocking from the accept, as the workers and splicing need them.
+            assert!(socket2::SockRef::from(&s).nonblocking().unwrap());
+            assert_eq!(s.peer_addr().unwrap(), peer);
             assert_eq!(crate::sys::accept_queued(listener), Some(left));
         }
         assert!(crate::sys::accept_ready(listener).unwrap().is_none());
@@ -205,6 +207,8 @@ mod tests {
             for _ in 0..3 {
                 let fd = multi.next().await.unwrap().unwrap();
                 let s = std::net::TcpStream::from(fd);
+                // Non-blocking from the accept, as the workers and splicing need them.
+                assert!(socket2::SockRef::from(&s).nonblocking().unwrap());
                 peers.push(s.peer_addr().unwrap());
             }
             let mut ours: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();

@@ -63,8 +63,6 @@ struct Conn {
     now: Instant,
     /// The one timer of the request path's operations, set to core's deadline before each.
     deadline: Deadline,
-    /// The client socket has been made non-blocking, as splicing needs (once per connection).
-    client_nonblocking: bool,
     /// Cancels the wait for the next request when the connection parks (see `read_idle`).
     canceller: monoio::io::Canceller,
     /// The client's reader while one multishot receive runs on its socket (multirecv.rs):
@@ -111,7 +109,6 @@ struct Idle {
     tcp: TcpStream,
     /// The client (the one a PROXY header named, if any).
     peer: SocketAddr,
-    nonblocking: bool,
 }
 
 /// Serves one accepted client connection until it closes: its transport established (the TLS
@@ -154,7 +151,6 @@ struct Place {
 pub(crate) struct Kept {
     peer: SocketAddr,
     parked: Parked,
-    nonblocking: bool,
     place: Place,
 }
 
@@ -180,7 +176,6 @@ fn park(w: &Worker, idle: Idle, parked: Parked, place: Place) {
     let kept = Kept {
         peer: idle.peer,
         parked,
-        nonblocking: idle.nonblocking,
         place,
     };
     // Refused (the kernel would not watch it): it closes, as an idle connection may.
@@ -232,14 +227,9 @@ async fn resume(w: Rc<Worker>, fd: std::os::fd::OwnedFd, kept: Kept) {
     let Kept {
         peer,
         parked,
-        nonblocking,
         place,
     } = kept;
-    let idle = Idle {
-        tcp,
-        peer,
-        nonblocking,
-    };
+    let idle = Idle { tcp, peer };
     let s = session(Conn::resume(w.clone(), &place.listen, idle, parked));
     if let Some((parked, idle)) = s.await {
         park(&w, idle, parked, place);
@@ -431,7 +421,6 @@ impl Conn {
         let _ = crate::sys::recv_append(crate::sys::fd(&idle.tcp), &mut inbuf, IDLE_BUF);
         let client = Stream::Plain(idle.tcp);
         let mut c = Self::with(w, cfg, client, idle.peer, listen, ex, inbuf);
-        c.client_nonblocking = idle.nonblocking;
         c.kept_alive = true;
         c
     }
@@ -461,7 +450,6 @@ impl Conn {
             pinned: None,
             now,
             deadline: Deadline::new(now),
-            client_nonblocking: false,
             canceller: monoio::io::Canceller::new(),
             reader: None,
             kept_alive: false,
@@ -524,7 +512,6 @@ impl Conn {
         Some(Idle {
             tcp,
             peer: self.peer,
-            nonblocking: self.client_nonblocking,
         })
     }
 
@@ -744,14 +731,8 @@ impl Conn {
                     self.ex.handle_timeout(&env(&self.w, &cfg), now);
                 }
                 Action::Tunnel { idle } => {
-                    // Over TLS the tunnel copies, without blocking; else it splices, which
-                    // needs a non-blocking socket.
-                    if self.client.tls().is_none() && !self.client_can_splice() {
-                        let now = self.tick();
-                        let why = "the client connection cannot be made non-blocking";
-                        self.ex.handle_tunnel_failed(why.to_string(), now);
-                        continue;
-                    }
+                    // Over TLS the tunnel copies; else it splices (the client socket is
+                    // non-blocking from its accept, as splicing needs: worker.rs).
                     let up = self.up.as_mut().expect("a tunnel has a destination");
                     let early_up = std::mem::take(&mut self.inbuf);
                     let early_down = std::mem::take(&mut self.ubuf);
@@ -823,7 +804,7 @@ impl Conn {
                     }
                 }
                 Action::SendBody(mut plan) => {
-                    plan.splice = plan.splice && self.client_can_splice();
+                    plan.splice = plan.splice && self.client.tcp().is_some();
                     let up = self.up.as_mut().expect("connected before the body");
                     let whole = plan.whole;
                     let moving = Box::pin(move_body(
@@ -861,7 +842,7 @@ impl Conn {
                     );
                 }
                 Action::RelayResponse(mut plan) => {
-                    plan.splice = plan.splice && self.client_can_splice();
+                    plan.splice = plan.splice && self.client.tcp().is_some();
                     let up = self
                         .up
                         .as_mut()
@@ -954,9 +935,6 @@ impl Conn {
         let Some(m) = hit.mapping() else {
             return Spliced::Unsupported;
         };
-        if !self.client_can_splice() {
-            return Spliced::Unsupported;
-        }
         let Some(s) = self.client.tcp() else {
             return Spliced::Unsupported;
         };
@@ -970,20 +948,6 @@ impl Conn {
             idle,
         ))
         .await
-    }
-
-    /// Makes the client socket non-blocking before its first splice (splice.rs). False when
-    /// that failed (the body then goes through the buffers).
-    fn client_can_splice(&mut self) -> bool {
-        if !self.client_nonblocking {
-            if let Some(t) = self.client.tcp() {
-                match crate::splice::nonblocking(t) {
-                    Ok(()) => self.client_nonblocking = true,
-                    Err(e) => log::warn!("client {}: {e}", self.peer),
-                }
-            }
-        }
-        self.client_nonblocking
     }
 
     /// Reads from the client for `ReadHead`. False when the exchange was told of a failure

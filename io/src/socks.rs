@@ -121,13 +121,8 @@ async fn session(
                                     return ((0, 0), to);
                                 }
                                 out.clear();
-                                // Splicing needs a non-blocking socket (splice.rs).
-                                if let Some(t) = client.tcp() {
-                                    if let Err(e) = crate::splice::nonblocking(t) {
-                                        log::warn!("socks5 client {peer}: {e}");
-                                        return ((0, 0), to);
-                                    }
-                                }
+                                // Spliced: the client socket is non-blocking from its accept
+                                // (worker.rs).
                                 let moved = Box::pin(crate::tunnel::run(
                                     &mut client,
                                     &mut up,

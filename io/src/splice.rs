@@ -282,9 +282,10 @@ pub(crate) fn take_out(pipe: &Pipe, buf: &mut Vec<u8>, n: usize) -> io::Result<(
     Ok(())
 }
 
-/// Makes `fd` non-blocking (sockets accepted through io_uring are not), so that a splice that
-/// cannot proceed returns EAGAIN instead of blocking the worker. Once per connection: checking
-/// before every splice cost two `fcntl` calls per spliced response.
+/// Makes an upstream socket non-blocking (monoio's io_uring connect makes blocking ones), so
+/// that a splice that cannot proceed returns EAGAIN instead of blocking the worker. Once per
+/// connection, when it is opened; accepted sockets are non-blocking from their accept
+/// (`worker.rs`).
 pub(crate) fn nonblocking(s: &TcpStream) -> io::Result<()> {
     sys::set_nonblocking(sys::fd(s))
 }

@@ -251,14 +251,6 @@ impl Stream {
         }
     }
 
-    /// The TLS layer, when there is one.
-    pub(crate) fn tls(&mut self) -> Option<&mut TlsStream> {
-        match self {
-            Self::Tls(t) => Some(t),
-            Self::Plain(_) | Self::Sink => None,
-        }
-    }
-
     /// Whether the peer resumed an earlier TLS session (false for plain TCP).
     pub(crate) fn resumed(&self) -> bool {
         match self {

@@ -73,19 +73,13 @@ pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
     }
 }
 
-/// Makes `fd` non-blocking (sockets accepted through io_uring are not).
+/// Makes `fd` non-blocking: one `ioctl(FIONBIO)`, where reading the flags first and then
+/// setting them took two `fcntl` calls.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: fcntl on an open descriptor with integer arguments only.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO on an open descriptor takes a pointer to a valid c_int.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, &on) } < 0 {
         return Err(io::Error::last_os_error());
-    }
-    if flags & libc::O_NONBLOCK == 0 {
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
     }
     Ok(())
 }
@@ -592,21 +586,38 @@ pub(crate) fn accept_queued(listener: &impl AsRawFd) -> Option<usize> {
 }
 
 /// Takes a connection waiting on a listening socket (nonblocking: `None` when there is none,
-/// or another process sharing the socket took it first), close-on-exec. Used after the socket
-/// was seen readable: waiting for readiness consumes nothing, so a worker that stops
-/// listening (a drain) never loses a connection the kernel handed to a cancelled accept.
+/// or another process sharing the socket took it first), close-on-exec and non-blocking, as
+/// every accepted socket is (`worker.rs`). Used after the socket was seen readable: waiting
+/// for readiness consumes nothing, so a worker that stops listening (a drain) never loses a
+/// connection the kernel handed to a cancelled accept.
 pub(crate) fn accept_ready(
     listener: &impl AsRawFd,
 ) -> io::Result<Option<(std::net::TcpStream, std::net::SocketAddr)>> {
+    let fd = listener.as_raw_fd();
     // SAFETY: the descriptor is the listener's, open for as long as `listener` is borrowed;
-    // the SockRef does not close it.
-    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
-    match socket2::SockRef::from(&fd).accept() {
+    // `try_init` hands accept4 storage and a length of the right size, and a non-negative
+    // result is a new descriptor owned by nothing else.
+    let taken = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let r = libc::accept4(
+                fd,
+                storage.cast(),
+                len,
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            );
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(std::net::TcpStream::from_raw_fd(r))
+            }
+        })
+    };
+    match taken {
         Ok((s, addr)) => {
             let Some(peer) = addr.as_socket() else {
                 return Ok(None);
             };
-            Ok(Some((s.into(), peer)))
+            Ok(Some((s, peer)))
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Ok(None),

@@ -80,10 +80,8 @@ pub(crate) fn run(
             log::info!("workers run on io_uring");
         }
     }
-    // monoio's epoll driver expects non-blocking sockets (its own accept makes them so; ours
-    // does not): a blocking one would stall the worker on its first read with nothing to read.
-    let nonblocking = matches!(rt, FusionRuntime::Legacy(_));
-    let multishot = first.cfg.server.multishot_accept && !nonblocking;
+    let epoll = matches!(rt, FusionRuntime::Legacy(_));
+    let multishot = first.cfg.server.multishot_accept && !epoll;
     if id == 0 {
         if multishot {
             log::info!("listeners accept with one multishot io_uring operation each");
@@ -92,7 +90,7 @@ pub(crate) fn run(
         }
     }
     let recv_ring =
-        (first.cfg.server.recv_ring && !nonblocking).then_some(first.cfg.server.recv_ring_buffers);
+        (first.cfg.server.recv_ring && !epoll).then_some(first.cfg.server.recv_ring_buffers);
     let shutdown_timeout = first.cfg.server.shutdown_timeout;
     // Listeners come in the order of `server.listen`, which a reload cannot change.
     let listens = first.cfg.server.listen.clone();
@@ -121,7 +119,6 @@ pub(crate) fn run(
                 index: i,
                 listen: listens[i],
                 gate: gate.clone(),
-                nonblocking,
                 multishot,
             };
             accepting.push(monoio::spawn(accept_loop(w.clone(), l, at)));
@@ -178,11 +175,13 @@ pub(crate) fn run(
     })
 }
 
-/// An accepted socket as the worker's driver wants it.
-fn adopt(s: std::net::TcpStream, nonblocking: bool) -> io::Result<monoio::net::TcpStream> {
-    if nonblocking {
-        s.set_nonblocking(true)?;
-    }
+/// An accepted socket on the worker's driver. Every accepted socket is non-blocking from its
+/// accept (`SOCK_NONBLOCK`, with either way of accepting), at no cost: monoio's epoll driver
+/// needs that (a blocking socket would stall the worker on a read with nothing to read), and so
+/// does a splice (splice.rs), which otherwise took one or two system calls per connection to
+/// set. io_uring's operations behave the same on a non-blocking socket (a receive that finds
+/// nothing still waits, by the kernel's own poll).
+fn adopt(s: std::net::TcpStream) -> io::Result<monoio::net::TcpStream> {
     monoio::net::TcpStream::from_std(s)
 }
 
@@ -238,8 +237,6 @@ struct Accepting {
     index: usize,
     listen: Listen,
     gate: Arc<crate::gate::Gate>,
-    /// Accepted sockets are made non-blocking (the epoll driver).
-    nonblocking: bool,
     /// Accept with one multishot operation (io_uring, `server.multishot_accept`).
     multishot: bool,
 }
@@ -268,7 +265,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, at: Accepting) {
         let waiting = crate::sys::accept_queued(&listener).unwrap_or(ACCEPT_BATCH);
         for _ in 0..waiting.clamp(1, ACCEPT_BATCH) {
             let (stream, peer) = match crate::sys::accept_ready(&listener) {
-                Ok(Some((s, peer))) => match adopt(s, at.nonblocking) {
+                Ok(Some((s, peer))) => match adopt(s) {
                     Ok(s) => (s, peer),
                     Err(e) => {
                         log::warn!("accept: {e}");
@@ -352,7 +349,7 @@ fn accepted(w: &Rc<Worker>, at: &Accepting, fd: std::os::fd::OwnedFd) {
         // Reset before we asked: nothing to serve.
         Err(_) => return,
     };
-    match adopt(s, at.nonblocking) {
+    match adopt(s) {
         Ok(stream) => take(w, at, stream, peer),
         Err(e) => log::warn!("accept: {e}"),
     }

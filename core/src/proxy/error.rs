@@ -110,9 +110,6 @@ pub enum Error {
     ResponseBody(BodyFail),
     /// No server of the group could be used.
     NoServer,
-    /// A tunnel (CONNECT, WebSocket) could not start after its head went out: this worker
-    /// could not move the bytes (the text says why).
-    TunnelFailed(String),
 }
 
 impl Error {
@@ -127,7 +124,7 @@ impl Error {
             | Self::RetryStatus(_)
             | Self::TooManyInterim
             | Self::SwitchedProtocols => Fault::Upstream,
-            Self::NoServer | Self::TunnelFailed(_) => Fault::Internal,
+            Self::NoServer => Fault::Internal,
         }
     }
 
@@ -184,7 +181,6 @@ impl fmt::Display for Error {
             }
             Self::ResponseBody(e) => write!(f, "response {e}"),
             Self::NoServer => f.write_str("no upstream server available"),
-            Self::TunnelFailed(e) => write!(f, "the tunnel could not start: {e}"),
         }
     }
 }

@@ -799,14 +799,6 @@ impl Exchange {
         self.finish(Finish::Close(Close::Now), now);
     }
 
-    /// A tunnel could not start (io could not move its bytes): the connection closes, and the
-    /// record says why.
-    pub fn handle_tunnel_failed(&mut self, why: String, now: Instant) {
-        debug_assert_eq!(self.phase, Phase::Tunnel);
-        self.record.error = Some(Error::TunnelFailed(why));
-        self.finish(Finish::Close(Close::Now), now);
-    }
-
     /// The request head (`SendRequest`) is written.
     pub fn handle_request_sent(&mut self, now: Instant) {
         debug_assert_eq!(self.phase, Phase::SendRequest);

@@ -12,7 +12,7 @@ use crate::driver::{Inner, UringInner, CURRENT};
 
 /// A multishot accept (`IORING_OP_ACCEPT` with `IORING_ACCEPT_MULTISHOT`, Linux 5.19) on a
 /// listening socket: one submission, then one completion per connection, each carrying the
-/// new descriptor (close-on-exec, blocking). The kernel also says whether more connections
+/// new descriptor (close-on-exec, non-blocking). The kernel also says whether more connections
 /// wait, so it never makes an accept that finds the queue empty.
 ///
 /// Nothing accepted is lost: [`cancel`](Self::cancel) asks the kernel to stop, and the

@@ -590,12 +590,12 @@ impl UringInner {
     }
 
     /// ringway: starts a multishot accept on the listening socket `fd` (accepted descriptors
-    /// close-on-exec); its record's index.
+    /// close-on-exec and non-blocking); its record's index.
     pub(crate) fn accept_multi(this: &Rc<UnsafeCell<UringInner>>, fd: RawFd) -> usize {
         let inner = unsafe { &mut *this.get() };
         let index = inner.ops.slab.insert(Lifecycle::Accepting(Box::default()));
         let sqe = opcode::AcceptMulti::new(io_uring::types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
             .user_data(index as u64);
         // SAFETY: the entry names no memory.
