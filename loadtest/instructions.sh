@@ -15,7 +15,8 @@
 #        functions with the most instructions of their own, per request)
 #   URL=/chunked/262144/4096 MODES=ka loadtest/instructions.sh old new
 #       (URL: /100b from nginx by default; /chunked/N/C and /close/N from `ringway-loadtest
-#        origin`, which needs its release build)
+#        origin`, which needs its release build: LOADTEST=path, by default
+#        target/release/ringway-loadtest)
 #
 # Needs valgrind, nginx, wrk and taskset. Loopback only; every process it starts is stopped by
 # PID when it ends. The callgrind files stay in OUT (default: a temporary directory, removed).
@@ -23,6 +24,7 @@ set -euo pipefail
 [ $# -ge 1 ] || { sed -n "2,18p" "$0"; exit 2; }
 MODES=${MODES:-ka close} SECS=${SECS:-6} CONNS=${CONNS:-16} TOP=${TOP:-0} URL=${URL:-/100b}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOADTEST=${LOADTEST:-$ROOT/target/release/ringway-loadtest}
 DIR=$(mktemp -d /tmp/ringway-instr.XXXXXX)
 OUT=${OUT:-}
 # shellcheck source=loadtest/common.sh
@@ -38,7 +40,7 @@ wait_port "$ORIGIN"
 case $URL in
 /chunked/* | /close/*)
   ORIGIN=$(free_port)
-  taskset -c 1 "$ROOT/target/release/ringway-loadtest" origin --listen "127.0.0.1:$ORIGIN" &
+  taskset -c 1 "$LOADTEST" origin --listen "127.0.0.1:$ORIGIN" &
   PIDS+=($!)
   wait_port "$ORIGIN"
   ;;

@@ -129,6 +129,24 @@ fn spliced_error(e: SpliceError) -> RelayError {
     }
 }
 
+/// A spliced run of a body: the two plain sockets, the body's one pipe between them, and how
+/// long a read or a write may wait.
+struct Run<'a> {
+    from: &'a TcpStream,
+    to: &'a mut TcpStream,
+    pipe: &'a Pipe,
+    waits: Fixed,
+}
+
+/// What a relay lends the steps that move its body: the connection's input buffer (bytes
+/// read, or taken back out of a pipe, wait there to be stepped), the scratch buffer framing is
+/// written into, and the worker's relay buffers.
+struct Room<'a> {
+    buf: &'a mut Vec<u8>,
+    scratch: &'a mut Vec<u8>,
+    bufs: &'a Bufs,
+}
+
 /// Splices a close-delimited body from its first [`SPLICE_RUN`] bytes to its end, a pipe's
 /// worth at a time, each after the framing [`Transcoder::spliced`] writes for it (chunked
 /// for an HTTP/1.1 client). Ends at the source's end of file.
@@ -140,13 +158,12 @@ fn spliced_error(e: SpliceError) -> RelayError {
 ///
 /// [`SPLICE_RUN`]: ringway_core::http::body::SPLICE_RUN
 async fn splice_to_end(
-    from: &TcpStream,
-    to: &mut TcpStream,
+    run: &mut Run<'_>,
     body: &mut Transcoder,
-    pipe: &Pipe,
     scratch: &mut Vec<u8>,
-    waits: &Fixed,
 ) -> Result<(), RelayError> {
+    let (from, pipe, waits) = (run.from, run.pipe, &run.waits);
+    let to = &mut *run.to;
     loop {
         let n = fill(from, pipe, usize::MAX, waits)
             .await
@@ -177,17 +194,14 @@ async fn splice_to_end(
 /// 1 MiB in 64 KiB chunks at 256 connections cost 1.8–2.1x nginx's CPU, most of it the
 /// kernel sending the origin's next segments from our system calls (docs/benchmarks-log.md,
 /// run 42).
-#[allow(clippy::too_many_arguments)]
 async fn splice_chunks(
-    from: &TcpStream,
-    to: &mut TcpStream,
+    run: &mut Run<'_>,
     body: &mut Transcoder,
-    pipe: &Pipe,
-    buf: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
-    bufs: &Bufs,
-    waits: &Fixed,
+    room: Room<'_>,
 ) -> Result<bool, RelayError> {
+    let (from, pipe, waits) = (run.from, run.pipe, &run.waits);
+    let to = &mut *run.to;
+    let Room { buf, scratch, bufs } = room;
     // Bytes in the pipe.
     let mut held = 0;
     scratch.clear();
@@ -238,17 +252,14 @@ async fn splice_chunks(
 /// KiB chunks (docs/benchmarks-log.md, run 42). True when the source ended inside the body;
 /// false when the body is done or the next framing is written otherwise (the buffered relay
 /// takes it from there; nothing of it was taken).
-#[allow(clippy::too_many_arguments)]
 async fn pass_chunks(
-    from: &TcpStream,
-    to: &mut TcpStream,
+    run: &mut Run<'_>,
     body: &mut Transcoder,
-    pipe: &Pipe,
-    buf: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
-    bufs: &Bufs,
-    waits: &Fixed,
+    room: Room<'_>,
 ) -> Result<Passed, RelayError> {
+    let (from, pipe, waits) = (run.from, run.pipe, &run.waits);
+    let to = &mut *run.to;
+    let Room { buf, scratch, bufs } = room;
     let src_fd = crate::sys::fd(from);
     loop {
         // Less than this has arrived: a read and a write cost less than a peek and two
@@ -392,23 +403,22 @@ pub(crate) async fn relay(
     // with the response head): only what this relay moves is returned.
     let before = m.body.total();
     let mut pieces = bufs.take_pieces();
-    let r = relay_in(from, buf, to, m, scratch, pipes, bufs, &mut pieces).await;
+    let room = Room { buf, scratch, bufs };
+    let r = relay_in(from, to, m, room, pipes, &mut pieces).await;
     bufs.give_pieces(pieces);
     r.map(|total| total - before)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn relay_in(
     from: &mut Stream,
-    buf: &mut Vec<u8>,
     mut to: Option<&mut Stream>,
     m: Moving<'_, '_>,
-    scratch: &mut Vec<u8>,
+    room: Room<'_>,
     pipes: Option<&Pipes>,
-    bufs: &Bufs,
     pieces: &mut Vec<Piece>,
 ) -> Result<u64, RelayError> {
     let Moving { body, mut stage, t } = m;
+    let Room { buf, scratch, bufs } = room;
     // A body from a TLS stream moves through the connection's buffer, grown for it; one from
     // a plain socket through the worker's relay buffers, taken when its bytes have arrived
     // (`read_arrived`).
@@ -485,17 +495,26 @@ async fn relay_in(
                             .map_err(|e| src(RelayFail::Io(IoFail::Io(e))))?,
                     );
                 }
-                let p = pipe.as_ref().expect("taken above");
-                let waits = Fixed {
-                    read: t.read,
-                    write: t.write,
+                let mut spliced = Run {
+                    from: f,
+                    to: d,
+                    pipe: pipe.as_ref().expect("taken above"),
+                    waits: Fixed {
+                        read: t.read,
+                        write: t.write,
+                    },
+                };
+                let room = Room {
+                    buf: &mut *buf,
+                    scratch: &mut *scratch,
+                    bufs,
                 };
                 // Whether the source ended; `None`: bytes to read through the buffer next.
                 let ended = match run {
-                    u64::MAX => splice_to_end(f, d, body, p, scratch, &waits)
+                    u64::MAX => splice_to_end(&mut spliced, body, room.scratch)
                         .await
                         .map(|()| Some(true))?,
-                    PASS => match pass_chunks(f, d, body, p, buf, scratch, bufs, &waits).await? {
+                    PASS => match pass_chunks(&mut spliced, body, room).await? {
                         Passed::Ended => Some(true),
                         Passed::Short if body.is_done() => Some(false),
                         Passed::Long => Some(false),
@@ -506,7 +525,7 @@ async fn relay_in(
                             None
                         }
                     },
-                    _ => Some(splice_chunks(f, d, body, p, buf, scratch, bufs, &waits).await?),
+                    _ => Some(splice_chunks(&mut spliced, body, room).await?),
                 };
                 if ended == Some(true) {
                     scratch.clear();

@@ -162,7 +162,7 @@ async fn session(
                         }
                         out.clear();
                         let moved =
-                            Box::pin(relay(w, cfg, s, &client, &sock, expect, peer, idle)).await;
+                            Box::pin(relay(w, cfg, s, (&client, &sock), expect, peer, idle)).await;
                         return (moved, None);
                     }
                     _ => continue,
@@ -189,14 +189,13 @@ const MAX_PEERS: usize = 1024;
 /// The UDP relay of one association: datagrams from the client (its address: the one it
 /// declared, else the first from its IP) go where their header says when the rules allow it;
 /// datagrams from the destinations it sent to come back with a header naming them. Ends when
-/// the control connection closes or nothing moves for `idle`; the bytes up and down.
-#[allow(clippy::too_many_arguments)]
+/// the control connection closes or nothing moves for `idle`; the bytes up and down. The
+/// association's two sockets: its control connection and the relay's UDP socket.
 async fn relay(
     w: &Rc<Worker>,
     cfg: &Rc<Generation>,
     s: &Session,
-    control: &Stream,
-    sock: &monoio::net::udp::UdpSocket,
+    (control, sock): (&Stream, &monoio::net::udp::UdpSocket),
     expect: Option<SocketAddr>,
     peer: SocketAddr,
     idle: Duration,

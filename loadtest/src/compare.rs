@@ -583,8 +583,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             secs,
             &load_cpus,
             (nginx_port, ringway_port),
-            &nginx_pids,
-            &ringway_pids,
+            (&nginx_pids, &ringway_pids),
             varnish.as_ref(),
         )?;
     }
@@ -704,15 +703,13 @@ impl Drop for Varnish {
 /// The cache-hit cases: nginx's `proxy_cache` hit, ringway's hit, Varnish's hit (when it is
 /// installed) and the floor (nginx serving the bytes itself), each round in a rotating order,
 /// after one request has stored the object.
-#[allow(clippy::too_many_arguments)]
 fn cache_hits(
     cases: &[Case],
     rounds: usize,
     secs: u64,
     load_cpus: &str,
     (nginx_port, ringway_port): (u16, u16),
-    nginx_pids: &[u32],
-    ringway_pids: &[u32],
+    (nginx_pids, ringway_pids): (&[u32], &[u32]),
     varnish: Option<&Varnish>,
 ) -> Result<(), String> {
     let varnish_pids = varnish.map(Varnish::pids).unwrap_or_default();
