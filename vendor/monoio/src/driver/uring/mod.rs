@@ -721,17 +721,26 @@ impl UringInner {
             return Poll::Ready(None);
         };
         if let Some((res, bid)) = r.results.pop_front() {
-            return Poll::Ready(Some(res.map(|n| {
+            return Poll::Ready(Some(res.and_then(|n| {
                 let n = n as usize;
-                if let Some(p) = inner.pbuf.as_mut() {
-                    if n > 0 {
-                        out.extend_from_slice(p.buf(bid, n));
-                    }
-                    if bid != u16::MAX {
-                        p.recycle(bid);
-                    }
+                let Some(p) = inner.pbuf.as_mut() else {
+                    return Err(io::Error::other(
+                        "a receive completed without a buffer ring",
+                    ));
+                };
+                // ringway: bytes in a buffer the ring does not have (or in none) would break
+                // the kernel's contract; an error for this connection, not a panic of the
+                // worker.
+                let held = p.get(bid, n);
+                if n > 0 {
+                    out.extend_from_slice(held.ok_or_else(|| {
+                        io::Error::other("a receive completed outside the buffer ring")
+                    })?);
                 }
-                n
+                if bid != u16::MAX {
+                    p.recycle(bid);
+                }
+                Ok(n)
             })));
         }
         if r.ended {
@@ -933,11 +942,16 @@ impl PBufRing {
         Ok(ring)
     }
 
-    /// The first `n` bytes of buffer `bid`, which a completion handed to us.
-    fn buf(&self, bid: u16, n: usize) -> &[u8] {
-        assert!(bid < self.count && n <= self.size as usize);
+    /// The first `n` bytes of buffer `bid`, which a completion handed to us; `None` when no
+    /// such buffer or length exists in the ring.
+    fn get(&self, bid: u16, n: usize) -> Option<&[u8]> {
+        if bid >= self.count || n > self.size as usize {
+            return None;
+        }
         // SAFETY: in bounds (above); the kernel wrote `n` bytes there and no longer owns it.
-        unsafe { std::slice::from_raw_parts(self.bufs.add(bid as usize * self.size as usize), n) }
+        Some(unsafe {
+            std::slice::from_raw_parts(self.bufs.add(bid as usize * self.size as usize), n)
+        })
     }
 
     /// Gives buffer `bid` back to the kernel.
