@@ -731,16 +731,22 @@ impl UringInner {
                 // ringway: bytes in a buffer the ring does not have (or in none) would break
                 // the kernel's contract; an error for this connection, not a panic of the
                 // worker.
-                let held = p.get(bid, n);
-                if n > 0 {
-                    out.extend_from_slice(held.ok_or_else(|| {
-                        io::Error::other("a receive completed outside the buffer ring")
-                    })?);
-                }
+                // The buffer goes back to the ring either way (`recycle` ignores an id it does
+                // not have).
+                let copied = match p.get(bid, n) {
+                    Some(held) => {
+                        out.extend_from_slice(held);
+                        Ok(n)
+                    }
+                    None if n == 0 => Ok(0),
+                    None => Err(io::Error::other(
+                        "a receive completed outside the buffer ring",
+                    )),
+                };
                 if bid != u16::MAX {
                     p.recycle(bid);
                 }
-                Ok(n)
+                copied
             })));
         }
         if r.ended {
