@@ -31,6 +31,33 @@ fn keep_alive_reuses_one_upstream_connection() {
     assert_eq!(origin.connections(), 1);
 }
 
+/// Bursts of eight requests in flight together through a pool of two (`keepalive = 2`): the
+/// connections the first burst opened serve the next ones, where closing all but two at once
+/// (nginx's way) would have each burst open six again.
+#[test]
+fn bursts_wider_than_the_pool_reuse_their_connections() {
+    let origin = Origin::start();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\n\
+         [upstreams.app]\nservers = [\"{}\"]\nkeepalive = 2\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let proxy = Proxy::start(&config);
+    for burst in 0..3 {
+        // The origin holds each answer 300 ms: all eight are in flight together.
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let addr = proxy.addr;
+                std::thread::spawn(move || request(addr, &get("/slow/300")).map(|r| r.text()))
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(c.join().unwrap().as_deref(), Some("slow"), "burst {burst}");
+        }
+        assert_eq!(origin.connections(), 8, "after burst {burst}");
+    }
+}
+
 #[test]
 fn forwarding_headers_added_and_hop_by_hop_removed() {
     let origin = Origin::start();

@@ -4,8 +4,8 @@
 //! The pool is plain worker-local data keyed by core's `UpstreamKey` (a configured server, or a
 //! destination chosen at request time): no lock, no sharing. It hands
 //! out the most recently returned connection first (warm in the kernel and the upstream), drops
-//! connections idle longer than `upstream_idle`, and keeps at most `keepalive` idle connections
-//! per server.
+//! connections idle longer than `upstream_idle`, and keeps `keepalive` idle connections per
+//! server, more only for a moment after a burst that used more (`BURST`).
 //!
 //! **Invariant: a connection is pooled and reused only when nothing is unread on it.** A
 //! response is matched to a request only by order, so a byte the upstream sent that no request
@@ -135,6 +135,14 @@ struct Pooled {
 /// How long a server that sent unrequested bytes gets no pooled connections.
 const DISTRUST: Duration = Duration::from_secs(60);
 
+/// How long the least recently used idle connection of a full slot must have been idle before
+/// a connection coming back closes it. Under it, a slot holds more than its `keepalive`: as many
+/// as were in use together within the last `BURST`, at most the requests in flight. Closing at
+/// once, as nginx does, made every burst wider than `keepalive` reconnect what the burst before
+/// had closed: at 256 connections on one worker and the default 64, 8% of requests opened a
+/// connection and each request cost a fifth more CPU (docs/benchmarks.md, run 46).
+const BURST: Duration = Duration::from_secs(1);
+
 /// Idle connections to one upstream.
 #[derive(Default)]
 struct Slot {
@@ -143,6 +151,31 @@ struct Slot {
     /// Until when connections to it are not kept: it sent bytes no request asked for, so its
     /// keep-alive connections cannot be trusted to stay in step.
     distrusted: Option<Instant>,
+}
+
+impl Slot {
+    /// Closes, from the front (the least recently used), the connections idle for `max_age` or
+    /// longer, and while more than `keep` are left, those idle for `BURST` or longer; returns
+    /// how many went. A connection back from a burst wider than `keep` is kept beside them, so
+    /// the next burst finds it instead of connecting again; once the load narrows, the ones it
+    /// no longer uses go. Only the front is looked at: testing every idle connection's age cost
+    /// more than the rest of a put (callgrind, docs/benchmarks-log.md run 41). A put with an
+    /// older `now` than the one before may leave an expired connection behind a fresh one;
+    /// `take` checks the age of each connection it hands out.
+    fn shed(&mut self, keep: usize, now: Instant, max_age: Duration) -> usize {
+        let len = self.idle.len();
+        let gone = self
+            .idle
+            .iter()
+            .enumerate()
+            .take_while(|(i, c)| {
+                let idle = now.saturating_duration_since(c.since);
+                idle >= max_age || (len - i > keep && idle >= BURST)
+            })
+            .count();
+        self.idle.drain(..gone);
+        gone
+    }
 }
 
 /// Idle upstream connections of one worker, keyed by [`UpstreamKey`]: configured servers in a
@@ -160,6 +193,8 @@ pub(crate) struct Pool {
     destination_idle: usize,
     max_destination_idle: usize,
     max_age: Duration,
+    /// When `trim` last looked.
+    trimmed: Instant,
 }
 
 /// Most idle connections to request-time destinations per worker.
@@ -182,6 +217,7 @@ impl Pool {
             destination_idle: 0,
             max_destination_idle: MAX_DESTINATION_IDLE,
             max_age,
+            trimmed: Instant::now(),
         }
     }
 
@@ -270,31 +306,39 @@ impl Pool {
             }
             slot.distrusted = None;
         }
-        // Connections idle too long are useless: drop them now rather than at the next take.
-        // The oldest are first (connections go in at the end and are taken from it), so only
-        // the front is looked at: testing every idle connection's age cost more than the rest
-        // of the put (callgrind, docs/benchmarks-log.md run 41). One put with an older `now`
-        // than the one before may leave an expired connection behind a fresh one; `take`
-        // checks the age of each connection it hands out.
-        let expired = slot
-            .idle
-            .iter()
-            .take_while(|c| now.saturating_duration_since(c.since) >= max_age)
-            .count();
-        slot.idle.drain(..expired);
-        let mut removed = expired;
-        if slot.idle.len() >= max {
-            // Evict the oldest: the newest is the one most likely still open upstream.
-            if slot.idle.is_empty() {
-                return;
-            }
-            slot.idle.remove(0);
-            removed += 1;
+        if max == 0 {
+            return;
         }
+        // Room for this one: expired connections go, and when the slot is full, the least
+        // recently used that have been idle for `BURST`.
+        let removed = slot.shed(max - 1, now, max_age);
         slot.idle.push(Pooled { stream, since: now });
         if is_destination {
             self.destination_idle = (self.destination_idle + 1).saturating_sub(removed);
         }
+    }
+
+    /// Closes what a quiet worker would otherwise hold until its next request: in every slot,
+    /// connections idle for `upstream_idle`, and those over its `keepalive` idle for `BURST`.
+    /// Called on the worker's tick; does its work at most once per `BURST`.
+    pub(crate) fn trim(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.trimmed) < BURST {
+            return;
+        }
+        self.trimmed = now;
+        let max_age = self.max_age;
+        for (slots, &keep) in self.servers.iter_mut().zip(&self.max_idle) {
+            for slot in slots {
+                slot.shed(keep, now, max_age);
+            }
+        }
+        let keep = self.max_idle_destination;
+        let mut gone = 0;
+        self.destinations.retain(|_, slot| {
+            gone += slot.shed(keep, now, max_age);
+            !slot.idle.is_empty() || slot.distrusted.is_some_and(|d| now < d)
+        });
+        self.destination_idle = self.destination_idle.saturating_sub(gone);
     }
 
     /// Drops every idle destination connection older than `max_age`, and empty entries.
@@ -374,5 +418,87 @@ mod tests {
         pool.put(dest, Stream::Sink, at(15));
         assert_eq!(ages(&mut pool, dest, at(15)), [9, 0]);
         assert_eq!(pool.destination_idle, 2, "the two dropped are counted out");
+    }
+
+    /// A full slot closes its least recently used connection for a new one only when that one
+    /// has been idle for `BURST`: connections back from a burst wider than the slot stay until
+    /// the load no longer uses them, then the slot is back to its size in one put. A slot of
+    /// size 0 keeps nothing.
+    #[test]
+    fn a_burst_wider_than_the_slot_keeps_its_connections_until_they_go_unused() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let server = UpstreamKey::Server {
+            group: 0,
+            server: 0,
+        };
+        let mut pool = Pool::new([(1, 3), (1, 0)].into_iter(), Duration::from_secs(60));
+        // Eight connections back within 100 ms of each other: all kept.
+        for m in 0..8 {
+            pool.put(server, Stream::Sink, ms(m * 10));
+        }
+        assert_eq!(pool.slot(server).0.idle.len(), 8);
+        // The next burst takes all eight and brings them back: no connection was closed.
+        // (Taken from the slot itself: `take` would find a `Sink` closed.)
+        let take = |pool: &mut Pool| pool.slot(server).0.idle.pop().unwrap().stream;
+        for _ in 0..8 {
+            take(&mut pool);
+        }
+        for m in 0..8 {
+            pool.put(server, Stream::Sink, ms(500 + m));
+        }
+        assert_eq!(pool.slot(server).0.idle.len(), 8);
+        // Then only one at a time is used: when the others have been idle for a second, the
+        // next put closes the five least recently used and the slot holds three again.
+        let one = take(&mut pool);
+        pool.put(server, one, ms(1000));
+        assert_eq!(
+            pool.slot(server).0.idle.len(),
+            8,
+            "still within the burst's second"
+        );
+        let one = take(&mut pool);
+        pool.put(server, one, ms(1600));
+        let idle: Vec<_> = pool.slot(server).0.idle.iter().map(|c| c.since).collect();
+        assert_eq!(idle, [ms(505), ms(506), ms(1600)]);
+
+        // A quiet worker's tick closes the same, at most once a second.
+        let mut quiet = Pool::new([(1, 3)].into_iter(), Duration::from_secs(60));
+        quiet.trimmed = t0;
+        for m in 0..8 {
+            quiet.put(server, Stream::Sink, ms(500 + m * 10));
+        }
+        quiet.trim(ms(1050));
+        assert_eq!(quiet.slot(server).0.idle.len(), 8, "idle under a second");
+        quiet.trim(ms(1600));
+        assert_eq!(
+            quiet.slot(server).0.idle.len(),
+            8,
+            "trimmed under a second before"
+        );
+        quiet.trim(ms(2100));
+        let idle: Vec<_> = quiet.slot(server).0.idle.iter().map(|c| c.since).collect();
+        assert_eq!(idle, [ms(550), ms(560), ms(570)]);
+        // And connections idle for `upstream_idle`, destinations counted out and forgotten.
+        let dest = UpstreamKey::Destination {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            from: None,
+        };
+        quiet.put(dest, Stream::Sink, ms(2100));
+        assert_eq!(quiet.destination_idle, 1);
+        quiet.trim(ms(62_200));
+        assert!(quiet.slot(server).0.idle.is_empty());
+        assert_eq!(quiet.destination_idle, 0);
+        assert!(quiet.destinations.is_empty());
+
+        let none = UpstreamKey::Server {
+            group: 1,
+            server: 0,
+        };
+        pool.put(none, Stream::Sink, ms(0));
+        assert!(
+            pool.slot(none).0.idle.is_empty(),
+            "keepalive = 0 keeps nothing"
+        );
     }
 }

@@ -147,7 +147,9 @@ pub(crate) fn run(
                     crate::cache::Mail::FillEnded(key) => w.wake_waiters(&key),
                 }
             }
-            w.lot.expire(Instant::now());
+            let now = Instant::now();
+            w.lot.expire(now);
+            w.current().pool.borrow_mut().trim(now);
             w.trim_when_idle();
             if let Some(a) = &w.current().access_log {
                 w.log.tick(a.flush, Instant::now());
