@@ -214,9 +214,9 @@ pub struct Cli {
     #[arg(long)]
     pub no_multishot_accept: bool,
 
-    /// Read keep-alive client connections with one receive per request, as where the kernel
-    /// has no multishot receive into provided buffers (before Linux 6.0). Overrides
-    /// `server.recv_ring`.
+    /// Keep-alive client connections wait for their next request with a receive into a buffer
+    /// of their own, as where the kernel has no ring of provided buffers (before Linux 5.19).
+    /// Overrides `server.recv_ring`.
     #[arg(long)]
     pub no_recv_ring: bool,
 

@@ -1323,8 +1323,8 @@ fn a_burst_of_connections_is_accepted_with_and_without_multishot_accept() {
     );
 }
 
-/// Keep-alive connections on io_uring read through one multishot receive each, into the
-/// worker's ring of provided buffers, and with one receive per request under
+/// Keep-alive connections on io_uring wait for their next request with a receive into the
+/// worker's ring of provided buffers, and with a receive into a buffer of their own under
 /// `--no-recv-ring` (as on the epoll driver and kernels without it). Either way: requests one
 /// at a time, pipelined in one write, a head dripped a few bytes at a time, and a request whose
 /// body (larger than a ring buffer) follows its head in the same write (the receive is settled
@@ -1333,8 +1333,8 @@ fn a_burst_of_connections_is_accepted_with_and_without_multishot_accept() {
 fn keep_alive_connections_are_read_through_the_ring_and_without_it() {
     with_and_without(
         "--no-recv-ring",
-        "keep-alive connections read through one multishot receive each",
-        "keep-alive connections read with one receive per request",
+        "keep-alive connections wait for their next request without a buffer of their own (a ring of provided buffers)",
+        "keep-alive connections wait for their next request with a buffer of their own",
         |proxy, _| {
             let addr = proxy.addr;
             let threads: Vec<_> = (0..6)
@@ -1411,7 +1411,8 @@ fn with_and_without(flag: &str, on: &str, off: &str, check: impl Fn(&Proxy, bool
 }
 
 /// A ring of provided buffers too small for the load (`server.recv_ring_buffers = 16`, 48
-/// keep-alive connections sending pipelined batches of about 3 KiB at once): reads that find
+/// keep-alive connections sending pipelined batches of about 3 KiB at once, more connections
+/// with bytes in one turn of the worker than the ring has buffers): reads that find
 /// it empty take a receive of their own and are counted in
 /// `ringway_recv_ring_exhausted_total`, and every request on every connection is answered, in
 /// order. Rounds until the ring has run out at least once (at most 30).
@@ -1428,10 +1429,10 @@ fn an_exhausted_ring_of_provided_buffers_loses_no_request_and_is_counted() {
     );
     let proxy = Proxy::start(&config);
     let admin = admin_addr(&proxy);
-    proxy.wait_log(|l| l.contains("keep-alive connections read"));
+    proxy.wait_log(|l| l.contains("keep-alive connections wait for their next request"));
     if !proxy
         .log()
-        .contains("keep-alive connections read through one multishot receive each")
+        .contains("keep-alive connections wait for their next request without")
     {
         return; // io_uring or the ring refused here: the log says so, and nothing runs out
     }

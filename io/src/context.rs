@@ -57,7 +57,8 @@ pub(crate) struct Worker {
     accepted: Cell<u64>,
     /// Connections closed for a missing or malformed PROXY protocol header.
     proxy_header_failures: Cell<u64>,
-    /// Keep-alive connections read through a multishot receive (multirecv.rs).
+    /// Keep-alive connections wait through a receive into the ring of provided buffers
+    /// (multirecv.rs).
     pub(crate) recv_ring: Cell<bool>,
     /// Reads that found the ring of provided buffers empty and went the old way.
     recv_ring_empty: Cell<u64>,

@@ -1,25 +1,27 @@
-//! A keep-alive client's reads through one multishot receive (io_uring, provided buffers).
+//! A keep-alive client's wait for its next request: a receive into the worker's ring of
+//! provided buffers (io_uring).
 //!
-//! A read posted on the ring for each request costs a submission, a receive the kernel tries
-//! at once and that finds nothing (the client has not sent its next request yet), a poll armed
-//! on the socket, then the receive again when bytes arrive. A keep-alive connection instead
-//! keeps one multishot receive (`monoio::ringway::RecvMulti`) from its second request on: each
-//! time bytes arrive the kernel takes a buffer from the worker's ring of provided buffers,
-//! receives into it and posts a completion; the bytes are copied to the connection's input
-//! buffer and the buffer goes back to the ring. No submission, no failing receive, no poll
-//! armed per request; and no buffer held by a connection that waits.
+//! A read of its own posted for a connection that waits holds a buffer until the client sends
+//! (a 16 KiB one for each waiting connection). A keep-alive connection instead waits, from its
+//! second request on, with a receive (`monoio::ringway::RecvMulti::once`) that names no
+//! buffer: when bytes arrive the kernel takes one from the worker's ring, receives into it and
+//! posts a completion; the bytes are copied to the connection's input buffer and the buffer
+//! goes back to the ring at once. No connection that waits holds a buffer.
+//!
+//! One receive takes one buffer (2 KiB: most request heads), and the rest stays in the socket
+//! for the connection's own reads: more of a long head, or a body to splice. A multishot
+//! receive (one submission for every request of the connection) did this first: one pass of
+//! the kernel's receive takes all that the socket holds, so a body sent with its head came
+//! out of the ring in 2 KiB pieces, copied twice, where it would have been spliced, and 64 KiB
+//! uploads cost 1.7 to 2 times the CPU; a request without a body cost the same either way
+//! (docs/benchmarks.md, run 47).
 //!
 //! While it runs it is the only reader of the socket: before anything else reads the client
 //! (a body, a tunnel, the lingering close, the check that a client waiting for a name lookup is
 //! still there), [`settle`] cancels it and appends what it had received to the input buffer,
-//! which those readers take first anyway (bytes that came with the head). It ends by itself at
-//! the client's end of stream, on an error, when the ring has no free buffer (`ENOBUFS`: this
-//! read then goes the old way, counted in `ringway_recv_ring_exhausted`), and when four
-//! results wait untaken (a client sending while its request is served); the next read starts
-//! another. One pass of the kernel's receive takes all that the socket holds, so a client that
-//! sends much while its request is served (a body with its head, a pipelined flood) holds that
-//! many buffers until its connection reads or settles; the ring's size bounds it, and when the
-//! ring runs out the other connections read the old way, as before it existed.
+//! which those readers take first anyway. When the ring has no free buffer (`ENOBUFS`: more
+//! connections got bytes in one turn of the worker than the ring has buffers) the read goes
+//! the old way, counted in `ringway_recv_ring_exhausted`.
 
 use monoio::net::TcpStream;
 use monoio::ringway::RecvMulti;
@@ -38,14 +40,14 @@ pub(crate) fn set_up(id: usize, count: u16) -> bool {
         Ok(ok) => ok,
         Err(e) => {
             if id == 0 {
-                log::warn!("io_uring refused a ring of provided buffers ({e}); keep-alive connections read with one receive per request");
+                log::warn!("io_uring refused a ring of provided buffers ({e}); keep-alive connections wait for their next request with a buffer of their own");
             }
             false
         }
     }
 }
 
-/// Why a read did not go through the multishot receive: the caller reads the socket itself.
+/// Why a read did not go through the ring: the caller reads the socket itself.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Elsewhere {
     /// The receive could not start (no ring on this driver).
@@ -55,9 +57,9 @@ pub(crate) enum Elsewhere {
 }
 
 /// Reads the client's next bytes into `buf` through `reader`, started if there is none, until
-/// `deadline`. When the deadline passes, the receive is cancelled and what it had received is
-/// kept: `IoFail::Timeout` only when that was nothing, and the reader is then gone, so that
-/// the socket can be parked.
+/// `deadline`; the receive has ended when it returns them. When the deadline passes, the
+/// receive is cancelled and what it had received is kept: `IoFail::Timeout` only when that was
+/// nothing, and the reader is then gone, so that the socket can be parked.
 pub(crate) async fn read(
     reader: &mut Option<RecvMulti>,
     tcp: &TcpStream,
@@ -67,7 +69,7 @@ pub(crate) async fn read(
     loop {
         let r = match reader {
             Some(r) => r,
-            None => reader.insert(RecvMulti::new(tcp).ok_or(Elsewhere::Unavailable)?),
+            None => reader.insert(RecvMulti::once(tcp).ok_or(Elsewhere::Unavailable)?),
         };
         let got = monoio::select! {
             got = r.read(buf) => Some(got),
@@ -78,7 +80,11 @@ pub(crate) async fn read(
             return Ok(if n > 0 { Ok(n) } else { Err(IoFail::Timeout) });
         };
         match got {
-            Some(Ok(n)) => return Ok(Ok(n)),
+            Some(Ok(n)) => {
+                // A single receive ends with its one result.
+                *reader = None;
+                return Ok(Ok(n));
+            }
             Some(Err(e)) => match e.raw_os_error() {
                 // The ring had no free buffer: this read goes the old way; the next starts
                 // another receive.
@@ -209,23 +215,26 @@ mod tests {
         });
     }
 
-    /// A connection that sends while nobody reads it takes buffers until the ring is empty (one
-    /// pass of the kernel's receive takes what the socket holds; the rest waits there). Then
-    /// another connection's read is told so and reads its socket itself, and nothing of either
-    /// is lost.
+    /// Connections whose bytes arrived and wait to be taken hold a buffer each: when they hold
+    /// the whole ring, another connection's read is told so and reads its socket itself, and
+    /// nothing of any of them is lost. Each receive takes one buffer, however much was sent.
     #[test]
     fn an_empty_ring_sends_reads_the_other_way_and_loses_nothing() {
         let Some(mut rt) = runtime(4, 64) else {
             return;
         };
         rt.block_on(async {
-            let (mut ca, a) = pair();
+            let mut held = Vec::new();
+            for i in 0..4u8 {
+                let (mut c, s) = pair();
+                let r = Some(RecvMulti::once(&s).unwrap());
+                let sent: Vec<u8> = (0..5000).map(|k| (k % 251) as u8 ^ i).collect();
+                c.write_all(&sent).unwrap();
+                held.push((c, s, r, sent));
+            }
             let (mut cb, b) = pair();
-            let mut ra = Some(RecvMulti::new(&a).unwrap());
             let mut rb = None;
-            let sent_a: Vec<u8> = (0..5000).map(|k| (k % 251) as u8).collect();
-            ca.write_all(&sent_a).unwrap();
-            // Nobody reads `a`: its receive takes the ring's four buffers and ends.
+            // Nobody takes the four results: they hold the ring's four buffers.
             let until = Instant::now() + Duration::from_secs(5);
             loop {
                 cb.write_all(b"hello").unwrap();
@@ -243,9 +252,21 @@ mod tests {
                 assert!(Instant::now() < until, "the ring never ran out");
                 monoio::time::sleep(Duration::from_millis(1)).await;
             }
-            let mut got_a = Vec::new();
-            read_until(&mut ra, &a, &mut got_a, sent_a.len()).await;
-            assert_eq!(got_a, sent_a);
+            for (_c, s, mut r, sent) in held {
+                let mut got = Vec::new();
+                // The first read takes the one buffer its receive filled; the rest was left
+                // in the socket for the reads after it.
+                let first = read(&mut r, &s, &mut got, &far()).await;
+                assert!(matches!(first, Ok(Ok(64))), "{first:?}");
+                assert!(r.is_none(), "a receive ends with its one result");
+                let fd = crate::sys::fd(&s);
+                while got.len() < sent.len() {
+                    assert!(crate::sys::wait_readable(fd, Duration::from_secs(5)));
+                    let want = sent.len() - got.len();
+                    recv_more(&s, &mut got, want);
+                }
+                assert_eq!(got, sent);
+            }
             // The buffers are back: `b` reads through the ring again.
             cb.write_all(b"again").unwrap();
             let mut got = Vec::new();

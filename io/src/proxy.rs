@@ -65,8 +65,8 @@ struct Conn {
     deadline: Deadline,
     /// Cancels the wait for the next request when the connection parks (see `read_idle`).
     canceller: monoio::io::Canceller,
-    /// The client's reader while one multishot receive runs on its socket (multirecv.rs):
-    /// from the second request of a plain connection on, where the worker has the ring.
+    /// The receive into the worker's ring a kept-alive plain connection waits for its next
+    /// request with, while it runs (multirecv.rs), where the worker has the ring.
     reader: Option<monoio::ringway::RecvMulti>,
     /// The connection has served a request and is kept alive.
     kept_alive: bool,
@@ -954,8 +954,8 @@ impl Conn {
     /// (closed, timed out, draining) instead.
     async fn read_client(&mut self, idle: bool, cfg: &Generation) -> bool {
         let wait = arm(&self.deadline, &self.ex, self.now);
-        // A keep-alive connection's next request through its multishot receive (multirecv.rs),
-        // and the rest of a head that began there; else (or when the ring is empty) a receive.
+        // A keep-alive connection's next request through a receive into the ring
+        // (multirecv.rs); else (more of a head, or when the ring is empty) a receive of its own.
         let mut ring = None;
         if let (Stream::Plain(tcp), true) = (
             &self.client,
@@ -1187,7 +1187,8 @@ impl Conn {
 }
 
 /// Whether `action` reads the client's socket other than for a head, or leaves it to be
-/// closed gracefully or parked: a multishot receive on it is settled first (multirecv.rs).
+/// closed gracefully or parked: a receive into the ring running on it is settled first
+/// (multirecv.rs).
 /// A tarpit's hold too: what a held client sends then stays in its socket, under TCP's flow
 /// control, instead of in the worker's ring. Every action is named, so that a new one is
 /// decided here.

@@ -107,9 +107,9 @@ pub(crate) fn run(
             .set(recv_ring.is_some_and(|n| crate::multirecv::set_up(id, n)));
         if id == 0 {
             if w.recv_ring.get() {
-                log::info!("keep-alive connections read through one multishot receive each, into provided buffers");
+                log::info!("keep-alive connections wait for their next request without a buffer of their own (a ring of provided buffers)");
             } else {
-                log::info!("keep-alive connections read with one receive per request");
+                log::info!("keep-alive connections wait for their next request with a buffer of their own");
             }
         }
         let mut accepting = Vec::new();

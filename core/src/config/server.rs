@@ -140,8 +140,8 @@ pub struct Server {
     /// Whether listeners on io_uring accept with one multishot accept operation (where the
     /// kernel has it: Linux 5.19) instead of a readiness wait and `accept4` per connection.
     pub multishot_accept: bool,
-    /// Whether keep-alive client connections on io_uring read through one multishot receive
-    /// into a ring of provided buffers (Linux 6.0) instead of a receive per request.
+    /// Whether keep-alive client connections on io_uring wait for their next request through a
+    /// receive into a ring of provided buffers (Linux 5.19), holding no buffer of their own.
     pub recv_ring: bool,
     /// Buffers of 2 KiB in each worker's ring of provided buffers (a power of two).
     pub recv_ring_buffers: u16,

@@ -107,12 +107,24 @@ impl RecvMulti {
     /// Starts receiving on `socket`, which must stay open while this lives. `None` outside a
     /// runtime on the io_uring driver or before [`recv_ring`].
     pub fn new(socket: &impl AsRawFd) -> Option<Self> {
+        Self::start(socket, false)
+    }
+
+    /// A single receive into one buffer of the ring (`IORING_OP_RECV` with
+    /// `IOSQE_BUFFER_SELECT`, Linux 5.19): one result, then the end. It takes at most one
+    /// buffer, where one pass of a multishot receive takes all the socket holds; and, as that
+    /// one, it holds no buffer until bytes arrive.
+    pub fn once(socket: &impl AsRawFd) -> Option<Self> {
+        Self::start(socket, true)
+    }
+
+    fn start(socket: &impl AsRawFd, once: bool) -> Option<Self> {
         if !CURRENT.is_set() {
             return None;
         }
         CURRENT.with(|inner| match inner {
             Inner::Uring(ring) => Some(Self {
-                index: UringInner::recv_multi(ring, socket.as_raw_fd())?,
+                index: UringInner::recv_multi(ring, socket.as_raw_fd(), once)?,
                 ring: ring.clone(),
             }),
             #[allow(unreachable_patterns)]

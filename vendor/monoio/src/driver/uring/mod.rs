@@ -687,14 +687,27 @@ impl UringInner {
     }
 
     /// ringway: starts a multishot receive on the socket `fd` into the ring's provided
-    /// buffers; its record's index. `None` when no ring of provided buffers is set up.
-    pub(crate) fn recv_multi(this: &Rc<UnsafeCell<UringInner>>, fd: RawFd) -> Option<usize> {
+    /// buffers (`once`: a single receive into one of them); its record's index. `None` when
+    /// no ring of provided buffers is set up.
+    pub(crate) fn recv_multi(
+        this: &Rc<UnsafeCell<UringInner>>,
+        fd: RawFd,
+        once: bool,
+    ) -> Option<usize> {
         let inner = unsafe { &mut *this.get() };
         let group = inner.pbuf.as_ref()?.group;
         let index = inner.ops.slab.insert(Lifecycle::Receiving(Box::default()));
-        let sqe = opcode::RecvMulti::new(io_uring::types::Fd(fd), group)
-            .build()
-            .user_data(index as u64);
+        let fd = io_uring::types::Fd(fd);
+        let sqe = if once {
+            // A length of 0 takes the whole buffer the kernel picks.
+            opcode::Recv::new(fd, std::ptr::null_mut(), 0)
+                .buf_group(group)
+                .build()
+                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(fd, group).build()
+        }
+        .user_data(index as u64);
         // SAFETY: the entry names no memory of ours; the kernel picks a provided buffer.
         if unsafe { inner.uring.submission().push(&sqe) }.is_err() {
             let _ = inner.submit();
