@@ -1327,8 +1327,9 @@ fn a_burst_of_connections_is_accepted_with_and_without_multishot_accept() {
 /// worker's ring of provided buffers, and with a receive into a buffer of their own under
 /// `--no-recv-ring` (as on the epoll driver and kernels without it). Either way: requests one
 /// at a time, pipelined in one write, a head dripped a few bytes at a time, and a request whose
-/// body (larger than a ring buffer) follows its head in the same write (the receive is settled
-/// before the body is read) are all answered, in order, on the same connection.
+/// body (larger than a ring buffer: 5,000 bytes, buffered, and 100,000, streamed) follows its
+/// head in the same write (the receive took at most one buffer; the rest is read from the
+/// socket) are all answered, in order, on the same connection, every byte intact.
 #[test]
 fn keep_alive_connections_are_read_through_the_ring_and_without_it() {
     with_and_without(
@@ -1367,18 +1368,29 @@ fn keep_alive_connections_are_read_through_the_ring_and_without_it() {
                             }
                         }
                         assert_eq!(c.response("GET").unwrap().text(), format!("ok /drip/{t}"));
-                        let body: Vec<u8> = (0..5000u32).map(|k| (k * 7 + t) as u8).collect();
-                        let mut req = format!(
-                            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        )
-                        .into_bytes();
-                        req.extend_from_slice(&body);
-                        req.extend_from_slice(get(&format!("/after/{t}")).as_bytes());
-                        c.send(&req);
-                        let r = c.response("POST").expect("answered");
-                        assert_eq!((r.status, &r.body), (200, &body));
-                        assert_eq!(c.response("GET").unwrap().text(), format!("ok /after/{t}"));
+                        // Bodies sent with their heads: one buffered (under `request_buffer`)
+                        // and echoed, one streamed (spliced, past the bytes the ring's buffer
+                        // took) and summed by the origin.
+                        for (len, path) in [(5000u32, "/echo"), (100_000, "/sum")] {
+                            let body: Vec<u8> = (0..len).map(|k| (k * 7 + t) as u8).collect();
+                            let mut req = format!(
+                                "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n"
+                            )
+                            .into_bytes();
+                            req.extend_from_slice(&body);
+                            req.extend_from_slice(get(&format!("/after/{t}/{len}")).as_bytes());
+                            c.send(&req);
+                            let r = c.response("POST").expect("answered");
+                            assert_eq!(r.status, 200);
+                            if path == "/echo" {
+                                assert!(r.body == body, "the body came back changed");
+                            } else {
+                                let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+                                assert_eq!(r.text(), format!("{len} {sum}"));
+                            }
+                            let after = c.response("GET").unwrap().text();
+                            assert_eq!(after, format!("ok /after/{t}/{len}"));
+                        }
                     })
                 })
                 .collect();
