@@ -33,6 +33,9 @@ struct Case {
     /// A body framed otherwise than by length: `(label, path)` on `ringway-loadtest origin`
     /// (`/framing/PATH` on both proxies).
     framing: Option<(&'static str, &'static str)>,
+    /// An upload: a POST with a body of this many bytes to `/framing/len/100` (a 100-byte
+    /// answer from `ringway-loadtest origin`, which reads and drops the body).
+    upload: Option<usize>,
 }
 
 impl Case {
@@ -42,6 +45,14 @@ impl Case {
         }
         if self.hit {
             return format!("cache hit keep-alive c={} {}", self.conns, self.body);
+        }
+        if let Some(n) = self.upload {
+            return format!(
+                "upload {} KiB keep-alive c={} {}",
+                n / 1024,
+                self.conns,
+                self.body
+            );
         }
         if let Some((label, _)) = self.framing {
             return format!("{label} keep-alive c={} {}", self.conns, self.body);
@@ -347,6 +358,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                     body,
                     hit: false,
                     framing: None,
+                    upload: None,
                 });
             }
         }
@@ -361,6 +373,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 body,
                 hit: false,
                 framing: None,
+                upload: None,
             });
         }
     }
@@ -372,6 +385,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         body: "100b",
         hit: false,
         framing: None,
+        upload: None,
     });
     for body in ["100b", "64k"] {
         for conns in [16, 256] {
@@ -383,6 +397,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 body,
                 hit: true,
                 framing: None,
+                upload: None,
             });
         }
     }
@@ -403,6 +418,20 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             body: "1m",
             hit: false,
             framing: Some(framing),
+            upload: None,
+        });
+    }
+    // Uploads: a 64 KiB body sent with its head on keep-alive connections.
+    for conns in [16, 256] {
+        all.push(Case {
+            tls: false,
+            close: false,
+            new_sessions: false,
+            conns,
+            body: "100b",
+            hit: false,
+            framing: None,
+            upload: Some(65536),
         });
     }
     let cases: Vec<Case> = all
@@ -416,6 +445,8 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 if c.new_sessions { "new" } else { "" }.to_string(),
                 if c.hit {
                     "hit"
+                } else if c.upload.is_some() {
+                    "upload"
                 } else if c.framing.is_some() {
                     "framing"
                 } else {
@@ -432,17 +463,31 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             return wrk::s_time(&load_cpus, port, &format!("/{}", c.body), c.conns, secs);
         }
         let scheme = if c.tls { "https" } else { "http" };
-        let dir = if c.hit { "cached/" } else { "" };
-        let path = match c.framing {
-            Some((_, p)) => format!("framing/{p}"),
-            None => format!("{dir}{}", c.body),
+        let cached = if c.hit { "cached/" } else { "" };
+        let path = match (c.framing, c.upload) {
+            (Some((_, p)), _) => format!("framing/{p}"),
+            (None, Some(_)) => "framing/len/100".to_string(),
+            (None, None) => format!("{cached}{}", c.body),
         };
-        wrk::run(
+        let script = match c.upload {
+            Some(n) => {
+                let script = dir.join(format!("post-{n}.lua"));
+                std::fs::write(
+                    &script,
+                    format!("wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {n})\n"),
+                )
+                .map_err(|e| e.to_string())?;
+                Some(script)
+            }
+            None => None,
+        };
+        wrk::run_with(
             &load_cpus,
             &format!("{scheme}://127.0.0.1:{port}/{path}"),
             c.conns,
             secs,
             c.close,
+            script.as_deref(),
         )
     };
     let ports = |c: &Case| {
@@ -469,7 +514,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (hits, cases): (Vec<Case>, Vec<Case>) = cases.into_iter().partition(|c| c.hit);
     for c in &cases {
         // The origin speaks plain HTTP only: no direct row for TLS cases.
-        let direct = match (c.tls, c.framing.is_some()) {
+        let direct = match (c.tls, c.framing.is_some() || c.upload.is_some()) {
             (true, _) => None,
             (false, true) => Some(wrk_at(framing_port, c)?),
             (false, false) => Some(wrk_at(origin_port, c)?),
@@ -486,7 +531,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 rw.push(measure(ringway_port, &ringway_pids, c)?);
                 ng.push(measure(nginx_port, &nginx_pids, c)?);
             }
-            if floors && !c.tls && c.framing.is_none() {
+            if floors && !c.tls && c.framing.is_none() && c.upload.is_none() {
                 cp.push(measure(copy_port, &floor_pids[..1], c)?);
                 sp.push(measure(splice_port, &floor_pids[1..], c)?);
                 nd.push(measure(nginx_defaults_port, &nginx_pids, c)?);

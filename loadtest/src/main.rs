@@ -25,7 +25,8 @@ usage:
       spread over rounds, plus a 'direct' row (wrk straight to the origin). Needs nginx, wrk and
       taskset on PATH and a release build of ringway (cargo build --release).
       --cases: comma list of filters, every one must match: ka|close, 16|256, 100b|64k|1m,
-        plain|tls, new (TLS full handshakes with openssl s_time); e.g. plain,ka,16,100b
+        plain|tls, new (TLS full handshakes with openssl s_time), hit, framing, upload (POST
+        of 64 KiB); e.g. plain,ka,16,100b
       --open-loop: also compare p99 at a fixed rate (70% of nginx's max) with `gen`.
       --floors: also measure the copy and splice floors (see floor) for plain cases.
       --workers N: both proxies get N workers on CPUs 0..N, the load the CPUs above.
