@@ -39,6 +39,21 @@ struct Case {
 }
 
 impl Case {
+    /// A plain keep-alive GET of `body` from `conns` connections; each case changes from it
+    /// what it measures.
+    fn ka(conns: usize, body: &'static str) -> Self {
+        Self {
+            tls: false,
+            close: false,
+            new_sessions: false,
+            conns,
+            body,
+            hit: false,
+            framing: None,
+            upload: None,
+        }
+    }
+
     fn name(&self) -> String {
         if self.new_sessions {
             return format!("tls full handshakes, {} clients", self.conns);
@@ -351,14 +366,8 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         for conns in [16, 256] {
             for (body, _) in BODIES {
                 all.push(Case {
-                    tls: false,
                     close,
-                    new_sessions: false,
-                    conns,
-                    body,
-                    hit: false,
-                    framing: None,
-                    upload: None,
+                    ..Case::ka(conns, body)
                 });
             }
         }
@@ -368,12 +377,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             all.push(Case {
                 tls: true,
                 close,
-                new_sessions: false,
-                conns,
-                body,
-                hit: false,
-                framing: None,
-                upload: None,
+                ..Case::ka(conns, body)
             });
         }
     }
@@ -381,23 +385,13 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         tls: true,
         close: true,
         new_sessions: true,
-        conns: 3,
-        body: "100b",
-        hit: false,
-        framing: None,
-        upload: None,
+        ..Case::ka(3, "100b")
     });
     for body in ["100b", "64k"] {
         for conns in [16, 256] {
             all.push(Case {
-                tls: false,
-                close: false,
-                new_sessions: false,
-                conns,
-                body,
                 hit: true,
-                framing: None,
-                upload: None,
+                ..Case::ka(conns, body)
             });
         }
     }
@@ -411,27 +405,15 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         (("close-delimited", "close/1048576"), 16),
     ] {
         all.push(Case {
-            tls: false,
-            close: false,
-            new_sessions: false,
-            conns,
-            body: "1m",
-            hit: false,
             framing: Some(framing),
-            upload: None,
+            ..Case::ka(conns, "1m")
         });
     }
     // Uploads: a 64 KiB body sent with its head on keep-alive connections.
     for conns in [16, 256] {
         all.push(Case {
-            tls: false,
-            close: false,
-            new_sessions: false,
-            conns,
-            body: "100b",
-            hit: false,
-            framing: None,
             upload: Some(65536),
+            ..Case::ka(conns, "100b")
         });
     }
     let cases: Vec<Case> = all
