@@ -3,25 +3,31 @@
 //!
 //! A read of its own posted for a connection that waits holds a buffer until the client sends
 //! (a 16 KiB one for each waiting connection). A keep-alive connection instead waits, from its
-//! second request on, with a receive (`monoio::ringway::RecvMulti::once`) that names no
-//! buffer: when bytes arrive the kernel takes one from the worker's ring, receives into it and
-//! posts a completion; the bytes are copied to the connection's input buffer and the buffer
-//! goes back to the ring at once. No connection that waits holds a buffer.
+//! second request on, with a receive (`monoio::ringway::RecvMulti`) that names no buffer: when
+//! bytes arrive the kernel takes one from the worker's ring, receives into it and posts a
+//! completion; the bytes are copied to the connection's input buffer and the buffer goes back
+//! to the ring at once. No connection that waits holds a buffer.
 //!
-//! One receive takes one buffer (2 KiB: most request heads), and the rest stays in the socket
-//! for the connection's own reads: more of a long head, or a body to splice. A multishot
-//! receive (one submission for every request of the connection) did this first: one pass of
-//! the kernel's receive takes all that the socket holds, so a body sent with its head came
-//! out of the ring in 2 KiB pieces, copied twice, where it would have been spliced, and 64 KiB
-//! uploads cost 1.7 to 2 times the CPU; a request without a body cost the same either way
-//! (docs/benchmarks.md, run 47).
+//! Two kinds of receive ([`Receive`]). A multishot one, started once for all the connection's
+//! requests: no submission, no receive tried on an empty socket and no poll armed per request
+//! (3.0 ring submissions per 100 B request against 4.0, and 3–5% less CPU; docs/benchmarks.md,
+//! run 48). But one pass of the kernel's multishot receive takes all that the socket holds: a
+//! body sent with its head comes out of the ring in 2 KiB pieces, copied twice where it would
+//! have been spliced (64 KiB uploads at 1.7 to 2 times the CPU, run 47). So a connection whose
+//! client has sent a body waits with a single receive per request, which takes one buffer
+//! (most request heads) and leaves the rest in the socket for the connection's own reads: more
+//! of a long head, or a body to splice. Its first body still came through the multishot
+//! receive, once.
 //!
 //! While it runs it is the only reader of the socket: before anything else reads the client
 //! (a body, a tunnel, the lingering close, the check that a client waiting for a name lookup is
 //! still there), [`settle`] cancels it and appends what it had received to the input buffer,
-//! which those readers take first anyway. When the ring has no free buffer (`ENOBUFS`: more
-//! connections got bytes in one turn of the worker than the ring has buffers) the read goes
-//! the old way, counted in `ringway_recv_ring_exhausted`.
+//! which those readers take first anyway. A multishot receive also ends by itself at the
+//! client's end of stream, on an error, and when four results wait untaken (a client sending
+//! while its request is served); the next read starts another. When the ring has no free
+//! buffer (`ENOBUFS`: more bytes arrived in one turn of the worker than the ring has buffers)
+//! the read goes the old way, counted in `ringway_recv_ring_exhausted`; the ring's size bounds
+//! what clients that send much while their requests are served (a pipelined flood) hold.
 
 use monoio::net::TcpStream;
 use monoio::ringway::RecvMulti;
@@ -56,12 +62,23 @@ pub(crate) enum Elsewhere {
     RingEmpty,
 }
 
-/// Reads the client's next bytes into `buf` through `reader`, started if there is none, until
-/// `deadline`; the receive has ended when it returns them. When the deadline passes, the
-/// receive is cancelled and what it had received is kept: `IoFail::Timeout` only when that was
-/// nothing, and the reader is then gone, so that the socket can be parked.
+/// Which receive a connection waits with (see the module's comment).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Receive {
+    /// One multishot receive for every request of the connection, kept between them.
+    Multishot,
+    /// A single receive per wait, one buffer: for clients that send bodies.
+    Once,
+}
+
+/// Reads the client's next bytes into `buf` through `reader`, started as `how` says if there
+/// is none, until `deadline`; a single receive has ended when it returns them, a multishot one
+/// goes on. When the deadline passes, the receive is cancelled and what it had received is
+/// kept: `IoFail::Timeout` only when that was nothing, and the reader is then gone, so that the
+/// socket can be parked.
 pub(crate) async fn read(
     reader: &mut Option<RecvMulti>,
+    how: Receive,
     tcp: &TcpStream,
     buf: &mut Vec<u8>,
     deadline: &Deadline,
@@ -69,7 +86,13 @@ pub(crate) async fn read(
     loop {
         let r = match reader {
             Some(r) => r,
-            None => reader.insert(RecvMulti::once(tcp).ok_or(Elsewhere::Unavailable)?),
+            None => {
+                let started = match how {
+                    Receive::Multishot => RecvMulti::new(tcp),
+                    Receive::Once => RecvMulti::once(tcp),
+                };
+                reader.insert(started.ok_or(Elsewhere::Unavailable)?)
+            }
         };
         let got = monoio::select! {
             got = r.read(buf) => Some(got),
@@ -81,8 +104,11 @@ pub(crate) async fn read(
         };
         match got {
             Some(Ok(n)) => {
-                // A single receive ends with its one result.
-                *reader = None;
+                // A single receive ends with its one result (were it kept, the next read would
+                // find it ended and start another).
+                if how == Receive::Once {
+                    *reader = None;
+                }
                 return Ok(Ok(n));
             }
             Some(Err(e)) => match e.raw_os_error() {
@@ -170,13 +196,14 @@ mod tests {
     /// the ring is empty (as the connection does); how many reads went the other way.
     async fn read_until(
         reader: &mut Option<RecvMulti>,
+        how: Receive,
         tcp: &TcpStream,
         got: &mut Vec<u8>,
         want: usize,
     ) -> usize {
         let mut elsewhere = 0;
         while got.len() < want {
-            match read(reader, tcp, got, &far()).await {
+            match read(reader, how, tcp, got, &far()).await {
                 Ok(Ok(n)) => assert!(n > 0, "end of stream after {} of {want}", got.len()),
                 Ok(Err(e)) => panic!("{e:?}"),
                 Err(Elsewhere::Unavailable) => panic!("no receive"),
@@ -190,28 +217,81 @@ mod tests {
     }
 
     /// One connection, a ring of four 64-byte buffers, 400 messages of 1 to 300 bytes: every
-    /// byte arrives once and in order while each buffer goes round the ring hundreds of times.
+    /// byte arrives once and in order while each buffer goes round the ring hundreds of times,
+    /// through either kind of receive.
     #[test]
     fn a_connection_reads_every_byte_in_order_across_many_ring_refills() {
         let Some(mut rt) = runtime(4, 64) else {
             return;
         };
         rt.block_on(async {
-            let (mut client, server) = pair();
-            let mut reader = None;
-            let (mut sent, mut got) = (Vec::new(), Vec::new());
-            for i in 0..400usize {
-                let msg: Vec<u8> = (0..1 + i * 37 % 300).map(|k| (i + k) as u8).collect();
-                client.write_all(&msg).unwrap();
-                sent.extend_from_slice(&msg);
-                read_until(&mut reader, &server, &mut got, sent.len()).await;
+            for how in [Receive::Multishot, Receive::Once] {
+                let (mut client, server) = pair();
+                let mut reader = None;
+                let (mut sent, mut got) = (Vec::new(), Vec::new());
+                for i in 0..400usize {
+                    let msg: Vec<u8> = (0..1 + i * 37 % 300).map(|k| (i + k) as u8).collect();
+                    client.write_all(&msg).unwrap();
+                    sent.extend_from_slice(&msg);
+                    read_until(&mut reader, how, &server, &mut got, sent.len()).await;
+                }
+                assert_eq!(got, sent, "{how:?}");
+                assert!(sent.len() > 64 * 4 * 100, "{} bytes", sent.len());
+                // A multishot receive goes on between reads; a single one has ended.
+                assert_eq!(reader.is_some(), how == Receive::Multishot);
+                // The client's end of stream is a read of 0.
+                drop(client);
+                let r = read(&mut reader, how, &server, &mut got, &far()).await;
+                assert!(matches!(r, Ok(Ok(0))), "{how:?}: {r:?}");
             }
-            assert_eq!(got, sent);
-            assert!(sent.len() > 64 * 4 * 100, "{} bytes", sent.len());
-            // The client's end of stream is a read of 0.
-            drop(client);
-            let r = read(&mut reader, &server, &mut got, &far()).await;
-            assert!(matches!(r, Ok(Ok(0))), "{r:?}");
+        });
+    }
+
+    /// Reads `b`, which sends a few bytes each time, until its read is told that the ring is
+    /// empty; the bytes then stayed in the socket.
+    async fn read_until_the_ring_is_empty(cb: &mut std::net::TcpStream, b: &TcpStream) {
+        let mut rb = None;
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            cb.write_all(b"hello").unwrap();
+            let mut got = Vec::new();
+            let r = read(&mut rb, Receive::Once, b, &mut got, &far()).await;
+            if matches!(r, Err(Elsewhere::RingEmpty)) {
+                crate::sys::wait_readable(crate::sys::fd(b), Duration::from_secs(5));
+                recv_more(b, &mut got, 64);
+                assert_eq!(got, b"hello");
+                return;
+            }
+            assert!(matches!(r, Ok(Ok(5))), "{r:?}");
+            assert_eq!(got, b"hello");
+            assert!(Instant::now() < until, "the ring never ran out");
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// One pass of a multishot receive takes all that the socket holds: a connection that sent
+    /// 5,000 bytes nobody reads holds the ring's four buffers, another connection's read is
+    /// told so and reads its socket itself, and nothing of either is lost.
+    #[test]
+    fn a_multishot_receive_can_hold_the_whole_ring_and_loses_nothing() {
+        let Some(mut rt) = runtime(4, 64) else {
+            return;
+        };
+        rt.block_on(async {
+            let (mut ca, a) = pair();
+            let (mut cb, b) = pair();
+            let mut ra = Some(RecvMulti::new(&a).unwrap());
+            let sent_a: Vec<u8> = (0..5000).map(|k| (k % 251) as u8).collect();
+            ca.write_all(&sent_a).unwrap();
+            read_until_the_ring_is_empty(&mut cb, &b).await;
+            let mut got_a = Vec::new();
+            read_until(&mut ra, Receive::Multishot, &a, &mut got_a, sent_a.len()).await;
+            assert_eq!(got_a, sent_a);
+            // The buffers are back: `b` reads through the ring again.
+            cb.write_all(b"again").unwrap();
+            let (mut rb, mut got) = (None, Vec::new());
+            let elsewhere = read_until(&mut rb, Receive::Once, &b, &mut got, 5).await;
+            assert_eq!((elsewhere, got.as_slice()), (0, &b"again"[..]));
         });
     }
 
@@ -233,30 +313,13 @@ mod tests {
                 held.push((c, s, r, sent));
             }
             let (mut cb, b) = pair();
-            let mut rb = None;
             // Nobody takes the four results: they hold the ring's four buffers.
-            let until = Instant::now() + Duration::from_secs(5);
-            loop {
-                cb.write_all(b"hello").unwrap();
-                let mut got = Vec::new();
-                let r = read(&mut rb, &b, &mut got, &far()).await;
-                if matches!(r, Err(Elsewhere::RingEmpty)) {
-                    // The bytes stayed in the socket.
-                    crate::sys::wait_readable(crate::sys::fd(&b), Duration::from_secs(5));
-                    recv_more(&b, &mut got, 64);
-                    assert_eq!(got, b"hello");
-                    break;
-                }
-                assert!(matches!(r, Ok(Ok(5))), "{r:?}");
-                assert_eq!(got, b"hello");
-                assert!(Instant::now() < until, "the ring never ran out");
-                monoio::time::sleep(Duration::from_millis(1)).await;
-            }
+            read_until_the_ring_is_empty(&mut cb, &b).await;
             for (_c, s, mut r, sent) in held {
                 let mut got = Vec::new();
                 // The first read takes the one buffer its receive filled; the rest was left
                 // in the socket for the reads after it.
-                let first = read(&mut r, &s, &mut got, &far()).await;
+                let first = read(&mut r, Receive::Once, &s, &mut got, &far()).await;
                 assert!(matches!(first, Ok(Ok(64))), "{first:?}");
                 assert!(r.is_none(), "a receive ends with its one result");
                 let fd = crate::sys::fd(&s);
@@ -270,7 +333,8 @@ mod tests {
             // The buffers are back: `b` reads through the ring again.
             cb.write_all(b"again").unwrap();
             let mut got = Vec::new();
-            assert_eq!(read_until(&mut rb, &b, &mut got, 5).await, 0);
+            let mut rb = None;
+            assert_eq!(read_until(&mut rb, Receive::Once, &b, &mut got, 5).await, 0);
             assert_eq!(got, b"again");
         });
     }
@@ -297,7 +361,7 @@ mod tests {
             };
             let mut reader = None;
             let mut got = Vec::new();
-            read_until(&mut reader, &server, &mut got, 1000).await;
+            read_until(&mut reader, Receive::Multishot, &server, &mut got, 1000).await;
             let n = got.len();
             let appended = settle(&mut reader, &mut got).await;
             assert_eq!(got.len(), n + appended);
@@ -333,7 +397,10 @@ mod tests {
             // Eight buffers of 64 bytes for 8 x 64 bytes, none of them lost to the drop.
             client.write_all(&[9; 512]).unwrap();
             let mut got = Vec::new();
-            assert_eq!(read_until(&mut r, &server, &mut got, 512).await, 0);
+            assert_eq!(
+                read_until(&mut r, Receive::Multishot, &server, &mut got, 512).await,
+                0
+            );
             assert_eq!(got, [9; 512]);
         });
     }

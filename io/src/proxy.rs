@@ -68,6 +68,10 @@ struct Conn {
     /// The receive into the worker's ring a kept-alive plain connection waits for its next
     /// request with, while it runs (multirecv.rs), where the worker has the ring.
     reader: Option<monoio::ringway::RecvMulti>,
+    /// Which receive that is: a multishot one until the client sends a request body (the
+    /// bodies after it are left in the socket to be spliced). A parked connection starts again
+    /// from a multishot one.
+    receive: crate::multirecv::Receive,
     /// The connection has served a request and is kept alive.
     kept_alive: bool,
 }
@@ -452,6 +456,7 @@ impl Conn {
             deadline: Deadline::new(now),
             canceller: monoio::io::Canceller::new(),
             reader: None,
+            receive: crate::multirecv::Receive::Multishot,
             kept_alive: false,
         }
     }
@@ -542,6 +547,9 @@ impl Conn {
             let action = self.ex.poll_action();
             if self.reader.is_some() && reads_client(&action) {
                 crate::multirecv::settle(&mut self.reader, &mut self.inbuf).await;
+            }
+            if let Action::ReadBody { .. } | Action::SendBody(_) | Action::DiscardBody(_) = action {
+                self.receive = crate::multirecv::Receive::Once;
             }
             match action {
                 Action::ReadHead { idle, read_first } => {
@@ -961,7 +969,8 @@ impl Conn {
             &self.client,
             self.reader.is_some() || (idle && self.kept_alive && self.w.recv_ring.get()),
         ) {
-            let read = crate::multirecv::read(&mut self.reader, tcp, &mut self.inbuf, wait);
+            let read =
+                crate::multirecv::read(&mut self.reader, self.receive, tcp, &mut self.inbuf, wait);
             let got = if idle {
                 let drain = self.w.drain.clone();
                 monoio::select! {
