@@ -29,6 +29,9 @@
 //! the read goes the old way, counted in `ringway_recv_ring_exhausted`; the ring's size bounds
 //! what clients that send much while their requests are served (a pipelined flood) hold.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use monoio::net::TcpStream;
 use monoio::ringway::RecvMulti;
 
@@ -71,18 +74,37 @@ pub(crate) enum Receive {
     Once,
 }
 
+std::thread_local! {
+    /// Whether this worker's kernel takes multishot receives (Linux 6.0; the ring of provided
+    /// buffers and single receives into it came in 5.19): learnt from the first one it refuses.
+    static MULTISHOT: Cell<bool> = const { Cell::new(true) };
+}
+
+/// The kernel refused a multishot receive (`EINVAL`, before Linux 6.0): this worker's
+/// connections wait with single receives from now on, said once in the log.
+fn multishot_refused(e: &std::io::Error) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    MULTISHOT.with(|m| m.set(false));
+    if !SAID.swap(true, Ordering::Relaxed) {
+        log::warn!("io_uring refused a multishot receive ({e}); keep-alive connections wait with a single receive into the ring per request");
+    }
+}
+
 /// Reads the client's next bytes into `buf` through `reader`, started as `how` says if there
-/// is none, until `deadline`; a single receive has ended when it returns them, a multishot one
-/// goes on. When the deadline passes, the receive is cancelled and what it had received is
-/// kept: `IoFail::Timeout` only when that was nothing, and the reader is then gone, so that the
-/// socket can be parked.
+/// is none (a single receive where the kernel refuses multishot ones), until `deadline`; a
+/// single receive has ended when it returns them, a multishot one goes on. When the deadline
+/// passes, the receive is cancelled and what it had received is kept: `IoFail::Timeout` only
+/// when that was nothing, and the reader is then gone, so that the socket can be parked.
 pub(crate) async fn read(
     reader: &mut Option<RecvMulti>,
-    how: Receive,
+    mut how: Receive,
     tcp: &TcpStream,
     buf: &mut Vec<u8>,
     deadline: &Deadline,
 ) -> Result<Result<usize, IoFail>, Elsewhere> {
+    if how == Receive::Multishot && !MULTISHOT.with(Cell::get) {
+        how = Receive::Once;
+    }
     loop {
         let r = match reader {
             Some(r) => r,
@@ -120,6 +142,13 @@ pub(crate) async fn read(
                 }
                 // Ended by the driver (four results were waiting): start another.
                 Some(libc::ECANCELED) => *reader = None,
+                // A kernel without multishot receives (its first and only result): this read
+                // and the next ones go by single receives.
+                Some(libc::EINVAL) if how == Receive::Multishot => {
+                    multishot_refused(&e);
+                    *reader = None;
+                    how = Receive::Once;
+                }
                 _ => {
                     *reader = None;
                     return Ok(Err(IoFail::Io(e)));
@@ -244,6 +273,35 @@ mod tests {
                 let r = read(&mut reader, how, &server, &mut got, &far()).await;
                 assert!(matches!(r, Ok(Ok(0))), "{how:?}: {r:?}");
             }
+        });
+    }
+
+    /// Where the kernel refuses multishot receives (before Linux 6.0, with the ring of 5.19), a
+    /// read asked for one waits with a single receive, which ends with its result, and every
+    /// byte still arrives. (The refusal is simulated: this kernel takes them.)
+    #[test]
+    fn a_worker_whose_kernel_refuses_multishot_receives_waits_with_single_ones() {
+        let Some(mut rt) = runtime(4, 64) else {
+            return;
+        };
+        rt.block_on(async {
+            let (mut client, server) = pair();
+            let mut reader = None;
+            client.write_all(b"first").unwrap();
+            let mut got = Vec::new();
+            read_until(&mut reader, Receive::Multishot, &server, &mut got, 5).await;
+            assert!(reader.is_some(), "a multishot receive goes on");
+            settle(&mut reader, &mut got).await;
+            multishot_refused(&std::io::Error::from_raw_os_error(libc::EINVAL));
+            let sent: Vec<u8> = (0..1000).map(|k| (k % 241) as u8).collect();
+            client.write_all(&sent).unwrap();
+            let r = read(&mut reader, Receive::Multishot, &server, &mut got, &far()).await;
+            assert!(matches!(r, Ok(Ok(n)) if n <= 64), "{r:?}");
+            assert!(reader.is_none(), "a single receive ends with its result");
+            read_until(&mut reader, Receive::Multishot, &server, &mut got, 1005).await;
+            assert_eq!(&got[..5], b"first");
+            assert_eq!(&got[5..], &sent[..]);
+            MULTISHOT.with(|m| m.set(true));
         });
     }
 
